@@ -1,0 +1,274 @@
+"""The ``refine-by-align`` command line. Every user error ends in one line on stderr and exit code 2."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from pathlib import Path
+
+__all__ = ["main", "build_parser"]
+
+EXIT_USAGE = 2
+
+
+class CLIError(Exception):
+    """A user-facing error: printed as one line, exit code 2."""
+
+
+def _add_inputs(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--image", required=True, help="the generated image with artifacts")
+    p.add_argument("--mask", required=True, help="artifact mask (bright / nonzero = artifact)")
+    p.add_argument("--reference", required=True, help="reference photo of the same object")
+    p.add_argument("--reference-mask", help="object mask of the reference (default: its alpha, else the whole image)")
+    p.add_argument("--model", default="default", help="model folder, or a preset name: default | tiny | paper (default: %(default)s)")
+    p.add_argument("--seed", type=int, default=0, help="random seed (default: %(default)s)")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="refine-by-align",
+        description="Repair localized artifacts in a generated image from a reference photo (Refine-by-Align).",
+    )
+    parser.add_argument("-q", "--quiet", action="store_true", help="no progress bars")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    p = sub.add_parser("refine", help="align, then refine the masked artifacts from the reference")
+    _add_inputs(p)
+    p.add_argument("--output", required=True, help="refined image (.png / .jpg)")
+    p.add_argument("--correspondence", help="also write the correspondence mask on the reference here")
+    p.add_argument("--compare", help="side-by-side picture (default: OUTPUT with '.compare.png')")
+    p.add_argument("--steps", type=int, help="sampling steps (default: the model's)")
+    p.add_argument("--guidance", type=float, help="classifier-free guidance scale (default: the model's)")
+    p.add_argument("--no-align", action="store_true", help="single-stage ablation: guide with the whole reference")
+
+    p = sub.add_parser("align", help="find where the masked part lives on the reference (Algorithm 1)")
+    _add_inputs(p)
+    p.add_argument("--output", required=True, help="correspondence mask on the reference (.png)")
+    p.add_argument("--heatmap", help="also write the heat map over the reference here")
+    p.add_argument("--timestep", type=int, help="diffusion timestep t of the alignment pass")
+    p.add_argument("--layer", type=int, help="cross-attention layer l (0-based, forward order)")
+
+    p = sub.add_parser("bench", help="run a method over a case folder and score it")
+    p.add_argument("cases_dir", help="folder of cases (see README: case-folder format)")
+    p.add_argument("--output", required=True, help="results folder")
+    p.add_argument("--method", default="refine-by-align", help="refine-by-align | single-stage | keep | telea")
+    p.add_argument("--limit", type=int, help="only the first N cases")
+    p.add_argument("--model", default=None, help="model folder or preset (refine-by-align methods)")
+
+    p = sub.add_parser("demo", help="refine the shipped examples (and ../shared photos when present)")
+    p.add_argument("--output", default="demo-output", help="output folder (default: %(default)s)")
+    p.add_argument("--model", default="default", help="model folder or preset")
+
+    p = sub.add_parser("train", help="train a model (accelerate: one CPU, a GPU, or several processes)")
+    p.add_argument("--config", required=True, help="recipe name (default, tiny) or a JSON file")
+    p.add_argument("--output", required=True, help="run folder (checkpoints, log.jsonl, weights/)")
+    p.add_argument("--resume", action="store_true", help="continue from the run's last checkpoint")
+    p.add_argument("--max-steps", type=int, help="stop this invocation at this global step")
+
+    p = sub.add_parser("plot", help="plot a run's loss curves to PNG")
+    p.add_argument("run_dir")
+    p.add_argument("--output", help="PNG path (default: RUN_DIR/loss.png)")
+
+    p = sub.add_parser("show-pairs", help="draw sampled training pairs for a check by eye")
+    p.add_argument("--mode", choices=["alignment", "refinement", "multiview"], default="alignment")
+    p.add_argument("-n", type=int, default=16, help="number of pairs")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--size", type=int, default=64, help="crop side in pixels")
+    p.add_argument("--data-root", default="../shared/data/dreambooth-train", help="multi-view photo folder")
+    p.add_argument("--output", required=True, help="PNG path")
+
+    p = sub.add_parser("make-cases", help="build a case-folder benchmark from a multi-view photo folder")
+    p.add_argument("--source", required=True, help="SUBJECT/NN.jpg + SUBJECT/NN_mask.png folder")
+    p.add_argument("--output", required=True, help="cases folder to write")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--subjects", help="comma-separated subjects (default: the held-out validation subjects)")
+    p.add_argument("--per-subject", type=int, default=3, help="cases per subject and kind")
+    return parser
+
+
+def _load_pipeline(model: str, quiet: bool):
+    from .pipelines.pipeline import RefineByAlignPipeline
+
+    try:
+        pipe = RefineByAlignPipeline.from_pretrained(model)
+    except (ValueError, OSError) as e:
+        raise CLIError(f"model '{model}': {e}") from None
+    if pipe.random_weights:
+        print(
+            f"WARNING: model '{model}' has no trained weights: running with RANDOM weights, the output is a "
+            "stand-in, not a refinement.",
+            file=sys.stderr,
+        )
+    pipe.set_progress_bar_config(disable=quiet, leave=False, desc="refine")
+    return pipe
+
+
+def _read_inputs(args):
+    """Load and check every input file before any model is loaded: errors come first and alone."""
+    from .io import alpha_mask, load_image, load_mask, to_rgb, validate_inputs
+
+    image = load_image(args.image, "image")
+    mask = load_mask(args.mask, "mask")
+    reference = load_image(args.reference, "reference")
+    ref_mask = load_mask(args.reference_mask, "reference mask") if args.reference_mask else alpha_mask(reference)
+    names = {"image": args.image, "mask": args.mask, "reference": args.reference}
+    if args.reference_mask:
+        names["reference_mask"] = args.reference_mask
+    validate_inputs(to_rgb(image), mask, to_rgb(reference), ref_mask, names)
+    return image, mask, reference, ref_mask, names
+
+
+def _check_output(path: str, what: str = "output") -> Path:
+    from PIL import Image
+
+    p = Path(path)
+    if p.suffix.lower() not in Image.registered_extensions():
+        raise CLIError(f"{what} '{path}': unknown image extension '{p.suffix}' (use .png or .jpg)")
+    if p.exists() and p.is_dir():
+        raise CLIError(f"{what} '{path}': is a folder")
+    return p
+
+
+def cmd_refine(args) -> int:
+    from PIL import Image
+
+    from .io import save_image_atomic, to_rgb
+    from .visualize import compare_picture
+
+    out = _check_output(args.output)
+    corr_path = _check_output(args.correspondence, "correspondence") if args.correspondence else None
+    compare = _check_output(args.compare, "compare") if args.compare else out.with_name(out.stem + ".compare.png")
+    from .pipelines.pipeline import check_settings
+
+    check_settings(args.steps, args.guidance)
+    image, mask, reference, ref_mask, names = _read_inputs(args)
+    pipe = _load_pipeline(args.model, args.quiet)
+    result = pipe(
+        image, mask, reference, ref_mask, num_inference_steps=args.steps, guidance_scale=args.guidance,
+        seed=args.seed, align=not args.no_align, names=names,
+    )
+    save_image_atomic(result.image, out)
+    if corr_path is not None and result.correspondence_mask is not None:
+        save_image_atomic(Image.fromarray(result.correspondence_mask.astype("uint8") * 255), corr_path)
+    save_image_atomic(compare_picture(to_rgb(image), mask, to_rgb(reference), result), compare)
+    t = result.timings
+    print(f"wrote {out} ({t['total']:.2f} s: align {t['align']:.2f} s, denoise {t['denoise']:.2f} s)")
+    print(f"wrote {compare} (input | reference with correspondence | result)")
+    if corr_path is not None:
+        print(f"wrote {corr_path}")
+    return 0
+
+
+def cmd_align(args) -> int:
+    from PIL import Image
+
+    from .io import save_image_atomic, to_rgb
+    from .visualize import render_heatmap_overlay
+
+    out = _check_output(args.output)
+    heat_path = _check_output(args.heatmap, "heatmap") if args.heatmap else None
+    image, mask, reference, ref_mask, names = _read_inputs(args)
+    pipe = _load_pipeline(args.model, args.quiet)
+    res = pipe.align(image, mask, reference, ref_mask, timestep=args.timestep, layer=args.layer, seed=args.seed, names=names)
+    save_image_atomic(Image.fromarray(res.mask.astype("uint8") * 255), out)
+    print(f"wrote {out} (t={res.timestep}, l={res.layer}, {int(res.mask.sum())} reference pixels)")
+    if heat_path is not None:
+        save_image_atomic(render_heatmap_overlay(to_rgb(reference), res.heatmap), heat_path)
+        print(f"wrote {heat_path}")
+    return 0
+
+
+def cmd_bench(args) -> int:
+    from .evaluation.bench import run_bench
+
+    res = run_bench(args.cases_dir, args.output, method=args.method, limit=args.limit, model=args.model, progress=not args.quiet)
+    s = res["summary"]
+    print(f"{'kind':<12} {'cases':>5} {'mIoU':>7} {'PSNR':>7} {'SSIM':>7} {'s/case':>7}")
+    for kind, row in s.items():
+        f = lambda v, spec: "-" if v is None else format(v, spec)  # noqa: E731
+        print(f"{kind:<12} {row['cases']:>5} {f(row['miou'], '.3f'):>7} {f(row['psnr'], '.2f'):>7} {f(row['ssim'], '.3f'):>7} {f(row['seconds_per_case'], '.2f'):>7}")
+    print(f"wrote {Path(args.output) / 'metrics.json'} and {Path(args.output) / 'contact_sheet.png'}")
+    return 0
+
+
+def cmd_demo(args) -> int:
+    from .demo.run import run_demo
+
+    pipe = _load_pipeline(args.model, args.quiet)
+    run_demo(pipe, Path(args.output))
+    return 0
+
+
+def cmd_train(args) -> int:
+    from .training.train import load_train_config, train
+
+    try:
+        tc = load_train_config(args.config)
+    except (ValueError, TypeError) as e:
+        raise CLIError(str(e)) from None
+    rec = train(tc, args.output, resume=args.resume, max_steps=args.max_steps, progress=not args.quiet)
+    print(f"stopped at step {rec['step']}; weights in {Path(args.output) / 'weights'}")
+    return 0
+
+
+def cmd_plot(args) -> int:
+    from .training.plot import plot_run
+
+    out = plot_run(args.run_dir, args.output)
+    print(f"wrote {out}")
+    return 0
+
+
+def cmd_show_pairs(args) -> int:
+    from .data.pairs import show_pairs
+
+    root = args.data_root if args.data_root and Path(args.data_root).is_dir() else None
+    if args.mode == "multiview" and root is None:
+        raise CLIError(f"--mode multiview needs multi-view photos: '{args.data_root}' is not a folder")
+    out = show_pairs(args.mode, args.n, args.seed, args.output, size=args.size, data_root=root)
+    print(f"wrote {out}")
+    return 0
+
+
+def cmd_make_cases(args) -> int:
+    from .data.make_cases import make_cases
+
+    subjects = [s.strip() for s in args.subjects.split(",")] if args.subjects else None
+    paths = make_cases(args.source, args.output, args.seed, subjects=subjects, cases_per_subject=args.per_subject)
+    print(f"wrote {len(paths)} cases to {args.output}")
+    return 0
+
+
+COMMANDS = {
+    "refine": cmd_refine,
+    "align": cmd_align,
+    "bench": cmd_bench,
+    "demo": cmd_demo,
+    "train": cmd_train,
+    "plot": cmd_plot,
+    "show-pairs": cmd_show_pairs,
+    "make-cases": cmd_make_cases,
+}
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(level=logging.ERROR, format="%(message)s")
+    from .io import InputError
+
+    try:
+        return COMMANDS[args.command](args)
+    except (CLIError, InputError) as e:
+        print(f"refine-by-align {args.command}: error: {e}", file=sys.stderr)
+        return EXIT_USAGE
+    except FileNotFoundError as e:
+        print(f"refine-by-align {args.command}: error: {e}", file=sys.stderr)
+        return EXIT_USAGE
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

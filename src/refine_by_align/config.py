@@ -1,0 +1,174 @@
+"""Model configurations: one dataclass, three named presets (tiny, default, paper).
+
+Everything here is plain data (JSON-serialisable), saved next to every checkpoint and result.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+
+__all__ = ["EncoderConfig", "UNetConfig", "ModelConfig", "get_config", "CONFIG_NAMES"]
+
+
+@dataclass
+class EncoderConfig:
+    """The reference encoder phi: a transformers Dinov2Model whose patch tokens feed cross-attention."""
+
+    patch_size: int = 2  # ViT patch side in pixels; encoder input side = grid_size * patch_size
+    hidden_size: int = 128  # ViT width d^phi
+    num_hidden_layers: int = 1  # a shallow encoder gives tokens with content from step 0 (issue 3)
+    num_attention_heads: int = 4  # ViT heads
+    mlp_ratio: int = 4  # ViT MLP width / hidden_size
+    pretrained: str | None = None  # hub id or local folder of real DINOv2 weights (full scale)
+    freeze: bool = False  # frozen as in the paper when pretrained weights are used
+    image_mean: tuple[float, float, float] = (0.485, 0.456, 0.406)  # DINOv2 (ImageNet) normalisation
+    image_std: tuple[float, float, float] = (0.229, 0.224, 0.225)
+
+
+@dataclass
+class UNetConfig:
+    """Arguments of diffusers' UNet2DConditionModel (inpainting: in = 2 x channels + 1 mask)."""
+
+    block_out_channels: tuple[int, ...] = (32, 64, 128)  # width per resolution level
+    layers_per_block: int = 1  # ResNet(+attention) layers per down block (up blocks get +1)
+    down_block_types: tuple[str, ...] = ("DownBlock2D", "CrossAttnDownBlock2D", "CrossAttnDownBlock2D")
+    up_block_types: tuple[str, ...] = ("CrossAttnUpBlock2D", "CrossAttnUpBlock2D", "UpBlock2D")
+    mid_block_type: str = "UNetMidBlock2DCrossAttn"
+    attention_head_dim: int = 4  # diffusers' legacy name: the number of heads in each attention
+    norm_num_groups: int = 8  # GroupNorm groups (must divide every block width)
+    cross_attention_dim: int = 128  # width of the projected reference tokens
+
+
+@dataclass
+class ModelConfig:
+    """The whole Refine-by-Align model: encoder + projector + U-Net (+ optional autoencoder)."""
+
+    name: str = "default"  # preset name, recorded in every saved folder
+    resolution: int = 32  # side of the zoom-in crop the U-Net works on, in pixels
+    grid_size: int = 16  # reference tokens per side: 16 x 16 = 256 tokens as in Sec. 3.2
+    latent: str = "pixel"  # "pixel" (no autoencoder), "vae-kl" (AutoencoderKL) or "vae-tiny" (AutoencoderTiny)
+    vae_pretrained: str | None = None  # hub id or folder of autoencoder weights (latent configs)
+    vae_scaling_factor: float = 0.18215  # latent scale of SD-1.5's VAE
+    encoder: EncoderConfig = field(default_factory=EncoderConfig)
+    unet: UNetConfig = field(default_factory=UNetConfig)
+    projector_hidden: int = 256  # hidden width of the MLP from ViT tokens to cross_attention_dim
+    alignment_layer: int = 6  # cross-attention layer l read by Algorithm 1 (0-based, forward order)
+    alignment_timestep: int = 0  # timestep t of the alignment pass (paper: 0 at test time)
+    num_train_timesteps: int = 1000  # diffusion steps of the noise schedule
+    beta_schedule: str = "squaredcos_cap_v2"  # cosine schedule suits small pixel-space models
+    prediction_type: str = "epsilon"  # Eq. 2: noise prediction
+    default_steps: int = 20  # sampling steps of the default scheduler (DPM-Solver++)
+    default_guidance: float = 2.0  # classifier-free guidance scale
+    zoom_grow: float = 2.0  # zoom-in crop side = longer side of the mask box x this
+    zoom_min_size: int = 32  # zoom-in crop side is at least this many pixels
+    reference_margin: float = 0.1  # margin around object / aligned region when cutting the reference
+    paste_dilate: int = 3  # pixels the mask is grown by before pasting back
+    paste_feather: int = 3  # width of the feathered seam in pixels
+
+    @property
+    def encoder_image_size(self) -> int:
+        return self.grid_size * self.encoder.patch_size
+
+    @property
+    def num_tokens(self) -> int:
+        return self.grid_size * self.grid_size
+
+    @property
+    def latent_channels(self) -> int:
+        return 3 if self.latent == "pixel" else 4
+
+    @property
+    def latent_downsample(self) -> int:
+        return 1 if self.latent == "pixel" else 8
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "ModelConfig":
+        d = dict(d)
+        enc = EncoderConfig(**_tuples(d.pop("encoder", {})))
+        unet = UNetConfig(**_tuples(d.pop("unet", {})))
+        known = {f.name for f in dataclasses.fields(cls)}
+        unknown = set(d) - known
+        if unknown:
+            raise ValueError(f"unknown model config fields: {sorted(unknown)}")
+        return cls(encoder=enc, unet=unet, **d)
+
+
+def _tuples(d: dict) -> dict:
+    return {k: tuple(v) if isinstance(v, list) else v for k, v in d.items()}
+
+
+def _tiny() -> ModelConfig:
+    return ModelConfig(
+        name="tiny",
+        resolution=16,
+        grid_size=4,
+        encoder=EncoderConfig(patch_size=2, hidden_size=16, num_hidden_layers=1, num_attention_heads=2, mlp_ratio=2),
+        unet=UNetConfig(
+            block_out_channels=(8, 16),
+            layers_per_block=1,
+            down_block_types=("CrossAttnDownBlock2D", "DownBlock2D"),
+            up_block_types=("UpBlock2D", "CrossAttnUpBlock2D"),
+            attention_head_dim=2,
+            norm_num_groups=4,
+            cross_attention_dim=16,
+        ),
+        projector_hidden=16,
+        alignment_layer=2,  # up_blocks.1.attentions.0 at 16x16
+        default_steps=4,
+        zoom_min_size=16,
+    )
+
+
+def _default() -> ModelConfig:
+    return ModelConfig()
+
+
+def _paper() -> ModelConfig:
+    """SD-1.5-size U-Net (16 cross-attention layers) + DINOv2 ViT-B/14 at 224 px = 16 x 16 tokens."""
+    return ModelConfig(
+        name="paper",
+        resolution=512,
+        grid_size=16,
+        latent="vae-kl",
+        encoder=EncoderConfig(
+            patch_size=14,
+            hidden_size=768,
+            num_hidden_layers=12,
+            num_attention_heads=12,
+            mlp_ratio=4,
+            pretrained=None,  # e.g. "facebook/dinov2-base" where the weights can be had
+            freeze=True,
+        ),
+        unet=UNetConfig(
+            block_out_channels=(320, 640, 1280, 1280),
+            layers_per_block=2,
+            down_block_types=("CrossAttnDownBlock2D", "CrossAttnDownBlock2D", "CrossAttnDownBlock2D", "DownBlock2D"),
+            up_block_types=("UpBlock2D", "CrossAttnUpBlock2D", "CrossAttnUpBlock2D", "CrossAttnUpBlock2D"),
+            mid_block_type="UNetMidBlock2DCrossAttn",
+            attention_head_dim=8,
+            norm_num_groups=32,
+            cross_attention_dim=768,
+        ),
+        projector_hidden=768,
+        alignment_layer=9,  # paper's l = 9: up_blocks.1.attentions.2 (16 x 16 at a 64 x 64 latent)
+        beta_schedule="scaled_linear",
+        default_steps=20,
+        default_guidance=3.0,
+        zoom_min_size=128,
+    )
+
+
+_PRESETS = {"tiny": _tiny, "default": _default, "paper": _paper}
+CONFIG_NAMES = tuple(_PRESETS)
+
+
+def get_config(name: str) -> ModelConfig:
+    """A fresh copy of a named preset."""
+    try:
+        return _PRESETS[name]()
+    except KeyError:
+        raise ValueError(f"unknown config '{name}'; choose one of {', '.join(CONFIG_NAMES)}") from None

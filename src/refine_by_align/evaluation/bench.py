@@ -1,0 +1,244 @@
+"""The benchmark runner: run a method over a case folder, score it, write outputs and a contact sheet.
+
+Output layout (``RESULTS``)::
+
+    RESULTS/<case_id>/output.png           refined image
+    RESULTS/<case_id>/correspondence.png   predicted region on the reference (aligning methods only)
+    RESULTS/metrics.json                   {"method", "summary": {"ALL": ..., "<kind>": ...}, "cases": [...]}
+    RESULTS/contact_sheet.png              one row per case: input | reference | output | target
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from PIL import Image, ImageDraw
+
+from ..io import save_image_atomic
+from ..visualize import _LABEL_H, _font, _labelled, _outline, _placeholder, _resize_tile, render_heatmap_overlay
+from .cases import Case, check_case_dir, list_case_dirs, load_case
+from .methods import Method, MethodOutput, get_method
+from .metrics import box_ssim, iou, masked_psnr
+
+__all__ = [
+    "run_bench",
+    "summarize",
+    "render_heatmap_overlay",
+    "render_contact_row",
+    "assemble_contact_sheet",
+    "write_json_atomic",
+    "CONTACT_SHEET_MAX_ROWS",
+    "TILE_HEIGHT",
+]
+
+CONTACT_SHEET_MAX_ROWS = 24
+TILE_HEIGHT = 160
+_PAD = 4
+_RED = (255, 0, 0)
+_GREEN = (0, 255, 0)
+_PRED_COLOUR = (255, 0, 255)
+
+
+# ----------------------------------------------------------------------------------------- drawing
+
+
+def _fmt(v: float | None, spec: str) -> str:
+    return "-" if v is None else format(v, spec)
+
+
+def render_contact_row(
+    case: Case,
+    output: MethodOutput,
+    scores: dict[str, Any] | None = None,
+    tile_height: int = TILE_HEIGHT,
+    with_target_column: bool = True,
+) -> Image.Image:
+    """One contact-sheet row: input (mask outlined red) | reference (predicted correspondence as a
+    translucent colour, true one outlined green) | output | target (grey placeholder when absent)."""
+    scores = scores or {}
+    inp = _outline(_resize_tile(case.image, tile_height), case.mask, _RED)
+    ref = case.reference
+    if output.correspondence is not None:
+        ref = render_heatmap_overlay(ref, np.asarray(output.correspondence, dtype=bool), alpha=0.45, color=_PRED_COLOUR)
+    ref_tile = _resize_tile(ref, tile_height)
+    if case.correspondence is not None:
+        ref_tile = _outline(ref_tile, case.correspondence, _GREEN)
+    tiles = [
+        _labelled(inp, f"{case.id} [{case.kind}] input"),
+        _labelled(ref_tile, f"reference  IoU {_fmt(scores.get('miou'), '.2f')}"),
+        _labelled(
+            _resize_tile(output.image, tile_height),
+            f"output  PSNR {_fmt(scores.get('psnr'), '.1f')}  SSIM {_fmt(scores.get('ssim'), '.2f')}",
+        ),
+    ]
+    if with_target_column:
+        tgt = _resize_tile(case.target, tile_height) if case.target is not None else _placeholder(tile_height, "no target")
+        tiles.append(_labelled(tgt, "target"))
+    width = sum(t.width for t in tiles) + _PAD * (len(tiles) - 1)
+    row = Image.new("RGB", (width, tiles[0].height), (20, 20, 20))
+    x = 0
+    for t in tiles:
+        row.paste(t, (x, 0))
+        x += t.width + _PAD
+    return row
+
+
+def assemble_contact_sheet(rows: Sequence[Image.Image], title: str = "") -> Image.Image:
+    """Stack rows vertically (left-aligned) under an optional title line."""
+    if not rows:
+        rows = [_placeholder(TILE_HEIGHT, "no cases")]
+    top = _LABEL_H + _PAD if title else 0
+    width = max(r.width for r in rows) + 2 * _PAD
+    height = top + sum(r.height for r in rows) + _PAD * (len(rows) + 1)
+    sheet = Image.new("RGB", (width, height), (20, 20, 20))
+    if title:
+        ImageDraw.Draw(sheet).text((_PAD, 2), title, fill=(255, 255, 255), font=_font())
+    y = top + _PAD
+    for r in rows:
+        sheet.paste(r, (_PAD, y))
+        y += r.height + _PAD
+    return sheet
+
+
+# ----------------------------------------------------------------------------------------- scoring
+
+
+def _mean(values: list[float | None]) -> float | None:
+    vals = [v for v in values if v is not None and math.isfinite(v)]
+    return float(np.mean(vals)) if vals else None
+
+
+def summarize(cases: Sequence[dict[str, Any]]) -> dict[str, dict[str, Any]]:
+    """Per-group summary of per-case score dicts: ``{"ALL": {...}, "<kind>": {...}}`` (kinds sorted),
+    each with ``cases``, ``miou``, ``psnr``, ``ssim`` (means over cases that have them, else None)
+    and ``seconds_per_case``."""
+
+    def one(rows: Sequence[dict[str, Any]]) -> dict[str, Any]:
+        return {
+            "cases": len(rows),
+            "miou": _mean([r.get("miou") for r in rows]),
+            "psnr": _mean([r.get("psnr") for r in rows]),
+            "ssim": _mean([r.get("ssim") for r in rows]),
+            "seconds_per_case": _mean([r.get("seconds") for r in rows]),
+        }
+
+    out = {"ALL": one(cases)}
+    for kind in sorted({str(r["kind"]) for r in cases}):
+        out[kind] = one([r for r in cases if str(r["kind"]) == kind])
+    return out
+
+
+def _score(case: Case, output: MethodOutput) -> dict[str, float | None]:
+    m = None
+    if output.correspondence is not None and case.correspondence is not None:
+        m = iou(output.correspondence, case.correspondence)
+    psnr = ssim = None
+    if case.target is not None:
+        out = np.asarray(output.image.convert("RGB"))
+        tgt = np.asarray(case.target)
+        psnr = masked_psnr(out, tgt, case.mask)
+        ssim = box_ssim(out, tgt, case.mask)
+    return {"miou": m, "psnr": psnr, "ssim": ssim}
+
+
+def _clean(obj: Any) -> Any:
+    """Make ``obj`` strict-JSON safe: non-finite floats -> None, numpy scalars -> Python."""
+    if isinstance(obj, dict):
+        return {str(k): _clean(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [_clean(v) for v in obj]
+    if isinstance(obj, np.generic):
+        obj = obj.item()
+    if isinstance(obj, float) and not math.isfinite(obj):
+        return None
+    return obj
+
+
+def write_json_atomic(obj: Any, path: str | os.PathLike) -> None:
+    """Write strict JSON (NaN/inf become null) via a temporary file and ``os.replace``."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    text = json.dumps(_clean(obj), indent=2, allow_nan=False)
+    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
+    try:
+        tmp.write_text(text + "\n", encoding="utf-8")
+        os.replace(tmp, path)
+    finally:
+        if tmp.exists():
+            tmp.unlink()
+
+
+# ----------------------------------------------------------------------------------------- runner
+
+
+def run_bench(
+    cases_dir: str | os.PathLike,
+    output_dir: str | os.PathLike,
+    method: str | Method = "refine-by-align",
+    limit: int | None = None,
+    model: str | None = None,
+    progress: bool = True,
+    max_sheet_rows: int = CONTACT_SHEET_MAX_ROWS,
+) -> dict[str, Any]:
+    """Run ``method`` (a registered name or a :class:`Method`) on every case of ``cases_dir``.
+
+    Writes ``output_dir/<case_id>/output.png`` (+ ``correspondence.png``), ``metrics.json`` and
+    ``contact_sheet.png``; returns the metrics dict (same content as ``metrics.json``). Cases are
+    loaded (and validated) before the method is built, so bad data fails before a model loads.
+    ``model`` is passed to the method factory when ``method`` is a name.
+
+    Every case folder gets a cheap check (files present, image headers readable) before the method
+    is built, so bad data fails before a model loads; pixels are then loaded one case at a time.
+    """
+    from tqdm.auto import tqdm
+
+    dirs = list_case_dirs(cases_dir, limit=limit)
+    for d in dirs:
+        check_case_dir(d)
+    meth: Method = get_method(method, model=model) if isinstance(method, str) else method
+    name = str(getattr(meth, "name", type(meth).__name__))
+    out_root = Path(output_dir)
+    out_root.mkdir(parents=True, exist_ok=True)
+
+    with_target = any((d / "target.png").exists() for d in dirs)
+    rows: list[Image.Image] = []
+    records: list[dict[str, Any]] = []
+    for d in tqdm(dirs, desc=name, unit="case", disable=not progress):
+        case = load_case(d)
+        try:
+            t0 = time.perf_counter()
+            output = meth(case)
+            seconds = time.perf_counter() - t0
+            if output.image.size != case.image.size:
+                raise RuntimeError(
+                    f"method '{name}' returned a {output.image.width}x{output.image.height} image for a "
+                    f"{case.image.width}x{case.image.height} input"
+                )
+            case_out = out_root / case.id
+            save_image_atomic(output.image.convert("RGB"), case_out / "output.png")
+            if output.correspondence is not None:
+                corr = np.asarray(output.correspondence, dtype=bool)
+                save_image_atomic(Image.fromarray(corr.astype(np.uint8) * 255, "L"), case_out / "correspondence.png")
+            scores = _score(case, output)
+            if len(rows) < max_sheet_rows:
+                rows.append(render_contact_row(case, output, scores, with_target_column=with_target))
+        except Exception as e:
+            e.add_note(f"while running method '{name}' on case '{case.id}' ({case.dir})")
+            raise
+        records.append({"case": case.id, "kind": case.kind, **scores, "seconds": seconds})
+
+    result = {"method": name, "summary": summarize(records), "cases": records}
+    result = _clean(result)
+    write_json_atomic(result, out_root / "metrics.json")
+    title = f"method: {name}   cases: {len(dirs)}" + (
+        f" (first {len(rows)} shown)" if len(rows) < len(dirs) else ""
+    )
+    save_image_atomic(assemble_contact_sheet(rows, title), out_root / "contact_sheet.png")
+    return result

@@ -1,0 +1,172 @@
+"""Loading evaluation cases from a case folder.
+
+Layout: ``CASES_DIR/<case_id>/`` holding
+
+* ``image.png``      image with artifacts (required)
+* ``mask.png``       artifact mask, bright = artifact (required)
+* ``reference.png``  reference image of the same object (required)
+* ``reference_mask.png``  object mask on the reference (optional; else the reference's alpha)
+* ``correspondence.png``  true region on the reference matching the artifact (optional)
+* ``target.png``     artifact-free ground truth (optional)
+* ``meta.json``      any fields; ``kind`` groups the benchmark summary (default ``"default"``)
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from PIL import Image
+
+from ..io import InputError, alpha_mask, load_image, load_mask, to_rgb, validate_inputs
+
+__all__ = ["Case", "load_cases", "load_case", "list_case_dirs", "check_case_dir", "DEFAULT_KIND", "REQUIRED_FILES"]
+
+DEFAULT_KIND = "default"
+REQUIRED_FILES = ("image.png", "mask.png", "reference.png")
+OPTIONAL_IMAGES = ("reference_mask.png", "correspondence.png", "target.png")
+
+
+@dataclass
+class Case:
+    """One evaluation case, fully loaded."""
+
+    id: str
+    dir: Path
+    image: Image.Image  # RGB
+    mask: np.ndarray  # bool (H, W), True = artifact
+    reference: Image.Image  # RGB
+    reference_mask: np.ndarray | None = None  # bool (Hr, Wr)
+    correspondence: np.ndarray | None = None  # bool (Hr, Wr), true region on the reference
+    target: Image.Image | None = None  # RGB, same size as image
+    meta: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def kind(self) -> str:
+        """The summary group of this case: ``meta["kind"]`` or ``"default"``."""
+        k = self.meta.get("kind", DEFAULT_KIND)
+        return DEFAULT_KIND if k is None or k == "" else str(k)
+
+
+def _size_check(arr_hw: tuple[int, int], want_wh: tuple[int, int], path: Path, against: str) -> None:
+    h, w = arr_hw
+    if (w, h) != tuple(want_wh):
+        raise InputError(
+            f"{path}: size {w}x{h} does not match the {against} {want_wh[0]}x{want_wh[1]}"
+        )
+
+
+def check_case_dir(case_dir: str | os.PathLike) -> None:
+    """Cheap up-front check of a case folder: required files exist and every image file present has
+    a readable header (no pixel decoding). Raises :class:`InputError` naming the case and file."""
+    d = Path(case_dir)
+    cid = d.name
+    for name in REQUIRED_FILES:
+        if not (d / name).is_file():
+            raise InputError(f"case '{cid}' ({d}): required file '{name}' is missing")
+    for name in REQUIRED_FILES + OPTIONAL_IMAGES:
+        path = d / name
+        if not path.exists():
+            continue
+        try:
+            with Image.open(path):
+                pass
+        except (OSError, SyntaxError, ValueError):
+            raise InputError(f"case '{cid}' '{path}': not a readable image (unknown or corrupt format)") from None
+
+
+def load_case(case_dir: str | os.PathLike) -> Case:
+    """Load one case folder; raises :class:`InputError` naming the folder and file on any problem."""
+    d = Path(case_dir)
+    cid = d.name
+    for name in REQUIRED_FILES:
+        if not (d / name).is_file():
+            raise InputError(f"case '{cid}' ({d}): required file '{name}' is missing")
+
+    def what(role: str) -> str:
+        return f"case '{cid}' {role}"
+
+    image = to_rgb(load_image(d / "image.png", what("image")))
+    mask = load_mask(d / "mask.png", what("mask"))
+    ref_raw = load_image(d / "reference.png", what("reference"))
+    reference = to_rgb(ref_raw)
+
+    ref_mask_path = d / "reference_mask.png"
+    if ref_mask_path.exists():
+        reference_mask = load_mask(ref_mask_path, what("reference_mask"))
+    else:
+        reference_mask = alpha_mask(ref_raw)
+
+    names = {
+        "image": str(d / "image.png"),
+        "mask": str(d / "mask.png"),
+        "reference": str(d / "reference.png"),
+        "reference_mask": str(ref_mask_path) if ref_mask_path.exists() else f"{d / 'reference.png'} (alpha)",
+    }
+    try:
+        validate_inputs(image, mask, reference, reference_mask, names=names)
+    except InputError as e:
+        raise InputError(f"case '{cid}': {e}") from None
+
+    correspondence = None
+    corr_path = d / "correspondence.png"
+    if corr_path.exists():
+        correspondence = load_mask(corr_path, what("correspondence"))
+        _size_check(correspondence.shape, reference.size, corr_path, "reference")
+
+    target = None
+    target_path = d / "target.png"
+    if target_path.exists():
+        target = to_rgb(load_image(target_path, what("target")))
+        _size_check((target.height, target.width), image.size, target_path, "image")
+
+    meta: dict[str, Any] = {}
+    meta_path = d / "meta.json"
+    if meta_path.exists():
+        try:
+            meta = json.loads(meta_path.read_text(encoding="utf-8"))
+        except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
+            raise InputError(f"case '{cid}' meta '{meta_path}': not valid JSON ({e})") from None
+        if not isinstance(meta, dict):
+            raise InputError(f"case '{cid}' meta '{meta_path}': must hold a JSON object, got {type(meta).__name__}")
+
+    return Case(
+        id=cid,
+        dir=d,
+        image=image,
+        mask=mask,
+        reference=reference,
+        reference_mask=reference_mask,
+        correspondence=correspondence,
+        target=target,
+        meta=meta,
+    )
+
+
+def list_case_dirs(cases_dir: str | os.PathLike, limit: int | None = None) -> list[Path]:
+    """The case folders under ``cases_dir`` (sub-folders, hidden ones skipped), sorted by id, the
+    first ``limit`` of them if given. Raises :class:`InputError` when there are none."""
+    root = Path(cases_dir)
+    if not root.exists():
+        raise InputError(f"cases folder '{root}': not found")
+    if not root.is_dir():
+        raise InputError(f"cases folder '{root}': is not a folder")
+    if limit is not None and limit < 1:
+        raise InputError(f"--limit must be at least 1, got {limit}")
+    dirs = sorted((p for p in root.iterdir() if p.is_dir() and not p.name.startswith(".")), key=lambda p: p.name)
+    if not dirs:
+        raise InputError(f"cases folder '{root}': holds no case folders (expected <case_id>/image.png, ...)")
+    return dirs if limit is None else dirs[:limit]
+
+
+def load_cases(cases_dir: str | os.PathLike, limit: int | None = None) -> list[Case]:
+    """Load every case folder under ``cases_dir`` (see :func:`list_case_dirs`), sorted by id.
+
+    ``limit`` keeps only the first ``limit`` cases (in id order). Raises :class:`InputError` when the
+    folder is missing or holds no cases, and for any missing or unreadable file of a case.
+    """
+    return [load_case(p) for p in list_case_dirs(cases_dir, limit)]

@@ -1,0 +1,164 @@
+"""Loading and validating user images, masks and references.
+
+Every problem with a user-supplied file ends in one :class:`InputError` whose message names the
+file and the problem, so the CLI can print one line and exit with code 2.
+"""
+
+from __future__ import annotations
+
+import os
+import warnings
+from pathlib import Path
+
+import numpy as np
+from PIL import Image, ImageOps, UnidentifiedImageError
+
+__all__ = [
+    "InputError",
+    "load_image",
+    "load_mask",
+    "to_rgb",
+    "to_mask",
+    "alpha_mask",
+    "validate_inputs",
+    "save_image_atomic",
+]
+
+# Largest accepted image (pixels). Pillow's own bomb check fires at twice its MAX_IMAGE_PIXELS.
+MAX_PIXELS = 64_000_000
+Image.MAX_IMAGE_PIXELS = MAX_PIXELS
+
+
+class InputError(ValueError):
+    """A user input that cannot be used; the message is meant for the user, one line."""
+
+
+def _open(path: str | os.PathLike, what: str) -> Image.Image:
+    path = Path(path)
+    if not path.exists():
+        raise InputError(f"{what} '{path}': file not found")
+    if path.is_dir():
+        raise InputError(f"{what} '{path}': is a folder, not an image file")
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            img = Image.open(path)
+            img.load()
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as e:
+        raise InputError(f"{what} '{path}': image too large (decompression bomb guard: {e})") from None
+    except UnidentifiedImageError:
+        raise InputError(f"{what} '{path}': not a readable image (unknown or corrupt format)") from None
+    except (OSError, SyntaxError, ValueError) as e:
+        raise InputError(f"{what} '{path}': cannot be decoded ({e})") from None
+    if img.width < 1 or img.height < 1:
+        raise InputError(f"{what} '{path}': image has zero size")
+    try:
+        img = ImageOps.exif_transpose(img)
+    except Exception:  # broken EXIF must not stop us: keep the pixels as stored
+        pass
+    return img
+
+
+def to_rgb(img: Image.Image) -> Image.Image:
+    """Any PIL mode (RGBA, L, P, I;16, CMYK, ...) -> 8-bit RGB."""
+    if img.mode in ("I;16", "I;16B", "I;16L", "I"):
+        arr = np.asarray(img, dtype=np.float64)
+        hi = 65535.0 if arr.max() > 255 else 255.0
+        img = Image.fromarray(np.clip(arr / hi * 255.0 + 0.5, 0, 255).astype(np.uint8), "L")
+    if img.mode == "F":
+        arr = np.asarray(img, dtype=np.float64)
+        img = Image.fromarray(np.clip(arr * 255.0 + 0.5, 0, 255).astype(np.uint8), "L")
+    if img.mode in ("RGBA", "LA", "PA") or (img.mode == "P" and "transparency" in img.info):
+        img = img.convert("RGBA")
+        background = Image.new("RGBA", img.size, (0, 0, 0, 255))
+        return Image.alpha_composite(background, img).convert("RGB")
+    return img.convert("RGB")
+
+
+def alpha_mask(img: Image.Image) -> np.ndarray | None:
+    """The alpha channel as a boolean object mask, or None if the image has no useful alpha."""
+    if img.mode in ("RGBA", "LA", "PA") or (img.mode == "P" and "transparency" in img.info):
+        alpha = np.asarray(img.convert("RGBA"))[..., 3]
+        if alpha.min() < 255:
+            return alpha >= 128
+    return None
+
+
+def to_mask(img: Image.Image) -> np.ndarray:
+    """Any single-channel or colour image -> boolean mask: nonzero / bright = True.
+
+    Grey levels are thresholded at half range, so antialiased brush strokes count as drawn."""
+    if img.mode in ("RGBA", "LA", "PA") or (img.mode == "P" and "transparency" in img.info):
+        rgba = np.asarray(img.convert("RGBA")).astype(np.float32)
+        grey = rgba[..., :3].max(axis=-1) * (rgba[..., 3] / 255.0)
+        return grey >= 128
+    if img.mode == "1":
+        return np.asarray(img, dtype=bool)
+    if img.mode in ("I;16", "I;16B", "I;16L", "I", "F"):
+        arr = np.asarray(img, dtype=np.float64)
+        return arr >= (32768 if arr.max() > 255 else 128)
+    arr = np.asarray(img.convert("RGB")).max(axis=-1)
+    return arr >= 128
+
+
+def load_image(path: str | os.PathLike, what: str = "image") -> Image.Image:
+    """Open an image file of any mode and size; returns the decoded PIL image (EXIF-rotated)."""
+    return _open(path, what)
+
+
+def load_mask(path: str | os.PathLike, what: str = "mask") -> np.ndarray:
+    return to_mask(_open(path, what))
+
+
+def validate_inputs(
+    image: Image.Image,
+    mask: np.ndarray,
+    reference: Image.Image,
+    reference_mask: np.ndarray | None = None,
+    names: dict[str, str] | None = None,
+) -> None:
+    """Raise InputError for inputs no method can work with. ``names`` maps role -> file name."""
+    names = names or {}
+
+    def name(role: str) -> str:
+        return f"{role} '{names[role]}'" if role in names else role
+
+    if min(image.size) < 8:
+        raise InputError(f"{name('image')}: {image.width}x{image.height} is too small (need at least 8x8)")
+    if min(reference.size) < 8:
+        raise InputError(
+            f"{name('reference')}: {reference.width}x{reference.height} is too small (need at least 8x8)"
+        )
+    if mask.shape != (image.height, image.width):
+        raise InputError(
+            f"{name('mask')}: size {mask.shape[1]}x{mask.shape[0]} does not match the image "
+            f"{image.width}x{image.height}"
+        )
+    if not mask.any():
+        raise InputError(f"{name('mask')}: mask is empty (no bright pixels mark an artifact)")
+    if mask.all():
+        raise InputError(f"{name('mask')}: mask covers the whole image; nothing is left to align with")
+    if reference_mask is not None:
+        if reference_mask.shape != (reference.height, reference.width):
+            raise InputError(
+                f"{name('reference_mask')}: size {reference_mask.shape[1]}x{reference_mask.shape[0]} "
+                f"does not match the reference {reference.width}x{reference.height}"
+            )
+        if not reference_mask.any():
+            raise InputError(f"{name('reference_mask')}: reference mask is empty (no object)")
+
+
+def save_image_atomic(img: Image.Image, path: str | os.PathLike) -> None:
+    """Write via a temporary file in the same folder, then rename: no half-written outputs."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fmt = Image.registered_extensions().get(path.suffix.lower())
+    if fmt is None:
+        raise InputError(f"output '{path}': unknown image extension '{path.suffix}' (use .png or .jpg)")
+    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
+    try:
+        img.save(tmp, format=fmt)
+        os.replace(tmp, path)
+    finally:
+        if tmp.exists():
+            tmp.unlink()

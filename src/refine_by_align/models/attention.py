@@ -1,0 +1,108 @@
+"""Recording cross-attention probabilities by layer name (Sec. 3.2, Eq. 4).
+
+A :class:`RecordingAttnProcessor` is installed with ``unet.set_attn_processor`` on the
+cross-attention layers to read; every other layer keeps diffusers' fast SDPA processor. Maps are
+stored in an :class:`AttentionStore` keyed by the layer's module name, and layers are numbered in
+forward order (down blocks, mid block, up blocks) so that the paper's layer index l has a meaning.
+"""
+
+from __future__ import annotations
+
+import re
+
+import torch
+from diffusers.models.attention_processor import Attention, AttnProcessor2_0
+
+__all__ = ["AttentionStore", "RecordingAttnProcessor", "cross_attention_layers", "record_layers"]
+
+
+class AttentionStore:
+    """Cross-attention probabilities of the last forward pass, by layer name.
+
+    ``maps[name]`` is (B, HW, tokens), averaged over heads. With ``keep_grad`` the maps stay in the
+    autograd graph (for attention supervision in training); otherwise they are detached."""
+
+    def __init__(self, keep_grad: bool = False):
+        self.keep_grad = keep_grad
+        self.maps: dict[str, torch.Tensor] = {}
+
+    def clear(self) -> None:
+        self.maps.clear()
+
+    def __getitem__(self, name: str) -> torch.Tensor:
+        return self.maps[name]
+
+    def __contains__(self, name: str) -> bool:
+        return name in self.maps
+
+
+class RecordingAttnProcessor(AttnProcessor2_0):
+    """SDPA attention that also stores the heads-averaged attention probabilities A = softmax(qk^T).
+
+    The probabilities are computed from the same projections the layer uses, so gradients of a loss
+    on them reach to_q / to_k and the reference tokens."""
+
+    def __init__(self, store: AttentionStore, name: str):
+        super().__init__()
+        self.store = store
+        self.name = name
+
+    def __call__(self, attn: Attention, hidden_states, encoder_hidden_states=None, attention_mask=None, temb=None, *args, **kwargs):
+        if encoder_hidden_states is not None:
+            self.store.maps[self.name] = self._probs(attn, hidden_states, encoder_hidden_states)
+        return super().__call__(attn, hidden_states, encoder_hidden_states, attention_mask, temb, *args, **kwargs)
+
+    def _probs(self, attn: Attention, hidden_states: torch.Tensor, context: torch.Tensor) -> torch.Tensor:
+        if attn.spatial_norm is not None or hidden_states.ndim == 4:
+            raise ValueError("RecordingAttnProcessor expects a transformer-block cross-attention (B, HW, C) input")
+        if attn.group_norm is not None:
+            hidden_states = attn.group_norm(hidden_states.transpose(1, 2)).transpose(1, 2)
+        if attn.norm_cross:
+            context = attn.norm_encoder_hidden_states(context)
+        b = hidden_states.shape[0]
+        heads = attn.heads
+        q = attn.to_q(hidden_states)  # (B, HW, inner)
+        k = attn.to_k(context)  # (B, T, inner)
+        q = q.view(b, -1, heads, q.shape[-1] // heads).transpose(1, 2)  # (B, heads, HW, d)
+        k = k.view(b, -1, heads, k.shape[-1] // heads).transpose(1, 2)  # (B, heads, T, d)
+        if attn.norm_q is not None:
+            q = attn.norm_q(q)
+        if attn.norm_k is not None:
+            k = attn.norm_k(k)
+        logits = torch.matmul(q.float(), k.float().transpose(-1, -2)) * attn.scale  # (B, heads, HW, T)
+        probs = logits.softmax(dim=-1).mean(dim=1)  # (B, HW, T)
+        return probs if self.store.keep_grad else probs.detach()
+
+
+_BLOCK_RE = re.compile(r"^(down_blocks|mid_block|up_blocks)\.?(\d*)\.attentions\.(\d+)\.transformer_blocks\.(\d+)\.attn2$")
+
+
+def cross_attention_layers(unet) -> list[str]:
+    """Names of the U-Net's cross-attention modules (``...attn2``) in forward order: down blocks,
+    then the mid block, then up blocks. Index i of this list is the paper's layer l = i."""
+    order = {"down_blocks": 0, "mid_block": 1, "up_blocks": 2}
+    names = []
+    for name, module in unet.named_modules():
+        if isinstance(module, Attention) and name.endswith("attn2"):
+            m = _BLOCK_RE.match(name)
+            if m is None:
+                raise ValueError(f"unexpected cross-attention module name '{name}'")
+            kind, block, att, tb = m.groups()
+            names.append(((order[kind], int(block or 0), int(att), int(tb)), name))
+    return [n for _, n in sorted(names)]
+
+
+def record_layers(unet, layers: list[str], store: AttentionStore) -> None:
+    """Install recording processors on ``layers`` (module names) and SDPA everywhere else."""
+    known = set(cross_attention_layers(unet))
+    missing = [name for name in layers if name not in known]
+    if missing:
+        raise ValueError(f"not cross-attention layers of this U-Net: {missing}")
+    processors = {}
+    for key in unet.attn_processors:  # keys look like '<module name>.processor'
+        module_name = key[: -len(".processor")]
+        if module_name in layers:
+            processors[key] = RecordingAttnProcessor(store, module_name)
+        else:
+            processors[key] = AttnProcessor2_0()
+    unet.set_attn_processor(processors)

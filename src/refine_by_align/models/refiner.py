@@ -1,0 +1,180 @@
+"""The whole Refine-by-Align network: reference encoder + denoising U-Net (+ optional autoencoder).
+
+One set of weights serves both training modes and both inference stages (Sec. 3.4-3.5).
+Saved as one folder: ``config.json`` + ``diffusion_pytorch_model.safetensors``.
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import torch
+import torch.nn as nn
+from diffusers import AutoencoderKL, AutoencoderTiny, ModelMixin, UNet2DConditionModel
+from diffusers.configuration_utils import ConfigMixin, register_to_config
+
+from ..config import ModelConfig
+from .attention import cross_attention_layers
+from .denoiser import build_unet
+from .reference_encoder import ReferenceEncoder
+
+__all__ = ["RefineByAlignModel", "PICKLE_SUFFIXES", "check_no_pickles"]
+
+logger = logging.getLogger(__name__)
+
+PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".ckpt", ".pkl", ".pickle")
+
+
+def check_no_pickles(folder: Path) -> None:
+    """Refuse model folders that carry pickled weights: only safetensors are ever loaded."""
+    bad = sorted(p.name for p in folder.rglob("*") if p.suffix.lower() in PICKLE_SUFFIXES)
+    if bad:
+        raise ValueError(
+            f"model folder '{folder}' contains pickle files ({', '.join(bad)}); refine-by-align loads "
+            "safetensors only. Convert the weights to .safetensors or remove the pickles."
+        )
+
+
+def _build_vae(cfg: ModelConfig) -> nn.Module | None:
+    if cfg.latent == "pixel":
+        return None
+    if cfg.latent == "vae-kl":
+        # SD-1.5's AutoencoderKL architecture (4 latent channels, downsampling 8).
+        return AutoencoderKL(
+            in_channels=3,
+            out_channels=3,
+            down_block_types=("DownEncoderBlock2D",) * 4,
+            up_block_types=("UpDecoderBlock2D",) * 4,
+            block_out_channels=(128, 256, 512, 512),
+            layers_per_block=2,
+            latent_channels=4,
+            sample_size=cfg.resolution,
+            scaling_factor=cfg.vae_scaling_factor,
+        )
+    if cfg.latent == "vae-tiny":
+        return AutoencoderTiny(scaling_factor=1.0)
+    raise ValueError(f"unknown latent space '{cfg.latent}' (pixel, vae-kl or vae-tiny)")
+
+
+class RefineByAlignModel(ModelMixin, ConfigMixin):
+    """Encoder phi, projector MLP, null tokens for guidance, U-Net R_theta and optional autoencoder.
+
+    Build a fresh one with :meth:`from_model_config`; load a trained one with :meth:`load`."""
+
+    config_name = "config.json"
+
+    @register_to_config
+    def __init__(self, spec: dict):
+        super().__init__()
+        self.cfg = ModelConfig.from_dict(spec)
+        self.reference_encoder = ReferenceEncoder(self.cfg)
+        self.unet: UNet2DConditionModel = build_unet(self.cfg)
+        self.vae = _build_vae(self.cfg)
+        if self.vae is not None:
+            self.vae.requires_grad_(False)
+        self.cross_attention_layers = cross_attention_layers(self.unet)
+        if not 0 <= self.cfg.alignment_layer < len(self.cross_attention_layers):
+            raise ValueError(
+                f"alignment_layer {self.cfg.alignment_layer} out of range: this U-Net has "
+                f"{len(self.cross_attention_layers)} cross-attention layers"
+            )
+
+    # ----------------------------------------------------------------- construction / loading
+    @classmethod
+    def from_model_config(cls, cfg: ModelConfig, load_pretrained: bool = True) -> "RefineByAlignModel":
+        """A new model; with ``load_pretrained`` the encoder / autoencoder weights named in the
+        config (a local folder or hub id) are loaded, and the encoder frozen if asked."""
+        model = cls(spec=cfg.to_dict())
+        if load_pretrained and cfg.encoder.pretrained:
+            from transformers import Dinov2Model
+
+            vit = Dinov2Model.from_pretrained(cfg.encoder.pretrained, use_safetensors=True)
+            if vit.config.hidden_size != cfg.encoder.hidden_size or vit.config.patch_size != cfg.encoder.patch_size:
+                raise ValueError(
+                    f"pretrained encoder '{cfg.encoder.pretrained}' has hidden {vit.config.hidden_size}, patch "
+                    f"{vit.config.patch_size}; the config asks for {cfg.encoder.hidden_size}, {cfg.encoder.patch_size}"
+                )
+            model.reference_encoder.vit = vit
+        if load_pretrained and cfg.vae_pretrained and model.vae is not None:
+            vae_cls = AutoencoderKL if cfg.latent == "vae-kl" else AutoencoderTiny
+            model.vae = vae_cls.from_pretrained(cfg.vae_pretrained, use_safetensors=True)
+            model.vae.requires_grad_(False)
+        if cfg.encoder.freeze:
+            model.reference_encoder.vit.requires_grad_(False)
+        return model
+
+    @classmethod
+    def load(cls, path: str | Path) -> "RefineByAlignModel":
+        """Load a saved model folder (config.json + safetensors). Pickled weights are refused."""
+        folder = Path(path)
+        if not folder.is_dir():
+            raise ValueError(f"model folder '{folder}' does not exist")
+        if not (folder / "config.json").exists():
+            raise ValueError(f"model folder '{folder}' has no config.json")
+        check_no_pickles(folder)
+        if not any(folder.glob("*.safetensors")):
+            raise ValueError(f"model folder '{folder}' has no .safetensors weights")
+        model = cls.from_pretrained(folder, use_safetensors=True, low_cpu_mem_usage=False)
+        model.eval()
+        return model
+
+    # ----------------------------------------------------------------- pieces used by pipelines
+    @property
+    def alignment_layer_name(self) -> str:
+        return self.cross_attention_layers[self.cfg.alignment_layer]
+
+    def encode_reference(self, reference: torch.Tensor) -> torch.Tensor:
+        """(B, 3, H, W) in [0, 1] -> context tokens (B, T, C)."""
+        return self.reference_encoder(reference)
+
+    def to_latent(self, images: torch.Tensor) -> torch.Tensor:
+        """(B, 3, H, W) in [0, 1] -> the U-Net's sample space: [-1, 1] pixels or scaled VAE latents."""
+        x = images * 2.0 - 1.0
+        if self.vae is None:
+            return x
+        if isinstance(self.vae, AutoencoderKL):
+            return self.vae.encode(x).latent_dist.mode() * self.vae.config.scaling_factor
+        return self.vae.encode(x).latents * self.vae.config.scaling_factor
+
+    def from_latent(self, latents: torch.Tensor) -> torch.Tensor:
+        """Inverse of :meth:`to_latent`, clamped to [0, 1]."""
+        if self.vae is None:
+            x = latents
+        else:
+            x = self.vae.decode(latents / self.vae.config.scaling_factor).sample
+        return ((x + 1.0) / 2.0).clamp(0.0, 1.0)
+
+    def latent_mask(self, mask: torch.Tensor) -> torch.Tensor:
+        """(B, 1, H, W) pixel mask -> (B, 1, h, w) at the sample resolution (max-pooled: a latent
+        cell is 'hole' if any of its pixels is)."""
+        f = self.cfg.latent_downsample
+        return mask if f == 1 else torch.nn.functional.max_pool2d(mask, f)
+
+    def forward(
+        self,
+        noisy: torch.Tensor,  # (B, C, h, w) z_t
+        timesteps: torch.Tensor,  # (B,) or scalar
+        masked: torch.Tensor,  # (B, C, h, w) the masked image in sample space
+        mask: torch.Tensor,  # (B, 1, h, w) 1 = hole
+        context: torch.Tensor | None = None,  # (B, T, C_ctx) reference tokens, or
+        reference: torch.Tensor | None = None,  # (B, 3, H, W) reference images in [0, 1] to encode
+        drop: torch.Tensor | None = None,  # (B,) bool: use the null tokens instead (guidance training)
+    ) -> torch.Tensor:
+        """Predicted noise (B, C, h, w) for the inpainting input [z_t, masked image, mask].
+
+        Pass ``context`` (pre-encoded, as pipelines do) or ``reference`` (encoded here, so that in
+        distributed training the encoder runs inside the wrapped forward)."""
+        if not (noisy.shape == masked.shape and noisy.shape[-2:] == mask.shape[-2:] and mask.shape[1] == 1):
+            raise ValueError(
+                f"shape mismatch: noisy {tuple(noisy.shape)}, masked {tuple(masked.shape)}, mask {tuple(mask.shape)}"
+            )
+        if (context is None) == (reference is None):
+            raise ValueError("pass exactly one of context= or reference=")
+        if context is None:
+            context = self.encode_reference(reference)
+        if drop is not None:
+            null = self.reference_encoder.unconditional(context.shape[0]).to(context.dtype)
+            context = torch.where(drop.view(-1, 1, 1), null, context)
+        x = torch.cat([noisy, masked, mask.to(noisy.dtype)], dim=1)
+        return self.unet(x, timesteps, encoder_hidden_states=context).sample

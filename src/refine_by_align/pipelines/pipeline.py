@@ -1,0 +1,317 @@
+"""RefineByAlignPipeline: alignment (Algorithm 1) then zoomed-in, reference-guided refinement.
+
+Sec. 3.5: given an image with artifacts I_a, the artifact mask M_a and a reference object I_r,
+the alignment stage finds M*, the region of I_r that corresponds to the artifacts; the refinement
+stage inpaints a zoomed-in crop of I_a guided by the tokens of I_r x M* and pastes it back.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import cv2
+import numpy as np
+import torch
+from diffusers import DiffusionPipeline, DPMSolverMultistepScheduler
+from PIL import Image
+
+from ..config import CONFIG_NAMES, get_config
+from ..io import InputError, alpha_mask, to_mask, to_rgb, validate_inputs
+from ..models.refiner import RefineByAlignModel
+from ..zoom import Box, crop_resize, mask_bbox, paste_back, square_pad_box, zoom_box
+from .alignment import AlignmentResult, attention_grid, clean_correspondence, grid_to_reference
+
+__all__ = ["RefineByAlignPipeline", "check_settings", "RefineOutput", "PreparedInputs", "default_model_dir", "make_scheduler"]
+
+logger = logging.getLogger(__name__)
+
+
+def default_model_dir() -> Path:
+    """Folder of the embedded default model shipped inside the package."""
+    return Path(__file__).resolve().parents[1] / "weights" / "default"
+
+
+def check_settings(steps: int | None, guidance: float | None) -> None:
+    """Reject meaningless sampling settings at the boundary (None = the model's default)."""
+    if steps is not None and (not isinstance(steps, (int, np.integer)) or isinstance(steps, bool) or not 1 <= steps <= 1000):
+        raise InputError(f"steps must be an integer in 1..1000, got {steps!r}")
+    if guidance is not None and (not isinstance(guidance, (int, float)) or not math.isfinite(guidance) or guidance < 0):
+        raise InputError(f"guidance must be a finite number >= 0, got {guidance!r}")
+
+
+def make_scheduler(model: RefineByAlignModel) -> DPMSolverMultistepScheduler:
+    """DPM-Solver++ (2M) on the model's training noise schedule."""
+    c = model.cfg
+    return DPMSolverMultistepScheduler(
+        num_train_timesteps=c.num_train_timesteps,
+        beta_schedule=c.beta_schedule,
+        prediction_type=c.prediction_type,
+        algorithm_type="dpmsolver++",
+        solver_order=2,
+    )
+
+
+@dataclass
+class RefineOutput:
+    """Result of one refinement."""
+
+    image: Image.Image  # the refined image, same size as the input
+    correspondence_mask: np.ndarray | None  # (Hr, Wr) bool: M* on the reference (None when align=False)
+    correspondence_map: np.ndarray | None  # (Hr, Wr) float32 in [0, 1]: the cleaned alignment map
+    crop_box: Box  # the zoom-in crop on the input image
+    reference_box: Box  # the square region of the reference that guided the refinement
+    timings: dict[str, float] = field(default_factory=dict)  # seconds per stage
+    random_weights: bool = False  # True when the model is an untrained stand-in
+
+
+@dataclass
+class PreparedInputs:
+    """Validated inputs as arrays, plus the crops the model sees."""
+
+    image: np.ndarray  # (H, W, 3) uint8
+    mask: np.ndarray  # (H, W) bool, the artifact mask M_a
+    reference: np.ndarray  # (Hr, Wr, 3) uint8, black outside the reference object
+    reference_mask: np.ndarray  # (Hr, Wr) bool, the reference object
+    crop_box: Box
+    reference_box: Box  # square box around the reference object (what the encoder sees)
+
+
+class RefineByAlignPipeline(DiffusionPipeline):
+    """Two-stage reference-guided artifact refinement. Build with :meth:`from_pretrained`."""
+
+    model_cpu_offload_seq = "model"
+
+    def __init__(self, model: RefineByAlignModel, scheduler: DPMSolverMultistepScheduler):
+        super().__init__()
+        self.register_modules(model=model, scheduler=scheduler)
+        self.random_weights = False
+
+    # ------------------------------------------------------------------ loading / saving
+    @classmethod
+    def from_pretrained(cls, name_or_path: str | Path = "default", seed: int = 0) -> "RefineByAlignPipeline":
+        """``default`` = the shipped model; ``tiny`` / ``paper`` (or ``default`` when no weights are
+        shipped) = a random-init stand-in of that config (flagged, warned about); anything else is a
+        folder saved by :meth:`save_pretrained`."""
+        name = str(name_or_path)
+        random_weights = False
+        if name == "default" and (default_model_dir() / "config.json").exists():
+            model = RefineByAlignModel.load(default_model_dir())
+        elif name in CONFIG_NAMES:
+            torch.manual_seed(seed)
+            model = RefineByAlignModel.from_model_config(get_config(name))
+            model.eval()
+            random_weights = True
+            logger.warning("model '%s' has no trained weights here: using RANDOM weights (outputs are meaningless)", name)
+        else:
+            model = RefineByAlignModel.load(name)
+        pipe = cls(model=model, scheduler=make_scheduler(model))
+        pipe.random_weights = random_weights
+        return pipe
+
+    def save_pretrained(self, save_directory: str | Path, **kwargs) -> None:
+        """One folder: config.json + diffusion_pytorch_model.safetensors (the scheduler derives from
+        the config)."""
+        self.model.save_pretrained(save_directory, safe_serialization=True)
+
+    # ------------------------------------------------------------------ input preparation
+    def prepare(
+        self,
+        image: Image.Image,
+        mask: np.ndarray | Image.Image,
+        reference: Image.Image,
+        reference_mask: np.ndarray | Image.Image | None = None,
+        names: dict[str, str] | None = None,
+    ) -> PreparedInputs:
+        """Check the inputs (one clear InputError on any problem) and compute the crops."""
+        cfg = self.model.cfg
+        if isinstance(mask, Image.Image):
+            mask = to_mask(mask)
+        if isinstance(reference_mask, Image.Image):
+            reference_mask = to_mask(reference_mask)
+        mask = np.asarray(mask).astype(bool)
+        if reference_mask is None:
+            reference_mask = alpha_mask(reference)
+        rgb = to_rgb(image)
+        ref_rgb = to_rgb(reference)
+        validate_inputs(rgb, mask, ref_rgb, reference_mask, names)
+        if reference_mask is None:
+            reference_mask = np.ones((ref_rgb.height, ref_rgb.width), dtype=bool)
+        ref = np.asarray(ref_rgb).copy()
+        ref[~reference_mask] = 0
+        crop_box = zoom_box(mask, grow=cfg.zoom_grow, min_size=cfg.zoom_min_size)
+        ref_box = square_pad_box(mask_bbox(reference_mask), cfg.reference_margin, reference_mask.shape)
+        return PreparedInputs(np.asarray(rgb), mask, ref, reference_mask, crop_box, ref_box)
+
+    def _to_tensor(self, array: np.ndarray) -> torch.Tensor:
+        """(S, S, 3) uint8 -> (1, 3, S, S) in [0, 1]; (S, S) bool -> (1, 1, S, S)."""
+        if array.ndim == 2:
+            t = torch.from_numpy(array.astype(np.float32))[None, None]
+        else:
+            t = torch.from_numpy(array.astype(np.float32) / 255.0).permute(2, 0, 1)[None]
+        return t.to(self.device, self.model.dtype)
+
+    def _crop_tensors(self, p: PreparedInputs) -> tuple[torch.Tensor, torch.Tensor]:
+        s = self.model.cfg.resolution
+        crop = self._to_tensor(crop_resize(p.image, p.crop_box, s))  # (1, 3, S, S)
+        cmask = self._to_tensor(crop_resize(p.mask, p.crop_box, s))  # (1, 1, S, S)
+        if cmask.sum() == 0:  # a mask thinner than one crop pixel still counts
+            cy, cx = np.array(np.nonzero(p.mask)).mean(axis=1)
+            iy = int((cy - p.crop_box.y0) / p.crop_box.height * s)
+            ix = int((cx - p.crop_box.x0) / p.crop_box.width * s)
+            cmask[..., min(iy, s - 1), min(ix, s - 1)] = 1.0
+        return crop, cmask
+
+    def _reference_tensor(self, reference: np.ndarray, box: Box) -> torch.Tensor:
+        return self._to_tensor(crop_resize(reference, box, self.model.cfg.encoder_image_size))
+
+    # ------------------------------------------------------------------ alignment stage
+    @torch.no_grad()
+    def align(
+        self,
+        image: Image.Image,
+        mask: np.ndarray | Image.Image,
+        reference: Image.Image,
+        reference_mask: np.ndarray | Image.Image | None = None,
+        timestep: int | None = None,
+        layer: int | None = None,
+        threshold: float = 0.5,
+        seed: int = 0,
+        names: dict[str, str] | None = None,
+    ) -> AlignmentResult:
+        """The alignment stage alone (Algorithm 1 at one (t, l), Eq. 5, A.4)."""
+        p = self.prepare(image, mask, reference, reference_mask, names)
+        return self._align(p, timestep, layer, threshold, seed)
+
+    def _align(self, p: PreparedInputs, timestep, layer, threshold, seed) -> AlignmentResult:
+        cfg = self.model.cfg
+        t = cfg.alignment_timestep if timestep is None else int(timestep)
+        l = cfg.alignment_layer if layer is None else int(layer)
+        if not 0 <= t < cfg.num_train_timesteps:
+            raise ValueError(f"alignment timestep {t} out of range 0..{cfg.num_train_timesteps - 1}")
+        crop, cmask = self._crop_tensors(p)
+        sample = self.model.to_latent(crop)
+        lmask = self.model.latent_mask(cmask)
+        masked = self.model.to_latent(crop * (1.0 - cmask))
+        context = self.model.encode_reference(self._reference_tensor(p.reference, p.reference_box))
+        generator = torch.Generator("cpu").manual_seed(seed)
+        raw = attention_grid(self.model, sample, masked, lmask, context, [t], [l], self.scheduler, generator)[0, 0, 0]
+        raw = raw.numpy()
+        grid_mask, norm = clean_correspondence(raw, threshold=threshold)
+        shape = p.reference_mask.shape
+        m_star = grid_to_reference(grid_mask, p.reference_box, shape) & p.reference_mask
+        if not m_star.any():  # the blob fell outside the object: keep it unclipped
+            m_star = grid_to_reference(grid_mask, p.reference_box, shape)
+        heat = grid_to_reference(norm, p.reference_box, shape, smooth=True) * p.reference_mask
+        return AlignmentResult(m_star, heat.astype(np.float32), raw.astype(np.float32), grid_mask, t, l)
+
+    # ------------------------------------------------------------------ refinement stage
+    @torch.no_grad()
+    def __call__(
+        self,
+        image: Image.Image,
+        mask: np.ndarray | Image.Image,
+        reference: Image.Image,
+        reference_mask: np.ndarray | Image.Image | None = None,
+        num_inference_steps: int | None = None,
+        guidance_scale: float | None = None,
+        seed: int = 0,
+        align: bool = True,
+        correspondence: np.ndarray | None = None,
+        alignment_timestep: int | None = None,
+        alignment_layer: int | None = None,
+        names: dict[str, str] | None = None,
+    ) -> RefineOutput:
+        """Refine the masked artifacts of ``image`` from ``reference``.
+
+        ``align=False`` is the single-stage ablation (the whole reference guides, Table 3);
+        ``correspondence`` (bool (Hr, Wr)) skips alignment and uses the given region (oracle)."""
+        cfg = self.model.cfg
+        steps = cfg.default_steps if num_inference_steps is None else num_inference_steps
+        guidance = cfg.default_guidance if guidance_scale is None else guidance_scale
+        check_settings(steps, guidance)
+        timings: dict[str, float] = {}
+        t0 = time.perf_counter()
+
+        # 1. Validate the inputs and cut the zoom-in crop.
+        p = self.prepare(image, mask, reference, reference_mask, names)
+        if correspondence is not None:
+            correspondence = np.asarray(correspondence).astype(bool)
+            if correspondence.shape != p.reference_mask.shape:
+                raise InputError(
+                    f"correspondence {correspondence.shape[::-1]} does not match the reference {p.reference_mask.shape[::-1]}"
+                )
+        crop, cmask = self._crop_tensors(p)  # (1, 3, S, S), (1, 1, S, S)
+        timings["prepare"] = time.perf_counter() - t0
+
+        # 2. Alignment stage: M* on the reference (Algorithm 1).
+        t1 = time.perf_counter()
+        alignment = None
+        if correspondence is not None and correspondence.any():
+            region = correspondence
+        elif align:
+            alignment = self._align(p, alignment_timestep, alignment_layer, 0.5, seed)
+            region = alignment.mask
+        else:
+            region = None
+        timings["align"] = time.perf_counter() - t1
+
+        # 3. Guidance tokens: the reference cut down to the aligned region (or the whole object).
+        t2 = time.perf_counter()
+        if region is not None:
+            grow = max(1, int(round(cfg.reference_margin * max(mask_bbox(region).width, mask_bbox(region).height))))
+            kernel = cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (2 * grow + 1, 2 * grow + 1))
+            keep = cv2.dilate(region.astype(np.uint8), kernel).astype(bool) & p.reference_mask
+            if not keep.any():
+                keep = region
+            local = p.reference * keep[..., None]
+            guide_box = square_pad_box(mask_bbox(keep), cfg.reference_margin, keep.shape)
+            ref_tensor = self._reference_tensor(local, guide_box)
+        else:
+            guide_box = p.reference_box
+            ref_tensor = self._reference_tensor(p.reference, guide_box)
+        context = self.model.encode_reference(ref_tensor)  # (1, T, C)
+        use_cfg = guidance != 1.0
+        if use_cfg:
+            context = torch.cat([self.model.reference_encoder.unconditional(1), context])  # (2, T, C)
+        timings["encode_reference"] = time.perf_counter() - t2
+
+        # 4. Denoise the crop: inpainting input [z_t, masked image, mask], guided by the tokens.
+        t3 = time.perf_counter()
+        masked = self.model.to_latent(crop * (1.0 - cmask))
+        lmask = self.model.latent_mask(cmask)
+        generator = torch.Generator("cpu").manual_seed(seed)
+        latents = torch.randn(masked.shape, generator=generator, dtype=torch.float32).to(self.device, masked.dtype)
+        self.scheduler.set_timesteps(steps, device=self.device)
+        latents = latents * self.scheduler.init_noise_sigma
+        batch = 2 if use_cfg else 1
+        with self.progress_bar(total=len(self.scheduler.timesteps)) as bar:
+            for t in self.scheduler.timesteps:
+                x = self.scheduler.scale_model_input(torch.cat([latents] * batch), t)
+                eps = self.model(x, t.expand(batch), masked.expand(batch, -1, -1, -1), lmask.expand(batch, -1, -1, -1), context)
+                if use_cfg:
+                    eps_u, eps_c = eps.chunk(2)
+                    eps = eps_u + guidance * (eps_c - eps_u)
+                latents = self.scheduler.step(eps, t, latents).prev_sample
+                bar.update()
+        timings["denoise"] = time.perf_counter() - t3
+
+        # 5. Decode and paste the crop back: pixels outside the dilated mask stay bit-identical.
+        t4 = time.perf_counter()
+        out = self.model.from_latent(latents)[0].permute(1, 2, 0).float().cpu().numpy()  # (S, S, 3)
+        patch = np.clip(np.rint(out * 255.0), 0, 255).astype(np.uint8)
+        result = paste_back(p.image, patch, p.crop_box, p.mask, cfg.paste_dilate, cfg.paste_feather)
+        timings["paste"] = time.perf_counter() - t4
+        timings["total"] = time.perf_counter() - t0
+        return RefineOutput(
+            image=Image.fromarray(result),
+            correspondence_mask=region if region is not None else None,
+            correspondence_map=alignment.heatmap if alignment is not None else None,
+            crop_box=p.crop_box,
+            reference_box=guide_box,
+            timings=timings,
+            random_weights=self.random_weights,
+        )

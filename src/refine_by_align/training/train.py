@@ -1,0 +1,382 @@
+"""The training loop (Sec. 3.4, A.3): both modes mixed in one run, Eq. 2 plus attention supervision.
+
+Read top to bottom: config -> setup (accelerate, model, optimiser, data) -> resume -> loop
+(batch, noise, forward with attention recording, losses, step, EMA, log, evaluate, checkpoint).
+Runs the same on one CPU, one GPU, or several processes (``accelerate launch``).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import shutil
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+from accelerate import Accelerator
+from accelerate.utils import set_seed
+from diffusers import DDPMScheduler
+from diffusers.optimization import get_scheduler
+from diffusers.training_utils import EMAModel
+from tqdm.auto import tqdm
+
+from ..config import ModelConfig, get_config
+from ..models.attention import AttentionStore, record_layers
+from ..models.refiner import RefineByAlignModel
+from .losses import attention_supervision_loss, masked_noise_loss
+
+__all__ = ["TrainConfig", "load_train_config", "train", "latest_checkpoint", "export_weights", "RECIPES_DIR"]
+
+RECIPES_DIR = Path(__file__).resolve().parent / "recipes"
+
+
+@dataclass
+class TrainConfig:
+    """Everything a run needs; saved as ``RUN_DIR/train_config.json`` and next to every checkpoint."""
+
+    model: str = "default"  # model preset (tiny | default | paper) ...
+    model_overrides: dict = field(default_factory=dict)  # ... with these ModelConfig fields replaced
+    seed: int = 0  # seeds model init, data order, noise
+    batch_size: int = 24  # per process
+    max_steps: int = 20000  # optimiser steps of the whole run
+    lr_unet: float = 5e-4  # paper: 1e-5 at batch 192 on a pretrained SD U-Net; from scratch needs more
+    lr_projector: float = 1e-3  # paper: 4e-5 for the MLP between DINOv2 and the U-Net
+    lr_encoder: float = 5e-4  # only used when the encoder is trainable (no pretrained weights)
+    weight_decay: float = 0.01  # AdamW
+    warmup_steps: int = 200  # linear warm-up, then constant
+    grad_clip: float = 1.0  # max gradient norm
+    cond_drop: float = 0.1  # image-embedding drop rate for classifier-free guidance (A.3)
+    hole_weight: float = 10.0  # weight of hole pixels in Eq. 2 (the reference must matter there)
+    attn_weight: float = 1.0  # weight of the attention supervision (0 = the paper's plain Eq. 2)
+    attn_sigma: float = 0.6  # Gaussian width of the attention target, in tokens
+    attn_min_side: int = 16  # supervise cross-attention layers at this resolution or finer
+    mode_weights: dict = field(default_factory=lambda: {"alignment": 0.5, "refinement": 0.3, "multiview": 0.2})
+    synthetic_weight: float = 0.5  # share of single-image pairs drawn from the procedural generator
+    data_root: str | None = "../shared/data/dreambooth-train"  # multi-view photos (None: synthetic only)
+    mixed_precision: str = "no"  # "no" | "bf16" | "fp16" (accelerate)
+    ema_decay: float = 0.999  # 0 disables EMA
+    num_workers: int = 1  # data-loading processes
+    log_every: int = 20  # steps between JSONL log lines
+    eval_every: int = 500  # steps between reference-use / alignment checks
+    checkpoint_every: int = 500  # steps between resumable checkpoints
+    keep_checkpoints: int = 2  # older checkpoints are deleted
+
+    def model_config(self) -> ModelConfig:
+        cfg = get_config(self.model)
+        return ModelConfig.from_dict({**cfg.to_dict(), **self.model_overrides}) if self.model_overrides else cfg
+
+
+def load_train_config(name_or_path: str) -> TrainConfig:
+    """A recipe name (``tiny``, ``default``: JSON files shipped in training/recipes) or a JSON path."""
+    path = Path(name_or_path)
+    if not path.exists():
+        path = RECIPES_DIR / f"{name_or_path}.json"
+    if not path.exists():
+        names = ", ".join(sorted(p.stem for p in RECIPES_DIR.glob("*.json")))
+        raise ValueError(f"no training config '{name_or_path}' (a JSON file, or one of: {names})")
+    data = json.loads(path.read_text())
+    known = {f.name for f in dataclasses.fields(TrainConfig)}
+    unknown = set(data) - known
+    if unknown:
+        raise ValueError(f"{path}: unknown training config fields {sorted(unknown)}")
+    return TrainConfig(**data)
+
+
+def latest_checkpoint(run_dir: Path) -> Path | None:
+    ckpts = sorted((run_dir / "checkpoints").glob("step_*"))
+    ckpts = [c for c in ckpts if (c / "state.json").exists()]
+    return ckpts[-1] if ckpts else None
+
+
+class _StepSampler(torch.utils.data.Sampler):
+    """Deterministic sample indices that resume mid-run: step k of process r reads indices
+    [(k * world + r) * B, ... + B). The dataset draws each sample from (seed, index)."""
+
+    def __init__(self, start_step: int, batch_size: int, rank: int, world: int, total_steps: int):
+        self.start, self.b, self.rank, self.world, self.total = start_step, batch_size, rank, world, total_steps
+
+    def __iter__(self):
+        for k in range(self.start, self.total):
+            base = (k * self.world + self.rank) * self.b
+            yield from range(base, base + self.b)
+
+    def __len__(self):
+        return max(0, self.total - self.start) * self.b
+
+
+def build_dataset(tc: TrainConfig, mcfg: ModelConfig, seed_offset: int = 0):
+    from ..data.pairs import PairDataset, default_sources
+
+    sources = default_sources(data_root=tc.data_root, synthetic_weight=tc.synthetic_weight)
+    return PairDataset(
+        sources,
+        mode_weights=tc.mode_weights,
+        size=mcfg.resolution,
+        ref_size=mcfg.encoder_image_size,
+        seed=tc.seed + seed_offset,
+        length=2**62,
+    )
+
+
+def supervised_layers(model: RefineByAlignModel, min_side: int) -> list[str]:
+    """Cross-attention layers whose query map is at least ``min_side`` wide (at the model's crop)."""
+    side0 = model.cfg.resolution // model.cfg.latent_downsample
+    out = []
+    for name in model.cross_attention_layers:
+        block = name.split(".")[0]
+        if block == "mid_block":
+            level = len(model.cfg.unet.block_out_channels) - 1
+        else:
+            idx = int(name.split(".")[1])
+            n = len(model.cfg.unet.block_out_channels)
+            level = idx if block == "down_blocks" else n - 1 - idx
+        if side0 // (2**level) >= min_side:
+            out.append(name)
+    return out
+
+
+@torch.no_grad()
+def evaluate(model: RefineByAlignModel, batch: dict, noise_scheduler, layer: str, grid: int) -> dict:
+    """The reference-use gate and an alignment check on a fixed batch.
+
+    - ``hole_mse_right`` / ``hole_mse_shuffled``: Eq. 2 error inside the hole at t = 500 with the
+      right reference vs the references of other samples (the right one must win clearly);
+    - ``align_top1``: share of hole query pixels whose most-attended token lies within one token
+      of the true one, at the alignment layer, t = 0."""
+    model.eval()
+    dev = next(model.parameters()).device
+    x0 = model.to_latent(batch["image"].to(dev))
+    mask = model.latent_mask(batch["mask"].to(dev))
+    masked = model.to_latent((batch["image"] * (1 - batch["mask"])).to(dev))
+    g = torch.Generator("cpu").manual_seed(1234)
+    noise = torch.randn(x0.shape, generator=g).to(dev)
+    t = torch.full((x0.shape[0],), 500, dtype=torch.long, device=dev)
+    zt = noise_scheduler.add_noise(x0, noise, t)
+    ref = batch["reference"].to(dev)
+    res = {}
+    for name, r in (("right", ref), ("shuffled", ref.roll(1, dims=0))):
+        pred = model(zt, t, masked, mask, reference=r)
+        err = (pred - noise).pow(2).mean(dim=1, keepdim=True)
+        res[f"hole_mse_{name}"] = float((err * mask).sum() / mask.sum().clamp_min(1))
+    store = AttentionStore()
+    record_layers(model.unet, [layer], store)
+    t0 = torch.zeros_like(t)
+    model(x0, t0, masked, mask, reference=ref)
+    probs = store[layer]  # (B, Q, T)
+    side = int(round(probs.shape[1] ** 0.5))
+    from .losses import token_targets
+
+    target, valid = token_targets(batch["ref_coords"].to(dev), side, grid, 0.6)
+    hole = torch.nn.functional.interpolate(batch["mask"].to(dev), size=(side, side), mode="area").reshape(probs.shape[0], -1) > 0.5
+    sel = valid & hole
+    if sel.any():
+        pi, ti = probs.argmax(-1), target.argmax(-1)
+        dx = (pi % grid - ti % grid).abs()
+        dy = (pi // grid - ti // grid).abs()
+        res["align_top1"] = float(((dx <= 1) & (dy <= 1))[sel].float().mean())
+    model.unet.set_attn_processor({k: type(v)() if not hasattr(v, "store") else v for k, v in model.unet.attn_processors.items()})
+    model.train()
+    return res
+
+
+def _atomic_json(path: Path, data: dict) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(json.dumps(data, indent=2))
+    os.replace(tmp, path)
+
+
+def train(tc: TrainConfig, run_dir: str | Path, resume: bool = False, max_steps: int | None = None, progress: bool = True) -> dict:
+    """Train (or resume) a run in ``run_dir``. ``max_steps`` stops this invocation early at that
+    global step (the run's schedule still follows ``tc.max_steps``). Returns the last log record."""
+    run_dir = Path(run_dir)
+    # 1. Setup: accelerate, seeds, config files.
+    accelerator = Accelerator(mixed_precision=tc.mixed_precision, cpu=not torch.cuda.is_available())
+    if resume and (run_dir / "train_config.json").exists():
+        saved = json.loads((run_dir / "train_config.json").read_text())
+        if saved != dataclasses.asdict(tc):
+            accelerator.print("note: --resume uses the run's saved train_config.json")
+            tc = TrainConfig(**saved)
+    set_seed(tc.seed)
+    mcfg = tc.model_config()
+    if accelerator.is_main_process:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        _atomic_json(run_dir / "train_config.json", dataclasses.asdict(tc))
+        _atomic_json(run_dir / "model_config.json", mcfg.to_dict())
+    accelerator.wait_for_everyone()
+
+    # 2. Model, noise schedule, optimiser with separate learning rates, LR schedule, EMA.
+    model = RefineByAlignModel.from_model_config(mcfg)
+    model.train()
+    noise_scheduler = DDPMScheduler(
+        num_train_timesteps=mcfg.num_train_timesteps, beta_schedule=mcfg.beta_schedule, prediction_type=mcfg.prediction_type
+    )
+    enc = model.reference_encoder
+    groups = [
+        {"params": list(model.unet.parameters()), "lr": tc.lr_unet},
+        {"params": list(enc.projector.parameters()) + [enc.null_tokens], "lr": tc.lr_projector},
+    ]
+    vit_params = [p for p in enc.vit.parameters() if p.requires_grad]
+    if vit_params:
+        groups.append({"params": vit_params, "lr": tc.lr_encoder})
+    optimizer = torch.optim.AdamW(groups, weight_decay=tc.weight_decay)
+    lr_scheduler = get_scheduler("constant_with_warmup", optimizer, num_warmup_steps=tc.warmup_steps)
+    ema = EMAModel(model.parameters(), decay=tc.ema_decay) if tc.ema_decay > 0 else None
+    layers = supervised_layers(model, tc.attn_min_side) if tc.attn_weight > 0 else []
+    store = AttentionStore(keep_grad=True)
+    record_layers(model.unet, layers, store)
+
+    model, optimizer, lr_scheduler = accelerator.prepare(model, optimizer, lr_scheduler)
+    if ema is not None:
+        accelerator.register_for_checkpointing(ema)
+
+    # 3. Resume from the last complete checkpoint.
+    step = 0
+    if resume:
+        ckpt = latest_checkpoint(run_dir)
+        if ckpt is None:
+            accelerator.print(f"no checkpoint in {run_dir}/checkpoints: starting from step 0")
+        else:
+            accelerator.load_state(str(ckpt))
+            step = json.loads((ckpt / "state.json").read_text())["step"]
+            accelerator.print(f"resumed from {ckpt} at step {step}")
+
+    # 4. Data: deterministic per (seed, index), so a resumed run sees the same samples.
+    dataset = build_dataset(tc, mcfg)
+    stop = min(tc.max_steps, max_steps) if max_steps is not None else tc.max_steps
+    sampler = _StepSampler(step, tc.batch_size, accelerator.process_index, accelerator.num_processes, stop)
+    loader = torch.utils.data.DataLoader(
+        dataset, batch_size=tc.batch_size, sampler=sampler, num_workers=tc.num_workers, persistent_workers=False
+    )
+    eval_batch = None
+    if accelerator.is_main_process and tc.eval_every > 0:
+        eval_ds = build_dataset(tc, mcfg, seed_offset=10_000)  # fixed, never-trained-on samples
+        eval_batch = torch.utils.data.default_collate([eval_ds[i] for i in range(min(32, 4 * tc.batch_size))])
+
+    log_path = run_dir / "log.jsonl"
+    unwrapped: RefineByAlignModel = accelerator.unwrap_model(model)
+    grid = mcfg.grid_size
+    bar = tqdm(total=stop, initial=step, disable=not (progress and accelerator.is_main_process), desc="train", unit="step")
+    t_last, seen, record = time.perf_counter(), 0, {}
+    sums = {"loss": 0.0, "loss_eps": 0.0, "loss_attn": 0.0, "n": 0}
+
+    # 5. The loop.
+    for batch in loader:
+        if step >= stop:
+            break
+        image = batch["image"].to(accelerator.device)  # (B, 3, S, S) in [0, 1]
+        mask = batch["mask"].to(accelerator.device)  # (B, 1, S, S)
+        reference = batch["reference"].to(accelerator.device)  # (B, 3, R, R)
+        ref_coords = batch["ref_coords"].to(accelerator.device)  # (B, 2, S, S)
+        b = image.shape[0]
+        with accelerator.accumulate(model), accelerator.autocast():
+            with torch.no_grad():
+                x0 = unwrapped.to_latent(image)  # (B, C, h, w)
+                masked = unwrapped.to_latent(image * (1.0 - mask))
+            lmask = unwrapped.latent_mask(mask)
+            noise = torch.randn_like(x0)
+            t = torch.randint(0, mcfg.num_train_timesteps, (b,), device=x0.device)
+            zt = noise_scheduler.add_noise(x0, noise, t)
+            drop = torch.rand(b, device=x0.device) < tc.cond_drop
+            store.clear()
+            pred = model(zt, t, masked, lmask, reference=reference, drop=drop)
+            loss_eps = masked_noise_loss(pred, noise, lmask, tc.hole_weight)
+            loss_attn = torch.zeros((), device=x0.device)
+            if layers:
+                use = batch["has_correspondence"].to(x0.device).bool() & ~drop
+                for name in layers:
+                    loss_attn = loss_attn + attention_supervision_loss(store[name], ref_coords, mask, use, grid, tc.attn_sigma)
+                loss_attn = loss_attn / len(layers)
+            loss = loss_eps + tc.attn_weight * loss_attn
+            accelerator.backward(loss)
+            if accelerator.sync_gradients and tc.grad_clip > 0:
+                accelerator.clip_grad_norm_(model.parameters(), tc.grad_clip)
+            optimizer.step()
+            lr_scheduler.step()
+            optimizer.zero_grad(set_to_none=True)
+        if not torch.isfinite(loss):
+            raise FloatingPointError(f"loss became {loss.item()} at step {step}")
+        if ema is not None:
+            ema.step(unwrapped.parameters())
+        step += 1
+        seen += b * accelerator.num_processes
+        sums["loss"] += float(loss)
+        sums["loss_eps"] += float(loss_eps)
+        sums["loss_attn"] += float(loss_attn)
+        sums["n"] += 1
+        bar.update(1)
+
+        if accelerator.is_main_process and (step % tc.log_every == 0 or step == stop):
+            now = time.perf_counter()
+            n = max(sums["n"], 1)
+            record = {
+                "step": step,
+                "loss": sums["loss"] / n,
+                "loss_eps": sums["loss_eps"] / n,
+                "loss_attn": sums["loss_attn"] / n,
+                "lr_unet": lr_scheduler.get_last_lr()[0],
+                "images_per_s": seen / max(now - t_last, 1e-9),
+                "time": time.time(),
+            }
+            bar.set_postfix(loss=f"{record['loss']:.4f}", img_s=f"{record['images_per_s']:.1f}")
+            with open(log_path, "a") as f:
+                f.write(json.dumps(record) + "\n")
+            t_last, seen = now, 0
+            sums = {"loss": 0.0, "loss_eps": 0.0, "loss_attn": 0.0, "n": 0}
+
+        if eval_batch is not None and (step % tc.eval_every == 0 or step == stop):
+            ev = evaluate(unwrapped, eval_batch, noise_scheduler, unwrapped.alignment_layer_name, grid)
+            record_layers(unwrapped.unet, layers, store)  # evaluate() replaced the processors
+            ev = {"step": step, "eval": True, **ev}
+            with open(log_path, "a") as f:
+                f.write(json.dumps(ev) + "\n")
+            bar.write(" ".join(f"{k}={v:.4f}" if isinstance(v, float) else f"{k}={v}" for k, v in ev.items()))
+
+        if step % tc.checkpoint_every == 0 or step == stop:
+            save_checkpoint(accelerator, run_dir, step, tc, mcfg)
+    bar.close()
+    accelerator.wait_for_everyone()
+    if accelerator.is_main_process:
+        export_weights(unwrapped, ema, run_dir / "weights", tc, step)
+    accelerator.end_training()
+    return {"step": step, **record}
+
+
+def save_checkpoint(accelerator: Accelerator, run_dir: Path, step: int, tc: TrainConfig, mcfg: ModelConfig) -> Path:
+    """A complete, resumable checkpoint (model, optimiser, LR schedule, EMA, RNG states, step,
+    configs), written to a temporary folder then renamed, so a kill -9 never leaves a half one."""
+    ckpt_root = run_dir / "checkpoints"
+    final = ckpt_root / f"step_{step:08d}"
+    tmp = ckpt_root / f".tmp_step_{step:08d}"
+    if accelerator.is_main_process:
+        ckpt_root.mkdir(parents=True, exist_ok=True)
+        shutil.rmtree(tmp, ignore_errors=True)
+    accelerator.wait_for_everyone()
+    accelerator.save_state(str(tmp), safe_serialization=True)
+    if accelerator.is_main_process:
+        _atomic_json(tmp / "train_config.json", dataclasses.asdict(tc))
+        _atomic_json(tmp / "model_config.json", mcfg.to_dict())
+        _atomic_json(tmp / "state.json", {"step": step})
+        shutil.rmtree(final, ignore_errors=True)
+        os.replace(tmp, final)
+        old = sorted(p for p in ckpt_root.glob("step_*"))[: -tc.keep_checkpoints]
+        for p in old:
+            shutil.rmtree(p, ignore_errors=True)
+    accelerator.wait_for_everyone()
+    return final
+
+
+def export_weights(model: RefineByAlignModel, ema: EMAModel | None, out_dir: Path, tc: TrainConfig, step: int) -> Path:
+    """Weights-only model folder (EMA weights when kept) loadable by ``--model DIR``."""
+    if ema is not None:
+        ema.store(model.parameters())
+        ema.copy_to(model.parameters())
+    try:
+        model.save_pretrained(out_dir, safe_serialization=True)
+    finally:
+        if ema is not None:
+            ema.restore(model.parameters())
+    _atomic_json(out_dir / "train_config.json", {**dataclasses.asdict(tc), "trained_steps": step})
+    return out_dir

@@ -1,0 +1,154 @@
+import numpy as np
+import pytest
+import torch
+
+from refine_by_align.config import ModelConfig, get_config
+from refine_by_align.models.attention import AttentionStore, cross_attention_layers, record_layers
+from refine_by_align.models.denoiser import build_unet
+from refine_by_align.models.refiner import RefineByAlignModel
+
+
+def _tiny(seed=0):
+    torch.manual_seed(seed)
+    return RefineByAlignModel.from_model_config(get_config("tiny")).eval()
+
+
+def _inputs(cfg, b=2, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    s = cfg.resolution
+    noisy = torch.randn(b, 3, s, s, generator=g)
+    masked = torch.randn(b, 3, s, s, generator=g)
+    mask = (torch.rand(b, 1, s, s, generator=g) > 0.5).float()
+    ref = torch.rand(b, 3, 40, 50, generator=g)
+    return noisy, masked, mask, ref
+
+
+def test_forward_shape_no_nan_and_determinism():
+    m = _tiny()
+    noisy, masked, mask, ref = _inputs(m.cfg)
+    t = torch.tensor([0, 500])
+    with torch.no_grad():
+        a = m(noisy, t, masked, mask, reference=ref)
+        b = m(noisy, t, masked, mask, reference=ref)
+    assert a.shape == noisy.shape
+    assert torch.isfinite(a).all()
+    assert torch.equal(a, b)
+    m2 = _tiny(seed=0)
+    with torch.no_grad():
+        assert torch.equal(a, m2(noisy, t, masked, mask, reference=ref))
+
+
+def test_reference_changes_output_and_drop_uses_null_tokens():
+    m = _tiny()
+    noisy, masked, mask, ref = _inputs(m.cfg)
+    t = torch.tensor([10, 10])
+    with torch.no_grad():
+        a = m(noisy, t, masked, mask, reference=ref)
+        b = m(noisy, t, masked, mask, reference=ref.flip(-1))
+        d1 = m(noisy, t, masked, mask, reference=ref, drop=torch.tensor([True, True]))
+        d2 = m(noisy, t, masked, mask, reference=ref.flip(-1), drop=torch.tensor([True, True]))
+    assert not torch.allclose(a, b)
+    assert torch.equal(d1, d2)  # the dropped reference has no influence
+
+
+def test_encoder_tokens_drop_class_token():
+    m = _tiny()
+    cfg = m.cfg
+    ref = torch.rand(3, 3, 21, 37)
+    tokens = m.reference_encoder(ref)
+    assert tokens.shape == (3, cfg.grid_size**2, cfg.unet.cross_attention_dim)
+    raw = m.reference_encoder.vit(pixel_values=m.reference_encoder.preprocess(ref)).last_hidden_state
+    assert raw.shape[1] == cfg.grid_size**2 + 1
+    assert torch.allclose(m.reference_encoder.patch_tokens(ref), raw[:, 1:])
+
+
+def test_shape_mismatch_is_a_clear_value_error():
+    m = _tiny()
+    noisy, masked, mask, ref = _inputs(m.cfg)
+    with pytest.raises(ValueError, match="shape mismatch"):
+        m(noisy, torch.tensor([1, 1]), masked[:, :2], mask, reference=ref)
+    with pytest.raises(ValueError, match="reference images"):
+        m.reference_encoder(torch.rand(1, 4, 8, 8))
+
+
+def test_save_load_round_trip(tmp_path):
+    m = _tiny()
+    m.save_pretrained(tmp_path)
+    assert (tmp_path / "config.json").exists()
+    assert (tmp_path / "diffusion_pytorch_model.safetensors").exists()
+    m2 = RefineByAlignModel.load(tmp_path)
+    assert m2.cfg == m.cfg
+    noisy, masked, mask, ref = _inputs(m.cfg)
+    t = torch.tensor([3, 700])
+    with torch.no_grad():
+        assert torch.equal(m(noisy, t, masked, mask, reference=ref), m2(noisy, t, masked, mask, reference=ref))
+
+
+def test_load_refuses_pickles(tmp_path):
+    m = _tiny()
+    m.save_pretrained(tmp_path)
+    torch.save({"x": torch.zeros(1)}, tmp_path / "extra.bin")
+    with pytest.raises(ValueError, match="pickle"):
+        RefineByAlignModel.load(tmp_path)
+
+
+def test_load_refuses_folder_without_safetensors(tmp_path):
+    m = _tiny()
+    m.save_pretrained(tmp_path)
+    (tmp_path / "diffusion_pytorch_model.safetensors").unlink()
+    with pytest.raises(ValueError, match="safetensors"):
+        RefineByAlignModel.load(tmp_path)
+
+
+def test_config_round_trip_and_unknown_field():
+    for name in ("tiny", "default", "paper"):
+        cfg = get_config(name)
+        assert ModelConfig.from_dict(cfg.to_dict()) == cfg
+    with pytest.raises(ValueError, match="unknown"):
+        ModelConfig.from_dict({"nope": 1})
+    with pytest.raises(ValueError, match="unknown config"):
+        get_config("huge")
+
+
+def test_paper_config_has_16_cross_attention_layers_and_layer_9_at_16x16():
+    cfg = get_config("paper")
+    with torch.device("meta"):
+        unet = build_unet(cfg)
+    names = cross_attention_layers(unet)
+    assert len(names) == 16
+    assert names[0].startswith("down_blocks.0")
+    assert names[6].startswith("mid_block")
+    # paper l = 9 (0-based, forward order) is the last attention of the 16x16 up block
+    assert names[cfg.alignment_layer] == "up_blocks.1.attentions.2.transformer_blocks.0.attn2"
+    assert cfg.encoder_image_size == 224 and cfg.grid_size == 16
+    assert unet.config.in_channels == 9 and unet.config.out_channels == 4
+
+
+def test_recording_processor_matches_sdpa_and_probabilities_sum_to_one():
+    m = _tiny()
+    noisy, masked, mask, ref = _inputs(m.cfg)
+    t = torch.tensor([5, 5])
+    with torch.no_grad():
+        base = m(noisy, t, masked, mask, reference=ref)
+        store = AttentionStore()
+        record_layers(m.unet, m.cross_attention_layers, store)
+        rec = m(noisy, t, masked, mask, reference=ref)
+    assert torch.allclose(base, rec, atol=1e-5)
+    assert set(store.maps) == set(m.cross_attention_layers)
+    for name, p in store.maps.items():
+        assert p.shape[0] == 2 and p.shape[2] == m.cfg.num_tokens
+        assert torch.allclose(p.sum(-1), torch.ones_like(p.sum(-1)), atol=1e-5)
+    with pytest.raises(ValueError, match="not cross-attention"):
+        record_layers(m.unet, ["up_blocks.9.attentions.0.transformer_blocks.0.attn2"], store)
+
+
+def test_recorded_attention_keeps_gradients_when_asked():
+    m = _tiny().train()
+    noisy, masked, mask, ref = _inputs(m.cfg)
+    store = AttentionStore(keep_grad=True)
+    layer = m.cross_attention_layers[0]
+    record_layers(m.unet, [layer], store)
+    m(noisy, torch.tensor([5, 5]), masked, mask, reference=ref)
+    store[layer][..., 0].sum().backward()
+    assert m.reference_encoder.projector[0].weight.grad is not None
+    assert m.reference_encoder.projector[0].weight.grad.abs().sum() > 0

@@ -1,0 +1,104 @@
+"""Eq. 5 + A.4 recover a correspondence planted in the attention."""
+
+import numpy as np
+import pytest
+import torch
+from diffusers.models.attention_processor import Attention
+
+from refine_by_align.models.attention import AttentionStore, RecordingAttnProcessor
+from refine_by_align.pipelines.alignment import (
+    clean_correspondence,
+    correspondence_map,
+    filter_token_peaks,
+    grid_to_reference,
+)
+from refine_by_align.zoom import Box
+
+G = 8  # token grid
+SIDE = 16  # query map side
+
+
+def _planted_attention(shift=(2, 1), noise=0.0, seed=0):
+    """Query pixel (y, x) attends to token (y//2 + dy, x//2 + dx): a known translation."""
+    rng = np.random.default_rng(seed)
+    a = np.full((SIDE * SIDE, G * G), noise, np.float64)
+    for y in range(SIDE):
+        for x in range(SIDE):
+            ty = min(max(y // 2 + shift[0], 0), G - 1)
+            tx = min(max(x // 2 + shift[1], 0), G - 1)
+            a[y * SIDE + x, ty * G + tx] += 1.0
+    a += rng.random(a.shape) * noise
+    a /= a.sum(1, keepdims=True)
+    return torch.tensor(a, dtype=torch.float32)[None]
+
+
+def test_eq5_and_a4_recover_a_planted_translation():
+    attn = _planted_attention(shift=(2, 1), noise=0.002)
+    mask = torch.zeros(1, 1, 64, 64)  # any resolution: resized to 16x16 with area weights
+    mask[..., 8:24, 16:32] = 1  # query rows 2..5, cols 4..7 -> tokens rows 1..2(+2), cols 2..3(+1)
+    raw = correspondence_map(attn, mask, G)[0].numpy()
+    blob, norm = clean_correspondence(raw)
+    expected = np.zeros((G, G), bool)
+    expected[3:5, 3:5] = True
+    assert (blob == expected).all()
+    assert norm.max() == pytest.approx(1.0)
+
+
+def test_a4_removes_border_noise_peaks_and_keeps_largest_blob():
+    raw = np.zeros((G, G))
+    raw[3:6, 2:5] = 1.0  # the true region (a blob)
+    raw[0, 7] = 5.0  # an isolated ViT corner peak, stronger than the blob
+    raw[7, 0] = 4.0
+    raw[6:8, 6] = 0.8  # a smaller, weaker blob
+    filtered = filter_token_peaks(raw)
+    assert filtered[0, 7] < 1.0 and filtered[7, 0] < 1.0
+    assert np.allclose(filtered[3:6, 2:5], raw[3:6, 2:5])
+    blob, _ = clean_correspondence(raw)
+    expected = np.zeros((G, G), bool)
+    expected[3:6, 2:5] = True
+    assert (blob == expected).all()
+
+
+def test_recording_processor_plus_eq5_recover_one_hot_tokens_by_position():
+    """A real diffusers Attention whose reference tokens are one-hot by position: the recorded
+    probabilities, summed over the mask (Eq. 5) and cleaned (A.4), land on the planted tokens."""
+    d = G * G
+    attn = Attention(query_dim=d, cross_attention_dim=d, heads=1, dim_head=d)
+    with torch.no_grad():
+        for lin in (attn.to_q, attn.to_k):
+            lin.weight.copy_(torch.eye(d) * 30.0)
+    tokens = torch.eye(d)[None]  # token k = e_k: one-hot by position
+    target = np.zeros((SIDE, SIDE), np.int64)  # query pixel -> token index under a flip
+    for y in range(SIDE):
+        for x in range(SIDE):
+            target[y, x] = (G - 1 - y // 2) * G + (x // 2)
+    hidden = torch.nn.functional.one_hot(torch.tensor(target.reshape(-1)), d).float()[None]  # (1, HW, d)
+    store = AttentionStore()
+    attn.set_processor(RecordingAttnProcessor(store, "planted"))
+    attn(hidden, encoder_hidden_states=tokens)
+    probs = store["planted"]
+    assert probs.shape == (1, SIDE * SIDE, d)
+    mask = torch.zeros(1, 1, SIDE, SIDE)
+    mask[..., 0:4, 10:14] = 1  # query rows 0..3 -> token rows 7..6; cols 10..13 -> token cols 5..6
+    blob, _ = clean_correspondence(correspondence_map(probs, mask, G)[0].numpy())
+    expected = np.zeros((G, G), bool)
+    expected[6:8, 5:7] = True
+    assert (blob == expected).all()
+
+
+def test_grid_to_reference_maps_the_encoder_box():
+    grid = np.zeros((4, 4), bool)
+    grid[1, 2] = True
+    box = Box(10, -10, 50, 30)  # a square that sticks out of the top of the reference
+    out = grid_to_reference(grid, box, (40, 60))
+    ys, xs = np.nonzero(out)
+    assert xs.min() == 30 and xs.max() == 39
+    assert ys.min() == 0 and ys.max() == 9
+    assert out.shape == (40, 60)
+
+
+def test_correspondence_map_rejects_bad_shapes():
+    with pytest.raises(ValueError, match="square"):
+        correspondence_map(torch.rand(1, 10, 16), torch.ones(1, 1, 4, 4), 4)
+    with pytest.raises(ValueError, match="tokens"):
+        correspondence_map(torch.rand(1, 16, 15), torch.ones(1, 1, 4, 4), 4)

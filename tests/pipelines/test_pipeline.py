@@ -1,0 +1,132 @@
+import cv2
+import numpy as np
+import pytest
+from PIL import Image
+
+from refine_by_align.io import InputError
+
+
+def _dilated(mask, px):
+    k = cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (2 * px + 1, 2 * px + 1))
+    return cv2.dilate(mask.astype(np.uint8), k).astype(bool)
+
+
+def test_refine_output_types_and_untouched_pixels(tiny_pipe, simple_inputs):
+    image, mask, reference = simple_inputs
+    out = tiny_pipe(image, mask, reference, seed=3)
+    assert out.image.size == image.size and out.image.mode == "RGB"
+    a, b = np.asarray(out.image), np.asarray(image)
+    region = _dilated(mask, tiny_pipe.model.cfg.paste_dilate)
+    assert np.array_equal(a[~region], b[~region])
+    assert (a[mask] != b[mask]).any()
+    assert out.correspondence_mask.shape == (reference.height, reference.width)
+    assert out.correspondence_mask.dtype == bool and out.correspondence_mask.any()
+    assert out.correspondence_map.shape == (reference.height, reference.width)
+    assert np.isfinite(out.correspondence_map).all()
+    assert set(out.timings) >= {"align", "denoise", "total"}
+    assert out.random_weights
+
+
+def test_refine_is_deterministic_with_a_seed(tiny_pipe, simple_inputs):
+    image, mask, reference = simple_inputs
+    a = np.asarray(tiny_pipe(image, mask, reference, seed=7).image)
+    b = np.asarray(tiny_pipe(image, mask, reference, seed=7).image)
+    c = np.asarray(tiny_pipe(image, mask, reference, seed=8).image)
+    assert np.array_equal(a, b)
+    assert not np.array_equal(a, c)
+
+
+def test_expected_output_slice(tiny_pipe):
+    """Pins the tiny pipeline's numbers on CPU (torch 2.13, seeded init and sampling)."""
+    yy, xx = np.mgrid[0:64, 0:64]
+    image = Image.fromarray(np.stack([xx * 4, yy * 4, (xx + yy) * 2], -1).astype(np.uint8))
+    mask = np.zeros((64, 64), bool)
+    mask[24:40, 20:44] = True
+    reference = Image.fromarray(np.stack([yy * 4, xx * 4, 255 - xx * 4], -1).astype(np.uint8))
+    out = np.asarray(tiny_pipe(image, mask, reference, seed=0).image)
+    got = out[32, 20:44:3, :].T.astype(int)
+    expected = np.array(
+        [
+            [241, 255, 237, 48, 0, 0, 66, 0],
+            [255, 53, 87, 255, 202, 176, 192, 26],
+            [112, 250, 255, 213, 184, 255, 48, 170],
+        ]
+    )
+    assert np.abs(got - expected).max() <= 2, got.tolist()
+
+
+def test_single_stage_and_oracle_modes(tiny_pipe, simple_inputs):
+    image, mask, reference = simple_inputs
+    single = tiny_pipe(image, mask, reference, align=False, seed=1)
+    assert single.correspondence_mask is None and single.correspondence_map is None
+    oracle = np.zeros((reference.height, reference.width), bool)
+    oracle[10:30, 20:40] = True
+    given = tiny_pipe(image, mask, reference, correspondence=oracle, seed=1)
+    assert np.array_equal(given.correspondence_mask, oracle)
+    assert given.reference_box.x0 <= 20 and given.reference_box.x1 >= 40
+
+
+def test_align_stage_alone(tiny_pipe, simple_inputs):
+    image, mask, reference = simple_inputs
+    res = tiny_pipe.align(image, mask, reference)
+    assert res.mask.shape == (reference.height, reference.width) and res.mask.any()
+    g = tiny_pipe.model.cfg.grid_size
+    assert res.raw_grid.shape == (g, g) and res.grid_mask.sum() >= 1
+    assert res.timestep == 0 and res.layer == tiny_pipe.model.cfg.alignment_layer
+    res2 = tiny_pipe.align(image, mask, reference, timestep=500, layer=0)
+    assert res2.timestep == 500 and res2.layer == 0
+
+
+def test_reference_mask_restricts_correspondence(tiny_pipe, simple_inputs):
+    image, mask, reference = simple_inputs
+    ref_mask = np.zeros((reference.height, reference.width), bool)
+    ref_mask[20:60, 10:50] = True
+    res = tiny_pipe.align(image, mask, reference, ref_mask)
+    assert not res.mask[~ref_mask].any()
+
+
+def test_input_modes_are_accepted(tiny_pipe, simple_inputs):
+    image, mask, reference = simple_inputs
+    for mode in ("RGBA", "L", "P"):
+        out = tiny_pipe(image.convert(mode), Image.fromarray(mask.astype(np.uint8) * 255), reference.convert(mode), seed=0)
+        assert out.image.size == image.size and out.image.mode == "RGB"
+
+
+@pytest.mark.parametrize(
+    "kwargs, message",
+    [
+        ({"num_inference_steps": 0}, "steps"),
+        ({"num_inference_steps": -3}, "steps"),
+        ({"guidance_scale": float("nan")}, "guidance"),
+        ({"guidance_scale": -1.0}, "guidance"),
+    ],
+)
+def test_meaningless_settings_are_rejected(tiny_pipe, simple_inputs, kwargs, message):
+    image, mask, reference = simple_inputs
+    with pytest.raises(InputError, match=message):
+        tiny_pipe(image, mask, reference, **kwargs)
+
+
+def test_bad_masks_are_rejected(tiny_pipe, simple_inputs):
+    image, mask, reference = simple_inputs
+    with pytest.raises(InputError, match="empty"):
+        tiny_pipe(image, np.zeros_like(mask), reference)
+    with pytest.raises(InputError, match="whole image"):
+        tiny_pipe(image, np.ones_like(mask), reference)
+    with pytest.raises(InputError, match="does not match"):
+        tiny_pipe(image, mask[:-1], reference)
+    with pytest.raises(InputError, match="reference mask is empty"):
+        tiny_pipe(image, mask, reference, np.zeros((reference.height, reference.width), bool))
+
+
+def test_save_and_reload_pipeline(tiny_pipe, simple_inputs, tmp_path):
+    from refine_by_align.pipelines.pipeline import RefineByAlignPipeline
+
+    image, mask, reference = simple_inputs
+    tiny_pipe.save_pretrained(tmp_path)
+    pipe2 = RefineByAlignPipeline.from_pretrained(str(tmp_path))
+    pipe2.set_progress_bar_config(disable=True)
+    assert not pipe2.random_weights
+    a = np.asarray(tiny_pipe(image, mask, reference, seed=2).image)
+    b = np.asarray(pipe2(image, mask, reference, seed=2).image)
+    assert np.array_equal(a, b)

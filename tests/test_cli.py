@@ -1,0 +1,124 @@
+"""The command line end to end (tiny model: seconds on CPU)."""
+
+import json
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from refine_by_align.cli import main
+from refine_by_align.demo.examples import EXAMPLES_DIR
+
+BADGE = EXAMPLES_DIR / "badge"
+
+
+def _args(out, *extra, example=BADGE):
+    return [
+        "-q", "refine", "--model", "tiny", "--image", str(example / "image.png"), "--mask", str(example / "mask.png"),
+        "--reference", str(example / "reference.png"), "--output", str(out), *extra,
+    ]
+
+
+def test_refine_writes_result_compare_and_correspondence(tmp_path, capsys):
+    out = tmp_path / "out.png"
+    corr = tmp_path / "corr.png"
+    rc = main(_args(out, "--correspondence", str(corr), "--steps", "2", "--seed", "1", "--reference-mask", str(BADGE / "reference_mask.png")))
+    assert rc == 0
+    res = Image.open(out)
+    src = Image.open(BADGE / "image.png")
+    assert res.size == src.size
+    mask = np.asarray(Image.open(BADGE / "mask.png")) > 127
+    assert (np.asarray(res.convert("RGB"))[mask] != np.asarray(src.convert("RGB"))[mask]).any()
+    compare = tmp_path / "out.compare.png"
+    assert compare.exists() and Image.open(compare).width > 2 * src.width
+    c = np.asarray(Image.open(corr))
+    ref_mask = np.asarray(Image.open(BADGE / "reference_mask.png")) > 127
+    assert c.shape == ref_mask.shape and (c > 0).any() and not (c[~ref_mask] > 0).any()
+    assert "wrote" in capsys.readouterr().out
+
+
+def test_align_command(tmp_path):
+    out = tmp_path / "c.png"
+    heat = tmp_path / "h.png"
+    rc = main([
+        "-q", "align", "--model", "tiny", "--image", str(BADGE / "image.png"), "--mask", str(BADGE / "mask.png"),
+        "--reference", str(BADGE / "reference.png"), "--output", str(out), "--heatmap", str(heat), "--layer", "1",
+    ])
+    assert rc == 0
+    ref = Image.open(BADGE / "reference.png")
+    assert Image.open(out).size == ref.size and Image.open(heat).size == ref.size
+
+
+@pytest.mark.parametrize(
+    "setup, message",
+    [
+        ("empty_mask", "mask is empty"),
+        ("wrong_size_mask", "does not match the image"),
+        ("text_as_png", "not a readable image"),
+        ("missing_reference", "file not found"),
+        ("bad_steps", "steps must be"),
+        ("nan_guidance", "guidance must be"),
+        ("bad_extension", "unknown image extension"),
+        ("bad_model", "model 'nowhere'"),
+    ],
+)
+def test_bad_inputs_exit_2_with_one_line_and_no_output(tmp_path, capsys, setup, message):
+    out = tmp_path / "out.png"
+    args = _args(out)
+    def replace(flag, value):
+        args[args.index(flag) + 1] = value
+    if setup == "empty_mask":
+        Image.new("L", Image.open(BADGE / "image.png").size, 0).save(tmp_path / "m.png")
+        replace("--mask", str(tmp_path / "m.png"))
+    elif setup == "wrong_size_mask":
+        Image.new("L", (17, 9), 255).save(tmp_path / "m.png")
+        replace("--mask", str(tmp_path / "m.png"))
+    elif setup == "text_as_png":
+        (tmp_path / "t.png").write_text("hello")
+        replace("--image", str(tmp_path / "t.png"))
+    elif setup == "missing_reference":
+        replace("--reference", str(tmp_path / "none.png"))
+    elif setup == "bad_steps":
+        args += ["--steps", "0"]
+    elif setup == "nan_guidance":
+        args += ["--guidance", "nan"]
+    elif setup == "bad_extension":
+        out = tmp_path / "out.xyz"
+        replace("--output", str(out))
+    elif setup == "bad_model":
+        replace("--model", "nowhere")
+    rc = main(args)
+    err = capsys.readouterr().err.strip().splitlines()
+    assert rc == 2
+    assert len(err) == 1 and message in err[0], err
+    assert not out.exists()
+    assert not list(tmp_path.glob("*.compare.png"))
+
+
+def test_console_script_exit_code(tmp_path):
+    exe = os.path.join(os.path.dirname(sys.executable), "refine-by-align")
+    p = subprocess.run(
+        [exe, "refine", "--model", "tiny", "--image", str(tmp_path / "x.png"), "--mask", "m", "--reference", "r", "--output", str(tmp_path / "o.png")],
+        capture_output=True, text=True,
+    )
+    assert p.returncode == 2
+    assert p.stderr.strip().count("\n") == 0 and "file not found" in p.stderr
+
+
+def test_bench_keep_on_examples(tmp_path, capsys):
+    rc = main(["-q", "bench", str(EXAMPLES_DIR), "--output", str(tmp_path / "res"), "--method", "keep"])
+    assert rc == 0
+    m = json.loads((tmp_path / "res" / "metrics.json").read_text())
+    assert m["summary"]["ALL"]["cases"] == 2 and m["summary"]["ALL"]["psnr"] is not None
+    assert "ALL" in capsys.readouterr().out
+
+
+def test_bench_refine_by_align_tiny(tmp_path):
+    rc = main(["-q", "bench", str(EXAMPLES_DIR), "--output", str(tmp_path / "res"), "--model", "tiny", "--limit", "1"])
+    assert rc == 0
+    m = json.loads((tmp_path / "res" / "metrics.json").read_text())
+    assert m["summary"]["ALL"]["cases"] == 1
+    assert (tmp_path / "res" / "contact_sheet.png").exists()

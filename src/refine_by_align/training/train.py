@@ -55,6 +55,7 @@ class TrainConfig:
     attn_min_side: int = 16  # supervise cross-attention layers at this resolution or finer
     mode_weights: dict = field(default_factory=lambda: {"alignment": 0.5, "refinement": 0.3, "multiview": 0.2})
     synthetic_weight: float = 0.5  # share of single-image pairs drawn from the procedural generator
+    synthetic_pool: int = 4096  # distinct procedural objects (rendered once, cached)
     data_root: str | None = "../shared/data/dreambooth-train"  # multi-view photos (None: synthetic only)
     mixed_precision: str = "no"  # "no" | "bf16" | "fp16" (accelerate)
     ema_decay: float = 0.999  # 0 disables EMA
@@ -108,16 +109,32 @@ class _StepSampler(torch.utils.data.Sampler):
 
 
 def build_dataset(tc: TrainConfig, mcfg: ModelConfig, seed_offset: int = 0):
-    from ..data.pairs import PairDataset, default_sources
+    """Synthetic objects (+ the multi-view photos when ``tc.data_root`` exists, validation subjects
+    excluded), both modes mixed by ``tc.mode_weights``; sample i is a pure function of (seed, i)."""
+    from ..data.pairs import PairConfig, PairDataset
+    from ..data.readers import MultiViewFolder
+    from ..data.synthetic import SyntheticSource
 
-    sources = default_sources(data_root=tc.data_root, synthetic_weight=tc.synthetic_weight)
+    sources, weights = [SyntheticSource(size=128, pool_size=tc.synthetic_pool, seed=tc.seed + seed_offset)], [1.0]
+    mode_weights = dict(tc.mode_weights)
+    root = Path(tc.data_root) if tc.data_root else None
+    if root is not None and root.is_dir():
+        sources.append(MultiViewFolder(root, max_side=192))
+        weights = [tc.synthetic_weight, 1.0 - tc.synthetic_weight]
+    else:
+        if root is not None:
+            print(f"note: no multi-view photos at '{root}': training on synthetic objects only")
+        mode_weights.pop("multiview", None)
+    pair_cfg = PairConfig(size=mcfg.resolution, ref_size=mcfg.encoder_image_size, grow=mcfg.zoom_grow, min_size=mcfg.zoom_min_size)
     return PairDataset(
         sources,
-        mode_weights=tc.mode_weights,
+        mode_weights=mode_weights,
         size=mcfg.resolution,
         ref_size=mcfg.encoder_image_size,
         seed=tc.seed + seed_offset,
         length=2**62,
+        cfg=pair_cfg,
+        source_weights=weights,
     )
 
 

@@ -138,6 +138,13 @@ def build_dataset(tc: TrainConfig, mcfg: ModelConfig, seed_offset: int = 0):
     )
 
 
+def _worker_init(_: int) -> None:
+    import cv2
+
+    cv2.setNumThreads(1)
+    torch.set_num_threads(1)
+
+
 def supervised_layers(model: RefineByAlignModel, min_side: int) -> list[str]:
     """Cross-attention layers whose query map is at least ``min_side`` wide (at the model's crop)."""
     side0 = model.cfg.resolution // model.cfg.latent_downsample
@@ -265,7 +272,13 @@ def train(tc: TrainConfig, run_dir: str | Path, resume: bool = False, max_steps:
     stop = min(tc.max_steps, max_steps) if max_steps is not None else tc.max_steps
     sampler = _StepSampler(step, tc.batch_size, accelerator.process_index, accelerator.num_processes, stop)
     loader = torch.utils.data.DataLoader(
-        dataset, batch_size=tc.batch_size, sampler=sampler, num_workers=tc.num_workers, persistent_workers=False
+        dataset,
+        batch_size=tc.batch_size,
+        sampler=sampler,
+        num_workers=tc.num_workers,
+        worker_init_fn=_worker_init,
+        # its own generator: creating the iterator must not draw from the (restored) global RNG
+        generator=torch.Generator().manual_seed(tc.seed),
     )
     eval_batch = None
     if accelerator.is_main_process and tc.eval_every > 0:
@@ -319,9 +332,9 @@ def train(tc: TrainConfig, run_dir: str | Path, resume: bool = False, max_steps:
             ema.step(unwrapped.parameters())
         step += 1
         seen += b * accelerator.num_processes
-        sums["loss"] += float(loss)
-        sums["loss_eps"] += float(loss_eps)
-        sums["loss_attn"] += float(loss_attn)
+        sums["loss"] += float(loss.detach())
+        sums["loss_eps"] += float(loss_eps.detach())
+        sums["loss_attn"] += float(loss_attn.detach())
         sums["n"] += 1
         bar.update(1)
 
@@ -372,6 +385,7 @@ def save_checkpoint(accelerator: Accelerator, run_dir: Path, step: int, tc: Trai
         shutil.rmtree(tmp, ignore_errors=True)
     accelerator.wait_for_everyone()
     accelerator.save_state(str(tmp), safe_serialization=True)
+    accelerator.wait_for_everyone()  # every process has written its RNG state before the rename
     if accelerator.is_main_process:
         _atomic_json(tmp / "train_config.json", dataclasses.asdict(tc))
         _atomic_json(tmp / "model_config.json", mcfg.to_dict())

@@ -1,0 +1,344 @@
+"""Benchmark builder: turn a multi-view photo folder into evaluation case folders.
+
+Each case simulates a generated image with a perceptual artifact inside the object (App. A.2: small,
+irregular; App. A.11: "artifacts are always generated within the object, and the original layout
+and background are always preserved") together with a reference of the same object:
+
+* ``affine``: the reference is the same photo's object under an affine transform and a colour
+  perturbation (``S(T(I_o x M_o))``, Sec. 3.4), so the true correspondence is known;
+* ``nonrigid``: the same with a perspective distortion plus a smooth non-rigid warp (known
+  correspondence);
+* ``multiview``: the reference is another photo of the subject (as MVObj pairs); correspondence
+  unknown, no ``correspondence.png``.
+
+Case folder (all images at the photo's size, 512 px on the longest side for the shared data)::
+
+    CASE/image.png             the photo with a simulated artifact inside the object
+    CASE/mask.png              artifact mask, 255 = artifact
+    CASE/reference.png         the reference (black outside the object for affine / nonrigid)
+    CASE/reference_mask.png    object mask of the reference, 255 = object
+    CASE/correspondence.png    true artifact region on the reference (affine / nonrigid only)
+    CASE/target.png            the artifact-free photo
+    CASE/meta.json             kind, artifact, subject, views, seed, transform, ...
+
+Artifact simulators are pluggable: :data:`ARTIFACTS` maps a name to
+``fn(image (H, W, 3) uint8, mask (H, W) bool, rng) -> (H, W, 3) uint8``; the builder composites the
+result inside the mask only, so pixels outside the mask stay bit-identical to the target.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import zlib
+from collections.abc import Callable
+from pathlib import Path
+
+import cv2
+import numpy as np
+from PIL import Image
+
+from refine_by_align.data.masks import MaskConfig, erode, random_artifact_mask
+from refine_by_align.data.perturb import (
+    ColorConfig,
+    GeomConfig,
+    apply_color,
+    random_transform,
+    sample_color,
+    warp_image,
+    warp_mask,
+)
+from refine_by_align.data.readers import (
+    VALIDATION_SUBJECTS,
+    DatasetError,
+    MultiViewFolder,
+)
+from refine_by_align.io import save_image_atomic
+from refine_by_align.zoom import Box, mask_bbox
+
+__all__ = ["ARTIFACTS", "KINDS", "CaseConfig", "detail_center", "make_cases", "register_artifact", "simulate_artifact"]
+
+KINDS = ("affine", "nonrigid", "multiview")
+
+ArtifactFn = Callable[[np.ndarray, np.ndarray, np.random.Generator], np.ndarray]
+ARTIFACTS: dict[str, ArtifactFn] = {}
+
+
+def register_artifact(name: str) -> Callable[[ArtifactFn], ArtifactFn]:
+    """Decorator: add an artifact simulator ``fn(image, mask, rng) -> image`` to :data:`ARTIFACTS`."""
+
+    def deco(fn: ArtifactFn) -> ArtifactFn:
+        ARTIFACTS[name] = fn
+        return fn
+
+    return deco
+
+
+def _region(mask: np.ndarray, pad: int) -> Box:
+    b = mask_bbox(mask)
+    h, w = mask.shape
+    return Box(max(b.x0 - pad, 0), max(b.y0 - pad, 0), min(b.x1 + pad, w), min(b.y1 + pad, h))
+
+
+def _side(mask: np.ndarray) -> int:
+    b = mask_bbox(mask)
+    return max(b.width, b.height)
+
+
+@register_artifact("smear")
+def smear(image: np.ndarray, mask: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    """Directional (motion) blur along a random angle, length ~ 0.6-1.2 x the mask size."""
+    length = int(np.clip(rng.uniform(0.6, 1.2) * _side(mask), 7, 81)) | 1
+    k = np.zeros((length, length), np.float32)
+    th = rng.uniform(0, np.pi)
+    c = length // 2
+    dx, dy = np.cos(th) * c, np.sin(th) * c
+    cv2.line(k, (int(round(c - dx)), int(round(c - dy))), (int(round(c + dx)), int(round(c + dy))), 1.0, 1)
+    k /= k.sum()
+    b = _region(mask, length)
+    out = image.copy()
+    out[b.y0 : b.y1, b.x0 : b.x1] = cv2.filter2D(image[b.y0 : b.y1, b.x0 : b.x1], -1, k, borderType=cv2.BORDER_REFLECT)
+    return out
+
+
+@register_artifact("wrong_texture")
+def wrong_texture(image: np.ndarray, mask: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    """Content that does not belong there: a (flipped / rotated) patch from elsewhere in the image,
+    or, with probability 0.35, a smoothed colour-noise texture around the local mean colour."""
+    h, w = mask.shape
+    b = mask_bbox(mask)
+    out = image.copy()
+    if rng.random() < 0.65 and b.width < w // 2 and b.height < h // 2:
+        for _ in range(20):  # a source patch that does not overlap the artifact box
+            x = int(rng.integers(0, w - b.width + 1))
+            y = int(rng.integers(0, h - b.height + 1))
+            if abs(x - b.x0) >= b.width or abs(y - b.y0) >= b.height:
+                break
+        patch = image[y : y + b.height, x : x + b.width]
+        if rng.random() < 0.5:
+            patch = patch[:, ::-1]
+        if rng.random() < 0.5:
+            patch = patch[::-1]
+        out[b.y0 : b.y1, b.x0 : b.x1] = patch
+        return out
+    mean = image[mask].astype(np.float32).mean(axis=0)
+    g = int(rng.integers(3, 9))
+    noise = cv2.resize(rng.standard_normal((g, g, 3)).astype(np.float32), (b.width, b.height), interpolation=cv2.INTER_CUBIC)
+    tex = mean + noise * rng.uniform(30, 70)
+    out[b.y0 : b.y1, b.x0 : b.x1] = np.clip(tex, 0, 255).astype(np.uint8)
+    return out
+
+
+@register_artifact("local_warp")
+def local_warp(image: np.ndarray, mask: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    """A swirl plus a random low-frequency displacement around the mask: distorted structure."""
+    side = _side(mask)
+    b = _region(mask, max(4, side // 2))
+    hh, ww = b.height, b.width
+    ys, xs = np.mgrid[0:hh, 0:ww].astype(np.float32)
+    cx, cy = ww / 2.0, hh / 2.0
+    r = np.hypot(xs - cx, ys - cy)
+    rad = max(side * 0.75, 4.0)
+    ang = rng.choice([-1, 1]) * rng.uniform(1.5, 3.5) * np.clip(1 - r / rad, 0, 1) ** 2
+    mx = cx + (xs - cx) * np.cos(ang) - (ys - cy) * np.sin(ang)
+    my = cy + (xs - cx) * np.sin(ang) + (ys - cy) * np.cos(ang)
+    disp = cv2.resize(rng.uniform(-1, 1, (4, 4, 2)).astype(np.float32), (ww, hh), interpolation=cv2.INTER_CUBIC)
+    mx = (mx + disp[..., 0] * 0.3 * side).astype(np.float32)
+    my = (my + disp[..., 1] * 0.3 * side).astype(np.float32)
+    out = image.copy()
+    out[b.y0 : b.y1, b.x0 : b.x1] = cv2.remap(image[b.y0 : b.y1, b.x0 : b.x1], mx, my, cv2.INTER_LINEAR,
+                                              borderMode=cv2.BORDER_REFLECT)
+    return out
+
+
+@register_artifact("detail_loss")
+def detail_loss(image: np.ndarray, mask: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    """Strong blur plus colour flattening (towards the region's mean colour, fewer levels)."""
+    side = _side(mask)
+    sigma = max(3.0, rng.uniform(0.12, 0.25) * side)
+    b = _region(mask, int(3 * sigma))
+    sub = image[b.y0 : b.y1, b.x0 : b.x1].astype(np.float32)
+    blur = cv2.GaussianBlur(sub, (0, 0), sigma)
+    mean = image[mask].astype(np.float32).mean(axis=0)
+    flat = mean + (blur - mean) * rng.uniform(0.2, 0.5)
+    step = rng.uniform(12, 28)
+    flat = np.round(flat / step) * step
+    out = image.copy()
+    out[b.y0 : b.y1, b.x0 : b.x1] = np.clip(flat, 0, 255).astype(np.uint8)
+    return out
+
+
+def simulate_artifact(
+    image: np.ndarray, mask: np.ndarray, name: str, rng: np.random.Generator, feather: float = 2.0
+) -> np.ndarray:
+    """Apply artifact ``name`` and composite it inside ``mask`` only (alpha ramps up over
+    ``feather`` px inside the mask border); pixels outside the mask are bit-identical."""
+    if name not in ARTIFACTS:
+        raise ValueError(f"unknown artifact {name!r}; registered: {sorted(ARTIFACTS)}")
+    art = ARTIFACTS[name](image, mask, rng)
+    if art.shape != image.shape:
+        raise ValueError(f"artifact {name!r} changed the image shape {image.shape} -> {art.shape}")
+    m = mask.astype(np.uint8)
+    dist = cv2.distanceTransform(np.pad(m, 1), cv2.DIST_L2, 3)[1:-1, 1:-1]
+    alpha = np.clip(dist / max(feather, 1e-6), 0.0, 1.0)[..., None] if feather > 0 else m[..., None].astype(np.float32)
+    blended = np.rint(image.astype(np.float32) * (1 - alpha) + art.astype(np.float32) * alpha).astype(np.uint8)
+    return np.where(mask[..., None], blended, image)
+
+
+def detail_center(image: np.ndarray, mask: np.ndarray, rng: np.random.Generator, inset: int = 8,
+                  top: float = 0.2) -> tuple[float, float]:
+    """A random (x, y) among the most detailed object pixels: the top ``top`` fraction by local
+    gradient energy (Sobel magnitude, box-averaged), inside the object eroded by ``inset`` px."""
+    grey = cv2.cvtColor(image, cv2.COLOR_RGB2GRAY).astype(np.float32)
+    gx = cv2.Sobel(grey, cv2.CV_32F, 1, 0, ksize=3)
+    gy = cv2.Sobel(grey, cv2.CV_32F, 0, 1, ksize=3)
+    k = max(3, (min(mask.shape) // 32) | 1)
+    energy = cv2.boxFilter(np.hypot(gx, gy), -1, (k, k))
+    core = erode(mask, inset)
+    if not core.any():
+        core = mask
+    ys, xs = np.nonzero(core)
+    e = energy[ys, xs]
+    thr = np.quantile(e, 1.0 - top)
+    sel = np.nonzero(e >= thr)[0]
+    j = int(sel[int(rng.integers(len(sel)))])
+    return float(xs[j]), float(ys[j])
+
+
+class CaseConfig:
+    """Defaults of the benchmark builder (plain attributes; change them on an instance)."""
+
+    def __init__(self) -> None:
+        # artifact masks: 0.3% .. 3% of the image, log-uniform (small, as App. A.2 reports)
+        self.mask = MaskConfig(area_min=0.003, area_max=0.03, max_object_fraction=0.25, min_pixels=40)
+        # "affine" kind: moderate view change, the object stays inside the canvas
+        self.affine = GeomConfig(rotation_deg=20.0, scale=(0.75, 1.0), aspect=(0.92, 1.08), shear_deg=6.0,
+                                 translate=0.05, p_flip=0.5, perspective=0.0, p_nonrigid=0.0)
+        # "nonrigid" kind: perspective + smooth non-rigid warp
+        self.nonrigid = GeomConfig(rotation_deg=15.0, scale=(0.75, 1.0), aspect=(0.92, 1.08), shear_deg=4.0,
+                                   translate=0.05, p_flip=0.3, perspective=0.08, p_nonrigid=1.0,
+                                   nonrigid_amplitude=0.025, nonrigid_grid=4)
+        self.color = ColorConfig()  # colour perturbation of the affine / nonrigid references
+        self.detail_top = 0.2  # artifacts are centred among the top 20% most detailed object pixels
+        self.max_side = 512  # photos are downscaled to this longest side (the shared data already is)
+
+
+def _save_mask(mask: np.ndarray, path: Path) -> None:
+    save_image_atomic(Image.fromarray((mask.astype(np.uint8) * 255), "L"), path)
+
+
+def _save_rgb(image: np.ndarray, path: Path) -> None:
+    save_image_atomic(Image.fromarray(image, "RGB"), path)
+
+
+def make_cases(
+    source_dir: str | os.PathLike,
+    output_dir: str | os.PathLike,
+    seed: int = 0,
+    subjects: list[str] | tuple[str, ...] | None = None,
+    cases_per_subject: int = 3,
+    artifacts: list[str] | tuple[str, ...] | None = None,
+    cfg: CaseConfig | None = None,
+) -> list[Path]:
+    """Build evaluation cases from a multi-view folder (``SUBJECT/NN.jpg + NN_mask.png``).
+
+    Args:
+        source_dir: the multi-view photo folder.
+        output_dir: where case folders ``{subject}_{k:02d}_{kind}`` are written (created).
+        seed: everything is a pure function of (seed, subject, k).
+        subjects: subjects to use; default :data:`VALIDATION_SUBJECTS` (those present; an error
+            if none is).
+        cases_per_subject: cases per subject; kinds cycle affine, nonrigid, multiview (a subject
+            with a single photo gets affine instead of multiview).
+        artifacts: artifact names to cycle through (default: all of :data:`ARTIFACTS`, sorted).
+
+    Returns: the case folders, in order.
+    """
+    cfg = cfg or CaseConfig()
+    src = Path(source_dir)
+    if not src.is_dir():
+        raise DatasetError(f"source folder '{src}': not found (expected SUBJECT/NN.jpg + NN_mask.png)")
+    if subjects is None:
+        subjects = [s for s in VALIDATION_SUBJECTS if (src / s).is_dir()]
+        if not subjects:
+            raise DatasetError(
+                f"source folder '{src}': none of the default validation subjects "
+                f"({', '.join(VALIDATION_SUBJECTS)}) is there; pass subjects explicitly"
+            )
+    names = sorted(ARTIFACTS) if artifacts is None else list(artifacts)
+    unknown = [a for a in names if a not in ARTIFACTS]
+    if unknown or not names:
+        raise ValueError(f"unknown artifact(s) {unknown}; registered: {sorted(ARTIFACTS)}")
+    mv = MultiViewFolder(src, subjects=list(subjects), exclude=(), max_side=cfg.max_side, min_object_pixels=256)
+    out_root = Path(output_dir)
+    out_root.mkdir(parents=True, exist_ok=True)
+
+    written: list[Path] = []
+    for si, subject in enumerate(mv.subjects):
+        paths = mv.paths(subject)
+        usable = [k for k in range(len(paths)) if mv.view(subject, k)[1].sum() >= 256]
+        if not usable:
+            raise DatasetError(f"subject '{subject}': no photo with a usable object mask")
+        for k in range(cases_per_subject):
+            rng = np.random.default_rng([int(seed), zlib.crc32(subject.encode()), k])
+            kind = KINDS[k % len(KINDS)]
+            if kind == "multiview" and len(usable) < 2:
+                kind = "affine"
+            artifact = names[(si + k) % len(names)]
+            tv = usable[int(rng.integers(len(usable)))]
+            target, obj = mv.view(subject, tv)
+            h, w = obj.shape
+
+            center = detail_center(target, obj, rng, inset=max(2, min(h, w) // 64), top=cfg.detail_top)
+            amask = random_artifact_mask(obj, rng, cfg.mask, center=center)
+            image = simulate_artifact(target, amask, artifact, rng)
+
+            meta: dict = {
+                "kind": kind,
+                "artifact": artifact,
+                "subject": subject,
+                "target_view": paths[tv][0].name,
+                "seed": int(seed),
+                "case_index": k,
+                "mask_area": float(amask.mean()),
+                "size": [w, h],
+            }
+            corr = None
+            if kind == "multiview":
+                rv = [v for v in usable if v != tv][int(rng.integers(len(usable) - 1))]
+                reference, ref_mask = mv.view(subject, rv)
+                meta["reference_view"] = paths[rv][0].name
+                meta["transform"] = None
+            else:
+                gcfg = cfg.affine if kind == "affine" else cfg.nonrigid
+                t = random_transform(rng, (h, w), gcfg, box=mask_bbox(obj), out_shape=(h, w))
+                src_img = np.where(obj[..., None], target, 0).astype(np.uint8)
+                src_img = apply_color(src_img, sample_color(rng, cfg.color), obj)
+                maps = t.inverse_maps() if t.field is not None else None
+                reference = warp_image(src_img, t, cv2.INTER_CUBIC, maps=maps)
+                ref_mask = warp_mask(obj, t, maps=maps)
+                reference = np.where(ref_mask[..., None], reference, 0).astype(np.uint8)
+                corr = warp_mask(amask, t, maps=maps) & ref_mask
+                meta["reference_view"] = paths[tv][0].name
+                meta["transform"] = {
+                    "matrix": t.matrix.tolist(),
+                    "nonrigid": t.field is not None,
+                    "params": {kk: (list(v) if isinstance(v, tuple) else v) for kk, v in t.params.items()},
+                }
+            meta["has_correspondence"] = corr is not None
+
+            case = out_root / f"{subject}_{k:02d}_{kind}"
+            case.mkdir(parents=True, exist_ok=True)
+            _save_rgb(image, case / "image.png")
+            _save_mask(amask, case / "mask.png")
+            _save_rgb(np.ascontiguousarray(reference), case / "reference.png")
+            _save_mask(ref_mask, case / "reference_mask.png")
+            stale = case / "correspondence.png"
+            if corr is not None:
+                _save_mask(corr, stale)
+            elif stale.exists():
+                stale.unlink()
+            _save_rgb(target, case / "target.png")
+            (case / "meta.json").write_text(json.dumps(meta, indent=2) + "\n")
+            written.append(case)
+    return written

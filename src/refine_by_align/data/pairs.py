@@ -1,0 +1,530 @@
+"""Training-pair construction of Sec. 3.4 (alignment mode, refinement mode, multi-view pairs).
+
+Paper, Sec. 3.4:
+
+* **Alignment mode**: "Use a complete reference object to guide object completion, forcing the model
+  to learn to identify the corresponding local region from the reference." Given an object image
+  I_o with object mask M_o, sample ``M_a = G(M_o)``; the reference is ``I_r = S(T(I_o x M_o))``; the
+  input is I_o with the hole M_a and the target is I_o.
+* **Refinement mode**: the reference is only the local region: ``I_r = S(T(I_o x M_a))``. We use
+  ``dilate(M_a) & M_o`` so the local reference also shows a little context around the hole.
+* **Multi-view pairs** (MVObj in the paper, here any :class:`MultiViewFolder`): "I_o1 x erode(M_o1) is
+  used as the reference, and I_o2 x (1 - erode(M_o2)) is the input artifacts image", i.e. the hole
+  is the whole eroded object; we also use, with probability ``1 - p_whole_object``, a random artifact
+  mask inside the object.
+* "We then adopt the zoom-in inpainting strategy [...] cropping around I_a": the input and target
+  are the :func:`refine_by_align.zoom.zoom_box` crop around the hole, resized to S x S.
+
+Coordinates: crop pixel (u, v) covers source pixels x = box.x0 + (u + 0.5) * box.width / S - 0.5
+(OpenCV resize convention); a reference point at pixel-centre position x_r in the R x R reference
+has the normalised coordinate (x_r + 0.5) / R, so 0 is the left edge and 1 the right edge.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import cv2
+import numpy as np
+import torch
+from PIL import Image, ImageDraw
+
+from refine_by_align.data.masks import MaskConfig, dilate, erode, random_artifact_mask
+from refine_by_align.data.perturb import (
+    ColorConfig,
+    GeomConfig,
+    GeomTransform,
+    apply_color,
+    random_transform,
+    sample_color,
+    warp_image,
+    warp_mask,
+)
+from refine_by_align.data.readers import (
+    DatasetError,
+    MultiViewFolder,
+    default_data_root,
+)
+from refine_by_align.data.synthetic import SyntheticSource
+from refine_by_align.io import save_image_atomic
+from refine_by_align.zoom import Box, crop_resize, mask_bbox, square_pad_box, zoom_box
+
+__all__ = [
+    "MODES",
+    "PairConfig",
+    "PairDataset",
+    "TrainingPair",
+    "grid_shape",
+    "make_alignment_pair",
+    "make_multiview_pair",
+    "make_refinement_pair",
+    "show_pairs",
+]
+
+MODES = ("alignment", "refinement", "multiview")  # "mode" index in PairDataset items
+
+
+@dataclass
+class PairConfig:
+    """Parameters of the training-pair construction (Sec. 3.4)."""
+
+    size: int = 32  # S: side of the input / target crop (model resolution)
+    ref_size: int = 32  # R: side of the square reference
+    grow: float = 2.0  # zoom_box: crop side = grow x the hole box's longer side ...
+    min_size: int = 32  # ... but at least this many source pixels
+    ref_margin: float = 0.05  # whole-object reference: margin around the object box (fraction of its side)
+    local_margin: float = 0.15  # refinement reference: margin around the local region's box
+    local_dilate: float = 0.25  # refinement: dilate M_a by this x its box's longer side ...
+    local_dilate_min: int = 2  # ... and by at least this many pixels
+    erode_frac: float = 0.015  # multiview: erode object masks by this x the longer image side (>= 1 px)
+    p_whole_object: float = 0.5  # multiview: probability that the hole is the whole eroded object
+    whole_object_grow: float = 1.1  # multiview, whole-object hole: zoom_box grow factor
+    hole_coverage: float = 0.1  # a crop pixel is a hole if at least this fraction of it is artifact
+    corr_coverage: float = 0.25  # a reference pixel is in the correspondence if >= this fraction is artifact
+    multiview_color: bool = False  # multiview: also apply S to the reference (real photos already differ)
+    mask: MaskConfig = field(default_factory=MaskConfig)  # artifact-mask generator G
+    color: ColorConfig = field(default_factory=ColorConfig)  # colour perturbation S
+    geom: GeomConfig = field(default_factory=GeomConfig)  # geometric transform T
+
+
+@dataclass
+class TrainingPair:
+    image: np.ndarray  # (3, S, S) float32 in [0,1]: the artifact-free target crop I_o (zoom-in crop)
+    mask: np.ndarray  # (1, S, S) float32 {0,1}: the hole / artifact mask M_a in the crop
+    reference: np.ndarray  # (3, R, R) float32 in [0,1]: the reference, square, black (0) outside the object
+    ref_coords: np.ndarray  # (2, S, S) float32: per crop pixel its (x, y) in the reference, in [0,1]; NaN if unknown / outside
+    correspondence: np.ndarray  # (1, R, R) float32 {0,1}: the true region on the reference (M_a through T); zeros if unknown
+    has_correspondence: bool
+    mode: str  # "alignment" | "refinement" | "multiview"
+    source: str = ""  # where the object came from (for labels / debugging)
+    meta: dict = field(default_factory=dict)  # debugging / tests: crop_box, ref_box (Box), transform (GeomTransform)
+
+
+# ----------------------------------------------------------------------------------------------
+# helpers
+
+
+def _coverage(mask: np.ndarray, box: Box, size: int) -> np.ndarray:
+    """Fraction of each of the size x size cells of ``box`` covered by ``mask`` (bool or soft
+    float in [0, 1]): (size, size) float32."""
+    return np.clip(crop_resize(mask.astype(np.float32), box, size, cv2.INTER_AREA), 0.0, 1.0)
+
+
+def _threshold_nonempty(cov: np.ndarray, thr: float) -> np.ndarray:
+    """cov >= thr, but never empty if anything is covered (the best-covered cell is kept)."""
+    out = cov >= thr
+    if not out.any() and cov.max() > 0:
+        out = cov >= cov.max()
+    return out
+
+
+def _crop_points(box: Box, size: int) -> np.ndarray:
+    """Source (x, y) of the centres of the size x size crop pixels of ``box``: (size*size, 2)."""
+    u = (np.arange(size) + 0.5) * (box.width / size) - 0.5 + box.x0
+    v = (np.arange(size) + 0.5) * (box.height / size) - 0.5 + box.y0
+    xs, ys = np.meshgrid(u, v)
+    return np.stack([xs.ravel(), ys.ravel()], axis=1)
+
+
+def _ref_coords(t: GeomTransform, crop_box: Box, size: int, ref_box: Box) -> np.ndarray:
+    """(2, S, S) float32: each crop pixel through T into the reference crop ``ref_box``, in [0, 1];
+    NaN outside the reference."""
+    q = t.forward_points(_crop_points(crop_box, size))
+    nx = (q[:, 0] - ref_box.x0 + 0.5) / ref_box.width
+    ny = (q[:, 1] - ref_box.y0 + 0.5) / ref_box.height
+    out = np.stack([nx, ny], axis=0).astype(np.float32)
+    bad = ~np.isfinite(out).all(axis=0) | (out < 0).any(axis=0) | (out > 1).any(axis=0)
+    out[:, bad] = np.nan
+    return out.reshape(2, size, size)
+
+
+def _chw(image: np.ndarray) -> np.ndarray:
+    """(H, W, 3) uint8 -> (3, H, W) float32 in [0, 1]."""
+    return np.ascontiguousarray(image.transpose(2, 0, 1), dtype=np.float32) / np.float32(255.0)
+
+
+def _check_object(image: np.ndarray, mask: np.ndarray) -> np.ndarray:
+    if image.ndim != 3 or image.shape[2] != 3 or image.dtype != np.uint8:
+        raise ValueError(f"object image must be (H, W, 3) uint8, got {image.shape} {image.dtype}")
+    mask = np.asarray(mask, dtype=bool)
+    if mask.shape != image.shape[:2]:
+        raise ValueError(f"object mask {mask.shape} does not match the image {image.shape[:2]}")
+    if not mask.any():
+        raise ValueError("object mask is empty")
+    return mask
+
+
+def _input_crop(image: np.ndarray, hole: np.ndarray, box: Box, cfg: PairConfig) -> tuple[np.ndarray, np.ndarray]:
+    target = crop_resize(image, box, cfg.size)  # (S, S, 3) uint8
+    m = _threshold_nonempty(_coverage(hole, box, cfg.size), cfg.hole_coverage)
+    return _chw(target), m[None].astype(np.float32)
+
+
+def _perturbed_reference(
+    obj_image: np.ndarray, keep: np.ndarray, artifact: np.ndarray, rng: np.random.Generator, cfg: PairConfig,
+    obj_box: Box, t: GeomTransform | None = None,
+) -> tuple[GeomTransform, np.ndarray, np.ndarray, np.ndarray]:
+    """S(T(I_o x keep)) on T's canvas. Returns (T, warped image (H', W', 3) uint8, warped keep
+    (H', W') bool, warped artifact (H', W') float32 in [0, 1], soft).
+
+    S is pointwise, so it is applied to the source pixels (inside ``keep``) before resampling:
+    ``T(S(x))`` equals ``S(T(x))`` up to interpolation, at a fraction of the cost."""
+    if t is None:
+        t = random_transform(rng, obj_image.shape[:2], cfg.geom, box=obj_box)
+    b = mask_bbox(keep)
+    src = np.zeros_like(obj_image)
+    sub = np.where(keep[b.y0 : b.y1, b.x0 : b.x1, None], obj_image[b.y0 : b.y1, b.x0 : b.x1], 0).astype(np.uint8)
+    src[b.y0 : b.y1, b.x0 : b.x1] = apply_color(sub, sample_color(rng, cfg.color), keep[b.y0 : b.y1, b.x0 : b.x1])
+    maps = t.inverse_maps() if t.field is not None else None
+    w_art = warp_image(artifact.astype(np.float32), t, cv2.INTER_LINEAR, maps=maps)  # soft: exact coverage later
+    return t, warp_image(src, t, maps=maps), warp_mask(keep, t, maps=maps), w_art
+
+
+def _finish_reference(
+    t: GeomTransform, warped: np.ndarray, w_keep: np.ndarray, w_art: np.ndarray,
+    margin: float, crop_box: Box, mode: str, cfg: PairConfig, image_chw, mask_chw, source: str,
+) -> TrainingPair:
+    region = w_keep if w_keep.any() else np.ones(w_keep.shape, bool)
+    ref_box = square_pad_box(mask_bbox(region), margin, w_keep.shape)
+    reference = crop_resize(warped, ref_box, cfg.ref_size)
+    corr = _threshold_nonempty(_coverage(w_art, ref_box, cfg.ref_size), cfg.corr_coverage)
+    coords = _ref_coords(t, crop_box, cfg.size, ref_box)
+    return TrainingPair(
+        image=image_chw,
+        mask=mask_chw,
+        reference=_chw(reference),
+        ref_coords=coords,
+        correspondence=corr[None].astype(np.float32),
+        has_correspondence=bool(corr.any()),
+        mode=mode,
+        source=source,
+        meta={"crop_box": crop_box, "ref_box": ref_box, "transform": t},
+    )
+
+
+# ----------------------------------------------------------------------------------------------
+# the three pair builders
+
+
+def make_alignment_pair(
+    obj_image: np.ndarray, obj_mask: np.ndarray, rng: np.random.Generator, cfg: PairConfig | None = None,
+    *, artifact_mask: np.ndarray | None = None, transform: GeomTransform | None = None, source: str = "",
+) -> TrainingPair:
+    """Alignment-mode pair (Sec. 3.4): the whole perturbed object is the reference.
+
+    Args:
+        obj_image: (H, W, 3) uint8 object image I_o.
+        obj_mask: (H, W) bool object mask M_o.
+        rng: random generator (all randomness).
+        cfg: :class:`PairConfig`.
+        artifact_mask: optional fixed M_a (H, W) bool inside M_o (default: ``G(M_o)``).
+        transform: optional fixed T (default: :func:`random_transform` about the object's box).
+        source: a label stored in the pair.
+
+    Returns: a :class:`TrainingPair` with ``I_r = S(T(I_o x M_o))`` cut to the transformed object's
+    square box (``ref_margin``) and resized to R; the crop = zoom_box(M_a) resized to S.
+    """
+    cfg = cfg or PairConfig()
+    obj = _check_object(obj_image, obj_mask)
+    art = artifact_mask.astype(bool) & obj if artifact_mask is not None else random_artifact_mask(obj, rng, cfg.mask)
+    if not art.any():
+        raise ValueError("artifact mask is empty inside the object")
+    crop_box = zoom_box(art, cfg.grow, cfg.min_size)
+    image_chw, mask_chw = _input_crop(obj_image, art, crop_box, cfg)
+    t, warped, w_obj, w_art = _perturbed_reference(obj_image, obj, art, rng, cfg, mask_bbox(obj), transform)
+    return _finish_reference(t, warped, w_obj, w_art, cfg.ref_margin, crop_box, "alignment", cfg,
+                             image_chw, mask_chw, source)
+
+
+def make_refinement_pair(
+    obj_image: np.ndarray, obj_mask: np.ndarray, rng: np.random.Generator, cfg: PairConfig | None = None,
+    *, artifact_mask: np.ndarray | None = None, transform: GeomTransform | None = None, source: str = "",
+) -> TrainingPair:
+    """Refinement-mode pair (Sec. 3.4): the reference is only the local region around M_a,
+    ``I_r = S(T(I_o x (dilate(M_a) & M_o)))`` cut to its square box with ``local_margin`` and
+    resized to R; ref_coords are NaN where a crop pixel falls outside that reference crop."""
+    cfg = cfg or PairConfig()
+    obj = _check_object(obj_image, obj_mask)
+    art = artifact_mask.astype(bool) & obj if artifact_mask is not None else random_artifact_mask(obj, rng, cfg.mask)
+    if not art.any():
+        raise ValueError("artifact mask is empty inside the object")
+    crop_box = zoom_box(art, cfg.grow, cfg.min_size)
+    image_chw, mask_chw = _input_crop(obj_image, art, crop_box, cfg)
+    ab = mask_bbox(art)
+    px = max(cfg.local_dilate_min, int(round(cfg.local_dilate * max(ab.width, ab.height))))
+    local = dilate(art, px) & obj
+    t, warped, w_loc, w_art = _perturbed_reference(obj_image, local, art, rng, cfg, mask_bbox(obj), transform)
+    return _finish_reference(t, warped, w_loc, w_art, cfg.local_margin, crop_box, "refinement", cfg,
+                             image_chw, mask_chw, source)
+
+
+def make_multiview_pair(
+    img1: np.ndarray, mask1: np.ndarray, img2: np.ndarray, mask2: np.ndarray, rng: np.random.Generator,
+    cfg: PairConfig | None = None, *, source: str = "",
+) -> TrainingPair:
+    """Multi-view pair (MVObj, Sec. 3.4): reference ``I_o1 x erode(M_o1)`` cut to the object's square
+    box and resized to R; input = I_o2 with a hole: with probability ``p_whole_object`` the whole
+    eroded object ``erode(M_o2)`` (as the paper does), else ``G(M_o2)``. No known correspondence:
+    ref_coords all NaN, correspondence zeros, has_correspondence False."""
+    cfg = cfg or PairConfig()
+    m1 = _check_object(img1, mask1)
+    m2 = _check_object(img2, mask2)
+    e1 = erode(m1, max(1, int(round(cfg.erode_frac * max(m1.shape)))))
+    e1 = e1 if e1.any() else m1
+    e2 = erode(m2, max(1, int(round(cfg.erode_frac * max(m2.shape)))))
+    e2 = e2 if e2.any() else m2
+
+    ref_box = square_pad_box(mask_bbox(e1), cfg.ref_margin, e1.shape)
+    b = mask_bbox(e1)
+    ref_src = np.zeros_like(img1)
+    ref_src[b.y0 : b.y1, b.x0 : b.x1] = np.where(e1[b.y0 : b.y1, b.x0 : b.x1, None], img1[b.y0 : b.y1, b.x0 : b.x1], 0)
+    reference = crop_resize(ref_src, ref_box, cfg.ref_size)
+    if cfg.multiview_color:
+        ref_obj = crop_resize(e1, ref_box, cfg.ref_size)
+        reference = apply_color(reference, sample_color(rng, cfg.color), ref_obj)
+
+    if rng.random() < cfg.p_whole_object:
+        hole = e2
+        crop_box = zoom_box(hole, cfg.whole_object_grow, cfg.min_size)
+    else:
+        hole = random_artifact_mask(m2, rng, cfg.mask)
+        crop_box = zoom_box(hole, cfg.grow, cfg.min_size)
+    image_chw, mask_chw = _input_crop(img2, hole, crop_box, cfg)
+    s, r = cfg.size, cfg.ref_size
+    return TrainingPair(
+        image=image_chw,
+        mask=mask_chw,
+        reference=_chw(reference),
+        ref_coords=np.full((2, s, s), np.nan, np.float32),
+        correspondence=np.zeros((1, r, r), np.float32),
+        has_correspondence=False,
+        mode="multiview",
+        source=source,
+        meta={"crop_box": crop_box, "ref_box": ref_box, "transform": None},
+    )
+
+
+# ----------------------------------------------------------------------------------------------
+# dataset
+
+
+def _src_name(src: Any) -> str:
+    return str(getattr(src, "name", type(src).__name__))
+
+
+class PairDataset(torch.utils.data.Dataset):
+    """Map-style dataset of training pairs; item i is a pure function of (seed, i).
+
+    Args:
+        sources: objects with ``sample_single(rng) -> (image, mask)`` (single object images:
+            :class:`SyntheticSource`, :class:`MultiViewFolder`, :class:`ImageMaskFolder`) and/or
+            ``sample_pair(rng) -> (img1, m1, img2, m2)`` (:class:`MultiViewFolder`).
+        mode_weights: relative frequency of "alignment", "refinement", "multiview" (default
+            0.4 / 0.3 / 0.3; multiview drops to 0 when no source has pairs and the weights are
+            the default; an explicit multiview weight without a pair source is an error).
+        size, ref_size: S and R (override ``cfg``).
+        seed: base seed; item i uses ``np.random.default_rng([seed, i])`` (and ``[seed, i, k]``
+            for its k-th retry), so training resumes reproducibly, with any number of workers.
+        length: ``len(dataset)`` (pairs are generated on the fly).
+        cfg: :class:`PairConfig`.
+        source_weights: relative frequency of each single-image source (default uniform).
+
+    Items are dicts of tensors: image (3, S, S) float32, mask (1, S, S), reference (3, R, R),
+    ref_coords (2, S, S) (NaN = unknown), correspondence (1, R, R), has_correspondence () bool,
+    mode () int64 (index into :data:`MODES`).
+    """
+
+    def __init__(
+        self,
+        sources: list[Any] | tuple[Any, ...],
+        mode_weights: dict[str, float] | None = None,
+        size: int = 32,
+        ref_size: int = 32,
+        seed: int = 0,
+        length: int = 100_000,
+        cfg: PairConfig | None = None,
+        source_weights: list[float] | None = None,
+    ):
+        if not isinstance(sources, (list, tuple)):
+            sources = [sources]
+        if not sources:
+            raise ValueError("PairDataset needs at least one source")
+        self.cfg = dataclasses.replace(cfg or PairConfig(), size=int(size), ref_size=int(ref_size))
+        self.sources = list(sources)
+        self.singles = [s for s in self.sources if hasattr(s, "sample_single")]
+        self.pairs = [s for s in self.sources if hasattr(s, "sample_pair")]
+        default = mode_weights is None
+        mw = dict(mode_weights or {"alignment": 0.4, "refinement": 0.3, "multiview": 0.3})
+        unknown = set(mw) - set(MODES)
+        if unknown:
+            raise ValueError(f"unknown mode(s) {sorted(unknown)}; modes are {MODES}")
+        if default and not self.pairs:
+            mw["multiview"] = 0.0
+        w = np.array([max(float(mw.get(m, 0.0)), 0.0) for m in MODES])
+        if w.sum() <= 0:
+            raise ValueError("mode_weights must have a positive entry")
+        if (w[0] > 0 or w[1] > 0) and not self.singles:
+            raise ValueError("alignment / refinement modes need a source with single object images")
+        if w[2] > 0 and not self.pairs:
+            raise ValueError("multiview mode needs a multi-view source (MultiViewFolder with >= 2 views per subject)")
+        self.mode_p = w / w.sum()
+        if source_weights is not None:
+            if len(source_weights) != len(self.singles):
+                raise ValueError("source_weights needs one weight per single-image source")
+            sw = np.asarray(source_weights, dtype=np.float64)
+            self.source_p = sw / sw.sum()
+        else:
+            self.source_p = np.full(len(self.singles), 1.0 / max(len(self.singles), 1))
+        self.seed = int(seed)
+        self.length = int(length)
+
+    def __len__(self) -> int:
+        return self.length
+
+    def pair(self, i: int, retries: int = 5) -> TrainingPair:
+        """The TrainingPair of item i (numpy), deterministic given (seed, i)."""
+        last: Exception | None = None
+        for k in range(retries + 1):
+            rng = np.random.default_rng([self.seed, int(i)] + ([k] if k else []))
+            mode = MODES[int(rng.choice(len(MODES), p=self.mode_p))]
+            try:
+                if mode == "multiview":
+                    src = self.pairs[int(rng.integers(len(self.pairs)))]
+                    img1, m1, img2, m2 = src.sample_pair(rng)
+                    return make_multiview_pair(img1, m1, img2, m2, rng, self.cfg, source=_src_name(src))
+                src = self.singles[int(rng.choice(len(self.singles), p=self.source_p))]
+                img, m = src.sample_single(rng)
+                fn = make_alignment_pair if mode == "alignment" else make_refinement_pair
+                return fn(img, m, rng, self.cfg, source=_src_name(src))
+            except ValueError as e:  # degenerate object / mask: redraw deterministically
+                if isinstance(e, DatasetError):
+                    raise
+                last = e
+        raise RuntimeError(f"could not build pair {i} after {retries + 1} attempts: {last}")
+
+    def __getitem__(self, i: int) -> dict[str, torch.Tensor]:
+        if i < 0:
+            i += self.length
+        if not 0 <= i < self.length:
+            raise IndexError(f"index {i} out of range for PairDataset of length {self.length}")
+        return to_tensors(self.pair(i))
+
+
+def to_tensors(p: TrainingPair) -> dict[str, torch.Tensor]:
+    """TrainingPair -> dict of torch tensors (see :class:`PairDataset`)."""
+    return {
+        "image": torch.from_numpy(p.image),
+        "mask": torch.from_numpy(p.mask),
+        "reference": torch.from_numpy(p.reference),
+        "ref_coords": torch.from_numpy(p.ref_coords),
+        "correspondence": torch.from_numpy(p.correspondence),
+        "has_correspondence": torch.tensor(p.has_correspondence),
+        "mode": torch.tensor(MODES.index(p.mode), dtype=torch.int64),
+    }
+
+
+# ----------------------------------------------------------------------------------------------
+# visual check
+
+_LABEL_W = 120  # left column with row labels, px
+_HEADER_H = 18  # top row with column titles, px
+_PAD = 4  # gap between tiles, px
+_COLUMNS = ("masked input", "mask", "reference + corr.", "target")
+
+
+def grid_shape(n: int, size: int = 32, ref_size: int = 32, scale: int = 4) -> tuple[int, int]:
+    """(height, width) in pixels of the :func:`show_pairs` grid for n rows."""
+    tile = max(size, ref_size) * scale
+    return _HEADER_H + n * (tile + _PAD) + _PAD, _LABEL_W + len(_COLUMNS) * (tile + _PAD) + _PAD
+
+
+def _up(a: np.ndarray, scale: int) -> np.ndarray:
+    return np.repeat(np.repeat(a, scale, axis=0), scale, axis=1)
+
+
+def _to_u8(chw: np.ndarray) -> np.ndarray:
+    return np.clip(np.rint(chw.transpose(1, 2, 0) * 255.0), 0, 255).astype(np.uint8)
+
+
+def _pair_tiles(p: TrainingPair, scale: int) -> list[np.ndarray]:
+    img = _to_u8(p.image)
+    hole = p.mask[0] > 0.5
+    masked = img.copy()
+    masked[hole] = (128, 128, 128)
+    mask_t = np.repeat((hole * 255).astype(np.uint8)[..., None], 3, axis=2)
+    ref = _up(_to_u8(p.reference), scale)
+    corr = _up(p.correspondence[0] > 0.5, scale)
+    if corr.any():  # tint + outline the true region
+        ref[corr] = (0.5 * ref[corr] + 0.5 * np.array([255, 0, 0])).astype(np.uint8)
+        cnts, _ = cv2.findContours(corr.astype(np.uint8), cv2.RETR_EXTERNAL, cv2.CHAIN_APPROX_NONE)
+        cv2.drawContours(ref, cnts, -1, (255, 255, 0), 1)
+    # where the hole pixels land according to ref_coords: green dots
+    rc = p.ref_coords[:, hole]
+    rc = rc[:, np.isfinite(rc).all(axis=0)]
+    if rc.shape[1]:
+        r_px = ref.shape[0]
+        step = max(1, rc.shape[1] // 64)
+        for x, y in rc[:, ::step].T:
+            cv2.circle(ref, (int(x * r_px), int(y * r_px)), max(1, scale // 3), (0, 255, 0), -1)
+    return [_up(masked, scale), _up(mask_t, scale), ref, _up(img, scale)]
+
+
+def show_pairs(
+    mode: str,
+    n: int = 8,
+    seed: int = 0,
+    output: str | os.PathLike = "pairs.png",
+    size: int = 32,
+    ref_size: int = 32,
+    data_root: str | os.PathLike | None = None,
+    scale: int = 4,
+    use_photos: bool = True,
+) -> Path:
+    """Write a PNG grid of ``n`` training pairs of ``mode`` for a check by eye; returns its path.
+
+    One row per pair: masked input (hole in grey), hole mask, reference with the true
+    correspondence tinted red with a yellow outline and the ref_coords of the hole pixels as green
+    dots, target. Nearest-neighbour upscaled by ``scale``; rows labelled with index, mode, source.
+    Sources: procedural objects, plus the photos of ``data_root`` (default: the shared
+    dreambooth-train folder when present; validation subjects excluded) if ``use_photos``.
+    Mode "multiview" requires the photo folder. Grid size: :func:`grid_shape`.
+    """
+    if mode not in MODES:
+        raise ValueError(f"mode must be one of {MODES}, got {mode!r}")
+    if n < 1:
+        raise ValueError("n must be >= 1")
+    root = Path(data_root) if data_root is not None else default_data_root()
+    sources: list[Any] = []
+    if mode == "multiview":
+        if root is None or not root.is_dir():
+            raise DatasetError(
+                "show-pairs --mode multiview needs a multi-view photo folder (SUBJECT/NN.jpg + NN_mask.png): "
+                + (f"'{root}' not found" if root is not None else "none given and ../shared/data/dreambooth-train is absent")
+            )
+        sources.append(MultiViewFolder(root, max_side=192))
+    else:
+        sources.append(SyntheticSource(size=128, pool_size=max(4 * n, 16), seed=seed))
+        if use_photos and root is not None and root.is_dir():
+            sources.append(MultiViewFolder(root, max_side=192))
+    ds = PairDataset(sources, {mode: 1.0}, size=size, ref_size=ref_size, seed=seed, length=n)
+
+    gh, gw = grid_shape(n, size, ref_size, scale)
+    tile = max(size, ref_size) * scale
+    canvas = Image.new("RGB", (gw, gh), (255, 255, 255))
+    d = ImageDraw.Draw(canvas)
+    for c, title in enumerate(_COLUMNS):
+        d.text((_LABEL_W + _PAD + c * (tile + _PAD), 3), title, fill=(0, 0, 0))
+    for i in range(n):
+        p = ds.pair(i)
+        y = _HEADER_H + _PAD + i * (tile + _PAD)
+        d.text((4, y + 2), f"#{i} {p.mode}\n{p.source}\nhole {p.mask.mean() * 100:.0f}%", fill=(0, 0, 0))
+        for c, t in enumerate(_pair_tiles(p, scale)):
+            x = _LABEL_W + _PAD + c * (tile + _PAD)
+            canvas.paste(Image.fromarray(t), (x, y))
+    out = Path(output)
+    save_image_atomic(canvas, out)
+    return out

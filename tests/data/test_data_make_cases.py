@@ -1,0 +1,74 @@
+import json
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from refine_by_align.data.make_cases import ARTIFACTS, make_cases, simulate_artifact
+from refine_by_align.data.readers import DatasetError
+from refine_by_align.data.synthetic import render_object
+
+
+def _open(path):
+    """Read an image fully and close the file."""
+    with Image.open(path) as im:
+        im.load()
+        return im.copy()
+
+FILES = ("image.png", "mask.png", "reference.png", "reference_mask.png", "target.png", "meta.json")
+
+
+def test_make_cases_tiny_folder(tmp_path, tiny_multiview):
+    paths = make_cases(tiny_multiview, tmp_path / "cases", seed=3, subjects=["alpha", "beta"], cases_per_subject=3)
+    assert len(paths) == 6
+    kinds = set()
+    for case in paths:
+        meta = json.loads((case / "meta.json").read_text())
+        kinds.add(meta["kind"])
+        assert meta["artifact"] in ARTIFACTS
+        for f in FILES:
+            assert (case / f).exists(), f
+        img = np.asarray(_open(case / "image.png"))
+        tgt = np.asarray(_open(case / "target.png"))
+        mask = np.asarray(_open(case / "mask.png")) > 127
+        ref = _open(case / "reference.png")
+        assert img.shape == tgt.shape == (128, 160, 3) and mask.shape == (128, 160)
+        assert ref.size == _open(case / "reference_mask.png").size == (160, 128)
+        assert mask.any() and (img[~mask] == tgt[~mask]).all()  # artifact only inside the mask
+        assert (img[mask] != tgt[mask]).any()
+        has_corr = (case / "correspondence.png").exists()
+        assert has_corr == (meta["kind"] != "multiview") == meta["has_correspondence"]
+        if has_corr:
+            corr = np.asarray(_open(case / "correspondence.png")) > 127
+            rmask = np.asarray(_open(case / "reference_mask.png")) > 127
+            assert corr.any() and not (corr & ~rmask).any()
+            assert 0.5 < corr.sum() / mask.sum() < 2.0  # scale range 0.75..1
+    assert kinds == {"affine", "nonrigid", "multiview"}
+    again = make_cases(tiny_multiview, tmp_path / "again", seed=3, subjects=["alpha"], cases_per_subject=1)
+    assert (again[0] / "image.png").read_bytes() == (paths[0] / "image.png").read_bytes()
+
+
+def test_make_cases_errors(tmp_path, tiny_multiview):
+    with pytest.raises(DatasetError, match="validation subjects"):
+        make_cases(tiny_multiview, tmp_path / "c", seed=0)  # defaults not in the tiny folder
+    with pytest.raises(DatasetError, match="not found"):
+        make_cases(tmp_path / "nope", tmp_path / "c", seed=0)
+
+
+@pytest.mark.parametrize("name", sorted(ARTIFACTS))
+def test_artifact_simulators(name):
+    img, obj = render_object(np.random.default_rng(4), size=96)
+    mask = np.zeros_like(obj)
+    ys, xs = np.nonzero(obj)
+    cy, cx = int(np.median(ys)), int(np.median(xs))
+    mask[cy - 6 : cy + 6, cx - 8 : cx + 8] = True
+    out = simulate_artifact(img, mask, name, np.random.default_rng(0))
+    assert out.shape == img.shape and out.dtype == np.uint8
+    assert (out[~mask] == img[~mask]).all()
+    assert np.abs(out[mask].astype(int) - img[mask]).mean() > 3
+
+
+def test_make_cases_dreambooth(tmp_path, dreambooth_root):
+    paths = make_cases(dreambooth_root, tmp_path, seed=0, subjects=["candle"], cases_per_subject=1)
+    img = _open(paths[0] / "image.png")
+    assert max(img.size) == 512

@@ -1,0 +1,130 @@
+"""Training on the tiny config: steps, checkpoints, resume, and a 2-process accelerate run."""
+
+import dataclasses
+import json
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import torch
+
+from refine_by_align.training.losses import attention_supervision_loss, masked_noise_loss, token_targets
+from refine_by_align.training.train import TrainConfig, latest_checkpoint, load_train_config, train
+
+
+def _tc(**kw):
+    tc = load_train_config("tiny")
+    return dataclasses.replace(tc, **kw)
+
+
+def test_two_steps_write_checkpoint_log_and_weights(tmp_path):
+    rec = train(_tc(max_steps=2, eval_every=2), tmp_path, progress=False)
+    assert rec["step"] == 2 and np.isfinite(rec["loss"])
+    ckpt = latest_checkpoint(tmp_path)
+    assert ckpt is not None and json.loads((ckpt / "state.json").read_text())["step"] == 2
+    assert (ckpt / "model.safetensors").exists() and (ckpt / "train_config.json").exists()
+    lines = [json.loads(l) for l in (tmp_path / "log.jsonl").read_text().splitlines()]
+    train_recs = [r for r in lines if not r.get("eval")]
+    evals = [r for r in lines if r.get("eval")]
+    assert [r["step"] for r in train_recs] == [1, 2]
+    assert all(np.isfinite(r["loss"]) and r["loss_attn"] > 0 for r in train_recs)
+    assert evals and "hole_mse_right" in evals[0] and "hole_mse_shuffled" in evals[0]
+    from refine_by_align.models.refiner import RefineByAlignModel
+
+    m = RefineByAlignModel.load(tmp_path / "weights")
+    assert all(torch.isfinite(p).all() for p in m.parameters())
+
+
+def test_resume_continues_from_saved_step_with_identical_rng_state(tmp_path):
+    a, b = tmp_path / "a", tmp_path / "b"
+    # uninterrupted reference run: 4 steps
+    train(_tc(max_steps=4), a, progress=False)
+    # interrupted run: stop at step 2 (checkpoint), then resume to 4
+    train(_tc(max_steps=4), b, max_steps=2, progress=False)
+    ckpt2 = latest_checkpoint(b)
+    saved_rng = torch.load(ckpt2 / "random_states_0.pkl", weights_only=False)  # our own checkpoint
+    rec = train(_tc(max_steps=4), b, resume=True, progress=False)
+    assert rec["step"] == 4
+    la = [json.loads(l) for l in (a / "log.jsonl").read_text().splitlines() if '"eval"' not in l]
+    lb = [json.loads(l) for l in (b / "log.jsonl").read_text().splitlines() if '"eval"' not in l]
+    assert [r["step"] for r in lb] == [1, 2, 3, 4]
+    # same data, same noise, same weights: the resumed steps reproduce the uninterrupted run
+    for ra, rb in zip(la[2:], lb[2:]):
+        assert ra["loss"] == pytest.approx(rb["loss"], rel=1e-5, abs=1e-6)
+    assert "torch_manual_seed" in saved_rng and "numpy_random_seed" in saved_rng
+    from safetensors.torch import load_file
+
+    sa = load_file(str(latest_checkpoint(a) / "model.safetensors"))
+    sb = load_file(str(latest_checkpoint(b) / "model.safetensors"))
+    assert all(torch.allclose(sa[k], sb[k], atol=1e-6) for k in sa)
+
+
+def test_resume_without_checkpoint_starts_fresh(tmp_path):
+    rec = train(_tc(max_steps=1, eval_every=0), tmp_path, resume=True, progress=False)
+    assert rec["step"] == 1
+
+
+def test_unknown_recipe_and_fields(tmp_path):
+    with pytest.raises(ValueError, match="no training config"):
+        load_train_config("nope")
+    p = tmp_path / "c.json"
+    p.write_text(json.dumps({"model": "tiny", "bogus": 1}))
+    with pytest.raises(ValueError, match="unknown training config fields"):
+        load_train_config(str(p))
+
+
+def test_token_targets_point_at_the_true_token():
+    coords = torch.full((1, 2, 8, 8), float("nan"))
+    coords[0, 0, 2:4, 2:4] = 0.35  # x: token centre 3
+    coords[0, 1, 2:4, 2:4] = 0.75  # y: token centre 7
+    target, valid = token_targets(coords, side=4, grid=10, sigma=0.6)
+    q = 1 * 4 + 1  # the query cell covering pixels 2..3
+    assert valid[0].sum() == 1 and valid[0, q]
+    k = int(target[0, q].argmax())
+    assert (k // 10, k % 10) == (7, 3)
+    assert target[0, q].sum() == pytest.approx(1.0)
+
+
+def test_attention_loss_is_lower_for_the_right_attention():
+    coords = torch.zeros(1, 2, 4, 4)
+    coords[0, 0] = torch.linspace(0.1, 0.9, 4).view(1, 4)
+    coords[0, 1] = torch.linspace(0.1, 0.9, 4).view(4, 1)
+    target, _ = token_targets(coords, 4, 4, 0.6)
+    mask = torch.ones(1, 1, 4, 4)
+    use = torch.tensor([True])
+    right = attention_supervision_loss(target.clamp_min(1e-6), coords, mask, use, 4, 0.6)
+    uniform = attention_supervision_loss(torch.full_like(target, 1 / 16), coords, mask, use, 4, 0.6)
+    assert right < uniform
+    none = attention_supervision_loss(torch.full_like(target, 1 / 16), coords, mask, torch.tensor([False]), 4, 0.6)
+    assert none.item() == 0.0
+
+
+def test_noise_loss_weights_the_hole():
+    pred, noise = torch.zeros(1, 3, 4, 4), torch.zeros(1, 3, 4, 4)
+    pred[..., 0, 0] = 1.0
+    mask = torch.zeros(1, 1, 4, 4)
+    mask[..., 0, 0] = 1
+    assert masked_noise_loss(pred, noise, mask, 10.0) > masked_noise_loss(pred, noise, torch.zeros_like(mask), 10.0)
+
+
+def test_accelerate_two_processes_on_cpu(tmp_path):
+    """`accelerate launch --num_processes 2 --cpu` runs 2 DDP steps over gloo."""
+    exe = os.path.join(os.path.dirname(sys.executable), "accelerate")
+    cli = os.path.join(os.path.dirname(sys.executable), "refine-by-align")
+    cfg = tmp_path / "c.json"
+    cfg.write_text(json.dumps({"model": "tiny", "max_steps": 2, "batch_size": 2,
+                               "data_root": None, "synthetic_weight": 1.0, "synthetic_pool": 8, "num_workers": 0,
+                               "eval_every": 0, "checkpoint_every": 2, "log_every": 1, "warmup_steps": 1, "attn_min_side": 8,
+                               "mode_weights": {"alignment": 0.5, "refinement": 0.5}}))
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    p = subprocess.run(
+        [exe, "launch", "--num_processes", "2", "--cpu", "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no",
+         cli, "-q", "train", "--config", str(cfg), "--output", str(tmp_path / "run")],
+        capture_output=True, text=True, timeout=300, env=env,
+    )
+    assert p.returncode == 0, p.stderr[-3000:]
+    ckpt = latest_checkpoint(tmp_path / "run")
+    assert ckpt is not None and json.loads((ckpt / "state.json").read_text())["step"] == 2
+    assert (ckpt / "random_states_1.pkl").exists()  # both processes saved their RNG state

@@ -110,7 +110,11 @@ def test_noise_loss_weights_the_hole():
 
 
 def test_accelerate_two_processes_on_cpu(tmp_path):
-    """`accelerate launch --num_processes 2 --cpu` runs 2 DDP steps over gloo."""
+    """Two DDP processes over gloo on a CPU-only machine run 2 steps.
+
+    accelerate's ``--cpu`` flag starts one process unless MPI is configured (its multi-CPU path
+    goes through mpirun); ``--multi_gpu`` on a machine without GPUs starts torchrun processes that
+    accelerate runs as MULTI_CPU with the gloo backend."""
     exe = os.path.join(os.path.dirname(sys.executable), "accelerate")
     cli = os.path.join(os.path.dirname(sys.executable), "refine-by-align")
     cfg = tmp_path / "c.json"
@@ -120,11 +124,12 @@ def test_accelerate_two_processes_on_cpu(tmp_path):
                                "mode_weights": {"alignment": 0.5, "refinement": 0.5}}))
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     p = subprocess.run(
-        [exe, "launch", "--num_processes", "2", "--cpu", "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no",
+        [exe, "launch", "--multi_gpu", "--num_processes", "2", "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no",
          cli, "-q", "train", "--config", str(cfg), "--output", str(tmp_path / "run")],
         capture_output=True, text=True, timeout=300, env=env,
     )
     assert p.returncode == 0, p.stderr[-3000:]
+    assert p.stdout.count("stopped at step 2") == 2  # one line per process
     ckpt = latest_checkpoint(tmp_path / "run")
     assert ckpt is not None and json.loads((ckpt / "state.json").read_text())["step"] == 2
     assert (ckpt / "random_states_1.pkl").exists()  # both processes saved their RNG state

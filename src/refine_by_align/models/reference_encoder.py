@@ -40,6 +40,8 @@ class ReferenceEncoder(nn.Module):
         self.grid_size = cfg.grid_size
         self.image_size = cfg.encoder_image_size
         self.vit = Dinov2Model(dinov2_config(cfg))
+        # DINOv2's mask token only serves masked-image pre-training; it never reaches our tokens
+        self.vit.embeddings.mask_token.requires_grad_(False)
         d, c = cfg.encoder.hidden_size, cfg.unet.cross_attention_dim
         self.projector = nn.Sequential(nn.Linear(d, cfg.projector_hidden), nn.GELU(), nn.Linear(cfg.projector_hidden, c))
         # Unconditional context for classifier-free guidance (the "dropped" image embedding).

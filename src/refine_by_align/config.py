@@ -62,7 +62,9 @@ class ModelConfig:
     default_guidance: float = 2.0  # classifier-free guidance scale
     zoom_grow: float = 2.0  # zoom-in crop side = longer side of the mask box x this
     zoom_min_size: int = 32  # zoom-in crop side is at least this many pixels
-    reference_margin: float = 0.1  # margin around object / aligned region when cutting the reference
+    reference_margin: float = 0.05  # margin around the reference object's box (as in training pairs)
+    local_dilate: float = 0.25  # the aligned region M* is grown by this x its box side ...
+    local_margin: float = 0.15  # ... and cut out with this margin (refinement-mode training pairs)
     paste_dilate: int = 3  # pixels the mask is grown by before pasting back
     paste_feather: int = 3  # width of the feathered seam in pixels
 

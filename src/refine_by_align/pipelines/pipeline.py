@@ -262,13 +262,14 @@ class RefineByAlignPipeline(DiffusionPipeline):
         # 3. Guidance tokens: the reference cut down to the aligned region (or the whole object).
         t2 = time.perf_counter()
         if region is not None:
-            grow = max(1, int(round(cfg.reference_margin * max(mask_bbox(region).width, mask_bbox(region).height))))
+            rb = mask_bbox(region)
+            grow = max(1, int(round(cfg.local_dilate * max(rb.width, rb.height))))
             kernel = cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (2 * grow + 1, 2 * grow + 1))
             keep = cv2.dilate(region.astype(np.uint8), kernel).astype(bool) & p.reference_mask
             if not keep.any():
                 keep = region
             local = p.reference * keep[..., None]
-            guide_box = square_pad_box(mask_bbox(keep), cfg.reference_margin, keep.shape)
+            guide_box = square_pad_box(mask_bbox(keep), cfg.local_margin, keep.shape)
             ref_tensor = self._reference_tensor(local, guide_box)
         else:
             guide_box = p.reference_box

@@ -56,6 +56,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--limit", type=int, help="only the first N cases")
     p.add_argument("--model", default=None, help="model folder or preset (refine-by-align methods)")
 
+    p = sub.add_parser("grid-search", help="mIoU of the alignment for every (timestep, layer) (Fig. 4, 7)")
+    p.add_argument("cases_dir", help="case folder; cases need correspondence.png")
+    p.add_argument("--output", required=True, help="results folder")
+    p.add_argument("--model", default="default", help="model folder or preset")
+    p.add_argument("--timesteps", default="0,24,100,250,500,750,999", help="comma-separated timesteps")
+    p.add_argument("--layers", help="comma-separated layer indices (default: all cross-attention layers)")
+    p.add_argument("--limit", type=int, help="only the first N cases")
+
     p = sub.add_parser("demo", help="refine the shipped examples (and ../shared photos when present)")
     p.add_argument("--output", default="demo-output", help="output folder (default: %(default)s)")
     p.add_argument("--model", default="default", help="model folder or preset")
@@ -83,7 +91,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--output", required=True, help="cases folder to write")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--subjects", help="comma-separated subjects (default: the held-out validation subjects)")
-    p.add_argument("--per-subject", type=int, default=3, help="cases per subject and kind")
+    p.add_argument("--per-subject", type=int, default=3, help="cases per subject; kinds rotate affine, nonrigid, multiview (default: %(default)s)")
     return parser
 
 
@@ -192,6 +200,29 @@ def cmd_bench(args) -> int:
     return 0
 
 
+def _int_list(text: str, what: str) -> tuple[int, ...]:
+    try:
+        return tuple(int(v) for v in text.split(",") if v.strip())
+    except ValueError:
+        raise CLIError(f"{what} must be comma-separated integers, got '{text}'") from None
+
+
+def cmd_grid_search(args) -> int:
+    from .evaluation.grid_search import grid_search
+
+    try:
+        res = grid_search(
+            args.cases_dir, args.output, model=args.model, timesteps=_int_list(args.timesteps, "--timesteps"),
+            layers=_int_list(args.layers, "--layers") if args.layers else None, limit=args.limit, progress=not args.quiet,
+        )
+    except ValueError as e:
+        raise CLIError(str(e)) from None
+    b = res["best"]
+    print(f"best (t, l) = ({b['timestep']}, {b['layer']}): mIoU {b['miou']:.3f} over {res['cases']} cases")
+    print(f"wrote {Path(args.output) / 'grid.json'}, grid_heatmap.png, grid_marginals.png")
+    return 0
+
+
 def cmd_demo(args) -> int:
     from .demo.run import run_demo
 
@@ -244,6 +275,7 @@ COMMANDS = {
     "refine": cmd_refine,
     "align": cmd_align,
     "bench": cmd_bench,
+    "grid-search": cmd_grid_search,
     "demo": cmd_demo,
     "train": cmd_train,
     "plot": cmd_plot,

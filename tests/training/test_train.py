@@ -133,3 +133,16 @@ def test_accelerate_two_processes_on_cpu(tmp_path):
     ckpt = latest_checkpoint(tmp_path / "run")
     assert ckpt is not None and json.loads((ckpt / "state.json").read_text())["step"] == 2
     assert (ckpt / "random_states_1.pkl").exists()  # both processes saved their RNG state
+
+
+def test_on_object_drops_points_on_the_reference_background():
+    from refine_by_align.training.losses import on_object
+
+    ref = torch.zeros(1, 3, 8, 8)
+    ref[..., :, :4] = 0.5  # object on the left half
+    coords = torch.zeros(1, 2, 2, 2)
+    coords[0, 0] = torch.tensor([[0.2, 0.8], [0.2, 0.8]])  # x: left (object), right (background)
+    coords[0, 1] = 0.5
+    out = on_object(coords, ref)
+    assert torch.isfinite(out[0, :, :, 0]).all()
+    assert torch.isnan(out[0, :, :, 1]).all()

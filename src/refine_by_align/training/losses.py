@@ -7,7 +7,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-__all__ = ["masked_noise_loss", "token_targets", "attention_supervision_loss"]
+__all__ = ["masked_noise_loss", "token_targets", "attention_supervision_loss", "on_object"]
 
 
 def masked_noise_loss(pred: torch.Tensor, noise: torch.Tensor, mask: torch.Tensor, hole_weight: float) -> torch.Tensor:
@@ -43,14 +43,24 @@ def token_targets(ref_coords: torch.Tensor, side: int, grid: int, sigma: float) 
     return target, valid
 
 
+def on_object(ref_coords: torch.Tensor, reference: torch.Tensor) -> torch.Tensor:
+    """(B, 2, S, S) coordinates, (B, 3, R, R) references (black outside the object) -> (B, 2, S, S)
+    coordinates with NaN where the point lands on the reference's background: every background
+    token looks alike, so matching there cannot be learned from content."""
+    obj = (reference.amax(dim=1, keepdim=True) > 1.0 / 255.0).float()  # (B, 1, R, R)
+    grid = torch.nan_to_num(ref_coords, nan=-2.0).permute(0, 2, 3, 1) * 2.0 - 1.0  # (B, S, S, 2)
+    inside = F.grid_sample(obj, grid, mode="nearest", padding_mode="zeros", align_corners=False) > 0.5  # (B, 1, S, S)
+    return torch.where(inside, ref_coords, torch.full_like(ref_coords, float("nan")))
+
+
 def attention_supervision_loss(
     probs: torch.Tensor,  # (B, Q, T) heads-averaged attention probabilities of one layer
-    ref_coords: torch.Tensor,  # (B, 2, S, S)
+    ref_coords: torch.Tensor,  # (B, 2, S, S), NaN where unknown (see on_object)
     mask: torch.Tensor,  # (B, 1, S, S) hole mask in crop pixels
     use: torch.Tensor,  # (B,) bool: samples with a known correspondence and a real (not dropped) reference
     grid: int,
     sigma: float,
-    hole_weight: float = 2.0,
+    hole_weight: float = 3.0,
 ) -> torch.Tensor:
     """Cross-entropy between each query's attention and the Gaussian around its true token, over
     every query pixel with a known correspondence; hole pixels (those Algorithm 1 sums) count

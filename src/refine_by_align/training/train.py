@@ -26,7 +26,7 @@ from tqdm.auto import tqdm
 from ..config import ModelConfig, get_config
 from ..models.attention import AttentionStore, record_layers
 from ..models.refiner import RefineByAlignModel
-from .losses import attention_supervision_loss, masked_noise_loss
+from .losses import attention_supervision_loss, masked_noise_loss, on_object
 
 __all__ = ["TrainConfig", "load_train_config", "train", "latest_checkpoint", "export_weights", "RECIPES_DIR"]
 
@@ -191,9 +191,9 @@ def evaluate(model: RefineByAlignModel, batch: dict, noise_scheduler, layer: str
     model(x0, t0, masked, mask, reference=ref)
     probs = store[layer]  # (B, Q, T)
     side = int(round(probs.shape[1] ** 0.5))
-    from .losses import token_targets
+    from .losses import on_object, token_targets
 
-    target, valid = token_targets(batch["ref_coords"].to(dev), side, grid, 0.6)
+    target, valid = token_targets(on_object(batch["ref_coords"].to(dev), ref), side, grid, 0.6)
     hole = torch.nn.functional.interpolate(batch["mask"].to(dev), size=(side, side), mode="area").reshape(probs.shape[0], -1) > 0.5
     sel = valid & hole
     if sel.any():
@@ -316,6 +316,7 @@ def train(tc: TrainConfig, run_dir: str | Path, resume: bool = False, max_steps:
             loss_attn = torch.zeros((), device=x0.device)
             if layers:
                 use = batch["has_correspondence"].to(x0.device).bool() & ~drop
+                ref_coords = on_object(ref_coords, reference)
                 for name in layers:
                     loss_attn = loss_attn + attention_supervision_loss(store[name], ref_coords, mask, use, grid, tc.attn_sigma)
                 loss_attn = loss_attn / len(layers)

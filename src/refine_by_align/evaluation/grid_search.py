@@ -1,0 +1,150 @@
+"""Grid search of the alignment's (t, l) (Algorithm 1, Fig. 4, 5 and 7).
+
+For every case with a ``correspondence.png``, Eq. 5 maps are computed for every timestep t and
+cross-attention layer l in one pass per t, cleaned as in A.4, mapped onto the reference and scored
+by IoU against the true region. Writes ``grid.json`` (the T x L mIoU table and the best (t, l)),
+``grid_heatmap.png`` (Fig. 7), ``grid_marginals.png`` (Fig. 4) and ``grid_maps_<case>.png``
+(the maps of one case across layers and timesteps, Fig. 5).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import torch
+from tqdm.auto import tqdm
+
+from ..pipelines.alignment import attention_grid, clean_correspondence, grid_to_reference
+from .bench import write_json_atomic
+from .cases import load_cases
+from .metrics import iou
+
+__all__ = ["grid_search", "DEFAULT_TIMESTEPS"]
+
+DEFAULT_TIMESTEPS = (0, 24, 100, 250, 500, 750, 999)
+
+
+def _case_maps(pipe, case, timesteps, layers, seed):
+    """(T, L, g, g) raw maps and the prepared inputs of one case."""
+    p = pipe.prepare(case.image, case.mask, case.reference, case.reference_mask)
+    crop, cmask = pipe._crop_tensors(p)
+    model = pipe.model
+    with torch.no_grad():
+        sample = model.to_latent(crop)
+        masked = model.to_latent(crop * (1.0 - cmask))
+        lmask = model.latent_mask(cmask)
+        context = model.encode_reference(pipe._reference_tensor(p.reference, p.reference_box))
+        g = torch.Generator("cpu").manual_seed(seed)
+        maps = attention_grid(model, sample, masked, lmask, context, list(timesteps), list(layers), pipe.scheduler, g)
+    return maps[:, :, 0].numpy(), p
+
+
+def grid_search(
+    cases_dir: str | Path,
+    output_dir: str | Path,
+    model: str = "default",
+    timesteps: tuple[int, ...] = DEFAULT_TIMESTEPS,
+    layers: tuple[int, ...] | None = None,
+    limit: int | None = None,
+    seed: int = 0,
+    progress: bool = True,
+) -> dict:
+    from ..pipelines.pipeline import RefineByAlignPipeline
+
+    out = Path(output_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    pipe = RefineByAlignPipeline.from_pretrained(model)
+    n_layers = len(pipe.model.cross_attention_layers)
+    layers = tuple(range(n_layers)) if layers is None else tuple(layers)
+    for l in layers:
+        if not 0 <= l < n_layers:
+            raise ValueError(f"layer {l} out of range: the model has layers 0..{n_layers - 1}")
+    for t in timesteps:
+        if not 0 <= t < pipe.model.cfg.num_train_timesteps:
+            raise ValueError(f"timestep {t} out of range 0..{pipe.model.cfg.num_train_timesteps - 1}")
+    cases = [c for c in load_cases(cases_dir, limit) if c.correspondence is not None]
+    if not cases:
+        raise ValueError(f"no case in '{cases_dir}' has a correspondence.png: nothing to score")
+    scores = np.zeros((len(timesteps), len(layers), len(cases)))
+    example = None
+    for k, case in enumerate(tqdm(cases, desc="grid search", disable=not progress)):
+        maps, p = _case_maps(pipe, case, timesteps, layers, seed)
+        per_case = []
+        for i in range(len(timesteps)):
+            row = []
+            for j in range(len(layers)):
+                blob, norm = clean_correspondence(maps[i, j])
+                m = grid_to_reference(blob, p.reference_box, p.reference_mask.shape) & p.reference_mask
+                scores[i, j, k] = iou(m, case.correspondence)
+                row.append(norm)
+            per_case.append(row)
+        if example is None:
+            example = (case, per_case, p)
+    table = scores.mean(axis=2)
+    bi, bj = np.unravel_index(int(np.argmax(table)), table.shape)
+    result = {
+        "model": str(model),
+        "cases": len(cases),
+        "timesteps": list(timesteps),
+        "layers": list(layers),
+        "layer_names": [pipe.model.cross_attention_layers[l] for l in layers],
+        "miou": table.round(4).tolist(),
+        "best": {"timestep": int(timesteps[bi]), "layer": int(layers[bj]), "miou": float(table[bi, bj])},
+        "shipped": {"timestep": pipe.model.cfg.alignment_timestep, "layer": pipe.model.cfg.alignment_layer},
+    }
+    write_json_atomic(result, out / "grid.json")
+    _plots(out, table, timesteps, layers, example)
+    return result
+
+
+def _plots(out: Path, table: np.ndarray, timesteps, layers, example) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(1.2 + 0.6 * len(layers), 1.0 + 0.45 * len(timesteps)))
+    im = ax.imshow(table, cmap="viridis", aspect="auto")
+    ax.set_xticks(range(len(layers)), [str(l) for l in layers])
+    ax.set_yticks(range(len(timesteps)), [str(t) for t in timesteps])
+    ax.set_xlabel("cross-attention layer l")
+    ax.set_ylabel("timestep t")
+    for i in range(table.shape[0]):
+        for j in range(table.shape[1]):
+            ax.text(j, i, f"{table[i, j]:.2f}", ha="center", va="center", color="w", fontsize=7)
+    fig.colorbar(im, label="mIoU")
+    ax.set_title("alignment mIoU over (t, l)")
+    fig.tight_layout()
+    fig.savefig(out / "grid_heatmap.png", dpi=100)
+    plt.close(fig)
+
+    fig, axes = plt.subplots(1, 2, figsize=(10, 3.5))
+    axes[0].plot(list(timesteps), table.mean(axis=1), marker="o")
+    axes[0].set_xlabel("timestep t")
+    axes[0].set_ylabel("mIoU (mean over layers)")
+    axes[1].plot(list(layers), table.mean(axis=0), marker="o")
+    axes[1].set_xlabel("layer l")
+    axes[1].set_ylabel("mIoU (mean over timesteps)")
+    fig.tight_layout()
+    fig.savefig(out / "grid_marginals.png", dpi=100)
+    plt.close(fig)
+
+    case, per_case, p = example
+    fig, axes = plt.subplots(len(timesteps), len(layers) + 1, figsize=(1.6 * (len(layers) + 1), 1.6 * len(timesteps)), squeeze=False)
+    ref = np.asarray(case.reference)
+    for i, t in enumerate(timesteps):
+        axes[i, 0].imshow(ref)
+        axes[i, 0].contour(case.correspondence, levels=[0.5], colors="lime", linewidths=0.8)
+        axes[i, 0].set_ylabel(f"t={t}", fontsize=8)
+        for j, l in enumerate(layers):
+            axes[i, j + 1].imshow(per_case[i][j], cmap="jet", vmin=0, vmax=1)
+            if i == 0:
+                axes[i, j + 1].set_title(f"l={l}", fontsize=8)
+    for ax in axes.ravel():
+        ax.set_xticks([])
+        ax.set_yticks([])
+    fig.suptitle(f"case {case.id}: Eq. 5 maps (token grid) across layers and timesteps; truth in green", fontsize=9)
+    fig.tight_layout()
+    fig.savefig(out / f"grid_maps_{case.id}.png", dpi=90)
+    plt.close(fig)

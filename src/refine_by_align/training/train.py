@@ -139,9 +139,7 @@ def build_dataset(tc: TrainConfig, mcfg: ModelConfig, seed_offset: int = 0):
 
 
 def _worker_init(_: int) -> None:
-    import cv2
-
-    cv2.setNumThreads(1)
+    # (cv2.setNumThreads here deadlocks in a forked worker once the parent has used OpenCV)
     torch.set_num_threads(1)
 
 

@@ -52,9 +52,16 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("bench", help="run a method over a case folder and score it")
     p.add_argument("cases_dir", help="folder of cases (see README: case-folder format)")
     p.add_argument("--output", required=True, help="results folder")
-    p.add_argument("--method", default="refine-by-align", help="refine-by-align | single-stage | keep | telea")
+    p.add_argument(
+        "--method", default="refine-by-align",
+        help="refine-by-align | single-stage | feature-nn | oracle-align | keypoint | keep | telea, "
+        "a comma-separated list, or 'all' (then a report.md / report.json compares them)",
+    )
     p.add_argument("--limit", type=int, help="only the first N cases")
     p.add_argument("--model", default=None, help="model folder or preset (refine-by-align methods)")
+    p.add_argument("--clip", help="CLIP model folder or hub id for CLIP-I / CLIP-T (null when absent)")
+    p.add_argument("--dino", help="DINOv2 model folder or hub id for DINO-I (null when absent)")
+    p.add_argument("--captions", help="captions file for CLIP-T: JSON {case: caption} or 'case<TAB>caption' lines")
 
     p = sub.add_parser("grid-search", help="mIoU of the alignment for every (timestep, layer) (Fig. 4, 7)")
     p.add_argument("cases_dir", help="case folder; cases need correspondence.png")
@@ -187,16 +194,30 @@ def cmd_align(args) -> int:
     return 0
 
 
+def _fmt(v, spec: str) -> str:
+    return "-" if v is None else format(v, spec)
+
+
 def cmd_bench(args) -> int:
     from .evaluation.bench import run_bench
+    from .evaluation.report import run_all
 
-    res = run_bench(args.cases_dir, args.output, method=args.method, limit=args.limit, model=args.model, progress=not args.quiet)
-    s = res["summary"]
-    print(f"{'kind':<12} {'cases':>5} {'mIoU':>7} {'PSNR':>7} {'SSIM':>7} {'s/case':>7}")
-    for kind, row in s.items():
-        f = lambda v, spec: "-" if v is None else format(v, spec)  # noqa: E731
-        print(f"{kind:<12} {row['cases']:>5} {f(row['miou'], '.3f'):>7} {f(row['psnr'], '.2f'):>7} {f(row['ssim'], '.3f'):>7} {f(row['seconds_per_case'], '.2f'):>7}")
-    print(f"wrote {Path(args.output) / 'metrics.json'} and {Path(args.output) / 'contact_sheet.png'}")
+    common = dict(limit=args.limit, model=args.model, clip=args.clip, dino=args.dino, captions=args.captions, progress=not args.quiet)
+    out = Path(args.output)
+    if args.method == "all" or "," in args.method:
+        res = run_all(args.cases_dir, args.output, methods=args.method, **common)
+        print((out / "report.md").read_text())
+        print(f"wrote {out / 'report.md'}, {out / 'report.json'} and contact_<kind>.png")
+        return 0
+    res = run_bench(args.cases_dir, args.output, method=args.method, **common)
+    print(f"{'kind':<12} {'cases':>5} {'mIoU':>7} {'PSNR':>7} {'SSIM':>7} {'CLIP-I':>7} {'DINO-I':>7} {'s/case':>7}")
+    for kind, row in res["summary"].items():
+        print(
+            f"{kind:<12} {row['cases']:>5} {_fmt(row['miou'], '.3f'):>7} {_fmt(row['psnr'], '.2f'):>7} "
+            f"{_fmt(row['ssim'], '.3f'):>7} {_fmt(row.get('clip_i'), '.2f'):>7} {_fmt(row.get('dino_i'), '.2f'):>7} "
+            f"{_fmt(row['seconds_per_case'], '.2f'):>7}"
+        )
+    print(f"wrote {out / 'metrics.json'} and {out / 'contact_sheet.png'}")
     return 0
 
 

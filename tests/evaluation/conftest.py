@@ -8,6 +8,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 from PIL import Image
 
 
@@ -76,3 +77,43 @@ class FakePipeline:
 def fake_pipeline():
     """The FakePipeline class (call it with the correspondence it should return)."""
     return FakePipeline
+
+
+@pytest.fixture(scope="session")
+def clip_dir(tmp_path_factory) -> Path:
+    """A tiny random-init CLIPModel (+ a byte-level CLIPTokenizer) saved with save_pretrained."""
+    from tokenizers import pre_tokenizers
+    from transformers import CLIPConfig, CLIPModel, CLIPTokenizer
+
+    vocab = {"<|startoftext|>": 0, "<|endoftext|>": 1}
+    for c in sorted(pre_tokenizers.ByteLevel.alphabet()):
+        vocab[c] = len(vocab)
+        vocab[c + "</w>"] = len(vocab)
+    cfg = CLIPConfig(
+        text_config=dict(vocab_size=len(vocab), hidden_size=16, intermediate_size=32, num_hidden_layers=1,
+                         num_attention_heads=2, max_position_embeddings=32, bos_token_id=0, eos_token_id=1, pad_token_id=1),
+        vision_config=dict(hidden_size=16, intermediate_size=32, num_hidden_layers=1, num_attention_heads=2,
+                           image_size=32, patch_size=8),
+        projection_dim=8,
+    )
+    d = tmp_path_factory.mktemp("clip")
+    with torch.random.fork_rng():  # leave the global RNG as other tests expect it
+        torch.manual_seed(0)
+        model = CLIPModel(cfg)
+    model.save_pretrained(d)
+    CLIPTokenizer(vocab=vocab, merges=[]).save_pretrained(d)
+    return d
+
+
+@pytest.fixture(scope="session")
+def dino_dir(tmp_path_factory) -> Path:
+    """A tiny random-init Dinov2Model saved with save_pretrained."""
+    from transformers import Dinov2Config, Dinov2Model
+
+    d = tmp_path_factory.mktemp("dino")
+    with torch.random.fork_rng():
+        torch.manual_seed(1)
+        model = Dinov2Model(Dinov2Config(hidden_size=16, num_hidden_layers=1, num_attention_heads=2, intermediate_size=32,
+                                         image_size=28, patch_size=14))
+    model.save_pretrained(d)
+    return d

@@ -10,7 +10,7 @@ from refine_by_align.evaluation.bench import render_heatmap_overlay, run_bench
 from refine_by_align.evaluation.cases import load_cases
 from refine_by_align.evaluation.methods import RefineByAlignMethod
 
-SUMMARY_KEYS = {"cases", "miou", "psnr", "ssim", "seconds_per_case"}
+SUMMARY_KEYS = {"cases", "miou", "psnr", "ssim", "clip_t", "clip_i", "dino_i", "seconds_per_case", "fallbacks"}
 
 
 def _check_common(res: dict, out: Path, name: str) -> dict:
@@ -25,7 +25,9 @@ def _check_common(res: dict, out: Path, name: str) -> dict:
     assert res["summary"]["default"]["cases"] == 1
     assert [c["case"] for c in res["cases"]] == ["c01", "c02", "c03"]
     for c in res["cases"]:
-        assert set(c) == {"case", "kind", "miou", "psnr", "ssim", "seconds"}
+        assert set(c) == {"case", "kind", "miou", "psnr", "ssim", "clip_t", "clip_i", "dino_i", "fallback", "seconds"}
+        assert c["clip_t"] is None and c["clip_i"] is None and c["dino_i"] is None  # no identity models given
+        assert c["fallback"] is False
         assert (out / c["case"] / "output.png").is_file()
     sheet = Image.open(out / "contact_sheet.png")
     assert sheet.width > 100 and sheet.height > 3 * 100

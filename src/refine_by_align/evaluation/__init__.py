@@ -1,9 +1,21 @@
-"""Evaluation: case-folder loading, metrics (IoU, masked PSNR, box SSIM), methods and the benchmark."""
+"""Evaluation: case-folder loading, metrics (IoU, masked PSNR, box SSIM, CLIP-I / DINO-I / CLIP-T),
+methods (baselines and the pipeline), the benchmark and the multi-method report."""
 
 from .bench import render_heatmap_overlay, run_bench, summarize
 from .cases import Case, check_case_dir, list_case_dirs, load_case, load_cases
-from .methods import METHODS, KeepMethod, Method, MethodOutput, RefineByAlignMethod, TeleaMethod, get_method
+from .identity import CLIPEmbedder, DinoEmbedder, IdentityScorer, ImageFeatureExtractor, cosine_score, load_captions
+from .methods import (
+    METHODS,
+    PIPELINE_METHODS,
+    KeepMethod,
+    Method,
+    MethodOutput,
+    RefineByAlignMethod,
+    TeleaMethod,
+    get_method,
+)
 from .metrics import box_ssim, iou, masked_psnr, miou
+from .report import run_all
 
 __all__ = [
     "Case",
@@ -15,14 +27,22 @@ __all__ = [
     "miou",
     "masked_psnr",
     "box_ssim",
+    "ImageFeatureExtractor",
+    "CLIPEmbedder",
+    "DinoEmbedder",
+    "IdentityScorer",
+    "cosine_score",
+    "load_captions",
     "Method",
     "MethodOutput",
     "KeepMethod",
     "TeleaMethod",
     "RefineByAlignMethod",
     "METHODS",
+    "PIPELINE_METHODS",
     "get_method",
     "run_bench",
+    "run_all",
     "summarize",
     "render_heatmap_overlay",
 ]

@@ -5,6 +5,7 @@ Output layout (``RESULTS``)::
     RESULTS/<case_id>/output.png           refined image
     RESULTS/<case_id>/correspondence.png   predicted region on the reference (aligning methods only)
     RESULTS/metrics.json                   {"method", "summary": {"ALL": ..., "<kind>": ...}, "cases": [...]}
+                                           (identity metrics clip_t / clip_i / dino_i: see identity.py)
     RESULTS/contact_sheet.png              one row per case: input | reference | output | target
 """
 
@@ -24,6 +25,7 @@ from PIL import Image, ImageDraw
 from ..io import save_image_atomic
 from ..visualize import _LABEL_H, _font, _labelled, _outline, _placeholder, _resize_tile, render_heatmap_overlay
 from .cases import Case, check_case_dir, list_case_dirs, load_case
+from .identity import IDENTITY_KEYS, IdentityScorer
 from .methods import Method, MethodOutput, get_method
 from .metrics import box_ssim, iou, masked_psnr
 
@@ -75,7 +77,10 @@ def render_contact_row(
         _labelled(ref_tile, f"reference  IoU {_fmt(scores.get('miou'), '.2f')}"),
         _labelled(
             _resize_tile(output.image, tile_height),
-            f"output  PSNR {_fmt(scores.get('psnr'), '.1f')}  SSIM {_fmt(scores.get('ssim'), '.2f')}",
+            f"output  PSNR {_fmt(scores.get('psnr'), '.1f')}  SSIM {_fmt(scores.get('ssim'), '.2f')}"
+            + (f"  CLIP-I {_fmt(scores.get('clip_i'), '.1f')}" if scores.get("clip_i") is not None else "")
+            + (f"  DINO-I {_fmt(scores.get('dino_i'), '.1f')}" if scores.get("dino_i") is not None else "")
+            + ("  FALLBACK" if scores.get("fallback") else ""),
         ),
     ]
     if with_target_column:
@@ -117,8 +122,9 @@ def _mean(values: list[float | None]) -> float | None:
 
 def summarize(cases: Sequence[dict[str, Any]]) -> dict[str, dict[str, Any]]:
     """Per-group summary of per-case score dicts: ``{"ALL": {...}, "<kind>": {...}}`` (kinds sorted),
-    each with ``cases``, ``miou``, ``psnr``, ``ssim`` (means over cases that have them, else None)
-    and ``seconds_per_case``."""
+    each with ``cases``, ``miou``, ``psnr``, ``ssim``, ``clip_t``, ``clip_i``, ``dino_i`` (means over
+    the cases that have them, else None), ``seconds_per_case`` and ``fallbacks`` (cases flagged
+    ``fallback``)."""
 
     def one(rows: Sequence[dict[str, Any]]) -> dict[str, Any]:
         return {
@@ -126,7 +132,9 @@ def summarize(cases: Sequence[dict[str, Any]]) -> dict[str, dict[str, Any]]:
             "miou": _mean([r.get("miou") for r in rows]),
             "psnr": _mean([r.get("psnr") for r in rows]),
             "ssim": _mean([r.get("ssim") for r in rows]),
+            **{k: _mean([r.get(k) for r in rows]) for k in IDENTITY_KEYS},
             "seconds_per_case": _mean([r.get("seconds") for r in rows]),
+            "fallbacks": sum(1 for r in rows if r.get("fallback")),
         }
 
     out = {"ALL": one(cases)}
@@ -135,7 +143,7 @@ def summarize(cases: Sequence[dict[str, Any]]) -> dict[str, dict[str, Any]]:
     return out
 
 
-def _score(case: Case, output: MethodOutput) -> dict[str, float | None]:
+def _score(case: Case, output: MethodOutput, identity: IdentityScorer | None = None) -> dict[str, Any]:
     m = None
     if output.correspondence is not None and case.correspondence is not None:
         m = iou(output.correspondence, case.correspondence)
@@ -145,7 +153,8 @@ def _score(case: Case, output: MethodOutput) -> dict[str, float | None]:
         tgt = np.asarray(case.target)
         psnr = masked_psnr(out, tgt, case.mask)
         ssim = box_ssim(out, tgt, case.mask)
-    return {"miou": m, "psnr": psnr, "ssim": ssim}
+    ident = identity.score(case, output.image.convert("RGB"), output.correspondence) if identity is not None else dict.fromkeys(IDENTITY_KEYS)
+    return {"miou": m, "psnr": psnr, "ssim": ssim, **ident, "fallback": bool(getattr(output, "fallback", False))}
 
 
 def _clean(obj: Any) -> Any:
@@ -186,6 +195,9 @@ def run_bench(
     model: str | None = None,
     progress: bool = True,
     max_sheet_rows: int = CONTACT_SHEET_MAX_ROWS,
+    clip: Any = None,
+    dino: Any = None,
+    captions: Any = None,
 ) -> dict[str, Any]:
     """Run ``method`` (a registered name or a :class:`Method`) on every case of ``cases_dir``.
 
@@ -196,12 +208,19 @@ def run_bench(
 
     Every case folder gets a cheap check (files present, image headers readable) before the method
     is built, so bad data fails before a model loads; pixels are then loaded one case at a time.
+
+    Identity metrics (``clip_t``, ``clip_i``, ``dino_i``; None when not computed): ``clip`` / ``dino``
+    are a transformers ``CLIPModel`` / ``Dinov2Model`` folder or hub id (safetensors), or an already
+    built :class:`~refine_by_align.evaluation.identity.CLIPEmbedder` / ``DinoEmbedder``;
+    ``captions`` a JSON / text file or dict mapping case id -> caption (CLIP-T; else
+    ``meta.json``'s ``caption``). Each case record also has ``fallback`` (bool).
     """
     from tqdm.auto import tqdm
 
     dirs = list_case_dirs(cases_dir, limit=limit)
     for d in dirs:
         check_case_dir(d)
+    identity = IdentityScorer(clip, dino, captions) if (clip is not None or dino is not None or captions is not None) else None
     meth: Method = get_method(method, model=model) if isinstance(method, str) else method
     name = str(getattr(meth, "name", type(meth).__name__))
     out_root = Path(output_dir)
@@ -226,7 +245,7 @@ def run_bench(
             if output.correspondence is not None:
                 corr = np.asarray(output.correspondence, dtype=bool)
                 save_image_atomic(Image.fromarray(corr.astype(np.uint8) * 255, "L"), case_out / "correspondence.png")
-            scores = _score(case, output)
+            scores = _score(case, output, identity)
             if len(rows) < max_sheet_rows:
                 rows.append(render_contact_row(case, output, scores, with_target_column=with_target))
         except Exception as e:

@@ -187,7 +187,7 @@ def _pooled(out: Any) -> torch.Tensor:
 def _load(cls, path: str | os.PathLike, what: str):
     try:
         model = cls.from_pretrained(str(path), use_safetensors=True)
-    except (OSError, ValueError, EnvironmentError) as e:
+    except (OSError, ValueError) as e:
         raise InputError(f"{what} model '{path}': cannot load ({str(e).splitlines()[0] if str(e) else type(e).__name__})") from None
     return model.eval()
 
@@ -279,7 +279,7 @@ def identity_score(extractor: ImageFeatureExtractor, a: ImagesLike, b: ImagesLik
 
 def _grow(mask: np.ndarray) -> Box:
     b = mask_bbox(mask)
-    g = max(IDENTITY_MIN_GROW, int(round(IDENTITY_GROW * max(b.width, b.height))))
+    g = max(IDENTITY_MIN_GROW, round(IDENTITY_GROW * max(b.width, b.height)))
     return grown_box(mask, g, min_size=2)
 
 

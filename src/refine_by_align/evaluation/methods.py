@@ -26,6 +26,7 @@ __all__ = [
     "keep",
     "telea",
     "METHODS",
+    "PIPELINE_METHODS",
     "get_method",
 ]
 
@@ -36,13 +37,17 @@ class MethodOutput:
 
     ``image``: RGB, same size as the case's input image. ``correspondence``: bool (Hr, Wr) predicted
     region on the reference, or None for methods that do not align. ``correspondence_map``: optional
-    float (Hr, Wr) soft map in [0, 1]. ``timings``: optional per-stage seconds.
+    float (Hr, Wr) soft map in [0, 1]. ``timings``: optional per-stage seconds. ``fallback``: True
+    when the method could not do what it is named for on this case and fell back to something else
+    (recorded in the benchmark's case record). ``info``: free-form diagnostics (not scored).
     """
 
     image: Image.Image
     correspondence: np.ndarray | None = None
     correspondence_map: np.ndarray | None = None
     timings: dict[str, float] = field(default_factory=dict)
+    fallback: bool = False
+    info: dict[str, Any] = field(default_factory=dict)
 
 
 @runtime_checkable
@@ -135,21 +140,47 @@ def _load_pipeline(model: str | None) -> Any:
     return RefineByAlignPipeline.from_pretrained(model or "default")
 
 
-def _refine_factory(model: str | None = None, **opts: Any) -> Method:
-    return RefineByAlignMethod(_load_pipeline(model), align=True, **opts)
+def _refine_factory(model: str | None = None, pipeline: Any = None, **opts: Any) -> Method:
+    return RefineByAlignMethod(pipeline if pipeline is not None else _load_pipeline(model), align=True, **opts)
 
 
-def _single_stage_factory(model: str | None = None, **opts: Any) -> Method:
-    return RefineByAlignMethod(_load_pipeline(model), align=False, **opts)
+def _single_stage_factory(model: str | None = None, pipeline: Any = None, **opts: Any) -> Method:
+    return RefineByAlignMethod(pipeline if pipeline is not None else _load_pipeline(model), align=False, **opts)
 
 
-#: ``--method`` name -> ``factory(model=None, **opts) -> Method``.
+def _keypoint_factory(model: str | None = None, **opts: Any) -> Method:
+    from .baselines import KeypointMethod
+
+    return KeypointMethod(**opts)
+
+
+def _feature_nn_factory(model: str | None = None, pipeline: Any = None, **opts: Any) -> Method:
+    from .baselines import FeatureNNMethod
+
+    return FeatureNNMethod(pipeline if pipeline is not None else _load_pipeline(model), **opts)
+
+
+def _oracle_factory(model: str | None = None, pipeline: Any = None, **opts: Any) -> Method:
+    from .baselines import OracleAlignMethod
+
+    return OracleAlignMethod(pipeline if pipeline is not None else _load_pipeline(model), **opts)
+
+
+#: ``--method`` name -> ``factory(model=None, **opts) -> Method``. Factories of the methods in
+#: :data:`PIPELINE_METHODS` also take ``pipeline=`` (an already loaded pipeline, shared by
+#: :func:`~refine_by_align.evaluation.report.run_all`) instead of loading ``model``.
 METHODS: dict[str, Callable[..., Method]] = {
     "keep": _keep_factory,
     "telea": _telea_factory,
-    "refine-by-align": _refine_factory,
+    "keypoint": _keypoint_factory,
+    "feature-nn": _feature_nn_factory,
+    "oracle-align": _oracle_factory,
     "single-stage": _single_stage_factory,
+    "refine-by-align": _refine_factory,
 }
+
+#: The registered methods that run the Refine-by-Align pipeline (and so need a model).
+PIPELINE_METHODS = frozenset({"refine-by-align", "single-stage", "feature-nn", "oracle-align"})
 
 
 def get_method(name: str, model: str | None = None, **opts: Any) -> Method:

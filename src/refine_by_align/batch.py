@@ -1,0 +1,341 @@
+"""Batch refinement from a JSONL manifest: resumable, crash-safe, one bad job never stops the rest.
+
+Manifest: one JSON object per line (blank lines and lines starting with ``#`` are skipped)::
+
+    {"image": "a.png", "mask": "a_mask.png", "reference": "ref.jpg", "reference_mask": "ref_mask.png",
+     "steps": 20, "guidance": 2.0, "seed": 0, "output": "a_refined.png"}
+
+``image``, ``mask`` and ``reference`` are required; relative paths resolve against the manifest's
+folder. ``output`` (a name inside the output folder; sub-folders allowed, ``..`` and absolute names
+refused; ``.png`` added when it has no extension) defaults to ``<line number>-<image stem>.png``.
+
+Output folder:
+
+``DIR/<output>``     each refined image, written to a temporary file in the same folder and renamed
+                     (``os.replace``), so a crash never leaves a half-written output under its name
+``DIR/done.jsonl``   ledger of finished jobs, appended (and fsynced) after each output is in place
+``DIR/errors.jsonl`` one line per failed job: line number, output name, error; the batch goes on
+
+Resume: running the same manifest again skips every job whose output exists and whose ledger entry
+matches the job's settings (inputs, steps, guidance, seed); changed jobs and failed jobs run again.
+A ``kill -9`` loses at most the job in flight. One batch at a time per output folder (a lock file).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import tempfile
+import time
+from contextlib import contextmanager, suppress
+from dataclasses import dataclass
+from pathlib import Path, PurePosixPath
+from typing import Any
+
+from PIL import Image
+
+from .io import InputError, alpha_mask, load_image, load_mask
+
+__all__ = ["DONE_FILE", "ERRORS_FILE", "BatchJob", "format_summary", "read_manifest", "run_batch"]
+
+DONE_FILE = "done.jsonl"
+ERRORS_FILE = "errors.jsonl"
+LOCK_FILE = ".batch.lock"
+PART_PREFIX, PART_SUFFIX = ".rba-", ".part"
+REQUIRED = ("image", "mask", "reference")
+OPTIONAL = ("reference_mask", "steps", "guidance", "seed", "output")
+
+
+@dataclass
+class BatchJob:
+    """One manifest line: either a runnable job or the reason it cannot run."""
+
+    line: int  # 1-based line number in the manifest
+    output: str | None = None  # output name relative to the output folder
+    image: Path | None = None
+    mask: Path | None = None
+    reference: Path | None = None
+    reference_mask: Path | None = None
+    steps: int | None = None
+    guidance: float | None = None
+    seed: int = 0
+    error: str | None = None  # set when the line itself is unusable
+
+    @property
+    def key(self) -> str:
+        """Fingerprint of what the job computes: a changed job is not 'already done'."""
+        spec = {k: str(getattr(self, k)) for k in ("image", "mask", "reference", "reference_mask", "steps", "guidance", "seed")}
+        return hashlib.sha256(json.dumps(spec, sort_keys=True).encode()).hexdigest()[:16]
+
+
+def _check_output_name(name: Any) -> str:
+    """A safe relative output name (POSIX separators), or InputError."""
+    if not isinstance(name, str) or not name.strip():
+        raise InputError(f"output must be a non-empty file name, got {name!r}")
+    if "\\" in name or "\0" in name:
+        raise InputError(f"output '{name}': use '/' to separate folders (no backslashes or NUL)")
+    p = PurePosixPath(name)
+    if p.is_absolute() or name.startswith("~"):
+        raise InputError(f"output '{name}': must be a name inside the output folder, not an absolute path")
+    if any(part in ("..", ".") for part in p.parts) or not p.parts:
+        raise InputError(f"output '{name}': '..' and '.' are not allowed (outputs stay inside the output folder)")
+    if p.name.startswith("."):
+        raise InputError(f"output '{name}': hidden names (starting with '.') are not allowed")
+    if not p.suffix:
+        p = p.with_suffix(".png")
+    if p.suffix.lower() not in Image.registered_extensions():
+        raise InputError(f"output '{name}': unknown image extension '{p.suffix}' (use .png or .jpg)")
+    if p.name in (DONE_FILE, ERRORS_FILE):
+        raise InputError(f"output '{name}': reserved name")
+    return p.as_posix()
+
+
+def _parse_line(text: str, line: int, base: Path) -> BatchJob:
+    job = BatchJob(line=line)
+    try:
+        spec = json.loads(text)
+    except json.JSONDecodeError as e:
+        job.error = f"not valid JSON ({e.msg} at column {e.colno})"
+        return job
+    try:
+        if not isinstance(spec, dict):
+            raise InputError(f"each line must be a JSON object, got {type(spec).__name__}")
+        unknown = sorted(set(spec) - set(REQUIRED) - set(OPTIONAL))
+        if unknown:
+            raise InputError(f"unknown field(s) {', '.join(unknown)} (allowed: {', '.join(REQUIRED + OPTIONAL)})")
+        missing = [k for k in REQUIRED if not spec.get(k)]
+        if missing:
+            raise InputError(f"missing field(s): {', '.join(missing)}")
+        for k in REQUIRED + ("reference_mask",):
+            v = spec.get(k)
+            if v is None:
+                continue
+            if not isinstance(v, str) or not v:
+                raise InputError(f"{k} must be a file path (string), got {v!r}")
+            setattr(job, k, (base / Path(v).expanduser()) if not Path(v).expanduser().is_absolute() else Path(v).expanduser())
+        steps, guidance, seed = spec.get("steps"), spec.get("guidance"), spec.get("seed", 0)
+        if steps is not None and (isinstance(steps, bool) or not isinstance(steps, int)):
+            raise InputError(f"steps must be an integer, got {steps!r}")
+        if guidance is not None and (isinstance(guidance, bool) or not isinstance(guidance, (int, float))):
+            raise InputError(f"guidance must be a number, got {guidance!r}")
+        if seed is None:
+            seed = 0
+        if isinstance(seed, bool) or not isinstance(seed, int) or not 0 <= seed < 2**63:
+            raise InputError(f"seed must be an integer in 0..2^63-1, got {seed!r}")
+        from .pipelines.pipeline import check_settings
+
+        check_settings(steps, float(guidance) if guidance is not None else None)
+        job.steps, job.guidance, job.seed = steps, (float(guidance) if guidance is not None else None), seed
+        name = spec.get("output")
+        job.output = _check_output_name(name if name is not None else f"{line:05d}-{job.image.stem}.png")
+    except InputError as e:
+        job.error = str(e)
+    return job
+
+
+def read_manifest(manifest: str | os.PathLike) -> list[BatchJob]:
+    """Parse the manifest. A missing or unreadable manifest, or one with no jobs, is an InputError;
+    a bad line becomes a job with ``error`` set (reported, the other lines still run)."""
+    path = Path(manifest)
+    if not path.exists():
+        raise InputError(f"manifest '{path}': file not found")
+    if path.is_dir():
+        raise InputError(f"manifest '{path}': is a folder, not a JSONL file")
+    try:
+        text = path.read_text(encoding="utf-8")
+    except UnicodeDecodeError:
+        raise InputError(f"manifest '{path}': not UTF-8 text (expected JSON Lines)") from None
+    except OSError as e:
+        raise InputError(f"manifest '{path}': cannot be read ({e.strerror or e})") from None
+    base = path.resolve().parent
+    jobs: list[BatchJob] = []
+    seen: dict[str, int] = {}
+    for n, raw in enumerate(text.splitlines(), start=1):
+        stripped = raw.strip()
+        if not stripped or stripped.startswith("#"):
+            continue
+        job = _parse_line(stripped, n, base)
+        if job.error is None:
+            if job.output in seen:
+                job.error = f"output '{job.output}' is already written by line {seen[job.output]}"
+            else:
+                seen[job.output] = n
+        jobs.append(job)
+    if not jobs:
+        raise InputError(f"manifest '{path}': no jobs (one JSON object per line)")
+    return jobs
+
+
+# ---------------------------------------------------------------------------------------------------- files
+def _append_jsonl(path: Path, record: dict) -> None:
+    """Append one line and fsync it; starts on a fresh line if a crash cut the last one short."""
+    with open(path, "ab+") as f:
+        f.seek(0, os.SEEK_END)
+        if f.tell() > 0:
+            f.seek(-1, os.SEEK_END)
+            if f.read(1) != b"\n":
+                f.write(b"\n")
+        f.write((json.dumps(record, sort_keys=True) + "\n").encode())
+        f.flush()
+        os.fsync(f.fileno())
+
+
+def _read_ledger(path: Path) -> dict[str, str]:
+    """output name -> job key of finished jobs; lines cut short by a crash are ignored."""
+    done: dict[str, str] = {}
+    if not path.exists():
+        return done
+    for raw in path.read_text(encoding="utf-8", errors="replace").splitlines():
+        try:
+            rec = json.loads(raw)
+            done[str(rec["output"])] = str(rec["key"])
+        except (json.JSONDecodeError, KeyError, TypeError):
+            continue
+    return done
+
+
+def _write_atomic(img: Image.Image, path: Path) -> None:
+    """Write next to ``path`` under a temporary name, fsync, rename: the final name only ever holds
+    a complete file."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fmt = Image.registered_extensions()[path.suffix.lower()]
+    fd, tmp = tempfile.mkstemp(prefix=PART_PREFIX, suffix=PART_SUFFIX, dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            img.save(f, format=fmt)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        with suppress(FileNotFoundError):
+            os.unlink(tmp)
+        raise
+
+
+def _remove_partials(out_dir: Path) -> int:
+    """Temporary files left by a killed run (only ours: ``.rba-*.part``)."""
+    n = 0
+    for p in out_dir.rglob(f"{PART_PREFIX}*{PART_SUFFIX}"):
+        with suppress(OSError):
+            p.unlink()
+            n += 1
+    return n
+
+
+@contextmanager
+def _lock(out_dir: Path):
+    try:
+        import fcntl
+    except ImportError:  # no advisory locks on this platform: trust the user
+        yield
+        return
+    f = open(out_dir / LOCK_FILE, "a")
+    try:
+        try:
+            fcntl.flock(f.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            raise InputError(f"output folder '{out_dir}': another batch is writing to it right now") from None
+        yield
+    finally:
+        f.close()  # closing releases the lock (a killed process releases it too)
+
+
+# ---------------------------------------------------------------------------------------------------- run
+def _run_one(job: BatchJob, pipe, target: Path) -> None:
+    image = load_image(job.image, "image")
+    mask = load_mask(job.mask, "mask")
+    reference = load_image(job.reference, "reference")
+    ref_mask = load_mask(job.reference_mask, "reference mask") if job.reference_mask else alpha_mask(reference)
+    names = {"image": str(job.image), "mask": str(job.mask), "reference": str(job.reference)}
+    if job.reference_mask:
+        names["reference_mask"] = str(job.reference_mask)
+    result = pipe(
+        image, mask, reference, ref_mask, num_inference_steps=job.steps, guidance_scale=job.guidance, seed=job.seed,
+        names=names,
+    )
+    out = result.image
+    if target.suffix.lower() in (".jpg", ".jpeg") and out.mode != "RGB":
+        out = out.convert("RGB")
+    _write_atomic(out, target)
+
+
+def run_batch(manifest: str | os.PathLike, output_dir: str | os.PathLike, pipe, progress: bool = True) -> dict[str, Any]:
+    """Run every job of ``manifest`` with ``pipe``; returns a summary dict:
+    ``{"total", "done", "skipped", "failed", "output_dir", "errors_file", "seconds"}``
+    (``done`` = refined in this run, ``skipped`` = finished by an earlier run)."""
+    from tqdm.auto import tqdm
+
+    t0 = time.perf_counter()
+    jobs = read_manifest(manifest)
+    out_dir = Path(output_dir)
+    if out_dir.exists() and not out_dir.is_dir():
+        raise InputError(f"output folder '{out_dir}': exists and is not a folder")
+    out_dir.mkdir(parents=True, exist_ok=True)
+    root = out_dir.resolve()
+    errors_file = out_dir / ERRORS_FILE
+    done_file = out_dir / DONE_FILE
+    counts = {"done": 0, "skipped": 0, "failed": 0}
+
+    def fail(job: BatchJob, message: str, kind: str = "InputError") -> None:
+        counts["failed"] += 1
+        _append_jsonl(errors_file, {
+            "line": job.line, "output": job.output, "error": message, "type": kind,
+            "time": time.strftime("%Y-%m-%dT%H:%M:%S"),
+        })
+
+    with _lock(out_dir):
+        _remove_partials(out_dir)
+        finished = _read_ledger(done_file)
+        bar = tqdm(total=len(jobs), desc="batch", unit="job", disable=not progress, dynamic_ncols=True)
+        try:
+            for job in jobs:
+                bar.set_postfix(failed=counts["failed"], refresh=False)
+                if job.error is not None:
+                    fail(job, job.error)
+                    bar.update()
+                    continue
+                target = out_dir / job.output
+                if not target.resolve().is_relative_to(root):  # a symlinked sub-folder pointing elsewhere
+                    fail(job, f"output '{job.output}' resolves outside the output folder")
+                    bar.update()
+                    continue
+                if finished.get(job.output) == job.key and target.is_file():
+                    counts["skipped"] += 1
+                    bar.update()
+                    continue
+                t1 = time.perf_counter()
+                try:
+                    _run_one(job, pipe, target)
+                except InputError as e:
+                    fail(job, str(e))
+                except Exception as e:  # anything else is reported too: the batch goes on
+                    fail(job, f"{type(e).__name__}: {e}", type(e).__name__)
+                else:
+                    _append_jsonl(done_file, {
+                        "line": job.line, "output": job.output, "key": job.key,
+                        "seconds": round(time.perf_counter() - t1, 3), "time": time.strftime("%Y-%m-%dT%H:%M:%S"),
+                    })
+                    finished[job.output] = job.key
+                    counts["done"] += 1
+                bar.update()
+        finally:
+            bar.close()
+    return {
+        "total": len(jobs),
+        **counts,
+        "output_dir": str(out_dir),
+        "errors_file": str(errors_file) if counts["failed"] else None,
+        "seconds": round(time.perf_counter() - t0, 3),
+    }
+
+
+def format_summary(summary: dict[str, Any]) -> str:
+    """One line for the CLI."""
+    text = (
+        f"{summary['done']} refined, {summary['skipped']} already done, {summary['failed']} failed "
+        f"of {summary['total']} jobs -> {summary['output_dir']}"
+    )
+    if summary["failed"]:
+        text += f" (errors: {summary['errors_file']})"
+    return text

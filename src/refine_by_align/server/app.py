@@ -1,0 +1,517 @@
+"""The HTTP API and the single-page web app (FastAPI).
+
+Endpoints (all errors are JSON ``{"error": "..."}`` with a 4xx/5xx status; nothing returns a dead page):
+
+``GET  /``                      the web app (one self-contained HTML page, see ``page.py``)
+``GET  /api/health``            200 ``{"status": "ok", ...}`` once the model is loaded, else 503
+``POST /api/refine``            multipart ``image``, ``mask``, ``reference`` [, ``reference_mask``, ``steps``,
+                                ``guidance``, ``seed``] -> ``image/png``: the refined image (input size)
+``POST /api/align``             same fields -> ``image/png``: the correspondence mask M* (reference size);
+                                ``?output=heatmap`` gives the heat map over the reference instead
+``POST /api/jobs``              same fields + ``mode`` (refine | align) -> 202 ``{"id": ...}``: queued job
+``GET  /api/jobs/{id}``         job status: state, step/total, elapsed, queue position, error
+``GET  /api/jobs/{id}/{name}``  a finished job's ``result.png``, ``heatmap.png``, ``correspondence.png``
+``DELETE /api/jobs/{id}``       cancel a queued or running job
+``POST /api/preview``           multipart ``file`` [+ ``role`` = image | mask] -> the PNG the model will see
+                                (decoded, EXIF-rotated, 8-bit RGB; a mask as black/white), so the page can
+                                show any format the server reads (16-bit PNG, CMYK JPEG, TIFF ...)
+
+Limits (:class:`ServerSettings`): request body bytes (413), image side (413), one job at a time with
+``max_queue`` waiting (503 + Retry-After when full), a time limit per job (504). Cross-origin POSTs
+(a web page elsewhere posting to this local server) are refused with 403.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import io
+import json
+import logging
+import math
+import warnings
+from contextlib import asynccontextmanager
+from dataclasses import asdict, dataclass
+from typing import Any
+from urllib.parse import urlsplit
+
+import numpy as np
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import HTMLResponse, JSONResponse, Response
+from PIL import Image, ImageOps, UnidentifiedImageError
+from starlette.concurrency import run_in_threadpool
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from ..io import InputError, alpha_mask, to_mask, to_rgb, validate_inputs
+from .jobs import Job, JobRunner, QueueFull
+from .settings import ServerSettings
+
+__all__ = ["ServerSettings", "UploadTooLarge", "create_app", "decode_upload"]
+
+logger = logging.getLogger(__name__)
+
+FILE_FIELDS = ("image", "mask", "reference", "reference_mask")
+REQUIRED_FILES = ("image", "mask", "reference")
+VALUE_FIELDS = ("steps", "guidance", "seed")
+MAX_SEED = 2**63 - 1
+
+
+class UploadTooLarge(InputError):
+    """An upload over a configured limit (HTTP 413)."""
+
+
+class _BodyTooLarge(Exception):
+    pass
+
+
+# ---------------------------------------------------------------------------------------------------- decoding
+def decode_upload(data: bytes, what: str, filename: str | None = None, max_side: int = 4096) -> Image.Image:
+    """Decode uploaded bytes like :func:`refine_by_align.io.load_image` decodes a file: any mode, EXIF
+    rotation applied; every problem is one :class:`InputError` naming the upload. The side limit is
+    checked from the header, before any pixel is decoded."""
+    label = f"{what} '{filename}'" if filename else what
+    if not data:
+        raise InputError(f"{label}: empty file")
+    buf = io.BytesIO(data)
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            img = Image.open(buf)
+            if max(img.size) > max_side:
+                raise UploadTooLarge(
+                    f"{label}: {img.width}x{img.height} is larger than this server's limit of {max_side} px per side"
+                )
+            img.load()
+    except InputError:
+        raise
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as e:
+        raise UploadTooLarge(f"{label}: image too large (decompression bomb guard: {e})") from None
+    except UnidentifiedImageError:
+        raise InputError(f"{label}: not a readable image (unknown or corrupt format)") from None
+    except (OSError, SyntaxError, ValueError, EOFError) as e:
+        raise InputError(f"{label}: cannot be decoded ({e})") from None
+    if img.width < 1 or img.height < 1:
+        raise InputError(f"{label}: image has zero size")
+    try:
+        img = ImageOps.exif_transpose(img)
+    except Exception:  # broken EXIF: keep the pixels as stored (as io.load_image does)
+        pass
+    return img
+
+
+def _png(img: Image.Image) -> bytes:
+    buf = io.BytesIO()
+    img.save(buf, format="PNG", compress_level=3)
+    return buf.getvalue()
+
+
+def _mask_png(mask: np.ndarray) -> bytes:
+    return _png(Image.fromarray(mask.astype(np.uint8) * 255))
+
+
+def _heat_png(reference: Image.Image, heat: np.ndarray | None, region: np.ndarray | None) -> bytes | None:
+    import cv2
+
+    from ..visualize import render_heatmap_overlay
+
+    if heat is not None:
+        over = render_heatmap_overlay(reference, heat, alpha=0.6)
+    elif region is not None:
+        over = render_heatmap_overlay(reference, region, alpha=0.45, color=(255, 0, 255))
+    else:
+        return None
+    if region is not None and region.any():
+        arr = np.array(over)
+        contours, _ = cv2.findContours(region.astype(np.uint8), cv2.RETR_EXTERNAL, cv2.CHAIN_APPROX_SIMPLE)
+        cv2.drawContours(arr, contours, -1, (255, 255, 255), max(1, round(max(arr.shape[:2]) / 256)))
+        over = Image.fromarray(arr)
+    return _png(over)
+
+
+# ---------------------------------------------------------------------------------------------------- requests
+@dataclass
+class _Inputs:
+    image: Image.Image
+    mask: np.ndarray
+    reference: Image.Image
+    reference_mask: np.ndarray | None
+    names: dict[str, str]
+    steps: int | None
+    guidance: float | None
+    seed: int
+
+
+def _int_value(values: dict[str, str], name: str) -> int | None:
+    text = values.get(name, "").strip()
+    if not text:
+        return None
+    try:
+        return int(text)
+    except ValueError:
+        raise InputError(f"{name} must be an integer, got {text!r}") from None
+
+
+def _float_value(values: dict[str, str], name: str) -> float | None:
+    text = values.get(name, "").strip()
+    if not text:
+        return None
+    try:
+        return float(text)
+    except ValueError:
+        raise InputError(f"{name} must be a number, got {text!r}") from None
+
+
+async def _read_form(request, settings: ServerSettings, file_fields, required, value_fields):
+    """Multipart form -> ({field: (bytes, filename)}, {field: text}); InputError on any problem."""
+    ctype = request.headers.get("content-type", "")
+    if not ctype.lower().startswith("multipart/form-data"):
+        raise _HTTPError(415, f"send the inputs as multipart/form-data (curl -F image=@image.png ...), got '{ctype or 'no content type'}'")
+    files: dict[str, tuple[bytes, str]] = {}
+    values: dict[str, str] = {}
+    async with request.form(max_files=len(file_fields), max_fields=len(value_fields), max_part_size=4096) as form:
+        for key, item in form.multi_items():
+            if key in files or key in values:
+                raise InputError(f"field '{key}' was sent more than once")
+            if key in file_fields:
+                if isinstance(item, str):
+                    raise InputError(f"field '{key}' must be a file upload (curl -F {key}=@FILE), not text")
+                files[key] = (await item.read(), item.filename or key)
+            elif key in value_fields:
+                if not isinstance(item, str):
+                    raise InputError(f"field '{key}' must be a plain value, not a file")
+                values[key] = item
+            else:
+                expected = ", ".join(list(file_fields) + list(value_fields))
+                raise InputError(f"unknown field '{key}' (expected: {expected})")
+    missing = [k for k in required if k not in files]
+    if missing:
+        raise InputError(f"missing file field(s): {', '.join(missing)} (required: {', '.join(required)})")
+    return files, values
+
+
+def _prepare(files: dict[str, tuple[bytes, str]], values: dict[str, str], settings: ServerSettings) -> _Inputs:
+    """Decode and check everything before the job is queued (runs in a worker thread)."""
+    from ..pipelines.pipeline import check_settings
+
+    steps = _int_value(values, "steps")
+    guidance = _float_value(values, "guidance")
+    seed = _int_value(values, "seed")
+    check_settings(steps, guidance)
+    if seed is not None and not 0 <= seed <= MAX_SEED:
+        raise InputError(f"seed must be an integer in 0..{MAX_SEED}, got {seed}")
+    side = settings.max_image_side
+    names = {role: files[role][1] for role in files}
+    image = decode_upload(files["image"][0], "image", names["image"], side)
+    mask = to_mask(decode_upload(files["mask"][0], "mask", names["mask"], side))
+    reference = decode_upload(files["reference"][0], "reference", names["reference"], side)
+    if "reference_mask" in files:
+        ref_mask = to_mask(decode_upload(files["reference_mask"][0], "reference_mask", names["reference_mask"], side))
+    else:
+        ref_mask = alpha_mask(reference)
+    validate_inputs(to_rgb(image), mask, to_rgb(reference), ref_mask, names)
+    return _Inputs(image, mask, reference, ref_mask, names, steps, guidance, 0 if seed is None else seed)
+
+
+def _refine_work(inp: _Inputs, extras: bool):
+    def work(pipe) -> dict[str, Any]:
+        out = pipe(
+            inp.image, inp.mask, inp.reference, inp.reference_mask, num_inference_steps=inp.steps,
+            guidance_scale=inp.guidance, seed=inp.seed, names=inp.names,
+        )
+        outputs: dict[str, Any] = {
+            "result.png": _png(out.image),
+            "info": {
+                "timings": {k: round(v, 4) for k, v in out.timings.items()},
+                "random_weights": bool(out.random_weights),
+                "crop_box": list(out.crop_box.as_tuple()),
+                "size": [out.image.width, out.image.height],
+            },
+        }
+        if extras:
+            if out.correspondence_mask is not None:
+                outputs["correspondence.png"] = _mask_png(out.correspondence_mask)
+            heat = _heat_png(to_rgb(inp.reference), out.correspondence_map, out.correspondence_mask)
+            if heat is not None:
+                outputs["heatmap.png"] = heat
+        return outputs
+
+    return work
+
+
+def _align_work(inp: _Inputs, extras: bool):
+    def work(pipe) -> dict[str, Any]:
+        res = pipe.align(inp.image, inp.mask, inp.reference, inp.reference_mask, seed=inp.seed, names=inp.names)
+        corr = _mask_png(res.mask)
+        outputs: dict[str, Any] = {
+            "result.png": corr,
+            "correspondence.png": corr,
+            "heatmap.png": _heat_png(to_rgb(inp.reference), res.heatmap, res.mask),
+            "info": {"timestep": res.timestep, "layer": res.layer, "pixels": int(res.mask.sum()),
+                     "random_weights": bool(getattr(pipe, "random_weights", False))},
+        }
+        return outputs
+
+    return work
+
+
+class _HTTPError(Exception):
+    def __init__(self, status: int, message: str, headers: dict[str, str] | None = None):
+        super().__init__(message)
+        self.status = status
+        self.headers = headers or {}
+
+
+# ---------------------------------------------------------------------------------------------------- middleware
+class _Guard:
+    """Pure ASGI middleware: request body limit (413) and the same-origin check for POSTs (403)."""
+
+    def __init__(self, app, settings: ServerSettings):
+        self.app = app
+        self.settings = settings
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] != "http" or scope["method"] in ("GET", "HEAD", "OPTIONS"):
+            return await self.app(scope, receive, send)
+        headers = {k.decode("latin-1").lower(): v.decode("latin-1") for k, v in scope.get("headers", [])}
+        limit = self.settings.max_upload_bytes
+        if self.settings.check_origin and "origin" in headers:
+            origin = headers["origin"]
+            if urlsplit(origin).netloc.lower() != headers.get("host", "").lower():
+                return await _send_json(send, 403, {"error": f"cross-origin request from '{origin}' refused"})
+        length = headers.get("content-length")
+        if length is not None:
+            if not length.strip().isdigit():
+                return await _send_json(send, 400, {"error": "invalid Content-Length header"})
+            if int(length) > limit:
+                return await _send_json(send, 413, {"error": _too_large(int(length), limit)})
+        received = 0
+        started = False
+
+        async def limited_receive():
+            nonlocal received
+            message = await receive()
+            if message["type"] == "http.request":
+                received += len(message.get("body", b""))
+                if received > limit:
+                    raise _BodyTooLarge()
+            return message
+
+        async def tracking_send(message):
+            nonlocal started
+            if message["type"] == "http.response.start":
+                started = True
+            await send(message)
+
+        try:
+            await self.app(scope, limited_receive, tracking_send)
+        except _BodyTooLarge:
+            if not started:
+                await _send_json(send, 413, {"error": _too_large(received, limit)})
+
+
+def _too_large(size: int, limit: int) -> str:
+    return f"request body of {size} bytes is over this server's limit of {limit} bytes ({limit / 2**20:.1f} MiB)"
+
+
+async def _send_json(send, status: int, payload: dict, headers: dict[str, str] | None = None) -> None:
+    body = json.dumps(payload).encode()
+    raw = [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]
+    raw += [(k.encode(), v.encode()) for k, v in (headers or {}).items()]
+    await send({"type": "http.response.start", "status": status, "headers": raw})
+    await send({"type": "http.response.body", "body": body})
+
+
+# ---------------------------------------------------------------------------------------------------- the app
+def create_app(pipe, settings: ServerSettings | None = None):
+    """The FastAPI app serving ``pipe`` (a :class:`RefineByAlignPipeline`; None = not loaded yet:
+    health answers 503 until ``app.state.runner.set_pipe(pipe)``).
+
+    The pipeline's ``progress_bar`` is routed through the running job (progress and time limit);
+    calls made outside a job keep the original bar."""
+    from .page import INDEX_HTML
+
+    settings = settings or ServerSettings()
+    runner = JobRunner(pipe, max_queue=settings.max_queue, max_results=settings.max_results)
+
+    @asynccontextmanager
+    async def lifespan(app):
+        yield
+        runner.close()
+
+    app = FastAPI(title="refine-by-align", docs_url=None, redoc_url=None, openapi_url=None, lifespan=lifespan)
+    app.state.runner = runner
+    app.state.settings = settings
+    app.add_middleware(_Guard, settings=settings)
+
+    def error(status: int, message: str, headers: dict[str, str] | None = None) -> JSONResponse:
+        return JSONResponse({"error": message}, status_code=status, headers=headers)
+
+    @app.exception_handler(StarletteHTTPException)
+    async def _http_exc(request, exc):
+        return error(exc.status_code, str(exc.detail), getattr(exc, "headers", None))
+
+    @app.exception_handler(RequestValidationError)
+    async def _validation_exc(request, exc):
+        return error(400, "; ".join(str(e.get("msg", e)) for e in exc.errors()) or "invalid request")
+
+    @app.exception_handler(_HTTPError)
+    async def _own_exc(request, exc):
+        return error(exc.status, str(exc), exc.headers)
+
+    @app.exception_handler(InputError)
+    async def _input_exc(request, exc):
+        return error(413 if isinstance(exc, UploadTooLarge) else 400, str(exc))
+
+    @app.exception_handler(Exception)
+    async def _any_exc(request, exc):  # last resort: still JSON, still serving
+        logger.exception("unhandled error on %s", request.url.path)
+        return error(500, f"internal error: {type(exc).__name__}: {exc}")
+
+    security_headers = {
+        "X-Content-Type-Options": "nosniff",
+        "Referrer-Policy": "no-referrer",
+        "Content-Security-Policy": "default-src 'self'; img-src 'self' blob: data:; style-src 'self' 'unsafe-inline'; "
+        "script-src 'self' 'unsafe-inline'; connect-src 'self' blob:; frame-ancestors 'none'",
+    }
+
+    def health_payload() -> dict:
+        loaded = runner.pipe is not None
+        return {
+            "status": "ok" if loaded else "loading",
+            "model": settings.model_name,
+            "random_weights": bool(getattr(runner.pipe, "random_weights", False)) if loaded else None,
+            "queue": runner.counts(),
+            "limits": {k: v for k, v in asdict(settings).items() if k != "model_name"},
+        }
+
+    @app.get("/", response_class=HTMLResponse)
+    async def index():
+        return HTMLResponse(INDEX_HTML, headers=security_headers)
+
+    @app.get("/favicon.ico")
+    async def favicon():
+        return Response(status_code=204)
+
+    @app.get("/api/health")
+    async def health():
+        payload = health_payload()
+        if runner.pipe is None:
+            payload["error"] = "model is not loaded yet"
+            return JSONResponse(payload, status_code=503)
+        return payload
+
+    async def submit(request: Request, kind: str, extras: bool, allow_mode: bool) -> Job:
+        if runner.pipe is None:
+            raise _HTTPError(503, "model is not loaded yet; retry in a moment", {"Retry-After": "5"})
+        value_fields = VALUE_FIELDS + (("mode",) if allow_mode else ())
+        files, values = await _read_form(request, settings, FILE_FIELDS, REQUIRED_FILES, value_fields)
+        if allow_mode:
+            kind = values.pop("mode", kind).strip() or kind
+            if kind not in ("refine", "align"):
+                raise InputError(f"mode must be 'refine' or 'align', got {kind!r}")
+        inp = await run_in_threadpool(_prepare, files, values, settings)
+        del files
+        work = _refine_work(inp, extras) if kind == "refine" else _align_work(inp, extras)
+        try:
+            return runner.submit(Job(kind=kind, work=work, timeout_s=settings.job_timeout_s))
+        except QueueFull as e:
+            retry = max(1, math.ceil(settings.job_timeout_s / 10))
+            raise _HTTPError(503, str(e), {"Retry-After": str(retry)}) from None
+
+    async def wait(job: Job, request: Request) -> None:
+        loop = asyncio.get_running_loop()
+        done = loop.create_future()
+
+        def wake():
+            loop.call_soon_threadsafe(lambda: done.done() or done.set_result(None))
+
+        job.on_done(wake)
+        while not done.done():
+            await asyncio.wait({done}, timeout=1.0)
+            if not done.done() and await request.is_disconnected():
+                job.cancel("cancelled: the client disconnected")
+                await asyncio.wait({done}, timeout=settings.job_timeout_s)
+                break
+
+    def job_failure(job: Job):
+        return error(job.status_code, job.error or "job failed")
+
+    @app.post("/api/refine")
+    async def refine(request: Request):
+        job = await submit(request, "refine", extras=False, allow_mode=False)
+        await wait(job, request)
+        runner.forget(job)  # answered here: keep no copy of the result
+        if job.state != "done":
+            return job_failure(job)
+        info = job.outputs.get("info", {})
+        headers = {
+            "Content-Disposition": 'inline; filename="refined.png"',
+            "X-Job-Id": job.id,
+            "X-Timings": json.dumps(info.get("timings", {})),
+            "X-Random-Weights": "true" if info.get("random_weights") else "false",
+        }
+        return Response(job.outputs["result.png"], media_type="image/png", headers=headers)
+
+    @app.post("/api/align")
+    async def align(request: Request, output: str = "mask"):
+        if output not in ("mask", "heatmap"):
+            raise InputError(f"output must be 'mask' or 'heatmap', got {output!r}")
+        job = await submit(request, "align", extras=True, allow_mode=False)
+        await wait(job, request)
+        runner.forget(job)
+        if job.state != "done":
+            return job_failure(job)
+        name = "correspondence.png" if output == "mask" else "heatmap.png"
+        headers = {"Content-Disposition": f'inline; filename="{name}"', "X-Job-Id": job.id}
+        return Response(job.outputs[name], media_type="image/png", headers=headers)
+
+    @app.post("/api/jobs", status_code=202)
+    async def create_job(request: Request):
+        job = await submit(request, "refine", extras=True, allow_mode=True)
+        return JSONResponse(job.status(runner.queue_position(job)), status_code=202)
+
+    def find(job_id: str) -> Job:
+        job = runner.get(job_id)
+        if job is None:
+            raise _HTTPError(404, f"no job '{job_id}' (unknown, or its results were dropped to make room)")
+        return job
+
+    @app.get("/api/jobs/{job_id}")
+    async def job_status(job_id: str):
+        job = find(job_id)
+        return job.status(runner.queue_position(job))
+
+    @app.delete("/api/jobs/{job_id}")
+    async def job_cancel(job_id: str):
+        job = find(job_id)
+        if not job.done_event.is_set():
+            job.cancel("cancelled by the user")
+        return job.status(runner.queue_position(job))
+
+    @app.get("/api/jobs/{job_id}/{name}")
+    async def job_output(job_id: str, name: str):
+        job = find(job_id)
+        if job.state != "done":
+            raise _HTTPError(409, f"job '{job_id}' is {job.state}" + (f": {job.error}" if job.error else ""))
+        if name not in job.outputs or not name.endswith(".png"):
+            raise _HTTPError(404, f"job '{job_id}' has no output '{name}' (has: {', '.join(job.status()['outputs'])})")
+        return Response(job.outputs[name], media_type="image/png", headers={"Cache-Control": "no-store"})
+
+    @app.post("/api/preview")
+    async def preview(request: Request):
+        files, values = await _read_form(request, settings, ("file",), ("file",), ("role",))
+        role = values.get("role", "image").strip() or "image"
+        if role not in ("image", "mask", "reference", "reference_mask"):
+            raise InputError(f"role must be image, mask, reference or reference_mask, got {role!r}")
+        data, filename = files["file"]
+
+        def convert() -> tuple[bytes, int, int]:
+            img = decode_upload(data, role, filename, settings.max_image_side)
+            if role.endswith("mask"):
+                return _mask_png(to_mask(img)), img.width, img.height
+            return _png(to_rgb(img)), img.width, img.height
+
+        png, w, h = await run_in_threadpool(convert)
+        return Response(png, media_type="image/png", headers={"X-Image-Size": f"{w}x{h}", "Cache-Control": "no-store"})
+
+    return app

@@ -1,0 +1,371 @@
+"""The web app: one self-contained HTML page (vanilla JS, inline CSS, nothing fetched from elsewhere).
+
+Kept as a Python string so it ships inside the package with no package-data rule. Element ids are
+part of the contract with ``tests/server/test_server_browser.py``.
+"""
+
+INDEX_HTML = r"""<!doctype html>
+<html lang="en">
+<head>
+<meta charset="utf-8">
+<meta name="viewport" content="width=device-width, initial-scale=1">
+<title>refine-by-align</title>
+<style>
+  :root { --fg:#1d2330; --muted:#667085; --line:#d0d5dd; --accent:#2f6fed; --bad:#b42318; --bg:#f6f7f9; }
+  * { box-sizing: border-box; }
+  body { margin:0; font:14px/1.4 system-ui, sans-serif; color:var(--fg); background:var(--bg); }
+  header { padding:10px 18px; background:#fff; border-bottom:1px solid var(--line); display:flex; gap:16px; align-items:baseline; }
+  header h1 { font-size:18px; margin:0; }
+  header .note { color:var(--muted); }
+  main { display:grid; grid-template-columns: minmax(320px, 1.3fr) minmax(300px, 1fr); gap:16px; padding:16px; }
+  section { background:#fff; border:1px solid var(--line); border-radius:8px; padding:12px; min-width:0; }
+  h2 { font-size:15px; margin:0 0 8px; }
+  label { display:inline-flex; gap:6px; align-items:center; margin:4px 12px 4px 0; }
+  .row { display:flex; flex-wrap:wrap; align-items:center; gap:4px 8px; margin:6px 0; }
+  .hint { color:var(--muted); font-size:12px; }
+  button { font:inherit; padding:6px 12px; border:1px solid var(--line); border-radius:6px; background:#fff; cursor:pointer; }
+  button.primary { background:var(--accent); border-color:var(--accent); color:#fff; }
+  button:disabled { opacity:.5; cursor:not-allowed; }
+  button.on { background:#fde68a; }
+  input[type=number] { width:80px; }
+  #stage { position:relative; display:inline-block; max-width:100%; line-height:0; background:#e4e7ec; min-height:60px; min-width:60px; }
+  #image-view { display:block; max-width:100%; height:auto; image-rendering:auto; user-select:none; }
+  #mask-canvas { position:absolute; left:0; top:0; width:100%; height:100%; opacity:.5; cursor:crosshair; touch-action:none; }
+  #error { display:none; background:#fef3f2; color:var(--bad); border:1px solid #fecdca; border-radius:6px; padding:8px 10px; margin:0 16px; white-space:pre-wrap; }
+  #error.show { display:block; }
+  progress { width:220px; }
+  .thumb { max-width:100%; max-height:220px; display:block; margin-top:4px; border:1px solid var(--line); }
+  #compare { position:relative; display:inline-block; max-width:100%; line-height:0; }
+  #compare img { display:block; max-width:100%; height:auto; }
+  #compare-after { position:absolute; left:0; top:0; clip-path: inset(0 0 0 50%); }
+  #compare-line { position:absolute; top:0; bottom:0; left:50%; width:2px; background:#fff; box-shadow:0 0 2px #000; pointer-events:none; }
+  #compare-range { width:100%; }
+  .results { display:none; }
+  .results.show { display:block; }
+  a.button { display:inline-block; padding:6px 12px; border-radius:6px; background:var(--accent); color:#fff; text-decoration:none; }
+  .warn { color:#b54708; }
+</style>
+</head>
+<body data-state="idle">
+<header><h1>refine-by-align</h1><span class="note" id="model-note">checking the model&hellip;</span></header>
+<div id="error" role="alert"></div>
+<main>
+<section>
+  <h2>1. Image with artifacts &mdash; paint over the artifact</h2>
+  <div class="row">
+    <input type="file" id="image-file" accept="image/*,.png,.jpg,.jpeg,.webp,.tif,.tiff,.bmp">
+  </div>
+  <div class="row">
+    <label>brush <input type="range" id="brush-size" min="2" max="120" value="20"> <span id="brush-value">20</span> px</label>
+    <button id="eraser" type="button" title="toggle eraser (E)">eraser</button>
+    <button id="undo" type="button" title="undo (Ctrl+Z)">undo</button>
+    <button id="clear-mask" type="button">clear</button>
+    <label class="hint">or mask file <input type="file" id="mask-file" accept="image/*"></label>
+  </div>
+  <div id="stage"><img id="image-view" alt=""><canvas id="mask-canvas" width="1" height="1"></canvas></div>
+  <div class="hint" id="image-info">Upload an image, then paint the artifact in red.</div>
+</section>
+<section>
+  <h2>2. Reference photo of the same object</h2>
+  <div class="row"><input type="file" id="reference-file" accept="image/*,.png,.jpg,.jpeg,.webp,.tif,.tiff,.bmp"></div>
+  <div class="row"><label class="hint">optional object mask <input type="file" id="reference-mask-file" accept="image/*"></label></div>
+  <img id="reference-view" class="thumb" alt="" hidden>
+  <h2 style="margin-top:14px">3. Settings</h2>
+  <div class="row">
+    <label>steps <input type="number" id="steps" min="1" max="1000" step="1" placeholder="model"></label>
+    <label>guidance <input type="number" id="guidance" min="0" step="0.1" placeholder="model"></label>
+    <label>seed <input type="number" id="seed" min="0" step="1" value="0"></label>
+  </div>
+  <div class="row">
+    <button id="refine-btn" class="primary" type="button" disabled>Refine</button>
+    <button id="align-btn" type="button" disabled>Align only</button>
+    <button id="cancel-btn" type="button" hidden>Cancel</button>
+  </div>
+  <div class="row"><progress id="progress" max="1" value="0" hidden></progress> <span id="status" class="hint"></span></div>
+</section>
+<section class="results" id="results">
+  <h2>Before / after</h2>
+  <div id="compare"><img id="compare-before" alt="before"><img id="compare-after" alt="after"><div id="compare-line"></div></div>
+  <input type="range" id="compare-range" min="0" max="100" value="50" aria-label="before/after">
+  <div class="row"><a id="download" class="button" download="refined.png" href="#">Download result</a>
+    <span class="hint" id="result-info"></span></div>
+  <img id="result-img" alt="result" hidden>
+</section>
+<section class="results" id="heat-section">
+  <h2>Where the masked part was found on the reference</h2>
+  <img id="heatmap-img" class="thumb" alt="correspondence heat map" style="max-height:420px">
+  <div class="hint">Heat map of the alignment (red = strong); the white outline is the region that guided the refinement.</div>
+</section>
+</main>
+<script>
+"use strict";
+const $ = (id) => document.getElementById(id);
+const canvas = $("mask-canvas");
+const ctx = canvas.getContext("2d");
+const state = { image: null, reference: null, referenceMask: null, w: 0, h: 0, eraser: false, busy: false,
+                undo: [], drawing: false, last: null, job: null, urls: {} };
+
+function showError(message) {
+  const box = $("error");
+  box.textContent = message;
+  box.classList.add("show");
+  document.body.dataset.state = "error";
+}
+function clearError() { $("error").classList.remove("show"); $("error").textContent = ""; }
+function setStatus(text) { $("status").textContent = text; }
+function setUrl(key, blob) {
+  if (state.urls[key]) URL.revokeObjectURL(state.urls[key]);
+  state.urls[key] = URL.createObjectURL(blob);
+  return state.urls[key];
+}
+async function errorText(response) {
+  let text = "";
+  try { text = await response.text(); const j = JSON.parse(text); if (j && j.error) return j.error; } catch (e) {}
+  return "HTTP " + response.status + (text ? ": " + text.slice(0, 300) : "");
+}
+async function post(url, form) {
+  let r;
+  try { r = await fetch(url, { method: "POST", body: form }); }
+  catch (e) { throw new Error("cannot reach the server (" + e.message + "); is `refine-by-align serve` still running?"); }
+  if (!r.ok) throw new Error(await errorText(r));
+  return r;
+}
+async function preview(file, role) {
+  const form = new FormData();
+  form.append("file", file, file.name || role);
+  form.append("role", role);
+  const r = await post("/api/preview", form);
+  return await r.blob();
+}
+function loadImg(img, blob) {
+  return new Promise((resolve, reject) => {
+    img.onload = () => resolve(img);
+    img.onerror = () => reject(new Error("the browser could not show the picture"));
+    img.src = setUrl(img.id, blob);
+  });
+}
+function updateButtons() {
+  const ready = state.image && state.reference && !state.busy;
+  $("refine-btn").disabled = !ready;
+  $("align-btn").disabled = !ready;
+  $("cancel-btn").hidden = !state.busy;
+}
+
+// ------------------------------------------------------------------ uploads
+$("image-file").addEventListener("change", async (ev) => {
+  const file = ev.target.files[0];
+  if (!file) return;
+  clearError();
+  state.image = null; updateButtons();
+  try {
+    const blob = await preview(file, "image");
+    const img = await loadImg($("image-view"), blob);
+    state.w = img.naturalWidth; state.h = img.naturalHeight;
+    canvas.width = state.w; canvas.height = state.h;
+    ctx.clearRect(0, 0, state.w, state.h);
+    state.undo = [];
+    state.image = file;
+    $("compare-before").src = img.src;
+    $("image-info").textContent = file.name + ": " + state.w + " x " + state.h + " px. Paint over the artifact.";
+  } catch (e) { showError("image: " + e.message); }
+  updateButtons();
+});
+$("reference-file").addEventListener("change", async (ev) => {
+  const file = ev.target.files[0];
+  if (!file) return;
+  clearError();
+  state.reference = null; updateButtons();
+  try {
+    const blob = await preview(file, "reference");
+    const img = await loadImg($("reference-view"), blob);
+    img.hidden = false;
+    state.reference = file;
+  } catch (e) { showError("reference: " + e.message); }
+  updateButtons();
+});
+$("reference-mask-file").addEventListener("change", (ev) => { state.referenceMask = ev.target.files[0] || null; });
+$("mask-file").addEventListener("change", async (ev) => {
+  const file = ev.target.files[0];
+  if (!file) return;
+  clearError();
+  if (!state.w) { showError("upload the image first, then its mask"); return; }
+  try {
+    const blob = await preview(file, "mask");
+    const img = await loadImg(new Image(), blob);
+    if (img.naturalWidth !== state.w || img.naturalHeight !== state.h) {
+      throw new Error("mask is " + img.naturalWidth + " x " + img.naturalHeight + " but the image is " + state.w + " x " + state.h);
+    }
+    pushUndo();
+    const tmp = document.createElement("canvas"); tmp.width = state.w; tmp.height = state.h;
+    const t = tmp.getContext("2d"); t.drawImage(img, 0, 0);
+    const src = t.getImageData(0, 0, state.w, state.h), out = ctx.createImageData(state.w, state.h);
+    for (let i = 0; i < src.data.length; i += 4) {
+      if (src.data[i] >= 128) { out.data[i] = 255; out.data[i + 3] = 255; }
+    }
+    ctx.putImageData(out, 0, 0);
+  } catch (e) { showError("mask: " + e.message); }
+  ev.target.value = "";
+});
+
+// ------------------------------------------------------------------ painting
+function scale() { const r = canvas.getBoundingClientRect(); return r.width > 0 ? canvas.width / r.width : 1; }
+function pointer(ev) {
+  const r = canvas.getBoundingClientRect(), s = scale();
+  return [(ev.clientX - r.left) * s, (ev.clientY - r.top) * s];
+}
+function brushPx() { return Number($("brush-size").value) * scale(); }
+function paint(a, b) {
+  ctx.globalCompositeOperation = state.eraser ? "destination-out" : "source-over";
+  ctx.strokeStyle = ctx.fillStyle = "rgb(255,0,0)";
+  ctx.lineWidth = brushPx(); ctx.lineCap = "round"; ctx.lineJoin = "round";
+  ctx.beginPath(); ctx.arc(a[0], a[1], brushPx() / 2, 0, 2 * Math.PI); ctx.fill();
+  ctx.beginPath(); ctx.moveTo(a[0], a[1]); ctx.lineTo(b[0], b[1]); ctx.stroke();
+  ctx.globalCompositeOperation = "source-over";
+}
+function pushUndo() {
+  state.undo.push(ctx.getImageData(0, 0, canvas.width, canvas.height));
+  if (state.undo.length > 30) state.undo.shift();
+}
+canvas.addEventListener("pointerdown", (ev) => {
+  if (!state.w || ev.button !== 0) return;
+  ev.preventDefault();
+  canvas.setPointerCapture(ev.pointerId);
+  pushUndo();
+  state.drawing = true; state.last = pointer(ev);
+  paint(state.last, state.last);
+});
+canvas.addEventListener("pointermove", (ev) => {
+  if (!state.drawing) return;
+  const p = pointer(ev); paint(state.last, p); state.last = p;
+});
+for (const t of ["pointerup", "pointercancel", "lostpointercapture"]) {
+  canvas.addEventListener(t, () => { state.drawing = false; });
+}
+$("brush-size").addEventListener("input", () => { $("brush-value").textContent = $("brush-size").value; });
+$("eraser").addEventListener("click", () => { state.eraser = !state.eraser; $("eraser").classList.toggle("on", state.eraser); });
+$("undo").addEventListener("click", () => { const s = state.undo.pop(); if (s) ctx.putImageData(s, 0, 0); });
+$("clear-mask").addEventListener("click", () => { pushUndo(); ctx.clearRect(0, 0, canvas.width, canvas.height); });
+document.addEventListener("keydown", (ev) => {
+  if ((ev.ctrlKey || ev.metaKey) && ev.key === "z") { ev.preventDefault(); $("undo").click(); }
+  else if (ev.key === "e" && ev.target.tagName !== "INPUT") { $("eraser").click(); }
+});
+
+function maskBlob() {
+  const src = ctx.getImageData(0, 0, canvas.width, canvas.height);
+  const out = new ImageData(canvas.width, canvas.height);
+  let painted = 0;
+  for (let i = 0; i < src.data.length; i += 4) {
+    const on = src.data[i + 3] >= 128 ? 255 : 0;
+    painted += on ? 1 : 0;
+    out.data[i] = out.data[i + 1] = out.data[i + 2] = on; out.data[i + 3] = 255;
+  }
+  const tmp = document.createElement("canvas"); tmp.width = canvas.width; tmp.height = canvas.height;
+  tmp.getContext("2d").putImageData(out, 0, 0);
+  return new Promise((resolve) => tmp.toBlob((b) => resolve({ blob: b, painted: painted }), "image/png"));
+}
+
+// ------------------------------------------------------------------ jobs
+const sleep = (ms) => new Promise((r) => setTimeout(r, ms));
+async function run(mode) {
+  clearError();
+  if (!state.image || !state.reference) { showError("upload both the image and the reference first"); return; }
+  const mask = await maskBlob();
+  if (!mask.painted) { showError("paint over the artifact first (the mask is empty)"); return; }
+  const form = new FormData();
+  form.append("mode", mode);
+  form.append("image", state.image, state.image.name);
+  form.append("mask", mask.blob, "mask.png");
+  form.append("reference", state.reference, state.reference.name);
+  if (state.referenceMask) form.append("reference_mask", state.referenceMask, state.referenceMask.name);
+  for (const k of ["steps", "guidance", "seed"]) { const v = $(k).value.trim(); if (v !== "") form.append(k, v); }
+  state.busy = true; updateButtons();
+  document.body.dataset.state = "running";
+  const t0 = performance.now();
+  const bar = $("progress"); bar.hidden = false; bar.removeAttribute("value");
+  setStatus("uploading...");
+  try {
+    const job = await (await post("/api/jobs", form)).json();
+    state.job = job.id;
+    let s = job;
+    while (s.state === "queued" || s.state === "running") {
+      const secs = ((performance.now() - t0) / 1000).toFixed(1);
+      if (s.state === "queued") { bar.removeAttribute("value"); setStatus("waiting in queue (position " + (s.queue_position || "?") + ") " + secs + " s"); }
+      else if (s.total > 0) { bar.max = s.total; bar.value = s.step; setStatus("step " + s.step + " / " + s.total + " - " + secs + " s"); }
+      else { setStatus("aligning... " + secs + " s"); }
+      await sleep(250);
+      let r;
+      try { r = await fetch("/api/jobs/" + job.id, { cache: "no-store" }); }
+      catch (e) { throw new Error("lost the server while waiting (" + e.message + ")"); }
+      if (!r.ok) throw new Error(await errorText(r));
+      s = await r.json();
+    }
+    if (s.state !== "done") throw new Error(s.error || "the job failed");
+    await showResult(job.id, mode, s, (performance.now() - t0) / 1000);
+  } catch (e) {
+    showError(e.message);
+    setStatus("");
+  } finally {
+    state.busy = false; state.job = null; bar.hidden = true; updateButtons();
+  }
+}
+async function fetchBlob(url) {
+  const r = await fetch(url, { cache: "no-store" });
+  if (!r.ok) throw new Error(await errorText(r));
+  return await r.blob();
+}
+async function showResult(id, mode, status, secs) {
+  const result = await fetchBlob("/api/jobs/" + id + "/result.png");
+  const url = setUrl("result", result);
+  const img = $("result-img");
+  await new Promise((resolve) => { img.onload = resolve; img.onerror = resolve; img.src = url; });
+  $("compare-after").src = url;
+  const dl = $("download");
+  dl.href = url;
+  dl.download = mode === "refine" ? "refined.png" : "correspondence.png";
+  dl.textContent = mode === "refine" ? "Download refined image" : "Download correspondence mask";
+  $("results").classList.add("show");
+  $("compare").style.display = mode === "refine" ? "" : "none";
+  $("compare-range").style.display = mode === "refine" ? "" : "none";
+  if (status.outputs.indexOf("heatmap.png") >= 0) {
+    await loadImg($("heatmap-img"), await fetchBlob("/api/jobs/" + id + "/heatmap.png"));
+    $("heat-section").classList.add("show");
+  }
+  let info = "done in " + secs.toFixed(1) + " s";
+  if (status.info && status.info.random_weights) info += " - WARNING: the model has random weights, the result is a stand-in";
+  $("result-info").textContent = info;
+  setStatus(info);
+  img.dataset.jobId = id;
+  document.body.dataset.state = "done";
+}
+$("refine-btn").addEventListener("click", () => run("refine"));
+$("align-btn").addEventListener("click", () => run("align"));
+$("cancel-btn").addEventListener("click", async () => {
+  if (state.job) { try { await fetch("/api/jobs/" + state.job, { method: "DELETE" }); } catch (e) {} }
+});
+$("compare-range").addEventListener("input", () => {
+  const v = $("compare-range").value;
+  $("compare-after").style.clipPath = "inset(0 0 0 " + v + "%)";
+  $("compare-line").style.left = v + "%";
+});
+window.addEventListener("unhandledrejection", (ev) => showError(String(ev.reason && ev.reason.message || ev.reason)));
+
+(async () => {
+  try {
+    const r = await fetch("/api/health", { cache: "no-store" });
+    const h = await r.json();
+    if (!r.ok) { $("model-note").textContent = "model not loaded: " + (h.error || r.status); return; }
+    const l = h.limits;
+    $("model-note").innerHTML = "";
+    $("model-note").textContent = "model: " + h.model + " | limits: " + (l.max_upload_bytes / 1048576).toFixed(0) +
+      " MiB per request, " + l.max_image_side + " px per side, " + l.job_timeout_s + " s per job";
+    if (h.random_weights) {
+      const w = document.createElement("span"); w.className = "warn";
+      w.textContent = " | RANDOM weights: results are stand-ins"; $("model-note").appendChild(w);
+    }
+  } catch (e) { showError("cannot reach the server: " + e.message); }
+})();
+updateButtons();
+</script>
+</body>
+</html>
+"""

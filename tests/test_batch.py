@@ -1,0 +1,232 @@
+"""Batch refinement: manifest parsing, per-job errors, resume, crash safety (kill -9 mid-batch)."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from refine_by_align.batch import DONE_FILE, ERRORS_FILE, format_summary, read_manifest, run_batch
+from refine_by_align.io import InputError
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def _write_case(folder: Path, name: str, seed: int) -> None:
+    rng = np.random.default_rng(seed)
+    folder.mkdir(parents=True, exist_ok=True)
+    Image.fromarray(rng.integers(0, 256, (40, 48, 3), dtype=np.uint8)).save(folder / f"{name}.png")
+    m = np.zeros((40, 48), np.uint8)
+    m[10:22, 12:30] = 255
+    Image.fromarray(m).save(folder / f"{name}_mask.png")
+    Image.fromarray(rng.integers(0, 256, (36, 30, 3), dtype=np.uint8)).save(folder / f"{name}_ref.png")
+
+
+def _job(name: str, **extra) -> dict:
+    return {"image": f"in/{name}.png", "mask": f"in/{name}_mask.png", "reference": f"in/{name}_ref.png", **extra}
+
+
+def _manifest(path: Path, lines) -> Path:
+    path.write_text("\n".join(line if isinstance(line, str) else json.dumps(line) for line in lines) + "\n")
+    return path
+
+
+def _jsonl(path: Path) -> list[dict]:
+    return [json.loads(x) for x in path.read_text().splitlines() if x.strip()] if path.exists() else []
+
+
+class NegateMask:
+    """A fast stand-in for the pipeline: inverts the masked pixels (optionally slowly)."""
+
+    def __init__(self, delay: float = 0.0):
+        self.delay = delay
+        self.calls = 0
+
+    def __call__(self, image, mask, reference, reference_mask=None, num_inference_steps=None, guidance_scale=None,
+                 seed=0, names=None, **kw):
+        from types import SimpleNamespace
+
+        self.calls += 1
+        time.sleep(self.delay)
+        arr = np.asarray(image.convert("RGB")).copy()
+        arr[mask] = 255 - arr[mask]
+        return SimpleNamespace(image=Image.fromarray(arr))
+
+
+def test_batch_with_tiny_model_errors_and_resume(tmp_path, tiny_pipe):
+    for i in range(3):
+        _write_case(tmp_path / "in", f"c{i}", i)
+    Image.fromarray(np.full((36, 30), 255, np.uint8)).save(tmp_path / "in" / "refmask.png")
+    manifest = _manifest(tmp_path / "jobs.jsonl", [
+        "# a comment, then a blank line",
+        "",
+        _job("c0", steps=2, seed=1),
+        _job("c1", steps=2, reference_mask="in/refmask.png", output="sub/one"),
+        "{not json",
+        _job("c2", steps=2, output="../escape.png"),
+        _job("c2", steps=2, output=str(tmp_path / "abs.png")),
+        _job("c2", steps=0),
+        {"image": "in/missing.png", "mask": "in/c2_mask.png", "reference": "in/c2_ref.png"},
+        _job("c2", steps=2, output="sub/one.png"),
+        _job("c2", steps=2, output="c2.jpg", guidance=1.5),
+        _job("c2", colour="blue"),
+    ])
+    out = tmp_path / "out"
+    s = run_batch(manifest, out, tiny_pipe, progress=False)
+    assert (s["total"], s["done"], s["skipped"], s["failed"]) == (10, 3, 0, 7), s
+    assert "3 refined, 0 already done, 7 failed" in format_summary(s)
+    produced = sorted(p.relative_to(out).as_posix() for p in out.rglob("*") if p.is_file() and not p.name.startswith("."))
+    assert produced == sorted(["00003-c0.png", "sub/one.png", "c2.jpg", DONE_FILE, ERRORS_FILE])
+    assert not (tmp_path / "escape.png").exists() and not (tmp_path / "abs.png").exists()
+    src = np.asarray(Image.open(tmp_path / "in" / "c0.png"))
+    res = np.asarray(Image.open(out / "00003-c0.png"))
+    assert res.shape == src.shape
+    ring = np.ones((40, 48), bool)
+    ring[6:26, 8:34] = False  # the mask box grown by 4 px
+    assert np.array_equal(res[ring], src[ring]) and not np.array_equal(res, src)
+
+    errors = {e["line"]: e["error"] for e in _jsonl(out / ERRORS_FILE)}
+    assert "not valid JSON" in errors[5]
+    assert "'..'" in errors[6]
+    assert "absolute path" in errors[7]
+    assert "steps must be an integer in 1..1000" in errors[8]
+    assert "file not found" in errors[9] and "missing.png" in errors[9]
+    assert "already written by line 4" in errors[10]
+    assert "unknown field(s) colour" in errors[12]
+    assert len(_jsonl(out / DONE_FILE)) == 3
+
+    # resume: nothing finished runs again, outputs are not rewritten, the failures are retried
+    stamp = {p: p.stat().st_mtime_ns for p in out.rglob("*.png")}
+    again = run_batch(manifest, out, tiny_pipe, progress=False)
+    assert (again["done"], again["skipped"], again["failed"]) == (0, 3, 7)
+    assert stamp == {p: p.stat().st_mtime_ns for p in out.rglob("*.png")}
+    assert len(_jsonl(out / ERRORS_FILE)) == 14
+
+    # a changed job (new seed) is not "already done"; a deleted output is redone
+    lines = manifest.read_text().splitlines()
+    lines[2] = json.dumps(_job("c0", steps=2, seed=2))
+    manifest.write_text("\n".join(lines) + "\n")
+    (out / "c2.jpg").unlink()
+    third = run_batch(manifest, out, NegateMask(), progress=False)
+    assert (third["done"], third["skipped"]) == (2, 1)
+
+
+def test_crash_while_writing_leaves_no_output(tmp_path, monkeypatch):
+    _write_case(tmp_path / "in", "a", 0)
+    _write_case(tmp_path / "in", "b", 1)
+    manifest = _manifest(tmp_path / "m.jsonl", [_job("a", output="a.png"), _job("b", output="b.png")])
+    real_save = Image.Image.save
+
+    def broken_save(self, fp, format=None, **kw):
+        if not broken_save.done:  # the first output written (job "a")
+            broken_save.done.add("a")
+            fp.write(b"\x89PNG half")  # some bytes reach the disk, then the "crash"
+            raise OSError("disk went away")
+        return real_save(self, fp, format=format, **kw)
+
+    broken_save.done = set()
+    monkeypatch.setattr(Image.Image, "save", broken_save)
+    out = tmp_path / "out"
+    (out).mkdir()
+    (out / ".rba-stale.part").write_bytes(b"left by a killed run")
+    s = run_batch(manifest, out, NegateMask(), progress=False)
+    assert (s["done"], s["failed"]) == (1, 1)
+    assert not (out / "a.png").exists() and (out / "b.png").exists()
+    assert not list(out.glob("*.part"))
+    assert "disk went away" in _jsonl(out / ERRORS_FILE)[0]["error"]
+    monkeypatch.setattr(Image.Image, "save", real_save)
+    s = run_batch(manifest, out, NegateMask(), progress=False)
+    assert (s["done"], s["skipped"], s["failed"]) == (1, 1, 0)
+    Image.open(out / "a.png").load()
+
+
+def test_manifest_errors_are_input_errors(tmp_path):
+    with pytest.raises(InputError, match="file not found"):
+        read_manifest(tmp_path / "none.jsonl")
+    (tmp_path / "empty.jsonl").write_text("\n# nothing\n")
+    with pytest.raises(InputError, match="no jobs"):
+        read_manifest(tmp_path / "empty.jsonl")
+    (tmp_path / "bin.jsonl").write_bytes(b"\xff\xfe\x00garbage")
+    with pytest.raises(InputError, match="not UTF-8"):
+        read_manifest(tmp_path / "bin.jsonl")
+
+
+def test_one_batch_per_output_folder(tmp_path):
+    from refine_by_align.batch import _lock
+
+    (tmp_path / "out").mkdir()
+    _write_case(tmp_path / "in", "a", 0)
+    manifest = _manifest(tmp_path / "m.jsonl", [_job("a")])
+    with _lock(tmp_path / "out"), pytest.raises(InputError, match="another batch"):
+        run_batch(manifest, tmp_path / "out", NegateMask(), progress=False)
+
+
+WORKER = textwrap.dedent(
+    """
+    import sys, time
+    from types import SimpleNamespace
+    import numpy as np
+    from PIL import Image
+    from refine_by_align.batch import run_batch
+
+    class Slow:
+        def __call__(self, image, mask, reference, reference_mask=None, **kw):
+            time.sleep(0.3)
+            arr = np.asarray(image.convert("RGB")).copy()
+            arr[mask] = 255 - arr[mask]
+            return SimpleNamespace(image=Image.fromarray(arr))
+
+    run_batch(sys.argv[1], sys.argv[2], Slow(), progress=False)
+    """
+)
+
+
+def test_kill_9_mid_batch_then_resume(tmp_path):
+    n = 12
+    for i in range(n):
+        _write_case(tmp_path / "in", f"c{i}", i)
+    manifest = _manifest(tmp_path / "m.jsonl", [_job(f"c{i}", output=f"r{i}.png") for i in range(n)])
+    out = tmp_path / "out"
+    (tmp_path / "worker.py").write_text(WORKER)
+    env = dict(os.environ, PYTHONPATH=str(REPO / "src") + os.pathsep + os.environ.get("PYTHONPATH", ""))
+    proc = subprocess.Popen([sys.executable, str(tmp_path / "worker.py"), str(manifest), str(out)], env=env,
+                            stderr=subprocess.PIPE)
+    try:
+        deadline = time.monotonic() + 120
+        while len(_jsonl(out / DONE_FILE)) < 3:
+            assert proc.poll() is None, proc.stderr.read().decode()
+            assert time.monotonic() < deadline, "the batch did not get going"
+            time.sleep(0.02)
+        time.sleep(0.15)  # somewhere inside the next job
+        os.kill(proc.pid, signal.SIGKILL)
+        proc.wait(30)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    assert proc.returncode == -signal.SIGKILL
+    ledger = {r["output"] for r in _jsonl(out / DONE_FILE)}
+    outputs = {p.name for p in out.glob("r*.png")}
+    assert 3 <= len(ledger) < n, "kill came too late to test anything"
+    assert ledger <= outputs and len(outputs - ledger) <= 1  # at most the job in flight is lost
+    for name in outputs:  # every output under its final name is complete
+        Image.open(out / name).load()
+
+    pipe = NegateMask()
+    s = run_batch(manifest, out, pipe, progress=False)
+    assert s["failed"] == 0 and s["skipped"] == len(ledger) and s["done"] == n - len(ledger) == pipe.calls
+    assert {p.name for p in out.glob("r*.png")} == {f"r{i}.png" for i in range(n)}
+    assert not list(out.glob("*.part"))
+    for i in range(n):
+        src = np.asarray(Image.open(tmp_path / "in" / f"c{i}.png"))
+        m = np.asarray(Image.open(tmp_path / "in" / f"c{i}_mask.png")) > 0
+        expected = src.copy()
+        expected[m] = 255 - expected[m]
+        assert np.array_equal(np.asarray(Image.open(out / f"r{i}.png")), expected), i

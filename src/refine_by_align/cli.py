@@ -71,6 +71,22 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--layers", help="comma-separated layer indices (default: all cross-attention layers)")
     p.add_argument("--limit", type=int, help="only the first N cases")
 
+    p = sub.add_parser("benchmark", help="time every stage against this machine's matmul ceiling")
+    p.add_argument("--configs", default="default", help="comma-separated presets or model folders (e.g. default,paper)")
+    p.add_argument("--output", required=True, help="JSON file")
+    p.add_argument("--repeats", type=int, default=3, help="runs per figure (median)")
+    p.add_argument("--cases", help="a case folder: also time one whole bench case")
+
+    p = sub.add_parser("serve", help="local web app + HTTP API (binds 127.0.0.1 unless --host says otherwise)")
+    from .server.settings import add_serve_arguments  # no FastAPI import at parse time
+
+    add_serve_arguments(p)
+
+    p = sub.add_parser("batch", help="refine every job of a JSONL manifest (resumable; errors go to OUTPUT/errors.jsonl)")
+    p.add_argument("manifest", help="one JSON job per line: image, mask, reference, [reference_mask, steps, guidance, seed, output]")
+    p.add_argument("--output", required=True, help="output folder")
+    p.add_argument("--model", default="default", help="model folder or preset")
+
     p = sub.add_parser("demo", help="refine the shipped examples (and ../shared photos when present)")
     p.add_argument("--output", default="demo-output", help="output folder (default: %(default)s)")
     p.add_argument("--model", default="default", help="model folder or preset")
@@ -244,6 +260,41 @@ def cmd_grid_search(args) -> int:
     return 0
 
 
+def cmd_benchmark(args) -> int:
+    from .evaluation.perf import run_benchmark
+
+    res = run_benchmark([c.strip() for c in args.configs.split(",") if c.strip()], args.output, args.repeats, args.cases)
+    c = res["ceiling"]
+    print(f"{res['machine']}: matmul ceiling fp32 {c['fp32_gflops']:.0f} GFLOP/s, bf16 {c['bf16_gflops']:.0f} GFLOP/s")
+    print(f"{'config':<10} {'dtype':<9} {'encode':>7} {'align':>7} {'step':>7} {'step1':>7} {'refine512':>9} {'GFLOP':>8} {'ceil%':>6} {'RSS MB':>7}")
+    for name, r in res.items():
+        if not isinstance(r, dict) or "refine_512_s" not in r:
+            continue
+        print(
+            f"{name:<10} {r['dtype']:<9} {r['encode_s']:>7.3f} {r['align_s']:>7.3f} {r['step_s']:>7.3f} {r['step_nocfg_s']:>7.3f} "
+            f"{r['refine_512_s']:>9.2f} {r['unet_gflop']:>8.2f} {100 * r['unet_fraction_of_ceiling']:>6.1f} {r['peak_rss_mb']:>7.0f}"
+        )
+    print(f"wrote {args.output} (seconds; step = one denoising step with guidance, step1 = without)")
+    return 0
+
+
+def cmd_serve(args) -> int:
+    from .server.serve import run_from_args
+
+    run_from_args(args)
+    return 0
+
+
+def cmd_batch(args) -> int:
+    from .batch import format_summary, read_manifest, run_batch
+
+    read_manifest(args.manifest)  # a bad manifest fails before the model loads
+    pipe = _load_pipeline(args.model, args.quiet)
+    summary = run_batch(args.manifest, args.output, pipe, progress=not args.quiet)
+    print(format_summary(summary))
+    return 1 if summary["failed"] else 0
+
+
 def cmd_demo(args) -> int:
     from .demo.run import run_demo
 
@@ -297,6 +348,9 @@ COMMANDS = {
     "align": cmd_align,
     "bench": cmd_bench,
     "grid-search": cmd_grid_search,
+    "benchmark": cmd_benchmark,
+    "serve": cmd_serve,
+    "batch": cmd_batch,
     "demo": cmd_demo,
     "train": cmd_train,
     "plot": cmd_plot,

@@ -42,8 +42,9 @@ def _open(path: str | os.PathLike, what: str) -> Image.Image:
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("error", Image.DecompressionBombWarning)
-            img = Image.open(path)
-            img.load()
+            with open(path, "rb") as fh:
+                img = Image.open(fh)
+                img.load()
     except (Image.DecompressionBombError, Image.DecompressionBombWarning) as e:
         raise InputError(f"{what} '{path}': image too large (decompression bomb guard: {e})") from None
     except UnidentifiedImageError:

@@ -39,7 +39,10 @@ def check_settings(steps: int | None, guidance: float | None) -> None:
     """Reject meaningless sampling settings at the boundary (None = the model's default)."""
     if steps is not None and (not isinstance(steps, (int, np.integer)) or isinstance(steps, bool) or not 1 <= steps <= 1000):
         raise InputError(f"steps must be an integer in 1..1000, got {steps!r}")
-    if guidance is not None and (not isinstance(guidance, (int, float)) or not math.isfinite(guidance) or guidance < 0):
+    if guidance is not None and (
+        isinstance(guidance, bool) or not isinstance(guidance, (int, float, np.integer, np.floating))
+        or not math.isfinite(guidance) or guidance < 0
+    ):
         raise InputError(f"guidance must be a finite number >= 0, got {guidance!r}")
 
 

@@ -7,7 +7,6 @@ import tempfile
 from pathlib import Path
 
 import numpy as np
-from PIL import Image
 
 from ..evaluation.cases import load_case
 from ..evaluation.metrics import masked_psnr

@@ -243,8 +243,8 @@ def feature_nn_correspondence(
     from ..pipelines.alignment import clean_correspondence, grid_to_reference
 
     p = pipe.prepare(image, mask, reference, reference_mask)
-    crop, cmask = pipe._crop_tensors(p)
-    ref_t = pipe._reference_tensor(p.reference, p.reference_box)
+    crop, cmask = pipe.crop_tensors(p)
+    ref_t = pipe.reference_tensor(p.reference, p.reference_box)
     enc = pipe.model.reference_encoder
     with torch.no_grad():
         q = enc.patch_tokens(crop)[0].float().cpu()  # (N, d)

@@ -15,7 +15,7 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from ..pipelines.alignment import attention_grid, clean_correspondence, grid_to_reference
+from ..pipelines.alignment import clean_correspondence
 from .bench import write_json_atomic
 from .cases import load_cases
 from .metrics import iou
@@ -28,16 +28,9 @@ DEFAULT_TIMESTEPS = (0, 24, 100, 250, 500, 750, 999)
 def _case_maps(pipe, case, timesteps, layers, seed):
     """(T, L, g, g) raw maps and the prepared inputs of one case."""
     p = pipe.prepare(case.image, case.mask, case.reference, case.reference_mask)
-    crop, cmask = pipe._crop_tensors(p)
-    model = pipe.model
     with torch.no_grad():
-        sample = model.to_latent(crop)
-        masked = model.to_latent(crop * (1.0 - cmask))
-        lmask = model.latent_mask(cmask)
-        context = model.encode_reference(pipe._reference_tensor(p.reference, p.reference_box))
-        g = torch.Generator("cpu").manual_seed(seed)
-        maps = attention_grid(model, sample, masked, lmask, context, list(timesteps), list(layers), pipe.scheduler, g)
-    return maps[:, :, 0].numpy(), p
+        maps = pipe.alignment_maps(p, list(timesteps), list(layers), seed)
+    return maps, p
 
 
 def grid_search(
@@ -74,8 +67,8 @@ def grid_search(
         for i in range(len(timesteps)):
             row = []
             for j in range(len(layers)):
-                blob, norm = clean_correspondence(maps[i, j])
-                m = grid_to_reference(blob, p.reference_box, p.reference_mask.shape) & p.reference_mask
+                m, _, _ = pipe.correspondence_on_reference(p, maps[i, j])
+                _, norm = clean_correspondence(maps[i, j])
                 scores[i, j, k] = iou(m, case.correspondence)
                 row.append(norm)
             per_case.append(row)

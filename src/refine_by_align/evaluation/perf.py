@@ -68,8 +68,8 @@ def benchmark_config(name: str, repeats: int = 3, bench_cases: str | None = None
     image, mask, reference = _example_inputs()
     res: dict = {"dtype": str(next(model.parameters()).dtype).replace("torch.", ""), "random_weights": pipe.random_weights}
     p = pipe.prepare(image, mask, reference)
-    crop, cmask = pipe._crop_tensors(p)
-    ref_t = pipe._reference_tensor(p.reference, p.reference_box)
+    crop, cmask = pipe.crop_tensors(p)
+    ref_t = pipe.reference_tensor(p.reference, p.reference_box)
     with torch.inference_mode():
         res["encode_s"] = _median_time(lambda: model.encode_reference(ref_t), repeats)
         res["align_s"] = _median_time(lambda: pipe.align(image, mask, reference), repeats)

@@ -157,7 +157,7 @@ class RefineByAlignPipeline(DiffusionPipeline):
             t = torch.from_numpy(array.astype(np.float32) / 255.0).permute(2, 0, 1)[None]
         return t.to(self.device, self.model.dtype)
 
-    def _crop_tensors(self, p: PreparedInputs) -> tuple[torch.Tensor, torch.Tensor]:
+    def crop_tensors(self, p: PreparedInputs) -> tuple[torch.Tensor, torch.Tensor]:
         s = self.model.cfg.resolution
         crop = self._to_tensor(crop_resize(p.image, p.crop_box, s))  # (1, 3, S, S)
         cmask = self._to_tensor(crop_resize(p.mask, p.crop_box, s))  # (1, 1, S, S)
@@ -168,7 +168,7 @@ class RefineByAlignPipeline(DiffusionPipeline):
             cmask[..., min(iy, s - 1), min(ix, s - 1)] = 1.0
         return crop, cmask
 
-    def _reference_tensor(self, reference: np.ndarray, box: Box) -> torch.Tensor:
+    def reference_tensor(self, reference: np.ndarray, box: Box) -> torch.Tensor:
         return self._to_tensor(crop_resize(reference, box, self.model.cfg.encoder_image_size))
 
     # ------------------------------------------------------------------ alignment stage
@@ -189,27 +189,41 @@ class RefineByAlignPipeline(DiffusionPipeline):
         p = self.prepare(image, mask, reference, reference_mask, names)
         return self._align(p, timestep, layer, threshold, seed)
 
-    def _align(self, p: PreparedInputs, timestep, layer, threshold, seed) -> AlignmentResult:
-        cfg = self.model.cfg
-        t = cfg.alignment_timestep if timestep is None else int(timestep)
-        l = cfg.alignment_layer if layer is None else int(layer)
-        if not 0 <= t < cfg.num_train_timesteps:
-            raise ValueError(f"alignment timestep {t} out of range 0..{cfg.num_train_timesteps - 1}")
-        crop, cmask = self._crop_tensors(p)
+    def alignment_maps(self, p: PreparedInputs, timesteps: list[int], layers: list[int] | None, seed: int = 0) -> np.ndarray:
+        """Eq. 5 maps M^{t,l} of one prepared input for every (t, l): (T, L, grid, grid).
+
+        One U-Net pass per timestep on the zoom-in crop noised to t (Algorithm 1)."""
+        n = self.model.cfg.num_train_timesteps
+        for t in timesteps:
+            if not 0 <= int(t) < n:
+                raise ValueError(f"alignment timestep {t} out of range 0..{n - 1}")
+        crop, cmask = self.crop_tensors(p)
         sample = self.model.to_latent(crop)
         lmask = self.model.latent_mask(cmask)
         masked = self.model.to_latent(crop * (1.0 - cmask))
-        context = self.model.encode_reference(self._reference_tensor(p.reference, p.reference_box))
+        context = self.model.encode_reference(self.reference_tensor(p.reference, p.reference_box))
         generator = torch.Generator("cpu").manual_seed(seed)
-        raw = attention_grid(self.model, sample, masked, lmask, context, [t], [l], self.scheduler, generator)[0, 0, 0]
-        raw = raw.numpy()
+        maps = attention_grid(self.model, sample, masked, lmask, context, [int(t) for t in timesteps], layers, self.scheduler, generator)
+        return maps[:, :, 0].numpy()
+
+    def correspondence_on_reference(self, p: PreparedInputs, raw: np.ndarray, threshold: float = 0.5) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """A.4 on one raw (g, g) map, then onto the reference: (M* (Hr, Wr) bool, heat map (Hr, Wr)
+        float in [0, 1], M* on the token grid)."""
         grid_mask, norm = clean_correspondence(raw, threshold=threshold)
         shape = p.reference_mask.shape
         m_star = grid_to_reference(grid_mask, p.reference_box, shape) & p.reference_mask
         if not m_star.any():  # the blob fell outside the object: keep it unclipped
             m_star = grid_to_reference(grid_mask, p.reference_box, shape)
         heat = grid_to_reference(norm, p.reference_box, shape, smooth=True) * p.reference_mask
-        return AlignmentResult(m_star, heat.astype(np.float32), raw.astype(np.float32), grid_mask, t, l)
+        return m_star, heat.astype(np.float32), grid_mask
+
+    def _align(self, p: PreparedInputs, timestep, layer, threshold, seed) -> AlignmentResult:
+        cfg = self.model.cfg
+        t = cfg.alignment_timestep if timestep is None else int(timestep)
+        l = cfg.alignment_layer if layer is None else int(layer)
+        raw = self.alignment_maps(p, [t], [l], seed)[0, 0]
+        m_star, heat, grid_mask = self.correspondence_on_reference(p, raw, threshold)
+        return AlignmentResult(m_star, heat, raw.astype(np.float32), grid_mask, t, l)
 
     # ------------------------------------------------------------------ refinement stage
     @torch.no_grad()
@@ -247,7 +261,7 @@ class RefineByAlignPipeline(DiffusionPipeline):
                 raise InputError(
                     f"correspondence {correspondence.shape[::-1]} does not match the reference {p.reference_mask.shape[::-1]}"
                 )
-        crop, cmask = self._crop_tensors(p)  # (1, 3, S, S), (1, 1, S, S)
+        crop, cmask = self.crop_tensors(p)  # (1, 3, S, S), (1, 1, S, S)
         timings["prepare"] = time.perf_counter() - t0
 
         # 2. Alignment stage: M* on the reference (Algorithm 1).
@@ -273,10 +287,10 @@ class RefineByAlignPipeline(DiffusionPipeline):
                 keep = region
             local = p.reference * keep[..., None]
             guide_box = square_pad_box(mask_bbox(keep), cfg.local_margin, keep.shape)
-            ref_tensor = self._reference_tensor(local, guide_box)
+            ref_tensor = self.reference_tensor(local, guide_box)
         else:
             guide_box = p.reference_box
-            ref_tensor = self._reference_tensor(p.reference, guide_box)
+            ref_tensor = self.reference_tensor(p.reference, guide_box)
         context = self.model.encode_reference(ref_tensor)  # (1, T, C)
         use_cfg = guidance != 1.0
         if use_cfg:

@@ -16,7 +16,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 import torch
-from diffusers import DiffusionPipeline, DPMSolverMultistepScheduler
+from diffusers import DDIMScheduler, DiffusionPipeline, DPMSolverMultistepScheduler
 from PIL import Image
 
 from ..config import CONFIG_NAMES, get_config
@@ -46,9 +46,21 @@ def check_settings(steps: int | None, guidance: float | None) -> None:
         raise InputError(f"guidance must be a finite number >= 0, got {guidance!r}")
 
 
-def make_scheduler(model: RefineByAlignModel) -> DPMSolverMultistepScheduler:
-    """DPM-Solver++ (2M) on the model's training noise schedule."""
+def make_scheduler(model: RefineByAlignModel):
+    """The sampler on the model's training noise schedule.
+
+    Pixel space: DDIM with x0 clipped to [-1, 1] and trailing timesteps (DPM-Solver++ diverges
+    there at the cosine schedule's last step, where alpha_bar is ~1e-8). Latent space: DPM-Solver++ (2M)."""
     c = model.cfg
+    if c.latent == "pixel":
+        return DDIMScheduler(
+            num_train_timesteps=c.num_train_timesteps,
+            beta_schedule=c.beta_schedule,
+            prediction_type=c.prediction_type,
+            clip_sample=True,
+            set_alpha_to_one=True,
+            timestep_spacing="trailing",
+        )
     return DPMSolverMultistepScheduler(
         num_train_timesteps=c.num_train_timesteps,
         beta_schedule=c.beta_schedule,
@@ -88,7 +100,7 @@ class RefineByAlignPipeline(DiffusionPipeline):
 
     model_cpu_offload_seq = "model"
 
-    def __init__(self, model: RefineByAlignModel, scheduler: DPMSolverMultistepScheduler):
+    def __init__(self, model: RefineByAlignModel, scheduler):
         super().__init__()
         self.register_modules(model=model, scheduler=scheduler)
         self.random_weights = False

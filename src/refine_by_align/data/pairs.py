@@ -210,6 +210,18 @@ def _finish_reference(
 # the three pair builders
 
 
+def _hole_and_crop(obj_image, obj_mask, rng, cfg: PairConfig, artifact_mask):
+    """Shared start of the single-image modes: object mask M_o, artifact mask M_a = G(M_o) (or the
+    given one, clipped to the object), the zoom-in crop box and the (image, hole) crop tensors."""
+    obj = _check_object(obj_image, obj_mask)
+    art = artifact_mask.astype(bool) & obj if artifact_mask is not None else random_artifact_mask(obj, rng, cfg.mask)
+    if not art.any():
+        raise ValueError("artifact mask is empty inside the object")
+    crop_box = zoom_box(art, cfg.grow, cfg.min_size)
+    image_chw, mask_chw = _input_crop(obj_image, art, crop_box, cfg)
+    return obj, art, crop_box, image_chw, mask_chw
+
+
 def make_alignment_pair(
     obj_image: np.ndarray, obj_mask: np.ndarray, rng: np.random.Generator, cfg: PairConfig | None = None,
     *, artifact_mask: np.ndarray | None = None, transform: GeomTransform | None = None, source: str = "",
@@ -229,12 +241,7 @@ def make_alignment_pair(
     square box (``ref_margin``) and resized to R; the crop = zoom_box(M_a) resized to S.
     """
     cfg = cfg or PairConfig()
-    obj = _check_object(obj_image, obj_mask)
-    art = artifact_mask.astype(bool) & obj if artifact_mask is not None else random_artifact_mask(obj, rng, cfg.mask)
-    if not art.any():
-        raise ValueError("artifact mask is empty inside the object")
-    crop_box = zoom_box(art, cfg.grow, cfg.min_size)
-    image_chw, mask_chw = _input_crop(obj_image, art, crop_box, cfg)
+    obj, art, crop_box, image_chw, mask_chw = _hole_and_crop(obj_image, obj_mask, rng, cfg, artifact_mask)
     t, warped, w_obj, w_art = _perturbed_reference(obj_image, obj, art, rng, cfg, mask_bbox(obj), transform)
     return _finish_reference(t, warped, w_obj, w_art, cfg.ref_margin, crop_box, "alignment", cfg,
                              image_chw, mask_chw, source)
@@ -248,12 +255,7 @@ def make_refinement_pair(
     ``I_r = S(T(I_o x (dilate(M_a) & M_o)))`` cut to its square box with ``local_margin`` and
     resized to R; ref_coords are NaN where a crop pixel falls outside that reference crop."""
     cfg = cfg or PairConfig()
-    obj = _check_object(obj_image, obj_mask)
-    art = artifact_mask.astype(bool) & obj if artifact_mask is not None else random_artifact_mask(obj, rng, cfg.mask)
-    if not art.any():
-        raise ValueError("artifact mask is empty inside the object")
-    crop_box = zoom_box(art, cfg.grow, cfg.min_size)
-    image_chw, mask_chw = _input_crop(obj_image, art, crop_box, cfg)
+    obj, art, crop_box, image_chw, mask_chw = _hole_and_crop(obj_image, obj_mask, rng, cfg, artifact_mask)
     ab = mask_bbox(art)
     px = max(cfg.local_dilate_min, int(round(cfg.local_dilate * max(ab.width, ab.height))))
     local = dilate(art, px) & obj

@@ -15,7 +15,6 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from ..pipelines.alignment import clean_correspondence
 from .bench import write_json_atomic
 from .cases import load_cases
 from .metrics import iou
@@ -67,8 +66,7 @@ def grid_search(
         for i in range(len(timesteps)):
             row = []
             for j in range(len(layers)):
-                m, _, _ = pipe.correspondence_on_reference(p, maps[i, j])
-                _, norm = clean_correspondence(maps[i, j])
+                m, _, _, norm = pipe.correspondence_on_reference(p, maps[i, j])
                 scores[i, j, k] = iou(m, case.correspondence)
                 row.append(norm)
             per_case.append(row)

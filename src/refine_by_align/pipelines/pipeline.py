@@ -218,23 +218,25 @@ class RefineByAlignPipeline(DiffusionPipeline):
         maps = attention_grid(self.model, sample, masked, lmask, context, [int(t) for t in timesteps], layers, self.scheduler, generator)
         return maps[:, :, 0].numpy()
 
-    def correspondence_on_reference(self, p: PreparedInputs, raw: np.ndarray, threshold: float = 0.5) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    def correspondence_on_reference(
+        self, p: PreparedInputs, raw: np.ndarray, threshold: float = 0.5
+    ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
         """A.4 on one raw (g, g) map, then onto the reference: (M* (Hr, Wr) bool, heat map (Hr, Wr)
-        float in [0, 1], M* on the token grid)."""
+        float in [0, 1], M* on the token grid (g, g), the cleaned grid map (g, g) in [0, 1])."""
         grid_mask, norm = clean_correspondence(raw, threshold=threshold)
         shape = p.reference_mask.shape
         m_star = grid_to_reference(grid_mask, p.reference_box, shape) & p.reference_mask
         if not m_star.any():  # the blob fell outside the object: keep it unclipped
             m_star = grid_to_reference(grid_mask, p.reference_box, shape)
         heat = grid_to_reference(norm, p.reference_box, shape, smooth=True) * p.reference_mask
-        return m_star, heat.astype(np.float32), grid_mask
+        return m_star, heat.astype(np.float32), grid_mask, norm
 
     def _align(self, p: PreparedInputs, timestep, layer, threshold, seed) -> AlignmentResult:
         cfg = self.model.cfg
         t = cfg.alignment_timestep if timestep is None else int(timestep)
         l = cfg.alignment_layer if layer is None else int(layer)
         raw = self.alignment_maps(p, [t], [l], seed)[0, 0]
-        m_star, heat, grid_mask = self.correspondence_on_reference(p, raw, threshold)
+        m_star, heat, grid_mask, _ = self.correspondence_on_reference(p, raw, threshold)
         return AlignmentResult(m_star, heat, raw.astype(np.float32), grid_mask, t, l)
 
     # ------------------------------------------------------------------ refinement stage

@@ -76,6 +76,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--output", required=True, help="JSON file")
     p.add_argument("--repeats", type=int, default=3, help="runs per figure (median)")
     p.add_argument("--cases", help="a case folder: also time one whole bench case")
+    p.add_argument("--dtype", default="auto", choices=["auto", "fp32", "bf16"], help="auto: bf16 for paper, fp32 for small models")
+    p.add_argument("--compile", action="store_true", help="torch.compile the denoising U-Net (inductor, frozen weights)")
 
     p = sub.add_parser("serve", help="local web app + HTTP API (binds 127.0.0.1 unless --host says otherwise)")
     from .server.settings import add_serve_arguments  # no FastAPI import at parse time
@@ -263,7 +265,8 @@ def cmd_grid_search(args) -> int:
 def cmd_benchmark(args) -> int:
     from .evaluation.perf import run_benchmark
 
-    res = run_benchmark([c.strip() for c in args.configs.split(",") if c.strip()], args.output, args.repeats, args.cases)
+    configs = [c.strip() for c in args.configs.split(",") if c.strip()]
+    res = run_benchmark(configs, args.output, args.repeats, args.cases, args.dtype, args.compile)
     c = res["ceiling"]
     print(f"{res['machine']}: matmul ceiling fp32 {c['fp32_gflops']:.0f} GFLOP/s, bf16 {c['bf16_gflops']:.0f} GFLOP/s")
     print(f"{'config':<10} {'dtype':<9} {'encode':>7} {'align':>7} {'step':>7} {'step1':>7} {'refine512':>9} {'GFLOP':>8} {'ceil%':>6} {'RSS MB':>7}")
@@ -274,6 +277,12 @@ def cmd_benchmark(args) -> int:
             f"{name:<10} {r['dtype']:<9} {r['encode_s']:>7.3f} {r['align_s']:>7.3f} {r['step_s']:>7.3f} {r['step_nocfg_s']:>7.3f} "
             f"{r['refine_512_s']:>9.2f} {r['unet_gflop']:>8.2f} {100 * r['unet_fraction_of_ceiling']:>6.1f} {r['peak_rss_mb']:>7.0f}"
         )
+    for name, r in res.items():
+        if isinstance(r, dict) and "refine_512_parts_s" in r:
+            parts = ", ".join(f"{k} {v:.3f}" for k, v in r["refine_512_parts_s"].items())
+            extra = f"; compiled in {r['compile_s']:.0f} s" if r.get("compiled") else ""
+            err = f"; bf16 U-Net rel. error vs fp32 {r['unet_rel_error_vs_fp32']:.4f}" if "unet_rel_error_vs_fp32" in r else ""
+            print(f"{name}: refine parts (s): {parts}{extra}{err}")
     print(f"wrote {args.output} (seconds; step = one denoising step with guidance, step1 = without)")
     return 0
 

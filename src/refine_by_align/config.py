@@ -57,8 +57,12 @@ class ModelConfig:
     alignment_timestep: int = 0  # timestep t of the alignment pass (paper: 0 at test time)
     num_train_timesteps: int = 1000  # diffusion steps of the noise schedule
     beta_schedule: str = "squaredcos_cap_v2"  # cosine schedule suits small pixel-space models
-    prediction_type: str = "epsilon"  # Eq. 2: noise prediction
-    default_steps: int = 20  # sampling steps of the default scheduler (DPM-Solver++)
+    # what the U-Net predicts. Eq. 2 is noise prediction ("epsilon"); small pixel-space models use
+    # "v_prediction": with the cosine schedule, x0 = (z_t - sqrt(1-a) eps) / sqrt(a) divides eps's
+    # error by sqrt(a) ~ 1e-4 at t = 999 and the first sampling steps turn it into saturated speckle
+    prediction_type: str = "v_prediction"
+    hole_fill: str = "zero"  # the masked image's hole: "zero" (SD inpainting, the paper) or "telea" (fill.py)
+    default_steps: int = 20  # sampling steps (DDIM in pixel space, DPM-Solver++ in latent space)
     default_guidance: float = 2.0  # classifier-free guidance scale
     zoom_grow: float = 2.0  # zoom-in crop side = longer side of the mask box x this
     zoom_min_size: int = 32  # zoom-in crop side is at least this many pixels
@@ -126,7 +130,7 @@ def _tiny() -> ModelConfig:
 
 
 def _default() -> ModelConfig:
-    return ModelConfig()
+    return ModelConfig(hole_fill="telea")
 
 
 def _paper() -> ModelConfig:
@@ -158,6 +162,7 @@ def _paper() -> ModelConfig:
         projector_hidden=768,
         alignment_layer=9,  # paper's l = 9: up_blocks.1.attentions.2 (16 x 16 at a 64 x 64 latent)
         beta_schedule="scaled_linear",
+        prediction_type="epsilon",  # Eq. 2, as SD-1.5 was trained
         default_steps=20,
         default_guidance=3.0,
         zoom_min_size=128,

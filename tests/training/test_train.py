@@ -146,3 +146,60 @@ def test_on_object_drops_points_on_the_reference_background():
     out = on_object(coords, ref)
     assert torch.isfinite(out[0, :, :, 0]).all()
     assert torch.isnan(out[0, :, :, 1]).all()
+
+
+@pytest.mark.parametrize("kind", ["epsilon", "v_prediction", "sample"])
+def test_diffusion_target_inverts_to_x0(kind):
+    """Whatever the parameterisation, the scheduler's own x0 formula recovers x0 from the target."""
+    from diffusers import DDPMScheduler
+
+    from refine_by_align.training.losses import diffusion_target
+
+    sch = DDPMScheduler(num_train_timesteps=1000, beta_schedule="squaredcos_cap_v2", prediction_type=kind)
+    g = torch.Generator().manual_seed(0)
+    x0 = torch.rand(2, 3, 8, 8, generator=g) * 2 - 1
+    noise = torch.randn(2, 3, 8, 8, generator=g)
+    t = torch.tensor([10, 900])
+    zt = sch.add_noise(x0, noise, t)
+    target = diffusion_target(sch, x0, noise, t)
+    a = sch.alphas_cumprod[t].view(-1, 1, 1, 1)
+    if kind == "epsilon":
+        rec = (zt - (1 - a).sqrt() * target) / a.sqrt()
+    elif kind == "v_prediction":
+        rec = a.sqrt() * zt - (1 - a).sqrt() * target
+    else:
+        rec = target
+    assert torch.allclose(rec, x0, atol=1e-4)
+    with pytest.raises(ValueError, match="prediction_type"):
+        sch.register_to_config(prediction_type="flow")
+        diffusion_target(sch, x0, noise, t)
+
+
+def test_init_from_copies_weights_and_refuses_a_different_model(tmp_path):
+    from refine_by_align.config import get_config
+    from refine_by_align.models.refiner import RefineByAlignModel
+    from refine_by_align.training.train import init_weights
+
+    torch.manual_seed(3)
+    src = RefineByAlignModel.from_model_config(get_config("tiny"))
+    src.save_pretrained(tmp_path / "src", safe_serialization=True)
+    torch.manual_seed(4)
+    dst = RefineByAlignModel.from_model_config(get_config("tiny"))
+    assert not torch.equal(dst.unet.conv_in.weight, src.unet.conv_in.weight)
+    init_weights(dst, tmp_path / "src")
+    assert all(torch.equal(a, b) for a, b in zip(dst.state_dict().values(), src.state_dict().values()))
+    other = RefineByAlignModel.from_model_config(get_config("default"))
+    with pytest.raises(ValueError, match="does not fit"):
+        init_weights(other, tmp_path / "src")
+
+
+def test_split_run_starts_from_init_weights(tmp_path):
+    """A stage-2 run (init_from) starts from the stage-1 export, not from a fresh init."""
+    train(_tc(max_steps=1, eval_every=0), tmp_path / "stage1", progress=False)
+    from refine_by_align.models.refiner import RefineByAlignModel
+
+    w1 = RefineByAlignModel.load(tmp_path / "stage1" / "weights").state_dict()
+    tc2 = _tc(max_steps=1, eval_every=0, init_from=str(tmp_path / "stage1" / "weights"), lr_unet=0.0, lr_projector=0.0, lr_encoder=0.0, ema_decay=0.0)
+    train(tc2, tmp_path / "stage2", progress=False)
+    w2 = RefineByAlignModel.load(tmp_path / "stage2" / "weights").state_dict()
+    assert all(torch.allclose(w1[k], w2[k]) for k in w1)

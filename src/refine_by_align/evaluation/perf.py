@@ -57,16 +57,30 @@ def _example_inputs(size: int = 512, seed: int = 0):
     return Image.fromarray(image), mask, reference
 
 
-def benchmark_config(name: str, repeats: int = 3, bench_cases: str | None = None) -> dict:
+DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16}
+
+
+def _resolve_dtype(name: str, dtype: str) -> str:
+    """``auto``: bf16 for the paper-size config (matmul-bound: bf16 is ~4x fp32 here), fp32 for
+    small models (overhead-bound: casting costs more than it saves)."""
+    if dtype != "auto":
+        if dtype not in DTYPES:
+            raise ValueError(f"dtype '{dtype}': choose auto, fp32 or bf16")
+        return dtype
+    return "bf16" if Path(name).name == "paper" else "fp32"
+
+
+def benchmark_config(name: str, repeats: int = 3, bench_cases: str | None = None, dtype: str = "auto", compile: bool = False) -> dict:
     """Times of every stage of one config (a preset name or a model folder)."""
     from ..pipelines.pipeline import RefineByAlignPipeline
 
-    pipe = RefineByAlignPipeline.from_pretrained(name)
+    dtype = _resolve_dtype(name, dtype)
+    pipe = RefineByAlignPipeline.from_pretrained(name, torch_dtype=DTYPES[dtype])
     pipe.set_progress_bar_config(disable=True)
     model = pipe.model
     cfg = model.cfg
     image, mask, reference = _example_inputs()
-    res: dict = {"dtype": str(next(model.parameters()).dtype).replace("torch.", ""), "random_weights": pipe.random_weights}
+    res: dict = {"dtype": str(model.dtype).replace("torch.", ""), "random_weights": pipe.random_weights, "compiled": False}
     p = pipe.prepare(image, mask, reference)
     crop, cmask = pipe.crop_tensors(p)
     ref_t = pipe.reference_tensor(p.reference, p.reference_box)
@@ -74,26 +88,48 @@ def benchmark_config(name: str, repeats: int = 3, bench_cases: str | None = None
         res["encode_s"] = _median_time(lambda: model.encode_reference(ref_t), repeats)
         res["align_s"] = _median_time(lambda: pipe.align(image, mask, reference), repeats)
         latents = model.to_latent(crop)
-        masked = model.to_latent(crop * (1 - cmask))
+        masked = model.masked_image(crop, cmask)
         lmask = model.latent_mask(cmask)
         ctx = model.encode_reference(ref_t)
         t = torch.tensor([500])
         ctx2 = torch.cat([model.reference_encoder.unconditional(1), ctx])
-        res["step_nocfg_s"] = _median_time(lambda: model(latents, t, masked, lmask, ctx), repeats)
-        res["step_s"] = _median_time(
-            lambda: model(torch.cat([latents] * 2), t.expand(2), masked.expand(2, -1, -1, -1), lmask.expand(2, -1, -1, -1), ctx2),
-            repeats,
-        )
+        x = torch.cat([latents, masked, lmask], dim=1).to(model.dtype)
+        if dtype != "fp32":  # numerical check of the reduced precision against fp32, same weights
+            ref32 = model.unet.float()(x.float(), t, encoder_hidden_states=ctx.float()).sample
+            model.to(DTYPES[dtype])
+            low = model.unet(x, t, encoder_hidden_states=ctx).sample.float()
+            res["unet_rel_error_vs_fp32"] = float((low - ref32).norm() / ref32.norm().clamp_min(1e-12))
         from torch.utils.flop_counter import FlopCounterMode
 
-        x = torch.cat([latents, masked, lmask], dim=1)
         with FlopCounterMode(display=False) as fc:
             model.unet(x, t, encoder_hidden_states=ctx)
         res["unet_gflop"] = fc.get_total_flops() / 1e9
         unet_s = _median_time(lambda: model.unet(x, t, encoder_hidden_states=ctx), repeats)
         res["unet_forward_s"] = unet_s
+        if compile and pipe.enable_compile():
+            t0 = time.perf_counter()
+            pipe._predict(latents, t, masked, lmask, ctx)  # compiles (batch 1)
+            pipe._predict(torch.cat([latents] * 2), t.expand(2), masked.expand(2, -1, -1, -1), lmask.expand(2, -1, -1, -1), ctx2)
+            res["compile_s"] = time.perf_counter() - t0
+            res["compiled"] = pipe._compiled_unet is not None
+            if res["compiled"]:
+                cu = pipe._compiled_unet
+                res["unet_forward_eager_s"] = unet_s
+                unet_s = _median_time(lambda: cu(x, t, encoder_hidden_states=ctx), repeats)
+                res["unet_forward_s"] = unet_s
         res["unet_gflops_achieved"] = res["unet_gflop"] / unet_s
-        res["refine_512_s"] = _median_time(lambda: pipe(image, mask, reference, seed=0), max(1, repeats - 1))
+        res["step_nocfg_s"] = _median_time(lambda: pipe._predict(latents, t, masked, lmask, ctx), repeats)
+        res["step_s"] = _median_time(
+            lambda: pipe._predict(torch.cat([latents] * 2), t.expand(2), masked.expand(2, -1, -1, -1), lmask.expand(2, -1, -1, -1), ctx2),
+            repeats,
+        )
+        timings = []
+
+        def refine():
+            timings.append(pipe(image, mask, reference, seed=0).timings)
+
+        res["refine_512_s"] = _median_time(refine, max(1, repeats - 1))
+        res["refine_512_parts_s"] = {k: statistics.median(tm[k] for tm in timings[1:] or timings) for k in timings[0]}
     if bench_cases:
         from .cases import load_cases
         from .methods import RefineByAlignMethod
@@ -102,19 +138,37 @@ def benchmark_config(name: str, repeats: int = 3, bench_cases: str | None = None
         method = RefineByAlignMethod(pipe)
         res["bench_case_s"] = _median_time(lambda: method(case), max(1, repeats - 1))
     res["steps"] = cfg.default_steps
+    res["guidance"] = cfg.default_guidance
     res["peak_rss_mb"] = _peak_rss_mb()
     return res
 
 
-def run_benchmark(configs: list[str], output: str | Path, repeats: int = 3, bench_cases: str | None = None) -> dict:
+def _benchmark_in_child(args: tuple) -> dict:
+    torch.set_num_threads(args[-1])
+    return benchmark_config(*args[:-1])
+
+
+def run_benchmark(
+    configs: list[str],
+    output: str | Path,
+    repeats: int = 3,
+    bench_cases: str | None = None,
+    dtype: str = "auto",
+    compile: bool = False,
+) -> dict:
+    """Ceiling, then each config in its own process (so that peak RSS is that config's own)."""
+    import multiprocessing
+
     torch.manual_seed(0)
     out: dict = {
         "date": date.today().isoformat(),
         "machine": f"{platform.processor() or platform.machine()}, {torch.get_num_threads()} threads, torch {torch.__version__}",
         "ceiling": {"fp32_gflops": matmul_ceiling(torch.float32), "bf16_gflops": matmul_ceiling(torch.bfloat16)},
     }
+    ctx = multiprocessing.get_context("spawn")
     for name in configs:
-        r = benchmark_config(name, repeats, bench_cases)
+        with ctx.Pool(1) as pool:
+            r = pool.apply(_benchmark_in_child, ((name, repeats, bench_cases, dtype, compile, torch.get_num_threads()),))
         key = "bf16_gflops" if r["dtype"] == "bfloat16" else "fp32_gflops"
         r["unet_fraction_of_ceiling"] = r["unet_gflops_achieved"] / out["ceiling"][key]
         out[Path(name).name if Path(name).exists() else name] = r

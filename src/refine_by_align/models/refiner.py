@@ -15,6 +15,7 @@ from diffusers import AutoencoderKL, AutoencoderTiny, ModelMixin, UNet2DConditio
 from diffusers.configuration_utils import ConfigMixin, register_to_config
 
 from ..config import ModelConfig
+from ..fill import fill_hole
 from .attention import cross_attention_layers
 from .denoiser import build_unet
 from .reference_encoder import ReferenceEncoder
@@ -145,6 +146,11 @@ class RefineByAlignModel(ModelMixin, ConfigMixin):
             x = self.vae.decode(latents / self.vae.config.scaling_factor).sample
         return ((x + 1.0) / 2.0).clamp(0.0, 1.0)
 
+    def masked_image(self, images: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        """The U-Net's masked-image input: (B, 3, H, W) in [0, 1] and (B, 1, H, W) pixel mask ->
+        sample space, with the hole filled as ``cfg.hole_fill`` says (see fill.py)."""
+        return self.to_latent(fill_hole(images, mask, self.cfg.hole_fill))
+
     def latent_mask(self, mask: torch.Tensor) -> torch.Tensor:
         """(B, 1, H, W) pixel mask -> (B, 1, h, w) at the sample resolution (max-pooled: a latent
         cell is 'hole' if any of its pixels is)."""
@@ -176,5 +182,18 @@ class RefineByAlignModel(ModelMixin, ConfigMixin):
         if drop is not None:
             null = self.reference_encoder.unconditional(context.shape[0]).to(context.dtype)
             context = torch.where(drop.view(-1, 1, 1), null, context)
-        x = torch.cat([noisy, masked, mask.to(noisy.dtype)], dim=1)
-        return self.unet(x, timesteps, encoder_hidden_states=context).sample
+        return self.denoise(noisy, timesteps, masked, mask, context)
+
+    def denoise(
+        self,
+        noisy: torch.Tensor,  # (B, C, h, w) z_t
+        timesteps: torch.Tensor,  # (B,) or scalar
+        masked: torch.Tensor,  # (B, C, h, w)
+        mask: torch.Tensor,  # (B, 1, h, w)
+        context: torch.Tensor,  # (B, T, C_ctx)
+        unet=None,  # a compiled stand-in for self.unet (pipelines' enable_compile), or None
+    ) -> torch.Tensor:
+        """One U-Net prediction on [z_t, masked image, mask], in the model's dtype; (B, C, h, w)."""
+        dtype = self.unet.dtype
+        x = torch.cat([noisy, masked, mask.to(noisy.dtype)], dim=1).to(dtype)
+        return (unet or self.unet)(x, timesteps, encoder_hidden_states=context.to(dtype)).sample

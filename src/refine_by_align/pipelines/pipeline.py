@@ -104,13 +104,43 @@ class RefineByAlignPipeline(DiffusionPipeline):
         super().__init__()
         self.register_modules(model=model, scheduler=scheduler)
         self.random_weights = False
+        self._compiled_unet = None  # set by enable_compile(); the denoising loop uses it
+
+    def enable_compile(self, freezing: bool = True) -> bool:
+        """Compile the U-Net for the denoising loop with torch.compile (inductor; with weight
+        freezing, as inference-only). The alignment pass keeps the eager U-Net, whose attention
+        processors it swaps. Returns False (and stays eager) where compilation is unavailable;
+        a compiled U-Net that fails on its first call also falls back to eager, with a warning."""
+        try:
+            import torch._inductor.config as inductor_config
+
+            inductor_config.freezing = freezing
+            self._compiled_unet = torch.compile(self.model.unet, dynamic=False)
+            return True
+        except Exception as e:  # no compiler toolchain, unsupported platform...
+            logger.warning("torch.compile unavailable (%s): staying eager", e)
+            self._compiled_unet = None
+            return False
+
+    def _predict(self, x, t, masked, mask, context) -> torch.Tensor:
+        """One (guided-batch) U-Net prediction in float32, compiled where enabled."""
+        if self._compiled_unet is not None:
+            try:
+                return self.model.denoise(x, t, masked, mask, context, unet=self._compiled_unet).float()
+            except Exception as e:
+                logger.warning("compiled U-Net failed (%s): falling back to eager", str(e).splitlines()[0] if str(e) else e)
+                self._compiled_unet = None
+        return self.model.denoise(x, t, masked, mask, context).float()
 
     # ------------------------------------------------------------------ loading / saving
     @classmethod
-    def from_pretrained(cls, name_or_path: str | Path = "default", seed: int = 0) -> "RefineByAlignPipeline":
+    def from_pretrained(
+        cls, name_or_path: str | Path = "default", seed: int = 0, torch_dtype: torch.dtype | None = None
+    ) -> "RefineByAlignPipeline":
         """``default`` = the shipped model; ``tiny`` / ``paper`` (or ``default`` when no weights are
         shipped) = a random-init stand-in of that config (flagged, warned about); anything else is a
-        folder saved by :meth:`save_pretrained`."""
+        folder saved by :meth:`save_pretrained`. ``torch_dtype`` (e.g. torch.bfloat16) casts the
+        weights; sampling itself stays in float32."""
         name = str(name_or_path)
         random_weights = False
         if name == "default" and (default_model_dir() / "config.json").exists():
@@ -123,6 +153,8 @@ class RefineByAlignPipeline(DiffusionPipeline):
             logger.warning("model '%s' has no trained weights here: using RANDOM weights (outputs are meaningless)", name)
         else:
             model = RefineByAlignModel.load(name)
+        if torch_dtype is not None:
+            model.to(torch_dtype)
         pipe = cls(model=model, scheduler=make_scheduler(model))
         pipe.random_weights = random_weights
         return pipe
@@ -212,7 +244,7 @@ class RefineByAlignPipeline(DiffusionPipeline):
         crop, cmask = self.crop_tensors(p)
         sample = self.model.to_latent(crop)
         lmask = self.model.latent_mask(cmask)
-        masked = self.model.to_latent(crop * (1.0 - cmask))
+        masked = self.model.masked_image(crop, cmask)
         context = self.model.encode_reference(self.reference_tensor(p.reference, p.reference_box))
         generator = torch.Generator("cpu").manual_seed(seed)
         maps = attention_grid(self.model, sample, masked, lmask, context, [int(t) for t in timesteps], layers, self.scheduler, generator)
@@ -313,17 +345,17 @@ class RefineByAlignPipeline(DiffusionPipeline):
 
         # 4. Denoise the crop: inpainting input [z_t, masked image, mask], guided by the tokens.
         t3 = time.perf_counter()
-        masked = self.model.to_latent(crop * (1.0 - cmask))
+        masked = self.model.masked_image(crop, cmask)
         lmask = self.model.latent_mask(cmask)
         generator = torch.Generator("cpu").manual_seed(seed)
-        latents = torch.randn(masked.shape, generator=generator, dtype=torch.float32).to(self.device, masked.dtype)
+        latents = torch.randn(masked.shape, generator=generator, dtype=torch.float32).to(self.device)  # float32 sampler state
         self.scheduler.set_timesteps(steps, device=self.device)
         latents = latents * self.scheduler.init_noise_sigma
         batch = 2 if use_cfg else 1
         with self.progress_bar(total=len(self.scheduler.timesteps)) as bar:
             for t in self.scheduler.timesteps:
                 x = self.scheduler.scale_model_input(torch.cat([latents] * batch), t)
-                eps = self.model(x, t.expand(batch), masked.expand(batch, -1, -1, -1), lmask.expand(batch, -1, -1, -1), context)
+                eps = self._predict(x, t.expand(batch), masked.expand(batch, -1, -1, -1), lmask.expand(batch, -1, -1, -1), context)
                 if use_cfg:
                     eps_u, eps_c = eps.chunk(2)
                     eps = eps_u + guidance * (eps_c - eps_u)
@@ -333,7 +365,7 @@ class RefineByAlignPipeline(DiffusionPipeline):
 
         # 5. Decode and paste the crop back: pixels outside the dilated mask stay bit-identical.
         t4 = time.perf_counter()
-        out = self.model.from_latent(latents)[0].permute(1, 2, 0).float().cpu().numpy()  # (S, S, 3)
+        out = self.model.from_latent(latents.to(self.model.dtype))[0].permute(1, 2, 0).float().cpu().numpy()  # (S, S, 3)
         patch = np.clip(np.rint(out * 255.0), 0, 255).astype(np.uint8)
         result = paste_back(p.image, patch, p.crop_box, p.mask, cfg.paste_dilate, cfg.paste_feather)
         timings["paste"] = time.perf_counter() - t4

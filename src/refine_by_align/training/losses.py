@@ -7,12 +7,27 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-__all__ = ["masked_noise_loss", "token_targets", "attention_supervision_loss", "on_object"]
+__all__ = ["masked_noise_loss", "diffusion_target", "token_targets", "attention_supervision_loss", "on_object"]
+
+
+def diffusion_target(noise_scheduler, x0: torch.Tensor, noise: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+    """What the U-Net regresses, by the schedule's ``prediction_type``: the noise eps (Eq. 2),
+    the velocity v = sqrt(a) eps - sqrt(1 - a) x0 (Salimans & Ho 2022), or x0 itself.
+    x0/noise (B, C, h, w); t (B,)."""
+    kind = noise_scheduler.config.prediction_type
+    if kind == "epsilon":
+        return noise
+    if kind == "v_prediction":
+        return noise_scheduler.get_velocity(x0, noise, t)
+    if kind == "sample":
+        return x0
+    raise ValueError(f"unknown prediction_type '{kind}' (epsilon | v_prediction | sample)")
 
 
 def masked_noise_loss(pred: torch.Tensor, noise: torch.Tensor, mask: torch.Tensor, hole_weight: float) -> torch.Tensor:
     """Eq. 2, ||eps - R(z_t, t, phi(I_r))||^2, with pixels inside the hole weighted ``hole_weight``
-    times (they are what the reference must teach). pred/noise (B, C, h, w); mask (B, 1, h, w)."""
+    times (they are what the reference must teach). pred/noise (B, C, h, w); mask (B, 1, h, w).
+    ``noise`` is the regression target: eps for Eq. 2, or v / x0 (see :func:`diffusion_target`)."""
     w = 1.0 + (hole_weight - 1.0) * mask  # (B, 1, h, w)
     err = (pred.float() - noise.float()).pow(2).mean(dim=1, keepdim=True)  # (B, 1, h, w)
     return (err * w).sum() / w.sum()

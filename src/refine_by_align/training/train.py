@@ -26,7 +26,7 @@ from tqdm.auto import tqdm
 from ..config import ModelConfig, get_config
 from ..models.attention import AttentionStore, record_layers
 from ..models.refiner import RefineByAlignModel
-from .losses import attention_supervision_loss, masked_noise_loss, on_object
+from .losses import attention_supervision_loss, diffusion_target, masked_noise_loss, on_object
 
 __all__ = ["TrainConfig", "load_train_config", "train", "latest_checkpoint", "export_weights", "RECIPES_DIR"]
 
@@ -64,6 +64,7 @@ class TrainConfig:
     eval_every: int = 500  # steps between reference-use / alignment checks
     checkpoint_every: int = 500  # steps between resumable checkpoints
     keep_checkpoints: int = 2  # older checkpoints are deleted
+    init_from: str | None = None  # model folder whose weights start the run (a later stage of a split run)
 
     def model_config(self) -> ModelConfig:
         cfg = get_config(self.model)
@@ -84,6 +85,23 @@ def load_train_config(name_or_path: str) -> TrainConfig:
     if unknown:
         raise ValueError(f"{path}: unknown training config fields {sorted(unknown)}")
     return TrainConfig(**data)
+
+
+def init_weights(model: RefineByAlignModel, folder: str | Path) -> None:
+    """Copy the weights of a saved model folder (safetensors only) into ``model``; every tensor
+    must match by name and shape (the configs may differ only in sampling fields such as
+    ``prediction_type``, which is how a split run changes parameterisation)."""
+    src = RefineByAlignModel.load(folder).state_dict()
+    dst = model.state_dict()
+    missing = sorted(set(dst) - set(src))
+    unexpected = sorted(set(src) - set(dst))
+    wrong = sorted(k for k in set(src) & set(dst) if src[k].shape != dst[k].shape)
+    if missing or unexpected or wrong:
+        raise ValueError(
+            f"init_from '{folder}' does not fit this model: missing {missing[:3]}, unexpected {unexpected[:3]}, "
+            f"shape mismatches {wrong[:3]}"
+        )
+    model.load_state_dict(src)
 
 
 def latest_checkpoint(run_dir: Path) -> Path | None:
@@ -172,16 +190,17 @@ def evaluate(model: RefineByAlignModel, batch: dict, noise_scheduler, layer: str
     dev = next(model.parameters()).device
     x0 = model.to_latent(batch["image"].to(dev))
     mask = model.latent_mask(batch["mask"].to(dev))
-    masked = model.to_latent((batch["image"] * (1 - batch["mask"])).to(dev))
+    masked = model.masked_image(batch["image"].to(dev), batch["mask"].to(dev))
     g = torch.Generator("cpu").manual_seed(1234)
     noise = torch.randn(x0.shape, generator=g).to(dev)
     t = torch.full((x0.shape[0],), 500, dtype=torch.long, device=dev)
     zt = noise_scheduler.add_noise(x0, noise, t)
     ref = batch["reference"].to(dev)
     res = {}
+    target = diffusion_target(noise_scheduler, x0, noise, t)
     for name, r in (("right", ref), ("shuffled", ref.roll(1, dims=0))):
         pred = model(zt, t, masked, mask, reference=r)
-        err = (pred - noise).pow(2).mean(dim=1, keepdim=True)
+        err = (pred - target).pow(2).mean(dim=1, keepdim=True)
         res[f"hole_mse_{name}"] = float((err * mask).sum() / mask.sum().clamp_min(1))
     store = AttentionStore()
     record_layers(model.unet, [layer], store)
@@ -223,6 +242,7 @@ def train(tc: TrainConfig, run_dir: str | Path, resume: bool = False, max_steps:
             tc = TrainConfig(**saved)
     set_seed(tc.seed)
     mcfg = tc.model_config()
+    resume_ckpt = latest_checkpoint(run_dir) if resume else None
     if accelerator.is_main_process:
         run_dir.mkdir(parents=True, exist_ok=True)
         _atomic_json(run_dir / "train_config.json", dataclasses.asdict(tc))
@@ -231,6 +251,9 @@ def train(tc: TrainConfig, run_dir: str | Path, resume: bool = False, max_steps:
 
     # 2. Model, noise schedule, optimiser with separate learning rates, LR schedule, EMA.
     model = RefineByAlignModel.from_model_config(mcfg)
+    if tc.init_from and not resume_ckpt:
+        init_weights(model, tc.init_from)
+        accelerator.print(f"initialised the weights from {tc.init_from}")
     model.train()
     noise_scheduler = DDPMScheduler(
         num_train_timesteps=mcfg.num_train_timesteps, beta_schedule=mcfg.beta_schedule, prediction_type=mcfg.prediction_type
@@ -302,7 +325,7 @@ def train(tc: TrainConfig, run_dir: str | Path, resume: bool = False, max_steps:
         with accelerator.accumulate(model), accelerator.autocast():
             with torch.no_grad():
                 x0 = unwrapped.to_latent(image)  # (B, C, h, w)
-                masked = unwrapped.to_latent(image * (1.0 - mask))
+                masked = unwrapped.masked_image(image, mask)
             lmask = unwrapped.latent_mask(mask)
             noise = torch.randn_like(x0)
             t = torch.randint(0, mcfg.num_train_timesteps, (b,), device=x0.device)
@@ -310,7 +333,7 @@ def train(tc: TrainConfig, run_dir: str | Path, resume: bool = False, max_steps:
             drop = torch.rand(b, device=x0.device) < tc.cond_drop
             store.clear()
             pred = model(zt, t, masked, lmask, reference=reference, drop=drop)
-            loss_eps = masked_noise_loss(pred, noise, lmask, tc.hole_weight)
+            loss_eps = masked_noise_loss(pred, diffusion_target(noise_scheduler, x0, noise, t), lmask, tc.hole_weight)
             loss_attn = torch.zeros((), device=x0.device)
             if layers:
                 use = batch["has_correspondence"].to(x0.device).bool() & ~drop

@@ -38,3 +38,22 @@ def test_bad_method_and_shapes():
         fill_hole(img, mask, "mean")
     with pytest.raises(ValueError, match="fill_hole wants"):
         fill_hole(img[:, :1], mask, "telea")
+
+
+def test_residual_patch_without_correction_is_the_full_resolution_telea_fill():
+    import cv2
+
+    from refine_by_align.fill import FULL_TELEA_RADIUS, residual_patch
+
+    rng = np.random.default_rng(0)
+    crop = rng.integers(0, 255, (48, 40, 3), dtype=np.uint8)  # non-square on purpose
+    mask = np.zeros((48, 40), bool)
+    mask[10:30, 12:28] = True
+    small = rng.random((16, 16, 3)).astype(np.float32)
+    got = residual_patch(crop, mask, small, small.copy())
+    want = cv2.inpaint(crop, mask.astype(np.uint8) * 255, FULL_TELEA_RADIUS, cv2.INPAINT_TELEA)
+    assert np.array_equal(got, want)
+    brighter = residual_patch(crop, mask, np.clip(small + 0.1, 0, 1), small)
+    assert brighter.astype(int).sum() > got.astype(int).sum()  # a positive correction brightens
+    with pytest.raises(ValueError, match="shapes"):
+        residual_patch(crop, mask[:10], small, small)

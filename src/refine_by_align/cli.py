@@ -41,6 +41,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--steps", type=int, help="sampling steps (default: the model's)")
     p.add_argument("--guidance", type=float, help="classifier-free guidance scale (default: the model's)")
     p.add_argument("--no-align", action="store_true", help="single-stage ablation: guide with the whole reference")
+    p.add_argument("--samples", type=int, help="average this many samples (default: the model's)")
+    p.add_argument("--align-timestep", type=int, help="timestep t of the alignment pass (default: the model's; see grid-search)")
+    p.add_argument("--align-layer", type=int, help="cross-attention layer l of the alignment pass (default: the model's)")
 
     p = sub.add_parser("align", help="find where the masked part lives on the reference (Algorithm 1)")
     _add_inputs(p)
@@ -62,6 +65,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--clip", help="CLIP model folder or hub id for CLIP-I / CLIP-T (null when absent)")
     p.add_argument("--dino", help="DINOv2 model folder or hub id for DINO-I (null when absent)")
     p.add_argument("--captions", help="captions file for CLIP-T: JSON {case: caption} or 'case<TAB>caption' lines")
+    p.add_argument("--steps", type=int, help="sampling steps of the pipeline methods (default: the model's)")
+    p.add_argument("--guidance", type=float, help="guidance scale of the pipeline methods (default: the model's)")
+    p.add_argument("--samples", type=int, help="samples averaged per case by the pipeline methods (default: the model's)")
+    p.add_argument("--align-timestep", type=int, help="alignment timestep t (default: the model's; see grid-search)")
+    p.add_argument("--align-layer", type=int, help="alignment layer l (default: the model's)")
 
     p = sub.add_parser("grid-search", help="mIoU of the alignment for every (timestep, layer) (Fig. 4, 7)")
     p.add_argument("cases_dir", help="case folder; cases need correspondence.png")
@@ -180,6 +188,7 @@ def cmd_refine(args) -> int:
     result = pipe(
         image, mask, reference, ref_mask, num_inference_steps=args.steps, guidance_scale=args.guidance,
         seed=args.seed, align=not args.no_align, names=names,
+        alignment_timestep=args.align_timestep, alignment_layer=args.align_layer, num_samples=args.samples,
     )
     save_image_atomic(result.image, out)
     if corr_path is not None and result.correspondence_mask is not None:
@@ -220,14 +229,31 @@ def cmd_bench(args) -> int:
     from .evaluation.bench import run_bench
     from .evaluation.report import run_all
 
+    from .evaluation.methods import PIPELINE_METHODS
+    from .pipelines.pipeline import check_settings
+
     common = dict(limit=args.limit, model=args.model, clip=args.clip, dino=args.dino, captions=args.captions, progress=not args.quiet)
+    check_settings(args.steps, args.guidance)
+    call = {
+        k: v
+        for k, v in dict(
+            num_inference_steps=args.steps, guidance_scale=args.guidance, alignment_timestep=args.align_timestep,
+            alignment_layer=args.align_layer, num_samples=args.samples,
+        ).items()
+        if v is not None
+    }
+    options = {n: dict(call) for n in PIPELINE_METHODS} if call else None
+    for n in ("single-stage", "oracle-align"):  # they do not run the alignment pass
+        if options:
+            options[n].pop("alignment_timestep", None)
+            options[n].pop("alignment_layer", None)
     out = Path(args.output)
     if args.method == "all" or "," in args.method:
-        res = run_all(args.cases_dir, args.output, methods=args.method, **common)
+        res = run_all(args.cases_dir, args.output, methods=args.method, method_options=options, **common)
         print((out / "report.md").read_text())
         print(f"wrote {out / 'report.md'}, {out / 'report.json'} and contact_<kind>.png")
         return 0
-    res = run_bench(args.cases_dir, args.output, method=args.method, **common)
+    res = run_bench(args.cases_dir, args.output, method=args.method, method_options=(options or {}).get(args.method), **common)
     print(f"{'kind':<12} {'cases':>5} {'mIoU':>7} {'PSNR':>7} {'SSIM':>7} {'CLIP-I':>7} {'DINO-I':>7} {'s/case':>7}")
     for kind, row in res["summary"].items():
         print(
@@ -258,6 +284,7 @@ def cmd_grid_search(args) -> int:
         raise CLIError(str(e)) from None
     b = res["best"]
     print(f"best (t, l) = ({b['timestep']}, {b['layer']}): mIoU {b['miou']:.3f} over {res['cases']} cases")
+    print(f"use it with: refine ... --align-timestep {b['timestep']} --align-layer {b['layer']} (bench takes the same options)")
     print(f"wrote {Path(args.output) / 'grid.json'}, grid_heatmap.png, grid_marginals.png")
     return 0
 

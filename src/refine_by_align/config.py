@@ -64,6 +64,7 @@ class ModelConfig:
     hole_fill: str = "zero"  # the masked image's hole: "zero" (SD inpainting, the paper) or "telea" (fill.py)
     default_steps: int = 20  # sampling steps (DDIM in pixel space, DPM-Solver++ in latent space)
     default_guidance: float = 2.0  # classifier-free guidance scale
+    default_samples: int = 1  # samples averaged into the result (K > 1: posterior-mean estimate)
     zoom_grow: float = 2.0  # zoom-in crop side = longer side of the mask box x this
     zoom_min_size: int = 32  # zoom-in crop side is at least this many pixels
     reference_margin: float = 0.05  # margin around the reference object's box (as in training pairs)

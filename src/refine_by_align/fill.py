@@ -12,10 +12,11 @@ import cv2
 import numpy as np
 import torch
 
-__all__ = ["HOLE_FILLS", "fill_hole"]
+__all__ = ["HOLE_FILLS", "fill_hole", "residual_patch"]
 
 HOLE_FILLS = ("zero", "telea")
 TELEA_RADIUS = 3  # px, at the U-Net's crop resolution
+FULL_TELEA_RADIUS = 5.0  # px, at the image's own resolution (as the `telea` baseline)
 
 
 def fill_hole(images: torch.Tensor, masks: torch.Tensor, method: str = "zero") -> torch.Tensor:
@@ -35,3 +36,21 @@ def fill_hole(images: torch.Tensor, masks: torch.Tensor, method: str = "zero") -
     filled = torch.from_numpy(out).to(images.device).permute(0, 3, 1, 2).to(images.dtype) / 255.0
     keep = masks <= 0.5
     return torch.where(keep, images, filled)  # pixels outside the hole stay exactly as given
+
+
+def residual_patch(crop_full: np.ndarray, mask_full: np.ndarray, out_small: np.ndarray, prefill_small: np.ndarray) -> np.ndarray:
+    """The refined crop at full resolution for a model that corrects a Telea prefill.
+
+    The model saw the hole pre-filled at its S-px crop size (``prefill_small``) and returned
+    ``out_small`` (both (S, S, 3) float in [0, 1]). Its correction (out - prefill) is upsampled and
+    added to the same Telea fill computed at the crop's full resolution (``crop_full`` (N, N, 3)
+    uint8, ``mask_full`` (N, N) bool), so that the fill keeps its full-resolution detail and the
+    model only contributes what it changed. A zero correction gives exactly the full-resolution
+    Telea fill. Returns (N, N, 3) uint8."""
+    if crop_full.shape[:2] != mask_full.shape or out_small.shape != prefill_small.shape:
+        raise ValueError(f"residual_patch shapes: crop {crop_full.shape}, mask {mask_full.shape}, out {out_small.shape}, prefill {prefill_small.shape}")
+    n_h, n_w = mask_full.shape
+    base = cv2.inpaint(np.ascontiguousarray(crop_full), mask_full.astype(np.uint8) * 255, FULL_TELEA_RADIUS, cv2.INPAINT_TELEA)
+    delta = (out_small - prefill_small).astype(np.float32) * 255.0
+    delta = cv2.resize(delta, (n_w, n_h), interpolation=cv2.INTER_CUBIC)
+    return np.clip(np.rint(base.astype(np.float32) + delta), 0, 255).astype(np.uint8)

@@ -163,3 +163,21 @@ def test_compile_falls_back_to_eager_when_the_compiled_unet_fails(tiny_pipe, sim
         tiny_pipe._compiled_unet = None
     assert np.array_equal(got, want)
     assert "falling back to eager" in caplog.text
+
+
+def test_num_samples_averages_a_batch_of_samples(tiny_pipe, simple_inputs):
+    image, mask, reference = simple_inputs
+    one = np.asarray(tiny_pipe(image, mask, reference, seed=5).image).astype(float)
+    four = np.asarray(tiny_pipe(image, mask, reference, seed=5, num_samples=4).image).astype(float)
+    again = np.asarray(tiny_pipe(image, mask, reference, seed=5, num_samples=4).image).astype(float)
+    assert np.array_equal(four, again)
+    assert not np.array_equal(one, four)
+    outside = ~_dilated(mask, tiny_pipe.model.cfg.paste_dilate)
+    assert np.array_equal(four[outside], np.asarray(image).astype(float)[outside])
+    # the mean of 4 samples varies less across seeds than single samples do
+    four_b = np.asarray(tiny_pipe(image, mask, reference, seed=6, num_samples=4).image).astype(float)
+    one_b = np.asarray(tiny_pipe(image, mask, reference, seed=6).image).astype(float)
+    assert np.abs(four - four_b)[mask].mean() < np.abs(one - one_b)[mask].mean()
+    for bad in (0, 65, 1.5, True):
+        with pytest.raises(InputError, match="num_samples"):
+            tiny_pipe(image, mask, reference, num_samples=bad)

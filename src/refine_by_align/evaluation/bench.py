@@ -198,8 +198,10 @@ def run_bench(
     clip: Any = None,
     dino: Any = None,
     captions: Any = None,
+    method_options: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
     """Run ``method`` (a registered name or a :class:`Method`) on every case of ``cases_dir``.
+    ``method_options``: keyword arguments for a named method's factory (e.g. ``num_inference_steps``).
 
     Writes ``output_dir/<case_id>/output.png`` (+ ``correspondence.png``), ``metrics.json`` and
     ``contact_sheet.png``; returns the metrics dict (same content as ``metrics.json``). Cases are
@@ -221,7 +223,7 @@ def run_bench(
     for d in dirs:
         check_case_dir(d)
     identity = IdentityScorer(clip, dino, captions) if (clip is not None or dino is not None or captions is not None) else None
-    meth: Method = get_method(method, model=model) if isinstance(method, str) else method
+    meth: Method = get_method(method, model=model, **(method_options or {})) if isinstance(method, str) else method
     name = str(getattr(meth, "name", type(meth).__name__))
     out_root = Path(output_dir)
     out_root.mkdir(parents=True, exist_ok=True)

@@ -194,6 +194,6 @@ class RefineByAlignModel(ModelMixin, ConfigMixin):
         unet=None,  # a compiled stand-in for self.unet (pipelines' enable_compile), or None
     ) -> torch.Tensor:
         """One U-Net prediction on [z_t, masked image, mask], in the model's dtype; (B, C, h, w)."""
-        dtype = self.unet.dtype
+        dtype = self.unet.conv_in.weight.dtype  # (ModelMixin.dtype walks every parameter)
         x = torch.cat([noisy, masked, mask.to(noisy.dtype)], dim=1).to(dtype)
         return (unet or self.unet)(x, timesteps, encoder_hidden_states=context.to(dtype)).sample

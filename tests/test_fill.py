@@ -57,3 +57,19 @@ def test_residual_patch_without_correction_is_the_full_resolution_telea_fill():
     assert brighter.astype(int).sum() > got.astype(int).sum()  # a positive correction brightens
     with pytest.raises(ValueError, match="shapes"):
         residual_patch(crop, mask[:10], small, small)
+
+
+def test_residual_patch_corrects_only_inside_the_mask():
+    from refine_by_align.fill import residual_patch
+
+    rng = np.random.default_rng(1)
+    crop = rng.integers(0, 255, (40, 40, 3), dtype=np.uint8)
+    mask = np.zeros((40, 40), bool)
+    mask[12:28, 12:28] = True
+    prefill = rng.random((16, 16, 3)).astype(np.float32)
+    out = np.clip(prefill + 0.2 * rng.standard_normal((16, 16, 3)).astype(np.float32), 0, 1)  # corrected everywhere
+    hole = np.zeros((16, 16), np.float32)
+    hole[5:11, 5:11] = 1.0
+    got = residual_patch(crop, mask, out, prefill, hole)
+    assert np.array_equal(got[~mask], crop[~mask])  # outside the mask: the input itself
+    assert not np.array_equal(got[mask], residual_patch(crop, mask, prefill, prefill)[mask])  # inside: corrected

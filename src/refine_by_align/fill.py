@@ -38,7 +38,13 @@ def fill_hole(images: torch.Tensor, masks: torch.Tensor, method: str = "zero") -
     return torch.where(keep, images, filled)  # pixels outside the hole stay exactly as given
 
 
-def residual_patch(crop_full: np.ndarray, mask_full: np.ndarray, out_small: np.ndarray, prefill_small: np.ndarray) -> np.ndarray:
+def residual_patch(
+    crop_full: np.ndarray,
+    mask_full: np.ndarray,
+    out_small: np.ndarray,
+    prefill_small: np.ndarray,
+    hole_small: np.ndarray | None = None,
+) -> np.ndarray:
     """The refined crop at full resolution for a model that corrects a Telea prefill.
 
     The model saw the hole pre-filled at its S-px crop size (``prefill_small``) and returned
@@ -46,11 +52,16 @@ def residual_patch(crop_full: np.ndarray, mask_full: np.ndarray, out_small: np.n
     added to the same Telea fill computed at the crop's full resolution (``crop_full`` (N, N, 3)
     uint8, ``mask_full`` (N, N) bool), so that the fill keeps its full-resolution detail and the
     model only contributes what it changed. A zero correction gives exactly the full-resolution
-    Telea fill. Returns (N, N, 3) uint8."""
+    Telea fill. ``hole_small`` ((S, S) float/bool, the model's hole) limits the correction to the
+    hole: outside it the patch is the input itself. Returns (N, N, 3) uint8."""
     if crop_full.shape[:2] != mask_full.shape or out_small.shape != prefill_small.shape:
         raise ValueError(f"residual_patch shapes: crop {crop_full.shape}, mask {mask_full.shape}, out {out_small.shape}, prefill {prefill_small.shape}")
     n_h, n_w = mask_full.shape
     base = cv2.inpaint(np.ascontiguousarray(crop_full), mask_full.astype(np.uint8) * 255, FULL_TELEA_RADIUS, cv2.INPAINT_TELEA)
     delta = (out_small - prefill_small).astype(np.float32) * 255.0
+    if hole_small is not None:
+        delta = delta * np.asarray(hole_small, dtype=np.float32)[..., None]
     delta = cv2.resize(delta, (n_w, n_h), interpolation=cv2.INTER_CUBIC)
+    if hole_small is not None:
+        delta = delta * mask_full.astype(np.float32)[..., None]  # and, at full resolution, to the mask
     return np.clip(np.rint(base.astype(np.float32) + delta), 0, 255).astype(np.uint8)

@@ -389,7 +389,9 @@ class RefineByAlignPipeline(DiffusionPipeline):
         if cfg.hole_fill == "telea":  # the model corrected a Telea prefill: apply the correction at full resolution
             b = p.crop_box  # inside the image (zoom_box)
             window = (slice(b.y0, b.y1), slice(b.x0, b.x1))
-            patch = residual_patch(p.image[window], p.mask[window], out, prefill[0].permute(1, 2, 0).float().cpu().numpy())
+            patch = residual_patch(
+                p.image[window], p.mask[window], out, prefill[0].permute(1, 2, 0).float().cpu().numpy(), cmask[0, 0].float().cpu().numpy()
+            )
         else:
             patch = np.clip(np.rint(out * 255.0), 0, 255).astype(np.uint8)
         result = paste_back(p.image, patch, p.crop_box, p.mask, cfg.paste_dilate, cfg.paste_feather)

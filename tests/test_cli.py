@@ -61,6 +61,7 @@ def test_align_command(tmp_path):
         ("missing_reference", "file not found"),
         ("bad_steps", "steps must be"),
         ("nan_guidance", "guidance must be"),
+        ("bad_samples", "num_samples must be"),
         ("bad_extension", "unknown image extension"),
         ("bad_model", "model 'nowhere'"),
     ],
@@ -85,6 +86,8 @@ def test_bad_inputs_exit_2_with_one_line_and_no_output(tmp_path, capsys, setup, 
         args += ["--steps", "0"]
     elif setup == "nan_guidance":
         args += ["--guidance", "nan"]
+    elif setup == "bad_samples":
+        args += ["--samples", "0"]
     elif setup == "bad_extension":
         out = tmp_path / "out.xyz"
         replace("--output", str(out))

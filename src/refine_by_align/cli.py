@@ -182,7 +182,7 @@ def cmd_refine(args) -> int:
     compare = _check_output(args.compare, "compare") if args.compare else out.with_name(out.stem + ".compare.png")
     from .pipelines.pipeline import check_settings
 
-    check_settings(args.steps, args.guidance)
+    check_settings(args.steps, args.guidance, args.samples)
     image, mask, reference, ref_mask, names = _read_inputs(args)
     pipe = _load_pipeline(args.model, args.quiet)
     result = pipe(
@@ -233,7 +233,7 @@ def cmd_bench(args) -> int:
     from .pipelines.pipeline import check_settings
 
     common = dict(limit=args.limit, model=args.model, clip=args.clip, dino=args.dino, captions=args.captions, progress=not args.quiet)
-    check_settings(args.steps, args.guidance)
+    check_settings(args.steps, args.guidance, args.samples)
     call = {
         k: v
         for k, v in dict(
@@ -242,11 +242,8 @@ def cmd_bench(args) -> int:
         ).items()
         if v is not None
     }
+    # the same sampling options for every pipeline method (methods that skip alignment ignore (t, l))
     options = {n: dict(call) for n in PIPELINE_METHODS} if call else None
-    for n in ("single-stage", "oracle-align"):  # they do not run the alignment pass
-        if options:
-            options[n].pop("alignment_timestep", None)
-            options[n].pop("alignment_layer", None)
     out = Path(args.output)
     if args.method == "all" or "," in args.method:
         res = run_all(args.cases_dir, args.output, methods=args.method, method_options=options, **common)

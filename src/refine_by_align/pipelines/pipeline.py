@@ -36,7 +36,7 @@ def default_model_dir() -> Path:
     return Path(__file__).resolve().parents[1] / "weights" / "default"
 
 
-def check_settings(steps: int | None, guidance: float | None) -> None:
+def check_settings(steps: int | None, guidance: float | None, samples: int | None = None) -> None:
     """Reject meaningless sampling settings at the boundary (None = the model's default)."""
     if steps is not None and (not isinstance(steps, (int, np.integer)) or isinstance(steps, bool) or not 1 <= steps <= 1000):
         raise InputError(f"steps must be an integer in 1..1000, got {steps!r}")
@@ -45,6 +45,8 @@ def check_settings(steps: int | None, guidance: float | None) -> None:
         or not math.isfinite(guidance) or guidance < 0
     ):
         raise InputError(f"guidance must be a finite number >= 0, got {guidance!r}")
+    if samples is not None and (isinstance(samples, bool) or not isinstance(samples, (int, np.integer)) or not 1 <= samples <= 64):
+        raise InputError(f"num_samples must be an integer in 1..64, got {samples!r}")
 
 
 def make_scheduler(model: RefineByAlignModel):
@@ -309,9 +311,7 @@ class RefineByAlignPipeline(DiffusionPipeline):
         steps = cfg.default_steps if num_inference_steps is None else num_inference_steps
         guidance = cfg.default_guidance if guidance_scale is None else guidance_scale
         k = cfg.default_samples if num_samples is None else num_samples
-        check_settings(steps, guidance)
-        if isinstance(k, bool) or not isinstance(k, (int, np.integer)) or not 1 <= k <= 64:
-            raise InputError(f"num_samples must be an integer in 1..64, got {k!r}")
+        check_settings(steps, guidance, k)
         timings: dict[str, float] = {}
         t0 = time.perf_counter()
 

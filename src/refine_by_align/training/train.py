@@ -280,13 +280,12 @@ def train(tc: TrainConfig, run_dir: str | Path, resume: bool = False, max_steps:
     # 3. Resume from the last complete checkpoint.
     step = 0
     if resume:
-        ckpt = latest_checkpoint(run_dir)
-        if ckpt is None:
+        if resume_ckpt is None:
             accelerator.print(f"no checkpoint in {run_dir}/checkpoints: starting from step 0")
         else:
-            accelerator.load_state(str(ckpt))
-            step = json.loads((ckpt / "state.json").read_text())["step"]
-            accelerator.print(f"resumed from {ckpt} at step {step}")
+            accelerator.load_state(str(resume_ckpt))
+            step = json.loads((resume_ckpt / "state.json").read_text())["step"]
+            accelerator.print(f"resumed from {resume_ckpt} at step {step}")
 
     # 4. Data: deterministic per (seed, index), so a resumed run sees the same samples.
     dataset = build_dataset(tc, mcfg)

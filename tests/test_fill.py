@@ -73,3 +73,20 @@ def test_residual_patch_corrects_only_inside_the_mask():
     got = residual_patch(crop, mask, out, prefill, hole)
     assert np.array_equal(got[~mask], crop[~mask])  # outside the mask: the input itself
     assert not np.array_equal(got[mask], residual_patch(crop, mask, prefill, prefill)[mask])  # inside: corrected
+
+
+def test_residual_patch_blur_removes_speckle_and_keeps_a_colour_shift():
+    from refine_by_align.fill import residual_patch
+
+    crop = np.full((64, 64, 3), 100, np.uint8)
+    mask = np.zeros((64, 64), bool)
+    mask[8:56, 8:56] = True
+    prefill = np.full((16, 16, 3), 100 / 255, np.float32)
+    hole = np.ones((16, 16), np.float32)
+    checker = (np.indices((16, 16)).sum(0) % 2 * 2 - 1).astype(np.float32)[..., None] * 0.2  # +-0.2 speckle
+    base = residual_patch(crop, mask, prefill, prefill, hole)[mask].astype(float)
+    sharp = residual_patch(crop, mask, prefill + checker, prefill, hole)[mask].astype(float) - base
+    smooth = residual_patch(crop, mask, prefill + checker, prefill, hole, blur=2.0)[mask].astype(float) - base
+    assert smooth.std() < 0.2 * sharp.std()  # the speckle is gone ...
+    shifted = residual_patch(crop, mask, prefill + 0.1, prefill, hole, blur=2.0)[mask].astype(float) - base
+    assert abs(shifted[20:-20].mean() - 25.5) < 1.0  # ... a uniform correction passes unchanged

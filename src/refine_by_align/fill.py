@@ -44,6 +44,7 @@ def residual_patch(
     out_small: np.ndarray,
     prefill_small: np.ndarray,
     hole_small: np.ndarray | None = None,
+    blur: float = 0.0,
 ) -> np.ndarray:
     """The refined crop at full resolution for a model that corrects a Telea prefill.
 
@@ -53,7 +54,9 @@ def residual_patch(
     uint8, ``mask_full`` (N, N) bool), so that the fill keeps its full-resolution detail and the
     model only contributes what it changed. A zero correction gives exactly the full-resolution
     Telea fill. ``hole_small`` ((S, S) float/bool, the model's hole) limits the correction to the
-    hole: outside it the patch is the input itself. Returns (N, N, 3) uint8."""
+    hole: outside it the patch is the input itself. ``blur`` > 0 smooths the correction with a
+    Gaussian of that sigma (in S-px pixels) before upsampling: the sample's leftover noise is
+    removed and its colour and shading kept (MODEL_CARD.md measures it). Returns (N, N, 3) uint8."""
     if crop_full.shape[:2] != mask_full.shape or out_small.shape != prefill_small.shape:
         raise ValueError(f"residual_patch shapes: crop {crop_full.shape}, mask {mask_full.shape}, out {out_small.shape}, prefill {prefill_small.shape}")
     n_h, n_w = mask_full.shape
@@ -61,6 +64,8 @@ def residual_patch(
     delta = (out_small - prefill_small).astype(np.float32) * 255.0
     if hole_small is not None:
         delta = delta * np.asarray(hole_small, dtype=np.float32)[..., None]
+    if blur > 0:
+        delta = cv2.GaussianBlur(delta, (0, 0), float(blur))
     delta = cv2.resize(delta, (n_w, n_h), interpolation=cv2.INTER_CUBIC)
     if hole_small is not None:
         delta = delta * mask_full.astype(np.float32)[..., None]  # and, at full resolution, to the mask

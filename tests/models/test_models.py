@@ -84,6 +84,41 @@ def test_save_load_round_trip(tmp_path):
         assert torch.equal(m(noisy, t, masked, mask, reference=ref), m2(noisy, t, masked, mask, reference=ref))
 
 
+def _resave(folder, rename):
+    from safetensors.torch import load_file, save_file
+
+    f = folder / "diffusion_pytorch_model.safetensors"
+    state = {rename(k): v for k, v in load_file(f).items()}
+    save_file(state, f)
+
+
+@pytest.mark.parametrize("layout", ["old", "new"])
+def test_load_accepts_either_transformers_attention_layout(tmp_path, layout):
+    """Weights saved by a transformers with the other Dinov2 attention names load to the same model."""
+    from refine_by_align.models.refiner import _VIT_RENAMES
+
+    m = _tiny()
+    m.save_pretrained(tmp_path)
+
+    def rename(k):
+        for old, new in _VIT_RENAMES:
+            k = k.replace(new, old) if layout == "old" else k.replace(old, new)
+        return k
+
+    _resave(tmp_path, rename)
+    m2 = RefineByAlignModel.load(tmp_path)
+    for k, v in m.state_dict().items():
+        assert torch.equal(v, m2.state_dict()[k]), k
+
+
+def test_load_refuses_weights_that_do_not_fit(tmp_path):
+    m = _tiny()
+    m.save_pretrained(tmp_path)
+    _resave(tmp_path, lambda k: k.replace("unet.conv_in.weight", "unet.conv_in.w"))
+    with pytest.raises(ValueError, match="1 missing weights"):
+        RefineByAlignModel.load(tmp_path)
+
+
 def test_load_refuses_pickles(tmp_path):
     m = _tiny()
     m.save_pretrained(tmp_path)

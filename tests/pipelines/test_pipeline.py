@@ -181,3 +181,18 @@ def test_num_samples_averages_a_batch_of_samples(tiny_pipe, simple_inputs):
     for bad in (0, 65, 1.5, True):
         with pytest.raises(InputError, match="num_samples"):
             tiny_pipe(image, mask, reference, num_samples=bad)
+
+
+def test_device_is_picked_automatically_and_a_missing_gpu_is_a_clear_error():
+    import torch
+
+    from refine_by_align.pipelines.pipeline import RefineByAlignPipeline, resolve_device
+
+    want = "cuda" if torch.cuda.is_available() else "cpu"
+    assert resolve_device(None).type == want and resolve_device("auto").type == want
+    assert resolve_device("cpu").type == "cpu"
+    pipe = RefineByAlignPipeline.from_pretrained("tiny", device="cpu")
+    assert pipe._weight().device.type == "cpu"
+    if not torch.cuda.is_available():
+        with pytest.raises(ValueError, match="no CUDA GPU"):
+            resolve_device("cuda")

@@ -37,6 +37,15 @@ def test_two_steps_write_checkpoint_log_and_weights(tmp_path):
     assert all(torch.isfinite(p).all() for p in m.parameters())
 
 
+def test_cosine_schedule_decays_the_learning_rate_and_bad_names_fail(tmp_path):
+    train(_tc(max_steps=4, warmup_steps=1, lr_schedule="cosine", eval_every=0, log_every=1), tmp_path, progress=False)
+    lrs = [json.loads(l)["lr_unet"] for l in (tmp_path / "log.jsonl").read_text().splitlines()]
+    assert len(lrs) == 4 and lrs[0] > lrs[1] > lrs[2] > lrs[3] >= 0.0  # after warm-up: down to 0 at max_steps
+    assert lrs[3] == pytest.approx(0.0, abs=1e-12)
+    with pytest.raises(ValueError, match="lr_schedule"):
+        train(_tc(max_steps=1, lr_schedule="linear"), tmp_path / "bad", progress=False)
+
+
 def test_resume_continues_from_saved_step_with_identical_rng_state(tmp_path):
     a, b = tmp_path / "a", tmp_path / "b"
     # uninterrupted reference run: 4 steps

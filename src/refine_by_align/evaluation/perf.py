@@ -3,7 +3,9 @@
 Each figure is the median of several runs after a warm-up, measured in one process so that
 ratios hold on a noisy host. JSON keys: ``ceiling.fp32_gflops``, ``ceiling.bf16_gflops`` and per
 config ``<config>.refine_512_s``, ``.align_s``, ``.step_s``, ``.step_nocfg_s``, ``.encode_s``,
-``.bench_case_s``, ``.unet_gflop``, ``.unet_fraction_of_ceiling``, ``.peak_rss_mb``, ``.dtype``.
+``.bench_case_s``, ``.unet_gflop``, ``.unet_fraction_of_ceiling``, ``.peak_rss_mb``, ``.dtype``
+(and ``.peak_gpu_mb`` on a GPU). The device is picked automatically (a visible CUDA GPU, else the
+CPU) or named with ``device``; the ceiling is measured on the same device.
 """
 
 from __future__ import annotations
@@ -23,23 +25,33 @@ from PIL import Image
 __all__ = ["matmul_ceiling", "benchmark_config", "run_benchmark"]
 
 
-def _median_time(fn, repeats: int = 5, warmup: int = 1) -> float:
+def _sync(device: torch.device | None) -> None:
+    if device is not None and device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def _median_time(fn, repeats: int = 5, warmup: int = 1, device: torch.device | None = None) -> float:
+    """Median wall time of ``fn`` (GPU work is waited for: the clock stops after a synchronize)."""
     for _ in range(warmup):
         fn()
+    _sync(device)
     times = []
     for _ in range(repeats):
         t0 = time.perf_counter()
         fn()
+        _sync(device)
         times.append(time.perf_counter() - t0)
     return statistics.median(times)
 
 
-def matmul_ceiling(dtype: torch.dtype, n: int = 2048, repeats: int = 5) -> float:
-    """GFLOP/s of an n x n matmul in ``dtype`` on this machine, now."""
-    a = torch.randn(n, n).to(dtype)
-    b = torch.randn(n, n).to(dtype)
+def matmul_ceiling(dtype: torch.dtype, n: int | None = None, repeats: int = 5, device: str | torch.device = "cpu") -> float:
+    """GFLOP/s of an n x n matmul in ``dtype`` on ``device``, now (n: 2048 on a CPU, 8192 on a GPU)."""
+    device = torch.device(device)
+    n = n or (8192 if device.type == "cuda" else 2048)
+    a = torch.randn(n, n, device=device).to(dtype)
+    b = torch.randn(n, n, device=device).to(dtype)
     with torch.inference_mode():
-        t = _median_time(lambda: a @ b, repeats=repeats, warmup=2)
+        t = _median_time(lambda: a @ b, repeats=repeats, warmup=2, device=device)
     return 2 * n**3 / t / 1e9
 
 
@@ -70,28 +82,40 @@ def _resolve_dtype(name: str, dtype: str) -> str:
     return "bf16" if Path(name).name == "paper" else "fp32"
 
 
-def benchmark_config(name: str, repeats: int = 3, bench_cases: str | None = None, dtype: str = "auto", compile: bool = False) -> dict:
-    """Times of every stage of one config (a preset name or a model folder)."""
-    from ..pipelines.pipeline import RefineByAlignPipeline
+def benchmark_config(
+    name: str, repeats: int = 3, bench_cases: str | None = None, dtype: str = "auto", compile: bool = False, device: str = "auto"
+) -> dict:
+    """Times of every stage of one config (a preset name or a model folder) on ``device``."""
+    from ..pipelines.pipeline import RefineByAlignPipeline, resolve_device
 
+    dev = resolve_device(device)
     dtype = _resolve_dtype(name, dtype)
-    pipe = RefineByAlignPipeline.from_pretrained(name, torch_dtype=DTYPES[dtype])
+    pipe = RefineByAlignPipeline.from_pretrained(name, torch_dtype=DTYPES[dtype], device=dev)
+
+    def timed(fn, repeats: int) -> float:  # on this config's device
+        return _median_time(fn, repeats, warmup=1, device=dev)
+
     pipe.set_progress_bar_config(disable=True)
     model = pipe.model
     cfg = model.cfg
     image, mask, reference = _example_inputs()
-    res: dict = {"dtype": str(model.dtype).replace("torch.", ""), "random_weights": pipe.random_weights, "compiled": False}
+    res: dict = {
+        "dtype": str(model.dtype).replace("torch.", ""),
+        "device": str(dev),
+        "random_weights": pipe.random_weights,
+        "compiled": False,
+    }
     p = pipe.prepare(image, mask, reference)
     crop, cmask = pipe.crop_tensors(p)
     ref_t = pipe.reference_tensor(p.reference, p.reference_box)
     with torch.inference_mode():
-        res["encode_s"] = _median_time(lambda: model.encode_reference(ref_t), repeats)
-        res["align_s"] = _median_time(lambda: pipe.align(image, mask, reference), repeats)
+        res["encode_s"] = timed(lambda: model.encode_reference(ref_t), repeats)
+        res["align_s"] = timed(lambda: pipe.align(image, mask, reference), repeats)
         latents = model.to_latent(crop)
         masked = model.masked_image(crop, cmask)
         lmask = model.latent_mask(cmask)
         ctx = model.encode_reference(ref_t)
-        t = torch.tensor([500])
+        t = torch.tensor([500], device=dev)
         ctx2 = torch.cat([model.reference_encoder.unconditional(1), ctx])
         x = torch.cat([latents, masked, lmask], dim=1).to(model.dtype)
         if dtype != "fp32":  # numerical check of the reduced precision against fp32, same weights
@@ -104,7 +128,7 @@ def benchmark_config(name: str, repeats: int = 3, bench_cases: str | None = None
         with FlopCounterMode(display=False) as fc:
             model.unet(x, t, encoder_hidden_states=ctx)
         res["unet_gflop"] = fc.get_total_flops() / 1e9
-        unet_s = _median_time(lambda: model.unet(x, t, encoder_hidden_states=ctx), repeats)
+        unet_s = timed(lambda: model.unet(x, t, encoder_hidden_states=ctx), repeats)
         res["unet_forward_s"] = unet_s
         if compile and pipe.enable_compile():
             t0 = time.perf_counter()
@@ -115,11 +139,11 @@ def benchmark_config(name: str, repeats: int = 3, bench_cases: str | None = None
             if res["compiled"]:
                 cu = pipe._compiled_unet
                 res["unet_forward_eager_s"] = unet_s
-                unet_s = _median_time(lambda: cu(x, t, encoder_hidden_states=ctx), repeats)
+                unet_s = timed(lambda: cu(x, t, encoder_hidden_states=ctx), repeats)
                 res["unet_forward_s"] = unet_s
         res["unet_gflops_achieved"] = res["unet_gflop"] / unet_s
-        res["step_nocfg_s"] = _median_time(lambda: pipe._predict(latents, t, masked, lmask, ctx), repeats)
-        res["step_s"] = _median_time(
+        res["step_nocfg_s"] = timed(lambda: pipe._predict(latents, t, masked, lmask, ctx), repeats)
+        res["step_s"] = timed(
             lambda: pipe._predict(torch.cat([latents] * 2), t.expand(2), masked.expand(2, -1, -1, -1), lmask.expand(2, -1, -1, -1), ctx2),
             repeats,
         )
@@ -128,7 +152,7 @@ def benchmark_config(name: str, repeats: int = 3, bench_cases: str | None = None
         def refine():
             timings.append(pipe(image, mask, reference, seed=0).timings)
 
-        res["refine_512_s"] = _median_time(refine, max(1, repeats - 1))
+        res["refine_512_s"] = timed(refine, max(1, repeats - 1))
         res["refine_512_parts_s"] = {k: statistics.median(tm[k] for tm in timings[1:] or timings) for k in timings[0]}
     if bench_cases:
         from .cases import load_cases
@@ -136,10 +160,12 @@ def benchmark_config(name: str, repeats: int = 3, bench_cases: str | None = None
 
         case = load_cases(bench_cases, limit=1)[0]
         method = RefineByAlignMethod(pipe)
-        res["bench_case_s"] = _median_time(lambda: method(case), max(1, repeats - 1))
+        res["bench_case_s"] = timed(lambda: method(case), max(1, repeats - 1))
     res["steps"] = cfg.default_steps
     res["guidance"] = cfg.default_guidance
     res["peak_rss_mb"] = _peak_rss_mb()
+    if dev.type == "cuda":
+        res["peak_gpu_mb"] = torch.cuda.max_memory_allocated(dev) / 2**20
     return res
 
 
@@ -155,20 +181,31 @@ def run_benchmark(
     bench_cases: str | None = None,
     dtype: str = "auto",
     compile: bool = False,
+    device: str = "auto",
 ) -> dict:
     """Ceiling, then each config in its own process (so that peak RSS is that config's own)."""
     import multiprocessing
 
+    from ..pipelines.pipeline import resolve_device
+
+    dev = resolve_device(device)
     torch.manual_seed(0)
+    machine = f"{platform.processor() or platform.machine()}, {torch.get_num_threads()} threads, torch {torch.__version__}"
+    if dev.type == "cuda":
+        machine += f", GPU {torch.cuda.get_device_name(dev)}"
     out: dict = {
         "date": date.today().isoformat(),
-        "machine": f"{platform.processor() or platform.machine()}, {torch.get_num_threads()} threads, torch {torch.__version__}",
-        "ceiling": {"fp32_gflops": matmul_ceiling(torch.float32), "bf16_gflops": matmul_ceiling(torch.bfloat16)},
+        "machine": machine,
+        "device": str(dev),
+        "ceiling": {
+            "fp32_gflops": matmul_ceiling(torch.float32, device=dev),
+            "bf16_gflops": matmul_ceiling(torch.bfloat16, device=dev),
+        },
     }
     ctx = multiprocessing.get_context("spawn")
     for name in configs:
         with ctx.Pool(1) as pool:
-            r = pool.apply(_benchmark_in_child, ((name, repeats, bench_cases, dtype, compile, torch.get_num_threads()),))
+            r = pool.apply(_benchmark_in_child, ((name, repeats, bench_cases, dtype, compile, str(dev), torch.get_num_threads()),))
         key = "bf16_gflops" if r["dtype"] == "bfloat16" else "fp32_gflops"
         r["unet_fraction_of_ceiling"] = r["unet_gflops_achieved"] / out["ceiling"][key]
         out[Path(name).name if Path(name).exists() else name] = r

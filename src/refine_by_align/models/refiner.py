@@ -58,6 +58,31 @@ def _build_vae(cfg: ModelConfig) -> nn.Module | None:
     raise ValueError(f"unknown latent space '{cfg.latent}' (pixel, vae-kl or vae-tiny)")
 
 
+# transformers renamed Dinov2's attention weights (attention.attention.query/key/value and
+# attention.output.dense became attention.q_proj/k_proj/v_proj/o_proj); a saved model loads
+# under either layout.
+_VIT_RENAMES = (
+    (".attention.attention.query.", ".attention.q_proj."),
+    (".attention.attention.key.", ".attention.k_proj."),
+    (".attention.attention.value.", ".attention.v_proj."),
+    (".attention.output.dense.", ".attention.o_proj."),
+)
+
+
+def _match_vit_names(state: dict[str, torch.Tensor], wanted: set[str]) -> dict[str, torch.Tensor]:
+    """Rename encoder weights saved under the other transformers layout to the names ``wanted``."""
+    out = {}
+    for key, value in state.items():
+        if key not in wanted and ".vit." in key:
+            for a, b in _VIT_RENAMES:
+                for src, dst in ((a, b), (b, a)):
+                    if src in key and key.replace(src, dst) in wanted:
+                        key = key.replace(src, dst)
+                        break
+        out[key] = value
+    return out
+
+
 class RefineByAlignModel(ModelMixin, ConfigMixin):
     """Encoder phi, projector MLP, null tokens for guidance, U-Net R_theta and optional autoencoder.
 
@@ -116,7 +141,22 @@ class RefineByAlignModel(ModelMixin, ConfigMixin):
         check_no_pickles(folder)
         if not any(folder.glob("*.safetensors")):
             raise ValueError(f"model folder '{folder}' has no .safetensors weights")
-        model = cls.from_pretrained(folder, use_safetensors=True, low_cpu_mem_usage=False)
+        from safetensors.torch import load_file
+
+        model = cls.from_config(cls.load_config(folder))
+        main = folder / "diffusion_pytorch_model.safetensors"
+        state: dict[str, torch.Tensor] = {}
+        for f in [main] if main.exists() else sorted(folder.glob("*.safetensors")):
+            state.update(load_file(f))
+        state = _match_vit_names(state, set(model.state_dict()))
+        missing = sorted(set(model.state_dict()) - set(state))
+        unexpected = sorted(set(state) - set(model.state_dict()))
+        if missing or unexpected:  # never run with silently re-initialised weights
+            raise ValueError(
+                f"model folder '{folder}' does not fit this code: {len(missing)} missing weights {missing[:3]}, "
+                f"{len(unexpected)} unexpected {unexpected[:3]}"
+            )
+        model.load_state_dict(state)
         model.eval()
         return model
 

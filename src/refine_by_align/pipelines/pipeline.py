@@ -26,7 +26,7 @@ from ..models.refiner import RefineByAlignModel
 from ..zoom import Box, crop_resize, mask_bbox, paste_back, square_pad_box, zoom_box
 from .alignment import AlignmentResult, attention_grid, clean_correspondence, grid_to_reference
 
-__all__ = ["RefineByAlignPipeline", "check_settings", "RefineOutput", "PreparedInputs", "default_model_dir", "make_scheduler"]
+__all__ = ["RefineByAlignPipeline", "check_settings", "resolve_device", "RefineOutput", "PreparedInputs", "default_model_dir", "make_scheduler"]
 
 logger = logging.getLogger(__name__)
 
@@ -34,6 +34,16 @@ logger = logging.getLogger(__name__)
 def default_model_dir() -> Path:
     """Folder of the embedded default model shipped inside the package."""
     return Path(__file__).resolve().parents[1] / "weights" / "default"
+
+
+def resolve_device(device: str | torch.device | None = None) -> torch.device:
+    """``None`` / ``"auto"``: the GPU where one is visible, else the CPU; anything else as given."""
+    if device is None or str(device) == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    device = torch.device(device)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError("device 'cuda' was asked for but no CUDA GPU is visible")
+    return device
 
 
 def check_settings(steps: int | None, guidance: float | None, samples: int | None = None) -> None:
@@ -138,12 +148,17 @@ class RefineByAlignPipeline(DiffusionPipeline):
     # ------------------------------------------------------------------ loading / saving
     @classmethod
     def from_pretrained(
-        cls, name_or_path: str | Path = "default", seed: int = 0, torch_dtype: torch.dtype | None = None
+        cls,
+        name_or_path: str | Path = "default",
+        seed: int = 0,
+        torch_dtype: torch.dtype | None = None,
+        device: str | torch.device | None = "auto",
     ) -> "RefineByAlignPipeline":
         """``default`` = the shipped model; ``tiny`` / ``paper`` (or ``default`` when no weights are
         shipped) = a random-init stand-in of that config (flagged, warned about); anything else is a
         folder saved by :meth:`save_pretrained`. ``torch_dtype`` (e.g. torch.bfloat16) casts the
-        weights; sampling itself stays in float32."""
+        weights; sampling itself stays in float32. ``device``: ``auto`` picks the GPU where one is
+        visible, else the CPU (outputs match across devices only up to float rounding)."""
         name = str(name_or_path)
         random_weights = False
         if name == "default" and (default_model_dir() / "config.json").exists():
@@ -156,6 +171,7 @@ class RefineByAlignPipeline(DiffusionPipeline):
             logger.warning("model '%s' has no trained weights here: using RANDOM weights (outputs are meaningless)", name)
         else:
             model = RefineByAlignModel.load(name)
+        model.to(resolve_device(device))
         if torch_dtype is not None:
             model.to(torch_dtype)
         pipe = cls(model=model, scheduler=make_scheduler(model))
@@ -390,7 +406,12 @@ class RefineByAlignPipeline(DiffusionPipeline):
             b = p.crop_box  # inside the image (zoom_box)
             window = (slice(b.y0, b.y1), slice(b.x0, b.x1))
             patch = residual_patch(
-                p.image[window], p.mask[window], out, prefill[0].permute(1, 2, 0).float().cpu().numpy(), cmask[0, 0].float().cpu().numpy()
+                p.image[window],
+                p.mask[window],
+                out,
+                prefill[0].permute(1, 2, 0).float().cpu().numpy(),
+                cmask[0, 0].float().cpu().numpy(),
+                blur=cfg.correction_blur,
             )
         else:
             patch = np.clip(np.rint(out * 255.0), 0, 255).astype(np.uint8)

@@ -46,7 +46,8 @@ class TrainConfig:
     lr_projector: float = 1e-3  # paper: 4e-5 for the MLP between DINOv2 and the U-Net
     lr_encoder: float = 5e-4  # only used when the encoder is trainable (no pretrained weights)
     weight_decay: float = 0.01  # AdamW
-    warmup_steps: int = 200  # linear warm-up, then constant
+    warmup_steps: int = 200  # linear warm-up, then lr_schedule
+    lr_schedule: str = "constant"  # "constant" | "cosine" (decays to 0 at max_steps: anneals a last stage)
     grad_clip: float = 1.0  # max gradient norm
     cond_drop: float = 0.1  # image-embedding drop rate for classifier-free guidance (A.3)
     hole_weight: float = 10.0  # weight of hole pixels in Eq. 2 (the reference must matter there)
@@ -267,7 +268,16 @@ def train(tc: TrainConfig, run_dir: str | Path, resume: bool = False, max_steps:
     if vit_params:
         groups.append({"params": vit_params, "lr": tc.lr_encoder})
     optimizer = torch.optim.AdamW(groups, weight_decay=tc.weight_decay)
-    lr_scheduler = get_scheduler("constant_with_warmup", optimizer, num_warmup_steps=tc.warmup_steps)
+    if tc.lr_schedule not in ("constant", "cosine"):
+        raise ValueError(f"lr_schedule '{tc.lr_schedule}': choose constant or cosine")
+    # the prepared scheduler steps once per process each step, hence the factor
+    n_proc = accelerator.num_processes
+    lr_scheduler = get_scheduler(
+        "constant_with_warmup" if tc.lr_schedule == "constant" else "cosine",
+        optimizer,
+        num_warmup_steps=tc.warmup_steps * n_proc,
+        num_training_steps=tc.max_steps * n_proc,
+    )
     ema = EMAModel(model.parameters(), decay=tc.ema_decay) if tc.ema_decay > 0 else None
     layers = supervised_layers(model, tc.attn_min_side) if tc.attn_weight > 0 else []
     store = AttentionStore(keep_grad=True)
@@ -275,6 +285,7 @@ def train(tc: TrainConfig, run_dir: str | Path, resume: bool = False, max_steps:
 
     model, optimizer, lr_scheduler = accelerator.prepare(model, optimizer, lr_scheduler)
     if ema is not None:
+        ema.to(accelerator.device)  # its shadow copy was taken on the CPU, before prepare() moved the model
         accelerator.register_for_checkpointing(ema)
 
     # 3. Resume from the last complete checkpoint.
@@ -296,6 +307,7 @@ def train(tc: TrainConfig, run_dir: str | Path, resume: bool = False, max_steps:
         batch_size=tc.batch_size,
         sampler=sampler,
         num_workers=tc.num_workers,
+        pin_memory=torch.cuda.is_available(),
         worker_init_fn=_worker_init,
         # its own generator: creating the iterator must not draw from the (restored) global RNG
         generator=torch.Generator().manual_seed(tc.seed),

@@ -85,7 +85,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--repeats", type=int, default=3, help="runs per figure (median)")
     p.add_argument("--cases", help="a case folder: also time one whole bench case")
     p.add_argument("--dtype", default="auto", choices=["auto", "fp32", "bf16"], help="auto: bf16 for paper, fp32 for small models")
-    p.add_argument("--compile", action="store_true", help="torch.compile the denoising U-Net (inductor, frozen weights)")
+    p.add_argument(
+        "--compile",
+        nargs="?",
+        const="default",
+        choices=["default", "max-autotune"],
+        help="torch.compile the denoising U-Net and the autoencoder (inductor, frozen weights); optional mode",
+    )
     p.add_argument("--device", default="auto", help="auto (a visible CUDA GPU, else the CPU), cpu or cuda")
 
     p = sub.add_parser("serve", help="local web app + HTTP API (binds 127.0.0.1 unless --host says otherwise)")
@@ -291,7 +297,7 @@ def cmd_benchmark(args) -> int:
     from .evaluation.perf import run_benchmark
 
     configs = [c.strip() for c in args.configs.split(",") if c.strip()]
-    res = run_benchmark(configs, args.output, args.repeats, args.cases, args.dtype, args.compile, args.device)
+    res = run_benchmark(configs, args.output, args.repeats, args.cases, args.dtype, args.compile or False, args.device)
     c = res["ceiling"]
     print(f"{res['machine']}: matmul ceiling fp32 {c['fp32_gflops']:.0f} GFLOP/s, bf16 {c['bf16_gflops']:.0f} GFLOP/s")
     print(f"{'config':<10} {'dtype':<9} {'encode':>7} {'align':>7} {'step':>7} {'step1':>7} {'refine512':>9} {'GFLOP':>8} {'ceil%':>6} {'RSS MB':>7}")
@@ -305,7 +311,7 @@ def cmd_benchmark(args) -> int:
     for name, r in res.items():
         if isinstance(r, dict) and "refine_512_parts_s" in r:
             parts = ", ".join(f"{k} {v:.3f}" for k, v in r["refine_512_parts_s"].items())
-            extra = f"; compiled in {r['compile_s']:.0f} s" if r.get("compiled") else ""
+            extra = f"; compiled ({r.get('compile_mode')}) in {r['compile_s']:.0f} s" if r.get("compiled") else ""
             err = f"; bf16 U-Net rel. error vs fp32 {r['unet_rel_error_vs_fp32']:.4f}" if "unet_rel_error_vs_fp32" in r else ""
             gpu = f"; peak GPU memory {r['peak_gpu_mb']:.0f} MB" if "peak_gpu_mb" in r else ""
             print(f"{name} ({r.get('device', 'cpu')}): refine parts (s): {parts}{extra}{err}{gpu}")

@@ -187,3 +187,49 @@ def test_recorded_attention_keeps_gradients_when_asked():
     store[layer][..., 0].sum().backward()
     assert m.reference_encoder.projector[0].weight.grad is not None
     assert m.reference_encoder.projector[0].weight.grad.abs().sum() > 0
+
+
+@pytest.mark.parametrize("latent", ["pixel", "vae-tiny"])
+def test_inpainting_inputs_match_the_separate_encodes(latent):
+    """One autoencoder pass for the crop and its hole-filled copy gives what two passes give."""
+    cfg = ModelConfig.from_dict({**get_config("tiny").to_dict(), "latent": latent, "resolution": 32, "hole_fill": "telea"})
+    torch.manual_seed(0)
+    m = RefineByAlignModel.from_model_config(cfg).eval()
+    g = torch.Generator().manual_seed(0)
+    images = torch.rand(2, 3, 32, 32, generator=g)
+    mask = torch.zeros(2, 1, 32, 32)
+    mask[:, :, 8:20, 10:24] = 1
+    with torch.no_grad():
+        sample, prefill, masked, lmask = m.inpainting_inputs(images, mask)
+        assert torch.allclose(sample, m.to_latent(images), atol=1e-5)
+        assert torch.allclose(masked, m.masked_image(images, mask), atol=1e-5)
+        assert torch.equal(prefill[mask.expand_as(images) == 0], images[mask.expand_as(images) == 0])
+        side = 32 // cfg.latent_downsample
+        assert sample.shape == masked.shape == (2, cfg.latent_channels, side, side) and lmask.shape == (2, 1, side, side)
+        none, _, masked2, _ = m.inpainting_inputs(images, mask, with_sample=False)
+        assert none is None and torch.allclose(masked2, masked, atol=1e-5)
+
+
+def test_denoise_uses_a_stand_in_unet_without_asking_its_truth_value():
+    """torch.compile's wrapper cannot be used in a boolean test (it raised 'does not support len()')."""
+    m = _tiny()
+
+    class StandIn(torch.nn.Module):
+        def __init__(self, unet):
+            super().__init__()
+            self.unet, self.calls = unet, 0
+
+        def __len__(self):
+            raise TypeError("does not support len()")
+
+        def forward(self, *args, **kwargs):
+            self.calls += 1
+            return self.unet(*args, **kwargs)
+
+    s = m.cfg.resolution
+    x, masked, mask = torch.randn(1, 3, s, s), torch.randn(1, 3, s, s), torch.ones(1, 1, s, s)
+    ctx = m.encode_reference(torch.rand(1, 3, 8, 8))
+    stand_in = StandIn(m.unet)
+    with torch.no_grad():
+        out = m.denoise(x, torch.tensor([10]), masked, mask, ctx, unet=stand_in)
+        assert stand_in.calls == 1 and torch.equal(out, m.denoise(x, torch.tensor([10]), masked, mask, ctx))

@@ -83,9 +83,10 @@ def _resolve_dtype(name: str, dtype: str) -> str:
 
 
 def benchmark_config(
-    name: str, repeats: int = 3, bench_cases: str | None = None, dtype: str = "auto", compile: bool = False, device: str = "auto"
+    name: str, repeats: int = 3, bench_cases: str | None = None, dtype: str = "auto", compile: bool | str = False, device: str = "auto"
 ) -> dict:
-    """Times of every stage of one config (a preset name or a model folder) on ``device``."""
+    """Times of every stage of one config (a preset name or a model folder) on ``device``.
+    ``compile``: False, True (torch.compile's default mode) or a mode name such as "max-autotune"."""
     from ..pipelines.pipeline import RefineByAlignPipeline, resolve_device
 
     dev = resolve_device(device)
@@ -106,14 +107,12 @@ def benchmark_config(
         "compiled": False,
     }
     p = pipe.prepare(image, mask, reference)
-    crop, cmask = pipe.crop_tensors(p)
     ref_t = pipe.reference_tensor(p.reference, p.reference_box)
     with torch.inference_mode():
         res["encode_s"] = timed(lambda: model.encode_reference(ref_t), repeats)
         res["align_s"] = timed(lambda: pipe.align(image, mask, reference), repeats)
-        latents = model.to_latent(crop)
-        masked = model.masked_image(crop, cmask)
-        lmask = model.latent_mask(cmask)
+        inputs = pipe.crop_inputs(p)
+        latents, masked, lmask = inputs.sample, inputs.masked, inputs.lmask  # (1, C, h, w), ..., (1, 1, h, w)
         ctx = model.encode_reference(ref_t)
         t = torch.tensor([500], device=dev)
         ctx2 = torch.cat([model.reference_encoder.unconditional(1), ctx])
@@ -130,10 +129,13 @@ def benchmark_config(
         res["unet_gflop"] = fc.get_total_flops() / 1e9
         unet_s = timed(lambda: model.unet(x, t, encoder_hidden_states=ctx), repeats)
         res["unet_forward_s"] = unet_s
-        if compile and pipe.enable_compile():
+        if compile and pipe.enable_compile(mode=None if compile in (True, "default") else compile):
+            res["compile_mode"] = "default" if compile is True else compile
             t0 = time.perf_counter()
             pipe._predict(latents, t, masked, lmask, ctx)  # compiles (batch 1)
             pipe._predict(torch.cat([latents] * 2), t.expand(2), masked.expand(2, -1, -1, -1), lmask.expand(2, -1, -1, -1), ctx2)
+            pipe.crop_inputs(p)  # the autoencoder's encoder (batch 2) ...
+            model.from_latent(latents)  # ... and decoder
             res["compile_s"] = time.perf_counter() - t0
             res["compiled"] = pipe._compiled_unet is not None
             if res["compiled"]:
@@ -180,7 +182,7 @@ def run_benchmark(
     repeats: int = 3,
     bench_cases: str | None = None,
     dtype: str = "auto",
-    compile: bool = False,
+    compile: bool | str = False,
     device: str = "auto",
 ) -> dict:
     """Ceiling, then each config in its own process (so that peak RSS is that config's own)."""

@@ -191,6 +191,20 @@ class RefineByAlignModel(ModelMixin, ConfigMixin):
         sample space, with the hole filled as ``cfg.hole_fill`` says (see fill.py)."""
         return self.to_latent(fill_hole(images, mask, self.cfg.hole_fill))
 
+    def inpainting_inputs(
+        self, images: torch.Tensor, mask: torch.Tensor, with_sample: bool = True
+    ) -> tuple[torch.Tensor | None, torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Everything the U-Net needs about one crop, with one autoencoder pass:
+        (z_0 of ``images`` or None, the hole-filled image (B, 3, H, W) in [0, 1], its sample-space
+        masked input (B, C, h, w), the sample-space mask (B, 1, h, w)). ``with_sample=False``
+        skips z_0 (the refinement stage alone does not need it)."""
+        prefill = fill_hole(images, mask, self.cfg.hole_fill)
+        if with_sample:
+            sample, masked = self.to_latent(torch.cat([images, prefill])).chunk(2)  # (B, C, h, w) each
+        else:
+            sample, masked = None, self.to_latent(prefill)
+        return sample, prefill, masked, self.latent_mask(mask)
+
     def latent_mask(self, mask: torch.Tensor) -> torch.Tensor:
         """(B, 1, H, W) pixel mask -> (B, 1, h, w) at the sample resolution (max-pooled: a latent
         cell is 'hole' if any of its pixels is)."""
@@ -236,4 +250,5 @@ class RefineByAlignModel(ModelMixin, ConfigMixin):
         """One U-Net prediction on [z_t, masked image, mask], in the model's dtype; (B, C, h, w)."""
         dtype = self.unet.conv_in.weight.dtype  # (ModelMixin.dtype walks every parameter)
         x = torch.cat([noisy, masked, mask.to(noisy.dtype)], dim=1).to(dtype)
-        return (unet or self.unet)(x, timesteps, encoder_hidden_states=context.to(dtype)).sample
+        net = self.unet if unet is None else unet  # (not `unet or ...`: a compiled module has no truth value)
+        return net(x, timesteps, encoder_hidden_states=context.to(dtype)).sample

@@ -119,7 +119,7 @@ def benchmark_config(
         x = torch.cat([latents, masked, lmask], dim=1).to(model.dtype)
         if dtype != "fp32":  # numerical check of the reduced precision against fp32, same weights
             ref32 = model.unet.float()(x.float(), t, encoder_hidden_states=ctx.float()).sample
-            model.to(DTYPES[dtype])
+            torch.nn.Module.to(model, DTYPES[dtype])  # (ModelMixin.to's float32-module warning does not apply)
             low = model.unet(x, t, encoder_hidden_states=ctx).sample.float()
             res["unet_rel_error_vs_fp32"] = float((low - ref32).norm() / ref32.norm().clamp_min(1e-12))
         from torch.utils.flop_counter import FlopCounterMode

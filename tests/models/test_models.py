@@ -92,23 +92,43 @@ def _resave(folder, rename):
     save_file(state, f)
 
 
-@pytest.mark.parametrize("layout", ["old", "new"])
-def test_load_accepts_either_transformers_attention_layout(tmp_path, layout):
-    """Weights saved by a transformers with the other Dinov2 attention names load to the same model."""
+def test_load_accepts_the_other_transformers_attention_layout(tmp_path):
+    """Weights saved under Dinov2's older attention names (attention.attention.query ...) load to
+    the same model as under the current ones (attention.q_proj ...), and the reverse."""
+    from safetensors.torch import load_file
+
     from refine_by_align.models.refiner import _VIT_RENAMES
 
     m = _tiny()
     m.save_pretrained(tmp_path)
+    current = set(m.state_dict())
+    uses_new = any(new in k for k in current for _, new in _VIT_RENAMES)
 
-    def rename(k):
+    def to_other(k):
         for old, new in _VIT_RENAMES:
-            k = k.replace(new, old) if layout == "old" else k.replace(old, new)
+            k = k.replace(new, old) if uses_new else k.replace(old, new)
         return k
 
-    _resave(tmp_path, rename)
+    _resave(tmp_path, to_other)
+    saved = set(load_file(tmp_path / "diffusion_pytorch_model.safetensors"))
+    assert saved != current and len(saved) == len(current)  # the file really uses the other names
     m2 = RefineByAlignModel.load(tmp_path)
     for k, v in m.state_dict().items():
         assert torch.equal(v, m2.state_dict()[k]), k
+
+
+def test_load_reads_sharded_folders_and_refuses_ambiguous_ones(tmp_path):
+    m = _tiny()
+    m.save_pretrained(tmp_path / "sharded", max_shard_size="20KB")
+    assert (tmp_path / "sharded" / "diffusion_pytorch_model.safetensors.index.json").exists()
+    m2 = RefineByAlignModel.load(tmp_path / "sharded")
+    assert all(torch.equal(v, m2.state_dict()[k]) for k, v in m.state_dict().items())
+    m.save_pretrained(tmp_path / "two")
+    f = tmp_path / "two" / "diffusion_pytorch_model.safetensors"
+    f.rename(tmp_path / "two" / "a.safetensors")
+    (tmp_path / "two" / "b.safetensors").write_bytes((tmp_path / "two" / "a.safetensors").read_bytes())
+    with pytest.raises(ValueError, match="ambiguous"):
+        RefineByAlignModel.load(tmp_path / "two")
 
 
 def test_load_refuses_weights_that_do_not_fit(tmp_path):

@@ -196,3 +196,31 @@ def test_device_is_picked_automatically_and_a_missing_gpu_is_a_clear_error():
     if not torch.cuda.is_available():
         with pytest.raises(ValueError, match="no CUDA GPU"):
             resolve_device("cuda")
+
+
+def test_latent_model_pipeline_runs_channels_last_and_compile_falls_back(tmp_path, simple_inputs, monkeypatch):
+    """A latent-space (vae-tiny) model saved and reloaded: weights stored channels-last, one
+    refine runs; a torch.compile that raises leaves the pipeline eager and working."""
+    import torch
+
+    from refine_by_align.config import ModelConfig, get_config
+    from refine_by_align.models.refiner import RefineByAlignModel
+    from refine_by_align.pipelines.pipeline import RefineByAlignPipeline
+
+    cfg = ModelConfig.from_dict({**get_config("tiny").to_dict(), "latent": "vae-tiny", "resolution": 32, "zoom_min_size": 32})
+    torch.manual_seed(0)
+    RefineByAlignModel.from_model_config(cfg).save_pretrained(tmp_path)
+    pipe = RefineByAlignPipeline.from_pretrained(str(tmp_path), device="cpu")
+    pipe.set_progress_bar_config(disable=True)
+    w = pipe.model.unet.conv_in.weight
+    assert w.is_contiguous(memory_format=torch.channels_last) and not w.is_contiguous()
+
+    def no_compiler(*args, **kwargs):
+        raise RuntimeError("no C++ compiler")
+
+    monkeypatch.setattr(torch, "compile", no_compiler)
+    assert pipe.enable_compile() is False and pipe._compiled_unet is None
+    image, mask, reference = simple_inputs
+    out = pipe(image, mask, reference, seed=0, num_inference_steps=2)
+    a = np.asarray(out.image)
+    assert a.shape == np.asarray(image).shape and np.isfinite(a).all()

@@ -6,6 +6,7 @@ Saved as one folder: ``config.json`` + ``diffusion_pytorch_model.safetensors``.
 
 from __future__ import annotations
 
+import json
 import logging
 from pathlib import Path
 
@@ -145,8 +146,20 @@ class RefineByAlignModel(ModelMixin, ConfigMixin):
 
         model = cls.from_config(cls.load_config(folder))
         main = folder / "diffusion_pytorch_model.safetensors"
+        index = folder / "diffusion_pytorch_model.safetensors.index.json"
+        if index.exists():  # sharded: the files the index names, nothing else
+            files = [folder / f for f in sorted(set(json.loads(index.read_text())["weight_map"].values()))]
+        elif main.exists():
+            files = [main]
+        else:
+            files = sorted(folder.glob("*.safetensors"))
+            if len(files) > 1:
+                raise ValueError(
+                    f"model folder '{folder}' holds {len(files)} .safetensors files and no diffusion_pytorch_model.safetensors "
+                    f"or index: which one is the model is ambiguous"
+                )
         state: dict[str, torch.Tensor] = {}
-        for f in [main] if main.exists() else sorted(folder.glob("*.safetensors")):
+        for f in files:
             state.update(load_file(f))
         state = _match_vit_names(state, set(model.state_dict()))
         missing = sorted(set(model.state_dict()) - set(state))

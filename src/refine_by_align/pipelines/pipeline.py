@@ -131,22 +131,18 @@ class RefineByAlignPipeline(DiffusionPipeline):
         self.random_weights = False
         self._compiled_unet = None  # set by enable_compile(); the denoising loop uses it
 
-    def enable_compile(self, freezing: bool = True, mode: str | None = None, vae: bool = True) -> bool:
+    def enable_compile(self, freezing: bool = True, mode: str | None = None) -> bool:
         """Compile the U-Net for the denoising loop with torch.compile (inductor; with weight
-        freezing, as inference-only), and the autoencoder's encoder and decoder in place (``vae``).
-        ``mode``: torch.compile's mode, e.g. ``"max-autotune"`` (measured on this CPU for ``paper``:
-        49.3 s a refine after a 309 s compile, against 44.6 s after 141 s in the default mode). The
-        alignment pass keeps the eager U-Net, whose attention processors it swaps. Returns False
-        (and stays eager) where compilation is unavailable; a compiled U-Net that fails on its
-        first call also falls back to eager, with a warning."""
+        freezing, as inference-only). ``mode``: torch.compile's mode, e.g. ``"max-autotune"``
+        (measured on this CPU for ``paper``: 49.3 s a refine after a 309 s compile, against 44.6 s
+        after 141 s in the default mode). The alignment pass keeps the eager U-Net, whose attention
+        processors it swaps. Returns False (and stays eager) where compilation is unavailable; a
+        compiled U-Net that fails on its first call also falls back to eager, with a warning."""
         try:
             import torch._inductor.config as inductor_config
 
             inductor_config.freezing = freezing
             self._compiled_unet = torch.compile(self.model.unet, dynamic=False, mode=mode)
-            if vae and self.model.vae is not None:
-                for part in (self.model.vae.encoder, self.model.vae.decoder):
-                    part.compile(dynamic=False, mode=mode)  # nn.Module.compile: in place, same module
             return True
         except Exception as e:  # no compiler toolchain, unsupported platform...
             logger.warning("torch.compile unavailable (%s): staying eager", e)

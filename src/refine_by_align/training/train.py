@@ -295,6 +295,8 @@ def train(tc: TrainConfig, run_dir: str | Path, resume: bool = False, max_steps:
             accelerator.print(f"no checkpoint in {run_dir}/checkpoints: starting from step 0")
         else:
             accelerator.load_state(str(resume_ckpt))
+            if ema is not None:
+                ema.to(accelerator.device)  # load_state restores the EMA copy on the CPU
             step = json.loads((resume_ckpt / "state.json").read_text())["step"]
             accelerator.print(f"resumed from {resume_ckpt} at step {step}")
 

@@ -90,3 +90,26 @@ def test_residual_patch_blur_removes_speckle_and_keeps_a_colour_shift():
     assert smooth.std() < 0.2 * sharp.std()  # the speckle is gone ...
     shifted = residual_patch(crop, mask, prefill + 0.1, prefill, hole, blur=2.0)[mask].astype(float) - base
     assert abs(shifted[20:-20].mean() - 25.5) < 1.0  # ... a uniform correction passes unchanged
+
+
+def test_residual_patch_shrinks_an_uncertain_correction_toward_the_fill():
+    """Wiener shrinkage: no sample variance -> the full correction; a variance far above the
+    correction's power -> (almost) the classical fill; in between, in between."""
+    from refine_by_align.fill import residual_patch
+
+    rng = np.random.default_rng(2)
+    crop = rng.integers(60, 200, (48, 48, 3), dtype=np.uint8)
+    mask = np.zeros((48, 48), bool)
+    mask[12:36, 12:36] = True
+    prefill = np.full((16, 16, 3), 0.5, np.float32)
+    out = prefill + 0.1
+    base = residual_patch(crop, mask, prefill, prefill)[mask].astype(float)
+
+    def shift(var):
+        got = residual_patch(crop, mask, out, prefill, blur=2.0, mean_var=np.full((16, 16), var, np.float32), shrink=16.0)
+        return (got[mask].astype(float) - base).mean()
+
+    full = residual_patch(crop, mask, out, prefill, blur=2.0)[mask].astype(float).mean() - base.mean()
+    assert shift(0.0) == pytest.approx(full, abs=0.6)  # (up to rounding to integers)
+    assert abs(shift(1.0)) < 0.05 * full  # power 0.01 against 16 x 1.0: nearly nothing passes
+    assert 0.2 * full < shift(0.01 / 16) < 0.8 * full  # equal power and scaled variance: about half

@@ -63,6 +63,7 @@ class ModelConfig:
     prediction_type: str = "v_prediction"
     hole_fill: str = "zero"  # the masked image's hole: "zero" (SD inpainting, the paper) or "telea" (fill.py)
     correction_blur: float = 0.0  # telea fill only: Gaussian sigma (crop px) smoothing the model's correction (fill.py)
+    correction_shrink: float = 0.0  # telea fill, K > 1 samples: Wiener shrinkage lambda of the correction (fill.py)
     default_steps: int = 20  # sampling steps (DDIM in pixel space, DPM-Solver++ in latent space)
     default_guidance: float = 2.0  # classifier-free guidance scale
     default_samples: int = 1  # samples averaged into the result (K > 1: posterior-mean estimate)
@@ -133,8 +134,10 @@ def _tiny() -> ModelConfig:
 
 def _default() -> ModelConfig:
     # sampling defaults chosen on the validation cases (MODEL_CARD.md): 2 DDIM steps, no guidance,
-    # the mean of 4 samples; the correction blur chosen on the tuning cases
-    return ModelConfig(hole_fill="telea", correction_blur=2.0, default_steps=2, default_guidance=1.0, default_samples=4)
+    # the mean of 4 samples; the correction blur and shrinkage chosen on the second case set
+    return ModelConfig(
+        hole_fill="telea", correction_blur=2.0, correction_shrink=16.0, default_steps=2, default_guidance=1.0, default_samples=4
+    )
 
 
 def _paper() -> ModelConfig:

@@ -45,6 +45,8 @@ def residual_patch(
     prefill_small: np.ndarray,
     hole_small: np.ndarray | None = None,
     blur: float = 0.0,
+    mean_var: np.ndarray | None = None,
+    shrink: float = 0.0,
 ) -> np.ndarray:
     """The refined crop at full resolution for a model that corrects a Telea prefill.
 
@@ -56,12 +58,20 @@ def residual_patch(
     Telea fill. ``hole_small`` ((S, S) float/bool, the model's hole) limits the correction to the
     hole: outside it the patch is the input itself. ``blur`` > 0 smooths the correction with a
     Gaussian of that sigma (in S-px pixels) before upsampling: the sample's leftover noise is
-    removed and its colour and shading kept (MODEL_CARD.md measures it). Returns (N, N, 3) uint8."""
+    removed and its colour and shading kept (MODEL_CARD.md measures it). ``mean_var`` ((S, S),
+    the variance of ``out_small`` as a mean of K samples: their per-pixel variance / K) with
+    ``shrink`` = lambda > 0 scales the correction by the Wiener factor P / (P + lambda * mean_var),
+    P its smoothed power: where the samples disagree more than the correction is large, the
+    result stays closer to the classical fill. Returns (N, N, 3) uint8."""
     if crop_full.shape[:2] != mask_full.shape or out_small.shape != prefill_small.shape:
         raise ValueError(f"residual_patch shapes: crop {crop_full.shape}, mask {mask_full.shape}, out {out_small.shape}, prefill {prefill_small.shape}")
     n_h, n_w = mask_full.shape
     base = cv2.inpaint(np.ascontiguousarray(crop_full), mask_full.astype(np.uint8) * 255, FULL_TELEA_RADIUS, cv2.INPAINT_TELEA)
-    delta = (out_small - prefill_small).astype(np.float32) * 255.0
+    delta = (out_small - prefill_small).astype(np.float32)  # (S, S, 3) in [-1, 1]
+    if shrink > 0 and mean_var is not None:
+        power = (cv2.GaussianBlur(delta, (0, 0), max(float(blur), 1.0)) ** 2).mean(-1, keepdims=True)  # (S, S, 1)
+        delta = delta * (power / (power + shrink * np.asarray(mean_var, np.float32)[..., None] + 1e-8))
+    delta = delta * 255.0
     if hole_small is not None:
         delta = delta * np.asarray(hole_small, dtype=np.float32)[..., None]
     if blur > 0:

@@ -435,7 +435,9 @@ class RefineByAlignPipeline(DiffusionPipeline):
 
         # 5. Decode and paste the crop back: pixels outside the dilated mask stay bit-identical.
         t4 = time.perf_counter()
-        out = self.model.from_latent(latents.to(self._weight().dtype)).float().mean(0).permute(1, 2, 0).cpu().numpy()  # (S, S, 3)
+        samples = self.model.from_latent(latents.to(self._weight().dtype)).float()  # (K, 3, S, S)
+        out = samples.mean(0).permute(1, 2, 0).cpu().numpy()  # (S, S, 3)
+        mean_var = (samples.var(0, unbiased=False).mean(0) / k).cpu().numpy()  # (S, S) variance of that mean
         if cfg.hole_fill == "telea":  # the model corrected a Telea prefill: apply the correction at full resolution
             b = p.crop_box  # inside the image (zoom_box)
             window = (slice(b.y0, b.y1), slice(b.x0, b.x1))
@@ -446,6 +448,8 @@ class RefineByAlignPipeline(DiffusionPipeline):
                 inputs.prefill[0].permute(1, 2, 0).float().cpu().numpy(),
                 inputs.cmask[0, 0].float().cpu().numpy(),
                 blur=cfg.correction_blur,
+                mean_var=mean_var,
+                shrink=cfg.correction_shrink,
             )
         else:
             patch = np.clip(np.rint(out * 255.0), 0, 255).astype(np.uint8)

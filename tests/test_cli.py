@@ -125,3 +125,15 @@ def test_bench_refine_by_align_tiny(tmp_path):
     m = json.loads((tmp_path / "res" / "metrics.json").read_text())
     assert m["summary"]["ALL"]["cases"] == 1
     assert (tmp_path / "res" / "contact_sheet.png").exists()
+
+
+def test_benchmark_rejects_an_unusable_device_with_a_usage_error(tmp_path, capsys):
+    import torch
+
+    from refine_by_align.cli import main
+
+    out = tmp_path / "b.json"
+    bad = "nonsense" if torch.cuda.is_available() else "cuda"
+    assert main(["benchmark", "--configs", "tiny", "--device", bad, "--output", str(out)]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("refine-by-align benchmark: error: --device") and not out.exists()

@@ -295,7 +295,12 @@ def cmd_grid_search(args) -> int:
 
 def cmd_benchmark(args) -> int:
     from .evaluation.perf import run_benchmark
+    from .pipelines.pipeline import resolve_device
 
+    try:  # a bad or absent device is a usage error, found before any config is built
+        resolve_device(args.device)
+    except (ValueError, RuntimeError) as e:
+        raise CLIError(f"--device {args.device}: {e}") from None
     configs = [c.strip() for c in args.configs.split(",") if c.strip()]
     res = run_benchmark(configs, args.output, args.repeats, args.cases, args.dtype, args.compile or False, args.device)
     c = res["ceiling"]

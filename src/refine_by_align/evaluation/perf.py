@@ -129,8 +129,9 @@ def benchmark_config(
         res["unet_gflop"] = fc.get_total_flops() / 1e9
         unet_s = timed(lambda: model.unet(x, t, encoder_hidden_states=ctx), repeats)
         res["unet_forward_s"] = unet_s
-        if compile and pipe.enable_compile(mode=None if compile in (True, "default") else compile):
-            res["compile_mode"] = "default" if compile is True else compile
+        mode = "default" if compile is True else compile
+        if compile and pipe.enable_compile(mode=None if mode == "default" else mode):
+            res["compile_mode"] = mode
             t0 = time.perf_counter()
             pipe._predict(latents, t, masked, lmask, ctx)  # compiles (batch 1)
             pipe._predict(torch.cat([latents] * 2), t.expand(2), masked.expand(2, -1, -1, -1), lmask.expand(2, -1, -1, -1), ctx2)

@@ -161,9 +161,10 @@ class RefineByAlignModel(ModelMixin, ConfigMixin):
         state: dict[str, torch.Tensor] = {}
         for f in files:
             state.update(load_file(f))
-        state = _match_vit_names(state, set(model.state_dict()))
-        missing = sorted(set(model.state_dict()) - set(state))
-        unexpected = sorted(set(state) - set(model.state_dict()))
+        wanted = set(model.state_dict())
+        state = _match_vit_names(state, wanted)
+        missing = sorted(wanted - set(state))
+        unexpected = sorted(set(state) - wanted)
         if missing or unexpected:  # never run with silently re-initialised weights
             raise ValueError(
                 f"model folder '{folder}' does not fit this code: {len(missing)} missing weights {missing[:3]}, "

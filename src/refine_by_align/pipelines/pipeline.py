@@ -374,14 +374,14 @@ class RefineByAlignPipeline(DiffusionPipeline):
                 raise InputError(
                     f"correspondence {correspondence.shape[::-1]} does not match the reference {p.reference_mask.shape[::-1]}"
                 )
-        aligning = align and (correspondence is None or not correspondence.any())
-        inputs = self.crop_inputs(p, with_sample=aligning)  # crop (1, 3, S, S), U-Net inputs (1, C, h, w)
+        given = correspondence is not None and correspondence.any()  # a region from the caller: no alignment pass
+        inputs = self.crop_inputs(p, with_sample=align and not given)  # crop (1, 3, S, S), U-Net inputs (1, C, h, w)
         timings["prepare"] = time.perf_counter() - t0
 
         # 2. Alignment stage: M* on the reference (Algorithm 1).
         t1 = time.perf_counter()
         alignment = None
-        if correspondence is not None and correspondence.any():
+        if given:
             region = correspondence
         elif align:
             alignment = self._align(p, alignment_timestep, alignment_layer, 0.5, seed, inputs)
@@ -437,7 +437,6 @@ class RefineByAlignPipeline(DiffusionPipeline):
         t4 = time.perf_counter()
         samples = self.model.from_latent(latents.to(self._weight().dtype)).float()  # (K, 3, S, S)
         out = samples.mean(0).permute(1, 2, 0).cpu().numpy()  # (S, S, 3)
-        mean_var = (samples.var(0, unbiased=False).mean(0) / k).cpu().numpy()  # (S, S) variance of that mean
         if cfg.hole_fill == "telea":  # the model corrected a Telea prefill: apply the correction at full resolution
             b = p.crop_box  # inside the image (zoom_box)
             window = (slice(b.y0, b.y1), slice(b.x0, b.x1))
@@ -448,7 +447,7 @@ class RefineByAlignPipeline(DiffusionPipeline):
                 inputs.prefill[0].permute(1, 2, 0).float().cpu().numpy(),
                 inputs.cmask[0, 0].float().cpu().numpy(),
                 blur=cfg.correction_blur,
-                mean_var=mean_var,
+                mean_var=(samples.var(0, unbiased=False).mean(0) / k).cpu().numpy(),  # (S, S) variance of the mean
                 shrink=cfg.correction_shrink,
             )
         else:

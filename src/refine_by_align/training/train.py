@@ -285,7 +285,6 @@ def train(tc: TrainConfig, run_dir: str | Path, resume: bool = False, max_steps:
 
     model, optimizer, lr_scheduler = accelerator.prepare(model, optimizer, lr_scheduler)
     if ema is not None:
-        ema.to(accelerator.device)  # its shadow copy was taken on the CPU, before prepare() moved the model
         accelerator.register_for_checkpointing(ema)
 
     # 3. Resume from the last complete checkpoint.
@@ -295,10 +294,10 @@ def train(tc: TrainConfig, run_dir: str | Path, resume: bool = False, max_steps:
             accelerator.print(f"no checkpoint in {run_dir}/checkpoints: starting from step 0")
         else:
             accelerator.load_state(str(resume_ckpt))
-            if ema is not None:
-                ema.to(accelerator.device)  # load_state restores the EMA copy on the CPU
             step = json.loads((resume_ckpt / "state.json").read_text())["step"]
             accelerator.print(f"resumed from {resume_ckpt} at step {step}")
+    if ema is not None:  # its shadow copy was taken (or restored by load_state) on the CPU
+        ema.to(accelerator.device)
 
     # 4. Data: deterministic per (seed, index), so a resumed run sees the same samples.
     dataset = build_dataset(tc, mcfg)

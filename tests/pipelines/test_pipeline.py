@@ -77,6 +77,20 @@ def test_align_stage_alone(tiny_pipe, simple_inputs):
     assert res2.timestep == 500 and res2.layer == 0
 
 
+def test_alignment_threshold_comes_from_the_config(tiny_pipe, simple_inputs, monkeypatch):
+    """A.4's threshold is a model setting: the pipeline's default follows it, an argument overrides it."""
+    from refine_by_align.pipelines.alignment import clean_correspondence
+
+    image, mask, reference = simple_inputs
+    raw = tiny_pipe.align(image, mask, reference).raw_grid
+    for thr in (0.2, 0.9):
+        monkeypatch.setattr(tiny_pipe.model.cfg, "alignment_threshold", thr)
+        res = tiny_pipe.align(image, mask, reference)
+        assert np.array_equal(res.grid_mask, clean_correspondence(raw, threshold=thr)[0])
+    assert clean_correspondence(raw, 0.2)[0].sum() > clean_correspondence(raw, 0.9)[0].sum()  # the setting matters
+    assert np.array_equal(tiny_pipe.align(image, mask, reference, threshold=0.2).grid_mask, clean_correspondence(raw, 0.2)[0])
+
+
 def test_reference_mask_restricts_correspondence(tiny_pipe, simple_inputs):
     image, mask, reference = simple_inputs
     ref_mask = np.zeros((reference.height, reference.width), bool)

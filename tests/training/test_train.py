@@ -212,3 +212,43 @@ def test_split_run_starts_from_init_weights(tmp_path):
     train(tc2, tmp_path / "stage2", progress=False)
     w2 = RefineByAlignModel.load(tmp_path / "stage2" / "weights").state_dict()
     assert all(torch.allclose(w1[k], w2[k]) for k in w1)
+
+
+def test_shipped_recipes_chain_into_the_shipped_model():
+    """Every recipe builds; each stage's init_from fits the next stage's model (shapes), and the last
+    stage trains the architecture that `default` ships."""
+    from refine_by_align.config import get_config
+    from refine_by_align.models.refiner import RefineByAlignModel
+    from refine_by_align.training.train import RECIPES_DIR
+
+    shapes = {}
+    for name in ("default", "default-stage2", "default-stage3", "default-stage4"):
+        tc = load_train_config(name)
+        m = RefineByAlignModel.from_model_config(tc.model_config())
+        shapes[name] = {k: v.shape for k, v in m.state_dict().items()}
+    assert shapes["default"] == shapes["default-stage2"] == shapes["default-stage3"] == shapes["default-stage4"]
+    assert load_train_config("default-stage3").model_config().resolution == 32
+    last = load_train_config("default-stage4").model_config()
+    shipped = get_config("default")
+    assert (last.resolution, last.zoom_min_size, last.unet, last.encoder) == (shipped.resolution, shipped.zoom_min_size, shipped.unet, shipped.encoder)
+    assert {p.stem for p in RECIPES_DIR.glob("*.json")} >= {"default", "default-stage2", "default-stage3", "default-stage4", "tiny"}
+
+
+def test_data_scale_fields_reach_the_dataset(tmp_path):
+    """synthetic_size sets the procedural objects' side, photo_max_side the photos' longest side."""
+    from PIL import Image
+
+    from refine_by_align.training.train import build_dataset
+
+    for subject in ("alpha", "beta"):
+        (tmp_path / subject).mkdir()
+        Image.fromarray(np.full((120, 160, 3), 128, np.uint8)).save(tmp_path / subject / "00.jpg")
+        m = np.zeros((120, 160), np.uint8)
+        m[20:100, 30:130] = 255
+        Image.fromarray(m).save(tmp_path / subject / "00_mask.png")
+    tc = _tc(synthetic_size=48, photo_max_side=100, data_root=str(tmp_path))
+    ds = build_dataset(tc, tc.model_config())
+    synthetic, photos = ds.sources
+    assert synthetic.get(0)[0].shape == (48, 48, 3)
+    image, mask = photos._views["alpha"].get(0)
+    assert image.shape == (75, 100, 3) and mask.shape == (75, 100)

@@ -282,7 +282,7 @@ class RefineByAlignPipeline(DiffusionPipeline):
         reference_mask: np.ndarray | Image.Image | None = None,
         timestep: int | None = None,
         layer: int | None = None,
-        threshold: float = 0.5,
+        threshold: float | None = None,
         seed: int = 0,
         names: dict[str, str] | None = None,
     ) -> AlignmentResult:
@@ -311,10 +311,12 @@ class RefineByAlignPipeline(DiffusionPipeline):
         return maps[:, :, 0].numpy()
 
     def correspondence_on_reference(
-        self, p: PreparedInputs, raw: np.ndarray, threshold: float = 0.5
+        self, p: PreparedInputs, raw: np.ndarray, threshold: float | None = None
     ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
         """A.4 on one raw (g, g) map, then onto the reference: (M* (Hr, Wr) bool, heat map (Hr, Wr)
-        float in [0, 1], M* on the token grid (g, g), the cleaned grid map (g, g) in [0, 1])."""
+        float in [0, 1], M* on the token grid (g, g), the cleaned grid map (g, g) in [0, 1]).
+        ``threshold``: A.4's, relative to the map's range (None: the model's ``alignment_threshold``)."""
+        threshold = self.model.cfg.alignment_threshold if threshold is None else float(threshold)
         grid_mask, norm = clean_correspondence(raw, threshold=threshold)
         shape = p.reference_mask.shape
         m_star = grid_to_reference(grid_mask, p.reference_box, shape) & p.reference_mask
@@ -384,7 +386,7 @@ class RefineByAlignPipeline(DiffusionPipeline):
         if given:
             region = correspondence
         elif align:
-            alignment = self._align(p, alignment_timestep, alignment_layer, 0.5, seed, inputs)
+            alignment = self._align(p, alignment_timestep, alignment_layer, None, seed, inputs)
             region = alignment.mask
         else:
             region = None

@@ -57,6 +57,9 @@ class TrainConfig:
     mode_weights: dict = field(default_factory=lambda: {"alignment": 0.5, "refinement": 0.3, "multiview": 0.2})
     synthetic_weight: float = 0.5  # share of single-image pairs drawn from the procedural generator
     synthetic_pool: int = 4096  # distinct procedural objects (rendered once, cached)
+    synthetic_size: int = 128  # side of a rendered procedural object, in pixels
+    photo_max_side: int = 192  # photos are downscaled to this longest side (crops at test time come
+    # from 512 px photos: a larger crop resolution wants a larger value, at some cost in data speed)
     data_root: str | None = "../shared/data/dreambooth-train"  # multi-view photos (None: synthetic only)
     mixed_precision: str = "no"  # "no" | "bf16" | "fp16" (accelerate)
     ema_decay: float = 0.999  # 0 disables EMA
@@ -134,11 +137,11 @@ def build_dataset(tc: TrainConfig, mcfg: ModelConfig, seed_offset: int = 0):
     from ..data.readers import MultiViewFolder
     from ..data.synthetic import SyntheticSource
 
-    sources, weights = [SyntheticSource(size=128, pool_size=tc.synthetic_pool, seed=tc.seed + seed_offset)], [1.0]
+    sources, weights = [SyntheticSource(size=tc.synthetic_size, pool_size=tc.synthetic_pool, seed=tc.seed + seed_offset)], [1.0]
     mode_weights = dict(tc.mode_weights)
     root = Path(tc.data_root) if tc.data_root else None
     if root is not None and root.is_dir():
-        sources.append(MultiViewFolder(root, max_side=192))
+        sources.append(MultiViewFolder(root, max_side=tc.photo_max_side))
         weights = [tc.synthetic_weight, 1.0 - tc.synthetic_weight]
     else:
         if root is not None:

@@ -102,3 +102,36 @@ def test_correspondence_map_rejects_bad_shapes():
         correspondence_map(torch.rand(1, 10, 16), torch.ones(1, 1, 4, 4), 4)
     with pytest.raises(ValueError, match="tokens"):
         correspondence_map(torch.rand(1, 16, 15), torch.ones(1, 1, 4, 4), 4)
+
+
+def test_alignment_pass_stops_after_its_last_layer_with_the_same_maps(tiny_pipe, simple_inputs):
+    """attention_grid ends each U-Net pass once the listed layers are recorded: the maps equal
+    those of a whole pass, and the blocks after the layer never run."""
+    from diffusers import DDPMScheduler
+
+    from refine_by_align.models.attention import record_layers
+    from refine_by_align.pipelines.alignment import attention_grid
+
+    image, mask, reference = simple_inputs
+    p = tiny_pipe.prepare(image, mask, reference)
+    inputs = tiny_pipe.crop_inputs(p)
+    model = tiny_pipe.model
+    context = model.encode_reference(tiny_pipe.reference_tensor(p.reference, p.reference_box))
+    names = model.cross_attention_layers
+    first = 0  # the tiny U-Net's first cross-attention layer sits in its first down block
+    assert names[first].startswith("down_blocks.0")
+    ran = []
+    hook = model.unet.up_blocks[-1].register_forward_hook(lambda *a: ran.append(1))
+    try:
+        early = attention_grid(model, inputs.sample, inputs.masked, inputs.lmask, context, [0], [first], DDPMScheduler())
+    finally:
+        hook.remove()
+    assert not ran  # the last up block was skipped
+    store = AttentionStore()
+    record_layers(model.unet, [names[first]], store)
+    try:
+        model(inputs.sample, torch.zeros(1, dtype=torch.long), inputs.masked, inputs.lmask, context)
+    finally:
+        record_layers(model.unet, [], store)
+    full = correspondence_map(store[names[first]], inputs.lmask, model.cfg.grid_size)
+    torch.testing.assert_close(early[0, 0], full)

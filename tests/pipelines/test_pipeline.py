@@ -170,13 +170,14 @@ def test_compile_falls_back_to_eager_when_the_compiled_unet_fails(tiny_pipe, sim
     def broken(*args, **kwargs):
         raise RuntimeError("no C++ compiler")
 
-    tiny_pipe._compiled_unet = broken
+    tiny_pipe._compiled = {"unet": broken}
     try:
         got = np.asarray(tiny_pipe(image, mask, reference, seed=2).image)
+        assert tiny_pipe._compiled["unet"] is None  # dropped for good after the first failure
     finally:
-        tiny_pipe._compiled_unet = None
+        tiny_pipe._compiled = {}
     assert np.array_equal(got, want)
-    assert "falling back to eager" in caplog.text
+    assert "compiled unet failed" in caplog.text and "falling back to eager" in caplog.text
 
 
 def test_num_samples_averages_a_batch_of_samples(tiny_pipe, simple_inputs):
@@ -233,8 +234,40 @@ def test_latent_model_pipeline_runs_channels_last_and_compile_falls_back(tmp_pat
         raise RuntimeError("no C++ compiler")
 
     monkeypatch.setattr(torch, "compile", no_compiler)
-    assert pipe.enable_compile() is False and pipe._compiled_unet is None
+    assert pipe.enable_compile() is False and pipe._compiled == {}
     image, mask, reference = simple_inputs
     out = pipe(image, mask, reference, seed=0, num_inference_steps=2)
     a = np.asarray(out.image)
     assert a.shape == np.asarray(image).shape and np.isfinite(a).all()
+
+
+def test_latent_model_uses_compiled_autoencoder_parts_and_each_falls_back_alone(tmp_path, simple_inputs, caplog):
+    """enable_compile's autoencoder stand-ins: a working one is called (with the same result as
+    eager), a failing one is dropped alone, with a warning, and the refine still matches eager."""
+    import torch
+
+    from refine_by_align.config import ModelConfig, get_config
+    from refine_by_align.models.refiner import RefineByAlignModel
+    from refine_by_align.pipelines.pipeline import RefineByAlignPipeline
+
+    cfg = ModelConfig.from_dict({**get_config("tiny").to_dict(), "latent": "vae-tiny", "resolution": 32, "zoom_min_size": 32})
+    torch.manual_seed(0)
+    RefineByAlignModel.from_model_config(cfg).save_pretrained(tmp_path)
+    pipe = RefineByAlignPipeline.from_pretrained(str(tmp_path), device="cpu")
+    pipe.set_progress_bar_config(disable=True)
+    image, mask, reference = simple_inputs
+    want = np.asarray(pipe(image, mask, reference, seed=0, num_inference_steps=2).image)
+    calls = []
+
+    def decode(z):
+        calls.append(tuple(z.shape))
+        return pipe.model.vae.decode(z)
+
+    def broken(*args, **kwargs):
+        raise RuntimeError("inductor: no C++ compiler")
+
+    pipe._compiled = {"encode": broken, "decode": decode}
+    got = np.asarray(pipe(image, mask, reference, seed=0, num_inference_steps=2).image)
+    assert np.array_equal(got, want)
+    assert calls and pipe._compiled["encode"] is None and pipe._compiled["decode"] is decode
+    assert "compiled encode failed" in caplog.text

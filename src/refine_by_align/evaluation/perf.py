@@ -136,9 +136,9 @@ def benchmark_config(
             pipe._predict(latents, t, masked, lmask, ctx)  # compiles (batch 1)
             pipe._predict(torch.cat([latents] * 2), t.expand(2), masked.expand(2, -1, -1, -1), lmask.expand(2, -1, -1, -1), ctx2)
             res["compile_s"] = time.perf_counter() - t0
-            res["compiled"] = pipe._compiled_unet is not None
+            res["compiled"] = pipe._compiled.get("unet") is not None
             if res["compiled"]:
-                cu = pipe._compiled_unet
+                cu = pipe._compiled["unet"]
                 res["unet_forward_eager_s"] = unet_s
                 unet_s = timed(lambda: cu(x, t, encoder_hidden_states=ctx), repeats)
                 res["unet_forward_s"] = unet_s

@@ -13,7 +13,13 @@ import re
 import torch
 from diffusers.models.attention_processor import Attention, AttnProcessor2_0
 
-__all__ = ["AttentionStore", "RecordingAttnProcessor", "cross_attention_layers", "record_layers"]
+__all__ = ["AttentionStore", "AllLayersRecorded", "RecordingAttnProcessor", "cross_attention_layers", "record_layers"]
+
+
+class AllLayersRecorded(Exception):
+    """Raised by a recording processor once every layer an :class:`AttentionStore` waits for has
+    been recorded: a pass that only reads attention maps (the alignment stage) ends there instead
+    of running the rest of the U-Net (for the paper's l = 9, the two finest up blocks)."""
 
 
 class AttentionStore:
@@ -22,8 +28,9 @@ class AttentionStore:
     ``maps[name]`` is (B, HW, tokens), averaged over heads. With ``keep_grad`` the maps stay in the
     autograd graph (for attention supervision in training); otherwise they are detached."""
 
-    def __init__(self, keep_grad: bool = False):
+    def __init__(self, keep_grad: bool = False, stop_after: list[str] | tuple[str, ...] = ()):
         self.keep_grad = keep_grad
+        self.stop_after = frozenset(stop_after)  # non-empty: raise AllLayersRecorded once all are in
         self.maps: dict[str, torch.Tensor] = {}
 
     def clear(self) -> None:
@@ -50,6 +57,8 @@ class RecordingAttnProcessor(AttnProcessor2_0):
     def __call__(self, attn: Attention, hidden_states, encoder_hidden_states=None, attention_mask=None, temb=None, *args, **kwargs):
         if encoder_hidden_states is not None:
             self.store.maps[self.name] = self._probs(attn, hidden_states, encoder_hidden_states)
+            if self.store.stop_after and self.store.stop_after <= self.store.maps.keys():
+                raise AllLayersRecorded()
         return super().__call__(attn, hidden_states, encoder_hidden_states, attention_mask, temb, *args, **kwargs)
 
     def _probs(self, attn: Attention, hidden_states: torch.Tensor, context: torch.Tensor) -> torch.Tensor:

@@ -183,21 +183,24 @@ class RefineByAlignModel(ModelMixin, ConfigMixin):
         """(B, 3, H, W) in [0, 1] -> context tokens (B, T, C)."""
         return self.reference_encoder(reference)
 
-    def to_latent(self, images: torch.Tensor) -> torch.Tensor:
-        """(B, 3, H, W) in [0, 1] -> the U-Net's sample space: [-1, 1] pixels or scaled VAE latents."""
+    def to_latent(self, images: torch.Tensor, encode=None) -> torch.Tensor:
+        """(B, 3, H, W) in [0, 1] -> the U-Net's sample space: [-1, 1] pixels or scaled VAE latents.
+        ``encode``: a compiled stand-in for ``self.vae.encode`` (pipelines' enable_compile), or None."""
         x = images * 2.0 - 1.0
         if self.vae is None:
             return x
+        out = (self.vae.encode if encode is None else encode)(x)
         if isinstance(self.vae, AutoencoderKL):
-            return self.vae.encode(x).latent_dist.mode() * self.vae.config.scaling_factor
-        return self.vae.encode(x).latents * self.vae.config.scaling_factor
+            return out.latent_dist.mode() * self.vae.config.scaling_factor
+        return out.latents * self.vae.config.scaling_factor
 
-    def from_latent(self, latents: torch.Tensor) -> torch.Tensor:
-        """Inverse of :meth:`to_latent`, clamped to [0, 1]."""
+    def from_latent(self, latents: torch.Tensor, decode=None) -> torch.Tensor:
+        """Inverse of :meth:`to_latent`, clamped to [0, 1]. ``decode``: a compiled stand-in for
+        ``self.vae.decode``, or None."""
         if self.vae is None:
             x = latents
         else:
-            x = self.vae.decode(latents / self.vae.config.scaling_factor).sample
+            x = (self.vae.decode if decode is None else decode)(latents / self.vae.config.scaling_factor).sample
         return ((x + 1.0) / 2.0).clamp(0.0, 1.0)
 
     def masked_image(self, images: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
@@ -206,17 +209,17 @@ class RefineByAlignModel(ModelMixin, ConfigMixin):
         return self.to_latent(fill_hole(images, mask, self.cfg.hole_fill))
 
     def inpainting_inputs(
-        self, images: torch.Tensor, mask: torch.Tensor, with_sample: bool = True
+        self, images: torch.Tensor, mask: torch.Tensor, with_sample: bool = True, encode=None
     ) -> tuple[torch.Tensor | None, torch.Tensor, torch.Tensor, torch.Tensor]:
         """Everything the U-Net needs about one crop, with one autoencoder pass:
         (z_0 of ``images`` or None, the hole-filled image (B, 3, H, W) in [0, 1], its sample-space
         masked input (B, C, h, w), the sample-space mask (B, 1, h, w)). ``with_sample=False``
-        skips z_0 (the refinement stage alone does not need it)."""
+        skips z_0 (the refinement stage alone does not need it); ``encode`` as in :meth:`to_latent`."""
         prefill = fill_hole(images, mask, self.cfg.hole_fill)
         if with_sample:
-            sample, masked = self.to_latent(torch.cat([images, prefill])).chunk(2)  # (B, C, h, w) each
+            sample, masked = self.to_latent(torch.cat([images, prefill]), encode).chunk(2)  # (B, C, h, w) each
         else:
-            sample, masked = None, self.to_latent(prefill)
+            sample, masked = None, self.to_latent(prefill, encode)
         return sample, prefill, masked, self.latent_mask(mask)
 
     def latent_mask(self, mask: torch.Tensor) -> torch.Tensor:

@@ -16,7 +16,7 @@ import torch
 import torch.nn.functional as F
 from scipy import ndimage
 
-from ..models.attention import AttentionStore, record_layers
+from ..models.attention import AllLayersRecorded, AttentionStore, record_layers
 from ..zoom import Box
 
 __all__ = [
@@ -130,13 +130,14 @@ def attention_grid(
     t (same noise for every t), recording the listed cross-attention layers (None = all).
 
     Returns (len(timesteps), len(layers), B, grid, grid). Implements the grid search input of
-    Algorithm 1 (Sec. 3.3, Fig. 4 and 7)."""
+    Algorithm 1 (Sec. 3.3, Fig. 4 and 7). Each pass stops as soon as the last listed layer has been
+    recorded: nothing after it contributes to the maps."""
     names = model.cross_attention_layers
     layer_ids = list(range(len(names))) if layers is None else list(layers)
     for l in layer_ids:
         if not 0 <= l < len(names):
             raise ValueError(f"layer {l} out of range 0..{len(names) - 1}")
-    store = AttentionStore()
+    store = AttentionStore(stop_after=[names[l] for l in layer_ids])
     record_layers(model.unet, [names[l] for l in layer_ids], store)
     noise = torch.randn(sample.shape, generator=generator, dtype=sample.dtype, device="cpu").to(sample.device)
     grid = model.cfg.grid_size
@@ -146,7 +147,10 @@ def attention_grid(
             tt = torch.full((sample.shape[0],), int(t), dtype=torch.long, device=sample.device)
             z_t = scheduler.add_noise(sample, noise, tt) if t > 0 else sample
             store.clear()
-            model(z_t, tt, masked, mask, context)
+            try:
+                model(z_t, tt, masked, mask, context)
+            except AllLayersRecorded:
+                pass
             for j, l in enumerate(layer_ids):
                 out[i, j] = correspondence_map(store[names[l]], mask, grid).cpu()
     finally:

@@ -90,7 +90,7 @@ def build_parser() -> argparse.ArgumentParser:
         nargs="?",
         const="default",
         choices=["default", "max-autotune"],
-        help="torch.compile the denoising U-Net (inductor, frozen weights); optional mode",
+        help="torch.compile the denoising U-Net and the VAE encode / decode (inductor, frozen weights); optional mode",
     )
     p.add_argument("--device", default="auto", help="auto (a visible CUDA GPU, else the CPU), cpu or cuda")
 

@@ -271,3 +271,27 @@ def test_latent_model_uses_compiled_autoencoder_parts_and_each_falls_back_alone(
     assert np.array_equal(got, want)
     assert calls and pipe._compiled["encode"] is None and pipe._compiled["decode"] is decode
     assert "compiled encode failed" in caplog.text
+
+
+def test_an_error_outside_the_compiled_call_propagates_and_keeps_it(tiny_pipe):
+    calls = []
+
+    def compiled(x):
+        calls.append(x)
+        return x
+
+    tiny_pipe._compiled = {"unet": compiled}
+    try:
+
+        def run(fn):
+            if fn is None:
+                return "eager"
+            fn(1)
+            raise ValueError("bad input, not a compile problem")
+
+        with pytest.raises(ValueError, match="bad input"):
+            tiny_pipe._compiled_or_eager("unet", run)
+        assert tiny_pipe._compiled["unet"] is compiled and calls == [1]
+        assert tiny_pipe._compiled_or_eager("unet", lambda fn: fn(2)) == 2
+    finally:
+        tiny_pipe._compiled = {}

@@ -140,8 +140,10 @@ class RefineByAlignPipeline(DiffusionPipeline):
         2.55 s, decode 3.03 -> 2.41 s). ``mode``: torch.compile's mode, e.g. ``"max-autotune"``
         (measured on this CPU for ``paper``: 49.3 s a refine after a 309 s compile, against 44.6 s
         after 141 s in the default mode). The alignment pass keeps the eager U-Net, whose attention
-        processors it swaps. Returns False (and stays eager) where compilation is unavailable; a
-        compiled part that fails when called falls back to eager alone, with a warning."""
+        processors it swaps. Shapes are static: a new batch size (another ``num_samples``) compiles
+        again, and past dynamo's recompile limit that part runs eager. Returns False (and stays
+        eager) where compilation is unavailable; a compiled part that fails when called falls back
+        to eager alone, with a warning."""
         try:
             import torch._inductor.config as inductor_config
 
@@ -159,14 +161,28 @@ class RefineByAlignPipeline(DiffusionPipeline):
 
     def _compiled_or_eager(self, name: str, run):
         """``run(fn)`` with the compiled stand-in ``name`` (compilation happens lazily, on the first
-        call); if that raises, warn, drop it for good and ``run(None)`` (eager)."""
+        call). If the compiled call itself raises, warn, drop it for good and ``run(None)`` (eager);
+        an error anywhere else in ``run`` propagates as it is."""
         fn = self._compiled.get(name)
-        if fn is not None:
+        if fn is None:
+            return run(None)
+        failed: list[Exception] = []
+
+        def guarded(*args, **kwargs):
             try:
-                return run(fn)
+                return fn(*args, **kwargs)
             except Exception as e:
-                logger.warning("compiled %s failed (%s): falling back to eager", name, str(e).splitlines()[0] if str(e) else e)
-                self._compiled[name] = None
+                failed.append(e)
+                raise
+
+        try:
+            return run(guarded)
+        except Exception:
+            if not failed:
+                raise
+            e = failed[0]
+            logger.warning("compiled %s failed (%s): falling back to eager", name, str(e).splitlines()[0] if str(e) else e)
+            self._compiled[name] = None
         return run(None)
 
     def enable_channels_last(self) -> None:

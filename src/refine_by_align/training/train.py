@@ -192,9 +192,7 @@ def evaluate(model: RefineByAlignModel, batch: dict, noise_scheduler, layer: str
       of the true one, at the alignment layer, t = 0."""
     model.eval()
     dev = next(model.parameters()).device
-    x0 = model.to_latent(batch["image"].to(dev))
-    mask = model.latent_mask(batch["mask"].to(dev))
-    masked = model.masked_image(batch["image"].to(dev), batch["mask"].to(dev))
+    x0, _, masked, mask = model.inpainting_inputs(batch["image"].to(dev), batch["mask"].to(dev))  # one autoencoder pass
     g = torch.Generator("cpu").manual_seed(1234)
     noise = torch.randn(x0.shape, generator=g).to(dev)
     t = torch.full((x0.shape[0],), 500, dtype=torch.long, device=dev)
@@ -338,10 +336,8 @@ def train(tc: TrainConfig, run_dir: str | Path, resume: bool = False, max_steps:
         ref_coords = batch["ref_coords"].to(accelerator.device)  # (B, 2, S, S)
         b = image.shape[0]
         with accelerator.accumulate(model), accelerator.autocast():
-            with torch.no_grad():
-                x0 = unwrapped.to_latent(image)  # (B, C, h, w)
-                masked = unwrapped.masked_image(image, mask)
-            lmask = unwrapped.latent_mask(mask)
+            with torch.no_grad():  # z_0 (B, C, h, w), masked input, mask at sample resolution: one autoencoder pass
+                x0, _, masked, lmask = unwrapped.inpainting_inputs(image, mask)
             noise = torch.randn_like(x0)
             t = torch.randint(0, mcfg.num_train_timesteps, (b,), device=x0.device)
             zt = noise_scheduler.add_noise(x0, noise, t)

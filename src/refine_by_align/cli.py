@@ -320,6 +320,18 @@ def cmd_benchmark(args) -> int:
             err = f"; bf16 U-Net rel. error vs fp32 {r['unet_rel_error_vs_fp32']:.4f}" if "unet_rel_error_vs_fp32" in r else ""
             gpu = f"; peak GPU memory {r['peak_gpu_mb']:.0f} MB" if "peak_gpu_mb" in r else ""
             print(f"{name} ({r.get('device', 'cpu')}): refine parts (s): {parts}{extra}{err}{gpu}")
+            rb = r["unet_refine_batch"]
+            print(f"{name}: U-Net at the refine's batch {rb['batch']}: {rb['s']:.3f} s a step, {100 * rb['fraction_of_ceiling']:.1f}% of the ceiling")
+            if "unet_breakdown" in r:
+                bd = r["unet_breakdown"]
+                cls = ", ".join(
+                    f"{k} {bd[k]['s']:.3f} s" + (f" ({bd[k]['gflops']:.0f} GFLOP/s, {100 * bd[k]['fraction_of_ceiling']:.0f}%)" if "gflops" in bd[k] else "")
+                    for k in ("conv", "linear", "attention", "other", "overhead")
+                )
+                print(
+                    f"{name}: U-Net forward {r['unet_forward_s']:.3f} s by op class: {cls}; with conv and linear at the ceiling "
+                    f"and the rest as measured it would reach {100 * bd['unet_fraction_bound']:.0f}%"
+                )
     print(f"wrote {args.output} (seconds; step = one denoising step with guidance, step1 = without)")
     return 0
 

@@ -25,6 +25,7 @@ def test_benchmark_writes_the_documented_keys(tmp_path):
     res = run_benchmark(["tiny"], out, repeats=1, dtype="bf16")
     data = json.loads(out.read_text())
     assert data["ceiling"]["fp32_gflops"] > 0 and data["ceiling"]["bf16_gflops"] > 0
+    assert len(data["ceiling_runs"]) == 2 and data["ceiling"]["bf16_gflops"] == max(c["bf16_gflops"] for c in data["ceiling_runs"])
     r = data["tiny"]
     for key in ("refine_512_s", "align_s", "step_s", "unet_gflop", "unet_fraction_of_ceiling", "peak_rss_mb", "dtype"):
         assert key in r, key
@@ -33,3 +34,83 @@ def test_benchmark_writes_the_documented_keys(tmp_path):
     assert r["peak_rss_mb"] > 50
     assert set(r["refine_512_parts_s"]) >= {"align", "denoise", "total"}
     assert res["tiny"]["unet_fraction_of_ceiling"] == r["unet_fraction_of_ceiling"]
+    assert r["unet_gflop"] == pytest.approx(sum(r["unet_gflop_by_class"].values())) and r["unet_gflop_by_class"]["attention"] > 0
+    bd = r["unet_breakdown"]
+    assert sum(bd[k]["share"] for k in ("conv", "linear", "attention", "other", "overhead")) == pytest.approx(1.0)
+    assert r["unet_fraction_of_ceiling"] > 0 and bd["unet_fraction_bound"] > 0
+    assert r["unet_refine_batch"]["batch"] >= 1 and r["unet_refine_batch"]["fraction_of_ceiling"] > 0
+
+
+def test_op_classes_from_profiler_and_flop_counter_names():
+    from refine_by_align.evaluation.perf import op_class
+
+    assert op_class("aten::addmm") == op_class("aten.mm") == op_class("mkldnn::_linear_pointwise") == "linear"
+    assert op_class("aten.convolution") == op_class("mkldnn::_convolution_pointwise_") == "conv"
+    assert op_class("aten::_scaled_dot_product_flash_attention_for_cpu") == "attention"
+    assert op_class("aten::native_group_norm") == op_class("## Call CompiledFxGraph None ##") == "other"
+
+
+def test_unet_flops_count_cpu_attention():
+    """torch's flop counter alone counts PyTorch's CPU flash attention as 0 FLOPs; 4*B*H*N*M*D here."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    from refine_by_align.evaluation.perf import unet_flops
+
+    q, k, v = torch.randn(2, 4, 64, 8), torch.randn(2, 4, 32, 8), torch.randn(2, 4, 32, 8)
+    w = torch.randn(16, 8)
+
+    def f():
+        return torch.nn.functional.scaled_dot_product_attention(q, k, v) @ w.T
+
+    with FlopCounterMode(display=False) as fc:
+        f()
+    flops = unet_flops(f)
+    attn = 4 * 2 * 4 * 64 * 32 * 8 / 1e9
+    assert flops["attention"] == pytest.approx(attn)
+    assert flops["linear"] == pytest.approx(2 * 2 * 4 * 64 * 8 * 16 / 1e9)
+    assert flops["total"] == pytest.approx(flops["attention"] + flops["linear"])
+    assert fc.get_total_flops() / 1e9 == pytest.approx(flops["linear"])  # what the counter alone sees on a CPU
+
+
+def test_breakdown_bound():
+    from refine_by_align.evaluation.perf import breakdown
+
+    flops = {"conv": 60.0, "linear": 20.0, "attention": 20.0, "other": 0.0, "total": 100.0}
+    secs = {"conv": 0.3, "linear": 0.1, "attention": 0.4, "other": 0.1, "overhead": 0.1, "wall": 1.0}
+    bd = breakdown(flops, secs, forward_s=2.0, ceiling_gflops=400.0)  # profiled call 2x faster than the median
+    assert bd["conv"]["s"] == pytest.approx(0.6) and bd["conv"]["gflops"] == pytest.approx(100.0)
+    assert bd["attention"]["fraction_of_ceiling"] == pytest.approx(20 / 0.8 / 400)
+    assert "gflops" not in bd["overhead"]
+    # conv + linear at the ceiling: 80/400 = 0.2 s, plus attention 0.8 + other 0.2 + overhead 0.2 s
+    assert bd["unet_fraction_bound"] == pytest.approx(100 / 1.4 / 400)
+
+
+def test_benchmark_times_the_compiled_unet(monkeypatch):
+    """With --compile the forward, its profile and the refine-batch step run the compiled U-Net (a
+    stand-in here: like torch.compile's module it has no truth value, so `compiled or eager` breaks)."""
+    from refine_by_align.evaluation.perf import benchmark_config
+    from refine_by_align.pipelines.pipeline import RefineByAlignPipeline
+
+    calls = []
+
+    class CompiledStandIn(torch.nn.Module):
+        def __init__(self, unet):
+            super().__init__()
+            self.unet = unet
+
+        def __len__(self):
+            raise TypeError("a compiled module does not support len()")
+
+        def forward(self, *args, **kwargs):
+            calls.append(args[0].shape[0])
+            return self.unet(*args, **kwargs)
+
+    def fake_compile(self, freezing=True, mode=None, vae=True):
+        self._compiled = {"unet": CompiledStandIn(self.model.unet)}
+        return True
+
+    monkeypatch.setattr(RefineByAlignPipeline, "enable_compile", fake_compile)
+    r = benchmark_config("tiny", repeats=1, compile=True)
+    assert r["compiled"] and r["compiled_parts"] == ["unet"]
+    assert r["unet_time_by_class_s"]["wall"] > 0
+    assert r["unet_refine_batch"]["batch"] in calls and 1 in calls

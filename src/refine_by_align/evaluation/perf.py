@@ -4,7 +4,11 @@ Each figure is the median of several runs after a warm-up, measured in one proce
 ratios hold on a noisy host. JSON keys: ``ceiling.fp32_gflops``, ``ceiling.bf16_gflops`` and per
 config ``<config>.refine_512_s``, ``.align_s``, ``.step_s``, ``.step_nocfg_s``, ``.encode_s``,
 ``.bench_case_s``, ``.unet_gflop``, ``.unet_fraction_of_ceiling``, ``.peak_rss_mb``, ``.dtype``
-(and ``.peak_gpu_mb`` on a GPU). The device is picked automatically (a visible CUDA GPU, else the
+(and ``.peak_gpu_mb`` on a GPU). On a CPU, ``<config>.unet_breakdown`` says where a U-Net forward's
+time goes: per op class (conv, linear, attention, other, and the framework overhead between ops)
+its seconds, GFLOP, GFLOP/s and fraction of the ceiling, and ``unet_fraction_bound``, the fraction
+the forward would reach if its convolutions and linear layers ran at the ceiling while attention,
+the other ops and the overhead took the time they took. The device is picked automatically (a visible CUDA GPU, else the
 CPU) or named with ``device``; the ceiling is measured on the same device.
 """
 
@@ -53,6 +57,96 @@ def matmul_ceiling(dtype: torch.dtype, n: int | None = None, repeats: int = 5, d
     with torch.inference_mode():
         t = _median_time(lambda: a @ b, repeats=repeats, warmup=2, device=device)
     return 2 * n**3 / t / 1e9
+
+
+OP_CLASSES = ("conv", "linear", "attention", "other")
+_MATMULS = {"mm", "addmm", "bmm", "baddbmm", "matmul", "linear"}
+
+
+def op_class(name: str) -> str:
+    """The class of an operator, from its profiler name (``aten::addmm``,
+    ``mkldnn::_convolution_pointwise``) or its flop-counter name (``aten.convolution``)."""
+    base = name.replace("::", ".").split(".")[-1].strip("_ ")
+    if "attention" in base:
+        return "attention"
+    if "conv" in base:
+        return "conv"
+    if base in _MATMULS or "linear" in base:
+        return "linear"
+    return "other"
+
+
+def _cpu_flash_attention_flops(query_shape, key_shape, value_shape, *args, out_shape=None, **kwargs) -> int:
+    from torch.utils.flop_counter import sdpa_flop_count
+
+    return sdpa_flop_count(query_shape, key_shape, value_shape)
+
+
+def unet_flops(forward) -> dict[str, float]:
+    """GFLOP of one call of ``forward`` by op class (:data:`OP_CLASSES`) and in ``"total"``, counted
+    by torch.utils.flop_counter. Its registry has the GPU attention kernels but not PyTorch's CPU
+    flash-attention op, which would count attention as 0 FLOPs on a CPU (for ``paper`` at 64x64:
+    130 of 814 GFLOP); that op is counted here with the same formula."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    custom = {}
+    if hasattr(torch.ops.aten, "_scaled_dot_product_flash_attention_for_cpu"):
+        custom[torch.ops.aten._scaled_dot_product_flash_attention_for_cpu] = _cpu_flash_attention_flops
+    with FlopCounterMode(display=False, custom_mapping=custom) as fc:
+        forward()
+    out = dict.fromkeys(OP_CLASSES, 0.0)
+    for op, n in fc.get_flop_counts().get("Global", {}).items():
+        out[op_class(str(op))] += n / 1e9
+    out["total"] = sum(out[k] for k in OP_CLASSES)
+    return out
+
+
+def time_by_op_class(forward) -> dict[str, float]:
+    """Seconds of one profiled call of ``forward`` (CPU) by op class, from each operator's self
+    time, with ``"overhead"`` (the wall time no operator accounts for: Python, dispatch) and
+    ``"wall"``."""
+    from torch.profiler import ProfilerActivity, profile
+
+    with profile(activities=[ProfilerActivity.CPU]) as prof:
+        t0 = time.perf_counter()
+        forward()
+        wall = time.perf_counter() - t0
+    out = dict.fromkeys(OP_CLASSES, 0.0)
+    for ev in prof.key_averages():
+        out[op_class(ev.key)] += ev.self_cpu_time_total / 1e6
+    out["overhead"] = max(0.0, wall - sum(out[k] for k in OP_CLASSES))
+    out["wall"] = wall
+    return out
+
+
+def breakdown(flops: dict[str, float], seconds: dict[str, float], forward_s: float, ceiling_gflops: float) -> dict:
+    """Per op class: seconds (the profiled shares scaled to the median forward ``forward_s``),
+    GFLOP, GFLOP/s and fraction of ``ceiling_gflops``; and ``unet_fraction_bound`` (module doc)."""
+    scale = forward_s / seconds["wall"]
+    out: dict = {}
+    for k in (*OP_CLASSES, "overhead"):
+        s = seconds[k] * scale
+        g = flops.get(k, 0.0)
+        out[k] = {"s": s, "share": s / forward_s, "gflop": g}
+        if g > 0 and s > 0:
+            out[k]["gflops"] = g / s
+            out[k]["fraction_of_ceiling"] = g / s / ceiling_gflops
+    rest = sum(out[k]["s"] for k in ("attention", "other", "overhead"))
+    ideal = rest + (flops["conv"] + flops["linear"]) / ceiling_gflops
+    out["unet_fraction_bound"] = flops["total"] / ideal / ceiling_gflops
+    return out
+
+
+def _cpu_name() -> str:
+    """'Intel(R) Xeon(R) Processor, AMX' from /proc/cpuinfo where there is one, else the platform."""
+    try:
+        info = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return platform.processor() or platform.machine()
+    name = next((ln.split(":", 1)[1].strip() for ln in info.splitlines() if ln.startswith("model name")), platform.machine())
+    flags = next((ln.split(":", 1)[1].split() for ln in info.splitlines() if ln.startswith("flags")), [])
+    isa = "AMX" if "amx_bf16" in flags else "AVX-512 bf16" if "avx512_bf16" in flags else "AVX-512" if "avx512f" in flags else ""
+    return f"{name}, {isa}" if isa else name
 
 
 def _peak_rss_mb() -> float:
@@ -126,11 +220,9 @@ def benchmark_config(
             torch.nn.Module.to(model, DTYPES[dtype])  # (ModelMixin.to's float32-module warning does not apply)
             low = model.unet(x, t, encoder_hidden_states=ctx).sample.float()
             res["unet_rel_error_vs_fp32"] = float((low - ref32).norm() / ref32.norm().clamp_min(1e-12))
-        from torch.utils.flop_counter import FlopCounterMode
-
-        with FlopCounterMode(display=False) as fc:
-            model.unet(x, t, encoder_hidden_states=ctx)
-        res["unet_gflop"] = fc.get_total_flops() / 1e9
+        flops = unet_flops(lambda: model.unet(x, t, encoder_hidden_states=ctx))
+        res["unet_gflop"] = flops["total"]
+        res["unet_gflop_by_class"] = {k: flops[k] for k in OP_CLASSES}
         unet_s = timed(lambda: model.unet(x, t, encoder_hidden_states=ctx), repeats)
         res["unet_forward_s"] = unet_s
         mode = "default" if compile is True else compile
@@ -152,8 +244,18 @@ def benchmark_config(
                 unet_s = timed(lambda: cu(x, t, encoder_hidden_states=ctx), repeats)
                 res["unet_forward_s"] = unet_s
         res["unet_gflops_achieved"] = res["unet_gflop"] / unet_s
+        unet = pipe._compiled.get("unet")  # (no `or`: a compiled module has no truth value)
+        unet = model.unet if unet is None else unet
+        if dev.type == "cpu":  # where the forward's time goes (module doc); GPU kernels are named otherwise
+            res["unet_time_by_class_s"] = time_by_op_class(lambda: unet(x, t, encoder_hidden_states=ctx))
         res["step_nocfg_s"] = timed(lambda: pipe._predict(latents, t, masked, lmask, ctx), repeats)
         res["step_s"] = timed(guided_step, repeats)
+        # one step at the batch a refine runs: K samples, twice over with guidance ([uncond, cond])
+        k = cfg.default_samples
+        ctx_k = torch.cat([model.reference_encoder.unconditional(k), ctx.expand(k, -1, -1)]) if cfg.default_guidance != 1.0 else ctx.expand(k, -1, -1)
+        b = ctx_k.shape[0]
+        step_b = timed(lambda: pipe._predict(torch.cat([latents] * b), t.expand(b), masked.expand(b, -1, -1, -1), lmask.expand(b, -1, -1, -1), ctx_k), repeats)
+        res["unet_refine_batch"] = {"batch": b, "s": step_b}
         timings = []
 
         def refine():
@@ -190,31 +292,45 @@ def run_benchmark(
     compile: bool | str = False,
     device: str = "auto",
 ) -> dict:
-    """Ceiling, then each config in its own process (so that peak RSS is that config's own)."""
+    """Ceiling, each config in its own process (so that peak RSS is that config's own), ceiling again."""
     import multiprocessing
 
     from ..pipelines.pipeline import resolve_device
 
     dev = resolve_device(device)
     torch.manual_seed(0)
-    machine = f"{platform.processor() or platform.machine()}, {torch.get_num_threads()} threads, torch {torch.__version__}"
+    machine = f"{_cpu_name()}, {torch.get_num_threads()} threads, torch {torch.__version__}"
     if dev.type == "cuda":
         machine += f", GPU {torch.cuda.get_device_name(dev)}"
     out: dict = {
         "date": date.today().isoformat(),
         "machine": machine,
         "device": str(dev),
-        "ceiling": {
-            "fp32_gflops": matmul_ceiling(torch.float32, device=dev),
-            "bf16_gflops": matmul_ceiling(torch.bfloat16, device=dev),
-        },
     }
+
+    def ceiling() -> dict[str, float]:
+        return {"fp32_gflops": matmul_ceiling(torch.float32, device=dev), "bf16_gflops": matmul_ceiling(torch.bfloat16, device=dev)}
+
+    # The host's speed drifts (a shared VM): the ceiling is measured before and after the configs
+    # and the higher of the two is used, so that a slow spell cannot inflate the fractions.
+    runs = [ceiling()]
+    results = {}
     ctx = multiprocessing.get_context("spawn")
     for name in configs:
         with ctx.Pool(1) as pool:
-            r = pool.apply(_benchmark_in_child, ((name, repeats, bench_cases, dtype, compile, str(dev), torch.get_num_threads()),))
+            results[name] = pool.apply(_benchmark_in_child, ((name, repeats, bench_cases, dtype, compile, str(dev), torch.get_num_threads()),))
+    runs.append(ceiling())
+    out["ceiling"] = {k: max(r[k] for r in runs) for k in runs[0]}
+    out["ceiling_runs"] = runs
+    for name, r in results.items():
         key = "bf16_gflops" if r["dtype"] == "bfloat16" else "fp32_gflops"
-        r["unet_fraction_of_ceiling"] = r["unet_gflops_achieved"] / out["ceiling"][key]
+        peak = out["ceiling"][key]
+        r["unet_fraction_of_ceiling"] = r["unet_gflops_achieved"] / peak
+        rb = r["unet_refine_batch"]
+        rb["fraction_of_ceiling"] = rb["batch"] * r["unet_gflop"] / rb["s"] / peak
+        if "unet_time_by_class_s" in r:
+            flops = {**r["unet_gflop_by_class"], "total": r["unet_gflop"]}
+            r["unet_breakdown"] = breakdown(flops, r["unet_time_by_class_s"], r["unet_forward_s"], peak)
         out[Path(name).name if Path(name).exists() else name] = r
     Path(output).parent.mkdir(parents=True, exist_ok=True)
     Path(output).write_text(json.dumps(out, indent=2))

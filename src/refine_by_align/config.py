@@ -49,6 +49,9 @@ class ModelConfig:
     grid_size: int = 16  # reference tokens per side: 16 x 16 = 256 tokens as in Sec. 3.2
     latent: str = "pixel"  # "pixel" (no autoencoder), "vae-kl" (AutoencoderKL) or "vae-tiny" (AutoencoderTiny)
     vae_pretrained: str | None = None  # hub id or folder of autoencoder weights (latent configs)
+    vae_subfolder: str | None = None  # the autoencoder's subfolder in a whole pipeline's repo, e.g. "vae"
+    unet_pretrained: str | None = None  # hub id or folder of a diffusers U-Net to start from (denoiser.py)
+    unet_subfolder: str | None = None  # its subfolder in a whole pipeline's repo, e.g. "unet"
     vae_scaling_factor: float = 0.18215  # latent scale of SD-1.5's VAE
     encoder: EncoderConfig = field(default_factory=EncoderConfig)
     unet: UNetConfig = field(default_factory=UNetConfig)

@@ -253,3 +253,84 @@ def test_denoise_uses_a_stand_in_unet_without_asking_its_truth_value():
     with torch.no_grad():
         out = m.denoise(x, torch.tensor([10]), masked, mask, ctx, unet=stand_in)
         assert stand_in.calls == 1 and torch.equal(out, m.denoise(x, torch.tensor([10]), masked, mask, ctx))
+
+
+def _unet_folder(tmp_path, cfg, in_channels=None, seed=1, **changes):
+    """A diffusers U-Net saved as safetensors under tmp_path/pipe/unet, as in a pipeline's folder."""
+    from diffusers import UNet2DConditionModel
+
+    torch.manual_seed(seed)
+    kw = dict(build_unet(cfg).config)
+    kw = {k: v for k, v in kw.items() if not k.startswith("_")}
+    kw.update(changes)
+    if in_channels is not None:
+        kw["in_channels"] = in_channels
+    unet = UNet2DConditionModel(**kw)
+    unet.save_pretrained(tmp_path / "pipe" / "unet", safe_serialization=True)
+    return unet
+
+
+def test_unet_starts_from_a_pretrained_inpainting_unet(tmp_path):
+    import dataclasses
+
+    cfg = get_config("tiny")
+    src = _unet_folder(tmp_path, cfg)
+    cfg = dataclasses.replace(cfg, unet_pretrained=str(tmp_path / "pipe"), unet_subfolder="unet")
+    m = RefineByAlignModel.from_model_config(cfg)
+    for k, v in src.state_dict().items():
+        assert torch.equal(m.unet.state_dict()[k], v), k
+    assert m.cross_attention_layers == cross_attention_layers(src)
+    # saved and reloaded, the model is rebuilt from its config and does not read the source again
+    m.save_pretrained(tmp_path / "saved")
+    (tmp_path / "pipe" / "unet" / "diffusion_pytorch_model.safetensors").unlink()
+    back = RefineByAlignModel.load(tmp_path / "saved")
+    assert torch.equal(back.unet.conv_in.weight, src.conv_in.weight)
+
+
+def test_text_to_image_unet_is_widened_with_zero_weights(tmp_path):
+    """A text-to-image U-Net (C inputs) starts as itself: the masked image and mask get zero weights."""
+    import dataclasses
+
+    cfg = get_config("tiny")
+    c = cfg.latent_channels
+    src = _unet_folder(tmp_path, cfg, in_channels=c).eval()
+    cfg = dataclasses.replace(cfg, unet_pretrained=str(tmp_path / "pipe"), unet_subfolder="unet")
+    m = RefineByAlignModel.from_model_config(cfg).eval()
+    assert m.unet.conv_in.in_channels == m.unet.config.in_channels == 2 * c + 1
+    assert torch.equal(m.unet.conv_in.weight[:, :c], src.conv_in.weight)
+    assert not m.unet.conv_in.weight[:, c:].any()
+    noisy, masked, mask, _ = _inputs(cfg)
+    ctx = torch.randn(2, cfg.num_tokens, cfg.unet.cross_attention_dim)
+    t = torch.tensor([10, 900])
+    with torch.no_grad():
+        got = m.unet(torch.cat([noisy, masked, mask], 1), t, encoder_hidden_states=ctx).sample
+        want = src(noisy, t, encoder_hidden_states=ctx).sample
+    torch.testing.assert_close(got, want, atol=1e-5, rtol=1e-5)
+
+
+def test_pretrained_unet_that_does_not_fit_is_refused(tmp_path):
+    import dataclasses
+
+    cfg = get_config("tiny")
+    _unet_folder(tmp_path, cfg, cross_attention_dim=24)
+    bad = dataclasses.replace(cfg, unet_pretrained=str(tmp_path / "pipe"), unet_subfolder="unet")
+    with pytest.raises(ValueError, match="cross_attention_dim: checkpoint 24, config 16"):
+        RefineByAlignModel.from_model_config(bad)
+    _unet_folder(tmp_path, cfg, in_channels=5)
+    with pytest.raises(ValueError, match="5 input channels"):
+        RefineByAlignModel.from_model_config(bad)
+    with pytest.raises(ValueError, match="as safetensors"):
+        RefineByAlignModel.from_model_config(dataclasses.replace(cfg, unet_pretrained=str(tmp_path / "nowhere")))
+
+
+def test_autoencoder_loads_from_a_pipeline_subfolder(tmp_path):
+    import dataclasses
+
+    from diffusers import AutoencoderTiny
+
+    torch.manual_seed(3)
+    vae = AutoencoderTiny(scaling_factor=1.0)
+    vae.save_pretrained(tmp_path / "pipe" / "vae", safe_serialization=True)
+    cfg = dataclasses.replace(get_config("tiny"), latent="vae-tiny", resolution=32, vae_pretrained=str(tmp_path / "pipe"), vae_subfolder="vae")
+    m = RefineByAlignModel.from_model_config(cfg)
+    assert torch.equal(m.vae.encoder.layers[0].weight, vae.encoder.layers[0].weight)

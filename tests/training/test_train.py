@@ -252,3 +252,42 @@ def test_data_scale_fields_reach_the_dataset(tmp_path):
     assert synthetic.get(0)[0].shape == (48, 48, 3)
     image, mask = photos._views["alpha"].get(0)
     assert image.shape == (75, 100, 3) and mask.shape == (75, 100)
+
+
+def test_paper_recipe_starts_from_sd15_inpainting_and_dinov2():
+    """recipes/paper-sd15: the paper preset's architecture, with the public weights it starts from
+    named (hub ids; not downloaded here) and the paper's learning rates (A.3)."""
+    import dataclasses
+
+    from refine_by_align.config import get_config
+
+    rc = load_train_config("paper-sd15")
+    cfg = rc.model_config()
+    assert (cfg.unet_pretrained, cfg.unet_subfolder) == ("stable-diffusion-v1-5/stable-diffusion-inpainting", "unet")
+    assert (cfg.vae_pretrained, cfg.vae_subfolder) == ("stable-diffusion-v1-5/stable-diffusion-inpainting", "vae")
+    assert cfg.encoder.pretrained == "facebook/dinov2-base" and cfg.encoder.freeze
+    paper = get_config("paper")
+    same = dataclasses.replace(
+        cfg, unet_pretrained=None, unet_subfolder=None, vae_pretrained=None, vae_subfolder=None, encoder=dataclasses.replace(cfg.encoder, pretrained=None)
+    )
+    assert same == paper
+    assert (rc.lr_unet, rc.lr_projector) == (1e-5, 4e-5)
+
+
+def test_run_starts_from_a_pretrained_unet(tmp_path):
+    """A recipe naming unet_pretrained trains from those weights (lr 0: the export is them)."""
+    from diffusers import UNet2DConditionModel
+
+    from refine_by_align.config import get_config
+    from refine_by_align.models.denoiser import build_unet
+    from refine_by_align.models.refiner import RefineByAlignModel
+
+    torch.manual_seed(5)
+    src = build_unet(get_config("tiny"))
+    src.save_pretrained(tmp_path / "sd" / "unet", safe_serialization=True)
+    over = {"unet_pretrained": str(tmp_path / "sd"), "unet_subfolder": "unet"}
+    tc = _tc(max_steps=1, eval_every=0, model_overrides=over, lr_unet=0.0, lr_projector=0.0, lr_encoder=0.0, ema_decay=0.0)
+    train(tc, tmp_path / "run", progress=False)
+    got = RefineByAlignModel.load(tmp_path / "run" / "weights").unet.state_dict()
+    want = UNet2DConditionModel.from_pretrained(tmp_path / "sd", subfolder="unet").state_dict()
+    assert all(torch.equal(got[k], want[k]) for k in want)

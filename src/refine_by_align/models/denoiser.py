@@ -2,11 +2,16 @@
 
 from __future__ import annotations
 
+import torch
+import torch.nn as nn
 from diffusers import UNet2DConditionModel
 
 from ..config import ModelConfig
 
-__all__ = ["build_unet"]
+__all__ = ["build_unet", "load_pretrained_unet"]
+
+# config entries that do not change the weights or what the network computes
+_FREE_KEYS = {"sample_size", "in_channels"}
 
 
 def build_unet(cfg: ModelConfig) -> UNet2DConditionModel:
@@ -28,3 +33,48 @@ def build_unet(cfg: ModelConfig) -> UNet2DConditionModel:
         norm_num_groups=u.norm_num_groups,
         cross_attention_dim=u.cross_attention_dim,
     )
+
+
+def _comparable(config) -> dict:
+    return {k: tuple(v) if isinstance(v, list) else v for k, v in dict(config).items() if not k.startswith("_") and k not in _FREE_KEYS}
+
+
+def load_pretrained_unet(cfg: ModelConfig) -> UNet2DConditionModel:
+    """The U-Net of ``cfg`` with the weights of a diffusers UNet2DConditionModel saved as
+    safetensors (``cfg.unet_pretrained``: a hub id or a local folder, ``cfg.unet_subfolder``: e.g.
+    ``"unet"`` in a whole pipeline's folder), as the paper starts from Stable Diffusion (Sec. 3.1).
+
+    An inpainting U-Net (2C + 1 input channels) loads as it is. A text-to-image U-Net (C input
+    channels) gets its first convolution widened with zero weights for the masked image and the
+    mask, so that it starts out computing exactly what the text-to-image model computes. Every
+    other config entry must match ``cfg``'s U-Net (ValueError naming the differences): a model
+    saved by this project is rebuilt from ``cfg`` alone."""
+    c = cfg.latent_channels
+    try:
+        unet = UNet2DConditionModel.from_pretrained(cfg.unet_pretrained, subfolder=cfg.unet_subfolder, use_safetensors=True)
+    except OSError as e:  # not found, not safetensors, no network
+        where = cfg.unet_pretrained + (f" (subfolder {cfg.unet_subfolder})" if cfg.unet_subfolder else "")
+        raise ValueError(f"cannot load the U-Net weights '{where}' as safetensors: {e}") from None
+    with torch.device("meta"):  # the architecture cfg asks for, without allocating its weights
+        want = build_unet(cfg)
+    have, need = _comparable(unet.config), _comparable(want.config)
+    diff = sorted(k for k in set(have) | set(need) if have.get(k) != need.get(k))
+    if diff:
+        listed = "; ".join(f"{k}: checkpoint {have.get(k)!r}, config {need.get(k)!r}" for k in diff)
+        raise ValueError(f"the U-Net '{cfg.unet_pretrained}' does not fit the '{cfg.name}' config: {listed}")
+    if unet.config.in_channels == c:  # text-to-image: widen conv_in for [z_t, masked image, mask]
+        old = unet.conv_in
+        new = nn.Conv2d(2 * c + 1, old.out_channels, old.kernel_size, old.stride, old.padding, dtype=old.weight.dtype)
+        with torch.no_grad():
+            new.weight.zero_()
+            new.weight[:, :c] = old.weight
+            new.bias.copy_(old.bias)
+        unet.conv_in = new
+        unet.register_to_config(in_channels=2 * c + 1)
+    elif unet.config.in_channels != 2 * c + 1:
+        raise ValueError(
+            f"the U-Net '{cfg.unet_pretrained}' takes {unet.config.in_channels} input channels: an inpainting U-Net takes "
+            f"{2 * c + 1} (noisy latent, masked image, mask) and a text-to-image one {c}"
+        )
+    unet.register_to_config(sample_size=cfg.resolution // cfg.latent_downsample)
+    return unet

@@ -18,7 +18,7 @@ from diffusers.configuration_utils import ConfigMixin, register_to_config
 from ..config import ModelConfig
 from ..fill import fill_hole
 from .attention import cross_attention_layers
-from .denoiser import build_unet
+from .denoiser import build_unet, load_pretrained_unet
 from .reference_encoder import ReferenceEncoder
 
 __all__ = ["RefineByAlignModel", "PICKLE_SUFFIXES", "check_no_pickles"]
@@ -110,8 +110,8 @@ class RefineByAlignModel(ModelMixin, ConfigMixin):
     # ----------------------------------------------------------------- construction / loading
     @classmethod
     def from_model_config(cls, cfg: ModelConfig, load_pretrained: bool = True) -> "RefineByAlignModel":
-        """A new model; with ``load_pretrained`` the encoder / autoencoder weights named in the
-        config (a local folder or hub id) are loaded, and the encoder frozen if asked."""
+        """A new model; with ``load_pretrained`` the encoder, U-Net and autoencoder weights named in
+        the config (a local folder or hub id) are loaded, and the encoder frozen if asked."""
         model = cls(spec=cfg.to_dict())
         if load_pretrained and cfg.encoder.pretrained:
             from transformers import Dinov2Model
@@ -123,9 +123,12 @@ class RefineByAlignModel(ModelMixin, ConfigMixin):
                     f"{vit.config.patch_size}; the config asks for {cfg.encoder.hidden_size}, {cfg.encoder.patch_size}"
                 )
             model.reference_encoder.vit = vit
+        if load_pretrained and cfg.unet_pretrained:
+            model.unet = load_pretrained_unet(cfg)
+            model.cross_attention_layers = cross_attention_layers(model.unet)
         if load_pretrained and cfg.vae_pretrained and model.vae is not None:
             vae_cls = AutoencoderKL if cfg.latent == "vae-kl" else AutoencoderTiny
-            model.vae = vae_cls.from_pretrained(cfg.vae_pretrained, use_safetensors=True)
+            model.vae = vae_cls.from_pretrained(cfg.vae_pretrained, subfolder=cfg.vae_subfolder, use_safetensors=True)
             model.vae.requires_grad_(False)
         if cfg.encoder.freeze:
             model.reference_encoder.vit.requires_grad_(False)

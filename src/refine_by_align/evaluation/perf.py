@@ -18,6 +18,7 @@ import json
 import platform
 import resource
 import statistics
+import sys
 import time
 from datetime import date
 from pathlib import Path
@@ -149,6 +150,11 @@ def _cpu_name() -> str:
     return f"{name}, {isa}" if isa else name
 
 
+def _say(msg: str) -> None:
+    """A progress line on stderr (a benchmark of ``paper`` runs for many minutes)."""
+    print(f"benchmark: {msg}", file=sys.stderr, flush=True)
+
+
 def _peak_rss_mb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
 
@@ -185,6 +191,7 @@ def benchmark_config(
 
     dev = resolve_device(device)
     dtype = _resolve_dtype(name, dtype)
+    _say(f"{name}: loading ({dtype}, {dev})")
     pipe = RefineByAlignPipeline.from_pretrained(name, torch_dtype=DTYPES[dtype], device=dev)
 
     def timed(fn, repeats: int) -> float:  # on this config's device
@@ -203,6 +210,7 @@ def benchmark_config(
     p = pipe.prepare(image, mask, reference)
     ref_t = pipe.reference_tensor(p.reference, p.reference_box)
     with torch.no_grad():  # as the pipeline runs: dynamo compiles separately for inference mode
+        _say(f"{name}: reference encoding and the alignment stage")
         res["encode_s"] = timed(lambda: model.encode_reference(ref_t), repeats)
         res["align_s"] = timed(lambda: pipe.align(image, mask, reference), repeats)
         inputs = pipe.crop_inputs(p)
@@ -220,6 +228,7 @@ def benchmark_config(
             torch.nn.Module.to(model, DTYPES[dtype])  # (ModelMixin.to's float32-module warning does not apply)
             low = model.unet(x, t, encoder_hidden_states=ctx).sample.float()
             res["unet_rel_error_vs_fp32"] = float((low - ref32).norm() / ref32.norm().clamp_min(1e-12))
+        _say(f"{name}: U-Net FLOPs and forward")
         flops = unet_flops(lambda: model.unet(x, t, encoder_hidden_states=ctx))
         res["unet_gflop"] = flops["total"]
         res["unet_gflop_by_class"] = {k: flops[k] for k in OP_CLASSES}
@@ -227,6 +236,7 @@ def benchmark_config(
         res["unet_forward_s"] = unet_s
         mode = "default" if compile is True else compile
         if compile and pipe.enable_compile(mode=None if mode == "default" else mode):
+            _say(f"{name}: compiling (torch.compile; paper on a 2-core CPU: about 2 minutes)")
             res["compile_mode"] = mode
             t0 = time.perf_counter()
             pipe._predict(latents, t, masked, lmask, ctx)  # compiles (batch 1)
@@ -248,6 +258,7 @@ def benchmark_config(
         unet = model.unet if unet is None else unet
         if dev.type == "cpu":  # where the forward's time goes (module doc); GPU kernels are named otherwise
             res["unet_time_by_class_s"] = time_by_op_class(lambda: unet(x, t, encoder_hidden_states=ctx))
+        _say(f"{name}: denoising steps")
         res["step_nocfg_s"] = timed(lambda: pipe._predict(latents, t, masked, lmask, ctx), repeats)
         res["step_s"] = timed(guided_step, repeats)
         # one step at the batch a refine runs: K samples, twice over with guidance ([uncond, cond])
@@ -261,9 +272,11 @@ def benchmark_config(
         def refine():
             timings.append(pipe(image, mask, reference, seed=0).timings)
 
+        _say(f"{name}: whole refines of a 512x512 image ({max(1, repeats - 1) + 1} runs)")
         res["refine_512_s"] = timed(refine, max(1, repeats - 1))
         res["refine_512_parts_s"] = {k: statistics.median(tm[k] for tm in timings[1:] or timings) for k in timings[0]}
     if bench_cases:
+        _say(f"{name}: a bench case")
         from .cases import load_cases
         from .methods import RefineByAlignMethod
 
@@ -313,12 +326,14 @@ def run_benchmark(
 
     # The host's speed drifts (a shared VM): the ceiling is measured before and after the configs
     # and the higher of the two is used, so that a slow spell cannot inflate the fractions.
+    _say("matmul ceiling")
     runs = [ceiling()]
     results = {}
     ctx = multiprocessing.get_context("spawn")
     for name in configs:
         with ctx.Pool(1) as pool:
             results[name] = pool.apply(_benchmark_in_child, ((name, repeats, bench_cases, dtype, compile, str(dev), torch.get_num_threads()),))
+    _say("matmul ceiling again")
     runs.append(ceiling())
     out["ceiling"] = {k: max(r[k] for r in runs) for k in runs[0]}
     out["ceiling_runs"] = runs

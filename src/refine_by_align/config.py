@@ -61,6 +61,8 @@ class ModelConfig:
     alignment_threshold: float = 0.5  # A.4 threshold on the peak-filtered map, relative to its range
     num_train_timesteps: int = 1000  # diffusion steps of the noise schedule
     beta_schedule: str = "squaredcos_cap_v2"  # cosine schedule suits small pixel-space models
+    beta_start: float = 0.0001  # first and last beta of a "linear" / "scaled_linear" schedule
+    beta_end: float = 0.02  # (diffusers' defaults; Stable Diffusion: 0.00085 and 0.012)
     # what the U-Net predicts. Eq. 2 is noise prediction ("epsilon"); small pixel-space models use
     # "v_prediction": with the cosine schedule, x0 = (z_t - sqrt(1-a) eps) / sqrt(a) divides eps's
     # error by sqrt(a) ~ 1e-4 at t = 999 and the first sampling steps turn it into saturated speckle
@@ -94,6 +96,17 @@ class ModelConfig:
     @property
     def latent_downsample(self) -> int:
         return 1 if self.latent == "pixel" else 8
+
+    def noise_schedule(self) -> dict:
+        """The training noise schedule and parameterisation, as keyword arguments of any diffusers
+        scheduler: the samplers use the schedule the model was trained on."""
+        return {
+            "num_train_timesteps": self.num_train_timesteps,
+            "beta_schedule": self.beta_schedule,
+            "beta_start": self.beta_start,
+            "beta_end": self.beta_end,
+            "prediction_type": self.prediction_type,
+        }
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
@@ -181,7 +194,9 @@ def _paper() -> ModelConfig:
         ),
         projector_hidden=768,
         alignment_layer=9,  # paper's l = 9: up_blocks.1.attentions.2 (16 x 16 at a 64 x 64 latent)
-        beta_schedule="scaled_linear",
+        beta_schedule="scaled_linear",  # Stable Diffusion's schedule, so that SD weights fit it
+        beta_start=0.00085,
+        beta_end=0.012,
         prediction_type="epsilon",  # Eq. 2, as SD-1.5 was trained
         default_steps=20,
         default_guidance=3.0,

@@ -288,12 +288,15 @@ def test_unet_starts_from_a_pretrained_inpainting_unet(tmp_path):
 
 
 def test_text_to_image_unet_is_widened_with_zero_weights(tmp_path):
-    """A text-to-image U-Net (C inputs) starts as itself: the masked image and mask get zero weights."""
+    """A text-to-image U-Net (C inputs) starts as itself: the masked image and mask get zero weights.
+    Its config says ``"upcast_attention": null`` as SD-1.5's does (diffusers now writes false)."""
     import dataclasses
+    import json
 
     cfg = get_config("tiny")
     c = cfg.latent_channels
-    src = _unet_folder(tmp_path, cfg, in_channels=c).eval()
+    src = _unet_folder(tmp_path, cfg, in_channels=c, upcast_attention=None).eval()
+    assert json.loads((tmp_path / "pipe" / "unet" / "config.json").read_text())["upcast_attention"] is None
     cfg = dataclasses.replace(cfg, unet_pretrained=str(tmp_path / "pipe"), unet_subfolder="unet")
     m = RefineByAlignModel.from_model_config(cfg).eval()
     assert m.unet.conv_in.in_channels == m.unet.config.in_channels == 2 * c + 1

@@ -295,3 +295,24 @@ def test_an_error_outside_the_compiled_call_propagates_and_keeps_it(tiny_pipe):
         assert tiny_pipe._compiled_or_eager("unet", lambda fn: fn(2)) == 2
     finally:
         tiny_pipe._compiled = {}
+
+
+def test_samplers_run_on_the_models_noise_schedule():
+    """`paper` is on Stable Diffusion's schedule (scaled_linear, betas 0.00085-0.012), so SD weights
+    fit it: alpha_bar is 0.0047 at t = 999 (diffusers' default betas would give 0.0007)."""
+    from types import SimpleNamespace
+
+    import torch
+    from diffusers import DDPMScheduler
+
+    from refine_by_align.config import get_config
+    from refine_by_align.pipelines.pipeline import make_scheduler
+
+    paper = get_config("paper")
+    for cfg in (paper, get_config("default")):
+        sampler = make_scheduler(SimpleNamespace(cfg=cfg))
+        train = DDPMScheduler(**cfg.noise_schedule())
+        assert torch.allclose(sampler.alphas_cumprod, train.alphas_cumprod)
+        assert sampler.config.prediction_type == cfg.prediction_type
+    a = DDPMScheduler(**paper.noise_schedule()).alphas_cumprod
+    assert float(a[-1]) == pytest.approx(0.00466, abs=2e-5) and float(a[100]) == pytest.approx(0.894, abs=1e-3)

@@ -36,7 +36,13 @@ def build_unet(cfg: ModelConfig) -> UNet2DConditionModel:
 
 
 def _comparable(config) -> dict:
-    return {k: tuple(v) if isinstance(v, list) else v for k, v in dict(config).items() if not k.startswith("_") and k not in _FREE_KEYS}
+    """Config entries that define the network; None and False are one value (SD-1.5's config says
+    ``"upcast_attention": null`` where diffusers now registers False: both mean no upcast)."""
+
+    def norm(v):
+        return tuple(v) if isinstance(v, list) else (False if v is None else v)
+
+    return {k: norm(v) for k, v in dict(config).items() if not k.startswith("_") and k not in _FREE_KEYS}
 
 
 def load_pretrained_unet(cfg: ModelConfig) -> UNet2DConditionModel:
@@ -58,7 +64,7 @@ def load_pretrained_unet(cfg: ModelConfig) -> UNet2DConditionModel:
     with torch.device("meta"):  # the architecture cfg asks for, without allocating its weights
         want = build_unet(cfg)
     have, need = _comparable(unet.config), _comparable(want.config)
-    diff = sorted(k for k in set(have) | set(need) if have.get(k) != need.get(k))
+    diff = sorted(k for k in set(have) | set(need) if have.get(k, False) != need.get(k, False))
     if diff:
         listed = "; ".join(f"{k}: checkpoint {have.get(k)!r}, config {need.get(k)!r}" for k in diff)
         raise ValueError(f"the U-Net '{cfg.unet_pretrained}' does not fit the '{cfg.name}' config: {listed}")

@@ -67,17 +67,13 @@ def make_scheduler(model: RefineByAlignModel):
     c = model.cfg
     if c.latent == "pixel":
         return DDIMScheduler(
-            num_train_timesteps=c.num_train_timesteps,
-            beta_schedule=c.beta_schedule,
-            prediction_type=c.prediction_type,
+            **c.noise_schedule(),
             clip_sample=True,
             set_alpha_to_one=True,
             timestep_spacing="trailing",
         )
     return DPMSolverMultistepScheduler(
-        num_train_timesteps=c.num_train_timesteps,
-        beta_schedule=c.beta_schedule,
-        prediction_type=c.prediction_type,
+        **c.noise_schedule(),
         algorithm_type="dpmsolver++",
         solver_order=2,
     )

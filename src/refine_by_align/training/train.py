@@ -257,9 +257,7 @@ def train(tc: TrainConfig, run_dir: str | Path, resume: bool = False, max_steps:
         init_weights(model, tc.init_from)
         accelerator.print(f"initialised the weights from {tc.init_from}")
     model.train()
-    noise_scheduler = DDPMScheduler(
-        num_train_timesteps=mcfg.num_train_timesteps, beta_schedule=mcfg.beta_schedule, prediction_type=mcfg.prediction_type
-    )
+    noise_scheduler = DDPMScheduler(**mcfg.noise_schedule())
     enc = model.reference_encoder
     groups = [
         {"params": list(model.unet.parameters()), "lr": tc.lr_unet},

@@ -93,6 +93,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="torch.compile the denoising U-Net and the VAE encode / decode (inductor, frozen weights); optional mode",
     )
     p.add_argument("--device", default="auto", help="auto (a visible CUDA GPU, else the CPU), cpu or cuda")
+    p.add_argument("--attention", action="store_true", help="also time PyTorch's CPU attention kernel by head size")
 
     p = sub.add_parser("serve", help="local web app + HTTP API (binds 127.0.0.1 unless --host says otherwise)")
     from .server.settings import add_serve_arguments  # no FastAPI import at parse time
@@ -302,7 +303,7 @@ def cmd_benchmark(args) -> int:
     except (ValueError, RuntimeError) as e:
         raise CLIError(f"--device {args.device}: {e}") from None
     configs = [c.strip() for c in args.configs.split(",") if c.strip()]
-    res = run_benchmark(configs, args.output, args.repeats, args.cases, args.dtype, args.compile or False, args.device)
+    res = run_benchmark(configs, args.output, args.repeats, args.cases, args.dtype, args.compile or False, args.device, args.attention)
     c = res["ceiling"]
     print(f"{res['machine']}: matmul ceiling fp32 {c['fp32_gflops']:.0f} GFLOP/s, bf16 {c['bf16_gflops']:.0f} GFLOP/s")
     print(f"{'config':<10} {'dtype':<9} {'encode':>7} {'align':>7} {'step':>7} {'step1':>7} {'refine512':>9} {'GFLOP':>8} {'ceil%':>6} {'RSS MB':>7}")
@@ -332,6 +333,12 @@ def cmd_benchmark(args) -> int:
                     f"{name}: U-Net forward {r['unet_forward_s']:.3f} s by op class: {cls}; with conv and linear at the ceiling "
                     f"and the rest as measured it would reach {100 * bd['unet_fraction_bound']:.0f}%"
                 )
+    if "attention_sweep" in res:
+        a = res["attention_sweep"]
+        sizes = ", ".join(f"{d}: {v['ms']:.1f} ms ({v['gflops']:.0f} GFLOP/s)" for d, v in a["by_head_size"].items())
+        print(f"attention, {a['tokens']} tokens x {a['heads']} heads, {a['dtype']}, by head size: {sizes}")
+        pads = ", ".join(f"{p}: {v['ms']:.1f} ms" for p, v in a["padded"].items())
+        print(f"the paper's largest layer (batch 2, heads of 40) padded to: {pads} (max difference {a['padded_max_abs_diff']:.4f})")
     print(f"wrote {args.output} (seconds; step = one denoising step with guidance, step1 = without)")
     return 0
 

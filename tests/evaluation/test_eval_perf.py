@@ -146,3 +146,12 @@ def test_benchmark_times_the_compiled_unet(monkeypatch, tmp_path):
     assert any(p for _, p, _ in calls)  # the profiled forward
     assert any(b == 6 and not p and not f for b, p, f in calls)  # the refine-batch step, outside a refine
     assert any(f for _, _, f in calls)  # and the refines themselves
+
+
+def test_attention_sweep_figures_and_padding_is_exact():
+    from refine_by_align.evaluation.perf import attention_sweep
+
+    a = attention_sweep(tokens=64, width=32, head_sizes=(8, 16), dtype=torch.float32, repeats=1)
+    assert set(a["by_head_size"]) == {8, 16} and all(v["ms"] > 0 and v["gflops"] > 0 for v in a["by_head_size"].values())
+    assert set(a["padded"]) == {4, 48, 64}  # heads of 32 / 8 = 4, as they are and padded
+    assert a["padded_max_abs_diff"] < 1e-5

@@ -150,6 +150,42 @@ def breakdown(flops: dict[str, float], seconds: dict[str, float], forward_s: flo
     return out
 
 
+def attention_sweep(
+    tokens: int = 4096, width: int = 320, head_sizes: tuple[int, ...] = (32, 40, 48, 64, 80, 128), dtype: torch.dtype = torch.bfloat16, repeats: int = 5
+) -> dict:
+    """PyTorch's scaled_dot_product_attention on this machine: one self-attention of ``tokens``
+    tokens, 8 heads, at each head size (``by_head_size``: ms and GFLOP/s); and the ``paper`` U-Net's
+    largest layer (``width`` = 320 channels as 8 heads of 40, batch 2 as in a guided step) as it
+    is and with its heads zero-padded to 48 and 64 (``padded``: ms, the pad and slice copies
+    included). The padded results equal the plain ones (the scale stays 1/sqrt(40))."""
+    import torch.nn.functional as F
+
+    g = torch.Generator().manual_seed(0)
+
+    def ms(fn) -> float:
+        with torch.inference_mode():
+            return 1e3 * _median_time(fn, repeats=repeats, warmup=2)
+
+    out: dict = {"tokens": tokens, "heads": 8, "dtype": str(dtype).replace("torch.", ""), "by_head_size": {}}
+    for d in head_sizes:
+        q, k, v = (torch.randn(1, 8, tokens, d, generator=g).to(dtype) for _ in range(3))
+        t = ms(lambda: F.scaled_dot_product_attention(q, k, v))
+        out["by_head_size"][d] = {"ms": t, "gflops": 4 * 8 * tokens * tokens * d / (t / 1e3) / 1e9}
+    heads, d = 8, width // 8
+    q, k, v = (torch.randn(2, tokens, width, generator=g).to(dtype) for _ in range(3))  # (B, N, heads * d)
+
+    def attend(pad: int) -> torch.Tensor:
+        split = [F.pad(x.view(2, tokens, heads, d), (0, pad - d)).transpose(1, 2) for x in (q, k, v)]  # (B, heads, N, pad)
+        o = F.scaled_dot_product_attention(*split, scale=d**-0.5)[..., :d]
+        return o.transpose(1, 2).reshape(2, tokens, width)
+
+    out["padded"] = {p: {"ms": ms(lambda p=p: attend(p))} for p in (d, 48, 64) if p >= d}
+    with torch.inference_mode():
+        ref = attend(d)
+        out["padded_max_abs_diff"] = max(float((attend(p) - ref).abs().max()) for p in out["padded"])
+    return out
+
+
 def _cpu_name() -> str:
     """'Intel(R) Xeon(R) Processor, AMX' from /proc/cpuinfo where there is one, else the platform."""
     try:
@@ -316,8 +352,10 @@ def run_benchmark(
     dtype: str = "auto",
     compile: bool | str = False,
     device: str = "auto",
+    attention: bool = False,
 ) -> dict:
-    """Ceiling, each config in its own process (so that peak RSS is that config's own), ceiling again."""
+    """Ceiling, each config in its own process (so that peak RSS is that config's own), ceiling
+    again; with ``attention``, also :func:`attention_sweep` (CPU) under ``"attention_sweep"``."""
     import multiprocessing
 
     from ..pipelines.pipeline import resolve_device
@@ -349,6 +387,9 @@ def run_benchmark(
     runs.append(ceiling())
     out["ceiling"] = {k: max(r[k] for r in runs) for k in runs[0]}
     out["ceiling_runs"] = runs
+    if attention and dev.type == "cpu":
+        _say("attention sweep")
+        out["attention_sweep"] = attention_sweep()
     for name, r in results.items():
         key = "bf16_gflops" if r["dtype"] == "bfloat16" else "fp32_gflops"
         peak = out["ceiling"][key]

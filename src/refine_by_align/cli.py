@@ -339,7 +339,9 @@ def cmd_benchmark(args) -> int:
         print(f"attention, {a['tokens']} tokens x {a['heads']} heads, {a['dtype']}, by head size: {sizes}")
         pads = ", ".join(f"{p}: {v['ms']:.1f} ms" for p, v in a["padded"].items())
         print(f"the paper's largest layer (batch 2, heads of 40) padded to: {pads} (max difference {a['padded_max_abs_diff']:.4f})")
-    print(f"wrote {args.output} (seconds; step = one denoising step with guidance, step1 = without)")
+    picture = Path(args.output).with_suffix(".png")
+    also = f" and {picture} (where the U-Net's time goes)" if picture.exists() else ""
+    print(f"wrote {args.output}{also} (seconds; step = one denoising step with guidance, step1 = without)")
     return 0
 
 

@@ -2,6 +2,7 @@
 
 import json
 
+import numpy as np
 import pytest
 import torch
 
@@ -39,6 +40,10 @@ def test_benchmark_writes_the_documented_keys(tmp_path):
     assert sum(bd[k]["share"] for k in ("conv", "linear", "attention", "other", "overhead")) == pytest.approx(1.0)
     assert r["unet_fraction_of_ceiling"] > 0 and bd["unet_fraction_bound"] > 0
     assert r["unet_refine_batch"]["batch"] >= 1 and r["unet_refine_batch"]["fraction_of_ceiling"] > 0
+    from PIL import Image
+
+    picture = np.asarray(Image.open(out.with_suffix(".png")).convert("RGB"))  # the breakdown as bars
+    assert picture.shape[1] > 500 and (picture == (0xC4, 0x4E, 0x52)).all(-1).any()  # attention red is drawn
 
 
 def test_op_classes_from_profiler_and_flop_counter_names():

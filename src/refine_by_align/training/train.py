@@ -253,6 +253,9 @@ def train(tc: TrainConfig, run_dir: str | Path, resume: bool = False, max_steps:
 
     # 2. Model, noise schedule, optimiser with separate learning rates, LR schedule, EMA.
     model = RefineByAlignModel.from_model_config(mcfg)
+    for part, source in (("U-Net", mcfg.unet_pretrained), ("autoencoder", mcfg.vae_pretrained if model.vae is not None else None), ("reference encoder", mcfg.encoder.pretrained)):
+        if source:
+            accelerator.print(f"{part}: pretrained weights from {source}")
     if tc.init_from and not resume_ckpt:
         init_weights(model, tc.init_from)
         accelerator.print(f"initialised the weights from {tc.init_from}")

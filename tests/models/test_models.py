@@ -337,3 +337,26 @@ def test_autoencoder_loads_from_a_pipeline_subfolder(tmp_path):
     cfg = dataclasses.replace(get_config("tiny"), latent="vae-tiny", resolution=32, vae_pretrained=str(tmp_path / "pipe"), vae_subfolder="vae")
     m = RefineByAlignModel.from_model_config(cfg)
     assert torch.equal(m.vae.encoder.layers[0].weight, vae.encoder.layers[0].weight)
+
+
+def test_load_builds_no_random_weights_and_keeps_the_configs_dtypes(tmp_path):
+    """load() builds the model on the meta device and assigns the file's tensors: nothing is left
+    on meta, the normalisation buffers are rebuilt, and bf16-saved weights come back in float32."""
+    m = _tiny(seed=2)
+    torch.nn.Module.to(m, torch.bfloat16).save_pretrained(tmp_path)
+    back = RefineByAlignModel.load(tmp_path)
+    tensors = list(back.parameters()) + list(back.buffers())
+    assert not any(t.is_meta for t in tensors) and {t.dtype for t in tensors} == {torch.float32}
+    assert torch.equal(back.reference_encoder.mean.flatten(), torch.tensor(back.cfg.encoder.image_mean))
+    assert not back.training and not back.reference_encoder.vit.embeddings.mask_token.requires_grad
+    assert torch.equal(back.unet.conv_in.weight, m.unet.conv_in.weight.float())
+    # the parameters own their memory (safetensors maps the file): rewriting the file in place,
+    # as a new export of the same model does, leaves a loaded model as it was
+    _tiny(seed=4).save_pretrained(tmp_path / "f32")
+    loaded = RefineByAlignModel.load(tmp_path / "f32")
+    before = loaded.unet.conv_in.weight.clone()
+    _tiny(seed=5).save_pretrained(tmp_path / "other")
+    data = (tmp_path / "other" / "diffusion_pytorch_model.safetensors").read_bytes()
+    with open(tmp_path / "f32" / "diffusion_pytorch_model.safetensors", "r+b") as f:
+        f.write(data)
+    assert torch.equal(loaded.unet.conv_in.weight, before)

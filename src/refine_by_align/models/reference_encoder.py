@@ -46,8 +46,14 @@ class ReferenceEncoder(nn.Module):
         self.projector = nn.Sequential(nn.Linear(d, cfg.projector_hidden), nn.GELU(), nn.Linear(cfg.projector_hidden, c))
         # Unconditional context for classifier-free guidance (the "dropped" image embedding).
         self.null_tokens = nn.Parameter(torch.zeros(1, cfg.num_tokens, c))
-        self.register_buffer("mean", torch.tensor(cfg.encoder.image_mean).view(1, 3, 1, 1), persistent=False)
-        self.register_buffer("std", torch.tensor(cfg.encoder.image_std).view(1, 3, 1, 1), persistent=False)
+        self.image_mean, self.image_std = tuple(cfg.encoder.image_mean), tuple(cfg.encoder.image_std)
+        self.init_buffers()
+
+    def init_buffers(self) -> None:
+        """The normalisation constants: buffers that are not saved with the weights, so a model
+        built on the meta device and then loaded (RefineByAlignModel.load) gets them here."""
+        self.register_buffer("mean", torch.tensor(self.image_mean).view(1, 3, 1, 1), persistent=False)
+        self.register_buffer("std", torch.tensor(self.image_std).view(1, 3, 1, 1), persistent=False)
 
     def preprocess(self, images: torch.Tensor) -> torch.Tensor:
         """(B, 3, H, W) in [0, 1] -> normalised (B, 3, S, S) at the encoder's input side."""

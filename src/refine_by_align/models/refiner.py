@@ -147,7 +147,8 @@ class RefineByAlignModel(ModelMixin, ConfigMixin):
             raise ValueError(f"model folder '{folder}' has no .safetensors weights")
         from safetensors.torch import load_file
 
-        model = cls.from_config(cls.load_config(folder))
+        with torch.device("meta"):  # no random init of what the file replaces (paper: load 7.3 -> 4.9 s)
+            model = cls.from_config(cls.load_config(folder))
         main = folder / "diffusion_pytorch_model.safetensors"
         index = folder / "diffusion_pytorch_model.safetensors.index.json"
         if index.exists():  # sharded: the files the index names, nothing else
@@ -173,7 +174,12 @@ class RefineByAlignModel(ModelMixin, ConfigMixin):
                 f"model folder '{folder}' does not fit this code: {len(missing)} missing weights {missing[:3]}, "
                 f"{len(unexpected)} unexpected {unexpected[:3]}"
             )
-        model.load_state_dict(state)
+        dtypes = {k: t.dtype for k, t in model.state_dict().items()}
+        # copies in the dtypes the config builds: safetensors maps the file, and parameters that
+        # shared its pages would change (or fault) if the file were rewritten while in use
+        state = {k: v.to(dtypes[k], copy=True) for k, v in state.items()}
+        model.load_state_dict(state, assign=True)  # the loaded tensors become the parameters
+        model.reference_encoder.init_buffers()
         model.eval()
         return model
 

@@ -81,7 +81,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("benchmark", help="time every stage against this machine's matmul ceiling")
     p.add_argument("--configs", default="default", help="comma-separated presets or model folders (e.g. default,paper)")
-    p.add_argument("--output", required=True, help="JSON file")
+    p.add_argument("--output", required=True, help="JSON file; a picture of where the U-Net's time goes is written beside it (.png)")
     p.add_argument("--repeats", type=int, default=3, help="runs per figure (median)")
     p.add_argument("--cases", help="a case folder: also time one whole bench case")
     p.add_argument("--dtype", default="auto", choices=["auto", "fp32", "bf16"], help="auto: bf16 for paper, fp32 for small models")

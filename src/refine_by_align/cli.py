@@ -295,7 +295,7 @@ def cmd_grid_search(args) -> int:
 
 
 def cmd_benchmark(args) -> int:
-    from .evaluation.perf import run_benchmark
+    from .evaluation.perf import OP_CLASSES, run_benchmark
     from .pipelines.pipeline import resolve_device
 
     try:  # a bad or absent device is a usage error, found before any config is built
@@ -327,7 +327,7 @@ def cmd_benchmark(args) -> int:
                 bd = r["unet_breakdown"]
                 cls = ", ".join(
                     f"{k} {bd[k]['s']:.3f} s" + (f" ({bd[k]['gflops']:.0f} GFLOP/s, {100 * bd[k]['fraction_of_ceiling']:.0f}%)" if "gflops" in bd[k] else "")
-                    for k in ("conv", "linear", "attention", "other", "overhead")
+                    for k in (*OP_CLASSES, "overhead")
                 )
                 print(
                     f"{name}: U-Net forward {r['unet_forward_s']:.3f} s by op class: {cls}; with conv and linear at the ceiling "

@@ -88,7 +88,7 @@ def test_breakdown_bound():
     from refine_by_align.evaluation.perf import breakdown
 
     flops = {"conv": 60.0, "linear": 20.0, "attention": 20.0, "other": 0.0, "total": 100.0}
-    secs = {"conv": 0.3, "linear": 0.1, "attention": 0.4, "other": 0.1, "overhead": 0.1, "wall": 1.0}
+    secs = {"conv": 0.3, "linear": 0.1, "attention": 0.4, "other": 0.1, "wall": 1.0}
     bd = breakdown(flops, secs, forward_s=1.5, ceiling_gflops=400.0)  # operators 0.9 s of a 1.5 s forward
     assert bd["conv"]["s"] == pytest.approx(0.3) and bd["conv"]["gflops"] == pytest.approx(200.0)
     assert bd["attention"]["fraction_of_ceiling"] == pytest.approx(20 / 0.4 / 400)

@@ -110,18 +110,21 @@ def unet_flops(forward) -> dict[str, float]:
 
 
 def time_by_op_class(forward) -> dict[str, float]:
-    """Seconds of one profiled call of ``forward`` (CPU) by op class, from each operator's self
-    time (torch.compile's own machinery counts as ``"overhead"``), and ``"wall"``, the profiled
-    call's wall time (longer than an unprofiled call by the profiler's own cost)."""
+    """Seconds of one profiled call of ``forward`` (CPU) by op class (:data:`OP_CLASSES`), from
+    each operator's self time, and ``"wall"``, the profiled call's wall time (longer than an
+    unprofiled call by the profiler's own cost). torch.compile's own machinery is left out: it is
+    overhead, which :func:`breakdown` takes as what the operators leave of a forward."""
     from torch.profiler import ProfilerActivity, profile
 
     with profile(activities=[ProfilerActivity.CPU]) as prof:
         t0 = time.perf_counter()
         forward()
         wall = time.perf_counter() - t0
-    out = dict.fromkeys((*OP_CLASSES, "overhead"), 0.0)
+    out = dict.fromkeys(OP_CLASSES, 0.0)
     for ev in prof.key_averages():
-        out[op_class(ev.key)] += ev.self_cpu_time_total / 1e6
+        cls = op_class(ev.key)
+        if cls in out:
+            out[cls] += ev.self_cpu_time_total / 1e6
     out["wall"] = wall
     return out
 
@@ -308,8 +311,12 @@ def benchmark_config(
         ctx2 = torch.cat([model.reference_encoder.unconditional(1), ctx])
         x = torch.cat([latents, masked, lmask], dim=1).to(model.dtype)
 
-        def guided_step():  # one denoising step with guidance: the [uncond, cond] batch in one forward
-            return pipe._predict(torch.cat([latents] * 2), t.expand(2), masked.expand(2, -1, -1, -1), lmask.expand(2, -1, -1, -1), ctx2)
+        def step(context):  # one denoising step on the batch of ``context`` (B, T, C), as the sampler runs it
+            b = context.shape[0]
+            return pipe._predict(torch.cat([latents] * b), t.expand(b), masked.expand(b, -1, -1, -1), lmask.expand(b, -1, -1, -1), context)
+
+        def guided_step():  # with guidance: the [uncond, cond] batch in one forward
+            return step(ctx2)
 
         if dtype != "fp32":  # numerical check of the reduced precision against fp32, same weights
             ref32 = model.unet.float()(x.float(), t, encoder_hidden_states=ctx.float()).sample
@@ -320,7 +327,8 @@ def benchmark_config(
         flops = unet_flops(lambda: model.unet(x, t, encoder_hidden_states=ctx))
         res["unet_gflop"] = flops["total"]
         res["unet_gflop_by_class"] = {k: flops[k] for k in OP_CLASSES}
-        unet_s = timed(lambda: model.unet(x, t, encoder_hidden_states=ctx), repeats)
+        unet = model.unet  # the U-Net the forward figures are of: the compiled one where it compiled
+        unet_s = timed(lambda: unet(x, t, encoder_hidden_states=ctx), repeats)
         res["unet_forward_s"] = unet_s
         mode = "default" if compile is True else compile
         if compile and pipe.enable_compile(mode=None if mode == "default" else mode):
@@ -337,13 +345,11 @@ def benchmark_config(
             res["compiled_parts"] = sorted(k for k, fn in pipe._compiled.items() if fn is not None)
             res["compiled"] = pipe._compiled.get("unet") is not None
             if res["compiled"]:
-                cu = pipe._compiled["unet"]
+                unet = pipe._compiled["unet"]
                 res["unet_forward_eager_s"] = unet_s
-                unet_s = timed(lambda: cu(x, t, encoder_hidden_states=ctx), repeats)
+                unet_s = timed(lambda: unet(x, t, encoder_hidden_states=ctx), repeats)
                 res["unet_forward_s"] = unet_s
         res["unet_gflops_achieved"] = res["unet_gflop"] / unet_s
-        unet = pipe._compiled.get("unet")  # (no `or`: a compiled module has no truth value)
-        unet = model.unet if unet is None else unet
         if dev.type == "cpu":  # where the forward's time goes (module doc); GPU kernels are named otherwise
             res["unet_time_by_class_s"] = time_by_op_class(lambda: unet(x, t, encoder_hidden_states=ctx))
         _say(f"{name}: denoising steps")
@@ -352,9 +358,7 @@ def benchmark_config(
         # one step at the batch a refine runs: K samples, twice over with guidance ([uncond, cond])
         k = cfg.default_samples
         ctx_k = torch.cat([model.reference_encoder.unconditional(k), ctx.expand(k, -1, -1)]) if cfg.default_guidance != 1.0 else ctx.expand(k, -1, -1)
-        b = ctx_k.shape[0]
-        step_b = timed(lambda: pipe._predict(torch.cat([latents] * b), t.expand(b), masked.expand(b, -1, -1, -1), lmask.expand(b, -1, -1, -1), ctx_k), repeats)
-        res["unet_refine_batch"] = {"batch": b, "s": step_b}
+        res["unet_refine_batch"] = {"batch": ctx_k.shape[0], "s": timed(lambda: step(ctx_k), repeats)}
         timings = []
 
         def refine():

@@ -123,9 +123,8 @@ class RefineByAlignModel(ModelMixin, ConfigMixin):
                     f"{vit.config.patch_size}; the config asks for {cfg.encoder.hidden_size}, {cfg.encoder.patch_size}"
                 )
             model.reference_encoder.vit = vit
-        if load_pretrained and cfg.unet_pretrained:
+        if load_pretrained and cfg.unet_pretrained:  # the same architecture: the same layer names
             model.unet = load_pretrained_unet(cfg)
-            model.cross_attention_layers = cross_attention_layers(model.unet)
         if load_pretrained and cfg.vae_pretrained and model.vae is not None:
             vae_cls = AutoencoderKL if cfg.latent == "vae-kl" else AutoencoderTiny
             model.vae = vae_cls.from_pretrained(cfg.vae_pretrained, subfolder=cfg.vae_subfolder, use_safetensors=True)
@@ -165,7 +164,8 @@ class RefineByAlignModel(ModelMixin, ConfigMixin):
         state: dict[str, torch.Tensor] = {}
         for f in files:
             state.update(load_file(f))
-        wanted = set(model.state_dict())
+        built = model.state_dict()  # names and dtypes of the config's model (meta tensors)
+        wanted = set(built)
         state = _match_vit_names(state, wanted)
         missing = sorted(wanted - set(state))
         unexpected = sorted(set(state) - wanted)
@@ -174,10 +174,9 @@ class RefineByAlignModel(ModelMixin, ConfigMixin):
                 f"model folder '{folder}' does not fit this code: {len(missing)} missing weights {missing[:3]}, "
                 f"{len(unexpected)} unexpected {unexpected[:3]}"
             )
-        dtypes = {k: t.dtype for k, t in model.state_dict().items()}
         # copies in the dtypes the config builds: safetensors maps the file, and parameters that
         # shared its pages would change (or fault) if the file were rewritten while in use
-        state = {k: v.to(dtypes[k], copy=True) for k, v in state.items()}
+        state = {k: v.to(built[k].dtype, copy=True) for k, v in state.items()}
         model.load_state_dict(state, assign=True)  # the loaded tensors become the parameters
         model.reference_encoder.init_buffers()
         model.eval()
@@ -212,17 +211,13 @@ class RefineByAlignModel(ModelMixin, ConfigMixin):
             x = (self.vae.decode if decode is None else decode)(latents / self.vae.config.scaling_factor).sample
         return ((x + 1.0) / 2.0).clamp(0.0, 1.0)
 
-    def masked_image(self, images: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-        """The U-Net's masked-image input: (B, 3, H, W) in [0, 1] and (B, 1, H, W) pixel mask ->
-        sample space, with the hole filled as ``cfg.hole_fill`` says (see fill.py)."""
-        return self.to_latent(fill_hole(images, mask, self.cfg.hole_fill))
-
     def inpainting_inputs(
         self, images: torch.Tensor, mask: torch.Tensor, with_sample: bool = True, encode=None
     ) -> tuple[torch.Tensor | None, torch.Tensor, torch.Tensor, torch.Tensor]:
         """Everything the U-Net needs about one crop, with one autoencoder pass:
-        (z_0 of ``images`` or None, the hole-filled image (B, 3, H, W) in [0, 1], its sample-space
-        masked input (B, C, h, w), the sample-space mask (B, 1, h, w)). ``with_sample=False``
+        (z_0 of ``images`` or None, the hole-filled image (B, 3, H, W) in [0, 1] (the hole filled as
+        ``cfg.hole_fill`` says, fill.py), its sample-space masked input (B, C, h, w), the
+        sample-space mask (B, 1, h, w)). ``with_sample=False``
         skips z_0 (the refinement stage alone does not need it); ``encode`` as in :meth:`to_latent`."""
         prefill = fill_hole(images, mask, self.cfg.hole_fill)
         if with_sample:

@@ -137,3 +137,12 @@ def test_benchmark_rejects_an_unusable_device_with_a_usage_error(tmp_path, capsy
     assert main(["benchmark", "--configs", "tiny", "--device", bad, "--output", str(out)]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and err[0].startswith("refine-by-align benchmark: error: --device") and not out.exists()
+
+
+def test_benchmark_rejects_an_unknown_config_before_timing(tmp_path, capsys):
+    from refine_by_align.cli import main
+
+    out = tmp_path / "b.json"
+    assert main(["benchmark", "--configs", f"tiny,{tmp_path / 'nosuch'}", "--output", str(out)]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "--configs" in err[0] and "nosuch" in err[0] and not out.exists()

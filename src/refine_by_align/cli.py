@@ -302,7 +302,12 @@ def cmd_benchmark(args) -> int:
         resolve_device(args.device)
     except (ValueError, RuntimeError) as e:
         raise CLIError(f"--device {args.device}: {e}") from None
+    from .config import CONFIG_NAMES
+
     configs = [c.strip() for c in args.configs.split(",") if c.strip()]
+    for c in configs:  # each config runs in a child process: name the bad one here, before any timing
+        if c not in CONFIG_NAMES and not (Path(c) / "config.json").is_file():
+            raise CLIError(f"--configs: '{c}' is neither a preset ({', '.join(CONFIG_NAMES)}) nor a model folder with a config.json")
     res = run_benchmark(configs, args.output, args.repeats, args.cases, args.dtype, args.compile or False, args.device, args.attention)
     c = res["ceiling"]
     print(f"{res['machine']}: matmul ceiling fp32 {c['fp32_gflops']:.0f} GFLOP/s, bf16 {c['bf16_gflops']:.0f} GFLOP/s")

@@ -146,3 +146,13 @@ def test_benchmark_rejects_an_unknown_config_before_timing(tmp_path, capsys):
     assert main(["benchmark", "--configs", f"tiny,{tmp_path / 'nosuch'}", "--output", str(out)]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "--configs" in err[0] and "nosuch" in err[0] and not out.exists()
+
+
+def test_train_with_weights_that_cannot_be_had_is_a_usage_error(tmp_path, capsys):
+    from refine_by_align.cli import main
+
+    recipe = tmp_path / "r.json"
+    recipe.write_text(json.dumps({"model": "tiny", "max_steps": 1, "data_root": None, "model_overrides": {"unet_pretrained": str(tmp_path / "no-sd")}}))
+    assert main(["--quiet", "train", "--config", str(recipe), "--output", str(tmp_path / "run")]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err[-1].startswith("refine-by-align train: error: cannot load the U-Net weights") and "no-sd" in err[-1]

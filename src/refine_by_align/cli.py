@@ -382,7 +382,10 @@ def cmd_train(args) -> int:
         tc = load_train_config(args.config)
     except (ValueError, TypeError) as e:
         raise CLIError(str(e)) from None
-    rec = train(tc, args.output, resume=args.resume, max_steps=args.max_steps, progress=not args.quiet)
+    try:  # a recipe whose parts do not fit or cannot be had (pretrained weights, init_from) is a usage error
+        rec = train(tc, args.output, resume=args.resume, max_steps=args.max_steps, progress=not args.quiet)
+    except ValueError as e:
+        raise CLIError(str(e)) from None
     print(f"stopped at step {rec['step']}; weights in {Path(args.output) / 'weights'}")
     return 0
 

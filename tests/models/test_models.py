@@ -361,3 +361,15 @@ def test_load_builds_no_random_weights_and_keeps_the_configs_dtypes(tmp_path):
     with open(tmp_path / "f32" / "diffusion_pytorch_model.safetensors", "r+b") as f:
         f.write(data)
     assert torch.equal(loaded.unet.conv_in.weight, before)
+
+
+def test_pretrained_parts_that_cannot_be_had_name_themselves(tmp_path):
+    import dataclasses
+
+    cfg = get_config("tiny")
+    enc = dataclasses.replace(cfg, encoder=dataclasses.replace(cfg.encoder, pretrained=str(tmp_path / "no-dino")))
+    with pytest.raises(ValueError, match="cannot load the reference encoder weights .*no-dino"):
+        RefineByAlignModel.from_model_config(enc)
+    vae = dataclasses.replace(cfg, latent="vae-tiny", resolution=32, vae_pretrained=str(tmp_path / "sd"), vae_subfolder="vae")
+    with pytest.raises(ValueError, match=r"cannot load the autoencoder weights .*sd \(subfolder vae\)"):
+        RefineByAlignModel.from_model_config(vae)

@@ -7,6 +7,7 @@ import torch.nn as nn
 from diffusers import UNet2DConditionModel
 
 from ..config import ModelConfig
+from .pretrained import pretrained_part
 
 __all__ = ["build_unet", "load_pretrained_unet"]
 
@@ -56,11 +57,7 @@ def load_pretrained_unet(cfg: ModelConfig) -> UNet2DConditionModel:
     other config entry must match ``cfg``'s U-Net (ValueError naming the differences): a model
     saved by this project is rebuilt from ``cfg`` alone."""
     c = cfg.latent_channels
-    try:
-        unet = UNet2DConditionModel.from_pretrained(cfg.unet_pretrained, subfolder=cfg.unet_subfolder, use_safetensors=True)
-    except OSError as e:  # not found, not safetensors, no network
-        where = cfg.unet_pretrained + (f" (subfolder {cfg.unet_subfolder})" if cfg.unet_subfolder else "")
-        raise ValueError(f"cannot load the U-Net weights '{where}' as safetensors: {e}") from None
+    unet = pretrained_part(UNet2DConditionModel, cfg.unet_pretrained, "U-Net", cfg.unet_subfolder)
     with torch.device("meta"):  # the architecture cfg asks for, without allocating its weights
         want = build_unet(cfg)
     have, need = _comparable(unet.config), _comparable(want.config)

@@ -19,6 +19,7 @@ from ..config import ModelConfig
 from ..fill import fill_hole
 from .attention import cross_attention_layers
 from .denoiser import build_unet, load_pretrained_unet
+from .pretrained import pretrained_part
 from .reference_encoder import ReferenceEncoder
 
 __all__ = ["RefineByAlignModel", "PICKLE_SUFFIXES", "check_no_pickles"]
@@ -116,7 +117,7 @@ class RefineByAlignModel(ModelMixin, ConfigMixin):
         if load_pretrained and cfg.encoder.pretrained:
             from transformers import Dinov2Model
 
-            vit = Dinov2Model.from_pretrained(cfg.encoder.pretrained, use_safetensors=True)
+            vit = pretrained_part(Dinov2Model, cfg.encoder.pretrained, "reference encoder")
             if vit.config.hidden_size != cfg.encoder.hidden_size or vit.config.patch_size != cfg.encoder.patch_size:
                 raise ValueError(
                     f"pretrained encoder '{cfg.encoder.pretrained}' has hidden {vit.config.hidden_size}, patch "
@@ -127,7 +128,7 @@ class RefineByAlignModel(ModelMixin, ConfigMixin):
             model.unet = load_pretrained_unet(cfg)
         if load_pretrained and cfg.vae_pretrained and model.vae is not None:
             vae_cls = AutoencoderKL if cfg.latent == "vae-kl" else AutoencoderTiny
-            model.vae = vae_cls.from_pretrained(cfg.vae_pretrained, subfolder=cfg.vae_subfolder, use_safetensors=True)
+            model.vae = pretrained_part(vae_cls, cfg.vae_pretrained, "autoencoder", cfg.vae_subfolder)
             model.vae.requires_grad_(False)
         if cfg.encoder.freeze:
             model.reference_encoder.vit.requires_grad_(False)

@@ -116,12 +116,15 @@ def _content_cases(tmp_path):
         "mask_full": ({"mask": ("m.png", _png(Image.new("L", (w, h), 255)))}, {}, "covers the whole image"),
         "reference_mask_empty": ({"reference_mask": ("r.png", _png(Image.new("L", REF_SIZE, 0)))}, {}, "reference mask is empty"),
         "reference_mask_wrong_size": ({"reference_mask": ("r.png", _png(Image.new("L", (9, 9), 255)))}, {}, "does not match the reference"),
-        "reference_alpha_empty": ({"reference": ("ra.png", _png(Image.new("RGBA", REF_SIZE, (9, 9, 9, 0))))}, {"no_ref_mask": True}, "reference mask is empty"),
+        "reference_alpha_empty": ({"reference": ("ra.png", _png(Image.new("RGBA", REF_SIZE, (9, 9, 9, 0))))}, {"no_ref_mask": True}, "alpha channel is empty"),
         "steps_zero": ({}, {"steps": "0"}, "steps must be an integer in 1..1000"),
         "steps_negative": ({}, {"steps": "-3"}, "steps must be an integer in 1..1000"),
         "guidance_nan": ({}, {"guidance": "nan"}, "guidance must be a finite number"),
         "guidance_negative": ({}, {"guidance": "-0.5"}, "guidance must be a finite number"),
         "guidance_inf": ({}, {"guidance": "inf"}, "guidance must be a finite number"),
+        "guidance_huge": ({}, {"guidance": "1e39"}, "guidance must be a finite number in 0..50"),
+        "seed_negative": ({}, {"seed": "-1"}, "seed must be an integer in 0..9223372036854775807"),
+        "seed_past_2_63": ({}, {"seed": "18446744073709551616"}, "seed must be an integer in 0..9223372036854775807"),
     }
 
 

@@ -19,6 +19,9 @@ Output folder:
 Resume: running the same manifest again skips every job whose output exists and whose ledger entry
 matches the job's settings (inputs, steps, guidance, seed); changed jobs and failed jobs run again.
 A ``kill -9`` loses at most the job in flight. One batch at a time per output folder (a lock file).
+
+No job overwrites an input: a job whose output resolves (symlinks, hard links) to an input file of any
+job of the manifest, or to another job's output, fails with that reason and the others go on.
 """
 
 from __future__ import annotations
@@ -35,7 +38,7 @@ from typing import Any
 
 from PIL import Image
 
-from .io import InputError, alpha_mask, load_image, load_mask
+from .io import InputError, alpha_mask, check_output_folder, load_image, load_mask
 
 __all__ = ["DONE_FILE", "ERRORS_FILE", "BatchJob", "format_summary", "read_manifest", "run_batch"]
 
@@ -125,7 +128,7 @@ def _parse_line(text: str, line: int, base: Path) -> BatchJob:
             raise InputError(f"seed must be an integer in 0..2^63-1, got {seed!r}")
         from .pipelines.pipeline import check_settings
 
-        check_settings(steps, float(guidance) if guidance is not None else None)
+        check_settings(steps, guidance)
         job.steps, job.guidance, job.seed = steps, (float(guidance) if guidance is not None else None), seed
         name = spec.get("output")
         job.output = _check_output_name(name if name is not None else f"{line:05d}-{job.image.stem}.png")
@@ -260,6 +263,32 @@ def _run_one(job: BatchJob, pipe, target: Path) -> None:
     _write_atomic(out, target)
 
 
+def _file_id(path: Path) -> tuple[str, tuple[int, int] | None]:
+    """(resolved path, (device, inode) where the file exists): what makes two paths the same file."""
+    try:
+        st = os.stat(path)
+        ino = (st.st_dev, st.st_ino)
+    except OSError:
+        ino = None
+    return os.path.realpath(path), ino
+
+
+def _input_files(jobs: list[BatchJob]) -> tuple[dict[str, tuple[int, str, Path]], dict[tuple[int, int], tuple[int, str, Path]]]:
+    """Every input file named by the manifest, by resolved path and by inode -> (line, role, path)."""
+    by_path: dict[str, tuple[int, str, Path]] = {}
+    by_inode: dict[tuple[int, int], tuple[int, str, Path]] = {}
+    for job in jobs:
+        for role in ("image", "mask", "reference", "reference_mask"):
+            path = getattr(job, role)
+            if path is None:
+                continue
+            real, ino = _file_id(path)
+            by_path.setdefault(real, (job.line, role, path))
+            if ino is not None:
+                by_inode.setdefault(ino, (job.line, role, path))
+    return by_path, by_inode
+
+
 def run_batch(manifest: str | os.PathLike, output_dir: str | os.PathLike, pipe, progress: bool = True) -> dict[str, Any]:
     """Run every job of ``manifest`` with ``pipe``; returns a summary dict:
     ``{"total", "done", "skipped", "failed", "output_dir", "errors_file", "seconds"}``
@@ -269,12 +298,16 @@ def run_batch(manifest: str | os.PathLike, output_dir: str | os.PathLike, pipe, 
     t0 = time.perf_counter()
     jobs = read_manifest(manifest)
     out_dir = Path(output_dir)
-    if out_dir.exists() and not out_dir.is_dir():
-        raise InputError(f"output folder '{out_dir}': exists and is not a folder")
+    check_output_folder(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     root = out_dir.resolve()
     errors_file = out_dir / ERRORS_FILE
     done_file = out_dir / DONE_FILE
+    for own in (errors_file, done_file):
+        if os.path.realpath(own) == os.path.realpath(manifest):
+            raise InputError(f"manifest '{manifest}': is the batch's own {own.name} in the output folder; use another output folder")
+    inputs_by_path, inputs_by_inode = _input_files(jobs)
+    targets: dict[str, int] = {}  # resolved output path -> line of the job that writes it
     counts = {"done": 0, "skipped": 0, "failed": 0}
 
     def fail(job: BatchJob, message: str, kind: str = "InputError") -> None:
@@ -300,6 +333,20 @@ def run_batch(manifest: str | os.PathLike, output_dir: str | os.PathLike, pipe, 
                     fail(job, f"output '{job.output}' resolves outside the output folder")
                     bar.update()
                     continue
+                real, ino = _file_id(target)
+                clash = inputs_by_path.get(real) or (inputs_by_inode.get(ino) if ino is not None else None)
+                if clash is not None:
+                    line, role, path = clash
+                    whose = "this job's" if line == job.line else f"line {line}'s"
+                    fail(job, f"output '{job.output}' is {whose} {role} file '{path}': refusing to overwrite an input "
+                              "(choose another output name or folder)")
+                    bar.update()
+                    continue
+                if real in targets:
+                    fail(job, f"output '{job.output}' is the same file as the output of line {targets[real]}")
+                    bar.update()
+                    continue
+                targets[real] = job.line
                 if finished.get(job.output) == job.key and target.is_file():
                     counts["skipped"] += 1
                     bar.update()

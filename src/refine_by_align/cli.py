@@ -10,6 +10,7 @@ from pathlib import Path
 __all__ = ["main", "build_parser"]
 
 EXIT_USAGE = 2
+MAX_SEED = 2**63 - 1  # the same range as the server's form field and the batch manifest
 
 
 class CLIError(Exception):
@@ -22,7 +23,7 @@ def _add_inputs(p: argparse.ArgumentParser) -> None:
     p.add_argument("--reference", required=True, help="reference photo of the same object")
     p.add_argument("--reference-mask", help="object mask of the reference (default: its alpha, else the whole image)")
     p.add_argument("--model", default="default", help="model folder, or a preset name: default | tiny | paper (default: %(default)s)")
-    p.add_argument("--seed", type=int, default=0, help="random seed (default: %(default)s)")
+    p.add_argument("--seed", type=int, default=0, help="random seed, an integer in 0..2^63-1 (default: %(default)s)")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -179,6 +180,41 @@ def _check_output(path: str, what: str = "output") -> Path:
     return p
 
 
+def _input_files(args) -> list[tuple[str, str]]:
+    """(option, path) of every input file of a refine / align call."""
+    files = [("--image", args.image), ("--mask", args.mask), ("--reference", args.reference)]
+    if args.reference_mask:
+        files.append(("--reference-mask", args.reference_mask))
+    return files
+
+
+def _check_outputs(inputs: list[tuple[str, str]], outputs: list[tuple[str, Path | None]]) -> None:
+    """Before any work: no output may be an input file or another output of the same call (symlinks,
+    ``..`` and hard links included), and every output must be writable where it is going."""
+    from .io import check_output_path, same_file
+
+    outputs = [(flag, path) for flag, path in outputs if path is not None]
+    for i, (flag, path) in enumerate(outputs):
+        for in_flag, in_path in inputs:
+            if same_file(path, in_path):
+                raise CLIError(f"{flag} '{path}' is the {in_flag} file '{in_path}': refusing to overwrite an input")
+        for other_flag, other in outputs[:i]:
+            if same_file(path, other):
+                raise CLIError(f"{flag} '{path}' and {other_flag} '{other}' are the same file: give each output its own path")
+    for flag, path in outputs:
+        check_output_path(path, flag)
+
+
+def _check_alignment_options(pipe, timestep: int | None, layer: int | None, t_flag: str, l_flag: str) -> None:
+    """The alignment pass's (t, l) against the loaded model's ranges, before any computation."""
+    n = pipe.model.cfg.num_train_timesteps
+    if timestep is not None and not 0 <= timestep < n:
+        raise CLIError(f"{t_flag} {timestep} is out of range 0..{n - 1} (this model's timesteps)")
+    n_layers = len(pipe.model.cross_attention_layers)
+    if layer is not None and not 0 <= layer < n_layers:
+        raise CLIError(f"{l_flag} {layer} is out of range 0..{n_layers - 1} (this model's cross-attention layers)")
+
+
 def cmd_refine(args) -> int:
     from PIL import Image
 
@@ -188,11 +224,16 @@ def cmd_refine(args) -> int:
     out = _check_output(args.output)
     corr_path = _check_output(args.correspondence, "correspondence") if args.correspondence else None
     compare = _check_output(args.compare, "compare") if args.compare else out.with_name(out.stem + ".compare.png")
+    _check_outputs(
+        _input_files(args),
+        [("--output", out), ("--correspondence", corr_path), ("--compare" if args.compare else "the compare picture", compare)],
+    )
     from .pipelines.pipeline import check_settings
 
     check_settings(args.steps, args.guidance, args.samples)
     image, mask, reference, ref_mask, names = _read_inputs(args)
     pipe = _load_pipeline(args.model, args.quiet)
+    _check_alignment_options(pipe, args.align_timestep, args.align_layer, "--align-timestep", "--align-layer")
     result = pipe(
         image, mask, reference, ref_mask, num_inference_steps=args.steps, guidance_scale=args.guidance,
         seed=args.seed, align=not args.no_align, names=names,
@@ -218,8 +259,10 @@ def cmd_align(args) -> int:
 
     out = _check_output(args.output)
     heat_path = _check_output(args.heatmap, "heatmap") if args.heatmap else None
+    _check_outputs(_input_files(args), [("--output", out), ("--heatmap", heat_path)])
     image, mask, reference, ref_mask, names = _read_inputs(args)
     pipe = _load_pipeline(args.model, args.quiet)
+    _check_alignment_options(pipe, args.timestep, args.layer, "--timestep", "--layer")
     res = pipe.align(image, mask, reference, ref_mask, timestep=args.timestep, layer=args.layer, seed=args.seed, names=names)
     save_image_atomic(Image.fromarray(res.mask.astype("uint8") * 255), out)
     print(f"wrote {out} (t={res.timestep}, l={res.layer}, {int(res.mask.sum())} reference pixels)")
@@ -238,10 +281,12 @@ def cmd_bench(args) -> int:
     from .evaluation.report import run_all
 
     from .evaluation.methods import PIPELINE_METHODS
+    from .io import check_output_folder
     from .pipelines.pipeline import check_settings
 
     common = dict(limit=args.limit, model=args.model, clip=args.clip, dino=args.dino, captions=args.captions, progress=not args.quiet)
     check_settings(args.steps, args.guidance, args.samples)
+    check_output_folder(args.output, "--output")
     call = {
         k: v
         for k, v in dict(
@@ -279,7 +324,9 @@ def _int_list(text: str, what: str) -> tuple[int, ...]:
 
 def cmd_grid_search(args) -> int:
     from .evaluation.grid_search import grid_search
+    from .io import check_output_folder
 
+    check_output_folder(args.output, "--output")
     try:
         res = grid_search(
             args.cases_dir, args.output, model=args.model, timesteps=_int_list(args.timesteps, "--timesteps"),
@@ -303,7 +350,9 @@ def cmd_benchmark(args) -> int:
     except (ValueError, RuntimeError) as e:
         raise CLIError(f"--device {args.device}: {e}") from None
     from .config import CONFIG_NAMES
+    from .io import check_output_path
 
+    check_output_path(args.output, "--output")
     configs = [c.strip() for c in args.configs.split(",") if c.strip()]
     for c in configs:  # each config runs in a child process: name the bad one here, before any timing
         if c not in CONFIG_NAMES and not (Path(c) / "config.json").is_file():
@@ -359,8 +408,10 @@ def cmd_serve(args) -> int:
 
 def cmd_batch(args) -> int:
     from .batch import format_summary, read_manifest, run_batch
+    from .io import check_output_folder
 
-    read_manifest(args.manifest)  # a bad manifest fails before the model loads
+    read_manifest(args.manifest)  # a bad manifest or output folder fails before the model loads
+    check_output_folder(args.output, "--output")
     pipe = _load_pipeline(args.model, args.quiet)
     summary = run_batch(args.manifest, args.output, pipe, progress=not args.quiet)
     print(format_summary(summary))
@@ -369,7 +420,9 @@ def cmd_batch(args) -> int:
 
 def cmd_demo(args) -> int:
     from .demo.run import run_demo
+    from .io import check_output_folder
 
+    check_output_folder(args.output, "--output")
     pipe = _load_pipeline(args.model, args.quiet)
     run_demo(pipe, Path(args.output))
     return 0
@@ -440,6 +493,9 @@ def main(argv: list[str] | None = None) -> int:
     from .io import InputError
 
     try:
+        seed = getattr(args, "seed", None)  # every command's --seed: the range the server and batch accept
+        if seed is not None and not 0 <= seed <= MAX_SEED:
+            raise CLIError(f"--seed must be an integer in 0..{MAX_SEED} (2^63-1), got {seed}")
         return COMMANDS[args.command](args)
     except (CLIError, InputError) as e:
         print(f"refine-by-align {args.command}: error: {e}", file=sys.stderr)

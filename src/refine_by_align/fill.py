@@ -12,7 +12,7 @@ import cv2
 import numpy as np
 import torch
 
-__all__ = ["HOLE_FILLS", "fill_hole", "residual_patch"]
+__all__ = ["HOLE_FILLS", "fill_hole", "residual_patch", "poisson_fill"]
 
 HOLE_FILLS = ("zero", "telea")
 TELEA_RADIUS = 3  # px, at the U-Net's crop resolution
@@ -80,3 +80,37 @@ def residual_patch(
     if hole_small is not None:
         delta = delta * mask_full.astype(np.float32)[..., None]  # and, at full resolution, to the mask
     return np.clip(np.rint(base.astype(np.float32) + delta), 0, 255).astype(np.uint8)
+
+
+def _disk_kernel(r: int) -> np.ndarray:
+    return cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (2 * r + 1, 2 * r + 1))
+
+
+#: cv2.seamlessClone erodes its mask by this many pixels (3 iterations of a 3x3 erosion) before solving.
+_CLONE_EROSION = 3
+
+
+def poisson_fill(image: np.ndarray, fill: np.ndarray, mask: np.ndarray, dilate_px: int = 3) -> np.ndarray:
+    """Poisson-blend (``cv2.seamlessClone``, NORMAL_CLONE) ``fill`` into ``image`` over ``mask``
+    grown by ``dilate_px``; pixels outside the grown mask are returned unchanged.
+
+    Guards against seamlessClone's border behaviour: it erodes the mask by 3 px before solving (so
+    the destination's pixels, here the artifact, would leak in from the mask's rim), zeroes the
+    mask's 1-px image border, and needs the source box to fit inside the destination around
+    ``center``. The clone mask is therefore the blend region grown by the erosion, both images are
+    reflect-padded so a mask touching the border is blended like any other, and a cv2 failure
+    falls back to a plain paste."""
+    region = cv2.dilate(np.asarray(mask, bool).astype(np.uint8), _disk_kernel(dilate_px)).astype(bool) if dilate_px > 0 else np.asarray(mask, bool)
+    out = image.copy()
+    pad = dilate_px + _CLONE_EROSION + 4
+    src = cv2.copyMakeBorder(np.ascontiguousarray(fill), pad, pad, pad, pad, cv2.BORDER_REFLECT)
+    dst = cv2.copyMakeBorder(np.ascontiguousarray(image), pad, pad, pad, pad, cv2.BORDER_REFLECT)
+    m = cv2.dilate(np.pad(region, pad).astype(np.uint8), _disk_kernel(_CLONE_EROSION + 1)) * 255
+    x, y, w, h = cv2.boundingRect(m)
+    try:
+        blended = cv2.seamlessClone(src, dst, m, (x + w // 2, y + h // 2), cv2.NORMAL_CLONE)
+        blended = blended[pad:-pad, pad:-pad]
+    except cv2.error:
+        blended = fill
+    out[region] = blended[region]
+    return out

@@ -22,6 +22,9 @@ __all__ = [
     "alpha_mask",
     "validate_inputs",
     "save_image_atomic",
+    "same_file",
+    "check_output_path",
+    "check_output_folder",
 ]
 
 # Largest accepted image (pixels). Pillow's own bomb check fires at twice its MAX_IMAGE_PIXELS.
@@ -146,7 +149,74 @@ def validate_inputs(
                 f"does not match the reference {reference.width}x{reference.height}"
             )
         if not reference_mask.any():
-            raise InputError(f"{name('reference_mask')}: reference mask is empty (no object)")
+            if "reference_mask" in names or not names:
+                raise InputError(f"{name('reference_mask')}: reference mask is empty (no object)")
+            # no mask file was given: the mask came from the reference's alpha channel
+            raise InputError(
+                f"{name('reference')}: its alpha channel is empty (fully transparent: no object to align with); "
+                "give a reference mask or a reference whose object is opaque"
+            )
+
+
+def same_file(a: str | os.PathLike, b: str | os.PathLike) -> bool:
+    """True when the two paths name the same file: the same resolved path (symlinks, ``..``), or,
+    where both exist, the same inode (hard links)."""
+    if os.path.realpath(a) == os.path.realpath(b):
+        return True
+    try:
+        return os.path.samefile(a, b)
+    except OSError:  # one of them does not exist (yet)
+        return False
+
+
+def _writable_folder(folder: Path) -> str | None:
+    """Why a file cannot be created in ``folder`` (or in the folder that would hold it once created),
+    or None when it can. Side-effect free apart from a probe file, created and removed at once."""
+    existing = folder
+    while not existing.exists():  # the nearest folder that exists: the rest would be created
+        if existing.is_symlink():
+            return f"'{existing}' is a broken symbolic link"
+        if existing.parent == existing:
+            break
+        existing = existing.parent
+    if not existing.is_dir():
+        return f"'{existing}' is a file, not a folder"
+    if not os.access(existing, os.W_OK | os.X_OK):
+        return f"folder '{existing}' is not writable"
+    import tempfile
+
+    try:
+        with tempfile.NamedTemporaryFile(prefix=".rba-probe-", dir=existing):
+            pass
+    except OSError as e:
+        return f"folder '{existing}' is not writable (creating a file there fails: {e.strerror or e})"
+    return None
+
+
+def check_output_path(path: str | os.PathLike, what: str = "output") -> Path:
+    """Refuse, before any work, an output file that could not be written: an existing folder or
+    special file under that name, a parent that is a file, a folder that is not writable (or a
+    pseudo file system such as /proc and /sys). Returns the path."""
+    p = Path(path)
+    if p.is_dir():
+        raise InputError(f"{what} '{path}': is a folder")
+    if p.exists() and not p.is_file():
+        raise InputError(f"{what} '{path}': exists and is not a regular file (a device or pipe?); refusing to replace it")
+    problem = _writable_folder(Path(os.path.abspath(p)).parent)
+    if problem:
+        raise InputError(f"{what} '{path}': cannot be written: {problem}")
+    return p
+
+
+def check_output_folder(path: str | os.PathLike, what: str = "output folder") -> Path:
+    """Refuse, before any work, an output folder that is a file or cannot be created or written to."""
+    p = Path(path)
+    if p.exists() and not p.is_dir():
+        raise InputError(f"{what} '{path}': exists and is not a folder")
+    problem = _writable_folder(Path(os.path.abspath(p)))
+    if problem:
+        raise InputError(f"{what} '{path}': cannot be written: {problem}")
+    return p
 
 
 def save_image_atomic(img: Image.Image, path: str | os.PathLike) -> None:

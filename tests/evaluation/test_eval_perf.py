@@ -31,7 +31,13 @@ def test_benchmark_writes_the_documented_keys(tmp_path):
     for key in ("refine_512_s", "align_s", "step_s", "unet_gflop", "unet_fraction_of_ceiling", "peak_rss_mb", "dtype"):
         assert key in r, key
     assert r["dtype"] == "bfloat16" and 0 <= r["unet_rel_error_vs_fp32"] < 0.1
-    assert r["unet_gflop"] > 0 and r["refine_512_s"] >= r["step_s"] > 0
+    assert r["unet_gflop"] > 0
+    # timings: present, finite and positive; never compared with each other (single measurements on a
+    # loaded host can come in any order)
+    timed = {k: v for k, v in r.items() if k.endswith("_s") and isinstance(v, (int, float))}
+    assert {"refine_512_s", "align_s", "step_s", "step_nocfg_s", "encode_s"} <= set(timed), sorted(timed)
+    assert all(np.isfinite(v) and v > 0 for v in timed.values()), timed
+    assert all(np.isfinite(v) and v >= 0 for v in r["refine_512_parts_s"].values()), r["refine_512_parts_s"]
     assert r["peak_rss_mb"] > 50
     assert set(r["refine_512_parts_s"]) >= {"align", "denoise", "total"}
     assert res["tiny"]["unet_fraction_of_ceiling"] == r["unet_fraction_of_ceiling"]

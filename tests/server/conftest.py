@@ -45,6 +45,7 @@ class FakePipe:
         self.step_s = step_s
         self.gate = gate
         self.calls = 0
+        self.steps_done = 0  # denoising steps finished, over all calls
 
     def progress_bar(self, iterable=None, total=None):  # replaced by the server's job bar
         class _Bar:
@@ -73,6 +74,7 @@ class FakePipe:
                     while not self.gate.wait(0.01):
                         bar.update(0)  # lets the server's time limit / cancel fire while held
                 time.sleep(self.step_s)
+                self.steps_done += 1
                 bar.update()
         arr = np.asarray(to_rgb(image)).copy()
         arr[np.asarray(mask, bool)] = 0

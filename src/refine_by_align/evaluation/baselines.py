@@ -26,6 +26,7 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
+from ..fill import poisson_fill
 from ..io import to_rgb
 from ..zoom import crop_resize
 from .cases import Case
@@ -112,36 +113,6 @@ def fit_homography(
     if (w <= 1e-6).any():
         return KeypointFit(None, len(good), n_in, "homography folds over the artifact")
     return KeypointFit(H, len(good), n_in)
-
-
-#: cv2.seamlessClone erodes its mask by this many pixels (3 iterations of a 3x3 erosion) before solving.
-_CLONE_EROSION = 3
-
-
-def poisson_fill(image: np.ndarray, fill: np.ndarray, mask: np.ndarray, dilate_px: int = 3) -> np.ndarray:
-    """Poisson-blend (``cv2.seamlessClone``, NORMAL_CLONE) ``fill`` into ``image`` over ``mask``
-    grown by ``dilate_px``; pixels outside the grown mask are returned unchanged.
-
-    Guards against seamlessClone's border behaviour: it erodes the mask by 3 px before solving (so
-    the destination's pixels, here the artifact, would leak in from the mask's rim), zeroes the
-    mask's 1-px image border, and needs the source box to fit inside the destination around
-    ``center``. The clone mask is therefore the blend region grown by the erosion, both images are
-    reflect-padded so a mask touching the border is blended like any other, and a cv2 failure
-    falls back to a plain paste."""
-    region = cv2.dilate(np.asarray(mask, bool).astype(np.uint8), _disk(dilate_px)).astype(bool) if dilate_px > 0 else np.asarray(mask, bool)
-    out = image.copy()
-    pad = dilate_px + _CLONE_EROSION + 4
-    src = cv2.copyMakeBorder(np.ascontiguousarray(fill), pad, pad, pad, pad, cv2.BORDER_REFLECT)
-    dst = cv2.copyMakeBorder(np.ascontiguousarray(image), pad, pad, pad, pad, cv2.BORDER_REFLECT)
-    m = cv2.dilate(np.pad(region, pad).astype(np.uint8), _disk(_CLONE_EROSION + 1)) * 255
-    x, y, w, h = cv2.boundingRect(m)
-    try:
-        blended = cv2.seamlessClone(src, dst, m, (x + w // 2, y + h // 2), cv2.NORMAL_CLONE)
-        blended = blended[pad:-pad, pad:-pad]
-    except cv2.error:
-        blended = fill
-    out[region] = blended[region]
-    return out
 
 
 class KeypointMethod:

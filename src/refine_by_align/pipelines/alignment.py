@@ -1,14 +1,28 @@
-"""The alignment stage: Algorithm 1 (Sec. 3.3), Eq. 5 and the post-processing of A.4.
+"""The alignment stage: Algorithm 1 (Sec. 3.3), Eq. 5 and the post-processing of A.4, and its
+pixel-accurate successor, the dense field (``correspondence.py``).
+
+Two alignment methods (:data:`ALIGNMENT_METHODS`), selectable by name:
+
+* ``attention`` (the paper): Eq. 5 sums one layer's cross-attention over the artifact mask into a
+  map over the 16 x 16 reference tokens, A.4 cleans it and keeps the largest blob: M* is a region
+  on the token grid;
+* ``dense``: point matches between the image around the mask and the reference (SIFT, the ALIKED
+  matcher, the same layer's cross-attention read at sub-token precision) are fitted by a robust
+  homography plus a smooth residual (:func:`~.correspondence.fit_field`), in both orientations of
+  the reference (a mirrored reference is a common generator "view"); the field gives every crop
+  pixel a position on the full-resolution reference, and M* is the mask pushed through it.
 
 Functions here work on plain tensors / arrays so each step can be tested alone:
 ``correspondence_map`` (Eq. 5), ``filter_token_peaks`` + ``clean_correspondence`` (A.4),
-``grid_to_reference`` (token grid -> reference pixels), and ``attention_grid`` (the T x L grid of
-maps used for the grid search of Fig. 4 / Fig. 7).
+``grid_to_reference`` (token grid -> reference pixels), ``attention_at`` (one layer's attention
+at one timestep), ``attention_grid`` (the T x L grid of maps used for the grid search of Fig. 4 /
+Fig. 7) and ``dense_alignment`` (the field).
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from dataclasses import field as dataclass_field
 
 import cv2
 import numpy as np
@@ -18,8 +32,14 @@ from scipy import ndimage
 
 from ..models.attention import AllLayersRecorded, AttentionStore, record_layers
 from ..zoom import Box
+from .correspondence import DenseField, Matches, aliked_features, aliked_matches, dense_field, grow_box, fit_field, outside_mask, sift_matches, warp_fill
+
+ALIGNMENT_METHODS = ("dense", "attention")
 
 __all__ = [
+    "ALIGNMENT_METHODS",
+    "attention_at",
+    "dense_alignment",
     "correspondence_map",
     "filter_token_peaks",
     "clean_correspondence",
@@ -107,11 +127,14 @@ class AlignmentResult:
     """Output of the alignment stage for one image."""
 
     mask: np.ndarray  # (Hr, Wr) bool: M*, the correspondence on the reference
-    heatmap: np.ndarray  # (Hr, Wr) float32 in [0, 1]: the cleaned map, for display
-    raw_grid: np.ndarray  # (g, g) float32: M^{t,l} straight from Eq. 5
-    grid_mask: np.ndarray  # (g, g) bool: M* on the token grid
+    heatmap: np.ndarray  # (Hr, Wr) float32 in [0, 1]: the cleaned map (attention) or M*'s confidence (dense), for display
+    raw_grid: np.ndarray | None  # (g, g) float32: M^{t,l} straight from Eq. 5 (None when no attention pass ran)
+    grid_mask: np.ndarray | None  # (g, g) bool: M* on the token grid (attention method)
     timestep: int
     layer: int
+    method: str = "attention"  # "attention" (Algorithm 1) or "dense" (the field)
+    field: DenseField | None = None  # dense: reference positions for every pixel of the zoom-in crop
+    info: dict = dataclass_field(default_factory=dict)  # matches per source, inliers, mirrored, fallback reason
 
 
 @torch.no_grad()
@@ -156,6 +179,115 @@ def attention_grid(
     finally:
         model.unet.set_attn_processor(_default_processors(model.unet))
     return out
+
+
+@torch.no_grad()
+def attention_at(
+    model,
+    sample: torch.Tensor,  # (B, C, h, w) z_0 of the crop
+    masked: torch.Tensor,  # (B, C, h, w)
+    mask: torch.Tensor,  # (B, 1, h, w)
+    context: torch.Tensor,  # (B, T, C_ctx)
+    timestep: int,
+    layer: int,
+    scheduler,
+    generator: torch.Generator | None = None,
+) -> torch.Tensor:
+    """Lines 2 and 6 of Algorithm 1 at one (t, l): noise z_0 to t, run the U-Net until layer l has
+    been recorded, return its heads-averaged cross-attention probabilities A^{t,l}: (B, HW, T).
+    Eq. 5 (:func:`correspondence_map`) sums them over the mask; the dense method also reads them
+    per query (:func:`~.correspondence.attention_matches`)."""
+    names = model.cross_attention_layers
+    n_t = model.cfg.num_train_timesteps
+    if not 0 <= int(timestep) < n_t:
+        raise ValueError(f"alignment timestep {timestep} out of range 0..{n_t - 1}")
+    if not 0 <= int(layer) < len(names):
+        raise ValueError(f"alignment layer {layer} out of range 0..{len(names) - 1}")
+    name = names[int(layer)]
+    store = AttentionStore(stop_after=[name])
+    record_layers(model.unet, [name], store)
+    noise = torch.randn(sample.shape, generator=generator, dtype=sample.dtype, device="cpu").to(sample.device)
+    tt = torch.full((sample.shape[0],), int(timestep), dtype=torch.long, device=sample.device)
+    z_t = scheduler.add_noise(sample, noise, tt) if timestep > 0 else sample
+    try:
+        model(z_t, tt, masked, mask, context)
+    except AllLayersRecorded:
+        pass
+    finally:
+        model.unet.set_attn_processor(_default_processors(model.unet))
+    return store[name]
+
+
+def dense_alignment(
+    image: np.ndarray,
+    mask: np.ndarray,
+    reference: np.ndarray,
+    reference_mask: np.ndarray | None,
+    crop_box: Box,
+    sources: tuple[str, ...] = ("sift",),
+    aliked=None,
+    attention: Matches | None = None,
+    mirror: bool = True,
+    good_ncc: float = 0.95,
+) -> tuple[DenseField | None, dict]:
+    """The dense alignment: a field over ``crop_box`` from point matches.
+
+    Candidate fields (:func:`~.correspondence.fit_field`) are fitted for each orientation of the
+    reference (as given, and mirrored when ``mirror``) from the cheap sources (SIFT, and the
+    attention matches ``attention`` when given); where none of them reaches a ring agreement of
+    ``good_ncc`` and "aliked" is among ``sources``, ALIKED's matches are added, alone and with the
+    others (on the orientation the cheap sources chose, both when they found none). The candidate
+    whose colour-matched warp agrees best with the image in a ring around the mask (normalised
+    cross-correlation, :func:`~.correspondence.warp_fill`) wins. Returns (field or None when no
+    source gives a consistent mapping, info: matches per source, inliers, mirrored, the winner)."""
+    unknown = [s for s in sources if s not in ("sift", "aliked", "attention")]
+    if unknown:
+        raise ValueError(f"unknown match source(s) {unknown} (choose from sift, aliked, attention)")
+    if "aliked" in sources and aliked is None:
+        raise ValueError("the 'aliked' match source needs the ALIKED model (models/aliked.py)")
+    window = (slice(crop_box.y0, crop_box.y1), slice(crop_box.x0, crop_box.x1))
+    image_box, mask_box = image[window], np.asarray(mask, bool)[window]
+    candidates: list[tuple[float, int, str, bool, DenseField]] = []  # (ring ncc, inliers, name, mirrored, field)
+    info: dict = {"matches": {}, "candidates": {}}
+
+    def consider(name: str, mirrored: bool, m: Matches) -> None:
+        fit = fit_field(m, focus=crop_box, mirrored=mirrored)
+        key = f"{name}{'/mirrored' if mirrored else ''}"
+        info["matches"][key] = len(m)
+        if fit is None:
+            return
+        fld = dense_field(fit, crop_box, reference_mask)
+        fld.counts, fld.source = dict(m.counts), name
+        ncc = warp_fill(image_box, mask_box, reference, fld).ncc
+        info["candidates"][key] = round(ncc, 4)
+        candidates.append((ncc, fit.inliers, name, mirrored, fld))
+
+    orientations = (False, True) if mirror else (False,)
+    cheap: dict[bool, Matches] = {}
+    for mirrored in orientations:
+        m = Matches.empty()
+        if "sift" in sources:
+            m = m + sift_matches(image, mask, reference, reference_mask, flip=mirrored)
+        if "attention" in sources and attention is not None and not mirrored:
+            m = m + attention
+        cheap[mirrored] = m
+        if len(m):
+            consider("+".join(s for s in sources if s != "aliked"), mirrored, m)
+    best = max(candidates, key=lambda c: (c[0], c[1])) if candidates else None
+    if "aliked" in sources and (best is None or best[0] < good_ncc):
+        image_features = aliked_features(aliked, image, outside_mask(mask, 4), grow_box(crop_box, 3.0))
+        for mirrored in orientations if best is None else (best[3],):
+            a = aliked_matches(image, mask, reference, reference_mask, aliked, flip=mirrored, image_features=image_features)
+            consider("aliked", mirrored, a)
+            if len(cheap[mirrored]):
+                consider("+".join(sources), mirrored, cheap[mirrored] + a)
+        best = max(candidates, key=lambda c: (c[0], c[1])) if candidates else None
+    if best is None:
+        return None, info
+    ncc, inliers, name, mirrored, fld = best
+    fit = fld.fit
+    info.update(source=name, inliers=inliers, mirrored=mirrored, smoothing=fit.smoothing, residual_px=round(fit.residual_px, 3), ring_ncc=round(ncc, 4))
+    return fld, info
 
 
 def _default_processors(unet) -> dict:

@@ -20,11 +20,21 @@ from diffusers import DDIMScheduler, DiffusionPipeline, DPMSolverMultistepSchedu
 from PIL import Image
 
 from ..config import CONFIG_NAMES, get_config
-from ..fill import residual_patch
+from ..fill import poisson_fill, residual_patch
 from ..io import InputError, alpha_mask, to_mask, to_rgb, validate_inputs
 from ..models.refiner import RefineByAlignModel
 from ..zoom import Box, crop_resize, mask_bbox, paste_back, square_pad_box, zoom_box
-from .alignment import AlignmentResult, attention_grid, clean_correspondence, grid_to_reference
+from .alignment import (
+    ALIGNMENT_METHODS,
+    AlignmentResult,
+    attention_at,
+    attention_grid,
+    clean_correspondence,
+    correspondence_map,
+    dense_alignment,
+    grid_to_reference,
+)
+from .correspondence import MATCH_SOURCES, attention_matches, warp_fill
 
 __all__ = ["RefineByAlignPipeline", "CropInputs", "check_settings", "resolve_device", "RefineOutput", "PreparedInputs", "default_model_dir", "make_scheduler"]
 
@@ -47,14 +57,24 @@ def resolve_device(device: str | torch.device | None = None) -> torch.device:
 
 
 def check_settings(steps: int | None, guidance: float | None, samples: int | None = None) -> None:
-    """Reject meaningless sampling settings at the boundary (None = the model's default)."""
+    """Reject meaningless sampling settings at the boundary (None = the model's default).
+
+    Guidance is bounded to 0..50: classifier-free guidance past a few tens only amplifies the
+    difference of two predictions (huge values overflow to a black result)."""
+    max_guidance = 50.0
     if steps is not None and (not isinstance(steps, (int, np.integer)) or isinstance(steps, bool) or not 1 <= steps <= 1000):
         raise InputError(f"steps must be an integer in 1..1000, got {steps!r}")
-    if guidance is not None and (
-        isinstance(guidance, bool) or not isinstance(guidance, (int, float, np.integer, np.floating))
-        or not math.isfinite(guidance) or guidance < 0
-    ):
-        raise InputError(f"guidance must be a finite number >= 0, got {guidance!r}")
+    if guidance is not None:
+        ok = not isinstance(guidance, bool) and isinstance(guidance, (int, float, np.integer, np.floating))
+        if ok:
+            try:
+                value = float(guidance)
+            except OverflowError:  # an int past float's range
+                ok = False
+            else:
+                ok = math.isfinite(value) and 0.0 <= value <= max_guidance
+        if not ok:
+            raise InputError(f"guidance must be a finite number in 0..{max_guidance:g}, got {guidance!r}")
     if samples is not None and (isinstance(samples, bool) or not isinstance(samples, (int, np.integer)) or not 1 <= samples <= 64):
         raise InputError(f"num_samples must be an integer in 1..64, got {samples!r}")
 
@@ -90,6 +110,10 @@ class RefineOutput:
     reference_box: Box  # the square region of the reference that guided the refinement
     timings: dict[str, float] = field(default_factory=dict)  # seconds per stage
     random_weights: bool = False  # True when the model is an untrained stand-in
+    alignment: str | None = None  # the alignment method that gave M* ("dense", "attention"; None: none ran)
+    warp_fraction: float = 0.0  # fraction of the mask redrawn from the warped reference (dense alignment)
+    notes: list[str] = field(default_factory=list)  # one line each: fallbacks the user should know of
+    info: dict = field(default_factory=dict)  # alignment diagnostics (matches per source, inliers, ring NCC ...)
 
 
 @dataclass
@@ -125,6 +149,8 @@ class RefineByAlignPipeline(DiffusionPipeline):
         super().__init__()
         self.register_modules(model=model, scheduler=scheduler)
         self.random_weights = False
+        self._aliked = None  # the ALIKED matcher: None = not looked for yet, False = unavailable / off
+        self._aliked_note = ""
         # set by enable_compile(): compiled stand-ins for the U-Net of the denoising loop ("unet")
         # and the autoencoder's encode / decode ("encode", "decode"); None = eager
         self._compiled: dict[str, object] = {}
@@ -313,10 +339,14 @@ class RefineByAlignPipeline(DiffusionPipeline):
         threshold: float | None = None,
         seed: int = 0,
         names: dict[str, str] | None = None,
+        method: str | None = None,
+        matchers: str | None = None,
     ) -> AlignmentResult:
-        """The alignment stage alone (Algorithm 1 at one (t, l), Eq. 5, A.4)."""
+        """The alignment stage alone: ``method`` ``dense`` (default: the field and M* pushed through
+        it) or ``attention`` (Algorithm 1 at one (t, l), Eq. 5, A.4); ``matchers`` the dense field's
+        sources joined by "+" (default: sift+aliked where ALIKED's weights are found, else sift)."""
         p = self.prepare(image, mask, reference, reference_mask, names)
-        return self._align(p, timestep, layer, threshold, seed)
+        return self._align(p, timestep, layer, threshold, seed, method=method, matchers=matchers)
 
     def alignment_maps(
         self, p: PreparedInputs, timesteps: list[int], layers: list[int] | None, seed: int = 0, inputs: CropInputs | None = None
@@ -328,7 +358,7 @@ class RefineByAlignPipeline(DiffusionPipeline):
         n = self.model.cfg.num_train_timesteps
         for t in timesteps:
             if not 0 <= int(t) < n:
-                raise ValueError(f"alignment timestep {t} out of range 0..{n - 1}")
+                raise InputError(f"alignment timestep {t} out of range 0..{n - 1}")
         if inputs is None or inputs.sample is None:
             inputs = self.crop_inputs(p)
         context = self.model.encode_reference(self.reference_tensor(p.reference, p.reference_box))
@@ -353,16 +383,108 @@ class RefineByAlignPipeline(DiffusionPipeline):
         heat = grid_to_reference(norm, p.reference_box, shape, smooth=True) * p.reference_mask
         return m_star, heat.astype(np.float32), grid_mask, norm
 
-    def _align(self, p: PreparedInputs, timestep, layer, threshold, seed, inputs: CropInputs | None = None) -> AlignmentResult:
+    # ------------------------------------------------------------------ the dense field's matchers
+    def set_matcher(self, weights: str | Path | None = None, enabled: bool = True) -> bool:
+        """Use the pretrained ALIKED matcher for the dense alignment (``models/aliked.py``):
+        ``weights`` a .safetensors file or a folder holding ``aliked-n16.safetensors`` (default: the
+        ``REFINE_BY_ALIGN_WEIGHTS`` folder or ``../shared/weights``). ``enabled=False`` turns it off.
+        Returns whether it is in use; when its weights cannot be found the dense alignment runs on
+        SIFT alone and says so in the result's ``notes``."""
+        self._aliked = None
+        self._aliked_note = ""
+        if not enabled:
+            self._aliked = False
+            return False
+        try:
+            from ..models.aliked import ALIKED
+
+            model = ALIKED.from_pretrained(weights if weights is not None else "aliked-n16")
+        except (FileNotFoundError, ImportError, OSError) as e:
+            self._aliked = False
+            self._aliked_note = f"ALIKED matcher unavailable ({str(e).splitlines()[0] if str(e) else type(e).__name__}): dense alignment uses SIFT alone"
+            return False
+        self._aliked = model.to("cpu").eval()
+        return True
+
+    def _match_sources(self, matchers: str | None) -> tuple[tuple[str, ...], list[str]]:
+        """The dense alignment's match sources and any note about them. ``None``: SIFT plus ALIKED
+        where its weights are found."""
+        notes: list[str] = []
+        if getattr(self, "_aliked", None) is None:
+            self.set_matcher()
+        if matchers is None:
+            sources = ("sift", "aliked") if self._aliked else ("sift",)
+            if not self._aliked and self._aliked_note:
+                notes.append(self._aliked_note)
+            return sources, notes
+        sources = tuple(x.strip() for x in str(matchers).split("+") if x.strip())
+        bad = [x for x in sources if x not in MATCH_SOURCES]
+        if not sources or bad:
+            raise InputError(f"matchers '{matchers}': choose sources from {', '.join(MATCH_SOURCES)}, joined by '+' (e.g. sift+aliked)")
+        if "aliked" in sources and not self._aliked:
+            raise InputError(self._aliked_note or "the ALIKED matcher is turned off (set_matcher)")
+        return sources, notes
+
+    def _align(
+        self,
+        p: PreparedInputs,
+        timestep,
+        layer,
+        threshold,
+        seed,
+        inputs: CropInputs | None = None,
+        method: str | None = None,
+        matchers: str | None = None,
+    ) -> AlignmentResult:
+        """The alignment stage by ``method`` (``dense``, the default, or ``attention``, Algorithm 1).
+
+        Algorithm 1 at (t, l): the U-Net's attention A^{t,l} of the crop noised to t, summed over
+        the mask (Eq. 5), cleaned (A.4). Dense: the matches of ``matchers`` (and the same A^{t,l}
+        read per query, when "attention" is among them) fitted into a field over the crop; M* is
+        the mask pushed through it. Where no consistent field exists it falls back to Algorithm 1
+        and says so in ``info["fallback"]``."""
         cfg = self.model.cfg
+        method = "dense" if method is None else str(method)
+        if method not in ALIGNMENT_METHODS:
+            raise InputError(f"unknown alignment method '{method}' (choose {', '.join(ALIGNMENT_METHODS)})")
         t = cfg.alignment_timestep if timestep is None else int(timestep)
         l = cfg.alignment_layer if layer is None else int(layer)
         n_layers = len(self.model.cross_attention_layers)
         if not 0 <= l < n_layers:
             raise InputError(f"alignment layer {l} out of range 0..{n_layers - 1}")
-        raw = self.alignment_maps(p, [t], [l], seed, inputs)[0, 0]
-        m_star, heat, grid_mask, _ = self.correspondence_on_reference(p, raw, threshold)
-        return AlignmentResult(m_star, heat, raw.astype(np.float32), grid_mask, t, l)
+        if not 0 <= t < cfg.num_train_timesteps:
+            raise InputError(f"alignment timestep {t} out of range 0..{cfg.num_train_timesteps - 1}")
+        sources, notes = self._match_sources(matchers) if method == "dense" else ((), [])
+        raw = att = None
+        if method == "attention" or "attention" in sources:
+            if inputs is None or inputs.sample is None:
+                inputs = self.crop_inputs(p)
+            context = self.model.encode_reference(self.reference_tensor(p.reference, p.reference_box))
+            generator = torch.Generator("cpu").manual_seed(seed)
+            att = attention_at(self.model, inputs.sample, inputs.masked, inputs.lmask, context, t, l, self.scheduler, generator)  # (1, HW, T)
+            raw = correspondence_map(att, inputs.lmask, cfg.grid_size)[0].float().cpu().numpy().astype(np.float32)  # (g, g)
+        if method == "attention":
+            m_star, heat, grid_mask, _ = self.correspondence_on_reference(p, raw, threshold)
+            return AlignmentResult(m_star, heat, raw, grid_mask, t, l, "attention")
+        attn = None if att is None else attention_matches(att[0].float().cpu().numpy(), p.crop_box, p.reference_box, cfg.grid_size)
+        fld, info = dense_alignment(p.image, p.mask, p.reference, p.reference_mask, p.crop_box, sources, self._aliked or None, attn)
+        info["notes"] = notes
+        if fld is None:
+            res = self._align(p, t, l, threshold, seed, inputs, "attention")
+            info["fallback"] = "no consistent dense field (too few agreeing matches): M* from the attention map (Algorithm 1)"
+            res.info = info
+            return res
+        b = p.crop_box
+        m_star = fld.push_mask(p.mask[b.y0 : b.y1, b.x0 : b.x1], p.reference_mask.shape)
+        if (m_star & p.reference_mask).any():
+            m_star &= p.reference_mask
+        if not m_star.any():  # pushed entirely off the reference: nothing to show but the nearest pixel
+            ys, xs = np.nonzero(p.mask[b.y0 : b.y1, b.x0 : b.x1])
+            x, y = fld.xy[ys[len(ys) // 2], xs[len(xs) // 2]]
+            m_star[int(np.clip(round(float(y)), 0, m_star.shape[0] - 1)), int(np.clip(round(float(x)), 0, m_star.shape[1] - 1))] = True
+        heat = cv2.GaussianBlur(m_star.astype(np.float32), (0, 0), max(2.0, 0.01 * max(m_star.shape)))
+        heat = (heat / max(float(heat.max()), 1e-6)).astype(np.float32)
+        return AlignmentResult(m_star, heat, raw, None, t, l, "dense", fld, info)
 
     # ------------------------------------------------------------------ refinement stage
     @torch.no_grad()
@@ -381,19 +503,29 @@ class RefineByAlignPipeline(DiffusionPipeline):
         alignment_layer: int | None = None,
         names: dict[str, str] | None = None,
         num_samples: int | None = None,
+        alignment: str | None = None,
+        matchers: str | None = None,
+        warp: bool = True,
     ) -> RefineOutput:
         """Refine the masked artifacts of ``image`` from ``reference``.
 
-        ``align=False`` is the single-stage ablation (the whole reference guides, Table 3);
-        ``correspondence`` (bool (Hr, Wr)) skips alignment and uses the given region (oracle).
-        ``num_samples`` K > 1 draws K samples in one batch and returns their mean, an estimate of
-        the posterior mean (smoother, higher PSNR; K = 1 is one plain sample)."""
+        ``alignment``: ``dense`` (default; a per-pixel field, and the mask is redrawn from the
+        reference warped through it wherever the warp agrees with the image around the mask) or
+        ``attention`` (the paper's Algorithm 1 region only); ``matchers``: the dense field's match
+        sources ("sift", "aliked", "attention" joined by "+"); ``warp=False`` keeps the dense M*
+        but redraws with the model alone. ``align=False`` is the single-stage ablation (the whole
+        reference guides, Table 3); ``correspondence`` (bool (Hr, Wr)) skips alignment and uses the
+        given region (oracle). ``num_samples`` K > 1 draws K samples in one batch and returns their
+        mean, an estimate of the posterior mean (K = 1 is one plain sample)."""
         cfg = self.model.cfg
         steps = cfg.default_steps if num_inference_steps is None else num_inference_steps
         guidance = cfg.default_guidance if guidance_scale is None else guidance_scale
         k = cfg.default_samples if num_samples is None else num_samples
         check_settings(steps, guidance, k)
+        if alignment is not None and alignment not in ALIGNMENT_METHODS:
+            raise InputError(f"unknown alignment method '{alignment}' (choose {', '.join(ALIGNMENT_METHODS)})")
         timings: dict[str, float] = {}
+        notes: list[str] = []
         t0 = time.perf_counter()
 
         # 1. Validate the inputs and cut the zoom-in crop.
@@ -405,43 +537,117 @@ class RefineByAlignPipeline(DiffusionPipeline):
                     f"correspondence {correspondence.shape[::-1]} does not match the reference {p.reference_mask.shape[::-1]}"
                 )
         given = correspondence is not None and correspondence.any()  # a region from the caller: no alignment pass
-        inputs = self.crop_inputs(p, with_sample=align and not given)  # crop (1, 3, S, S), U-Net inputs (1, C, h, w)
+        b = p.crop_box
+        window = (slice(b.y0, b.y1), slice(b.x0, b.x1))
+        image_box, mask_box = p.image[window], p.mask[window]  # (N, N, 3) uint8, (N, N) bool at full resolution
         timings["prepare"] = time.perf_counter() - t0
 
-        # 2. Alignment stage: M* on the reference (Algorithm 1).
+        # 2. Alignment stage: M* on the reference (dense field, or Algorithm 1).
         t1 = time.perf_counter()
-        alignment = None
+        result: AlignmentResult | None = None
+        inputs = None
         if given:
             region = correspondence
         elif align:
-            alignment = self._align(p, alignment_timestep, alignment_layer, None, seed, inputs)
-            region = alignment.mask
+            method = alignment or "dense"
+            if method == "attention" or (matchers is not None and "attention" in matchers):
+                inputs = self.crop_inputs(p, with_sample=True)
+            result = self._align(p, alignment_timestep, alignment_layer, None, seed, inputs, method, matchers)
+            region = result.mask
+            notes += result.info.get("notes", [])
+            if "fallback" in result.info:
+                notes.append(result.info["fallback"])
         else:
             region = None
         timings["align"] = time.perf_counter() - t1
 
-        # 3. Guidance tokens: the reference cut down to the aligned region (or the whole object).
+        # 3. The warp: the reference sampled through the field, colour-matched to the image around
+        #    the mask, trusted where it agrees with the image there and lands on the object.
         t2 = time.perf_counter()
-        if region is not None:
-            rb = mask_bbox(region)
-            grow = max(1, int(round(cfg.local_dilate * max(rb.width, rb.height))))
-            kernel = cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (2 * grow + 1, 2 * grow + 1))
-            keep = cv2.dilate(region.astype(np.uint8), kernel).astype(bool) & p.reference_mask
-            if not keep.any():
-                keep = region
-            local = p.reference * keep[..., None]
-            guide_box = square_pad_box(mask_bbox(keep), cfg.local_margin, keep.shape)
-            ref_tensor = self.reference_tensor(local, guide_box)
-        else:
-            guide_box = p.reference_box
-            ref_tensor = self.reference_tensor(p.reference, guide_box)
-        context = self.model.encode_reference(ref_tensor)  # (1, T, C)
+        use = np.zeros_like(mask_box)
+        wf = None
+        if warp and result is not None and result.field is not None:
+            wf = warp_fill(image_box, mask_box, p.reference, result.field)
+            use = wf.use
+            if not use.any():
+                notes.append(
+                    f"the warped reference does not match the image around the mask (ring correlation {wf.ncc:.2f} < 0.4): "
+                    "refined without the warp"
+                )
+        warp_fraction = float(use.sum() / max(int(mask_box.sum()), 1))
+        timings["warp"] = time.perf_counter() - t2
+
+        # 4. The model redraws what the warp does not cover (all of the mask without a warp).
+        patch = image_box.copy()
+        timings["encode_reference"] = timings["denoise"] = 0.0
+        if (mask_box & ~use).any():
+            if inputs is None:
+                inputs = self.crop_inputs(p, with_sample=False)  # crop (1, 3, S, S), U-Net inputs (1, C, h, w)
+            patch = self._redraw(p, inputs, region, steps, guidance, k, seed, timings)  # (N, N, 3) uint8
+
+        # 5. Composite and paste the crop back: pixels outside the dilated mask stay bit-identical.
+        t4 = time.perf_counter()
+        if wf is not None and use.any():
+            patch = patch.copy()
+            patch[use] = wf.patch[use]
+        if not np.isfinite(patch.astype(np.float32)).all():
+            raise RuntimeError("the refinement produced non-finite values")
+        result_image = paste_back(p.image, patch, p.crop_box, p.mask, cfg.paste_dilate, cfg.paste_feather)
+        timings["paste"] = time.perf_counter() - t4
+        timings["total"] = time.perf_counter() - t0
+        return RefineOutput(
+            image=Image.fromarray(result_image),
+            correspondence_mask=region if region is not None else None,
+            correspondence_map=result.heatmap if result is not None else None,
+            crop_box=p.crop_box,
+            reference_box=self._guide_box(p, region),
+            timings=timings,
+            random_weights=self.random_weights,
+            alignment=None if result is None else result.method,
+            warp_fraction=warp_fraction,
+            notes=notes,
+            info={} if result is None else {k_: v for k_, v in result.info.items() if k_ != "notes"} | ({"ring_ncc": round(wf.ncc, 4)} if wf else {}),
+        )
+
+    def _guide_box(self, p: PreparedInputs, region: np.ndarray | None) -> Box:
+        """The square region of the reference whose tokens guide the model: M* grown by
+        ``local_dilate`` x its box side, on the object, with ``local_margin`` (or the whole object)."""
+        return self._guide(p, region)[1]
+
+    def _guide(self, p: PreparedInputs, region: np.ndarray | None) -> tuple[np.ndarray, Box]:
+        cfg = self.model.cfg
+        if region is None:
+            return p.reference, p.reference_box
+        rb = mask_bbox(region)
+        grow = max(1, int(round(cfg.local_dilate * max(rb.width, rb.height))))
+        # grow by a distance threshold inside M*'s box (a dilation's cost would grow with the kernel)
+        pad = grow + 1
+        hr, wr = region.shape
+        y0, y1, x0, x1 = max(rb.y0 - pad, 0), min(rb.y1 + pad, hr), max(rb.x0 - pad, 0), min(rb.x1 + pad, wr)
+        sub = region[y0:y1, x0:x1]
+        dist = cv2.distanceTransform((~sub).astype(np.uint8), cv2.DIST_L2, 5)
+        keep = np.zeros_like(region)
+        keep[y0:y1, x0:x1] = dist <= grow
+        keep &= p.reference_mask
+        if not keep.any():
+            keep = region
+        local = p.reference * keep[..., None]
+        return local, square_pad_box(mask_bbox(keep), cfg.local_margin, keep.shape)
+
+    def _redraw(self, p: PreparedInputs, inputs: CropInputs, region, steps, guidance, k, seed, timings) -> np.ndarray:
+        """Steps 3-5 of the paper's refinement: the reference cut down to M* guides the denoising of
+        the zoom-in crop; returns the crop's new pixels at full resolution ((N, N, 3) uint8)."""
+        cfg = self.model.cfg
+        # Guidance tokens: the reference cut down to the aligned region (or the whole object).
+        t2 = time.perf_counter()
+        local, guide_box = self._guide(p, region)
+        context = self.model.encode_reference(self.reference_tensor(local, guide_box))  # (1, T, C)
         use_cfg = guidance != 1.0
         if use_cfg:
             context = torch.cat([self.model.reference_encoder.unconditional(1), context])  # (2, T, C)
         timings["encode_reference"] = time.perf_counter() - t2
 
-        # 4. Denoise the crop: inpainting input [z_t, masked image, mask], guided by the tokens.
+        # Denoise the crop: inpainting input [z_t, masked image, mask], guided by the tokens.
         t3 = time.perf_counter()
         masked, lmask = inputs.masked, inputs.lmask  # (1, C, h, w), (1, 1, h, w)
         generator = torch.Generator("cpu").manual_seed(seed)
@@ -463,15 +669,16 @@ class RefineByAlignPipeline(DiffusionPipeline):
                 bar.update()
         timings["denoise"] = time.perf_counter() - t3
 
-        # 5. Decode and paste the crop back: pixels outside the dilated mask stay bit-identical.
-        t4 = time.perf_counter()
+        # Decode, at the crop's full resolution.
         z = latents.to(self._weight().dtype)
         samples = self._compiled_or_eager("decode", lambda fn: self.model.from_latent(z, decode=fn)).float()  # (K, 3, S, S)
+        if not torch.isfinite(samples).all():
+            raise RuntimeError("the model produced non-finite values (NaN or inf): its weights or the settings are broken")
         out = samples.mean(0).permute(1, 2, 0).cpu().numpy()  # (S, S, 3)
+        b = p.crop_box
+        window = (slice(b.y0, b.y1), slice(b.x0, b.x1))
         if cfg.hole_fill == "telea":  # the model corrected a Telea prefill: apply the correction at full resolution
-            b = p.crop_box  # inside the image (zoom_box)
-            window = (slice(b.y0, b.y1), slice(b.x0, b.x1))
-            patch = residual_patch(
+            return residual_patch(
                 p.image[window],
                 p.mask[window],
                 out,
@@ -481,17 +688,5 @@ class RefineByAlignPipeline(DiffusionPipeline):
                 mean_var=(samples.var(0, unbiased=False).mean(0) / k).cpu().numpy(),  # (S, S) variance of the mean
                 shrink=cfg.correction_shrink,
             )
-        else:
-            patch = np.clip(np.rint(out * 255.0), 0, 255).astype(np.uint8)
-        result = paste_back(p.image, patch, p.crop_box, p.mask, cfg.paste_dilate, cfg.paste_feather)
-        timings["paste"] = time.perf_counter() - t4
-        timings["total"] = time.perf_counter() - t0
-        return RefineOutput(
-            image=Image.fromarray(result),
-            correspondence_mask=region if region is not None else None,
-            correspondence_map=alignment.heatmap if alignment is not None else None,
-            crop_box=p.crop_box,
-            reference_box=guide_box,
-            timings=timings,
-            random_weights=self.random_weights,
-        )
+        small = np.clip(np.rint(out * 255.0), 0, 255).astype(np.uint8)
+        return cv2.resize(small, (b.width, b.height), interpolation=cv2.INTER_CUBIC)

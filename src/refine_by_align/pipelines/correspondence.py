@@ -1,0 +1,536 @@
+"""Dense correspondence: for each pixel around the artifact, its position on the reference.
+
+The paper's alignment (Algorithm 1) gives a region M* on a 16 x 16 token grid; its stated limit
+(Sec. 5: "the accuracy of our alignment method is limited by the number of vision tokens") is what
+this module lifts. Point matches between the image *outside* the artifact mask and the reference
+object come from one or more sources, each returning :class:`Matches`:
+
+* ``sift``: OpenCV SIFT keypoints with Lowe's ratio test (few, very precise on rigid views);
+* ``aliked``: the pretrained ALIKED matcher (``models/aliked.py``; many, robust under deformation);
+* ``attention``: the model's own cross-attention at Algorithm 1's layer, read at sub-token
+  precision (a soft-argmax around each query's peak token; :func:`attention_matches`).
+
+:func:`fit_field` fits a robust model to them: a global homography by RANSAC (MAGSAC), then a smooth
+thin-plate-spline residual where the matches support one (its smoothing chosen by
+cross-validation, "homography only" among the choices). :class:`DenseField` is the result sampled
+on the zoom-in crop, with a confidence per pixel; :meth:`DenseField.push_mask` gives M* as the
+artifact mask pushed through the field (pixel-accurate), and :func:`warp_fill` the reference warped
+into the crop, colour-matched to the image around the mask, with the ring agreement that gates it.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+
+import cv2
+import numpy as np
+
+from ..zoom import Box
+
+__all__ = [
+    "MATCH_SOURCES",
+    "Matches",
+    "sift_matches",
+    "aliked_matches",
+    "aliked_features",
+    "grow_box",
+    "attention_matches",
+    "FieldFit",
+    "global_model",
+    "fit_field",
+    "DenseField",
+    "dense_field",
+    "colour_transfer",
+    "ring",
+    "WarpFill",
+    "warp_fill",
+]
+
+logger = logging.getLogger(__name__)
+
+#: Point-match sources :func:`dense_field` understands (combine with "+", e.g. "sift+aliked").
+MATCH_SOURCES = ("sift", "aliked", "attention")
+
+
+def _disk(r: int) -> np.ndarray:
+    r = max(int(r), 0)
+    return cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (2 * r + 1, 2 * r + 1))
+
+
+def _gray(rgb: np.ndarray) -> np.ndarray:
+    return cv2.cvtColor(np.ascontiguousarray(rgb), cv2.COLOR_RGB2GRAY)
+
+
+@dataclass
+class Matches:
+    """Point correspondences, image pixel -> reference pixel (x right, y down)."""
+
+    img_xy: np.ndarray  # (N, 2) float32 on the image
+    ref_xy: np.ndarray  # (N, 2) float32 on the reference
+    weight: np.ndarray  # (N,) float32 in (0, 1]
+    counts: dict[str, int] = field(default_factory=dict)  # matches per source
+
+    @staticmethod
+    def empty() -> "Matches":
+        z = np.zeros((0, 2), np.float32)
+        return Matches(z, z.copy(), np.zeros(0, np.float32), {})
+
+    def __len__(self) -> int:
+        return len(self.img_xy)
+
+    def __add__(self, other: "Matches") -> "Matches":
+        counts = dict(self.counts)
+        for k, v in other.counts.items():
+            counts[k] = counts.get(k, 0) + v
+        return Matches(
+            np.concatenate([self.img_xy, other.img_xy]).astype(np.float32),
+            np.concatenate([self.ref_xy, other.ref_xy]).astype(np.float32),
+            np.concatenate([self.weight, other.weight]).astype(np.float32),
+            counts,
+        )
+
+
+def outside_mask(mask: np.ndarray, exclude_px: int) -> np.ndarray:
+    """Pixels at least ``exclude_px`` away from the artifact: no descriptor there sees it."""
+    return ~cv2.dilate(np.asarray(mask, bool).astype(np.uint8), _disk(exclude_px)).astype(bool)
+
+
+def sift_matches(
+    image: np.ndarray,
+    mask: np.ndarray,
+    reference: np.ndarray,
+    reference_mask: np.ndarray | None,
+    ratio: float = 0.8,
+    exclude_px: int = 4,
+    max_features: int = 4000,
+    flip: bool = False,
+) -> Matches:
+    """SIFT on the reference object and on the image outside the (grown) artifact mask, Lowe's
+    ratio test. ``image``/``reference`` (H, W, 3) uint8; masks (H, W) bool. ``flip``: match against
+    the mirrored reference (SIFT is not mirror-invariant); positions are returned on the reference
+    as given."""
+    if flip:
+        m = sift_matches(image, mask, reference[:, ::-1], None if reference_mask is None else reference_mask[:, ::-1], ratio, exclude_px, max_features)
+        m.ref_xy[:, 0] = reference.shape[1] - 1 - m.ref_xy[:, 0]
+        return m
+    sift = cv2.SIFT_create(nfeatures=max_features)
+    ref_det = None if reference_mask is None else np.asarray(reference_mask, bool).astype(np.uint8) * 255
+    kr, dr = sift.detectAndCompute(_gray(reference), ref_det)
+    ki, di = sift.detectAndCompute(_gray(image), outside_mask(mask, exclude_px).astype(np.uint8) * 255)
+    if dr is None or di is None or len(kr) < 2 or len(ki) < 2:
+        return Matches.empty()
+    pairs = cv2.BFMatcher(cv2.NORM_L2).knnMatch(di, dr, k=2)
+    good = [(p[0], p[0].distance / max(p[1].distance, 1e-6)) for p in pairs if len(p) == 2 and p[0].distance < ratio * p[1].distance]
+    if not good:
+        return Matches.empty()
+    img_xy = np.float32([ki[m.queryIdx].pt for m, _ in good])
+    ref_xy = np.float32([kr[m.trainIdx].pt for m, _ in good])
+    weight = np.float32([1.2 - r for _, r in good])  # a clearer ratio-test winner weighs more
+    return Matches(img_xy, ref_xy, np.clip(weight, 0.05, 1.0), {"sift": len(good)})
+
+
+def aliked_features(model, rgb: np.ndarray, mask: np.ndarray | None, box: Box | None = None, max_side: int = 384, max_keypoints: int = 2048):
+    """ALIKED keypoints and descriptors of ``rgb`` inside ``box`` (the whole image by default),
+    computed at most ``max_side`` px on the longer side (the matcher's cost grows with the pixels:
+    about 1 s at 384 px on 2 CPU cores) and returned in the full image's pixel coordinates."""
+    from ..models.aliked import detect_and_describe
+
+    h, w = rgb.shape[:2]
+    b = Box(0, 0, w, h) if box is None else Box(max(box.x0, 0), max(box.y0, 0), min(box.x1, w), min(box.y1, h))
+    sub = np.ascontiguousarray(rgb[b.y0 : b.y1, b.x0 : b.x1])
+    msub = None if mask is None else np.ascontiguousarray(np.asarray(mask, bool)[b.y0 : b.y1, b.x0 : b.x1])
+    f = min(1.0, max_side / max(b.width, b.height))
+    if f < 1.0:
+        size = (max(int(round(b.width * f)), 8), max(int(round(b.height * f)), 8))
+        sub = cv2.resize(sub, size, interpolation=cv2.INTER_AREA)
+        msub = None if msub is None else cv2.resize(msub.astype(np.uint8), size, interpolation=cv2.INTER_NEAREST).astype(bool)
+    k, d, sc = detect_and_describe(model, sub, msub, max_keypoints=max_keypoints)
+    fx, fy = b.width / sub.shape[1], b.height / sub.shape[0]
+    k = np.stack([(k[:, 0] + 0.5) * fx - 0.5 + b.x0, (k[:, 1] + 0.5) * fy - 0.5 + b.y0], 1).astype(np.float32) if len(k) else k
+    return k, d, sc
+
+
+def aliked_matches(
+    image: np.ndarray,
+    mask: np.ndarray,
+    reference: np.ndarray,
+    reference_mask: np.ndarray | None,
+    model,
+    exclude_px: int = 4,
+    max_keypoints: int = 2048,
+    min_similarity: float = 0.75,
+    flip: bool = False,
+    image_features: tuple | None = None,
+    focus: Box | None = None,
+    max_side: int = 384,
+) -> Matches:
+    """ALIKED keypoints + descriptors (``models/aliked.py``) on the reference object and on the image
+    outside the grown artifact mask (around ``focus`` when given: three times its side), mutual
+    nearest neighbours by cosine similarity. ``flip``: match against the mirrored reference;
+    ``image_features``: the image side's (keypoints, descriptors, scores) when already computed."""
+    from ..models.aliked import mutual_nn_matches
+
+    if image_features is None:
+        image_features = aliked_features(model, image, outside_mask(mask, exclude_px), grow_box(focus, 3.0) if focus else None, max_side, max_keypoints)
+    ki, di, _ = image_features
+    rsrc, rmask = (reference[:, ::-1], None if reference_mask is None else reference_mask[:, ::-1]) if flip else (reference, reference_mask)
+    rbox = None
+    if rmask is not None and np.asarray(rmask).any():
+        ys, xs = np.nonzero(rmask)
+        rbox = Box(int(xs.min()) - 8, int(ys.min()) - 8, int(xs.max()) + 9, int(ys.max()) + 9)
+    kr, dr, _ = aliked_features(model, np.ascontiguousarray(rsrc), None if rmask is None else np.ascontiguousarray(rmask), rbox, max_side, max_keypoints)
+    kr = kr.copy()
+    if flip and len(kr):
+        kr[:, 0] = reference.shape[1] - 1 - kr[:, 0]
+    if len(ki) < 2 or len(kr) < 2:
+        return Matches.empty()
+    ij = mutual_nn_matches(di, dr, min_similarity=min_similarity)
+    if len(ij) == 0:
+        return Matches.empty()
+    sim = (di[ij[:, 0]] * dr[ij[:, 1]]).sum(-1)
+    weight = np.clip((sim - min_similarity) / max(1.0 - min_similarity, 1e-6), 0.05, 1.0)
+    return Matches(ki[ij[:, 0]].astype(np.float32), kr[ij[:, 1]].astype(np.float32), weight.astype(np.float32), {"aliked": len(ij)})
+
+
+def grow_box(box: Box, factor: float) -> Box:
+    """``box`` scaled by ``factor`` about its centre (may extend past the image)."""
+    cx, cy = (box.x0 + box.x1) / 2.0, (box.y0 + box.y1) / 2.0
+    hw, hh = box.width * factor / 2.0, box.height * factor / 2.0
+    return Box(int(round(cx - hw)), int(round(cy - hh)), int(round(cx + hw)), int(round(cy + hh)))
+
+
+def attention_matches(
+    attention: np.ndarray,
+    crop_box: Box,
+    reference_box: Box,
+    grid_size: int,
+    min_peak: float = 0.0,
+    window: int = 1,
+) -> Matches:
+    """Cross-attention read at sub-token precision: one match per query position of the layer.
+
+    ``attention`` (HW, T): heads-averaged probabilities of one cross-attention layer (Eq. 4) for
+    the zoom-in crop (``crop_box`` on the image) against the reference tokens (a ``grid_size`` ^ 2
+    grid over ``reference_box``). For each query, a soft-argmax over the (2 window + 1)^2 tokens
+    around its peak token gives a sub-token position; its weight is the attention mass in that
+    window (how peaked the query is)."""
+    attention = np.asarray(attention, np.float64)
+    hw, t = attention.shape
+    side = int(round(hw**0.5))
+    if side * side != hw or t != grid_size * grid_size:
+        raise ValueError(f"attention_matches: attention {attention.shape} is not (side^2, {grid_size}^2)")
+    a = attention.reshape(hw, grid_size, grid_size)
+    peak = a.reshape(hw, -1).argmax(1)
+    py, px = np.divmod(peak, grid_size)
+    offs = np.arange(-window, window + 1)
+    ys = np.clip(py[:, None, None] + offs[None, :, None], 0, grid_size - 1)  # (HW, w, 1)
+    xs = np.clip(px[:, None, None] + offs[None, None, :], 0, grid_size - 1)  # (HW, 1, w)
+    ys, xs = np.broadcast_arrays(ys, xs)
+    win = a[np.arange(hw)[:, None, None], ys, xs]  # (HW, w, w)
+    mass = win.sum((1, 2))
+    gy = (win * ys).sum((1, 2)) / np.maximum(mass, 1e-12)  # token units
+    gx = (win * xs).sum((1, 2)) / np.maximum(mass, 1e-12)
+    keep = mass >= min_peak
+    qy, qx = np.divmod(np.arange(hw), side)
+    img_xy = np.stack([crop_box.x0 + (qx + 0.5) * crop_box.width / side - 0.5, crop_box.y0 + (qy + 0.5) * crop_box.height / side - 0.5], 1)
+    ref_xy = np.stack(
+        [reference_box.x0 + (gx + 0.5) * reference_box.width / grid_size - 0.5, reference_box.y0 + (gy + 0.5) * reference_box.height / grid_size - 0.5], 1
+    )
+    return Matches(img_xy[keep].astype(np.float32), ref_xy[keep].astype(np.float32), np.clip(mass[keep], 1e-3, 1.0).astype(np.float32), {"attention": int(keep.sum())})
+
+
+# ------------------------------------------------------------------------------------------ fitting
+
+
+def _apply_h(H: np.ndarray, xy: np.ndarray) -> np.ndarray:
+    p = np.concatenate([xy, np.ones((len(xy), 1))], 1) @ H.T
+    return p[:, :2] / np.where(np.abs(p[:, 2:]) < 1e-9, 1e-9, p[:, 2:])
+
+
+def _sane(H: np.ndarray | None, max_anisotropy: float = 8.0, mirrored: bool = False) -> bool:
+    """Finite, orientation-preserving (orientation-reversing if ``mirrored``), not collapsing: the
+    2 x 2 part's singular values within ``max_anisotropy`` of each other, its scale within 1/10 .. 10."""
+    if H is None or not np.isfinite(H).all() or abs(H[2, 2]) < 1e-12:
+        return False
+    A = H[:2, :2] / H[2, 2]
+    s = np.linalg.svd(A, compute_uv=False)
+    return bool((np.linalg.det(A) < 0) == mirrored and s[1] > 1e-6 and s[0] / s[1] < max_anisotropy and 0.1 < np.sqrt(s[0] * s[1]) < 10.0)
+
+
+def global_model(src: np.ndarray, dst: np.ndarray, ransac_px: float = 3.0, min_inliers: int = 8, mirrored: bool = False) -> np.ndarray | None:
+    """A robust src -> dst homography (MAGSAC), or an affine map (RANSAC) where the homography is
+    degenerate (few, nearly collinear matches); None when neither has ``min_inliers`` inliers."""
+    if len(src) < max(min_inliers, 4):
+        return None
+    H, inl = cv2.findHomography(src, dst, cv2.USAC_MAGSAC, ransac_px, maxIters=5000, confidence=0.999)
+    if H is not None and inl is not None and int(inl.sum()) >= min_inliers and _sane(H, mirrored=mirrored):
+        return H / H[2, 2]
+    A, inl = cv2.estimateAffine2D(src, dst, method=cv2.RANSAC, ransacReprojThreshold=ransac_px, maxIters=5000, confidence=0.999)
+    if A is not None and inl is not None and int(inl.sum()) >= min_inliers:
+        H = np.vstack([A, [0.0, 0.0, 1.0]])
+        if _sane(H, mirrored=mirrored):
+            return H
+    return None
+
+
+@dataclass
+class FieldFit:
+    """A robust image -> reference mapping: homography ``H`` plus an optional smooth residual."""
+
+    H: np.ndarray  # (3, 3) image -> reference
+    tps: object | None  # scipy RBFInterpolator on scaled image coordinates, or None (homography only)
+    scale: float  # image coordinates are divided by this before the residual is evaluated
+    centre: np.ndarray  # (2,) and centred on this
+    matches: int  # matches given
+    inliers: int  # matches the final mapping explains within ``inlier_px``
+    smoothing: float | None  # the residual's smoothing (None: homography only)
+    residual_px: float  # median cross-validated error of the chosen mapping on its matches
+    inlier_xy: np.ndarray  # (K, 2) the inlier matches' image positions (for the confidence)
+
+    def __call__(self, xy: np.ndarray) -> np.ndarray:
+        """Reference positions (N, 2) of image positions ``xy`` (N, 2)."""
+        out = _apply_h(self.H, np.asarray(xy, np.float64))
+        if self.tps is not None:
+            out = out + self.tps((np.asarray(xy, np.float64) - self.centre) / self.scale)
+        return out
+
+
+def _tps(xy, res, weight, smoothing):
+    from scipy.interpolate import RBFInterpolator
+
+    # per-point smoothing: low-weight matches are trusted less
+    return RBFInterpolator(xy, res, kernel="thin_plate_spline", smoothing=smoothing / np.maximum(weight, 1e-3), degree=1)
+
+
+def fit_field(
+    matches: Matches,
+    focus: Box | None = None,
+    ransac_px: float = 3.0,
+    outlier_px: float = 12.0,
+    inlier_px: float = 3.0,
+    min_inliers: int = 8,
+    smoothings: tuple[float, ...] = (10.0, 1.0, 0.1, 0.01),
+    folds: int = 5,
+    seed: int = 0,
+    mirrored: bool = False,
+) -> FieldFit | None:
+    """Fit image -> reference: RANSAC (MAGSAC) homography, then a thin-plate-spline residual.
+
+    The residual is fitted on the matches within ``outlier_px`` of the homography (those nearest
+    ``focus``, the zoom-in crop, count most: matches farther than two crop sides are dropped), with
+    its smoothing chosen by ``folds``-fold cross-validation among ``smoothings`` and "homography
+    only"; matches the chosen mapping misses by more than ``outlier_px`` in cross-validation are
+    removed and it is refitted once. ``mirrored``: the reference is a mirror image of the view (the
+    matches came from the flipped reference). Returns None when fewer than ``min_inliers`` agree."""
+    n = len(matches)
+    if n < max(min_inliers, 4):
+        return None
+    src, dst, w = matches.img_xy.astype(np.float64), matches.ref_xy.astype(np.float64), matches.weight.astype(np.float64)
+    H = global_model(src, dst, ransac_px, min_inliers, mirrored)
+    if H is None:
+        return None
+    err_h = np.linalg.norm(_apply_h(H, src) - dst, axis=1)
+    if focus is not None:  # a local model where the matches around the crop support one
+        c = np.array([(focus.x0 + focus.x1) / 2.0, (focus.y0 + focus.y1) / 2.0])
+        near = np.abs(src - c).max(1) < 1.5 * max(focus.width, focus.height)
+        if near.sum() >= 2 * min_inliers:
+            H_loc = global_model(src[near], dst[near], ransac_px, min_inliers, mirrored)
+            if H_loc is not None:
+                err_loc = np.linalg.norm(_apply_h(H_loc, src) - dst, axis=1)
+                if ((err_loc < ransac_px) & near).sum() > ((err_h < ransac_px) & near).sum():
+                    H, err_h = H_loc, err_loc
+    cand = err_h < outlier_px
+    if focus is not None:
+        c = np.array([(focus.x0 + focus.x1) / 2.0, (focus.y0 + focus.y1) / 2.0])
+        reach = 2.0 * max(focus.width, focus.height)
+        near = np.abs(src - c).max(1) < reach
+        if (cand & near).sum() >= min_inliers:
+            cand &= near
+    scale = float(max(np.ptp(src[cand], axis=0).max(), 1.0)) / 2.0
+    centre = src[cand].mean(0)
+    best = FieldFit(H, None, scale, centre, n, int((err_h < inlier_px).sum()), None, float(np.median(err_h[cand])), src[err_h < inlier_px])
+    k = int(cand.sum())
+    if k < 3 * folds or k < 12:
+        return best
+    xs, ys, ws = (src[cand] - centre) / scale, dst[cand] - _apply_h(H, src[cand]), w[cand]
+    rng = np.random.default_rng(seed)
+    fold = rng.permutation(k) % folds
+
+    def cv_errors(smooth: float | None) -> np.ndarray:
+        err = np.empty(k)
+        for f in range(folds):
+            te = fold == f
+            if smooth is None:
+                err[te] = np.linalg.norm(ys[te], axis=1)
+                continue
+            try:
+                err[te] = np.linalg.norm(_tps(xs[~te], ys[~te], ws[~te], smooth)(xs[te]) - ys[te], axis=1)
+            except np.linalg.LinAlgError:
+                err[te] = np.inf
+        return err
+
+    choices = [None, *smoothings]
+    errs = [cv_errors(s) for s in choices]
+    # the typical error, robust to the remaining outliers
+    scores = [float(np.mean(np.minimum(e, outlier_px))) for e in errs]
+    i = int(np.argmin(scores))
+    smooth, err = choices[i], errs[i]
+    if smooth is None:
+        return FieldFit(H, None, scale, centre, n, int((err_h < inlier_px).sum()), None, float(np.median(err)), src[err_h < inlier_px])
+    ok = err < outlier_px
+    try:
+        tps = _tps(xs[ok], ys[ok], ws[ok], smooth)
+    except np.linalg.LinAlgError:
+        return best
+    fitted = _apply_h(H, src) + tps((src - centre) / scale)
+    res = np.linalg.norm(fitted - dst, axis=1)
+    return FieldFit(H, tps, scale, centre, n, int((res < inlier_px).sum()), smooth, float(np.median(err[ok])), src[res < inlier_px])
+
+
+# ------------------------------------------------------------------------------------------ the field
+
+
+@dataclass
+class DenseField:
+    """Reference positions and their confidence for every pixel of ``box`` on the image."""
+
+    box: Box  # the image region covered (the zoom-in crop at full resolution)
+    xy: np.ndarray  # (h, w, 2) float32: (x, y) on the reference for each pixel of box
+    confidence: np.ndarray  # (h, w) float32 in [0, 1]
+    on_object: np.ndarray  # (h, w) bool: the position falls on the reference object
+    fit: FieldFit | None = None
+    counts: dict[str, int] = field(default_factory=dict)  # matches per source
+    source: str = ""
+
+    def sample(self, reference: np.ndarray, interpolation: int = cv2.INTER_CUBIC) -> np.ndarray:
+        """The reference warped into the box: (h, w, C) of ``reference`` sampled at ``xy``."""
+        return cv2.remap(np.ascontiguousarray(reference), self.xy[..., 0], self.xy[..., 1], interpolation, borderMode=cv2.BORDER_REFLECT)
+
+    def push_mask(self, mask_box: np.ndarray, reference_shape: tuple[int, int]) -> np.ndarray:
+        """M*: the mask (h, w) bool over ``box`` pushed through the field onto the reference (Hr, Wr)
+        bool, sampled at twice the image's resolution so no holes open where the reference is
+        larger, then closed with a 3 x 3 element."""
+        hr, wr = reference_shape
+        h, w = mask_box.shape
+        xy2 = cv2.resize(self.xy, (2 * w, 2 * h), interpolation=cv2.INTER_LINEAR)
+        m2 = cv2.resize(mask_box.astype(np.uint8), (2 * w, 2 * h), interpolation=cv2.INTER_NEAREST).astype(bool)
+        pts = np.rint(xy2[m2]).astype(np.int64)
+        inside = (pts[:, 0] >= 0) & (pts[:, 0] < wr) & (pts[:, 1] >= 0) & (pts[:, 1] < hr)
+        out = np.zeros((hr, wr), np.uint8)
+        out[pts[inside, 1], pts[inside, 0]] = 1
+        # close at the field's local scale: a reference larger than the image leaves gaps
+        jx = np.linalg.norm(np.diff(self.xy, axis=1), axis=-1)
+        jy = np.linalg.norm(np.diff(self.xy, axis=0), axis=-1)
+        r = int(np.ceil(max(float(np.median(jx)) if jx.size else 1.0, float(np.median(jy)) if jy.size else 1.0) / 2.0))
+        out = cv2.morphologyEx(out, cv2.MORPH_CLOSE, _disk(max(r, 1)))
+        return out.astype(bool)
+
+
+def dense_field(fit: FieldFit, box: Box, reference_mask: np.ndarray | None, step: int = 4, reach: float | None = None) -> DenseField:
+    """Evaluate ``fit`` on every pixel of ``box`` (on a ``step``-px lattice, bilinearly upsampled).
+
+    Confidence: 1 near inlier matches, falling off as exp(-d / reach) with the distance d to the
+    nearest one (``reach``: half the box side by default), times 0 where the position falls off the
+    reference object (eroded by 1 px, so its outline is not copied)."""
+    h, w = box.height, box.width
+    gy = np.arange(0, h + step, step, dtype=np.float64)
+    gx = np.arange(0, w + step, step, dtype=np.float64)
+    xx, yy = np.meshgrid(box.x0 + gx, box.y0 + gy)
+    coarse = fit(np.stack([xx.ravel(), yy.ravel()], 1)).reshape(len(gy), len(gx), 2).astype(np.float32)
+    # bilinear upsampling of the lattice to pixels (lattice point k sits at pixel k * step)
+    py, px = np.arange(h) / step, np.arange(w) / step
+    xy = cv2.remap(coarse, *np.meshgrid(px.astype(np.float32), py.astype(np.float32)), cv2.INTER_LINEAR)
+    if reference_mask is not None:
+        obj = cv2.erode(np.asarray(reference_mask, bool).astype(np.uint8), _disk(1))
+        on = cv2.remap(obj.astype(np.float32), xy[..., 0], xy[..., 1], cv2.INTER_LINEAR, borderMode=cv2.BORDER_CONSTANT, borderValue=0) >= 0.99
+    else:
+        hr_ok = np.isfinite(xy).all(-1)
+        on = hr_ok
+    reach = 0.5 * max(h, w) if reach is None else reach
+    if len(fit.inlier_xy):
+        from scipy.spatial import cKDTree
+
+        pix = np.stack(np.meshgrid(box.x0 + np.arange(w), box.y0 + np.arange(h)), -1).reshape(-1, 2)
+        d, _ = cKDTree(fit.inlier_xy).query(pix, k=1)
+        conf = np.exp(-d.reshape(h, w) / max(reach, 1.0)).astype(np.float32)
+    else:
+        conf = np.zeros((h, w), np.float32)
+    conf = conf * on
+    return DenseField(box, xy, conf.astype(np.float32), on, fit)
+
+
+# ------------------------------------------------------------------------------------------ warp fill
+
+
+def ring(mask: np.ndarray, inner: int = 2, outer: int = 10) -> np.ndarray:
+    """The band between ``inner`` and ``outer`` pixels outside ``mask``."""
+    m = np.asarray(mask, bool).astype(np.uint8)
+    return cv2.dilate(m, _disk(outer)).astype(bool) & ~cv2.dilate(m, _disk(inner)).astype(bool)
+
+
+def colour_transfer(source: np.ndarray, target: np.ndarray, where: np.ndarray, max_gain: float = 3.0) -> tuple[np.ndarray, np.ndarray]:
+    """Per-channel gain and offset making ``source`` match ``target`` on ``where`` (least squares,
+    gain clipped to [1 / max_gain, max_gain]); (3,) each, for values in 0..255."""
+    s = source[where].astype(np.float64)
+    t = target[where].astype(np.float64)
+    if len(s) < 8:
+        return np.ones(3), np.zeros(3)
+    sm, tm = s.mean(0), t.mean(0)
+    var = ((s - sm) ** 2).mean(0)
+    cov = ((s - sm) * (t - tm)).mean(0)
+    gain = np.where(var > 1e-3, cov / np.maximum(var, 1e-3), 1.0)
+    gain = np.clip(gain, 1.0 / max_gain, max_gain)
+    return gain, tm - gain * sm
+
+
+def _ncc(a: np.ndarray, b: np.ndarray) -> float:
+    a = a.astype(np.float64).ravel()
+    b = b.astype(np.float64).ravel()
+    if len(a) < 8:
+        return 0.0
+    a = a - a.mean()
+    b = b - b.mean()
+    den = np.sqrt((a * a).sum() * (b * b).sum())
+    return float((a * b).sum() / den) if den > 1e-9 else 0.0
+
+
+@dataclass
+class WarpFill:
+    """The reference warped into the box and colour-matched to the image around the mask."""
+
+    patch: np.ndarray  # (h, w, 3) uint8: colour-corrected warp
+    use: np.ndarray  # (h, w) bool: the pixels of the mask the warp is trusted for
+    ncc: float  # agreement of the corrected warp with the image in the ring outside the mask
+    coverage: float  # fraction of the mask whose source lies on the reference object
+    gain: np.ndarray  # (3,) colour gain
+    offset: np.ndarray  # (3,) colour offset
+
+
+def warp_fill(
+    image_box: np.ndarray,
+    mask_box: np.ndarray,
+    reference: np.ndarray,
+    fld: DenseField,
+    ring_px: tuple[int, int] = (2, 12),
+    min_ncc: float = 0.4,
+    min_confidence: float = 0.05,
+) -> WarpFill:
+    """Warp the reference into the box, match its colours to the image in a ring outside the mask,
+    and decide where to trust it: pixels of the mask whose source lies on the reference object with
+    confidence >= ``min_confidence``, and only if the corrected warp agrees with the image in the
+    ring (normalised cross-correlation of the grey values >= ``min_ncc``; otherwise nothing)."""
+    warped = fld.sample(reference).astype(np.float32)  # (h, w, 3)
+    band = ring(mask_box, *ring_px) & fld.on_object
+    if band.sum() < 16:
+        band = ring(mask_box, *ring_px)
+    gain, offset = colour_transfer(warped, image_box, band)
+    corrected = np.clip(warped * gain + offset, 0, 255)
+    g_img = _gray(image_box.astype(np.uint8)).astype(np.float32)
+    g_warp = _gray(np.rint(corrected).astype(np.uint8)).astype(np.float32)
+    ncc = _ncc(g_warp[band], g_img[band])
+    trusted = fld.on_object & (fld.confidence >= min_confidence)
+    m = np.asarray(mask_box, bool)
+    coverage = float((fld.on_object & m).sum() / max(m.sum(), 1))
+    use = m & trusted if ncc >= min_ncc else np.zeros_like(m)
+    return WarpFill(np.rint(corrected).astype(np.uint8), use, ncc, coverage, gain, offset)

@@ -1,0 +1,389 @@
+"""Issue 16 items 2, 3, 5, 6 and 10 at the command line, in batch mode and in the pipeline's own
+checks; issue 17 item 2 (the packaging metadata). Every refusal: exit 2, one stderr line, before any
+computation (the model loader is replaced by one that fails the test), and no output written."""
+
+import json
+import os
+import shutil
+import tomllib
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from refine_by_align import cli
+from refine_by_align.batch import ERRORS_FILE, run_batch
+from refine_by_align.cli import main
+from refine_by_align.io import InputError, check_output_folder, check_output_path, same_file
+from refine_by_align.pipelines.pipeline import check_settings
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+# ---------------------------------------------------------------------------------------------------- helpers
+def _inputs(folder: Path) -> dict[str, Path]:
+    """A 48x40 image with a box mask, a 30x36 reference and its mask, as PNG files."""
+    rng = np.random.default_rng(0)
+    folder.mkdir(parents=True, exist_ok=True)
+    paths = {k: folder / f"{k}.png" for k in ("image", "mask", "reference", "reference_mask")}
+    Image.fromarray(rng.integers(0, 256, (40, 48, 3), dtype=np.uint8)).save(paths["image"])
+    m = np.zeros((40, 48), np.uint8)
+    m[10:22, 12:30] = 255
+    Image.fromarray(m).save(paths["mask"])
+    Image.fromarray(rng.integers(0, 256, (36, 30, 3), dtype=np.uint8)).save(paths["reference"])
+    r = np.zeros((36, 30), np.uint8)
+    r[4:32, 3:27] = 255
+    Image.fromarray(r).save(paths["reference_mask"])
+    return paths
+
+
+def _refine(paths, out, *extra, command="refine", ref_mask=True, model="tiny") -> list[str]:
+    args = ["-q", command, "--model", model, "--image", str(paths["image"]), "--mask", str(paths["mask"]),
+            "--reference", str(paths["reference"]), "--output", str(out)]
+    if ref_mask:
+        args += ["--reference-mask", str(paths["reference_mask"])]
+    return args + [str(a) for a in extra]
+
+
+@pytest.fixture
+def no_compute(monkeypatch):
+    """Any refusal must come before the model is loaded."""
+
+    def forbidden(*a, **k):
+        raise AssertionError("the model was loaded: the error was not found before computing")
+
+    monkeypatch.setattr(cli, "_load_pipeline", forbidden)
+
+
+def _refused(args, capsys, *needles) -> str:
+    rc = main(args)
+    err = capsys.readouterr().err.strip().splitlines()
+    assert rc == 2, err
+    assert len(err) == 1, err
+    for n in needles:
+        assert n in err[0], err
+    return err[0]
+
+
+def _digest(paths) -> dict:
+    return {k: Path(p).read_bytes() for k, p in paths.items()}
+
+
+# ---------------------------------------------------------------------------------------------------- item 5: seeds, timesteps
+BAD_SEEDS = ["18446744073709551616", "-9223372036854775809", "-1", "9223372036854775808"]
+
+
+@pytest.mark.parametrize("seed", BAD_SEEDS)
+@pytest.mark.parametrize("command", ["refine", "align"])
+def test_seed_out_of_range_is_one_line_exit_2(tmp_path, capsys, no_compute, seed, command):
+    paths = _inputs(tmp_path / "in")
+    out = tmp_path / "out" / "o.png"
+    _refused(_refine(paths, out, "--seed", seed, command=command), capsys, "--seed", "0..9223372036854775807", seed)
+    assert not out.parent.exists()
+
+
+@pytest.mark.parametrize("argv", [
+    ["show-pairs", "--seed", "-1", "--output", "x.png"],
+    ["make-cases", "--source", "nowhere", "--output", "cases", "--seed", "18446744073709551616"],
+])
+def test_seed_range_holds_for_every_command(tmp_path, capsys, argv):
+    argv = [str(tmp_path / a) if a in ("x.png", "cases") else a for a in argv]
+    _refused(argv, capsys, "--seed")
+
+
+def test_largest_seed_is_accepted(tmp_path, capsys):
+    paths = _inputs(tmp_path / "in")
+    out = tmp_path / "o.png"
+    assert main(_refine(paths, out, "--seed", str(2**63 - 1), "--steps", "1", "--samples", "1")) == 0, capsys.readouterr().err
+    assert Image.open(out).size == (48, 40)
+
+
+@pytest.mark.parametrize("argv_extra, flag", [
+    (("--timestep", "5000"), "--timestep 5000"),
+    (("--timestep", "-1"), "--timestep -1"),
+])
+def test_align_timestep_out_of_range(tmp_path, capsys, argv_extra, flag):
+    paths = _inputs(tmp_path / "in")
+    out = tmp_path / "c.png"
+    _refused(_refine(paths, out, *argv_extra, command="align", model="default"), capsys, flag, "out of range 0..")
+    assert not out.exists()
+
+
+def test_refine_align_timestep_out_of_range(tmp_path, capsys):
+    paths = _inputs(tmp_path / "in")
+    out = tmp_path / "o.png"
+    _refused(_refine(paths, out, "--align-timestep", "-3", model="default"), capsys, "--align-timestep -3", "out of range 0..")
+    assert not out.exists() and not list(tmp_path.glob("*.compare.png"))
+
+
+def test_pipeline_timestep_out_of_range_is_an_input_error(tiny_pipe, simple_inputs):
+    image, mask, reference = simple_inputs
+    n = tiny_pipe.model.cfg.num_train_timesteps
+    p = tiny_pipe.prepare(image, mask, reference)
+    for t in (n, -3):
+        with pytest.raises(InputError, match="out of range"):
+            tiny_pipe.align(image, mask, reference, timestep=t)
+        with pytest.raises(InputError, match="out of range"):
+            tiny_pipe.alignment_maps(p, [t], None)
+
+
+# ---------------------------------------------------------------------------------------------------- item 2: guidance bounds
+@pytest.mark.parametrize("guidance", [1e39, 1e308, 50.5, float("inf"), 10**400, -0.1, True])
+def test_check_settings_bounds_guidance(guidance):
+    with pytest.raises(InputError, match=r"guidance must be a finite number in 0\.\.50"):
+        check_settings(None, guidance)
+
+
+@pytest.mark.parametrize("guidance", [0, 0.0, 1.0, 7.5, 50, np.float32(3.0)])
+def test_check_settings_accepts_sensible_guidance(guidance):
+    check_settings(2, guidance, 1)
+
+
+@pytest.mark.parametrize("guidance", ["1e39", "1e308", "51"])
+def test_cli_refuses_huge_guidance(tmp_path, capsys, no_compute, guidance):
+    paths = _inputs(tmp_path / "in")
+    out = tmp_path / "o.png"
+    _refused(_refine(paths, out, "--guidance", guidance), capsys, "guidance must be a finite number in 0..50")
+    assert not out.exists()
+
+
+# ---------------------------------------------------------------------------------------------------- item 3: no input is overwritten
+@pytest.mark.parametrize("case", [
+    "output_is_image", "output_is_mask_via_dotdot", "output_is_symlink_to_reference", "output_is_hardlink_to_reference_mask",
+    "compare_is_output", "correspondence_is_output", "correspondence_is_compare", "default_compare_is_image",
+])
+def test_refine_refuses_an_output_that_is_an_input_or_another_output(tmp_path, capsys, no_compute, case):
+    paths = _inputs(tmp_path / "in")
+    before = _digest(paths)
+    out, extra, needles = tmp_path / "o.png", [], []
+    if case == "output_is_image":
+        out, needles = paths["image"], ["--output", "--image", "overwrite an input"]
+    elif case == "output_is_mask_via_dotdot":
+        (tmp_path / "in" / "sub").mkdir()
+        out, needles = tmp_path / "in" / "sub" / ".." / "mask.png", ["--mask", "overwrite an input"]
+    elif case == "output_is_symlink_to_reference":
+        out = tmp_path / "link.png"
+        out.symlink_to(paths["reference"])
+        needles = ["--reference", "overwrite an input"]
+    elif case == "output_is_hardlink_to_reference_mask":
+        out = tmp_path / "hard.png"
+        os.link(paths["reference_mask"], out)
+        needles = ["--reference-mask", "overwrite an input"]
+    elif case == "compare_is_output":
+        extra, needles = ["--compare", out], ["--compare", "--output", "same file"]
+    elif case == "correspondence_is_output":
+        extra, needles = ["--correspondence", out], ["--correspondence", "--output", "same file"]
+    elif case == "correspondence_is_compare":
+        extra, needles = ["--correspondence", tmp_path / "c.png", "--compare", tmp_path / "c.png"], ["same file"]
+    elif case == "default_compare_is_image":  # --output X.png writes X.compare.png too
+        shutil.copy(paths["image"], tmp_path / "in" / "x.compare.png")
+        paths["image"] = tmp_path / "in" / "x.compare.png"
+        before = _digest(paths)
+        out, needles = tmp_path / "in" / "x.png", ["compare", "--image", "overwrite an input"]
+    _refused(_refine(paths, out, *extra), capsys, *needles)
+    assert _digest(paths) == before
+    if case in ("compare_is_output", "correspondence_is_output", "correspondence_is_compare"):
+        assert not (tmp_path / "o.png").exists() and not (tmp_path / "c.png").exists()
+
+
+@pytest.mark.parametrize("case", ["output_is_reference", "heatmap_is_output", "heatmap_is_mask"])
+def test_align_refuses_an_output_that_is_an_input_or_another_output(tmp_path, capsys, no_compute, case):
+    paths = _inputs(tmp_path / "in")
+    before = _digest(paths)
+    out, extra = tmp_path / "c.png", []
+    if case == "output_is_reference":
+        out = paths["reference"]
+    elif case == "heatmap_is_output":
+        extra = ["--heatmap", out]
+    else:
+        extra = ["--heatmap", paths["mask"]]
+    _refused(_refine(paths, out, *extra, command="align"), capsys, "refine-by-align align: error:")
+    assert _digest(paths) == before and not (tmp_path / "c.png").exists()
+
+
+class NegateMask:
+    """A fast stand-in for the pipeline: inverts the masked pixels."""
+
+    def __call__(self, image, mask, reference, reference_mask=None, **kw):
+        from types import SimpleNamespace
+
+        arr = np.asarray(image.convert("RGB")).copy()
+        arr[mask] = 255 - arr[mask]
+        return SimpleNamespace(image=Image.fromarray(arr))
+
+
+def _case(folder: Path, name: str, seed: int) -> None:
+    rng = np.random.default_rng(seed)
+    folder.mkdir(parents=True, exist_ok=True)
+    Image.fromarray(rng.integers(0, 256, (40, 48, 3), dtype=np.uint8)).save(folder / f"{name}.png")
+    m = np.zeros((40, 48), np.uint8)
+    m[10:22, 12:30] = 255
+    Image.fromarray(m).save(folder / f"{name}_mask.png")
+    Image.fromarray(rng.integers(0, 256, (36, 30, 3), dtype=np.uint8)).save(folder / f"{name}_ref.png")
+
+
+def _job(name, **extra):
+    return {"image": f"{name}.png", "mask": f"{name}_mask.png", "reference": f"{name}_ref.png", **extra}
+
+
+def test_batch_never_overwrites_an_input(tmp_path):
+    """The issue's case: the output folder is the manifest's folder and output names equal input names."""
+    for n, name in enumerate(("a", "b", "c", "d")):
+        _case(tmp_path, name, n)
+    (tmp_path / "real").mkdir()
+    (tmp_path / "link").symlink_to(tmp_path / "real")
+    inputs = {p: p.read_bytes() for p in tmp_path.glob("*.png")}
+    manifest = tmp_path / "jobs.jsonl"
+    manifest.write_text("\n".join(json.dumps(j) for j in [
+        _job("a", output="b_mask.png"),  # line 1: another job's input (read after this job would run)
+        _job("b", output="b.png"),  # line 2: its own input
+        _job("c", output="c_out.png"),  # line 3: fine
+        _job("d", output="real/d.png"),  # line 4: fine
+        _job("d", output="link/d.png", seed=1),  # line 5: line 4's output through a symlinked folder
+    ]) + "\n")
+    s = run_batch(manifest, tmp_path, NegateMask(), progress=False)
+    assert (s["done"], s["failed"]) == (2, 3), s
+    assert {p: p.read_bytes() for p in inputs} == inputs  # every input as it was
+    assert (tmp_path / "c_out.png").is_file() and (tmp_path / "real" / "d.png").is_file()
+    errors = {e["line"]: e["error"] for e in map(json.loads, (tmp_path / ERRORS_FILE).read_text().splitlines())}
+    assert "line 2's mask file" in errors[1] and "refusing to overwrite an input" in errors[1]
+    assert "this job's image file" in errors[2]
+    assert "same file as the output of line 4" in errors[5]
+    assert set(errors) == {1, 2, 5}
+
+
+def test_batch_refuses_huge_guidance_and_bad_seeds_as_job_errors(tmp_path):
+    _case(tmp_path / "in", "a", 0)
+    manifest = tmp_path / "jobs.jsonl"
+    jobs = [_job("in/a", guidance=1e39), _job("in/a", guidance=10**400), _job("in/a", seed=-1),
+            _job("in/a", seed=2**64), _job("in/a", output="ok.png")]
+    manifest.write_text("\n".join(json.dumps(j) for j in jobs) + "\n")
+    s = run_batch(manifest, tmp_path / "out", NegateMask(), progress=False)
+    assert (s["done"], s["failed"]) == (1, 4), s
+    errors = {e["line"]: e["error"] for e in map(json.loads, (tmp_path / "out" / ERRORS_FILE).read_text().splitlines())}
+    assert "0..50" in errors[1] and "0..50" in errors[2]
+    assert "seed must be an integer in 0..2^63-1" in errors[3] and "seed must be" in errors[4]
+
+
+# ---------------------------------------------------------------------------------------------------- item 6: outputs that cannot be written
+@pytest.mark.parametrize("where", ["proc", "sys", "parent_is_file", "grandparent_is_file"])
+def test_unwritable_output_is_refused_before_computing(tmp_path, capsys, no_compute, where):
+    paths = _inputs(tmp_path / "in")
+    if where == "proc":
+        out = Path("/proc/rba-test.png")
+    elif where == "sys":
+        if not Path("/sys").is_dir():
+            pytest.skip("no /sys here")
+        out = Path("/sys/rba-test.png")
+    elif where == "parent_is_file":
+        out = paths["image"] / "o.png"
+    else:
+        out = paths["mask"] / "deeper" / "o.png"
+    _refused(_refine(paths, out), capsys, "--output", "cannot be written")
+    assert not (tmp_path / "o.compare.png").exists()
+
+
+def test_compare_under_proc_leaves_no_output(tmp_path, capsys, no_compute):
+    """Issue 16 item 7's example: found before anything is computed or written."""
+    paths = _inputs(tmp_path / "in")
+    out = tmp_path / "out" / "o.png"
+    _refused(_refine(paths, out, "--compare", "/proc/c.png"), capsys, "--compare", "/proc")
+    assert not out.exists() and not out.parent.exists()
+
+
+@pytest.mark.skipif(not Path("/dev/null").exists(), reason="no /dev/null")
+def test_special_existing_output_file_is_refused():
+    with pytest.raises(InputError, match="not a regular file"):
+        check_output_path("/dev/null", "--output")
+
+
+@pytest.mark.skipif(os.geteuid() == 0 if hasattr(os, "geteuid") else True, reason="root can write anywhere")
+def test_read_only_folder_is_refused(tmp_path, capsys, no_compute):
+    paths = _inputs(tmp_path / "in")
+    ro = tmp_path / "ro"
+    ro.mkdir()
+    ro.chmod(0o500)
+    try:
+        _refused(_refine(paths, ro / "sub" / "o.png"), capsys, "not writable", str(ro))
+    finally:
+        ro.chmod(0o700)
+
+
+def test_folder_refused_where_access_says_no(tmp_path, capsys, no_compute, monkeypatch):
+    """The os.access check (root passes the chmod test above, so simulate a read-only folder)."""
+    paths = _inputs(tmp_path / "in")
+    ro = tmp_path / "ro"
+    ro.mkdir()
+    real = os.access
+    monkeypatch.setattr(os, "access", lambda p, mode, *a, **k: False if Path(p) == ro else real(p, mode, *a, **k))
+    _refused(_refine(paths, ro / "o.png"), capsys, "--output", f"folder '{ro}' is not writable")
+
+
+def test_output_folder_that_does_not_exist_yet_is_fine(tmp_path):
+    assert check_output_path(tmp_path / "a" / "b" / "o.png") == tmp_path / "a" / "b" / "o.png"
+    assert not (tmp_path / "a").exists()  # checking creates nothing
+    assert not list(tmp_path.iterdir())
+
+
+@pytest.mark.parametrize("command", ["batch", "demo", "bench", "grid-search"])
+def test_unwritable_output_folder_of_folder_commands(tmp_path, capsys, no_compute, command):
+    blocker = tmp_path / "file"
+    blocker.write_text("x")
+    manifest = tmp_path / "m.jsonl"
+    manifest.write_text(json.dumps({"image": "a.png", "mask": "b.png", "reference": "c.png"}) + "\n")
+    argv = {
+        "batch": ["batch", str(manifest), "--output", str(blocker / "out")],
+        "demo": ["demo", "--output", str(blocker / "out")],
+        "bench": ["bench", str(tmp_path), "--method", "keep", "--output", str(blocker / "out")],
+        "grid-search": ["grid-search", str(tmp_path), "--output", str(blocker / "out")],
+    }[command]
+    _refused(["-q", *argv], capsys, "--output", "is a file, not a folder")
+
+
+def test_batch_output_folder_checked_by_run_batch_too(tmp_path):
+    blocker = tmp_path / "file"
+    blocker.write_text("x")
+    _case(tmp_path, "a", 0)
+    manifest = tmp_path / "m.jsonl"
+    manifest.write_text(json.dumps(_job("a")) + "\n")
+    with pytest.raises(InputError, match="is a file, not a folder"):
+        run_batch(manifest, blocker / "out", NegateMask(), progress=False)
+    with pytest.raises(InputError, match="cannot be written"):
+        check_output_folder("/proc/rba-out")
+
+
+def test_same_file():
+    assert same_file(__file__, Path(__file__).parent / ".." / Path(__file__).parent.name / Path(__file__).name)
+    assert not same_file(__file__, Path(__file__).with_name("nonexistent.py"))
+
+
+# ---------------------------------------------------------------------------------------------------- item 10: transparent reference
+def test_transparent_reference_names_the_file_and_its_alpha(tmp_path, capsys, no_compute):
+    paths = _inputs(tmp_path / "in")
+    clear = tmp_path / "in" / "clear.png"
+    Image.new("RGBA", (30, 36), (10, 20, 30, 0)).save(clear)
+    paths["reference"] = clear
+    err = _refused(_refine(paths, tmp_path / "o.png", ref_mask=False), capsys, "alpha channel is empty", str(clear))
+    assert "reference_mask" not in err and "--reference-mask '" not in err
+
+
+def test_transparent_reference_in_batch(tmp_path, tiny_pipe):
+    _case(tmp_path, "a", 0)
+    Image.new("RGBA", (30, 36), (10, 20, 30, 0)).save(tmp_path / "a_ref.png")
+    manifest = tmp_path / "m.jsonl"
+    manifest.write_text(json.dumps(_job("a")) + "\n")
+    s = run_batch(manifest, tmp_path / "out", tiny_pipe, progress=False)
+    assert s["failed"] == 1
+    error = json.loads((tmp_path / "out" / ERRORS_FILE).read_text().splitlines()[0])["error"]
+    assert "alpha channel is empty" in error and "a_ref.png" in error and "reference_mask" not in error
+
+
+# ---------------------------------------------------------------------------------------------------- issue 17 item 2: packaging
+def test_pyproject_uses_spdx_license_and_a_setuptools_that_reads_it():
+    data = tomllib.loads((REPO / "pyproject.toml").read_text())
+    assert data["project"]["license"] == "Apache-2.0"  # the SPDX string form, not the deprecated table
+    req = [r for r in data["build-system"]["requires"] if r.startswith("setuptools")]
+    assert req, data["build-system"]
+    version = req[0].split(">=")[1].split(",")[0]
+    assert tuple(int(x) for x in version.split(".")[:1]) >= (77,), req  # PEP 639 support came in setuptools 77

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import sys
 from pathlib import Path
 
@@ -43,15 +44,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--guidance", type=float, help="classifier-free guidance scale (default: the model's)")
     p.add_argument("--no-align", action="store_true", help="single-stage ablation: guide with the whole reference")
     p.add_argument("--samples", type=int, help="average this many samples (default: the model's)")
-    p.add_argument("--align-timestep", type=int, help="timestep t of the alignment pass (default: the model's; see grid-search)")
-    p.add_argument("--align-layer", type=int, help="cross-attention layer l of the alignment pass (default: the model's)")
+    p.add_argument("--no-warp", action="store_true", help="dense alignment: redraw with the model alone, without pasting the warped reference")
+    _add_alignment_options(p)
 
     p = sub.add_parser("align", help="find where the masked part lives on the reference (Algorithm 1)")
     _add_inputs(p)
     p.add_argument("--output", required=True, help="correspondence mask on the reference (.png)")
     p.add_argument("--heatmap", help="also write the heat map over the reference here")
-    p.add_argument("--timestep", type=int, help="diffusion timestep t of the alignment pass")
-    p.add_argument("--layer", type=int, help="cross-attention layer l (0-based, forward order)")
+    _add_alignment_options(p, "--timestep", "--layer")
 
     p = sub.add_parser("bench", help="run a method over a case folder and score it")
     p.add_argument("cases_dir", help="folder of cases (see README: case-folder format)")
@@ -69,8 +69,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--steps", type=int, help="sampling steps of the pipeline methods (default: the model's)")
     p.add_argument("--guidance", type=float, help="guidance scale of the pipeline methods (default: the model's)")
     p.add_argument("--samples", type=int, help="samples averaged per case by the pipeline methods (default: the model's)")
-    p.add_argument("--align-timestep", type=int, help="alignment timestep t (default: the model's; see grid-search)")
-    p.add_argument("--align-layer", type=int, help="alignment layer l (default: the model's)")
+    p.add_argument("--no-warp", action="store_true", help="dense alignment: redraw with the model alone, without pasting the warped reference")
+    _add_alignment_options(p)
 
     p = sub.add_parser("grid-search", help="mIoU of the alignment for every (timestep, layer) (Fig. 4, 7)")
     p.add_argument("cases_dir", help="case folder; cases need correspondence.png")
@@ -137,7 +137,23 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _load_pipeline(model: str, quiet: bool):
+def _add_alignment_options(p, t_flag: str = "--align-timestep", l_flag: str = "--align-layer") -> None:
+    p.add_argument(
+        "--alignment", choices=("dense", "attention"), default=None,
+        help="dense (default): a per-pixel field from point matches, M* = the mask pushed through it; "
+        "attention: the paper's Algorithm 1 region on the 16x16 token grid",
+    )
+    p.add_argument(
+        "--matchers", default=None,
+        help="the dense field's match sources joined by '+': sift, aliked, attention (default: sift+aliked where "
+        "the ALIKED weights are found, else sift)",
+    )
+    p.add_argument("--matcher-weights", default=None, help="ALIKED weights (.safetensors file or folder; default: ../shared/weights/aliked)")
+    p.add_argument(t_flag, type=int, dest=t_flag.lstrip("-").replace("-", "_"), help="timestep t of the attention pass (default: the model's; see grid-search)")
+    p.add_argument(l_flag, type=int, dest=l_flag.lstrip("-").replace("-", "_"), help="cross-attention layer l of the attention pass (default: the model's)")
+
+
+def _load_pipeline(model: str, quiet: bool, matcher_weights: str | None = None):
     from .pipelines.pipeline import RefineByAlignPipeline
 
     try:
@@ -151,7 +167,14 @@ def _load_pipeline(model: str, quiet: bool):
             file=sys.stderr,
         )
     pipe.set_progress_bar_config(disable=quiet, leave=False, desc="refine")
+    if matcher_weights is not None and not pipe.set_matcher(matcher_weights):
+        raise CLIError(f"--matcher-weights: {pipe._aliked_note}")
     return pipe
+
+
+def _print_notes(notes) -> None:
+    for note in notes:
+        print(f"note: {note}", file=sys.stderr)
 
 
 def _read_inputs(args):
@@ -232,19 +255,22 @@ def cmd_refine(args) -> int:
 
     check_settings(args.steps, args.guidance, args.samples)
     image, mask, reference, ref_mask, names = _read_inputs(args)
-    pipe = _load_pipeline(args.model, args.quiet)
+    pipe = _load_pipeline(args.model, args.quiet, args.matcher_weights)
     _check_alignment_options(pipe, args.align_timestep, args.align_layer, "--align-timestep", "--align-layer")
     result = pipe(
         image, mask, reference, ref_mask, num_inference_steps=args.steps, guidance_scale=args.guidance,
         seed=args.seed, align=not args.no_align, names=names,
         alignment_timestep=args.align_timestep, alignment_layer=args.align_layer, num_samples=args.samples,
+        alignment=args.alignment, matchers=args.matchers, warp=not args.no_warp,
     )
+    _print_notes(result.notes)
     save_image_atomic(result.image, out)
     if corr_path is not None and result.correspondence_mask is not None:
         save_image_atomic(Image.fromarray(result.correspondence_mask.astype("uint8") * 255), corr_path)
     save_image_atomic(compare_picture(to_rgb(image), mask, to_rgb(reference), result), compare)
     t = result.timings
-    print(f"wrote {out} ({t['total']:.2f} s: align {t['align']:.2f} s, denoise {t['denoise']:.2f} s)")
+    how = f"{result.alignment} alignment, {100 * result.warp_fraction:.0f}% of the mask from the warped reference" if result.alignment else "no alignment"
+    print(f"wrote {out} ({t['total']:.2f} s: align {t['align']:.2f} s, denoise {t['denoise']:.2f} s; {how})")
     print(f"wrote {compare} (input | reference with correspondence | result)")
     if corr_path is not None:
         print(f"wrote {corr_path}")
@@ -261,11 +287,19 @@ def cmd_align(args) -> int:
     heat_path = _check_output(args.heatmap, "heatmap") if args.heatmap else None
     _check_outputs(_input_files(args), [("--output", out), ("--heatmap", heat_path)])
     image, mask, reference, ref_mask, names = _read_inputs(args)
-    pipe = _load_pipeline(args.model, args.quiet)
+    pipe = _load_pipeline(args.model, args.quiet, args.matcher_weights)
     _check_alignment_options(pipe, args.timestep, args.layer, "--timestep", "--layer")
-    res = pipe.align(image, mask, reference, ref_mask, timestep=args.timestep, layer=args.layer, seed=args.seed, names=names)
+    res = pipe.align(
+        image, mask, reference, ref_mask, timestep=args.timestep, layer=args.layer, seed=args.seed, names=names,
+        method=args.alignment, matchers=args.matchers,
+    )
+    _print_notes(res.info.get("notes", []) + ([res.info["fallback"]] if "fallback" in res.info else []))
     save_image_atomic(Image.fromarray(res.mask.astype("uint8") * 255), out)
-    print(f"wrote {out} (t={res.timestep}, l={res.layer}, {int(res.mask.sum())} reference pixels)")
+    how = (
+        f"dense field from {res.info.get('source')} ({res.info.get('inliers')} agreeing matches"
+        f"{', mirrored reference' if res.info.get('mirrored') else ''})" if res.method == "dense" else f"attention at t={res.timestep}, l={res.layer}"
+    )
+    print(f"wrote {out} ({how}; {int(res.mask.sum())} reference pixels)")
     if heat_path is not None:
         save_image_atomic(render_heatmap_overlay(to_rgb(reference), res.heatmap), heat_path)
         print(f"wrote {heat_path}")
@@ -285,13 +319,20 @@ def cmd_bench(args) -> int:
     from .pipelines.pipeline import check_settings
 
     common = dict(limit=args.limit, model=args.model, clip=args.clip, dino=args.dino, captions=args.captions, progress=not args.quiet)
+    if args.matcher_weights:  # the pipelines are built inside the evaluation code: point ALIKED's lookup there
+        from .models.aliked import WEIGHTS_ENV
+
+        if not Path(args.matcher_weights).is_dir():
+            raise CLIError(f"--matcher-weights '{args.matcher_weights}': bench takes a folder (holding aliked-n16.safetensors)")
+        os.environ[WEIGHTS_ENV] = str(Path(args.matcher_weights).resolve())
     check_settings(args.steps, args.guidance, args.samples)
     check_output_folder(args.output, "--output")
     call = {
         k: v
         for k, v in dict(
             num_inference_steps=args.steps, guidance_scale=args.guidance, alignment_timestep=args.align_timestep,
-            alignment_layer=args.align_layer, num_samples=args.samples,
+            alignment_layer=args.align_layer, num_samples=args.samples, alignment=args.alignment, matchers=args.matchers,
+            warp=False if args.no_warp else None,
         ).items()
         if v is not None
     }

@@ -67,7 +67,14 @@ class ModelConfig:
     # "v_prediction": with the cosine schedule, x0 = (z_t - sqrt(1-a) eps) / sqrt(a) divides eps's
     # error by sqrt(a) ~ 1e-4 at t = 999 and the first sampling steps turn it into saturated speckle
     prediction_type: str = "v_prediction"
-    hole_fill: str = "zero"  # the masked image's hole: "zero" (SD inpainting, the paper) or "telea" (fill.py)
+    # the masked image's hole (fill.py): "zero" (SD inpainting, the paper), "telea" (a classical
+    # fill the model corrects) or "warp" (the reference warped through the dense field where the
+    # warp is trusted, Telea elsewhere; the model corrects that, issue 13)
+    hole_fill: str = "zero"
+    # one more U-Net input channel after the masked image: the warp's trust map (1 = the prefill is
+    # the warped reference, 0 = Telea). False (the default, and what a saved config.json without the
+    # field means) keeps the U-Net's 2C + 1 inputs
+    warp_channel: bool = False
     correction_blur: float = 0.0  # telea fill only: Gaussian sigma (crop px) smoothing the model's correction (fill.py)
     correction_shrink: float = 0.0  # telea fill, K > 1 samples: Wiener shrinkage lambda of the correction (fill.py)
     default_steps: int = 20  # sampling steps (DDIM in pixel space, DPM-Solver++ in latent space)

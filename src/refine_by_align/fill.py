@@ -4,6 +4,12 @@ The paper (like SD inpainting) zeroes the hole. The small embedded model instead
 pre-filled by OpenCV's Telea inpainting (a smooth continuation of the surroundings), so that its
 prediction is a correction over a classical fill rather than a colour guess from nothing: trained
 on this CPU's budget, a zero-filled model lost to that very fill (MODEL_CARD.md).
+
+``warp`` (issue 13): where the dense alignment's warp of the reference is trusted, the hole is
+pre-filled with the colour-matched warped reference, elsewhere by Telea; the model then sees the
+trust map as one more input channel (``ModelConfig.warp_channel``) and corrects that prefill, and
+its correction is added to the warp composite at full resolution (:func:`residual_patch` with
+``base``), so the warp's full-resolution detail is kept.
 """
 
 from __future__ import annotations
@@ -12,22 +18,33 @@ import cv2
 import numpy as np
 import torch
 
-__all__ = ["HOLE_FILLS", "fill_hole", "residual_patch", "poisson_fill"]
+__all__ = ["HOLE_FILLS", "fill_hole", "residual_patch", "poisson_fill", "warp_composite", "warp_at"]
 
-HOLE_FILLS = ("zero", "telea")
+HOLE_FILLS = ("zero", "telea", "warp")
 TELEA_RADIUS = 3  # px, at the U-Net's crop resolution
 FULL_TELEA_RADIUS = 5.0  # px, at the image's own resolution (as the `telea` baseline)
 
 
-def fill_hole(images: torch.Tensor, masks: torch.Tensor, method: str = "zero") -> torch.Tensor:
+def fill_hole(
+    images: torch.Tensor, masks: torch.Tensor, method: str = "zero", warp: torch.Tensor | None = None, trust: torch.Tensor | None = None
+) -> torch.Tensor:
     """``images`` (B, 3, H, W) in [0, 1], ``masks`` (B, 1, H, W) (> 0.5 = hole) -> (B, 3, H, W)
-    in [0, 1] with the hole zeroed (``zero``) or inpainted by Telea (``telea``)."""
+    in [0, 1] with the hole zeroed (``zero``) or inpainted by Telea (``telea``); ``warp``: Telea,
+    then ``warp`` ((B, 3, H, W) in [0, 1], the warped reference) on the hole pixels where
+    ``trust`` ((B, 1, H, W), > 0.5 = trusted) says so (no warp or trust given: Telea alone)."""
     if method not in HOLE_FILLS:
         raise ValueError(f"unknown hole fill '{method}' (choose {', '.join(HOLE_FILLS)})")
     if images.ndim != 4 or images.shape[1] != 3 or masks.shape[-2:] != images.shape[-2:] or masks.shape[1] != 1:
         raise ValueError(f"fill_hole wants (B, 3, H, W) images and (B, 1, H, W) masks, got {tuple(images.shape)}, {tuple(masks.shape)}")
     if method == "zero":
         return images * (1.0 - masks.to(images.dtype))
+    if method == "warp":
+        filled = fill_hole(images, masks, "telea")
+        if warp is None or trust is None:
+            return filled
+        if warp.shape != images.shape or trust.shape != masks.shape:
+            raise ValueError(f"fill_hole warp {tuple(warp.shape)} / trust {tuple(trust.shape)} do not match images {tuple(images.shape)} / masks {tuple(masks.shape)}")
+        return torch.where((trust > 0.5) & (masks > 0.5), warp.to(images.dtype), filled)
     hole = (masks > 0.5).squeeze(1).cpu().numpy().astype(np.uint8)  # (B, H, W)
     arr = (images.detach().float().clamp(0, 1).permute(0, 2, 3, 1).cpu().numpy() * 255.0).round().astype(np.uint8)
     out = np.empty_like(arr)
@@ -47,8 +64,9 @@ def residual_patch(
     blur: float = 0.0,
     mean_var: np.ndarray | None = None,
     shrink: float = 0.0,
+    base: np.ndarray | None = None,
 ) -> np.ndarray:
-    """The refined crop at full resolution for a model that corrects a Telea prefill.
+    """The refined crop at full resolution for a model that corrects a Telea (or warp) prefill.
 
     The model saw the hole pre-filled at its S-px crop size (``prefill_small``) and returned
     ``out_small`` (both (S, S, 3) float in [0, 1]). Its correction (out - prefill) is upsampled and
@@ -62,11 +80,16 @@ def residual_patch(
     the variance of ``out_small`` as a mean of K samples: their per-pixel variance / K) with
     ``shrink`` = lambda > 0 scales the correction by the Wiener factor P / (P + lambda * mean_var),
     P its smoothed power: where the samples disagree more than the correction is large, the
-    result stays closer to the classical fill. Returns (N, N, 3) uint8."""
+    result stays closer to the classical fill. ``base`` ((N, N, 3) uint8): the full-resolution fill
+    the correction is added to instead of Telea (the warp composite, :func:`warp_composite`).
+    Returns (N, N, 3) uint8."""
     if crop_full.shape[:2] != mask_full.shape or out_small.shape != prefill_small.shape:
         raise ValueError(f"residual_patch shapes: crop {crop_full.shape}, mask {mask_full.shape}, out {out_small.shape}, prefill {prefill_small.shape}")
     n_h, n_w = mask_full.shape
-    base = cv2.inpaint(np.ascontiguousarray(crop_full), mask_full.astype(np.uint8) * 255, FULL_TELEA_RADIUS, cv2.INPAINT_TELEA)
+    if base is None:
+        base = cv2.inpaint(np.ascontiguousarray(crop_full), mask_full.astype(np.uint8) * 255, FULL_TELEA_RADIUS, cv2.INPAINT_TELEA)
+    elif base.shape != crop_full.shape:
+        raise ValueError(f"residual_patch base {base.shape} does not match the crop {crop_full.shape}")
     delta = (out_small - prefill_small).astype(np.float32)  # (S, S, 3) in [-1, 1]
     if shrink > 0 and mean_var is not None:
         power = (cv2.GaussianBlur(delta, (0, 0), max(float(blur), 1.0)) ** 2).mean(-1, keepdims=True)  # (S, S, 1)
@@ -80,6 +103,27 @@ def residual_patch(
     if hole_small is not None:
         delta = delta * mask_full.astype(np.float32)[..., None]  # and, at full resolution, to the mask
     return np.clip(np.rint(base.astype(np.float32) + delta), 0, 255).astype(np.uint8)
+
+
+def warp_composite(crop_full: np.ndarray, mask_full: np.ndarray, warp_full: np.ndarray, use_full: np.ndarray) -> np.ndarray:
+    """The ``warp`` hole fill at full resolution: the crop (N, N, 3) uint8 with its hole
+    ``mask_full`` (N, N) bool inpainted by Telea, and the colour-matched warp ``warp_full``
+    (N, N, 3) uint8 where ``use_full`` (N, N) bool trusts it (pixels outside the hole unchanged)."""
+    m = np.asarray(mask_full, bool)
+    out = cv2.inpaint(np.ascontiguousarray(crop_full), m.astype(np.uint8) * 255, FULL_TELEA_RADIUS, cv2.INPAINT_TELEA)
+    use = np.asarray(use_full, bool) & m
+    out[use] = warp_full[use]
+    return out
+
+
+def warp_at(warp_full: np.ndarray, use_full: np.ndarray, size: int) -> tuple[np.ndarray, np.ndarray]:
+    """The warp and its trust map at the model's S px, the same way in training pairs and at
+    inference: (the warp (N, N, 3) uint8 resized by area to (S, S, 3) uint8, the trust (S, S) bool:
+    cells at least half covered by trusted pixels)."""
+    n_h, n_w = use_full.shape
+    small = warp_full if (n_h, n_w) == (size, size) else cv2.resize(np.ascontiguousarray(warp_full), (size, size), interpolation=cv2.INTER_AREA if size < max(n_h, n_w) else cv2.INTER_CUBIC)
+    cover = cv2.resize(np.asarray(use_full, np.float32), (size, size), interpolation=cv2.INTER_AREA if size < max(n_h, n_w) else cv2.INTER_LINEAR)
+    return small, cover >= 0.5
 
 
 def _disk_kernel(r: int) -> np.ndarray:

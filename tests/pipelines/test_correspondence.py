@@ -123,7 +123,7 @@ def test_warp_fill_matches_colour_and_gates_an_unrelated_reference():
     # a reference of another texture, seen through the same field: the ring disagrees, nothing is used
     other = _texture(*ref.shape[:2], seed=5)
     bad = warp_fill(image[w], mask[w], other, fld)
-    assert bad.ncc < 0.4 and not bad.use.any()
+    assert bad.ncc < 0.4 and not bad.use.any() and not bad.weight.any()
 
 
 def test_colour_transfer_recovers_a_gain_and_offset():

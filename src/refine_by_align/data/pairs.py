@@ -14,6 +14,13 @@ Paper, Sec. 3.4:
   mask inside the object.
 * "We then adopt the zoom-in inpainting strategy [...] cropping around I_a": the input and target
   are the :func:`refine_by_align.zoom.zoom_box` crop around the hole, resized to S x S.
+* **Warp prefill** (``PairConfig.warp_prefill``, for ``hole_fill="warp"`` models, issue 13): the
+  pair also carries the reference warped into the crop and colour-matched through a ring outside
+  the hole as at inference (:func:`refine_by_align.pipelines.correspondence.warp_fill`), with the
+  map where it is trusted. Alignment / refinement pairs warp through the TRUE map T made imperfect
+  (:func:`refine_by_align.data.perturb.imperfect_field`: a smooth displacement, a partly wrong
+  blob, trust dropouts, sometimes no warp at all); multi-view pairs through a field estimated as
+  at inference (SIFT matches outside the hole, :func:`fit_field`, :func:`dense_field`).
 
 Coordinates: crop pixel (u, v) covers source pixels x = box.x0 + (u + 0.5) * box.width / S - 0.5
 (OpenCV resize convention); a reference point at pixel-centre position x_r in the R x R reference
@@ -38,7 +45,9 @@ from refine_by_align.data.perturb import (
     ColorConfig,
     GeomConfig,
     GeomTransform,
+    WarpNoiseConfig,
     apply_color,
+    imperfect_field,
     random_transform,
     sample_color,
     warp_image,
@@ -50,7 +59,9 @@ from refine_by_align.data.readers import (
     default_data_root,
 )
 from refine_by_align.data.synthetic import SyntheticSource
+from refine_by_align.fill import TELEA_RADIUS, warp_at
 from refine_by_align.io import save_image_atomic
+from refine_by_align.pipelines.correspondence import DenseField, Matches, dense_field, fit_field, outside_mask, warp_fill
 from refine_by_align.zoom import Box, crop_resize, mask_bbox, square_pad_box, zoom_box
 
 __all__ = [
@@ -89,6 +100,8 @@ class PairConfig:
     mask: MaskConfig = field(default_factory=MaskConfig)  # artifact-mask generator G
     color: ColorConfig = field(default_factory=ColorConfig)  # colour perturbation S
     geom: GeomConfig = field(default_factory=GeomConfig)  # geometric transform T
+    warp_prefill: bool = False  # pairs carry the warped reference and its trust map (hole_fill "warp" models)
+    warp_noise: WarpNoiseConfig = field(default_factory=WarpNoiseConfig)  # how the true field is made imperfect
 
 
 @dataclass
@@ -102,6 +115,10 @@ class TrainingPair:
     mode: str  # "alignment" | "refinement" | "multiview"
     source: str = ""  # where the object came from (for labels / debugging)
     meta: dict = field(default_factory=dict)  # debugging / tests: crop_box, ref_box (Box), transform (GeomTransform)
+    # warp_prefill pairs only (else None): the colour-matched warped reference at S px (zeros where
+    # there is no warp) and where it pre-fills the hole (1) instead of Telea (0); trust <= mask
+    warp: np.ndarray | None = None  # (3, S, S) float32 in [0, 1]
+    trust: np.ndarray | None = None  # (1, S, S) float32 {0, 1}
 
 
 # ----------------------------------------------------------------------------------------------
@@ -162,6 +179,118 @@ def _input_crop(image: np.ndarray, hole: np.ndarray, box: Box, cfg: PairConfig) 
     target = crop_resize(image, box, cfg.size)  # (S, S, 3) uint8
     m = _threshold_nonempty(_coverage(hole, box, cfg.size), cfg.hole_coverage)
     return _chw(target), m[None].astype(np.float32)
+
+
+def _window(array: np.ndarray, box: Box) -> np.ndarray:
+    """``box`` of ``array`` at full resolution (zoom_box keeps it inside the image)."""
+    return array[max(box.y0, 0) : box.y1, max(box.x0, 0) : box.x1]
+
+
+def _warp_inputs(
+    image: np.ndarray, hole: np.ndarray, box: Box, reference: np.ndarray, fld: DenseField | None,
+    mask_chw: np.ndarray, rng: np.random.Generator, cfg: PairConfig, perturb: bool,
+) -> tuple[np.ndarray, np.ndarray]:
+    """(warp (3, S, S) float32, trust (1, S, S) float32) of a pair: ``reference`` warped into the
+    crop ``box`` of ``image`` through ``fld`` and colour-matched in a ring outside ``hole`` exactly
+    as at inference (:func:`warp_fill`, with its ring-agreement gate), resized to S px as the
+    pipeline does (:func:`warp_at`). ``perturb``: ``fld`` is a true map, to be made imperfect
+    (:func:`imperfect_field`); otherwise (an estimated field) only trust dropouts are drawn. No
+    field (or ``p_no_warp``): zeros, the model's Telea-only case."""
+    s = cfg.size
+    empty = np.zeros((3, s, s), np.float32), np.zeros((1, s, s), np.float32)
+    if rng.random() < cfg.warp_noise.p_no_warp or fld is None:
+        return empty
+    image_box, hole_box = _window(image, box), _window(hole, box).astype(bool)
+    if image_box.shape[:2] != fld.xy.shape[:2] or not hole_box.any():
+        return empty
+    noise = cfg.warp_noise if perturb else dataclasses.replace(cfg.warp_noise, jitter_px=(0.0, 0.0), p_wrong=0.0)
+    xy, dropout = imperfect_field(fld.xy, hole_box, rng, noise)
+    if perturb:
+        fld = dataclasses.replace(fld, xy=xy)
+    wf = warp_fill(image_box, hole_box, reference, fld)
+    use = wf.use & ~dropout
+    warp_s, trust_s = warp_at(wf.patch, use, s)
+    trust_s &= mask_chw[0] > 0.5
+    return _chw(warp_s), trust_s[None].astype(np.float32)
+
+
+def _true_field(t: GeomTransform, box: Box, ref_obj: np.ndarray) -> DenseField:
+    """The true map T over the crop ``box`` at full resolution: each pixel's position on T's
+    canvas, on the (1-px eroded) reference object or not, as :func:`dense_field` gives it."""
+    ys, xs = np.mgrid[box.y0 : box.y1, box.x0 : box.x1]
+    q = t.forward_points(np.stack([xs.ravel(), ys.ravel()], 1)).astype(np.float32).reshape(box.height, box.width, 2)
+    q[~np.isfinite(q)] = -1e4  # undefined (behind a perspective horizon): off the object
+    obj = cv2.erode(ref_obj.astype(np.uint8), cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (3, 3)))
+    on = cv2.remap(obj.astype(np.float32), q[..., 0], q[..., 1], cv2.INTER_LINEAR, borderMode=cv2.BORDER_CONSTANT, borderValue=0) >= 0.99
+    return DenseField(box, q, on.astype(np.float32), on)
+
+
+SIFT_FEATURES = 4000  # as the inference matcher (pipelines/correspondence.sift_matches)
+
+
+def sift_features(rgb: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """SIFT keypoints of a whole photo, once per photo: ((N, 2) float32 (x, y), (N, 128) float32)."""
+    gray = cv2.cvtColor(np.ascontiguousarray(rgb), cv2.COLOR_RGB2GRAY)
+    kp, desc = cv2.SIFT_create(nfeatures=SIFT_FEATURES).detectAndCompute(gray, None)
+    if desc is None or not kp:
+        return np.zeros((0, 2), np.float32), np.zeros((0, 128), np.float32)
+    return np.float32([k.pt for k in kp]), desc.astype(np.float32)
+
+
+def _at(mask: np.ndarray, xy: np.ndarray) -> np.ndarray:
+    h, w = mask.shape
+    xi = np.clip(np.rint(xy[:, 0]).astype(np.int64), 0, w - 1)
+    yi = np.clip(np.rint(xy[:, 1]).astype(np.int64), 0, h - 1)
+    return mask[yi, xi]
+
+
+def _sift_field(hole, crop_box, ref_obj, image_features, ref_features, ratio: float, mirrored: bool) -> DenseField | None:
+    (xi, di), (xr, dr) = image_features, ref_features
+    ki = _at(outside_mask(hole, 4), xi) if len(xi) else np.zeros(0, bool)
+    kr = _at(np.asarray(ref_obj, bool), xr) if len(xr) else np.zeros(0, bool)
+    if ki.sum() < 2 or kr.sum() < 2:
+        return None
+    xi, di, xr, dr = xi[ki], di[ki], xr[kr], dr[kr]
+    pairs = cv2.BFMatcher(cv2.NORM_L2).knnMatch(di, dr, k=2)
+    good = [(p[0], p[0].distance / max(p[1].distance, 1e-6)) for p in pairs if len(p) == 2 and p[0].distance < ratio * p[1].distance]
+    if not good:
+        return None
+    m = Matches(
+        np.float32([xi[g.queryIdx] for g, _ in good]), np.float32([xr[g.trainIdx] for g, _ in good]),
+        np.clip(np.float32([1.2 - r for _, r in good]), 0.05, 1.0), {"sift": len(good)},
+    )
+    fit = fit_field(m, focus=crop_box, mirrored=mirrored)
+    return None if fit is None else dense_field(fit, crop_box, ref_obj)
+
+
+def estimated_field(
+    image: np.ndarray, hole: np.ndarray, crop_box: Box, reference: np.ndarray, ref_obj: np.ndarray,
+    image_features: tuple[np.ndarray, np.ndarray], ref_features: tuple, ratio: float = 0.8,
+) -> DenseField | None:
+    """A field from ``image`` (its ``hole`` excluded, as at inference) to the reference object
+    ``ref_obj`` of ``reference`` estimated as the dense alignment does with SIFT: Lowe's ratio
+    test, robust homography + thin-plate spline (:func:`fit_field` focused on ``crop_box``),
+    :func:`dense_field`, for the reference as given and mirrored, the one whose colour-matched warp
+    agrees best with the image in the ring around the hole winning. ``image_features``:
+    :func:`sift_features` of the image; ``ref_features``: those of the reference and of the
+    mirrored reference (x given on the reference as it is). None where no consistent fit exists."""
+    window = (slice(crop_box.y0, crop_box.y1), slice(crop_box.x0, crop_box.x1))
+    best, best_ncc = None, -np.inf
+    for mirrored, feats in zip((False, True), ref_features):
+        fld = _sift_field(hole, crop_box, ref_obj, image_features, feats, ratio, mirrored)
+        if fld is not None:
+            ncc = warp_fill(image[window], hole[window], reference, fld).ncc
+            if ncc > best_ncc:
+                best, best_ncc = fld, ncc
+    return best
+
+
+def reference_features(rgb: np.ndarray) -> tuple:
+    """:func:`sift_features` of a reference photo as given and mirrored (x mapped back)."""
+    xy, d = sift_features(rgb[:, ::-1])
+    xy = xy.copy()
+    xy[:, 0] = rgb.shape[1] - 1 - xy[:, 0]
+    return sift_features(rgb), (xy, d)
 
 
 def _perturbed_reference(
@@ -243,8 +372,9 @@ def make_alignment_pair(
     cfg = cfg or PairConfig()
     obj, art, crop_box, image_chw, mask_chw = _hole_and_crop(obj_image, obj_mask, rng, cfg, artifact_mask)
     t, warped, w_obj, w_art = _perturbed_reference(obj_image, obj, art, rng, cfg, mask_bbox(obj), transform)
-    return _finish_reference(t, warped, w_obj, w_art, cfg.ref_margin, crop_box, "alignment", cfg,
+    pair = _finish_reference(t, warped, w_obj, w_art, cfg.ref_margin, crop_box, "alignment", cfg,
                              image_chw, mask_chw, source)
+    return _with_true_warp(pair, obj_image, art, warped, w_obj, rng, cfg)
 
 
 def make_refinement_pair(
@@ -260,13 +390,23 @@ def make_refinement_pair(
     px = max(cfg.local_dilate_min, int(round(cfg.local_dilate * max(ab.width, ab.height))))
     local = dilate(art, px) & obj
     t, warped, w_loc, w_art = _perturbed_reference(obj_image, local, art, rng, cfg, mask_bbox(obj), transform)
-    return _finish_reference(t, warped, w_loc, w_art, cfg.local_margin, crop_box, "refinement", cfg,
+    pair = _finish_reference(t, warped, w_loc, w_art, cfg.local_margin, crop_box, "refinement", cfg,
                              image_chw, mask_chw, source)
+    return _with_true_warp(pair, obj_image, art, warped, w_loc, rng, cfg)
+
+
+def _with_true_warp(pair: TrainingPair, obj_image, art, warped, w_keep, rng, cfg: PairConfig) -> TrainingPair:
+    """``cfg.warp_prefill``: the pair's warp and trust through its true map T, made imperfect."""
+    if cfg.warp_prefill:
+        box = pair.meta["crop_box"]
+        fld = _true_field(pair.meta["transform"], box, w_keep)
+        pair.warp, pair.trust = _warp_inputs(obj_image, art, box, warped, fld, pair.mask, rng, cfg, perturb=True)
+    return pair
 
 
 def make_multiview_pair(
     img1: np.ndarray, mask1: np.ndarray, img2: np.ndarray, mask2: np.ndarray, rng: np.random.Generator,
-    cfg: PairConfig | None = None, *, source: str = "",
+    cfg: PairConfig | None = None, *, source: str = "", features: tuple | None = None,
 ) -> TrainingPair:
     """Multi-view pair (MVObj, Sec. 3.4): reference ``I_o1 x erode(M_o1)`` cut to the object's square
     box and resized to R; input = I_o2 with a hole: with probability ``p_whole_object`` the whole
@@ -297,6 +437,11 @@ def make_multiview_pair(
         crop_box = zoom_box(hole, cfg.grow, cfg.min_size)
     image_chw, mask_chw = _input_crop(img2, hole, crop_box, cfg)
     s, r = cfg.size, cfg.ref_size
+    warp = trust = None
+    if cfg.warp_prefill:  # no known map: a field estimated as at inference, on the two photos
+        f1, f2 = features if features is not None else (reference_features(img1), sift_features(img2))
+        fld = estimated_field(img2, hole, crop_box, ref_src, e1, f2, f1)
+        warp, trust = _warp_inputs(img2, hole, crop_box, ref_src, fld, mask_chw, rng, cfg, perturb=False)
     return TrainingPair(
         image=image_chw,
         mask=mask_chw,
@@ -307,6 +452,8 @@ def make_multiview_pair(
         mode="multiview",
         source=source,
         meta={"crop_box": crop_box, "ref_box": ref_box, "transform": None},
+        warp=warp,
+        trust=trust,
     )
 
 
@@ -337,7 +484,8 @@ class PairDataset(torch.utils.data.Dataset):
 
     Items are dicts of tensors: image (3, S, S) float32, mask (1, S, S), reference (3, R, R),
     ref_coords (2, S, S) (NaN = unknown), correspondence (1, R, R), has_correspondence () bool,
-    mode () int64 (index into :data:`MODES`).
+    mode () int64 (index into :data:`MODES`); with ``cfg.warp_prefill`` also warp (3, S, S) and
+    trust (1, S, S) (:class:`TrainingPair`).
     """
 
     def __init__(
@@ -383,6 +531,13 @@ class PairDataset(torch.utils.data.Dataset):
             self.source_p = np.full(len(self.singles), 1.0 / max(len(self.singles), 1))
         self.seed = int(seed)
         self.length = int(length)
+        self._sift: dict = {}  # (source index, subject, view, as reference) -> its SIFT features (warp_prefill)
+
+    def _features(self, src: Any, subject: str, k: int, image: np.ndarray, reference: bool):
+        key = (self.pairs.index(src), subject, k, reference)
+        if key not in self._sift:
+            self._sift[key] = reference_features(image) if reference else sift_features(image)
+        return self._sift[key]
 
     def __len__(self) -> int:
         return self.length
@@ -396,8 +551,14 @@ class PairDataset(torch.utils.data.Dataset):
             try:
                 if mode == "multiview":
                     src = self.pairs[int(rng.integers(len(self.pairs)))]
-                    img1, m1, img2, m2 = src.sample_pair(rng)
-                    return make_multiview_pair(img1, m1, img2, m2, rng, self.cfg, source=_src_name(src))
+                    feats = None
+                    if self.cfg.warp_prefill and hasattr(src, "sample_pair_ids"):  # the same draw, with the views' ids
+                        subject, v1, v2 = src.sample_pair_ids(rng)
+                        (img1, m1), (img2, m2) = src.view(subject, v1), src.view(subject, v2)
+                        feats = (self._features(src, subject, v1, img1, True), self._features(src, subject, v2, img2, False))
+                    else:
+                        img1, m1, img2, m2 = src.sample_pair(rng)
+                    return make_multiview_pair(img1, m1, img2, m2, rng, self.cfg, source=_src_name(src), features=feats)
                 src = self.singles[int(rng.choice(len(self.singles), p=self.source_p))]
                 img, m = src.sample_single(rng)
                 fn = make_alignment_pair if mode == "alignment" else make_refinement_pair
@@ -418,7 +579,8 @@ class PairDataset(torch.utils.data.Dataset):
 
 def to_tensors(p: TrainingPair) -> dict[str, torch.Tensor]:
     """TrainingPair -> dict of torch tensors (see :class:`PairDataset`)."""
-    return {
+    extra = {} if p.warp is None else {"warp": torch.from_numpy(p.warp), "trust": torch.from_numpy(p.trust)}
+    return extra | {
         "image": torch.from_numpy(p.image),
         "mask": torch.from_numpy(p.mask),
         "reference": torch.from_numpy(p.reference),

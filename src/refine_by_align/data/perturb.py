@@ -32,7 +32,9 @@ __all__ = [
     "ColorParams",
     "GeomConfig",
     "GeomTransform",
+    "WarpNoiseConfig",
     "apply_color",
+    "imperfect_field",
     "color_perturb",
     "random_transform",
     "sample_color",
@@ -373,3 +375,74 @@ def random_transform(
     params = {"rotation_deg": rot, "scale": scale, "aspect": aspect, "shear_deg": shear, "flip": flip,
               "translate": (tx, ty), "perspective": cfg.perspective, "nonrigid": nonrigid}
     return GeomTransform(hmat, (int(oh), int(ow)), fld, cfg.fixed_point_iters, params)
+
+
+# ----------------------------------------------------------------------------------------------
+# imperfect dense fields (the warp prefill of issue 13)
+
+
+@dataclass
+class WarpNoiseConfig:
+    """How a true correspondence field is made as imperfect as the inference warps are (the dense
+    alignment's homography + thin-plate spline, pipelines/correspondence.py): the model must learn
+    when not to trust the warp. Distances are in pixels of the source image (the zoom-in crop at
+    full resolution) or fractions of the hole box's longer side."""
+
+    p_no_warp: float = 0.15  # no warp at all: Telea everywhere, trust 0 (the model keeps working without one)
+    jitter_px: tuple[float, float] = (0.0, 3.0)  # peak of a smooth random displacement, uniform in this range
+    jitter_grid: int = 4  # control points per side of that displacement (low frequency)
+    p_wrong: float = 0.5  # a blob of the field taken from a shifted position (a partly wrong warp)
+    wrong_radius: tuple[float, float] = (0.15, 0.5)  # the blob's radius, x the hole box's longer side
+    wrong_shift: tuple[float, float] = (0.15, 0.6)  # where it is taken from, x the hole box's longer side
+    p_dropout: float = 0.3  # some trusted pixels dropped (Telea there, trust 0) ...
+    dropout_blobs: tuple[int, int] = (1, 3)  # ... in this many blobs (inclusive)
+    dropout_radius: tuple[float, float] = (0.1, 0.35)  # of this radius, x the hole box's longer side
+
+
+def _soft_blob(shape: tuple[int, int], centre: tuple[float, float], radius: float) -> np.ndarray:
+    """(h, w) float32 weight: 1 inside a disk of ``radius`` about ``centre`` (x, y), a smooth edge."""
+    h, w = shape
+    yy, xx = np.mgrid[0:h, 0:w].astype(np.float32)
+    d = np.sqrt((xx - centre[0]) ** 2 + (yy - centre[1]) ** 2)
+    edge = max(1.0, 0.3 * radius)
+    return np.clip((radius + edge - d) / edge, 0.0, 1.0).astype(np.float32)
+
+
+def imperfect_field(xy: np.ndarray, hole: np.ndarray, rng: np.random.Generator, cfg: WarpNoiseConfig | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """A true field made imperfect: ``xy`` (h, w, 2) float32, for each pixel of the crop its (x, y)
+    on the reference; ``hole`` (h, w) bool, the artifact mask in the crop. Adds a smooth random
+    displacement (peak uniform in ``jitter_px``) and, with ``p_wrong``, a blob inside the hole whose
+    positions are those of the field at a shifted place (its content comes from elsewhere on the
+    reference; the ring around the hole that gates the warp at inference does not see it). Returns (the field (h, w, 2) float32, the dropout (h, w) bool: pixels whose warp
+    must not be trusted, drawn with ``p_dropout``)."""
+    cfg = cfg or WarpNoiseConfig()
+    h, w = hole.shape
+    out = np.array(xy, dtype=np.float32, copy=True)
+    amp = float(rng.uniform(*cfg.jitter_px))
+    if amp > 0:
+        g = max(2, int(cfg.jitter_grid))
+        coarse = rng.normal(size=(g, g, 2)).astype(np.float32)
+        d = cv2.resize(coarse, (w, h), interpolation=cv2.INTER_CUBIC)
+        out += d * (amp / max(float(np.abs(d).max()), 1e-6))
+    ys, xs = np.nonzero(hole)
+    dropout = np.zeros((h, w), bool)
+    if len(xs) == 0:
+        return out, dropout
+    side = float(max(xs.max() - xs.min() + 1, ys.max() - ys.min() + 1))
+    if rng.random() < cfg.p_wrong:
+        k = int(rng.integers(len(xs)))
+        r = float(rng.uniform(*cfg.wrong_radius)) * side
+        ang = float(rng.uniform(0, 2 * np.pi))
+        dist = float(rng.uniform(*cfg.wrong_shift)) * side
+        gx, gy = np.meshgrid(np.arange(w, dtype=np.float32), np.arange(h, dtype=np.float32))
+        mx, my = (gx + np.float32(dist * np.cos(ang))).astype(np.float32), (gy + np.float32(dist * np.sin(ang))).astype(np.float32)
+        shifted = cv2.remap(out, mx, my, cv2.INTER_LINEAR, borderMode=cv2.BORDER_REFLECT)
+        # inside the hole (grown by 2 px): the ring outside it, which gates the warp, stays right
+        inside = cv2.GaussianBlur(cv2.dilate(hole.astype(np.uint8), np.ones((5, 5), np.uint8)).astype(np.float32), (0, 0), 1.0)
+        wgt = (_soft_blob((h, w), (float(xs[k]), float(ys[k])), r) * inside)[..., None]
+        out = out * (1.0 - wgt) + shifted * wgt
+    if rng.random() < cfg.p_dropout:
+        for _ in range(int(rng.integers(cfg.dropout_blobs[0], cfg.dropout_blobs[1] + 1))):
+            k = int(rng.integers(len(xs)))
+            dropout |= _soft_blob((h, w), (float(xs[k]), float(ys[k])), float(rng.uniform(*cfg.dropout_radius)) * side) > 0.5
+    return out.astype(np.float32), dropout

@@ -199,6 +199,11 @@ class MultiViewFolder:
 
     def sample_pair(self, rng: np.random.Generator, tries: int = 20) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
         """Two different views of one random subject: (img1, mask1, img2, mask2)."""
+        s, i, j = self.sample_pair_ids(rng, tries)
+        return (*self.view(s, i), *self.view(s, j))
+
+    def sample_pair_ids(self, rng: np.random.Generator, tries: int = 20) -> tuple[str, int, int]:
+        """Which views :meth:`sample_pair` draws with the same ``rng`` state: (subject, i, j)."""
         subs = self.pair_subjects
         if not subs:
             raise DatasetError(f"multi-view folder '{self.root}': no subject has two or more views")
@@ -207,7 +212,7 @@ class MultiViewFolder:
             i, j = (int(v) for v in rng.choice(self.n_views(s), size=2, replace=False))
             c = self._views[s]
             if c.usable(i) and c.usable(j):
-                return (*c.get(i), *c.get(j))
+                return s, i, j
         raise DatasetError(f"multi-view folder '{self.root}': no pair of views with usable object masks found")
 
 

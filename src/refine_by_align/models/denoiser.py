@@ -9,21 +9,47 @@ from diffusers import UNet2DConditionModel
 from ..config import ModelConfig
 from .pretrained import pretrained_part
 
-__all__ = ["build_unet", "load_pretrained_unet"]
+__all__ = ["build_unet", "load_pretrained_unet", "unet_in_channels", "widen_conv_in"]
 
 # config entries that do not change the weights or what the network computes
 _FREE_KEYS = {"sample_size", "in_channels"}
 
 
+def unet_in_channels(cfg: ModelConfig) -> int:
+    """2C + 1 (noisy sample, masked image, mask), + 1 with ``cfg.warp_channel`` (the warp's trust map)."""
+    return 2 * cfg.latent_channels + 1 + int(bool(cfg.warp_channel))
+
+
+def widen_conv_in(unet: UNet2DConditionModel, in_channels: int) -> UNet2DConditionModel:
+    """Give ``unet``'s first convolution ``in_channels`` inputs: the existing ones keep their
+    weights and the new ones (appended after them) get zero weights, so that the widened U-Net
+    computes exactly what it computed before whatever the new channels hold. In place; returns it."""
+    old = unet.conv_in
+    if in_channels < old.in_channels:
+        raise ValueError(f"cannot narrow conv_in from {old.in_channels} to {in_channels} input channels")
+    if in_channels == old.in_channels:
+        return unet
+    new = nn.Conv2d(in_channels, old.out_channels, old.kernel_size, old.stride, old.padding,
+                    dtype=old.weight.dtype, device=old.weight.device)
+    with torch.no_grad():
+        new.weight.zero_()
+        new.weight[:, : old.in_channels] = old.weight
+        new.bias.copy_(old.bias)
+    unet.conv_in = new
+    unet.register_to_config(in_channels=in_channels)
+    return unet
+
+
 def build_unet(cfg: ModelConfig) -> UNet2DConditionModel:
-    """Inputs: noisy sample (C), masked image (C), mask (1) -> predicted noise (C).
+    """Inputs: noisy sample (C), masked image (C), mask (1) [, warp trust (1) with
+    ``cfg.warp_channel``] -> predicted noise (C).
 
     C = 3 in pixel space, 4 in an autoencoder's latent space."""
     u = cfg.unet
     c = cfg.latent_channels
     return UNet2DConditionModel(
         sample_size=cfg.resolution // cfg.latent_downsample,
-        in_channels=2 * c + 1,
+        in_channels=unet_in_channels(cfg),
         out_channels=c,
         down_block_types=tuple(u.down_block_types),
         up_block_types=tuple(u.up_block_types),
@@ -66,18 +92,12 @@ def load_pretrained_unet(cfg: ModelConfig) -> UNet2DConditionModel:
         listed = "; ".join(f"{k}: checkpoint {have.get(k)!r}, config {need.get(k)!r}" for k in diff)
         raise ValueError(f"the U-Net '{cfg.unet_pretrained}' does not fit the '{cfg.name}' config: {listed}")
     if unet.config.in_channels == c:  # text-to-image: widen conv_in for [z_t, masked image, mask]
-        old = unet.conv_in
-        new = nn.Conv2d(2 * c + 1, old.out_channels, old.kernel_size, old.stride, old.padding, dtype=old.weight.dtype)
-        with torch.no_grad():
-            new.weight.zero_()
-            new.weight[:, :c] = old.weight
-            new.bias.copy_(old.bias)
-        unet.conv_in = new
-        unet.register_to_config(in_channels=2 * c + 1)
+        widen_conv_in(unet, 2 * c + 1)
     elif unet.config.in_channels != 2 * c + 1:
         raise ValueError(
             f"the U-Net '{cfg.unet_pretrained}' takes {unet.config.in_channels} input channels: an inpainting U-Net takes "
             f"{2 * c + 1} (noisy latent, masked image, mask) and a text-to-image one {c}"
         )
+    widen_conv_in(unet, unet_in_channels(cfg))  # the warp's trust channel, zero-initialised (cfg.warp_channel)
     unet.register_to_config(sample_size=cfg.resolution // cfg.latent_downsample)
     return unet

@@ -213,18 +213,38 @@ class RefineByAlignModel(ModelMixin, ConfigMixin):
         return ((x + 1.0) / 2.0).clamp(0.0, 1.0)
 
     def inpainting_inputs(
-        self, images: torch.Tensor, mask: torch.Tensor, with_sample: bool = True, encode=None
+        self,
+        images: torch.Tensor,
+        mask: torch.Tensor,
+        with_sample: bool = True,
+        encode=None,
+        warp: torch.Tensor | None = None,
+        trust: torch.Tensor | None = None,
     ) -> tuple[torch.Tensor | None, torch.Tensor, torch.Tensor, torch.Tensor]:
         """Everything the U-Net needs about one crop, with one autoencoder pass:
         (z_0 of ``images`` or None, the hole-filled image (B, 3, H, W) in [0, 1] (the hole filled as
         ``cfg.hole_fill`` says, fill.py), its sample-space masked input (B, C, h, w), the
         sample-space mask (B, 1, h, w)). ``with_sample=False``
-        skips z_0 (the refinement stage alone does not need it); ``encode`` as in :meth:`to_latent`."""
-        prefill = fill_hole(images, mask, self.cfg.hole_fill)
+        skips z_0 (the refinement stage alone does not need it); ``encode`` as in :meth:`to_latent`.
+
+        ``hole_fill="warp"``: ``warp`` (B, 3, H, W) in [0, 1] is the warped reference and ``trust``
+        (B, 1, H, W) where it fills the hole (None: no warp, Telea everywhere). With
+        ``cfg.warp_channel`` the masked input carries the trust map (at the sample resolution,
+        zeros without a warp) as one more channel: (B, C + 1, h, w); :meth:`denoise` passes it to
+        the U-Net as its last input channel."""
+        if self.cfg.hole_fill == "warp":
+            prefill = fill_hole(images, mask, "warp", warp, trust)
+        else:
+            prefill = fill_hole(images, mask, self.cfg.hole_fill)
         if with_sample:
             sample, masked = self.to_latent(torch.cat([images, prefill]), encode).chunk(2)  # (B, C, h, w) each
         else:
             sample, masked = None, self.to_latent(prefill, encode)
+        if self.cfg.warp_channel:
+            t = torch.zeros_like(mask) if trust is None or self.cfg.hole_fill != "warp" else ((trust > 0.5) & (mask > 0.5)).to(mask.dtype)
+            f = self.cfg.latent_downsample
+            t = t if f == 1 else torch.nn.functional.avg_pool2d(t, f)
+            masked = torch.cat([masked, t.to(masked.dtype)], dim=1)
         return sample, prefill, masked, self.latent_mask(mask)
 
     def latent_mask(self, mask: torch.Tensor) -> torch.Tensor:
@@ -243,11 +263,18 @@ class RefineByAlignModel(ModelMixin, ConfigMixin):
         reference: torch.Tensor | None = None,  # (B, 3, H, W) reference images in [0, 1] to encode
         drop: torch.Tensor | None = None,  # (B,) bool: use the null tokens instead (guidance training)
     ) -> torch.Tensor:
-        """Predicted noise (B, C, h, w) for the inpainting input [z_t, masked image, mask].
+        """Predicted noise (B, C, h, w) for the inpainting input [z_t, masked image, mask]
+        (``masked`` has C + 1 channels with ``cfg.warp_channel``: :meth:`inpainting_inputs`).
 
         Pass ``context`` (pre-encoded, as pipelines do) or ``reference`` (encoded here, so that in
         distributed training the encoder runs inside the wrapped forward)."""
-        if not (noisy.shape == masked.shape and noisy.shape[-2:] == mask.shape[-2:] and mask.shape[1] == 1):
+        extra = int(bool(self.cfg.warp_channel))
+        if not (
+            noisy.shape[:1] + noisy.shape[2:] == masked.shape[:1] + masked.shape[2:]
+            and masked.shape[1] == noisy.shape[1] + extra
+            and noisy.shape[-2:] == mask.shape[-2:]
+            and mask.shape[1] == 1
+        ):
             raise ValueError(
                 f"shape mismatch: noisy {tuple(noisy.shape)}, masked {tuple(masked.shape)}, mask {tuple(mask.shape)}"
             )
@@ -264,13 +291,16 @@ class RefineByAlignModel(ModelMixin, ConfigMixin):
         self,
         noisy: torch.Tensor,  # (B, C, h, w) z_t
         timesteps: torch.Tensor,  # (B,) or scalar
-        masked: torch.Tensor,  # (B, C, h, w)
+        masked: torch.Tensor,  # (B, C, h, w), or (B, C + 1, h, w) with the trust map (cfg.warp_channel)
         mask: torch.Tensor,  # (B, 1, h, w)
         context: torch.Tensor,  # (B, T, C_ctx)
         unet=None,  # a compiled stand-in for self.unet (pipelines' enable_compile), or None
     ) -> torch.Tensor:
-        """One U-Net prediction on [z_t, masked image, mask], in the model's dtype; (B, C, h, w)."""
+        """One U-Net prediction on [z_t, masked image, mask (, warp trust)], in the model's dtype;
+        (B, C, h, w). The trust map is the U-Net's last input channel, so that a model widened
+        from one without it (zero weights there) computes what that model computed."""
         dtype = self.unet.conv_in.weight.dtype  # (ModelMixin.dtype walks every parameter)
-        x = torch.cat([noisy, masked, mask.to(noisy.dtype)], dim=1).to(dtype)
+        c = noisy.shape[1]
+        x = torch.cat([noisy, masked[:, :c], mask.to(noisy.dtype), masked[:, c:].to(noisy.dtype)], dim=1).to(dtype)
         net = self.unet if unet is None else unet  # (not `unet or ...`: a compiled module has no truth value)
         return net(x, timesteps, encoder_hidden_states=context.to(dtype)).sample

@@ -130,7 +130,7 @@ def sift_matches(
     return Matches(img_xy, ref_xy, np.clip(weight, 0.05, 1.0), {"sift": len(good)})
 
 
-def aliked_features(model, rgb: np.ndarray, mask: np.ndarray | None, box: Box | None = None, max_side: int = 384, max_keypoints: int = 2048):
+def aliked_features(model, rgb: np.ndarray, mask: np.ndarray | None, box: Box | None = None, max_side: int = 384, max_keypoints: int = 1024):
     """ALIKED keypoints and descriptors of ``rgb`` inside ``box`` (the whole image by default),
     computed at most ``max_side`` px on the longer side (the matcher's cost grows with the pixels:
     about 1 s at 384 px on 2 CPU cores) and returned in the full image's pixel coordinates."""
@@ -158,7 +158,7 @@ def aliked_matches(
     reference_mask: np.ndarray | None,
     model,
     exclude_px: int = 4,
-    max_keypoints: int = 2048,
+    max_keypoints: int = 1024,
     min_similarity: float = 0.75,
     flip: bool = False,
     image_features: tuple | None = None,
@@ -501,6 +501,7 @@ class WarpFill:
 
     patch: np.ndarray  # (h, w, 3) uint8: colour-corrected warp
     use: np.ndarray  # (h, w) bool: the pixels of the mask the warp is trusted for
+    weight: np.ndarray  # (h, w) float32 in [0, 1]: how much of the warp to blend in (0 off ``use``)
     ncc: float  # agreement of the corrected warp with the image in the ring outside the mask
     coverage: float  # fraction of the mask whose source lies on the reference object
     gain: np.ndarray  # (3,) colour gain
@@ -513,13 +514,16 @@ def warp_fill(
     reference: np.ndarray,
     fld: DenseField,
     ring_px: tuple[int, int] = (2, 12),
-    min_ncc: float = 0.4,
+    min_ncc: float = 0.5,
+    full_ncc: float = 0.95,
     min_confidence: float = 0.05,
 ) -> WarpFill:
     """Warp the reference into the box, match its colours to the image in a ring outside the mask,
     and decide where to trust it: pixels of the mask whose source lies on the reference object with
     confidence >= ``min_confidence``, and only if the corrected warp agrees with the image in the
-    ring (normalised cross-correlation of the grey values >= ``min_ncc``; otherwise nothing)."""
+    ring (normalised cross-correlation of the grey values >= ``min_ncc``; otherwise nothing). The
+    blend weight rises linearly from 0 at ``min_ncc`` to 1 at ``full_ncc``: a warp that agrees only
+    roughly (a real second view) is mixed with the fallback fill rather than pasted whole."""
     warped = fld.sample(reference).astype(np.float32)  # (h, w, 3)
     band = ring(mask_box, *ring_px) & fld.on_object
     if band.sum() < 16:
@@ -533,4 +537,6 @@ def warp_fill(
     m = np.asarray(mask_box, bool)
     coverage = float((fld.on_object & m).sum() / max(m.sum(), 1))
     use = m & trusted if ncc >= min_ncc else np.zeros_like(m)
-    return WarpFill(np.rint(corrected).astype(np.uint8), use, ncc, coverage, gain, offset)
+    a = 1.0 if full_ncc <= min_ncc else float(np.clip((ncc - min_ncc) / (full_ncc - min_ncc), 0.0, 1.0))
+    weight = use.astype(np.float32) * a
+    return WarpFill(patch=np.rint(corrected).astype(np.uint8), use=use, weight=weight, ncc=ncc, coverage=coverage, gain=gain, offset=offset)

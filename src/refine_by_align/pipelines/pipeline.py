@@ -564,32 +564,32 @@ class RefineByAlignPipeline(DiffusionPipeline):
         # 3. The warp: the reference sampled through the field, colour-matched to the image around
         #    the mask, trusted where it agrees with the image there and lands on the object.
         t2 = time.perf_counter()
-        use = np.zeros_like(mask_box)
+        weight = np.zeros(mask_box.shape, np.float32)  # (N, N) how much of the warp goes in
         wf = None
         if warp and result is not None and result.field is not None:
             wf = warp_fill(image_box, mask_box, p.reference, result.field)
-            use = wf.use
-            if not use.any():
+            weight = wf.weight
+            if not wf.use.any():
                 notes.append(
-                    f"the warped reference does not match the image around the mask (ring correlation {wf.ncc:.2f} < 0.4): "
+                    f"the warped reference does not match the image around the mask (ring correlation {wf.ncc:.2f} < 0.5): "
                     "refined without the warp"
                 )
-        warp_fraction = float(use.sum() / max(int(mask_box.sum()), 1))
+        warp_fraction = float(weight[mask_box].mean()) if mask_box.any() else 0.0
         timings["warp"] = time.perf_counter() - t2
 
         # 4. The model redraws what the warp does not cover (all of the mask without a warp).
         patch = image_box.copy()
         timings["encode_reference"] = timings["denoise"] = 0.0
-        if (mask_box & ~use).any():
+        if (mask_box & (weight < 1.0)).any():
             if inputs is None:
                 inputs = self.crop_inputs(p, with_sample=False)  # crop (1, 3, S, S), U-Net inputs (1, C, h, w)
             patch = self._redraw(p, inputs, region, steps, guidance, k, seed, timings)  # (N, N, 3) uint8
 
         # 5. Composite and paste the crop back: pixels outside the dilated mask stay bit-identical.
         t4 = time.perf_counter()
-        if wf is not None and use.any():
-            patch = patch.copy()
-            patch[use] = wf.patch[use]
+        if wf is not None and weight.any():
+            wt = weight[..., None]
+            patch = np.clip(np.rint(patch.astype(np.float32) * (1.0 - wt) + wf.patch.astype(np.float32) * wt), 0, 255).astype(np.uint8)
         if not np.isfinite(patch.astype(np.float32)).all():
             raise RuntimeError("the refinement produced non-finite values")
         result_image = paste_back(p.image, patch, p.crop_box, p.mask, cfg.paste_dilate, cfg.paste_feather)

@@ -94,8 +94,17 @@ def load_train_config(name_or_path: str) -> TrainConfig:
 def init_weights(model: RefineByAlignModel, folder: str | Path) -> None:
     """Copy the weights of a saved model folder (safetensors only) into ``model``; every tensor
     must match by name and shape (the configs may differ only in sampling fields such as
-    ``prediction_type``, which is how a split run changes parameterisation)."""
-    src = RefineByAlignModel.load(folder).state_dict()
+    ``prediction_type``, which is how a split run changes parameterisation). One exception: a
+    model with the warp's trust channel (``warp_channel``) starts from one without it, its U-Net's
+    first convolution widened with zero weights for the new channel (denoiser.widen_conv_in), so
+    that it starts out computing what the saved model computes."""
+    from ..models.denoiser import widen_conv_in
+
+    loaded = RefineByAlignModel.load(folder)
+    want = model.unet.conv_in.in_channels
+    if loaded.unet.conv_in.in_channels < want and model.cfg.warp_channel and not loaded.cfg.warp_channel:
+        widen_conv_in(loaded.unet, want)
+    src = loaded.state_dict()
     dst = model.state_dict()
     missing = sorted(set(dst) - set(src))
     unexpected = sorted(set(src) - set(dst))
@@ -147,7 +156,10 @@ def build_dataset(tc: TrainConfig, mcfg: ModelConfig, seed_offset: int = 0):
         if root is not None:
             print(f"note: no multi-view photos at '{root}': training on synthetic objects only")
         mode_weights.pop("multiview", None)
-    pair_cfg = PairConfig(size=mcfg.resolution, ref_size=mcfg.encoder_image_size, grow=mcfg.zoom_grow, min_size=mcfg.zoom_min_size)
+    pair_cfg = PairConfig(
+        size=mcfg.resolution, ref_size=mcfg.encoder_image_size, grow=mcfg.zoom_grow, min_size=mcfg.zoom_min_size,
+        warp_prefill=mcfg.hole_fill == "warp",  # pairs carry the (imperfect) warped reference and its trust map
+    )
     return PairDataset(
         sources,
         mode_weights=mode_weights,
@@ -192,7 +204,8 @@ def evaluate(model: RefineByAlignModel, batch: dict, noise_scheduler, layer: str
       of the true one, at the alignment layer, t = 0."""
     model.eval()
     dev = next(model.parameters()).device
-    x0, _, masked, mask = model.inpainting_inputs(batch["image"].to(dev), batch["mask"].to(dev))  # one autoencoder pass
+    warp, trust = (batch[k].to(dev) if k in batch else None for k in ("warp", "trust"))  # hole_fill "warp" pairs
+    x0, _, masked, mask = model.inpainting_inputs(batch["image"].to(dev), batch["mask"].to(dev), warp=warp, trust=trust)  # one autoencoder pass
     g = torch.Generator("cpu").manual_seed(1234)
     noise = torch.randn(x0.shape, generator=g).to(dev)
     t = torch.full((x0.shape[0],), 500, dtype=torch.long, device=dev)
@@ -338,7 +351,8 @@ def train(tc: TrainConfig, run_dir: str | Path, resume: bool = False, max_steps:
         b = image.shape[0]
         with accelerator.accumulate(model), accelerator.autocast():
             with torch.no_grad():  # z_0 (B, C, h, w), masked input, mask at sample resolution: one autoencoder pass
-                x0, _, masked, lmask = unwrapped.inpainting_inputs(image, mask)
+                warp, trust = (batch[k].to(accelerator.device) if k in batch else None for k in ("warp", "trust"))
+                x0, _, masked, lmask = unwrapped.inpainting_inputs(image, mask, warp=warp, trust=trust)
             noise = torch.randn_like(x0)
             t = torch.randint(0, mcfg.num_train_timesteps, (b,), device=x0.device)
             zt = noise_scheduler.add_noise(x0, noise, t)

@@ -1,0 +1,243 @@
+"""ALIKED (Zhao et al., IEEE TIM 2023): the grid_sample deformable convolution against a direct loop
+with torchvision's semantics, matching helpers, and (when ../shared/weights is there) the published
+weights: strict load, shapes, determinism and matches on a synthetic homography of a real photo."""
+
+import math
+import os
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from safetensors import safe_open
+
+from refine_by_align.models.aliked import (
+    ALIKED,
+    deform_conv2d,
+    detect_and_describe,
+    detect_keypoints,
+    find_weights,
+    mutual_nn_matches,
+)
+
+REPO = Path(__file__).resolve().parents[2]
+PHOTO = REPO.parent / "shared" / "data" / "dreambooth-train" / "cat" / "00.jpg"
+
+
+# ----------------------------------------------------------------------------- deformable convolution
+
+
+def _bilinear_tv(img: np.ndarray, y: float, x: float) -> np.ndarray:
+    """torchvision's deform_conv2d bilinear_interpolate: img (C, H, W) at (y, x), corners outside
+    the image count as zero, and the sample is zero when y <= -1, y >= H, x <= -1 or x >= W."""
+    c, h, w = img.shape
+    if y <= -1 or y >= h or x <= -1 or x >= w:
+        return np.zeros(c)
+    y0, x0 = math.floor(y), math.floor(x)
+    ly, lx = y - y0, x - x0
+    out = np.zeros(c)
+    for yy, xx, wt in ((y0, x0, (1 - ly) * (1 - lx)), (y0, x0 + 1, (1 - ly) * lx), (y0 + 1, x0, ly * (1 - lx)), (y0 + 1, x0 + 1, ly * lx)):
+        if 0 <= yy < h and 0 <= xx < w:
+            out += wt * img[:, yy, xx]
+    return out
+
+
+def _deform_conv_loop(inp, offset, weight, bias, stride, padding, dilation, mask):
+    """Direct, slow deformable convolution: one bilinear sample per (batch, output pixel, tap)."""
+    inp, offset, weight = inp.double().numpy(), offset.double().numpy(), weight.double().numpy()
+    mask = None if mask is None else mask.double().numpy()
+    b, c, h, w = inp.shape
+    o, _, kh, kw = weight.shape
+    ho, wo = offset.shape[-2:]
+    g = offset.shape[1] // (2 * kh * kw)
+    cg = c // g
+    out = np.zeros((b, o, ho, wo))
+    for bi in range(b):
+        for y in range(ho):
+            for x in range(wo):
+                cols = np.zeros((c, kh, kw))
+                for gi in range(g):
+                    for i in range(kh):
+                        for j in range(kw):
+                            k = i * kw + j
+                            dy = offset[bi, 2 * (gi * kh * kw + k), y, x]
+                            dx = offset[bi, 2 * (gi * kh * kw + k) + 1, y, x]
+                            py = y * stride - padding + i * dilation + dy
+                            px = x * stride - padding + j * dilation + dx
+                            v = _bilinear_tv(inp[bi, gi * cg : (gi + 1) * cg], py, px)
+                            if mask is not None:
+                                v = v * mask[bi, gi * kh * kw + k, y, x]
+                            cols[gi * cg : (gi + 1) * cg, i, j] = v
+                out[bi, :, y, x] = np.einsum("ocij,cij->o", weight, cols)
+    if bias is not None:
+        out += bias.double().numpy()[None, :, None, None]
+    return torch.from_numpy(out)
+
+
+@pytest.mark.parametrize(
+    "stride,padding,dilation,groups,use_mask,use_bias",
+    [(1, 1, 1, 1, False, False), (2, 1, 1, 1, False, True), (1, 2, 2, 2, True, True), (1, 0, 1, 1, False, False)],
+)
+def test_deform_conv2d_matches_direct_loop(stride, padding, dilation, groups, use_mask, use_bias):
+    g = torch.Generator().manual_seed(stride * 100 + padding * 10 + dilation + groups)
+    b, c, h, w, o, k = 2, 4, 6, 7, 3, 3
+    inp = torch.randn(b, c, h, w, generator=g)
+    weight = torch.randn(o, c, k, k, generator=g)
+    bias = torch.randn(o, generator=g) if use_bias else None
+    ho = (h + 2 * padding - dilation * (k - 1) - 1) // stride + 1
+    wo = (w + 2 * padding - dilation * (k - 1) - 1) // stride + 1
+    # offsets of a few pixels: many samples fall between pixels and some outside the image
+    offset = 2.5 * torch.randn(b, 2 * groups * k * k, ho, wo, generator=g)
+    mask = torch.rand(b, groups * k * k, ho, wo, generator=g) if use_mask else None
+    got = deform_conv2d(inp, offset, weight, bias, stride=stride, padding=padding, dilation=dilation, mask=mask)
+    want = _deform_conv_loop(inp, offset, weight, bias, stride, padding, dilation, mask)
+    assert got.shape == (b, o, ho, wo)
+    torch.testing.assert_close(got.double(), want, atol=1e-4, rtol=1e-4)
+
+
+def test_deform_conv2d_zero_offset_is_conv2d_and_one_pixel_shift():
+    g = torch.Generator().manual_seed(1)
+    inp, weight = torch.randn(1, 3, 9, 8, generator=g), torch.randn(5, 3, 3, 3, generator=g)
+    zero = torch.zeros(1, 18, 9, 8)
+    torch.testing.assert_close(deform_conv2d(inp, zero, weight, padding=1), torch.nn.functional.conv2d(inp, weight, padding=1), atol=1e-5, rtol=1e-5)
+    # offsets are (dy, dx) per tap: dy = +1 everywhere reads one row lower
+    dy = zero.clone()
+    dy[:, 0::2] = 1.0
+    shifted = deform_conv2d(inp, dy, weight, padding=1)
+    ref = torch.nn.functional.conv2d(torch.nn.functional.pad(inp, (1, 1, 0, 2)), weight)  # tap i of row y reads row y + i
+    torch.testing.assert_close(shifted, ref, atol=1e-5, rtol=1e-5)
+
+
+# ----------------------------------------------------------------------------- helpers without weights
+
+
+def test_mutual_nn_matches_and_ratio():
+    rng = np.random.default_rng(0)
+    a = rng.normal(size=(50, 16)).astype(np.float32)
+    a /= np.linalg.norm(a, axis=1, keepdims=True)
+    perm = rng.permutation(50)
+    b = a[perm] + 0.01 * rng.normal(size=(50, 16)).astype(np.float32)
+    m = mutual_nn_matches(a, b)
+    assert m.shape == (50, 2) and m.dtype == np.int64
+    assert np.array_equal(perm[m[:, 1]], m[:, 0])
+    assert len(mutual_nn_matches(a, b, ratio=0.8)) == 50
+    # an ambiguous b (two near-copies of a[0]) fails the ratio test but can stay mutual without it
+    b2 = np.stack([a[0] + 0.01 * a[1], a[0] + 0.01 * a[2]])
+    assert len(mutual_nn_matches(a[:1], b2, ratio=0.8)) == 0
+    assert len(mutual_nn_matches(a[:1], b2)) == 1
+    assert len(mutual_nn_matches(a, b, min_similarity=1.01)) == 0
+    m = mutual_nn_matches(a, -a, min_similarity=0.5)
+    assert len(m) < 50 and ((a[m[:, 0]] * -a[m[:, 1]]).sum(1) >= 0.5).all()
+    assert mutual_nn_matches(a[:0], b).shape == (0, 2)
+
+
+def test_detect_keypoints_subpixel_and_border():
+    # a symmetric blob centred between pixels (x = 10.5, y = 7): soft-argmax puts it in between
+    yy, xx = np.mgrid[0:20, 0:24]
+    s = np.exp(-((xx - 10.5) ** 2 + (yy - 7.0) ** 2) / 1.0)
+    s[1, 1] = 0.9  # a maximum inside the border margin is dropped
+    kp, sc = detect_keypoints(torch.tensor(s, dtype=torch.float32), radius=2, max_keypoints=10)
+    assert len(kp) >= 1
+    np.testing.assert_allclose(kp[0].numpy(), [10.5, 7.0], atol=5e-3)  # (the 5x5 window is not symmetric about 10.5)
+    assert not ((kp[:, 0] < 2) & (kp[:, 1] < 2)).any()
+    assert sc[0] > 0.5
+
+
+def test_find_weights_lookup(tmp_path, monkeypatch):
+    f = tmp_path / "aliked" / "aliked-t16.safetensors"
+    f.parent.mkdir()
+    f.write_bytes(b"")
+    assert find_weights("aliked-t16", f) == f
+    assert find_weights("aliked-t16", tmp_path / "aliked") == f
+    assert find_weights("aliked-t16", tmp_path) == f  # a folder holding aliked/NAME.safetensors
+    assert find_weights("aliked-t16", tmp_path / "missing.safetensors") is None
+    monkeypatch.setenv("REFINE_BY_ALIGN_WEIGHTS", str(tmp_path))
+    assert find_weights("aliked-t16") == f
+    monkeypatch.chdir(tmp_path)
+    assert find_weights("aliked-nonexistent") is None
+
+
+def test_from_pretrained_missing_says_where(tmp_path):
+    with pytest.raises(FileNotFoundError, match="looked in") as e:
+        ALIKED.from_pretrained(tmp_path / "nope.safetensors")
+    assert "\n" not in str(e.value)
+    with pytest.raises(ValueError, match="safetensors"):
+        ALIKED.from_pretrained(tmp_path / "aliked-n16.pth")
+
+
+# ----------------------------------------------------------------------------- published weights
+
+
+@pytest.fixture(scope="module")
+def weights_path():
+    p = find_weights("aliked-n16")
+    if p is None:
+        pytest.skip(
+            "../shared/weights/aliked/aliked-n16.safetensors not found: put the shared folder next to the "
+            "repository or set REFINE_BY_ALIGN_WEIGHTS to a folder holding aliked/aliked-n16.safetensors"
+        )
+    return p
+
+
+@pytest.fixture(scope="module")
+def model(weights_path):
+    torch.set_num_threads(min(2, os.cpu_count() or 1))
+    return ALIKED.from_pretrained("aliked-n16")
+
+
+def test_strict_load_shapes_no_nan_determinism(model, weights_path):
+    assert not model.training
+    sd = model.state_dict()
+    with safe_open(str(weights_path), "pt") as f:
+        assert set(f.keys()) == set(sd)
+        for k in ("block1.bn1.running_var", "block4.conv2.offset_conv.weight", "desc_head.agg_weights"):
+            assert torch.equal(f.get_tensor(k), sd[k])
+    g = torch.Generator().manual_seed(0)
+    image = torch.rand(2, 3, 70, 90, generator=g)  # not a multiple of 32: padded and cropped back
+    with torch.no_grad():
+        score, desc = model(image)
+        score2, desc2 = model(image)
+    assert score.shape == (2, 1, 70, 90) and desc.shape == (2, 128, 70, 90)
+    assert torch.isfinite(score).all() and torch.isfinite(desc).all()
+    assert (score > 0).all() and (score < 1).all()
+    torch.testing.assert_close(desc.norm(dim=1), torch.ones(2, 70, 90), atol=1e-4, rtol=0)
+    assert torch.equal(score, score2) and torch.equal(desc, desc2)
+
+    rgb = (image[0].permute(1, 2, 0).numpy() * 255).astype(np.uint8)
+    k1, d1, s1 = detect_and_describe(model, rgb, max_keypoints=50)
+    k2, d2, s2 = detect_and_describe(model, rgb, max_keypoints=50)
+    assert k1.shape == (50, 2) and d1.shape == (50, 128) and s1.shape == (50,)
+    assert k1.dtype == d1.dtype == s1.dtype == np.float32
+    assert np.isfinite(d1).all() and np.allclose(np.linalg.norm(d1, axis=1), 1, atol=1e-4)
+    assert np.array_equal(k1, k2) and np.array_equal(d1, d2) and np.array_equal(s1, s2)
+    assert (k1[:, 0] >= 0).all() and (k1[:, 0] <= 89).all() and (k1[:, 1] >= 0).all() and (k1[:, 1] <= 69).all()
+
+    mask = np.zeros((70, 90), bool)
+    mask[:, :45] = True
+    km, _, _ = detect_and_describe(model, rgb, mask=mask, max_keypoints=50)
+    assert len(km) > 0 and (np.round(km[:, 0]) < 45).all()
+
+
+def test_matches_on_synthetic_homography(model):
+    cv2 = pytest.importorskip("cv2")
+    if not PHOTO.is_file():
+        pytest.skip(f"{PHOTO} not found (the shared photos are absent)")
+    rgb = cv2.cvtColor(cv2.imread(str(PHOTO)), cv2.COLOR_BGR2RGB)
+    rgb = cv2.resize(rgb, (320, 240), interpolation=cv2.INTER_AREA)
+    h, w = rgb.shape[:2]
+    # rotation 10 degrees, scale 0.9 about the centre, and a moderate perspective
+    a, s = math.radians(10), 0.9
+    centre = np.array([[1, 0, w / 2], [0, 1, h / 2], [0, 0, 1]])
+    rot = np.array([[s * math.cos(a), -s * math.sin(a), 0], [s * math.sin(a), s * math.cos(a), 0], [0, 0, 1]])
+    persp = np.array([[1, 0, 0], [0, 1, 0], [4e-4, -3e-4, 1]])
+    H = centre @ persp @ rot @ np.linalg.inv(centre)
+    H /= H[2, 2]
+    warped = cv2.warpPerspective(rgb, H, (w, h), flags=cv2.INTER_LINEAR)
+    ka, da, _ = detect_and_describe(model, rgb, max_keypoints=1024)
+    kb, db, _ = detect_and_describe(model, warped, max_keypoints=1024)
+    m = mutual_nn_matches(da, db)
+    assert len(m) >= 200
+    proj = cv2.perspectiveTransform(ka[m[:, 0]].astype(np.float64)[None], H)[0]
+    err = np.linalg.norm(proj - kb[m[:, 1]], axis=1)
+    assert np.mean(err < 3) >= 0.9, (len(m), np.mean(err < 3), np.median(err))
+    assert np.median(err) < 1.0

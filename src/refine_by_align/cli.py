@@ -127,6 +127,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--size", type=int, default=64, help="crop side in pixels")
     p.add_argument("--data-root", default="../shared/data/dreambooth-train", help="multi-view photo folder")
     p.add_argument("--output", required=True, help="PNG path")
+    p.add_argument("--warp", action="store_true", help="the pairs of a hole_fill='warp' model: add the warp prefill and its trust map")
 
     p = sub.add_parser("make-cases", help="build a case-folder benchmark from a multi-view photo folder")
     p.add_argument("--source", required=True, help="SUBJECT/NN.jpg + SUBJECT/NN_mask.png folder")
@@ -498,7 +499,7 @@ def cmd_show_pairs(args) -> int:
     root = args.data_root if args.data_root and Path(args.data_root).is_dir() else None
     if args.mode == "multiview" and root is None:
         raise CLIError(f"--mode multiview needs multi-view photos: '{args.data_root}' is not a folder")
-    out = show_pairs(args.mode, args.n, args.seed, args.output, size=args.size, data_root=root)
+    out = show_pairs(args.mode, args.n, args.seed, args.output, size=args.size, data_root=root, warp=args.warp)
     print(f"wrote {out}")
     return 0
 

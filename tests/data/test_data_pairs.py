@@ -187,3 +187,48 @@ def test_pair_dataset_on_photos(dreambooth_root):
     ds = PairDataset([mv], size=16, ref_size=16, seed=0, length=6)
     for i in range(6):
         _check_item(ds[i], 16, 16)
+
+
+def test_warp_prefill_pairs_shapes_trust_and_a_true_warp(tiny_multiview):
+    """warp_prefill pairs carry the warped reference and a {0, 1} trust map inside the hole; with
+    no noise, no colour change and no dropout the true-map warp reproduces the target where trusted;
+    p_no_warp = 1 gives no warp at all."""
+    import dataclasses
+
+    from refine_by_align.data.perturb import ColorConfig, WarpNoiseConfig
+
+    img, obj = render_object(np.random.default_rng(7), size=128)
+    clean = WarpNoiseConfig(p_no_warp=0.0, jitter_px=(0.0, 0.0), p_wrong=0.0, p_dropout=0.0)
+    same = ColorConfig(brightness=0.0, contrast=(1.0, 1.0), saturation=(1.0, 1.0), hue=0.0, gamma=(1.0, 1.0))
+    cfg = PairConfig(size=32, ref_size=32, warp_prefill=True, warp_noise=clean, color=same, geom=GeomConfig(p_nonrigid=0.0))
+    used = 0
+    for k in range(6):
+        fn = make_alignment_pair if k % 2 == 0 else make_refinement_pair
+        p = fn(img, obj, np.random.default_rng(k), cfg)
+        assert p.warp.shape == (3, 32, 32) and p.warp.dtype == np.float32 and 0 <= p.warp.min() and p.warp.max() <= 1
+        assert p.trust.shape == (1, 32, 32) and set(np.unique(p.trust).tolist()) <= {0.0, 1.0}
+        assert (p.trust <= p.mask).all()
+        t = p.trust[0] > 0.5
+        if t.sum() >= 4:
+            used += 1
+            assert np.abs(p.warp[:, t] - p.image[:, t]).mean() < 0.08
+    assert used >= 3
+    # noisy warps still give valid maps; p_no_warp = 1: zeros
+    noisy = dataclasses.replace(cfg, warp_noise=WarpNoiseConfig())
+    for k in range(4):
+        p = make_alignment_pair(img, obj, np.random.default_rng(k), noisy)
+        assert set(np.unique(p.trust).tolist()) <= {0.0, 1.0} and (p.trust <= p.mask).all()
+    none = dataclasses.replace(cfg, warp_noise=WarpNoiseConfig(p_no_warp=1.0))
+    p = make_alignment_pair(img, obj, np.random.default_rng(0), none)
+    assert not p.trust.any() and not p.warp.any()
+    # multi-view pairs (an estimated field) and the dataset's items
+    mv = MultiViewFolder(tiny_multiview)
+    i1, m1, i2, m2 = mv.sample_pair(np.random.default_rng(0))
+    p = make_multiview_pair(i1, m1, i2, m2, np.random.default_rng(1), dataclasses.replace(cfg, p_whole_object=0.0))
+    assert p.warp.shape == (3, 32, 32) and p.trust.shape == (1, 32, 32) and (p.trust <= p.mask).all()
+    ds = PairDataset([SyntheticSource(size=64, pool_size=4, seed=0), mv], size=16, ref_size=16, seed=0, length=6, cfg=PairConfig(warp_prefill=True))
+    for i in range(6):
+        d = ds[i]
+        assert d["warp"].shape == (3, 16, 16) and d["trust"].shape == (1, 16, 16)
+        assert set(d["trust"].unique().tolist()) <= {0.0, 1.0}
+    assert "warp" not in PairDataset([SyntheticSource(size=64, pool_size=4, seed=0)], size=16, ref_size=16, length=1)[0]

@@ -373,3 +373,43 @@ def test_pretrained_parts_that_cannot_be_had_name_themselves(tmp_path):
     vae = dataclasses.replace(cfg, latent="vae-tiny", resolution=32, vae_pretrained=str(tmp_path / "sd"), vae_subfolder="vae")
     with pytest.raises(ValueError, match=r"cannot load the autoencoder weights .*sd \(subfolder vae\)"):
         RefineByAlignModel.from_model_config(vae)
+
+
+def test_warp_channel_model_widened_from_a_saved_one_computes_what_it_computed(tmp_path):
+    """hole_fill "warp" + warp_channel: init_weights widens the saved U-Net's conv_in with zero
+    weights for the trust channel, so the new model starts out computing exactly what the saved
+    one computes, whatever the trust map holds; the masked input carries C + 1 channels."""
+    import dataclasses
+
+    from refine_by_align.training.train import init_weights
+
+    torch.manual_seed(0)
+    old = RefineByAlignModel.from_model_config(dataclasses.replace(get_config("tiny"), hole_fill="telea"), load_pretrained=False).eval()
+    old.save_pretrained(tmp_path / "old", safe_serialization=True)
+    cfg = dataclasses.replace(get_config("tiny"), hole_fill="warp", warp_channel=True)
+    new = RefineByAlignModel.from_model_config(cfg, load_pretrained=False).eval()
+    assert new.unet.conv_in.in_channels == old.unet.conv_in.in_channels + 1 == 8
+    init_weights(new, tmp_path / "old")
+    assert torch.equal(new.unet.conv_in.weight[:, -1], torch.zeros_like(new.unet.conv_in.weight[:, -1]))
+    g = torch.Generator().manual_seed(1)
+    images = torch.rand(2, 3, 16, 16, generator=g)
+    mask = torch.zeros(2, 1, 16, 16)
+    mask[:, :, 4:12, 5:11] = 1
+    warp = torch.rand(2, 3, 16, 16, generator=g)
+    trust = (torch.rand(2, 1, 16, 16, generator=g) > 0.5).float() * mask
+    _, prefill, masked, lmask = new.inpainting_inputs(images, mask, warp=warp, trust=trust)
+    assert masked.shape == (2, 4, 16, 16) and torch.equal(masked[:, 3:], trust)
+    assert torch.equal(prefill[trust.expand(-1, 3, -1, -1) > 0.5], warp[trust.expand(-1, 3, -1, -1) > 0.5])
+    assert torch.equal(prefill[mask.expand(-1, 3, -1, -1) < 0.5], images[mask.expand(-1, 3, -1, -1) < 0.5])
+    noisy = torch.randn(2, 3, 16, 16, generator=g)
+    t = torch.tensor([10, 700])
+    ref = torch.rand(2, 3, 8, 8, generator=g)
+    with torch.no_grad():
+        a = old(noisy, t, masked[:, :3], lmask, reference=ref)
+        b = new(noisy, t, masked, lmask, reference=ref)
+    assert torch.equal(a, b)
+    # no warp given: Telea in the hole (as the "telea" fill) and a zero trust channel
+    _, pre0, masked0, _ = new.inpainting_inputs(images, mask)
+    assert torch.equal(pre0, fill_hole(images, mask, "telea")) and not masked0[:, 3:].any()
+    with pytest.raises(ValueError, match="shape mismatch"):
+        new(noisy, t, masked[:, :3], lmask, reference=ref)  # the trust channel is required

@@ -156,3 +156,65 @@ def test_no_field_from_too_few_matches():
     fld, info = dense_alignment(img, mask, img, None, zoom_box(mask, 2.0, 32), ("sift",))
     assert fld is None and info["candidates"] == {}
     assert dense_field is not None
+
+
+def _photo_like_case():
+    """A textured scene, its artifact, and a reference that is the same scene rotated and scaled."""
+    H = _sim(angle=10.0, scale=0.95)
+    image, mask, ref, valid, H_true = _case(H, seed=3)
+    target = image.copy()
+    garbled = image.copy()
+    garbled[mask] = 255 - garbled[mask]  # the artifact: inverted colours
+    return garbled, target, mask, ref, valid
+
+
+def test_pipeline_dense_alignment_redraws_from_the_warped_reference(tiny_pipe):
+    from PIL import Image
+
+    from refine_by_align.evaluation.metrics import masked_psnr
+
+    garbled, target, mask, ref, valid = _photo_like_case()
+    tiny_pipe.set_matcher(enabled=False)  # SIFT alone: no dependence on ../shared
+    try:
+        out = tiny_pipe(Image.fromarray(garbled), mask, Image.fromarray(ref), valid, seed=0)
+    finally:
+        tiny_pipe._aliked = None
+    assert out.alignment == "dense" and out.warp_fraction > 0.95, (out.info, out.notes)
+    got = np.asarray(out.image)
+    assert masked_psnr(got, target, mask) > 28.0  # the random-weight model alone would give noise
+    region = cv2.dilate(mask.astype(np.uint8), np.ones((7, 7), np.uint8)).astype(bool)
+    assert np.array_equal(got[~region], garbled[~region])
+    # M* is pixel-accurate: the mask pushed through the true map
+    assert out.correspondence_mask.shape == ref.shape[:2] and out.correspondence_mask.any()
+    # the paper's variant stays selectable and gives a token-grid region
+    paper = tiny_pipe(Image.fromarray(garbled), mask, Image.fromarray(ref), valid, seed=0, alignment="attention")
+    assert paper.alignment == "attention" and paper.warp_fraction == 0.0
+
+
+def test_pipeline_says_when_the_matcher_weights_are_missing(tiny_pipe, tmp_path):
+    from PIL import Image
+
+    garbled, target, mask, ref, valid = _photo_like_case()
+    assert not tiny_pipe.set_matcher(tmp_path / "nowhere.safetensors")
+    try:
+        out = tiny_pipe(Image.fromarray(garbled), mask, Image.fromarray(ref), valid, seed=0)
+        assert any("ALIKED matcher unavailable" in n and "SIFT alone" in n for n in out.notes), out.notes
+        assert out.alignment == "dense" and out.warp_fraction > 0.95
+        with pytest.raises(ValueError, match="ALIKED"):
+            tiny_pipe(Image.fromarray(garbled), mask, Image.fromarray(ref), valid, matchers="aliked")
+        with pytest.raises(ValueError, match="choose sources"):
+            tiny_pipe(Image.fromarray(garbled), mask, Image.fromarray(ref), valid, matchers="orb")
+        with pytest.raises(ValueError, match="alignment method"):
+            tiny_pipe(Image.fromarray(garbled), mask, Image.fromarray(ref), valid, alignment="magic")
+    finally:
+        tiny_pipe._aliked = None
+
+
+def test_pipeline_without_a_shared_reference_refines_without_the_warp(tiny_pipe):
+    from PIL import Image
+
+    garbled, target, mask, ref, valid = _photo_like_case()
+    other = _texture(*ref.shape[:2], seed=11)
+    out = tiny_pipe(Image.fromarray(garbled), mask, Image.fromarray(other), seed=0, matchers="sift")
+    assert out.warp_fraction == 0.0
+    assert any("refined without the warp" in n or "no consistent dense field" in n for n in out.notes), out.notes

@@ -316,3 +316,52 @@ def test_samplers_run_on_the_models_noise_schedule():
         assert sampler.config.prediction_type == cfg.prediction_type
     a = DDPMScheduler(**paper.noise_schedule()).alphas_cumprod
     assert float(a[-1]) == pytest.approx(0.00466, abs=2e-5) and float(a[100]) == pytest.approx(0.894, abs=1e-3)
+
+
+def test_warp_input_model_redraws_over_the_warp_and_keeps_outside_pixels():
+    """A tiny hole_fill="warp" model: the dense alignment's trusted warp pre-fills the hole and
+    fills the trust channel, the model redraws the whole mask over it (the raw warp is not pasted
+    over its output), and pixels outside the dilated mask stay bit-identical."""
+    import dataclasses
+
+    import torch
+
+    from refine_by_align.config import get_config
+    from refine_by_align.models.refiner import RefineByAlignModel
+    from refine_by_align.pipelines.pipeline import RefineByAlignPipeline, make_scheduler
+
+    rng = np.random.default_rng(0)
+    h = w = 160
+    image = cv2.GaussianBlur(rng.integers(0, 256, (h, w, 3)).astype(np.uint8), (0, 0), 1.5)
+    for _ in range(40):
+        x, y = rng.integers(0, w - 16, 2)
+        cv2.rectangle(image, (int(x), int(y)), (int(x + rng.integers(5, 16)), int(y + rng.integers(5, 16))), rng.integers(0, 256, 3).tolist(), -1)
+    A = np.vstack([cv2.getRotationMatrix2D((80, 80), 10, 0.95), [0, 0, 1]])
+    reference = cv2.warpPerspective(image, A, (w, h))
+    mask = np.zeros((h, w), bool)
+    mask[70:90, 65:95] = True
+    torch.manual_seed(0)
+    model = RefineByAlignModel.from_model_config(dataclasses.replace(get_config("tiny"), hole_fill="warp", warp_channel=True), load_pretrained=False).eval()
+    pipe = RefineByAlignPipeline(model=model, scheduler=make_scheduler(model))
+    pipe.set_progress_bar_config(disable=True)
+    seen = {}
+    crop_inputs = pipe.crop_inputs
+
+    def spy(p, with_sample=True, warp=None):
+        out = crop_inputs(p, with_sample, warp)
+        seen["trust"], seen["base"], seen["masked"] = out.trust, out.base, out.masked
+        return out
+
+    pipe.crop_inputs = spy
+    out = pipe(Image.fromarray(image), mask, Image.fromarray(reference), matchers="sift", seed=0)
+    assert out.alignment == "dense" and out.warp_fraction > 0.5, out.notes
+    assert seen["trust"] is not None and seen["trust"].sum() > 0 and seen["base"] is not None
+    assert set(seen["trust"].unique().tolist()) <= {0.0, 1.0} and seen["masked"].shape[1] == 4
+    a = np.asarray(out.image)
+    region = _dilated(mask, model.cfg.paste_dilate)
+    assert np.array_equal(a[~region], image[~region])
+    assert (a[mask] != image[mask]).any()
+    # without the warp the same model runs on Telea alone (a zero trust channel)
+    out2 = pipe(Image.fromarray(image), mask, Image.fromarray(reference), matchers="sift", seed=0, warp=False)
+    assert seen["trust"] is None and not seen["masked"][:, 3:].any()
+    assert np.array_equal(np.asarray(out2.image)[~region], image[~region])

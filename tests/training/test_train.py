@@ -291,3 +291,17 @@ def test_run_starts_from_a_pretrained_unet(tmp_path):
     got = RefineByAlignModel.load(tmp_path / "run" / "weights").unet.state_dict()
     want = UNet2DConditionModel.from_pretrained(tmp_path / "sd", subfolder="unet").state_dict()
     assert all(torch.equal(got[k], want[k]) for k in want)
+
+
+def test_a_warp_input_model_trains_from_a_model_without_the_channel(tmp_path):
+    """hole_fill "warp" + warp_channel: the pairs carry the warp and trust, the loop feeds them,
+    and init_from a model without the trust channel widens it (zero weights for the channel)."""
+    train(_tc(max_steps=1, eval_every=0), tmp_path / "stage1", progress=False)
+    tc = _tc(max_steps=2, eval_every=2, init_from=str(tmp_path / "stage1" / "weights"),
+             model_overrides={"hole_fill": "warp", "warp_channel": True})
+    rec = train(tc, tmp_path / "warp", progress=False)
+    assert rec["step"] == 2 and np.isfinite(rec["loss"])
+    from refine_by_align.models.refiner import RefineByAlignModel
+
+    m = RefineByAlignModel.load(tmp_path / "warp" / "weights")
+    assert m.cfg.hole_fill == "warp" and m.cfg.warp_channel and m.unet.conv_in.in_channels == 8

@@ -598,12 +598,13 @@ _LABEL_W = 120  # left column with row labels, px
 _HEADER_H = 18  # top row with column titles, px
 _PAD = 4  # gap between tiles, px
 _COLUMNS = ("masked input", "mask", "reference + corr.", "target")
+_WARP_COLUMN = "warp prefill + trust"
 
 
-def grid_shape(n: int, size: int = 32, ref_size: int = 32, scale: int = 4) -> tuple[int, int]:
-    """(height, width) in pixels of the :func:`show_pairs` grid for n rows."""
+def grid_shape(n: int, size: int = 32, ref_size: int = 32, scale: int = 4, warp: bool = False) -> tuple[int, int]:
+    """(height, width) in pixels of the :func:`show_pairs` grid for n rows (``warp``: one more column)."""
     tile = max(size, ref_size) * scale
-    return _HEADER_H + n * (tile + _PAD) + _PAD, _LABEL_W + len(_COLUMNS) * (tile + _PAD) + _PAD
+    return _HEADER_H + n * (tile + _PAD) + _PAD, _LABEL_W + (len(_COLUMNS) + int(warp)) * (tile + _PAD) + _PAD
 
 
 def _up(a: np.ndarray, scale: int) -> np.ndarray:
@@ -634,7 +635,18 @@ def _pair_tiles(p: TrainingPair, scale: int) -> list[np.ndarray]:
         step = max(1, rc.shape[1] // 64)
         for x, y in rc[:, ::step].T:
             cv2.circle(ref, (int(x * r_px), int(y * r_px)), max(1, scale // 3), (0, 255, 0), -1)
-    return [_up(masked, scale), _up(mask_t, scale), ref, _up(img, scale)]
+    tiles = [_up(masked, scale), _up(mask_t, scale), ref, _up(img, scale)]
+    if p.warp is not None:  # the U-Net's prefill: the warp where trusted (outlined green), Telea elsewhere in the hole (red)
+        trust = p.trust[0] > 0.5
+        pre = cv2.inpaint(img, hole.astype(np.uint8), TELEA_RADIUS, cv2.INPAINT_TELEA) if hole.any() else img.copy()
+        pre[trust] = _to_u8(p.warp)[trust]
+        pre = _up(pre, scale)
+        for m, colour in ((hole, (255, 0, 0)), (trust, (0, 255, 0))):
+            if m.any():
+                cnts, _ = cv2.findContours(_up(m, scale).astype(np.uint8), cv2.RETR_EXTERNAL, cv2.CHAIN_APPROX_NONE)
+                cv2.drawContours(pre, cnts, -1, colour, 1)
+        tiles.append(pre)
+    return tiles
 
 
 def show_pairs(
@@ -647,6 +659,7 @@ def show_pairs(
     data_root: str | os.PathLike | None = None,
     scale: int = 4,
     use_photos: bool = True,
+    warp: bool = False,
 ) -> Path:
     """Write a PNG grid of ``n`` training pairs of ``mode`` for a check by eye; returns its path.
 
@@ -655,7 +668,9 @@ def show_pairs(
     dots, target. Nearest-neighbour upscaled by ``scale``; rows labelled with index, mode, source.
     Sources: procedural objects, plus the photos of ``data_root`` (default: the shared
     dreambooth-train folder when present; validation subjects excluded) if ``use_photos``.
-    Mode "multiview" requires the photo folder. Grid size: :func:`grid_shape`.
+    Mode "multiview" requires the photo folder. ``warp``: the pairs of a ``hole_fill="warp"``
+    model, with one more column: the hole pre-filled by the warp where trusted (outlined green)
+    and Telea elsewhere (the hole outlined red). Grid size: :func:`grid_shape`.
     """
     if mode not in MODES:
         raise ValueError(f"mode must be one of {MODES}, got {mode!r}")
@@ -674,13 +689,14 @@ def show_pairs(
         sources.append(SyntheticSource(size=128, pool_size=max(4 * n, 16), seed=seed))
         if use_photos and root is not None and root.is_dir():
             sources.append(MultiViewFolder(root, max_side=192))
-    ds = PairDataset(sources, {mode: 1.0}, size=size, ref_size=ref_size, seed=seed, length=n)
+    pcfg = PairConfig(warp_prefill=warp)
+    ds = PairDataset(sources, {mode: 1.0}, size=size, ref_size=ref_size, seed=seed, length=n, cfg=pcfg)
 
-    gh, gw = grid_shape(n, size, ref_size, scale)
+    gh, gw = grid_shape(n, size, ref_size, scale, warp)
     tile = max(size, ref_size) * scale
     canvas = Image.new("RGB", (gw, gh), (255, 255, 255))
     d = ImageDraw.Draw(canvas)
-    for c, title in enumerate(_COLUMNS):
+    for c, title in enumerate(_COLUMNS + ((_WARP_COLUMN,) if warp else ())):
         d.text((_LABEL_W + _PAD + c * (tile + _PAD), 3), title, fill=(0, 0, 0))
     for i in range(n):
         p = ds.pair(i)

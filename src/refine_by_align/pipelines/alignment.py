@@ -32,7 +32,19 @@ from scipy import ndimage
 
 from ..models.attention import AllLayersRecorded, AttentionStore, record_layers
 from ..zoom import Box
-from .correspondence import DenseField, Matches, aliked_features, aliked_matches, dense_field, grow_box, fit_field, outside_mask, sift_matches, warp_fill
+from .correspondence import (
+    DenseField,
+    Matches,
+    aliked_features,
+    aliked_matches,
+    dense_field,
+    fit_field,
+    grow_box,
+    outside_mask,
+    refine_field_ecc,
+    sift_matches,
+    warp_fill,
+)
 
 ALIGNMENT_METHODS = ("dense", "attention")
 
@@ -229,6 +241,8 @@ def dense_alignment(
     attention: Matches | None = None,
     mirror: bool = True,
     good_ncc: float = 0.95,
+    solid_inliers: int = 15,
+    ecc: bool = True,
 ) -> tuple[DenseField | None, dict]:
     """The dense alignment: a field over ``crop_box`` from point matches.
 
@@ -236,9 +250,11 @@ def dense_alignment(
     reference (as given, and mirrored when ``mirror``) from the cheap sources (SIFT, and the
     attention matches ``attention`` when given); where none of them reaches a ring agreement of
     ``good_ncc`` and "aliked" is among ``sources``, ALIKED's matches are added, alone and with the
-    others (on the orientation the cheap sources chose, both when they found none). The candidate
-    whose colour-matched warp agrees best with the image in a ring around the mask (normalised
-    cross-correlation, :func:`~.correspondence.warp_fill`) wins. Returns (field or None when no
+    others (on the orientation the cheap sources chose with at least ``solid_inliers`` agreeing
+    matches, else both). The candidate whose colour-matched warp agrees best with the image in a
+    ring around the mask (normalised cross-correlation, :func:`~.correspondence.warp_fill`) wins,
+    its agreement discounted by up to 0.2 when it rests on fewer than ``solid_inliers`` matches;
+    with ``ecc`` its field is then refined by ECC on the same ring (:func:`~.correspondence.refine_field_ecc`). Returns (field or None when no
     source gives a consistent mapping, info: matches per source, inliers, mirrored, the winner)."""
     unknown = [s for s in sources if s not in ("sift", "aliked", "attention")]
     if unknown:
@@ -273,19 +289,27 @@ def dense_alignment(
         cheap[mirrored] = m
         if len(m):
             consider("+".join(s for s in sources if s != "aliked"), mirrored, m)
-    best = max(candidates, key=lambda c: (c[0], c[1])) if candidates else None
+    def score(c) -> float:  # ring agreement, discounted for a fit on few matches (chance agreement)
+        return c[0] - 0.2 * max(0.0, 1.0 - c[1] / float(solid_inliers))
+
+    best = max(candidates, key=score) if candidates else None
     if "aliked" in sources and (best is None or best[0] < good_ncc):
         image_features = aliked_features(aliked, image, outside_mask(mask, 4), grow_box(crop_box, 3.0))
-        for mirrored in orientations if best is None else (best[3],):
+        for mirrored in orientations if best is None or best[1] < solid_inliers else (best[3],):
             a = aliked_matches(image, mask, reference, reference_mask, aliked, flip=mirrored, image_features=image_features)
             consider("aliked", mirrored, a)
             if len(cheap[mirrored]):
                 consider("+".join(sources), mirrored, cheap[mirrored] + a)
-        best = max(candidates, key=lambda c: (c[0], c[1])) if candidates else None
+        best = max(candidates, key=score) if candidates else None
     if best is None:
         return None, info
     ncc, inliers, name, mirrored, fld = best
     fit = fld.fit
+    if ecc:
+        fld, refined = refine_field_ecc(fld, image_box, mask_box, reference)
+        info["ecc"] = refined
+        if refined:
+            ncc = warp_fill(image_box, mask_box, reference, fld).ncc
     info.update(source=name, inliers=inliers, mirrored=mirrored, smoothing=fit.smoothing, residual_px=round(fit.residual_px, 3), ring_ncc=round(ncc, 4))
     return fld, info
 

@@ -45,6 +45,7 @@ __all__ = [
     "ring",
     "WarpFill",
     "warp_fill",
+    "refine_field_ecc",
 ]
 
 logger = logging.getLogger(__name__)
@@ -314,13 +315,15 @@ def fit_field(
     folds: int = 5,
     seed: int = 0,
     mirrored: bool = False,
+    min_gain: float = 0.8,
 ) -> FieldFit | None:
     """Fit image -> reference: RANSAC (MAGSAC) homography, then a thin-plate-spline residual.
 
     The residual is fitted on the matches within ``outlier_px`` of the homography (those nearest
     ``focus``, the zoom-in crop, count most: matches farther than two crop sides are dropped), with
-    its smoothing chosen by ``folds``-fold cross-validation among ``smoothings`` and "homography
-    only"; matches the chosen mapping misses by more than ``outlier_px`` in cross-validation are
+    its smoothing chosen by ``folds``-fold spatial cross-validation (whole cells of a coarse grid
+    held out) among ``smoothings`` and "homography only", which a residual must beat by a factor
+    ``min_gain`` of the error; matches the chosen mapping misses by more than ``outlier_px`` in cross-validation are
     removed and it is refitted once. ``mirrored``: the reference is a mirror image of the view (the
     matches came from the flipped reference). Returns None when fewer than ``min_inliers`` agree."""
     n = len(matches)
@@ -354,8 +357,15 @@ def fit_field(
     if k < 3 * folds or k < 12:
         return best
     xs, ys, ws = (src[cand] - centre) / scale, dst[cand] - _apply_h(H, src[cand]), w[cand]
+    # spatial folds: matches are grouped in cells of a coarse grid and whole cells held out, so a
+    # residual is scored on how it bridges gaps between matches (as it must across the mask)
+    # rather than on how it interpolates between close neighbours
     rng = np.random.default_rng(seed)
-    fold = rng.permutation(k) % folds
+    cells = max(2, int(np.ceil(np.sqrt(2 * folds))))
+    lo, hi = xs.min(0), xs.max(0)
+    cell = np.floor((xs - lo) / np.maximum(hi - lo, 1e-9) * (cells - 1e-6)).astype(int)
+    cell_id = cell[:, 1] * cells + cell[:, 0]
+    fold = rng.permutation(cells * cells)[cell_id] % folds
 
     def cv_errors(smooth: float | None) -> np.ndarray:
         err = np.empty(k)
@@ -375,6 +385,8 @@ def fit_field(
     # the typical error, robust to the remaining outliers
     scores = [float(np.mean(np.minimum(e, outlier_px))) for e in errs]
     i = int(np.argmin(scores))
+    if i > 0 and scores[i] > min_gain * scores[0]:  # a residual must earn its flexibility
+        i = 0
     smooth, err = choices[i], errs[i]
     if smooth is None:
         return FieldFit(H, None, scale, centre, n, int((err_h < inlier_px).sum()), None, float(np.median(err)), src[err_h < inlier_px])
@@ -458,6 +470,47 @@ def dense_field(fit: FieldFit, box: Box, reference_mask: np.ndarray | None, step
         conf = np.zeros((h, w), np.float32)
     conf = conf * on
     return DenseField(box, xy, conf.astype(np.float32), on, fit)
+
+
+def refine_field_ecc(
+    fld: DenseField,
+    image_box: np.ndarray,
+    mask_box: np.ndarray,
+    reference: np.ndarray,
+    ring_px: tuple[int, int] = (1, 16),
+    iterations: int = 60,
+) -> tuple[DenseField, bool]:
+    """A local photometric refinement of the field: the homography W (on the box's pixels) that
+    best aligns the warped reference with the image in a ring around the mask by enhanced
+    correlation (ECC; invariant to gain and offset, so the colour shift between the photos does not
+    bias it), composed into the field: xy'(p) = xy(W p). Kept only if the ring agreement improves.
+    Returns (the field, whether it changed)."""
+    band = ring(mask_box, *ring_px) & fld.on_object
+    if band.sum() < 64:
+        return fld, False
+    template = _gray(image_box).astype(np.float32)
+    warped = _gray(np.clip(fld.sample(reference), 0, 255).astype(np.uint8)).astype(np.float32)
+    W = np.eye(3, dtype=np.float32)
+    try:
+        _, W = cv2.findTransformECC(
+            template, warped, W, cv2.MOTION_HOMOGRAPHY,
+            (cv2.TERM_CRITERIA_EPS | cv2.TERM_CRITERIA_COUNT, iterations, 1e-5), band.astype(np.uint8), 5,
+        )
+    except cv2.error:
+        return fld, False
+    if not np.isfinite(W).all():
+        return fld, False
+    h, w = mask_box.shape
+    px, py = np.meshgrid(np.arange(w, dtype=np.float64), np.arange(h, dtype=np.float64))
+    q = np.stack([px, py, np.ones_like(px)], -1) @ W.astype(np.float64).T  # (h, w, 3)
+    qx, qy = (q[..., 0] / q[..., 2]).astype(np.float32), (q[..., 1] / q[..., 2]).astype(np.float32)
+    if np.abs(qx - px).max() > 0.25 * max(h, w) or np.abs(qy - py).max() > 0.25 * max(h, w):
+        return fld, False  # a jump, not a refinement
+    xy = cv2.remap(fld.xy, qx, qy, cv2.INTER_LINEAR, borderMode=cv2.BORDER_REPLICATE)
+    new = DenseField(fld.box, xy, fld.confidence, fld.on_object, fld.fit, dict(fld.counts), fld.source)
+    before = warp_fill(image_box, mask_box, reference, fld).ncc
+    after = warp_fill(image_box, mask_box, reference, new).ncc
+    return (new, True) if after > before else (fld, False)
 
 
 # ------------------------------------------------------------------------------------------ warp fill

@@ -20,7 +20,7 @@ from diffusers import DDIMScheduler, DiffusionPipeline, DPMSolverMultistepSchedu
 from PIL import Image
 
 from ..config import CONFIG_NAMES, get_config
-from ..fill import poisson_fill, residual_patch
+from ..fill import poisson_fill, residual_patch, warp_at, warp_composite
 from ..io import InputError, alpha_mask, to_mask, to_rgb, validate_inputs
 from ..models.refiner import RefineByAlignModel
 from ..zoom import Box, crop_resize, mask_bbox, paste_back, square_pad_box, zoom_box
@@ -124,8 +124,10 @@ class CropInputs:
     cmask: torch.Tensor  # (1, 1, S, S) pixel mask
     sample: torch.Tensor | None  # (1, C, h, w) z_0 of the crop (alignment only)
     prefill: torch.Tensor  # (1, 3, S, S) the crop with its hole filled (cfg.hole_fill)
-    masked: torch.Tensor  # (1, C, h, w) the masked-image input
+    masked: torch.Tensor  # (1, C, h, w) the masked-image input ((1, C + 1, h, w) with cfg.warp_channel: + the trust map)
     lmask: torch.Tensor  # (1, 1, h, w) the mask at the sample resolution
+    trust: torch.Tensor | None = None  # (1, 1, S, S) hole_fill "warp": where the prefill is the warp (None: no warp)
+    base: np.ndarray | None = None  # (N, N, 3) uint8 hole_fill "warp": the full-resolution warp composite the correction goes on
 
 
 @dataclass
@@ -314,14 +316,29 @@ class RefineByAlignPipeline(DiffusionPipeline):
             cmask[..., min(iy, s - 1), min(ix, s - 1)] = 1.0
         return crop, cmask
 
-    def crop_inputs(self, p: PreparedInputs, with_sample: bool = True) -> CropInputs:
+    def crop_inputs(self, p: PreparedInputs, with_sample: bool = True, warp: tuple[np.ndarray, np.ndarray] | None = None) -> CropInputs:
         """The zoom-in crop and its U-Net inputs, computed once per call and shared by the
-        alignment and refinement stages (one autoencoder pass for both images)."""
+        alignment and refinement stages (one autoencoder pass for both images).
+
+        ``warp`` (``hole_fill="warp"`` models): (the colour-matched warped reference (N, N, 3)
+        uint8 over the crop box at full resolution, the mask pixels (N, N) bool it is trusted for).
+        The U-Net's prefill is then the warp at S px where trusted and Telea elsewhere, the trust
+        map its extra channel, and ``base`` the same composite at full resolution."""
         crop, cmask = self.crop_tensors(p)
+        warp_t = trust_t = base = None
+        if warp is not None and self.model.cfg.hole_fill == "warp":
+            b = p.crop_box
+            window = (slice(b.y0, b.y1), slice(b.x0, b.x1))
+            image_box, mask_box = p.image[window], p.mask[window]
+            patch_full, use_full = warp[0], np.asarray(warp[1], bool) & mask_box
+            warp_s, trust_s = warp_at(patch_full, use_full, self.model.cfg.resolution)  # as the training pairs do
+            warp_t = self._to_tensor(warp_s)
+            trust_t = self._to_tensor(trust_s) * (cmask > 0.5).to(cmask.dtype)
+            base = warp_composite(image_box, mask_box, patch_full, use_full)
         sample, prefill, masked, lmask = self._compiled_or_eager(
-            "encode", lambda fn: self.model.inpainting_inputs(crop, cmask, with_sample, encode=fn)
+            "encode", lambda fn: self.model.inpainting_inputs(crop, cmask, with_sample, encode=fn, warp=warp_t, trust=trust_t)
         )
-        return CropInputs(crop, cmask, sample, prefill, masked, lmask)
+        return CropInputs(crop, cmask, sample, prefill, masked, lmask, trust_t, base)
 
     def reference_tensor(self, reference: np.ndarray, box: Box) -> torch.Tensor:
         return self._to_tensor(crop_resize(reference, box, self.model.cfg.encoder_image_size))
@@ -577,17 +594,26 @@ class RefineByAlignPipeline(DiffusionPipeline):
         warp_fraction = float(weight[mask_box].mean()) if mask_box.any() else 0.0
         timings["warp"] = time.perf_counter() - t2
 
-        # 4. The model redraws what the warp does not cover (all of the mask without a warp).
+        # 4. The model redraws what the warp does not cover (all of the mask without a warp). A
+        #    warp-input model (hole_fill "warp") redraws the whole mask over the warp composite
+        #    (the warp where trusted, Telea elsewhere), the trust map as its extra input.
         patch = image_box.copy()
         timings["encode_reference"] = timings["denoise"] = 0.0
-        if (mask_box & (weight < 1.0)).any():
+        warp_model = cfg.hole_fill == "warp"
+        if warp_model:
+            if wf is not None and wf.use.any():
+                inputs = self.crop_inputs(p, with_sample=False, warp=(wf.patch, wf.use))
+            elif inputs is None:
+                inputs = self.crop_inputs(p, with_sample=False)
+            patch = self._redraw(p, inputs, region, steps, guidance, k, seed, timings)  # (N, N, 3) uint8
+        elif (mask_box & (weight < 1.0)).any():
             if inputs is None:
                 inputs = self.crop_inputs(p, with_sample=False)  # crop (1, 3, S, S), U-Net inputs (1, C, h, w)
             patch = self._redraw(p, inputs, region, steps, guidance, k, seed, timings)  # (N, N, 3) uint8
 
         # 5. Composite and paste the crop back: pixels outside the dilated mask stay bit-identical.
         t4 = time.perf_counter()
-        if wf is not None and weight.any():
+        if wf is not None and weight.any() and not warp_model:  # (a warp-input model has used the warp already)
             wt = weight[..., None]
             patch = np.clip(np.rint(patch.astype(np.float32) * (1.0 - wt) + wf.patch.astype(np.float32) * wt), 0, 255).astype(np.uint8)
         if not np.isfinite(patch.astype(np.float32)).all():
@@ -652,7 +678,7 @@ class RefineByAlignPipeline(DiffusionPipeline):
         masked, lmask = inputs.masked, inputs.lmask  # (1, C, h, w), (1, 1, h, w)
         generator = torch.Generator("cpu").manual_seed(seed)
         device = self._weight().device
-        shape = (k,) + tuple(masked.shape[1:])
+        shape = (k, cfg.latent_channels) + tuple(masked.shape[2:])  # (masked may carry the trust channel too)
         latents = torch.randn(shape, generator=generator, dtype=torch.float32).to(device)  # (K, C, h, w) float32 sampler state
         self.scheduler.set_timesteps(steps, device=device)
         latents = latents * self.scheduler.init_noise_sigma
@@ -677,7 +703,7 @@ class RefineByAlignPipeline(DiffusionPipeline):
         out = samples.mean(0).permute(1, 2, 0).cpu().numpy()  # (S, S, 3)
         b = p.crop_box
         window = (slice(b.y0, b.y1), slice(b.x0, b.x1))
-        if cfg.hole_fill == "telea":  # the model corrected a Telea prefill: apply the correction at full resolution
+        if cfg.hole_fill in ("telea", "warp"):  # the model corrected a Telea (or warp) prefill: apply the correction at full resolution
             return residual_patch(
                 p.image[window],
                 p.mask[window],
@@ -687,6 +713,7 @@ class RefineByAlignPipeline(DiffusionPipeline):
                 blur=cfg.correction_blur,
                 mean_var=(samples.var(0, unbiased=False).mean(0) / k).cpu().numpy(),  # (S, S) variance of the mean
                 shrink=cfg.correction_shrink,
+                base=inputs.base,  # the warp composite (None: Telea at full resolution)
             )
         small = np.clip(np.rint(out * 255.0), 0, 255).astype(np.uint8)
         return cv2.resize(small, (b.width, b.height), interpolation=cv2.INTER_CUBIC)

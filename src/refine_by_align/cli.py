@@ -411,6 +411,12 @@ def cmd_benchmark(args) -> int:
             f"{r['refine_512_s']:>9.2f} {r['unet_gflop']:>8.2f} {100 * r['unet_fraction_of_ceiling']:>6.1f} {r['peak_rss_mb']:>7.0f}"
         )
     for name, r in res.items():
+        if isinstance(r, dict) and "align_example_s" in r:
+            print(
+                f"{name}: alignment dense {r['align_s']:.3f} s / attention (Algorithm 1) {r['align_attention_s']:.3f} s on the 512 px input; "
+                f"on the shipped badge example: dense alignment {r['align_example_s']:.3f} s, whole refine {r['refine_example_s']:.3f} s"
+            )
+    for name, r in res.items():
         if isinstance(r, dict) and "refine_512_parts_s" in r:
             parts = ", ".join(f"{k} {v:.3f}" for k, v in r["refine_512_parts_s"].items())
             extra = f"; compiled ({r.get('compile_mode')}) in {r['compile_s']:.0f} s" if r.get("compiled") else ""

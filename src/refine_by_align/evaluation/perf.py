@@ -2,7 +2,8 @@
 
 Each figure is the median of several runs after a warm-up, measured in one process so that
 ratios hold on a noisy host. JSON keys: ``ceiling.fp32_gflops``, ``ceiling.bf16_gflops`` and per
-config ``<config>.refine_512_s``, ``.align_s``, ``.step_s``, ``.step_nocfg_s``, ``.encode_s``,
+config ``<config>.refine_512_s``, ``.align_s`` (dense), ``.align_attention_s`` (Algorithm 1),
+``.align_example_s`` / ``.refine_example_s`` (dense, on the shipped ``badge`` example), ``.step_s``, ``.step_nocfg_s``, ``.encode_s``,
 ``.bench_case_s``, ``.unet_gflop``, ``.unet_fraction_of_ceiling``, ``.peak_rss_mb``, ``.dtype``
 (and ``.peak_gpu_mb`` on a GPU). On a CPU, ``<config>.unet_breakdown`` says where a U-Net forward's
 time goes: per op class (conv, linear, attention, other, and the framework overhead between ops)
@@ -260,6 +261,17 @@ def _example_inputs(size: int = 512, seed: int = 0):
     return Image.fromarray(image), mask, reference
 
 
+def _shipped_example(name: str = "badge"):
+    """(image, mask, reference, reference mask) of a shipped demo example, or None."""
+    from ..demo.examples import EXAMPLES_DIR
+    from ..io import load_mask
+
+    d = EXAMPLES_DIR / name
+    if not (d / "image.png").exists():
+        return None
+    return Image.open(d / "image.png").convert("RGB"), load_mask(d / "mask.png"), Image.open(d / "reference.png").convert("RGB"), load_mask(d / "reference_mask.png")
+
+
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16}
 
 
@@ -304,6 +316,13 @@ def benchmark_config(
         _say(f"{name}: reference encoding and the alignment stage")
         res["encode_s"] = timed(lambda: model.encode_reference(ref_t), repeats)
         res["align_s"] = timed(lambda: pipe.align(image, mask, reference), repeats)
+        res["align_attention_s"] = timed(lambda: pipe.align(image, mask, reference, method="attention"), repeats)
+        # the shipped rendered example (a photo-like object with texture the matchers can use): the
+        # dense alignment's cost depends on the content, which the synthetic 512 px input lacks
+        ex = _shipped_example()
+        if ex is not None:
+            res["align_example_s"] = timed(lambda: pipe.align(*ex), repeats)
+            res["refine_example_s"] = timed(lambda: pipe(*ex, seed=0), repeats)
         inputs = pipe.crop_inputs(p)
         latents, masked, lmask = inputs.sample, inputs.masked, inputs.lmask  # (1, C, h, w), ..., (1, 1, h, w)
         ctx = model.encode_reference(ref_t)

@@ -513,7 +513,7 @@ def detect_and_describe(
             raise ValueError(f"mask must be (H, W) = {(h, w)}, got {mask.shape}")
         mask = mask.astype(bool)
     dev = _model_device(model)
-    image = torch.from_numpy(np.ascontiguousarray(rgb)).to(dev).permute(2, 0, 1)[None].float() / 255.0  # (1, 3, H, W)
+    image = torch.from_numpy(np.array(rgb, copy=True)).to(dev).permute(2, 0, 1)[None].float() / 255.0  # (1, 3, H, W)
     score_map, feature_map = model(image)
     mask_t = torch.from_numpy(mask).to(dev) if mask is not None else None
     kpts, scores = detect_keypoints(score_map[0, 0], 2, max_keypoints, score_threshold, mask_t)

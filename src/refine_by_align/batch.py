@@ -29,7 +29,6 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import tempfile
 import time
 from contextlib import contextmanager, suppress
 from dataclasses import dataclass
@@ -38,7 +37,7 @@ from typing import Any
 
 from PIL import Image
 
-from .io import InputError, alpha_mask, check_output_folder, load_image, load_mask
+from .io import InputError, alpha_mask, check_output_folder, load_image, load_mask, write_atomic
 
 __all__ = ["DONE_FILE", "ERRORS_FILE", "BatchJob", "format_summary", "read_manifest", "run_batch"]
 
@@ -201,19 +200,8 @@ def _read_ledger(path: Path) -> dict[str, str]:
 def _write_atomic(img: Image.Image, path: Path) -> None:
     """Write next to ``path`` under a temporary name, fsync, rename: the final name only ever holds
     a complete file."""
-    path.parent.mkdir(parents=True, exist_ok=True)
     fmt = Image.registered_extensions()[path.suffix.lower()]
-    fd, tmp = tempfile.mkstemp(prefix=PART_PREFIX, suffix=PART_SUFFIX, dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            img.save(f, format=fmt)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        with suppress(FileNotFoundError):
-            os.unlink(tmp)
-        raise
+    write_atomic(path, lambda f: img.save(f, format=fmt), fsync=True, prefix=PART_PREFIX, suffix=PART_SUFFIX)
 
 
 def _remove_partials(out_dir: Path) -> int:

@@ -6,9 +6,13 @@ file and the problem, so the CLI can print one line and exit with code 2.
 
 from __future__ import annotations
 
+import contextlib
 import os
+import tempfile
 import warnings
+from collections.abc import Callable
 from pathlib import Path
+from typing import BinaryIO
 
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
@@ -22,6 +26,7 @@ __all__ = [
     "alpha_mask",
     "validate_inputs",
     "save_image_atomic",
+    "write_atomic",
     "same_file",
     "check_output_path",
     "check_output_folder",
@@ -183,8 +188,6 @@ def _writable_folder(folder: Path) -> str | None:
         return f"'{existing}' is a file, not a folder"
     if not os.access(existing, os.W_OK | os.X_OK):
         return f"folder '{existing}' is not writable"
-    import tempfile
-
     try:
         with tempfile.NamedTemporaryFile(prefix=".rba-probe-", dir=existing):
             pass
@@ -219,6 +222,59 @@ def check_output_folder(path: str | os.PathLike, what: str = "output folder") ->
     return p
 
 
+def _umask() -> int:
+    """The process's umask, read without changing it where the system tells it (Linux), else by
+    setting and restoring it."""
+    try:
+        with open("/proc/self/status", encoding="ascii") as fh:
+            for line in fh:
+                if line.startswith("Umask:"):
+                    return int(line.split()[1], 8)
+    except (OSError, ValueError):
+        pass
+    old = os.umask(0o022)
+    os.umask(old)
+    return old
+
+
+def write_atomic(
+    path: str | os.PathLike,
+    data_or_writer: bytes | str | Callable[[BinaryIO], object],
+    *,
+    fsync: bool = False,
+    mode: int | None = None,
+    prefix: str | None = None,
+    suffix: str = ".tmp",
+) -> Path:
+    """Write ``path`` so that its name only ever holds a complete file: the bytes (a ``str`` is
+    written as UTF-8, a callable is given the open binary file to write into) go to a temporary file
+    created exclusively in the same folder (``tempfile.mkstemp``: a name nobody can predict, and
+    nothing already there, a planted symbolic link included, is opened or followed), which is then
+    renamed over ``path``. ``fsync`` flushes it to the disk before the rename. The file gets ``mode``,
+    by default the one a plain ``open(path, "w")`` would give (0644 under the usual umask 022).
+    The temporary file is ``<prefix>XXXXXXXX<suffix>``, ``prefix`` by default ``.<name>.``; it is
+    removed if anything fails. Creates the folder. Returns the path."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}." if prefix is None else prefix, suffix=suffix, dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            if callable(data_or_writer):
+                data_or_writer(f)
+            else:
+                f.write(data_or_writer.encode("utf-8") if isinstance(data_or_writer, str) else data_or_writer)
+            os.fchmod(f.fileno(), (0o666 & ~_umask()) if mode is None else mode)
+            if fsync:
+                f.flush()
+                os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(tmp)
+        raise
+    return path
+
+
 def save_image_atomic(img: Image.Image, path: str | os.PathLike) -> None:
     """Write via a temporary file in the same folder, then rename: no half-written outputs."""
     path = Path(path)
@@ -226,10 +282,4 @@ def save_image_atomic(img: Image.Image, path: str | os.PathLike) -> None:
     fmt = Image.registered_extensions().get(path.suffix.lower())
     if fmt is None:
         raise InputError(f"output '{path}': unknown image extension '{path.suffix}' (use .png or .jpg)")
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    try:
-        img.save(tmp, format=fmt)
-        os.replace(tmp, path)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
+    write_atomic(path, lambda f: img.save(f, format=fmt))

@@ -22,7 +22,7 @@ from typing import Any
 import numpy as np
 from PIL import Image, ImageDraw
 
-from ..io import save_image_atomic
+from ..io import save_image_atomic, write_atomic
 from ..visualize import _LABEL_H, _font, _labelled, _outline, _placeholder, _resize_tile, render_heatmap_overlay
 from .cases import Case, check_case_dir, list_case_dirs, load_case
 from .identity import IDENTITY_KEYS, IdentityScorer
@@ -172,16 +172,7 @@ def _clean(obj: Any) -> Any:
 
 def write_json_atomic(obj: Any, path: str | os.PathLike) -> None:
     """Write strict JSON (NaN/inf become null) via a temporary file and ``os.replace``."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    text = json.dumps(_clean(obj), indent=2, allow_nan=False)
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    try:
-        tmp.write_text(text + "\n", encoding="utf-8")
-        os.replace(tmp, path)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
+    write_atomic(path, json.dumps(_clean(obj), indent=2, allow_nan=False) + "\n")
 
 
 # ----------------------------------------------------------------------------------------- runner

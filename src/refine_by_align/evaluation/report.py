@@ -22,7 +22,7 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
-from ..io import InputError, load_mask, save_image_atomic
+from ..io import InputError, load_mask, save_image_atomic, write_atomic
 from ..visualize import _labelled, _outline, _placeholder, render_heatmap_overlay
 from ..zoom import Box, zoom_box
 from . import methods as _methods
@@ -170,16 +170,6 @@ def report_markdown(report: dict[str, Any]) -> str:
         lines += [f"- {kind}: `{name}`" for kind, name in sheets.items()]
         lines.append("")
     return "\n".join(lines)
-
-
-def _write_text_atomic(text: str, path: Path) -> None:
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    try:
-        tmp.write_text(text, encoding="utf-8")
-        os.replace(tmp, path)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
 
 
 # ----------------------------------------------------------------------------------------- sheets
@@ -353,7 +343,7 @@ def run_all(
         contact_sheets=sheets,
     )
     write_json_atomic(report, out / "report.json")
-    _write_text_atomic(report_markdown(report), out / "report.md")
+    write_atomic(out / "report.md", report_markdown(report))
     for kind, ds in sorted(cases_by_kind.items()):
         shown = ds[:max_sheet_rows]
         cases = [load_case(d) for d in shown]

@@ -24,6 +24,7 @@ from diffusers.training_utils import EMAModel
 from tqdm.auto import tqdm
 
 from ..config import ModelConfig, get_config
+from ..io import write_atomic
 from ..models.attention import AttentionStore, record_layers
 from ..models.refiner import RefineByAlignModel
 from .losses import attention_supervision_loss, diffusion_target, masked_noise_loss, on_object
@@ -239,9 +240,7 @@ def evaluate(model: RefineByAlignModel, batch: dict, noise_scheduler, layer: str
 
 
 def _atomic_json(path: Path, data: dict) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(data, indent=2))
-    os.replace(tmp, path)
+    write_atomic(path, json.dumps(data, indent=2))
 
 
 def train(tc: TrainConfig, run_dir: str | Path, resume: bool = False, max_steps: int | None = None, progress: bool = True) -> dict:

@@ -155,12 +155,9 @@ def _add_alignment_options(p, t_flag: str = "--align-timestep", l_flag: str = "-
 
 
 def _load_pipeline(model: str, quiet: bool, matcher_weights: str | None = None):
-    from .pipelines.pipeline import RefineByAlignPipeline
+    from .loading import load_pipeline
 
-    try:
-        pipe = RefineByAlignPipeline.from_pretrained(model)
-    except (ValueError, OSError) as e:
-        raise CLIError(f"model '{model}': {e}") from None
+    pipe = load_pipeline(model)  # an unusable model: one InputError line, exit 2
     if pipe.random_weights:
         print(
             f"WARNING: model '{model}' has no trained weights: running with RANDOM weights, the output is a "

@@ -8,9 +8,31 @@ import cv2
 import numpy as np
 from PIL import Image, ImageDraw, ImageFont
 
-__all__ = ["render_heatmap_overlay", "compare_picture", "hstack_tiles"]
+__all__ = [
+    "render_heatmap_overlay",
+    "compare_picture",
+    "hstack_tiles",
+    "resize_tile",
+    "fit_square",
+    "outline_mask",
+    "label_tile",
+    "placeholder_tile",
+    "sheet_row",
+    "contact_sheet",
+    "LABEL_HEIGHT",
+    "SHEET_PAD",
+    "RED",
+    "GREEN",
+    "MAGENTA",
+]
 
-_LABEL_H = 14
+#: Height of the label strip above a tile, px.
+LABEL_HEIGHT = 14
+#: Gap between the tiles and rows of a contact sheet, px, and the sheet's background.
+SHEET_PAD = 4
+SHEET_BACKGROUND = (20, 20, 20)
+#: Contact-sheet colours: the artifact mask, the true region, a predicted region.
+RED, GREEN, MAGENTA = (255, 0, 0), (0, 255, 0), (255, 0, 255)
 
 
 def render_heatmap_overlay(
@@ -63,33 +85,87 @@ def _fit_text(draw: ImageDraw.ImageDraw, text: str, width: int, font: Any) -> st
     return text + ".."
 
 
-def _resize_tile(img: Image.Image, height: int) -> Image.Image:
+def resize_tile(img: Image.Image, height: int) -> Image.Image:
+    """``img`` as RGB at ``height`` px, aspect kept (width capped at 4 x height)."""
     w = max(1, min(4 * height, round(img.width * height / img.height)))
     return img.convert("RGB").resize((w, height), Image.BILINEAR)
 
 
-def _outline(tile: Image.Image, mask: np.ndarray, colour: tuple[int, int, int], thickness: int = 2) -> Image.Image:
-    m = cv2.resize(mask.astype(np.uint8), tile.size, interpolation=cv2.INTER_NEAREST)
+def fit_square(img: Image.Image, size: int) -> tuple[Image.Image, tuple[int, int, int, int]]:
+    """Letterbox ``img`` into a size x size tile; returns the tile and its placement (x, y, w, h)."""
+    s = size / max(img.width, img.height)
+    w, h = max(1, round(img.width * s)), max(1, round(img.height * s))
+    tile = Image.new("RGB", (size, size), (30, 30, 30))
+    x, y = (size - w) // 2, (size - h) // 2
+    tile.paste(img.convert("RGB").resize((w, h), Image.BILINEAR), (x, y))
+    return tile, (x, y, w, h)
+
+
+def outline_mask(
+    tile: Image.Image,
+    mask: np.ndarray,
+    colour: tuple[int, int, int],
+    thickness: int = 2,
+    place: tuple[int, int, int, int] | None = None,
+) -> Image.Image:
+    """Draw the outline of ``mask`` (resized to the tile, or to ``place`` = (x, y, w, h) from
+    :func:`fit_square`) on a copy of ``tile``."""
+    if place is None:
+        m = cv2.resize(np.asarray(mask).astype(np.uint8), tile.size, interpolation=cv2.INTER_NEAREST)
+    else:
+        x, y, w, h = place
+        m = np.zeros((tile.height, tile.width), np.uint8)
+        m[y : y + h, x : x + w] = cv2.resize(np.asarray(mask, bool).astype(np.uint8), (w, h), interpolation=cv2.INTER_NEAREST)
     contours, _ = cv2.findContours(m, cv2.RETR_EXTERNAL, cv2.CHAIN_APPROX_SIMPLE)
     arr = np.array(tile.convert("RGB"), dtype=np.uint8)  # writable copy
     cv2.drawContours(arr, contours, -1, colour, thickness)
     return Image.fromarray(arr, "RGB")
 
 
-def _labelled(tile: Image.Image, label: str) -> Image.Image:
-    out = Image.new("RGB", (tile.width, tile.height + _LABEL_H), (0, 0, 0))
-    out.paste(tile, (0, _LABEL_H))
+def label_tile(tile: Image.Image, label: str) -> Image.Image:
+    """``tile`` under a black strip of :data:`LABEL_HEIGHT` px holding ``label`` (cut to fit)."""
+    out = Image.new("RGB", (tile.width, tile.height + LABEL_HEIGHT), (0, 0, 0))
+    out.paste(tile, (0, LABEL_HEIGHT))
     draw = ImageDraw.Draw(out)
     font = _font()
     draw.text((2, 1), _fit_text(draw, label, tile.width - 4, font), fill=(255, 255, 255), font=font)
     return out
 
 
-def _placeholder(height: int, text: str) -> Image.Image:
+def placeholder_tile(height: int, text: str) -> Image.Image:
+    """A grey square saying ``text`` (a missing target or output)."""
     tile = Image.new("RGB", (height, height), (48, 48, 48))
     draw = ImageDraw.Draw(tile)
     draw.text((6, height // 2 - 6), text, fill=(200, 200, 200), font=_font())
     return tile
+
+
+def sheet_row(tiles: list[Image.Image]) -> Image.Image:
+    """One contact-sheet row: tiles left to right, :data:`SHEET_PAD` px apart, top-aligned."""
+    width = sum(t.width for t in tiles) + SHEET_PAD * (len(tiles) - 1)
+    row = Image.new("RGB", (width, max(t.height for t in tiles)), SHEET_BACKGROUND)
+    x = 0
+    for t in tiles:
+        row.paste(t, (x, 0))
+        x += t.width + SHEET_PAD
+    return row
+
+
+def contact_sheet(rows: list[Image.Image], title: str = "", empty_height: int = 160) -> Image.Image:
+    """Stack rows vertically (left-aligned) under an optional title line; no rows: a placeholder."""
+    if not rows:
+        rows = [placeholder_tile(empty_height, "no cases")]
+    top = LABEL_HEIGHT + SHEET_PAD if title else 0
+    width = max(r.width for r in rows) + 2 * SHEET_PAD
+    height = top + sum(r.height for r in rows) + SHEET_PAD * (len(rows) + 1)
+    sheet = Image.new("RGB", (width, height), SHEET_BACKGROUND)
+    if title:
+        ImageDraw.Draw(sheet).text((SHEET_PAD, 2), title, fill=(255, 255, 255), font=_font())
+    y = top + SHEET_PAD
+    for r in rows:
+        sheet.paste(r, (SHEET_PAD, y))
+        y += r.height + SHEET_PAD
+    return sheet
 
 
 def hstack_tiles(tiles: list[Image.Image], pad: int = 4, background=(0, 0, 0)) -> Image.Image:
@@ -107,17 +183,17 @@ def hstack_tiles(tiles: list[Image.Image], pad: int = 4, background=(0, 0, 0)) -
 def compare_picture(image: Image.Image, mask: np.ndarray, reference: Image.Image, result, height: int = 320) -> Image.Image:
     """The ``refine`` side-by-side: input with the mask outlined | reference with the correspondence
     as a heat map (or M* when only the mask is known) | the refined result."""
-    inp = _labelled(_outline(_resize_tile(image, height), mask, (255, 0, 0)), "input + artifact mask")
+    inp = label_tile(outline_mask(resize_tile(image, height), mask, RED), "input + artifact mask")
     if result.correspondence_map is not None:
         ref = render_heatmap_overlay(reference, result.correspondence_map, alpha=0.6)
         label = "reference + alignment map"
     elif result.correspondence_mask is not None:
-        ref = render_heatmap_overlay(reference, result.correspondence_mask, alpha=0.45, color=(255, 0, 255))
+        ref = render_heatmap_overlay(reference, result.correspondence_mask, alpha=0.45, color=MAGENTA)
         label = "reference + given region"
     else:
         ref, label = reference, "reference (no alignment)"
-    ref_tile = _resize_tile(ref, height)
+    ref_tile = resize_tile(ref, height)
     if result.correspondence_mask is not None:
-        ref_tile = _outline(ref_tile, result.correspondence_mask, (255, 255, 255))
-    out = _labelled(_outline(_resize_tile(result.image, height), mask, (0, 255, 0), 1), "refined")
-    return hstack_tiles([inp, _labelled(ref_tile, label), out])
+        ref_tile = outline_mask(ref_tile, result.correspondence_mask, (255, 255, 255))
+    out = label_tile(outline_mask(resize_tile(result.image, height), mask, GREEN, 1), "refined")
+    return hstack_tiles([inp, label_tile(ref_tile, label), out])

@@ -19,10 +19,10 @@ METHODS4 = ["keep", "telea", "oracle-align", "feature-nn"]
 
 
 def test_run_all(tiny_pipe, cases_dir: Path, tmp_path: Path, monkeypatch, clip_dir, dino_dir):
-    import refine_by_align.evaluation.methods as methods
+    import refine_by_align.evaluation.report as report
 
     loads = []
-    monkeypatch.setattr(methods, "_load_pipeline", lambda model: loads.append(model) or tiny_pipe)
+    monkeypatch.setattr(report, "load_pipeline", lambda model: loads.append(model) or tiny_pipe)
     out = tmp_path / "all"
     opts = {m: {"num_inference_steps": 2} for m in ("oracle-align", "feature-nn")}
     rep = run_all(cases_dir, out, methods=",".join(METHODS4), model="tiny", clip=clip_dir, dino=dino_dir,
@@ -60,9 +60,9 @@ def test_run_all(tiny_pipe, cases_dir: Path, tmp_path: Path, monkeypatch, clip_d
 
 
 def test_run_all_baselines_only_loads_no_model(cases_dir: Path, tmp_path: Path, monkeypatch):
-    import refine_by_align.evaluation.methods as methods
+    import refine_by_align.evaluation.report as report
 
-    monkeypatch.setattr(methods, "_load_pipeline", lambda model: pytest.fail("no pipeline method was asked for"))
+    monkeypatch.setattr(report, "load_pipeline", lambda model: pytest.fail("no pipeline method was asked for"))
     rep = run_all(cases_dir, tmp_path / "b", methods=["keep", "telea"], progress=False, limit=2)
     assert rep["model"] is None and rep["cases"]["ALL"] == 2
     assert rep["best"]["ALL"]["psnr"] == ["telea"]
@@ -79,9 +79,9 @@ def test_resolve_methods():
 
 
 def test_bad_case_fails_before_model(cases_dir: Path, tmp_path: Path, monkeypatch):
-    import refine_by_align.evaluation.methods as methods
+    import refine_by_align.evaluation.report as report
 
-    monkeypatch.setattr(methods, "_load_pipeline", lambda model: pytest.fail("model loaded before the data check"))
+    monkeypatch.setattr(report, "load_pipeline", lambda model: pytest.fail("model loaded before the data check"))
     (cases_dir / "c02" / "mask.png").unlink()
     with pytest.raises(InputError, match="c02"):
         run_all(cases_dir, tmp_path / "x", methods="all", progress=False)

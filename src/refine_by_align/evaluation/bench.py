@@ -20,10 +20,21 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from PIL import Image, ImageDraw
+from PIL import Image
 
 from ..io import save_image_atomic, write_atomic
-from ..visualize import _LABEL_H, _font, _labelled, _outline, _placeholder, _resize_tile, render_heatmap_overlay
+from ..visualize import (
+    GREEN,
+    MAGENTA,
+    RED,
+    contact_sheet,
+    label_tile,
+    outline_mask,
+    placeholder_tile,
+    render_heatmap_overlay,
+    resize_tile,
+    sheet_row,
+)
 from .cases import Case, check_case_dir, list_case_dirs, load_case
 from .identity import IDENTITY_KEYS, IdentityScorer
 from .methods import Method, MethodOutput, get_method
@@ -42,10 +53,6 @@ __all__ = [
 
 CONTACT_SHEET_MAX_ROWS = 24
 TILE_HEIGHT = 160
-_PAD = 4
-_RED = (255, 0, 0)
-_GREEN = (0, 255, 0)
-_PRED_COLOUR = (255, 0, 255)
 
 
 # ----------------------------------------------------------------------------------------- drawing
@@ -65,18 +72,18 @@ def render_contact_row(
     """One contact-sheet row: input (mask outlined red) | reference (predicted correspondence as a
     translucent colour, true one outlined green) | output | target (grey placeholder when absent)."""
     scores = scores or {}
-    inp = _outline(_resize_tile(case.image, tile_height), case.mask, _RED)
+    inp = outline_mask(resize_tile(case.image, tile_height), case.mask, RED)
     ref = case.reference
     if output.correspondence is not None:
-        ref = render_heatmap_overlay(ref, np.asarray(output.correspondence, dtype=bool), alpha=0.45, color=_PRED_COLOUR)
-    ref_tile = _resize_tile(ref, tile_height)
+        ref = render_heatmap_overlay(ref, np.asarray(output.correspondence, dtype=bool), alpha=0.45, color=MAGENTA)
+    ref_tile = resize_tile(ref, tile_height)
     if case.correspondence is not None:
-        ref_tile = _outline(ref_tile, case.correspondence, _GREEN)
+        ref_tile = outline_mask(ref_tile, case.correspondence, GREEN)
     tiles = [
-        _labelled(inp, f"{case.id} [{case.kind}] input"),
-        _labelled(ref_tile, f"reference  IoU {_fmt(scores.get('miou'), '.2f')}"),
-        _labelled(
-            _resize_tile(output.image, tile_height),
+        label_tile(inp, f"{case.id} [{case.kind}] input"),
+        label_tile(ref_tile, f"reference  IoU {_fmt(scores.get('miou'), '.2f')}"),
+        label_tile(
+            resize_tile(output.image, tile_height),
             f"output  PSNR {_fmt(scores.get('psnr'), '.1f')}  SSIM {_fmt(scores.get('ssim'), '.2f')}"
             + (f"  CLIP-I {_fmt(scores.get('clip_i'), '.1f')}" if scores.get("clip_i") is not None else "")
             + (f"  DINO-I {_fmt(scores.get('dino_i'), '.1f')}" if scores.get("dino_i") is not None else "")
@@ -84,32 +91,14 @@ def render_contact_row(
         ),
     ]
     if with_target_column:
-        tgt = _resize_tile(case.target, tile_height) if case.target is not None else _placeholder(tile_height, "no target")
-        tiles.append(_labelled(tgt, "target"))
-    width = sum(t.width for t in tiles) + _PAD * (len(tiles) - 1)
-    row = Image.new("RGB", (width, tiles[0].height), (20, 20, 20))
-    x = 0
-    for t in tiles:
-        row.paste(t, (x, 0))
-        x += t.width + _PAD
-    return row
+        tgt = resize_tile(case.target, tile_height) if case.target is not None else placeholder_tile(tile_height, "no target")
+        tiles.append(label_tile(tgt, "target"))
+    return sheet_row(tiles)
 
 
 def assemble_contact_sheet(rows: Sequence[Image.Image], title: str = "") -> Image.Image:
     """Stack rows vertically (left-aligned) under an optional title line."""
-    if not rows:
-        rows = [_placeholder(TILE_HEIGHT, "no cases")]
-    top = _LABEL_H + _PAD if title else 0
-    width = max(r.width for r in rows) + 2 * _PAD
-    height = top + sum(r.height for r in rows) + _PAD * (len(rows) + 1)
-    sheet = Image.new("RGB", (width, height), (20, 20, 20))
-    if title:
-        ImageDraw.Draw(sheet).text((_PAD, 2), title, fill=(255, 255, 255), font=_font())
-    y = top + _PAD
-    for r in rows:
-        sheet.paste(r, (_PAD, y))
-        y += r.height + _PAD
-    return sheet
+    return contact_sheet(list(rows), title, empty_height=TILE_HEIGHT)
 
 
 # ----------------------------------------------------------------------------------------- scoring

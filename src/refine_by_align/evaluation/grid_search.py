@@ -15,6 +15,7 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
+from ..loading import load_pipeline
 from .bench import write_json_atomic
 from .cases import load_cases
 from .metrics import iou
@@ -42,11 +43,9 @@ def grid_search(
     seed: int = 0,
     progress: bool = True,
 ) -> dict:
-    from ..pipelines.pipeline import RefineByAlignPipeline
-
     out = Path(output_dir)
     out.mkdir(parents=True, exist_ok=True)
-    pipe = RefineByAlignPipeline.from_pretrained(model)
+    pipe = load_pipeline(model)
     n_layers = len(pipe.model.cross_attention_layers)
     layers = tuple(range(n_layers)) if layers is None else tuple(layers)
     for l in layers:

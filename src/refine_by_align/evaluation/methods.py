@@ -15,6 +15,7 @@ import numpy as np
 from PIL import Image
 
 from ..io import InputError, to_rgb
+from ..loading import load_pipeline
 from .cases import Case
 
 __all__ = [
@@ -135,9 +136,7 @@ def _telea_factory(model: str | None = None, **opts: Any) -> Method:
 
 
 def _load_pipeline(model: str | None) -> Any:
-    from refine_by_align.pipelines.pipeline import RefineByAlignPipeline  # lazy: heavy
-
-    return RefineByAlignPipeline.from_pretrained(model or "default")
+    return load_pipeline(model or "default")
 
 
 def _refine_factory(model: str | None = None, pipeline: Any = None, **opts: Any) -> Method:

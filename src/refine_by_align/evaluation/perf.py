@@ -290,12 +290,13 @@ def benchmark_config(
 ) -> dict:
     """Times of every stage of one config (a preset name or a model folder) on ``device``.
     ``compile``: False, True (torch.compile's default mode) or a mode name such as "max-autotune"."""
-    from ..pipelines.pipeline import RefineByAlignPipeline, resolve_device
+    from ..loading import load_pipeline
+    from ..pipelines.pipeline import resolve_device
 
     dev = resolve_device(device)
     dtype = _resolve_dtype(name, dtype)
     _say(f"{name}: loading ({dtype}, {dev})")
-    pipe = RefineByAlignPipeline.from_pretrained(name, torch_dtype=DTYPES[dtype], device=dev)
+    pipe = load_pipeline(name, device=dev, dtype=DTYPES[dtype])
 
     def timed(fn, repeats: int) -> float:  # on this config's device
         return _median_time(fn, repeats, warmup=1, device=dev)

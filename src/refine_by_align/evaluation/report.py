@@ -23,13 +23,23 @@ import numpy as np
 from PIL import Image
 
 from ..io import InputError, load_mask, save_image_atomic, write_atomic
-from ..visualize import _labelled, _outline, _placeholder, render_heatmap_overlay
+from ..loading import load_pipeline
+from ..visualize import (
+    GREEN,
+    MAGENTA,
+    RED,
+    contact_sheet,
+    fit_square,
+    label_tile,
+    outline_mask,
+    placeholder_tile,
+    render_heatmap_overlay,
+    sheet_row,
+)
 from ..zoom import Box, zoom_box
-from . import methods as _methods
 from .bench import (
     CONTACT_SHEET_MAX_ROWS,
     _fmt,
-    assemble_contact_sheet,
     run_bench,
     write_json_atomic,
 )
@@ -64,10 +74,6 @@ _LABELS = {
 }
 _SPEC = {"miou": ".3f", "psnr": ".2f", "ssim": ".3f", "clip_t": ".2f", "clip_i": ".2f", "dino_i": ".2f", "seconds_per_case": ".2f"}
 _TILE = 128
-_PAD = 4
-_RED = (255, 0, 0)
-_GREEN = (0, 255, 0)
-_MAGENTA = (255, 0, 255)
 
 
 def resolve_methods(methods: str | Sequence[str]) -> list[str]:
@@ -175,25 +181,6 @@ def report_markdown(report: dict[str, Any]) -> str:
 # ----------------------------------------------------------------------------------------- sheets
 
 
-def _fit_square(img: Image.Image, size: int) -> tuple[Image.Image, tuple[int, int, int, int]]:
-    """Letterbox ``img`` into a size x size tile; returns the tile and its placement (x, y, w, h)."""
-    s = size / max(img.width, img.height)
-    w, h = max(1, round(img.width * s)), max(1, round(img.height * s))
-    tile = Image.new("RGB", (size, size), (30, 30, 30))
-    x, y = (size - w) // 2, (size - h) // 2
-    tile.paste(img.convert("RGB").resize((w, h), Image.BILINEAR), (x, y))
-    return tile, (x, y, w, h)
-
-
-def _outline_fitted(tile: Image.Image, mask: np.ndarray, place: tuple[int, int, int, int], colour) -> Image.Image:
-    import cv2
-
-    x, y, w, h = place
-    m = np.zeros((tile.height, tile.width), np.uint8)
-    m[y : y + h, x : x + w] = cv2.resize(np.asarray(mask, bool).astype(np.uint8), (w, h), interpolation=cv2.INTER_NEAREST)
-    return _outline(tile, m.astype(bool), colour)
-
-
 def _crop_tile(img: Image.Image, box: Box, size: int) -> Image.Image:
     return img.convert("RGB").crop(box.as_tuple()).resize((size, size), Image.BILINEAR)
 
@@ -225,24 +212,24 @@ def render_comparison_sheet(
     for case in cases:
         box = zoom_box(case.mask, grow=2.0, min_size=32)
         crop_mask = case.mask[box.y0 : box.y1, box.x0 : box.x1]
-        tiles = [_labelled(_outline(_crop_tile(case.image, box, tile), crop_mask, _RED), f"{case.id} input")]
+        tiles = [label_tile(outline_mask(_crop_tile(case.image, box, tile), crop_mask, RED), f"{case.id} input")]
         if with_target:
-            tiles.append(_labelled(_crop_tile(case.target, box, tile), "target") if case.target is not None else _labelled(_placeholder(tile, "no target"), "target"))
-        ref_tile, place = _fit_square(case.reference, tile)
+            tiles.append(label_tile(_crop_tile(case.target, box, tile), "target") if case.target is not None else label_tile(placeholder_tile(tile, "no target"), "target"))
+        ref_tile, place = fit_square(case.reference, tile)
         if case.correspondence is not None:
-            ref_tile = _outline_fitted(ref_tile, case.correspondence, place, _GREEN)
-        tiles.append(_labelled(ref_tile, "reference" + (" + truth" if case.correspondence is not None else "")))
+            ref_tile = outline_mask(ref_tile, case.correspondence, GREEN, place=place)
+        tiles.append(label_tile(ref_tile, "reference" + (" + truth" if case.correspondence is not None else "")))
         for m in aligning:
             corr = _read_mask(out_root / m / case.id / "correspondence.png")
             if corr is None:
-                t, _ = _fit_square(case.reference, tile)
+                t, _ = fit_square(case.reference, tile)
                 label = f"{m}: no region"
             else:
-                t, _ = _fit_square(render_heatmap_overlay(case.reference, corr, alpha=0.5, color=_MAGENTA), tile)
+                t, _ = fit_square(render_heatmap_overlay(case.reference, corr, alpha=0.5, color=MAGENTA), tile)
                 label = f"{m} IoU {_fmt(records.get(m, {}).get(case.id, {}).get('miou'), '.2f')}"
             if case.correspondence is not None:
-                t = _outline_fitted(t, case.correspondence, place, _GREEN)
-            tiles.append(_labelled(t, label))
+                t = outline_mask(t, case.correspondence, GREEN, place=place)
+            tiles.append(label_tile(t, label))
         for m in methods:
             path = out_root / m / case.id / "output.png"
             rec = records.get(m, {}).get(case.id, {})
@@ -253,16 +240,10 @@ def render_comparison_sheet(
                 label = f"{m} " + (f"{score:.1f}dB" if score is not None else f"CLIP-I {_fmt(rec.get('clip_i'), '.1f')}")
                 label += " FB" if rec.get("fallback") else ""
             else:
-                t, label = _placeholder(tile, "missing"), m
-            tiles.append(_labelled(t, label))
-        width = sum(t.width for t in tiles) + _PAD * (len(tiles) - 1)
-        row = Image.new("RGB", (width, max(t.height for t in tiles)), (20, 20, 20))
-        x = 0
-        for t in tiles:
-            row.paste(t, (x, 0))
-            x += t.width + _PAD
-        rows.append(row)
-    return assemble_contact_sheet(rows, title)
+                t, label = placeholder_tile(tile, "missing"), m
+            tiles.append(label_tile(t, label))
+        rows.append(sheet_row(tiles))
+    return contact_sheet(rows, title)
 
 
 def _safe(kind: str) -> str:
@@ -307,7 +288,7 @@ def run_all(
     dino_e = DinoEmbedder(dino) if dino is not None else None
     pipe = None
     if any(n in PIPELINE_METHODS for n in names):
-        pipe = _methods._load_pipeline(model)
+        pipe = load_pipeline(model or "default")
         if hasattr(pipe, "set_progress_bar_config"):
             pipe.set_progress_bar_config(disable=True)
         if getattr(pipe, "random_weights", False):

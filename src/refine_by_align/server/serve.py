@@ -23,12 +23,9 @@ __all__ = ["bind_socket", "load_pipeline", "main", "run_from_args", "serve"]
 
 def load_pipeline(model: str = "default", quiet: bool = True):
     """Load a pipeline for serving; a bad model (missing folder, pickled weights ...) is one InputError."""
-    from ..pipelines.pipeline import RefineByAlignPipeline
+    from ..loading import load_pipeline as _load
 
-    try:
-        pipe = RefineByAlignPipeline.from_pretrained(model)
-    except (ValueError, OSError) as e:
-        raise InputError(f"model '{model}': {e}") from None
+    pipe = _load(model)
     pipe.set_progress_bar_config(disable=quiet, leave=False)
     return pipe
 

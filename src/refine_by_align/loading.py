@@ -1,0 +1,47 @@
+"""One way to load a pipeline by name, for every entry point (command line, server, evaluation,
+speed tooling): a model that cannot be loaded is one :class:`~refine_by_align.io.InputError` (a
+``ValueError``) whose single line names the model and where it was looked for."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from .io import InputError
+
+if TYPE_CHECKING:  # the pipeline imports torch and diffusers: loaded only when a model is
+    import torch
+
+    from .pipelines.pipeline import RefineByAlignPipeline
+
+__all__ = ["load_pipeline"]
+
+
+def load_pipeline(
+    name_or_dir: str | os.PathLike = "default",
+    device: str | torch.device | None = None,
+    dtype: torch.dtype | None = None,
+) -> RefineByAlignPipeline:
+    """``default`` (the shipped model), a preset name (``tiny``, ``paper``: random weights, flagged
+    by ``pipe.random_weights``) or a folder written by ``save_pretrained``. ``device``: None picks
+    the GPU where one is visible, else the CPU; ``dtype`` (e.g. ``torch.bfloat16``) casts the
+    weights. Raises InputError: ``model 'NAME': ...`` with the folder it looked in."""
+    from .config import CONFIG_NAMES
+    from .pipelines.pipeline import RefineByAlignPipeline, default_model_dir
+
+    name = str(name_or_dir)
+    if name in CONFIG_NAMES:
+        where = default_model_dir() if name == "default" else None
+    else:
+        where = Path(os.path.abspath(name))
+        if not where.exists():
+            raise InputError(
+                f"model '{name}': not a preset ({', '.join(CONFIG_NAMES)}) and no model folder at '{where}'"
+            )
+    try:
+        return RefineByAlignPipeline.from_pretrained(name, torch_dtype=dtype, device="auto" if device is None else device)
+    except (ValueError, OSError) as e:
+        reason = " ".join(str(e).split()) or type(e).__name__  # one line
+        place = f" (looked in '{where}')" if where is not None else ""
+        raise InputError(f"model '{name}'{place}: {reason}") from None

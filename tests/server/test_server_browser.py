@@ -1,9 +1,13 @@
 """End to end in a real headless browser (Debian chromium + chromedriver, driven by selenium).
 
-The test starts the server itself (uvicorn in a thread, tiny model, a free loopback port), uploads
-the image and the reference through the page, paints one mask stroke with the mouse, clicks Refine,
-waits for the result, reads the downloadable PNG out of the page and checks that it differs from the
-input inside the stroke and is bit-identical outside the dilated stroke.
+The tests start the server themselves (uvicorn in a thread, tiny model, a free loopback port). The
+first, in a 1280x720 window, uploads the image and the reference through the page, paints one mask
+stroke with the mouse, clicks Refine, waits for the result (scrolled into view, labelled before /
+after), reads the downloadable PNG out of the page and checks that it differs from the input inside
+the stroke and is bit-identical outside the dilated stroke; then a new image and a broken upload
+must each clear what belonged to the old one. The second, in a 420 px wide window (columns
+stacked), runs Align only (the found region drawn on the reference) and then a Refine that is
+cancelled, which must leave no earlier result on the page.
 
 Needs: apt-get install -y chromium chromium-driver; pip install selenium. Skipped otherwise.
 """
@@ -69,7 +73,7 @@ def browser(tmp_path, monkeypatch):
     opts.binary_location = CHROMIUM
     for flag in ("--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
                  "--disable-background-networking", "--disable-component-update", "--disable-sync",
-                 "--disable-dev-shm-usage", "--window-size=1400,1000", f"--user-data-dir={tmp_path / 'profile'}"):
+                 "--disable-dev-shm-usage", "--window-size=1280,720", f"--user-data-dir={tmp_path / 'profile'}"):
         opts.add_argument(flag)
     driver = webdriver.Chrome(service=Service(executable_path=CHROMEDRIVER), options=opts)
     driver.set_script_timeout(60)
@@ -86,9 +90,41 @@ def _inputs(tmp_path):
     image = np.clip(image.astype(int) + rng.integers(-20, 20, image.shape), 0, 255).astype(np.uint8)
     reference = rng.integers(0, 256, (90, 110, 3), dtype=np.uint8)
     Image.fromarray(image).save(tmp_path / "image.png")
+    Image.fromarray(image[:120, :160][::-1].copy()).save(tmp_path / "image2.png")
     Image.fromarray(reference).save(tmp_path / "reference.png")
     (tmp_path / "broken.png").write_text("this is text, not a picture")
     return image
+
+
+def _open_and_upload(d, url, tmp_path):
+    d.get(url)
+    wait = WebDriverWait(d, 60)
+    wait.until(lambda d: "model: tiny" in d.find_element(By.ID, "model-note").text)
+    assert d.find_element(By.ID, "ready-hint").text == "Refine needs an image and a reference photo."
+    d.find_element(By.ID, "image-file").send_keys(str(tmp_path / "image.png"))
+    d.find_element(By.ID, "reference-file").send_keys(str(tmp_path / "reference.png"))
+    wait.until(lambda d: d.find_element(By.ID, "refine-btn").is_enabled())
+    assert d.find_element(By.ID, "ready-hint").text == ""
+    canvas = d.find_element(By.ID, "mask-canvas")
+    assert (canvas.get_attribute("width"), canvas.get_attribute("height")) == (str(W), str(H))
+    # one horizontal stroke through the middle of the image, drawn with the mouse
+    ActionChains(d).move_to_element_with_offset(canvas, -40, 0).click_and_hold() \
+        .move_by_offset(20, 0).move_by_offset(20, 0).move_by_offset(20, 0).move_by_offset(20, 0).release().perform()
+    return canvas
+
+
+def _wait_finished(d, expected="done"):
+    WebDriverWait(d, 180).until(lambda d: d.find_element(By.TAG_NAME, "body").get_attribute("data-state") in ("done", "error"))
+    assert d.find_element(By.TAG_NAME, "body").get_attribute("data-state") == expected, d.find_element(By.ID, "error").text
+
+
+def _results_gone(d):
+    """Nothing of an earlier job is left on the page (hidden, and the pictures dropped too)."""
+    for section in ("results", "heat-section"):
+        assert not d.find_element(By.ID, section).is_displayed(), section
+    for img in ("compare-after", "result-img", "heatmap-img", "region-img"):
+        assert d.find_element(By.ID, img).get_attribute("src") in (None, ""), img
+    assert d.find_element(By.ID, "download").get_attribute("href").endswith("#")
 
 
 def _segment_distance(x0, x1, y):
@@ -102,27 +138,30 @@ def test_refine_in_the_browser(server_url, browser, tmp_path):
     image = _inputs(tmp_path)
     d = browser
     wait = WebDriverWait(d, 60)
-    d.get(server_url)
-    wait.until(lambda d: "model: tiny" in d.find_element(By.ID, "model-note").text)
-
-    d.find_element(By.ID, "image-file").send_keys(str(tmp_path / "image.png"))
-    d.find_element(By.ID, "reference-file").send_keys(str(tmp_path / "reference.png"))
-    wait.until(lambda d: d.find_element(By.ID, "refine-btn").is_enabled())
-    canvas = d.find_element(By.ID, "mask-canvas")
-    assert (canvas.get_attribute("width"), canvas.get_attribute("height")) == (str(W), str(H))
-
-    # one horizontal stroke through the middle of the image, drawn with the mouse
+    canvas = _open_and_upload(d, server_url, tmp_path)
     rect = d.execute_script("const r = arguments[0].getBoundingClientRect(); return [r.width, r.height];", canvas)
     scale = W / rect[0]
-    ActionChains(d).move_to_element_with_offset(canvas, -40, 0).click_and_hold() \
-        .move_by_offset(20, 0).move_by_offset(20, 0).move_by_offset(20, 0).move_by_offset(20, 0).release().perform()
     steps = d.find_element(By.ID, "steps")
     steps.clear()
     steps.send_keys("2")
+    assert d.execute_script("return window.scrollY") == 0
     d.find_element(By.ID, "refine-btn").click()
-    WebDriverWait(d, 180).until(lambda d: d.find_element(By.TAG_NAME, "body").get_attribute("data-state") in ("done", "error"))
-    assert d.find_element(By.TAG_NAME, "body").get_attribute("data-state") == "done", d.find_element(By.ID, "error").text
+    _wait_finished(d)
     assert d.find_element(By.ID, "heatmap-img").get_attribute("naturalWidth") == "110"
+    assert "guided the refinement" in d.find_element(By.ID, "heat-caption").text
+    assert d.find_element(By.ID, "results-title").text == "Before / after"
+    # the results are scrolled into view in a 1280x720 window, and the slider's picture is labelled
+    # (the whole section in view, or its top in the upper quarter when it is taller than the window)
+    def scrolled(d):
+        y, top, bottom, height = d.execute_script(
+            "const r = document.getElementById('results').getBoundingClientRect();"
+            "return [window.scrollY, r.top, r.bottom, window.innerHeight];")
+        return y > 0 and top >= -1 and (bottom <= height + 1 or top < 0.25 * height)
+
+    wait.until(scrolled, "the results were not scrolled into view")
+    assert d.find_element(By.ID, "label-before").is_displayed() and d.find_element(By.ID, "label-before").text == "before"
+    assert d.find_element(By.ID, "label-after").is_displayed() and d.find_element(By.ID, "label-after").text == "after"
+    assert d.find_element(By.ID, "compare-after").get_attribute("src").startswith("blob:")
 
     # read the file the download button offers
     encoded = d.execute_async_script(
@@ -148,9 +187,83 @@ def test_refine_in_the_browser(server_url, browser, tmp_path):
     outside = dist > radius + 3 + 3  # paste dilation 3 px (+ 3 px for antialiasing and pointer rounding)
     assert not changed[outside].any(), np.argwhere(changed & outside)[:5]
 
-    # a bad upload shows a message in the page; the page keeps working
+    # a new image: the old result, heat map and slider picture go with the old image
+    d.find_element(By.ID, "image-file").send_keys(str(tmp_path / "image2.png"))
+    wait.until(lambda d: "160 x 120 px" in d.find_element(By.ID, "image-info").text)
+    _results_gone(d)
+    assert d.find_element(By.TAG_NAME, "body").get_attribute("data-state") == "idle"
+    assert d.find_element(By.ID, "refine-btn").is_enabled()
+
+    # a bad upload shows a message in the page and takes the old image with it; the page keeps working
     d.find_element(By.ID, "image-file").send_keys(str(tmp_path / "broken.png"))
     wait.until(lambda d: "not a readable image" in d.find_element(By.ID, "error").text)
     assert d.find_element(By.ID, "error").is_displayed()
+    assert d.find_element(By.ID, "image-view").get_attribute("src") in (None, "")
+    assert "could not be used" in d.find_element(By.ID, "image-info").text
+    assert "160 x 120" not in d.find_element(By.ID, "image-info").text
+    assert (canvas.get_attribute("width"), canvas.get_attribute("height")) == ("1", "1")
+    assert not d.find_element(By.ID, "refine-btn").is_enabled()
+    assert d.find_element(By.ID, "ready-hint").text == "Refine needs an image."
     d.find_element(By.ID, "image-file").send_keys(str(tmp_path / "image.png"))
     wait.until(lambda d: d.find_element(By.ID, "refine-btn").is_enabled())
+    assert d.find_element(By.ID, "ready-hint").text == ""
+
+
+def test_align_only_and_cancel_in_a_narrow_window(server_url, browser, tmp_path):
+    _inputs(tmp_path)
+    d = browser
+    d.set_window_size(420, 900)
+    _open_and_upload(d, server_url, tmp_path)
+    # the columns stack: nothing is cut off or scrolls sideways
+    layout = d.execute_script("""
+        const s = [...document.querySelectorAll('main > section')].slice(0, 2).map(e => e.getBoundingClientRect());
+        return {inner: window.innerWidth, scroll: document.documentElement.scrollWidth,
+                first: [s[0].left, s[0].right, s[0].bottom], second: [s[1].left, s[1].right, s[1].top]};""")
+    assert layout["inner"] <= 440, layout
+    assert layout["scroll"] <= layout["inner"], layout
+    assert layout["second"][2] >= layout["first"][2], layout  # the reference column is below the image column
+    assert abs(layout["second"][0] - layout["first"][0]) < 1 and layout["second"][1] <= layout["inner"], layout
+
+    # steps are typed first: align ignores them, and the cancelled refine below needs many
+    steps = d.find_element(By.ID, "steps")
+    steps.clear()
+    steps.send_keys("1000")
+    d.find_element(By.ID, "align-btn").click()
+    _wait_finished(d)
+    assert d.find_element(By.ID, "results-title").text == "Found region on the reference"
+    assert not d.find_element(By.ID, "compare").is_displayed()
+    region = d.find_element(By.ID, "region-img")
+    assert region.is_displayed() and region.get_attribute("naturalWidth") == "110"
+    assert "found region" in d.find_element(By.ID, "heat-caption").text
+    assert d.find_element(By.ID, "download").get_attribute("download") == "correspondence.png"
+    # the region picture is the reference changed exactly on the region's pixels
+    counts = d.execute_async_script("""
+        const done = arguments[arguments.length - 1];
+        const pixels = (img) => { const c = document.createElement('canvas'); c.width = img.naturalWidth;
+          c.height = img.naturalHeight; const g = c.getContext('2d'); g.drawImage(img, 0, 0);
+          return g.getImageData(0, 0, c.width, c.height).data; };
+        const mask = new Image();
+        mask.onload = () => {
+          const a = pixels(document.getElementById('region-img')), b = pixels(document.getElementById('reference-view'));
+          const m = pixels(mask);
+          let on = 0, changed = 0, changedOff = 0;
+          for (let i = 0; i < a.length; i += 4) {
+            const diff = a[i] !== b[i] || a[i + 1] !== b[i + 1] || a[i + 2] !== b[i + 2];
+            if (m[i] >= 128) { on++; changed += diff; } else { changedOff += diff; }
+          }
+          done([on, changed, changedOff]);
+        };
+        mask.onerror = () => done('ERROR');
+        mask.src = document.getElementById('download').href;""")
+    on, changed, changed_off = counts
+    assert on > 0 and changed >= 0.99 * on and changed_off == 0, counts
+
+    # a new job clears the last one's results at once; a cancelled job leaves none behind
+    d.find_element(By.ID, "refine-btn").click()
+    WebDriverWait(d, 60).until(lambda d: d.find_element(By.ID, "status").text.startswith("step "))
+    _results_gone(d)
+    d.find_element(By.ID, "cancel-btn").click()
+    _wait_finished(d, expected="error")
+    assert "cancel" in d.find_element(By.ID, "error").text
+    _results_gone(d)
+    assert d.find_element(By.ID, "refine-btn").is_enabled()

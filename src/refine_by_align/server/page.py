@@ -40,6 +40,16 @@ INDEX_HTML = r"""<!doctype html>
   #compare-after { position:absolute; left:0; top:0; clip-path: inset(0 0 0 50%); }
   #compare-line { position:absolute; top:0; bottom:0; left:50%; width:2px; background:#fff; box-shadow:0 0 2px #000; pointer-events:none; }
   #compare-range { width:100%; }
+  .tag { position:absolute; top:6px; padding:2px 7px; border-radius:4px; background:rgba(0,0,0,.62); color:#fff;
+         font:600 12px/1.4 system-ui, sans-serif; pointer-events:none; transition:opacity .15s; }
+  #label-before { left:6px; }
+  #label-after { right:6px; }
+  #region-img { max-height:420px; }
+  @media (max-width: 760px) {
+    main { grid-template-columns: minmax(0, 1fr); padding:8px; gap:10px; }
+    header { flex-wrap:wrap; gap:4px 12px; }
+    #error { margin:0 8px; }
+  }
   .results { display:none; }
   .results.show { display:block; }
   a.button { display:inline-block; padding:6px 12px; border-radius:6px; background:var(--accent); color:#fff; text-decoration:none; }
@@ -69,6 +79,7 @@ INDEX_HTML = r"""<!doctype html>
   <h2>2. Reference photo of the same object</h2>
   <div class="row"><input type="file" id="reference-file" accept="image/*,.png,.jpg,.jpeg,.webp,.tif,.tiff,.bmp"></div>
   <div class="row"><label class="hint">optional object mask <input type="file" id="reference-mask-file" accept="image/*"></label></div>
+  <div class="hint" id="reference-info">Without an object mask the object is estimated from the photo (its alpha channel if it has one).</div>
   <img id="reference-view" class="thumb" alt="" hidden>
   <h2 style="margin-top:14px">3. Settings</h2>
   <div class="row">
@@ -80,13 +91,16 @@ INDEX_HTML = r"""<!doctype html>
     <button id="refine-btn" class="primary" type="button" disabled>Refine</button>
     <button id="align-btn" type="button" disabled>Align only</button>
     <button id="cancel-btn" type="button" hidden>Cancel</button>
+    <span class="hint" id="ready-hint"></span>
   </div>
   <div class="row"><progress id="progress" max="1" value="0" hidden></progress> <span id="status" class="hint"></span></div>
 </section>
 <section class="results" id="results">
-  <h2>Before / after</h2>
-  <div id="compare"><img id="compare-before" alt="before"><img id="compare-after" alt="after"><div id="compare-line"></div></div>
+  <h2 id="results-title">Before / after</h2>
+  <div id="compare"><img id="compare-before" alt="before"><img id="compare-after" alt="after"><div id="compare-line"></div>
+    <span class="tag" id="label-before">before</span><span class="tag" id="label-after">after</span></div>
   <input type="range" id="compare-range" min="0" max="100" value="50" aria-label="before/after">
+  <img id="region-img" class="thumb" alt="the found region on the reference" hidden>
   <div class="row"><a id="download" class="button" download="refined.png" href="#">Download result</a>
     <span class="hint" id="result-info"></span></div>
   <img id="result-img" alt="result" hidden>
@@ -94,7 +108,7 @@ INDEX_HTML = r"""<!doctype html>
 <section class="results" id="heat-section">
   <h2>Where the masked part was found on the reference</h2>
   <img id="heatmap-img" class="thumb" alt="correspondence heat map" style="max-height:420px">
-  <div class="hint">Heat map of the alignment (red = strong); the white outline is the region that guided the refinement.</div>
+  <div class="hint" id="heat-caption">Heat map of the alignment (red = strong); the white outline is the region that guided the refinement.</div>
 </section>
 </main>
 <script>
@@ -103,7 +117,7 @@ const $ = (id) => document.getElementById(id);
 const canvas = $("mask-canvas");
 const ctx = canvas.getContext("2d");
 const state = { image: null, reference: null, referenceMask: null, w: 0, h: 0, eraser: false, busy: false,
-                undo: [], drawing: false, last: null, job: null, urls: {} };
+                undo: [], drawing: false, last: null, job: null, urls: {}, gen: 0 };
 
 function showError(message) {
   const box = $("error");
@@ -114,9 +128,37 @@ function showError(message) {
 function clearError() { $("error").classList.remove("show"); $("error").textContent = ""; }
 function setStatus(text) { $("status").textContent = text; }
 function setUrl(key, blob) {
-  if (state.urls[key]) URL.revokeObjectURL(state.urls[key]);
+  dropUrl(key);
   state.urls[key] = URL.createObjectURL(blob);
   return state.urls[key];
+}
+function dropUrl(key) {
+  if (state.urls[key]) URL.revokeObjectURL(state.urls[key]);
+  delete state.urls[key];
+}
+function blank(img) { img.removeAttribute("src"); dropUrl(img.id); }
+
+// The results on screen always belong to the inputs on screen: any change of an input (a file, the
+// mask, a setting) or a new job removes them, and a job whose inputs changed while it ran is dropped.
+function clearResults() {
+  state.gen += 1;
+  for (const id of ["results", "heat-section"]) $(id).classList.remove("show");
+  for (const id of ["compare-after", "result-img", "heatmap-img", "region-img"]) blank($(id));
+  dropUrl("result");
+  $("download").setAttribute("href", "#");
+  $("result-info").textContent = "";
+  delete $("result-img").dataset.jobId;
+  if (!state.busy && document.body.dataset.state === "done") { document.body.dataset.state = "idle"; setStatus(""); }
+}
+function resetImage(info) {
+  state.image = null; state.w = state.h = 0; state.undo = [];
+  blank($("image-view")); $("compare-before").removeAttribute("src");
+  canvas.width = canvas.height = 1; ctx.clearRect(0, 0, 1, 1);
+  $("image-info").textContent = info;
+}
+function resetReference() {
+  state.reference = null;
+  blank($("reference-view")); $("reference-view").hidden = true;
 }
 async function errorText(response) {
   let text = "";
@@ -137,11 +179,11 @@ async function preview(file, role) {
   const r = await post("/api/preview", form);
   return await r.blob();
 }
-function loadImg(img, blob) {
+function loadImg(img, blob, key) {
   return new Promise((resolve, reject) => {
     img.onload = () => resolve(img);
     img.onerror = () => reject(new Error("the browser could not show the picture"));
-    img.src = setUrl(img.id, blob);
+    img.src = setUrl(key || img.id, blob);
   });
 }
 function updateButtons() {
@@ -149,49 +191,68 @@ function updateButtons() {
   $("refine-btn").disabled = !ready;
   $("align-btn").disabled = !ready;
   $("cancel-btn").hidden = !state.busy;
+  const missing = [];
+  if (!state.image) missing.push("an image");
+  if (!state.reference) missing.push("a reference photo");
+  $("ready-hint").textContent = state.busy || !missing.length ? "" : "Refine needs " + missing.join(" and ") + ".";
 }
 
 // ------------------------------------------------------------------ uploads
 $("image-file").addEventListener("change", async (ev) => {
   const file = ev.target.files[0];
+  clearError(); clearResults();
+  resetImage("Upload an image, then paint the artifact in red."); updateButtons();
   if (!file) return;
-  clearError();
-  state.image = null; updateButtons();
   try {
     const blob = await preview(file, "image");
     const img = await loadImg($("image-view"), blob);
     state.w = img.naturalWidth; state.h = img.naturalHeight;
     canvas.width = state.w; canvas.height = state.h;
     ctx.clearRect(0, 0, state.w, state.h);
-    state.undo = [];
     state.image = file;
     $("compare-before").src = img.src;
     $("image-info").textContent = file.name + ": " + state.w + " x " + state.h + " px. Paint over the artifact.";
-  } catch (e) { showError("image: " + e.message); }
+  } catch (e) {
+    resetImage("No image: " + file.name + " could not be used (" + e.message + "). Upload another one.");
+    ev.target.value = "";
+    showError("image: " + e.message);
+  }
   updateButtons();
 });
 $("reference-file").addEventListener("change", async (ev) => {
   const file = ev.target.files[0];
+  clearError(); clearResults();
+  resetReference(); updateButtons();
   if (!file) return;
-  clearError();
-  state.reference = null; updateButtons();
   try {
     const blob = await preview(file, "reference");
     const img = await loadImg($("reference-view"), blob);
     img.hidden = false;
     state.reference = file;
-  } catch (e) { showError("reference: " + e.message); }
+  } catch (e) { ev.target.value = ""; showError("reference: " + e.message); }
   updateButtons();
 });
-$("reference-mask-file").addEventListener("change", (ev) => { state.referenceMask = ev.target.files[0] || null; });
+$("reference-mask-file").addEventListener("change", async (ev) => {
+  const file = ev.target.files[0];
+  clearError(); clearResults();
+  state.referenceMask = null;
+  const info = "Without an object mask the object is estimated from the photo (its alpha channel if it has one).";
+  $("reference-info").textContent = info;
+  if (!file) return;
+  try {
+    await preview(file, "reference_mask");
+    state.referenceMask = file;
+    $("reference-info").textContent = "Object mask: " + file.name + ".";
+  } catch (e) { ev.target.value = ""; showError("reference mask: " + e.message); }
+});
 $("mask-file").addEventListener("change", async (ev) => {
   const file = ev.target.files[0];
   if (!file) return;
-  clearError();
-  if (!state.w) { showError("upload the image first, then its mask"); return; }
+  clearError(); clearResults();
+  if (!state.w) { ev.target.value = ""; showError("upload the image first, then its mask"); return; }
   try {
     const blob = await preview(file, "mask");
-    const img = await loadImg(new Image(), blob);
+    const img = await loadImg(new Image(), blob, "mask-file");
     if (img.naturalWidth !== state.w || img.naturalHeight !== state.h) {
       throw new Error("mask is " + img.naturalWidth + " x " + img.naturalHeight + " but the image is " + state.w + " x " + state.h);
     }
@@ -230,6 +291,7 @@ canvas.addEventListener("pointerdown", (ev) => {
   if (!state.w || ev.button !== 0) return;
   ev.preventDefault();
   canvas.setPointerCapture(ev.pointerId);
+  clearResults();
   pushUndo();
   state.drawing = true; state.last = pointer(ev);
   paint(state.last, state.last);
@@ -243,8 +305,9 @@ for (const t of ["pointerup", "pointercancel", "lostpointercapture"]) {
 }
 $("brush-size").addEventListener("input", () => { $("brush-value").textContent = $("brush-size").value; });
 $("eraser").addEventListener("click", () => { state.eraser = !state.eraser; $("eraser").classList.toggle("on", state.eraser); });
-$("undo").addEventListener("click", () => { const s = state.undo.pop(); if (s) ctx.putImageData(s, 0, 0); });
-$("clear-mask").addEventListener("click", () => { pushUndo(); ctx.clearRect(0, 0, canvas.width, canvas.height); });
+$("undo").addEventListener("click", () => { const s = state.undo.pop(); if (s) { clearResults(); ctx.putImageData(s, 0, 0); } });
+$("clear-mask").addEventListener("click", () => { clearResults(); pushUndo(); ctx.clearRect(0, 0, canvas.width, canvas.height); });
+for (const k of ["steps", "guidance", "seed"]) $(k).addEventListener("input", clearResults);
 document.addEventListener("keydown", (ev) => {
   if ((ev.ctrlKey || ev.metaKey) && ev.key === "z") { ev.preventDefault(); $("undo").click(); }
   else if (ev.key === "e" && ev.target.tagName !== "INPUT") { $("eraser").click(); }
@@ -278,6 +341,8 @@ async function run(mode) {
   form.append("reference", state.reference, state.reference.name);
   if (state.referenceMask) form.append("reference_mask", state.referenceMask, state.referenceMask.name);
   for (const k of ["steps", "guidance", "seed"]) { const v = $(k).value.trim(); if (v !== "") form.append(k, v); }
+  clearResults();
+  const gen = state.gen;
   state.busy = true; updateButtons();
   document.body.dataset.state = "running";
   const t0 = performance.now();
@@ -300,7 +365,8 @@ async function run(mode) {
       s = await r.json();
     }
     if (s.state !== "done") throw new Error(s.error || "the job failed");
-    await showResult(job.id, mode, s, (performance.now() - t0) / 1000);
+    if (gen !== state.gen) { setStatus("the inputs changed while the job ran: its result was dropped"); document.body.dataset.state = "idle"; return; }
+    await showResult(job.id, mode, s, (performance.now() - t0) / 1000, gen);
   } catch (e) {
     showError(e.message);
     setStatus("");
@@ -313,21 +379,54 @@ async function fetchBlob(url) {
   if (!r.ok) throw new Error(await errorText(r));
   return await r.blob();
 }
-async function showResult(id, mode, status, secs) {
+// The reference with the found region M* tinted and outlined (drawn here from correspondence.png).
+async function regionPicture(maskBlob) {
+  const ref = $("reference-view"), m = await loadImg(new Image(), maskBlob, "region-mask");
+  const w = m.naturalWidth, h = m.naturalHeight;
+  const c = document.createElement("canvas"); c.width = w; c.height = h;
+  const g = c.getContext("2d");
+  g.drawImage(m, 0, 0);
+  const mask = g.getImageData(0, 0, w, h).data;
+  g.drawImage(ref, 0, 0, w, h);
+  const pic = g.getImageData(0, 0, w, h), p = pic.data;
+  const t = Math.max(1, Math.round(Math.max(w, h) / 256));
+  const on = (x, y) => x >= 0 && y >= 0 && x < w && y < h && mask[(y * w + x) * 4] >= 128;
+  for (let y = 0; y < h; y++) {
+    for (let x = 0; x < w; x++) {
+      if (!on(x, y)) continue;
+      const i = (y * w + x) * 4;
+      const edge = !on(x - t, y) || !on(x + t, y) || !on(x, y - t) || !on(x, y + t);
+      if (edge) { p[i] = p[i + 1] = p[i + 2] = 255; }
+      else { p[i] = 0.55 * p[i] + 0.45 * 255; p[i + 1] = 0.55 * p[i + 1]; p[i + 2] = 0.55 * p[i + 2] + 0.45 * 255; }
+    }
+  }
+  g.putImageData(pic, 0, 0);
+  return await new Promise((resolve) => c.toBlob(resolve, "image/png"));
+}
+async function showResult(id, mode, status, secs, gen) {
   const result = await fetchBlob("/api/jobs/" + id + "/result.png");
+  const heat = status.outputs.indexOf("heatmap.png") >= 0 ? await fetchBlob("/api/jobs/" + id + "/heatmap.png") : null;
+  const region = mode === "align" ? await regionPicture(result) : null;
+  if (gen !== state.gen) return;  // an input changed while the pictures were fetched
   const url = setUrl("result", result);
   const img = $("result-img");
   await new Promise((resolve) => { img.onload = resolve; img.onerror = resolve; img.src = url; });
-  $("compare-after").src = url;
+  const refine = mode === "refine";
+  $("results-title").textContent = refine ? "Before / after" : "Found region on the reference";
+  $("compare").style.display = refine ? "" : "none";
+  $("compare-range").style.display = refine ? "" : "none";
+  if (refine) { $("compare-after").src = url; }
+  else { await loadImg($("region-img"), region); }
+  $("region-img").hidden = refine;
   const dl = $("download");
   dl.href = url;
-  dl.download = mode === "refine" ? "refined.png" : "correspondence.png";
-  dl.textContent = mode === "refine" ? "Download refined image" : "Download correspondence mask";
+  dl.download = refine ? "refined.png" : "correspondence.png";
+  dl.textContent = refine ? "Download refined image" : "Download the region as a mask";
   $("results").classList.add("show");
-  $("compare").style.display = mode === "refine" ? "" : "none";
-  $("compare-range").style.display = mode === "refine" ? "" : "none";
-  if (status.outputs.indexOf("heatmap.png") >= 0) {
-    await loadImg($("heatmap-img"), await fetchBlob("/api/jobs/" + id + "/heatmap.png"));
+  if (heat) {
+    await loadImg($("heatmap-img"), heat);
+    $("heat-caption").textContent = "Heat map of the alignment (red = strong); the white outline is " +
+      (refine ? "the region that guided the refinement." : "the found region (tinted under \u201cFound region on the reference\u201d).");
     $("heat-section").classList.add("show");
   }
   let info = "done in " + secs.toFixed(1) + " s";
@@ -336,6 +435,7 @@ async function showResult(id, mode, status, secs) {
   setStatus(info);
   img.dataset.jobId = id;
   document.body.dataset.state = "done";
+  $("results").scrollIntoView({ behavior: "smooth", block: "start" });
 }
 $("refine-btn").addEventListener("click", () => run("refine"));
 $("align-btn").addEventListener("click", () => run("align"));
@@ -346,6 +446,8 @@ $("compare-range").addEventListener("input", () => {
   const v = $("compare-range").value;
   $("compare-after").style.clipPath = "inset(0 0 0 " + v + "%)";
   $("compare-line").style.left = v + "%";
+  $("label-before").style.opacity = v < 12 ? 0 : 1;
+  $("label-after").style.opacity = v > 88 ? 0 : 1;
 });
 window.addEventListener("unhandledrejection", (ev) => showError(String(ev.reason && ev.reason.message || ev.reason)));
 

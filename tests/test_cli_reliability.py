@@ -387,3 +387,72 @@ def test_pyproject_uses_spdx_license_and_a_setuptools_that_reads_it():
     assert req, data["build-system"]
     version = req[0].split(">=")[1].split(",")[0]
     assert tuple(int(x) for x in version.split(".")[:1]) >= (77,), req  # PEP 639 support came in setuptools 77
+
+
+# ---------------------------------------------------------------------------------------------------- item 14: sizes from headers
+def _png_header_only(width: int, height: int) -> bytes:
+    """A PNG that declares ``width`` x ``height`` RGB pixels and carries almost none of them: its size
+    is readable from the header, decoding its pixels fails."""
+    import struct
+    import zlib
+
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data) & 0xFFFFFFFF)
+
+    ihdr = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)
+    stream = zlib.compressobj()  # one row, and the compressed stream left unfinished
+    idat = stream.compress(b"\0" + b"\x80" * (3 * width)) + stream.flush(zlib.Z_SYNC_FLUSH)
+    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", idat) + chunk(b"IEND", b"")
+
+
+@pytest.mark.parametrize("command", ["refine", "align"])
+def test_mask_size_is_checked_from_the_headers_before_decoding(tmp_path, capsys, no_compute, command):
+    """A 7900x7900 image (under the pixel cap) whose mask has the wrong size: the mismatch is found
+    from the headers, before the image's pixels are decoded (here they could not be: had the image
+    been decoded first, the error would be about its pixels)."""
+    paths = _inputs(tmp_path / "in")
+    paths["image"] = tmp_path / "in" / "huge.png"
+    paths["image"].write_bytes(_png_header_only(7900, 7900))
+    _refused(_refine(paths, tmp_path / "out.png", command=command), capsys,
+             f"mask '{paths['mask']}': size 48x40 does not match the image 7900x7900")
+    assert not (tmp_path / "out.png").exists()
+
+
+def test_reference_mask_size_is_checked_from_the_headers(tmp_path, capsys, no_compute):
+    paths = _inputs(tmp_path / "in")
+    paths["reference"] = tmp_path / "in" / "ref.png"
+    paths["reference"].write_bytes(_png_header_only(3000, 2000))
+    _refused(_refine(paths, tmp_path / "out.png"), capsys, "reference_mask", "size 30x36 does not match the reference 3000x2000")
+
+
+def test_load_inputs_reads_headers_first_and_decodes_after(tmp_path):
+    """io.load_inputs: header sizes compared before ``before_decode`` runs; a rotated-by-EXIF pair
+    (sizes swapped in the header) is not refused early; decoding problems come after."""
+    from refine_by_align.io import load_inputs
+
+    paths = _inputs(tmp_path / "in")
+    calls = []
+    files = {k: (Path(p).read_bytes(), Path(p).name) for k, p in paths.items()}
+    image, mask, reference, ref_mask, names = load_inputs(files, before_decode=lambda: calls.append("decode"))
+    assert calls == ["decode"] and image.size == (48, 40) and mask.shape == (40, 48) and ref_mask.shape == (36, 30)
+    assert names == {k: f"{k}.png" for k in paths}
+
+    bad = dict(files, mask=(Image.new("L", (10, 10), 255).tobytes(), "raw.bin"))  # not an image at all
+    calls.clear()
+    with pytest.raises(InputError, match="mask 'raw.bin': not a readable image"):
+        load_inputs(bad, before_decode=lambda: calls.append("decode"))
+    assert calls == []
+    cut = dict(files, image=(_png_header_only(48, 40), "cut.png"))
+    with pytest.raises(InputError, match="image 'cut.png': cannot be decoded"):
+        load_inputs(cut, before_decode=lambda: calls.append("decode"))
+    assert calls == ["decode"]  # the sizes agreed: only the pixels were wrong
+
+    # a JPEG stored 40x48 with EXIF orientation 6 (rotated 90 degrees) is 48x40 once decoded
+    import io as _io
+
+    exif = Image.Exif()
+    exif[0x0112] = 6
+    buf = _io.BytesIO()
+    Image.fromarray(np.zeros((48, 40, 3), np.uint8)).save(buf, format="JPEG", exif=exif.tobytes())
+    image, mask, *_ = load_inputs(dict(files, image=(buf.getvalue(), "rotated.jpg")))
+    assert image.size == (48, 40) and mask.shape == (40, 48)

@@ -37,7 +37,7 @@ from typing import Any
 
 from PIL import Image
 
-from .io import InputError, alpha_mask, check_output_folder, load_image, load_mask, write_atomic
+from .io import InputError, check_output_folder, load_inputs, write_atomic
 
 __all__ = ["DONE_FILE", "ERRORS_FILE", "BatchJob", "format_summary", "read_manifest", "run_batch"]
 
@@ -234,13 +234,8 @@ def _lock(out_dir: Path):
 
 # ---------------------------------------------------------------------------------------------------- run
 def _run_one(job: BatchJob, pipe, target: Path) -> None:
-    image = load_image(job.image, "image")
-    mask = load_mask(job.mask, "mask")
-    reference = load_image(job.reference, "reference")
-    ref_mask = load_mask(job.reference_mask, "reference mask") if job.reference_mask else alpha_mask(reference)
-    names = {"image": str(job.image), "mask": str(job.mask), "reference": str(job.reference)}
-    if job.reference_mask:
-        names["reference_mask"] = str(job.reference_mask)
+    files = {"image": job.image, "mask": job.mask, "reference": job.reference, "reference_mask": job.reference_mask}
+    image, mask, reference, ref_mask, names = load_inputs(files, labels={"reference_mask": "reference mask"})
     result = pipe(
         image, mask, reference, ref_mask, num_inference_steps=job.steps, guidance_scale=job.guidance, seed=job.seed,
         names=names,

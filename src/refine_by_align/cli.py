@@ -177,17 +177,11 @@ def _print_notes(notes) -> None:
 
 def _read_inputs(args):
     """Load and check every input file before any model is loaded: errors come first and alone."""
-    from .io import alpha_mask, load_image, load_mask, to_rgb, validate_inputs
+    from .io import load_inputs
 
-    image = load_image(args.image, "image")
-    mask = load_mask(args.mask, "mask")
-    reference = load_image(args.reference, "reference")
-    ref_mask = load_mask(args.reference_mask, "reference mask") if args.reference_mask else alpha_mask(reference)
-    names = {"image": args.image, "mask": args.mask, "reference": args.reference}
-    if args.reference_mask:
-        names["reference_mask"] = args.reference_mask
-    validate_inputs(to_rgb(image), mask, to_rgb(reference), ref_mask, names)
-    return image, mask, reference, ref_mask, names
+    # every header first (sizes compared before any pixel is decoded), then the pixels
+    files = {"image": args.image, "mask": args.mask, "reference": args.reference, "reference_mask": args.reference_mask}
+    return load_inputs(files, labels={"reference_mask": "reference mask"})
 
 
 def _check_output(path: str, what: str = "output") -> Path:

@@ -11,6 +11,7 @@ import os
 import tempfile
 import warnings
 from collections.abc import Callable
+from io import BytesIO
 from pathlib import Path
 from typing import BinaryIO
 
@@ -19,7 +20,12 @@ from PIL import Image, ImageOps, UnidentifiedImageError
 
 __all__ = [
     "InputError",
+    "open_image",
+    "decode_image",
+    "read_file",
     "load_image",
+    "load_inputs",
+    "check_input_sizes",
     "load_mask",
     "to_rgb",
     "to_mask",
@@ -41,31 +47,91 @@ class InputError(ValueError):
     """A user input that cannot be used; the message is meant for the user, one line."""
 
 
-def _open(path: str | os.PathLike, what: str) -> Image.Image:
+def _label(what: str, name: str | os.PathLike | None) -> str:
+    return f"{what} '{name}'" if name is not None and str(name) else what
+
+
+def open_image(
+    data: bytes,
+    what: str = "image",
+    name: str | os.PathLike | None = None,
+    *,
+    max_side: int | None = None,
+    too_large: type[InputError] = InputError,
+) -> Image.Image:
+    """Read an image's header only (Pillow's lazy open): the returned image knows its size and mode,
+    no pixel is decoded yet. Refuses, as one InputError naming ``what`` and ``name``: empty data, an
+    unknown or corrupt format, a zero size, more than :data:`MAX_PIXELS` pixels (decompression bomb)
+    and, with ``max_side``, a longer side than that (both raised as ``too_large``). The size is the
+    stored one, before any EXIF rotation."""
+    label = _label(what, name)
+    if not data:
+        raise InputError(f"{label}: empty file (0 bytes), not a readable image")
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            img = Image.open(BytesIO(data))
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as e:
+        raise too_large(f"{label}: image too large (decompression bomb guard: {e})") from None
+    except UnidentifiedImageError:
+        raise InputError(f"{label}: not a readable image (unknown or corrupt format)") from None
+    except MemoryError:
+        raise
+    except Exception as e:  # a malformed header can raise nearly anything from a Pillow plugin
+        raise InputError(f"{label}: cannot be decoded ({_one_line(e)})") from None
+    if img.width < 1 or img.height < 1:
+        raise InputError(f"{label}: image has zero size")
+    if max_side is not None and max(img.size) > max_side:
+        raise too_large(f"{label}: {img.width}x{img.height} is larger than the limit of {max_side} px per side")
+    return img
+
+
+def decode_image(
+    data: bytes,
+    what: str = "image",
+    name: str | os.PathLike | None = None,
+    *,
+    max_side: int | None = None,
+    too_large: type[InputError] = InputError,
+) -> Image.Image:
+    """Decode an image file's bytes (any format and mode Pillow reads; EXIF rotation applied). The
+    header is checked first (:func:`open_image`: size limits before any pixel is decoded); every
+    problem is one InputError naming ``what`` and ``name``. Used for files (:func:`load_image`) and
+    for the server's uploads alike."""
+    img = open_image(data, what, name, max_side=max_side, too_large=too_large)
+    label = _label(what, name)
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            img.load()
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as e:
+        raise too_large(f"{label}: image too large (decompression bomb guard: {e})") from None
+    except MemoryError:
+        raise
+    except Exception as e:  # truncated or corrupt pixel data
+        raise InputError(f"{label}: cannot be decoded ({_one_line(e)})") from None
+    try:
+        img = ImageOps.exif_transpose(img)
+    except Exception:  # broken EXIF must not stop us: keep the pixels as stored
+        pass
+    return img
+
+
+def _one_line(e: BaseException) -> str:
+    return " ".join(str(e).split()) or type(e).__name__
+
+
+def read_file(path: str | os.PathLike, what: str = "image") -> bytes:
+    """A user file's bytes; a missing file, a folder or an unreadable file is one InputError."""
     path = Path(path)
     if not path.exists():
         raise InputError(f"{what} '{path}': file not found")
     if path.is_dir():
         raise InputError(f"{what} '{path}': is a folder, not an image file")
     try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("error", Image.DecompressionBombWarning)
-            with open(path, "rb") as fh:
-                img = Image.open(fh)
-                img.load()
-    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as e:
-        raise InputError(f"{what} '{path}': image too large (decompression bomb guard: {e})") from None
-    except UnidentifiedImageError:
-        raise InputError(f"{what} '{path}': not a readable image (unknown or corrupt format)") from None
-    except (OSError, SyntaxError, ValueError) as e:
-        raise InputError(f"{what} '{path}': cannot be decoded ({e})") from None
-    if img.width < 1 or img.height < 1:
-        raise InputError(f"{what} '{path}': image has zero size")
-    try:
-        img = ImageOps.exif_transpose(img)
-    except Exception:  # broken EXIF must not stop us: keep the pixels as stored
-        pass
-    return img
+        return path.read_bytes()
+    except OSError as e:
+        raise InputError(f"{what} '{path}': cannot be read ({e.strerror or e})") from None
 
 
 def to_rgb(img: Image.Image) -> Image.Image:
@@ -110,13 +176,13 @@ def to_mask(img: Image.Image) -> np.ndarray:
     return arr >= 128
 
 
-def load_image(path: str | os.PathLike, what: str = "image") -> Image.Image:
+def load_image(path: str | os.PathLike, what: str = "image", *, max_side: int | None = None) -> Image.Image:
     """Open an image file of any mode and size; returns the decoded PIL image (EXIF-rotated)."""
-    return _open(path, what)
+    return decode_image(read_file(path, what), what, path, max_side=max_side)
 
 
 def load_mask(path: str | os.PathLike, what: str = "mask") -> np.ndarray:
-    return to_mask(_open(path, what))
+    return to_mask(load_image(path, what))
 
 
 def validate_inputs(
@@ -161,6 +227,79 @@ def validate_inputs(
                 f"{name('reference')}: its alpha channel is empty (fully transparent: no object to align with); "
                 "give a reference mask or a reference whose object is opaque"
             )
+
+
+INPUT_ROLES = ("image", "mask", "reference", "reference_mask")
+
+
+def check_input_sizes(sizes: dict[str, tuple[int, int]], names: dict[str, str] | None = None) -> None:
+    """The checks of :func:`validate_inputs` that need only the images' sizes (``role -> (w, h)`` as
+    read from the headers), so that a wrong mask is refused before any pixel is decoded. Sizes are
+    compared either way round (an EXIF rotation may still swap them); the exact comparison follows
+    once the images are decoded."""
+    names = names or {}
+
+    def name(role: str) -> str:
+        return f"{role} '{names[role]}'" if role in names else role
+
+    for role in ("image", "reference"):
+        if role in sizes and min(sizes[role]) < 8:
+            w, h = sizes[role]
+            raise InputError(f"{name(role)}: {w}x{h} is too small (need at least 8x8)")
+    for role, of in (("mask", "image"), ("reference_mask", "reference")):
+        if role in sizes and of in sizes and sorted(sizes[role]) != sorted(sizes[of]):
+            (w, h), (ow, oh) = sizes[role], sizes[of]
+            what = "the image" if of == "image" else "the reference"
+            raise InputError(f"{name(role)}: size {w}x{h} does not match {what} {ow}x{oh}")
+
+
+def load_inputs(
+    files: dict[str, str | os.PathLike | tuple[bytes, str]],
+    *,
+    labels: dict[str, str] | None = None,
+    max_side: int | None = None,
+    too_large: type[InputError] = InputError,
+    before_decode: Callable[[], object] | None = None,
+) -> tuple[Image.Image, np.ndarray, Image.Image, np.ndarray | None, dict[str, str]]:
+    """Read and check a call's inputs: ``files`` maps ``image``, ``mask``, ``reference`` and
+    optionally ``reference_mask`` to a path or to ``(bytes, file name)``.
+
+    Every header is read and the sizes compared (:func:`check_input_sizes`) before any pixel is
+    decoded; ``before_decode`` is then called (the server reserves its queue slot there), the images
+    are decoded and :func:`validate_inputs` runs. Returns (image, mask, reference, reference mask or
+    the reference's alpha or None, names: role -> file name). ``labels`` renames a role in messages
+    about reading its file (e.g. ``reference mask``)."""
+    labels = labels or {}
+    missing = [role for role in INPUT_ROLES[:3] if role not in files]
+    if missing:
+        raise InputError(f"missing input(s): {', '.join(missing)}")
+    data: dict[str, bytes] = {}
+    names: dict[str, str] = {}
+    for role in INPUT_ROLES:
+        if files.get(role) is None:
+            continue
+        source = files[role]
+        if isinstance(source, tuple):
+            data[role], names[role] = source[0], str(source[1])
+        else:
+            data[role], names[role] = read_file(source, labels.get(role, role)), str(source)
+    headers = {
+        role: open_image(data[role], labels.get(role, role), names[role], max_side=max_side, too_large=too_large)
+        for role in data
+    }
+    check_input_sizes({role: img.size for role, img in headers.items()}, names)
+    del headers
+    if before_decode is not None:
+        before_decode()
+    decoded = {
+        role: decode_image(data.pop(role), labels.get(role, role), names[role], max_side=max_side, too_large=too_large)
+        for role in list(data)
+    }
+    image, reference = decoded["image"], decoded["reference"]
+    mask = to_mask(decoded["mask"])
+    ref_mask = to_mask(decoded["reference_mask"]) if "reference_mask" in decoded else alpha_mask(reference)
+    validate_inputs(to_rgb(image), mask, to_rgb(reference), ref_mask, names)
+    return image, mask, reference, ref_mask, names
 
 
 def same_file(a: str | os.PathLike, b: str | os.PathLike) -> bool:

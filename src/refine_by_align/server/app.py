@@ -28,7 +28,6 @@ import io
 import json
 import logging
 import math
-import warnings
 from contextlib import asynccontextmanager
 from dataclasses import asdict, dataclass
 from typing import Any
@@ -38,12 +37,12 @@ import numpy as np
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import HTMLResponse, JSONResponse, Response
-from PIL import Image, ImageOps, UnidentifiedImageError
+from PIL import Image
 from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from ..io import InputError, alpha_mask, to_mask, to_rgb, validate_inputs
-from .jobs import Job, JobRunner, QueueFull
+from ..io import InputError, decode_image, load_inputs, to_mask, to_rgb
+from .jobs import Job, JobRunner, QueueFull, Slot
 from .settings import ServerSettings
 
 __all__ = ["ServerSettings", "UploadTooLarge", "create_app", "decode_upload"]
@@ -66,37 +65,10 @@ class _BodyTooLarge(Exception):
 
 # ---------------------------------------------------------------------------------------------------- decoding
 def decode_upload(data: bytes, what: str, filename: str | None = None, max_side: int = 4096) -> Image.Image:
-    """Decode uploaded bytes like :func:`refine_by_align.io.load_image` decodes a file: any mode, EXIF
-    rotation applied; every problem is one :class:`InputError` naming the upload. The side limit is
-    checked from the header, before any pixel is decoded."""
-    label = f"{what} '{filename}'" if filename else what
-    if not data:
-        raise InputError(f"{label}: empty file")
-    buf = io.BytesIO(data)
-    try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("error", Image.DecompressionBombWarning)
-            img = Image.open(buf)
-            if max(img.size) > max_side:
-                raise UploadTooLarge(
-                    f"{label}: {img.width}x{img.height} is larger than this server's limit of {max_side} px per side"
-                )
-            img.load()
-    except InputError:
-        raise
-    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as e:
-        raise UploadTooLarge(f"{label}: image too large (decompression bomb guard: {e})") from None
-    except UnidentifiedImageError:
-        raise InputError(f"{label}: not a readable image (unknown or corrupt format)") from None
-    except (OSError, SyntaxError, ValueError, EOFError) as e:
-        raise InputError(f"{label}: cannot be decoded ({e})") from None
-    if img.width < 1 or img.height < 1:
-        raise InputError(f"{label}: image has zero size")
-    try:
-        img = ImageOps.exif_transpose(img)
-    except Exception:  # broken EXIF: keep the pixels as stored (as io.load_image does)
-        pass
-    return img
+    """Decode uploaded bytes as :func:`refine_by_align.io.decode_image` decodes a file's (the same
+    function): any mode, EXIF rotation applied, the side limit checked from the header before any
+    pixel is decoded (413); every problem is one :class:`InputError` naming the upload."""
+    return decode_image(data, what, filename, max_side=max_side, too_large=UploadTooLarge)
 
 
 def _png(img: Image.Image) -> bytes:
@@ -189,8 +161,10 @@ async def _read_form(request, settings: ServerSettings, file_fields, required, v
     return files, values
 
 
-def _prepare(files: dict[str, tuple[bytes, str]], values: dict[str, str], settings: ServerSettings) -> _Inputs:
-    """Decode and check everything before the job is queued (runs in a worker thread)."""
+def _prepare(files: dict[str, tuple[bytes, str]], values: dict[str, str], settings: ServerSettings, reserve) -> tuple[_Inputs, Slot]:
+    """Check the values and the images' headers (sizes), hold a place in the queue (``reserve()``,
+    QueueFull when there is none), then decode and check the pixels (runs in a worker thread).
+    Returns the inputs and the held place (the caller submits the job in it or releases it)."""
     from ..pipelines.pipeline import check_settings
 
     steps = _int_value(values, "steps")
@@ -199,17 +173,21 @@ def _prepare(files: dict[str, tuple[bytes, str]], values: dict[str, str], settin
     check_settings(steps, guidance)
     if seed is not None and not 0 <= seed <= MAX_SEED:
         raise InputError(f"seed must be an integer in 0..{MAX_SEED}, got {seed}")
-    side = settings.max_image_side
-    names = {role: files[role][1] for role in files}
-    image = decode_upload(files["image"][0], "image", names["image"], side)
-    mask = to_mask(decode_upload(files["mask"][0], "mask", names["mask"], side))
-    reference = decode_upload(files["reference"][0], "reference", names["reference"], side)
-    if "reference_mask" in files:
-        ref_mask = to_mask(decode_upload(files["reference_mask"][0], "reference_mask", names["reference_mask"], side))
-    else:
-        ref_mask = alpha_mask(reference)
-    validate_inputs(to_rgb(image), mask, to_rgb(reference), ref_mask, names)
-    return _Inputs(image, mask, reference, ref_mask, names, steps, guidance, 0 if seed is None else seed)
+    slot: Slot | None = None
+
+    def hold_place() -> None:
+        nonlocal slot
+        slot = reserve()
+
+    try:
+        image, mask, reference, ref_mask, names = load_inputs(
+            files, max_side=settings.max_image_side, too_large=UploadTooLarge, before_decode=hold_place
+        )
+    except BaseException:
+        if slot is not None:
+            slot.release()
+        raise
+    return _Inputs(image, mask, reference, ref_mask, names, steps, guidance, 0 if seed is None else seed), slot
 
 
 def _refine_work(inp: _Inputs, extras: bool):
@@ -403,20 +381,23 @@ def create_app(pipe, settings: ServerSettings | None = None):
     async def submit(request: Request, kind: str, extras: bool, allow_mode: bool) -> Job:
         if runner.pipe is None:
             raise _HTTPError(503, "model is not loaded yet; retry in a moment", {"Retry-After": "5"})
-        value_fields = VALUE_FIELDS + (("mode",) if allow_mode else ())
-        files, values = await _read_form(request, settings, FILE_FIELDS, REQUIRED_FILES, value_fields)
-        if allow_mode:
-            kind = values.pop("mode", kind).strip() or kind
-            if kind not in ("refine", "align"):
-                raise InputError(f"mode must be 'refine' or 'align', got {kind!r}")
-        inp = await run_in_threadpool(_prepare, files, values, settings)
-        del files
-        work = _refine_work(inp, extras) if kind == "refine" else _align_work(inp, extras)
+        retry = {"Retry-After": str(max(1, math.ceil(settings.job_timeout_s / 10)))}
         try:
-            return runner.submit(Job(kind=kind, work=work, timeout_s=settings.job_timeout_s))
+            runner.check_room()  # a full server refuses before reading the upload
+            value_fields = VALUE_FIELDS + (("mode",) if allow_mode else ())
+            files, values = await _read_form(request, settings, FILE_FIELDS, REQUIRED_FILES, value_fields)
+            if allow_mode:
+                kind = values.pop("mode", kind).strip() or kind
+                if kind not in ("refine", "align"):
+                    raise InputError(f"mode must be 'refine' or 'align', got {kind!r}")
+            # headers and sizes, then a place in the queue, then the pixels
+            inp, slot = await run_in_threadpool(_prepare, files, values, settings, runner.reserve)
+            del files
+            work = _refine_work(inp, extras) if kind == "refine" else _align_work(inp, extras)
+            with slot:
+                return runner.submit(Job(kind=kind, work=work, timeout_s=settings.job_timeout_s), slot)
         except QueueFull as e:
-            retry = max(1, math.ceil(settings.job_timeout_s / 10))
-            raise _HTTPError(503, str(e), {"Retry-After": str(retry)}) from None
+            raise _HTTPError(503, str(e), retry) from None
 
     async def wait(job: Job, request: Request) -> None:
         loop = asyncio.get_running_loop()

@@ -4,10 +4,16 @@ The pipeline is not thread-safe and a CPU has no spare cores for two denoising l
 (refine or align) runs on a single worker thread in submission order. Waiting jobs are bounded
 (``max_queue``); a full queue is refused at once (HTTP 503) instead of piling up requests.
 
-Progress and the time limit use the pipeline's own progress-bar hook: while a job runs, the
-pipeline's ``progress_bar`` yields a small object that counts denoising steps into the job and
-raises :class:`JobAborted` once the job is past its deadline or was cancelled, so a runaway job
-stops within one denoising step and frees the worker.
+A request first reserves its place (:meth:`JobRunner.reserve`), before its images are decoded,
+so a full server refuses at once instead of decoding uploads it cannot run.
+
+The time limit covers the whole job, from the moment the worker takes it up: preprocessing,
+alignment, denoising and encoding the results. At the deadline a watchdog finishes the job as a 504
+(the client gets its answer then, wherever the worker is) and asks the work to stop. The work stops
+at its next check: the pipeline's ``progress_bar`` is routed through the job, counts denoising
+steps and raises :class:`JobAborted` once the job is past its deadline or was cancelled. A stage
+that does not return to Python (one long native call) keeps the worker until it returns; the
+worker's late result is dropped.
 """
 
 from __future__ import annotations
@@ -21,7 +27,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-__all__ = ["Job", "JobAborted", "JobRunner", "QueueFull"]
+__all__ = ["Job", "JobAborted", "JobRunner", "QueueFull", "Slot"]
 
 logger = logging.getLogger(__name__)
 
@@ -56,14 +62,26 @@ class Job:
     status_code: int = 200
     outputs: dict[str, Any] = field(default_factory=dict)
     cancelled: str | None = None
+    cancel_status: int = 499
     done_event: threading.Event = field(default_factory=threading.Event)
     _callbacks: list[Callable[[], None]] = field(default_factory=list)
     _lock: threading.Lock = field(default_factory=threading.Lock)
 
     # ------------------------------------------------------------------ lifecycle helpers
-    def cancel(self, reason: str = "cancelled") -> None:
+    def cancel(self, reason: str = "cancelled", status_code: int = 499) -> None:
         """Ask the job to stop: a queued job never starts, a running one stops at its next step."""
-        self.cancelled = reason
+        if self.cancelled is None:
+            self.cancel_status = status_code
+            self.cancelled = reason
+
+    def expire(self) -> None:
+        """The deadline passed: answer 504 now and ask the work to stop (the watchdog calls this)."""
+        message = self._timeout_message()
+        self.cancel(message, 504)
+        self._finish("error", 504, message)
+
+    def _timeout_message(self) -> str:
+        return f"job took longer than the limit of {self.timeout_s:g} s and was stopped"
 
     def on_done(self, callback: Callable[[], None]) -> None:
         """Call ``callback`` (from any thread) once the job is finished; at once if it already is."""
@@ -74,7 +92,10 @@ class Job:
         callback()
 
     def _finish(self, state: str, status_code: int = 200, error: str | None = None, outputs=None) -> None:
+        """Record the job's end; the first call wins (a result arriving after the watchdog's 504 is dropped)."""
         with self._lock:
+            if self.done_event.is_set():
+                return
             self.state = state
             self.status_code = status_code
             self.error = error
@@ -92,9 +113,9 @@ class Job:
     def check(self) -> None:
         """Raise :class:`JobAborted` if the job must stop now."""
         if self.cancelled is not None:
-            raise JobAborted(f"job {self.cancelled}", 499)
+            raise JobAborted(self.cancelled if self.cancel_status == 504 else f"job {self.cancelled}", self.cancel_status)
         if self.started is not None and time.monotonic() - self.started > self.timeout_s:
-            raise JobAborted(f"job took longer than the limit of {self.timeout_s:g} s and was stopped", 504)
+            raise JobAborted(self._timeout_message(), 504)
 
     def elapsed(self) -> float:
         end = self.finished if self.finished is not None else time.monotonic()
@@ -148,6 +169,28 @@ class _JobBar:
         pass
 
 
+class Slot:
+    """A place in the queue held for a request while its images are decoded (:meth:`JobRunner.reserve`).
+    ``submit(job, slot)`` uses it; ``release()`` gives it back (idempotent; also after a submit)."""
+
+    def __init__(self, runner: "JobRunner"):
+        self._runner = runner
+        self.held = True
+
+    def release(self) -> None:
+        with self._runner._lock:
+            if self.held:
+                self.held = False
+                self._runner._reserved -= 1
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.release()
+        return False
+
+
 class JobRunner:
     """Runs jobs one at a time on a daemon worker thread; keeps the last ``max_results`` finished."""
 
@@ -159,6 +202,7 @@ class JobRunner:
         self._wake = threading.Condition(self._lock)
         self._waiting: list[Job] = []
         self._running: Job | None = None
+        self._reserved = 0  # places held by requests still decoding their images
         self._jobs: OrderedDict[str, Job] = OrderedDict()
         self._local = threading.local()
         self._closed = False
@@ -200,16 +244,40 @@ class JobRunner:
                 del pipe.progress_bar
 
     # ------------------------------------------------------------------ queue
-    def submit(self, job: Job) -> Job:
+    def _check_room(self) -> None:
+        """Raise QueueFull unless one more job fits (the caller holds the lock)."""
+        if self._closed:
+            raise QueueFull("server is shutting down")
+        busy = 1 if self._running is not None else 0
+        if busy + len(self._waiting) + self._reserved >= 1 + self.max_queue:
+            pending = f", {self._reserved} being decoded" if self._reserved else ""
+            raise QueueFull(
+                f"server busy: {busy} job running and {len(self._waiting)} waiting{pending} (queue limit {self.max_queue}); "
+                "try again shortly"
+            )
+
+    def check_room(self) -> None:
+        """Raise QueueFull now if a job could not be queued (cheap: before a request's body is read)."""
         with self._lock:
-            if self._closed:
-                raise QueueFull("server is shutting down")
-            busy = 1 if self._running is not None else 0
-            if busy + len(self._waiting) >= 1 + self.max_queue:
-                raise QueueFull(
-                    f"server busy: {busy} job running and {len(self._waiting)} waiting (queue limit {self.max_queue}); "
-                    "try again shortly"
-                )
+            self._check_room()
+
+    def reserve(self) -> Slot:
+        """Hold a place for a job whose inputs are about to be decoded; QueueFull if there is none."""
+        with self._lock:
+            self._check_room()
+            self._reserved += 1
+        return Slot(self)
+
+    def submit(self, job: Job, slot: Slot | None = None) -> Job:
+        """Queue ``job`` (in the place ``slot`` holds, if given); QueueFull if it does not fit."""
+        with self._lock:
+            if slot is not None and slot.held:
+                slot.held = False
+                self._reserved -= 1
+                if self._closed:
+                    raise QueueFull("server is shutting down")
+            else:
+                self._check_room()
             self._jobs[job.id] = job
             self._waiting.append(job)
             self._prune()
@@ -289,8 +357,12 @@ class JobRunner:
         job.started = time.monotonic()
         job.state = "running"
         self._local.job = job
+        work = job.work
+        watchdog = threading.Timer(job.timeout_s, job.expire)
+        watchdog.daemon = True
+        watchdog.start()
         try:
-            outputs = job.work(self.pipe)
+            outputs = work(self.pipe)
         except JobAborted as e:
             job._finish("error", e.status_code, str(e))
         except InputError as e:
@@ -303,4 +375,5 @@ class JobRunner:
         else:
             job._finish("done", 200, None, outputs)
         finally:
+            watchdog.cancel()
             self._local.job = None

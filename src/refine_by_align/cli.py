@@ -375,66 +375,19 @@ def cmd_grid_search(args) -> int:
 
 
 def cmd_benchmark(args) -> int:
-    from .evaluation.perf import OP_CLASSES, run_benchmark
+    from .perf.run import check_configs, format_results, run_benchmark
     from .pipelines.pipeline import resolve_device
 
     try:  # a bad or absent device is a usage error, found before any config is built
         resolve_device(args.device)
     except (ValueError, RuntimeError) as e:
         raise CLIError(f"--device {args.device}: {e}") from None
-    from .config import CONFIG_NAMES
     from .io import check_output_path
 
     check_output_path(args.output, "--output")
-    configs = [c.strip() for c in args.configs.split(",") if c.strip()]
-    for c in configs:  # each config runs in a child process: name the bad one here, before any timing
-        if c not in CONFIG_NAMES and not (Path(c) / "config.json").is_file():
-            raise CLIError(f"--configs: '{c}' is neither a preset ({', '.join(CONFIG_NAMES)}) nor a model folder with a config.json")
+    configs = check_configs(args.configs)  # each config runs in a child process: a bad name is found here
     res = run_benchmark(configs, args.output, args.repeats, args.cases, args.dtype, args.compile or False, args.device, args.attention)
-    c = res["ceiling"]
-    print(f"{res['machine']}: matmul ceiling fp32 {c['fp32_gflops']:.0f} GFLOP/s, bf16 {c['bf16_gflops']:.0f} GFLOP/s")
-    print(f"{'config':<10} {'dtype':<9} {'encode':>7} {'align':>7} {'step':>7} {'step1':>7} {'refine512':>9} {'GFLOP':>8} {'ceil%':>6} {'RSS MB':>7}")
-    for name, r in res.items():
-        if not isinstance(r, dict) or "refine_512_s" not in r:
-            continue
-        print(
-            f"{name:<10} {r['dtype']:<9} {r['encode_s']:>7.3f} {r['align_s']:>7.3f} {r['step_s']:>7.3f} {r['step_nocfg_s']:>7.3f} "
-            f"{r['refine_512_s']:>9.2f} {r['unet_gflop']:>8.2f} {100 * r['unet_fraction_of_ceiling']:>6.1f} {r['peak_rss_mb']:>7.0f}"
-        )
-    for name, r in res.items():
-        if isinstance(r, dict) and "align_example_s" in r:
-            print(
-                f"{name}: alignment dense {r['align_s']:.3f} s / attention (Algorithm 1) {r['align_attention_s']:.3f} s on the 512 px input; "
-                f"on the shipped badge example: dense alignment {r['align_example_s']:.3f} s, whole refine {r['refine_example_s']:.3f} s"
-            )
-    for name, r in res.items():
-        if isinstance(r, dict) and "refine_512_parts_s" in r:
-            parts = ", ".join(f"{k} {v:.3f}" for k, v in r["refine_512_parts_s"].items())
-            extra = f"; compiled ({r.get('compile_mode')}) in {r['compile_s']:.0f} s" if r.get("compiled") else ""
-            err = f"; bf16 U-Net rel. error vs fp32 {r['unet_rel_error_vs_fp32']:.4f}" if "unet_rel_error_vs_fp32" in r else ""
-            gpu = f"; peak GPU memory {r['peak_gpu_mb']:.0f} MB" if "peak_gpu_mb" in r else ""
-            print(f"{name} ({r.get('device', 'cpu')}): refine parts (s): {parts}{extra}{err}{gpu}")
-            rb = r["unet_refine_batch"]
-            print(f"{name}: U-Net at the refine's batch {rb['batch']}: {rb['s']:.3f} s a step, {100 * rb['fraction_of_ceiling']:.1f}% of the ceiling")
-            if "unet_breakdown" in r:
-                bd = r["unet_breakdown"]
-                cls = ", ".join(
-                    f"{k} {bd[k]['s']:.3f} s" + (f" ({bd[k]['gflops']:.0f} GFLOP/s, {100 * bd[k]['fraction_of_ceiling']:.0f}%)" if "gflops" in bd[k] else "")
-                    for k in (*OP_CLASSES, "overhead")
-                )
-                print(
-                    f"{name}: U-Net forward {r['unet_forward_s']:.3f} s by op class: {cls}; with conv and linear at the ceiling "
-                    f"and the rest as measured it would reach {100 * bd['unet_fraction_bound']:.0f}%"
-                )
-    if "attention_sweep" in res:
-        a = res["attention_sweep"]
-        sizes = ", ".join(f"{d}: {v['ms']:.1f} ms ({v['gflops']:.0f} GFLOP/s)" for d, v in a["by_head_size"].items())
-        print(f"attention, {a['tokens']} tokens x {a['heads']} heads, {a['dtype']}, by head size: {sizes}")
-        pads = ", ".join(f"{p}: {v['ms']:.1f} ms" for p, v in a["padded"].items())
-        print(f"the paper's largest layer (batch 2, heads of 40) padded to: {pads} (max difference {a['padded_max_abs_diff']:.4f})")
-    picture = Path(args.output).with_suffix(".png")
-    also = f" and {picture} (where the U-Net's time goes)" if picture.exists() else ""
-    print(f"wrote {args.output}{also} (seconds; step = one denoising step with guidance, step1 = without)")
+    print(format_results(res, args.output))
     return 0
 
 

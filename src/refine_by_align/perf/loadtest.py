@@ -1,7 +1,7 @@
 """A bounded load test of a refine-by-align server over loopback.
 
-    python -m refine_by_align.server.loadtest                       # starts its own server (tiny model)
-    python -m refine_by_align.server.loadtest --url http://127.0.0.1:7860/ --requests 100
+    python -m refine_by_align.perf.loadtest                       # starts its own server (tiny model)
+    python -m refine_by_align.perf.loadtest --url http://127.0.0.1:7860/ --requests 100
 
 Sends ``--requests`` requests from ``--concurrency`` client threads: mostly ``/api/refine``, some
 ``/api/align``, some with a 2-3 MB image (uploads over 1 MB are spooled to temporary files by the
@@ -11,7 +11,11 @@ p50/p90/p99, and checks that no temporary files were left behind: exactly, with 
 when it started the server itself; best effort (new files in the system temp folder) otherwise.
 One warm-up request (not counted) runs first, so caches created lazily on first use
 (``torchinductor_*``) are not mistaken for leaks. Exit code 0 when there were no errors and no
-leaked files, 1 otherwise.
+leaked files, 1 otherwise. (``python -m refine_by_align.server.loadtest``, its old place, runs it too.)
+
+The bookkeeping is separate from the HTTP: :func:`classify` judges one answer,
+:func:`summarize` counts the outcomes, latencies and leaks, :func:`format_summary` and
+:func:`passed` say what the command prints and returns.
 """
 
 from __future__ import annotations
@@ -35,7 +39,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-__all__ = ["main", "run_load_test"]
+__all__ = ["main", "run_load_test", "plan_requests", "classify", "summarize", "format_summary", "passed"]
 
 
 def _png(array: np.ndarray) -> bytes:
@@ -90,24 +94,36 @@ def _one(url: str, kind: str, payload: dict, steps: int, timeout: float) -> dict
     except Exception as e:  # connection refused / reset / timeout
         problem = f"{type(e).__name__}: {e}"
     seconds = time.perf_counter() - t0
-    outcome = "error"
     if problem is None:
-        if status == payload["expect"] == 200:
-            try:
-                img = Image.open(io.BytesIO(content))
-                img.load()
-                outcome = "ok" if img.size == payload["size"] else "error"
-                if outcome == "error":
-                    problem = f"wrong size {img.size}, expected {payload['size']}"
-            except Exception as e:
-                problem = f"200 but not a PNG: {e}"
-        elif status == payload["expect"] and "json" in ctype_out and "error" in json.loads(content or b"{}"):
-            outcome = "rejected_as_expected"
-        elif status == 503:
-            outcome = "busy"
-        else:
-            problem = f"HTTP {status}: {content[:200]!r}"
+        outcome, problem = classify(payload, status, content, ctype_out)
+    else:
+        outcome = "error"
     return {"kind": kind, "status": status, "seconds": seconds, "outcome": outcome, "problem": problem}
+
+
+def classify(payload: dict, status: int, content: bytes, content_type: str) -> tuple[str, str | None]:
+    """(outcome, problem) of one answer to ``payload`` (its ``expect``-ed status and, for 200, the
+    image ``size``): ``ok`` (an image of the right size), ``rejected_as_expected`` (the expected 4xx
+    with a JSON ``error``), ``busy`` (503, queue full) or ``error`` with what was wrong."""
+    if status == payload["expect"] == 200:
+        try:
+            img = Image.open(io.BytesIO(content))
+            img.load()
+        except Exception as e:
+            return "error", f"200 but not a PNG: {e}"
+        if img.size != payload["size"]:
+            return "error", f"wrong size {img.size}, expected {payload['size']}"
+        return "ok", None
+    if status == payload["expect"] and "json" in content_type:
+        try:
+            body = json.loads(content or b"{}")
+        except ValueError:
+            body = {}
+        if isinstance(body, dict) and "error" in body:
+            return "rejected_as_expected", None
+    if status == 503:
+        return "busy", None
+    return "error", f"HTTP {status}: {content[:200]!r}"
 
 
 def _percentiles(values: list[float]) -> dict[str, float | None]:
@@ -124,14 +140,19 @@ def _temp_entries(folder: Path) -> set[str]:
         return set()
 
 
+def plan_requests(kinds: list[str], requests: int, mix: tuple[float, ...], seed: int = 0) -> list[str]:
+    """The kind of each request, drawn with the weights ``mix`` (one per kind), reproducibly."""
+    rng = np.random.default_rng(seed)
+    return [kinds[i] for i in rng.choice(len(kinds), size=requests, p=np.asarray(mix) / sum(mix))]
+
+
 def run_load_test(url: str, requests: int = 40, concurrency: int = 4, steps: int = 2, timeout: float = 300.0,
                   mix: tuple[float, float, float, float] = (0.6, 0.2, 0.1, 0.1), seed: int = 0,
                   temp_dir: Path | None = None, exact_temp: bool = False) -> dict:
     """Send ``requests`` requests (mix of refine / align / large / bad) and summarise."""
     payloads = _payloads(seed)
     kinds = list(payloads)
-    rng = np.random.default_rng(seed)
-    plan = [kinds[i] for i in rng.choice(len(kinds), size=requests, p=np.asarray(mix) / sum(mix))]
+    plan = plan_requests(kinds, requests, mix, seed)
     temp_dir = Path(temp_dir or tempfile.gettempdir())
     warm = _one(url, "refine", payloads["refine"], steps, timeout)  # first call: lazy caches (torchinductor_*)
     if warm["outcome"] != "ok":
@@ -150,10 +171,23 @@ def run_load_test(url: str, requests: int = 40, concurrency: int = 4, steps: int
             health = r.status
     except Exception as e:
         health = f"{type(e).__name__}: {e}"
+    return summarize(
+        results, kinds, wall, leaked, health, url=url, concurrency=concurrency, steps=steps, temp_dir=temp_dir, exact_temp=exact_temp
+    )
+
+
+def summarize(
+    results: list[dict], kinds: list[str], wall: float, leaked: list[str], health: int | str, *, url: str = "",
+    concurrency: int = 1, steps: int = 0, temp_dir: Path | str = "", exact_temp: bool = False,
+) -> dict:
+    """The load test's summary of the per-request ``results`` (``kind``, ``seconds``, ``outcome``,
+    ``problem``): counts by outcome and kind, latency percentiles of the served requests (by kind
+    for the first three kinds: refine, align, large) and of all, throughput, leaked temporary files
+    and the health status afterwards."""
     ok = [r for r in results if r["outcome"] == "ok"]
-    summary = {
+    return {
         "url": url,
-        "requests": requests,
+        "requests": len(results),
         "concurrency": concurrency,
         "steps": steps,
         "wall_seconds": round(wall, 2),
@@ -172,7 +206,28 @@ def run_load_test(url: str, requests: int = 40, concurrency: int = 4, steps: int
         "leaked_temp_files": leaked,
         "health_after": health,
     }
-    return summary
+
+
+def format_summary(s: dict) -> str:
+    """The lines the command prints for a :func:`summarize` result."""
+    lat = s["latency_ok_s"]
+    lines = [
+        f"{s['requests']} requests, {s['concurrency']} clients, {s['steps']} steps, {s['wall_seconds']} s against {s['url']}",
+        f"  served ok {s['served_ok']}, rejected as expected (bad input) {s['rejected_as_expected']}, "
+        f"busy (503) {s['busy_503']}, errors {s['errors']}",
+        f"  latency of served requests: p50 {lat['p50']} s, p90 {lat['p90']} s, p99 {lat['p99']} s, max {lat['max']} s",
+    ]
+    for kind, q in s["latency_ok_by_kind_s"].items():
+        lines.append(f"    {kind:<7} p50 {q['p50']} s, p90 {q['p90']} s, p99 {q['p99']} s ({s['by_kind'][kind]} sent)")
+    lines.append(f"  throughput {s['throughput_rps']} req/s; health afterwards: {s['health_after']}")
+    lines.append(f"  temp files leaked: {len(s['leaked_temp_files'])} ({s['temp_check']})")
+    lines += [f"  error: {e}" for e in s["error_examples"]]
+    return "\n".join(lines)
+
+
+def passed(s: dict) -> bool:
+    """No errors, no leaked temporary files, and the server healthy afterwards."""
+    return s["errors"] == 0 and not s["leaked_temp_files"] and s["health_after"] == 200
 
 
 def _spawn_server(model: str, tmp: Path, queue: int) -> tuple[subprocess.Popen, str]:
@@ -209,7 +264,7 @@ def _spawn_server(model: str, tmp: Path, queue: int) -> tuple[subprocess.Popen, 
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="python -m refine_by_align.server.loadtest", description=__doc__.split("\n")[0])
+    p = argparse.ArgumentParser(prog="python -m refine_by_align.perf.loadtest", description=__doc__.split("\n")[0])
     p.add_argument("--url", help="a running server (default: start one with --model on a free loopback port)")
     p.add_argument("--model", default="tiny", help="model for the server this starts (default: %(default)s)")
     p.add_argument("--requests", type=int, default=40, help="number of requests (default: %(default)s)")
@@ -240,21 +295,8 @@ def main(argv: list[str] | None = None) -> int:
             except subprocess.TimeoutExpired:
                 proc.kill()
         tmp_ctx.cleanup()
-    if args.json:
-        print(json.dumps(s, indent=2))
-    else:
-        lat = s["latency_ok_s"]
-        print(f"{s['requests']} requests, {s['concurrency']} clients, {s['steps']} steps, {s['wall_seconds']} s against {s['url']}")
-        print(f"  served ok {s['served_ok']}, rejected as expected (bad input) {s['rejected_as_expected']}, "
-              f"busy (503) {s['busy_503']}, errors {s['errors']}")
-        print(f"  latency of served requests: p50 {lat['p50']} s, p90 {lat['p90']} s, p99 {lat['p99']} s, max {lat['max']} s")
-        for kind, q in s["latency_ok_by_kind_s"].items():
-            print(f"    {kind:<7} p50 {q['p50']} s, p90 {q['p90']} s, p99 {q['p99']} s ({s['by_kind'][kind]} sent)")
-        print(f"  throughput {s['throughput_rps']} req/s; health afterwards: {s['health_after']}")
-        print(f"  temp files leaked: {len(s['leaked_temp_files'])} ({s['temp_check']})")
-        for e in s["error_examples"]:
-            print(f"  error: {e}")
-    return 0 if s["errors"] == 0 and not s["leaked_temp_files"] and s["health_after"] == 200 else 1
+    print(json.dumps(s, indent=2) if args.json else format_summary(s))
+    return 0 if passed(s) else 1
 
 
 if __name__ == "__main__":

@@ -16,8 +16,6 @@ CPU) or named with ``device``; the ceiling is measured on the same device.
 from __future__ import annotations
 
 import json
-import platform
-import resource
 import statistics
 import sys
 import time
@@ -28,227 +26,17 @@ import numpy as np
 import torch
 from PIL import Image
 
-__all__ = ["matmul_ceiling", "benchmark_config", "run_benchmark", "plot_breakdown", "attention_sweep", "unet_flops", "time_by_op_class", "breakdown"]
+from ..io import InputError
+from .ceiling import cpu_name, matmul_ceiling, median_time, peak_rss_mb
+from .plot import plot_breakdown
+from .profile import OP_CLASSES, attention_sweep, breakdown, time_by_op_class, unet_flops
 
-
-def _sync(device: torch.device | None) -> None:
-    if device is not None and device.type == "cuda":
-        torch.cuda.synchronize(device)
-
-
-def _median_time(fn, repeats: int = 5, warmup: int = 1, device: torch.device | None = None) -> float:
-    """Median wall time of ``fn`` (GPU work is waited for: the clock stops after a synchronize)."""
-    for _ in range(warmup):
-        fn()
-    _sync(device)
-    times = []
-    for _ in range(repeats):
-        t0 = time.perf_counter()
-        fn()
-        _sync(device)
-        times.append(time.perf_counter() - t0)
-    return statistics.median(times)
-
-
-def matmul_ceiling(dtype: torch.dtype, n: int | None = None, repeats: int = 5, device: str | torch.device = "cpu") -> float:
-    """GFLOP/s of an n x n matmul in ``dtype`` on ``device``, now (n: 2048 on a CPU, 8192 on a GPU)."""
-    device = torch.device(device)
-    n = n or (8192 if device.type == "cuda" else 2048)
-    a = torch.randn(n, n, device=device).to(dtype)
-    b = torch.randn(n, n, device=device).to(dtype)
-    with torch.inference_mode():
-        t = _median_time(lambda: a @ b, repeats=repeats, warmup=2, device=device)
-    return 2 * n**3 / t / 1e9
-
-
-OP_CLASSES = ("conv", "linear", "attention", "other")
-_CONVS = {"conv1d", "conv2d", "conv3d", "conv_transpose1d", "conv_transpose2d", "conv_transpose3d"}
-_MATMULS = {"mm", "addmm", "bmm", "baddbmm", "matmul", "linear", "linear_pointwise", "mkldnn_linear", "mkl_linear"}
-# profiler events of torch.compile's own machinery (guards, wrappers), not of the model's kernels;
-# the generated kernels themselves run inside "## Call CompiledFxGraph ##" and count as "other"
-_COMPILE_MACHINERY = ("torchdynamo", "torch-compiled region", "aotdispatcher", "pregraph bytecode")
-
-
-def op_class(name: str) -> str:
-    """The class of an operator, from its profiler name (``aten::addmm``,
-    ``mkldnn::_convolution_pointwise``) or its flop-counter name (``aten.convolution``):
-    one of :data:`OP_CLASSES`, or ``"overhead"`` for torch.compile's own machinery."""
-    if name.lower().startswith(_COMPILE_MACHINERY):
-        return "overhead"
-    base = name.replace("::", ".").split(".")[-1].strip("_ ")
-    if "attention" in base:
-        return "attention"
-    if "convolution" in base or base in _CONVS:
-        return "conv"
-    if base in _MATMULS:
-        return "linear"
-    return "other"
-
-
-def _cpu_flash_attention_flops(query_shape, key_shape, value_shape, *args, out_shape=None, **kwargs) -> int:
-    from torch.utils.flop_counter import sdpa_flop_count
-
-    return sdpa_flop_count(query_shape, key_shape, value_shape)
-
-
-def unet_flops(forward) -> dict[str, float]:
-    """GFLOP of one call of ``forward`` by op class (:data:`OP_CLASSES`) and in ``"total"``, counted
-    by torch.utils.flop_counter. Its registry has the GPU attention kernels but not PyTorch's CPU
-    flash-attention op, which would count attention as 0 FLOPs on a CPU (for ``paper`` at 64x64:
-    134 of 819 GFLOP); that op is counted here with the same formula."""
-    from torch.utils.flop_counter import FlopCounterMode
-
-    custom = {}
-    if hasattr(torch.ops.aten, "_scaled_dot_product_flash_attention_for_cpu"):
-        custom[torch.ops.aten._scaled_dot_product_flash_attention_for_cpu] = _cpu_flash_attention_flops
-    with FlopCounterMode(display=False, custom_mapping=custom) as fc:
-        forward()
-    out = dict.fromkeys(OP_CLASSES, 0.0)
-    for op, n in fc.get_flop_counts().get("Global", {}).items():
-        out[op_class(str(op))] += n / 1e9
-    out["total"] = sum(out[k] for k in OP_CLASSES)
-    return out
-
-
-def time_by_op_class(forward) -> dict[str, float]:
-    """Seconds of one profiled call of ``forward`` (CPU) by op class (:data:`OP_CLASSES`), from
-    each operator's self time, and ``"wall"``, the profiled call's wall time (longer than an
-    unprofiled call by the profiler's own cost). torch.compile's own machinery is left out: it is
-    overhead, which :func:`breakdown` takes as what the operators leave of a forward."""
-    from torch.profiler import ProfilerActivity, profile
-
-    with profile(activities=[ProfilerActivity.CPU]) as prof:
-        t0 = time.perf_counter()
-        forward()
-        wall = time.perf_counter() - t0
-    out = dict.fromkeys(OP_CLASSES, 0.0)
-    for ev in prof.key_averages():
-        cls = op_class(ev.key)
-        if cls in out:
-            out[cls] += ev.self_cpu_time_total / 1e6
-    out["wall"] = wall
-    return out
-
-
-def breakdown(flops: dict[str, float], seconds: dict[str, float], forward_s: float, ceiling_gflops: float) -> dict:
-    """Per op class: seconds, share of the median unprofiled forward ``forward_s``, GFLOP, GFLOP/s
-    and fraction of ``ceiling_gflops``; and ``unet_fraction_bound`` (module doc). The operators
-    keep their profiled self times; ``"overhead"`` is what is left of ``forward_s`` (Python,
-    dispatch, torch.compile's guards), so the profiler's own cost is not counted in it. Where the
-    operators add up to more than ``forward_s`` (a noisy host), they are scaled down to it."""
-    ops = sum(seconds[k] for k in OP_CLASSES)
-    scale = min(1.0, forward_s / ops) if ops > 0 else 1.0
-    timed = {k: seconds[k] * scale for k in OP_CLASSES}
-    timed["overhead"] = forward_s - sum(timed.values())
-    out: dict = {}
-    for k in (*OP_CLASSES, "overhead"):
-        s = timed[k]
-        g = flops.get(k, 0.0)
-        out[k] = {"s": s, "share": s / forward_s, "gflop": g}
-        if g > 0 and s > 0:
-            out[k]["gflops"] = g / s
-            out[k]["fraction_of_ceiling"] = g / s / ceiling_gflops
-    rest = sum(out[k]["s"] for k in ("attention", "other", "overhead"))
-    ideal = rest + (flops["conv"] + flops["linear"]) / ceiling_gflops
-    out["unet_fraction_bound"] = flops["total"] / ideal / ceiling_gflops
-    return out
-
-
-def attention_sweep(
-    tokens: int = 4096, width: int = 320, head_sizes: tuple[int, ...] = (32, 40, 48, 64, 80, 128), dtype: torch.dtype = torch.bfloat16, repeats: int = 5
-) -> dict:
-    """PyTorch's scaled_dot_product_attention on this machine: one self-attention of ``tokens``
-    tokens, 8 heads, at each head size (``by_head_size``: ms and GFLOP/s); and the ``paper`` U-Net's
-    largest layer (``width`` = 320 channels as 8 heads of 40, batch 2 as in a guided step) as it
-    is and with its heads zero-padded to 48 and 64 (``padded``: ms, the pad and slice copies
-    included). The padded results equal the plain ones (the scale stays 1/sqrt(40))."""
-    import torch.nn.functional as F
-
-    g = torch.Generator().manual_seed(0)
-
-    def ms(fn) -> float:
-        with torch.inference_mode():
-            return 1e3 * _median_time(fn, repeats=repeats, warmup=2)
-
-    out: dict = {"tokens": tokens, "heads": 8, "dtype": str(dtype).replace("torch.", ""), "by_head_size": {}}
-    for d in head_sizes:
-        q, k, v = (torch.randn(1, 8, tokens, d, generator=g).to(dtype) for _ in range(3))
-        t = ms(lambda: F.scaled_dot_product_attention(q, k, v))
-        out["by_head_size"][d] = {"ms": t, "gflops": 4 * 8 * tokens * tokens * d / (t / 1e3) / 1e9}
-    heads, d = 8, width // 8
-    q, k, v = (torch.randn(2, tokens, width, generator=g).to(dtype) for _ in range(3))  # (B, N, heads * d)
-
-    def attend(pad: int) -> torch.Tensor:
-        split = [F.pad(x.view(2, tokens, heads, d), (0, pad - d)).transpose(1, 2) for x in (q, k, v)]  # (B, heads, N, pad)
-        o = F.scaled_dot_product_attention(*split, scale=d**-0.5)[..., :d]
-        return o.transpose(1, 2).reshape(2, tokens, width)
-
-    out["padded"] = {p: {"ms": ms(lambda p=p: attend(p))} for p in (d, 48, 64) if p >= d}
-    with torch.inference_mode():
-        ref = attend(d)
-        out["padded_max_abs_diff"] = max(float((attend(p) - ref).abs().max()) for p in out["padded"])
-    return out
-
-
-_CLASS_COLORS = {"conv": "#4c72b0", "linear": "#55a868", "attention": "#c44e52", "other": "#8172b2", "overhead": "#bbbbbb"}
-
-
-def plot_breakdown(result: dict, path: str | Path) -> Path | None:
-    """One bar per config with a ``unet_breakdown``: the U-Net forward's time by op class (shares),
-    labelled with the forward's seconds, its fraction of the ceiling and the bound. None if no
-    config has a breakdown (on a GPU)."""
-    rows = [(name, r) for name, r in result.items() if isinstance(r, dict) and "unet_breakdown" in r]
-    if not rows:
-        return None
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, ax = plt.subplots(figsize=(10, 1.2 + 0.8 * len(rows)))
-    for i, (name, r) in enumerate(rows):
-        left = 0.0
-        for k in (*OP_CLASSES, "overhead"):
-            share = 100 * r["unet_breakdown"][k]["share"]
-            ax.barh(i, share, left=left, color=_CLASS_COLORS[k], label=k if i == 0 else None)
-            if share >= 6:
-                ax.text(left + share / 2, i, f"{share:.0f}%", ha="center", va="center", fontsize=8, color="white")
-            left += share
-        ax.text(
-            101, i, f"{r['unet_forward_s']:.3f} s; {100 * r['unet_fraction_of_ceiling']:.0f}% of ceiling (bound {100 * r['unet_breakdown']['unet_fraction_bound']:.0f}%)", va="center", fontsize=8
-        )
-    ax.set_yticks(list(range(len(rows))), [f"{name.strip()} ({r['dtype']}{', compiled' if r.get('compiled') else ''})" for name, r in rows])
-    ax.set_xlim(0, 150)
-    ax.set_xticks([0, 25, 50, 75, 100])
-    ax.set_xlabel("share of one U-Net forward at batch 1 (%)")
-    ax.invert_yaxis()
-    ax.legend(ncol=5, loc="lower center", bbox_to_anchor=(0.35, 1.0), fontsize=8, frameon=False)
-    fig.tight_layout()
-    out = Path(path)
-    fig.savefig(out, dpi=110)
-    plt.close(fig)
-    return out
-
-
-def _cpu_name() -> str:
-    """'Intel(R) Xeon(R) Processor, AMX' from /proc/cpuinfo where there is one, else the platform."""
-    try:
-        info = Path("/proc/cpuinfo").read_text()
-    except OSError:
-        return platform.processor() or platform.machine()
-    name = next((ln.split(":", 1)[1].strip() for ln in info.splitlines() if ln.startswith("model name")), platform.machine())
-    flags = next((ln.split(":", 1)[1].split() for ln in info.splitlines() if ln.startswith("flags")), [])
-    isa = "AMX" if "amx_bf16" in flags else "AVX-512 bf16" if "avx512_bf16" in flags else "AVX-512" if "avx512f" in flags else ""
-    return f"{name}, {isa}" if isa else name
+__all__ = ["DTYPES", "benchmark_config", "run_benchmark", "check_configs", "format_results"]
 
 
 def _say(msg: str) -> None:
     """A progress line on stderr (a benchmark of ``paper`` runs for many minutes)."""
     print(f"benchmark: {msg}", file=sys.stderr, flush=True)
-
-
-def _peak_rss_mb() -> float:
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
 
 
 def _example_inputs(size: int = 512, seed: int = 0):
@@ -299,7 +87,7 @@ def benchmark_config(
     pipe = load_pipeline(name, device=dev, dtype=DTYPES[dtype])
 
     def timed(fn, repeats: int) -> float:  # on this config's device
-        return _median_time(fn, repeats, warmup=1, device=dev)
+        return median_time(fn, repeats, warmup=1, device=dev)
 
     pipe.set_progress_bar_config(disable=True)
     model = pipe.model
@@ -333,7 +121,7 @@ def benchmark_config(
 
         def step(context):  # one denoising step on the batch of ``context`` (B, T, C), as the sampler runs it
             b = context.shape[0]
-            return pipe._predict(torch.cat([latents] * b), t.expand(b), masked.expand(b, -1, -1, -1), lmask.expand(b, -1, -1, -1), context)
+            return pipe.step(torch.cat([latents] * b), t.expand(b), masked.expand(b, -1, -1, -1), lmask.expand(b, -1, -1, -1), context)
 
         def guided_step():  # with guidance: the [uncond, cond] batch in one forward
             return step(ctx2)
@@ -355,17 +143,18 @@ def benchmark_config(
             _say(f"{name}: compiling (torch.compile; paper on a 2-core CPU: about 2 minutes)")
             res["compile_mode"] = mode
             t0 = time.perf_counter()
-            pipe._predict(latents, t, masked, lmask, ctx)  # compiles (batch 1)
+            pipe.step(latents, t, masked, lmask, ctx)  # compiles (batch 1)
             guided_step()
             if model.vae is not None:  # the autoencoder's parts compile at the shapes a refine uses
                 pipe.crop_inputs(p)  # encode: the crop and its hole-filled copy
                 z = torch.cat([latents] * cfg.default_samples).to(model.dtype)
-                pipe._compiled_or_eager("decode", lambda fn: model.from_latent(z, decode=fn))
+                pipe.decode(z)
             res["compile_s"] = time.perf_counter() - t0
-            res["compiled_parts"] = sorted(k for k, fn in pipe._compiled.items() if fn is not None)
-            res["compiled"] = pipe._compiled.get("unet") is not None
+            compiled = pipe.compiled_parts()
+            res["compiled_parts"] = sorted(compiled)
+            res["compiled"] = "unet" in compiled
             if res["compiled"]:
-                unet = pipe._compiled["unet"]
+                unet = compiled["unet"]
                 res["unet_forward_eager_s"] = unet_s
                 unet_s = timed(lambda: unet(x, t, encoder_hidden_states=ctx), repeats)
                 res["unet_forward_s"] = unet_s
@@ -373,7 +162,7 @@ def benchmark_config(
         if dev.type == "cpu":  # where the forward's time goes (module doc); GPU kernels are named otherwise
             res["unet_time_by_class_s"] = time_by_op_class(lambda: unet(x, t, encoder_hidden_states=ctx))
         _say(f"{name}: denoising steps")
-        res["step_nocfg_s"] = timed(lambda: pipe._predict(latents, t, masked, lmask, ctx), repeats)
+        res["step_nocfg_s"] = timed(lambda: pipe.step(latents, t, masked, lmask, ctx), repeats)
         res["step_s"] = timed(guided_step, repeats)
         # one step at the batch a refine runs: K samples, twice over with guidance ([uncond, cond])
         k = cfg.default_samples
@@ -389,15 +178,15 @@ def benchmark_config(
         res["refine_512_parts_s"] = {k: statistics.median(tm[k] for tm in timings[1:] or timings) for k in timings[0]}
     if bench_cases:
         _say(f"{name}: a bench case")
-        from .cases import load_cases
-        from .methods import RefineByAlignMethod
+        from ..evaluation.cases import load_cases
+        from ..evaluation.methods import RefineByAlignMethod
 
         case = load_cases(bench_cases, limit=1)[0]
         method = RefineByAlignMethod(pipe)
         res["bench_case_s"] = timed(lambda: method(case), max(1, repeats - 1))
     res["steps"] = cfg.default_steps
     res["guidance"] = cfg.default_guidance
-    res["peak_rss_mb"] = _peak_rss_mb()
+    res["peak_rss_mb"] = peak_rss_mb()
     if dev.type == "cuda":
         res["peak_gpu_mb"] = torch.cuda.max_memory_allocated(dev) / 2**20
     return res
@@ -426,7 +215,7 @@ def run_benchmark(
 
     dev = resolve_device(device)
     torch.manual_seed(0)
-    machine = f"{_cpu_name()}, {torch.get_num_threads()} threads, torch {torch.__version__}"
+    machine = f"{cpu_name()}, {torch.get_num_threads()} threads, torch {torch.__version__}"
     if dev.type == "cuda":
         machine += f", GPU {torch.cuda.get_device_name(dev)}"
     out: dict = {
@@ -468,3 +257,65 @@ def run_benchmark(
     Path(output).write_text(json.dumps(out, indent=2))
     plot_breakdown(out, Path(output).with_suffix(".png"))
     return out
+
+
+def check_configs(text: str) -> list[str]:
+    """The comma-separated ``--configs`` as a list; each config runs in a child process, so a name
+    that is neither a preset nor a model folder is refused here, before any timing (InputError)."""
+    from ..config import CONFIG_NAMES
+
+    configs = [c.strip() for c in text.split(",") if c.strip()]
+    for c in configs:
+        if c not in CONFIG_NAMES and not (Path(c) / "config.json").is_file():
+            raise InputError(f"--configs: '{c}' is neither a preset ({', '.join(CONFIG_NAMES)}) nor a model folder with a config.json")
+    return configs
+
+
+def format_results(res: dict, output: str | Path) -> str:
+    """The lines ``refine-by-align benchmark`` prints for a :func:`run_benchmark` result written to ``output``."""
+    lines = []
+    c = res["ceiling"]
+    lines.append(f"{res['machine']}: matmul ceiling fp32 {c['fp32_gflops']:.0f} GFLOP/s, bf16 {c['bf16_gflops']:.0f} GFLOP/s")
+    lines.append(f"{'config':<10} {'dtype':<9} {'encode':>7} {'align':>7} {'step':>7} {'step1':>7} {'refine512':>9} {'GFLOP':>8} {'ceil%':>6} {'RSS MB':>7}")
+    for name, r in res.items():
+        if not isinstance(r, dict) or "refine_512_s" not in r:
+            continue
+        lines.append(
+            f"{name:<10} {r['dtype']:<9} {r['encode_s']:>7.3f} {r['align_s']:>7.3f} {r['step_s']:>7.3f} {r['step_nocfg_s']:>7.3f} "
+            f"{r['refine_512_s']:>9.2f} {r['unet_gflop']:>8.2f} {100 * r['unet_fraction_of_ceiling']:>6.1f} {r['peak_rss_mb']:>7.0f}"
+        )
+    for name, r in res.items():
+        if isinstance(r, dict) and "align_example_s" in r:
+            lines.append(
+                f"{name}: alignment dense {r['align_s']:.3f} s / attention (Algorithm 1) {r['align_attention_s']:.3f} s on the 512 px input; "
+                f"on the shipped badge example: dense alignment {r['align_example_s']:.3f} s, whole refine {r['refine_example_s']:.3f} s"
+            )
+    for name, r in res.items():
+        if isinstance(r, dict) and "refine_512_parts_s" in r:
+            parts = ", ".join(f"{k} {v:.3f}" for k, v in r["refine_512_parts_s"].items())
+            extra = f"; compiled ({r.get('compile_mode')}) in {r['compile_s']:.0f} s" if r.get("compiled") else ""
+            err = f"; bf16 U-Net rel. error vs fp32 {r['unet_rel_error_vs_fp32']:.4f}" if "unet_rel_error_vs_fp32" in r else ""
+            gpu = f"; peak GPU memory {r['peak_gpu_mb']:.0f} MB" if "peak_gpu_mb" in r else ""
+            lines.append(f"{name} ({r.get('device', 'cpu')}): refine parts (s): {parts}{extra}{err}{gpu}")
+            rb = r["unet_refine_batch"]
+            lines.append(f"{name}: U-Net at the refine's batch {rb['batch']}: {rb['s']:.3f} s a step, {100 * rb['fraction_of_ceiling']:.1f}% of the ceiling")
+            if "unet_breakdown" in r:
+                bd = r["unet_breakdown"]
+                cls = ", ".join(
+                    f"{k} {bd[k]['s']:.3f} s" + (f" ({bd[k]['gflops']:.0f} GFLOP/s, {100 * bd[k]['fraction_of_ceiling']:.0f}%)" if "gflops" in bd[k] else "")
+                    for k in (*OP_CLASSES, "overhead")
+                )
+                lines.append(
+                    f"{name}: U-Net forward {r['unet_forward_s']:.3f} s by op class: {cls}; with conv and linear at the ceiling "
+                    f"and the rest as measured it would reach {100 * bd['unet_fraction_bound']:.0f}%"
+                )
+    if "attention_sweep" in res:
+        a = res["attention_sweep"]
+        sizes = ", ".join(f"{d}: {v['ms']:.1f} ms ({v['gflops']:.0f} GFLOP/s)" for d, v in a["by_head_size"].items())
+        lines.append(f"attention, {a['tokens']} tokens x {a['heads']} heads, {a['dtype']}, by head size: {sizes}")
+        pads = ", ".join(f"{p}: {v['ms']:.1f} ms" for p, v in a["padded"].items())
+        lines.append(f"the paper's largest layer (batch 2, heads of 40) padded to: {pads} (max difference {a['padded_max_abs_diff']:.4f})")
+    picture = Path(output).with_suffix(".png")
+    also = f" and {picture} (where the U-Net's time goes)" if picture.exists() else ""
+    lines.append(f"wrote {output}{also} (seconds; step = one denoising step with guidance, step1 = without)")
+    return "\n".join(lines)

@@ -218,9 +218,18 @@ class RefineByAlignPipeline(DiffusionPipeline):
         if self.model.vae is not None:
             self.model.vae.to(memory_format=torch.channels_last)
 
-    def _predict(self, x, t, masked, mask, context) -> torch.Tensor:
-        """One (guided-batch) U-Net prediction in float32, compiled where enabled."""
+    def step(self, x, t, masked, mask, context) -> torch.Tensor:
+        """One denoising step's (guided-batch) U-Net prediction in float32, compiled where enabled."""
         return self._compiled_or_eager("unet", lambda fn: self.model.denoise(x, t, masked, mask, context, unet=fn)).float()
+
+    def decode(self, z: torch.Tensor) -> torch.Tensor:
+        """Latents (or pixels) -> images in [0, 1] with the autoencoder's decode, compiled where enabled."""
+        return self._compiled_or_eager("decode", lambda fn: self.model.from_latent(z, decode=fn))
+
+    def compiled_parts(self) -> dict[str, object]:
+        """The parts :meth:`enable_compile` compiled that still run compiled ("unet", "encode",
+        "decode"): name -> the compiled callable."""
+        return {k: fn for k, fn in self._compiled.items() if fn is not None}
 
     # ------------------------------------------------------------------ loading / saving
     @classmethod
@@ -687,7 +696,7 @@ class RefineByAlignPipeline(DiffusionPipeline):
         with self.progress_bar(total=len(self.scheduler.timesteps)) as bar:
             for t in self.scheduler.timesteps:
                 x = self.scheduler.scale_model_input(torch.cat([latents] * (batch // k)), t)
-                eps = self._predict(x, t.expand(batch), masked.expand(batch, -1, -1, -1), lmask.expand(batch, -1, -1, -1), context)
+                eps = self.step(x, t.expand(batch), masked.expand(batch, -1, -1, -1), lmask.expand(batch, -1, -1, -1), context)
                 if use_cfg:
                     eps_u, eps_c = eps.chunk(2)
                     eps = eps_u + guidance * (eps_c - eps_u)
@@ -697,7 +706,7 @@ class RefineByAlignPipeline(DiffusionPipeline):
 
         # Decode, at the crop's full resolution.
         z = latents.to(self._weight().dtype)
-        samples = self._compiled_or_eager("decode", lambda fn: self.model.from_latent(z, decode=fn)).float()  # (K, 3, S, S)
+        samples = self.decode(z).float()  # (K, 3, S, S)
         if not torch.isfinite(samples).all():
             raise RuntimeError("the model produced non-finite values (NaN or inf): its weights or the settings are broken")
         out = samples.mean(0).permute(1, 2, 0).cpu().numpy()  # (S, S, 3)

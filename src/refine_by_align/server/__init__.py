@@ -1,7 +1,7 @@
 """Local web app and HTTP API for refine-by-align (FastAPI + uvicorn; see ``serve.py`` for why).
 
-``create_app(pipe, settings)`` builds the app, ``serve(host, port, model)`` runs it; ``loadtest``
-measures a running server. FastAPI is imported only when the app is built (``create_app``,
+``create_app(pipe, settings)`` builds the app, ``serve(host, port, model)`` runs it; the load test
+that measures a running server is ``refine_by_align.perf.loadtest``. FastAPI is imported only when the app is built (``create_app``,
 ``serve``), so the CLI can add the ``serve`` options without it.
 """
 

@@ -6,11 +6,8 @@ import numpy as np
 import pytest
 import torch
 
-from refine_by_align.evaluation.perf import _resolve_dtype, matmul_ceiling, run_benchmark
-
-
-def test_matmul_ceiling_is_positive():
-    assert matmul_ceiling(torch.float32, n=128, repeats=2) > 0
+from refine_by_align.io import InputError
+from refine_by_align.perf.run import _resolve_dtype, check_configs, format_results, run_benchmark
 
 
 def test_dtype_choice():
@@ -19,6 +16,16 @@ def test_dtype_choice():
     assert _resolve_dtype("default", "bf16") == "bf16"
     with pytest.raises(ValueError, match="dtype"):
         _resolve_dtype("default", "fp8")
+
+
+def test_config_names_are_checked_before_any_timing(tmp_path):
+    (tmp_path / "m").mkdir()
+    (tmp_path / "m" / "config.json").write_text("{}")
+    assert check_configs(f" tiny, paper,,{tmp_path / 'm'} ") == ["tiny", "paper", str(tmp_path / "m")]
+    with pytest.raises(InputError, match=r"--configs: '.*nosuch' is neither a preset \(tiny"):
+        check_configs(f"tiny,{tmp_path / 'nosuch'}")
+    with pytest.raises(InputError, match="neither a preset"):
+        check_configs(str(tmp_path))  # a folder without config.json
 
 
 def test_benchmark_writes_the_documented_keys(tmp_path):
@@ -50,60 +57,11 @@ def test_benchmark_writes_the_documented_keys(tmp_path):
 
     picture = np.asarray(Image.open(out.with_suffix(".png")).convert("RGB"))  # the breakdown as bars
     assert picture.shape[1] > 500 and (picture == (0xC4, 0x4E, 0x52)).all(-1).any()  # attention red is drawn
-
-
-def test_op_classes_from_profiler_and_flop_counter_names():
-    from refine_by_align.evaluation.perf import op_class
-
-    assert op_class("aten::addmm") == op_class("aten.mm") == op_class("mkldnn::_linear_pointwise") == "linear"
-    assert op_class("aten.convolution") == op_class("mkldnn::_convolution_pointwise_") == "conv"
-    assert op_class("aten::_scaled_dot_product_flash_attention_for_cpu") == "attention"
-    assert op_class("aten::native_group_norm") == op_class("## Call CompiledFxGraph None ##") == "other"
-    # names that only look alike
-    assert op_class("aten::upsample_bilinear2d") == op_class("prims::convert_element_type") == op_class("aten::_upsample_bilinear2d_aa") == "other"
-    assert op_class("aten::conv2d") == op_class("aten::mkldnn_convolution") == "conv"
-    assert op_class("TorchDynamo Cache Lookup") == op_class("Torch-Compiled Region: 0/0") == "overhead"
-
-
-def test_unet_flops_count_cpu_attention():
-    """torch's flop counter alone counts PyTorch's CPU flash attention as 0 FLOPs; 4*B*H*N*M*D here."""
-    from torch.utils.flop_counter import FlopCounterMode
-
-    from refine_by_align.evaluation.perf import unet_flops
-
-    q, k, v = torch.randn(2, 4, 64, 8), torch.randn(2, 4, 32, 8), torch.randn(2, 4, 32, 8)
-    w = torch.randn(16, 8)
-
-    def f():
-        return torch.nn.functional.scaled_dot_product_attention(q, k, v) @ w.T
-
-    with FlopCounterMode(display=False) as fc:
-        f()
-    flops = unet_flops(f)
-    attn = 4 * 2 * 4 * 64 * 32 * 8 / 1e9
-    assert flops["attention"] == pytest.approx(attn)
-    assert flops["linear"] == pytest.approx(2 * 2 * 4 * 64 * 8 * 16 / 1e9)
-    assert flops["total"] == pytest.approx(flops["attention"] + flops["linear"])
-    from torch.utils.flop_counter import flop_registry
-
-    if torch.ops.aten._scaled_dot_product_flash_attention_for_cpu not in flop_registry:  # torch 2.13: what the counter alone sees
-        assert fc.get_total_flops() / 1e9 == pytest.approx(flops["linear"])
-
-
-def test_breakdown_bound():
-    from refine_by_align.evaluation.perf import breakdown
-
-    flops = {"conv": 60.0, "linear": 20.0, "attention": 20.0, "other": 0.0, "total": 100.0}
-    secs = {"conv": 0.3, "linear": 0.1, "attention": 0.4, "other": 0.1, "wall": 1.0}
-    bd = breakdown(flops, secs, forward_s=1.5, ceiling_gflops=400.0)  # operators 0.9 s of a 1.5 s forward
-    assert bd["conv"]["s"] == pytest.approx(0.3) and bd["conv"]["gflops"] == pytest.approx(200.0)
-    assert bd["attention"]["fraction_of_ceiling"] == pytest.approx(20 / 0.4 / 400)
-    assert bd["overhead"]["s"] == pytest.approx(0.6) and "gflops" not in bd["overhead"]  # the rest of the forward
-    assert sum(bd[k]["share"] for k in ("conv", "linear", "attention", "other", "overhead")) == pytest.approx(1.0)
-    # conv + linear at the ceiling: 80/400 = 0.2 s, plus attention 0.4 + other 0.1 + overhead 0.6 s
-    assert bd["unet_fraction_bound"] == pytest.approx(100 / 1.3 / 400)
-    fast = breakdown(flops, secs, forward_s=0.45, ceiling_gflops=400.0)  # operators took longer than the median forward
-    assert fast["overhead"]["s"] == pytest.approx(0.0) and fast["conv"]["s"] == pytest.approx(0.15)
+    text = format_results(res, out).splitlines()  # what `refine-by-align benchmark` prints
+    assert text[0].startswith(data["machine"]) and "matmul ceiling" in text[0]
+    assert any(line.split()[:2] == ["tiny", "bfloat16"] for line in text)  # the table row
+    assert any(line.startswith("tiny: U-Net forward") and "by op class" in line for line in text)
+    assert text[-1].startswith(f"wrote {out} and {out.with_suffix('.png')}")
 
 
 def test_benchmark_times_the_compiled_unet(monkeypatch, tmp_path):
@@ -113,7 +71,7 @@ def test_benchmark_times_the_compiled_unet(monkeypatch, tmp_path):
     import dataclasses
 
     from refine_by_align.config import get_config
-    from refine_by_align.evaluation import perf
+    from refine_by_align.perf import run as perf
     from refine_by_align.models.refiner import RefineByAlignModel
     from refine_by_align.pipelines.pipeline import RefineByAlignPipeline
 
@@ -159,10 +117,3 @@ def test_benchmark_times_the_compiled_unet(monkeypatch, tmp_path):
     assert any(f for _, _, f in calls)  # and the refines themselves
 
 
-def test_attention_sweep_figures_and_padding_is_exact():
-    from refine_by_align.evaluation.perf import attention_sweep
-
-    a = attention_sweep(tokens=64, width=32, head_sizes=(8, 16), dtype=torch.float32, repeats=1)
-    assert set(a["by_head_size"]) == {8, 16} and all(v["ms"] > 0 and v["gflops"] > 0 for v in a["by_head_size"].values())
-    assert set(a["padded"]) == {4, 48, 64}  # heads of 32 / 8 = 4, as they are and padded
-    assert a["padded_max_abs_diff"] < 1e-5

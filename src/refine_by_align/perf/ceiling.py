@@ -1,0 +1,60 @@
+"""What this machine can do and what a run used: the matmul ceiling every fraction is taken of,
+the median wall time of a call (GPU work waited for), the CPU's name, the peak resident memory."""
+
+from __future__ import annotations
+
+import platform
+import resource
+import statistics
+import time
+from pathlib import Path
+
+import torch
+
+__all__ = ["median_time", "matmul_ceiling", "cpu_name", "peak_rss_mb"]
+
+
+def _sync(device: torch.device | None) -> None:
+    if device is not None and device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def median_time(fn, repeats: int = 5, warmup: int = 1, device: torch.device | None = None) -> float:
+    """Median wall time of ``fn`` (GPU work is waited for: the clock stops after a synchronize)."""
+    for _ in range(warmup):
+        fn()
+    _sync(device)
+    times = []
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        fn()
+        _sync(device)
+        times.append(time.perf_counter() - t0)
+    return statistics.median(times)
+
+
+def matmul_ceiling(dtype: torch.dtype, n: int | None = None, repeats: int = 5, device: str | torch.device = "cpu") -> float:
+    """GFLOP/s of an n x n matmul in ``dtype`` on ``device``, now (n: 2048 on a CPU, 8192 on a GPU)."""
+    device = torch.device(device)
+    n = n or (8192 if device.type == "cuda" else 2048)
+    a = torch.randn(n, n, device=device).to(dtype)
+    b = torch.randn(n, n, device=device).to(dtype)
+    with torch.inference_mode():
+        t = median_time(lambda: a @ b, repeats=repeats, warmup=2, device=device)
+    return 2 * n**3 / t / 1e9
+
+
+def cpu_name() -> str:
+    """'Intel(R) Xeon(R) Processor, AMX' from /proc/cpuinfo where there is one, else the platform."""
+    try:
+        info = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return platform.processor() or platform.machine()
+    name = next((ln.split(":", 1)[1].strip() for ln in info.splitlines() if ln.startswith("model name")), platform.machine())
+    flags = next((ln.split(":", 1)[1].split() for ln in info.splitlines() if ln.startswith("flags")), [])
+    isa = "AMX" if "amx_bf16" in flags else "AVX-512 bf16" if "avx512_bf16" in flags else "AVX-512" if "avx512f" in flags else ""
+    return f"{name}, {isa}" if isa else name
+
+
+def peak_rss_mb() -> float:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0

@@ -306,7 +306,7 @@ def cmd_bench(args) -> int:
     from .evaluation.bench import run_bench
     from .evaluation.report import run_all
 
-    from .evaluation.methods import PIPELINE_METHODS
+    from .evaluation.registry import PIPELINE_METHODS
     from .io import check_output_folder
     from .pipelines.pipeline import check_settings
 

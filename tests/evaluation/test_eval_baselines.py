@@ -16,7 +16,7 @@ from refine_by_align.evaluation.baselines import (
 )
 from refine_by_align.evaluation.bench import run_bench
 from refine_by_align.evaluation.cases import load_case, load_cases
-from refine_by_align.evaluation.methods import METHODS, get_method
+from refine_by_align.evaluation.registry import METHODS, get_method
 from refine_by_align.evaluation.metrics import iou, masked_psnr
 
 S = 128

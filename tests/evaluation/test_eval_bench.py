@@ -101,11 +101,11 @@ def test_heatmap_overlay():
 
 
 def test_bench_bad_data_fails_before_method_is_built(cases_dir: Path, tmp_path: Path, monkeypatch):
-    import refine_by_align.evaluation.methods as methods
+    import refine_by_align.evaluation.registry as registry
     from refine_by_align.io import InputError
 
     built = []
-    monkeypatch.setitem(methods.METHODS, "spy", lambda model=None, **o: built.append(model))
+    monkeypatch.setitem(registry.METHODS, "spy", lambda model=None, **o: built.append(model))
     (cases_dir / "c03" / "target.png").write_bytes(b"\x89PNG garbage")
     with pytest.raises(InputError, match=r"c03.*target\.png"):
         run_bench(cases_dir, tmp_path / "x", method="spy", progress=False)

@@ -5,14 +5,8 @@ import pytest
 from PIL import Image
 
 from refine_by_align.evaluation.cases import load_cases
-from refine_by_align.evaluation.methods import (
-    METHODS,
-    Method,
-    RefineByAlignMethod,
-    get_method,
-    keep,
-    telea,
-)
+from refine_by_align.evaluation.methods import Method, RefineByAlignMethod, keep, telea
+from refine_by_align.evaluation.registry import METHODS, get_method
 from refine_by_align.io import InputError
 
 
@@ -57,10 +51,10 @@ def test_registry(monkeypatch):
 
 
 def test_refine_factories_load_pipeline_lazily(monkeypatch):
-    import refine_by_align.evaluation.methods as methods
+    import refine_by_align.evaluation.registry as registry
 
     loaded = []
-    monkeypatch.setattr(methods, "_load_pipeline", lambda model: loaded.append(model) or "PIPE")
+    monkeypatch.setattr(registry, "_load_pipeline", lambda model: loaded.append(model) or "PIPE")
     m = get_method("single-stage", model="tiny", guidance_scale=2.0)
     assert isinstance(m, RefineByAlignMethod) and m.align is False and m.pipeline == "PIPE"
     assert m.call_kwargs == {"guidance_scale": 2.0} and loaded == ["tiny"]

@@ -37,7 +37,8 @@ from ..visualize import (
 )
 from .cases import Case, check_case_dir, list_case_dirs, load_case
 from .identity import IDENTITY_KEYS, IdentityScorer
-from .methods import Method, MethodOutput, get_method
+from .methods import Method, MethodOutput
+from .registry import get_method
 from .metrics import box_ssim, iou, masked_psnr
 
 __all__ = [

@@ -1,21 +1,19 @@
 """Methods the benchmark can run: baselines and an adapter around the Refine-by-Align pipeline.
 
-A method is any object with a ``name`` and ``__call__(case) -> MethodOutput``. :data:`METHODS` maps
-the CLI's ``--method`` names to factories ``factory(model=None, **opts) -> Method``; use
-:func:`get_method` to resolve a name.
+A method is any object with a ``name`` and ``__call__(case) -> MethodOutput``. The CLI's
+``--method`` names are resolved by :mod:`.registry` (``METHODS``, ``get_method``).
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any, Callable, Protocol, runtime_checkable
+from typing import Any, Protocol, runtime_checkable
 
 import cv2
 import numpy as np
 from PIL import Image
 
-from ..io import InputError, to_rgb
-from ..loading import load_pipeline
+from ..io import to_rgb
 from .cases import Case
 
 __all__ = [
@@ -26,9 +24,6 @@ __all__ = [
     "RefineByAlignMethod",
     "keep",
     "telea",
-    "METHODS",
-    "PIPELINE_METHODS",
-    "get_method",
 ]
 
 
@@ -125,67 +120,3 @@ class RefineByAlignMethod:
 
 keep = KeepMethod()
 telea = TeleaMethod()
-
-
-def _keep_factory(model: str | None = None, **opts: Any) -> Method:
-    return KeepMethod(**opts)
-
-
-def _telea_factory(model: str | None = None, **opts: Any) -> Method:
-    return TeleaMethod(**opts)
-
-
-def _load_pipeline(model: str | None) -> Any:
-    return load_pipeline(model or "default")
-
-
-def _refine_factory(model: str | None = None, pipeline: Any = None, **opts: Any) -> Method:
-    return RefineByAlignMethod(pipeline if pipeline is not None else _load_pipeline(model), align=True, **opts)
-
-
-def _single_stage_factory(model: str | None = None, pipeline: Any = None, **opts: Any) -> Method:
-    return RefineByAlignMethod(pipeline if pipeline is not None else _load_pipeline(model), align=False, **opts)
-
-
-def _keypoint_factory(model: str | None = None, **opts: Any) -> Method:
-    from .baselines import KeypointMethod
-
-    return KeypointMethod(**opts)
-
-
-def _feature_nn_factory(model: str | None = None, pipeline: Any = None, **opts: Any) -> Method:
-    from .baselines import FeatureNNMethod
-
-    return FeatureNNMethod(pipeline if pipeline is not None else _load_pipeline(model), **opts)
-
-
-def _oracle_factory(model: str | None = None, pipeline: Any = None, **opts: Any) -> Method:
-    from .baselines import OracleAlignMethod
-
-    return OracleAlignMethod(pipeline if pipeline is not None else _load_pipeline(model), **opts)
-
-
-#: ``--method`` name -> ``factory(model=None, **opts) -> Method``. Factories of the methods in
-#: :data:`PIPELINE_METHODS` also take ``pipeline=`` (an already loaded pipeline, shared by
-#: :func:`~refine_by_align.evaluation.report.run_all`) instead of loading ``model``.
-METHODS: dict[str, Callable[..., Method]] = {
-    "keep": _keep_factory,
-    "telea": _telea_factory,
-    "keypoint": _keypoint_factory,
-    "feature-nn": _feature_nn_factory,
-    "oracle-align": _oracle_factory,
-    "single-stage": _single_stage_factory,
-    "refine-by-align": _refine_factory,
-}
-
-#: The registered methods that run the Refine-by-Align pipeline (and so need a model).
-PIPELINE_METHODS = frozenset({"refine-by-align", "single-stage", "feature-nn", "oracle-align"})
-
-
-def get_method(name: str, model: str | None = None, **opts: Any) -> Method:
-    """Build the method registered as ``name``; :class:`InputError` listing the choices if unknown."""
-    try:
-        factory = METHODS[name]
-    except KeyError:
-        raise InputError(f"unknown method '{name}' (choose from: {', '.join(METHODS)})") from None
-    return factory(model, **opts)

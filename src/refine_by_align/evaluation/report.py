@@ -45,7 +45,7 @@ from .bench import (
 )
 from .cases import Case, check_case_dir, list_case_dirs, load_case
 from .identity import CLIPEmbedder, DinoEmbedder, load_captions
-from .methods import METHODS, PIPELINE_METHODS, get_method
+from .registry import METHODS, PIPELINE_METHODS, get_method
 
 __all__ = [
     "run_all",

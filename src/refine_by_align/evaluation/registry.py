@@ -1,0 +1,67 @@
+"""The evaluation methods by name: :data:`METHODS` maps the CLI's ``--method`` names to factories
+``factory(model=None, **opts) -> Method``; :func:`get_method` resolves a name.
+
+The methods themselves live in ``methods.py`` (the protocol, ``keep``, ``telea``, the pipeline
+adapter) and ``baselines.py`` (``keypoint``, ``feature-nn``, ``oracle-align``, built on
+``methods.py``); this module is the only one that knows both, so neither imports the other back.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Callable
+
+from ..io import InputError
+from ..loading import load_pipeline
+from .baselines import FeatureNNMethod, KeypointMethod, OracleAlignMethod
+from .methods import KeepMethod, Method, RefineByAlignMethod, TeleaMethod
+
+__all__ = ["METHODS", "PIPELINE_METHODS", "get_method"]
+
+
+def _load_pipeline(model: str | None) -> Any:
+    return load_pipeline(model or "default")
+
+
+def _plain(cls: type) -> Callable[..., Method]:
+    """The factory of a method that needs no model."""
+
+    def factory(model: str | None = None, **opts: Any) -> Method:
+        return cls(**opts)
+
+    return factory
+
+
+def _on_pipeline(cls: type, **fixed: Any) -> Callable[..., Method]:
+    """The factory of a method that runs the pipeline: ``pipeline=`` (already loaded, shared) or
+    ``model`` loaded when the method is built."""
+
+    def factory(model: str | None = None, pipeline: Any = None, **opts: Any) -> Method:
+        return cls(pipeline if pipeline is not None else _load_pipeline(model), **fixed, **opts)
+
+    return factory
+
+
+#: ``--method`` name -> ``factory(model=None, **opts) -> Method``. Factories of the methods in
+#: :data:`PIPELINE_METHODS` also take ``pipeline=`` (an already loaded pipeline, shared by
+#: :func:`~refine_by_align.evaluation.report.run_all`) instead of loading ``model``.
+METHODS: dict[str, Callable[..., Method]] = {
+    "keep": _plain(KeepMethod),
+    "telea": _plain(TeleaMethod),
+    "keypoint": _plain(KeypointMethod),
+    "feature-nn": _on_pipeline(FeatureNNMethod),
+    "oracle-align": _on_pipeline(OracleAlignMethod),
+    "single-stage": _on_pipeline(RefineByAlignMethod, align=False),
+    "refine-by-align": _on_pipeline(RefineByAlignMethod, align=True),
+}
+
+#: The registered methods that run the Refine-by-Align pipeline (and so need a model).
+PIPELINE_METHODS = frozenset({"refine-by-align", "single-stage", "feature-nn", "oracle-align"})
+
+
+def get_method(name: str, model: str | None = None, **opts: Any) -> Method:
+    """Build the method registered as ``name``; :class:`InputError` listing the choices if unknown."""
+    try:
+        factory = METHODS[name]
+    except KeyError:
+        raise InputError(f"unknown method '{name}' (choose from: {', '.join(METHODS)})") from None
+    return factory(model, **opts)

@@ -4,16 +4,29 @@ A :class:`RecordingAttnProcessor` is installed with ``unet.set_attn_processor`` 
 cross-attention layers to read; every other layer keeps diffusers' fast SDPA processor. Maps are
 stored in an :class:`AttentionStore` keyed by the layer's module name, and layers are numbered in
 forward order (down blocks, mid block, up blocks) so that the paper's layer index l has a meaning.
+``with recording(unet, layers) as store:`` is the one way the aligner, the training loop and
+training's evaluation read them; :func:`parse_layer` and :func:`layer_level` read a layer's name.
 """
 
 from __future__ import annotations
 
 import re
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 
 import torch
 from diffusers.models.attention_processor import Attention, AttnProcessor2_0
 
-__all__ = ["AttentionStore", "AllLayersRecorded", "RecordingAttnProcessor", "cross_attention_layers", "record_layers"]
+__all__ = [
+    "AttentionStore",
+    "AllLayersRecorded",
+    "RecordingAttnProcessor",
+    "cross_attention_layers",
+    "layer_level",
+    "parse_layer",
+    "record_layers",
+    "recording",
+]
 
 
 class AllLayersRecorded(Exception):
@@ -86,6 +99,27 @@ class RecordingAttnProcessor(AttnProcessor2_0):
 _BLOCK_RE = re.compile(r"^(down_blocks|mid_block|up_blocks)\.?(\d*)\.attentions\.(\d+)\.transformer_blocks\.(\d+)\.attn2$")
 
 
+def parse_layer(name: str) -> tuple[str, int, int, int]:
+    """A cross-attention module name -> (block kind, block index, attention index, transformer
+    block index): ``up_blocks.1.attentions.2.transformer_blocks.0.attn2`` -> ("up_blocks", 1, 2, 0);
+    the mid block's index is 0. ValueError for any other name."""
+    m = _BLOCK_RE.match(name)
+    if m is None:
+        raise ValueError(f"unexpected cross-attention module name '{name}'")
+    kind, block, att, tb = m.groups()
+    return kind, int(block or 0), int(att), int(tb)
+
+
+def layer_level(name: str, n_levels: int) -> int:
+    """How many times the U-Net has halved its input's resolution at this layer, for a U-Net of
+    ``n_levels`` blocks a side: down block i -> i, the mid block -> n_levels - 1, up block i ->
+    n_levels - 1 - i."""
+    kind, block, _, _ = parse_layer(name)
+    if kind == "mid_block":
+        return n_levels - 1
+    return block if kind == "down_blocks" else n_levels - 1 - block
+
+
 def cross_attention_layers(unet) -> list[str]:
     """Names of the U-Net's cross-attention modules (``...attn2``) in forward order: down blocks,
     then the mid block, then up blocks. Index i of this list is the paper's layer l = i."""
@@ -93,11 +127,8 @@ def cross_attention_layers(unet) -> list[str]:
     names = []
     for name, module in unet.named_modules():
         if isinstance(module, Attention) and name.endswith("attn2"):
-            m = _BLOCK_RE.match(name)
-            if m is None:
-                raise ValueError(f"unexpected cross-attention module name '{name}'")
-            kind, block, att, tb = m.groups()
-            names.append(((order[kind], int(block or 0), int(att), int(tb)), name))
+            kind, block, att, tb = parse_layer(name)
+            names.append(((order[kind], block, att, tb), name))
     return [n for _, n in sorted(names)]
 
 
@@ -115,3 +146,21 @@ def record_layers(unet, layers: list[str], store: AttentionStore) -> None:
         else:
             processors[key] = AttnProcessor2_0()
     unet.set_attn_processor(processors)
+
+
+@contextmanager
+def recording(unet, layers: Sequence[str], *, keep_grad: bool = False, stop: bool = False) -> Iterator[AttentionStore]:
+    """Record the cross-attention probabilities of ``layers`` (module names) in every forward of
+    ``unet`` inside the block; yields the :class:`AttentionStore` they land in (it keeps them after
+    the block). ``keep_grad``: the maps stay in the autograd graph (attention supervision).
+    ``stop``: a forward raises :class:`AllLayersRecorded` once every listed layer is recorded (a
+    pass that only reads the maps skips the rest of the U-Net). On leaving, the U-Net gets back the
+    processors it had on entering, so recordings nest (training's evaluation inside the loop)."""
+    layers = list(layers)
+    before = dict(unet.attn_processors)
+    store = AttentionStore(keep_grad=keep_grad, stop_after=layers if stop else ())
+    record_layers(unet, layers, store)
+    try:
+        yield store
+    finally:
+        unet.set_attn_processor(before)

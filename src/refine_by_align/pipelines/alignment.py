@@ -30,7 +30,7 @@ import torch
 import torch.nn.functional as F
 from scipy import ndimage
 
-from ..models.attention import AllLayersRecorded, AttentionStore, record_layers
+from ..models.attention import AllLayersRecorded, recording
 from ..zoom import Box
 from .correspondence import (
     DenseField,
@@ -172,12 +172,10 @@ def attention_grid(
     for l in layer_ids:
         if not 0 <= l < len(names):
             raise ValueError(f"layer {l} out of range 0..{len(names) - 1}")
-    store = AttentionStore(stop_after=[names[l] for l in layer_ids])
-    record_layers(model.unet, [names[l] for l in layer_ids], store)
     noise = torch.randn(sample.shape, generator=generator, dtype=sample.dtype, device="cpu").to(sample.device)
     grid = model.cfg.grid_size
     out = torch.zeros(len(timesteps), len(layer_ids), sample.shape[0], grid, grid)
-    try:
+    with recording(model.unet, [names[l] for l in layer_ids], stop=True) as store:
         for i, t in enumerate(timesteps):
             tt = torch.full((sample.shape[0],), int(t), dtype=torch.long, device=sample.device)
             z_t = scheduler.add_noise(sample, noise, tt) if t > 0 else sample
@@ -188,8 +186,6 @@ def attention_grid(
                 pass
             for j, l in enumerate(layer_ids):
                 out[i, j] = correspondence_map(store[names[l]], mask, grid).cpu()
-    finally:
-        model.unet.set_attn_processor(_default_processors(model.unet))
     return out
 
 
@@ -216,17 +212,14 @@ def attention_at(
     if not 0 <= int(layer) < len(names):
         raise ValueError(f"alignment layer {layer} out of range 0..{len(names) - 1}")
     name = names[int(layer)]
-    store = AttentionStore(stop_after=[name])
-    record_layers(model.unet, [name], store)
     noise = torch.randn(sample.shape, generator=generator, dtype=sample.dtype, device="cpu").to(sample.device)
     tt = torch.full((sample.shape[0],), int(timestep), dtype=torch.long, device=sample.device)
     z_t = scheduler.add_noise(sample, noise, tt) if timestep > 0 else sample
-    try:
-        model(z_t, tt, masked, mask, context)
-    except AllLayersRecorded:
-        pass
-    finally:
-        model.unet.set_attn_processor(_default_processors(model.unet))
+    with recording(model.unet, [name], stop=True) as store:
+        try:
+            model(z_t, tt, masked, mask, context)
+        except AllLayersRecorded:
+            pass
     return store[name]
 
 
@@ -313,8 +306,3 @@ def dense_alignment(
     info.update(source=name, inliers=inliers, mirrored=mirrored, smoothing=fit.smoothing, residual_px=round(fit.residual_px, 3), ring_ncc=round(ncc, 4))
     return fld, info
 
-
-def _default_processors(unet) -> dict:
-    from diffusers.models.attention_processor import AttnProcessor2_0
-
-    return {k: AttnProcessor2_0() for k in unet.attn_processors}

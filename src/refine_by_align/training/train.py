@@ -25,7 +25,7 @@ from tqdm.auto import tqdm
 
 from ..config import ModelConfig, get_config
 from ..io import write_atomic
-from ..models.attention import AttentionStore, record_layers
+from ..models.attention import layer_level, recording
 from ..models.refiner import RefineByAlignModel
 from .losses import attention_supervision_loss, diffusion_target, masked_noise_loss, on_object
 
@@ -181,18 +181,8 @@ def _worker_init(_: int) -> None:
 def supervised_layers(model: RefineByAlignModel, min_side: int) -> list[str]:
     """Cross-attention layers whose query map is at least ``min_side`` wide (at the model's crop)."""
     side0 = model.cfg.resolution // model.cfg.latent_downsample
-    out = []
-    for name in model.cross_attention_layers:
-        block = name.split(".")[0]
-        if block == "mid_block":
-            level = len(model.cfg.unet.block_out_channels) - 1
-        else:
-            idx = int(name.split(".")[1])
-            n = len(model.cfg.unet.block_out_channels)
-            level = idx if block == "down_blocks" else n - 1 - idx
-        if side0 // (2**level) >= min_side:
-            out.append(name)
-    return out
+    n_levels = len(model.cfg.unet.block_out_channels)
+    return [name for name in model.cross_attention_layers if side0 // (2 ** layer_level(name, n_levels)) >= min_side]
 
 
 @torch.no_grad()
@@ -218,10 +208,9 @@ def evaluate(model: RefineByAlignModel, batch: dict, noise_scheduler, layer: str
         pred = model(zt, t, masked, mask, reference=r)
         err = (pred - target).pow(2).mean(dim=1, keepdim=True)
         res[f"hole_mse_{name}"] = float((err * mask).sum() / mask.sum().clamp_min(1))
-    store = AttentionStore()
-    record_layers(model.unet, [layer], store)
     t0 = torch.zeros_like(t)
-    model(x0, t0, masked, mask, reference=ref)
+    with recording(model.unet, [layer]) as store:  # the training loop's recording is back on leaving
+        model(x0, t0, masked, mask, reference=ref)
     probs = store[layer]  # (B, Q, T)
     side = int(round(probs.shape[1] ** 0.5))
     from .losses import on_object, token_targets
@@ -234,7 +223,6 @@ def evaluate(model: RefineByAlignModel, batch: dict, noise_scheduler, layer: str
         dx = (pi % grid - ti % grid).abs()
         dy = (pi // grid - ti // grid).abs()
         res["align_top1"] = float(((dx <= 1) & (dy <= 1))[sel].float().mean())
-    model.unet.set_attn_processor({k: type(v)() if not hasattr(v, "store") else v for k, v in model.unet.attn_processors.items()})
     model.train()
     return res
 
@@ -294,8 +282,6 @@ def train(tc: TrainConfig, run_dir: str | Path, resume: bool = False, max_steps:
     )
     ema = EMAModel(model.parameters(), decay=tc.ema_decay) if tc.ema_decay > 0 else None
     layers = supervised_layers(model, tc.attn_min_side) if tc.attn_weight > 0 else []
-    store = AttentionStore(keep_grad=True)
-    record_layers(model.unet, layers, store)
 
     model, optimizer, lr_scheduler = accelerator.prepare(model, optimizer, lr_scheduler)
     if ema is not None:
@@ -339,80 +325,80 @@ def train(tc: TrainConfig, run_dir: str | Path, resume: bool = False, max_steps:
     t_last, seen, record = time.perf_counter(), 0, {}
     sums = {"loss": 0.0, "loss_eps": 0.0, "loss_attn": 0.0, "n": 0}
 
-    # 5. The loop.
-    for batch in loader:
-        if step >= stop:
-            break
-        image = batch["image"].to(accelerator.device)  # (B, 3, S, S) in [0, 1]
-        mask = batch["mask"].to(accelerator.device)  # (B, 1, S, S)
-        reference = batch["reference"].to(accelerator.device)  # (B, 3, R, R)
-        ref_coords = batch["ref_coords"].to(accelerator.device)  # (B, 2, S, S)
-        b = image.shape[0]
-        with accelerator.accumulate(model), accelerator.autocast():
-            with torch.no_grad():  # z_0 (B, C, h, w), masked input, mask at sample resolution: one autoencoder pass
-                warp, trust = (batch[k].to(accelerator.device) if k in batch else None for k in ("warp", "trust"))
-                x0, _, masked, lmask = unwrapped.inpainting_inputs(image, mask, warp=warp, trust=trust)
-            noise = torch.randn_like(x0)
-            t = torch.randint(0, mcfg.num_train_timesteps, (b,), device=x0.device)
-            zt = noise_scheduler.add_noise(x0, noise, t)
-            drop = torch.rand(b, device=x0.device) < tc.cond_drop
-            store.clear()
-            pred = model(zt, t, masked, lmask, reference=reference, drop=drop)
-            loss_eps = masked_noise_loss(pred, diffusion_target(noise_scheduler, x0, noise, t), lmask, tc.hole_weight)
-            loss_attn = torch.zeros((), device=x0.device)
-            if layers:
-                use = batch["has_correspondence"].to(x0.device).bool() & ~drop
-                ref_coords = on_object(ref_coords, reference)
-                for name in layers:
-                    loss_attn = loss_attn + attention_supervision_loss(store[name], ref_coords, mask, use, grid, tc.attn_sigma)
-                loss_attn = loss_attn / len(layers)
-            loss = loss_eps + tc.attn_weight * loss_attn
-            accelerator.backward(loss)
-            if accelerator.sync_gradients and tc.grad_clip > 0:
-                accelerator.clip_grad_norm_(model.parameters(), tc.grad_clip)
-            optimizer.step()
-            lr_scheduler.step()
-            optimizer.zero_grad(set_to_none=True)
-        if not torch.isfinite(loss):
-            raise FloatingPointError(f"loss became {loss.item()} at step {step}")
-        if ema is not None:
-            ema.step(unwrapped.parameters())
-        step += 1
-        seen += b * accelerator.num_processes
-        sums["loss"] += float(loss.detach())
-        sums["loss_eps"] += float(loss_eps.detach())
-        sums["loss_attn"] += float(loss_attn.detach())
-        sums["n"] += 1
-        bar.update(1)
+    # 5. The loop, recording the supervised layers' attention (kept in the autograd graph).
+    with recording(unwrapped.unet, layers, keep_grad=True) as store:
+        for batch in loader:
+            if step >= stop:
+                break
+            image = batch["image"].to(accelerator.device)  # (B, 3, S, S) in [0, 1]
+            mask = batch["mask"].to(accelerator.device)  # (B, 1, S, S)
+            reference = batch["reference"].to(accelerator.device)  # (B, 3, R, R)
+            ref_coords = batch["ref_coords"].to(accelerator.device)  # (B, 2, S, S)
+            b = image.shape[0]
+            with accelerator.accumulate(model), accelerator.autocast():
+                with torch.no_grad():  # z_0 (B, C, h, w), masked input, mask at sample resolution: one autoencoder pass
+                    warp, trust = (batch[k].to(accelerator.device) if k in batch else None for k in ("warp", "trust"))
+                    x0, _, masked, lmask = unwrapped.inpainting_inputs(image, mask, warp=warp, trust=trust)
+                noise = torch.randn_like(x0)
+                t = torch.randint(0, mcfg.num_train_timesteps, (b,), device=x0.device)
+                zt = noise_scheduler.add_noise(x0, noise, t)
+                drop = torch.rand(b, device=x0.device) < tc.cond_drop
+                store.clear()
+                pred = model(zt, t, masked, lmask, reference=reference, drop=drop)
+                loss_eps = masked_noise_loss(pred, diffusion_target(noise_scheduler, x0, noise, t), lmask, tc.hole_weight)
+                loss_attn = torch.zeros((), device=x0.device)
+                if layers:
+                    use = batch["has_correspondence"].to(x0.device).bool() & ~drop
+                    ref_coords = on_object(ref_coords, reference)
+                    for name in layers:
+                        loss_attn = loss_attn + attention_supervision_loss(store[name], ref_coords, mask, use, grid, tc.attn_sigma)
+                    loss_attn = loss_attn / len(layers)
+                loss = loss_eps + tc.attn_weight * loss_attn
+                accelerator.backward(loss)
+                if accelerator.sync_gradients and tc.grad_clip > 0:
+                    accelerator.clip_grad_norm_(model.parameters(), tc.grad_clip)
+                optimizer.step()
+                lr_scheduler.step()
+                optimizer.zero_grad(set_to_none=True)
+            if not torch.isfinite(loss):
+                raise FloatingPointError(f"loss became {loss.item()} at step {step}")
+            if ema is not None:
+                ema.step(unwrapped.parameters())
+            step += 1
+            seen += b * accelerator.num_processes
+            sums["loss"] += float(loss.detach())
+            sums["loss_eps"] += float(loss_eps.detach())
+            sums["loss_attn"] += float(loss_attn.detach())
+            sums["n"] += 1
+            bar.update(1)
 
-        if accelerator.is_main_process and (step % tc.log_every == 0 or step == stop):
-            now = time.perf_counter()
-            n = max(sums["n"], 1)
-            record = {
-                "step": step,
-                "loss": sums["loss"] / n,
-                "loss_eps": sums["loss_eps"] / n,
-                "loss_attn": sums["loss_attn"] / n,
-                "lr_unet": lr_scheduler.get_last_lr()[0],
-                "images_per_s": seen / max(now - t_last, 1e-9),
-                "time": time.time(),
-            }
-            bar.set_postfix(loss=f"{record['loss']:.4f}", img_s=f"{record['images_per_s']:.1f}")
-            with open(log_path, "a") as f:
-                f.write(json.dumps(record) + "\n")
-            t_last, seen = now, 0
-            sums = {"loss": 0.0, "loss_eps": 0.0, "loss_attn": 0.0, "n": 0}
+            if accelerator.is_main_process and (step % tc.log_every == 0 or step == stop):
+                now = time.perf_counter()
+                n = max(sums["n"], 1)
+                record = {
+                    "step": step,
+                    "loss": sums["loss"] / n,
+                    "loss_eps": sums["loss_eps"] / n,
+                    "loss_attn": sums["loss_attn"] / n,
+                    "lr_unet": lr_scheduler.get_last_lr()[0],
+                    "images_per_s": seen / max(now - t_last, 1e-9),
+                    "time": time.time(),
+                }
+                bar.set_postfix(loss=f"{record['loss']:.4f}", img_s=f"{record['images_per_s']:.1f}")
+                with open(log_path, "a") as f:
+                    f.write(json.dumps(record) + "\n")
+                t_last, seen = now, 0
+                sums = {"loss": 0.0, "loss_eps": 0.0, "loss_attn": 0.0, "n": 0}
 
-        if eval_batch is not None and (step % tc.eval_every == 0 or step == stop):
-            ev = evaluate(unwrapped, eval_batch, noise_scheduler, unwrapped.alignment_layer_name, grid)
-            record_layers(unwrapped.unet, layers, store)  # evaluate() replaced the processors
-            ev = {"step": step, "eval": True, **ev}
-            with open(log_path, "a") as f:
-                f.write(json.dumps(ev) + "\n")
-            bar.write(" ".join(f"{k}={v:.4f}" if isinstance(v, float) else f"{k}={v}" for k, v in ev.items()))
+            if eval_batch is not None and (step % tc.eval_every == 0 or step == stop):
+                ev = evaluate(unwrapped, eval_batch, noise_scheduler, unwrapped.alignment_layer_name, grid)
+                ev = {"step": step, "eval": True, **ev}
+                with open(log_path, "a") as f:
+                    f.write(json.dumps(ev) + "\n")
+                bar.write(" ".join(f"{k}={v:.4f}" if isinstance(v, float) else f"{k}={v}" for k, v in ev.items()))
 
-        if step % tc.checkpoint_every == 0 or step == stop:
-            save_checkpoint(accelerator, run_dir, step, tc, mcfg)
+            if step % tc.checkpoint_every == 0 or step == stop:
+                save_checkpoint(accelerator, run_dir, step, tc, mcfg)
     bar.close()
     accelerator.wait_for_everyone()
     if accelerator.is_main_process:

@@ -17,7 +17,7 @@ class EncoderConfig:
 
     patch_size: int = 2  # ViT patch side in pixels; encoder input side = grid_size * patch_size
     hidden_size: int = 128  # ViT width d^phi
-    num_hidden_layers: int = 1  # a shallow encoder gives tokens with content from step 0 (issue 3)
+    num_hidden_layers: int = 1  # a shallow encoder gives tokens with content from step 0
     num_attention_heads: int = 4  # ViT heads
     mlp_ratio: int = 4  # ViT MLP width / hidden_size
     pretrained: str | None = None  # hub id or local folder of real DINOv2 weights (full scale)
@@ -69,7 +69,7 @@ class ModelConfig:
     prediction_type: str = "v_prediction"
     # the masked image's hole (fill.py): "zero" (SD inpainting, the paper), "telea" (a classical
     # fill the model corrects) or "warp" (the reference warped through the dense field where the
-    # warp is trusted, Telea elsewhere; the model corrects that, issue 13)
+    # warp is trusted, Telea elsewhere; the model corrects that)
     hole_fill: str = "zero"
     # one more U-Net input channel after the masked image: the warp's trust map (1 = the prefill is
     # the warped reference, 0 = Telea). False (the default, and what a saved config.json without the

@@ -147,7 +147,7 @@ class RefineByAlignModel(ModelMixin, ConfigMixin):
             raise ValueError(f"model folder '{folder}' has no .safetensors weights")
         from safetensors.torch import load_file
 
-        with torch.device("meta"):  # no random init of what the file replaces (paper: load 7.3 -> 4.9 s)
+        with torch.device("meta"):  # no random init of what the file replaces (for paper, most of a load's time)
             model = cls.from_config(cls.load_config(folder))
         main = folder / "diffusion_pytorch_model.safetensors"
         index = folder / "diffusion_pytorch_model.safetensors.index.json"

@@ -160,10 +160,10 @@ class RefineByAlignPipeline(DiffusionPipeline):
     def enable_compile(self, freezing: bool = True, mode: str | None = None, vae: bool = True) -> bool:
         """Compile the U-Net for the denoising loop with torch.compile (inductor; with weight
         freezing, as inference-only), and with ``vae`` the autoencoder's encode and decode
-        (latent-space models; on this CPU, for ``paper`` in bf16: encode of the crop pair 3.65 ->
-        2.55 s, decode 3.03 -> 2.41 s). ``mode``: torch.compile's mode, e.g. ``"max-autotune"``
-        (measured on this CPU for ``paper``: 49.3 s a refine after a 309 s compile, against 44.6 s
-        after 141 s in the default mode). The alignment pass keeps the eager U-Net, whose attention
+        (latent-space models, where they are a large share of a refine on a CPU; the measured gains
+        are in the README's speed section). ``mode``: torch.compile's mode, e.g. ``"max-autotune"``
+        (for ``paper`` on a CPU it compiled longer and refined slower than the default mode; README).
+        The alignment pass keeps the eager U-Net, whose attention
         processors it swaps. Shapes are static: a new batch size (another ``num_samples``) compiles
         again, and past dynamo's recompile limit that part runs eager. Returns False (and stays
         eager) where compilation is unavailable; a compiled part that fails when called falls back
@@ -211,9 +211,9 @@ class RefineByAlignPipeline(DiffusionPipeline):
 
     def enable_channels_last(self) -> None:
         """Store the U-Net and autoencoder weights channels-last (NHWC), the layout oneDNN's and
-        cuDNN's convolutions run fastest in; the inputs follow. On this CPU in bf16 it takes the
-        paper U-Net's guided step from 2.38 to 2.09 s and its VAE decode at 512 px from 6.5 to
-        3.5 s (README, speed table). ``from_pretrained`` turns it on for latent-space models."""
+        cuDNN's convolutions run fastest in; the inputs follow. In bf16 on a CPU it speeds up the
+        paper U-Net's steps and, more, its VAE decode (README, speed section). ``from_pretrained``
+        turns it on for latent-space models."""
         self.model.unet.to(memory_format=torch.channels_last)
         if self.model.vae is not None:
             self.model.vae.to(memory_format=torch.channels_last)
@@ -266,10 +266,13 @@ class RefineByAlignPipeline(DiffusionPipeline):
             pipe.enable_channels_last()
         return pipe
 
-    def save_pretrained(self, save_directory: str | Path, **kwargs) -> None:
+    def save_pretrained(self, save_directory: str | Path, safe_serialization: bool = True, **kwargs) -> None:
         """One folder: config.json + diffusion_pytorch_model.safetensors (the scheduler derives from
-        the config)."""
-        self.model.save_pretrained(save_directory, safe_serialization=True)
+        the config). Other keyword arguments go to the model's ``save_pretrained`` (diffusers'
+        ``max_shard_size``, ``is_main_process``, ...); the weights are safetensors only."""
+        if not safe_serialization:
+            raise ValueError("save_pretrained writes safetensors only (pickled weights are refused when loading)")
+        self.model.save_pretrained(save_directory, safe_serialization=True, **kwargs)
 
     # ------------------------------------------------------------------ input preparation
     def prepare(
@@ -311,7 +314,8 @@ class RefineByAlignPipeline(DiffusionPipeline):
 
     def _weight(self) -> torch.Tensor:
         """One parameter of the model: its device and dtype, without DiffusionPipeline.device's
-        walk over every module (35 ms a call on this CPU, three calls per alignment)."""
+        walk over every module (slow for a model of many modules, and needed several times per
+        alignment)."""
         return next(self.model.parameters())
 
     def crop_tensors(self, p: PreparedInputs) -> tuple[torch.Tensor, torch.Tensor]:
@@ -632,7 +636,7 @@ class RefineByAlignPipeline(DiffusionPipeline):
         timings["total"] = time.perf_counter() - t0
         return RefineOutput(
             image=Image.fromarray(result_image),
-            correspondence_mask=region if region is not None else None,
+            correspondence_mask=region,
             correspondence_map=result.heatmap if result is not None else None,
             crop_box=p.crop_box,
             reference_box=self._guide_box(p, region),

@@ -1,5 +1,5 @@
 """Training losses: Eq. 2 (noise prediction, weighted inside the hole) and the attention
-supervision that trains the alignment Algorithm 1 reads (issue 3's design; not in the paper).
+supervision that trains the alignment Algorithm 1 reads (this project's design; not in the paper).
 """
 
 from __future__ import annotations

@@ -27,7 +27,7 @@ from ..config import ModelConfig, get_config
 from ..io import write_atomic
 from ..models.attention import layer_level, recording
 from ..models.refiner import RefineByAlignModel
-from .losses import attention_supervision_loss, diffusion_target, masked_noise_loss, on_object
+from .losses import attention_supervision_loss, diffusion_target, masked_noise_loss, on_object, token_targets
 
 __all__ = ["TrainConfig", "load_train_config", "train", "latest_checkpoint", "export_weights", "RECIPES_DIR"]
 
@@ -186,13 +186,14 @@ def supervised_layers(model: RefineByAlignModel, min_side: int) -> list[str]:
 
 
 @torch.no_grad()
-def evaluate(model: RefineByAlignModel, batch: dict, noise_scheduler, layer: str, grid: int) -> dict:
+def evaluate(model: RefineByAlignModel, batch: dict, noise_scheduler, layer: str, grid: int, sigma: float) -> dict:
     """The reference-use gate and an alignment check on a fixed batch.
 
     - ``hole_mse_right`` / ``hole_mse_shuffled``: Eq. 2 error inside the hole at t = 500 with the
       right reference vs the references of other samples (the right one must win clearly);
     - ``align_top1``: share of hole query pixels whose most-attended token lies within one token
-      of the true one, at the alignment layer, t = 0."""
+      of the true one, at the alignment layer, t = 0 (the true token's target: a Gaussian of
+      ``sigma`` tokens, the recipe's ``attn_sigma``, as in the training loss)."""
     model.eval()
     dev = next(model.parameters()).device
     warp, trust = (batch[k].to(dev) if k in batch else None for k in ("warp", "trust"))  # hole_fill "warp" pairs
@@ -213,9 +214,7 @@ def evaluate(model: RefineByAlignModel, batch: dict, noise_scheduler, layer: str
         model(x0, t0, masked, mask, reference=ref)
     probs = store[layer]  # (B, Q, T)
     side = int(round(probs.shape[1] ** 0.5))
-    from .losses import on_object, token_targets
-
-    target, valid = token_targets(on_object(batch["ref_coords"].to(dev), ref), side, grid, 0.6)
+    target, valid = token_targets(on_object(batch["ref_coords"].to(dev), ref), side, grid, sigma)
     hole = torch.nn.functional.interpolate(batch["mask"].to(dev), size=(side, side), mode="area").reshape(probs.shape[0], -1) > 0.5
     sel = valid & hole
     if sel.any():
@@ -391,7 +390,7 @@ def train(tc: TrainConfig, run_dir: str | Path, resume: bool = False, max_steps:
                 sums = {"loss": 0.0, "loss_eps": 0.0, "loss_attn": 0.0, "n": 0}
 
             if eval_batch is not None and (step % tc.eval_every == 0 or step == stop):
-                ev = evaluate(unwrapped, eval_batch, noise_scheduler, unwrapped.alignment_layer_name, grid)
+                ev = evaluate(unwrapped, eval_batch, noise_scheduler, unwrapped.alignment_layer_name, grid, tc.attn_sigma)
                 ev = {"step": step, "eval": True, **ev}
                 with open(log_path, "a") as f:
                     f.write(json.dumps(ev) + "\n")

@@ -456,3 +456,53 @@ def test_load_inputs_reads_headers_first_and_decodes_after(tmp_path):
     Image.fromarray(np.zeros((48, 40, 3), np.uint8)).save(buf, format="JPEG", exif=exif.tobytes())
     image, mask, *_ = load_inputs(dict(files, image=(buf.getvalue(), "rotated.jpg")))
     assert image.size == (48, 40) and mask.shape == (40, 48)
+
+
+# ---------------------------------------------------------------------------------------------------- item 8: tiny images
+def _default_pipe():
+    from refine_by_align.pipelines.pipeline import RefineByAlignPipeline
+
+    pipe = RefineByAlignPipeline.from_pretrained("default")
+    pipe.set_progress_bar_config(disable=True)
+    return pipe
+
+
+@pytest.mark.parametrize("blob", [(slice(15, 16), slice(0, 16)), (slice(14, 16), slice(14, 16)), (slice(15, 16), slice(10, 12))])
+def test_alignment_blob_on_no_reference_pixel_still_gives_a_region(blob):
+    """An 8x8 reference seen through a 9x9 box: a blob in the last token row or column maps to no
+    reference pixel. M* is then the strongest pixel, never empty (an empty M* was 'ValueError: mask
+    is empty' from the zoom code)."""
+    pipe = _default_pipe()
+    rng = np.random.default_rng(0)
+    img = Image.fromarray(rng.integers(0, 256, (8, 8, 3), dtype=np.uint8))
+    mask = np.ones((8, 8), bool)
+    mask[5, 5] = False
+    p = pipe.prepare(img, mask, img, np.ones((8, 8), bool))
+    g = pipe.model.cfg.grid_size
+    raw = np.zeros((g, g), np.float32)
+    raw[blob] = 1.0
+    m_star, heat, grid_mask, _ = pipe.correspondence_on_reference(p, raw)
+    assert grid_mask.any() and m_star.any() and m_star.shape == (8, 8)
+    assert m_star.sum() >= 1 and heat.shape == (8, 8)
+
+
+def test_8x8_image_with_all_but_one_pixel_masked_is_refined(tmp_path, capsys):
+    """Issue 16 item 8 end to end: the shipped model, the image as its own reference, the mask on
+    all but one pixel; exit 0 and a result of the input's size (or one clear line, exit 2)."""
+    rng = np.random.default_rng(0)
+    img = tmp_path / "img.png"
+    Image.fromarray(rng.integers(0, 256, (8, 8, 3), dtype=np.uint8)).save(img)
+    m = np.full((8, 8), 255, np.uint8)
+    m[5, 5] = 0
+    Image.fromarray(m).save(tmp_path / "mask.png")
+    Image.fromarray(np.full((8, 8), 255, np.uint8)).save(tmp_path / "ref_mask.png")
+    out = tmp_path / "out.png"
+    rc = main(["-q", "refine", "--model", "default", "--image", str(img), "--mask", str(tmp_path / "mask.png"),
+               "--reference", str(img), "--reference-mask", str(tmp_path / "ref_mask.png"), "--output", str(out),
+               "--alignment", "attention", "--steps", "1", "--samples", "1"])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert rc in (0, 2), err
+    if rc == 0:
+        assert Image.open(out).size == (8, 8)
+    else:
+        assert len(err) == 1 and not out.exists(), err

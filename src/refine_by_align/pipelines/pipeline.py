@@ -410,7 +410,10 @@ class RefineByAlignPipeline(DiffusionPipeline):
         m_star = grid_to_reference(grid_mask, p.reference_box, shape) & p.reference_mask
         if not m_star.any():  # the blob fell outside the object: keep it unclipped
             m_star = grid_to_reference(grid_mask, p.reference_box, shape)
-        heat = grid_to_reference(norm, p.reference_box, shape, smooth=True) * p.reference_mask
+        smooth = grid_to_reference(norm, p.reference_box, shape, smooth=True)
+        heat = smooth * p.reference_mask
+        if not m_star.any():  # the blob maps to no pixel (a reference of a few pixels): keep its strongest one
+            m_star[np.unravel_index(int(np.argmax(heat if heat.any() else smooth)), shape)] = True
         return m_star, heat.astype(np.float32), grid_mask, norm
 
     # ------------------------------------------------------------------ the dense field's matchers

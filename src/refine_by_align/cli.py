@@ -22,9 +22,28 @@ def _add_inputs(p: argparse.ArgumentParser) -> None:
     p.add_argument("--image", required=True, help="the generated image with artifacts")
     p.add_argument("--mask", required=True, help="artifact mask (bright / nonzero = artifact)")
     p.add_argument("--reference", required=True, help="reference photo of the same object")
-    p.add_argument("--reference-mask", help="object mask of the reference (default: its alpha, else the whole image)")
+    p.add_argument("--reference-mask", help="object mask of the reference (default: its alpha, else estimated from the photo)")
     p.add_argument("--model", default="default", help="model folder, or a preset name: default | tiny | paper (default: %(default)s)")
     p.add_argument("--seed", type=int, default=0, help="random seed, an integer in 0..2^63-1 (default: %(default)s)")
+
+
+# One example per subcommand, shown at the end of its --help.
+EXAMPLES = {
+    "refine": "refine-by-align refine --image gen.png --mask artifact.png --reference photo.jpg --output fixed.png \\\n"
+              "      --compare side-by-side.png --samples 8 --seed 1",
+    "align": "refine-by-align align --image gen.png --mask artifact.png --reference photo.jpg --output region.png --heatmap heat.png",
+    "bench": "refine-by-align bench cases/ --output results/ --method all --limit 8",
+    "grid-search": "refine-by-align grid-search cases/ --output grid/ --timesteps 0,250,500 --layers 0,4,9",
+    "benchmark": "refine-by-align benchmark --configs default,paper --output speed.json --compile",
+    "serve": "refine-by-align serve --model default --port 7860 --log-level warning   # then open http://127.0.0.1:7860/",
+    "batch": "refine-by-align batch jobs.jsonl --output out/\n"
+             '  # jobs.jsonl, one job a line: {"image": "a.png", "mask": "a_mask.png", "reference": "ref.jpg", "output": "a.png"}',
+    "demo": "refine-by-align demo --output demo-output",
+    "train": "refine-by-align train --config default --output runs/default --max-steps 4750   # again with --resume after a stop",
+    "plot": "refine-by-align plot runs/default --output loss.png",
+    "show-pairs": "refine-by-align show-pairs --mode alignment -n 16 --output pairs.png",
+    "make-cases": "refine-by-align make-cases --source ../shared/data/dreambooth-train --output cases/ --seed 0 --per-subject 6",
+}
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -135,6 +154,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--subjects", help="comma-separated subjects (default: the held-out validation subjects)")
     p.add_argument("--per-subject", type=int, default=3, help="cases per subject; kinds rotate affine, nonrigid, multiview (default: %(default)s)")
+    for name, sp in sub.choices.items():  # every subcommand's help ends with an example
+        if name in EXAMPLES:
+            sp.formatter_class = argparse.RawDescriptionHelpFormatter
+            sp.epilog = "example:\n  " + EXAMPLES[name]
     return parser
 
 

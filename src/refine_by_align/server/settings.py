@@ -44,7 +44,11 @@ def add_serve_arguments(p) -> None:
     p.add_argument("--max-side", type=int, default=d.max_image_side, help="largest image side in pixels (default: %(default)s)")
     p.add_argument("--queue", type=int, default=d.max_queue, help="jobs allowed to wait behind the running one (default: %(default)s)")
     p.add_argument("--timeout", type=float, default=d.job_timeout_s, help="seconds a job may run (default: %(default)g)")
-    p.add_argument("--log-level", default="info", choices=["critical", "error", "warning", "info", "debug"])
+    p.add_argument(
+        "--log-level", default="info", choices=["critical", "error", "warning", "info", "debug"],
+        help="how much the server logs to the terminal: info shows every request, warning only problems "
+        "(default: %(default)s)",
+    )
 
 
 def settings_from_args(args) -> ServerSettings:

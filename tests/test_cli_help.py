@@ -1,0 +1,32 @@
+"""Every subcommand's --help ends with a runnable-looking example; every option has a description."""
+
+import argparse
+
+from refine_by_align.cli import EXAMPLES, build_parser
+
+
+def _subcommands():
+    parser = build_parser()
+    action = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
+    return action.choices
+
+
+def test_every_subcommand_help_shows_an_example():
+    commands = _subcommands()
+    assert set(EXAMPLES) == set(commands), set(EXAMPLES) ^ set(commands)
+    for name, sub in commands.items():
+        text = sub.format_help()
+        assert "\nexample:\n  refine-by-align " + name + " " in text, name
+        assert text.rstrip().endswith(EXAMPLES[name].splitlines()[-1].strip()), name  # kept as written (raw)
+        for option in (a for a in sub._actions if a.option_strings and a.dest != "help"):
+            if name in ("refine", "align", "serve"):  # the commands a new user meets first: every option described
+                assert option.help, f"{name} {option.option_strings[0]} has no description"
+
+
+def test_example_options_exist():
+    """The options each example uses are options of its command (an example must not rot)."""
+    commands = _subcommands()
+    for name, example in EXAMPLES.items():
+        words = [w for w in example.replace("\\\n", " ").split() if w.startswith("--")]
+        known = {s for a in commands[name]._actions for s in a.option_strings}
+        assert set(words) <= known, (name, set(words) - known)

@@ -506,3 +506,48 @@ def test_8x8_image_with_all_but_one_pixel_masked_is_refined(tmp_path, capsys):
         assert Image.open(out).size == (8, 8)
     else:
         assert len(err) == 1 and not out.exists(), err
+
+
+# ---------------------------------------------------------------------------------------------------- item 7: all outputs or none
+def test_output_format_that_cannot_hold_the_picture_is_refused_before_computing(tmp_path, capsys, no_compute):
+    """MSP holds 1-bit images only: the compare picture could never be written. Refused before any
+    work (it used to be found after --output had been written, as a traceback)."""
+    paths = _inputs(tmp_path / "in")
+    out = tmp_path / "out" / "o.png"
+    _refused(_refine(paths, out, "--compare", tmp_path / "c.msp"), capsys, "compare '", "c.msp", "cannot be written as MSP")
+    assert not out.exists() and not (tmp_path / "c.msp").exists()
+
+
+def test_save_images_atomic_writes_all_or_none(tmp_path):
+    from refine_by_align.io import save_images_atomic
+
+    rgb = Image.new("RGB", (8, 8), (10, 20, 30))
+    (tmp_path / "old.png").write_bytes(b"previous")
+    # the second cannot be encoded: nothing written, the existing file untouched
+    with pytest.raises(InputError, match="second '.*c.msp': the image cannot be written as MSP"):
+        save_images_atomic([(rgb, tmp_path / "old.png", "first"), (rgb, tmp_path / "c.msp", "second")])
+    # the third's folder cannot be created (a file is in the way): nothing written either
+    (tmp_path / "blocker").write_text("a file")
+    with pytest.raises(InputError, match="third '.*blocker/x.png': cannot be written"):
+        save_images_atomic([(rgb, tmp_path / "old.png", "first"), (rgb, tmp_path / "new.png", "second"),
+                            (rgb, tmp_path / "blocker" / "x.png", "third")])
+    assert (tmp_path / "old.png").read_bytes() == b"previous" and not (tmp_path / "new.png").exists()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["blocker", "old.png"]  # no temporary file left
+    # all good: all written, with the mode a plain open() gives (0644 under umask 022), as the CLI's files
+    written = save_images_atomic([(rgb, tmp_path / "old.png", "first"), (rgb.convert("L"), tmp_path / "sub" / "m.jpg", "second")])
+    assert [Image.open(p).size for p in written] == [(8, 8), (8, 8)]
+    umask = os.umask(0o022)
+    os.umask(umask)
+    assert (tmp_path / "old.png").stat().st_mode & 0o777 == 0o666 & ~umask
+
+
+def test_refine_and_align_write_every_output(tmp_path, capsys):
+    paths = _inputs(tmp_path / "in")
+    out = tmp_path / "out" / "o.png"
+    rc = main(_refine(paths, out, "--compare", tmp_path / "c.jpg", "--correspondence", tmp_path / "corr.png", "--steps", "1"))
+    assert rc == 0, capsys.readouterr().err
+    assert out.exists() and (tmp_path / "c.jpg").exists() and (tmp_path / "corr.png").exists()
+    rc = main(_refine(paths, tmp_path / "a.png", "--heatmap", tmp_path / "h.png", command="align"))
+    assert rc == 0, capsys.readouterr().err
+    assert Image.open(tmp_path / "a.png").size == (30, 36) and Image.open(tmp_path / "h.png").size == (30, 36)
+    assert not [p for p in tmp_path.rglob(".*") if p.is_file()]  # no temporary files

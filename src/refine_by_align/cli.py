@@ -207,14 +207,17 @@ def _read_inputs(args):
     return load_inputs(files, labels={"reference_mask": "reference mask"})
 
 
-def _check_output(path: str, what: str = "output") -> Path:
+def _check_output(path: str, what: str = "output", mode: str = "RGB") -> Path:
     from PIL import Image
+
+    from .io import encode_image
 
     p = Path(path)
     if p.suffix.lower() not in Image.registered_extensions():
         raise CLIError(f"{what} '{path}': unknown image extension '{p.suffix}' (use .png or .jpg)")
     if p.exists() and p.is_dir():
         raise CLIError(f"{what} '{path}': is a folder")
+    encode_image(Image.new(mode, (8, 8)), p, what)  # a format that cannot hold the picture is found now
     return p
 
 
@@ -256,11 +259,11 @@ def _check_alignment_options(pipe, timestep: int | None, layer: int | None, t_fl
 def cmd_refine(args) -> int:
     from PIL import Image
 
-    from .io import save_image_atomic, to_rgb
+    from .io import save_images_atomic, to_rgb
     from .visualize import compare_picture
 
     out = _check_output(args.output)
-    corr_path = _check_output(args.correspondence, "correspondence") if args.correspondence else None
+    corr_path = _check_output(args.correspondence, "correspondence", "L") if args.correspondence else None
     compare = _check_output(args.compare, "compare") if args.compare else out.with_name(out.stem + ".compare.png")
     _check_outputs(
         _input_files(args),
@@ -279,10 +282,12 @@ def cmd_refine(args) -> int:
         alignment=args.alignment, matchers=args.matchers, warp=not args.no_warp,
     )
     _print_notes(result.notes)
-    save_image_atomic(result.image, out)
+    outputs = [(result.image, out, "--output")]
     if corr_path is not None and result.correspondence_mask is not None:
-        save_image_atomic(Image.fromarray(result.correspondence_mask.astype("uint8") * 255), corr_path)
-    save_image_atomic(compare_picture(to_rgb(image), mask, to_rgb(reference), result), compare)
+        outputs.append((Image.fromarray(result.correspondence_mask.astype("uint8") * 255), corr_path, "--correspondence"))
+    picture = compare_picture(to_rgb(image), mask, to_rgb(reference), result)
+    outputs.append((picture, compare, "--compare" if args.compare else "the compare picture"))
+    save_images_atomic(outputs)  # all of them or none
     t = result.timings
     how = f"{result.alignment} alignment, {100 * result.warp_fraction:.0f}% of the mask from the warped reference" if result.alignment else "no alignment"
     print(f"wrote {out} ({t['total']:.2f} s: align {t['align']:.2f} s, denoise {t['denoise']:.2f} s; {how})")
@@ -295,10 +300,10 @@ def cmd_refine(args) -> int:
 def cmd_align(args) -> int:
     from PIL import Image
 
-    from .io import save_image_atomic, to_rgb
+    from .io import save_images_atomic, to_rgb
     from .visualize import render_heatmap_overlay
 
-    out = _check_output(args.output)
+    out = _check_output(args.output, mode="L")
     heat_path = _check_output(args.heatmap, "heatmap") if args.heatmap else None
     _check_outputs(_input_files(args), [("--output", out), ("--heatmap", heat_path)])
     image, mask, reference, ref_mask, names = _read_inputs(args)
@@ -309,14 +314,16 @@ def cmd_align(args) -> int:
         method=args.alignment, matchers=args.matchers,
     )
     _print_notes(res.info.get("notes", []) + ([res.info["fallback"]] if "fallback" in res.info else []))
-    save_image_atomic(Image.fromarray(res.mask.astype("uint8") * 255), out)
+    outputs = [(Image.fromarray(res.mask.astype("uint8") * 255), out, "--output")]
+    if heat_path is not None:
+        outputs.append((render_heatmap_overlay(to_rgb(reference), res.heatmap), heat_path, "--heatmap"))
+    save_images_atomic(outputs)  # all of them or none
     how = (
         f"dense field from {res.info.get('source')} ({res.info.get('inliers')} agreeing matches"
         f"{', mirrored reference' if res.info.get('mirrored') else ''})" if res.method == "dense" else f"attention at t={res.timestep}, l={res.layer}"
     )
     print(f"wrote {out} ({how}; {int(res.mask.sum())} reference pixels)")
     if heat_path is not None:
-        save_image_atomic(render_heatmap_overlay(to_rgb(reference), res.heatmap), heat_path)
         print(f"wrote {heat_path}")
     return 0
 

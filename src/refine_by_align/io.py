@@ -32,6 +32,8 @@ __all__ = [
     "alpha_mask",
     "validate_inputs",
     "save_image_atomic",
+    "save_images_atomic",
+    "encode_image",
     "write_atomic",
     "same_file",
     "check_output_path",
@@ -422,3 +424,49 @@ def save_image_atomic(img: Image.Image, path: str | os.PathLike) -> None:
     if fmt is None:
         raise InputError(f"output '{path}': unknown image extension '{path.suffix}' (use .png or .jpg)")
     write_atomic(path, lambda f: img.save(f, format=fmt))
+
+
+def encode_image(img: Image.Image, path: str | os.PathLike, what: str = "output") -> bytes:
+    """The bytes of ``img`` in the format ``path``'s extension names (a JPEG gets RGB); an unknown
+    extension or a format that cannot hold the image is one InputError naming ``what``."""
+    path = Path(path)
+    fmt = Image.registered_extensions().get(path.suffix.lower())
+    if fmt is None:
+        raise InputError(f"{what} '{path}': unknown image extension '{path.suffix}' (use .png or .jpg)")
+    if fmt == "JPEG" and img.mode not in ("RGB", "L", "CMYK"):
+        img = img.convert("RGB")
+    buf = BytesIO()
+    try:
+        img.save(buf, format=fmt)
+    except (OSError, ValueError, KeyError, TypeError) as e:
+        raise InputError(f"{what} '{path}': the image cannot be written as {fmt} ({_one_line(e)}); use .png") from None
+    return buf.getvalue()
+
+
+def save_images_atomic(items: list[tuple[Image.Image, str | os.PathLike, str]]) -> list[Path]:
+    """Write several images, ``(image, path, what)`` each, so that either all of them are written or
+    none is: every image is encoded first, then each goes to a temporary file created exclusively
+    in its folder; only when all are complete are they renamed into place. Any failure before the
+    renames removes the temporary files and leaves every output as it was (one InputError naming
+    the output). Returns the paths."""
+    encoded = [(Path(path), encode_image(img, path, what), what) for img, path, what in items]
+    staged: list[str] = []
+    try:
+        for path, data, what in encoded:
+            try:
+                path.parent.mkdir(parents=True, exist_ok=True)
+                fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+                staged.append(tmp)
+                with os.fdopen(fd, "wb") as f:
+                    f.write(data)
+                    os.fchmod(f.fileno(), 0o666 & ~_umask())
+            except OSError as e:
+                raise InputError(f"{what} '{path}': cannot be written ({e.strerror or _one_line(e)}); no output was written") from None
+        for (path, _, _), tmp in zip(encoded, staged):
+            os.replace(tmp, path)
+        staged.clear()
+    finally:
+        for tmp in staged:
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(tmp)
+    return [path for path, _, _ in encoded]

@@ -127,7 +127,114 @@ class ModelConfig:
         unknown = set(d) - known
         if unknown:
             raise ValueError(f"unknown model config fields: {sorted(unknown)}")
-        return cls(encoder=enc, unet=unet, **d)
+        cfg = cls(encoder=enc, unet=unet, **d)
+        cfg.validate()
+        return cfg
+
+    def validate(self) -> None:
+        """Refuse values no model can be built or run with (a hand-edited or damaged config.json),
+        each as one ValueError naming the field, its allowed range and the value found. The ranges
+        are generous (the ``paper`` preset is well inside them) but keep every size the code
+        allocates from the config bounded."""
+        _check_config(self)
+
+
+# (field, low, high) of the integer and real fields; a field's value must lie in [low, high]
+_INT_RANGES = (
+    ("resolution", 8, 2048),
+    ("grid_size", 1, 64),
+    ("alignment_layer", 0, 1000),
+    ("num_train_timesteps", 1, 100_000),
+    ("default_steps", 1, 1000),
+    ("default_samples", 1, 64),
+    ("zoom_min_size", 1, 4096),
+    ("paste_dilate", 0, 256),
+    ("paste_feather", 0, 256),
+    ("projector_hidden", 1, 16384),
+    ("encoder.patch_size", 1, 64),
+    ("encoder.hidden_size", 1, 8192),
+    ("encoder.num_hidden_layers", 1, 96),
+    ("encoder.num_attention_heads", 1, 256),
+    ("encoder.mlp_ratio", 1, 16),
+    ("unet.layers_per_block", 1, 16),
+    ("unet.attention_head_dim", 1, 4096),
+    ("unet.norm_num_groups", 1, 1024),
+    ("unet.cross_attention_dim", 1, 8192),
+)
+_FLOAT_RANGES = (
+    ("vae_scaling_factor", 1e-6, 1e3),
+    ("alignment_threshold", 0.0, 1.0),
+    ("beta_start", 0.0, 1.0),
+    ("beta_end", 0.0, 1.0),
+    ("correction_blur", 0.0, 1e3),
+    ("correction_shrink", 0.0, 1e9),
+    ("default_guidance", 0.0, 50.0),
+    ("zoom_grow", 1.0, 100.0),
+    ("reference_margin", 0.0, 10.0),
+    ("local_dilate", 0.0, 100.0),
+    ("local_margin", 0.0, 10.0),
+)
+_CHOICES = (
+    ("latent", ("pixel", "vae-kl", "vae-tiny")),
+    ("hole_fill", ("zero", "telea", "warp")),
+    ("prediction_type", ("epsilon", "v_prediction", "sample")),
+    ("beta_schedule", ("linear", "scaled_linear", "squaredcos_cap_v2")),
+)
+MAX_CHANNELS = 4096  # widest U-Net level (Stable Diffusion's is 1280)
+MAX_LEVELS = 8
+
+
+def _get(cfg: ModelConfig, name: str):
+    obj = cfg
+    for part in name.split("."):
+        obj = getattr(obj, part)
+    return obj
+
+
+def _check_config(cfg: ModelConfig) -> None:
+    import math
+
+    def bad(name: str, expected: str, value) -> ValueError:
+        return ValueError(f"model config: {name} must be {expected}, got {value!r}")
+
+    for name, lo, hi in _INT_RANGES:
+        v = _get(cfg, name)
+        if isinstance(v, bool) or not isinstance(v, int) or not lo <= v <= hi:
+            raise bad(name, f"an integer in {lo}..{hi}", v)
+    for name, lo, hi in _FLOAT_RANGES:
+        v = _get(cfg, name)
+        if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v) or not lo <= v <= hi:
+            raise bad(name, f"a finite number in {lo:g}..{hi:g}", v)
+    for name, choices in _CHOICES:
+        v = _get(cfg, name)
+        if v not in choices:
+            raise bad(name, f"one of {', '.join(choices)}", v)
+    if cfg.beta_schedule != "squaredcos_cap_v2" and not cfg.beta_start < cfg.beta_end:
+        raise bad("beta_start", f"below beta_end ({cfg.beta_end:g})", cfg.beta_start)
+    if not 0 <= cfg.alignment_timestep < cfg.num_train_timesteps:
+        raise bad("alignment_timestep", f"an integer in 0..{cfg.num_train_timesteps - 1}", cfg.alignment_timestep)
+    u = cfg.unet
+    channels = u.block_out_channels
+    if (
+        not isinstance(channels, tuple)
+        or not 1 <= len(channels) <= MAX_LEVELS
+        or any(isinstance(c, bool) or not isinstance(c, int) or not 1 <= c <= MAX_CHANNELS for c in channels)
+    ):
+        raise bad("unet.block_out_channels", f"1 to {MAX_LEVELS} integers in 1..{MAX_CHANNELS}", channels)
+    if any(c % u.norm_num_groups for c in channels):
+        raise bad("unet.block_out_channels", f"multiples of unet.norm_num_groups ({u.norm_num_groups})", channels)
+    for name in ("down_block_types", "up_block_types"):
+        types = getattr(u, name)
+        if not isinstance(types, tuple) or len(types) != len(channels) or not all(isinstance(t, str) for t in types):
+            raise bad(f"unet.{name}", f"{len(channels)} block names (one per block_out_channels entry)", types)
+    e = cfg.encoder
+    if e.hidden_size % e.num_attention_heads:
+        raise bad("encoder.hidden_size", f"a multiple of encoder.num_attention_heads ({e.num_attention_heads})", e.hidden_size)
+    down = (1 if cfg.latent == "pixel" else 8) * 2 ** (len(channels) - 1)
+    if cfg.resolution % down:
+        raise bad("resolution", f"a multiple of {down} (the U-Net's and autoencoder's downsampling)", cfg.resolution)
+    if cfg.grid_size * e.patch_size > 4096:
+        raise bad("grid_size", f"at most {4096 // e.patch_size} with encoder.patch_size {e.patch_size} (encoder input <= 4096 px)", cfg.grid_size)
 
 
 def _tuples(d: dict) -> dict:

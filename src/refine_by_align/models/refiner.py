@@ -85,6 +85,48 @@ def _match_vit_names(state: dict[str, torch.Tensor], wanted: set[str]) -> dict[s
     return out
 
 
+def _one_line(e: BaseException) -> str:
+    return " ".join(str(e).split()) or type(e).__name__
+
+
+def _read_safetensors(path: Path) -> dict[str, torch.Tensor]:
+    """A safetensors file's tensors; a file that is not one (a renamed pickle, truncated, empty) is one
+    ValueError naming it."""
+    from safetensors.torch import load_file
+
+    try:
+        return load_file(path)
+    except Exception as e:  # safetensors raises its own SafetensorError (and OSError, ValueError ...)
+        if isinstance(e, MemoryError):
+            raise
+        size = path.stat().st_size if path.exists() else 0
+        raise ValueError(
+            f"weights file '{path}' ({size} bytes) is not a readable safetensors file ({_one_line(e)[:200]}): "
+            "truncated, empty, or another format renamed"
+        ) from None
+
+
+def _index_files(folder: Path, index: Path) -> list[Path]:
+    """The weight files a sharded model's index names: plain .safetensors files inside ``folder`` (a
+    name that leads outside it, through ``..``, an absolute path or a symbolic link, is refused)."""
+    try:
+        names = set(json.loads(index.read_text())["weight_map"].values())
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError, KeyError, TypeError, AttributeError) as e:
+        raise ValueError(f"model index '{index}' is not a valid index file ({_one_line(e)[:200]})") from None
+    root = folder.resolve()
+    files = []
+    for name in sorted(names, key=str):
+        if not isinstance(name, str) or not name.endswith(".safetensors"):
+            raise ValueError(f"model index '{index}' names '{name}': only .safetensors files are loaded")
+        path = (folder / name).resolve()
+        if path.parent != root:
+            raise ValueError(f"model index '{index}' names '{name}', which is outside the model folder: refused")
+        if not path.is_file():
+            raise ValueError(f"model index '{index}' names '{name}', which is not in the model folder")
+        files.append(path)
+    return files
+
+
 class RefineByAlignModel(ModelMixin, ConfigMixin):
     """Encoder phi, projector MLP, null tokens for guidance, U-Net R_theta and optional autoencoder.
 
@@ -145,14 +187,15 @@ class RefineByAlignModel(ModelMixin, ConfigMixin):
         check_no_pickles(folder)
         if not any(folder.glob("*.safetensors")):
             raise ValueError(f"model folder '{folder}' has no .safetensors weights")
-        from safetensors.torch import load_file
-
-        with torch.device("meta"):  # no random init of what the file replaces (for paper, most of a load's time)
-            model = cls.from_config(cls.load_config(folder))
+        try:
+            with torch.device("meta"):  # no random init of what the file replaces (for paper, most of a load's time)
+                model = cls.from_config(cls.load_config(folder))
+        except (TypeError, KeyError, RuntimeError, AttributeError) as e:  # (ValueErrors name the field already)
+            raise ValueError(f"model folder '{folder}': config.json does not describe a model ({_one_line(e)})") from None
         main = folder / "diffusion_pytorch_model.safetensors"
         index = folder / "diffusion_pytorch_model.safetensors.index.json"
         if index.exists():  # sharded: the files the index names, nothing else
-            files = [folder / f for f in sorted(set(json.loads(index.read_text())["weight_map"].values()))]
+            files = _index_files(folder, index)
         elif main.exists():
             files = [main]
         else:
@@ -164,8 +207,8 @@ class RefineByAlignModel(ModelMixin, ConfigMixin):
                 )
         state: dict[str, torch.Tensor] = {}
         for f in files:
-            state.update(load_file(f))
-        built = model.state_dict()  # names and dtypes of the config's model (meta tensors)
+            state.update(_read_safetensors(f))
+        built = model.state_dict()  # names, shapes and dtypes of the config's model (meta tensors)
         wanted = set(built)
         state = _match_vit_names(state, wanted)
         missing = sorted(wanted - set(state))
@@ -174,6 +217,13 @@ class RefineByAlignModel(ModelMixin, ConfigMixin):
             raise ValueError(
                 f"model folder '{folder}' does not fit this code: {len(missing)} missing weights {missing[:3]}, "
                 f"{len(unexpected)} unexpected {unexpected[:3]}"
+            )
+        wrong = [k for k in sorted(state) if tuple(state[k].shape) != tuple(built[k].shape)]
+        if wrong:  # (load_state_dict would say so in one line per tensor, or not at all with assign=True)
+            k = wrong[0]
+            raise ValueError(
+                f"model folder '{folder}': {len(wrong)} weights have the wrong shape for its config.json, e.g. "
+                f"'{k}' is {list(state[k].shape)} where the config builds {list(built[k].shape)}"
             )
         # copies in the dtypes the config builds: safetensors maps the file, and parameters that
         # shared its pages would change (or fault) if the file were rewritten while in use

@@ -107,7 +107,7 @@ def test_batch_with_tiny_model_errors_and_resume(tmp_path, tiny_pipe):
     again = run_batch(manifest, out, tiny_pipe, progress=False)
     assert (again["done"], again["skipped"], again["failed"]) == (0, 3, 7)
     assert stamp == {p: p.stat().st_mtime_ns for p in out.rglob("*.png")}
-    assert len(_jsonl(out / ERRORS_FILE)) == 14
+    assert sorted(e["line"] for e in _jsonl(out / ERRORS_FILE)) == [5, 6, 7, 8, 9, 10, 12]  # the latest failure of each, once
 
     # a changed job (new seed) is not "already done"; a deleted output is redone
     lines = manifest.read_text().splitlines()
@@ -230,3 +230,43 @@ def test_kill_9_mid_batch_then_resume(tmp_path):
         expected = src.copy()
         expected[m] = 255 - expected[m]
         assert np.array_equal(np.asarray(Image.open(out / f"r{i}.png")), expected), i
+
+
+def test_errors_file_keeps_the_latest_failure_of_each_job(tmp_path):
+    """Issue 16 item 13: reruns do not pile up duplicate error lines; a job that succeeds later
+    leaves the file; lines of an older run with duplicates are merged; no errors, no file."""
+    _write_case(tmp_path / "in", "c0", 0)
+    manifest = _manifest(tmp_path / "jobs.jsonl", [_job("c0", output="ok.png"), _job("c0", steps=0), _job("c9")])
+    out = tmp_path / "out"
+    for _ in range(3):
+        s = run_batch(manifest, out, NegateMask(), progress=False)
+        assert s["failed"] == 2
+        errors = _jsonl(out / ERRORS_FILE)
+        assert sorted(e["line"] for e in errors) == [2, 3], errors
+    assert "steps must be an integer" in errors[0]["error"] and "file not found" in errors[1]["error"]
+
+    # an older run's duplicates are merged into one line per job on the next run
+    (out / ERRORS_FILE).write_text((out / ERRORS_FILE).read_text() * 3 + '{"line": 2, "out')
+    _write_case(tmp_path / "in", "c9", 9)  # line 3 can run now
+    s = run_batch(manifest, out, NegateMask(), progress=False)
+    assert (s["done"], s["failed"]) == (1, 1)
+    assert [e["line"] for e in _jsonl(out / ERRORS_FILE)] == [2]
+
+    # every job fixed: the file goes away
+    manifest.write_text("\n".join(json.dumps(j) for j in [_job("c0", output="ok.png"), _job("c0", steps=1), _job("c9")]) + "\n")
+    s = run_batch(manifest, out, NegateMask(), progress=False)
+    assert s["failed"] == 0 and s["errors_file"] is None and not (out / ERRORS_FILE).exists()
+    assert not [p for p in out.rglob(".rba-*")]
+
+
+def test_batch_outputs_get_the_mode_the_cli_gives(tmp_path):
+    """Issue 16 item 13: outputs and ledgers are 0644 under the usual umask (0666 less the umask), as
+    the command line writes them, not 0600."""
+    _write_case(tmp_path / "in", "c0", 0)
+    manifest = _manifest(tmp_path / "jobs.jsonl", [_job("c0", output="a.png"), _job("c0", output="b.jpg"), _job("c0", steps=0)])
+    out = tmp_path / "out"
+    run_batch(manifest, out, NegateMask(), progress=False)
+    umask = os.umask(0o022)
+    os.umask(umask)
+    for name in ("a.png", "b.jpg", DONE_FILE, ERRORS_FILE):
+        assert (out / name).stat().st_mode & 0o777 == 0o666 & ~umask, name

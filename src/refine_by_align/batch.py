@@ -14,7 +14,9 @@ Output folder:
 ``DIR/<output>``     each refined image, written to a temporary file in the same folder and renamed
                      (``os.replace``), so a crash never leaves a half-written output under its name
 ``DIR/done.jsonl``   ledger of finished jobs, appended (and fsynced) after each output is in place
-``DIR/errors.jsonl`` one line per failed job: line number, output name, error; the batch goes on
+``DIR/errors.jsonl`` the latest failure of each job that has not succeeded since: line number, output
+                     name, error (a rerun replaces a job's old line, or drops it once the job
+                     succeeds; rewritten atomically); the batch goes on
 
 Resume: running the same manifest again skips every job whose output exists and whose ledger entry
 matches the job's settings (inputs, steps, guidance, seed); changed jobs and failed jobs run again.
@@ -197,6 +199,49 @@ def _read_ledger(path: Path) -> dict[str, str]:
     return done
 
 
+class _ErrorLog:
+    """``errors.jsonl``: one line per job (by manifest line and output name) that failed in its latest
+    run, rewritten atomically whenever that changes, so reruns never pile up duplicates. Lines of a
+    previous run stay until their job runs again (a run cut short keeps what it did not reach)."""
+
+    def __init__(self, path: Path, jobs: list[BatchJob]):
+        self.path = path
+        self.records: dict[tuple[int, str], dict] = {}
+        current = {(job.line, str(job.output)) for job in jobs}
+        changed = False
+        if path.exists():
+            for raw in path.read_text(encoding="utf-8", errors="replace").splitlines():
+                try:
+                    rec = json.loads(raw)
+                    key = (int(rec["line"]), str(rec["output"]))
+                except (json.JSONDecodeError, KeyError, TypeError, ValueError):
+                    changed = True  # a line cut short by a crash, or not ours: dropped
+                    continue
+                if key in current:
+                    changed |= key in self.records
+                    self.records[key] = rec
+                else:  # the manifest no longer has this job
+                    changed = True
+        if changed:
+            self._write()
+
+    def failed(self, job: BatchJob, record: dict) -> None:
+        self.records[(job.line, str(job.output))] = record
+        self._write()
+
+    def succeeded(self, job: BatchJob) -> None:
+        if self.records.pop((job.line, str(job.output)), None) is not None:
+            self._write()
+
+    def _write(self) -> None:
+        if not self.records:
+            with suppress(FileNotFoundError):
+                self.path.unlink()
+            return
+        lines = [json.dumps(self.records[k], sort_keys=True) + "\n" for k in sorted(self.records)]
+        write_atomic(self.path, "".join(lines), fsync=True, prefix=PART_PREFIX, suffix=PART_SUFFIX)
+
+
 def _write_atomic(img: Image.Image, path: Path) -> None:
     """Write next to ``path`` under a temporary name, fsync, rename: the final name only ever holds
     a complete file."""
@@ -295,7 +340,7 @@ def run_batch(manifest: str | os.PathLike, output_dir: str | os.PathLike, pipe, 
 
     def fail(job: BatchJob, message: str, kind: str = "InputError") -> None:
         counts["failed"] += 1
-        _append_jsonl(errors_file, {
+        errors.failed(job, {
             "line": job.line, "output": job.output, "error": message, "type": kind,
             "time": time.strftime("%Y-%m-%dT%H:%M:%S"),
         })
@@ -303,6 +348,7 @@ def run_batch(manifest: str | os.PathLike, output_dir: str | os.PathLike, pipe, 
     with _lock(out_dir):
         _remove_partials(out_dir)
         finished = _read_ledger(done_file)
+        errors = _ErrorLog(errors_file, jobs)
         bar = tqdm(total=len(jobs), desc="batch", unit="job", disable=not progress, dynamic_ncols=True)
         try:
             for job in jobs:
@@ -332,6 +378,7 @@ def run_batch(manifest: str | os.PathLike, output_dir: str | os.PathLike, pipe, 
                 targets[real] = job.line
                 if finished.get(job.output) == job.key and target.is_file():
                     counts["skipped"] += 1
+                    errors.succeeded(job)
                     bar.update()
                     continue
                 t1 = time.perf_counter()
@@ -348,6 +395,7 @@ def run_batch(manifest: str | os.PathLike, output_dir: str | os.PathLike, pipe, 
                     })
                     finished[job.output] = job.key
                     counts["done"] += 1
+                    errors.succeeded(job)
                 bar.update()
         finally:
             bar.close()

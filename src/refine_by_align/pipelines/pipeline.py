@@ -140,6 +140,7 @@ class PreparedInputs:
     reference_mask: np.ndarray  # (Hr, Wr) bool, the reference object
     crop_box: Box
     reference_box: Box  # square box around the reference object (what the encoder sees)
+    notes: list[str] = field(default_factory=list)  # e.g. that the reference object was estimated
 
 
 class RefineByAlignPipeline(DiffusionPipeline):
@@ -295,13 +296,21 @@ class RefineByAlignPipeline(DiffusionPipeline):
         rgb = to_rgb(image)
         ref_rgb = to_rgb(reference)
         validate_inputs(rgb, mask, ref_rgb, reference_mask, names)
-        if reference_mask is None:
-            reference_mask = np.ones((ref_rgb.height, ref_rgb.width), dtype=bool)
+        notes = []
+        if reference_mask is None:  # no mask and no alpha: estimate the object (data/foreground.py)
+            from ..data.foreground import estimate_foreground
+
+            reference_mask = estimate_foreground(ref_rgb)
+            notes.append(
+                "no reference mask, and no object stands out from the photo's background: the whole photo is the reference"
+                if reference_mask.all() else
+                f"no reference mask: the object was estimated from the photo ({reference_mask.mean():.0%} of it); give a reference mask to set it"
+            )
         ref = np.asarray(ref_rgb).copy()
         ref[~reference_mask] = 0
         crop_box = zoom_box(mask, grow=cfg.zoom_grow, min_size=cfg.zoom_min_size)
         ref_box = square_pad_box(mask_bbox(reference_mask), cfg.reference_margin, reference_mask.shape)
-        return PreparedInputs(np.asarray(rgb), mask, ref, reference_mask, crop_box, ref_box)
+        return PreparedInputs(np.asarray(rgb), mask, ref, reference_mask, crop_box, ref_box, notes)
 
     def _to_tensor(self, array: np.ndarray) -> torch.Tensor:
         """(S, S, 3) uint8 -> (1, 3, S, S) in [0, 1]; (S, S) bool -> (1, 1, S, S)."""
@@ -376,7 +385,10 @@ class RefineByAlignPipeline(DiffusionPipeline):
         it) or ``attention`` (Algorithm 1 at one (t, l), Eq. 5, A.4); ``matchers`` the dense field's
         sources joined by "+" (default: sift+aliked where ALIKED's weights are found, else sift)."""
         p = self.prepare(image, mask, reference, reference_mask, names)
-        return self._align(p, timestep, layer, threshold, seed, method=method, matchers=matchers)
+        res = self._align(p, timestep, layer, threshold, seed, method=method, matchers=matchers)
+        if p.notes:
+            res.info["notes"] = p.notes + res.info.get("notes", [])
+        return res
 
     def alignment_maps(
         self, p: PreparedInputs, timesteps: list[int], layers: list[int] | None, seed: int = 0, inputs: CropInputs | None = None
@@ -563,6 +575,7 @@ class RefineByAlignPipeline(DiffusionPipeline):
 
         # 1. Validate the inputs and cut the zoom-in crop.
         p = self.prepare(image, mask, reference, reference_mask, names)
+        notes += p.notes
         if correspondence is not None:
             correspondence = np.asarray(correspondence).astype(bool)
             if correspondence.shape != p.reference_mask.shape:

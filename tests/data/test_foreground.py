@@ -1,0 +1,91 @@
+"""The reference object estimated when no mask is given (data/foreground.py and its use in the pipeline).
+
+Thresholds are below what was measured (README, "reference mask"): demo references 0.993 / 0.994,
+the 21 photos of the four held-out subjects 0.765 on average (the whole photo: 0.26).
+"""
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from refine_by_align.data.foreground import estimate_foreground
+from refine_by_align.data.readers import VALIDATION_SUBJECTS
+from refine_by_align.demo.examples import EXAMPLES_DIR
+
+
+def _iou(a, b):
+    return (a & b).sum() / max(1, (a | b).sum())
+
+
+def _example(name):
+    d = EXAMPLES_DIR / name
+    return (Image.open(d / "image.png"), np.asarray(Image.open(d / "mask.png").convert("L")) >= 128,
+            Image.open(d / "reference.png"), np.asarray(Image.open(d / "reference_mask.png").convert("L")) >= 128)
+
+
+@pytest.mark.parametrize("name", sorted(p.name for p in EXAMPLES_DIR.iterdir() if (p / "reference_mask.png").exists()))
+def test_shipped_examples_without_their_reference_masks(tiny_pipe, name):
+    """Every shipped example run without its reference mask finds the object the mask marks."""
+    image, mask, reference, ref_mask = _example(name)
+    estimate = estimate_foreground(reference)
+    assert estimate.shape == ref_mask.shape and estimate.dtype == bool
+    assert _iou(estimate, ref_mask) > 0.95, _iou(estimate, ref_mask)
+    assert _iou(np.ones_like(ref_mask), ref_mask) < 0.4  # the old answer (the whole photo) was far off
+    p = tiny_pipe.prepare(image, mask, reference)  # no reference mask, no alpha
+    assert np.array_equal(p.reference_mask, estimate)
+    assert not p.reference[~estimate].any()  # the encoder sees the object alone
+    assert len(p.notes) == 1 and "object was estimated" in p.notes[0], p.notes
+
+
+def test_the_note_reaches_the_result_and_a_given_mask_or_alpha_is_used_as_it_is(tiny_pipe):
+    image, mask, reference, ref_mask = _example("badge")
+    out = tiny_pipe(image, mask, reference, seed=0, num_inference_steps=1, num_samples=1)
+    assert any("object was estimated" in n for n in out.notes), out.notes
+    assert tiny_pipe.prepare(image, mask, reference, ref_mask).notes == []
+    given = np.zeros_like(ref_mask)
+    given[10:50, 20:90] = True
+    assert np.array_equal(tiny_pipe.prepare(image, mask, reference, given).reference_mask, given)
+    rgba = reference.convert("RGBA")
+    rgba.putalpha(Image.fromarray(given.astype(np.uint8) * 255))
+    p = tiny_pipe.prepare(image, mask, rgba)
+    assert np.array_equal(p.reference_mask, given) and p.notes == []
+
+
+def test_no_object_in_noise_means_the_whole_picture():
+    """Noise, a flat picture, one too small for a frame, or a part under a tenth of the picture (a
+    detail of a picture that is all object): no estimate, the whole picture."""
+    rng = np.random.default_rng(0)
+    noise = rng.integers(0, 256, (90, 110, 3), dtype=np.uint8)
+    assert estimate_foreground(noise).all()
+    assert estimate_foreground(np.full((40, 60, 3), 128, np.uint8)).all()  # flat
+    assert estimate_foreground(np.zeros((6, 6, 3), np.uint8)).all()  # too small to have a frame
+    speck = np.full((120, 160, 3), 200, np.uint8)
+    speck[50:62, 70:86] = (20, 30, 160)  # 1% of the picture
+    assert estimate_foreground(speck).all()
+    assert estimate_foreground(speck, min_fraction=0.0).sum() == 12 * 16
+    with pytest.raises(ValueError, match="8-bit RGB"):
+        estimate_foreground(np.zeros((40, 60), np.uint8))
+
+
+def test_object_on_a_plain_background_and_determinism():
+    yy, xx = np.mgrid[0:120, 0:160]
+    picture = np.stack([90 + yy // 4, 100 + xx // 8, 110 + 0 * xx], -1).astype(np.uint8)  # a gradient ground
+    obj = ((xx - 70) / 40.0) ** 2 + ((yy - 65) / 30.0) ** 2 <= 1
+    picture[obj] = (200, 40, 30)
+    picture[obj & (xx > 70)] = (30, 160, 60)  # two colours: one object, not two
+    a = estimate_foreground(picture)
+    assert _iou(a, obj) > 0.95
+    assert np.array_equal(a, estimate_foreground(picture))
+
+
+def test_held_out_subjects_of_the_shared_photos(dreambooth_root):
+    """Mean IoU against the shared salient-object masks on the four subjects never trained on."""
+    ious = []
+    for subject in VALIDATION_SUBJECTS:
+        photos = sorted((dreambooth_root / subject).glob("*.jpg"))
+        assert photos, f"no photos of {subject} in {dreambooth_root}"
+        for photo in photos:
+            truth = np.asarray(Image.open(photo.with_name(photo.stem + "_mask.png")).convert("L")) >= 128
+            ious.append(_iou(estimate_foreground(Image.open(photo)), truth))
+    assert len(ious) >= 16
+    assert np.mean(ious) > 0.7, np.round(ious, 3)

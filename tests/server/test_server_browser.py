@@ -162,6 +162,7 @@ def test_refine_in_the_browser(server_url, browser, tmp_path):
     assert d.find_element(By.ID, "label-before").is_displayed() and d.find_element(By.ID, "label-before").text == "before"
     assert d.find_element(By.ID, "label-after").is_displayed() and d.find_element(By.ID, "label-after").text == "after"
     assert d.find_element(By.ID, "compare-after").get_attribute("src").startswith("blob:")
+    assert not d.find_element(By.ID, "region-img").is_displayed()  # Align only's picture
 
     # read the file the download button offers
     encoded = d.execute_async_script(

@@ -13,6 +13,7 @@ INDEX_HTML = r"""<!doctype html>
 <style>
   :root { --fg:#1d2330; --muted:#667085; --line:#d0d5dd; --accent:#2f6fed; --bad:#b42318; --bg:#f6f7f9; }
   * { box-sizing: border-box; }
+  [hidden] { display:none !important; }
   body { margin:0; font:14px/1.4 system-ui, sans-serif; color:var(--fg); background:var(--bg); }
   header { padding:10px 18px; background:#fff; border-bottom:1px solid var(--line); display:flex; gap:16px; align-items:baseline; }
   header h1 { font-size:18px; margin:0; }

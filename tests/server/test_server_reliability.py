@@ -167,3 +167,132 @@ def test_mask_size_checked_from_headers_before_decoding(fake_client, api_inputs,
     assert r.status_code == 400, r.text
     assert "mask 'small.png': size 50x40 does not match the image 128x96" in r.json()["error"]
     assert fake_client.pipe.calls == 0
+
+
+# ---------------------------------------------------------------------------------------------------- item 11
+def _asgi_post(app, chunks, then: str):
+    """POST /api/refine to ``app`` directly (ASGI): the body ``chunks``, then ``then``: 'disconnect'
+    (the client goes away) or 'hang' (it sends nothing more). Returns the messages the app sent."""
+    import asyncio
+
+    scope = {
+        "type": "http", "asgi": {"version": "3.0"}, "http_version": "1.1", "method": "POST", "scheme": "http",
+        "path": "/api/refine", "raw_path": b"/api/refine", "query_string": b"", "root_path": "",
+        "headers": [(b"host", b"127.0.0.1:7860"), (b"content-type", b"multipart/form-data; boundary=XyZ"),
+                    (b"content-length", b"100000")],
+        "client": ("127.0.0.1", 50000), "server": ("127.0.0.1", 7860),
+    }
+    pending = [{"type": "http.request", "body": c, "more_body": True} for c in chunks]
+    sent = []
+
+    async def receive():
+        if pending:
+            return pending.pop(0)
+        if then == "disconnect":
+            return {"type": "http.disconnect"}
+        await asyncio.sleep(3600)
+
+    async def send(message):
+        sent.append(message)
+
+    asyncio.run(asyncio.wait_for(app(scope, receive, send), 60))
+    return sent
+
+
+def _first_part(api_inputs) -> bytes:
+    data = api_inputs["files"]["image"][1]
+    return (b"--XyZ\r\nContent-Disposition: form-data; name=\"image\"; filename=\"image.png\"\r\n"
+            b"Content-Type: image/png\r\n\r\n" + data[: len(data) // 2])
+
+
+def test_client_disconnect_mid_upload_logs_no_traceback(fake_pipe_cls, api_inputs, caplog):
+    import logging
+
+    pipe = fake_pipe_cls()
+    app = create_app(pipe, ServerSettings())
+    try:
+        with caplog.at_level(logging.DEBUG):
+            _asgi_post(app, [_first_part(api_inputs)], then="disconnect")
+        loud = [r for r in caplog.records if r.exc_info or r.levelno >= logging.WARNING]
+        assert not loud, [r.getMessage() for r in loud]
+        assert any("disconnected" in r.getMessage() for r in caplog.records)
+        assert pipe.calls == 0 and app.state.runner.counts()["waiting"] == 0
+    finally:
+        app.state.runner.close()
+
+
+def test_slow_body_is_answered_408(fake_pipe_cls, api_inputs):
+    """A client that stops sending its body: 408 once the body time limit is up (no timing asserted:
+    the app must answer at all, where it used to wait for ever)."""
+    pipe = fake_pipe_cls()
+    app = create_app(pipe, ServerSettings(body_timeout_s=0.2))
+    try:
+        sent = _asgi_post(app, [_first_part(api_inputs)], then="hang")
+    finally:
+        app.state.runner.close()
+    start = next(m for m in sent if m["type"] == "http.response.start")
+    body = b"".join(m.get("body", b"") for m in sent if m["type"] == "http.response.body")
+    assert start["status"] == 408 and b"did not arrive within this server's limit of 0.2 s" in body
+    assert pipe.calls == 0
+
+
+def test_slow_request_head_is_closed_by_the_server(fake_pipe_cls):
+    """A client that sends part of a request line and headers and then nothing: the server closes
+    the connection after the header time limit (uvicorn alone would keep it open for ever)."""
+    import socket
+    import threading
+
+    from refine_by_align.server.serve import bind_socket, make_server
+
+    settings = ServerSettings(header_timeout_s=0.3)
+    sock = bind_socket("127.0.0.1", 0)
+    server = make_server(create_app(fake_pipe_cls(), settings), settings, log_level="warning")
+    thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
+    thread.start()
+    try:
+        assert _wait_until(lambda: server.started)
+        port = sock.getsockname()[1]
+        with socket.create_connection(("127.0.0.1", port), timeout=30) as c:
+            c.sendall(b"GET /api/health HTTP/1.1\r\nHost: 127.0.0.1\r\n")  # ... and the blank line never comes
+            try:
+                data = c.recv(1024)
+            except socket.timeout:
+                data = None
+            assert data == b"", "the server kept a connection with an unfinished request head open"
+        with socket.create_connection(("127.0.0.1", port), timeout=30) as c:  # a complete request is still served
+            c.sendall(b"GET /api/health HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n")
+            reply = b""
+            while chunk := c.recv(4096):
+                reply += chunk
+            assert reply.startswith(b"HTTP/1.1 200"), reply[:200]
+    finally:
+        server.should_exit = True
+        thread.join(30)
+        sock.close()
+
+
+def test_host_header_must_name_this_server(fake_pipe_cls, api_inputs):
+    """DNS rebinding: a page on evil.example whose name now resolves to 127.0.0.1 sends Host:
+    evil.example. Only the bound names, localhost and IP addresses are answered, unless allowed."""
+    import argparse
+
+    from refine_by_align.server.settings import add_serve_arguments, settings_from_args
+
+    parser = argparse.ArgumentParser()
+    add_serve_arguments(parser)
+    settings = settings_from_args(parser.parse_args(["--host", "127.0.0.1"]))
+    with TestClient(create_app(fake_pipe_cls(), settings), base_url="http://127.0.0.1:7860") as c:
+        assert c.get("/api/health").status_code == 200
+        for host in ("localhost:7860", "[::1]:7860", "127.0.0.1"):
+            assert c.get("/api/health", headers={"Host": host}).status_code == 200, host
+        for method in ("get", "post"):
+            r = getattr(c, method)("/api/health" if method == "get" else "/api/refine", headers={"Host": "evil.example:7860"})
+            assert r.status_code == 400 and "Host header 'evil.example:7860'" in r.json()["error"], r.text
+            assert "--allow-host evil.example" in r.json()["error"]
+    settings = settings_from_args(parser.parse_args(["--host", "127.0.0.1", "--allow-host", "evil.example"]))
+    with TestClient(create_app(fake_pipe_cls(), settings), base_url="http://127.0.0.1:7860") as c:
+        assert c.get("/api/health", headers={"Host": "evil.example:7860"}).status_code == 200
+        assert c.get("/api/health", headers={"Host": "other.example"}).status_code == 400
+    settings = settings_from_args(parser.parse_args(["--allow-host", "*"]))
+    with TestClient(create_app(fake_pipe_cls(), settings)) as c:
+        assert c.get("/api/health", headers={"Host": "anything.example"}).status_code == 200

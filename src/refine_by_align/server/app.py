@@ -39,11 +39,12 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import HTMLResponse, JSONResponse, Response
 from PIL import Image
 from starlette.concurrency import run_in_threadpool
+from starlette.requests import ClientDisconnect
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from ..io import InputError, decode_image, load_inputs, to_mask, to_rgb
 from .jobs import Job, JobRunner, QueueFull, Slot
-from .settings import ServerSettings
+from .settings import ServerSettings, host_allowed
 
 __all__ = ["ServerSettings", "UploadTooLarge", "create_app", "decode_upload"]
 
@@ -60,6 +61,10 @@ class UploadTooLarge(InputError):
 
 
 class _BodyTooLarge(Exception):
+    pass
+
+
+class _BodyTimeout(Exception):
     pass
 
 
@@ -241,16 +246,25 @@ class _HTTPError(Exception):
 
 # ---------------------------------------------------------------------------------------------------- middleware
 class _Guard:
-    """Pure ASGI middleware: request body limit (413) and the same-origin check for POSTs (403)."""
+    """Pure ASGI middleware: the Host header check (400, against DNS rebinding), request body limit
+    (413) and time limit (408), and the same-origin check for POSTs (403)."""
 
     def __init__(self, app, settings: ServerSettings):
         self.app = app
         self.settings = settings
 
     async def __call__(self, scope, receive, send):
-        if scope["type"] != "http" or scope["method"] in ("GET", "HEAD", "OPTIONS"):
+        if scope["type"] != "http":
             return await self.app(scope, receive, send)
         headers = {k.decode("latin-1").lower(): v.decode("latin-1") for k, v in scope.get("headers", [])}
+        if not host_allowed(headers.get("host"), self.settings.allowed_hosts):
+            host = headers.get("host", "")
+            return await _send_json(send, 400, {
+                "error": f"Host header '{host}' is not a name this server answers to (start it with --allow-host "
+                         f"{host.rsplit(':', 1)[0] or 'NAME'} to allow it)",
+            })
+        if scope["method"] in ("GET", "HEAD", "OPTIONS"):
+            return await self.app(scope, receive, send)
         limit = self.settings.max_upload_bytes
         if self.settings.check_origin and "origin" in headers:
             origin = headers["origin"]
@@ -264,10 +278,17 @@ class _Guard:
                 return await _send_json(send, 413, {"error": _too_large(int(length), limit)})
         received = 0
         started = False
+        deadline: float | None = None
 
         async def limited_receive():
-            nonlocal received
-            message = await receive()
+            nonlocal received, deadline
+            loop = asyncio.get_running_loop()
+            if deadline is None:
+                deadline = loop.time() + self.settings.body_timeout_s
+            try:
+                message = await asyncio.wait_for(receive(), max(0.0, deadline - loop.time()))
+            except asyncio.TimeoutError:
+                raise _BodyTimeout() from None
             if message["type"] == "http.request":
                 received += len(message.get("body", b""))
                 if received > limit:
@@ -285,6 +306,12 @@ class _Guard:
         except _BodyTooLarge:
             if not started:
                 await _send_json(send, 413, {"error": _too_large(received, limit)})
+        except _BodyTimeout:
+            logger.info("request body not received within %g s (%d bytes arrived): 408", self.settings.body_timeout_s, received)
+            if not started:
+                await _send_json(send, 408, {
+                    "error": f"the request body did not arrive within this server's limit of {self.settings.body_timeout_s:g} s",
+                }, {"Connection": "close"})
 
 
 def _too_large(size: int, limit: int) -> str:
@@ -339,6 +366,11 @@ def create_app(pipe, settings: ServerSettings | None = None):
     @app.exception_handler(InputError)
     async def _input_exc(request, exc):
         return error(413 if isinstance(exc, UploadTooLarge) else 400, str(exc))
+
+    @app.exception_handler(ClientDisconnect)
+    async def _gone(request, exc):  # the client went away mid-upload: nobody to answer, nothing to log loudly
+        logger.info("client disconnected before its request to %s was complete", request.url.path)
+        return Response(status_code=499)
 
     @app.exception_handler(Exception)
     async def _any_exc(request, exc):  # last resort: still JSON, still serving

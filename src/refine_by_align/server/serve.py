@@ -16,9 +16,9 @@ import socket
 import sys
 
 from ..io import InputError
-from .settings import ServerSettings, add_serve_arguments, settings_from_args
+from .settings import ServerSettings, add_serve_arguments, allowed_hosts_for, settings_from_args
 
-__all__ = ["bind_socket", "load_pipeline", "main", "run_from_args", "serve"]
+__all__ = ["bind_socket", "head_timeout_protocol", "load_pipeline", "main", "make_server", "run_from_args", "serve"]
 
 
 def load_pipeline(model: str = "default", quiet: bool = True):
@@ -55,6 +55,68 @@ def bind_socket(host: str, port: int) -> socket.socket:
     return sock
 
 
+def head_timeout_protocol(header_timeout_s: float):
+    """uvicorn's h11 HTTP protocol with a time limit on each request's head: a connection that has
+    not sent a complete request line and headers within ``header_timeout_s`` of connecting (or of
+    its previous response) is closed. uvicorn has no such option (its keep-alive timeout stops at
+    the first byte), so a client trickling header bytes would hold a connection forever. Bodies are
+    timed by the app (``ServerSettings.body_timeout_s``)."""
+    from uvicorn.protocols.http.h11_impl import H11Protocol
+
+    class HeadTimeoutH11Protocol(H11Protocol):
+        _head_timer = None
+        _head_cycle = None
+
+        def connection_made(self, transport) -> None:
+            super().connection_made(transport)
+            self._arm_head_timer()
+
+        def data_received(self, data: bytes) -> None:
+            super().data_received(data)
+            if self._head_timer is not None and self.cycle is not self._head_cycle:  # a request's head has arrived
+                self._cancel_head_timer()
+
+        def on_response_complete(self) -> None:
+            finished = self.cycle
+            super().on_response_complete()
+            if not self.transport.is_closing() and self.cycle is finished:  # (no pipelined request started)
+                self._arm_head_timer()
+
+        def connection_lost(self, exc) -> None:
+            self._cancel_head_timer()
+            super().connection_lost(exc)
+
+        def _arm_head_timer(self) -> None:
+            self._cancel_head_timer()
+            self._head_cycle = self.cycle
+            self._head_timer = self.loop.call_later(header_timeout_s, self._head_timed_out)
+
+        def _cancel_head_timer(self) -> None:
+            if self._head_timer is not None:
+                self._head_timer.cancel()
+                self._head_timer = None
+
+        def _head_timed_out(self) -> None:
+            self._head_timer = None
+            if not self.transport.is_closing():
+                self.logger.info("closing a connection that sent no complete request head within %g s", header_timeout_s)
+                self.transport.close()
+
+    return HeadTimeoutH11Protocol
+
+
+def make_server(app, settings: ServerSettings, log_level: str = "info"):
+    """The uvicorn server for ``app``: request heads timed (:func:`head_timeout_protocol`), head size
+    bounded, idle keep-alive connections closed after 5 s. Run it with ``.run(sockets=[sock])``."""
+    import uvicorn
+
+    config = uvicorn.Config(
+        app, log_level=log_level, timeout_graceful_shutdown=5, timeout_keep_alive=5,
+        http=head_timeout_protocol(settings.header_timeout_s), h11_max_incomplete_event_size=64 * 1024,
+    )
+    return uvicorn.Server(config)
+
+
 def serve(
     host: str = "127.0.0.1",
     port: int = 7860,
@@ -65,8 +127,6 @@ def serve(
     log_level: str = "info",
 ) -> None:
     """Run the web app until Ctrl+C. ``pipe`` (already loaded) wins over ``model``."""
-    import uvicorn
-
     from .app import create_app
 
     sock = bind_socket(host, port)
@@ -80,6 +140,8 @@ def serve(
                     file=sys.stderr,
                 )
         settings = settings or ServerSettings()
+        if settings.allowed_hosts is None:
+            settings.allowed_hosts = allowed_hosts_for(host)
         if settings.model_name == "default" and model != "default":
             settings.model_name = str(model)
         app = create_app(pipe, settings)
@@ -92,8 +154,7 @@ def serve(
         bound_port = sock.getsockname()[1]
         shown = f"[{host}]" if ":" in host else host
         print(f"refine-by-align: serving model '{settings.model_name}' on http://{shown}:{bound_port}/  (Ctrl+C to stop)", flush=True)
-        config = uvicorn.Config(app, log_level=log_level, timeout_graceful_shutdown=5)
-        uvicorn.Server(config).run(sockets=[sock])
+        make_server(app, settings, log_level).run(sockets=[sock])
     finally:
         sock.close()
 

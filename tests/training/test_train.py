@@ -15,8 +15,9 @@ from refine_by_align.training.train import TrainConfig, latest_checkpoint, load_
 
 
 def _tc(**kw):
+    """The tiny recipe at batch 2 (half its compute: what these tests check does not depend on the batch)."""
     tc = load_train_config("tiny")
-    return dataclasses.replace(tc, **kw)
+    return dataclasses.replace(tc, **({"batch_size": 2} | kw))
 
 
 def test_two_steps_write_checkpoint_log_and_weights(tmp_path):

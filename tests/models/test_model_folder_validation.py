@@ -146,3 +146,16 @@ def test_cli_reports_a_renamed_pickle_in_one_line_exit_2(saved_tiny, tmp_path, c
     err = capsys.readouterr().err.strip().splitlines()
     assert rc == 2 and len(err) == 1, err
     assert "is not a readable safetensors file" in err[0] and not (tmp_path / "o.png").exists()
+
+
+def test_weights_with_nan_are_refused_at_load(saved_tiny, tmp_path):
+    """Issue 16 item 2's model case: weights that are all NaN used to give a black result reported as
+    success; they are refused when the folder is loaded."""
+    import torch
+    from safetensors.torch import load_file, save_file
+
+    folder = _copy(saved_tiny, tmp_path)
+    state = load_file(folder / WEIGHTS)
+    state = {k: torch.full_like(v, float("nan")) if v.is_floating_point() else v for k, v in state.items()}
+    save_file(state, folder / WEIGHTS)
+    _refused(folder, "weight tensors hold NaN or infinite values", "damaged")

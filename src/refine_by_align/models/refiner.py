@@ -225,6 +225,12 @@ class RefineByAlignModel(ModelMixin, ConfigMixin):
                 f"model folder '{folder}': {len(wrong)} weights have the wrong shape for its config.json, e.g. "
                 f"'{k}' is {list(state[k].shape)} where the config builds {list(built[k].shape)}"
             )
+        broken = [k for k in sorted(state) if state[k].is_floating_point() and not bool(torch.isfinite(state[k]).all())]
+        if broken:  # such a model can only produce NaN (a black result): refuse it here, not after a run
+            raise ValueError(
+                f"model folder '{folder}': {len(broken)} weight tensors hold NaN or infinite values, e.g. '{broken[0]}' "
+                "(the weights are damaged)"
+            )
         # copies in the dtypes the config builds: safetensors maps the file, and parameters that
         # shared its pages would change (or fault) if the file were rewritten while in use
         state = {k: v.to(built[k].dtype, copy=True) for k, v in state.items()}

@@ -12,6 +12,8 @@ from refine_by_align.pipelines.correspondence import (
     dense_field,
     fit_field,
     global_model,
+    match_error,
+    refine_field_ecc,
     sift_matches,
     warp_fill,
 )
@@ -218,3 +220,40 @@ def test_pipeline_without_a_shared_reference_refines_without_the_warp(tiny_pipe)
     out = tiny_pipe(Image.fromarray(garbled), mask, Image.fromarray(other), seed=0, matchers="sift")
     assert out.warp_fraction == 0.0
     assert any("refined without the warp" in n or "no consistent dense field" in n for n in out.notes), out.notes
+
+
+def test_sift_on_a_bounded_resolution_returns_full_resolution_positions():
+    """A reference 4x the matcher's side is described at max_side px; the matches still follow the
+    true mapping at full resolution (a bounded cost, not a coarser answer)."""
+    image, mask, ref, valid, H = _case(_sim(), size=(240, 240))
+    big = cv2.resize(ref, (960, 960), interpolation=cv2.INTER_CUBIC)
+    big_valid = cv2.resize(valid.astype(np.uint8), (960, 960), interpolation=cv2.INTER_NEAREST).astype(bool)
+    m = sift_matches(image, mask, big, big_valid, max_side=240)
+    assert len(m) >= 20
+    up = np.array([[4.0, 0, 1.5], [0, 4.0, 1.5], [0, 0, 1]])  # reference px -> 4x reference px (centres: (x + 0.5) * 4 - 0.5)
+    truth = _apply(up @ H, m.img_xy)
+    err = np.linalg.norm(truth - m.ref_xy, axis=1)
+    assert np.median(err) < 4.0, np.median(err)  # within one small-reference pixel (4 px here)
+
+
+def test_ecc_refinement_that_drifts_from_the_matches_is_refused():
+    """match_error reads the field at the matches; a field shifted by 6 px is 6 px off, and ECC is not
+    allowed to move a field away from the candidate's own matches."""
+    image, mask, ref, valid, H = _case(_sim())
+    box = Box(60, 60, 200, 200)
+    src = np.stack(np.meshgrid(np.arange(70, 190, 10.0), np.arange(70, 190, 10.0)), -1).reshape(-1, 2)
+    m = Matches(src.astype(np.float32), _apply(H, src).astype(np.float32), np.ones(len(src), np.float32), {"sift": len(src)})
+    fit = fit_field(m, focus=box)
+    fld = dense_field(fit, box, valid)
+    assert match_error(fld, m) < 0.5
+    shifted = dense_field(fit, box, valid)
+    shifted.xy = shifted.xy + np.float32([6.0, 0.0])
+    assert abs(match_error(shifted, m) - 6.0) < 0.5
+    # matches that disagree with the image (all 8 px off): a refinement towards the image drifts from
+    # them by more than the allowed 1.5x / 1.5 px and is refused; without them it is kept
+    image_box, mask_box = image[60:200, 60:200], mask[60:200, 60:200]
+    wrong = Matches(m.img_xy, m.ref_xy + np.float32([8.0, 0.0]), m.weight, m.counts)
+    start = dense_field(fit_field(wrong, focus=box), box, valid)
+    _, kept_free = refine_field_ecc(start, image_box, mask_box, ref)
+    _, kept_tied = refine_field_ecc(start, image_box, mask_box, ref, matches=wrong)
+    assert kept_free and not kept_tied

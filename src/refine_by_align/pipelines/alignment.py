@@ -236,6 +236,7 @@ def dense_alignment(
     good_ncc: float = 0.95,
     solid_inliers: int = 15,
     ecc: bool = True,
+    ecc_candidates: int = 3,
 ) -> tuple[DenseField | None, dict]:
     """The dense alignment: a field over ``crop_box`` from point matches.
 
@@ -247,7 +248,9 @@ def dense_alignment(
     matches, else both). The candidate whose colour-matched warp agrees best with the image in a
     ring around the mask (normalised cross-correlation, :func:`~.correspondence.warp_fill`) wins,
     its agreement discounted by up to 0.2 when it rests on fewer than ``solid_inliers`` matches;
-    with ``ecc`` its field is then refined by ECC on the same ring (:func:`~.correspondence.refine_field_ecc`). Returns (field or None when no
+    with ``ecc`` the ``ecc_candidates`` leading candidates are refined by ECC on the same ring
+    (:func:`~.correspondence.refine_field_ecc`, kept only where it does not drift from the
+    candidate's own matches) and the choice is made again on the refined fields. Returns (field or None when no
     source gives a consistent mapping, info: matches per source, inliers, mirrored, the winner)."""
     unknown = [s for s in sources if s not in ("sift", "aliked", "attention")]
     if unknown:
@@ -256,7 +259,7 @@ def dense_alignment(
         raise ValueError("the 'aliked' match source needs the ALIKED model (models/aliked.py)")
     window = (slice(crop_box.y0, crop_box.y1), slice(crop_box.x0, crop_box.x1))
     image_box, mask_box = image[window], np.asarray(mask, bool)[window]
-    candidates: list[tuple[float, int, str, bool, DenseField]] = []  # (ring ncc, inliers, name, mirrored, field)
+    candidates: list[tuple[float, int, str, bool, DenseField, Matches]] = []  # (ring ncc, inliers, name, mirrored, field, matches)
     info: dict = {"matches": {}, "candidates": {}}
 
     def consider(name: str, mirrored: bool, m: Matches) -> None:
@@ -269,7 +272,7 @@ def dense_alignment(
         fld.counts, fld.source = dict(m.counts), name
         ncc = warp_fill(image_box, mask_box, reference, fld).ncc
         info["candidates"][key] = round(ncc, 4)
-        candidates.append((ncc, fit.inliers, name, mirrored, fld))
+        candidates.append((ncc, fit.inliers, name, mirrored, fld, m))
 
     orientations = (False, True) if mirror else (False,)
     cheap: dict[bool, Matches] = {}
@@ -296,13 +299,17 @@ def dense_alignment(
         best = max(candidates, key=score) if candidates else None
     if best is None:
         return None, info
-    ncc, inliers, name, mirrored, fld = best
-    fit = fld.fit
-    if ecc:
-        fld, refined = refine_field_ecc(fld, image_box, mask_box, reference)
+    refined = False
+    if ecc:  # refine the leading candidates, then choose again: ECC can turn a close second into the best
+        ranked = []
+        for c in sorted(candidates, key=score, reverse=True)[:ecc_candidates]:
+            f2, changed = refine_field_ecc(c[4], image_box, mask_box, reference, matches=c[5])
+            n2 = warp_fill(image_box, mask_box, reference, f2).ncc if changed else c[0]
+            ranked.append(((n2, *c[1:4], f2, c[5]), changed))
+        best, refined = max(ranked, key=lambda r: score(r[0]))
         info["ecc"] = refined
-        if refined:
-            ncc = warp_fill(image_box, mask_box, reference, fld).ncc
+    ncc, inliers, name, mirrored, fld, _ = best
+    fit = fld.fit
     info.update(source=name, inliers=inliers, mirrored=mirrored, smoothing=fit.smoothing, residual_px=round(fit.residual_px, 3), ring_ncc=round(ncc, 4))
     return fld, info
 

@@ -97,6 +97,18 @@ def outside_mask(mask: np.ndarray, exclude_px: int) -> np.ndarray:
     return ~cv2.dilate(np.asarray(mask, bool).astype(np.uint8), _disk(exclude_px)).astype(bool)
 
 
+def _bounded(rgb: np.ndarray, mask: np.ndarray | None, max_side: int) -> tuple[np.ndarray, np.ndarray | None, float]:
+    """(``rgb`` and ``mask`` at most ``max_side`` px on the longer side, the factor back to full size)."""
+    h, w = rgb.shape[:2]
+    f = max(h, w) / float(max_side)
+    if f <= 1.0:
+        return rgb, None if mask is None else np.asarray(mask, bool), 1.0
+    size = (max(int(round(w / f)), 8), max(int(round(h / f)), 8))
+    small = cv2.resize(np.ascontiguousarray(rgb), size, interpolation=cv2.INTER_AREA)
+    m = None if mask is None else cv2.resize(np.asarray(mask, bool).astype(np.uint8), size, interpolation=cv2.INTER_NEAREST).astype(bool)
+    return small, m, np.float32(w / size[0])
+
+
 def sift_matches(
     image: np.ndarray,
     mask: np.ndarray,
@@ -106,27 +118,31 @@ def sift_matches(
     exclude_px: int = 4,
     max_features: int = 4000,
     flip: bool = False,
+    max_side: int = 1024,
 ) -> Matches:
     """SIFT on the reference object and on the image outside the (grown) artifact mask, Lowe's
     ratio test. ``image``/``reference`` (H, W, 3) uint8; masks (H, W) bool. ``flip``: match against
     the mirrored reference (SIFT is not mirror-invariant); positions are returned on the reference
-    as given."""
+    as given. Each picture is described at most ``max_side`` px on its longer side (SIFT's cost
+    grows with the pixels: a 4096 px reference would take tens of seconds), positions are returned
+    at full resolution."""
     if flip:
-        m = sift_matches(image, mask, reference[:, ::-1], None if reference_mask is None else reference_mask[:, ::-1], ratio, exclude_px, max_features)
+        m = sift_matches(image, mask, reference[:, ::-1], None if reference_mask is None else reference_mask[:, ::-1], ratio, exclude_px, max_features, max_side=max_side)
         m.ref_xy[:, 0] = reference.shape[1] - 1 - m.ref_xy[:, 0]
         return m
     sift = cv2.SIFT_create(nfeatures=max_features)
-    ref_det = None if reference_mask is None else np.asarray(reference_mask, bool).astype(np.uint8) * 255
-    kr, dr = sift.detectAndCompute(_gray(reference), ref_det)
-    ki, di = sift.detectAndCompute(_gray(image), outside_mask(mask, exclude_px).astype(np.uint8) * 255)
+    ref_small, ref_det, fr = _bounded(reference, reference_mask, max_side)
+    img_small, img_det, fi = _bounded(image, outside_mask(mask, exclude_px), max_side)
+    kr, dr = sift.detectAndCompute(_gray(ref_small), None if ref_det is None else ref_det.astype(np.uint8) * 255)
+    ki, di = sift.detectAndCompute(_gray(img_small), img_det.astype(np.uint8) * 255)
     if dr is None or di is None or len(kr) < 2 or len(ki) < 2:
         return Matches.empty()
     pairs = cv2.BFMatcher(cv2.NORM_L2).knnMatch(di, dr, k=2)
     good = [(p[0], p[0].distance / max(p[1].distance, 1e-6)) for p in pairs if len(p) == 2 and p[0].distance < ratio * p[1].distance]
     if not good:
         return Matches.empty()
-    img_xy = np.float32([ki[m.queryIdx].pt for m, _ in good])
-    ref_xy = np.float32([kr[m.trainIdx].pt for m, _ in good])
+    img_xy = (np.float32([ki[m.queryIdx].pt for m, _ in good]) + 0.5) * fi - 0.5
+    ref_xy = (np.float32([kr[m.trainIdx].pt for m, _ in good]) + 0.5) * fr - 0.5
     weight = np.float32([1.2 - r for _, r in good])  # a clearer ratio-test winner weighs more
     return Matches(img_xy, ref_xy, np.clip(weight, 0.05, 1.0), {"sift": len(good)})
 
@@ -479,12 +495,17 @@ def refine_field_ecc(
     reference: np.ndarray,
     ring_px: tuple[int, int] = (1, 16),
     iterations: int = 60,
+    matches: Matches | None = None,
+    max_drift: tuple[float, float] = (1.5, 1.5),
 ) -> tuple[DenseField, bool]:
     """A local photometric refinement of the field: the homography W (on the box's pixels) that
     best aligns the warped reference with the image in a ring around the mask by enhanced
     correlation (ECC; invariant to gain and offset, so the colour shift between the photos does not
-    bias it), composed into the field: xy'(p) = xy(W p). Kept only if the ring agreement improves.
-    Returns (the field, whether it changed)."""
+    bias it), composed into the field: xy'(p) = xy(W p). Kept only if the ring agreement improves
+    and, with ``matches``, if it does not drift away from them: the median distance between the
+    field and the matches inside the box may grow by at most a factor ``max_drift[0]`` or
+    ``max_drift[1]`` px, whichever is larger (a ring can be matched by a mapping that is wrong
+    inside it; the matches see the inside). Returns (the field, whether it changed)."""
     band = ring(mask_box, *ring_px) & fld.on_object
     if band.sum() < 64:
         return fld, False
@@ -510,7 +531,27 @@ def refine_field_ecc(
     new = DenseField(fld.box, xy, fld.confidence, fld.on_object, fld.fit, dict(fld.counts), fld.source)
     before = warp_fill(image_box, mask_box, reference, fld).ncc
     after = warp_fill(image_box, mask_box, reference, new).ncc
-    return (new, True) if after > before else (fld, False)
+    if after <= before:
+        return fld, False
+    if matches is not None:
+        e0, e1 = match_error(fld, matches), match_error(new, matches)
+        if e0 is not None and e1 is not None and e1 > max(max_drift[0] * e0, e0 + max_drift[1]):
+            return fld, False
+    return new, True
+
+
+def match_error(fld: DenseField, matches: Matches, min_matches: int = 4) -> float | None:
+    """Median distance (px on the reference) between where ``fld`` sends the matches' image points
+    inside its box and where the matches say they go; None with fewer than ``min_matches`` there."""
+    b = fld.box
+    xy = matches.img_xy
+    inside = (xy[:, 0] >= b.x0) & (xy[:, 0] <= b.x1 - 1) & (xy[:, 1] >= b.y0) & (xy[:, 1] <= b.y1 - 1)
+    if inside.sum() < min_matches:
+        return None
+    qx = (xy[inside, 0] - b.x0).astype(np.float32)[None]  # (1, K)
+    qy = (xy[inside, 1] - b.y0).astype(np.float32)[None]
+    pred = np.stack([cv2.remap(np.ascontiguousarray(fld.xy[..., k]), qx, qy, cv2.INTER_LINEAR)[0] for k in (0, 1)], 1)  # (K, 2)
+    return float(np.median(np.linalg.norm(pred - matches.ref_xy[inside], axis=1)))
 
 
 # ------------------------------------------------------------------------------------------ warp fill

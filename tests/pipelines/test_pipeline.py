@@ -365,3 +365,21 @@ def test_warp_input_model_redraws_over_the_warp_and_keeps_outside_pixels():
     out2 = pipe(Image.fromarray(image), mask, Image.fromarray(reference), matchers="sift", seed=0, warp=False)
     assert seen["trust"] is None and not seen["masked"][:, 3:].any()
     assert np.array_equal(np.asarray(out2.image)[~region], image[~region])
+
+
+def test_non_finite_model_output_is_one_clear_error_not_a_black_area(simple_inputs):
+    """Weights that turn NaN after loading (the load-time check cannot see them): the refinement
+    refuses to paste a non-finite result with a NonFiniteResultError (an InputError: one line, exit 2
+    on the CLI, 422 on the server) instead of a RuntimeError or a black mask."""
+    import torch
+
+    from refine_by_align.pipelines.pipeline import NonFiniteResultError, RefineByAlignPipeline
+
+    pipe = RefineByAlignPipeline.from_pretrained("tiny", seed=0)
+    pipe.set_progress_bar_config(disable=True)
+    with torch.no_grad():
+        pipe.model.unet.conv_out.bias.fill_(float("nan"))
+    image, mask, reference = simple_inputs
+    with pytest.raises(NonFiniteResultError, match="non-finite"):
+        pipe(image, mask, reference, seed=0, align=False)
+    assert issubclass(NonFiniteResultError, InputError)

@@ -41,6 +41,12 @@ __all__ = ["RefineByAlignPipeline", "CropInputs", "check_settings", "resolve_dev
 logger = logging.getLogger(__name__)
 
 
+class NonFiniteResultError(InputError):
+    """The model's output held NaN or inf (broken weights or settings): refused, never pasted as a
+    black area. An :class:`~refine_by_align.io.InputError`, so the CLI and batch report it in one
+    line (exit 2) and the server answers 422."""
+
+
 def default_model_dir() -> Path:
     """Folder of the embedded default model shipped inside the package."""
     return Path(__file__).resolve().parents[1] / "weights" / "default"
@@ -646,7 +652,7 @@ class RefineByAlignPipeline(DiffusionPipeline):
             wt = weight[..., None]
             patch = np.clip(np.rint(patch.astype(np.float32) * (1.0 - wt) + wf.patch.astype(np.float32) * wt), 0, 255).astype(np.uint8)
         if not np.isfinite(patch.astype(np.float32)).all():
-            raise RuntimeError("the refinement produced non-finite values")
+            raise NonFiniteResultError("the refinement produced non-finite values (NaN or inf): the model's weights or the settings are broken")
         result_image = paste_back(p.image, patch, p.crop_box, p.mask, cfg.paste_dilate, cfg.paste_feather)
         timings["paste"] = time.perf_counter() - t4
         timings["total"] = time.perf_counter() - t0
@@ -728,7 +734,7 @@ class RefineByAlignPipeline(DiffusionPipeline):
         z = latents.to(self._weight().dtype)
         samples = self.decode(z).float()  # (K, 3, S, S)
         if not torch.isfinite(samples).all():
-            raise RuntimeError("the model produced non-finite values (NaN or inf): its weights or the settings are broken")
+            raise NonFiniteResultError("the model produced non-finite values (NaN or inf): its weights or the settings are broken")
         out = samples.mean(0).permute(1, 2, 0).cpu().numpy()  # (S, S, 3)
         b = p.crop_box
         window = (slice(b.y0, b.y1), slice(b.x0, b.x1))

@@ -347,6 +347,7 @@ class JobRunner:
 
     def _run(self, job: Job) -> None:
         from ..io import InputError
+        from ..pipelines.pipeline import NonFiniteResultError
 
         if job.cancelled is not None:
             job._finish("error", 499, f"job {job.cancelled}")
@@ -365,6 +366,8 @@ class JobRunner:
             outputs = work(self.pipe)
         except JobAborted as e:
             job._finish("error", e.status_code, str(e))
+        except NonFiniteResultError as e:
+            job._finish("error", 422, str(e))
         except InputError as e:
             job._finish("error", 400, str(e))
         except MemoryError:

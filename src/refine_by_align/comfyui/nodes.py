@@ -1,0 +1,234 @@
+"""ComfyUI nodes for refine-by-align (issue 15 part 3).
+
+ComfyUI's tensor conventions: ``IMAGE`` is a float32 tensor (B, H, W, C) in [0, 1] (C = 3; a 4th,
+alpha, channel is dropped), ``MASK`` a float tensor (B, H, W) (a single (H, W) mask is taken as
+B = 1), non-zero (> 0.5) marking the artifact. Every node works item by item over the batch; a
+reference (and its mask) of batch 1 is used for every item, a mask of batch 1 for every image.
+Any shape mismatch is a ``ValueError`` naming the inputs. ComfyUI itself is not imported here: the
+nodes are plain classes, so they can be called (and tested) without it.
+
+The pipeline is loaded once per model name and kept (:func:`get_pipeline`). Imports are absolute
+(``refine_by_align....``) so the package also works when ComfyUI imports this folder under another
+module name (a symlink in ``ComfyUI/custom_nodes``).
+"""
+
+from __future__ import annotations
+
+import threading
+
+import cv2
+import numpy as np
+import torch
+from PIL import Image
+
+CATEGORY = "refine-by-align"
+
+_PIPELINES: dict[str, object] = {}
+_LOCK = threading.Lock()
+
+
+def get_pipeline(name: str = "default"):
+    """The pipeline for ``name`` (``default``: the shipped model, or a model folder), loaded on first
+    use and cached for the life of the process."""
+    name = str(name or "default").strip() or "default"
+    with _LOCK:
+        pipe = _PIPELINES.get(name)
+        if pipe is None:
+            from refine_by_align.loading import load_pipeline
+
+            pipe = load_pipeline(name)
+            _PIPELINES[name] = pipe
+        return pipe
+
+
+# ------------------------------------------------------------------------------ tensor conversion
+
+
+def _images(t, what: str) -> torch.Tensor:
+    """An IMAGE input as a (B, H, W, 3) float32 CPU tensor."""
+    if not isinstance(t, torch.Tensor):
+        raise ValueError(f"{what}: expected an IMAGE tensor (B, H, W, C), got {type(t).__name__}")
+    if t.ndim == 3:
+        t = t[None]
+    if t.ndim != 4 or t.shape[-1] not in (1, 3, 4):
+        raise ValueError(f"{what}: expected an IMAGE tensor (B, H, W, C) with C = 3, got shape {tuple(t.shape)}")
+    if t.shape[0] == 0:
+        raise ValueError(f"{what}: empty batch")
+    t = t.detach().to("cpu", torch.float32)
+    if t.shape[-1] == 1:
+        t = t.expand(*t.shape[:3], 3)
+    return t[..., :3]
+
+
+def _masks(t, what: str) -> torch.Tensor:
+    """A MASK input as a (B, H, W) float32 CPU tensor."""
+    if not isinstance(t, torch.Tensor):
+        raise ValueError(f"{what}: expected a MASK tensor (B, H, W), got {type(t).__name__}")
+    if t.ndim == 2:
+        t = t[None]
+    if t.ndim == 4 and t.shape[-1] == 1:  # (B, H, W, 1)
+        t = t[..., 0]
+    if t.ndim != 3:
+        raise ValueError(f"{what}: expected a MASK tensor (B, H, W), got shape {tuple(t.shape)}")
+    if t.shape[0] == 0:
+        raise ValueError(f"{what}: empty batch")
+    return t.detach().to("cpu", torch.float32)
+
+
+def _check_pair(images: torch.Tensor, masks: torch.Tensor, what_i: str, what_m: str) -> None:
+    if tuple(masks.shape[1:]) != tuple(images.shape[1:3]):
+        raise ValueError(
+            f"{what_m} is {masks.shape[2]}x{masks.shape[1]} (W x H) but {what_i} is {images.shape[2]}x{images.shape[1]}: "
+            "they must be the same size"
+        )
+    if masks.shape[0] not in (1, images.shape[0]):
+        raise ValueError(f"{what_m} has a batch of {masks.shape[0]} but {what_i} has {images.shape[0]}: give 1 or {images.shape[0]}")
+
+
+def _batch(n: int, t: torch.Tensor | None, what: str) -> None:
+    if t is not None and t.shape[0] not in (1, n):
+        raise ValueError(f"{what} has a batch of {t.shape[0]} but image has {n}: give 1 (used for every image) or {n}")
+
+
+def _item(t: torch.Tensor | None, i: int) -> torch.Tensor | None:
+    return None if t is None else t[i if t.shape[0] > 1 else 0]
+
+
+def to_uint8(img: torch.Tensor) -> np.ndarray:
+    """(H, W, 3) float in [0, 1] -> (H, W, 3) uint8."""
+    a = np.nan_to_num(img.numpy(), nan=0.0, posinf=1.0, neginf=0.0)
+    return np.clip(np.rint(a * 255.0), 0, 255).astype(np.uint8)
+
+
+def to_bool(mask: torch.Tensor) -> np.ndarray:
+    return np.nan_to_num(mask.numpy(), nan=0.0) > 0.5
+
+
+def _inputs(image, mask, reference, reference_mask):
+    images = _images(image, "image")
+    masks = _masks(mask, "mask")
+    refs = _images(reference, "reference")
+    _check_pair(images, masks, "image", "mask")
+    n = images.shape[0]
+    _batch(n, refs, "reference")
+    ref_masks = None
+    if reference_mask is not None:
+        ref_masks = _masks(reference_mask, "reference_mask")
+        _check_pair(refs, ref_masks, "reference", "reference_mask")
+        _batch(n, ref_masks, "reference_mask")
+    return images, masks, refs, ref_masks
+
+
+def _item_arrays(images, masks, refs, ref_masks, i):
+    img = Image.fromarray(to_uint8(images[i]))
+    m = to_bool(_item(masks, i))
+    ref = Image.fromarray(to_uint8(_item(refs, i)))
+    rm = None if ref_masks is None else to_bool(_item(ref_masks, i))
+    return img, m, ref, rm
+
+
+# ------------------------------------------------------------------------------------------ nodes
+
+
+class RefineByAlignRefine:
+    """Redraw the masked artifacts of each image from the reference. Pixels outside the (slightly
+    dilated) mask are returned exactly as given; an item whose mask is empty is returned unchanged."""
+
+    CATEGORY = CATEGORY
+    RETURN_TYPES = ("IMAGE",)
+    RETURN_NAMES = ("image",)
+    FUNCTION = "refine"
+    DESCRIPTION = "Repair the masked artifacts of an image from a reference photo of the same object (Refine-by-Align)."
+
+    @classmethod
+    def INPUT_TYPES(cls):
+        return {
+            "required": {
+                "image": ("IMAGE",),
+                "mask": ("MASK",),
+                "reference": ("IMAGE",),
+                "seed": ("INT", {"default": 0, "min": 0, "max": 0xFFFFFFFF}),
+                "steps": ("INT", {"default": 2, "min": 1, "max": 200}),
+            },
+            "optional": {
+                "reference_mask": ("MASK",),
+                "model": ("STRING", {"default": "default"}),
+            },
+        }
+
+    def refine(self, image, mask, reference, seed=0, steps=2, reference_mask=None, model="default"):
+        images, masks, refs, ref_masks = _inputs(image, mask, reference, reference_mask)
+        pipe = None
+        out = images.clone()
+        for i in range(images.shape[0]):
+            img, m, ref, rm = _item_arrays(images, masks, refs, ref_masks, i)
+            if not m.any():
+                continue
+            pipe = pipe or get_pipeline(model)
+            res = pipe(img, m, ref, rm, num_inference_steps=int(steps), seed=int(seed))
+            refined_u8 = np.asarray(res.image, dtype=np.uint8)
+            # the pipeline leaves pixels outside the dilated mask bit-identical in uint8; take only
+            # the pixels it changed there, so every other pixel keeps its exact float value
+            r = int(pipe.model.cfg.paste_dilate) + 1
+            region = cv2.dilate(m.astype(np.uint8), cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (2 * r + 1, 2 * r + 1))).astype(bool)
+            region &= (refined_u8 != np.asarray(img)).any(-1)
+            sel = torch.from_numpy(region)
+            out[i][sel] = torch.from_numpy(refined_u8[region].astype(np.float32) / 255.0)
+        return (out,)
+
+
+class RefineByAlignAlign:
+    """The alignment stage alone: for each image, where its masked part lies on the reference
+    (M*, a MASK of the reference's size) and a heat-map picture of it over the reference (IMAGE)."""
+
+    CATEGORY = CATEGORY
+    RETURN_TYPES = ("MASK", "IMAGE")
+    RETURN_NAMES = ("reference_region", "heatmap")
+    FUNCTION = "align"
+    DESCRIPTION = "Find the region of the reference that corresponds to the masked part of the image."
+
+    @classmethod
+    def INPUT_TYPES(cls):
+        return {
+            "required": {
+                "image": ("IMAGE",),
+                "mask": ("MASK",),
+                "reference": ("IMAGE",),
+                "seed": ("INT", {"default": 0, "min": 0, "max": 0xFFFFFFFF}),
+            },
+            "optional": {
+                "reference_mask": ("MASK",),
+                "method": (["dense", "attention"], {"default": "dense"}),
+                "model": ("STRING", {"default": "default"}),
+            },
+        }
+
+    def align(self, image, mask, reference, seed=0, reference_mask=None, method="dense", model="default"):
+        from refine_by_align.visualize import render_heatmap_overlay
+
+        images, masks, refs, ref_masks = _inputs(image, mask, reference, reference_mask)
+        n = images.shape[0]
+        hr, wr = refs.shape[1:3]
+        regions = torch.zeros((n, hr, wr), dtype=torch.float32)
+        heat = torch.zeros((n, hr, wr, 3), dtype=torch.float32)
+        for i in range(n):
+            img, m, ref, rm = _item_arrays(images, masks, refs, ref_masks, i)
+            if not m.any():  # nothing to align: an empty region, the reference as it is
+                heat[i] = _item(refs, i)
+                continue
+            res = get_pipeline(model).align(img, m, ref, rm, seed=int(seed), method=method)
+            regions[i] = torch.from_numpy(res.mask.astype(np.float32))
+            pic = render_heatmap_overlay(ref, res.heatmap, alpha=0.6)
+            heat[i] = torch.from_numpy(np.asarray(pic, dtype=np.float32) / 255.0)
+        return (regions, heat)
+
+
+NODE_CLASS_MAPPINGS = {
+    "RefineByAlignRefine": RefineByAlignRefine,
+    "RefineByAlignAlign": RefineByAlignAlign,
+}
+
+NODE_DISPLAY_NAME_MAPPINGS = {
+    "RefineByAlignRefine": "Refine-by-Align: Refine",
+    "RefineByAlignAlign": "Refine-by-Align: Align",
+}

@@ -1,0 +1,132 @@
+"""The ComfyUI nodes (issue 15 part 3), called directly with tensors in ComfyUI's layouts: IMAGE
+(B, H, W, C) float32 in [0, 1], MASK (B, H, W). ComfyUI itself is not needed."""
+
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+import refine_by_align
+from refine_by_align import comfyui
+from refine_by_align.comfyui import nodes
+
+BADGE = Path(refine_by_align.__file__).parent / "demo" / "examples" / "badge"
+
+
+def _image(name: str) -> torch.Tensor:
+    return torch.from_numpy(np.asarray(Image.open(BADGE / name).convert("RGB"), dtype=np.float32) / 255.0)[None]
+
+
+def _mask(name: str) -> torch.Tensor:
+    return torch.from_numpy((np.asarray(Image.open(BADGE / name).convert("L")) > 127).astype(np.float32))[None]
+
+
+@pytest.fixture(scope="module")
+def badge():
+    return _image("image.png"), _mask("mask.png"), _image("reference.png"), _mask("reference_mask.png")
+
+
+def test_mappings_and_declarations():
+    assert set(comfyui.NODE_CLASS_MAPPINGS) == set(comfyui.NODE_DISPLAY_NAME_MAPPINGS)
+    assert {"RefineByAlignRefine", "RefineByAlignAlign"} <= set(comfyui.NODE_CLASS_MAPPINGS)
+    for key, cls in comfyui.NODE_CLASS_MAPPINGS.items():
+        spec = cls.INPUT_TYPES()
+        assert "required" in spec and isinstance(spec["required"], dict)
+        assert spec["required"]["image"] == ("IMAGE",)
+        assert isinstance(cls.RETURN_TYPES, tuple) and all(isinstance(t, str) for t in cls.RETURN_TYPES)
+        assert callable(getattr(cls(), cls.FUNCTION))
+        assert isinstance(cls.CATEGORY, str) and cls.CATEGORY
+        assert isinstance(comfyui.NODE_DISPLAY_NAME_MAPPINGS[key], str)
+    assert comfyui.NODE_CLASS_MAPPINGS["RefineByAlignRefine"].RETURN_TYPES == ("IMAGE",)
+    assert comfyui.NODE_CLASS_MAPPINGS["RefineByAlignAlign"].RETURN_TYPES == ("MASK", "IMAGE")
+    req = comfyui.NODE_CLASS_MAPPINGS["RefineByAlignRefine"].INPUT_TYPES()["required"]
+    assert req["seed"][0] == "INT" and req["steps"][0] == "INT"
+
+
+def test_refine_badge_batch(badge):
+    image, mask, reference, reference_mask = badge
+    # a batch of two images (the second shifted in colour), one reference broadcast to both
+    batch = torch.cat([image, (image * 0.9).clamp(0, 1)])
+    masks = torch.cat([mask, mask])
+    (out,) = nodes.RefineByAlignRefine().refine(batch, masks, reference, seed=0, steps=2, reference_mask=reference_mask)
+    assert isinstance(out, torch.Tensor) and out.dtype == torch.float32
+    assert out.shape == batch.shape
+    assert float(out.min()) >= 0.0 and float(out.max()) <= 1.0 and torch.isfinite(out).all()
+    m = mask[0].numpy().astype(np.uint8)
+    grown = cv2.dilate(m, cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (13, 13))).astype(bool)
+    outside = torch.from_numpy(~grown)
+    for i in range(2):
+        assert torch.equal(out[i][outside], batch[i][outside])  # exact float values outside the dilated mask
+        assert not torch.equal(out[i], batch[i])  # and the masked part was redrawn
+    # the shipped example is repaired (with the ALIKED matcher; SIFT alone does not repair it, see the
+    # README): closer to the target inside the mask than the input
+    if not getattr(nodes.get_pipeline("default"), "_aliked", None):
+        return
+    target = _image("target.png")[0]
+    inside = mask[0].bool()
+    err_in = float(((image[0] - target)[inside] ** 2).mean())
+    err_out = float(((out[0] - target)[inside] ** 2).mean())
+    assert err_out < err_in
+
+
+def test_refine_empty_mask_passes_through(badge):
+    image, mask, reference, _ = badge
+    (out,) = nodes.RefineByAlignRefine().refine(image, torch.zeros_like(mask), reference, seed=0, steps=2)
+    assert torch.equal(out, image)
+
+
+def test_align_badge(badge):
+    image, mask, reference, reference_mask = badge
+    region, heat = nodes.RefineByAlignAlign().align(image, mask, reference, seed=0, reference_mask=reference_mask)
+    assert region.shape == reference.shape[:3] and region.dtype == torch.float32
+    assert set(torch.unique(region).tolist()) <= {0.0, 1.0} and region.sum() > 0
+    assert heat.shape == reference.shape and heat.dtype == torch.float32
+    assert float(heat.min()) >= 0.0 and float(heat.max()) <= 1.0
+    # M* lies on the reference object
+    assert float(region[0][reference_mask[0] < 0.5].sum()) <= 0.05 * float(region.sum())
+
+
+def test_pipeline_cached(badge):
+    assert nodes.get_pipeline("default") is nodes.get_pipeline("default")
+
+
+@pytest.mark.parametrize(
+    "which, bad",
+    [
+        ("mask", lambda t: t[:, :-1, :]),  # one row short
+        ("mask", lambda t: t[..., None].expand(-1, -1, -1, 3)),  # (B, H, W, 3) is not a MASK
+        ("mask", lambda t: torch.cat([t, t, t])),  # batch 3 against 1 image
+        ("image", lambda t: t[..., :2]),  # 2 channels
+        ("image", lambda t: t.permute(0, 3, 1, 2)),  # (B, C, H, W): a torch layout, not ComfyUI's
+        ("reference_mask", lambda t: t[:, :, :-5]),
+        ("reference", lambda t: torch.cat([t, t])),  # batch 2 against 1 image
+        ("mask", lambda t: t.numpy()),  # not a tensor
+    ],
+)
+def test_wrong_shapes_raise(badge, which, bad):
+    image, mask, reference, reference_mask = badge
+    args = dict(image=image, mask=mask, reference=reference, reference_mask=reference_mask)
+    args[which] = bad(args[which])
+    for node, call in ((nodes.RefineByAlignRefine(), "refine"), (nodes.RefineByAlignAlign(), "align")):
+        with pytest.raises(ValueError):
+            getattr(node, call)(seed=0, **args)
+
+
+def test_folder_loads_under_another_name(tmp_path):
+    """ComfyUI imports a custom-node folder by its file path under the folder's name."""
+    import importlib.util
+    import sys
+
+    link = tmp_path / "comfyui_refine_by_align"
+    link.symlink_to(Path(comfyui.__file__).parent, target_is_directory=True)
+    spec = importlib.util.spec_from_file_location("comfyui_refine_by_align", link / "__init__.py")
+    module = importlib.util.module_from_spec(spec)
+    sys.modules["comfyui_refine_by_align"] = module
+    try:
+        spec.loader.exec_module(module)
+        assert module.NODE_CLASS_MAPPINGS is comfyui.NODE_CLASS_MAPPINGS
+    finally:
+        del sys.modules["comfyui_refine_by_align"]

@@ -270,3 +270,60 @@ def test_batch_outputs_get_the_mode_the_cli_gives(tmp_path):
     os.umask(umask)
     for name in ("a.png", "b.jpg", DONE_FILE, ERRORS_FILE):
         assert (out / name).stat().st_mode & 0o777 == 0o666 & ~umask, name
+
+
+def test_shards_split_the_manifest_and_their_errors_merge(tmp_path):
+    """Two processes (as a launcher would set RANK / WORLD_SIZE) each run every other line, write their
+    own ledgers, and leave one merged errors.jsonl; a later single-process run resumes from both."""
+    from refine_by_align.batch import Shard
+
+    for i in range(4):
+        _write_case(tmp_path / "in", f"c{i}", i)
+    jobs = [_job(f"c{i}", output=f"o{i}.png") for i in range(4)]
+    jobs.insert(2, {"image": "in/missing.png", "mask": "in/c0_mask.png", "reference": "in/c0_ref.png", "output": "bad.png"})
+    man = _manifest(tmp_path / "jobs.jsonl", jobs)
+    out = tmp_path / "out"
+    pipes = [NegateMask(), NegateMask()]
+    sums = [run_batch(man, out, pipes[r], progress=False, shard=Shard(r, 2)) for r in (0, 1)]
+    assert [p.calls for p in pipes] == [2, 2]  # lines 1, 3(bad), 5 -> rank 0; lines 2, 4 -> rank 1
+    assert [s["failed"] for s in sums] == [1, 0] and sum(s["done"] for s in sums) == 4
+    assert all((out / f"o{i}.png").is_file() for i in range(4))
+    assert len(_jsonl(out / "done.r0.jsonl")) == 2 and len(_jsonl(out / "done.r1.jsonl")) == 2
+    errs = _jsonl(out / ERRORS_FILE)
+    assert [(e["line"], e["output"]) for e in errs] == [(3, "bad.png")]
+    assert not list(out.glob("errors.r*.jsonl"))  # folded into errors.jsonl
+    assert "process 1/2:" in format_summary(sums[0])
+    # resume with one process: nothing is redone, the failure is still listed once
+    again = NegateMask()
+    s = run_batch(man, out, again, progress=False, shard=Shard())
+    assert again.calls == 0 and s["skipped"] == 4 and s["failed"] == 1
+    assert len(_jsonl(out / ERRORS_FILE)) == 1
+
+
+def test_shard_from_the_launcher_environment():
+    from refine_by_align.batch import Shard
+
+    assert Shard.from_env({}) == Shard(0, 1, 0)
+    assert Shard.from_env({"RANK": "1", "WORLD_SIZE": "2", "LOCAL_RANK": "1"}) == Shard(1, 2, 1)
+    with pytest.raises(InputError, match="RANK"):
+        Shard.from_env({"RANK": "2", "WORLD_SIZE": "2"})
+
+
+@pytest.mark.skipif(sys.platform != "linux", reason="torchrun's launcher is tested on Linux")
+def test_batch_on_two_processes_with_the_launcher(tmp_path):
+    """The real thing: torchrun (what `accelerate launch --multi_gpu` runs) starts two CLI processes
+    with the tiny model on the CPU; each prints its share, the outputs and one errors.jsonl appear."""
+    for i in range(3):
+        _write_case(tmp_path / "in", f"c{i}", i)
+    jobs = [_job(f"c{i}", output=f"o{i}.png", steps=1) for i in range(3)]
+    jobs.append({"image": "in/missing.png", "mask": "in/c0_mask.png", "reference": "in/c0_ref.png", "output": "bad.png"})
+    man = _manifest(tmp_path / "jobs.jsonl", jobs)
+    exe = Path(sys.executable).parent
+    cmd = [str(exe / "torchrun"), "--standalone", "--nproc_per_node", "2", str(exe / "refine-by-align"), "--quiet",
+           "batch", str(man), "--output", str(tmp_path / "out"), "--model", "tiny"]
+    r = subprocess.run(cmd, capture_output=True, text=True, timeout=300, cwd=tmp_path)
+    assert r.returncode == 1, r.stderr[-2000:]  # as one process: a batch with a failed job exits 1
+    assert "process 1/2:" in r.stdout and "process 2/2:" in r.stdout, r.stdout
+    assert all((tmp_path / "out" / f"o{i}.png").is_file() for i in range(3))
+    assert [e["output"] for e in _jsonl(tmp_path / "out" / ERRORS_FILE)] == ["bad.png"]
+    assert _jsonl(tmp_path / "out" / "done.r0.jsonl") and _jsonl(tmp_path / "out" / "done.r1.jsonl")

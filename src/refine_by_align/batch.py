@@ -22,6 +22,14 @@ Resume: running the same manifest again skips every job whose output exists and 
 matches the job's settings (inputs, steps, guidance, seed); changed jobs and failed jobs run again.
 A ``kill -9`` loses at most the job in flight. One batch at a time per output folder (a lock file).
 
+Several processes: launched by ``torchrun --nproc_per_node N`` or ``accelerate launch
+--num_processes N`` (on a machine without GPUs add ``--multi_gpu``, accelerate's name for its
+torchrun launcher), each process reads the ``RANK`` / ``WORLD_SIZE`` (and ``LOCAL_RANK``: its GPU)
+that the launcher sets and runs the manifest lines whose index modulo N is its rank. Each writes
+its own outputs, its own ledger ``done.r<rank>.jsonl`` (a resume reads every ledger, so it works
+with another N, or with one process) and its own ``errors.r<rank>.jsonl``, merged into
+``errors.jsonl`` when it ends (under a lock: the last process to end leaves the complete file).
+
 No job overwrites an input: a job whose output resolves (symlinks, hard links) to an input file of any
 job of the manifest, or to another job's output, fails with that reason and the others go on.
 """
@@ -41,7 +49,7 @@ from PIL import Image
 
 from .io import InputError, check_output_folder, load_inputs, write_atomic
 
-__all__ = ["DONE_FILE", "ERRORS_FILE", "BatchJob", "format_summary", "read_manifest", "run_batch"]
+__all__ = ["DONE_FILE", "ERRORS_FILE", "BatchJob", "Shard", "format_summary", "read_manifest", "run_batch"]
 
 DONE_FILE = "done.jsonl"
 ERRORS_FILE = "errors.jsonl"
@@ -186,17 +194,95 @@ def _append_jsonl(path: Path, record: dict) -> None:
 
 
 def _read_ledger(path: Path) -> dict[str, str]:
-    """output name -> job key of finished jobs; lines cut short by a crash are ignored."""
+    """output name -> job key of finished jobs; lines cut short by a crash are ignored. Reads the
+    per-process ledgers (``done.r<rank>.jsonl``) beside ``path`` too."""
     done: dict[str, str] = {}
-    if not path.exists():
-        return done
-    for raw in path.read_text(encoding="utf-8", errors="replace").splitlines():
-        try:
-            rec = json.loads(raw)
-            done[str(rec["output"])] = str(rec["key"])
-        except (json.JSONDecodeError, KeyError, TypeError):
+    for ledger in [path, *sorted(path.parent.glob(f"{Path(DONE_FILE).stem}.r*.jsonl"))]:
+        if not ledger.exists():
             continue
+        for raw in ledger.read_text(encoding="utf-8", errors="replace").splitlines():
+            try:
+                rec = json.loads(raw)
+                done[str(rec["output"])] = str(rec["key"])
+            except (json.JSONDecodeError, KeyError, TypeError):
+                continue
     return done
+
+
+@dataclass(frozen=True)
+class Shard:
+    """This process's part of a batch run by several processes (``rank`` of ``world``)."""
+
+    rank: int = 0
+    world: int = 1
+    local_rank: int = 0
+
+    @classmethod
+    def from_env(cls, env: dict | None = None) -> "Shard":
+        """From the variables torchrun / accelerate launch set (one process when they are absent)."""
+        env = os.environ if env is None else env
+        try:
+            world = int(env.get("WORLD_SIZE", "1"))
+            rank = int(env.get("RANK", "0"))
+            local = int(env.get("LOCAL_RANK", str(rank)))
+        except ValueError:
+            raise InputError("RANK / WORLD_SIZE / LOCAL_RANK must be integers (set by torchrun or accelerate launch)") from None
+        if world < 1 or not 0 <= rank < world:
+            raise InputError(f"RANK {rank} is not in 0..WORLD_SIZE-1 = 0..{world - 1}")
+        return cls(rank, world, local)
+
+    def owns(self, index: int) -> bool:
+        return index % self.world == self.rank
+
+    def suffix(self) -> str:
+        """``""`` for one process, else ``.r<rank>`` (the per-process file names)."""
+        return "" if self.world == 1 else f".r{self.rank}"
+
+
+def _merge_errors(out_dir: Path, jobs: list[BatchJob], shard: Shard) -> None:
+    """Fold the per-process error files into ``errors.jsonl``: a job's line comes from its owner's
+    file where that exists (the owner is running or has just ended), else from ``errors.jsonl``;
+    this process's own file is then removed (its lines are in ``errors.jsonl``)."""
+    merged_path = out_dir / ERRORS_FILE
+    with open(out_dir / (LOCK_FILE + ".merge"), "a") as lock:
+        try:
+            import fcntl
+
+            fcntl.flock(lock.fileno(), fcntl.LOCK_EX)
+        except ImportError:
+            pass
+        old = _read_errors(merged_path)
+        owners: dict[int, dict] = {}
+        for r in range(shard.world):
+            f = out_dir / f"{Path(ERRORS_FILE).stem}.r{r}.jsonl"
+            if f.exists():
+                owners[r] = _read_errors(f)
+        records = {}
+        for i, job in enumerate(jobs):
+            key = (job.line, str(job.output))
+            source = owners.get(i % shard.world, old)
+            if key in source:
+                records[key] = source[key]
+        if records:
+            lines = [json.dumps(records[k], sort_keys=True) + "\n" for k in sorted(records)]
+            write_atomic(merged_path, "".join(lines), fsync=True, prefix=PART_PREFIX, suffix=PART_SUFFIX)
+        else:
+            with suppress(FileNotFoundError):
+                merged_path.unlink()
+        with suppress(FileNotFoundError):
+            (out_dir / f"{Path(ERRORS_FILE).stem}{shard.suffix()}.jsonl").unlink()
+
+
+def _read_errors(path: Path) -> dict[tuple[int, str], dict]:
+    records: dict[tuple[int, str], dict] = {}
+    if path.exists():
+        for raw in path.read_text(encoding="utf-8", errors="replace").splitlines():
+            try:
+                rec = json.loads(raw)
+                records[(int(rec["line"]), str(rec["output"]))] = rec
+            except (json.JSONDecodeError, KeyError, TypeError, ValueError):
+                continue
+    return records
 
 
 class _ErrorLog:
@@ -204,11 +290,14 @@ class _ErrorLog:
     run, rewritten atomically whenever that changes, so reruns never pile up duplicates. Lines of a
     previous run stay until their job runs again (a run cut short keeps what it did not reach)."""
 
-    def __init__(self, path: Path, jobs: list[BatchJob]):
+    def __init__(self, path: Path, jobs: list[BatchJob], seed_from: Path | None = None):
         self.path = path
         self.records: dict[tuple[int, str], dict] = {}
         current = {(job.line, str(job.output)) for job in jobs}
         changed = False
+        if seed_from is not None and seed_from.exists() and not path.exists():  # a process's file starts from the merged one
+            changed = True
+            self.records = {k: v for k, v in _read_errors(seed_from).items() if k in current}
         if path.exists():
             for raw in path.read_text(encoding="utf-8", errors="replace").splitlines():
                 try:
@@ -242,17 +331,18 @@ class _ErrorLog:
         write_atomic(self.path, "".join(lines), fsync=True, prefix=PART_PREFIX, suffix=PART_SUFFIX)
 
 
-def _write_atomic(img: Image.Image, path: Path) -> None:
+def _write_atomic(img: Image.Image, path: Path, prefix: str = PART_PREFIX) -> None:
     """Write next to ``path`` under a temporary name, fsync, rename: the final name only ever holds
     a complete file."""
     fmt = Image.registered_extensions()[path.suffix.lower()]
-    write_atomic(path, lambda f: img.save(f, format=fmt), fsync=True, prefix=PART_PREFIX, suffix=PART_SUFFIX)
+    write_atomic(path, lambda f: img.save(f, format=fmt), fsync=True, prefix=prefix, suffix=PART_SUFFIX)
 
 
-def _remove_partials(out_dir: Path) -> int:
-    """Temporary files left by a killed run (only ours: ``.rba-*.part``)."""
+def _remove_partials(out_dir: Path, prefix: str = PART_PREFIX) -> int:
+    """Temporary files left by a killed run (only ours: ``.rba-*.part``; one process of several
+    removes only its own, ``.rba-r<rank>-*.part``)."""
     n = 0
-    for p in out_dir.rglob(f"{PART_PREFIX}*{PART_SUFFIX}"):
+    for p in out_dir.rglob(f"{prefix}*{PART_SUFFIX}"):
         with suppress(OSError):
             p.unlink()
             n += 1
@@ -260,25 +350,31 @@ def _remove_partials(out_dir: Path) -> int:
 
 
 @contextmanager
-def _lock(out_dir: Path):
+def _lock(out_dir: Path, shard: Shard = Shard()):
+    """One batch per output folder: a single process holds the folder's lock exclusively; the
+    processes of a sharded run share it and each holds its rank's lock exclusively."""
     try:
         import fcntl
     except ImportError:  # no advisory locks on this platform: trust the user
         yield
         return
-    f = open(out_dir / LOCK_FILE, "a")
+    files = [open(out_dir / LOCK_FILE, "a")]
     try:
         try:
-            fcntl.flock(f.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+            fcntl.flock(files[0].fileno(), (fcntl.LOCK_EX if shard.world == 1 else fcntl.LOCK_SH) | fcntl.LOCK_NB)
+            if shard.world > 1:
+                files.append(open(out_dir / f"{LOCK_FILE}{shard.suffix()}", "a"))
+                fcntl.flock(files[1].fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
         except OSError:
             raise InputError(f"output folder '{out_dir}': another batch is writing to it right now") from None
         yield
     finally:
-        f.close()  # closing releases the lock (a killed process releases it too)
+        for f in files:
+            f.close()  # closing releases the lock (a killed process releases it too)
 
 
 # ---------------------------------------------------------------------------------------------------- run
-def _run_one(job: BatchJob, pipe, target: Path) -> None:
+def _run_one(job: BatchJob, pipe, target: Path, prefix: str = PART_PREFIX) -> None:
     files = {"image": job.image, "mask": job.mask, "reference": job.reference, "reference_mask": job.reference_mask}
     image, mask, reference, ref_mask, names = load_inputs(files, labels={"reference_mask": "reference mask"})
     result = pipe(
@@ -288,7 +384,7 @@ def _run_one(job: BatchJob, pipe, target: Path) -> None:
     out = result.image
     if target.suffix.lower() in (".jpg", ".jpeg") and out.mode != "RGB":
         out = out.convert("RGB")
-    _write_atomic(out, target)
+    _write_atomic(out, target, prefix)
 
 
 def _file_id(path: Path) -> tuple[str, tuple[int, int] | None]:
@@ -317,14 +413,23 @@ def _input_files(jobs: list[BatchJob]) -> tuple[dict[str, tuple[int, str, Path]]
     return by_path, by_inode
 
 
-def run_batch(manifest: str | os.PathLike, output_dir: str | os.PathLike, pipe, progress: bool = True) -> dict[str, Any]:
-    """Run every job of ``manifest`` with ``pipe``; returns a summary dict:
-    ``{"total", "done", "skipped", "failed", "output_dir", "errors_file", "seconds"}``
-    (``done`` = refined in this run, ``skipped`` = finished by an earlier run)."""
+def run_batch(
+    manifest: str | os.PathLike, output_dir: str | os.PathLike, pipe, progress: bool = True, shard: Shard | None = None
+) -> dict[str, Any]:
+    """Run every job of ``manifest`` with ``pipe`` (with ``shard``, default from the launcher's
+    environment: only this process's share); returns a summary dict:
+    ``{"total", "done", "skipped", "failed", "output_dir", "errors_file", "seconds", "rank", "world"}``
+    (``done`` = refined in this run, ``skipped`` = finished by an earlier run; counts are this
+    process's)."""
     from tqdm.auto import tqdm
 
     t0 = time.perf_counter()
-    jobs = read_manifest(manifest)
+    shard = Shard.from_env() if shard is None else shard
+    all_jobs = read_manifest(manifest)
+    jobs = [job for i, job in enumerate(all_jobs) if shard.owns(i)]
+    prefix = PART_PREFIX if shard.world == 1 else f"{PART_PREFIX}r{shard.rank}-"
+    if shard.world > 1 and getattr(pipe, "device", None) is not None and pipe.device.type == "cuda":
+        pipe.to(f"cuda:{shard.local_rank}")  # one GPU per process
     out_dir = Path(output_dir)
     check_output_folder(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -334,7 +439,7 @@ def run_batch(manifest: str | os.PathLike, output_dir: str | os.PathLike, pipe, 
     for own in (errors_file, done_file):
         if os.path.realpath(own) == os.path.realpath(manifest):
             raise InputError(f"manifest '{manifest}': is the batch's own {own.name} in the output folder; use another output folder")
-    inputs_by_path, inputs_by_inode = _input_files(jobs)
+    inputs_by_path, inputs_by_inode = _input_files(all_jobs)
     targets: dict[str, int] = {}  # resolved output path -> line of the job that writes it
     counts = {"done": 0, "skipped": 0, "failed": 0}
 
@@ -345,11 +450,20 @@ def run_batch(manifest: str | os.PathLike, output_dir: str | os.PathLike, pipe, 
             "time": time.strftime("%Y-%m-%dT%H:%M:%S"),
         })
 
-    with _lock(out_dir):
-        _remove_partials(out_dir)
+    # output names of the other processes' jobs are claimed too (two lines writing one file clash
+    # whichever processes run them)
+    targets_elsewhere = {}
+    for i, job in enumerate(all_jobs):
+        if not shard.owns(i) and job.error is None:
+            targets_elsewhere.setdefault(_file_id(out_dir / job.output)[0], job.line)
+    with _lock(out_dir, shard):
+        _remove_partials(out_dir, prefix)
         finished = _read_ledger(done_file)
-        errors = _ErrorLog(errors_file, jobs)
-        bar = tqdm(total=len(jobs), desc="batch", unit="job", disable=not progress, dynamic_ncols=True)
+        own_errors = out_dir / f"{Path(ERRORS_FILE).stem}{shard.suffix()}.jsonl"
+        errors = _ErrorLog(own_errors, jobs, seed_from=errors_file if shard.world > 1 else None)
+        ledger = out_dir / f"{Path(DONE_FILE).stem}{shard.suffix()}.jsonl"
+        desc = "batch" if shard.world == 1 else f"batch {shard.rank + 1}/{shard.world}"
+        bar = tqdm(total=len(jobs), desc=desc, unit="job", disable=not progress, dynamic_ncols=True, position=shard.rank)
         try:
             for job in jobs:
                 bar.set_postfix(failed=counts["failed"], refresh=False)
@@ -371,8 +485,11 @@ def run_batch(manifest: str | os.PathLike, output_dir: str | os.PathLike, pipe, 
                               "(choose another output name or folder)")
                     bar.update()
                     continue
-                if real in targets:
-                    fail(job, f"output '{job.output}' is the same file as the output of line {targets[real]}")
+                other = targets.get(real)
+                if other is None and targets_elsewhere.get(real, job.line) < job.line:  # an earlier line of another process
+                    other = targets_elsewhere[real]
+                if other is not None:
+                    fail(job, f"output '{job.output}' is the same file as the output of line {other}")
                     bar.update()
                     continue
                 targets[real] = job.line
@@ -383,13 +500,13 @@ def run_batch(manifest: str | os.PathLike, output_dir: str | os.PathLike, pipe, 
                     continue
                 t1 = time.perf_counter()
                 try:
-                    _run_one(job, pipe, target)
+                    _run_one(job, pipe, target, prefix)
                 except InputError as e:
                     fail(job, str(e))
                 except Exception as e:  # anything else is reported too: the batch goes on
                     fail(job, f"{type(e).__name__}: {e}", type(e).__name__)
                 else:
-                    _append_jsonl(done_file, {
+                    _append_jsonl(ledger, {
                         "line": job.line, "output": job.output, "key": job.key,
                         "seconds": round(time.perf_counter() - t1, 3), "time": time.strftime("%Y-%m-%dT%H:%M:%S"),
                     })
@@ -399,12 +516,16 @@ def run_batch(manifest: str | os.PathLike, output_dir: str | os.PathLike, pipe, 
                 bar.update()
         finally:
             bar.close()
+            if shard.world > 1:
+                _merge_errors(out_dir, all_jobs, shard)
     return {
         "total": len(jobs),
         **counts,
         "output_dir": str(out_dir),
         "errors_file": str(errors_file) if counts["failed"] else None,
         "seconds": round(time.perf_counter() - t0, 3),
+        "rank": shard.rank,
+        "world": shard.world,
     }
 
 
@@ -414,6 +535,8 @@ def format_summary(summary: dict[str, Any]) -> str:
         f"{summary['done']} refined, {summary['skipped']} already done, {summary['failed']} failed "
         f"of {summary['total']} jobs -> {summary['output_dir']}"
     )
+    if summary.get("world", 1) > 1:
+        text = f"process {summary['rank'] + 1}/{summary['world']}: " + text
     if summary["failed"]:
         text += f" (errors: {summary['errors_file']})"
     return text

@@ -31,11 +31,11 @@ def badge():
 
 def test_mappings_and_declarations():
     assert set(comfyui.NODE_CLASS_MAPPINGS) == set(comfyui.NODE_DISPLAY_NAME_MAPPINGS)
-    assert {"RefineByAlignRefine", "RefineByAlignAlign"} <= set(comfyui.NODE_CLASS_MAPPINGS)
+    assert {"RefineByAlignRefine", "RefineByAlignAlign", "RefineByAlignDetect"} <= set(comfyui.NODE_CLASS_MAPPINGS)
     for key, cls in comfyui.NODE_CLASS_MAPPINGS.items():
         spec = cls.INPUT_TYPES()
         assert "required" in spec and isinstance(spec["required"], dict)
-        assert spec["required"]["image"] == ("IMAGE",)
+        assert spec["required"]["image"] == ("IMAGE",) and spec["required"]["reference"] == ("IMAGE",)
         assert isinstance(cls.RETURN_TYPES, tuple) and all(isinstance(t, str) for t in cls.RETURN_TYPES)
         assert callable(getattr(cls(), cls.FUNCTION))
         assert isinstance(cls.CATEGORY, str) and cls.CATEGORY
@@ -87,6 +87,20 @@ def test_align_badge(badge):
     assert float(heat.min()) >= 0.0 and float(heat.max()) <= 1.0
     # M* lies on the reference object
     assert float(region[0][reference_mask[0] < 0.5].sum()) <= 0.05 * float(region.sum())
+
+
+def test_detect_badge(badge):
+    image, mask, reference, reference_mask = badge
+    masks, heat = nodes.RefineByAlignDetect().detect(torch.cat([image, image]), reference, reference_mask=reference_mask)
+    assert masks.shape == (2, *image.shape[1:3]) and masks.dtype == torch.float32
+    assert set(torch.unique(masks).tolist()) <= {0.0, 1.0}
+    assert heat.shape == (2, *image.shape[1:]) and heat.dtype == torch.float32
+    assert float(heat.min()) >= 0.0 and float(heat.max()) <= 1.0
+    assert torch.equal(masks[0], masks[1])  # the same input gives the same proposal
+    with pytest.raises(ValueError):
+        nodes.RefineByAlignDetect().detect(image, reference, reference_mask=reference_mask[:, :-3])
+    with pytest.raises(ValueError):
+        nodes.RefineByAlignDetect().detect(image, torch.cat([reference] * 3))
 
 
 def test_pipeline_cached(badge):

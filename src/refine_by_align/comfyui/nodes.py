@@ -223,12 +223,79 @@ class RefineByAlignAlign:
         return (regions, heat)
 
 
+_MATCHER: list = []
+
+
+def get_matcher():
+    """The ALIKED matcher for detection (None where its weights are not found), loaded once."""
+    with _LOCK:
+        if not _MATCHER:
+            from refine_by_align.pipelines.detect import load_matcher
+
+            _MATCHER.append(load_matcher())
+        return _MATCHER[0]
+
+
+class RefineByAlignDetect:
+    """Propose the artifact mask of each image: where it disagrees with the reference warped onto
+    it (a MASK of the image's size) and the disagreement as a heat-map picture over the image."""
+
+    CATEGORY = CATEGORY
+    RETURN_TYPES = ("MASK", "IMAGE")
+    RETURN_NAMES = ("mask", "heatmap")
+    FUNCTION = "detect"
+    DESCRIPTION = "Suggest an artifact mask: where the image disagrees with the aligned reference."
+
+    @classmethod
+    def INPUT_TYPES(cls):
+        return {
+            "required": {
+                "image": ("IMAGE",),
+                "reference": ("IMAGE",),
+            },
+            "optional": {
+                "reference_mask": ("MASK",),
+                "method": (["learned", "colour"], {"default": "learned"}),
+                "threshold": ("FLOAT", {"default": 0.0, "min": 0.0, "max": 100.0, "step": 0.05,
+                                        "tooltip": "0: the method's default (learned: probability 0.8; colour: 6 MADs)"}),
+            },
+        }
+
+    def detect(self, image, reference, reference_mask=None, method="learned", threshold=0.0):
+        from refine_by_align.pipelines.detect import detect
+        from refine_by_align.visualize import render_heatmap_overlay
+
+        images = _images(image, "image")
+        refs = _images(reference, "reference")
+        n = images.shape[0]
+        _batch(n, refs, "reference")
+        ref_masks = None
+        if reference_mask is not None:
+            ref_masks = _masks(reference_mask, "reference_mask")
+            _check_pair(refs, ref_masks, "reference", "reference_mask")
+            _batch(n, ref_masks, "reference_mask")
+        h, w = images.shape[1:3]
+        masks = torch.zeros((n, h, w), dtype=torch.float32)
+        heat = torch.zeros((n, h, w, 3), dtype=torch.float32)
+        for i in range(n):
+            img = to_uint8(images[i])
+            rm = None if ref_masks is None else to_bool(_item(ref_masks, i))
+            det = detect(img, to_uint8(_item(refs, i)), rm, aliked=get_matcher(), method=method,
+                         threshold=float(threshold) if threshold and threshold > 0 else None)
+            masks[i] = torch.from_numpy(det.mask.astype(np.float32))
+            pic = render_heatmap_overlay(Image.fromarray(img), det.heatmap, alpha=0.6)
+            heat[i] = torch.from_numpy(np.asarray(pic, dtype=np.float32) / 255.0)
+        return (masks, heat)
+
+
 NODE_CLASS_MAPPINGS = {
     "RefineByAlignRefine": RefineByAlignRefine,
     "RefineByAlignAlign": RefineByAlignAlign,
+    "RefineByAlignDetect": RefineByAlignDetect,
 }
 
 NODE_DISPLAY_NAME_MAPPINGS = {
     "RefineByAlignRefine": "Refine-by-Align: Refine",
     "RefineByAlignAlign": "Refine-by-Align: Align",
+    "RefineByAlignDetect": "Refine-by-Align: Detect",
 }

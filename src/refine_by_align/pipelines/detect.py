@@ -1,0 +1,371 @@
+"""Artifact detection (issue 15 part 2): a proposed artifact mask from an image and a reference.
+
+No mask is given, so the field is fitted over the whole image: point matches between the whole
+image and the reference object (:func:`~.correspondence.sift_matches` and, where its weights are
+found, :func:`~.correspondence.aliked_matches`, each with an empty exclusion mask, in both
+orientations of the reference), a robust homography plus thin-plate-spline residual
+(:func:`~.correspondence.fit_field`) evaluated on every pixel (:func:`~.correspondence.dense_field`).
+Artifacts are few and local, so RANSAC treats the matches on them as outliers and the field follows
+the rest of the object.
+
+Where the image disagrees with the reference warped through the field is scored by
+:func:`disagreement`, built to ignore what differs between two honest photos of the object:
+
+* colour: the warp is colour-matched to the image over the object (per-channel gain and offset)
+  and the comparison is made on locally normalised values (each pixel against the mean and spread
+  of its neighbourhood), so a change of light or white balance scores nothing;
+* small misalignments: each pixel is compared with the best of the warp's pixels within
+  ``tolerance_px`` (a shift-tolerant difference), so a field a pixel or two off scores nothing at
+  edges;
+* structure: the difference of local gradient structure (detail present on one side and missing
+  on the other: smears, lost detail, a wrong texture).
+
+The score is thresholded relative to its own spread over the object (median + ``k`` x MAD), and
+cleaned (small specks opened away, gaps closed, holes filled, pieces under ``min_area`` dropped).
+:func:`colour_difference` is the plain baseline: the colour difference after the same warp and
+colour match, thresholded and cleaned the same way.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import cv2
+import numpy as np
+
+from ..zoom import Box
+from .correspondence import DenseField, Matches, aliked_matches, colour_transfer, dense_field, fit_field, sift_matches
+
+__all__ = [
+    "FEATURES", "WEIGHTS", "Detection", "detect", "load_matcher", "evaluate_cases", "fit_image_field", "features", "disagreement", "fit_weights",
+    "colour_difference", "clean_mask", "propose_mask", "mask_scores",
+]
+
+
+@dataclass
+class Detection:
+    """A proposed artifact mask."""
+
+    mask: np.ndarray  # (H, W) bool: the proposed artifact mask
+    heatmap: np.ndarray  # (H, W) float32 in [0, 1]: the disagreement score (0 off the compared area)
+    valid: np.ndarray  # (H, W) bool: where the image could be compared (its pixels land on the reference object)
+    field: DenseField | None  # the image -> reference field (None: no consistent field)
+    info: dict = field(default_factory=dict)  # matches, inliers, mirrored, threshold, notes
+
+
+def _disk(r: int) -> np.ndarray:
+    r = max(int(r), 0)
+    return cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (2 * r + 1, 2 * r + 1))
+
+
+def _subsample(m: Matches, n: int, seed: int = 0) -> Matches:
+    if len(m) <= n:
+        return m
+    idx = np.sort(np.random.default_rng(seed).choice(len(m), n, replace=False))
+    return Matches(m.img_xy[idx], m.ref_xy[idx], m.weight[idx], dict(m.counts))
+
+
+def fit_image_field(
+    image: np.ndarray,
+    reference: np.ndarray,
+    reference_mask: np.ndarray | None,
+    aliked=None,
+    mirror: bool = True,
+    max_matches: int = 800,
+) -> tuple[DenseField | None, dict]:
+    """A field over the whole ``image`` (H, W, 3 uint8) onto ``reference`` (its object
+    ``reference_mask``): matches from SIFT (and ALIKED when ``aliked`` is the model) with nothing
+    excluded, fitted for each orientation of the reference (the mirrored one when ``mirror``); the
+    fit with more inliers wins. Returns (field or None, info)."""
+    h, w = image.shape[:2]
+    nothing = np.zeros((h, w), bool)
+    info: dict = {"matches": {}}
+    best = None
+    for mirrored in (False, True) if mirror else (False,):
+        m = sift_matches(image, nothing, reference, reference_mask, flip=mirrored)
+        if aliked is not None:
+            m = m + aliked_matches(image, nothing, reference, reference_mask, aliked, flip=mirrored)
+        info["matches"]["mirrored" if mirrored else "as given"] = len(m)
+        fit = fit_field(_subsample(m, max_matches), mirrored=mirrored)
+        if fit is not None and (best is None or fit.inliers > best[0].inliers):
+            best = (fit, mirrored, m)
+    if best is None:
+        return None, info
+    fit, mirrored, m = best
+    fld = dense_field(fit, Box(0, 0, w, h), reference_mask)
+    fld.counts = dict(m.counts)
+    info.update(inliers=fit.inliers, mirrored=mirrored, smoothing=fit.smoothing, residual_px=round(fit.residual_px, 3))
+    return fld, info
+
+
+def _valid(fld: DenseField, erode_px: int) -> np.ndarray:
+    """The image pixels that land on the reference object, away from its outline."""
+    return cv2.erode(fld.on_object.astype(np.uint8), _disk(erode_px)).astype(bool)
+
+
+def _matched_warp(image: np.ndarray, reference: np.ndarray, fld: DenseField, valid: np.ndarray) -> np.ndarray:
+    """The reference warped through ``fld`` and colour-matched to the image over ``valid``: (H, W, 3) float32."""
+    warped = fld.sample(reference).astype(np.float32)
+    gain, offset = colour_transfer(warped, image, valid if valid.sum() >= 64 else np.ones(valid.shape, bool))
+    return np.clip(warped * gain + offset, 0, 255).astype(np.float32)
+
+
+def _shift_min(a: np.ndarray, b: np.ndarray, r: int, fn) -> np.ndarray:
+    """min over shifts |d| <= r of fn(a, b shifted by d): (H, W)."""
+    if r <= 0:
+        return fn(a, b)
+    pad = [(r, r), (r, r)] + [(0, 0)] * (b.ndim - 2)
+    bp = np.pad(b, pad, mode="edge")
+    h, w = a.shape[:2]
+    out = None
+    for dy in range(-r, r + 1):
+        for dx in range(-r, r + 1):
+            if dx * dx + dy * dy > r * r:
+                continue
+            d = fn(a, bp[r + dy : r + dy + h, r + dx : r + dx + w])
+            out = d if out is None else np.minimum(out, d)
+    return out
+
+
+def _local_norm(x: np.ndarray, sigma: float, floor: float) -> np.ndarray:
+    """Each channel against its local (Gaussian ``sigma``) mean, divided by the local spread (at
+    least ``floor``): invariant to a local gain and offset."""
+    mu = cv2.GaussianBlur(x, (0, 0), sigma)
+    var = cv2.GaussianBlur(x * x, (0, 0), sigma) - mu * mu
+    return (x - mu) / np.sqrt(np.maximum(var, 0.0) + floor * floor)
+
+
+def _structure(x: np.ndarray, sigma: float) -> np.ndarray:
+    """Local gradient energy of a grey image (how much detail is there), (H, W)."""
+    gx = cv2.Sobel(x, cv2.CV_32F, 1, 0, ksize=3)
+    gy = cv2.Sobel(x, cv2.CV_32F, 0, 1, ksize=3)
+    return np.sqrt(cv2.GaussianBlur(gx * gx + gy * gy, (0, 0), sigma))
+
+
+#: Names of the per-pixel features of :func:`features`, in order.
+FEATURES = ("colour", "colour_blurred", "normalised_tolerant", "structure", "detail_added", "detail_lost")
+
+#: Logistic-regression weights on log(1 + max(feature, 0)) of each feature (MADs above its median
+#: over the compared area), the last one the bias: fitted by :func:`fit_weights` on the 24 cases
+#: of ``make-cases --seed 1 --per-subject 6`` (all pixels of the artifacts, 20,000 others a case,
+#: classes balanced), and measured on the seed-0 set (README).
+WEIGHTS = np.array([-0.031, 1.266, 0.773, 0.837, -0.35, 0.125, -2.631])
+
+
+def features(image: np.ndarray, warped: np.ndarray, valid: np.ndarray, tolerance_px: int = 2, sigma: float = 6.0) -> np.ndarray:
+    """Per-pixel disagreement features between ``image`` (H, W, 3) and the colour-matched
+    ``warped`` reference (H, W, 3 float), each as MADs above its median over ``valid`` (so each
+    image sets its own scale): (H, W, len(FEATURES)) float32. See :data:`FEATURES`: the colour
+    difference (plain and blurred), the locally normalised difference (invariant to a local gain
+    and offset) taken at the best shift within ``tolerance_px``, and the log ratio of local
+    gradient energy (detail present on one side only; both signs and either)."""
+    img = image.astype(np.float32)
+    warped = warped.astype(np.float32)
+    col = np.abs(img - warped).mean(-1)
+    col_b = cv2.GaussianBlur(col, (0, 0), 3.0)
+    ni, nw = _local_norm(img, sigma, 6.0), _local_norm(warped, sigma, 6.0)
+    d_norm = cv2.GaussianBlur(_shift_min(ni, nw, tolerance_px, lambda a, b: np.abs(a - b).mean(-1)), (0, 0), 2.0)
+    gi, gw = cv2.cvtColor(img, cv2.COLOR_RGB2GRAY), cv2.cvtColor(warped, cv2.COLOR_RGB2GRAY)
+    st = np.log((_structure(gi, sigma / 2) + 4.0) / (_structure(gw, sigma / 2) + 4.0))
+    out = []
+    for f in (col, col_b, d_norm, np.abs(st), np.maximum(st, 0.0), np.maximum(-st, 0.0)):
+        x = f[valid] if valid.any() else f.ravel()
+        med = float(np.median(x))
+        mad = float(np.median(np.abs(x - med))) * 1.4826 + 1e-6
+        out.append(np.clip((f - med) / mad, -5.0, 50.0))
+    return np.stack(out, -1).astype(np.float32)
+
+
+def _design(f: np.ndarray) -> np.ndarray:
+    return np.concatenate([np.log1p(np.clip(f, 0.0, None)), np.ones(f.shape[:-1] + (1,), np.float32)], -1)
+
+
+def disagreement(image: np.ndarray, warped: np.ndarray, valid: np.ndarray, weights: np.ndarray | None = None, tolerance_px: int = 2) -> np.ndarray:
+    """The probability (H, W) float32 in [0, 1] that each pixel is an artifact, from
+    :func:`features` and the logistic weights (default :data:`WEIGHTS`); 0 off ``valid``."""
+    w = WEIGHTS if weights is None else np.asarray(weights, np.float64)
+    z = _design(features(image, warped, valid, tolerance_px)) @ w
+    p = 1.0 / (1.0 + np.exp(-np.clip(z, -30, 30)))
+    return np.where(valid, p, 0.0).astype(np.float32)
+
+
+def fit_weights(samples: list[tuple[np.ndarray, np.ndarray, np.ndarray]], negatives: int = 20000, l2: float = 1e-3, seed: int = 0) -> np.ndarray:
+    """Logistic-regression weights for :func:`disagreement` from ``samples`` of (features (H, W, F)
+    as :func:`features` gives them, valid (H, W) bool, the true artifact mask (H, W) bool): every
+    artifact pixel, ``negatives`` other pixels a sample, the classes balanced; Newton's method."""
+    rng = np.random.default_rng(seed)
+    xs, ys = [], []
+    for f, valid, true in samples:
+        pos = f[valid & true]
+        neg = f[valid & ~true]
+        neg = neg[rng.choice(len(neg), min(negatives, len(neg)), replace=False)] if len(neg) else neg
+        xs += [pos, neg]
+        ys += [np.ones(len(pos)), np.zeros(len(neg))]
+    x = _design(np.concatenate(xs)).astype(np.float64)
+    y = np.concatenate(ys)
+    sw = np.where(y > 0, (y == 0).sum() / max((y > 0).sum(), 1), 1.0)
+    w = np.zeros(x.shape[1])
+    reg = np.full(x.shape[1], 2.0 * l2 * len(x))  # the mean loss + l2 |w|^2, times the sample count
+    reg[-1] = 0.0
+    for _ in range(50):
+        p = 1.0 / (1.0 + np.exp(-np.clip(x @ w, -30, 30)))
+        g = x.T @ (sw * (p - y)) + reg * w
+        hess = (x * (sw * p * (1 - p))[:, None]).T @ x + np.diag(reg + 1e-9)
+        step = np.linalg.solve(hess, g)
+        w -= step
+        if np.abs(step).max() < 1e-6:
+            break
+    return w
+
+
+def colour_difference(image: np.ndarray, warped: np.ndarray, valid: np.ndarray) -> np.ndarray:
+    """The baseline score: the plain colour difference between the image and the colour-matched
+    warp (mean absolute over the channels, 0..255), 0 off ``valid``."""
+    d = np.abs(image.astype(np.float32) - warped).mean(-1)
+    return np.where(valid, d, 0.0).astype(np.float32)
+
+
+def clean_mask(m: np.ndarray, min_area: float = 0.0005, close_px: int = 3) -> np.ndarray:
+    """Open away specks, close gaps of ``close_px``, fill holes, drop pieces under ``min_area`` of the image."""
+    m = np.asarray(m, bool).astype(np.uint8)
+    m = cv2.morphologyEx(m, cv2.MORPH_OPEN, _disk(1))
+    m = cv2.morphologyEx(m, cv2.MORPH_CLOSE, _disk(close_px))
+    h, w = m.shape
+    flood = np.pad(m, 1).copy()
+    cv2.floodFill(flood, np.zeros((h + 4, w + 4), np.uint8), (0, 0), 1)
+    m = m | (1 - flood[1:-1, 1:-1])
+    n, labels, stats, _ = cv2.connectedComponentsWithStats(m, connectivity=8)
+    keep = np.zeros(n, bool)
+    keep[1:] = stats[1:, cv2.CC_STAT_AREA] >= max(min_area * h * w, 4)
+    return keep[labels]
+
+
+def propose_mask(score: np.ndarray, valid: np.ndarray, k: float = 6.0, min_area: float = 0.0005, close_px: int = 3) -> tuple[np.ndarray, float]:
+    """The baseline's threshold: ``score`` above median + ``k`` x MAD over ``valid`` (robust: the
+    artifact is a small part), cleaned by :func:`clean_mask`. Returns (mask, the threshold)."""
+    v = score[valid]
+    if v.size < 64:
+        return np.zeros(score.shape, bool), float("inf")
+    med = float(np.median(v))
+    mad = float(np.median(np.abs(v - med))) * 1.4826
+    thr = med + k * max(mad, 1e-6)
+    return clean_mask((score > thr) & valid, min_area, close_px), thr
+
+
+def mask_scores(pred: np.ndarray, true: np.ndarray) -> dict[str, float]:
+    """IoU, recall and precision of a proposed mask against the true one."""
+    pred, true = np.asarray(pred, bool), np.asarray(true, bool)
+    inter = float((pred & true).sum())
+    union = float((pred | true).sum())
+    return {
+        "iou": inter / union if union else 1.0,
+        "recall": inter / float(true.sum()) if true.any() else 1.0,
+        "precision": inter / float(pred.sum()) if pred.any() else float(not true.any()),
+    }
+
+
+def load_matcher(weights=None):
+    """The ALIKED model for :func:`detect` (``weights``: a .safetensors file or folder; default: the
+    ``REFINE_BY_ALIGN_WEIGHTS`` folder or ``../shared/weights``), or None when its weights are not
+    found (detection then runs on SIFT alone)."""
+    try:
+        from ..models.aliked import ALIKED
+
+        return ALIKED.from_pretrained(weights if weights is not None else "aliked-n16").to("cpu").eval()
+    except (FileNotFoundError, ImportError, OSError):
+        return None
+
+
+def detect(
+    image,
+    reference,
+    reference_mask: np.ndarray | None = None,
+    aliked=None,
+    method: str = "learned",
+    threshold: float | None = None,
+    erode_px: int = 8,
+) -> Detection:
+    """Propose the artifact mask of ``image`` (PIL image or (H, W, 3) uint8) against ``reference``
+    (its object ``reference_mask`` (Hr, Wr) bool; None: the reference's alpha, else the whole
+    photo). ``aliked``: the ALIKED model, to add its matches (None: SIFT alone). ``method``:
+    ``learned`` (default: :func:`disagreement`, pixels above probability ``threshold``, default
+    0.8) or ``colour`` (the plain baseline: :func:`colour_difference` above median + ``threshold``
+    MADs, default 6). Only pixels that land at least ``erode_px`` inside the reference object are
+    compared (``Detection.valid``). When no consistent field is found the mask is empty and
+    ``info["note"]`` says why."""
+    from ..io import InputError, alpha_mask, to_rgb
+
+    if method not in ("learned", "colour"):
+        raise InputError(f"unknown detection method '{method}' (choose learned, colour)")
+    if not isinstance(image, np.ndarray):
+        image = np.asarray(to_rgb(image))
+    if not isinstance(reference, np.ndarray):
+        if reference_mask is None:
+            reference_mask = alpha_mask(reference)
+        reference = np.asarray(to_rgb(reference))
+    if image.ndim != 3 or reference.ndim != 3 or image.shape[2] < 3 or reference.shape[2] < 3:
+        raise InputError(f"image {image.shape} and reference {reference.shape} must be (H, W, 3) colour images")
+    image = np.ascontiguousarray(image[..., :3]).astype(np.uint8)
+    reference = np.ascontiguousarray(reference[..., :3]).astype(np.uint8)
+    if min(image.shape[:2]) < 16 or min(reference.shape[:2]) < 16:
+        raise InputError("image and reference must be at least 16x16 to detect artifacts")
+    if reference_mask is not None:
+        reference_mask = np.asarray(reference_mask, bool)
+        if reference_mask.shape != reference.shape[:2]:
+            raise InputError(
+                f"reference_mask: size {reference_mask.shape[1]}x{reference_mask.shape[0]} does not match the reference "
+                f"{reference.shape[1]}x{reference.shape[0]}"
+            )
+        if not reference_mask.any():
+            raise InputError("reference_mask: reference mask is empty (no object)")
+    h, w = image.shape[:2]
+    fld, info = fit_image_field(image, reference, reference_mask, aliked)
+    info["method"] = method
+    if fld is None:
+        info["note"] = "no consistent field between the image and the reference (too few agreeing matches): nothing proposed"
+        z = np.zeros((h, w), bool)
+        return Detection(z, np.zeros((h, w), np.float32), z, None, info)
+    valid = _valid(fld, erode_px)
+    warped = _matched_warp(image, reference, fld, valid)
+    if method == "learned":
+        heat = disagreement(image, warped, valid)
+        thr = 0.8 if threshold is None else float(threshold)
+        mask = clean_mask((heat > thr) & valid)
+    else:
+        score = colour_difference(image, warped, valid)
+        mask, thr = propose_mask(score, valid, k=6.0 if threshold is None else float(threshold))
+        heat = np.clip(score / (2.0 * thr), 0.0, 1.0) if np.isfinite(thr) and thr > 0 else np.zeros_like(score)
+    info.update(threshold=round(float(thr), 4), compared=round(float(valid.mean()), 4), proposed=round(float(mask.mean()), 5))
+    return Detection(mask, heat.astype(np.float32), valid, fld, info)
+
+
+def evaluate_cases(folder, aliked=None, methods: tuple[str, ...] = ("learned", "colour")) -> dict:
+    """Score the proposals on a folder of case folders (``make-cases``: image.png, mask.png = the
+    true artifact mask, reference.png, reference_mask.png): per case and method IoU, recall,
+    precision and seconds; and their means per case kind (the folder name's last part) and over all.
+    A case with no consistent field counts as an empty proposal."""
+    import time
+    from pathlib import Path
+
+    from ..io import load_image, load_mask
+
+    rows = []
+    for case in sorted(p for p in Path(folder).iterdir() if (p / "mask.png").exists()):
+        image, reference = load_image(case / "image.png"), load_image(case / "reference.png", "reference")
+        true = load_mask(case / "mask.png")
+        rm = load_mask(case / "reference_mask.png", "reference_mask") if (case / "reference_mask.png").exists() else None
+        for method in methods:
+            t = time.perf_counter()
+            det = detect(image, reference, rm, aliked=aliked, method=method)
+            rows.append({"case": case.name, "kind": case.name.rsplit("_", 1)[-1], "method": method,
+                         **{k: round(v, 4) for k, v in mask_scores(det.mask, true).items()},
+                         "seconds": round(time.perf_counter() - t, 3), "field": det.field is not None})
+    summary: dict = {}
+    for method in methods:
+        for kind in ["all", *sorted({r["kind"] for r in rows})]:
+            sel = [r for r in rows if r["method"] == method and (kind == "all" or r["kind"] == kind)]
+            if sel:
+                summary.setdefault(method, {})[kind] = {
+                    k: round(float(np.mean([r[k] for r in sel])), 4) for k in ("iou", "recall", "precision", "seconds")
+                } | {"cases": len(sel)}
+    return {"cases": rows, "summary": summary}

@@ -1,0 +1,96 @@
+"""Artifact detection (issue 15 part 2) on synthetic inputs: a textured object, the image a shifted
+and recoloured copy of it with a patch damaged; the proposal must find the patch."""
+
+import cv2
+import numpy as np
+import pytest
+
+from refine_by_align.io import InputError
+from refine_by_align.pipelines import detect as D
+
+
+def _scene(seed: int = 0, damage: bool = True):
+    rng = np.random.default_rng(seed)
+    # a reference full of corners (SIFT needs them): random rectangles and discs on noise
+    ref = cv2.GaussianBlur(rng.integers(0, 255, (240, 240, 3)).astype(np.uint8), (0, 0), 2.0)
+    for _ in range(120):
+        x, y = rng.integers(0, 220, 2)
+        c = tuple(int(v) for v in rng.integers(0, 255, 3))
+        if rng.random() < 0.5:
+            cv2.rectangle(ref, (int(x), int(y)), (int(x + rng.integers(5, 25)), int(y + rng.integers(5, 25))), c, -1)
+        else:
+            cv2.circle(ref, (int(x), int(y)), int(rng.integers(3, 12)), c, -1)
+    ref_mask = np.ones(ref.shape[:2], bool)
+    # the image: the reference shifted by (12, 8) and scaled 1.05, a colour shift, on a grey canvas
+    M = np.float32([[1.05, 0, 12], [0, 1.05, 8]])
+    img = cv2.warpAffine(ref, M, (272, 272), flags=cv2.INTER_LINEAR, borderValue=(128, 128, 128))
+    img = np.clip(img.astype(np.float32) * np.float32([1.1, 0.95, 0.9]) + 8, 0, 255).astype(np.uint8)
+    true = np.zeros(img.shape[:2], bool)
+    if damage:  # a smeared, discoloured disc: what an artifact looks like
+        cv2.circle(true.view(np.uint8), (140, 130), 22, 1, -1)
+        smeared = cv2.GaussianBlur(img, (0, 0), 9.0)
+        smeared = np.clip(smeared.astype(np.int16) + np.int16([40, -30, 20]), 0, 255).astype(np.uint8)
+        img[true] = smeared[true]
+    return img, ref, ref_mask, true
+
+
+@pytest.mark.parametrize("method", ["learned", "colour"])
+def test_detect_finds_the_damaged_patch(method):
+    img, ref, ref_mask, true = _scene()
+    det = D.detect(img, ref, ref_mask, method=method)
+    assert det.field is not None
+    assert det.mask.shape == img.shape[:2] and det.mask.dtype == bool
+    assert det.heatmap.shape == img.shape[:2] and det.heatmap.dtype == np.float32
+    assert 0.0 <= float(det.heatmap.min()) and float(det.heatmap.max()) <= 1.0
+    s = D.mask_scores(det.mask, true)
+    assert s["recall"] > 0.6, s
+    assert s["iou"] > 0.4, s
+    # the heat is higher on the patch than elsewhere on the compared area
+    assert det.heatmap[true & det.valid].mean() > 3 * det.heatmap[~true & det.valid].mean()
+
+
+def test_detect_clean_image_proposes_little():
+    img, ref, ref_mask, _ = _scene(damage=False)
+    det = D.detect(img, ref, ref_mask)
+    assert det.field is not None
+    assert det.mask.mean() < 0.01
+
+
+def test_detect_no_field_is_empty_with_a_note():
+    rng = np.random.default_rng(1)
+    img = np.full((64, 64, 3), 128, np.uint8)  # nothing to match
+    ref = rng.integers(0, 255, (64, 64, 3)).astype(np.uint8)
+    det = D.detect(img, ref)
+    assert det.field is None and not det.mask.any() and "note" in det.info
+
+
+def test_detect_bad_inputs():
+    img, ref, ref_mask, _ = _scene()
+    with pytest.raises(InputError):
+        D.detect(img, ref, ref_mask[:-1])
+    with pytest.raises(InputError):
+        D.detect(img, ref, np.zeros_like(ref_mask))
+    with pytest.raises(InputError):
+        D.detect(img, ref, ref_mask, method="nope")
+    with pytest.raises(InputError):
+        D.detect(img[:8, :8], ref, ref_mask)
+
+
+def test_fit_weights_recovers_a_separating_direction():
+    rng = np.random.default_rng(0)
+    f = rng.gamma(1.0, 1.0, (64, 64, len(D.FEATURES))).astype(np.float32)
+    true = np.zeros((64, 64), bool)
+    true[20:40, 20:40] = True
+    f[true, 1] += 8.0  # only the second feature tells the artifact apart
+    w = D.fit_weights([(f, np.ones_like(true), true)])
+    assert w.shape == (len(D.FEATURES) + 1,)
+    assert w[1] > 1.0 and w[1] > 3 * np.abs(np.delete(w[:-1], 1)).max()
+
+
+def test_clean_mask_fills_holes_and_drops_specks():
+    m = np.zeros((100, 100), bool)
+    m[20:60, 20:60] = True
+    m[35:45, 35:45] = False  # a hole
+    m[90, 90] = True  # a speck
+    out = D.clean_mask(m)
+    assert out[40, 40] and not out[90, 90]

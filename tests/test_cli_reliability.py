@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from refine_by_align import cli
+from refine_by_align.commands import common as cli_common  # the commands' model loader
 from refine_by_align.batch import ERRORS_FILE, run_batch
 from refine_by_align.cli import main
 from refine_by_align.io import InputError, check_output_folder, check_output_path, same_file
@@ -53,7 +53,7 @@ def no_compute(monkeypatch):
     def forbidden(*a, **k):
         raise AssertionError("the model was loaded: the error was not found before computing")
 
-    monkeypatch.setattr(cli, "_load_pipeline", forbidden)
+    monkeypatch.setattr(cli_common, "load_model", forbidden)
 
 
 def _refused(args, capsys, *needles) -> str:

@@ -15,6 +15,7 @@ from hypothesis import strategies as st
 from PIL import Image
 
 from refine_by_align import cli
+from refine_by_align.commands import common as cli_common  # the commands' model loader
 from refine_by_align.server import ServerSettings, create_app
 
 MAX_SEED = 2**63 - 1
@@ -78,7 +79,7 @@ CLI_OPTIONS = [
 @given(which=st.sampled_from(CLI_OPTIONS), value=VALUES)
 def test_cli_numeric_options(cli_files, tmp_path, capsys, monkeypatch, which, value):
     command, option, keyword, in_range = which
-    monkeypatch.setattr(cli, "_load_pipeline", lambda *a, **k: _StubPipe())
+    monkeypatch.setattr(cli_common, "load_model", lambda *a, **k: _StubPipe())
     argv = ["-q", command, "--model", "tiny", "--image", str(cli_files / "image.png"), "--mask", str(cli_files / "mask.png"),
             "--reference", str(cli_files / "reference.png"), "--output", str(tmp_path / "out.png"), f"{option}={value}"]
     capsys.readouterr()

@@ -1,0 +1,49 @@
+"""``refine-by-align align``: find where the masked part lives on the reference (Algorithm 1 or the dense field)."""
+
+from __future__ import annotations
+
+import argparse
+
+from . import common
+from .inputs import add_input_arguments, check_alignment_options, check_output, check_outputs, input_files, read_inputs
+
+HELP = "find where the masked part lives on the reference (Algorithm 1)"
+EXAMPLE = "refine-by-align align --image gen.png --mask artifact.png --reference photo.jpg --output region.png --heatmap heat.png"
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    add_input_arguments(p)
+    p.add_argument("--output", required=True, help="correspondence mask on the reference (.png)")
+    p.add_argument("--heatmap", help="also write the heat map over the reference here")
+    common.add_alignment_options(p, "--timestep", "--layer")
+
+
+def run(args) -> int:
+    from PIL import Image
+
+    from ..io import save_images_atomic, to_rgb
+    from ..visualize import render_heatmap_overlay
+
+    out = check_output(args.output, mode="L")
+    heat_path = check_output(args.heatmap, "heatmap") if args.heatmap else None
+    check_outputs(input_files(args), [("--output", out), ("--heatmap", heat_path)])
+    image, mask, reference, ref_mask, names = read_inputs(args)
+    pipe = common.load_model(args.model, args.quiet, args.matcher_weights)
+    check_alignment_options(pipe, args.timestep, args.layer, "--timestep", "--layer")
+    res = pipe.align(
+        image, mask, reference, ref_mask, timestep=args.timestep, layer=args.layer, seed=args.seed, names=names,
+        method=args.alignment, matchers=args.matchers,
+    )
+    common.print_notes(res.info.get("notes", []) + ([res.info["fallback"]] if "fallback" in res.info else []))
+    outputs = [(Image.fromarray(res.mask.astype("uint8") * 255), out, "--output")]
+    if heat_path is not None:
+        outputs.append((render_heatmap_overlay(to_rgb(reference), res.heatmap), heat_path, "--heatmap"))
+    save_images_atomic(outputs)  # all of them or none
+    how = (
+        f"dense field from {res.info.get('source')} ({res.info.get('inliers')} agreeing matches"
+        f"{', mirrored reference' if res.info.get('mirrored') else ''})" if res.method == "dense" else f"attention at t={res.timestep}, l={res.layer}"
+    )
+    print(f"wrote {out} ({how}; {int(res.mask.sum())} reference pixels)")
+    if heat_path is not None:
+        print(f"wrote {heat_path}")
+    return 0

@@ -1,0 +1,31 @@
+"""``refine-by-align batch``: refine every job of a JSONL manifest (``batch.py``)."""
+
+from __future__ import annotations
+
+import argparse
+
+from . import common
+
+HELP = "refine every job of a JSONL manifest (resumable; errors go to OUTPUT/errors.jsonl)"
+EXAMPLE = (
+    "refine-by-align batch jobs.jsonl --output out/\n"
+    '  # jobs.jsonl, one job a line: {"image": "a.png", "mask": "a_mask.png", "reference": "ref.jpg", "output": "a.png"}'
+)
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("manifest", help="one JSON job per line: image, mask, reference, [reference_mask, steps, guidance, seed, output]")
+    p.add_argument("--output", required=True, help="output folder")
+    p.add_argument("--model", default="default", help="model folder or preset")
+
+
+def run(args) -> int:
+    from ..batch import format_summary, read_manifest, run_batch
+    from ..io import check_output_folder
+
+    read_manifest(args.manifest)  # a bad manifest or output folder fails before the model loads
+    check_output_folder(args.output, "--output")
+    pipe = common.load_model(args.model, args.quiet)
+    summary = run_batch(args.manifest, args.output, pipe, progress=not args.quiet)
+    print(format_summary(summary))
+    return 1 if summary["failed"] else 0

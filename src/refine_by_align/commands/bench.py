@@ -1,0 +1,90 @@
+"""``refine-by-align bench``: run one method (or several, side by side) over a case folder and score it."""
+
+from __future__ import annotations
+
+import argparse
+import os
+from pathlib import Path
+
+from .common import CLIError, add_alignment_options
+
+HELP = "run a method over a case folder and score it"
+EXAMPLE = "refine-by-align bench cases/ --output results/ --method all --limit 8"
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("cases_dir", help="folder of cases (see README: case-folder format)")
+    p.add_argument("--output", required=True, help="results folder")
+    p.add_argument(
+        "--method", default="refine-by-align",
+        help="refine-by-align | single-stage | feature-nn | oracle-align | keypoint | keep | telea, "
+        "a comma-separated list, or 'all' (then a report.md / report.json compares them)",
+    )
+    p.add_argument("--limit", type=int, help="only the first N cases")
+    p.add_argument("--model", default=None, help="model folder or preset (refine-by-align methods)")
+    p.add_argument("--clip", help="CLIP model folder or hub id for CLIP-I / CLIP-T (null when absent)")
+    p.add_argument("--dino", help="DINOv2 model folder or hub id for DINO-I (null when absent)")
+    p.add_argument("--captions", help="captions file for CLIP-T: JSON {case: caption} or 'case<TAB>caption' lines")
+    p.add_argument("--steps", type=int, help="sampling steps of the pipeline methods (default: the model's)")
+    p.add_argument("--guidance", type=float, help="guidance scale of the pipeline methods (default: the model's)")
+    p.add_argument("--samples", type=int, help="samples averaged per case by the pipeline methods (default: the model's)")
+    p.add_argument("--no-warp", action="store_true", help="dense alignment: redraw with the model alone, without pasting the warped reference")
+    add_alignment_options(p)
+
+
+def _fmt(v, spec: str) -> str:
+    return "-" if v is None else format(v, spec)
+
+
+def _method_options(args) -> dict | None:
+    """The same sampling options for every pipeline method (methods that skip alignment ignore (t, l))."""
+    from ..evaluation.registry import PIPELINE_METHODS
+
+    call = {
+        k: v
+        for k, v in dict(
+            num_inference_steps=args.steps, guidance_scale=args.guidance, alignment_timestep=args.align_timestep,
+            alignment_layer=args.align_layer, num_samples=args.samples, alignment=args.alignment, matchers=args.matchers,
+            warp=False if args.no_warp else None,
+        ).items()
+        if v is not None
+    }
+    return {n: dict(call) for n in PIPELINE_METHODS} if call else None
+
+
+def _print_summary(summary: dict) -> None:
+    print(f"{'kind':<12} {'cases':>5} {'mIoU':>7} {'PSNR':>7} {'SSIM':>7} {'CLIP-I':>7} {'DINO-I':>7} {'s/case':>7}")
+    for kind, row in summary.items():
+        print(
+            f"{kind:<12} {row['cases']:>5} {_fmt(row['miou'], '.3f'):>7} {_fmt(row['psnr'], '.2f'):>7} "
+            f"{_fmt(row['ssim'], '.3f'):>7} {_fmt(row.get('clip_i'), '.2f'):>7} {_fmt(row.get('dino_i'), '.2f'):>7} "
+            f"{_fmt(row['seconds_per_case'], '.2f'):>7}"
+        )
+
+
+def run(args) -> int:
+    from ..evaluation.bench import run_bench
+    from ..evaluation.report import run_all
+    from ..io import check_output_folder
+    from ..pipelines.pipeline import check_settings
+
+    common = dict(limit=args.limit, model=args.model, clip=args.clip, dino=args.dino, captions=args.captions, progress=not args.quiet)
+    if args.matcher_weights:  # the pipelines are built inside the evaluation code: point ALIKED's lookup there
+        from ..models.aliked import WEIGHTS_ENV
+
+        if not Path(args.matcher_weights).is_dir():
+            raise CLIError(f"--matcher-weights '{args.matcher_weights}': bench takes a folder (holding aliked-n16.safetensors)")
+        os.environ[WEIGHTS_ENV] = str(Path(args.matcher_weights).resolve())
+    check_settings(args.steps, args.guidance, args.samples)
+    check_output_folder(args.output, "--output")
+    options = _method_options(args)
+    out = Path(args.output)
+    if args.method == "all" or "," in args.method:
+        run_all(args.cases_dir, args.output, methods=args.method, method_options=options, **common)
+        print((out / "report.md").read_text())
+        print(f"wrote {out / 'report.md'}, {out / 'report.json'} and contact_<kind>.png")
+        return 0
+    res = run_bench(args.cases_dir, args.output, method=args.method, method_options=(options or {}).get(args.method), **common)
+    _print_summary(res["summary"])
+    print(f"wrote {out / 'metrics.json'} and {out / 'contact_sheet.png'}")
+    return 0

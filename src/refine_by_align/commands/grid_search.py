@@ -1,0 +1,39 @@
+"""``refine-by-align grid-search``: the alignment's mIoU for every (timestep, layer) (Algorithm 1's grid, Fig. 4, 7)."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+from .common import CLIError, int_list
+
+HELP = "mIoU of the alignment for every (timestep, layer) (Fig. 4, 7)"
+EXAMPLE = "refine-by-align grid-search cases/ --output grid/ --timesteps 0,250,500 --layers 0,4,9"
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("cases_dir", help="case folder; cases need correspondence.png")
+    p.add_argument("--output", required=True, help="results folder")
+    p.add_argument("--model", default="default", help="model folder or preset")
+    p.add_argument("--timesteps", default="0,24,100,250,500,750,999", help="comma-separated timesteps")
+    p.add_argument("--layers", help="comma-separated layer indices (default: all cross-attention layers)")
+    p.add_argument("--limit", type=int, help="only the first N cases")
+
+
+def run(args) -> int:
+    from ..evaluation.grid_search import grid_search
+    from ..io import check_output_folder
+
+    check_output_folder(args.output, "--output")
+    try:
+        res = grid_search(
+            args.cases_dir, args.output, model=args.model, timesteps=int_list(args.timesteps, "--timesteps"),
+            layers=int_list(args.layers, "--layers") if args.layers else None, limit=args.limit, progress=not args.quiet,
+        )
+    except ValueError as e:
+        raise CLIError(str(e)) from None
+    b = res["best"]
+    print(f"best (t, l) = ({b['timestep']}, {b['layer']}): mIoU {b['miou']:.3f} over {res['cases']} cases")
+    print(f"use it with: refine ... --align-timestep {b['timestep']} --align-layer {b['layer']} (bench takes the same options)")
+    print(f"wrote {Path(args.output) / 'grid.json'}, grid_heatmap.png, grid_marginals.png")
+    return 0

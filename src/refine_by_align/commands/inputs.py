@@ -1,0 +1,75 @@
+"""The inputs and outputs of ``refine`` and ``align``: every file checked before any model is loaded."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+from .common import CLIError
+
+
+def add_input_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--image", required=True, help="the generated image with artifacts")
+    p.add_argument("--mask", required=True, help="artifact mask (bright / nonzero = artifact)")
+    p.add_argument("--reference", required=True, help="reference photo of the same object")
+    p.add_argument("--reference-mask", help="object mask of the reference (default: its alpha, else estimated from the photo)")
+    p.add_argument("--model", default="default", help="model folder, or a preset name: default | tiny | paper (default: %(default)s)")
+    p.add_argument("--seed", type=int, default=0, help="random seed, an integer in 0..2^63-1 (default: %(default)s)")
+
+
+def read_inputs(args):
+    """Load and check every input file before any model is loaded: errors come first and alone."""
+    from ..io import load_inputs
+
+    # every header first (sizes compared before any pixel is decoded), then the pixels
+    files = {"image": args.image, "mask": args.mask, "reference": args.reference, "reference_mask": args.reference_mask}
+    return load_inputs(files, labels={"reference_mask": "reference mask"})
+
+
+def check_output(path: str, what: str = "output", mode: str = "RGB") -> Path:
+    from PIL import Image
+
+    from ..io import encode_image
+
+    p = Path(path)
+    if p.suffix.lower() not in Image.registered_extensions():
+        raise CLIError(f"{what} '{path}': unknown image extension '{p.suffix}' (use .png or .jpg)")
+    if p.exists() and p.is_dir():
+        raise CLIError(f"{what} '{path}': is a folder")
+    encode_image(Image.new(mode, (8, 8)), p, what)  # a format that cannot hold the picture is found now
+    return p
+
+
+def input_files(args) -> list[tuple[str, str]]:
+    """(option, path) of every input file of a refine / align call."""
+    files = [("--image", args.image), ("--mask", args.mask), ("--reference", args.reference)]
+    if args.reference_mask:
+        files.append(("--reference-mask", args.reference_mask))
+    return files
+
+
+def check_outputs(inputs: list[tuple[str, str]], outputs: list[tuple[str, Path | None]]) -> None:
+    """Before any work: no output may be an input file or another output of the same call (symlinks,
+    ``..`` and hard links included), and every output must be writable where it is going."""
+    from ..io import check_output_path, same_file
+
+    outputs = [(flag, path) for flag, path in outputs if path is not None]
+    for i, (flag, path) in enumerate(outputs):
+        for in_flag, in_path in inputs:
+            if same_file(path, in_path):
+                raise CLIError(f"{flag} '{path}' is the {in_flag} file '{in_path}': refusing to overwrite an input")
+        for other_flag, other in outputs[:i]:
+            if same_file(path, other):
+                raise CLIError(f"{flag} '{path}' and {other_flag} '{other}' are the same file: give each output its own path")
+    for flag, path in outputs:
+        check_output_path(path, flag)
+
+
+def check_alignment_options(pipe, timestep: int | None, layer: int | None, t_flag: str, l_flag: str) -> None:
+    """The alignment pass's (t, l) against the loaded model's ranges, before any computation."""
+    n = pipe.model.cfg.num_train_timesteps
+    if timestep is not None and not 0 <= timestep < n:
+        raise CLIError(f"{t_flag} {timestep} is out of range 0..{n - 1} (this model's timesteps)")
+    n_layers = len(pipe.model.cross_attention_layers)
+    if layer is not None and not 0 <= layer < n_layers:
+        raise CLIError(f"{l_flag} {layer} is out of range 0..{n_layers - 1} (this model's cross-attention layers)")

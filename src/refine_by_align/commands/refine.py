@@ -1,0 +1,65 @@
+"""``refine-by-align refine``: align, then refine the masked artifacts from the reference."""
+
+from __future__ import annotations
+
+import argparse
+
+from . import common
+from .inputs import add_input_arguments, check_alignment_options, check_output, check_outputs, input_files, read_inputs
+
+HELP = "align, then refine the masked artifacts from the reference"
+EXAMPLE = (
+    "refine-by-align refine --image gen.png --mask artifact.png --reference photo.jpg --output fixed.png \\\n"
+    "      --compare side-by-side.png --samples 8 --seed 1"
+)
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    add_input_arguments(p)
+    p.add_argument("--output", required=True, help="refined image (.png / .jpg)")
+    p.add_argument("--correspondence", help="also write the correspondence mask on the reference here")
+    p.add_argument("--compare", help="side-by-side picture (default: OUTPUT with '.compare.png')")
+    p.add_argument("--steps", type=int, help="sampling steps (default: the model's)")
+    p.add_argument("--guidance", type=float, help="classifier-free guidance scale (default: the model's)")
+    p.add_argument("--no-align", action="store_true", help="single-stage ablation: guide with the whole reference")
+    p.add_argument("--samples", type=int, help="average this many samples (default: the model's)")
+    p.add_argument("--no-warp", action="store_true", help="dense alignment: redraw with the model alone, without pasting the warped reference")
+    common.add_alignment_options(p)
+
+
+def run(args) -> int:
+    from PIL import Image
+
+    from ..io import save_images_atomic, to_rgb
+    from ..pipelines.pipeline import check_settings
+    from ..visualize import compare_picture
+
+    out = check_output(args.output)
+    corr_path = check_output(args.correspondence, "correspondence", "L") if args.correspondence else None
+    compare = check_output(args.compare, "compare") if args.compare else out.with_name(out.stem + ".compare.png")
+    compare_flag = "--compare" if args.compare else "the compare picture"
+    check_outputs(input_files(args), [("--output", out), ("--correspondence", corr_path), (compare_flag, compare)])
+    check_settings(args.steps, args.guidance, args.samples)
+    image, mask, reference, ref_mask, names = read_inputs(args)
+    pipe = common.load_model(args.model, args.quiet, args.matcher_weights)
+    check_alignment_options(pipe, args.align_timestep, args.align_layer, "--align-timestep", "--align-layer")
+    result = pipe(
+        image, mask, reference, ref_mask, num_inference_steps=args.steps, guidance_scale=args.guidance,
+        seed=args.seed, align=not args.no_align, names=names,
+        alignment_timestep=args.align_timestep, alignment_layer=args.align_layer, num_samples=args.samples,
+        alignment=args.alignment, matchers=args.matchers, warp=not args.no_warp,
+    )
+    common.print_notes(result.notes)
+    outputs = [(result.image, out, "--output")]
+    if corr_path is not None and result.correspondence_mask is not None:
+        outputs.append((Image.fromarray(result.correspondence_mask.astype("uint8") * 255), corr_path, "--correspondence"))
+    picture = compare_picture(to_rgb(image), mask, to_rgb(reference), result)
+    outputs.append((picture, compare, compare_flag))
+    save_images_atomic(outputs)  # all of them or none
+    t = result.timings
+    how = f"{result.alignment} alignment, {100 * result.warp_fraction:.0f}% of the mask from the warped reference" if result.alignment else "no alignment"
+    print(f"wrote {out} ({t['total']:.2f} s: align {t['align']:.2f} s, denoise {t['denoise']:.2f} s; {how})")
+    print(f"wrote {compare} (input | reference with correspondence | result)")
+    if corr_path is not None:
+        print(f"wrote {corr_path}")
+    return 0

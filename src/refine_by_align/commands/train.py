@@ -1,0 +1,33 @@
+"""``refine-by-align train``: the training loop (``training/train.py``) from a recipe."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+from .common import CLIError
+
+HELP = "train a model (accelerate: one CPU, a GPU, or several processes)"
+EXAMPLE = "refine-by-align train --config default --output runs/default --max-steps 4750   # again with --resume after a stop"
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--config", required=True, help="recipe name (default, tiny) or a JSON file")
+    p.add_argument("--output", required=True, help="run folder (checkpoints, log.jsonl, weights/)")
+    p.add_argument("--resume", action="store_true", help="continue from the run's last checkpoint")
+    p.add_argument("--max-steps", type=int, help="stop this invocation at this global step")
+
+
+def run(args) -> int:
+    from ..training.train import load_train_config, train
+
+    try:
+        tc = load_train_config(args.config)
+    except (ValueError, TypeError) as e:
+        raise CLIError(str(e)) from None
+    try:  # a recipe whose parts do not fit or cannot be had (pretrained weights, init_from) is a usage error
+        rec = train(tc, args.output, resume=args.resume, max_steps=args.max_steps, progress=not args.quiet)
+    except ValueError as e:
+        raise CLIError(str(e)) from None
+    print(f"stopped at step {rec['step']}; weights in {Path(args.output) / 'weights'}")
+    return 0

@@ -34,7 +34,7 @@ from typing import Any
 from urllib.parse import urlsplit
 
 import numpy as np
-from fastapi import FastAPI, Request
+from fastapi import APIRouter, FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import HTMLResponse, JSONResponse, Response
 from PIL import Image
@@ -44,6 +44,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from ..io import InputError, decode_image, load_inputs, to_mask, to_rgb
 from .jobs import Job, JobRunner, QueueFull, Slot
+from .page import INDEX_HTML
 from .settings import ServerSettings, host_allowed
 
 __all__ = ["ServerSettings", "UploadTooLarge", "create_app", "decode_upload"]
@@ -326,6 +327,242 @@ async def _send_json(send, status: int, payload: dict, headers: dict[str, str] |
     await send({"type": "http.response.body", "body": body})
 
 
+# ---------------------------------------------------------------------------------------------------- errors
+def _error(status: int, message: str, headers: dict[str, str] | None = None) -> JSONResponse:
+    return JSONResponse({"error": message}, status_code=status, headers=headers)
+
+
+async def _http_exc(request, exc):
+    return _error(exc.status_code, str(exc.detail), getattr(exc, "headers", None))
+
+
+async def _validation_exc(request, exc):
+    return _error(400, "; ".join(str(e.get("msg", e)) for e in exc.errors()) or "invalid request")
+
+
+async def _own_exc(request, exc):
+    return _error(exc.status, str(exc), exc.headers)
+
+
+async def _input_exc(request, exc):
+    return _error(413 if isinstance(exc, UploadTooLarge) else 400, str(exc))
+
+
+async def _gone(request, exc):  # the client went away mid-upload: nobody to answer, nothing to log loudly
+    logger.info("client disconnected before its request to %s was complete", request.url.path)
+    return Response(status_code=499)
+
+
+async def _any_exc(request, exc):  # last resort: still JSON, still serving
+    logger.exception("unhandled error on %s", request.url.path)
+    return _error(500, f"internal error: {type(exc).__name__}: {exc}")
+
+
+# every error is JSON {"error": ...}; the most specific handler wins
+EXCEPTION_HANDLERS = {
+    StarletteHTTPException: _http_exc,
+    RequestValidationError: _validation_exc,
+    _HTTPError: _own_exc,
+    InputError: _input_exc,
+    ClientDisconnect: _gone,
+    Exception: _any_exc,
+}
+
+
+# ---------------------------------------------------------------------------------------------------- routes
+# Every route finds the job runner and the limits on ``request.app.state`` (set by create_app).
+def _runner(request: Request) -> JobRunner:
+    return request.app.state.runner
+
+
+def _settings(request: Request) -> ServerSettings:
+    return request.app.state.settings
+
+
+SECURITY_HEADERS = {
+    "X-Content-Type-Options": "nosniff",
+    "Referrer-Policy": "no-referrer",
+    "Content-Security-Policy": "default-src 'self'; img-src 'self' blob: data:; style-src 'self' 'unsafe-inline'; "
+    "script-src 'self' 'unsafe-inline'; connect-src 'self' blob:; frame-ancestors 'none'",
+}
+
+pages = APIRouter()  # the web app and the health check
+
+
+@pages.get("/", response_class=HTMLResponse)
+async def index():
+    return HTMLResponse(INDEX_HTML, headers=SECURITY_HEADERS)
+
+
+@pages.get("/favicon.ico")
+async def favicon():
+    return Response(status_code=204)
+
+
+def _health_payload(runner: JobRunner, settings: ServerSettings) -> dict:
+    loaded = runner.pipe is not None
+    return {
+        "status": "ok" if loaded else "loading",
+        "model": settings.model_name,
+        "random_weights": bool(getattr(runner.pipe, "random_weights", False)) if loaded else None,
+        "queue": runner.counts(),
+        "limits": {k: v for k, v in asdict(settings).items() if k != "model_name"},
+    }
+
+
+@pages.get("/api/health")
+async def health(request: Request):
+    runner = _runner(request)
+    payload = _health_payload(runner, _settings(request))
+    if runner.pipe is None:
+        payload["error"] = "model is not loaded yet"
+        return JSONResponse(payload, status_code=503)
+    return payload
+
+
+async def _submit(request: Request, kind: str, extras: bool, allow_mode: bool) -> Job:
+    """Read and check a refine / align upload and queue its job (503 when the model or a place is missing)."""
+    runner, settings = _runner(request), _settings(request)
+    if runner.pipe is None:
+        raise _HTTPError(503, "model is not loaded yet; retry in a moment", {"Retry-After": "5"})
+    retry = {"Retry-After": str(max(1, math.ceil(settings.job_timeout_s / 10)))}
+    try:
+        runner.check_room()  # a full server refuses before reading the upload
+        value_fields = VALUE_FIELDS + (("mode",) if allow_mode else ())
+        files, values = await _read_form(request, settings, FILE_FIELDS, REQUIRED_FILES, value_fields)
+        if allow_mode:
+            kind = values.pop("mode", kind).strip() or kind
+            if kind not in ("refine", "align"):
+                raise InputError(f"mode must be 'refine' or 'align', got {kind!r}")
+        # headers and sizes, then a place in the queue, then the pixels
+        inp, slot = await run_in_threadpool(_prepare, files, values, settings, runner.reserve)
+        del files
+        work = _refine_work(inp, extras) if kind == "refine" else _align_work(inp, extras)
+        with slot:
+            return runner.submit(Job(kind=kind, work=work, timeout_s=settings.job_timeout_s), slot)
+    except QueueFull as e:
+        raise _HTTPError(503, str(e), retry) from None
+
+
+async def _wait(job: Job, request: Request) -> None:
+    """Until the job ends; a client that goes away cancels it."""
+    loop = asyncio.get_running_loop()
+    done = loop.create_future()
+
+    def wake():
+        loop.call_soon_threadsafe(lambda: done.done() or done.set_result(None))
+
+    job.on_done(wake)
+    while not done.done():
+        await asyncio.wait({done}, timeout=1.0)
+        if not done.done() and await request.is_disconnected():
+            job.cancel("cancelled: the client disconnected")
+            await asyncio.wait({done}, timeout=_settings(request).job_timeout_s)
+            break
+
+
+def _job_failure(job: Job) -> JSONResponse:
+    return _error(job.status_code, job.error or "job failed")
+
+
+direct = APIRouter()  # refine / align answered in the same request
+
+
+@direct.post("/api/refine")
+async def refine(request: Request):
+    job = await _submit(request, "refine", extras=False, allow_mode=False)
+    await _wait(job, request)
+    _runner(request).forget(job)  # answered here: keep no copy of the result
+    if job.state != "done":
+        return _job_failure(job)
+    info = job.outputs.get("info", {})
+    headers = {
+        "Content-Disposition": 'inline; filename="refined.png"',
+        "X-Job-Id": job.id,
+        "X-Timings": json.dumps(info.get("timings", {})),
+        "X-Random-Weights": "true" if info.get("random_weights") else "false",
+    }
+    return Response(job.outputs["result.png"], media_type="image/png", headers=headers)
+
+
+@direct.post("/api/align")
+async def align(request: Request, output: str = "mask"):
+    if output not in ("mask", "heatmap"):
+        raise InputError(f"output must be 'mask' or 'heatmap', got {output!r}")
+    job = await _submit(request, "align", extras=True, allow_mode=False)
+    await _wait(job, request)
+    _runner(request).forget(job)
+    if job.state != "done":
+        return _job_failure(job)
+    name = "correspondence.png" if output == "mask" else "heatmap.png"
+    headers = {"Content-Disposition": f'inline; filename="{name}"', "X-Job-Id": job.id}
+    return Response(job.outputs[name], media_type="image/png", headers=headers)
+
+
+jobs = APIRouter()  # queued jobs: create, poll, cancel, download
+
+
+@jobs.post("/api/jobs", status_code=202)
+async def create_job(request: Request):
+    job = await _submit(request, "refine", extras=True, allow_mode=True)
+    return JSONResponse(job.status(_runner(request).queue_position(job)), status_code=202)
+
+
+def _find(runner: JobRunner, job_id: str) -> Job:
+    job = runner.get(job_id)
+    if job is None:
+        raise _HTTPError(404, f"no job '{job_id}' (unknown, or its results were dropped to make room)")
+    return job
+
+
+@jobs.get("/api/jobs/{job_id}")
+async def job_status(job_id: str, request: Request):
+    runner = _runner(request)
+    job = _find(runner, job_id)
+    return job.status(runner.queue_position(job))
+
+
+@jobs.delete("/api/jobs/{job_id}")
+async def job_cancel(job_id: str, request: Request):
+    runner = _runner(request)
+    job = _find(runner, job_id)
+    if not job.done_event.is_set():
+        job.cancel("cancelled by the user")
+    return job.status(runner.queue_position(job))
+
+
+@jobs.get("/api/jobs/{job_id}/{name}")
+async def job_output(job_id: str, name: str, request: Request):
+    job = _find(_runner(request), job_id)
+    if job.state != "done":
+        raise _HTTPError(409, f"job '{job_id}' is {job.state}" + (f": {job.error}" if job.error else ""))
+    if name not in job.outputs or not name.endswith(".png"):
+        raise _HTTPError(404, f"job '{job_id}' has no output '{name}' (has: {', '.join(job.status()['outputs'])})")
+    return Response(job.outputs[name], media_type="image/png", headers={"Cache-Control": "no-store"})
+
+
+previews = APIRouter()  # any upload as the PNG the model will see
+
+
+@previews.post("/api/preview")
+async def preview(request: Request):
+    settings = _settings(request)
+    files, values = await _read_form(request, settings, ("file",), ("file",), ("role",))
+    role = values.get("role", "image").strip() or "image"
+    if role not in ("image", "mask", "reference", "reference_mask"):
+        raise InputError(f"role must be image, mask, reference or reference_mask, got {role!r}")
+    data, filename = files["file"]
+
+    def convert() -> tuple[bytes, int, int]:
+        img = decode_upload(data, role, filename, settings.max_image_side)
+        if role.endswith("mask"):
+            return _mask_png(to_mask(img)), img.width, img.height
+        return _png(to_rgb(img)), img.width, img.height
+
+    png, w, h = await run_in_threadpool(convert)
+    return Response(png, media_type="image/png", headers={"X-Image-Size": f"{w}x{h}", "Cache-Control": "no-store"})
+
+
 # ---------------------------------------------------------------------------------------------------- the app
 def create_app(pipe, settings: ServerSettings | None = None):
     """The FastAPI app serving ``pipe`` (a :class:`RefineByAlignPipeline`; None = not loaded yet:
@@ -333,8 +570,6 @@ def create_app(pipe, settings: ServerSettings | None = None):
 
     The pipeline's ``progress_bar`` is routed through the running job (progress and time limit);
     calls made outside a job keep the original bar."""
-    from .page import INDEX_HTML
-
     settings = settings or ServerSettings()
     runner = JobRunner(pipe, max_queue=settings.max_queue, max_results=settings.max_results)
 
@@ -347,184 +582,8 @@ def create_app(pipe, settings: ServerSettings | None = None):
     app.state.runner = runner
     app.state.settings = settings
     app.add_middleware(_Guard, settings=settings)
-
-    def error(status: int, message: str, headers: dict[str, str] | None = None) -> JSONResponse:
-        return JSONResponse({"error": message}, status_code=status, headers=headers)
-
-    @app.exception_handler(StarletteHTTPException)
-    async def _http_exc(request, exc):
-        return error(exc.status_code, str(exc.detail), getattr(exc, "headers", None))
-
-    @app.exception_handler(RequestValidationError)
-    async def _validation_exc(request, exc):
-        return error(400, "; ".join(str(e.get("msg", e)) for e in exc.errors()) or "invalid request")
-
-    @app.exception_handler(_HTTPError)
-    async def _own_exc(request, exc):
-        return error(exc.status, str(exc), exc.headers)
-
-    @app.exception_handler(InputError)
-    async def _input_exc(request, exc):
-        return error(413 if isinstance(exc, UploadTooLarge) else 400, str(exc))
-
-    @app.exception_handler(ClientDisconnect)
-    async def _gone(request, exc):  # the client went away mid-upload: nobody to answer, nothing to log loudly
-        logger.info("client disconnected before its request to %s was complete", request.url.path)
-        return Response(status_code=499)
-
-    @app.exception_handler(Exception)
-    async def _any_exc(request, exc):  # last resort: still JSON, still serving
-        logger.exception("unhandled error on %s", request.url.path)
-        return error(500, f"internal error: {type(exc).__name__}: {exc}")
-
-    security_headers = {
-        "X-Content-Type-Options": "nosniff",
-        "Referrer-Policy": "no-referrer",
-        "Content-Security-Policy": "default-src 'self'; img-src 'self' blob: data:; style-src 'self' 'unsafe-inline'; "
-        "script-src 'self' 'unsafe-inline'; connect-src 'self' blob:; frame-ancestors 'none'",
-    }
-
-    def health_payload() -> dict:
-        loaded = runner.pipe is not None
-        return {
-            "status": "ok" if loaded else "loading",
-            "model": settings.model_name,
-            "random_weights": bool(getattr(runner.pipe, "random_weights", False)) if loaded else None,
-            "queue": runner.counts(),
-            "limits": {k: v for k, v in asdict(settings).items() if k != "model_name"},
-        }
-
-    @app.get("/", response_class=HTMLResponse)
-    async def index():
-        return HTMLResponse(INDEX_HTML, headers=security_headers)
-
-    @app.get("/favicon.ico")
-    async def favicon():
-        return Response(status_code=204)
-
-    @app.get("/api/health")
-    async def health():
-        payload = health_payload()
-        if runner.pipe is None:
-            payload["error"] = "model is not loaded yet"
-            return JSONResponse(payload, status_code=503)
-        return payload
-
-    async def submit(request: Request, kind: str, extras: bool, allow_mode: bool) -> Job:
-        if runner.pipe is None:
-            raise _HTTPError(503, "model is not loaded yet; retry in a moment", {"Retry-After": "5"})
-        retry = {"Retry-After": str(max(1, math.ceil(settings.job_timeout_s / 10)))}
-        try:
-            runner.check_room()  # a full server refuses before reading the upload
-            value_fields = VALUE_FIELDS + (("mode",) if allow_mode else ())
-            files, values = await _read_form(request, settings, FILE_FIELDS, REQUIRED_FILES, value_fields)
-            if allow_mode:
-                kind = values.pop("mode", kind).strip() or kind
-                if kind not in ("refine", "align"):
-                    raise InputError(f"mode must be 'refine' or 'align', got {kind!r}")
-            # headers and sizes, then a place in the queue, then the pixels
-            inp, slot = await run_in_threadpool(_prepare, files, values, settings, runner.reserve)
-            del files
-            work = _refine_work(inp, extras) if kind == "refine" else _align_work(inp, extras)
-            with slot:
-                return runner.submit(Job(kind=kind, work=work, timeout_s=settings.job_timeout_s), slot)
-        except QueueFull as e:
-            raise _HTTPError(503, str(e), retry) from None
-
-    async def wait(job: Job, request: Request) -> None:
-        loop = asyncio.get_running_loop()
-        done = loop.create_future()
-
-        def wake():
-            loop.call_soon_threadsafe(lambda: done.done() or done.set_result(None))
-
-        job.on_done(wake)
-        while not done.done():
-            await asyncio.wait({done}, timeout=1.0)
-            if not done.done() and await request.is_disconnected():
-                job.cancel("cancelled: the client disconnected")
-                await asyncio.wait({done}, timeout=settings.job_timeout_s)
-                break
-
-    def job_failure(job: Job):
-        return error(job.status_code, job.error or "job failed")
-
-    @app.post("/api/refine")
-    async def refine(request: Request):
-        job = await submit(request, "refine", extras=False, allow_mode=False)
-        await wait(job, request)
-        runner.forget(job)  # answered here: keep no copy of the result
-        if job.state != "done":
-            return job_failure(job)
-        info = job.outputs.get("info", {})
-        headers = {
-            "Content-Disposition": 'inline; filename="refined.png"',
-            "X-Job-Id": job.id,
-            "X-Timings": json.dumps(info.get("timings", {})),
-            "X-Random-Weights": "true" if info.get("random_weights") else "false",
-        }
-        return Response(job.outputs["result.png"], media_type="image/png", headers=headers)
-
-    @app.post("/api/align")
-    async def align(request: Request, output: str = "mask"):
-        if output not in ("mask", "heatmap"):
-            raise InputError(f"output must be 'mask' or 'heatmap', got {output!r}")
-        job = await submit(request, "align", extras=True, allow_mode=False)
-        await wait(job, request)
-        runner.forget(job)
-        if job.state != "done":
-            return job_failure(job)
-        name = "correspondence.png" if output == "mask" else "heatmap.png"
-        headers = {"Content-Disposition": f'inline; filename="{name}"', "X-Job-Id": job.id}
-        return Response(job.outputs[name], media_type="image/png", headers=headers)
-
-    @app.post("/api/jobs", status_code=202)
-    async def create_job(request: Request):
-        job = await submit(request, "refine", extras=True, allow_mode=True)
-        return JSONResponse(job.status(runner.queue_position(job)), status_code=202)
-
-    def find(job_id: str) -> Job:
-        job = runner.get(job_id)
-        if job is None:
-            raise _HTTPError(404, f"no job '{job_id}' (unknown, or its results were dropped to make room)")
-        return job
-
-    @app.get("/api/jobs/{job_id}")
-    async def job_status(job_id: str):
-        job = find(job_id)
-        return job.status(runner.queue_position(job))
-
-    @app.delete("/api/jobs/{job_id}")
-    async def job_cancel(job_id: str):
-        job = find(job_id)
-        if not job.done_event.is_set():
-            job.cancel("cancelled by the user")
-        return job.status(runner.queue_position(job))
-
-    @app.get("/api/jobs/{job_id}/{name}")
-    async def job_output(job_id: str, name: str):
-        job = find(job_id)
-        if job.state != "done":
-            raise _HTTPError(409, f"job '{job_id}' is {job.state}" + (f": {job.error}" if job.error else ""))
-        if name not in job.outputs or not name.endswith(".png"):
-            raise _HTTPError(404, f"job '{job_id}' has no output '{name}' (has: {', '.join(job.status()['outputs'])})")
-        return Response(job.outputs[name], media_type="image/png", headers={"Cache-Control": "no-store"})
-
-    @app.post("/api/preview")
-    async def preview(request: Request):
-        files, values = await _read_form(request, settings, ("file",), ("file",), ("role",))
-        role = values.get("role", "image").strip() or "image"
-        if role not in ("image", "mask", "reference", "reference_mask"):
-            raise InputError(f"role must be image, mask, reference or reference_mask, got {role!r}")
-        data, filename = files["file"]
-
-        def convert() -> tuple[bytes, int, int]:
-            img = decode_upload(data, role, filename, settings.max_image_side)
-            if role.endswith("mask"):
-                return _mask_png(to_mask(img)), img.width, img.height
-            return _png(to_rgb(img)), img.width, img.height
-
-        png, w, h = await run_in_threadpool(convert)
-        return Response(png, media_type="image/png", headers={"X-Image-Size": f"{w}x{h}", "Cache-Control": "no-store"})
-
+    for exc_class, handler in EXCEPTION_HANDLERS.items():
+        app.add_exception_handler(exc_class, handler)
+    for router in (pages, direct, jobs, previews):
+        app.include_router(router)
     return app

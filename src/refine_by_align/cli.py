@@ -7,7 +7,7 @@ import argparse
 import logging
 import sys
 
-from .commands import align, batch, bench, benchmark, demo, grid_search, make_cases, plot, refine, serve, show_pairs, train
+from .commands import align, batch, bench, benchmark, demo, detect, grid_search, make_cases, plot, refine, serve, show_pairs, train
 from .commands.common import EXIT_USAGE, MAX_SEED, CLIError
 
 __all__ = ["main", "build_parser", "COMMANDS", "EXAMPLES", "CLIError"]
@@ -16,7 +16,7 @@ __all__ = ["main", "build_parser", "COMMANDS", "EXAMPLES", "CLIError"]
 COMMANDS = {
     "refine": refine, "align": align, "bench": bench, "grid-search": grid_search, "benchmark": benchmark,
     "serve": serve, "batch": batch, "demo": demo, "train": train, "plot": plot, "show-pairs": show_pairs,
-    "make-cases": make_cases,
+    "make-cases": make_cases, "detect": detect,
 }
 EXAMPLES = {name: module.EXAMPLE for name, module in COMMANDS.items()}  # one example per subcommand, shown at the end of its --help
 

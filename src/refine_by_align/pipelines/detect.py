@@ -284,6 +284,7 @@ def detect(
     method: str = "learned",
     threshold: float | None = None,
     erode_px: int = 8,
+    estimate_object: bool = True,
 ) -> Detection:
     """Propose the artifact mask of ``image`` (PIL image or (H, W, 3) uint8) against ``reference``
     (its object ``reference_mask`` (Hr, Wr) bool; None: the reference's alpha, else the whole
@@ -291,8 +292,9 @@ def detect(
     ``learned`` (default: :func:`disagreement`, pixels above probability ``threshold``, default
     0.8) or ``colour`` (the plain baseline: :func:`colour_difference` above median + ``threshold``
     MADs, default 6). Only pixels that land at least ``erode_px`` inside the reference object are
-    compared (``Detection.valid``). When no consistent field is found the mask is empty and
-    ``info["note"]`` says why."""
+    compared (``Detection.valid``). With no reference mask and no alpha the object is estimated
+    from the photo (``estimate_object``; else the whole photo), and ``info["notes"]`` says so.
+    When no consistent field is found the mask is empty and ``info["note"]`` says why."""
     from ..io import InputError, alpha_mask, to_rgb
 
     if method not in ("learned", "colour"):
@@ -319,8 +321,15 @@ def detect(
         if not reference_mask.any():
             raise InputError("reference_mask: reference mask is empty (no object)")
     h, w = image.shape[:2]
+    notes = []
+    if reference_mask is None and estimate_object:  # as the pipeline does: the object estimated by GrabCut
+        from ..data.foreground import estimate_foreground
+
+        reference_mask = estimate_foreground(reference)
+        notes.append(f"no reference mask: the object was estimated from the photo ({reference_mask.mean():.0%} of it); give a reference mask to set it")
     fld, info = fit_image_field(image, reference, reference_mask, aliked)
     info["method"] = method
+    info["notes"] = notes
     if fld is None:
         info["note"] = "no consistent field between the image and the reference (too few agreeing matches): nothing proposed"
         z = np.zeros((h, w), bool)

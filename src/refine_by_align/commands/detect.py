@@ -1,0 +1,61 @@
+"""``refine-by-align detect``: propose the artifact mask of an image from a reference (pipelines/detect.py)."""
+
+from __future__ import annotations
+
+import argparse
+
+from .common import CLIError, print_notes
+from .inputs import check_output, check_outputs
+
+HELP = "propose the artifact mask: where the image disagrees with the reference warped onto it"
+EXAMPLE = "refine-by-align detect --image gen.png --reference photo.jpg --reference-mask photo_mask.png --output mask.png --heatmap heat.png"
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--image", required=True, help="the generated image to check")
+    p.add_argument("--reference", required=True, help="reference photo of the same object")
+    p.add_argument("--reference-mask", help="object mask of the reference (default: its alpha, else estimated from the photo)")
+    p.add_argument("--output", required=True, help="the proposed artifact mask (.png, white = artifact)")
+    p.add_argument("--heatmap", help="also write the disagreement heat map over the image here")
+    p.add_argument(
+        "--method", choices=("learned", "colour"), default="learned",
+        help="learned (default): features robust to colour shifts and small misalignments; colour: the plain colour difference after the warp",
+    )
+    p.add_argument("--threshold", type=float, default=None, help="learned: probability (default 0.8); colour: MADs above the median (default 6)")
+    p.add_argument("--matcher-weights", default=None, help="ALIKED weights (.safetensors file or folder; default: ../shared/weights/aliked; SIFT alone where absent)")
+
+
+def run(args) -> int:
+    from PIL import Image
+
+    from ..io import load_image, load_mask, save_images_atomic
+    from ..pipelines.detect import detect, load_matcher
+    from ..visualize import render_heatmap_overlay
+
+    out = check_output(args.output, mode="L")
+    heat_path = check_output(args.heatmap, "heatmap") if args.heatmap else None
+    inputs = [("--image", args.image), ("--reference", args.reference)] + ([("--reference-mask", args.reference_mask)] if args.reference_mask else [])
+    check_outputs(inputs, [("--output", out), ("--heatmap", heat_path)])
+    if args.threshold is not None and not args.threshold > 0:
+        raise CLIError(f"--threshold must be positive, got {args.threshold}")
+    image = load_image(args.image, "image")
+    reference = load_image(args.reference, "reference")
+    ref_mask = load_mask(args.reference_mask, "reference mask") if args.reference_mask else None
+    aliked = load_matcher(args.matcher_weights)
+    if aliked is None and args.matcher_weights is not None:
+        raise CLIError(f"--matcher-weights '{args.matcher_weights}': no ALIKED weights there")
+    notes = [] if aliked is not None else ["ALIKED matcher unavailable (weights not found): detection uses SIFT alone"]
+    det = detect(image, reference, ref_mask, aliked=aliked, method=args.method, threshold=args.threshold)
+    print_notes(notes + det.info.get("notes", []) + ([det.info["note"]] if "note" in det.info else []))
+    outputs = [(Image.fromarray(det.mask.astype("uint8") * 255), out, "--output")]
+    if heat_path is not None:
+        outputs.append((render_heatmap_overlay(image.convert("RGB"), det.heatmap, alpha=0.6), heat_path, "--heatmap"))
+    save_images_atomic(outputs)  # all of them or none
+    how = (
+        f"field from {det.info.get('inliers')} agreeing matches{', mirrored reference' if det.info.get('mirrored') else ''}"
+        if det.field is not None else "no field"
+    )
+    print(f"wrote {out} ({int(det.mask.sum())} pixels, {det.mask.mean():.2%} of the image; {how})")
+    if heat_path is not None:
+        print(f"wrote {heat_path}")
+    return 0

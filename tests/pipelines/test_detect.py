@@ -94,3 +94,14 @@ def test_clean_mask_fills_holes_and_drops_specks():
     m[90, 90] = True  # a speck
     out = D.clean_mask(m)
     assert out[40, 40] and not out[90, 90]
+
+
+def test_detect_with_aliked_chooses_between_two_fields():
+    aliked = D.load_matcher()
+    if aliked is None:
+        pytest.skip("ALIKED weights not found (../shared/weights)")
+    img, ref, ref_mask, true = _scene()
+    det = D.detect(img, ref, ref_mask, aliked=aliked)
+    assert set(det.info["candidates"]) == {"sift", "sift+aliked"}
+    assert det.info["source"] == max(det.info["candidates"], key=det.info["candidates"].get)
+    assert D.mask_scores(det.mask, true)["recall"] > 0.6

@@ -72,30 +72,62 @@ def fit_image_field(
     aliked=None,
     mirror: bool = True,
     max_matches: int = 800,
+    erode_px: int = 8,
 ) -> tuple[DenseField | None, dict]:
     """A field over the whole ``image`` (H, W, 3 uint8) onto ``reference`` (its object
     ``reference_mask``): matches from SIFT (and ALIKED when ``aliked`` is the model) with nothing
-    excluded, fitted for each orientation of the reference (the mirrored one when ``mirror``); the
-    fit with more inliers wins. Returns (field or None, info)."""
+    excluded, fitted for each orientation of the reference (the mirrored one when ``mirror``); per
+    source set the orientation with more inliers wins. With ALIKED there are two candidates, SIFT
+    alone (few, precise matches: the better field under an affine change) and SIFT + ALIKED (many:
+    the better one where the object bends); the one whose colour-matched warp agrees better with
+    the image (normalised cross-correlation of the grey values where both land on the object,
+    ``erode_px`` inside it) is kept. Returns (field or None, info)."""
     h, w = image.shape[:2]
     nothing = np.zeros((h, w), bool)
-    info: dict = {"matches": {}}
-    best = None
+    info: dict = {"matches": {}, "candidates": {}}
+    per: dict[bool, tuple[Matches, Matches | None]] = {}
     for mirrored in (False, True) if mirror else (False,):
-        m = sift_matches(image, nothing, reference, reference_mask, flip=mirrored)
-        if aliked is not None:
-            m = m + aliked_matches(image, nothing, reference, reference_mask, aliked, flip=mirrored)
-        info["matches"]["mirrored" if mirrored else "as given"] = len(m)
-        fit = fit_field(_subsample(m, max_matches), mirrored=mirrored)
-        if fit is not None and (best is None or fit.inliers > best[0].inliers):
-            best = (fit, mirrored, m)
-    if best is None:
+        s = sift_matches(image, nothing, reference, reference_mask, flip=mirrored)
+        a = aliked_matches(image, nothing, reference, reference_mask, aliked, flip=mirrored) if aliked is not None else None
+        per[mirrored] = (s, a)
+        key = "mirrored" if mirrored else "as given"
+        info["matches"][key] = {"sift": len(s)} | ({"aliked": len(a)} if a is not None else {})
+    fields = {}
+    for name in ("sift", "sift+aliked") if aliked is not None else ("sift",):
+        best = None
+        for mirrored, (s, a) in per.items():
+            m = s if name == "sift" else s + a
+            fit = fit_field(_subsample(m, max_matches), mirrored=mirrored)
+            if fit is not None and (best is None or fit.inliers > best[0].inliers):
+                best = (fit, mirrored, m)
+        if best is not None:
+            fit, mirrored, m = best
+            fld = dense_field(fit, Box(0, 0, w, h), reference_mask)
+            fld.counts, fld.source = dict(m.counts), name
+            fields[name] = (fld, mirrored)
+    if not fields:
         return None, info
-    fit, mirrored, m = best
-    fld = dense_field(fit, Box(0, 0, w, h), reference_mask)
-    fld.counts = dict(m.counts)
-    info.update(inliers=fit.inliers, mirrored=mirrored, smoothing=fit.smoothing, residual_px=round(fit.residual_px, 3))
+    name = next(iter(fields))
+    if len(fields) > 1:
+        valids = {k: _valid(f, erode_px) for k, (f, _) in fields.items()}
+        common = np.logical_and.reduce(list(valids.values()))
+        grey = cv2.cvtColor(image, cv2.COLOR_RGB2GRAY).astype(np.float32)
+        for k, (f, _) in fields.items():
+            warped = cv2.cvtColor(_matched_warp(image, reference, f, valids[k]), cv2.COLOR_RGB2GRAY)
+            info["candidates"][k] = round(_ncc(grey[common], warped[common]), 4) if common.sum() >= 64 else -1.0
+        name = max(info["candidates"], key=info["candidates"].get)
+    fld, mirrored = fields[name]
+    fit = fld.fit
+    info.update(source=name, inliers=fit.inliers, mirrored=mirrored, smoothing=fit.smoothing, residual_px=round(fit.residual_px, 3))
     return fld, info
+
+
+def _ncc(a: np.ndarray, b: np.ndarray) -> float:
+    """Normalised cross-correlation of two sets of values (0 when either is constant)."""
+    a = a.astype(np.float64).ravel() - float(a.mean())
+    b = b.astype(np.float64).ravel() - float(b.mean())
+    den = float(np.sqrt((a * a).sum() * (b * b).sum()))
+    return float((a * b).sum() / den) if den > 1e-9 else 0.0
 
 
 def _valid(fld: DenseField, erode_px: int) -> np.ndarray:
@@ -327,7 +359,7 @@ def detect(
 
         reference_mask = estimate_foreground(reference)
         notes.append(f"no reference mask: the object was estimated from the photo ({reference_mask.mean():.0%} of it); give a reference mask to set it")
-    fld, info = fit_image_field(image, reference, reference_mask, aliked)
+    fld, info = fit_image_field(image, reference, reference_mask, aliked, erode_px=erode_px)
     info["method"] = method
     info["notes"] = notes
     if fld is None:

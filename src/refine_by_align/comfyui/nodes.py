@@ -164,7 +164,8 @@ class RefineByAlignRefine:
             img, m, ref, rm = _item_arrays(images, masks, refs, ref_masks, i)
             if not m.any():
                 continue
-            pipe = pipe or get_pipeline(model)
+            if pipe is None:
+                pipe = get_pipeline(model)
             res = pipe(img, m, ref, rm, num_inference_steps=int(steps), seed=int(seed))
             refined_u8 = np.asarray(res.image, dtype=np.uint8)
             # the pipeline leaves pixels outside the dilated mask bit-identical in uint8; take only

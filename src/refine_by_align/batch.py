@@ -47,7 +47,7 @@ from typing import Any
 
 from PIL import Image
 
-from .io import InputError, check_output_folder, load_inputs, write_atomic
+from .io import InputError, check_output_folder, load_inputs, read_file, write_atomic
 
 __all__ = ["DONE_FILE", "ERRORS_FILE", "BatchJob", "Shard", "format_summary", "read_manifest", "run_batch"]
 
@@ -150,16 +150,10 @@ def read_manifest(manifest: str | os.PathLike) -> list[BatchJob]:
     """Parse the manifest. A missing or unreadable manifest, or one with no jobs, is an InputError;
     a bad line becomes a job with ``error`` set (reported, the other lines still run)."""
     path = Path(manifest)
-    if not path.exists():
-        raise InputError(f"manifest '{path}': file not found")
-    if path.is_dir():
-        raise InputError(f"manifest '{path}': is a folder, not a JSONL file")
     try:
-        text = path.read_text(encoding="utf-8")
+        text = read_file(path, "manifest", "a JSONL file").decode("utf-8")
     except UnicodeDecodeError:
         raise InputError(f"manifest '{path}': not UTF-8 text (expected JSON Lines)") from None
-    except OSError as e:
-        raise InputError(f"manifest '{path}': cannot be read ({e.strerror or e})") from None
     base = path.resolve().parent
     jobs: list[BatchJob] = []
     seen: dict[str, int] = {}

@@ -123,13 +123,14 @@ def _one_line(e: BaseException) -> str:
     return " ".join(str(e).split()) or type(e).__name__
 
 
-def read_file(path: str | os.PathLike, what: str = "image") -> bytes:
-    """A user file's bytes; a missing file, a folder or an unreadable file is one InputError."""
+def read_file(path: str | os.PathLike, what: str = "image", kind: str = "an image file") -> bytes:
+    """A user file's bytes; a missing file, a folder or an unreadable file is one InputError
+    (``kind``: what the file should be, for the folder message)."""
     path = Path(path)
     if not path.exists():
         raise InputError(f"{what} '{path}': file not found")
     if path.is_dir():
-        raise InputError(f"{what} '{path}': is a folder, not an image file")
+        raise InputError(f"{what} '{path}': is a folder, not {kind}")
     try:
         return path.read_bytes()
     except OSError as e:

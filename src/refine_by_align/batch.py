@@ -407,6 +407,40 @@ def _input_files(jobs: list[BatchJob]) -> tuple[dict[str, tuple[int, str, Path]]
     return by_path, by_inode
 
 
+class _OutputGuard:
+    """Which outputs a job may write: inside the output folder, never an input file of any job of
+    the manifest (by resolved path or inode), never the output of an earlier line (of this process,
+    or of another process of a sharded run: two lines writing one file clash wherever they run)."""
+
+    def __init__(self, out_dir: Path, all_jobs: list[BatchJob], shard: Shard):
+        self.root = out_dir.resolve()
+        self.inputs_by_path, self.inputs_by_inode = _input_files(all_jobs)
+        self.targets: dict[str, int] = {}  # resolved output path -> line of this process's job that writes it
+        self.elsewhere: dict[str, int] = {}  # the same for the other processes' jobs (first line each)
+        for i, job in enumerate(all_jobs):
+            if not shard.owns(i) and job.error is None:
+                self.elsewhere.setdefault(_file_id(out_dir / job.output)[0], job.line)
+
+    def claim(self, job: BatchJob, target: Path) -> str | None:
+        """None when ``job`` may write ``target`` (now claimed), else the reason it may not."""
+        if not target.resolve().is_relative_to(self.root):  # a symlinked sub-folder pointing elsewhere
+            return f"output '{job.output}' resolves outside the output folder"
+        real, ino = _file_id(target)
+        clash = self.inputs_by_path.get(real) or (self.inputs_by_inode.get(ino) if ino is not None else None)
+        if clash is not None:
+            line, role, path = clash
+            whose = "this job's" if line == job.line else f"line {line}'s"
+            return (f"output '{job.output}' is {whose} {role} file '{path}': refusing to overwrite an input "
+                    "(choose another output name or folder)")
+        other = self.targets.get(real)
+        if other is None and self.elsewhere.get(real, job.line) < job.line:
+            other = self.elsewhere[real]
+        if other is not None:
+            return f"output '{job.output}' is the same file as the output of line {other}"
+        self.targets[real] = job.line
+        return None
+
+
 def run_batch(
     manifest: str | os.PathLike, output_dir: str | os.PathLike, pipe, progress: bool = True, shard: Shard | None = None
 ) -> dict[str, Any]:
@@ -427,14 +461,12 @@ def run_batch(
     out_dir = Path(output_dir)
     check_output_folder(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    root = out_dir.resolve()
     errors_file = out_dir / ERRORS_FILE
     done_file = out_dir / DONE_FILE
     for own in (errors_file, done_file):
         if os.path.realpath(own) == os.path.realpath(manifest):
             raise InputError(f"manifest '{manifest}': is the batch's own {own.name} in the output folder; use another output folder")
-    inputs_by_path, inputs_by_inode = _input_files(all_jobs)
-    targets: dict[str, int] = {}  # resolved output path -> line of the job that writes it
+    guard = _OutputGuard(out_dir, all_jobs, shard)
     counts = {"done": 0, "skipped": 0, "failed": 0}
 
     def fail(job: BatchJob, message: str, kind: str = "InputError") -> None:
@@ -444,12 +476,6 @@ def run_batch(
             "time": time.strftime("%Y-%m-%dT%H:%M:%S"),
         })
 
-    # output names of the other processes' jobs are claimed too (two lines writing one file clash
-    # whichever processes run them)
-    targets_elsewhere = {}
-    for i, job in enumerate(all_jobs):
-        if not shard.owns(i) and job.error is None:
-            targets_elsewhere.setdefault(_file_id(out_dir / job.output)[0], job.line)
     with _lock(out_dir, shard):
         _remove_partials(out_dir, prefix)
         finished = _read_ledger(done_file)
@@ -466,27 +492,11 @@ def run_batch(
                     bar.update()
                     continue
                 target = out_dir / job.output
-                if not target.resolve().is_relative_to(root):  # a symlinked sub-folder pointing elsewhere
-                    fail(job, f"output '{job.output}' resolves outside the output folder")
+                refused = guard.claim(job, target)
+                if refused is not None:
+                    fail(job, refused)
                     bar.update()
                     continue
-                real, ino = _file_id(target)
-                clash = inputs_by_path.get(real) or (inputs_by_inode.get(ino) if ino is not None else None)
-                if clash is not None:
-                    line, role, path = clash
-                    whose = "this job's" if line == job.line else f"line {line}'s"
-                    fail(job, f"output '{job.output}' is {whose} {role} file '{path}': refusing to overwrite an input "
-                              "(choose another output name or folder)")
-                    bar.update()
-                    continue
-                other = targets.get(real)
-                if other is None and targets_elsewhere.get(real, job.line) < job.line:  # an earlier line of another process
-                    other = targets_elsewhere[real]
-                if other is not None:
-                    fail(job, f"output '{job.output}' is the same file as the output of line {other}")
-                    bar.update()
-                    continue
-                targets[real] = job.line
                 if finished.get(job.output) == job.key and target.is_file():
                     counts["skipped"] += 1
                     errors.succeeded(job)

@@ -268,3 +268,29 @@ def test_align_only_and_cancel_in_a_narrow_window(server_url, browser, tmp_path)
     assert "cancel" in d.find_element(By.ID, "error").text
     _results_gone(d)
     assert d.find_element(By.ID, "refine-btn").is_enabled()
+
+
+def test_suggest_mask_fills_the_brush_layer(server_url, browser):
+    """The badge example: Suggest mask fills the brush layer with the server's proposal (an undo step)."""
+    from pathlib import Path
+
+    badge = Path(__file__).resolve().parents[2] / "src/refine_by_align/demo/examples/badge"
+    d = browser
+    d.get(server_url)
+    wait = WebDriverWait(d, 60)
+    wait.until(lambda d: "model: tiny" in d.find_element(By.ID, "model-note").text)
+    assert not d.find_element(By.ID, "suggest-btn").is_enabled()
+    d.find_element(By.ID, "image-file").send_keys(str(badge / "image.png"))
+    d.find_element(By.ID, "reference-file").send_keys(str(badge / "reference.png"))
+    wait.until(lambda d: d.find_element(By.ID, "suggest-btn").is_enabled())
+    painted = "const c = document.getElementById('mask-canvas'), p = c.getContext('2d').getImageData(0, 0, c.width, c.height).data;" \
+              "let n = 0; for (let i = 3; i < p.length; i += 4) n += p[i] >= 128; return n;"
+    assert d.execute_script(painted) == 0
+    d.find_element(By.ID, "suggest-btn").click()
+    wait.until(lambda d: d.find_element(By.ID, "status").text in ("mask suggested", "no mask suggested") or d.find_element(By.ID, "error").text)
+    assert d.find_element(By.ID, "status").text == "mask suggested", (d.find_element(By.ID, "error").text, d.find_element(By.ID, "suggest-info").text)
+    assert d.execute_script(painted) > 0.01 * 384 * 320
+    assert "Suggested mask" in d.find_element(By.ID, "suggest-info").text
+    assert d.find_element(By.ID, "refine-btn").is_enabled() and d.find_element(By.ID, "suggest-btn").is_enabled()
+    d.find_element(By.ID, "undo").click()  # the proposal is one undo step
+    assert d.execute_script(painted) == 0

@@ -8,6 +8,9 @@ Endpoints (all errors are JSON ``{"error": "..."}`` with a 4xx/5xx status; nothi
                                 ``guidance``, ``seed``] -> ``image/png``: the refined image (input size)
 ``POST /api/align``             same fields -> ``image/png``: the correspondence mask M* (reference size);
                                 ``?output=heatmap`` gives the heat map over the reference instead
+``POST /api/detect``            multipart ``image``, ``reference`` [, ``reference_mask``, ``method``, ``threshold``]
+                                -> JSON: the proposed artifact mask (image size) and its heat map as
+                                base64 PNGs, with the fit's figures and notes (pipelines/detect.py)
 ``POST /api/jobs``              same fields + ``mode`` (refine | align) -> 202 ``{"id": ...}``: queued job
 ``GET  /api/jobs/{id}``         job status: state, step/total, elapsed, queue position, error
 ``GET  /api/jobs/{id}/{name}``  a finished job's ``result.png``, ``heatmap.png``, ``correspondence.png``
@@ -24,6 +27,7 @@ Limits (:class:`ServerSettings`): request body bytes (413), image side (413), on
 from __future__ import annotations
 
 import asyncio
+import base64
 import io
 import json
 import logging
@@ -42,7 +46,7 @@ from starlette.concurrency import run_in_threadpool
 from starlette.requests import ClientDisconnect
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from ..io import InputError, decode_image, load_inputs, to_mask, to_rgb
+from ..io import InputError, alpha_mask, check_input_sizes, decode_image, load_inputs, open_image, to_mask, to_rgb
 from .jobs import Job, JobRunner, QueueFull, Slot
 from .page import INDEX_HTML
 from .settings import ServerSettings, host_allowed
@@ -55,6 +59,10 @@ FILE_FIELDS = ("image", "mask", "reference", "reference_mask")
 REQUIRED_FILES = ("image", "mask", "reference")
 VALUE_FIELDS = ("steps", "guidance", "seed")
 MAX_SEED = 2**63 - 1
+DETECT_FILE_FIELDS = ("image", "reference", "reference_mask")
+DETECT_REQUIRED = ("image", "reference")
+DETECT_VALUE_FIELDS = ("method", "threshold")
+DETECT_MIN_SIDE = 16  # pipelines/detect.py refuses smaller images
 
 
 class UploadTooLarge(InputError):
@@ -236,6 +244,119 @@ def _align_work(inp: _Inputs, extras: bool):
         return outputs
 
     return work
+
+
+@dataclass
+class _DetectInputs:
+    image: Image.Image
+    reference: Image.Image
+    reference_mask: np.ndarray | None
+    names: dict[str, str]
+    method: str
+    threshold: float | None
+
+
+def _prepare_detect(files: dict[str, tuple[bytes, str]], values: dict[str, str], settings: ServerSettings, reserve) -> tuple[_DetectInputs, Slot]:
+    """As :func:`_prepare` for a detection (no mask): the values and the headers (sizes) are checked,
+    a place in the queue is held, then the pixels are decoded and checked (runs in a worker thread)."""
+    method = values.get("method", "").strip() or "learned"
+    if method not in ("learned", "colour"):
+        raise InputError(f"method must be 'learned' or 'colour', got {method!r}")
+    threshold = _float_value(values, "threshold")
+    if threshold is not None and not (math.isfinite(threshold) and threshold > 0):
+        raise InputError(f"threshold must be a positive number, got {values['threshold'].strip()!r}")
+    names = {role: str(name) for role, (_, name) in files.items()}
+    sizes = {
+        role: open_image(data, role, names[role], max_side=settings.max_image_side, too_large=UploadTooLarge).size
+        for role, (data, _) in files.items()
+    }
+    check_input_sizes(sizes, names)
+    for role in ("image", "reference"):
+        if min(sizes[role]) < DETECT_MIN_SIDE:
+            w, h = sizes[role]
+            raise InputError(f"{role} '{names[role]}': {w}x{h} is too small to detect artifacts (need at least {DETECT_MIN_SIDE}x{DETECT_MIN_SIDE})")
+    slot = reserve()
+    try:
+        decoded = {role: decode_upload(files[role][0], role, names[role], settings.max_image_side) for role in files}
+        image, reference = decoded["image"], decoded["reference"]
+        if "reference_mask" in decoded:
+            ref_mask = to_mask(decoded["reference_mask"])
+            label = f"reference_mask '{names['reference_mask']}'"
+            if ref_mask.shape != (reference.height, reference.width):
+                raise InputError(f"{label}: size {ref_mask.shape[1]}x{ref_mask.shape[0]} does not match the reference {reference.width}x{reference.height}")
+            if not ref_mask.any():
+                raise InputError(f"{label}: reference mask is empty (no object)")
+        else:
+            ref_mask = alpha_mask(reference)
+            if ref_mask is not None and not ref_mask.any():
+                raise InputError(
+                    f"reference '{names['reference']}': its alpha channel is empty (fully transparent: no object to compare with); "
+                    "give a reference mask or a reference whose object is opaque"
+                )
+    except BaseException:
+        slot.release()
+        raise
+    return _DetectInputs(image, reference, ref_mask, names, method, threshold), slot
+
+
+def _b64(data: bytes | None) -> str | None:
+    return None if data is None else base64.b64encode(data).decode("ascii")
+
+
+def _detect_work(inp: _DetectInputs, matcher):
+    """``matcher()``: the ALIKED model or None (loaded once, on the worker)."""
+
+    def work(pipe) -> dict[str, Any]:
+        from ..pipelines.detect import detect
+
+        aliked = matcher()
+        det = detect(inp.image, inp.reference, inp.reference_mask, aliked=aliked, method=inp.method, threshold=inp.threshold)
+        notes = [] if aliked is not None else ["ALIKED matcher unavailable (weights not found): detection uses SIFT alone"]
+        notes += det.info.get("notes", [])
+        if "note" in det.info:
+            notes.append(det.info["note"])
+        elif not det.mask.any():
+            notes.append("the image agrees with the reference everywhere it could be compared: nothing proposed (paint the mask by hand)")
+        info = det.info
+        h, w = det.mask.shape
+        return {
+            "mask.png": _mask_png(det.mask),
+            "heatmap.png": _heat_png(to_rgb(inp.image), det.heatmap, det.mask),
+            "info": {
+                "size": [w, h],
+                "pixels": int(det.mask.sum()),
+                "fraction": round(float(det.mask.mean()), 6),
+                "empty": not bool(det.mask.any()),
+                "method": inp.method,
+                "matcher": "sift+aliked" if aliked is not None else "sift",
+                "source": info.get("source"),
+                "inliers": None if info.get("inliers") is None else int(info["inliers"]),
+                "mirrored": None if info.get("mirrored") is None else bool(info["mirrored"]),
+                "threshold": None if info.get("threshold") is None else float(info["threshold"]),
+                "compared": None if info.get("compared") is None else float(info["compared"]),
+                "notes": notes,
+            },
+        }
+
+    return work
+
+
+def _matcher(app):
+    """A getter for the app's ALIKED matcher for detection: loaded on first use, once (None where its
+    weights are not found: SIFT alone)."""
+    import threading
+
+    lock = threading.Lock()
+
+    def get():
+        with lock:
+            if not hasattr(app.state, "detect_matcher"):
+                from ..pipelines.detect import load_matcher
+
+                app.state.detect_matcher = load_matcher()
+            return app.state.detect_matcher
+
+    return get
 
 
 class _HTTPError(Exception):
@@ -461,6 +582,23 @@ async def _wait(job: Job, request: Request) -> None:
             break
 
 
+async def _submit_detect(request: Request) -> Job:
+    """As :func:`_submit` for a detection: the same capacity check, form reading and queue place."""
+    runner, settings = _runner(request), _settings(request)
+    if runner.pipe is None:
+        raise _HTTPError(503, "model is not loaded yet; retry in a moment", {"Retry-After": "5"})
+    retry = {"Retry-After": str(max(1, math.ceil(settings.job_timeout_s / 10)))}
+    try:
+        runner.check_room()  # a full server refuses before reading the upload
+        files, values = await _read_form(request, settings, DETECT_FILE_FIELDS, DETECT_REQUIRED, DETECT_VALUE_FIELDS)
+        inp, slot = await run_in_threadpool(_prepare_detect, files, values, settings, runner.reserve)
+        del files
+        with slot:
+            return runner.submit(Job(kind="detect", work=_detect_work(inp, request.app.state.matcher), timeout_s=settings.job_timeout_s), slot)
+    except QueueFull as e:
+        raise _HTTPError(503, str(e), retry) from None
+
+
 def _job_failure(job: Job) -> JSONResponse:
     return _error(job.status_code, job.error or "job failed")
 
@@ -497,6 +635,21 @@ async def align(request: Request, output: str = "mask"):
     name = "correspondence.png" if output == "mask" else "heatmap.png"
     headers = {"Content-Disposition": f'inline; filename="{name}"', "X-Job-Id": job.id}
     return Response(job.outputs[name], media_type="image/png", headers=headers)
+
+
+@direct.post("/api/detect")
+async def detect_mask(request: Request):
+    """The proposed artifact mask (no mask painted): JSON with ``mask`` (base64 PNG, white =
+    artifact, the image's size), ``heatmap`` (base64 PNG: the disagreement over the image, the
+    proposal outlined), ``size``, ``pixels``, ``empty``, the fit's figures and ``notes``."""
+    job = await _submit_detect(request)
+    await _wait(job, request)
+    _runner(request).forget(job)
+    if job.state != "done":
+        return _job_failure(job)
+    payload = {"mask": _b64(job.outputs["mask.png"]), "heatmap": _b64(job.outputs.get("heatmap.png"))}
+    payload.update(job.outputs.get("info", {}))
+    return JSONResponse(payload, headers={"X-Job-Id": job.id, "Cache-Control": "no-store"})
 
 
 jobs = APIRouter()  # queued jobs: create, poll, cancel, download
@@ -581,6 +734,7 @@ def create_app(pipe, settings: ServerSettings | None = None):
     app = FastAPI(title="refine-by-align", docs_url=None, redoc_url=None, openapi_url=None, lifespan=lifespan)
     app.state.runner = runner
     app.state.settings = settings
+    app.state.matcher = _matcher(app)
     app.add_middleware(_Guard, settings=settings)
     for exc_class, handler in EXCEPTION_HANDLERS.items():
         app.add_exception_handler(exc_class, handler)

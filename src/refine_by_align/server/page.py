@@ -71,10 +71,12 @@ INDEX_HTML = r"""<!doctype html>
     <button id="eraser" type="button" title="toggle eraser (E)">eraser</button>
     <button id="undo" type="button" title="undo (Ctrl+Z)">undo</button>
     <button id="clear-mask" type="button">clear</button>
+    <button id="suggest-btn" type="button" disabled title="propose the artifact mask from where the image disagrees with the reference; edit it with the brush, undo reverts it">Suggest mask</button>
     <label class="hint">or mask file <input type="file" id="mask-file" accept="image/*"></label>
   </div>
   <div id="stage"><img id="image-view" alt=""><canvas id="mask-canvas" width="1" height="1"></canvas></div>
   <div class="hint" id="image-info">Upload an image, then paint the artifact in red.</div>
+  <div class="hint" id="suggest-info" role="status"></div>
 </section>
 <section>
   <h2>2. Reference photo of the same object</h2>
@@ -118,7 +120,7 @@ const $ = (id) => document.getElementById(id);
 const canvas = $("mask-canvas");
 const ctx = canvas.getContext("2d");
 const state = { image: null, reference: null, referenceMask: null, w: 0, h: 0, eraser: false, busy: false,
-                undo: [], drawing: false, last: null, job: null, urls: {}, gen: 0 };
+                undo: [], drawing: false, last: null, job: null, abort: null, urls: {}, gen: 0 };
 
 function showError(message) {
   const box = $("error");
@@ -151,7 +153,12 @@ function clearResults() {
   delete $("result-img").dataset.jobId;
   if (!state.busy && document.body.dataset.state === "done") { document.body.dataset.state = "idle"; setStatus(""); }
 }
+function setSuggestInfo(text, warn) {
+  $("suggest-info").textContent = text;
+  $("suggest-info").classList.toggle("warn", !!warn);
+}
 function resetImage(info) {
+  setSuggestInfo("");
   state.image = null; state.w = state.h = 0; state.undo = [];
   blank($("image-view")); $("compare-before").removeAttribute("src");
   canvas.width = canvas.height = 1; ctx.clearRect(0, 0, 1, 1);
@@ -166,10 +173,12 @@ async function errorText(response) {
   try { text = await response.text(); const j = JSON.parse(text); if (j && j.error) return j.error; } catch (e) {}
   return "HTTP " + response.status + (text ? ": " + text.slice(0, 300) : "");
 }
-async function post(url, form) {
+async function post(url, form, signal) {
   let r;
-  try { r = await fetch(url, { method: "POST", body: form }); }
-  catch (e) { throw new Error("cannot reach the server (" + e.message + "); is `refine-by-align serve` still running?"); }
+  try { r = await fetch(url, { method: "POST", body: form, signal: signal }); }
+  catch (e) {
+    if (e.name === "AbortError") throw new Error("cancelled by the user");
+    throw new Error("cannot reach the server (" + e.message + "); is `refine-by-align serve` still running?"); }
   if (!r.ok) throw new Error(await errorText(r));
   return r;
 }
@@ -191,6 +200,7 @@ function updateButtons() {
   const ready = state.image && state.reference && !state.busy;
   $("refine-btn").disabled = !ready;
   $("align-btn").disabled = !ready;
+  $("suggest-btn").disabled = !ready;
   $("cancel-btn").hidden = !state.busy;
   const missing = [];
   if (!state.image) missing.push("an image");
@@ -257,17 +267,22 @@ $("mask-file").addEventListener("change", async (ev) => {
     if (img.naturalWidth !== state.w || img.naturalHeight !== state.h) {
       throw new Error("mask is " + img.naturalWidth + " x " + img.naturalHeight + " but the image is " + state.w + " x " + state.h);
     }
-    pushUndo();
-    const tmp = document.createElement("canvas"); tmp.width = state.w; tmp.height = state.h;
-    const t = tmp.getContext("2d"); t.drawImage(img, 0, 0);
-    const src = t.getImageData(0, 0, state.w, state.h), out = ctx.createImageData(state.w, state.h);
-    for (let i = 0; i < src.data.length; i += 4) {
-      if (src.data[i] >= 128) { out.data[i] = 255; out.data[i + 3] = 255; }
-    }
-    ctx.putImageData(out, 0, 0);
+    fillMask(img);
   } catch (e) { showError("mask: " + e.message); }
   ev.target.value = "";
 });
+
+// The brush layer becomes the mask picture (white = artifact), one undo step.
+function fillMask(img) {
+  pushUndo();
+  const tmp = document.createElement("canvas"); tmp.width = state.w; tmp.height = state.h;
+  const t = tmp.getContext("2d"); t.drawImage(img, 0, 0);
+  const src = t.getImageData(0, 0, state.w, state.h), out = ctx.createImageData(state.w, state.h);
+  for (let i = 0; i < src.data.length; i += 4) {
+    if (src.data[i] >= 128) { out.data[i] = 255; out.data[i + 3] = 255; }
+  }
+  ctx.putImageData(out, 0, 0);
+}
 
 // ------------------------------------------------------------------ painting
 function scale() { const r = canvas.getBoundingClientRect(); return r.width > 0 ? canvas.width / r.width : 1; }
@@ -438,9 +453,56 @@ async function showResult(id, mode, status, secs, gen) {
   document.body.dataset.state = "done";
   $("results").scrollIntoView({ behavior: "smooth", block: "start" });
 }
+// "Suggest mask": the server proposes the artifact mask (/api/detect); it fills the brush layer as
+// one undo step, to be edited like a painted one. An empty proposal leaves the layer as it was.
+async function suggestMask() {
+  clearError();
+  if (!state.image || !state.reference) { showError("upload both the image and the reference first"); return; }
+  const form = new FormData();
+  form.append("image", state.image, state.image.name);
+  form.append("reference", state.reference, state.reference.name);
+  if (state.referenceMask) form.append("reference_mask", state.referenceMask, state.referenceMask.name);
+  clearResults();
+  setSuggestInfo("");
+  const gen = state.gen;
+  state.busy = true; state.abort = new AbortController(); updateButtons();
+  document.body.dataset.state = "running";
+  const bar = $("progress"); bar.hidden = false; bar.removeAttribute("value");
+  setStatus("looking for where the image disagrees with the reference...");
+  try {
+    const d = await (await post("/api/detect", form, state.abort.signal)).json();
+    if (gen !== state.gen) { setStatus("the inputs changed while the mask was suggested: the suggestion was dropped"); document.body.dataset.state = "idle"; return; }
+    const notes = (d.notes || []).join("; ");
+    if (d.empty) {
+      setSuggestInfo("No mask suggested: nothing in the image disagrees clearly with the reference" +
+        (notes ? " (" + notes + ")" : "") + ". Paint the artifact by hand.", true);
+      setStatus("no mask suggested");
+    } else {
+      if (d.size[0] !== state.w || d.size[1] !== state.h) throw new Error("the suggested mask is " + d.size[0] + " x " + d.size[1] + " but the image is " + state.w + " x " + state.h);
+      const img = await new Promise((resolve, reject) => {
+        const m = new Image(); m.onload = () => resolve(m);
+        m.onerror = () => reject(new Error("the browser could not read the suggested mask"));
+        m.src = "data:image/png;base64," + d.mask;
+      });
+      if (gen !== state.gen) { setStatus("the inputs changed while the mask was suggested: the suggestion was dropped"); document.body.dataset.state = "idle"; return; }
+      fillMask(img);
+      setSuggestInfo("Suggested mask: " + d.pixels + " px (" + (100 * d.fraction).toFixed(1) + "% of the image). " +
+        "Edit it with the brush and the eraser; undo reverts it." + (notes ? " Notes: " + notes + "." : ""));
+      setStatus("mask suggested");
+    }
+    document.body.dataset.state = "idle";
+  } catch (e) {
+    showError("suggest mask: " + e.message);
+    setStatus("");
+  } finally {
+    state.busy = false; state.abort = null; bar.hidden = true; updateButtons();
+  }
+}
+$("suggest-btn").addEventListener("click", suggestMask);
 $("refine-btn").addEventListener("click", () => run("refine"));
 $("align-btn").addEventListener("click", () => run("align"));
 $("cancel-btn").addEventListener("click", async () => {
+  if (state.abort) state.abort.abort();
   if (state.job) { try { await fetch("/api/jobs/" + state.job, { method: "DELETE" }); } catch (e) {} }
 });
 $("compare-range").addEventListener("input", () => {

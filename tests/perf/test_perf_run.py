@@ -42,7 +42,7 @@ def test_benchmark_writes_the_documented_keys(tmp_path):
     # timings: present, finite and positive; never compared with each other (single measurements on a
     # loaded host can come in any order)
     timed = {k: v for k, v in r.items() if k.endswith("_s") and isinstance(v, (int, float))}
-    assert {"refine_512_s", "align_s", "align_attention_s", "align_example_s", "refine_example_s", "step_s", "step_nocfg_s", "encode_s"} <= set(timed), sorted(timed)
+    assert {"refine_512_s", "align_s", "align_attention_s", "align_example_s", "align_example_warm_s", "refine_example_s", "step_s", "step_nocfg_s", "encode_s"} <= set(timed), sorted(timed)
     assert all(np.isfinite(v) and v > 0 for v in timed.values()), timed
     assert all(np.isfinite(v) and v >= 0 for v in r["refine_512_parts_s"].values()), r["refine_512_parts_s"]
     assert r["peak_rss_mb"] > 50

@@ -257,3 +257,40 @@ def test_ecc_refinement_that_drifts_from_the_matches_is_refused():
     _, kept_free = refine_field_ecc(start, image_box, mask_box, ref)
     _, kept_tied = refine_field_ecc(start, image_box, mask_box, ref, matches=wrong)
     assert kept_free and not kept_tied
+
+
+def test_reference_features_are_remembered_per_reference_and_never_stale(monkeypatch):
+    """A second match against the same reference reuses its matcher features (same matches); a changed
+    reference or mask is described anew (the cache is keyed by content, not by object)."""
+    from refine_by_align.pipelines import correspondence as C
+
+    calls = []
+
+    def counting(model, rgb, mask, box=None, max_side=384, max_keypoints=1024):
+        calls.append(rgb.shape)
+        k = np.float32([[10, 10], [20, 30], [40, 12]])
+        d = np.eye(3, 8, dtype=np.float32)
+        return k, d, np.ones(3, np.float32)
+
+    C.clear_reference_cache()
+    ref = _texture(64, 64)
+    refmask = np.ones((64, 64), bool)
+    args = (None, ref, refmask, False, ref, refmask, None, 384, 1024)
+    monkeypatch.setattr(C, "aliked_features", counting)  # count the matcher passes
+    try:
+        a = C._reference_features(*args)
+        b = C._reference_features(*args)
+        assert len(calls) == 1 and np.array_equal(a[0], b[0])
+        changed = ref.copy()
+        changed[0, 0] ^= 1
+        C._reference_features(None, changed, refmask, False, changed, refmask, None, 384, 1024)
+        other_mask = refmask.copy()
+        other_mask[:5] = False
+        C._reference_features(None, ref, other_mask, False, ref, other_mask, None, 384, 1024)
+        C._reference_features(None, ref, refmask, True, ref, refmask, None, 384, 1024)  # the mirrored orientation
+        assert len(calls) == 4
+        C.clear_reference_cache()
+        C._reference_features(*args)
+        assert len(calls) == 5
+    finally:
+        C.clear_reference_cache()

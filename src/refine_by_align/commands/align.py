@@ -7,7 +7,7 @@ import argparse
 from . import common
 from .inputs import add_input_arguments, check_alignment_options, check_output, check_outputs, input_files, read_inputs
 
-HELP = "find where the masked part lives on the reference (Algorithm 1)"
+HELP = "find where the masked part lives on the reference (the dense field, or Algorithm 1 with --alignment attention)"
 EXAMPLE = "refine-by-align align --image gen.png --mask artifact.png --reference photo.jpg --output region.png --heatmap heat.png"
 
 

@@ -45,7 +45,7 @@ def test_align_command(tmp_path):
     heat = tmp_path / "h.png"
     rc = main([
         "-q", "align", "--model", "tiny", "--image", str(BADGE / "image.png"), "--mask", str(BADGE / "mask.png"),
-        "--reference", str(BADGE / "reference.png"), "--output", str(out), "--heatmap", str(heat), "--layer", "1",
+        "--reference", str(BADGE / "reference.png"), "--output", str(out), "--heatmap", str(heat), "--alignment-layer", "1",
     ])
     assert rc == 0
     ref = Image.open(BADGE / "reference.png")
@@ -111,39 +111,39 @@ def test_console_script_exit_code(tmp_path):
     assert p.stderr.strip().count("\n") == 0 and "file not found" in p.stderr
 
 
-def test_bench_keep_on_examples(tmp_path, capsys):
-    rc = main(["-q", "bench", str(EXAMPLES_DIR), "--output", str(tmp_path / "res"), "--method", "keep"])
+def test_bench_quality_keep_on_examples(tmp_path, capsys):
+    rc = main(["-q", "bench-quality", str(EXAMPLES_DIR), "--output", str(tmp_path / "res"), "--method", "keep"])
     assert rc == 0
     m = json.loads((tmp_path / "res" / "metrics.json").read_text())
     assert m["summary"]["ALL"]["cases"] == 2 and m["summary"]["ALL"]["psnr"] is not None
     assert "ALL" in capsys.readouterr().out
 
 
-def test_bench_refine_by_align_tiny(tmp_path):
-    rc = main(["-q", "bench", str(EXAMPLES_DIR), "--output", str(tmp_path / "res"), "--model", "tiny", "--limit", "1"])
+def test_bench_quality_refine_by_align_tiny(tmp_path):
+    rc = main(["-q", "bench-quality", str(EXAMPLES_DIR), "--output", str(tmp_path / "res"), "--model", "tiny", "--limit", "1"])
     assert rc == 0
     m = json.loads((tmp_path / "res" / "metrics.json").read_text())
     assert m["summary"]["ALL"]["cases"] == 1
     assert (tmp_path / "res" / "contact_sheet.png").exists()
 
 
-def test_benchmark_rejects_an_unusable_device_with_a_usage_error(tmp_path, capsys):
+def test_bench_speed_rejects_an_unusable_device_with_a_usage_error(tmp_path, capsys):
     import torch
 
     from refine_by_align.cli import main
 
     out = tmp_path / "b.json"
     bad = "nonsense" if torch.cuda.is_available() else "cuda"
-    assert main(["benchmark", "--configs", "tiny", "--device", bad, "--output", str(out)]) == 2
+    assert main(["bench-speed", "--configs", "tiny", "--device", bad, "--output", str(out)]) == 2
     err = capsys.readouterr().err.strip().splitlines()
-    assert len(err) == 1 and err[0].startswith("refine-by-align benchmark: error: --device") and not out.exists()
+    assert len(err) == 1 and err[0].startswith("refine-by-align bench-speed: error: --device") and not out.exists()
 
 
-def test_benchmark_rejects_an_unknown_config_before_timing(tmp_path, capsys):
+def test_bench_speed_rejects_an_unknown_config_before_timing(tmp_path, capsys):
     from refine_by_align.cli import main
 
     out = tmp_path / "b.json"
-    assert main(["benchmark", "--configs", f"tiny,{tmp_path / 'nosuch'}", "--output", str(out)]) == 2
+    assert main(["bench-speed", "--configs", f"tiny,{tmp_path / 'nosuch'}", "--output", str(out)]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "--configs" in err[0] and "nosuch" in err[0] and not out.exists()
 

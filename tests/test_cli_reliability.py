@@ -100,8 +100,8 @@ def test_largest_seed_is_accepted(tmp_path, capsys):
 
 
 @pytest.mark.parametrize("argv_extra, flag", [
-    (("--timestep", "5000"), "--timestep 5000"),
-    (("--timestep", "-1"), "--timestep -1"),
+    (("--alignment-timestep", "5000"), "--alignment-timestep 5000"),
+    (("--alignment-timestep", "-1"), "--alignment-timestep -1"),
 ])
 def test_align_timestep_out_of_range(tmp_path, capsys, argv_extra, flag):
     paths = _inputs(tmp_path / "in")
@@ -113,7 +113,7 @@ def test_align_timestep_out_of_range(tmp_path, capsys, argv_extra, flag):
 def test_refine_align_timestep_out_of_range(tmp_path, capsys):
     paths = _inputs(tmp_path / "in")
     out = tmp_path / "o.png"
-    _refused(_refine(paths, out, "--align-timestep", "-3", model="default"), capsys, "--align-timestep -3", "out of range 0..")
+    _refused(_refine(paths, out, "--alignment-timestep", "-3", model="default"), capsys, "--alignment-timestep -3", "out of range 0..")
     assert not out.exists() and not list(tmp_path.glob("*.compare.png"))
 
 
@@ -326,7 +326,7 @@ def test_output_folder_that_does_not_exist_yet_is_fine(tmp_path):
     assert not list(tmp_path.iterdir())
 
 
-@pytest.mark.parametrize("command", ["batch", "demo", "bench", "grid-search"])
+@pytest.mark.parametrize("command", ["batch", "demo", "bench-quality", "grid-search"])
 def test_unwritable_output_folder_of_folder_commands(tmp_path, capsys, no_compute, command):
     blocker = tmp_path / "file"
     blocker.write_text("x")
@@ -335,7 +335,7 @@ def test_unwritable_output_folder_of_folder_commands(tmp_path, capsys, no_comput
     argv = {
         "batch": ["batch", str(manifest), "--output", str(blocker / "out")],
         "demo": ["demo", "--output", str(blocker / "out")],
-        "bench": ["bench", str(tmp_path), "--method", "keep", "--output", str(blocker / "out")],
+        "bench-quality": ["bench-quality", str(tmp_path), "--method", "keep", "--output", str(blocker / "out")],
         "grid-search": ["grid-search", str(tmp_path), "--output", str(blocker / "out")],
     }[command]
     _refused(["-q", *argv], capsys, "--output", "is a file, not a folder")

@@ -67,10 +67,10 @@ CLI_OPTIONS = [
     ("refine", "--guidance", "guidance_scale", lambda v: v is None or (math.isfinite(v) and 0 <= v <= 50)),
     ("refine", "--seed", "seed", lambda v: 0 <= v <= MAX_SEED),
     ("refine", "--samples", "num_samples", lambda v: v is None or 1 <= v <= 64),
-    ("refine", "--align-timestep", "alignment_timestep", lambda v: v is None or 0 <= v < 1000),
-    ("refine", "--align-layer", "alignment_layer", lambda v: v is None or 0 <= v < 16),
-    ("align", "--timestep", "timestep", lambda v: v is None or 0 <= v < 1000),
-    ("align", "--layer", "layer", lambda v: v is None or 0 <= v < 16),
+    ("refine", "--alignment-timestep", "alignment_timestep", lambda v: v is None or 0 <= v < 1000),
+    ("refine", "--alignment-layer", "alignment_layer", lambda v: v is None or 0 <= v < 16),
+    ("align", "--alignment-timestep", "timestep", lambda v: v is None or 0 <= v < 1000),
+    ("align", "--alignment-layer", "layer", lambda v: v is None or 0 <= v < 16),
     ("align", "--seed", "seed", lambda v: 0 <= v <= MAX_SEED),
 ]
 

@@ -7,17 +7,19 @@ import argparse
 import logging
 import sys
 
-from .commands import align, batch, bench, benchmark, demo, detect, grid_search, make_cases, plot, refine, serve, show_pairs, train
-from .commands.common import EXIT_USAGE, MAX_SEED, CLIError
+from .commands import align, batch, bench_quality, bench_speed, demo, detect, grid_search, make_cases, plot, refine, serve, show_pairs, train
+from .commands.common import EXIT_USAGE, MAX_SEED, CLIError, deprecation
 
-__all__ = ["main", "build_parser", "COMMANDS", "EXAMPLES", "CLIError"]
+__all__ = ["main", "build_parser", "COMMANDS", "DEPRECATED_COMMANDS", "EXAMPLES", "CLIError"]
 
 # subcommand name -> its module (HELP, EXAMPLE, add_arguments, run), in the order --help lists them
 COMMANDS = {
-    "refine": refine, "align": align, "bench": bench, "grid-search": grid_search, "benchmark": benchmark,
+    "refine": refine, "align": align, "bench-quality": bench_quality, "grid-search": grid_search, "bench-speed": bench_speed,
     "serve": serve, "batch": batch, "demo": demo, "train": train, "plot": plot, "show-pairs": show_pairs,
     "make-cases": make_cases, "detect": detect,
 }
+# old command name -> its new name: still accepted for one release, with one deprecation line on stderr
+DEPRECATED_COMMANDS = {"bench": "bench-quality", "benchmark": "bench-speed"}
 EXAMPLES = {name: module.EXAMPLE for name, module in COMMANDS.items()}  # one example per subcommand, shown at the end of its --help
 
 
@@ -25,6 +27,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="refine-by-align",
         description="Repair localized artifacts in a generated image from a reference photo (Refine-by-Align).",
+        epilog="deprecated command names (the next release drops them):\n  "
+        + ", ".join(f"{old} -> {new}" for old, new in DEPRECATED_COMMANDS.items()),
+        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     parser.add_argument("-q", "--quiet", action="store_true", help="no progress bars")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
@@ -36,8 +41,21 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _renamed(argv: list[str]) -> list[str]:
+    """``argv`` with a deprecated command name replaced by its new one (one line on stderr says so). The
+    command is the first word not starting with '-': the top level takes flags only (-q, -h)."""
+    i = next((i for i, a in enumerate(argv) if not a.startswith("-")), None)
+    if i is None or argv[i] not in DEPRECATED_COMMANDS:
+        return argv
+    deprecation(argv[i], DEPRECATED_COMMANDS[argv[i]])
+    return [*argv[:i], DEPRECATED_COMMANDS[argv[i]], *argv[i + 1 :]]
+
+
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    args = build_parser().parse_args(_renamed(sys.argv[1:] if argv is None else list(argv)))
+    for old, new in (("align_timestep", "alignment_timestep"), ("align_layer", "alignment_layer")):
+        if hasattr(args, new):  # TRANSITIONAL: commands/refine.py still reads args.align_*; goes when it reads args.alignment_*
+            setattr(args, old, getattr(args, new))
     logging.basicConfig(level=logging.ERROR, format="%(message)s")
     from .io import InputError
 

@@ -21,9 +21,9 @@ def test_grid_search_table_best_and_pictures(cases_dir: Path, tmp_path: Path):
     table = np.asarray(res["miou"])
     assert table.shape == (2, 2) and ((0 <= table) & (table <= 1)).all()
     best = res["best"]
-    i, j = res["timesteps"].index(best["timestep"]), res["layers"].index(best["layer"])
+    i, j = res["timesteps"].index(best["alignment_timestep"]), res["layers"].index(best["alignment_layer"])
     assert round(best["miou"], 4) == table.max() == table[i, j]
-    assert set(res["shipped"]) == {"timestep", "layer"}
+    assert set(res["shipped"]) == {"alignment_timestep", "alignment_layer"}
     for name in ("grid_heatmap.png", "grid_marginals.png", "grid_maps_c01.png"):
         with Image.open(out / name) as im:
             assert im.width > 100 and im.height > 100

@@ -1,4 +1,4 @@
-"""`refine-by-align benchmark` on the tiny config: the JSON keys and sane figures (not a timed test)."""
+"""`refine-by-align bench-speed` on the tiny config: the JSON keys and sane figures (not a timed test)."""
 
 import json
 
@@ -57,7 +57,7 @@ def test_benchmark_writes_the_documented_keys(tmp_path):
 
     picture = np.asarray(Image.open(out.with_suffix(".png")).convert("RGB"))  # the breakdown as bars
     assert picture.shape[1] > 500 and (picture == (0xC4, 0x4E, 0x52)).all(-1).any()  # attention red is drawn
-    text = format_results(res, out).splitlines()  # what `refine-by-align benchmark` prints
+    text = format_results(res, out).splitlines()  # what `refine-by-align bench-speed` prints
     assert text[0].startswith(data["machine"]) and "matmul ceiling" in text[0]
     assert any(line.split()[:2] == ["tiny", "bfloat16"] for line in text)  # the table row
     assert any(line.startswith("tiny: U-Net forward") and "by op class" in line for line in text)

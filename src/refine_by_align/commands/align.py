@@ -13,9 +13,9 @@ EXAMPLE = "refine-by-align align --image gen.png --mask artifact.png --reference
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
     add_input_arguments(p)
-    p.add_argument("--output", required=True, help="correspondence mask on the reference (.png)")
+    p.add_argument("--output", required=True, help="the aligned region on the reference (.png)")
     p.add_argument("--heatmap", help="also write the heat map over the reference here")
-    common.add_alignment_options(p, "--timestep", "--layer")
+    common.add_alignment_options(p, deprecated=("--timestep", "--layer"))
 
 
 def run(args) -> int:
@@ -29,9 +29,9 @@ def run(args) -> int:
     check_outputs(input_files(args), [("--output", out), ("--heatmap", heat_path)])
     image, mask, reference, ref_mask, names = read_inputs(args)
     pipe = common.load_model(args.model, args.quiet, args.matcher_weights)
-    check_alignment_options(pipe, args.timestep, args.layer, "--timestep", "--layer")
+    check_alignment_options(pipe, args.alignment_timestep, args.alignment_layer)
     res = pipe.align(
-        image, mask, reference, ref_mask, timestep=args.timestep, layer=args.layer, seed=args.seed, names=names,
+        image, mask, reference, ref_mask, timestep=args.alignment_timestep, layer=args.alignment_layer, seed=args.seed, names=names,
         method=args.alignment, matchers=args.matchers,
     )
     common.print_notes(res.info.get("notes", []) + ([res.info["fallback"]] if "fallback" in res.info else []))

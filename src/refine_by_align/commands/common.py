@@ -1,4 +1,5 @@
-"""What several commands share: the one-line usage error, the model loader's CLI wrapper, the alignment options."""
+"""What several commands share: the one-line usage error, the model loader's CLI wrapper, the alignment options,
+the deprecated spellings of renamed options and commands."""
 
 from __future__ import annotations
 
@@ -34,10 +35,39 @@ def print_notes(notes) -> None:
         print(f"note: {note}", file=sys.stderr)
 
 
-def add_alignment_options(p: argparse.ArgumentParser, t_flag: str = "--align-timestep", l_flag: str = "--align-layer") -> None:
+def deprecation(old: str, new: str) -> None:
+    """The one line an old option or command name prints (kept for one release, then removed)."""
+    print(f"refine-by-align: {old} is deprecated, use {new} (the old name goes in the next release)", file=sys.stderr)
+
+
+class DeprecatedAlias(argparse.Action):
+    """An old spelling of an option, kept for one release: stores into the new option's ``dest``
+    (one attribute for both spellings) and prints one deprecation line each time it is used."""
+
+    def __init__(self, option_strings, dest, new: str, **kwargs):
+        self.new = new
+        super().__init__(option_strings, dest, **kwargs)
+
+    def __call__(self, parser, namespace, values, option_string=None):
+        deprecation(option_string, self.new)
+        setattr(namespace, self.dest, values)
+
+
+def add_deprecated_alias(p: argparse.ArgumentParser, old: str, new: argparse.Action) -> None:
+    """Accept ``old`` as a hidden, deprecated spelling of the option ``new`` (as returned by ``add_argument``)."""
+    p.add_argument(
+        old, dest=new.dest, type=new.type, nargs=new.nargs, choices=new.choices, metavar=new.metavar,
+        default=argparse.SUPPRESS, help=argparse.SUPPRESS, action=DeprecatedAlias, new=new.option_strings[0],
+    )
+
+
+def add_alignment_options(p: argparse.ArgumentParser, deprecated: tuple[str, str] = ("--align-timestep", "--align-layer")) -> None:
+    """--alignment, --matchers, --matcher-weights, --alignment-timestep and --alignment-layer
+    (``args.alignment_timestep``, ``args.alignment_layer``); ``deprecated``: the command's old
+    spellings of the last two, still accepted for one release."""
     p.add_argument(
         "--alignment", choices=("dense", "attention"), default=None,
-        help="dense (default): a per-pixel field from point matches, M* = the mask pushed through it; "
+        help="dense (default): a per-pixel field from point matches, the region = the mask pushed through it; "
         "attention: the paper's Algorithm 1 region on the 16x16 token grid",
     )
     p.add_argument(
@@ -46,8 +76,12 @@ def add_alignment_options(p: argparse.ArgumentParser, t_flag: str = "--align-tim
         "the ALIKED weights are found, else sift)",
     )
     p.add_argument("--matcher-weights", default=None, help="ALIKED weights (.safetensors file or folder; default: ../shared/weights/aliked)")
-    p.add_argument(t_flag, type=int, dest=t_flag.lstrip("-").replace("-", "_"), help="timestep t of the attention pass (default: the model's; see grid-search)")
-    p.add_argument(l_flag, type=int, dest=l_flag.lstrip("-").replace("-", "_"), help="cross-attention layer l of the attention pass (default: the model's)")
+    timestep = p.add_argument(
+        "--alignment-timestep", type=int, metavar="T", help="timestep t of the attention pass (default: the model's; see grid-search)"
+    )
+    layer = p.add_argument("--alignment-layer", type=int, metavar="L", help="cross-attention layer l of the attention pass (default: the model's)")
+    for old, new in zip(deprecated, (timestep, layer)):
+        add_deprecated_alias(p, old, new)
 
 
 def int_list(text: str, what: str) -> tuple[int, ...]:

@@ -12,7 +12,7 @@ EXAMPLE = "refine-by-align grid-search cases/ --output grid/ --timesteps 0,250,5
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("cases_dir", help="case folder; cases need correspondence.png")
+    p.add_argument("cases_dir", help="case folder; cases need correspondence.png (the true region)")
     p.add_argument("--output", required=True, help="results folder")
     p.add_argument("--model", default="default", help="model folder or preset")
     p.add_argument("--timesteps", default="0,24,100,250,500,750,999", help="comma-separated timesteps")
@@ -33,7 +33,8 @@ def run(args) -> int:
     except ValueError as e:
         raise CLIError(str(e)) from None
     b = res["best"]
-    print(f"best (t, l) = ({b['timestep']}, {b['layer']}): mIoU {b['miou']:.3f} over {res['cases']} cases")
-    print(f"use it with: refine ... --align-timestep {b['timestep']} --align-layer {b['layer']} (bench takes the same options)")
+    t, l = b["alignment_timestep"], b["alignment_layer"]
+    print(f"best (t, l) = ({t}, {l}): mIoU {b['miou']:.3f} over {res['cases']} cases")
+    print(f"use it with: refine ... --alignment-timestep {t} --alignment-layer {l} (align and bench-quality take the same options)")
     print(f"wrote {Path(args.output) / 'grid.json'}, grid_heatmap.png, grid_marginals.png")
     return 0

@@ -65,11 +65,13 @@ def check_outputs(inputs: list[tuple[str, str]], outputs: list[tuple[str, Path |
         check_output_path(path, flag)
 
 
-def check_alignment_options(pipe, timestep: int | None, layer: int | None, t_flag: str, l_flag: str) -> None:
-    """The alignment pass's (t, l) against the loaded model's ranges, before any computation."""
+def check_alignment_options(pipe, timestep: int | None, layer: int | None, *_unused_flags: str) -> None:
+    """The alignment pass's (t, l) against the loaded model's ranges, before any computation. The messages
+    name --alignment-timestep / --alignment-layer whichever spelling was used (extra arguments, the flag
+    names callers once passed, are ignored)."""
     n = pipe.model.cfg.num_train_timesteps
     if timestep is not None and not 0 <= timestep < n:
-        raise CLIError(f"{t_flag} {timestep} is out of range 0..{n - 1} (this model's timesteps)")
+        raise CLIError(f"--alignment-timestep {timestep} is out of range 0..{n - 1} (this model's timesteps)")
     n_layers = len(pipe.model.cross_attention_layers)
     if layer is not None and not 0 <= layer < n_layers:
-        raise CLIError(f"{l_flag} {layer} is out of range 0..{n_layers - 1} (this model's cross-attention layers)")
+        raise CLIError(f"--alignment-layer {layer} is out of range 0..{n_layers - 1} (this model's cross-attention layers)")

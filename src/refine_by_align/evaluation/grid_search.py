@@ -80,8 +80,8 @@ def grid_search(
         "layers": list(layers),
         "layer_names": [pipe.model.cross_attention_layers[l] for l in layers],
         "miou": table.round(4).tolist(),
-        "best": {"timestep": int(timesteps[bi]), "layer": int(layers[bj]), "miou": float(table[bi, bj])},
-        "shipped": {"timestep": pipe.model.cfg.alignment_timestep, "layer": pipe.model.cfg.alignment_layer},
+        "best": {"alignment_timestep": int(timesteps[bi]), "alignment_layer": int(layers[bj]), "miou": float(table[bi, bj])},
+        "shipped": {"alignment_timestep": pipe.model.cfg.alignment_timestep, "alignment_layer": pipe.model.cfg.alignment_layer},
     }
     write_json_atomic(result, out / "grid.json")
     _plots(out, table, timesteps, layers, example)

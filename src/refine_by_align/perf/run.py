@@ -1,4 +1,4 @@
-"""``refine-by-align benchmark``: every stage's speed against this machine's measured matmul ceiling.
+"""``refine-by-align bench-speed``: every stage's speed against this machine's measured matmul ceiling.
 
 Each figure is the median of several runs after a warm-up, measured in one process so that
 ratios hold on a noisy host. JSON keys: ``ceiling.fp32_gflops``, ``ceiling.bf16_gflops`` and per
@@ -37,7 +37,7 @@ __all__ = ["DTYPES", "benchmark_config", "run_benchmark", "check_configs", "form
 
 def _say(msg: str) -> None:
     """A progress line on stderr (a benchmark of ``paper`` runs for many minutes)."""
-    print(f"benchmark: {msg}", file=sys.stderr, flush=True)
+    print(f"bench-speed: {msg}", file=sys.stderr, flush=True)
 
 
 def _example_inputs(size: int = 512, seed: int = 0):
@@ -279,7 +279,7 @@ def check_configs(text: str) -> list[str]:
 
 
 def format_results(res: dict, output: str | Path) -> str:
-    """The lines ``refine-by-align benchmark`` prints for a :func:`run_benchmark` result written to ``output``."""
+    """The lines ``refine-by-align bench-speed`` prints for a :func:`run_benchmark` result written to ``output``."""
     lines = []
     c = res["ceiling"]
     lines.append(f"{res['machine']}: matmul ceiling fp32 {c['fp32_gflops']:.0f} GFLOP/s, bf16 {c['bf16_gflops']:.0f} GFLOP/s")

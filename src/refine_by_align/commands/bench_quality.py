@@ -1,4 +1,5 @@
-"""``refine-by-align bench``: run one method (or several, side by side) over a case folder and score it."""
+"""``refine-by-align bench-quality`` (formerly ``bench``): run one method (or several, side by side) over a case
+folder and score it."""
 
 from __future__ import annotations
 
@@ -8,8 +9,8 @@ from pathlib import Path
 
 from .common import CLIError, add_alignment_options
 
-HELP = "run a method over a case folder and score it"
-EXAMPLE = "refine-by-align bench cases/ --output results/ --method all --limit 8"
+HELP = "quality: run a method over a case folder and score it"
+EXAMPLE = "refine-by-align bench-quality cases/ --output results/ --method all --limit 8"
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -43,8 +44,8 @@ def _method_options(args) -> dict | None:
     call = {
         k: v
         for k, v in dict(
-            num_inference_steps=args.steps, guidance_scale=args.guidance, alignment_timestep=args.align_timestep,
-            alignment_layer=args.align_layer, num_samples=args.samples, alignment=args.alignment, matchers=args.matchers,
+            num_inference_steps=args.steps, guidance_scale=args.guidance, alignment_timestep=args.alignment_timestep,
+            alignment_layer=args.alignment_layer, num_samples=args.samples, alignment=args.alignment, matchers=args.matchers,
             warp=False if args.no_warp else None,
         ).items()
         if v is not None
@@ -73,7 +74,7 @@ def run(args) -> int:
         from ..models.aliked import WEIGHTS_ENV
 
         if not Path(args.matcher_weights).is_dir():
-            raise CLIError(f"--matcher-weights '{args.matcher_weights}': bench takes a folder (holding aliked-n16.safetensors)")
+            raise CLIError(f"--matcher-weights '{args.matcher_weights}': bench-quality takes a folder (holding aliked-n16.safetensors)")
         os.environ[WEIGHTS_ENV] = str(Path(args.matcher_weights).resolve())
     check_settings(args.steps, args.guidance, args.samples)
     check_output_folder(args.output, "--output")

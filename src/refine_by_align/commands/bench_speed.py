@@ -1,4 +1,4 @@
-"""``refine-by-align benchmark``: the speed tooling (``perf/``) from the command line."""
+"""``refine-by-align bench-speed`` (formerly ``benchmark``): the speed tooling (``perf/``) from the command line."""
 
 from __future__ import annotations
 
@@ -6,15 +6,15 @@ import argparse
 
 from .common import CLIError
 
-HELP = "time every stage against this machine's matmul ceiling"
-EXAMPLE = "refine-by-align benchmark --configs default,paper --output speed.json --compile"
+HELP = "speed: time every stage against this machine's matmul ceiling"
+EXAMPLE = "refine-by-align bench-speed --configs default,paper --output speed.json --compile"
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--configs", default="default", help="comma-separated presets or model folders (e.g. default,paper)")
     p.add_argument("--output", required=True, help="JSON file; a picture of where the U-Net's time goes is written beside it (.png)")
     p.add_argument("--repeats", type=int, default=3, help="runs per figure (median)")
-    p.add_argument("--cases", help="a case folder: also time one whole bench case")
+    p.add_argument("--cases", help="a case folder: also time one whole case of it")
     p.add_argument("--dtype", default="auto", choices=["auto", "fp32", "bf16"], help="auto: bf16 for paper, fp32 for small models")
     p.add_argument(
         "--compile",

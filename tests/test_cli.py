@@ -25,7 +25,7 @@ def _args(out, *extra, example=BADGE):
 def test_refine_writes_result_compare_and_correspondence(tmp_path, capsys):
     out = tmp_path / "out.png"
     corr = tmp_path / "corr.png"
-    rc = main(_args(out, "--correspondence", str(corr), "--steps", "2", "--seed", "1", "--reference-mask", str(BADGE / "reference_mask.png")))
+    rc = main(_args(out, "--region", str(corr), "--steps", "2", "--seed", "1", "--reference-mask", str(BADGE / "reference_mask.png")))
     assert rc == 0
     res = Image.open(out)
     src = Image.open(BADGE / "image.png")

@@ -173,9 +173,9 @@ def test_refine_refuses_an_output_that_is_an_input_or_another_output(tmp_path, c
     elif case == "compare_is_output":
         extra, needles = ["--compare", out], ["--compare", "--output", "same file"]
     elif case == "correspondence_is_output":
-        extra, needles = ["--correspondence", out], ["--correspondence", "--output", "same file"]
+        extra, needles = ["--region", out], ["--region", "--output", "same file"]
     elif case == "correspondence_is_compare":
-        extra, needles = ["--correspondence", tmp_path / "c.png", "--compare", tmp_path / "c.png"], ["same file"]
+        extra, needles = ["--region", tmp_path / "c.png", "--compare", tmp_path / "c.png"], ["same file"]
     elif case == "default_compare_is_image":  # --output X.png writes X.compare.png too
         shutil.copy(paths["image"], tmp_path / "in" / "x.compare.png")
         paths["image"] = tmp_path / "in" / "x.compare.png"
@@ -481,7 +481,7 @@ def test_alignment_blob_on_no_reference_pixel_still_gives_a_region(blob):
     g = pipe.model.cfg.grid_size
     raw = np.zeros((g, g), np.float32)
     raw[blob] = 1.0
-    m_star, heat, grid_mask, _ = pipe.correspondence_on_reference(p, raw)
+    m_star, heat, grid_mask, _ = pipe.region_on_reference(p, raw)
     assert grid_mask.any() and m_star.any() and m_star.shape == (8, 8)
     assert m_star.sum() >= 1 and heat.shape == (8, 8)
 
@@ -544,7 +544,7 @@ def test_save_images_atomic_writes_all_or_none(tmp_path):
 def test_refine_and_align_write_every_output(tmp_path, capsys):
     paths = _inputs(tmp_path / "in")
     out = tmp_path / "out" / "o.png"
-    rc = main(_refine(paths, out, "--compare", tmp_path / "c.jpg", "--correspondence", tmp_path / "corr.png", "--steps", "1"))
+    rc = main(_refine(paths, out, "--compare", tmp_path / "c.jpg", "--region", tmp_path / "corr.png", "--steps", "1"))
     assert rc == 0, capsys.readouterr().err
     assert out.exists() and (tmp_path / "c.jpg").exists() and (tmp_path / "corr.png").exists()
     rc = main(_refine(paths, tmp_path / "a.png", "--heatmap", tmp_path / "h.png", command="align"))

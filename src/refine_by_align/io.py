@@ -257,52 +257,87 @@ def check_input_sizes(sizes: dict[str, tuple[int, int]], names: dict[str, str] |
 
 
 def load_inputs(
-    files: dict[str, str | os.PathLike | tuple[bytes, str]],
+    files: dict,
     *,
     labels: dict[str, str] | None = None,
     max_side: int | None = None,
     too_large: type[InputError] = InputError,
     before_decode: Callable[[], object] | None = None,
-) -> tuple[Image.Image, np.ndarray, Image.Image, np.ndarray | None, dict[str, str]]:
+) -> tuple:
     """Read and check a call's inputs: ``files`` maps ``image``, ``mask``, ``reference`` and
-    optionally ``reference_mask`` to a path or to ``(bytes, file name)``.
+    optionally ``reference_mask`` to a path or to ``(bytes, file name)``; ``reference`` (and then
+    ``reference_mask``, None where a reference has none) may be lists (``list``, as a tuple is one
+    file's bytes and name), for several references.
 
     Every header is read and the sizes compared (:func:`check_input_sizes`) before any pixel is
     decoded; ``before_decode`` is then called (the server reserves its queue slot there), the images
     are decoded and :func:`validate_inputs` runs. Returns (image, mask, reference, reference mask or
-    the reference's alpha or None, names: role -> file name). ``labels`` renames a role in messages
-    about reading its file (e.g. ``reference mask``)."""
+    the reference's alpha or None, names: role -> file name); with a list of references, the
+    references and their masks are lists, and so are ``names["reference"]`` and
+    ``names["reference_mask"]``. ``labels`` renames a role in messages about reading its file
+    (e.g. ``reference mask``); the second reference is called ``reference #2``, and so on."""
     labels = labels or {}
-    missing = [role for role in INPUT_ROLES[:3] if role not in files]
+    missing = [role for role in INPUT_ROLES[:3] if role not in files or files[role] is None]
     if missing:
         raise InputError(f"missing input(s): {', '.join(missing)}")
+    several = isinstance(files["reference"], list)  # (a tuple is one file's (bytes, name))
+    refs = list(files["reference"]) if several else [files["reference"]]
+    rmasks = files.get("reference_mask")
+    rmasks = list(rmasks) if isinstance(rmasks, list) else [rmasks] + [None] * (len(refs) - 1)
+    if not refs:
+        raise InputError("missing input(s): reference")
+    if len(rmasks) != len(refs):
+        raise InputError(f"{len(rmasks)} reference masks for {len(refs)} references: give one per reference")
+    # roles: image, mask, then (reference, reference_mask) per reference, the first under the plain names
+    keyed = [("image", files["image"], "image"), ("mask", files["mask"], "mask")]
+    for i, (ref, rm) in enumerate(zip(refs, rmasks)):
+        tag = "" if i == 0 else f" #{i + 1}"
+        keyed.append((f"reference{tag}", ref, f"reference{tag}" if i else labels.get("reference", "reference")))
+        if rm is not None:
+            keyed.append((f"reference_mask{tag}", rm, f"reference{tag} mask" if i else labels.get("reference_mask", "reference_mask")))
     data: dict[str, bytes] = {}
     names: dict[str, str] = {}
-    for role in INPUT_ROLES:
-        if files.get(role) is None:
-            continue
-        source = files[role]
+    label = {role: lab for role, _, lab in keyed}
+    for role, source, lab in keyed:
         if isinstance(source, tuple):
             data[role], names[role] = source[0], str(source[1])
         else:
-            data[role], names[role] = read_file(source, labels.get(role, role)), str(source)
-    headers = {
-        role: open_image(data[role], labels.get(role, role), names[role], max_side=max_side, too_large=too_large)
-        for role in data
-    }
-    check_input_sizes({role: img.size for role, img in headers.items()}, names)
+            data[role], names[role] = read_file(source, labels.get(role, lab)), str(source)
+    headers = {role: open_image(data[role], labels.get(role, label[role]), names[role], max_side=max_side, too_large=too_large) for role in data}
+    sizes = {role: img.size for role, img in headers.items()}
     del headers
+    for i in range(len(refs)):
+        tag = "" if i == 0 else f" #{i + 1}"
+        pair = {"image": sizes["image"], "mask": sizes["mask"], "reference": sizes[f"reference{tag}"]}
+        pair_names = {"image": names["image"], "mask": names["mask"], "reference": names[f"reference{tag}"]}
+        if f"reference_mask{tag}" in sizes:
+            pair["reference_mask"], pair_names["reference_mask"] = sizes[f"reference_mask{tag}"], names[f"reference_mask{tag}"]
+        check_input_sizes(pair, pair_names)
     if before_decode is not None:
         before_decode()
     decoded = {
-        role: decode_image(data.pop(role), labels.get(role, role), names[role], max_side=max_side, too_large=too_large)
+        role: decode_image(data.pop(role), labels.get(role, label[role]), names[role], max_side=max_side, too_large=too_large)
         for role in list(data)
     }
-    image, reference = decoded["image"], decoded["reference"]
-    mask = to_mask(decoded["mask"])
-    ref_mask = to_mask(decoded["reference_mask"]) if "reference_mask" in decoded else alpha_mask(reference)
-    validate_inputs(to_rgb(image), mask, to_rgb(reference), ref_mask, names)
-    return image, mask, reference, ref_mask, names
+    image, mask = decoded["image"], to_mask(decoded["mask"])
+    references, ref_masks, ref_names, mask_names = [], [], [], []
+    for i in range(len(refs)):
+        tag = "" if i == 0 else f" #{i + 1}"
+        reference = decoded[f"reference{tag}"]
+        key = f"reference_mask{tag}"
+        ref_mask = to_mask(decoded[key]) if key in decoded else alpha_mask(reference)
+        pair_names = {"image": names["image"], "mask": names["mask"], "reference": names[f"reference{tag}"]}
+        if key in names:
+            pair_names["reference_mask"] = names[key]
+        validate_inputs(to_rgb(image), mask, to_rgb(reference), ref_mask, pair_names)
+        references.append(reference)
+        ref_masks.append(ref_mask)
+        ref_names.append(names[f"reference{tag}"])
+        mask_names.append(names.get(key))
+    if not several:
+        return image, mask, references[0], ref_masks[0], {k: v for k, v in names.items() if k in INPUT_ROLES}
+    out_names = {"image": names["image"], "mask": names["mask"], "reference": ref_names, "reference_mask": mask_names}
+    return image, mask, references, ref_masks, out_names
 
 
 def same_file(a: str | os.PathLike, b: str | os.PathLike) -> bool:

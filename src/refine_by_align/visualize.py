@@ -11,6 +11,8 @@ from PIL import Image, ImageDraw, ImageFont
 __all__ = [
     "render_heatmap_overlay",
     "compare_picture",
+    "source_overlay",
+    "SOURCE_COLOURS",
     "hstack_tiles",
     "resize_tile",
     "fit_square",
@@ -180,20 +182,63 @@ def hstack_tiles(tiles: list[Image.Image], pad: int = 4, background=(0, 0, 0)) -
     return out
 
 
-def compare_picture(image: Image.Image, mask: np.ndarray, reference: Image.Image, result, height: int = 320) -> Image.Image:
-    """The ``refine`` side-by-side: input with the mask outlined | reference with the correspondence
-    as a heat map (or M* when only the mask is known) | the refined result."""
-    inp = label_tile(outline_mask(resize_tile(image, height), mask, RED), "input + artifact mask")
-    if result.correspondence_map is not None:
-        ref = render_heatmap_overlay(reference, result.correspondence_map, alpha=0.6)
-        label = "reference + alignment map"
-    elif result.correspondence_mask is not None:
-        ref = render_heatmap_overlay(reference, result.correspondence_mask, alpha=0.45, color=MAGENTA)
-        label = "reference + given region"
+#: Colours of the references in a several-reference picture (reference #1, #2, ...); the model's own
+#: redraw is shown in grey.
+SOURCE_COLOURS = ((0, 200, 255), (255, 170, 0), (170, 255, 60), (255, 80, 200), (140, 120, 255))
+MODEL_GREY = (150, 150, 150)
+
+
+def _reference_tile(reference: Image.Image, heatmap, region, height: int, label: str) -> Image.Image:
+    """A reference with its alignment map (or its region when only that is known), M* outlined."""
+    if heatmap is not None:
+        ref = render_heatmap_overlay(reference, heatmap, alpha=0.6)
+        label = f"{label} + alignment map"
+    elif region is not None:
+        ref = render_heatmap_overlay(reference, region, alpha=0.45, color=MAGENTA)
+        label = f"{label} + given region"
     else:
-        ref, label = reference, "reference (no alignment)"
-    ref_tile = resize_tile(ref, height)
-    if result.correspondence_mask is not None:
-        ref_tile = outline_mask(ref_tile, result.correspondence_mask, (255, 255, 255))
+        ref, label = reference, f"{label} (no alignment)"
+    tile = resize_tile(ref, height)
+    if region is not None:
+        tile = outline_mask(tile, region, (255, 255, 255))
+    return label_tile(tile, label)
+
+
+def source_overlay(image: Image.Image, source: np.ndarray, alpha: float = 0.55) -> Image.Image:
+    """Tint each pixel of the artifact mask by where it came from: ``source`` (H, W) int, -1 outside
+    the mask, 0 the model, k reference k's warp (colour :data:`SOURCE_COLOURS` [k - 1])."""
+    arr = np.asarray(image.convert("RGB"), np.float32).copy()
+    source = np.asarray(source)
+    if source.shape != arr.shape[:2]:
+        raise ValueError(f"source map {source.shape[::-1]} does not match the image {image.size}")
+    for k in np.unique(source[source >= 0]):
+        colour = MODEL_GREY if k == 0 else SOURCE_COLOURS[(int(k) - 1) % len(SOURCE_COLOURS)]
+        sel = source == k
+        arr[sel] = arr[sel] * (1 - alpha) + np.asarray(colour, np.float32) * alpha
+    return Image.fromarray(np.clip(np.rint(arr), 0, 255).astype(np.uint8))
+
+
+def compare_picture(image: Image.Image, mask: np.ndarray, reference, result, height: int = 320) -> Image.Image:
+    """The ``refine`` side-by-side: input with the mask outlined | the reference with the alignment
+    as a heat map (or M* when only the mask is known) | the refined result. ``reference``: one image
+    or a list; with several, one tile per reference (its region and map, its colour in the label)
+    and a last tile tinting each mask pixel by the reference its pixels came from (grey: drawn by
+    the model)."""
+    refs = list(reference) if isinstance(reference, (list, tuple)) else [reference]
+    inp = label_tile(outline_mask(resize_tile(image, height), mask, RED), "input + artifact mask")
     out = label_tile(outline_mask(resize_tile(result.image, height), mask, GREEN, 1), "refined")
-    return hstack_tiles([inp, label_tile(ref_tile, label), out])
+    per = getattr(result, "references", None) or []
+    if len(refs) == 1 or len(per) != len(refs):
+        return hstack_tiles([inp, _reference_tile(refs[0], result.heatmap, result.region, height, "reference"), out])
+    tiles = [inp]
+    for i, (ref, r) in enumerate(zip(refs, per)):
+        tile = _reference_tile(ref, r.heatmap, r.region, height, f"#{i + 1}")
+        bar = Image.new("RGB", (tile.width, 6), SOURCE_COLOURS[i % len(SOURCE_COLOURS)])
+        stacked = Image.new("RGB", (tile.width, tile.height + 6))
+        stacked.paste(bar, (0, 0))
+        stacked.paste(tile, (0, 6))
+        tiles.append(stacked)
+    tiles.append(out)
+    if result.source is not None:
+        tiles.append(label_tile(resize_tile(source_overlay(result.image, result.source), height), "where each part came from (grey: model)"))
+    return hstack_tiles(tiles)

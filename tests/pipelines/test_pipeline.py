@@ -19,10 +19,10 @@ def test_refine_output_types_and_untouched_pixels(tiny_pipe, simple_inputs):
     region = _dilated(mask, tiny_pipe.model.cfg.paste_dilate)
     assert np.array_equal(a[~region], b[~region])
     assert (a[mask] != b[mask]).any()
-    assert out.correspondence_mask.shape == (reference.height, reference.width)
-    assert out.correspondence_mask.dtype == bool and out.correspondence_mask.any()
-    assert out.correspondence_map.shape == (reference.height, reference.width)
-    assert np.isfinite(out.correspondence_map).all()
+    assert out.region.shape == (reference.height, reference.width)
+    assert out.region.dtype == bool and out.region.any()
+    assert out.heatmap.shape == (reference.height, reference.width)
+    assert np.isfinite(out.heatmap).all()
     assert set(out.timings) >= {"align", "denoise", "total"}
     assert out.random_weights
 
@@ -58,11 +58,11 @@ def test_expected_output_slice(tiny_pipe):
 def test_single_stage_and_oracle_modes(tiny_pipe, simple_inputs):
     image, mask, reference = simple_inputs
     single = tiny_pipe(image, mask, reference, align=False, seed=1)
-    assert single.correspondence_mask is None and single.correspondence_map is None
+    assert single.region is None and single.heatmap is None
     oracle = np.zeros((reference.height, reference.width), bool)
     oracle[10:30, 20:40] = True
-    given = tiny_pipe(image, mask, reference, correspondence=oracle, seed=1)
-    assert np.array_equal(given.correspondence_mask, oracle)
+    given = tiny_pipe(image, mask, reference, region=oracle, seed=1)
+    assert np.array_equal(given.region, oracle)
     assert given.reference_box.x0 <= 20 and given.reference_box.x1 >= 40
 
 
@@ -383,3 +383,19 @@ def test_non_finite_model_output_is_one_clear_error_not_a_black_area(simple_inpu
     with pytest.raises(NonFiniteResultError, match="non-finite"):
         pipe(image, mask, reference, seed=0, align=False)
     assert issubclass(NonFiniteResultError, InputError)
+
+
+def test_old_names_still_work_with_a_deprecation_warning(tiny_pipe, simple_inputs):
+    """``correspondence=`` and ``.correspondence_mask`` / ``.correspondence_map`` are the old names
+    of ``region=``, ``.region`` and ``.heatmap``: they work for one more release, with a warning."""
+    image, mask, reference = simple_inputs
+    oracle = np.zeros((reference.height, reference.width), bool)
+    oracle[10:40, 10:40] = True
+    with pytest.warns(DeprecationWarning, match="use 'region'"):
+        old = tiny_pipe(image, mask, reference, correspondence=oracle, seed=1, num_inference_steps=2)
+    new = tiny_pipe(image, mask, reference, region=oracle, seed=1, num_inference_steps=2)
+    assert np.array_equal(np.asarray(old.image), np.asarray(new.image))
+    with pytest.warns(DeprecationWarning, match=r"use \.region"):
+        assert np.array_equal(old.correspondence_mask, new.region)
+    with pytest.warns(DeprecationWarning, match=r"use \.heatmap"):
+        assert old.correspondence_map is None

@@ -8,11 +8,43 @@ from pathlib import Path
 from .common import CLIError
 
 
-def add_input_arguments(p: argparse.ArgumentParser) -> None:
+class _ReferenceAction(argparse.Action):
+    """Repeated ``--reference`` / ``--reference-mask``: each mask belongs to the ``--reference``
+    before it (one given before any reference, to the first). ``args.reference`` and
+    ``args.reference_mask`` become lists of the same length (None where a reference has no mask)."""
+
+    def __call__(self, parser, namespace, values, option_string=None):
+        refs = list(getattr(namespace, "reference", None) or [])
+        masks = list(getattr(namespace, "reference_mask", None) or [])
+        pending = getattr(namespace, "_pending_reference_mask", None)
+        if self.dest == "reference":
+            refs.append(values)
+            masks.append(pending)
+            namespace._pending_reference_mask = None
+        elif not refs:
+            if pending is not None:
+                parser.error(f"two --reference-mask before the first --reference ('{pending}', '{values}')")
+            namespace._pending_reference_mask = values
+        elif masks[-1] is not None:
+            parser.error(f"two --reference-mask for the reference '{refs[-1]}' ('{masks[-1]}', '{values}'): give each --reference-mask after its --reference")
+        else:
+            masks[-1] = values
+        namespace.reference, namespace.reference_mask = refs, masks
+
+
+def add_input_arguments(p: argparse.ArgumentParser, several: bool = False) -> None:
+    """The input options; ``several``: ``--reference`` may be repeated (each with an optional
+    ``--reference-mask`` after it)."""
     p.add_argument("--image", required=True, help="the generated image with artifacts")
     p.add_argument("--mask", required=True, help="artifact mask (bright / nonzero = artifact)")
-    p.add_argument("--reference", required=True, help="reference photo of the same object")
-    p.add_argument("--reference-mask", help="object mask of the reference (default: its alpha, else estimated from the photo)")
+    if several:
+        p.add_argument("--reference", required=True, action=_ReferenceAction,
+                       help="reference photo of the same object; repeat it for several references (each one is aligned, and per pixel the best-matching one is used)")
+        p.add_argument("--reference-mask", action=_ReferenceAction,
+                       help="object mask of the --reference before it (default: its alpha, else estimated from the photo)")
+    else:
+        p.add_argument("--reference", required=True, help="reference photo of the same object")
+        p.add_argument("--reference-mask", help="object mask of the reference (default: its alpha, else estimated from the photo)")
     p.add_argument("--model", default="default", help="model folder, or a preset name: default | tiny | paper (default: %(default)s)")
     p.add_argument("--seed", type=int, default=0, help="random seed, an integer in 0..2^63-1 (default: %(default)s)")
 
@@ -22,8 +54,18 @@ def read_inputs(args):
     from ..io import load_inputs
 
     # every header first (sizes compared before any pixel is decoded), then the pixels
-    files = {"image": args.image, "mask": args.mask, "reference": args.reference, "reference_mask": args.reference_mask}
+    reference, reference_mask = args.reference, args.reference_mask
+    if isinstance(reference, list):
+        _check_pending(args)
+        if len(reference) == 1:  # one reference: plain values, as without the repeat
+            reference, reference_mask = reference[0], reference_mask[0]
+    files = {"image": args.image, "mask": args.mask, "reference": reference, "reference_mask": reference_mask}
     return load_inputs(files, labels={"reference_mask": "reference mask"})
+
+
+def _check_pending(args) -> None:
+    if getattr(args, "_pending_reference_mask", None) is not None:
+        raise CLIError(f"--reference-mask '{args._pending_reference_mask}' has no --reference")
 
 
 def check_output(path: str, what: str = "output", mode: str = "RGB") -> Path:
@@ -42,9 +84,11 @@ def check_output(path: str, what: str = "output", mode: str = "RGB") -> Path:
 
 def input_files(args) -> list[tuple[str, str]]:
     """(option, path) of every input file of a refine / align call."""
-    files = [("--image", args.image), ("--mask", args.mask), ("--reference", args.reference)]
-    if args.reference_mask:
-        files.append(("--reference-mask", args.reference_mask))
+    files = [("--image", args.image), ("--mask", args.mask)]
+    refs = args.reference if isinstance(args.reference, list) else [args.reference]
+    masks = args.reference_mask if isinstance(args.reference_mask, list) else [args.reference_mask]
+    files += [("--reference", r) for r in refs]
+    files += [("--reference-mask", m) for m in masks if m]
     return files
 
 

@@ -15,9 +15,10 @@ EXAMPLE = (
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
-    add_input_arguments(p)
+    add_input_arguments(p, several=True)
     p.add_argument("--output", required=True, help="refined image (.png / .jpg)")
-    p.add_argument("--correspondence", help="also write the correspondence mask on the reference here")
+    region = p.add_argument("--region", help="also write the aligned region (M*) on the (guiding) reference here")
+    common.add_deprecated_alias(p, "--correspondence", region)
     p.add_argument("--compare", help="side-by-side picture (default: OUTPUT with '.compare.png')")
     p.add_argument("--steps", type=int, help="sampling steps (default: the model's)")
     p.add_argument("--guidance", type=float, help="classifier-free guidance scale (default: the model's)")
@@ -35,10 +36,10 @@ def run(args) -> int:
     from ..visualize import compare_picture
 
     out = check_output(args.output)
-    corr_path = check_output(args.correspondence, "correspondence", "L") if args.correspondence else None
+    corr_path = check_output(args.region, "region", "L") if args.region else None
     compare = check_output(args.compare, "compare") if args.compare else out.with_name(out.stem + ".compare.png")
     compare_flag = "--compare" if args.compare else "the compare picture"
-    check_outputs(input_files(args), [("--output", out), ("--correspondence", corr_path), (compare_flag, compare)])
+    check_outputs(input_files(args), [("--output", out), ("--region", corr_path), (compare_flag, compare)])
     check_settings(args.steps, args.guidance, args.samples)
     image, mask, reference, ref_mask, names = read_inputs(args)
     pipe = common.load_model(args.model, args.quiet, args.matcher_weights)
@@ -51,15 +52,21 @@ def run(args) -> int:
     )
     common.print_notes(result.notes)
     outputs = [(result.image, out, "--output")]
-    if corr_path is not None and result.correspondence_mask is not None:
-        outputs.append((Image.fromarray(result.correspondence_mask.astype("uint8") * 255), corr_path, "--correspondence"))
-    picture = compare_picture(to_rgb(image), mask, to_rgb(reference), result)
+    if corr_path is not None and result.region is not None:
+        outputs.append((Image.fromarray(result.region.astype("uint8") * 255), corr_path, "--region"))
+    refs = reference if isinstance(reference, list) else [reference]
+    picture = compare_picture(to_rgb(image), mask, [to_rgb(r) for r in refs], result)
     outputs.append((picture, compare, compare_flag))
     save_images_atomic(outputs)  # all of them or none
     t = result.timings
     how = f"{result.alignment} alignment, {100 * result.warp_fraction:.0f}% of the mask from the warped reference" if result.alignment else "no alignment"
     print(f"wrote {out} ({t['total']:.2f} s: align {t['align']:.2f} s, denoise {t['denoise']:.2f} s; {how})")
-    print(f"wrote {compare} (input | reference with correspondence | result)")
+    if len(refs) > 1:
+        for i, (r, name) in enumerate(zip(result.references, names["reference"])):
+            ncc = "no field" if r.ring_ncc is None else f"ring correlation {r.ring_ncc:.2f}"
+            guide = "; guided the model" if i == result.guide else ""
+            print(f"  reference #{i + 1} {name}: {100 * r.warp_fraction:.0f}% of the mask from its warp ({ncc}){guide}")
+    print(f"wrote {compare} (input | reference with the aligned region | result)")
     if corr_path is not None:
         print(f"wrote {corr_path}")
     return 0

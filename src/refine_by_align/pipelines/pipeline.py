@@ -10,6 +10,7 @@ from __future__ import annotations
 import logging
 import math
 import time
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -34,9 +35,10 @@ from .alignment import (
     dense_alignment,
     grid_to_reference,
 )
-from .correspondence import MATCH_SOURCES, attention_matches, warp_fill
+from .correspondence import MATCH_SOURCES, WarpFill, attention_matches, warp_fill
+from .references import CombinedWarp, ReferenceResult, as_reference_list, combine_warps, pick_guide
 
-__all__ = ["RefineByAlignPipeline", "CropInputs", "check_settings", "resolve_device", "RefineOutput", "PreparedInputs", "default_model_dir", "make_scheduler"]
+__all__ = ["RefineByAlignPipeline", "ReferenceResult", "CropInputs", "check_settings", "resolve_device", "RefineOutput", "PreparedInputs", "default_model_dir", "make_scheduler"]
 
 logger = logging.getLogger(__name__)
 
@@ -110,16 +112,31 @@ class RefineOutput:
     """Result of one refinement."""
 
     image: Image.Image  # the refined image, same size as the input
-    correspondence_mask: np.ndarray | None  # (Hr, Wr) bool: M* on the reference (None when align=False)
-    correspondence_map: np.ndarray | None  # (Hr, Wr) float32 in [0, 1]: the cleaned alignment map
+    region: np.ndarray | None  # (Hr, Wr) bool: M*, the aligned region on the guiding reference (None when align=False)
+    heatmap: np.ndarray | None  # (Hr, Wr) float32 in [0, 1]: the guiding reference's cleaned alignment map
     crop_box: Box  # the zoom-in crop on the input image
-    reference_box: Box  # the square region of the reference that guided the refinement
+    reference_box: Box  # the square region of the guiding reference that guided the model
     timings: dict[str, float] = field(default_factory=dict)  # seconds per stage
     random_weights: bool = False  # True when the model is an untrained stand-in
     alignment: str | None = None  # the alignment method that gave M* ("dense", "attention"; None: none ran)
-    warp_fraction: float = 0.0  # fraction of the mask redrawn from the warped reference (dense alignment)
+    warp_fraction: float = 0.0  # fraction of the mask redrawn from the warped reference(s) (dense alignment)
     notes: list[str] = field(default_factory=list)  # one line each: fallbacks the user should know of
     info: dict = field(default_factory=dict)  # alignment diagnostics (matches per source, inliers, ring NCC ...)
+    references: list[ReferenceResult] = field(default_factory=list)  # what each reference gave, in the order given
+    guide: int = 0  # index of the reference whose tokens guided the model's redraw
+    source: np.ndarray | None = None  # (H, W) int16 over the image: -1 outside the mask, 0 drawn by the model, k from reference k's warp (1-based)
+
+    @property
+    def correspondence_mask(self) -> np.ndarray | None:
+        """Deprecated name of :attr:`region` (goes in the next release)."""
+        warnings.warn("RefineOutput.correspondence_mask is deprecated, use .region", DeprecationWarning, stacklevel=2)
+        return self.region
+
+    @property
+    def correspondence_map(self) -> np.ndarray | None:
+        """Deprecated name of :attr:`heatmap` (goes in the next release)."""
+        warnings.warn("RefineOutput.correspondence_map is deprecated, use .heatmap", DeprecationWarning, stacklevel=2)
+        return self.heatmap
 
 
 @dataclass
@@ -416,7 +433,7 @@ class RefineByAlignPipeline(DiffusionPipeline):
         )
         return maps[:, :, 0].numpy()
 
-    def correspondence_on_reference(
+    def region_on_reference(
         self, p: PreparedInputs, raw: np.ndarray, threshold: float | None = None
     ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
         """A.4 on one raw (g, g) map, then onto the reference: (M* (Hr, Wr) bool, heat map (Hr, Wr)
@@ -425,14 +442,19 @@ class RefineByAlignPipeline(DiffusionPipeline):
         threshold = self.model.cfg.alignment_threshold if threshold is None else float(threshold)
         grid_mask, norm = clean_correspondence(raw, threshold=threshold)
         shape = p.reference_mask.shape
-        m_star = grid_to_reference(grid_mask, p.reference_box, shape) & p.reference_mask
-        if not m_star.any():  # the blob fell outside the object: keep it unclipped
-            m_star = grid_to_reference(grid_mask, p.reference_box, shape)
+        region = grid_to_reference(grid_mask, p.reference_box, shape) & p.reference_mask
+        if not region.any():  # the blob fell outside the object: keep it unclipped
+            region = grid_to_reference(grid_mask, p.reference_box, shape)
         smooth = grid_to_reference(norm, p.reference_box, shape, smooth=True)
         heat = smooth * p.reference_mask
-        if not m_star.any():  # the blob maps to no pixel (a reference of a few pixels): keep its strongest one
-            m_star[np.unravel_index(int(np.argmax(heat if heat.any() else smooth)), shape)] = True
-        return m_star, heat.astype(np.float32), grid_mask, norm
+        if not region.any():  # the blob maps to no pixel (a reference of a few pixels): keep its strongest one
+            region[np.unravel_index(int(np.argmax(heat if heat.any() else smooth)), shape)] = True
+        return region, heat.astype(np.float32), grid_mask, norm
+
+    def correspondence_on_reference(self, p: PreparedInputs, raw: np.ndarray, threshold: float | None = None):
+        """Deprecated name of :meth:`region_on_reference` (goes in the next release)."""
+        warnings.warn("correspondence_on_reference is deprecated, use region_on_reference", DeprecationWarning, stacklevel=2)
+        return self.region_on_reference(p, raw, threshold)
 
     # ------------------------------------------------------------------ the dense field's matchers
     def set_matcher(self, weights: str | Path | None = None, enabled: bool = True) -> bool:
@@ -515,8 +537,8 @@ class RefineByAlignPipeline(DiffusionPipeline):
             att = attention_at(self.model, inputs.sample, inputs.masked, inputs.lmask, context, t, l, self.scheduler, generator)  # (1, HW, T)
             raw = correspondence_map(att, inputs.lmask, cfg.grid_size)[0].float().cpu().numpy().astype(np.float32)  # (g, g)
         if method == "attention":
-            m_star, heat, grid_mask, _ = self.correspondence_on_reference(p, raw, threshold)
-            return AlignmentResult(m_star, heat, raw, grid_mask, t, l, "attention")
+            region, heat, grid_mask, _ = self.region_on_reference(p, raw, threshold)
+            return AlignmentResult(region, heat, raw, grid_mask, t, l, "attention")
         attn = None if att is None else attention_matches(att[0].float().cpu().numpy(), p.crop_box, p.reference_box, cfg.grid_size)
         fld, info = dense_alignment(p.image, p.mask, p.reference, p.reference_mask, p.crop_box, sources, self._aliked or None, attn)
         info["notes"] = notes
@@ -526,16 +548,16 @@ class RefineByAlignPipeline(DiffusionPipeline):
             res.info = info
             return res
         b = p.crop_box
-        m_star = fld.push_mask(p.mask[b.y0 : b.y1, b.x0 : b.x1], p.reference_mask.shape)
-        if (m_star & p.reference_mask).any():
-            m_star &= p.reference_mask
-        if not m_star.any():  # pushed entirely off the reference: nothing to show but the nearest pixel
+        region = fld.push_mask(p.mask[b.y0 : b.y1, b.x0 : b.x1], p.reference_mask.shape)
+        if (region & p.reference_mask).any():
+            region &= p.reference_mask
+        if not region.any():  # pushed entirely off the reference: nothing to show but the nearest pixel
             ys, xs = np.nonzero(p.mask[b.y0 : b.y1, b.x0 : b.x1])
             x, y = fld.xy[ys[len(ys) // 2], xs[len(xs) // 2]]
-            m_star[int(np.clip(round(float(y)), 0, m_star.shape[0] - 1)), int(np.clip(round(float(x)), 0, m_star.shape[1] - 1))] = True
-        heat = cv2.GaussianBlur(m_star.astype(np.float32), (0, 0), max(2.0, 0.01 * max(m_star.shape)))
+            region[int(np.clip(round(float(y)), 0, region.shape[0] - 1)), int(np.clip(round(float(x)), 0, region.shape[1] - 1))] = True
+        heat = cv2.GaussianBlur(region.astype(np.float32), (0, 0), max(2.0, 0.01 * max(region.shape)))
         heat = (heat / max(float(heat.max()), 1e-6)).astype(np.float32)
-        return AlignmentResult(m_star, heat, raw, None, t, l, "dense", fld, info)
+        return AlignmentResult(region, heat, raw, None, t, l, "dense", fld, info)
 
     # ------------------------------------------------------------------ refinement stage
     @torch.no_grad()
@@ -543,30 +565,34 @@ class RefineByAlignPipeline(DiffusionPipeline):
         self,
         image: Image.Image,
         mask: np.ndarray | Image.Image,
-        reference: Image.Image,
-        reference_mask: np.ndarray | Image.Image | None = None,
+        reference: Image.Image | list[Image.Image],
+        reference_mask: np.ndarray | Image.Image | list | None = None,
         num_inference_steps: int | None = None,
         guidance_scale: float | None = None,
         seed: int = 0,
         align: bool = True,
-        correspondence: np.ndarray | None = None,
+        region: np.ndarray | None = None,
         alignment_timestep: int | None = None,
         alignment_layer: int | None = None,
-        names: dict[str, str] | None = None,
+        names: dict | None = None,
         num_samples: int | None = None,
         alignment: str | None = None,
         matchers: str | None = None,
         warp: bool = True,
+        correspondence: np.ndarray | None = None,
     ) -> RefineOutput:
         """Refine the masked artifacts of ``image`` from ``reference``.
 
-        ``alignment``: ``dense`` (default; a per-pixel field, and the mask is redrawn from the
-        reference warped through it wherever the warp agrees with the image around the mask) or
-        ``attention`` (the paper's Algorithm 1 region only); ``matchers``: the dense field's match
-        sources ("sift", "aliked", "attention" joined by "+"); ``warp=False`` keeps the dense M*
-        but redraws with the model alone. ``align=False`` is the single-stage ablation (the whole
-        reference guides, Table 3); ``correspondence`` (bool (Hr, Wr)) skips alignment and uses the
-        given region (oracle). ``num_samples`` K > 1 draws K samples in one batch and returns their
+        ``reference``: one image or a list (several references: each is aligned and warped on its
+        own and, per pixel, the most trusted warp gives the pixels; ``reference_mask`` is then None
+        or a list of one per reference). ``alignment``: ``dense`` (default; a per-pixel field, and
+        the mask is redrawn from the reference warped through it wherever the warp agrees with the
+        image around the mask) or ``attention`` (the paper's Algorithm 1 region only);
+        ``matchers``: the dense field's match sources ("sift", "aliked", "attention" joined by "+");
+        ``warp=False`` keeps the dense M* but redraws with the model alone. ``align=False`` is the
+        single-stage ablation (the whole reference guides, Table 3); ``region`` (bool (Hr, Wr), one
+        reference only) skips alignment and uses the given M* (oracle; ``correspondence`` is its
+        deprecated name). ``num_samples`` K > 1 draws K samples in one batch and returns their
         mean, an estimate of the posterior mean (K = 1 is one plain sample)."""
         cfg = self.model.cfg
         steps = cfg.default_steps if num_inference_steps is None else num_inference_steps
@@ -575,99 +601,145 @@ class RefineByAlignPipeline(DiffusionPipeline):
         check_settings(steps, guidance, k)
         if alignment is not None and alignment not in ALIGNMENT_METHODS:
             raise InputError(f"unknown alignment method '{alignment}' (choose {', '.join(ALIGNMENT_METHODS)})")
+        if correspondence is not None:
+            warnings.warn("the 'correspondence' argument is deprecated, use 'region'", DeprecationWarning, stacklevel=2)
+            region = correspondence if region is None else region
         timings: dict[str, float] = {}
-        notes: list[str] = []
         t0 = time.perf_counter()
 
-        # 1. Validate the inputs and cut the zoom-in crop.
-        p = self.prepare(image, mask, reference, reference_mask, names)
-        notes += p.notes
-        if correspondence is not None:
-            correspondence = np.asarray(correspondence).astype(bool)
-            if correspondence.shape != p.reference_mask.shape:
-                raise InputError(
-                    f"correspondence {correspondence.shape[::-1]} does not match the reference {p.reference_mask.shape[::-1]}"
-                )
-        given = correspondence is not None and correspondence.any()  # a region from the caller: no alignment pass
+        # 1. Validate the inputs (every reference) and cut the zoom-in crop.
+        ps = self.prepare_references(image, mask, reference, reference_mask, names)
+        region = self._given_region(region, ps)
+        p = ps[0]  # the image, mask and crop are the same for every reference
         b = p.crop_box
         window = (slice(b.y0, b.y1), slice(b.x0, b.x1))
         image_box, mask_box = p.image[window], p.mask[window]  # (N, N, 3) uint8, (N, N) bool at full resolution
         timings["prepare"] = time.perf_counter() - t0
 
-        # 2. Alignment stage: M* on the reference (dense field, or Algorithm 1).
+        # 2. Alignment stage: M* on each reference (dense field, or Algorithm 1).
         t1 = time.perf_counter()
-        result: AlignmentResult | None = None
+        method = alignment or "dense"
         inputs = None
-        if given:
-            region = correspondence
-        elif align:
-            method = alignment or "dense"
-            if method == "attention" or (matchers is not None and "attention" in matchers):
-                inputs = self.crop_inputs(p, with_sample=True)
-            result = self._align(p, alignment_timestep, alignment_layer, None, seed, inputs, method, matchers)
-            region = result.mask
-            notes += result.info.get("notes", [])
-            if "fallback" in result.info:
-                notes.append(result.info["fallback"])
-        else:
-            region = None
+        if align and region is None and (method == "attention" or (matchers is not None and "attention" in matchers)):
+            inputs = self.crop_inputs(p, with_sample=True)  # shared by every reference's attention pass
+        results = [
+            None if region is not None or not align
+            else self._align(q, alignment_timestep, alignment_layer, None, seed, inputs, method, matchers)
+            for q in ps
+        ]
         timings["align"] = time.perf_counter() - t1
 
-        # 3. The warp: the reference sampled through the field, colour-matched to the image around
-        #    the mask, trusted where it agrees with the image there and lands on the object.
+        # 3. The warps: each reference sampled through its field, colour-matched to the image around
+        #    the mask, trusted where it agrees with the image there and lands on the object; per
+        #    pixel the most trusted reference gives the pixels.
         t2 = time.perf_counter()
-        weight = np.zeros(mask_box.shape, np.float32)  # (N, N) how much of the warp goes in
-        wf = None
-        if warp and result is not None and result.field is not None:
-            wf = warp_fill(image_box, mask_box, p.reference, result.field)
-            weight = wf.weight
-            if not wf.use.any():
-                notes.append(
-                    f"the warped reference does not match the image around the mask (ring correlation {wf.ncc:.2f} < 0.5): "
-                    "refined without the warp"
-                )
-        warp_fraction = float(weight[mask_box].mean()) if mask_box.any() else 0.0
+        warps: list[WarpFill | None] = [
+            warp_fill(image_box, mask_box, q.reference, r.field) if warp and r is not None and r.field is not None else None
+            for q, r in zip(ps, results)
+        ]
+        combined = combine_warps(warps, mask_box.shape)
+        guide = pick_guide(warps, mask_box, combined)
+        if region is None and results[guide] is not None:
+            region = results[guide].region
+        warp_fraction = float(combined.weight[mask_box].mean()) if mask_box.any() else 0.0
         timings["warp"] = time.perf_counter() - t2
 
-        # 4. The model redraws what the warp does not cover (all of the mask without a warp). A
-        #    warp-input model (hole_fill "warp") redraws the whole mask over the warp composite
-        #    (the warp where trusted, Telea elsewhere), the trust map as its extra input.
-        patch = image_box.copy()
-        timings["encode_reference"] = timings["denoise"] = 0.0
-        warp_model = cfg.hole_fill == "warp"
-        if warp_model:
-            if wf is not None and wf.use.any():
-                inputs = self.crop_inputs(p, with_sample=False, warp=(wf.patch, wf.use))
-            elif inputs is None:
-                inputs = self.crop_inputs(p, with_sample=False)
-            patch = self._redraw(p, inputs, region, steps, guidance, k, seed, timings)  # (N, N, 3) uint8
-        elif (mask_box & (weight < 1.0)).any():
-            if inputs is None:
-                inputs = self.crop_inputs(p, with_sample=False)  # crop (1, 3, S, S), U-Net inputs (1, C, h, w)
-            patch = self._redraw(p, inputs, region, steps, guidance, k, seed, timings)  # (N, N, 3) uint8
+        # 4. The model redraws what the warps do not cover (all of the mask without a warp), guided
+        #    by the tokens of the guiding reference cut down to its M*. A warp-input model (hole_fill
+        #    "warp") redraws the whole mask over the warp composite, the trust map as an extra input.
+        patch = self._model_patch(ps[guide], inputs, combined, region, steps, guidance, k, seed, timings)  # (N, N, 3) uint8
 
         # 5. Composite and paste the crop back: pixels outside the dilated mask stay bit-identical.
         t4 = time.perf_counter()
-        if wf is not None and weight.any() and not warp_model:  # (a warp-input model has used the warp already)
-            wt = weight[..., None]
-            patch = np.clip(np.rint(patch.astype(np.float32) * (1.0 - wt) + wf.patch.astype(np.float32) * wt), 0, 255).astype(np.uint8)
+        if combined.weight.any() and cfg.hole_fill != "warp":  # (a warp-input model has used the warp already)
+            wt = combined.weight[..., None]
+            patch = np.clip(np.rint(patch.astype(np.float32) * (1.0 - wt) + combined.patch.astype(np.float32) * wt), 0, 255).astype(np.uint8)
         if not np.isfinite(patch.astype(np.float32)).all():
             raise NonFiniteResultError("the refinement produced non-finite values (NaN or inf): the model's weights or the settings are broken")
         result_image = paste_back(p.image, patch, p.crop_box, p.mask, cfg.paste_dilate, cfg.paste_feather)
         timings["paste"] = time.perf_counter() - t4
         timings["total"] = time.perf_counter() - t0
+        out = self._output(ps, results, warps, combined, guide, region, result_image, timings)
+        out.warp_fraction = warp_fraction
+        return out
+
+    def prepare_references(self, image, mask, reference, reference_mask=None, names: dict | None = None) -> list[PreparedInputs]:
+        """:meth:`prepare` for one reference or a list (``reference_mask``: None or one per
+        reference); with several, an error names the reference (its file where ``names`` gives
+        ``reference`` as a list)."""
+        refs, masks, per_names = as_reference_list(reference, reference_mask, names)
+        ps = []
+        for i, (ref, rmask, nm) in enumerate(zip(refs, masks, per_names)):
+            if len(refs) > 1 and not isinstance(ref, Image.Image):
+                raise InputError(f"reference #{i + 1}: expected a PIL image, got {type(ref).__name__}")
+            q = self.prepare(image, mask, ref, rmask, nm)
+            if len(refs) > 1:
+                q.notes = [f"reference #{i + 1}: {n}" for n in q.notes]
+            ps.append(q)
+        return ps
+
+    @staticmethod
+    def _given_region(region: np.ndarray | None, ps: list[PreparedInputs]) -> np.ndarray | None:
+        """A caller's M* (oracle): one reference only, at its size; an empty one counts as none."""
+        if region is None:
+            return None
+        if len(ps) > 1:
+            raise InputError(f"a given region (M*) needs exactly one reference, got {len(ps)}")
+        region = np.asarray(region).astype(bool)
+        if region.shape != ps[0].reference_mask.shape:
+            raise InputError(f"region {region.shape[::-1]} does not match the reference {ps[0].reference_mask.shape[::-1]}")
+        return region if region.any() else None
+
+    def _model_patch(self, p: PreparedInputs, inputs, combined: CombinedWarp, region, steps, guidance, k, seed, timings) -> np.ndarray:
+        """The crop's pixels as the model redraws them ((N, N, 3) uint8), or the crop as it is when
+        the warps cover the whole mask (a Telea-prefill model has nothing left to draw)."""
+        b = p.crop_box
+        mask_box = p.mask[b.y0 : b.y1, b.x0 : b.x1]
+        timings["encode_reference"] = timings["denoise"] = 0.0
+        if self.model.cfg.hole_fill == "warp":
+            if combined.use.any():
+                inputs = self.crop_inputs(p, with_sample=False, warp=(combined.patch, combined.use))
+            elif inputs is None:
+                inputs = self.crop_inputs(p, with_sample=False)
+        elif not (mask_box & (combined.weight < 1.0)).any():
+            return p.image[b.y0 : b.y1, b.x0 : b.x1].copy()
+        if inputs is None:
+            inputs = self.crop_inputs(p, with_sample=False)  # crop (1, 3, S, S), U-Net inputs (1, C, h, w)
+        return self._redraw(p, inputs, region, steps, guidance, k, seed, timings)
+
+    def _output(self, ps, results, warps, combined: CombinedWarp, guide: int, region, result_image, timings) -> RefineOutput:
+        """Gather one refinement's result: the guiding reference's region and map, what each
+        reference gave, and the per-pixel source map."""
+        p = ps[0]
+        b = p.crop_box
+        mask_box = p.mask[b.y0 : b.y1, b.x0 : b.x1]
+        several = len(ps) > 1
+        refs, notes = [], [n for q in ps for n in q.notes]
+        for i, (r, wf) in enumerate(zip(results, warps)):
+            own = [] if r is None else list(r.info.get("notes", [])) + ([r.info["fallback"]] if "fallback" in r.info else [])
+            if wf is not None and not wf.use.any():
+                own.append(
+                    f"the warped reference does not match the image around the mask (ring correlation {wf.ncc:.2f} < 0.5): "
+                    + ("its warp is not used" if several else "refined without the warp")
+                )
+            share = float(combined.weight[(combined.source == i) & mask_box].sum() / max(int(mask_box.sum()), 1))
+            refs.append(ReferenceResult(
+                region=None if r is None else r.region, heatmap=None if r is None else r.heatmap,
+                alignment=None if r is None else r.method, ring_ncc=None if wf is None else round(float(wf.ncc), 4),
+                warp_fraction=share, notes=own, info={} if r is None else {k_: v for k_, v in r.info.items() if k_ != "notes"},
+            ))
+            notes += [f"reference #{i + 1}: {n}" for n in own] if several else own
+        if several:
+            notes = list(dict.fromkeys(notes))  # the same matcher note once per reference is once enough
+        source = np.full(p.mask.shape, -1, np.int16)
+        drawn = np.where(combined.weight >= 0.5, combined.source + 1, 0).astype(np.int16)
+        source[b.y0 : b.y1, b.x0 : b.x1][mask_box] = drawn[mask_box]
+        g = refs[guide]
+        info = dict(g.info) | ({"ring_ncc": g.ring_ncc} if g.ring_ncc is not None else {})
         return RefineOutput(
-            image=Image.fromarray(result_image),
-            correspondence_mask=region,
-            correspondence_map=result.heatmap if result is not None else None,
-            crop_box=p.crop_box,
-            reference_box=self._guide_box(p, region),
-            timings=timings,
-            random_weights=self.random_weights,
-            alignment=None if result is None else result.method,
-            warp_fraction=warp_fraction,
-            notes=notes,
-            info={} if result is None else {k_: v for k_, v in result.info.items() if k_ != "notes"} | ({"ring_ncc": round(wf.ncc, 4)} if wf else {}),
+            image=Image.fromarray(result_image), region=region, heatmap=g.heatmap, crop_box=p.crop_box,
+            reference_box=self._guide_box(ps[guide], region), timings=timings, random_weights=self.random_weights,
+            alignment=g.alignment, notes=notes, info=info, references=refs, guide=guide, source=source,
         )
 
     def _guide_box(self, p: PreparedInputs, region: np.ndarray | None) -> Box:
@@ -703,8 +775,8 @@ class RefineByAlignPipeline(DiffusionPipeline):
         t2 = time.perf_counter()
         local, guide_box = self._guide(p, region)
         context = self.model.encode_reference(self.reference_tensor(local, guide_box))  # (1, T, C)
-        use_cfg = guidance != 1.0
-        if use_cfg:
+        guided = guidance != 1.0
+        if guided:
             context = torch.cat([self.model.reference_encoder.unconditional(1), context])  # (2, T, C)
         timings["encode_reference"] = time.perf_counter() - t2
 
@@ -717,13 +789,13 @@ class RefineByAlignPipeline(DiffusionPipeline):
         latents = torch.randn(shape, generator=generator, dtype=torch.float32).to(device)  # (K, C, h, w) float32 sampler state
         self.scheduler.set_timesteps(steps, device=device)
         latents = latents * self.scheduler.init_noise_sigma
-        batch = (2 if use_cfg else 1) * k  # [uncond x K, cond x K] in one forward
+        batch = (2 if guided else 1) * k  # [uncond x K, cond x K] in one forward
         context = context.repeat_interleave(k, dim=0)  # (batch, T, C)
         with self.progress_bar(total=len(self.scheduler.timesteps)) as bar:
             for t in self.scheduler.timesteps:
                 x = self.scheduler.scale_model_input(torch.cat([latents] * (batch // k)), t)
                 eps = self.step(x, t.expand(batch), masked.expand(batch, -1, -1, -1), lmask.expand(batch, -1, -1, -1), context)
-                if use_cfg:
+                if guided:
                     eps_u, eps_c = eps.chunk(2)
                     eps = eps_u + guidance * (eps_c - eps_u)
                 latents = self.scheduler.step(eps, t, latents).prev_sample

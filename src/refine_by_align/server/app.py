@@ -220,9 +220,9 @@ def _refine_work(inp: _Inputs, extras: bool):
             },
         }
         if extras:
-            if out.correspondence_mask is not None:
-                outputs["correspondence.png"] = _mask_png(out.correspondence_mask)
-            heat = _heat_png(to_rgb(inp.reference), out.correspondence_map, out.correspondence_mask)
+            if out.region is not None:
+                outputs["correspondence.png"] = _mask_png(out.region)
+            heat = _heat_png(to_rgb(inp.reference), out.heatmap, out.region)
             if heat is not None:
                 outputs["heatmap.png"] = heat
         return outputs

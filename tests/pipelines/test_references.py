@@ -1,0 +1,138 @@
+"""Several references at once (pipelines/references.py and the pipeline's list of references)."""
+
+import cv2
+import numpy as np
+import pytest
+from PIL import Image
+
+from refine_by_align.io import InputError
+from refine_by_align.pipelines.correspondence import WarpFill
+from refine_by_align.pipelines.references import as_reference_list, combine_warps, pick_guide
+
+
+def _wf(use, weight, ncc, value):
+    use = np.asarray(use, bool)
+    h, w = use.shape
+    return WarpFill(patch=np.full((h, w, 3), value, np.uint8), use=use, weight=np.where(use, weight, 0).astype(np.float32),
+                    ncc=ncc, coverage=float(use.mean()), gain=np.ones(3), offset=np.zeros(3))
+
+
+def test_combine_warps_takes_the_most_trusted_warp_per_pixel():
+    a = np.zeros((4, 6), bool)
+    a[:, :4] = True
+    b = np.zeros((4, 6), bool)
+    b[:, 2:] = True
+    c = _wf(a, 0.5, 0.7, 10)
+    d = _wf(b, 0.9, 0.9, 200)
+    out = combine_warps([c, None, d], (4, 6))
+    assert (out.source[:, :2] == 0).all() and (out.source[:, 2:] == 2).all()
+    assert (out.patch[:, :2] == 10).all() and (out.patch[:, 2:] == 200).all()
+    assert np.allclose(out.weight[:, :2], 0.5) and np.allclose(out.weight[:, 2:], 0.9)
+    assert out.use.all()
+    # equal weights: the better ring agreement wins, whatever the order
+    e, f = _wf(a, 1.0, 0.96, 1), _wf(a, 1.0, 0.99, 2)
+    assert (combine_warps([f, e], (4, 6)).patch[a] == 2).all() and (combine_warps([e, f], (4, 6)).patch[a] == 2).all()
+    # nothing trusted: no source, no weight
+    none = combine_warps([None, _wf(np.zeros((4, 6), bool), 1.0, 0.3, 5)], (4, 6))
+    assert (none.source == -1).all() and not none.weight.any() and not none.use.any()
+
+
+def test_pick_guide_prefers_the_reference_that_gives_most_of_the_mask():
+    m = np.ones((4, 6), bool)
+    a = np.zeros((4, 6), bool)
+    a[:1] = True
+    warps = [_wf(a, 1.0, 0.99, 1), _wf(~a, 0.6, 0.8, 2)]
+    assert pick_guide(warps, m, combine_warps(warps, m.shape)) == 1
+    # no warp trusted anywhere: the best ring agreement; no field at all: the first
+    untrusted = [_wf(np.zeros_like(m), 1.0, 0.2, 1), _wf(np.zeros_like(m), 1.0, 0.4, 2)]
+    assert pick_guide(untrusted, m, combine_warps(untrusted, m.shape)) == 1
+    assert pick_guide([None, None], m, combine_warps([None, None], m.shape)) == 0
+
+
+def test_reference_list_arguments_are_checked():
+    img = Image.new("RGB", (8, 8))
+    refs, masks, names = as_reference_list([img, img], None, {"image": "i.png", "reference": ["a.png", "b.png"]})
+    assert len(refs) == 2 and masks == [None, None] and [n["reference"] for n in names] == ["a.png", "b.png"]
+    with pytest.raises(InputError, match="1 reference mask"):
+        as_reference_list([img, img], np.ones((8, 8), bool), None)
+    with pytest.raises(InputError, match="no reference"):
+        as_reference_list([], None, None)
+
+
+def _scene(seed=0, size=160):
+    rng = np.random.default_rng(seed)
+    image = cv2.GaussianBlur(rng.integers(0, 256, (size, size, 3)).astype(np.uint8), (0, 0), 1.5)
+    for _ in range(40):
+        x, y = rng.integers(0, size - 16, 2)
+        cv2.rectangle(image, (int(x), int(y)), (int(x + rng.integers(5, 16)), int(y + rng.integers(5, 16))), rng.integers(0, 256, 3).tolist(), -1)
+    return image
+
+
+@pytest.fixture
+def scene():
+    image = _scene(0)
+    A = np.vstack([cv2.getRotationMatrix2D((80, 80), 10, 0.95), [0, 0, 1]])
+    right = cv2.warpPerspective(image, A, (160, 160))
+    distractor = _scene(7)  # another object altogether
+    mask = np.zeros((160, 160), bool)
+    mask[70:90, 65:95] = True
+    broken = image.copy()
+    broken[mask] = 128
+    return broken, mask, right, distractor
+
+
+def test_a_distractor_changes_nothing(tiny_pipe, scene):
+    """[distractor, right]: the distractor's warp is not trusted anywhere, so the result is the one
+    of the right reference alone, bit for bit, and the picture says where each part came from."""
+    image, mask, right, distractor = scene
+    full = np.ones(mask.shape, bool)
+    alone = tiny_pipe(Image.fromarray(image), mask, Image.fromarray(right), full, matchers="sift", seed=0)
+    both = tiny_pipe(Image.fromarray(image), mask, [Image.fromarray(distractor), Image.fromarray(right)], [full, full], matchers="sift", seed=0)
+    assert alone.warp_fraction > 0.5, alone.notes
+    assert np.array_equal(np.asarray(both.image), np.asarray(alone.image))
+    assert both.guide == 1 and len(both.references) == 2
+    assert both.references[0].warp_fraction == 0 and both.references[1].warp_fraction == pytest.approx(alone.warp_fraction)
+    assert np.array_equal(both.region, alone.region)
+    assert set(np.unique(both.source[mask])) <= {0, 2} and (both.source[mask] == 2).mean() > 0.5
+    assert (both.source[~mask] == -1).all()
+    assert both.source.shape == mask.shape
+
+
+def test_two_partial_views_cover_more_than_either(tiny_pipe, scene):
+    """Two references that each show half of the object: together they give the warp for more of
+    the mask than either alone, each where it can."""
+    image, mask, right, _ = scene
+    left_half = np.zeros(mask.shape, bool)
+    left_half[:, :82] = True
+    right_half = np.zeros(mask.shape, bool)
+    right_half[:, 78:] = True
+    kw = dict(matchers="sift", seed=0)
+    ra = tiny_pipe(Image.fromarray(image), mask, Image.fromarray(right), left_half, **kw)
+    rb = tiny_pipe(Image.fromarray(image), mask, Image.fromarray(right), right_half, **kw)
+    both = tiny_pipe(Image.fromarray(image), mask, [Image.fromarray(right)] * 2, [left_half, right_half], **kw)
+    assert both.warp_fraction >= max(ra.warp_fraction, rb.warp_fraction) - 1e-6
+    assert both.warp_fraction > max(ra.warp_fraction, rb.warp_fraction) + 0.05, (ra.warp_fraction, rb.warp_fraction, both.warp_fraction)
+    assert {1, 2} <= set(np.unique(both.source[mask]).tolist())
+
+
+def test_several_references_are_refused_with_a_given_region(tiny_pipe, simple_inputs):
+    image, mask, reference = simple_inputs
+    region = np.ones((reference.height, reference.width), bool)
+    with pytest.raises(InputError, match="exactly one reference"):
+        tiny_pipe(image, mask, [reference, reference], region=region)
+    with pytest.raises(InputError, match=r"reference '#2': .*too small"):
+        tiny_pipe(image, mask, [reference, Image.new("RGB", (4, 4))])
+
+
+def test_compare_picture_shows_every_reference_and_the_sources(tiny_pipe, scene):
+    from refine_by_align.visualize import compare_picture, source_overlay
+
+    image, mask, right, distractor = scene
+    refs = [Image.fromarray(distractor), Image.fromarray(right)]
+    out = tiny_pipe(Image.fromarray(image), mask, refs, matchers="sift", seed=0)
+    one = compare_picture(Image.fromarray(image), mask, refs[1], out, height=100)
+    several = compare_picture(Image.fromarray(image), mask, refs, out, height=100)
+    assert several.width > one.width + 150  # a tile per reference and the source tile
+    tinted = np.asarray(source_overlay(out.image, out.source)).astype(int)
+    plain = np.asarray(out.image).astype(int)
+    assert (tinted[mask] != plain[mask]).any() and np.array_equal(tinted[~mask], plain[~mask])

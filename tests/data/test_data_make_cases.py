@@ -72,3 +72,36 @@ def test_make_cases_dreambooth(tmp_path, dreambooth_root):
     paths = make_cases(dreambooth_root, tmp_path, seed=0, subjects=["candle"], cases_per_subject=1)
     img = _open(paths[0] / "image.png")
     assert max(img.size) == 512
+
+
+def test_extra_references_leave_the_case_as_it_was(tmp_path, tiny_multiview):
+    """``extra_references``: a distractor from another subject, another view and a partial view,
+    written as reference_2.png ...; the image, mask and first reference are the same bytes as
+    without extras, and the order to pass them in is a permutation of 1..n."""
+    from refine_by_align.evaluation.cases import load_case
+
+    plain = make_cases(tiny_multiview, tmp_path / "plain", seed=3, subjects=["alpha"], cases_per_subject=3)
+    extra = make_cases(tiny_multiview, tmp_path / "extra", seed=3, subjects=["alpha"], cases_per_subject=3,
+                       extra_references=["distractor", "view", "partial"])
+    for a, b in zip(plain, extra):
+        for f in ("image.png", "mask.png", "reference.png", "target.png"):
+            assert (a / f).read_bytes() == (b / f).read_bytes(), f
+        meta = json.loads((b / "meta.json").read_text())
+        roles = [r["role"] for r in meta["references"]]
+        assert roles == ["right", "distractor", "view", "partial"]
+        assert meta["references"][1]["view"].startswith("beta/")  # another subject
+        assert sorted(meta["reference_order"]) == [1, 2, 3, 4]
+        case = load_case(b)
+        assert len(case.extra_references) == 3
+        partial_mask = case.extra_references[2][1]
+        full_mask = case.extra_references[1][1]
+        assert 0.3 < partial_mask.sum() / full_mask.sum() < 0.8  # a part of the object
+        refs, masks = case.references("all")
+        assert len(refs) == 4 and refs[meta["reference_order"].index(1)] is case.reference
+        one, _ = case.references(3)
+        assert one == [case.extra_references[1][0]]
+    with pytest.raises(ValueError, match="unknown extra reference role"):
+        make_cases(tiny_multiview, tmp_path / "bad", seed=3, subjects=["alpha"], extra_references=["mirror"])
+    # a rebuild without extras removes the old extra files
+    again = make_cases(tiny_multiview, tmp_path / "extra", seed=3, subjects=["alpha"], cases_per_subject=3)
+    assert not list(again[0].glob("reference_2.png"))

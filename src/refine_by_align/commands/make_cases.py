@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 
 HELP = "build a case-folder benchmark from a multi-view photo folder"
-EXAMPLE = "refine-by-align make-cases --source ../shared/data/dreambooth-train --output cases/ --seed 0 --per-subject 6"
+EXAMPLE = "refine-by-align make-cases --source ../shared/data/dreambooth-train --output cases/ --seed 0 --per-subject 6 --extra-references view"
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -14,12 +14,24 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--subjects", help="comma-separated subjects (default: the held-out validation subjects)")
     p.add_argument("--per-subject", type=int, default=3, help="cases per subject; kinds rotate affine, nonrigid, multiview (default: %(default)s)")
+    p.add_argument(
+        "--extra-references", default="",
+        help="more references per case, comma-separated roles: view (another photo), partial (part of the object), "
+        "distractor (another subject), e.g. 'view' or 'distractor' or 'view,partial'",
+    )
 
 
 def run(args) -> int:
     from ..data.make_cases import make_cases
 
     subjects = [s.strip() for s in args.subjects.split(",")] if args.subjects else None
-    paths = make_cases(args.source, args.output, args.seed, subjects=subjects, cases_per_subject=args.per_subject)
+    from ..data.make_cases import EXTRA_ROLES
+    from .common import CLIError
+
+    extras = [r.strip() for r in args.extra_references.split(",") if r.strip()]
+    bad = [r for r in extras if r not in EXTRA_ROLES]
+    if bad:
+        raise CLIError(f"--extra-references: unknown role(s) {', '.join(bad)} (choose from {', '.join(EXTRA_ROLES)})")
+    paths = make_cases(args.source, args.output, args.seed, subjects=subjects, cases_per_subject=args.per_subject, extra_references=extras)
     print(f"wrote {len(paths)} cases to {args.output}")
     return 0

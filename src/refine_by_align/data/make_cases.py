@@ -20,6 +20,8 @@ Case folder (all images at the photo's size, 512 px on the longest side for the 
     CASE/correspondence.png    true artifact region on the reference (affine / nonrigid only)
     CASE/target.png            the artifact-free photo
     CASE/meta.json             kind, artifact, subject, views, seed, transform, ...
+    CASE/reference_2.png       (with ``extra_references``) more references: another view, a
+    CASE/reference_mask_2.png  partial view or a distractor; meta.json says which is which
 
 Artifact simulators are pluggable: :data:`ARTIFACTS` maps a name to
 ``fn(image (H, W, 3) uint8, mask (H, W) bool, rng) -> (H, W, 3) uint8``; the builder composites the
@@ -56,7 +58,7 @@ from refine_by_align.data.readers import (
 from refine_by_align.io import save_image_atomic
 from refine_by_align.zoom import Box, mask_bbox
 
-__all__ = ["ARTIFACTS", "KINDS", "CaseConfig", "detail_center", "make_cases", "register_artifact", "simulate_artifact"]
+__all__ = ["ARTIFACTS", "EXTRA_ROLES", "KINDS", "CaseConfig", "detail_center", "make_cases", "register_artifact", "simulate_artifact"]
 
 KINDS = ("affine", "nonrigid", "multiview")
 
@@ -231,6 +233,10 @@ def _save_rgb(image: np.ndarray, path: Path) -> None:
     save_image_atomic(Image.fromarray(image, "RGB"), path)
 
 
+#: Roles of the extra references :func:`make_cases` can add to a case (``extra_references``).
+EXTRA_ROLES = ("view", "partial", "distractor")
+
+
 def make_cases(
     source_dir: str | os.PathLike,
     output_dir: str | os.PathLike,
@@ -239,6 +245,7 @@ def make_cases(
     cases_per_subject: int = 3,
     artifacts: list[str] | tuple[str, ...] | None = None,
     cfg: CaseConfig | None = None,
+    extra_references: list[str] | tuple[str, ...] = (),
 ) -> list[Path]:
     """Build evaluation cases from a multi-view folder (``SUBJECT/NN.jpg + NN_mask.png``).
 
@@ -251,6 +258,15 @@ def make_cases(
         cases_per_subject: cases per subject; kinds cycle affine, nonrigid, multiview (a subject
             with a single photo gets affine instead of multiview).
         artifacts: artifact names to cycle through (default: all of :data:`ARTIFACTS`, sorted).
+        extra_references: roles of more references per case (:data:`EXTRA_ROLES`, repeats
+            allowed): ``view`` another photo of the subject, ``partial`` another photo (or the
+            target photo under a fresh transform where there is none) with part of the object cut
+            away, ``distractor`` a photo of another subject. They are written as
+            ``reference_2.png`` (+ ``reference_mask_2.png``), ...; ``meta.json`` gets
+            ``references`` (the role of each file) and ``reference_order`` (the order to pass them
+            in, shuffled so that the right reference is not always first). The case itself (image,
+            mask, first reference) is the same as without extras: they draw from their own random
+            stream.
 
     Returns: the case folders, in order.
     """
@@ -269,7 +285,16 @@ def make_cases(
     unknown = [a for a in names if a not in ARTIFACTS]
     if unknown or not names:
         raise ValueError(f"unknown artifact(s) {unknown}; registered: {sorted(ARTIFACTS)}")
+    bad_roles = [r for r in extra_references if r not in EXTRA_ROLES]
+    if bad_roles:
+        raise ValueError(f"unknown extra reference role(s) {bad_roles}; choose from {', '.join(EXTRA_ROLES)}")
     mv = MultiViewFolder(src, subjects=list(subjects), exclude=(), max_side=cfg.max_side, min_object_pixels=256)
+    others = None
+    if "distractor" in extra_references:  # every other subject of the folder can be a distractor
+        pool = sorted(d.name for d in src.iterdir() if d.is_dir() and d.name not in set(subjects) and not d.name.startswith("."))
+        if not pool:
+            raise DatasetError(f"source folder '{src}': no other subject to take a distractor reference from")
+        others = MultiViewFolder(src, subjects=pool, exclude=(), max_side=cfg.max_side, min_object_pixels=256)
     out_root = Path(output_dir)
     out_root.mkdir(parents=True, exist_ok=True)
 
@@ -288,57 +313,116 @@ def make_cases(
             tv = usable[int(rng.integers(len(usable)))]
             target, obj = mv.view(subject, tv)
             h, w = obj.shape
-
             center = detail_center(target, obj, rng, inset=max(2, min(h, w) // 64), top=cfg.detail_top)
             amask = random_artifact_mask(obj, rng, cfg.mask, center=center)
             image = simulate_artifact(target, amask, artifact, rng)
-
             meta: dict = {
-                "kind": kind,
-                "artifact": artifact,
-                "subject": subject,
-                "target_view": paths[tv][0].name,
-                "seed": int(seed),
-                "case_index": k,
-                "mask_area": float(amask.mean()),
-                "size": [w, h],
+                "kind": kind, "artifact": artifact, "subject": subject, "target_view": paths[tv][0].name, "seed": int(seed),
+                "case_index": k, "mask_area": float(amask.mean()), "size": [w, h],
             }
-            corr = None
-            if kind == "multiview":
-                rv = [v for v in usable if v != tv][int(rng.integers(len(usable) - 1))]
-                reference, ref_mask = mv.view(subject, rv)
-                meta["reference_view"] = paths[rv][0].name
-                meta["transform"] = None
-            else:
-                gcfg = cfg.affine if kind == "affine" else cfg.nonrigid
-                t = random_transform(rng, (h, w), gcfg, box=mask_bbox(obj), out_shape=(h, w))
-                src_img = np.where(obj[..., None], target, 0).astype(np.uint8)
-                src_img = apply_color(src_img, sample_color(rng, cfg.color), obj)
-                maps = t.inverse_maps() if t.field is not None else None
-                reference = warp_image(src_img, t, cv2.INTER_CUBIC, maps=maps)
-                ref_mask = warp_mask(obj, t, maps=maps)
-                reference = np.where(ref_mask[..., None], reference, 0).astype(np.uint8)
-                corr = warp_mask(amask, t, maps=maps) & ref_mask
-                meta["reference_view"] = paths[tv][0].name
-                meta["transform"] = {
-                    "matrix": t.matrix.tolist(),
-                    "nonrigid": t.field is not None,
-                    "params": {kk: (list(v) if isinstance(v, tuple) else v) for kk, v in t.params.items()},
-                }
-            meta["has_correspondence"] = corr is not None
-
+            reference, ref_mask, corr, views = _first_reference(mv, subject, kind, tv, usable, target, obj, amask, rng, cfg, meta)
+            extras = []
+            if extra_references:
+                extra_rng = np.random.default_rng([int(seed), zlib.crc32(subject.encode()), k, 1])
+                extras = [
+                    _extra_reference(role, mv, others, subject, views, target, obj, extra_rng, cfg) for role in extra_references
+                ]
+                meta["references"] = [{"file": "reference.png", "role": "right"}] + [
+                    {"file": f"reference_{i + 2}.png", "role": role, "view": view} for i, (role, _, _, view) in enumerate(extras)
+                ]
+                meta["reference_order"] = [int(i) + 1 for i in extra_rng.permutation(len(extras) + 1)]
             case = out_root / f"{subject}_{k:02d}_{kind}"
-            case.mkdir(parents=True, exist_ok=True)
-            _save_rgb(image, case / "image.png")
-            _save_mask(amask, case / "mask.png")
-            _save_rgb(np.ascontiguousarray(reference), case / "reference.png")
-            _save_mask(ref_mask, case / "reference_mask.png")
-            stale = case / "correspondence.png"
-            if corr is not None:
-                _save_mask(corr, stale)
-            elif stale.exists():
-                stale.unlink()
-            _save_rgb(target, case / "target.png")
-            (case / "meta.json").write_text(json.dumps(meta, indent=2) + "\n")
+            _write_case(case, image, amask, reference, ref_mask, corr, target, meta, [(r, m) for _, r, m, _ in extras])
             written.append(case)
     return written
+
+
+def _first_reference(mv, subject, kind, tv, usable, target, obj, amask, rng, cfg: CaseConfig, meta: dict):
+    """The case's own reference: another photo (multiview) or the target photo's object under a
+    random transform and colour change (affine / nonrigid, with the true region). Returns
+    (reference, its mask, the true region or None, the views used so far); fills ``meta``."""
+    paths = mv.paths(subject)
+    h, w = obj.shape
+    corr = None
+    if kind == "multiview":
+        rv = [v for v in usable if v != tv][int(rng.integers(len(usable) - 1))]
+        reference, ref_mask = mv.view(subject, rv)
+        meta["reference_view"] = paths[rv][0].name
+        meta["transform"] = None
+        views = {tv, rv}
+    else:
+        gcfg = cfg.affine if kind == "affine" else cfg.nonrigid
+        t = random_transform(rng, (h, w), gcfg, box=mask_bbox(obj), out_shape=(h, w))
+        src_img = np.where(obj[..., None], target, 0).astype(np.uint8)
+        src_img = apply_color(src_img, sample_color(rng, cfg.color), obj)
+        maps = t.inverse_maps() if t.field is not None else None
+        reference = warp_image(src_img, t, cv2.INTER_CUBIC, maps=maps)
+        ref_mask = warp_mask(obj, t, maps=maps)
+        reference = np.where(ref_mask[..., None], reference, 0).astype(np.uint8)
+        corr = warp_mask(amask, t, maps=maps) & ref_mask
+        meta["reference_view"] = paths[tv][0].name
+        meta["transform"] = {
+            "matrix": t.matrix.tolist(),
+            "nonrigid": t.field is not None,
+            "params": {kk: (list(v) if isinstance(v, tuple) else v) for kk, v in t.params.items()},
+        }
+        views = {tv}
+    meta["has_correspondence"] = corr is not None
+    return reference, ref_mask, corr, views
+
+
+def _extra_reference(role, mv, others, subject, views: set, target, obj, rng, cfg: CaseConfig):
+    """One extra reference of ``role``: (role, image, object mask, the photo's name). ``views``
+    (the photos of the subject used so far) grows by the photo taken, so two ``view`` extras differ."""
+    if role == "distractor":
+        other = others.subjects[int(rng.integers(len(others.subjects)))]
+        v = int(rng.integers(others.n_views(other)))
+        image, mask = others.view(other, v)
+        return role, image, mask, f"{other}/{others.paths(other)[v][0].name}"
+    free = [v for v in range(mv.n_views(subject)) if v not in views and mv.view(subject, v)[1].sum() >= 256]
+    if free:
+        v = free[int(rng.integers(len(free)))]
+        views.add(v)
+        image, mask = mv.view(subject, v)
+        name = mv.paths(subject)[v][0].name
+    else:  # no other photo left: the target photo's object under a fresh transform
+        t = random_transform(rng, obj.shape, cfg.affine, box=mask_bbox(obj), out_shape=obj.shape)
+        image = warp_image(np.where(obj[..., None], target, 0).astype(np.uint8), t, cv2.INTER_CUBIC)
+        mask = warp_mask(obj, t)
+        name = "target (transformed)"
+    if role == "partial":  # cut the object by a random line through its middle: 40-70 % of it stays
+        mask = _cut_object(mask, rng)
+        image = np.where(mask[..., None], image, 0).astype(np.uint8)
+    return role, image, mask, name
+
+
+def _cut_object(mask: np.ndarray, rng: np.random.Generator, keep: tuple[float, float] = (0.4, 0.7)) -> np.ndarray:
+    """The object ``mask`` on one side of a random straight line, keeping a fraction in ``keep``."""
+    ys, xs = np.nonzero(mask)
+    theta = rng.uniform(0, 2 * np.pi)
+    proj = xs * np.cos(theta) + ys * np.sin(theta)
+    cut = np.quantile(proj, 1.0 - rng.uniform(*keep))
+    out = np.zeros_like(mask)
+    out[ys[proj >= cut], xs[proj >= cut]] = True
+    return out
+
+
+def _write_case(case: Path, image, amask, reference, ref_mask, corr, target, meta: dict, extras: list) -> None:
+    """One case folder (see the module docstring); stale files of an earlier build are removed."""
+    case.mkdir(parents=True, exist_ok=True)
+    _save_rgb(image, case / "image.png")
+    _save_mask(amask, case / "mask.png")
+    _save_rgb(np.ascontiguousarray(reference), case / "reference.png")
+    _save_mask(ref_mask, case / "reference_mask.png")
+    stale = case / "correspondence.png"
+    if corr is not None:
+        _save_mask(corr, stale)
+    elif stale.exists():
+        stale.unlink()
+    for old in list(case.glob("reference_[0-9]*.png")) + list(case.glob("reference_mask_[0-9]*.png")):
+        old.unlink()
+    for i, (ref, mask) in enumerate(extras):
+        _save_rgb(np.ascontiguousarray(ref), case / f"reference_{i + 2}.png")
+        _save_mask(mask, case / f"reference_mask_{i + 2}.png")
+    _save_rgb(target, case / "target.png")
+    (case / "meta.json").write_text(json.dumps(meta, indent=2) + "\n")

@@ -9,6 +9,9 @@ Layout: ``CASES_DIR/<case_id>/`` holding
 * ``correspondence.png``  true region on the reference matching the artifact (optional)
 * ``target.png``     artifact-free ground truth (optional)
 * ``meta.json``      any fields; ``kind`` groups the benchmark summary (default ``"default"``)
+* ``reference_2.png`` (+ ``reference_mask_2.png``), ``reference_3.png``, ...: more references
+  (optional; ``meta["reference_order"]`` lists the 1-based numbers in the order to pass them,
+  ``reference.png`` being number 1)
 """
 
 from __future__ import annotations
@@ -44,6 +47,23 @@ class Case:
     correspondence: np.ndarray | None = None  # bool (Hr, Wr), true region on the reference
     target: Image.Image | None = None  # RGB, same size as image
     meta: dict[str, Any] = field(default_factory=dict)
+    extra_references: list[tuple[Image.Image, np.ndarray | None]] = field(default_factory=list)  # reference_2.png, ... with their masks
+
+    def references(self, which: str | int = "all") -> tuple[list[Image.Image], list[np.ndarray | None]]:
+        """The references to pass and their masks: ``"all"`` (in ``meta["reference_order"]``, else
+        in file order) or one of them alone by its 1-based number (1 = ``reference.png``)."""
+        refs = [(self.reference, self.reference_mask)] + list(self.extra_references)
+        if which == "all":
+            order = self.meta.get("reference_order") or list(range(1, len(refs) + 1))
+            if sorted(order) != list(range(1, len(refs) + 1)):
+                raise InputError(f"case '{self.id}': reference_order {order} does not list references 1..{len(refs)}")
+            chosen = [refs[i - 1] for i in order]
+        else:
+            n = int(which)
+            if not 1 <= n <= len(refs):
+                raise InputError(f"case '{self.id}': has {len(refs)} reference(s), no reference {n}")
+            chosen = [refs[n - 1]]
+        return [r for r, _ in chosen], [m for _, m in chosen]
 
     @property
     def kind(self) -> str:
@@ -134,6 +154,19 @@ def load_case(case_dir: str | os.PathLike) -> Case:
         if not isinstance(meta, dict):
             raise InputError(f"case '{cid}' meta '{meta_path}': must hold a JSON object, got {type(meta).__name__}")
 
+    extras = []
+    n = 2
+    while (d / f"reference_{n}.png").exists():
+        ref_n = load_image(d / f"reference_{n}.png", what(f"reference_{n}"))
+        mask_path = d / f"reference_mask_{n}.png"
+        mask_n = load_mask(mask_path, what(f"reference_mask_{n}")) if mask_path.exists() else alpha_mask(ref_n)
+        try:
+            validate_inputs(image, mask, to_rgb(ref_n), mask_n, names={"reference": str(d / f"reference_{n}.png"), "reference_mask": str(mask_path)})
+        except InputError as e:
+            raise InputError(f"case '{cid}': {e}") from None
+        extras.append((to_rgb(ref_n), mask_n))
+        n += 1
+
     return Case(
         id=cid,
         dir=d,
@@ -144,6 +177,7 @@ def load_case(case_dir: str | os.PathLike) -> Case:
         correspondence=correspondence,
         target=target,
         meta=meta,
+        extra_references=extras,
     )
 
 

@@ -32,23 +32,23 @@ def _iou(a, b):
 
 
 def _inside_fraction(p, dil=1):
-    """Share of hole pixels whose ref_coords fall in the (dilated) correspondence."""
+    """Share of hole pixels whose ref_coords fall in the (dilated) region."""
     hole = p.mask[0] > 0.5
     rc = p.ref_coords[:, hole]
     rc = rc[:, np.isfinite(rc).all(axis=0)]
     r = p.reference.shape[1]
     ij = np.clip(np.floor(rc * r).astype(int), 0, r - 1)
-    return dilate(p.correspondence[0] > 0.5, dil)[ij[1], ij[0]].mean(), rc.shape[1] / hole.sum()
+    return dilate(p.region[0] > 0.5, dil)[ij[1], ij[0]].mean(), rc.shape[1] / hole.sum()
 
 
-def test_affine_pair_correspondence_is_the_warped_mask():
+def test_affine_pair_region_is_the_warped_mask():
     img, obj = render_object(np.random.default_rng(7), size=128)
     art = np.zeros_like(obj)
     ys, xs = np.nonzero(obj)
     cx, cy = int(np.median(xs)), int(np.median(ys))
     cv2.ellipse(art.view(np.uint8), (cx, cy), (14, 8), 30, 0, 360, 1, -1)
     art &= obj
-    cfg = PairConfig(size=64, ref_size=64, corr_coverage=0.5)
+    cfg = PairConfig(size=64, ref_size=64, region_coverage=0.5)
     for k in range(4):
         rng = np.random.default_rng(k)
         t = random_transform(rng, obj.shape, GeomConfig(p_nonrigid=0.0), box=mask_bbox(obj))
@@ -60,18 +60,18 @@ def test_affine_pair_correspondence_is_the_warped_mask():
         s = 64 / b.width
         crop = np.array([[s, 0, -(b.x0 - 0.5) * s - 0.5], [0, s, -(b.y0 - 0.5) * s - 0.5], [0, 0, 1]])
         direct = cv2.warpAffine(art.astype(np.float32), (crop @ t.matrix)[:2], (64, 64), flags=cv2.INTER_LINEAR) >= 0.5
-        assert _iou(direct, p.correspondence[0] > 0.5) > 0.95
+        assert _iou(direct, p.region[0] > 0.5) > 0.95
         inside, finite = _inside_fraction(p)
         assert finite == 1.0 and inside > 0.95
 
 
-def test_nonrigid_pair_correspondence_is_the_warped_mask():
+def test_nonrigid_pair_region_is_the_warped_mask():
     img, obj = render_object(np.random.default_rng(8), size=128)
     art = np.zeros_like(obj)
     ys, xs = np.nonzero(obj)
     cv2.circle(art.view(np.uint8), (int(np.median(xs)), int(np.median(ys))), 12, 1, -1)
     art &= obj
-    cfg = PairConfig(size=64, ref_size=64, corr_coverage=0.5)
+    cfg = PairConfig(size=64, ref_size=64, region_coverage=0.5)
     for k in range(3):
         rng = np.random.default_rng(k)
         t = random_transform(rng, obj.shape, GeomConfig(p_nonrigid=1.0, perspective=0.06), box=mask_bbox(obj))
@@ -83,13 +83,13 @@ def test_nonrigid_pair_correspondence_is_the_warped_mask():
         qx, qy = np.meshgrid(u + b.x0, u + b.y0)
         src = t.inverse_points(np.stack([qx.ravel(), qy.ravel()], 1)).astype(np.float32)
         direct = cv2.remap(art.astype(np.float32), src[:, 0].reshape(64, 64), src[:, 1].reshape(64, 64), cv2.INTER_LINEAR) >= 0.5
-        assert _iou(direct, p.correspondence[0] > 0.5) > 0.9
+        assert _iou(direct, p.region[0] > 0.5) > 0.9
         inside, finite = _inside_fraction(p)
         assert finite == 1.0 and inside > 0.9
 
 
 @pytest.mark.parametrize("mode", ["alignment", "refinement"])
-def test_ref_coords_land_in_correspondence(mode):
+def test_ref_coords_land_in_region(mode):
     ds = PairDataset([SyntheticSource(size=96, pool_size=8, seed=3)], {mode: 1.0}, size=32, ref_size=32, seed=5, length=30)
     fr = []
     for i in range(30):
@@ -117,7 +117,7 @@ def test_multiview_pair(tiny_multiview):
         cfg.p_whole_object = p_whole
         p = make_multiview_pair(i1, m1, i2, m2, np.random.default_rng(1), cfg)
         assert p.image.shape == (3, 16, 16) and p.reference.shape == (3, 24, 24)
-        assert np.isnan(p.ref_coords).all() and not p.has_correspondence and p.correspondence.sum() == 0
+        assert np.isnan(p.ref_coords).all() and not p.has_correspondence and p.region.sum() == 0
         assert p.mask.sum() > 0
     assert p.mask.mean() > 0.3  # whole eroded object
 
@@ -125,16 +125,16 @@ def test_multiview_pair(tiny_multiview):
 def _check_item(d, s, r):
     assert d["image"].shape == (3, s, s) and d["image"].dtype == torch.float32
     assert d["mask"].shape == (1, s, s) and d["reference"].shape == (3, r, r)
-    assert d["ref_coords"].shape == (2, s, s) and d["correspondence"].shape == (1, r, r)
+    assert d["ref_coords"].shape == (2, s, s) and d["region"].shape == (1, r, r)
     for k in ("image", "reference"):
         assert 0 <= d[k].min() and d[k].max() <= 1
     assert set(d["mask"].unique().tolist()) <= {0.0, 1.0} and d["mask"].sum() > 0
-    assert set(d["correspondence"].unique().tolist()) <= {0.0, 1.0}
+    assert set(d["region"].unique().tolist()) <= {0.0, 1.0}
     rc = d["ref_coords"][~torch.isnan(d["ref_coords"])]
     assert (rc >= 0).all() and (rc <= 1).all()
     mode = MODES[int(d["mode"])]
     assert bool(d["has_correspondence"]) == (mode != "multiview")
-    assert bool(d["has_correspondence"]) == bool(d["correspondence"].sum() > 0)
+    assert bool(d["has_correspondence"]) == bool(d["region"].sum() > 0)
 
 
 def test_pair_dataset_deterministic_and_shapes(tiny_multiview):

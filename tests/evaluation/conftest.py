@@ -49,17 +49,17 @@ def cases_dir(tmp_path: Path) -> Path:
 @dataclass
 class FakeOutput:
     image: Image.Image
-    correspondence_mask: np.ndarray | None
-    correspondence_map: np.ndarray | None = None
+    region: np.ndarray | None
+    heatmap: np.ndarray | None = None
     crop_box: tuple | None = None
     timings: dict = field(default_factory=dict)
 
 
 class FakePipeline:
-    """Returns the input with the mask painted grey and the case's true correspondence (if aligning)."""
+    """Returns the input with the mask painted grey and the case's true region (if aligning)."""
 
-    def __init__(self, correspondence: np.ndarray | None):
-        self.correspondence = correspondence
+    def __init__(self, region: np.ndarray | None):
+        self.region = region
         self.calls = []
 
     def __call__(self, image, mask, reference, reference_mask=None, num_inference_steps=None,
@@ -68,14 +68,14 @@ class FakePipeline:
                                reference_mask=reference_mask))
         arr = np.asarray(image).copy()
         arr[mask] = 128
-        corr = self.correspondence if align else None
-        cmap = None if corr is None else corr.astype(np.float32)
-        return FakeOutput(Image.fromarray(arr), corr, cmap, timings={"total": 0.01})
+        region = self.region if align else None
+        heat = None if region is None else region.astype(np.float32)
+        return FakeOutput(Image.fromarray(arr), region, heat, timings={"total": 0.01})
 
 
 @pytest.fixture
 def fake_pipeline():
-    """The FakePipeline class (call it with the correspondence it should return)."""
+    """The FakePipeline class (call it with the region it should return)."""
     return FakePipeline
 
 

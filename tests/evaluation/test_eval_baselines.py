@@ -11,7 +11,7 @@ from refine_by_align.evaluation.baselines import (
     FeatureNNMethod,
     KeypointMethod,
     OracleAlignMethod,
-    feature_nn_correspondence,
+    feature_nn_region,
     poisson_fill,
 )
 from refine_by_align.evaluation.bench import run_bench
@@ -64,7 +64,7 @@ def test_keypoint_recovers_planted_homography(tmp_path: Path):
     assert not out.fallback and out.info["inliers"] >= 8
     res = np.asarray(out.image)
     assert masked_psnr(res, target, mask) > 25.0
-    assert out.correspondence.shape == (S, S) and iou(out.correspondence, truth) > 0.7
+    assert out.region.shape == (S, S) and iou(out.region, truth) > 0.7
     # pixels outside the (dilated) mask are unchanged
     far = ~cv2.dilate(mask.astype(np.uint8), np.ones((9, 9), np.uint8)).astype(bool)
     assert np.array_equal(res[far], np.asarray(case.image)[far])
@@ -83,7 +83,7 @@ def test_keypoint_falls_back_to_telea(tmp_path: Path):
     Image.new("RGB", (S, S), (120, 120, 120)).save(d / "reference.png")  # no keypoints at all
     case = load_case(d)
     out = KeypointMethod()(case)
-    assert out.fallback and out.correspondence is None and "keypoints" in out.info["reason"]
+    assert out.fallback and out.region is None and "keypoints" in out.info["reason"]
     telea = METHODS["telea"]()(case)
     assert np.array_equal(np.asarray(out.image), np.asarray(telea.image))
     res = run_bench(tmp_path / "cases", tmp_path / "out", method="keypoint", progress=False)
@@ -113,15 +113,15 @@ def test_feature_nn_and_oracle_run(tiny_pipe, cases_dir: Path):
     fnn = FeatureNNMethod(tiny_pipe, num_inference_steps=2)
     out = fnn(c1)
     assert out.image.size == c1.image.size and not out.fallback
-    assert out.correspondence.dtype == bool and out.correspondence.shape == (36, 44) and out.correspondence.any()
-    assert out.correspondence_map.shape == (36, 44)
+    assert out.region.dtype == bool and out.region.shape == (36, 44) and out.region.any()
+    assert out.heatmap.shape == (36, 44)
     oracle = OracleAlignMethod(tiny_pipe, num_inference_steps=2)
     o1 = oracle(c1)
-    assert np.array_equal(o1.correspondence, c1.correspondence) and not o1.fallback
+    assert np.array_equal(o1.region, c1.correspondence) and not o1.fallback
     o2 = oracle(c2)  # no correspondence.png: aligned by the model, flagged
-    assert o2.fallback and o2.correspondence.shape == (36, 44)
+    assert o2.fallback and o2.region.shape == (36, 44)
     # the refinement stage is the pipeline's: same region and seed -> same pixels
-    direct = tiny_pipe(c1.image, c1.mask, c1.reference, correspondence=out.correspondence, num_inference_steps=2)
+    direct = tiny_pipe(c1.image, c1.mask, c1.reference, region=out.region, num_inference_steps=2)
     assert np.array_equal(np.asarray(direct.image), np.asarray(out.image))
 
 
@@ -142,7 +142,7 @@ def test_feature_nn_votes_nearest_token(tiny_pipe, cases_dir: Path, monkeypatch)
         return torch.eye(n)[None]  # the reference: token k = e_k
 
     monkeypatch.setattr(enc, "patch_tokens", fake_tokens)
-    m, heat = feature_nn_correspondence(tiny_pipe, case.image, case.mask, case.reference)
+    m, heat = feature_nn_region(tiny_pipe, case.image, case.mask, case.reference)
     p = tiny_pipe.prepare(case.image, case.mask, case.reference)
     cell = np.zeros((g, g), bool)
     cell[1, 1] = True

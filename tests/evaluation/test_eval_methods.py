@@ -14,7 +14,7 @@ def test_keep_is_identity(cases_dir: Path):
     case = load_cases(cases_dir, limit=1)[0]
     out = keep(case)
     assert np.array_equal(np.asarray(out.image), np.asarray(case.image))
-    assert out.correspondence is None
+    assert out.region is None
     assert isinstance(keep, Method) and keep.name == "keep"
 
 
@@ -25,7 +25,7 @@ def test_telea_changes_only_masked_pixels(cases_dir: Path):
     assert out.image.mode == "RGB" and out.image.size == case.image.size
     assert np.array_equal(a[~case.mask], b[~case.mask])
     assert not np.array_equal(a[case.mask], b[case.mask])
-    assert out.correspondence is None
+    assert out.region is None
 
 
 def test_adapter_passes_arguments_and_converts(cases_dir: Path, fake_pipeline):
@@ -35,11 +35,11 @@ def test_adapter_passes_arguments_and_converts(cases_dir: Path, fake_pipeline):
     assert m.name == "refine-by-align" and isinstance(m, Method)
     out = m(case)
     assert pipe.calls[-1] == dict(align=True, seed=7, num_inference_steps=3, reference_mask=None)
-    assert out.correspondence.dtype == bool and out.correspondence.shape == (36, 44)
+    assert out.region.dtype == bool and out.region.shape == (36, 44)
     assert out.timings == {"total": 0.01}
     single = RefineByAlignMethod(pipe, align=False)
     assert single.name == "single-stage"
-    assert single(case).correspondence is None and pipe.calls[-1]["align"] is False
+    assert single(case).region is None and pipe.calls[-1]["align"] is False
 
 
 def test_registry(monkeypatch):

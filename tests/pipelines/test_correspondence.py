@@ -107,9 +107,9 @@ def test_dense_alignment_is_pixel_accurate_and_pushes_the_mask(mirror):
     truth = _apply(H_true, np.stack([xs.ravel(), ys.ravel()], 1))
     got = fld.xy[ys.ravel() - box.y0, xs.ravel() - box.x0]
     assert np.median(np.linalg.norm(got - truth, axis=1)) < 0.7
-    m_star = fld.push_mask(mask[box.y0 : box.y1, box.x0 : box.x1], ref.shape[:2])
+    region = fld.push_mask(mask[box.y0 : box.y1, box.x0 : box.x1], ref.shape[:2])
     true_region = cv2.warpPerspective(mask.astype(np.uint8), H_true, (ref.shape[1], ref.shape[0]), flags=cv2.INTER_NEAREST).astype(bool)
-    iou = (m_star & true_region).sum() / (m_star | true_region).sum()
+    iou = (region & true_region).sum() / (region | true_region).sum()
     assert iou > 0.9
 
 
@@ -187,7 +187,7 @@ def test_pipeline_dense_alignment_redraws_from_the_warped_reference(tiny_pipe):
     region = cv2.dilate(mask.astype(np.uint8), np.ones((7, 7), np.uint8)).astype(bool)
     assert np.array_equal(got[~region], garbled[~region])
     # M* is pixel-accurate: the mask pushed through the true map
-    assert out.correspondence_mask.shape == ref.shape[:2] and out.correspondence_mask.any()
+    assert out.region.shape == ref.shape[:2] and out.region.any()
     # the paper's variant stays selectable and gives a token-grid region
     paper = tiny_pipe(Image.fromarray(garbled), mask, Image.fromarray(ref), valid, seed=0, alignment="attention")
     assert paper.alignment == "attention" and paper.warp_fraction == 0.0

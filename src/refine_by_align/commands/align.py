@@ -35,15 +35,15 @@ def run(args) -> int:
         method=args.alignment, matchers=args.matchers,
     )
     common.print_notes(res.info.get("notes", []) + ([res.info["fallback"]] if "fallback" in res.info else []))
-    outputs = [(Image.fromarray(res.mask.astype("uint8") * 255), out, "--output")]
+    outputs = [(Image.fromarray(res.region.astype("uint8") * 255), out, "--output")]
     if heat_path is not None:
         outputs.append((render_heatmap_overlay(to_rgb(reference), res.heatmap), heat_path, "--heatmap"))
     save_images_atomic(outputs)  # all of them or none
     how = (
         f"dense field from {res.info.get('source')} ({res.info.get('inliers')} agreeing matches"
-        f"{', mirrored reference' if res.info.get('mirrored') else ''})" if res.method == "dense" else f"attention at t={res.timestep}, l={res.layer}"
+        f"{', mirrored reference' if res.info.get('mirrored') else ''})" if res.method == "dense" else f"attention at t={res.alignment_timestep}, l={res.alignment_layer}"
     )
-    print(f"wrote {out} ({how}; {int(res.mask.sum())} reference pixels)")
+    print(f"wrote {out} ({how}; {int(res.region.sum())} reference pixels)")
     if heat_path is not None:
         print(f"wrote {heat_path}")
     return 0

@@ -95,7 +95,7 @@ class PairConfig:
     p_whole_object: float = 0.5  # multiview: probability that the hole is the whole eroded object
     whole_object_grow: float = 1.1  # multiview, whole-object hole: zoom_box grow factor
     hole_coverage: float = 0.1  # a crop pixel is a hole if at least this fraction of it is artifact
-    corr_coverage: float = 0.25  # a reference pixel is in the correspondence if >= this fraction is artifact
+    region_coverage: float = 0.25  # a reference pixel is in the region (M*) if >= this fraction is artifact
     multiview_color: bool = False  # multiview: also apply S to the reference (real photos already differ)
     mask: MaskConfig = field(default_factory=MaskConfig)  # artifact-mask generator G
     color: ColorConfig = field(default_factory=ColorConfig)  # colour perturbation S
@@ -110,8 +110,8 @@ class TrainingPair:
     mask: np.ndarray  # (1, S, S) float32 {0,1}: the hole / artifact mask M_a in the crop
     reference: np.ndarray  # (3, R, R) float32 in [0,1]: the reference, square, black (0) outside the object
     ref_coords: np.ndarray  # (2, S, S) float32: per crop pixel its (x, y) in the reference, in [0,1]; NaN if unknown / outside
-    correspondence: np.ndarray  # (1, R, R) float32 {0,1}: the true region on the reference (M_a through T); zeros if unknown
-    has_correspondence: bool
+    region: np.ndarray  # (1, R, R) float32 {0,1}: the true region M* on the reference (M_a through T); zeros if unknown
+    has_correspondence: bool  # the correspondence (ref_coords, region) is known
     mode: str  # "alignment" | "refinement" | "multiview"
     source: str = ""  # where the object came from (for labels / debugging)
     meta: dict = field(default_factory=dict)  # debugging / tests: crop_box, ref_box (Box), transform (GeomTransform)
@@ -317,18 +317,18 @@ def _finish_reference(
     t: GeomTransform, warped: np.ndarray, w_keep: np.ndarray, w_art: np.ndarray,
     margin: float, crop_box: Box, mode: str, cfg: PairConfig, image_chw, mask_chw, source: str,
 ) -> TrainingPair:
-    region = w_keep if w_keep.any() else np.ones(w_keep.shape, bool)
-    ref_box = square_pad_box(mask_bbox(region), margin, w_keep.shape)
+    visible = w_keep if w_keep.any() else np.ones(w_keep.shape, bool)
+    ref_box = square_pad_box(mask_bbox(visible), margin, w_keep.shape)
     reference = crop_resize(warped, ref_box, cfg.ref_size)
-    corr = _threshold_nonempty(_coverage(w_art, ref_box, cfg.ref_size), cfg.corr_coverage)
+    region = _threshold_nonempty(_coverage(w_art, ref_box, cfg.ref_size), cfg.region_coverage)
     coords = _ref_coords(t, crop_box, cfg.size, ref_box)
     return TrainingPair(
         image=image_chw,
         mask=mask_chw,
         reference=_chw(reference),
         ref_coords=coords,
-        correspondence=corr[None].astype(np.float32),
-        has_correspondence=bool(corr.any()),
+        region=region[None].astype(np.float32),
+        has_correspondence=bool(region.any()),
         mode=mode,
         source=source,
         meta={"crop_box": crop_box, "ref_box": ref_box, "transform": t},
@@ -411,7 +411,7 @@ def make_multiview_pair(
     """Multi-view pair (MVObj, Sec. 3.4): reference ``I_o1 x erode(M_o1)`` cut to the object's square
     box and resized to R; input = I_o2 with a hole: with probability ``p_whole_object`` the whole
     eroded object ``erode(M_o2)`` (as the paper does), else ``G(M_o2)``. No known correspondence:
-    ref_coords all NaN, correspondence zeros, has_correspondence False."""
+    ref_coords all NaN, region zeros, has_correspondence False."""
     cfg = cfg or PairConfig()
     m1 = _check_object(img1, mask1)
     m2 = _check_object(img2, mask2)
@@ -447,7 +447,7 @@ def make_multiview_pair(
         mask=mask_chw,
         reference=_chw(reference),
         ref_coords=np.full((2, s, s), np.nan, np.float32),
-        correspondence=np.zeros((1, r, r), np.float32),
+        region=np.zeros((1, r, r), np.float32),
         has_correspondence=False,
         mode="multiview",
         source=source,
@@ -483,7 +483,7 @@ class PairDataset(torch.utils.data.Dataset):
         source_weights: relative frequency of each single-image source (default uniform).
 
     Items are dicts of tensors: image (3, S, S) float32, mask (1, S, S), reference (3, R, R),
-    ref_coords (2, S, S) (NaN = unknown), correspondence (1, R, R), has_correspondence () bool,
+    ref_coords (2, S, S) (NaN = unknown), region (1, R, R) (the true M*), has_correspondence () bool,
     mode () int64 (index into :data:`MODES`); with ``cfg.warp_prefill`` also warp (3, S, S) and
     trust (1, S, S) (:class:`TrainingPair`).
     """
@@ -585,7 +585,7 @@ def to_tensors(p: TrainingPair) -> dict[str, torch.Tensor]:
         "mask": torch.from_numpy(p.mask),
         "reference": torch.from_numpy(p.reference),
         "ref_coords": torch.from_numpy(p.ref_coords),
-        "correspondence": torch.from_numpy(p.correspondence),
+        "region": torch.from_numpy(p.region),
         "has_correspondence": torch.tensor(p.has_correspondence),
         "mode": torch.tensor(MODES.index(p.mode), dtype=torch.int64),
     }
@@ -597,7 +597,7 @@ def to_tensors(p: TrainingPair) -> dict[str, torch.Tensor]:
 _LABEL_W = 120  # left column with row labels, px
 _HEADER_H = 18  # top row with column titles, px
 _PAD = 4  # gap between tiles, px
-_COLUMNS = ("masked input", "mask", "reference + corr.", "target")
+_COLUMNS = ("masked input", "mask", "reference + region", "target")
 _WARP_COLUMN = "warp prefill + trust"
 
 
@@ -622,10 +622,10 @@ def _pair_tiles(p: TrainingPair, scale: int) -> list[np.ndarray]:
     masked[hole] = (128, 128, 128)
     mask_t = np.repeat((hole * 255).astype(np.uint8)[..., None], 3, axis=2)
     ref = _up(_to_u8(p.reference), scale)
-    corr = _up(p.correspondence[0] > 0.5, scale)
-    if corr.any():  # tint + outline the true region
-        ref[corr] = (0.5 * ref[corr] + 0.5 * np.array([255, 0, 0])).astype(np.uint8)
-        cnts, _ = cv2.findContours(corr.astype(np.uint8), cv2.RETR_EXTERNAL, cv2.CHAIN_APPROX_NONE)
+    region = _up(p.region[0] > 0.5, scale)
+    if region.any():  # tint + outline the true region
+        ref[region] = (0.5 * ref[region] + 0.5 * np.array([255, 0, 0])).astype(np.uint8)
+        cnts, _ = cv2.findContours(region.astype(np.uint8), cv2.RETR_EXTERNAL, cv2.CHAIN_APPROX_NONE)
         cv2.drawContours(ref, cnts, -1, (255, 255, 0), 1)
     # where the hole pixels land according to ref_coords: green dots
     rc = p.ref_coords[:, hole]
@@ -664,7 +664,7 @@ def show_pairs(
     """Write a PNG grid of ``n`` training pairs of ``mode`` for a check by eye; returns its path.
 
     One row per pair: masked input (hole in grey), hole mask, reference with the true
-    correspondence tinted red with a yellow outline and the ref_coords of the hole pixels as green
+    region (M*) tinted red with a yellow outline and the ref_coords of the hole pixels as green
     dots, target. Nearest-neighbour upscaled by ``scale``; rows labelled with index, mode, source.
     Sources: procedural objects, plus the photos of ``data_root`` (default: the shared
     dreambooth-train folder when present; validation subjects excluded) if ``use_photos``.

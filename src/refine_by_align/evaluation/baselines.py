@@ -3,9 +3,9 @@
 * :class:`KeypointMethod` (``keypoint``): classical reference-guided fill in the spirit of TransFill:
   SIFT matches from the reference object to the image outside the artifact mask (Lowe's ratio
   test), a RANSAC homography, the reference warped into the image fills the mask and is
-  Poisson-blended (``cv2.seamlessClone``). Its correspondence is the artifact mask mapped back onto
+  Poisson-blended (``cv2.seamlessClone``). Its region (M*) is the artifact mask mapped back onto
   the reference by the inverse homography. When matching fails it falls back to Telea inpainting,
-  predicts no correspondence, and flags ``fallback``.
+  predicts no region, and flags ``fallback``.
 * :class:`FeatureNNMethod` (``feature-nn``): alignment by nearest neighbours between the model's own
   encoder patch tokens (DIFT / DHF-style point matching, Fig. 2): every token of the zoom-in crop
   under the mask votes for its most cosine-similar reference token; the largest blob of votes is
@@ -38,7 +38,7 @@ __all__ = [
     "fit_homography",
     "poisson_fill",
     "FeatureNNMethod",
-    "feature_nn_correspondence",
+    "feature_nn_region",
     "OracleAlignMethod",
 ]
 
@@ -176,13 +176,13 @@ class KeypointMethod:
         else:
             result = img.copy()
             result[mask] = fill[mask]
-        # the correspondence: the artifact mask mapped back onto the reference by H^-1
+        # the region: the artifact mask mapped back onto the reference by H^-1
         back = cv2.warpPerspective(mask.astype(np.uint8) * 255, np.linalg.inv(fit.H), (wr, hr), flags=cv2.INTER_NEAREST) > 127
         if obj is not None and (back & np.asarray(obj, bool)).any():
             back &= np.asarray(obj, bool)
         return MethodOutput(
             image=Image.fromarray(result, "RGB"),
-            correspondence=back,
+            region=back,
             timings={"total": time.perf_counter() - t0},
             info={"matches": fit.matches, "inliers": fit.inliers, "coverage": coverage},
         )
@@ -191,7 +191,7 @@ class KeypointMethod:
 # ----------------------------------------------------------------------------------------- feature-nn
 
 
-def feature_nn_correspondence(
+def feature_nn_region(
     pipe: Any,
     image: Image.Image,
     mask: np.ndarray,
@@ -210,7 +210,7 @@ def feature_nn_correspondence(
     its maximum and its largest blob kept (``clean_correspondence`` without the ViT-peak filter,
     which would delete a one-token vote), then mapped onto the reference like M*.
 
-    Returns (mask (Hr, Wr) bool, heat map (Hr, Wr) float32 in [0, 1])."""
+    Returns (the region (Hr, Wr) bool, heat map (Hr, Wr) float32 in [0, 1])."""
     from ..pipelines.alignment import clean_correspondence, grid_to_reference
 
     p = pipe.prepare(image, mask, reference, reference_mask)
@@ -233,38 +233,38 @@ def feature_nn_correspondence(
     nn_idx = sim.argmax(dim=1).numpy()
     votes = np.zeros(g * g, np.float64)
     np.add.at(votes, nn_idx, cover[sel].double().numpy())
-    grid_mask, norm = clean_correspondence(votes.reshape(g, g), threshold=threshold, peak_ratio=np.inf)
+    grid_region, norm = clean_correspondence(votes.reshape(g, g), threshold=threshold, peak_ratio=np.inf)
     shape = p.reference_mask.shape
-    m = grid_to_reference(grid_mask, p.reference_box, shape) & p.reference_mask
-    if not m.any():
-        m = grid_to_reference(grid_mask, p.reference_box, shape)
+    region = grid_to_reference(grid_region, p.reference_box, shape) & p.reference_mask
+    if not region.any():
+        region = grid_to_reference(grid_region, p.reference_box, shape)
     heat = grid_to_reference(norm, p.reference_box, shape, smooth=True) * p.reference_mask
-    return m, np.clip(heat, 0.0, 1.0).astype(np.float32)
+    return region, np.clip(heat, 0.0, 1.0).astype(np.float32)
 
 
 class _GuidedPipelineMethod(RefineByAlignMethod):
     """A pipeline method whose region on the reference is chosen outside the pipeline."""
 
-    def _run(self, case: Case, correspondence: np.ndarray | None, heat: np.ndarray | None, fallback: bool, t0: float) -> MethodOutput:
+    def _run(self, case: Case, region: np.ndarray | None, heat: np.ndarray | None, fallback: bool, t0: float) -> MethodOutput:
         out = self.pipeline(
             case.image,
             case.mask,
             case.reference,
             reference_mask=case.reference_mask,
             align=True,
-            correspondence=correspondence,
+            region=region,
             **self.call_kwargs,
         )
         image = to_rgb(out.image)
-        corr = getattr(out, "correspondence_mask", None)
-        corr = None if corr is None else np.asarray(corr).astype(bool)
-        cmap = heat if heat is not None else getattr(out, "correspondence_map", None)
+        used = getattr(out, "region", None)
+        used = None if used is None else np.asarray(used).astype(bool)
+        heat = heat if heat is not None else getattr(out, "heatmap", None)
         timings = dict(getattr(out, "timings", None) or {})
         timings["total_method"] = time.perf_counter() - t0
         return MethodOutput(
             image=image,
-            correspondence=corr,
-            correspondence_map=None if cmap is None else np.asarray(cmap, np.float32),
+            region=used,
+            heatmap=None if heat is None else np.asarray(heat, np.float32),
             timings=timings,
             fallback=fallback,
         )
@@ -280,11 +280,11 @@ class FeatureNNMethod(_GuidedPipelineMethod):
 
     def __call__(self, case: Case) -> MethodOutput:
         t0 = time.perf_counter()
-        m, heat = feature_nn_correspondence(
+        region, heat = feature_nn_region(
             self.pipeline, case.image, case.mask, case.reference, case.reference_mask, self.threshold, self.min_cover
         )
         align_s = time.perf_counter() - t0
-        out = self._run(case, m, heat, False, t0)
+        out = self._run(case, region, heat, False, t0)
         out.timings["align"] = align_s
         return out
 

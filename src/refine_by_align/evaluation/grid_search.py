@@ -65,8 +65,8 @@ def grid_search(
         for i in range(len(timesteps)):
             row = []
             for j in range(len(layers)):
-                m, _, _, norm = pipe.correspondence_on_reference(p, maps[i, j])
-                scores[i, j, k] = iou(m, case.correspondence)
+                region, _, _, norm = pipe.region_on_reference(p, maps[i, j])
+                scores[i, j, k] = iou(region, case.correspondence)
                 row.append(norm)
             per_case.append(row)
         if example is None:

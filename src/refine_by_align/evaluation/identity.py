@@ -2,7 +2,7 @@
 
 * **CLIP-I** / **DINO-I**: cosine x 100 between the image embeddings of the *refined region* (the
   output cropped to the artifact mask's box, grown a little) and the *corresponding region of the
-  reference* (the reference cropped to the box of the true correspondence when the case has one,
+  reference* (the reference cropped to the box of the true region M* when the case has one,
   else of the method's predicted one, else of the whole reference object). CLIP embeddings are
   ``CLIPModel.get_image_features``; DINO embeddings are the DINOv2 CLS token after the final layer
   norm (``Dinov2Model(...).pooler_output``).
@@ -304,7 +304,8 @@ class IdentityCrops:
 
 
 def identity_crops(case: Any, output_image: Image.Image, predicted: np.ndarray | None = None) -> IdentityCrops:
-    """The two crops CLIP-I / DINO-I compare (see the module docstring for the rule)."""
+    """The two crops CLIP-I / DINO-I compare (see the module docstring for the rule); ``predicted``:
+    the method's region (M*) on the reference, if any."""
     out = region_crop(output_image, case.mask)
     ref = case.reference
     for region, name in ((case.correspondence, "true"), (predicted, "predicted"), (case.reference_mask, "object")):

@@ -6,6 +6,7 @@ A method is any object with a ``name`` and ``__call__(case) -> MethodOutput``. T
 
 from __future__ import annotations
 
+import warnings
 from dataclasses import dataclass, field
 from typing import Any, Protocol, runtime_checkable
 
@@ -31,19 +32,27 @@ __all__ = [
 class MethodOutput:
     """What a method returns for one case.
 
-    ``image``: RGB, same size as the case's input image. ``correspondence``: bool (Hr, Wr) predicted
-    region on the reference, or None for methods that do not align. ``correspondence_map``: optional
+    ``image``: RGB, same size as the case's input image. ``region``: bool (Hr, Wr) predicted M* (the
+    aligned region on the reference), or None for methods that do not align. ``heatmap``: optional
     float (Hr, Wr) soft map in [0, 1]. ``timings``: optional per-stage seconds. ``fallback``: True
     when the method could not do what it is named for on this case and fell back to something else
-    (recorded in the benchmark's case record). ``info``: free-form diagnostics (not scored).
+    (recorded in the benchmark's case record). ``info``: free-form diagnostics (not scored). The old
+    names ``correspondence`` and ``correspondence_map`` still read (deprecated: they go in the next release).
     """
 
     image: Image.Image
-    correspondence: np.ndarray | None = None
-    correspondence_map: np.ndarray | None = None
+    region: np.ndarray | None = None
+    heatmap: np.ndarray | None = None
     timings: dict[str, float] = field(default_factory=dict)
     fallback: bool = False
     info: dict[str, Any] = field(default_factory=dict)
+
+    def _old(self, old: str, new: str):
+        warnings.warn(f"MethodOutput.{old} is deprecated, use .{new}", DeprecationWarning, stacklevel=3)
+        return getattr(self, new)
+
+    correspondence = property(lambda self: self._old("correspondence", "region"), doc="Deprecated name of :attr:`region`.")
+    correspondence_map = property(lambda self: self._old("correspondence_map", "heatmap"), doc="Deprecated name of :attr:`heatmap`.")
 
 
 @runtime_checkable
@@ -85,7 +94,7 @@ class RefineByAlignMethod:
 
     The pipeline is called as ``pipeline(image, mask, reference, reference_mask=..., align=...,
     **call_kwargs)`` and must return an object with ``.image`` (PIL) and optionally
-    ``.correspondence_mask``, ``.correspondence_map`` and ``.timings``.
+    ``.region``, ``.heatmap`` and ``.timings``.
     ``align=False`` gives the single-stage variant (refinement without the alignment stage).
     """
 
@@ -110,12 +119,12 @@ class RefineByAlignMethod:
                 f"{self.name}: output size {image.width}x{image.height} differs from the input "
                 f"{case.image.width}x{case.image.height} on case '{case.id}'"
             )
-        corr = getattr(out, "correspondence_mask", None)
-        corr = None if corr is None else np.asarray(corr).astype(bool)
-        cmap = getattr(out, "correspondence_map", None)
-        cmap = None if cmap is None else np.asarray(cmap, dtype=np.float32)
+        region = getattr(out, "region", None)
+        region = None if region is None else np.asarray(region).astype(bool)
+        heat = getattr(out, "heatmap", None)
+        heat = None if heat is None else np.asarray(heat, dtype=np.float32)
         timings = dict(getattr(out, "timings", None) or {})
-        return MethodOutput(image=image, correspondence=corr, correspondence_map=cmap, timings=timings)
+        return MethodOutput(image=image, region=region, heatmap=heat, timings=timings)
 
 
 keep = KeepMethod()

@@ -185,8 +185,8 @@ def _crop_tile(img: Image.Image, box: Box, size: int) -> Image.Image:
     return img.convert("RGB").crop(box.as_tuple()).resize((size, size), Image.BILINEAR)
 
 
-def _read_mask(path: Path) -> np.ndarray | None:
-    return load_mask(path, "correspondence") if path.is_file() else None
+def _read_region(path: Path) -> np.ndarray | None:
+    return load_mask(path, "region") if path.is_file() else None
 
 
 def render_comparison_sheet(
@@ -220,12 +220,12 @@ def render_comparison_sheet(
             ref_tile = outline_mask(ref_tile, case.correspondence, GREEN, place=place)
         tiles.append(label_tile(ref_tile, "reference" + (" + truth" if case.correspondence is not None else "")))
         for m in aligning:
-            corr = _read_mask(out_root / m / case.id / "correspondence.png")
-            if corr is None:
+            region = _read_region(out_root / m / case.id / "correspondence.png")
+            if region is None:
                 t, _ = fit_square(case.reference, tile)
                 label = f"{m}: no region"
             else:
-                t, _ = fit_square(render_heatmap_overlay(case.reference, corr, alpha=0.5, color=MAGENTA), tile)
+                t, _ = fit_square(render_heatmap_overlay(case.reference, region, alpha=0.5, color=MAGENTA), tile)
                 label = f"{m} IoU {_fmt(records.get(m, {}).get(case.id, {}).get('miou'), '.2f')}"
             if case.correspondence is not None:
                 t = outline_mask(t, case.correspondence, GREEN, place=place)

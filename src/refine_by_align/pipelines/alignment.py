@@ -21,6 +21,7 @@ Fig. 7) and ``dense_alignment`` (the field).
 
 from __future__ import annotations
 
+import warnings
 from dataclasses import dataclass
 from dataclasses import field as dataclass_field
 
@@ -100,8 +101,8 @@ def filter_token_peaks(raw: np.ndarray, ratio: float = 3.0) -> np.ndarray:
 def clean_correspondence(raw: np.ndarray, threshold: float = 0.5, peak_ratio: float = 3.0) -> tuple[np.ndarray, np.ndarray]:
     """A.4: peak filtering, threshold, and the largest blob.
 
-    raw: (g, g) map from Eq. 5. Returns (mask (g, g) bool with one 8-connected blob, the filtered
-    map normalised to [0, 1]). ``threshold`` is relative to the filtered map's range. The blob kept
+    raw: (g, g) map from Eq. 5. Returns (M* on the token grid: (g, g) bool, one 8-connected blob;
+    the filtered map normalised to [0, 1]). ``threshold`` is relative to the filtered map's range. The blob kept
     is the one with the largest summed weight (a clustering by connectivity)."""
     filtered = filter_token_peaks(raw, peak_ratio)
     lo, hi = float(filtered.min()), float(filtered.max())
@@ -136,17 +137,27 @@ def grid_to_reference(grid: np.ndarray, box: Box, shape: tuple[int, int], smooth
 
 @dataclass
 class AlignmentResult:
-    """Output of the alignment stage for one image."""
+    """Output of the alignment stage for one image. The old attribute names ``mask``, ``grid_mask``,
+    ``timestep`` and ``layer`` still read (deprecated: they go in the next release)."""
 
-    mask: np.ndarray  # (Hr, Wr) bool: M*, the correspondence on the reference
+    region: np.ndarray  # (Hr, Wr) bool: M*, the aligned region on the reference
     heatmap: np.ndarray  # (Hr, Wr) float32 in [0, 1]: the cleaned map (attention) or M*'s confidence (dense), for display
     raw_grid: np.ndarray | None  # (g, g) float32: M^{t,l} straight from Eq. 5 (None when no attention pass ran)
-    grid_mask: np.ndarray | None  # (g, g) bool: M* on the token grid (attention method)
-    timestep: int
-    layer: int
+    grid_region: np.ndarray | None  # (g, g) bool: M* on the token grid (attention method)
+    alignment_timestep: int
+    alignment_layer: int
     method: str = "attention"  # "attention" (Algorithm 1) or "dense" (the field)
     field: DenseField | None = None  # dense: reference positions for every pixel of the zoom-in crop
     info: dict = dataclass_field(default_factory=dict)  # matches per source, inliers, mirrored, fallback reason
+
+    def _old(self, old: str, new: str):
+        warnings.warn(f"AlignmentResult.{old} is deprecated, use .{new}", DeprecationWarning, stacklevel=3)
+        return getattr(self, new)
+
+    mask = property(lambda self: self._old("mask", "region"), doc="Deprecated name of :attr:`region`.")
+    grid_mask = property(lambda self: self._old("grid_mask", "grid_region"), doc="Deprecated name of :attr:`grid_region`.")
+    timestep = property(lambda self: self._old("timestep", "alignment_timestep"), doc="Deprecated name of :attr:`alignment_timestep`.")
+    layer = property(lambda self: self._old("layer", "alignment_layer"), doc="Deprecated name of :attr:`alignment_layer`.")
 
 
 @torch.no_grad()

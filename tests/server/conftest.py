@@ -77,9 +77,21 @@ class FakePipe:
                 self.steps_done += 1
                 bar.update()
         arr = np.asarray(to_rgb(image)).copy()
-        arr[np.asarray(mask, bool)] = 0
+        m = np.asarray(mask, bool)
+        arr[m] = 0
         h, w = arr.shape[:2]
-        return RefineOutput(Image.fromarray(arr), None, None, Box(0, 0, w, h), Box(0, 0, 1, 1), {"total": 0.0})
+        out = RefineOutput(Image.fromarray(arr), None, None, Box(0, 0, w, h), Box(0, 0, 1, 1), {"total": 0.0})
+        if isinstance(reference, list):  # several: the last one guides, the left half of the mask is #1's warp
+            from refine_by_align.pipelines.references import ReferenceResult
+
+            self.references = len(reference)
+            out.references = [ReferenceResult(None, None, None, 0.5 - 0.1 * i, 0.5 if i == 0 else 0.0) for i in range(len(reference))]
+            out.guide = len(reference) - 1
+            out.source = np.full((h, w), -1, np.int16)
+            out.source[m] = 0
+            left = m & (np.arange(w)[None, :] < w // 2)
+            out.source[left] = 1
+        return out
 
 
 @pytest.fixture

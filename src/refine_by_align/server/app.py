@@ -5,8 +5,10 @@ Endpoints (all errors are JSON ``{"error": "..."}`` with a 4xx/5xx status; nothi
 ``GET  /``                      the web app (one self-contained HTML page, see ``page.py``)
 ``GET  /api/health``            200 ``{"status": "ok", ...}`` once the model is loaded, else 503
 ``POST /api/refine``            multipart ``image``, ``mask``, ``reference`` [, ``reference_mask``, ``steps``,
-                                ``guidance``, ``seed``] -> ``image/png``: the refined image (input size)
-``POST /api/align``             same fields -> ``image/png``: the correspondence mask M* (reference size);
+                                ``guidance``, ``seed``] -> ``image/png``: the refined image (input size);
+                                ``?output=json`` gives JSON instead: the image and the source picture as
+                                base64 PNGs, with the per-reference figures (see below)
+``POST /api/align``             same fields -> ``image/png``: the aligned region M* (reference size);
                                 ``?output=heatmap`` gives the heat map over the reference instead
 ``POST /api/detect``            multipart ``image``, ``reference`` [, ``reference_mask``, ``method``, ``threshold``]
                                 -> JSON: the proposed artifact mask (image size) and its heat map as
@@ -14,10 +16,23 @@ Endpoints (all errors are JSON ``{"error": "..."}`` with a 4xx/5xx status; nothi
 ``POST /api/jobs``              same fields + ``mode`` (refine | align) -> 202 ``{"id": ...}``: queued job
 ``GET  /api/jobs/{id}``         job status: state, step/total, elapsed, queue position, error
 ``GET  /api/jobs/{id}/{name}``  a finished job's ``result.png``, ``heatmap.png``, ``correspondence.png``
+                                (several references: ``source.png``, ``compare.png`` too)
 ``DELETE /api/jobs/{id}``       cancel a queued or running job
 ``POST /api/preview``           multipart ``file`` [+ ``role`` = image | mask] -> the PNG the model will see
                                 (decoded, EXIF-rotated, 8-bit RGB; a mask as black/white), so the page can
                                 show any format the server reads (16-bit PNG, CMYK JPEG, TIFF ...)
+
+Several references (refine, and ``/api/jobs`` in refine mode): the ``reference`` field repeated, at
+most :data:`MAX_REFERENCES`, in order; the mask of the first is ``reference_mask``, of the k-th
+``reference_mask_k`` (``reference_mask_2`` ...), each optional. One ``reference`` is exactly the
+request it always was. With several, the PNG answer carries ``X-Guide`` (index of the reference
+that guided the model, from 0) and ``X-References`` (JSON: per reference its ``warp_fraction`` and
+``ring_ncc``); the JSON answer and a job's ``info`` carry ``guide`` and ``references`` (per reference:
+its number, file name, colour in the source picture, whether it guided, the fraction of the mask
+taken from its warp, its ring correlation, its alignment method and notes), and the job gets
+``source.png`` (the refined image, each mask pixel tinted by the reference it came from, grey: the
+model) and ``compare.png`` (input | a tile per reference | result | source). Align works with one
+reference.
 
 Limits (:class:`ServerSettings`): request body bytes (413), image side (413), one job at a time with
 ``max_queue`` waiting (503 + Retry-After when full), a time limit per job (504). Cross-origin POSTs
@@ -55,8 +70,11 @@ __all__ = ["ServerSettings", "UploadTooLarge", "create_app", "decode_upload"]
 
 logger = logging.getLogger(__name__)
 
-FILE_FIELDS = ("image", "mask", "reference", "reference_mask")
+MAX_REFERENCES = 4  # references in one refine request
+REFERENCE_MASK_FIELDS = ("reference_mask",) + tuple(f"reference_mask_{k}" for k in range(2, MAX_REFERENCES + 1))
+FILE_FIELDS = ("image", "mask", "reference") + REFERENCE_MASK_FIELDS
 REQUIRED_FILES = ("image", "mask", "reference")
+REPEATABLE = {"reference": MAX_REFERENCES}  # fields that may be sent several times, at most so many
 VALUE_FIELDS = ("steps", "guidance", "seed")
 MAX_SEED = 2**63 - 1
 DETECT_FILE_FIELDS = ("image", "reference", "reference_mask")
@@ -119,9 +137,9 @@ def _heat_png(reference: Image.Image, heat: np.ndarray | None, region: np.ndarra
 class _Inputs:
     image: Image.Image
     mask: np.ndarray
-    reference: Image.Image
-    reference_mask: np.ndarray | None
-    names: dict[str, str]
+    reference: Image.Image | list[Image.Image]  # a list when several were sent
+    reference_mask: np.ndarray | None | list[np.ndarray | None]
+    names: dict[str, Any]
     steps: int | None
     guidance: float | None
     seed: int
@@ -147,21 +165,31 @@ def _float_value(values: dict[str, str], name: str) -> float | None:
         raise InputError(f"{name} must be a number, got {text!r}") from None
 
 
-async def _read_form(request, settings: ServerSettings, file_fields, required, value_fields):
-    """Multipart form -> ({field: (bytes, filename)}, {field: text}); InputError on any problem."""
+async def _read_form(request, settings: ServerSettings, file_fields, required, value_fields, repeatable=None):
+    """Multipart form -> ({field: (bytes, filename)}, {field: text}); InputError on any problem.
+    ``repeatable``: fields that may come several times (field -> most times); those map to a list of
+    (bytes, filename) in the order sent, even when sent once."""
     ctype = request.headers.get("content-type", "")
     if not ctype.lower().startswith("multipart/form-data"):
         raise _HTTPError(415, f"send the inputs as multipart/form-data (curl -F image=@image.png ...), got '{ctype or 'no content type'}'")
-    files: dict[str, tuple[bytes, str]] = {}
+    repeatable = repeatable or {}
+    files: dict[str, Any] = {key: [] for key in repeatable}
     values: dict[str, str] = {}
-    async with request.form(max_files=len(file_fields), max_fields=len(value_fields), max_part_size=4096) as form:
+    # room for a few more repeats than allowed, so that too many is answered by the count below
+    max_files = len(file_fields) + 2 * sum(n - 1 for n in repeatable.values())
+    async with request.form(max_files=max_files, max_fields=len(value_fields), max_part_size=4096) as form:
         for key, item in form.multi_items():
-            if key in files or key in values:
-                raise InputError(f"field '{key}' was sent more than once")
+            if key not in repeatable and (key in files or key in values):
+                hint = " (the k-th reference's mask is reference_mask_k: reference_mask_2 ...)" if key == "reference_mask" and repeatable else ""
+                raise InputError(f"field '{key}' was sent more than once{hint}")
             if key in file_fields:
                 if isinstance(item, str):
                     raise InputError(f"field '{key}' must be a file upload (curl -F {key}=@FILE), not text")
-                files[key] = (await item.read(), item.filename or key)
+                upload = (await item.read(), item.filename or key)
+                if key in repeatable:
+                    files[key].append(upload)
+                else:
+                    files[key] = upload
             elif key in value_fields:
                 if not isinstance(item, str):
                     raise InputError(f"field '{key}' must be a plain value, not a file")
@@ -169,10 +197,36 @@ async def _read_form(request, settings: ServerSettings, file_fields, required, v
             else:
                 expected = ", ".join(list(file_fields) + list(value_fields))
                 raise InputError(f"unknown field '{key}' (expected: {expected})")
+    for key, most in repeatable.items():
+        if len(files[key]) > most:
+            raise InputError(f"at most {most} {key}s per request, got {len(files[key])} '{key}' fields")
+        if not files[key]:
+            del files[key]
     missing = [k for k in required if k not in files]
     if missing:
         raise InputError(f"missing file field(s): {', '.join(missing)} (required: {', '.join(required)})")
     return files, values
+
+
+def _reference_files(files: dict[str, Any]) -> dict[str, Any]:
+    """The form's files as :func:`io.load_inputs` takes them: one reference as it always was (a
+    (bytes, name) pair, its mask under ``reference_mask``); several as lists, the k-th reference's
+    mask from ``reference_mask_k`` (None where it has none)."""
+    files = dict(files)
+    refs = files.pop("reference")
+    masks = [files.pop(key, None) for key in REFERENCE_MASK_FIELDS]
+    for k, m in enumerate(masks[len(refs):], start=len(refs) + 1):
+        if m is not None:
+            sent = "1 reference was" if len(refs) == 1 else f"{len(refs)} references were"
+            raise InputError(f"field '{REFERENCE_MASK_FIELDS[k - 1]}' is the mask of reference #{k} but {sent} sent")
+    if len(refs) == 1:
+        files["reference"] = refs[0]
+        if masks[0] is not None:
+            files["reference_mask"] = masks[0]
+    else:
+        files["reference"] = refs
+        files["reference_mask"] = masks[: len(refs)]
+    return files
 
 
 def _prepare(files: dict[str, tuple[bytes, str]], values: dict[str, str], settings: ServerSettings, reserve) -> tuple[_Inputs, Slot]:
@@ -195,7 +249,7 @@ def _prepare(files: dict[str, tuple[bytes, str]], values: dict[str, str], settin
 
     try:
         image, mask, reference, ref_mask, names = load_inputs(
-            files, max_side=settings.max_image_side, too_large=UploadTooLarge, before_decode=hold_place
+            _reference_files(files), max_side=settings.max_image_side, too_large=UploadTooLarge, before_decode=hold_place
         )
     except BaseException:
         if slot is not None:
@@ -204,7 +258,12 @@ def _prepare(files: dict[str, tuple[bytes, str]], values: dict[str, str], settin
     return _Inputs(image, mask, reference, ref_mask, names, steps, guidance, 0 if seed is None else seed), slot
 
 
-def _refine_work(inp: _Inputs, extras: bool):
+def _refine_work(inp: _Inputs, extras: bool, detail: bool = False):
+    """The refine job. ``extras``: the pictures a queued job offers (region, heat map; with several
+    references the compare picture too); ``detail``: the per-reference figures and the source
+    picture even for one reference (they always come with several)."""
+    several = isinstance(inp.reference, list)
+
     def work(pipe) -> dict[str, Any]:
         out = pipe(
             inp.image, inp.mask, inp.reference, inp.reference_mask, num_inference_steps=inp.steps,
@@ -219,26 +278,69 @@ def _refine_work(inp: _Inputs, extras: bool):
                 "size": [out.image.width, out.image.height],
             },
         }
+        refs = inp.reference if several else [inp.reference]
+        if several or detail:
+            outputs["info"].update(_references_info(out, inp.names, len(refs)))
+            if out.source is not None:
+                from ..visualize import source_overlay
+
+                outputs["source.png"] = _png(source_overlay(out.image, out.source))
         if extras:
+            guide = refs[out.guide] if 0 <= out.guide < len(refs) else refs[0]
             if out.region is not None:
                 outputs["correspondence.png"] = _mask_png(out.region)
-            heat = _heat_png(to_rgb(inp.reference), out.heatmap, out.region)
+            heat = _heat_png(to_rgb(guide), out.heatmap, out.region)
             if heat is not None:
                 outputs["heatmap.png"] = heat
+            if several:
+                from ..visualize import compare_picture
+
+                picture = compare_picture(to_rgb(inp.image), inp.mask, [to_rgb(r) for r in refs], out)
+                outputs["compare.png"] = _png(picture)
         return outputs
 
     return work
 
 
+def _finite(x, digits: int = 4) -> float | None:
+    return None if x is None or not math.isfinite(float(x)) else round(float(x), digits)
+
+
+def _references_info(out, names: dict[str, Any], count: int) -> dict[str, Any]:
+    """What each reference gave (JSON-ready): ``guide`` (index from 0 of the reference that guided the
+    model), ``references`` (one entry each, in the order sent), ``notes`` and ``warp_fraction``."""
+    from ..visualize import SOURCE_COLOURS
+
+    ref_names = names.get("reference")
+    ref_names = ref_names if isinstance(ref_names, list) else [ref_names]
+    per = list(getattr(out, "references", None) or [])
+    entries = []
+    for i in range(count):
+        r = per[i] if i < len(per) else None
+        colour = SOURCE_COLOURS[i % len(SOURCE_COLOURS)]
+        entries.append({
+            "number": i + 1,
+            "name": ref_names[i] if i < len(ref_names) else None,
+            "colour": "#%02x%02x%02x" % colour,
+            "guided": i == out.guide,
+            "warp_fraction": _finite(r.warp_fraction if r is not None else (out.warp_fraction if count == 1 else 0.0)),
+            "ring_ncc": _finite(r.ring_ncc) if r is not None else None,
+            "alignment": r.alignment if r is not None else out.alignment,
+            "notes": list(r.notes) if r is not None else [],
+        })
+    return {"guide": int(out.guide), "references": entries, "notes": list(out.notes),
+            "warp_fraction": _finite(out.warp_fraction), "alignment": out.alignment}
+
+
 def _align_work(inp: _Inputs, extras: bool):
     def work(pipe) -> dict[str, Any]:
         res = pipe.align(inp.image, inp.mask, inp.reference, inp.reference_mask, seed=inp.seed, names=inp.names)
-        corr = _mask_png(res.mask)
+        corr = _mask_png(res.region)
         outputs: dict[str, Any] = {
             "result.png": corr,
             "correspondence.png": corr,
-            "heatmap.png": _heat_png(to_rgb(inp.reference), res.heatmap, res.mask),
-            "info": {"timestep": res.timestep, "layer": res.layer, "pixels": int(res.mask.sum()),
+            "heatmap.png": _heat_png(to_rgb(inp.reference), res.heatmap, res.region),
+            "info": {"timestep": res.alignment_timestep, "layer": res.alignment_layer, "pixels": int(res.region.sum()),
                      "random_weights": bool(getattr(pipe, "random_weights", False))},
         }
         return outputs
@@ -527,7 +629,7 @@ def _health_payload(runner: JobRunner, settings: ServerSettings) -> dict:
         "model": settings.model_name,
         "random_weights": bool(getattr(runner.pipe, "random_weights", False)) if loaded else None,
         "queue": runner.counts(),
-        "limits": {k: v for k, v in asdict(settings).items() if k != "model_name"},
+        "limits": {**{k: v for k, v in asdict(settings).items() if k != "model_name"}, "max_references": MAX_REFERENCES},
     }
 
 
@@ -541,8 +643,10 @@ async def health(request: Request):
     return payload
 
 
-async def _submit(request: Request, kind: str, extras: bool, allow_mode: bool) -> Job:
-    """Read and check a refine / align upload and queue its job (503 when the model or a place is missing)."""
+async def _submit(request: Request, kind: str, extras: bool, allow_mode: bool, detail: bool = False) -> Job:
+    """Read and check a refine / align upload and queue its job (503 when the model or a place is
+    missing). ``detail``: a refine gives the per-reference figures and the source picture even for
+    one reference."""
     runner, settings = _runner(request), _settings(request)
     if runner.pipe is None:
         raise _HTTPError(503, "model is not loaded yet; retry in a moment", {"Retry-After": "5"})
@@ -550,15 +654,17 @@ async def _submit(request: Request, kind: str, extras: bool, allow_mode: bool) -
     try:
         runner.check_room()  # a full server refuses before reading the upload
         value_fields = VALUE_FIELDS + (("mode",) if allow_mode else ())
-        files, values = await _read_form(request, settings, FILE_FIELDS, REQUIRED_FILES, value_fields)
+        files, values = await _read_form(request, settings, FILE_FIELDS, REQUIRED_FILES, value_fields, REPEATABLE)
         if allow_mode:
             kind = values.pop("mode", kind).strip() or kind
             if kind not in ("refine", "align"):
                 raise InputError(f"mode must be 'refine' or 'align', got {kind!r}")
+        if kind == "align" and len(files.get("reference", ())) > 1:
+            raise InputError(f"align takes one reference, got {len(files['reference'])} 'reference' fields (several references are for refine)")
         # headers and sizes, then a place in the queue, then the pixels
         inp, slot = await run_in_threadpool(_prepare, files, values, settings, runner.reserve)
         del files
-        work = _refine_work(inp, extras) if kind == "refine" else _align_work(inp, extras)
+        work = _refine_work(inp, extras, detail) if kind == "refine" else _align_work(inp, extras)
         with slot:
             return runner.submit(Job(kind=kind, work=work, timeout_s=settings.job_timeout_s), slot)
     except QueueFull as e:
@@ -607,19 +713,32 @@ direct = APIRouter()  # refine / align answered in the same request
 
 
 @direct.post("/api/refine")
-async def refine(request: Request):
-    job = await _submit(request, "refine", extras=False, allow_mode=False)
+async def refine(request: Request, output: str = "png"):
+    """The refined image as ``image/png`` (``?output=json``: JSON with the image and the source
+    picture as base64 PNGs, the figures of each reference, the timings and notes)."""
+    if output not in ("png", "json"):
+        raise InputError(f"output must be 'png' or 'json', got {output!r}")
+    job = await _submit(request, "refine", extras=False, allow_mode=False, detail=output == "json")
     await _wait(job, request)
     _runner(request).forget(job)  # answered here: keep no copy of the result
     if job.state != "done":
         return _job_failure(job)
     info = job.outputs.get("info", {})
+    if output == "json":
+        payload = {"image": _b64(job.outputs["result.png"]), "source": _b64(job.outputs.get("source.png"))}
+        payload.update(info)
+        return JSONResponse(payload, headers={"X-Job-Id": job.id, "Cache-Control": "no-store"})
     headers = {
         "Content-Disposition": 'inline; filename="refined.png"',
         "X-Job-Id": job.id,
         "X-Timings": json.dumps(info.get("timings", {})),
         "X-Random-Weights": "true" if info.get("random_weights") else "false",
     }
+    if "references" in info:  # several references: which guided, and what each gave (ASCII JSON)
+        headers["X-Guide"] = str(info["guide"])
+        headers["X-References"] = json.dumps(
+            [{"warp_fraction": r["warp_fraction"], "ring_ncc": r["ring_ncc"]} for r in info["references"]], separators=(",", ":")
+        )
     return Response(job.outputs["result.png"], media_type="image/png", headers=headers)
 
 

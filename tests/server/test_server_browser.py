@@ -294,3 +294,70 @@ def test_suggest_mask_fills_the_brush_layer(server_url, browser):
     assert d.find_element(By.ID, "refine-btn").is_enabled() and d.find_element(By.ID, "suggest-btn").is_enabled()
     d.find_element(By.ID, "undo").click()  # the proposal is one undo step
     assert d.execute_script(painted) == 0
+
+
+def test_several_references_in_the_browser(server_url, browser, tmp_path):
+    """Add reference: a block per extra reference (numbered, removable, at most the server's limit);
+    Refine sends them all and shows where each part came from (the source picture, one line per
+    reference, the tiles); Align only takes one reference; removing one renumbers the rest and
+    clears the results."""
+    _inputs(tmp_path)
+    rng = np.random.default_rng(3)
+    Image.fromarray(rng.integers(0, 256, (70, 100, 3), dtype=np.uint8)).save(tmp_path / "reference2.png")
+    Image.fromarray(rng.integers(0, 256, (60, 84, 3), dtype=np.uint8)).save(tmp_path / "reference3.png")
+    d = browser
+    wait = WebDriverWait(d, 60)
+    _open_and_upload(d, server_url, tmp_path)
+    d.find_element(By.ID, "add-reference").click()
+    assert d.find_element(By.ID, "ready-hint").text == "Refine needs a photo for reference #2 (or remove it)."
+    assert not d.find_element(By.ID, "refine-btn").is_enabled()
+    d.find_element(By.ID, "reference-file-2").send_keys(str(tmp_path / "reference2.png"))
+    wait.until(lambda d: d.find_element(By.ID, "refine-btn").is_enabled())
+    assert not d.find_element(By.ID, "align-btn").is_enabled()  # Align only takes one reference
+    assert d.find_element(By.ID, "reference-view-2").get_attribute("naturalWidth") == "100"
+    # a third, then #2 removed: the third becomes #2, its picture with it
+    d.find_element(By.ID, "add-reference").click()
+    d.find_element(By.ID, "reference-file-3").send_keys(str(tmp_path / "reference3.png"))
+    wait.until(lambda d: d.find_element(By.ID, "reference-view-3").get_attribute("naturalWidth") == "84")
+    d.find_element(By.ID, "add-reference").click()  # the 4th: the server's limit
+    assert not d.find_element(By.ID, "add-reference").is_enabled()
+    assert "at most 4 references" in d.find_element(By.ID, "references-hint").text
+    d.find_element(By.ID, "remove-reference-4").click()
+    d.find_element(By.ID, "remove-reference-2").click()
+    assert d.find_elements(By.ID, "reference-file-3") == []
+    assert "Reference #2" in d.find_element(By.ID, "reference-block-2").text
+    assert d.find_element(By.ID, "reference-view-2").get_attribute("naturalWidth") == "84"
+    assert d.find_element(By.ID, "add-reference").is_enabled()
+    wait.until(lambda d: d.find_element(By.ID, "refine-btn").is_enabled())
+
+    steps = d.find_element(By.ID, "steps")
+    steps.clear()
+    steps.send_keys("2")
+    d.find_element(By.ID, "refine-btn").click()
+    _wait_finished(d)
+    assert d.find_element(By.ID, "references-section").is_displayed()
+    lines = [li.text for li in d.find_elements(By.CSS_SELECTOR, "#references-list li")]
+    assert len(lines) == 2 and lines[0].startswith("#1 reference.png: ") and lines[1].startswith("#2 reference3.png: "), lines
+    assert sum("guided the model" in line for line in lines) == 1, lines
+    assert all("% of the mask from its warp" in line for line in lines), lines
+    source = d.find_element(By.ID, "source-img")
+    assert (source.get_attribute("naturalWidth"), source.get_attribute("naturalHeight")) == (str(W), str(H))
+    tiles = d.find_element(By.ID, "references-compare-img")
+    assert int(tiles.get_attribute("naturalWidth")) > 4 * int(tiles.get_attribute("naturalHeight"))
+    assert "on reference #" in d.find_element(By.ID, "heat-caption").text
+    assert d.find_element(By.ID, "compare-after").get_attribute("src").startswith("blob:")
+
+    # one reference again: the results go with the removed one, Align only is back
+    d.find_element(By.ID, "remove-reference-2").click()
+    _results_gone(d)
+    assert not d.find_element(By.ID, "references-section").is_displayed()
+    for img in ("source-img", "references-compare-img"):
+        assert d.find_element(By.ID, img).get_attribute("src") in (None, ""), img
+    assert d.find_elements(By.CSS_SELECTOR, "#references-list li") == []
+    assert d.find_element(By.ID, "align-btn").is_enabled() and d.find_element(By.ID, "refine-btn").is_enabled()
+    # a broken extra reference is named with its number and leaves Refine waiting for a photo
+    d.find_element(By.ID, "add-reference").click()
+    d.find_element(By.ID, "reference-file-2").send_keys(str(tmp_path / "broken.png"))
+    wait.until(lambda d: "reference #2: " in d.find_element(By.ID, "error").text)
+    assert "not a readable image" in d.find_element(By.ID, "error").text
+    assert not d.find_element(By.ID, "refine-btn").is_enabled()

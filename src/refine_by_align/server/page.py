@@ -55,6 +55,11 @@ INDEX_HTML = r"""<!doctype html>
   .results.show { display:block; }
   a.button { display:inline-block; padding:6px 12px; border-radius:6px; background:var(--accent); color:#fff; text-decoration:none; }
   .warn { color:#b54708; }
+  .extra-ref { border-top:1px dashed var(--line); margin-top:10px; padding-top:6px; }
+  .swatch { display:inline-block; width:12px; height:12px; border-radius:3px; vertical-align:-1px; margin-right:4px; border:1px solid rgba(0,0,0,.25); }
+  #references-list { margin:6px 0; padding-left:0; list-style:none; }
+  #references-list li { margin:2px 0; }
+  #source-img { max-height:420px; }
 </style>
 </head>
 <body data-state="idle">
@@ -84,6 +89,9 @@ INDEX_HTML = r"""<!doctype html>
   <div class="row"><label class="hint">optional object mask <input type="file" id="reference-mask-file" accept="image/*"></label></div>
   <div class="hint" id="reference-info">Without an object mask the object is estimated from the photo (its alpha channel if it has one).</div>
   <img id="reference-view" class="thumb" alt="" hidden>
+  <div id="more-references"></div>
+  <div class="row"><button id="add-reference" type="button" title="another photo of the object (another view, a close-up): each part of the artifact is taken from the reference that fits it best">Add reference</button>
+    <span class="hint" id="references-hint"></span></div>
   <h2 style="margin-top:14px">3. Settings</h2>
   <div class="row">
     <label>steps <input type="number" id="steps" min="1" max="1000" step="1" placeholder="model"></label>
@@ -108,6 +116,13 @@ INDEX_HTML = r"""<!doctype html>
     <span class="hint" id="result-info"></span></div>
   <img id="result-img" alt="result" hidden>
 </section>
+<section class="results" id="references-section">
+  <h2>Where each part came from</h2>
+  <img id="source-img" class="thumb" alt="the refined image, each part of the mask tinted by the reference it came from">
+  <ul id="references-list"></ul>
+  <div class="hint" id="source-caption">Each pixel of the mask is tinted by the reference whose warped pixels it took (grey: drawn by the model).</div>
+  <img id="references-compare-img" class="thumb" alt="input | each reference with its aligned region | result | where each part came from">
+</section>
 <section class="results" id="heat-section">
   <h2>Where the masked part was found on the reference</h2>
   <img id="heatmap-img" class="thumb" alt="correspondence heat map" style="max-height:420px">
@@ -120,7 +135,10 @@ const $ = (id) => document.getElementById(id);
 const canvas = $("mask-canvas");
 const ctx = canvas.getContext("2d");
 const state = { image: null, reference: null, referenceMask: null, w: 0, h: 0, eraser: false, busy: false,
-                undo: [], drawing: false, last: null, job: null, abort: null, urls: {}, gen: 0 };
+                undo: [], drawing: false, last: null, job: null, abort: null, urls: {}, gen: 0,
+                extras: [], maxReferences: 4 };
+// references #2, #3 ...: { block, file, mask } each (the first is reference-file / reference-mask-file)
+const COLOURS = ["#00c8ff", "#ffaa00", "#aaff3c", "#ff50c8", "#8c78ff"];
 
 function showError(message) {
   const box = $("error");
@@ -145,8 +163,9 @@ function blank(img) { img.removeAttribute("src"); dropUrl(img.id); }
 // mask, a setting) or a new job removes them, and a job whose inputs changed while it ran is dropped.
 function clearResults() {
   state.gen += 1;
-  for (const id of ["results", "heat-section"]) $(id).classList.remove("show");
-  for (const id of ["compare-after", "result-img", "heatmap-img", "region-img"]) blank($(id));
+  for (const id of ["results", "heat-section", "references-section"]) $(id).classList.remove("show");
+  for (const id of ["compare-after", "result-img", "heatmap-img", "region-img", "source-img", "references-compare-img"]) blank($(id));
+  $("references-list").textContent = "";
   dropUrl("result");
   $("download").setAttribute("href", "#");
   $("result-info").textContent = "";
@@ -197,14 +216,21 @@ function loadImg(img, blob, key) {
   });
 }
 function updateButtons() {
-  const ready = state.image && state.reference && !state.busy;
+  const empty = state.extras.findIndex((x) => !x.file);
+  const ready = state.image && state.reference && empty < 0 && !state.busy;
+  const several = state.extras.length > 0;
   $("refine-btn").disabled = !ready;
-  $("align-btn").disabled = !ready;
-  $("suggest-btn").disabled = !ready;
+  $("align-btn").disabled = !ready || several;
+  $("align-btn").title = several ? "Align only works with one reference: remove the others" : "";
+  $("suggest-btn").disabled = !(state.image && state.reference && !state.busy);
   $("cancel-btn").hidden = !state.busy;
+  $("add-reference").disabled = state.busy || 1 + state.extras.length >= state.maxReferences;
+  $("references-hint").textContent = 1 + state.extras.length >= state.maxReferences ? "at most " + state.maxReferences + " references" :
+    several ? "Suggest mask compares with reference #1" : "";
   const missing = [];
   if (!state.image) missing.push("an image");
   if (!state.reference) missing.push("a reference photo");
+  if (empty >= 0) missing.push("a photo for reference #" + (empty + 2) + " (or remove it)");
   $("ready-hint").textContent = state.busy || !missing.length ? "" : "Refine needs " + missing.join(" and ") + ".";
 }
 
@@ -256,6 +282,78 @@ $("reference-mask-file").addEventListener("change", async (ev) => {
     $("reference-info").textContent = "Object mask: " + file.name + ".";
   } catch (e) { ev.target.value = ""; showError("reference mask: " + e.message); }
 });
+// ------------------------------------------------------------------ more references
+// Each block's ids carry its number (reference-file-2 ...); removing one renumbers those after it.
+function extraBlock() {
+  const block = document.createElement("div");
+  block.className = "extra-ref";
+  block.innerHTML = '<div class="row"><span class="swatch"></span><b class="ref-title"></b> ' +
+    '<input type="file" class="ref-file" accept="image/*,.png,.jpg,.jpeg,.webp,.tif,.tiff,.bmp"> ' +
+    '<button type="button" class="ref-remove">remove</button></div>' +
+    '<div class="row"><label class="hint">optional object mask <input type="file" class="ref-mask" accept="image/*"></label></div>' +
+    '<div class="hint ref-info"></div><img class="thumb ref-view" alt="" hidden>';
+  const extra = { block: block, file: null, mask: null };
+  const q = (c) => block.querySelector("." + c);
+  q("ref-file").addEventListener("change", async (ev) => {
+    const file = ev.target.files[0], k = state.extras.indexOf(extra) + 2;
+    clearError(); clearResults();
+    extra.file = null; blank(q("ref-view")); q("ref-view").hidden = true; updateButtons();
+    if (!file) return;
+    try {
+      const img = await loadImg(q("ref-view"), await preview(file, "reference"));
+      img.hidden = false;
+      extra.file = file;
+    } catch (e) { ev.target.value = ""; showError("reference #" + k + ": " + e.message); }
+    updateButtons();
+  });
+  q("ref-mask").addEventListener("change", async (ev) => {
+    const file = ev.target.files[0], k = state.extras.indexOf(extra) + 2;
+    clearError(); clearResults();
+    extra.mask = null; q("ref-info").textContent = "";
+    if (!file) return;
+    try {
+      await preview(file, "reference_mask");
+      extra.mask = file;
+      q("ref-info").textContent = "Object mask: " + file.name + ".";
+    } catch (e) { ev.target.value = ""; showError("reference #" + k + " mask: " + e.message); }
+  });
+  q("ref-remove").addEventListener("click", () => {
+    clearError(); clearResults();
+    blank(q("ref-view"));
+    state.extras.splice(state.extras.indexOf(extra), 1);
+    block.remove();
+    renumber(); updateButtons();
+  });
+  return extra;
+}
+function renumber() {
+  state.extras.forEach((x, i) => {
+    const k = i + 2, q = (c) => x.block.querySelector("." + c);
+    x.block.id = "reference-block-" + k;
+    q("ref-title").textContent = "Reference #" + k;
+    q("swatch").style.background = COLOURS[(k - 1) % COLOURS.length];
+    q("ref-file").id = "reference-file-" + k;
+    q("ref-mask").id = "reference-mask-file-" + k;
+    q("ref-remove").id = "remove-reference-" + k;
+    q("ref-info").id = "reference-info-" + k;
+    const view = q("ref-view"), id = "reference-view-" + k;
+    if (view.id && view.id !== id && state.urls[view.id]) {  // its picture's URL moves with it (blocks only move up)
+      state.urls[id] = state.urls[view.id];
+      delete state.urls[view.id];
+    }
+    view.id = id;
+  });
+}
+$("add-reference").addEventListener("click", () => {
+  if (1 + state.extras.length >= state.maxReferences) return;
+  clearResults();
+  const extra = extraBlock();
+  state.extras.push(extra);
+  $("more-references").appendChild(extra.block);
+  renumber(); updateButtons();
+  extra.block.querySelector(".ref-file").focus();
+});
+
 $("mask-file").addEventListener("change", async (ev) => {
   const file = ev.target.files[0];
   if (!file) return;
@@ -348,6 +446,9 @@ const sleep = (ms) => new Promise((r) => setTimeout(r, ms));
 async function run(mode) {
   clearError();
   if (!state.image || !state.reference) { showError("upload both the image and the reference first"); return; }
+  const empty = state.extras.findIndex((x) => !x.file);
+  if (empty >= 0) { showError("reference #" + (empty + 2) + " has no photo: upload one or remove it"); return; }
+  if (mode === "align" && state.extras.length) { showError("Align only works with one reference: remove the others"); return; }
   const mask = await maskBlob();
   if (!mask.painted) { showError("paint over the artifact first (the mask is empty)"); return; }
   const form = new FormData();
@@ -356,6 +457,10 @@ async function run(mode) {
   form.append("mask", mask.blob, "mask.png");
   form.append("reference", state.reference, state.reference.name);
   if (state.referenceMask) form.append("reference_mask", state.referenceMask, state.referenceMask.name);
+  if (mode === "refine") {  // the k-th reference's mask goes in reference_mask_k
+    state.extras.forEach((x) => { form.append("reference", x.file, x.file.name); });
+    state.extras.forEach((x, i) => { if (x.mask) form.append("reference_mask_" + (i + 2), x.mask, x.mask.name); });
+  }
   for (const k of ["steps", "guidance", "seed"]) { const v = $(k).value.trim(); if (v !== "") form.append(k, v); }
   clearResults();
   const gen = state.gen;
@@ -420,9 +525,12 @@ async function regionPicture(maskBlob) {
   return await new Promise((resolve) => c.toBlob(resolve, "image/png"));
 }
 async function showResult(id, mode, status, secs, gen) {
+  const has = (name) => status.outputs.indexOf(name) >= 0;
   const result = await fetchBlob("/api/jobs/" + id + "/result.png");
-  const heat = status.outputs.indexOf("heatmap.png") >= 0 ? await fetchBlob("/api/jobs/" + id + "/heatmap.png") : null;
+  const heat = has("heatmap.png") ? await fetchBlob("/api/jobs/" + id + "/heatmap.png") : null;
   const region = mode === "align" ? await regionPicture(result) : null;
+  const source = has("source.png") ? await fetchBlob("/api/jobs/" + id + "/source.png") : null;
+  const tiles = has("compare.png") ? await fetchBlob("/api/jobs/" + id + "/compare.png") : null;
   if (gen !== state.gen) return;  // an input changed while the pictures were fetched
   const url = setUrl("result", result);
   const img = $("result-img");
@@ -439,9 +547,12 @@ async function showResult(id, mode, status, secs, gen) {
   dl.download = refine ? "refined.png" : "correspondence.png";
   dl.textContent = refine ? "Download refined image" : "Download the region as a mask";
   $("results").classList.add("show");
+  const refs = (status.info && status.info.references) || null;
+  if (refs && refs.length > 1) await showReferences(refs, source, tiles);
   if (heat) {
     await loadImg($("heatmap-img"), heat);
-    $("heat-caption").textContent = "Heat map of the alignment (red = strong); the white outline is " +
+    const on = refs && refs.length > 1 ? " on reference #" + (status.info.guide + 1) + ", the one that guided the model" : "";
+    $("heat-caption").textContent = "Heat map of the alignment" + on + " (red = strong); the white outline is " +
       (refine ? "the region that guided the refinement." : "the found region (tinted under \u201cFound region on the reference\u201d).");
     $("heat-section").classList.add("show");
   }
@@ -452,6 +563,28 @@ async function showResult(id, mode, status, secs, gen) {
   img.dataset.jobId = id;
   document.body.dataset.state = "done";
   $("results").scrollIntoView({ behavior: "smooth", block: "start" });
+}
+// Several references: the source picture, one line per reference (its colour, how much of the mask
+// its warp gave, how well it agreed with the image around the mask, whether it guided the model)
+// and the server's picture with a tile per reference.
+async function showReferences(refs, source, tiles) {
+  const list = $("references-list");
+  list.textContent = "";
+  for (const r of refs) {
+    const li = document.createElement("li"), sw = document.createElement("span");
+    sw.className = "swatch"; sw.style.background = r.colour;
+    li.appendChild(sw);
+    let text = "#" + r.number + " " + (r.name || "") + ": " + Math.round(100 * (r.warp_fraction || 0)) + "% of the mask from its warp";
+    text += r.ring_ncc === null || r.ring_ncc === undefined ? " (no alignment field)" : " (ring correlation " + r.ring_ncc.toFixed(2) + ")";
+    if (r.guided) text += " \u2014 guided the model";
+    if (r.notes && r.notes.length) text += ". " + r.notes.join("; ");
+    li.appendChild(document.createTextNode(text));
+    li.dataset.number = r.number;
+    list.appendChild(li);
+  }
+  if (source) await loadImg($("source-img"), source);
+  if (tiles) await loadImg($("references-compare-img"), tiles);
+  $("references-section").classList.add("show");
 }
 // "Suggest mask": the server proposes the artifact mask (/api/detect); it fills the brush layer as
 // one undo step, to be edited like a painted one. An empty proposal leaves the layer as it was.
@@ -520,6 +653,7 @@ window.addEventListener("unhandledrejection", (ev) => showError(String(ev.reason
     const h = await r.json();
     if (!r.ok) { $("model-note").textContent = "model not loaded: " + (h.error || r.status); return; }
     const l = h.limits;
+    if (l.max_references) { state.maxReferences = l.max_references; updateButtons(); }
     $("model-note").innerHTML = "";
     $("model-note").textContent = "model: " + h.model + " | limits: " + (l.max_upload_bytes / 1048576).toFixed(0) +
       " MiB per request, " + l.max_image_side + " px per side, " + l.job_timeout_s + " s per job";

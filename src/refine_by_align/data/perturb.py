@@ -315,54 +315,17 @@ def random_transform(
     cx, cy = (box.x0 + box.x1 - 1) / 2.0, (box.y0 + box.y1 - 1) / 2.0
     extent = float(max(box.width, box.height))
 
-    rot = float(rng.uniform(-cfg.rotation_deg, cfg.rotation_deg))
-    scale = float(np.exp(rng.uniform(np.log(cfg.scale[0]), np.log(cfg.scale[1]))))
-    aspect = float(np.exp(rng.uniform(np.log(cfg.aspect[0]), np.log(cfg.aspect[1]))))
-    shear = float(rng.uniform(-cfg.shear_deg, cfg.shear_deg))
-    flip = bool(rng.random() < cfg.p_flip)
-    tx, ty = (float(v) for v in rng.uniform(-cfg.translate, cfg.translate, size=2))
-
-    to_origin = np.array([[1, 0, -cx], [0, 1, -cy], [0, 0, 1]], dtype=np.float64)
-    f = np.diag([-1.0 if flip else 1.0, 1.0, 1.0])
-    s = np.diag([scale * np.sqrt(aspect), scale / np.sqrt(aspect), 1.0])
-    sh = np.array([[1, np.tan(np.deg2rad(shear)), 0], [0, 1, 0], [0, 0, 1]], dtype=np.float64)
-    th = np.deg2rad(rot)
-    r = np.array([[np.cos(th), -np.sin(th), 0], [np.sin(th), np.cos(th), 0], [0, 0, 1]], dtype=np.float64)
-    a = r @ sh @ s @ f @ to_origin  # object centre -> origin
-
-    persp = np.eye(3)
-    if cfg.perspective > 0:
-        half = extent / 2.0
-        src = np.array([[-half, -half], [half, -half], [half, half], [-half, half]], dtype=np.float32)
-        dst = src + rng.uniform(-cfg.perspective, cfg.perspective, size=(4, 2)).astype(np.float32) * extent
-        persp = cv2.getPerspectiveTransform(src, dst).astype(np.float64)
-    hmat = persp @ a
-
-    def project(mat: np.ndarray, pts: np.ndarray) -> np.ndarray:
-        hom = np.concatenate([pts, np.ones((len(pts), 1))], axis=1) @ mat.T
-        return hom[:, :2] / hom[:, 2:3]
-
-    q = project(hmat, _corners(box))
+    drawn = _draw_affine(rng, cfg)
+    hmat = _draw_perspective(rng, cfg, extent) @ _affine_about(cx, cy, drawn)
+    q = _project(hmat, _corners(box))
     lo, hi = q.min(axis=0), q.max(axis=0)
     nonrigid = bool(rng.random() < cfg.p_nonrigid) and cfg.nonrigid_amplitude > 0
-
     if out_shape is None:
         pad = margin + (cfg.nonrigid_amplitude * float((hi - lo).max()) if nonrigid else 0.0)
-        ow = int(np.ceil(hi[0] - lo[0] + 2 * pad))
-        oh = int(np.ceil(hi[1] - lo[1] + 2 * pad))
-        shift = np.array([pad - lo[0] - 0.5, pad - lo[1] - 0.5])
+        oh, ow, shift = _fitting_canvas(lo, hi, pad)
     else:
         oh, ow = out_shape
-        centre = np.array([(ow - 1) / 2.0 + tx * ow, (oh - 1) / 2.0 + ty * oh])
-        shift = centre - (lo + hi) / 2.0
-        # keep the transformed box inside the canvas where it fits
-        for k, side in ((0, ow), (1, oh)):
-            a0, a1 = lo[k] + shift[k], hi[k] + shift[k]
-            if a1 - a0 <= side - 2 * margin:
-                if a0 < margin - 0.5:
-                    shift[k] += margin - 0.5 - a0
-                elif a1 > side - 0.5 - margin:
-                    shift[k] -= a1 - (side - 0.5 - margin)
+        shift = _shift_into_canvas(lo, hi, out_shape, drawn["translate"], margin)
     hmat = np.array([[1, 0, shift[0]], [0, 1, shift[1]], [0, 0, 1]], dtype=np.float64) @ hmat
     hmat = hmat / hmat[2, 2]
 
@@ -372,9 +335,71 @@ def random_transform(
         amp = cfg.nonrigid_amplitude * max(oh, ow)
         coarse = rng.uniform(-amp, amp, size=(g + 1, g + 1, 2)).astype(np.float32)
         fld = cv2.resize(coarse, (ow, oh), interpolation=cv2.INTER_CUBIC)
-    params = {"rotation_deg": rot, "scale": scale, "aspect": aspect, "shear_deg": shear, "flip": flip,
-              "translate": (tx, ty), "perspective": cfg.perspective, "nonrigid": nonrigid}
+    params = drawn | {"perspective": cfg.perspective, "nonrigid": nonrigid}
     return GeomTransform(hmat, (int(oh), int(ow)), fld, cfg.fixed_point_iters, params)
+
+
+def _draw_affine(rng: np.random.Generator, cfg: GeomConfig) -> dict:
+    """The affine part's random values, drawn in this order: rotation, scale, aspect, shear, flip,
+    translation (the order seeded transforms depend on)."""
+    rot = float(rng.uniform(-cfg.rotation_deg, cfg.rotation_deg))
+    scale = float(np.exp(rng.uniform(np.log(cfg.scale[0]), np.log(cfg.scale[1]))))
+    aspect = float(np.exp(rng.uniform(np.log(cfg.aspect[0]), np.log(cfg.aspect[1]))))
+    shear = float(rng.uniform(-cfg.shear_deg, cfg.shear_deg))
+    flip = bool(rng.random() < cfg.p_flip)
+    tx, ty = (float(v) for v in rng.uniform(-cfg.translate, cfg.translate, size=2))
+    return {"rotation_deg": rot, "scale": scale, "aspect": aspect, "shear_deg": shear, "flip": flip, "translate": (tx, ty)}
+
+
+def _affine_about(cx: float, cy: float, d: dict) -> np.ndarray:
+    """R Sh S F about (cx, cy): the point (cx, cy) goes to the origin."""
+    to_origin = np.array([[1, 0, -cx], [0, 1, -cy], [0, 0, 1]], dtype=np.float64)
+    f = np.diag([-1.0 if d["flip"] else 1.0, 1.0, 1.0])
+    s = np.diag([d["scale"] * np.sqrt(d["aspect"]), d["scale"] / np.sqrt(d["aspect"]), 1.0])
+    sh = np.array([[1, np.tan(np.deg2rad(d["shear_deg"])), 0], [0, 1, 0], [0, 0, 1]], dtype=np.float64)
+    th = np.deg2rad(d["rotation_deg"])
+    r = np.array([[np.cos(th), -np.sin(th), 0], [np.sin(th), np.cos(th), 0], [0, 0, 1]], dtype=np.float64)
+    return r @ sh @ s @ f @ to_origin
+
+
+def _draw_perspective(rng: np.random.Generator, cfg: GeomConfig, extent: float) -> np.ndarray:
+    """A random perspective about the origin: the corners of a square of side ``extent`` moved by up
+    to ``cfg.perspective`` x extent (the identity, drawing nothing, when that is 0)."""
+    if cfg.perspective <= 0:
+        return np.eye(3)
+    half = extent / 2.0
+    src = np.array([[-half, -half], [half, -half], [half, half], [-half, half]], dtype=np.float32)
+    dst = src + rng.uniform(-cfg.perspective, cfg.perspective, size=(4, 2)).astype(np.float32) * extent
+    return cv2.getPerspectiveTransform(src, dst).astype(np.float64)
+
+
+def _project(mat: np.ndarray, pts: np.ndarray) -> np.ndarray:
+    hom = np.concatenate([pts, np.ones((len(pts), 1))], axis=1) @ mat.T
+    return hom[:, :2] / hom[:, 2:3]
+
+
+def _fitting_canvas(lo: np.ndarray, hi: np.ndarray, pad: float) -> tuple[int, int, np.ndarray]:
+    """(H_out, W_out, shift): a canvas just holding the transformed box [lo, hi] plus ``pad`` px."""
+    ow = int(np.ceil(hi[0] - lo[0] + 2 * pad))
+    oh = int(np.ceil(hi[1] - lo[1] + 2 * pad))
+    return oh, ow, np.array([pad - lo[0] - 0.5, pad - lo[1] - 0.5])
+
+
+def _shift_into_canvas(lo: np.ndarray, hi: np.ndarray, out_shape: tuple[int, int], translate, margin: float) -> np.ndarray:
+    """The shift centring the transformed box [lo, hi] on the canvas (plus the random translation,
+    a fraction of its sides), then moving it inside, ``margin`` px from the edges, where it fits."""
+    oh, ow = out_shape
+    tx, ty = translate
+    centre = np.array([(ow - 1) / 2.0 + tx * ow, (oh - 1) / 2.0 + ty * oh])
+    shift = centre - (lo + hi) / 2.0
+    for k, side in ((0, ow), (1, oh)):
+        a0, a1 = lo[k] + shift[k], hi[k] + shift[k]
+        if a1 - a0 <= side - 2 * margin:
+            if a0 < margin - 0.5:
+                shift[k] += margin - 0.5 - a0
+            elif a1 > side - 0.5 - margin:
+                shift[k] -= a1 - (side - 0.5 - margin)
+    return shift
 
 
 # ----------------------------------------------------------------------------------------------

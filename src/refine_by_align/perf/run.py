@@ -20,7 +20,10 @@ import json
 import statistics
 import sys
 import time
+from collections.abc import Callable
+from dataclasses import dataclass
 from datetime import date
+from functools import partial
 from pathlib import Path
 
 import numpy as np
@@ -74,125 +77,189 @@ def _resolve_dtype(name: str, dtype: str) -> str:
     return "bf16" if Path(name).name == "paper" else "fp32"
 
 
+@dataclass
+class _StepInputs:
+    """One denoising step's inputs on the example's zoom-in crop (batch 1) at t = 500."""
+
+    latents: torch.Tensor  # (1, C, h, w)
+    masked: torch.Tensor  # (1, C, h, w)
+    lmask: torch.Tensor  # (1, 1, h, w)
+    ctx: torch.Tensor  # (1, T, C) the reference tokens
+    guided_ctx: torch.Tensor  # (2, T, C): [unconditional, ctx], the batch a guided step runs
+    t: torch.Tensor  # (1,)
+    x: torch.Tensor  # the U-Net's own input [latents, masked, mask] in the model's dtype
+
+    @classmethod
+    def of(cls, pipe, p, ref_t: torch.Tensor, dev: torch.device) -> _StepInputs:
+        model = pipe.model
+        inputs = pipe.crop_inputs(p)
+        latents, masked, lmask = inputs.sample, inputs.masked, inputs.lmask
+        ctx = model.encode_reference(ref_t)
+        t = torch.tensor([500], device=dev)
+        guided = torch.cat([model.reference_encoder.unconditional(1), ctx])
+        return cls(latents, masked, lmask, ctx, guided, t, torch.cat([latents, masked, lmask], dim=1).to(model.dtype))
+
+    def step(self, pipe, context: torch.Tensor):
+        """One denoising step on the batch of ``context`` (B, T, C), as the sampler runs it."""
+        b = context.shape[0]
+        return pipe.step(
+            torch.cat([self.latents] * b), self.t.expand(b), self.masked.expand(b, -1, -1, -1), self.lmask.expand(b, -1, -1, -1), context
+        )
+
+    def forward(self, unet):
+        """One plain U-Net forward (batch 1, no guidance)."""
+        return unet(self.x, self.t, encoder_hidden_states=self.ctx)
+
+
+def _time_alignment(pipe, example, timed: Callable, repeats: int) -> dict:
+    """The alignment stage: dense and Algorithm 1 on the synthetic input; on the shipped example
+    (a photo-like object with texture the matchers can use: the dense alignment's cost depends on
+    the content, which the synthetic 512 px input lacks) a new reference each time (its matcher
+    features computed anew) and the same reference again (its features remembered)."""
+    from ..pipelines.correspondence import clear_reference_cache
+
+    image, mask, reference = example
+    res = {
+        "align_s": timed(lambda: (clear_reference_cache(), pipe.align(image, mask, reference)), repeats),
+        "align_attention_s": timed(lambda: pipe.align(image, mask, reference, method="attention"), repeats),
+    }
+    ex = _shipped_example()
+    if ex is not None:
+        res["align_example_s"] = timed(lambda: (clear_reference_cache(), pipe.align(*ex)), repeats)
+        res["refine_example_s"] = timed(lambda: (clear_reference_cache(), pipe(*ex, seed=0)), repeats)
+        pipe.align(*ex)
+        res["align_example_warm_s"] = timed(lambda: pipe.align(*ex), repeats)
+    return res
+
+
+def _reduced_precision_error(model, s: _StepInputs, dtype: str) -> float:
+    """Relative error of the U-Net output in ``dtype`` against fp32, same weights (the model is
+    cast to fp32 for the reference forward and back to ``dtype``)."""
+    ref32 = model.unet.float()(s.x.float(), s.t, encoder_hidden_states=s.ctx.float()).sample
+    torch.nn.Module.to(model, DTYPES[dtype])  # (ModelMixin.to's float32-module warning does not apply)
+    low = model.unet(s.x, s.t, encoder_hidden_states=s.ctx).sample.float()
+    return float((low - ref32).norm() / ref32.norm().clamp_min(1e-12))
+
+
+def _compile(pipe, p, s: _StepInputs, name: str, mode: str, res: dict) -> dict:
+    """Compile by running what a refine runs (a step at batch 1 and guided, the autoencoder's parts
+    at a refine's shapes); records the mode, the compile time and the parts compiled in ``res``.
+    Returns the compiled parts."""
+    _say(f"{name}: compiling (torch.compile; paper on a 2-core CPU: about 2 minutes)")
+    res["compile_mode"] = mode
+    t0 = time.perf_counter()
+    pipe.step(s.latents, s.t, s.masked, s.lmask, s.ctx)  # compiles (batch 1)
+    s.step(pipe, s.guided_ctx)
+    if pipe.model.vae is not None:  # the autoencoder's parts compile at the shapes a refine uses
+        pipe.crop_inputs(p)  # encode: the crop and its hole-filled copy
+        pipe.decode(torch.cat([s.latents] * pipe.model.cfg.default_samples).to(pipe.model.dtype))
+    res["compile_s"] = time.perf_counter() - t0
+    compiled = pipe.compiled_parts()
+    res["compiled_parts"] = sorted(compiled)
+    res["compiled"] = "unet" in compiled
+    return compiled
+
+
+def _time_unet(pipe, p, s: _StepInputs, name: str, compile: bool | str, timed: Callable, repeats: int, res: dict) -> None:
+    """The U-Net's FLOPs and forward time into ``res``: compiled where ``compile`` asks for it and
+    it compiles (the eager time kept beside it), and on a CPU where the forward's time goes."""
+    model = pipe.model
+    flops = unet_flops(lambda: s.forward(model.unet))
+    res["unet_gflop"] = flops["total"]
+    res["unet_gflop_by_class"] = {k: flops[k] for k in OP_CLASSES}
+    unet = model.unet  # the U-Net the forward figures are of: the compiled one where it compiled
+    unet_s = timed(lambda: s.forward(unet), repeats)
+    res["unet_forward_s"] = unet_s
+    mode = "default" if compile is True else compile
+    if compile and pipe.enable_compile(mode=None if mode == "default" else mode):
+        compiled = _compile(pipe, p, s, name, mode, res)
+        if res["compiled"]:
+            unet = compiled["unet"]
+            res["unet_forward_eager_s"] = unet_s
+            unet_s = timed(lambda: s.forward(unet), repeats)
+            res["unet_forward_s"] = unet_s
+    res["unet_gflops_achieved"] = res["unet_gflop"] / unet_s
+    if s.t.device.type == "cpu":  # where the forward's time goes (module doc); GPU kernels are named otherwise
+        res["unet_time_by_class_s"] = time_by_op_class(lambda: s.forward(unet))
+
+
+def _time_steps(pipe, s: _StepInputs, timed: Callable, repeats: int) -> dict:
+    """One denoising step without and with guidance, and at the batch a refine runs (K samples,
+    twice over with guidance: [uncond, cond])."""
+    model, cfg = pipe.model, pipe.model.cfg
+    res = {
+        "step_nocfg_s": timed(lambda: pipe.step(s.latents, s.t, s.masked, s.lmask, s.ctx), repeats),
+        "step_s": timed(lambda: s.step(pipe, s.guided_ctx), repeats),
+    }
+    k = cfg.default_samples
+    ctx_k = torch.cat([model.reference_encoder.unconditional(k), s.ctx.expand(k, -1, -1)]) if cfg.default_guidance != 1.0 else s.ctx.expand(k, -1, -1)
+    res["unet_refine_batch"] = {"batch": ctx_k.shape[0], "s": timed(lambda: s.step(pipe, ctx_k), repeats)}
+    return res
+
+
+def _time_refines(pipe, example, name: str, timed: Callable, repeats: int) -> dict:
+    """Whole refines of the synthetic input, a new reference each time (its matcher features not
+    remembered): the median time and the median of each stage (the first run left out)."""
+    from ..pipelines.correspondence import clear_reference_cache
+
+    image, mask, reference = example
+    timings = []
+
+    def refine():
+        clear_reference_cache()
+        timings.append(pipe(image, mask, reference, seed=0).timings)
+
+    _say(f"{name}: whole refines of a 512x512 image ({max(1, repeats - 1) + 1} runs)")
+    total = timed(refine, max(1, repeats - 1))
+    return {"refine_512_s": total, "refine_512_parts_s": {k: statistics.median(tm[k] for tm in timings[1:] or timings) for k in timings[0]}}
+
+
+def _time_bench_case(pipe, bench_cases: str, name: str, timed: Callable, repeats: int) -> float:
+    """One whole case of a case folder through the quality benchmark's pipeline method."""
+    from ..evaluation.cases import load_cases
+    from ..evaluation.methods import RefineByAlignMethod
+
+    _say(f"{name}: a bench case")
+    case = load_cases(bench_cases, limit=1)[0]
+    method = RefineByAlignMethod(pipe)
+    return timed(lambda: method(case), max(1, repeats - 1))
+
+
 def benchmark_config(
     name: str, repeats: int = 3, bench_cases: str | None = None, dtype: str = "auto", compile: bool | str = False, device: str = "auto"
 ) -> dict:
     """Times of every stage of one config (a preset name or a model folder) on ``device``.
     ``compile``: False, True (torch.compile's default mode) or a mode name such as "max-autotune"."""
     from ..loading import load_pipeline
-    from ..pipelines.correspondence import clear_reference_cache
     from ..pipelines.pipeline import resolve_device
 
     dev = resolve_device(device)
     dtype = _resolve_dtype(name, dtype)
     _say(f"{name}: loading ({dtype}, {dev})")
     pipe = load_pipeline(name, device=dev, dtype=DTYPES[dtype])
-
-    def timed(fn, repeats: int) -> float:  # on this config's device
-        return median_time(fn, repeats, warmup=1, device=dev)
-
+    timed = partial(median_time, warmup=1, device=dev)  # timed(fn, repeats): the median on this config's device
     pipe.set_progress_bar_config(disable=True)
     model = pipe.model
-    cfg = model.cfg
-    image, mask, reference = _example_inputs()
-    res: dict = {
-        "dtype": str(model.dtype).replace("torch.", ""),
-        "device": str(dev),
-        "random_weights": pipe.random_weights,
-        "compiled": False,
-    }
-    p = pipe.prepare(image, mask, reference)
+    example = _example_inputs()
+    res: dict = {"dtype": str(model.dtype).replace("torch.", ""), "device": str(dev), "random_weights": pipe.random_weights, "compiled": False}
+    p = pipe.prepare(*example)
     ref_t = pipe.reference_tensor(p.reference, p.reference_box)
     with torch.no_grad():  # as the pipeline runs: dynamo compiles separately for inference mode
         _say(f"{name}: reference encoding and the alignment stage")
         res["encode_s"] = timed(lambda: model.encode_reference(ref_t), repeats)
-        res["align_s"] = timed(lambda: (clear_reference_cache(), pipe.align(image, mask, reference)), repeats)
-        res["align_attention_s"] = timed(lambda: pipe.align(image, mask, reference, method="attention"), repeats)
-        # the shipped rendered example (a photo-like object with texture the matchers can use): the
-        # dense alignment's cost depends on the content, which the synthetic 512 px input lacks
-        ex = _shipped_example()
-        if ex is not None:
-            # cold: the reference's matcher features computed anew each time (a new reference)
-            res["align_example_s"] = timed(lambda: (clear_reference_cache(), pipe.align(*ex)), repeats)
-            res["refine_example_s"] = timed(lambda: (clear_reference_cache(), pipe(*ex, seed=0)), repeats)
-            # warm: the same reference again (another mask on it), its features remembered
-            pipe.align(*ex)
-            res["align_example_warm_s"] = timed(lambda: pipe.align(*ex), repeats)
-        inputs = pipe.crop_inputs(p)
-        latents, masked, lmask = inputs.sample, inputs.masked, inputs.lmask  # (1, C, h, w), ..., (1, 1, h, w)
-        ctx = model.encode_reference(ref_t)
-        t = torch.tensor([500], device=dev)
-        ctx2 = torch.cat([model.reference_encoder.unconditional(1), ctx])
-        x = torch.cat([latents, masked, lmask], dim=1).to(model.dtype)
-
-        def step(context):  # one denoising step on the batch of ``context`` (B, T, C), as the sampler runs it
-            b = context.shape[0]
-            return pipe.step(torch.cat([latents] * b), t.expand(b), masked.expand(b, -1, -1, -1), lmask.expand(b, -1, -1, -1), context)
-
-        def guided_step():  # with guidance: the [uncond, cond] batch in one forward
-            return step(ctx2)
-
+        res |= _time_alignment(pipe, example, timed, repeats)
+        s = _StepInputs.of(pipe, p, ref_t, dev)
         if dtype != "fp32":  # numerical check of the reduced precision against fp32, same weights
-            ref32 = model.unet.float()(x.float(), t, encoder_hidden_states=ctx.float()).sample
-            torch.nn.Module.to(model, DTYPES[dtype])  # (ModelMixin.to's float32-module warning does not apply)
-            low = model.unet(x, t, encoder_hidden_states=ctx).sample.float()
-            res["unet_rel_error_vs_fp32"] = float((low - ref32).norm() / ref32.norm().clamp_min(1e-12))
+            res["unet_rel_error_vs_fp32"] = _reduced_precision_error(model, s, dtype)
         _say(f"{name}: U-Net FLOPs and forward")
-        flops = unet_flops(lambda: model.unet(x, t, encoder_hidden_states=ctx))
-        res["unet_gflop"] = flops["total"]
-        res["unet_gflop_by_class"] = {k: flops[k] for k in OP_CLASSES}
-        unet = model.unet  # the U-Net the forward figures are of: the compiled one where it compiled
-        unet_s = timed(lambda: unet(x, t, encoder_hidden_states=ctx), repeats)
-        res["unet_forward_s"] = unet_s
-        mode = "default" if compile is True else compile
-        if compile and pipe.enable_compile(mode=None if mode == "default" else mode):
-            _say(f"{name}: compiling (torch.compile; paper on a 2-core CPU: about 2 minutes)")
-            res["compile_mode"] = mode
-            t0 = time.perf_counter()
-            pipe.step(latents, t, masked, lmask, ctx)  # compiles (batch 1)
-            guided_step()
-            if model.vae is not None:  # the autoencoder's parts compile at the shapes a refine uses
-                pipe.crop_inputs(p)  # encode: the crop and its hole-filled copy
-                z = torch.cat([latents] * cfg.default_samples).to(model.dtype)
-                pipe.decode(z)
-            res["compile_s"] = time.perf_counter() - t0
-            compiled = pipe.compiled_parts()
-            res["compiled_parts"] = sorted(compiled)
-            res["compiled"] = "unet" in compiled
-            if res["compiled"]:
-                unet = compiled["unet"]
-                res["unet_forward_eager_s"] = unet_s
-                unet_s = timed(lambda: unet(x, t, encoder_hidden_states=ctx), repeats)
-                res["unet_forward_s"] = unet_s
-        res["unet_gflops_achieved"] = res["unet_gflop"] / unet_s
-        if dev.type == "cpu":  # where the forward's time goes (module doc); GPU kernels are named otherwise
-            res["unet_time_by_class_s"] = time_by_op_class(lambda: unet(x, t, encoder_hidden_states=ctx))
+        _time_unet(pipe, p, s, name, compile, timed, repeats, res)
         _say(f"{name}: denoising steps")
-        res["step_nocfg_s"] = timed(lambda: pipe.step(latents, t, masked, lmask, ctx), repeats)
-        res["step_s"] = timed(guided_step, repeats)
-        # one step at the batch a refine runs: K samples, twice over with guidance ([uncond, cond])
-        k = cfg.default_samples
-        ctx_k = torch.cat([model.reference_encoder.unconditional(k), ctx.expand(k, -1, -1)]) if cfg.default_guidance != 1.0 else ctx.expand(k, -1, -1)
-        res["unet_refine_batch"] = {"batch": ctx_k.shape[0], "s": timed(lambda: step(ctx_k), repeats)}
-        timings = []
-
-        def refine():  # a new reference each time: its matcher features are not remembered
-            clear_reference_cache()
-            timings.append(pipe(image, mask, reference, seed=0).timings)
-
-        _say(f"{name}: whole refines of a 512x512 image ({max(1, repeats - 1) + 1} runs)")
-        res["refine_512_s"] = timed(refine, max(1, repeats - 1))
-        res["refine_512_parts_s"] = {k: statistics.median(tm[k] for tm in timings[1:] or timings) for k in timings[0]}
+        res |= _time_steps(pipe, s, timed, repeats)
+        res |= _time_refines(pipe, example, name, timed, repeats)
     if bench_cases:
-        _say(f"{name}: a bench case")
-        from ..evaluation.cases import load_cases
-        from ..evaluation.methods import RefineByAlignMethod
-
-        case = load_cases(bench_cases, limit=1)[0]
-        method = RefineByAlignMethod(pipe)
-        res["bench_case_s"] = timed(lambda: method(case), max(1, repeats - 1))
-    res["steps"] = cfg.default_steps
-    res["guidance"] = cfg.default_guidance
+        res["bench_case_s"] = _time_bench_case(pipe, bench_cases, name, timed, repeats)
+    res["steps"] = model.cfg.default_steps
+    res["guidance"] = model.cfg.default_guidance
     res["peak_rss_mb"] = peak_rss_mb()
     if dev.type == "cuda":
         res["peak_gpu_mb"] = torch.cuda.max_memory_allocated(dev) / 2**20

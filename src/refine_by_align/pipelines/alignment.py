@@ -269,22 +269,7 @@ def dense_alignment(
     if "aliked" in sources and aliked is None:
         raise ValueError("the 'aliked' match source needs the ALIKED model (models/aliked.py)")
     window = (slice(crop_box.y0, crop_box.y1), slice(crop_box.x0, crop_box.x1))
-    image_box, mask_box = image[window], np.asarray(mask, bool)[window]
-    candidates: list[tuple[float, int, str, bool, DenseField, Matches]] = []  # (ring ncc, inliers, name, mirrored, field, matches)
-    info: dict = {"matches": {}, "candidates": {}}
-
-    def consider(name: str, mirrored: bool, m: Matches) -> None:
-        fit = fit_field(m, focus=crop_box, mirrored=mirrored)
-        key = f"{name}{'/mirrored' if mirrored else ''}"
-        info["matches"][key] = len(m)
-        if fit is None:
-            return
-        fld = dense_field(fit, crop_box, reference_mask)
-        fld.counts, fld.source = dict(m.counts), name
-        ncc = warp_fill(image_box, mask_box, reference, fld).ncc
-        info["candidates"][key] = round(ncc, 4)
-        candidates.append((ncc, fit.inliers, name, mirrored, fld, m))
-
+    pool = _Candidates(image[window], np.asarray(mask, bool)[window], reference, reference_mask, crop_box, solid_inliers)
     orientations = (False, True) if mirror else (False,)
     cheap: dict[bool, Matches] = {}
     for mirrored in orientations:
@@ -295,32 +280,64 @@ def dense_alignment(
             m = m + attention
         cheap[mirrored] = m
         if len(m):
-            consider("+".join(s for s in sources if s != "aliked"), mirrored, m)
-    def score(c) -> float:  # ring agreement, discounted for a fit on few matches (chance agreement)
-        return c[0] - 0.2 * max(0.0, 1.0 - c[1] / float(solid_inliers))
-
-    best = max(candidates, key=score) if candidates else None
+            pool.consider("+".join(s for s in sources if s != "aliked"), mirrored, m)
+    best = pool.best()
     if "aliked" in sources and (best is None or best[0] < good_ncc):
         image_features = aliked_features(aliked, image, outside_mask(mask, 4), grow_box(crop_box, 3.0))
         for mirrored in orientations if best is None or best[1] < solid_inliers else (best[3],):
             a = aliked_matches(image, mask, reference, reference_mask, aliked, flip=mirrored, image_features=image_features)
-            consider("aliked", mirrored, a)
+            pool.consider("aliked", mirrored, a)
             if len(cheap[mirrored]):
-                consider("+".join(sources), mirrored, cheap[mirrored] + a)
-        best = max(candidates, key=score) if candidates else None
+                pool.consider("+".join(sources), mirrored, cheap[mirrored] + a)
+        best = pool.best()
     if best is None:
-        return None, info
-    refined = False
+        return None, pool.info
     if ecc:  # refine the leading candidates, then choose again: ECC can turn a close second into the best
-        ranked = []
-        for c in sorted(candidates, key=score, reverse=True)[:ecc_candidates]:
-            f2, changed = refine_field_ecc(c[4], image_box, mask_box, reference, matches=c[5])
-            n2 = warp_fill(image_box, mask_box, reference, f2).ncc if changed else c[0]
-            ranked.append(((n2, *c[1:4], f2, c[5]), changed))
-        best, refined = max(ranked, key=lambda r: score(r[0]))
-        info["ecc"] = refined
+        best, pool.info["ecc"] = pool.best_after_ecc(ecc_candidates)
     ncc, inliers, name, mirrored, fld, _ = best
     fit = fld.fit
-    info.update(source=name, inliers=inliers, mirrored=mirrored, smoothing=fit.smoothing, residual_px=round(fit.residual_px, 3), ring_ncc=round(ncc, 4))
-    return fld, info
+    pool.info.update(
+        source=name, inliers=inliers, mirrored=mirrored, smoothing=fit.smoothing, residual_px=round(fit.residual_px, 3), ring_ncc=round(ncc, 4)
+    )
+    return fld, pool.info
 
+
+class _Candidates:
+    """The dense alignment's candidate fields, each (ring ncc, inliers, name, mirrored, field,
+    matches), and ``info``: matches per source and each candidate's ring agreement."""
+
+    def __init__(self, image_box, mask_box, reference, reference_mask, crop_box: Box, solid_inliers: int):
+        self.image_box, self.mask_box, self.reference, self.reference_mask = image_box, mask_box, reference, reference_mask
+        self.crop_box, self.solid_inliers = crop_box, solid_inliers
+        self.items: list[tuple[float, int, str, bool, DenseField, Matches]] = []
+        self.info: dict = {"matches": {}, "candidates": {}}
+
+    def consider(self, name: str, mirrored: bool, m: Matches) -> None:
+        """Fit a field to the matches ``m`` and keep it with the agreement of its colour-matched warp."""
+        fit = fit_field(m, focus=self.crop_box, mirrored=mirrored)
+        key = f"{name}{'/mirrored' if mirrored else ''}"
+        self.info["matches"][key] = len(m)
+        if fit is None:
+            return
+        fld = dense_field(fit, self.crop_box, self.reference_mask)
+        fld.counts, fld.source = dict(m.counts), name
+        ncc = warp_fill(self.image_box, self.mask_box, self.reference, fld).ncc
+        self.info["candidates"][key] = round(ncc, 4)
+        self.items.append((ncc, fit.inliers, name, mirrored, fld, m))
+
+    def score(self, c) -> float:
+        """Ring agreement, discounted for a fit on few matches (chance agreement)."""
+        return c[0] - 0.2 * max(0.0, 1.0 - c[1] / float(self.solid_inliers))
+
+    def best(self):
+        return max(self.items, key=self.score) if self.items else None
+
+    def best_after_ecc(self, n: int) -> tuple[tuple, bool]:
+        """The best of the ``n`` leading candidates once each is refined by ECC (kept only where it
+        does not drift from its own matches), and whether the winner's ECC changed it."""
+        ranked = []
+        for c in sorted(self.items, key=self.score, reverse=True)[:n]:
+            f2, changed = refine_field_ecc(c[4], self.image_box, self.mask_box, self.reference, matches=c[5])
+            n2 = warp_fill(self.image_box, self.mask_box, self.reference, f2).ncc if changed else c[0]
+            ranked.append(((n2, *c[1:4], f2, c[5]), changed))
+        return max(ranked, key=lambda r: self.score(r[0]))

@@ -387,63 +387,20 @@ def fit_field(
     H = global_model(src, dst, ransac_px, min_inliers, mirrored)
     if H is None:
         return None
-    err_h = np.linalg.norm(_apply_h(H, src) - dst, axis=1)
-    if focus is not None:  # a local model where the matches around the crop support one
-        c = np.array([(focus.x0 + focus.x1) / 2.0, (focus.y0 + focus.y1) / 2.0])
-        near = np.abs(src - c).max(1) < 1.5 * max(focus.width, focus.height)
-        if near.sum() >= 2 * min_inliers:
-            H_loc = global_model(src[near], dst[near], ransac_px, min_inliers, mirrored)
-            if H_loc is not None:
-                err_loc = np.linalg.norm(_apply_h(H_loc, src) - dst, axis=1)
-                if ((err_loc < ransac_px) & near).sum() > ((err_h < ransac_px) & near).sum():
-                    H, err_h = H_loc, err_loc
-    cand = err_h < outlier_px
-    if focus is not None:
-        c = np.array([(focus.x0 + focus.x1) / 2.0, (focus.y0 + focus.y1) / 2.0])
-        reach = 2.0 * max(focus.width, focus.height)
-        near = np.abs(src - c).max(1) < reach
-        if (cand & near).sum() >= min_inliers:
-            cand &= near
+    H, err_h = _prefer_local_model(H, src, dst, focus, ransac_px, min_inliers, mirrored)
+    cand = _residual_matches(err_h < outlier_px, src, focus, min_inliers)
     scale = float(max(np.ptp(src[cand], axis=0).max(), 1.0)) / 2.0
     centre = src[cand].mean(0)
-    best = FieldFit(H, None, scale, centre, n, int((err_h < inlier_px).sum()), None, float(np.median(err_h[cand])), src[err_h < inlier_px])
+    inliers_h = err_h < inlier_px
+    best = FieldFit(H, None, scale, centre, n, int(inliers_h.sum()), None, float(np.median(err_h[cand])), src[inliers_h])
     k = int(cand.sum())
     if k < 3 * folds or k < 12:
         return best
     xs, ys, ws = (src[cand] - centre) / scale, dst[cand] - _apply_h(H, src[cand]), w[cand]
-    # spatial folds: matches are grouped in cells of a coarse grid and whole cells held out, so a
-    # residual is scored on how it bridges gaps between matches (as it must across the mask)
-    # rather than on how it interpolates between close neighbours
-    rng = np.random.default_rng(seed)
-    cells = max(2, int(np.ceil(np.sqrt(2 * folds))))
-    lo, hi = xs.min(0), xs.max(0)
-    cell = np.floor((xs - lo) / np.maximum(hi - lo, 1e-9) * (cells - 1e-6)).astype(int)
-    cell_id = cell[:, 1] * cells + cell[:, 0]
-    fold = rng.permutation(cells * cells)[cell_id] % folds
-
-    def cv_errors(smooth: float | None) -> np.ndarray:
-        err = np.empty(k)
-        for f in range(folds):
-            te = fold == f
-            if smooth is None:
-                err[te] = np.linalg.norm(ys[te], axis=1)
-                continue
-            try:
-                err[te] = np.linalg.norm(_tps(xs[~te], ys[~te], ws[~te], smooth)(xs[te]) - ys[te], axis=1)
-            except np.linalg.LinAlgError:
-                err[te] = np.inf
-        return err
-
-    choices = [None, *smoothings]
-    errs = [cv_errors(s) for s in choices]
-    # the typical error, robust to the remaining outliers
-    scores = [float(np.mean(np.minimum(e, outlier_px))) for e in errs]
-    i = int(np.argmin(scores))
-    if i > 0 and scores[i] > min_gain * scores[0]:  # a residual must earn its flexibility
-        i = 0
-    smooth, err = choices[i], errs[i]
+    fold = _spatial_folds(xs, folds, seed)
+    smooth, err = _choose_smoothing(xs, ys, ws, fold, folds, smoothings, outlier_px, min_gain)
     if smooth is None:
-        return FieldFit(H, None, scale, centre, n, int((err_h < inlier_px).sum()), None, float(np.median(err)), src[err_h < inlier_px])
+        return FieldFit(H, None, scale, centre, n, int(inliers_h.sum()), None, float(np.median(err)), src[inliers_h])
     ok = err < outlier_px
     try:
         tps = _tps(xs[ok], ys[ok], ws[ok], smooth)
@@ -452,6 +409,77 @@ def fit_field(
     fitted = _apply_h(H, src) + tps((src - centre) / scale)
     res = np.linalg.norm(fitted - dst, axis=1)
     return FieldFit(H, tps, scale, centre, n, int((res < inlier_px).sum()), smooth, float(np.median(err[ok])), src[res < inlier_px])
+
+
+def _focus_centre(focus: Box) -> np.ndarray:
+    return np.array([(focus.x0 + focus.x1) / 2.0, (focus.y0 + focus.y1) / 2.0])
+
+
+def _prefer_local_model(H, src, dst, focus: Box | None, ransac_px: float, min_inliers: int, mirrored: bool) -> tuple[np.ndarray, np.ndarray]:
+    """(H, its errors per match): a homography fitted on the matches within 1.5 crop sides of
+    ``focus`` replaces the global one where the matches there support it better."""
+    err_h = np.linalg.norm(_apply_h(H, src) - dst, axis=1)
+    if focus is None:
+        return H, err_h
+    near = np.abs(src - _focus_centre(focus)).max(1) < 1.5 * max(focus.width, focus.height)
+    if near.sum() >= 2 * min_inliers:
+        H_loc = global_model(src[near], dst[near], ransac_px, min_inliers, mirrored)
+        if H_loc is not None:
+            err_loc = np.linalg.norm(_apply_h(H_loc, src) - dst, axis=1)
+            if ((err_loc < ransac_px) & near).sum() > ((err_h < ransac_px) & near).sum():
+                return H_loc, err_loc
+    return H, err_h
+
+
+def _residual_matches(cand: np.ndarray, src: np.ndarray, focus: Box | None, min_inliers: int) -> np.ndarray:
+    """The matches the residual is fitted on: ``cand`` (near the homography), cut to those within
+    two crop sides of ``focus`` where at least ``min_inliers`` are."""
+    if focus is not None:
+        near = np.abs(src - _focus_centre(focus)).max(1) < 2.0 * max(focus.width, focus.height)
+        if (cand & near).sum() >= min_inliers:
+            cand &= near
+    return cand
+
+
+def _spatial_folds(xs: np.ndarray, folds: int, seed: int) -> np.ndarray:
+    """The cross-validation fold of each match: matches are grouped in cells of a coarse grid and
+    whole cells held out, so a residual is scored on how it bridges gaps between matches (as it
+    must across the mask) rather than on how it interpolates between close neighbours."""
+    rng = np.random.default_rng(seed)
+    cells = max(2, int(np.ceil(np.sqrt(2 * folds))))
+    lo, hi = xs.min(0), xs.max(0)
+    cell = np.floor((xs - lo) / np.maximum(hi - lo, 1e-9) * (cells - 1e-6)).astype(int)
+    cell_id = cell[:, 1] * cells + cell[:, 0]
+    return rng.permutation(cells * cells)[cell_id] % folds
+
+
+def _cv_errors(xs, ys, ws, fold: np.ndarray, folds: int, smooth: float | None) -> np.ndarray:
+    """Each match's held-out error: of the residual with ``smooth`` fitted on the other folds, or
+    (None) of the homography alone."""
+    err = np.empty(len(xs))
+    for f in range(folds):
+        te = fold == f
+        if smooth is None:
+            err[te] = np.linalg.norm(ys[te], axis=1)
+            continue
+        try:
+            err[te] = np.linalg.norm(_tps(xs[~te], ys[~te], ws[~te], smooth)(xs[te]) - ys[te], axis=1)
+        except np.linalg.LinAlgError:
+            err[te] = np.inf
+    return err
+
+
+def _choose_smoothing(xs, ys, ws, fold, folds: int, smoothings, outlier_px: float, min_gain: float) -> tuple[float | None, np.ndarray]:
+    """(the smoothing, None for the homography alone; its held-out errors): the lowest typical
+    error (robust to the remaining outliers), a residual kept only where it beats the homography
+    alone by the factor ``min_gain``."""
+    choices = [None, *smoothings]
+    errs = [_cv_errors(xs, ys, ws, fold, folds, s) for s in choices]
+    scores = [float(np.mean(np.minimum(e, outlier_px))) for e in errs]
+    i = int(np.argmin(scores))
+    if i > 0 and scores[i] > min_gain * scores[0]:  # a residual must earn its flexibility
+        i = 0
+    return choices[i], errs[i]
 
 
 # ------------------------------------------------------------------------------------------ the field

@@ -316,6 +316,8 @@ def test_batch_on_two_processes_with_the_launcher(tmp_path):
     for i in range(3):
         _write_case(tmp_path / "in", f"c{i}", i)
     jobs = [_job(f"c{i}", output=f"o{i}.png", steps=1) for i in range(3)]
+    jobs[2] = {"image": "in/c2.png", "mask": "in/c2_mask.png", "references": ["in/c2_ref.png", "in/c1_ref.png"],
+               "output": "o2.png", "steps": 1}  # several references go through a process of their own too
     jobs.append({"image": "in/missing.png", "mask": "in/c0_mask.png", "reference": "in/c0_ref.png", "output": "bad.png"})
     man = _manifest(tmp_path / "jobs.jsonl", jobs)
     exe = Path(sys.executable).parent

@@ -6,7 +6,10 @@ Manifest: one JSON object per line (blank lines and lines starting with ``#`` ar
      "steps": 20, "guidance": 2.0, "seed": 0, "output": "a_refined.png"}
 
 ``image``, ``mask`` and ``reference`` are required; relative paths resolve against the manifest's
-folder. ``output`` (a name inside the output folder; sub-folders allowed, ``..`` and absolute names
+folder. Several references: ``"references": ["a.png", "b.png"]`` instead of ``reference`` (giving both
+is an error on that line), with optional ``"reference_masks": ["a_mask.png", null]`` of the same
+length (null where a reference has none; ``reference_mask`` goes with ``reference`` only); each part
+of the mask is taken from the reference that fits it best, as ``refine --reference A --reference B``. ``output`` (a name inside the output folder; sub-folders allowed, ``..`` and absolute names
 refused; ``.png`` added when it has no extension) defaults to ``<line number>-<image stem>.png``.
 
 Output folder:
@@ -55,8 +58,9 @@ DONE_FILE = "done.jsonl"
 ERRORS_FILE = "errors.jsonl"
 LOCK_FILE = ".batch.lock"
 PART_PREFIX, PART_SUFFIX = ".rba-", ".part"
-REQUIRED = ("image", "mask", "reference")
-OPTIONAL = ("reference_mask", "steps", "guidance", "seed", "output")
+REQUIRED = ("image", "mask", "reference")  # "references" (a list) may stand for "reference"
+OPTIONAL = ("reference_mask", "references", "reference_masks", "steps", "guidance", "seed", "output")
+FILE_ROLES = ("image", "mask", "reference", "reference_mask")
 
 
 @dataclass
@@ -73,12 +77,34 @@ class BatchJob:
     guidance: float | None = None
     seed: int = 0
     error: str | None = None  # set when the line itself is unusable
+    references: list[Path] | None = None  # several references ("references"; then ``reference`` is None)
+    reference_masks: list[Path | None] | None = None  # one per reference, None where it has none
 
     @property
     def key(self) -> str:
         """Fingerprint of what the job computes: a changed job is not 'already done'."""
         spec = {k: str(getattr(self, k)) for k in ("image", "mask", "reference", "reference_mask", "steps", "guidance", "seed")}
+        if self.references is not None:  # (a one-reference job keeps the key it always had)
+            spec["references"] = [str(r) for r in self.references]
+            spec["reference_masks"] = [str(m) for m in self.reference_masks or [None] * len(self.references)]
         return hashlib.sha256(json.dumps(spec, sort_keys=True).encode()).hexdigest()[:16]
+
+    def files(self) -> dict[str, Any]:
+        """The job's inputs as :func:`io.load_inputs` takes them (lists for several references)."""
+        if self.references is None:
+            return {role: getattr(self, role) for role in FILE_ROLES}
+        masks = self.reference_masks or [None] * len(self.references)
+        return {"image": self.image, "mask": self.mask, "reference": list(self.references), "reference_mask": list(masks)}
+
+    def input_paths(self) -> list[tuple[str, Path]]:
+        """(role, path) of every input file the job names: ``reference #2``, ``reference #2 mask`` ..."""
+        out = [(role, getattr(self, role)) for role in FILE_ROLES]
+        for i, ref in enumerate(self.references or []):
+            tag = "reference" if i == 0 else f"reference #{i + 1}"
+            out.append((tag, ref))
+            masks = self.reference_masks or []
+            out.append((f"{tag} mask" if i else "reference_mask", masks[i] if i < len(masks) else None))
+        return [(role, path) for role, path in out if path is not None]
 
 
 def _check_output_name(name: Any) -> str:
@@ -116,16 +142,20 @@ def _parse_line(text: str, line: int, base: Path) -> BatchJob:
         unknown = sorted(set(spec) - set(REQUIRED) - set(OPTIONAL))
         if unknown:
             raise InputError(f"unknown field(s) {', '.join(unknown)} (allowed: {', '.join(REQUIRED + OPTIONAL)})")
-        missing = [k for k in REQUIRED if not spec.get(k)]
+        several = "references" in spec
+        missing = [k for k in REQUIRED if not spec.get(k) and not (k == "reference" and several)]
         if missing:
             raise InputError(f"missing field(s): {', '.join(missing)}")
-        for k in REQUIRED + ("reference_mask",):
+        for k in FILE_ROLES:
             v = spec.get(k)
             if v is None:
                 continue
             if not isinstance(v, str) or not v:
-                raise InputError(f"{k} must be a file path (string), got {v!r}")
-            setattr(job, k, (base / Path(v).expanduser()) if not Path(v).expanduser().is_absolute() else Path(v).expanduser())
+                hint = f" (several: \"{k}s\": [...])" if isinstance(v, list) and k.startswith("reference") else ""
+                raise InputError(f"{k} must be a file path (string), got {v!r}{hint}")
+            setattr(job, k, _path(v, base))
+        if several or "reference_masks" in spec:
+            job.references, job.reference_masks = _reference_lists(spec, base)
         steps, guidance, seed = spec.get("steps"), spec.get("guidance"), spec.get("seed", 0)
         if steps is not None and (isinstance(steps, bool) or not isinstance(steps, int)):
             raise InputError(f"steps must be an integer, got {steps!r}")
@@ -144,6 +174,37 @@ def _parse_line(text: str, line: int, base: Path) -> BatchJob:
     except InputError as e:
         job.error = str(e)
     return job
+
+
+def _path(v: str, base: Path) -> Path:
+    p = Path(v).expanduser()
+    return p if p.is_absolute() else base / p
+
+
+def _reference_lists(spec: dict, base: Path) -> tuple[list[Path], list[Path | None] | None]:
+    """A line's ``references`` and ``reference_masks`` (checked: lists of paths of the same length,
+    null allowed among the masks; never with ``reference`` / ``reference_mask``)."""
+    if "references" not in spec:
+        raise InputError("reference_masks goes with references (a list); with reference give reference_mask")
+    if "reference" in spec:
+        raise InputError("give either reference (one file) or references (a list), not both")
+    if "reference_mask" in spec:
+        raise InputError("reference_mask goes with reference; with references give reference_masks (a list, null where a reference has none)")
+    refs, masks = spec["references"], spec.get("reference_masks")
+    if not isinstance(refs, list) or not refs:
+        raise InputError(f"references must be a non-empty list of file paths, got {refs!r}")
+    for i, v in enumerate(refs, start=1):
+        if not isinstance(v, str) or not v:
+            raise InputError(f"references: entry {i} must be a file path (string), got {v!r}")
+    if masks is None:
+        return [_path(v, base) for v in refs], None
+    if not isinstance(masks, list) or len(masks) != len(refs):
+        got = f"{len(masks)} entries" if isinstance(masks, list) else repr(masks)
+        raise InputError(f"reference_masks must be a list with one entry per reference ({len(refs)}, null where there is none), got {got}")
+    for i, v in enumerate(masks, start=1):
+        if v is not None and (not isinstance(v, str) or not v):
+            raise InputError(f"reference_masks: entry {i} must be a file path (string) or null, got {v!r}")
+    return [_path(v, base) for v in refs], [None if v is None else _path(v, base) for v in masks]
 
 
 def read_manifest(manifest: str | os.PathLike) -> list[BatchJob]:
@@ -369,8 +430,7 @@ def _lock(out_dir: Path, shard: Shard = Shard()):
 
 # ---------------------------------------------------------------------------------------------------- run
 def _run_one(job: BatchJob, pipe, target: Path, prefix: str = PART_PREFIX) -> None:
-    files = {"image": job.image, "mask": job.mask, "reference": job.reference, "reference_mask": job.reference_mask}
-    image, mask, reference, ref_mask, names = load_inputs(files, labels={"reference_mask": "reference mask"})
+    image, mask, reference, ref_mask, names = load_inputs(job.files(), labels={"reference_mask": "reference mask"})
     result = pipe(
         image, mask, reference, ref_mask, num_inference_steps=job.steps, guidance_scale=job.guidance, seed=job.seed,
         names=names,
@@ -396,10 +456,7 @@ def _input_files(jobs: list[BatchJob]) -> tuple[dict[str, tuple[int, str, Path]]
     by_path: dict[str, tuple[int, str, Path]] = {}
     by_inode: dict[tuple[int, int], tuple[int, str, Path]] = {}
     for job in jobs:
-        for role in ("image", "mask", "reference", "reference_mask"):
-            path = getattr(job, role)
-            if path is None:
-                continue
+        for role, path in job.input_paths():
             real, ino = _file_id(path)
             by_path.setdefault(real, (job.line, role, path))
             if ino is not None:
@@ -455,68 +512,18 @@ def run_batch(
     shard = Shard.from_env() if shard is None else shard
     all_jobs = read_manifest(manifest)
     jobs = [job for i, job in enumerate(all_jobs) if shard.owns(i)]
-    prefix = PART_PREFIX if shard.world == 1 else f"{PART_PREFIX}r{shard.rank}-"
     if shard.world > 1 and getattr(pipe, "device", None) is not None and pipe.device.type == "cuda":
         pipe.to(f"cuda:{shard.local_rank}")  # one GPU per process
-    out_dir = Path(output_dir)
-    check_output_folder(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    errors_file = out_dir / ERRORS_FILE
-    done_file = out_dir / DONE_FILE
-    for own in (errors_file, done_file):
-        if os.path.realpath(own) == os.path.realpath(manifest):
-            raise InputError(f"manifest '{manifest}': is the batch's own {own.name} in the output folder; use another output folder")
+    out_dir = _output_folder(manifest, output_dir)
     guard = _OutputGuard(out_dir, all_jobs, shard)
-    counts = {"done": 0, "skipped": 0, "failed": 0}
-
-    def fail(job: BatchJob, message: str, kind: str = "InputError") -> None:
-        counts["failed"] += 1
-        errors.failed(job, {
-            "line": job.line, "output": job.output, "error": message, "type": kind,
-            "time": time.strftime("%Y-%m-%dT%H:%M:%S"),
-        })
-
     with _lock(out_dir, shard):
-        _remove_partials(out_dir, prefix)
-        finished = _read_ledger(done_file)
-        own_errors = out_dir / f"{Path(ERRORS_FILE).stem}{shard.suffix()}.jsonl"
-        errors = _ErrorLog(own_errors, jobs, seed_from=errors_file if shard.world > 1 else None)
-        ledger = out_dir / f"{Path(DONE_FILE).stem}{shard.suffix()}.jsonl"
+        run = _Run(out_dir, jobs, shard, pipe, guard)
         desc = "batch" if shard.world == 1 else f"batch {shard.rank + 1}/{shard.world}"
         bar = tqdm(total=len(jobs), desc=desc, unit="job", disable=not progress, dynamic_ncols=True, position=shard.rank)
         try:
             for job in jobs:
-                bar.set_postfix(failed=counts["failed"], refresh=False)
-                if job.error is not None:
-                    fail(job, job.error)
-                    bar.update()
-                    continue
-                target = out_dir / job.output
-                refused = guard.claim(job, target)
-                if refused is not None:
-                    fail(job, refused)
-                    bar.update()
-                    continue
-                if finished.get(job.output) == job.key and target.is_file():
-                    counts["skipped"] += 1
-                    errors.succeeded(job)
-                    bar.update()
-                    continue
-                t1 = time.perf_counter()
-                try:
-                    _run_one(job, pipe, target, prefix)
-                except InputError as e:
-                    fail(job, str(e))
-                except Exception as e:  # anything else is reported too: the batch goes on
-                    fail(job, f"{type(e).__name__}: {e}", type(e).__name__)
-                else:
-                    _append_jsonl(ledger, {
-                        "line": job.line, "output": job.output, "key": job.key,
-                        "seconds": round(time.perf_counter() - t1, 3), "time": time.strftime("%Y-%m-%dT%H:%M:%S"),
-                    })
-                    finished[job.output] = job.key
-                    counts["done"] += 1
-                    errors.succeeded(job)
+                bar.set_postfix(failed=run.counts["failed"], refresh=False)
+                run.one(job)
                 bar.update()
         finally:
             bar.close()
@@ -524,13 +531,72 @@ def run_batch(
                 _merge_errors(out_dir, all_jobs, shard)
     return {
         "total": len(jobs),
-        **counts,
+        **run.counts,
         "output_dir": str(out_dir),
-        "errors_file": str(errors_file) if counts["failed"] else None,
+        "errors_file": str(out_dir / ERRORS_FILE) if run.counts["failed"] else None,
         "seconds": round(time.perf_counter() - t0, 3),
         "rank": shard.rank,
         "world": shard.world,
     }
+
+
+def _output_folder(manifest: str | os.PathLike, output_dir: str | os.PathLike) -> Path:
+    """The output folder, checked and created; the manifest must not be one of the batch's own files there."""
+    out_dir = Path(output_dir)
+    check_output_folder(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    for own in (out_dir / ERRORS_FILE, out_dir / DONE_FILE):
+        if os.path.realpath(own) == os.path.realpath(manifest):
+            raise InputError(f"manifest '{manifest}': is the batch's own {own.name} in the output folder; use another output folder")
+    return out_dir
+
+
+class _Run:
+    """One process's pass over its jobs (inside the folder's lock): the partial files of a killed run
+    removed, the ledgers read, this process's error file and ledger, the counts."""
+
+    def __init__(self, out_dir: Path, jobs: list[BatchJob], shard: Shard, pipe, guard: _OutputGuard):
+        self.out_dir, self.pipe, self.guard = out_dir, pipe, guard
+        self.prefix = PART_PREFIX if shard.world == 1 else f"{PART_PREFIX}r{shard.rank}-"
+        self.counts = {"done": 0, "skipped": 0, "failed": 0}
+        _remove_partials(out_dir, self.prefix)
+        self.finished = _read_ledger(out_dir / DONE_FILE)
+        own_errors = out_dir / f"{Path(ERRORS_FILE).stem}{shard.suffix()}.jsonl"
+        self.errors = _ErrorLog(own_errors, jobs, seed_from=out_dir / ERRORS_FILE if shard.world > 1 else None)
+        self.ledger = out_dir / f"{Path(DONE_FILE).stem}{shard.suffix()}.jsonl"
+
+    def fail(self, job: BatchJob, message: str, kind: str = "InputError") -> None:
+        self.counts["failed"] += 1
+        self.errors.failed(job, {
+            "line": job.line, "output": job.output, "error": message, "type": kind,
+            "time": time.strftime("%Y-%m-%dT%H:%M:%S"),
+        })
+
+    def one(self, job: BatchJob) -> None:
+        """Run, skip (already done) or fail one job; whatever happens, the batch goes on."""
+        if job.error is not None:
+            return self.fail(job, job.error)
+        target = self.out_dir / job.output
+        refused = self.guard.claim(job, target)
+        if refused is not None:
+            return self.fail(job, refused)
+        if self.finished.get(job.output) == job.key and target.is_file():
+            self.counts["skipped"] += 1
+            return self.errors.succeeded(job)
+        t1 = time.perf_counter()
+        try:
+            _run_one(job, self.pipe, target, self.prefix)
+        except InputError as e:
+            return self.fail(job, str(e))
+        except Exception as e:  # anything else is reported too: the batch goes on
+            return self.fail(job, f"{type(e).__name__}: {e}", type(e).__name__)
+        _append_jsonl(self.ledger, {
+            "line": job.line, "output": job.output, "key": job.key,
+            "seconds": round(time.perf_counter() - t1, 3), "time": time.strftime("%Y-%m-%dT%H:%M:%S"),
+        })
+        self.finished[job.output] = job.key
+        self.counts["done"] += 1
+        self.errors.succeeded(job)
 
 
 def format_summary(summary: dict[str, Any]) -> str:

@@ -9,12 +9,15 @@ from . import common
 HELP = "refine every job of a JSONL manifest (resumable; errors go to OUTPUT/errors.jsonl)"
 EXAMPLE = (
     "refine-by-align batch jobs.jsonl --output out/\n"
-    '  # jobs.jsonl, one job a line: {"image": "a.png", "mask": "a_mask.png", "reference": "ref.jpg", "output": "a.png"}'
+    '  # jobs.jsonl, one job a line: {"image": "a.png", "mask": "a_mask.png", "reference": "ref.jpg", "output": "a.png"}\n'
+    '  # several references: {"image": "b.png", "mask": "b_mask.png", "references": ["front.jpg", "side.jpg"],\n'
+    '  #                      "reference_masks": [null, "side_mask.png"]}'
 )
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("manifest", help="one JSON job per line: image, mask, reference, [reference_mask, steps, guidance, seed, output]")
+    p.add_argument("manifest", help="one JSON job per line: image, mask, reference (or references: a list), "
+                   "[reference_mask (or reference_masks: a list, null allowed), steps, guidance, seed, output]")
     p.add_argument("--output", required=True, help="output folder")
     p.add_argument("--model", default="default", help="model folder or preset")
 

@@ -4,6 +4,7 @@ from pathlib import Path
 
 import cv2
 import numpy as np
+import pytest
 import torch
 from PIL import Image
 
@@ -149,3 +150,15 @@ def test_feature_nn_votes_nearest_token(tiny_pipe, cases_dir: Path, monkeypatch)
     assert np.array_equal(m, grid_to_reference(cell, p.reference_box, (36, 44)))
     assert 0.5 < heat.max() <= 1.0 and heat.min() >= 0.0
     assert m[np.unravel_index(np.argmax(heat), heat.shape)]  # the heat map peaks inside the region
+
+
+def test_method_output_old_names_still_read_with_a_deprecation_warning():
+    """Issue 14 item 5: a method's M* is ``region``, its map ``heatmap``; the old names read the same
+    values for one more release, with a warning."""
+    from refine_by_align.evaluation.methods import MethodOutput
+
+    out = MethodOutput(Image.new("RGB", (4, 4)), region=np.eye(4, dtype=bool), heatmap=np.ones((4, 4), np.float32))
+    with pytest.warns(DeprecationWarning, match=r"MethodOutput\.correspondence is deprecated, use \.region"):
+        assert out.correspondence is out.region
+    with pytest.warns(DeprecationWarning, match=r"MethodOutput\.correspondence_map is deprecated, use \.heatmap"):
+        assert out.correspondence_map is out.heatmap

@@ -135,3 +135,15 @@ def test_alignment_pass_stops_after_its_last_layer_with_the_same_maps(tiny_pipe,
         record_layers(model.unet, [], store)
     full = correspondence_map(store[names[first]], inputs.lmask, model.cfg.grid_size)
     torch.testing.assert_close(early[0, 0], full)
+
+
+def test_alignment_result_old_names_still_read_with_a_deprecation_warning():
+    """Issue 14 item 5: M* is ``region`` and (t, l) are ``alignment_timestep`` / ``alignment_layer``;
+    the old attribute names read the same values for one more release, with a warning."""
+    from refine_by_align.pipelines.alignment import AlignmentResult
+
+    region, grid_region = np.eye(4, dtype=bool), np.ones((2, 2), bool)
+    res = AlignmentResult(region, np.zeros((4, 4), np.float32), None, grid_region, 500, 3, "attention")
+    for old, new in (("mask", "region"), ("grid_mask", "grid_region"), ("timestep", "alignment_timestep"), ("layer", "alignment_layer")):
+        with pytest.warns(DeprecationWarning, match=rf"AlignmentResult\.{old} is deprecated, use \.{new}"):
+            assert getattr(res, old) is getattr(res, new)

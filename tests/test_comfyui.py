@@ -144,3 +144,77 @@ def test_folder_loads_under_another_name(tmp_path):
         assert module.NODE_CLASS_MAPPINGS is comfyui.NODE_CLASS_MAPPINGS
     finally:
         del sys.modules["comfyui_refine_by_align"]
+
+
+CAN = BADGE.parent / "can"
+
+
+class _Recorder:
+    """Stands in for the pipeline: keeps what it was given, darkens the masked pixels."""
+
+    class model:
+        class cfg:
+            paste_dilate = 3
+
+    def __init__(self):
+        self.calls = []
+
+    def __call__(self, image, mask, reference, reference_mask=None, **kw):
+        from types import SimpleNamespace
+
+        self.calls.append((reference, reference_mask))
+        arr = np.asarray(image).copy()
+        arr[mask] = arr[mask] // 2
+        return SimpleNamespace(image=Image.fromarray(arr))
+
+
+def test_refine_takes_more_references_as_lists(badge, monkeypatch):
+    image, mask, reference, reference_mask = badge
+    spec = nodes.RefineByAlignRefine.INPUT_TYPES()["optional"]
+    assert spec["reference_2"][0] == "IMAGE" and spec["reference_3"][0] == "IMAGE"
+    assert spec["reference_mask_2"] == ("MASK",) and spec["reference_mask_3"] == ("MASK",)
+    pipe = _Recorder()
+    monkeypatch.setattr(nodes, "get_pipeline", lambda name="default": pipe)
+    batch = torch.cat([image, image.flip(2)])
+    second = torch.cat([reference, reference.flip(2)])  # one per image
+    third = torch.rand(1, 50, 40, 3)  # one for both
+    (out,) = nodes.RefineByAlignRefine().refine(batch, mask, reference, reference_mask=reference_mask, reference_2=second,
+                                                reference_3=third, reference_mask_3=torch.ones(1, 50, 40))
+    assert out.shape == batch.shape and len(pipe.calls) == 2
+    for i, (refs, masks) in enumerate(pipe.calls):
+        assert [r.size for r in refs] == [(reference.shape[2], reference.shape[1])] * 2 + [(40, 50)]
+        assert masks[0].shape == reference_mask.shape[1:] and masks[1] is None and masks[2].all()
+        assert np.array_equal(np.asarray(refs[1]), nodes.to_uint8(second[i]))
+    # one reference: the pipeline gets one image, as always
+    pipe.calls.clear()
+    nodes.RefineByAlignRefine().refine(image, mask, reference)
+    assert isinstance(pipe.calls[0][0], Image.Image) and pipe.calls[0][1] is None
+    # reference_3 alone (no reference_2) is the second reference
+    pipe.calls.clear()
+    nodes.RefineByAlignRefine().refine(image, mask, reference, reference_3=third)
+    assert len(pipe.calls[0][0]) == 2 and pipe.calls[0][1] == [None, None]
+
+
+@pytest.mark.parametrize("more, message", [
+    (lambda r, m: {"reference_mask_2": m}, "reference_mask_2 is connected but reference_2 is not"),
+    (lambda r, m: {"reference_2": r, "reference_mask_2": m[:, :-4]}, "reference_mask_2 is"),
+    (lambda r, m: {"reference_3": torch.cat([r, r, r])}, "reference_3 has a batch of 3"),
+    (lambda r, m: {"reference_2": r[..., :2]}, "reference_2: expected an IMAGE tensor"),
+])
+def test_more_references_wrong_inputs_raise(badge, monkeypatch, more, message):
+    image, mask, reference, reference_mask = badge
+    monkeypatch.setattr(nodes, "get_pipeline", lambda name="default": pytest.fail("the pipeline was loaded"))
+    with pytest.raises(ValueError, match=message):
+        nodes.RefineByAlignRefine().refine(image, mask, reference, **more(reference, reference_mask))
+
+
+def test_refine_with_a_distractor_and_the_right_reference(badge):
+    """The real pipeline: the can's photo (a distractor) first, the badge's own second."""
+    image, mask, reference, reference_mask = badge
+    can = torch.from_numpy(np.asarray(Image.open(CAN / "reference.png").convert("RGB"), dtype=np.float32) / 255.0)[None]
+    (out,) = nodes.RefineByAlignRefine().refine(image, mask, can, seed=0, steps=2, reference_2=reference,
+                                                reference_mask_2=reference_mask)
+    assert out.shape == image.shape and torch.isfinite(out).all()
+    grown = cv2.dilate(mask[0].numpy().astype(np.uint8), cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (13, 13))).astype(bool)
+    outside = torch.from_numpy(~grown)
+    assert torch.equal(out[0][outside], image[0][outside]) and not torch.equal(out, image)

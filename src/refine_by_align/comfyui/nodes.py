@@ -4,6 +4,8 @@ ComfyUI's tensor conventions: ``IMAGE`` is a float32 tensor (B, H, W, C) in [0, 
 alpha, channel is dropped), ``MASK`` a float tensor (B, H, W) (a single (H, W) mask is taken as
 B = 1), non-zero (> 0.5) marking the artifact. Every node works item by item over the batch; a
 reference (and its mask) of batch 1 is used for every item, a mask of batch 1 for every image.
+The Refine node takes up to two more references (``reference_2`` / ``reference_3``, IMAGE, each with
+an optional MASK): each part of the artifact is then taken from the reference that fits it best.
 Any shape mismatch is a ``ValueError`` naming the inputs. ComfyUI itself is not imported here: the
 nodes are plain classes, so they can be called (and tested) without it.
 
@@ -119,6 +121,30 @@ def _inputs(image, mask, reference, reference_mask):
     return images, masks, refs, ref_masks
 
 
+EXTRA_REFERENCES = (2, 3)  # the Refine node's optional reference_2 / reference_3
+
+
+def _extra_references(n: int, given: dict) -> list[tuple[torch.Tensor, torch.Tensor | None]]:
+    """The optional further references (``reference_k`` / ``reference_mask_k``) that were connected, in
+    order, checked as the first one is; a mask without its reference is a ValueError."""
+    extra = []
+    for k in EXTRA_REFERENCES:
+        ref, ref_mask = given.get(f"reference_{k}"), given.get(f"reference_mask_{k}")
+        if ref is None:
+            if ref_mask is not None:
+                raise ValueError(f"reference_mask_{k} is connected but reference_{k} is not: connect the reference it belongs to")
+            continue
+        refs = _images(ref, f"reference_{k}")
+        _batch(n, refs, f"reference_{k}")
+        masks = None
+        if ref_mask is not None:
+            masks = _masks(ref_mask, f"reference_mask_{k}")
+            _check_pair(refs, masks, f"reference_{k}", f"reference_mask_{k}")
+            _batch(n, masks, f"reference_mask_{k}")
+        extra.append((refs, masks))
+    return extra
+
+
 def _item_arrays(images, masks, refs, ref_masks, i):
     img = Image.fromarray(to_uint8(images[i]))
     m = to_bool(_item(masks, i))
@@ -153,17 +179,30 @@ class RefineByAlignRefine:
             "optional": {
                 "reference_mask": ("MASK",),
                 "model": ("STRING", {"default": "default"}),
+                "reference_2": ("IMAGE", {"tooltip": "another photo of the object (optional): each part of the "
+                                                     "artifact comes from the reference that fits it best"}),
+                "reference_mask_2": ("MASK",),
+                "reference_3": ("IMAGE", {"tooltip": "a third photo of the object (optional)"}),
+                "reference_mask_3": ("MASK",),
             },
         }
 
-    def refine(self, image, mask, reference, seed=0, steps=2, reference_mask=None, model="default"):
+    def refine(self, image, mask, reference, seed=0, steps=2, reference_mask=None, model="default",
+               reference_2=None, reference_mask_2=None, reference_3=None, reference_mask_3=None):
         images, masks, refs, ref_masks = _inputs(image, mask, reference, reference_mask)
+        extra = _extra_references(images.shape[0], {
+            "reference_2": reference_2, "reference_mask_2": reference_mask_2,
+            "reference_3": reference_3, "reference_mask_3": reference_mask_3,
+        })
         pipe = None
         out = images.clone()
         for i in range(images.shape[0]):
             img, m, ref, rm = _item_arrays(images, masks, refs, ref_masks, i)
             if not m.any():
                 continue
+            if extra:  # several references: lists, one mask (or None) each
+                ref = [ref] + [Image.fromarray(to_uint8(_item(r, i))) for r, _ in extra]
+                rm = [rm] + [None if mk is None else to_bool(_item(mk, i)) for _, mk in extra]
             if pipe is None:
                 pipe = get_pipeline(model)
             res = pipe(img, m, ref, rm, num_inference_steps=int(steps), seed=int(seed))
@@ -218,7 +257,7 @@ class RefineByAlignAlign:
                 heat[i] = _item(refs, i)
                 continue
             res = get_pipeline(model).align(img, m, ref, rm, seed=int(seed), method=method)
-            regions[i] = torch.from_numpy(res.mask.astype(np.float32))
+            regions[i] = torch.from_numpy(res.region.astype(np.float32))
             pic = render_heatmap_overlay(ref, res.heatmap, alpha=0.6)
             heat[i] = torch.from_numpy(np.asarray(pic, dtype=np.float32) / 255.0)
         return (regions, heat)

@@ -72,3 +72,8 @@ def test_the_old_correspondence_flag_still_writes_the_region(tmp_path, capsys):
     assert rc == 0 and region.exists()
     err = capsys.readouterr().err
     assert err.count("--correspondence is deprecated") == 1 and "--region" in err
+
+
+def test_bench_quality_references_option_is_checked(tmp_path, capsys):
+    rc = main(["-q", "bench-quality", str(tmp_path / "cases"), "--output", str(tmp_path / "out"), "--references", "first"])
+    assert rc == 2 and "--references must be 'all' or a reference number" in capsys.readouterr().err

@@ -136,3 +136,10 @@ def test_compare_picture_shows_every_reference_and_the_sources(tiny_pipe, scene)
     tinted = np.asarray(source_overlay(out.image, out.source)).astype(int)
     plain = np.asarray(out.image).astype(int)
     assert (tinted[mask] != plain[mask]).any() and np.array_equal(tinted[~mask], plain[~mask])
+
+
+def test_without_any_field_the_reference_with_most_matches_guides():
+    m = np.ones((4, 6), bool)
+    none = [None, None, None]
+    assert pick_guide(none, m, combine_warps(none, m.shape), [54, 144, 7]) == 1
+    assert pick_guide(none, m, combine_warps(none, m.shape), [0, 0, 0]) == 0

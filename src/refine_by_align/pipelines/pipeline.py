@@ -166,6 +166,12 @@ class PreparedInputs:
     notes: list[str] = field(default_factory=list)  # e.g. that the reference object was estimated
 
 
+def _match_count(result: AlignmentResult | None) -> int:
+    """The most descriptor matches any of the dense alignment's sources found (0: none ran)."""
+    counts = (result.info.get("matches") or {}) if result is not None else {}
+    return int(max(counts.values(), default=0))
+
+
 class RefineByAlignPipeline(DiffusionPipeline):
     """Two-stage reference-guided artifact refinement. Build with :meth:`from_pretrained`."""
 
@@ -638,7 +644,7 @@ class RefineByAlignPipeline(DiffusionPipeline):
             for q, r in zip(ps, results)
         ]
         combined = combine_warps(warps, mask_box.shape)
-        guide = pick_guide(warps, mask_box, combined)
+        guide = pick_guide(warps, mask_box, combined, [_match_count(r) for r in results])
         if region is None and results[guide] is not None:
             region = results[guide].region
         warp_fraction = float(combined.weight[mask_box].mean()) if mask_box.any() else 0.0

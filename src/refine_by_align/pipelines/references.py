@@ -64,10 +64,12 @@ def combine_warps(warps: Sequence[WarpFill | None], shape: tuple[int, int]) -> C
     return CombinedWarp(patch=patch, weight=weight, use=source >= 0, source=source)
 
 
-def pick_guide(warps: Sequence[WarpFill | None], mask_box: np.ndarray, combined: CombinedWarp) -> int:
+def pick_guide(warps: Sequence[WarpFill | None], mask_box: np.ndarray, combined: CombinedWarp, matches: Sequence[int] | None = None) -> int:
     """The reference whose tokens guide the model's redraw: the one that gives most of the mask
     through its warp; if none gives any, the one whose warp agrees best with the image around the
-    mask (ring correlation); if no reference has a field, the first."""
+    mask (ring correlation); if no reference has a field, the one with the most descriptor matches
+    to the image around the mask (``matches``, e.g. the dense alignment's counts: a wrong object
+    finds few), else the first."""
     m = np.asarray(mask_box, bool)
     share = [float((combined.source[m] == i).sum()) for i in range(len(warps))]
     if max(share, default=0.0) > 0:
@@ -75,6 +77,8 @@ def pick_guide(warps: Sequence[WarpFill | None], mask_box: np.ndarray, combined:
     ncc = [wf.ncc if wf is not None else -np.inf for wf in warps]
     if ncc and np.isfinite(max(ncc)):
         return int(np.argmax(ncc))
+    if matches is not None and len(matches) == len(warps) and max(matches, default=0) > 0:
+        return int(np.argmax(matches))
     return 0
 
 

@@ -59,3 +59,44 @@ def test_refine_factories_load_pipeline_lazily(monkeypatch):
     assert isinstance(m, RefineByAlignMethod) and m.align is False and m.pipeline == "PIPE"
     assert m.call_kwargs == {"guidance_scale": 2.0} and loaded == ["tiny"]
     assert get_method("refine-by-align").align is True and loaded[-1] is None
+
+
+def test_refine_by_align_method_passes_every_reference_of_a_case(tmp_path, tiny_pipe):
+    """A case with a distractor as reference_2.png, passed first (reference_order [2, 1]): the
+    method gives the pipeline both, scores the region found on reference.png, and the result is
+    the one of reference.png alone (the distractor's warp is trusted nowhere)."""
+    import json
+
+    import cv2
+
+    from refine_by_align.evaluation.cases import load_case
+
+    def scene(seed):
+        rng = np.random.default_rng(seed)
+        im = cv2.GaussianBlur(rng.integers(0, 256, (160, 160, 3)).astype(np.uint8), (0, 0), 1.5)
+        for _ in range(40):
+            x, y = rng.integers(0, 144, 2)
+            cv2.rectangle(im, (int(x), int(y)), (int(x + rng.integers(5, 16)), int(y + rng.integers(5, 16))), rng.integers(0, 256, 3).tolist(), -1)
+        return im
+
+    target = scene(0)
+    right = cv2.warpAffine(target, cv2.getRotationMatrix2D((80, 80), 10, 0.95), (160, 160))
+    mask = np.zeros((160, 160), bool)
+    mask[70:90, 65:95] = True
+    image = target.copy()
+    image[mask] = 128
+    d = tmp_path / "case"
+    d.mkdir()
+    for name, arr in (("image", image), ("reference", right), ("reference_2", scene(7)), ("target", target)):
+        Image.fromarray(arr).save(d / f"{name}.png")
+    Image.fromarray(mask.astype(np.uint8) * 255).save(d / "mask.png")
+    (d / "meta.json").write_text(json.dumps({"kind": "affine", "reference_order": [2, 1]}))
+    case = load_case(d)
+    both = RefineByAlignMethod(tiny_pipe, references="all", matchers="sift", num_inference_steps=1)(case)
+    alone = RefineByAlignMethod(tiny_pipe, references=1, matchers="sift", num_inference_steps=1)(case)
+    assert both.info["guide"] == 1 and both.info["warp_share"][0] == 0 and both.info["warp_share"][1] > 0.5
+    assert both.region.shape == (160, 160) and np.array_equal(both.region, alone.region)
+    assert np.array_equal(np.asarray(both.image), np.asarray(alone.image))
+    assert RefineByAlignMethod(tiny_pipe, references=2, matchers="sift", num_inference_steps=1)(case).region is None  # not on reference.png
+    with pytest.raises(InputError, match="no reference 3"):
+        RefineByAlignMethod(tiny_pipe, references=3)(case)

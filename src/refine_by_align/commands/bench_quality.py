@@ -30,6 +30,11 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--guidance", type=float, help="guidance scale of the pipeline methods (default: the model's)")
     p.add_argument("--samples", type=int, help="samples averaged per case by the pipeline methods (default: the model's)")
     p.add_argument("--no-warp", action="store_true", help="dense alignment: redraw with the model alone, without pasting the warped reference")
+    p.add_argument(
+        "--references", default="all",
+        help="cases with several references (make-cases --extra-references): 'all' of them (refine-by-align, single-stage), "
+        "or one alone by its number (1 = reference.png); the other methods always use reference.png (default: %(default)s)",
+    )
     add_alignment_options(p)
 
 
@@ -50,7 +55,13 @@ def _method_options(args) -> dict | None:
         ).items()
         if v is not None
     }
-    return {n: dict(call) for n in PIPELINE_METHODS} if call else None
+    options = {n: dict(call) for n in PIPELINE_METHODS}
+    if args.references != "all":
+        if not args.references.isdigit() or int(args.references) < 1:
+            raise CLIError(f"--references must be 'all' or a reference number 1, 2, ..., got '{args.references}'")
+        for n in ("refine-by-align", "single-stage"):  # the methods that take several references
+            options[n]["references"] = int(args.references)
+    return options if any(options.values()) else None
 
 
 def _print_summary(summary: dict) -> None:

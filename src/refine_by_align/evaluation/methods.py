@@ -98,18 +98,21 @@ class RefineByAlignMethod:
     ``align=False`` gives the single-stage variant (refinement without the alignment stage).
     """
 
-    def __init__(self, pipeline: Any, align: bool = True, name: str | None = None, **call_kwargs: Any):
+    def __init__(self, pipeline: Any, align: bool = True, name: str | None = None, references: str | int = "all", **call_kwargs: Any):
         self.pipeline = pipeline
         self.align = bool(align)
         self.name = name or ("refine-by-align" if self.align else "single-stage")
+        self.references = references  # a case with several references: "all" of them, or one alone by its number
         self.call_kwargs = call_kwargs
 
     def __call__(self, case: Case) -> MethodOutput:
+        refs, masks = case.references(self.references)
+        several = len(refs) > 1
         out = self.pipeline(
             case.image,
             case.mask,
-            case.reference,
-            reference_mask=case.reference_mask,
+            refs if several else refs[0],
+            reference_mask=masks if several else masks[0],
             align=self.align,
             **self.call_kwargs,
         )
@@ -120,11 +123,19 @@ class RefineByAlignMethod:
                 f"{case.image.width}x{case.image.height} on case '{case.id}'"
             )
         region = getattr(out, "region", None)
-        region = None if region is None else np.asarray(region).astype(bool)
         heat = getattr(out, "heatmap", None)
+        info: dict[str, Any] = {}
+        if several:  # score the region found on reference.png (number 1), whichever reference guided
+            first = list(case.meta.get("reference_order") or range(1, len(refs) + 1)).index(1) if self.references == "all" else 0
+            r1 = out.references[first]
+            region, heat = r1.region, r1.heatmap
+            info = {"guide": int(out.guide), "warp_share": [round(float(r.warp_fraction), 4) for r in out.references]}
+        if self.references not in ("all", 1):  # a region on another reference than reference.png: not scored
+            region = heat = None
+        region = None if region is None else np.asarray(region).astype(bool)
         heat = None if heat is None else np.asarray(heat, dtype=np.float32)
         timings = dict(getattr(out, "timings", None) or {})
-        return MethodOutput(image=image, region=region, heatmap=heat, timings=timings)
+        return MethodOutput(image=image, region=region, heatmap=heat, timings=timings, info=info)
 
 
 keep = KeepMethod()

@@ -53,7 +53,7 @@ def _line(old: str, new: str) -> str:
 
 
 @pytest.mark.parametrize("command, old_t, old_l, t_key, l_key", [
-    ("align", "--timestep", "--layer", "timestep", "layer"),
+    ("align", "--timestep", "--layer", "alignment_timestep", "alignment_layer"),
     ("refine", "--align-timestep", "--align-layer", "alignment_timestep", "alignment_layer"),
 ])
 def test_old_alignment_flags_still_work_with_one_deprecation_line_each(files, capsys, monkeypatch, command, old_t, old_l, t_key, l_key):

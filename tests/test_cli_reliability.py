@@ -123,7 +123,7 @@ def test_pipeline_timestep_out_of_range_is_an_input_error(tiny_pipe, simple_inpu
     p = tiny_pipe.prepare(image, mask, reference)
     for t in (n, -3):
         with pytest.raises(InputError, match="out of range"):
-            tiny_pipe.align(image, mask, reference, timestep=t)
+            tiny_pipe.align(image, mask, reference, alignment_timestep=t)
         with pytest.raises(InputError, match="out of range"):
             tiny_pipe.alignment_maps(p, [t], None)
 

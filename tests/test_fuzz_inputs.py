@@ -69,8 +69,8 @@ CLI_OPTIONS = [
     ("refine", "--samples", "num_samples", lambda v: v is None or 1 <= v <= 64),
     ("refine", "--alignment-timestep", "alignment_timestep", lambda v: v is None or 0 <= v < 1000),
     ("refine", "--alignment-layer", "alignment_layer", lambda v: v is None or 0 <= v < 16),
-    ("align", "--alignment-timestep", "timestep", lambda v: v is None or 0 <= v < 1000),
-    ("align", "--alignment-layer", "layer", lambda v: v is None or 0 <= v < 16),
+    ("align", "--alignment-timestep", "alignment_timestep", lambda v: v is None or 0 <= v < 1000),
+    ("align", "--alignment-layer", "alignment_layer", lambda v: v is None or 0 <= v < 16),
     ("align", "--seed", "seed", lambda v: 0 <= v <= MAX_SEED),
 ]
 

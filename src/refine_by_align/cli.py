@@ -53,9 +53,6 @@ def _renamed(argv: list[str]) -> list[str]:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(_renamed(sys.argv[1:] if argv is None else list(argv)))
-    for old, new in (("align_timestep", "alignment_timestep"), ("align_layer", "alignment_layer")):
-        if hasattr(args, new):  # TRANSITIONAL: commands/refine.py still reads args.align_*; goes when it reads args.alignment_*
-            setattr(args, old, getattr(args, new))
     logging.basicConfig(level=logging.ERROR, format="%(message)s")
     from .io import InputError
 

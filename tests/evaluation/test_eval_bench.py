@@ -57,7 +57,7 @@ def test_bench_telea_beats_keep(cases_dir: Path, tmp_path: Path):
 
 def test_bench_adapter_miou(cases_dir: Path, tmp_path: Path, fake_pipeline):
     # a pipeline that always returns c01's true correspondence
-    truth = load_cases(cases_dir, limit=1)[0].correspondence
+    truth = load_cases(cases_dir, limit=1)[0].region
     method = RefineByAlignMethod(fake_pipeline(truth))
     out = tmp_path / "r"
     res = _check_common(run_bench(cases_dir, out, method=method, progress=False), out, "refine-by-align")

@@ -14,8 +14,8 @@ def test_load_cases_sorted_and_fields(cases_dir: Path):
     c1, c2, c3 = cases
     assert c1.image.mode == "RGB" and c1.reference.mode == "RGB"
     assert c1.mask.dtype == bool and c1.mask.shape == (40, 48) and c1.mask.sum() == 12 * 14
-    assert c1.correspondence is not None and c1.correspondence.shape == (36, 44)
-    assert c2.correspondence is None and c2.target is not None
+    assert c1.region is not None and c1.region.shape == (36, 44)
+    assert c2.region is None and c2.target is not None
     assert c3.target is None
     assert c1.kind == "dreambooth" and c3.kind == "default"
     assert c1.meta["note"] == "synthetic"
@@ -65,3 +65,11 @@ def test_missing_or_empty_folder(tmp_path: Path):
         load_cases(tmp_path / "nope")
     with pytest.raises(InputError, match="no case folders"):
         load_cases(tmp_path)
+
+
+def test_case_correspondence_is_the_deprecated_name_of_region(cases_dir):
+    from refine_by_align.evaluation.cases import load_cases
+
+    c1 = load_cases(cases_dir, limit=1)[0]
+    with pytest.warns(DeprecationWarning, match=r"Case\.correspondence is deprecated"):
+        assert c1.correspondence is c1.region

@@ -30,7 +30,7 @@ def test_telea_changes_only_masked_pixels(cases_dir: Path):
 
 def test_adapter_passes_arguments_and_converts(cases_dir: Path, fake_pipeline):
     case = load_cases(cases_dir, limit=1)[0]
-    pipe = fake_pipeline(case.correspondence)
+    pipe = fake_pipeline(case.region)
     m = RefineByAlignMethod(pipe, num_inference_steps=3, seed=7)
     assert m.name == "refine-by-align" and isinstance(m, Method)
     out = m(case)

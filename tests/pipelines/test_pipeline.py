@@ -69,12 +69,15 @@ def test_single_stage_and_oracle_modes(tiny_pipe, simple_inputs):
 def test_align_stage_alone(tiny_pipe, simple_inputs):
     image, mask, reference = simple_inputs
     res = tiny_pipe.align(image, mask, reference)
-    assert res.mask.shape == (reference.height, reference.width) and res.mask.any()
+    assert res.region.shape == (reference.height, reference.width) and res.region.any()
     g = tiny_pipe.model.cfg.grid_size
-    assert res.raw_grid.shape == (g, g) and res.grid_mask.sum() >= 1
-    assert res.timestep == 0 and res.layer == tiny_pipe.model.cfg.alignment_layer
-    res2 = tiny_pipe.align(image, mask, reference, timestep=500, layer=0)
-    assert res2.timestep == 500 and res2.layer == 0
+    assert res.raw_grid.shape == (g, g) and res.grid_region.sum() >= 1
+    assert res.alignment_timestep == 0 and res.alignment_layer == tiny_pipe.model.cfg.alignment_layer
+    res2 = tiny_pipe.align(image, mask, reference, alignment_timestep=500, alignment_layer=0)
+    assert res2.alignment_timestep == 500 and res2.alignment_layer == 0
+    with pytest.warns(DeprecationWarning, match="'timestep' is deprecated"):
+        res3 = tiny_pipe.align(image, mask, reference, timestep=500, layer=0)
+    assert np.array_equal(res3.raw_grid, res2.raw_grid)
 
 
 def test_alignment_threshold_comes_from_the_config(tiny_pipe, simple_inputs, monkeypatch):
@@ -86,9 +89,9 @@ def test_alignment_threshold_comes_from_the_config(tiny_pipe, simple_inputs, mon
     for thr in (0.2, 0.9):
         monkeypatch.setattr(tiny_pipe.model.cfg, "alignment_threshold", thr)
         res = tiny_pipe.align(image, mask, reference)
-        assert np.array_equal(res.grid_mask, clean_correspondence(raw, threshold=thr)[0])
+        assert np.array_equal(res.grid_region, clean_correspondence(raw, threshold=thr)[0])
     assert clean_correspondence(raw, 0.2)[0].sum() > clean_correspondence(raw, 0.9)[0].sum()  # the setting matters
-    assert np.array_equal(tiny_pipe.align(image, mask, reference, threshold=0.2).grid_mask, clean_correspondence(raw, 0.2)[0])
+    assert np.array_equal(tiny_pipe.align(image, mask, reference, threshold=0.2).grid_region, clean_correspondence(raw, 0.2)[0])
 
 
 def test_reference_mask_restricts_correspondence(tiny_pipe, simple_inputs):
@@ -96,7 +99,7 @@ def test_reference_mask_restricts_correspondence(tiny_pipe, simple_inputs):
     ref_mask = np.zeros((reference.height, reference.width), bool)
     ref_mask[20:60, 10:50] = True
     res = tiny_pipe.align(image, mask, reference, ref_mask)
-    assert not res.mask[~ref_mask].any()
+    assert not res.region[~ref_mask].any()
 
 
 def test_input_modes_are_accepted(tiny_pipe, simple_inputs):

@@ -31,7 +31,7 @@ def run(args) -> int:
     pipe = common.load_model(args.model, args.quiet, args.matcher_weights)
     check_alignment_options(pipe, args.alignment_timestep, args.alignment_layer)
     res = pipe.align(
-        image, mask, reference, ref_mask, timestep=args.alignment_timestep, layer=args.alignment_layer, seed=args.seed, names=names,
+        image, mask, reference, ref_mask, alignment_timestep=args.alignment_timestep, alignment_layer=args.alignment_layer, seed=args.seed, names=names,
         method=args.alignment, matchers=args.matchers,
     )
     common.print_notes(res.info.get("notes", []) + ([res.info["fallback"]] if "fallback" in res.info else []))

@@ -109,10 +109,9 @@ def check_outputs(inputs: list[tuple[str, str]], outputs: list[tuple[str, Path |
         check_output_path(path, flag)
 
 
-def check_alignment_options(pipe, timestep: int | None, layer: int | None, *_unused_flags: str) -> None:
+def check_alignment_options(pipe, timestep: int | None, layer: int | None) -> None:
     """The alignment pass's (t, l) against the loaded model's ranges, before any computation. The messages
-    name --alignment-timestep / --alignment-layer whichever spelling was used (extra arguments, the flag
-    names callers once passed, are ignored)."""
+    name --alignment-timestep / --alignment-layer whichever spelling was used."""
     n = pipe.model.cfg.num_train_timesteps
     if timestep is not None and not 0 <= timestep < n:
         raise CLIError(f"--alignment-timestep {timestep} is out of range 0..{n - 1} (this model's timesteps)")

@@ -36,24 +36,24 @@ def run(args) -> int:
     from ..visualize import compare_picture
 
     out = check_output(args.output)
-    corr_path = check_output(args.region, "region", "L") if args.region else None
+    region_path = check_output(args.region, "region", "L") if args.region else None
     compare = check_output(args.compare, "compare") if args.compare else out.with_name(out.stem + ".compare.png")
     compare_flag = "--compare" if args.compare else "the compare picture"
-    check_outputs(input_files(args), [("--output", out), ("--region", corr_path), (compare_flag, compare)])
+    check_outputs(input_files(args), [("--output", out), ("--region", region_path), (compare_flag, compare)])
     check_settings(args.steps, args.guidance, args.samples)
     image, mask, reference, ref_mask, names = read_inputs(args)
     pipe = common.load_model(args.model, args.quiet, args.matcher_weights)
-    check_alignment_options(pipe, args.align_timestep, args.align_layer, "--align-timestep", "--align-layer")
+    check_alignment_options(pipe, args.alignment_timestep, args.alignment_layer)
     result = pipe(
         image, mask, reference, ref_mask, num_inference_steps=args.steps, guidance_scale=args.guidance,
         seed=args.seed, align=not args.no_align, names=names,
-        alignment_timestep=args.align_timestep, alignment_layer=args.align_layer, num_samples=args.samples,
+        alignment_timestep=args.alignment_timestep, alignment_layer=args.alignment_layer, num_samples=args.samples,
         alignment=args.alignment, matchers=args.matchers, warp=not args.no_warp,
     )
     common.print_notes(result.notes)
     outputs = [(result.image, out, "--output")]
-    if corr_path is not None and result.region is not None:
-        outputs.append((Image.fromarray(result.region.astype("uint8") * 255), corr_path, "--region"))
+    if region_path is not None and result.region is not None:
+        outputs.append((Image.fromarray(result.region.astype("uint8") * 255), region_path, "--region"))
     refs = reference if isinstance(reference, list) else [reference]
     picture = compare_picture(to_rgb(image), mask, [to_rgb(r) for r in refs], result)
     outputs.append((picture, compare, compare_flag))
@@ -67,6 +67,6 @@ def run(args) -> int:
             guide = "; guided the model" if i == result.guide else ""
             print(f"  reference #{i + 1} {name}: {100 * r.warp_fraction:.0f}% of the mask from its warp ({ncc}){guide}")
     print(f"wrote {compare} (input | reference with the aligned region | result)")
-    if corr_path is not None:
-        print(f"wrote {corr_path}")
+    if region_path is not None:
+        print(f"wrote {region_path}")
     return 0

@@ -297,7 +297,7 @@ class OracleAlignMethod(_GuidedPipelineMethod):
 
     def __call__(self, case: Case) -> MethodOutput:
         t0 = time.perf_counter()
-        truth = case.correspondence
+        truth = case.region
         if truth is None or not np.asarray(truth).any():
             out = self._run(case, None, None, True, t0)
             out.info = {"reason": "no correspondence.png: aligned by the model"}

@@ -3,7 +3,7 @@
 Output layout (``RESULTS``)::
 
     RESULTS/<case_id>/output.png           refined image
-    RESULTS/<case_id>/correspondence.png   predicted region on the reference (aligning methods only)
+    RESULTS/<case_id>/correspondence.png   the predicted region M* on the reference (aligning methods only)
     RESULTS/metrics.json                   {"method", "summary": {"ALL": ..., "<kind>": ...}, "cases": [...]}
                                            (identity metrics clip_t / clip_i / dino_i: see identity.py)
     RESULTS/contact_sheet.png              one row per case: input | reference | output | target
@@ -70,16 +70,16 @@ def render_contact_row(
     tile_height: int = TILE_HEIGHT,
     with_target_column: bool = True,
 ) -> Image.Image:
-    """One contact-sheet row: input (mask outlined red) | reference (predicted correspondence as a
+    """One contact-sheet row: input (mask outlined red) | reference (predicted region as a
     translucent colour, true one outlined green) | output | target (grey placeholder when absent)."""
     scores = scores or {}
     inp = outline_mask(resize_tile(case.image, tile_height), case.mask, RED)
     ref = case.reference
-    if output.correspondence is not None:
-        ref = render_heatmap_overlay(ref, np.asarray(output.correspondence, dtype=bool), alpha=0.45, color=MAGENTA)
+    if output.region is not None:
+        ref = render_heatmap_overlay(ref, np.asarray(output.region, dtype=bool), alpha=0.45, color=MAGENTA)
     ref_tile = resize_tile(ref, tile_height)
-    if case.correspondence is not None:
-        ref_tile = outline_mask(ref_tile, case.correspondence, GREEN)
+    if case.region is not None:
+        ref_tile = outline_mask(ref_tile, case.region, GREEN)
     tiles = [
         label_tile(inp, f"{case.id} [{case.kind}] input"),
         label_tile(ref_tile, f"reference  IoU {_fmt(scores.get('miou'), '.2f')}"),
@@ -135,15 +135,15 @@ def summarize(cases: Sequence[dict[str, Any]]) -> dict[str, dict[str, Any]]:
 
 def _score(case: Case, output: MethodOutput, identity: IdentityScorer | None = None) -> dict[str, Any]:
     m = None
-    if output.correspondence is not None and case.correspondence is not None:
-        m = iou(output.correspondence, case.correspondence)
+    if output.region is not None and case.region is not None:
+        m = iou(output.region, case.region)
     psnr = ssim = None
     if case.target is not None:
         out = np.asarray(output.image.convert("RGB"))
         tgt = np.asarray(case.target)
         psnr = masked_psnr(out, tgt, case.mask)
         ssim = box_ssim(out, tgt, case.mask)
-    ident = identity.score(case, output.image.convert("RGB"), output.correspondence) if identity is not None else dict.fromkeys(IDENTITY_KEYS)
+    ident = identity.score(case, output.image.convert("RGB"), output.region) if identity is not None else dict.fromkeys(IDENTITY_KEYS)
     return {"miou": m, "psnr": psnr, "ssim": ssim, **ident, "fallback": bool(getattr(output, "fallback", False))}
 
 
@@ -225,8 +225,8 @@ def run_bench(
                 )
             case_out = out_root / case.id
             save_image_atomic(output.image.convert("RGB"), case_out / "output.png")
-            if output.correspondence is not None:
-                corr = np.asarray(output.correspondence, dtype=bool)
+            if output.region is not None:
+                corr = np.asarray(output.region, dtype=bool)
                 save_image_atomic(Image.fromarray(corr.astype(np.uint8) * 255, "L"), case_out / "correspondence.png")
             scores = _score(case, output, identity)
             if len(rows) < max_sheet_rows:

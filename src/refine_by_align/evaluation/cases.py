@@ -6,7 +6,7 @@ Layout: ``CASES_DIR/<case_id>/`` holding
 * ``mask.png``       artifact mask, bright = artifact (required)
 * ``reference.png``  reference image of the same object (required)
 * ``reference_mask.png``  object mask on the reference (optional; else the reference's alpha)
-* ``correspondence.png``  true region on the reference matching the artifact (optional)
+* ``correspondence.png``  the true region M* on the reference matching the artifact (optional; ``Case.region``)
 * ``target.png``     artifact-free ground truth (optional)
 * ``meta.json``      any fields; ``kind`` groups the benchmark summary (default ``"default"``)
 * ``reference_2.png`` (+ ``reference_mask_2.png``), ``reference_3.png``, ...: more references
@@ -44,10 +44,18 @@ class Case:
     mask: np.ndarray  # bool (H, W), True = artifact
     reference: Image.Image  # RGB
     reference_mask: np.ndarray | None = None  # bool (Hr, Wr)
-    correspondence: np.ndarray | None = None  # bool (Hr, Wr), true region on the reference
+    region: np.ndarray | None = None  # bool (Hr, Wr): the true region M* on the reference (correspondence.png)
     target: Image.Image | None = None  # RGB, same size as image
     meta: dict[str, Any] = field(default_factory=dict)
     extra_references: list[tuple[Image.Image, np.ndarray | None]] = field(default_factory=list)  # reference_2.png, ... with their masks
+
+    @property
+    def correspondence(self) -> np.ndarray | None:
+        """Deprecated name of :attr:`region` (goes in the next release)."""
+        import warnings
+
+        warnings.warn("Case.correspondence is deprecated, use .region", DeprecationWarning, stacklevel=2)
+        return self.region
 
     def references(self, which: str | int = "all") -> tuple[list[Image.Image], list[np.ndarray | None]]:
         """The references to pass and their masks: ``"all"`` (in ``meta["reference_order"]``, else
@@ -132,11 +140,11 @@ def load_case(case_dir: str | os.PathLike) -> Case:
     except InputError as e:
         raise InputError(f"case '{cid}': {e}") from None
 
-    correspondence = None
-    corr_path = d / "correspondence.png"
+    region = None
+    corr_path = d / "correspondence.png"  # (the file keeps its name: a data format)
     if corr_path.exists():
-        correspondence = load_mask(corr_path, what("correspondence"))
-        _size_check(correspondence.shape, reference.size, corr_path, "reference")
+        region = load_mask(corr_path, what("correspondence"))
+        _size_check(region.shape, reference.size, corr_path, "reference")
 
     target = None
     target_path = d / "target.png"
@@ -174,7 +182,7 @@ def load_case(case_dir: str | os.PathLike) -> Case:
         mask=mask,
         reference=reference,
         reference_mask=reference_mask,
-        correspondence=correspondence,
+        region=region,
         target=target,
         meta=meta,
         extra_references=extras,

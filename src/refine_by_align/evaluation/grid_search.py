@@ -54,7 +54,7 @@ def grid_search(
     for t in timesteps:
         if not 0 <= t < pipe.model.cfg.num_train_timesteps:
             raise ValueError(f"timestep {t} out of range 0..{pipe.model.cfg.num_train_timesteps - 1}")
-    cases = [c for c in load_cases(cases_dir, limit) if c.correspondence is not None]
+    cases = [c for c in load_cases(cases_dir, limit) if c.region is not None]
     if not cases:
         raise ValueError(f"no case in '{cases_dir}' has a correspondence.png: nothing to score")
     scores = np.zeros((len(timesteps), len(layers), len(cases)))
@@ -66,7 +66,7 @@ def grid_search(
             row = []
             for j in range(len(layers)):
                 region, _, _, norm = pipe.region_on_reference(p, maps[i, j])
-                scores[i, j, k] = iou(region, case.correspondence)
+                scores[i, j, k] = iou(region, case.region)
                 row.append(norm)
             per_case.append(row)
         if example is None:
@@ -125,7 +125,7 @@ def _plots(out: Path, table: np.ndarray, timesteps, layers, example) -> None:
     ref = np.asarray(case.reference)
     for i, t in enumerate(timesteps):
         axes[i, 0].imshow(ref)
-        axes[i, 0].contour(case.correspondence, levels=[0.5], colors="lime", linewidths=0.8)
+        axes[i, 0].contour(case.region, levels=[0.5], colors="lime", linewidths=0.8)
         axes[i, 0].set_ylabel(f"t={t}", fontsize=8)
         for j, l in enumerate(layers):
             axes[i, j + 1].imshow(per_case[i][j], cmap="jet", vmin=0, vmax=1)

@@ -308,7 +308,7 @@ def identity_crops(case: Any, output_image: Image.Image, predicted: np.ndarray |
     the method's region (M*) on the reference, if any."""
     out = region_crop(output_image, case.mask)
     ref = case.reference
-    for region, name in ((case.correspondence, "true"), (predicted, "predicted"), (case.reference_mask, "object")):
+    for region, name in ((case.region, "true"), (predicted, "predicted"), (case.reference_mask, "object")):
         if region is not None and np.asarray(region).any():
             return IdentityCrops(out, region_crop(ref, region), name)
     return IdentityCrops(out, ref.convert("RGB"), "whole")

@@ -216,9 +216,9 @@ def render_comparison_sheet(
         if with_target:
             tiles.append(label_tile(_crop_tile(case.target, box, tile), "target") if case.target is not None else label_tile(placeholder_tile(tile, "no target"), "target"))
         ref_tile, place = fit_square(case.reference, tile)
-        if case.correspondence is not None:
-            ref_tile = outline_mask(ref_tile, case.correspondence, GREEN, place=place)
-        tiles.append(label_tile(ref_tile, "reference" + (" + truth" if case.correspondence is not None else "")))
+        if case.region is not None:
+            ref_tile = outline_mask(ref_tile, case.region, GREEN, place=place)
+        tiles.append(label_tile(ref_tile, "reference" + (" + truth" if case.region is not None else "")))
         for m in aligning:
             region = _read_region(out_root / m / case.id / "correspondence.png")
             if region is None:
@@ -227,8 +227,8 @@ def render_comparison_sheet(
             else:
                 t, _ = fit_square(render_heatmap_overlay(case.reference, region, alpha=0.5, color=MAGENTA), tile)
                 label = f"{m} IoU {_fmt(records.get(m, {}).get(case.id, {}).get('miou'), '.2f')}"
-            if case.correspondence is not None:
-                t = outline_mask(t, case.correspondence, GREEN, place=place)
+            if case.region is not None:
+                t = outline_mask(t, case.region, GREEN, place=place)
             tiles.append(label_tile(t, label))
         for m in methods:
             path = out_root / m / case.id / "output.png"

@@ -402,19 +402,28 @@ class RefineByAlignPipeline(DiffusionPipeline):
         mask: np.ndarray | Image.Image,
         reference: Image.Image,
         reference_mask: np.ndarray | Image.Image | None = None,
-        timestep: int | None = None,
-        layer: int | None = None,
+        alignment_timestep: int | None = None,
+        alignment_layer: int | None = None,
         threshold: float | None = None,
         seed: int = 0,
         names: dict[str, str] | None = None,
         method: str | None = None,
         matchers: str | None = None,
+        timestep: int | None = None,
+        layer: int | None = None,
     ) -> AlignmentResult:
         """The alignment stage alone: ``method`` ``dense`` (default: the field and M* pushed through
-        it) or ``attention`` (Algorithm 1 at one (t, l), Eq. 5, A.4); ``matchers`` the dense field's
-        sources joined by "+" (default: sift+aliked where ALIKED's weights are found, else sift)."""
+        it) or ``attention`` (Algorithm 1 at one (t, l) = (``alignment_timestep``,
+        ``alignment_layer``), Eq. 5, A.4); ``matchers`` the dense field's sources joined by "+"
+        (default: sift+aliked where ALIKED's weights are found, else sift). ``timestep`` / ``layer``
+        are the deprecated names of the (t, l) arguments."""
+        for old, new in (("timestep", "alignment_timestep"), ("layer", "alignment_layer")):
+            if locals()[old] is not None:
+                warnings.warn(f"align(): '{old}' is deprecated, use '{new}'", DeprecationWarning, stacklevel=3)
+        alignment_timestep = timestep if alignment_timestep is None else alignment_timestep
+        alignment_layer = layer if alignment_layer is None else alignment_layer
         p = self.prepare(image, mask, reference, reference_mask, names)
-        res = self._align(p, timestep, layer, threshold, seed, method=method, matchers=matchers)
+        res = self._align(p, alignment_timestep, alignment_layer, threshold, seed, method=method, matchers=matchers)
         if p.notes:
             res.info["notes"] = p.notes + res.info.get("notes", [])
         return res
@@ -446,16 +455,16 @@ class RefineByAlignPipeline(DiffusionPipeline):
         float in [0, 1], M* on the token grid (g, g), the cleaned grid map (g, g) in [0, 1]).
         ``threshold``: A.4's, relative to the map's range (None: the model's ``alignment_threshold``)."""
         threshold = self.model.cfg.alignment_threshold if threshold is None else float(threshold)
-        grid_mask, norm = clean_correspondence(raw, threshold=threshold)
+        grid_region, norm = clean_correspondence(raw, threshold=threshold)
         shape = p.reference_mask.shape
-        region = grid_to_reference(grid_mask, p.reference_box, shape) & p.reference_mask
+        region = grid_to_reference(grid_region, p.reference_box, shape) & p.reference_mask
         if not region.any():  # the blob fell outside the object: keep it unclipped
-            region = grid_to_reference(grid_mask, p.reference_box, shape)
+            region = grid_to_reference(grid_region, p.reference_box, shape)
         smooth = grid_to_reference(norm, p.reference_box, shape, smooth=True)
         heat = smooth * p.reference_mask
         if not region.any():  # the blob maps to no pixel (a reference of a few pixels): keep its strongest one
             region[np.unravel_index(int(np.argmax(heat if heat.any() else smooth)), shape)] = True
-        return region, heat.astype(np.float32), grid_mask, norm
+        return region, heat.astype(np.float32), grid_region, norm
 
     def correspondence_on_reference(self, p: PreparedInputs, raw: np.ndarray, threshold: float | None = None):
         """Deprecated name of :meth:`region_on_reference` (goes in the next release)."""
@@ -543,8 +552,8 @@ class RefineByAlignPipeline(DiffusionPipeline):
             att = attention_at(self.model, inputs.sample, inputs.masked, inputs.lmask, context, t, l, self.scheduler, generator)  # (1, HW, T)
             raw = correspondence_map(att, inputs.lmask, cfg.grid_size)[0].float().cpu().numpy().astype(np.float32)  # (g, g)
         if method == "attention":
-            region, heat, grid_mask, _ = self.region_on_reference(p, raw, threshold)
-            return AlignmentResult(region, heat, raw, grid_mask, t, l, "attention")
+            region, heat, grid_region, _ = self.region_on_reference(p, raw, threshold)
+            return AlignmentResult(region, heat, raw, grid_region, t, l, "attention")
         attn = None if att is None else attention_matches(att[0].float().cpu().numpy(), p.crop_box, p.reference_box, cfg.grid_size)
         fld, info = dense_alignment(p.image, p.mask, p.reference, p.reference_mask, p.crop_box, sources, self._aliked or None, attn)
         info["notes"] = notes

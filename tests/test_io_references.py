@@ -40,9 +40,12 @@ def test_errors_name_the_reference_and_come_before_decoding(tmp_path):
     with pytest.raises(InputError, match=r"reference #2.*b\.png"):
         load_inputs({"image": image, "mask": mask, "reference": [a, str(bad)]}, before_decode=lambda: calls.append(1))
     wrong = _png(tmp_path / "w.png", (9, 9), "L", 255)
-    with pytest.raises(InputError, match=r"w\.png.*does not match the reference 20x20"):
+    with pytest.raises(InputError, match=r"reference #2 mask '.*w\.png': size 9x9 does not match the reference 20x20"):
         load_inputs({"image": image, "mask": mask, "reference": [str(bad), a][1:] + [a], "reference_mask": [None, wrong]},
                     before_decode=lambda: calls.append(1))
+    tiny = _png(tmp_path / "t.png", (4, 4))
+    with pytest.raises(InputError, match=r"reference #3 '.*t\.png': 4x4 is too small"):
+        load_inputs({"image": image, "mask": mask, "reference": [a, a, tiny]}, before_decode=lambda: calls.append(1))
     assert calls == []  # refused on the headers, before any pixel was decoded
     with pytest.raises(InputError, match="1 reference masks for 2 references"):
         load_inputs({"image": image, "mask": mask, "reference": [a, a], "reference_mask": [None]})

@@ -194,12 +194,14 @@ def validate_inputs(
     reference: Image.Image,
     reference_mask: np.ndarray | None = None,
     names: dict[str, str] | None = None,
+    labels: dict[str, str] | None = None,
 ) -> None:
-    """Raise InputError for inputs no method can work with. ``names`` maps role -> file name."""
-    names = names or {}
+    """Raise InputError for inputs no method can work with. ``names`` maps role -> file name,
+    ``labels`` role -> how messages call it (e.g. ``reference #2``; default: the role)."""
+    names, labels = names or {}, labels or {}
 
     def name(role: str) -> str:
-        return f"{role} '{names[role]}'" if role in names else role
+        return f"{labels.get(role, role)} '{names[role]}'" if role in names else labels.get(role, role)
 
     if min(image.size) < 8:
         raise InputError(f"{name('image')}: {image.width}x{image.height} is too small (need at least 8x8)")
@@ -235,15 +237,15 @@ def validate_inputs(
 INPUT_ROLES = ("image", "mask", "reference", "reference_mask")
 
 
-def check_input_sizes(sizes: dict[str, tuple[int, int]], names: dict[str, str] | None = None) -> None:
+def check_input_sizes(sizes: dict[str, tuple[int, int]], names: dict[str, str] | None = None, labels: dict[str, str] | None = None) -> None:
     """The checks of :func:`validate_inputs` that need only the images' sizes (``role -> (w, h)`` as
     read from the headers), so that a wrong mask is refused before any pixel is decoded. Sizes are
     compared either way round (an EXIF rotation may still swap them); the exact comparison follows
     once the images are decoded."""
-    names = names or {}
+    names, labels = names or {}, labels or {}
 
     def name(role: str) -> str:
-        return f"{role} '{names[role]}'" if role in names else role
+        return f"{labels.get(role, role)} '{names[role]}'" if role in names else labels.get(role, role)
 
     for role in ("image", "reference"):
         if role in sizes and min(sizes[role]) < 8:
@@ -281,6 +283,47 @@ def load_inputs(
     if missing:
         raise InputError(f"missing input(s): {', '.join(missing)}")
     several = isinstance(files["reference"], list)  # (a tuple is one file's (bytes, name))
+    pairs = _reference_pairs(files, several)
+    roles = {r: (files[r], labels.get(r, r)) for r in ("image", "mask")}  # key -> (source, label in messages)
+    for i, (ref, rm) in enumerate(pairs):
+        roles[_key("reference", i)] = (ref, f"reference #{i + 1}" if i else labels.get("reference", "reference"))
+        if rm is not None:
+            roles[_key("reference_mask", i)] = (rm, f"reference #{i + 1} mask" if i else labels.get("reference_mask", "reference_mask"))
+    data, names = {}, {}
+    for key, (source, label) in roles.items():
+        data[key], names[key] = (source[0], str(source[1])) if isinstance(source, tuple) else (read_file(source, label), str(source))
+    sizes = {k: open_image(data[k], roles[k][1], names[k], max_side=max_side, too_large=too_large).size for k in data}
+    for i in range(len(pairs)):
+        check_input_sizes(*_pair_view(i, sizes, names))
+    if before_decode is not None:
+        before_decode()
+    decoded = {k: decode_image(data.pop(k), roles[k][1], names[k], max_side=max_side, too_large=too_large) for k in list(data)}
+    image, mask = decoded["image"], to_mask(decoded["mask"])
+    references, ref_masks = [], []
+    for i in range(len(pairs)):
+        reference = decoded[_key("reference", i)]
+        rm = decoded.get(_key("reference_mask", i))
+        ref_masks.append(to_mask(rm) if rm is not None else alpha_mask(reference))
+        references.append(reference)
+        _, pair_names, pair_labels = _pair_view(i, sizes, names)
+        validate_inputs(to_rgb(image), mask, to_rgb(reference), ref_masks[-1], pair_names, pair_labels)
+    if not several:
+        return image, mask, references[0], ref_masks[0], names
+    names_out = {
+        "image": names["image"], "mask": names["mask"],
+        "reference": [names[_key("reference", i)] for i in range(len(pairs))],
+        "reference_mask": [names.get(_key("reference_mask", i)) for i in range(len(pairs))],
+    }
+    return image, mask, references, ref_masks, names_out
+
+
+def _key(role: str, i: int) -> str:
+    """The internal key of reference ``i``'s role: the plain role for the first, ``role #k`` after."""
+    return role if i == 0 else f"{role} #{i + 1}"
+
+
+def _reference_pairs(files: dict, several: bool) -> list[tuple]:
+    """(reference, reference mask or None) per reference of :func:`load_inputs`' ``files``."""
     refs = list(files["reference"]) if several else [files["reference"]]
     rmasks = files.get("reference_mask")
     rmasks = list(rmasks) if isinstance(rmasks, list) else [rmasks] + [None] * (len(refs) - 1)
@@ -288,56 +331,18 @@ def load_inputs(
         raise InputError("missing input(s): reference")
     if len(rmasks) != len(refs):
         raise InputError(f"{len(rmasks)} reference masks for {len(refs)} references: give one per reference")
-    # roles: image, mask, then (reference, reference_mask) per reference, the first under the plain names
-    keyed = [("image", files["image"], "image"), ("mask", files["mask"], "mask")]
-    for i, (ref, rm) in enumerate(zip(refs, rmasks)):
-        tag = "" if i == 0 else f" #{i + 1}"
-        keyed.append((f"reference{tag}", ref, f"reference{tag}" if i else labels.get("reference", "reference")))
-        if rm is not None:
-            keyed.append((f"reference_mask{tag}", rm, f"reference{tag} mask" if i else labels.get("reference_mask", "reference_mask")))
-    data: dict[str, bytes] = {}
-    names: dict[str, str] = {}
-    label = {role: lab for role, _, lab in keyed}
-    for role, source, lab in keyed:
-        if isinstance(source, tuple):
-            data[role], names[role] = source[0], str(source[1])
-        else:
-            data[role], names[role] = read_file(source, labels.get(role, lab)), str(source)
-    headers = {role: open_image(data[role], labels.get(role, label[role]), names[role], max_side=max_side, too_large=too_large) for role in data}
-    sizes = {role: img.size for role, img in headers.items()}
-    del headers
-    for i in range(len(refs)):
-        tag = "" if i == 0 else f" #{i + 1}"
-        pair = {"image": sizes["image"], "mask": sizes["mask"], "reference": sizes[f"reference{tag}"]}
-        pair_names = {"image": names["image"], "mask": names["mask"], "reference": names[f"reference{tag}"]}
-        if f"reference_mask{tag}" in sizes:
-            pair["reference_mask"], pair_names["reference_mask"] = sizes[f"reference_mask{tag}"], names[f"reference_mask{tag}"]
-        check_input_sizes(pair, pair_names)
-    if before_decode is not None:
-        before_decode()
-    decoded = {
-        role: decode_image(data.pop(role), labels.get(role, label[role]), names[role], max_side=max_side, too_large=too_large)
-        for role in list(data)
-    }
-    image, mask = decoded["image"], to_mask(decoded["mask"])
-    references, ref_masks, ref_names, mask_names = [], [], [], []
-    for i in range(len(refs)):
-        tag = "" if i == 0 else f" #{i + 1}"
-        reference = decoded[f"reference{tag}"]
-        key = f"reference_mask{tag}"
-        ref_mask = to_mask(decoded[key]) if key in decoded else alpha_mask(reference)
-        pair_names = {"image": names["image"], "mask": names["mask"], "reference": names[f"reference{tag}"]}
-        if key in names:
-            pair_names["reference_mask"] = names[key]
-        validate_inputs(to_rgb(image), mask, to_rgb(reference), ref_mask, pair_names)
-        references.append(reference)
-        ref_masks.append(ref_mask)
-        ref_names.append(names[f"reference{tag}"])
-        mask_names.append(names.get(key))
-    if not several:
-        return image, mask, references[0], ref_masks[0], {k: v for k, v in names.items() if k in INPUT_ROLES}
-    out_names = {"image": names["image"], "mask": names["mask"], "reference": ref_names, "reference_mask": mask_names}
-    return image, mask, references, ref_masks, out_names
+    return list(zip(refs, rmasks))
+
+
+def _pair_view(i: int, values: dict, names: dict) -> tuple[dict, dict, dict]:
+    """The image, the mask and reference ``i`` (with its mask) under the plain role names, as
+    :func:`check_input_sizes` and :func:`validate_inputs` take them: (values, names, labels)."""
+    roles = ("image", "mask", "reference", "reference_mask")
+    keys = {r: (r if r in ("image", "mask") else _key(r, i)) for r in roles}
+    picked = {r: values[k] for r, k in keys.items() if k in values}
+    picked_names = {r: names[k] for r, k in keys.items() if k in names}
+    labels = {"reference": f"reference #{i + 1}", "reference_mask": f"reference #{i + 1} mask"} if i else {}
+    return picked, picked_names, labels
 
 
 def same_file(a: str | os.PathLike, b: str | os.PathLike) -> bool:

@@ -272,29 +272,9 @@ def make_cases(
     """
     cfg = cfg or CaseConfig()
     src = Path(source_dir)
-    if not src.is_dir():
-        raise DatasetError(f"source folder '{src}': not found (expected SUBJECT/NN.jpg + NN_mask.png)")
-    if subjects is None:
-        subjects = [s for s in VALIDATION_SUBJECTS if (src / s).is_dir()]
-        if not subjects:
-            raise DatasetError(
-                f"source folder '{src}': none of the default validation subjects "
-                f"({', '.join(VALIDATION_SUBJECTS)}) is there; pass subjects explicitly"
-            )
-    names = sorted(ARTIFACTS) if artifacts is None else list(artifacts)
-    unknown = [a for a in names if a not in ARTIFACTS]
-    if unknown or not names:
-        raise ValueError(f"unknown artifact(s) {unknown}; registered: {sorted(ARTIFACTS)}")
-    bad_roles = [r for r in extra_references if r not in EXTRA_ROLES]
-    if bad_roles:
-        raise ValueError(f"unknown extra reference role(s) {bad_roles}; choose from {', '.join(EXTRA_ROLES)}")
+    subjects, names = _check_arguments(src, subjects, artifacts, extra_references)
     mv = MultiViewFolder(src, subjects=list(subjects), exclude=(), max_side=cfg.max_side, min_object_pixels=256)
-    others = None
-    if "distractor" in extra_references:  # every other subject of the folder can be a distractor
-        pool = sorted(d.name for d in src.iterdir() if d.is_dir() and d.name not in set(subjects) and not d.name.startswith("."))
-        if not pool:
-            raise DatasetError(f"source folder '{src}': no other subject to take a distractor reference from")
-        others = MultiViewFolder(src, subjects=pool, exclude=(), max_side=cfg.max_side, min_object_pixels=256)
+    others = _distractor_pool(src, subjects, cfg) if "distractor" in extra_references else None
     out_root = Path(output_dir)
     out_root.mkdir(parents=True, exist_ok=True)
 
@@ -335,6 +315,36 @@ def make_cases(
             _write_case(case, image, amask, reference, ref_mask, corr, target, meta, [(r, m) for _, r, m, _ in extras])
             written.append(case)
     return written
+
+
+def _check_arguments(src: Path, subjects, artifacts, extra_references) -> tuple[list[str], list[str]]:
+    """:func:`make_cases`' subjects (default: the validation subjects present) and artifact names,
+    checked; a clear error for a missing folder, unknown artifacts or extra-reference roles."""
+    if not src.is_dir():
+        raise DatasetError(f"source folder '{src}': not found (expected SUBJECT/NN.jpg + NN_mask.png)")
+    if subjects is None:
+        subjects = [s for s in VALIDATION_SUBJECTS if (src / s).is_dir()]
+        if not subjects:
+            raise DatasetError(
+                f"source folder '{src}': none of the default validation subjects "
+                f"({', '.join(VALIDATION_SUBJECTS)}) is there; pass subjects explicitly"
+            )
+    names = sorted(ARTIFACTS) if artifacts is None else list(artifacts)
+    unknown = [a for a in names if a not in ARTIFACTS]
+    if unknown or not names:
+        raise ValueError(f"unknown artifact(s) {unknown}; registered: {sorted(ARTIFACTS)}")
+    bad_roles = [r for r in extra_references if r not in EXTRA_ROLES]
+    if bad_roles:
+        raise ValueError(f"unknown extra reference role(s) {bad_roles}; choose from {', '.join(EXTRA_ROLES)}")
+    return list(subjects), names
+
+
+def _distractor_pool(src: Path, subjects, cfg: CaseConfig) -> MultiViewFolder:
+    """Every other subject of the source folder: where distractor references come from."""
+    pool = sorted(d.name for d in src.iterdir() if d.is_dir() and d.name not in set(subjects) and not d.name.startswith("."))
+    if not pool:
+        raise DatasetError(f"source folder '{src}': no other subject to take a distractor reference from")
+    return MultiViewFolder(src, subjects=pool, exclude=(), max_side=cfg.max_side, min_object_pixels=256)
 
 
 def _first_reference(mv, subject, kind, tv, usable, target, obj, amask, rng, cfg: CaseConfig, meta: dict):

@@ -166,6 +166,14 @@ class PreparedInputs:
     notes: list[str] = field(default_factory=list)  # e.g. that the reference object was estimated
 
 
+def _blend(patch: np.ndarray, combined: CombinedWarp) -> np.ndarray:
+    """The model's crop pixels with the combined warp blended in by its weight ((N, N, 3) uint8)."""
+    if not combined.weight.any():
+        return patch
+    wt = combined.weight[..., None]
+    return np.clip(np.rint(patch.astype(np.float32) * (1.0 - wt) + combined.patch.astype(np.float32) * wt), 0, 255).astype(np.uint8)
+
+
 def _match_count(result: AlignmentResult | None) -> int:
     """The most descriptor matches any of the dense alignment's sources found (0: none ran)."""
     counts = (result.info.get("matches") or {}) if result is not None else {}
@@ -610,14 +618,9 @@ class RefineByAlignPipeline(DiffusionPipeline):
         deprecated name). ``num_samples`` K > 1 draws K samples in one batch and returns their
         mean, an estimate of the posterior mean (K = 1 is one plain sample)."""
         cfg = self.model.cfg
-        steps = cfg.default_steps if num_inference_steps is None else num_inference_steps
-        guidance = cfg.default_guidance if guidance_scale is None else guidance_scale
-        k = cfg.default_samples if num_samples is None else num_samples
-        check_settings(steps, guidance, k)
-        if alignment is not None and alignment not in ALIGNMENT_METHODS:
-            raise InputError(f"unknown alignment method '{alignment}' (choose {', '.join(ALIGNMENT_METHODS)})")
+        steps, guidance, k = self._sampling_settings(num_inference_steps, guidance_scale, num_samples, alignment)
         if correspondence is not None:
-            warnings.warn("the 'correspondence' argument is deprecated, use 'region'", DeprecationWarning, stacklevel=2)
+            warnings.warn("the 'correspondence' argument is deprecated, use 'region'", DeprecationWarning, stacklevel=3)
             region = correspondence if region is None else region
         timings: dict[str, float] = {}
         t0 = time.perf_counter()
@@ -633,30 +636,16 @@ class RefineByAlignPipeline(DiffusionPipeline):
 
         # 2. Alignment stage: M* on each reference (dense field, or Algorithm 1).
         t1 = time.perf_counter()
-        method = alignment or "dense"
-        inputs = None
-        if align and region is None and (method == "attention" or (matchers is not None and "attention" in matchers)):
-            inputs = self.crop_inputs(p, with_sample=True)  # shared by every reference's attention pass
-        results = [
-            None if region is not None or not align
-            else self._align(q, alignment_timestep, alignment_layer, None, seed, inputs, method, matchers)
-            for q in ps
-        ]
+        results, inputs = self._align_all(ps, align and region is None, alignment, matchers, alignment_timestep, alignment_layer, seed)
         timings["align"] = time.perf_counter() - t1
 
         # 3. The warps: each reference sampled through its field, colour-matched to the image around
         #    the mask, trusted where it agrees with the image there and lands on the object; per
         #    pixel the most trusted reference gives the pixels.
         t2 = time.perf_counter()
-        warps: list[WarpFill | None] = [
-            warp_fill(image_box, mask_box, q.reference, r.field) if warp and r is not None and r.field is not None else None
-            for q, r in zip(ps, results)
-        ]
-        combined = combine_warps(warps, mask_box.shape)
-        guide = pick_guide(warps, mask_box, combined, [_match_count(r) for r in results])
+        warps, combined, guide = self._warps(ps, results, image_box, mask_box, warp)
         if region is None and results[guide] is not None:
             region = results[guide].region
-        warp_fraction = float(combined.weight[mask_box].mean()) if mask_box.any() else 0.0
         timings["warp"] = time.perf_counter() - t2
 
         # 4. The model redraws what the warps do not cover (all of the mask without a warp), guided
@@ -666,17 +655,47 @@ class RefineByAlignPipeline(DiffusionPipeline):
 
         # 5. Composite and paste the crop back: pixels outside the dilated mask stay bit-identical.
         t4 = time.perf_counter()
-        if combined.weight.any() and cfg.hole_fill != "warp":  # (a warp-input model has used the warp already)
-            wt = combined.weight[..., None]
-            patch = np.clip(np.rint(patch.astype(np.float32) * (1.0 - wt) + combined.patch.astype(np.float32) * wt), 0, 255).astype(np.uint8)
+        if cfg.hole_fill != "warp":  # (a warp-input model has used the warp already)
+            patch = _blend(patch, combined)
         if not np.isfinite(patch.astype(np.float32)).all():
             raise NonFiniteResultError("the refinement produced non-finite values (NaN or inf): the model's weights or the settings are broken")
         result_image = paste_back(p.image, patch, p.crop_box, p.mask, cfg.paste_dilate, cfg.paste_feather)
         timings["paste"] = time.perf_counter() - t4
         timings["total"] = time.perf_counter() - t0
-        out = self._output(ps, results, warps, combined, guide, region, result_image, timings)
-        out.warp_fraction = warp_fraction
-        return out
+        return self._output(ps, results, warps, combined, guide, region, result_image, timings)
+
+    def _align_all(self, ps, align: bool, alignment, matchers, timestep, layer, seed) -> tuple[list[AlignmentResult | None], CropInputs | None]:
+        """Step 2: each reference's alignment (None for all when ``align`` is off), and the crop's
+        U-Net inputs where an attention pass needed them (shared by every reference)."""
+        if not align:
+            return [None] * len(ps), None
+        method = alignment or "dense"
+        inputs = None
+        if method == "attention" or (matchers is not None and "attention" in matchers):
+            inputs = self.crop_inputs(ps[0], with_sample=True)
+        return [self._align(q, timestep, layer, None, seed, inputs, method, matchers) for q in ps], inputs
+
+    def _sampling_settings(self, steps, guidance, samples, alignment) -> tuple[int, float, int]:
+        """(steps, guidance, K) with the model's defaults filled in, checked; and the method's name."""
+        cfg = self.model.cfg
+        steps = cfg.default_steps if steps is None else steps
+        guidance = cfg.default_guidance if guidance is None else guidance
+        samples = cfg.default_samples if samples is None else samples
+        check_settings(steps, guidance, samples)
+        if alignment is not None and alignment not in ALIGNMENT_METHODS:
+            raise InputError(f"unknown alignment method '{alignment}' (choose {', '.join(ALIGNMENT_METHODS)})")
+        return steps, guidance, samples
+
+    @staticmethod
+    def _warps(ps, results, image_box, mask_box, warp: bool) -> tuple[list[WarpFill | None], CombinedWarp, int]:
+        """Step 3: each reference's warp through its field (None without one, or with ``warp``
+        off), the warps combined per pixel, and the index of the reference that guides the model."""
+        warps: list[WarpFill | None] = [
+            warp_fill(image_box, mask_box, q.reference, r.field) if warp and r is not None and r.field is not None else None
+            for q, r in zip(ps, results)
+        ]
+        combined = combine_warps(warps, mask_box.shape)
+        return warps, combined, pick_guide(warps, mask_box, combined, [_match_count(r) for r in results])
 
     def prepare_references(self, image, mask, reference, reference_mask=None, names: dict | None = None) -> list[PreparedInputs]:
         """:meth:`prepare` for one reference or a list (``reference_mask``: None or one per
@@ -755,6 +774,7 @@ class RefineByAlignPipeline(DiffusionPipeline):
             image=Image.fromarray(result_image), region=region, heatmap=g.heatmap, crop_box=p.crop_box,
             reference_box=self._guide_box(ps[guide], region), timings=timings, random_weights=self.random_weights,
             alignment=g.alignment, notes=notes, info=info, references=refs, guide=guide, source=source,
+            warp_fraction=float(combined.weight[mask_box].mean()) if mask_box.any() else 0.0,
         )
 
     def _guide_box(self, p: PreparedInputs, region: np.ndarray | None) -> Box:

@@ -145,24 +145,23 @@ class _Inputs:
     seed: int
 
 
-def _int_value(values: dict[str, str], name: str) -> int | None:
+def _number_value(values: dict[str, str], name: str, kind: type = int) -> int | float | None:
+    """A form field as ``kind`` (int or float); None when absent or blank; InputError otherwise."""
     text = values.get(name, "").strip()
     if not text:
         return None
     try:
-        return int(text)
+        return kind(text)
     except ValueError:
-        raise InputError(f"{name} must be an integer, got {text!r}") from None
+        raise InputError(f"{name} must be {'an integer' if kind is int else 'a number'}, got {text!r}") from None
+
+
+def _int_value(values: dict[str, str], name: str) -> int | None:
+    return _number_value(values, name, int)
 
 
 def _float_value(values: dict[str, str], name: str) -> float | None:
-    text = values.get(name, "").strip()
-    if not text:
-        return None
-    try:
-        return float(text)
-    except ValueError:
-        raise InputError(f"{name} must be a number, got {text!r}") from None
+    return _number_value(values, name, float)
 
 
 async def _read_form(request, settings: ServerSettings, file_fields, required, value_fields, repeatable=None):

@@ -22,8 +22,8 @@ def test_combine_warps_takes_the_most_trusted_warp_per_pixel():
     a[:, :4] = True
     b = np.zeros((4, 6), bool)
     b[:, 2:] = True
-    c = _wf(a, 0.5, 0.7, 10)
-    d = _wf(b, 0.9, 0.9, 200)
+    c = _wf(a, 0.5, 0.93, 10)
+    d = _wf(b, 0.9, 0.95, 200)
     out = combine_warps([c, None, d], (4, 6))
     assert (out.source[:, :2] == 0).all() and (out.source[:, 2:] == 2).all()
     assert (out.patch[:, :2] == 10).all() and (out.patch[:, 2:] == 200).all()
@@ -41,7 +41,7 @@ def test_pick_guide_prefers_the_reference_that_gives_most_of_the_mask():
     m = np.ones((4, 6), bool)
     a = np.zeros((4, 6), bool)
     a[:1] = True
-    warps = [_wf(a, 1.0, 0.99, 1), _wf(~a, 0.6, 0.8, 2)]
+    warps = [_wf(a, 1.0, 0.99, 1), _wf(~a, 0.6, 0.96, 2)]
     assert pick_guide(warps, m, combine_warps(warps, m.shape)) == 1
     # no warp trusted anywhere: the best ring agreement; no field at all: the first
     untrusted = [_wf(np.zeros_like(m), 1.0, 0.2, 1), _wf(np.zeros_like(m), 1.0, 0.4, 2)]
@@ -143,3 +143,13 @@ def test_without_any_field_the_reference_with_most_matches_guides():
     none = [None, None, None]
     assert pick_guide(none, m, combine_warps(none, m.shape), [54, 144, 7]) == 1
     assert pick_guide(none, m, combine_warps(none, m.shape), [0, 0, 0]) == 0
+
+
+def test_a_clearly_worse_warp_does_not_fill_what_a_near_exact_one_leaves_out():
+    a = np.zeros((4, 6), bool)
+    a[:, :4] = True
+    exact, rough = _wf(a, 1.0, 0.999, 1), _wf(np.ones((4, 6), bool), 0.9, 0.90, 2)
+    out = combine_warps([rough, exact], (4, 6))
+    assert (out.source[a] == 1).all() and (out.source[~a] == -1).all()  # the rough view is left out
+    close = _wf(np.ones((4, 6), bool), 0.9, 0.97, 3)
+    assert (combine_warps([close, exact], (4, 6)).source[~a] == 0).all()  # within the margin: it fills the rest

@@ -43,17 +43,21 @@ class CombinedWarp:
     source: np.ndarray  # (N, N) int16: index of the chosen reference per pixel, -1 where none is trusted
 
 
-def combine_warps(warps: Sequence[WarpFill | None], shape: tuple[int, int]) -> CombinedWarp:
+def combine_warps(warps: Sequence[WarpFill | None], shape: tuple[int, int], margin: float = 0.05) -> CombinedWarp:
     """Per pixel, the reference whose warp weight is highest (ties: the better ring agreement, then
-    the earlier reference); the combined weight is that maximum. Warps are not averaged: two views
-    differ in detail and an average would blur exactly what a warp is there to copy."""
+    the earlier reference); the combined weight is that maximum. Only warps whose ring agreement is
+    within ``margin`` of the best one take part: a clearly worse warp (another view, roughly
+    aligned) does not fill the pixels a near-exact one leaves out; the model draws those. Warps
+    are not averaged: two views differ in detail and an average would blur exactly what a warp is
+    there to copy."""
     n, m = shape
     patch = np.zeros((n, m, 3), np.uint8)
     weight = np.zeros((n, m), np.float32)
     source = np.full((n, m), -1, np.int16)
     best_ncc = np.full((n, m), -np.inf, np.float32)
+    top = max((wf.ncc for wf in warps if wf is not None and wf.use.any()), default=-np.inf)
     for i, wf in enumerate(warps):
-        if wf is None or not wf.use.any():
+        if wf is None or not wf.use.any() or wf.ncc < top - margin:
             continue
         better = (wf.weight > weight) | ((wf.weight == weight) & (wf.weight > 0) & (wf.ncc > best_ncc))
         better &= wf.use

@@ -1,4 +1,5 @@
 import os
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
@@ -6,6 +7,32 @@ import torch
 from PIL import Image
 
 torch.set_num_threads(min(2, os.cpu_count() or 1))
+
+class ModelCalled(Exception):
+    """Raised by the :func:`stub_cli_model` stand-in: every check passed and the call would run;
+    its argument is the keyword arguments the pipeline got."""
+
+
+class _StubPipe:
+    random_weights = False
+    model = SimpleNamespace(cfg=SimpleNamespace(num_train_timesteps=1000), cross_attention_layers=[f"l{i}" for i in range(16)])
+
+    def __call__(self, *args, **kwargs):
+        raise ModelCalled(kwargs)
+
+    def align(self, *args, **kwargs):
+        raise ModelCalled(kwargs)
+
+
+@pytest.fixture
+def stub_cli_model(monkeypatch):
+    """The commands' model loader returns a stand-in pipeline (1000 timesteps, 16 attention layers)
+    that raises ``ModelCalled(kwargs)`` when called; the fixture's value is that exception class."""
+    from refine_by_align.commands import common as cli_common
+
+    monkeypatch.setattr(cli_common, "load_model", lambda *a, **k: _StubPipe())
+    return ModelCalled
+
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SHARED_PHOTOS = os.path.normpath(os.path.join(REPO, "..", "shared", "data", "dreambooth-train"))

@@ -3,30 +3,13 @@ refine's and bench's --align-timestep / --align-layer, the commands bench and be
 for one release, each use printing one deprecation line on stderr."""
 
 import json
-from types import SimpleNamespace
 
 import numpy as np
 import pytest
 from PIL import Image
 
 from refine_by_align.cli import DEPRECATED_COMMANDS, build_parser, main
-from refine_by_align.commands import common as cli_common
 from refine_by_align.demo.examples import EXAMPLES_DIR
-
-
-class _Accepted(Exception):
-    """Raised by the stand-in model: every check passed and the call would run."""
-
-
-class _StubPipe:
-    random_weights = False
-    model = SimpleNamespace(cfg=SimpleNamespace(num_train_timesteps=1000), cross_attention_layers=[f"l{i}" for i in range(16)])
-
-    def __call__(self, *args, **kwargs):
-        raise _Accepted(kwargs)
-
-    def align(self, *args, **kwargs):
-        raise _Accepted(kwargs)
 
 
 @pytest.fixture
@@ -40,10 +23,10 @@ def files(tmp_path):
     return tmp_path
 
 
-def _call(files, command, *extra):
+def _call(accepted, files, command, *extra):
     argv = ["-q", command, "--image", str(files / "image.png"), "--mask", str(files / "mask.png"),
             "--reference", str(files / "reference.png"), "--output", str(files / "out.png"), *extra]
-    with pytest.raises(_Accepted) as e:
+    with pytest.raises(accepted) as e:
         main(argv)
     return e.value.args[0]
 
@@ -56,13 +39,12 @@ def _line(old: str, new: str) -> str:
     ("align", "--timestep", "--layer", "alignment_timestep", "alignment_layer"),
     ("refine", "--align-timestep", "--align-layer", "alignment_timestep", "alignment_layer"),
 ])
-def test_old_alignment_flags_still_work_with_one_deprecation_line_each(files, capsys, monkeypatch, command, old_t, old_l, t_key, l_key):
-    monkeypatch.setattr(cli_common, "load_model", lambda *a, **k: _StubPipe())
-    kwargs = _call(files, command, old_t, "7", old_l, "3")
+def test_old_alignment_flags_still_work_with_one_deprecation_line_each(files, capsys, stub_cli_model, command, old_t, old_l, t_key, l_key):
+    kwargs = _call(stub_cli_model, files, command, old_t, "7", old_l, "3")
     assert (kwargs[t_key], kwargs[l_key]) == (7, 3)
     err = capsys.readouterr().err.splitlines()
     assert err == [_line(old_t, "--alignment-timestep"), _line(old_l, "--alignment-layer")]
-    kwargs = _call(files, command, "--alignment-timestep", "8", "--alignment-layer", "2")  # the new names: no line
+    kwargs = _call(stub_cli_model, files, command, "--alignment-timestep", "8", "--alignment-layer", "2")  # the new names: no line
     assert (kwargs[t_key], kwargs[l_key]) == (8, 2) and capsys.readouterr().err == ""
 
 
@@ -75,8 +57,7 @@ def test_old_and_new_flags_fill_one_attribute():
         assert build_parser().parse_args(head).alignment_timestep is None
 
 
-def test_an_old_flag_out_of_range_is_named_by_its_new_name(files, capsys, monkeypatch):
-    monkeypatch.setattr(cli_common, "load_model", lambda *a, **k: _StubPipe())
+def test_an_old_flag_out_of_range_is_named_by_its_new_name(files, capsys, stub_cli_model):
     argv = ["-q", "align", "--image", str(files / "image.png"), "--mask", str(files / "mask.png"),
             "--reference", str(files / "reference.png"), "--output", str(files / "out.png"), "--timestep", "5000"]
     assert main(argv) == 2

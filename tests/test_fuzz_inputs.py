@@ -5,7 +5,6 @@ with a value inside the documented range, never a traceback or a 500. The model 
 records the accepted values (the ranges, not the refinement, are under test)."""
 
 import math
-from types import SimpleNamespace
 
 import numpy as np
 import pytest
@@ -15,7 +14,6 @@ from hypothesis import strategies as st
 from PIL import Image
 
 from refine_by_align import cli
-from refine_by_align.commands import common as cli_common  # the commands' model loader
 from refine_by_align.server import ServerSettings, create_app
 
 MAX_SEED = 2**63 - 1
@@ -32,21 +30,6 @@ VALUES = st.one_of(
                      " 3 ", "3.0", "true", "None"]),
     st.text(max_size=6),
 )
-
-
-class _Accepted(Exception):
-    """Raised by the stand-in model: every check passed and the call would run."""
-
-
-class _StubPipe:
-    random_weights = False
-    model = SimpleNamespace(cfg=SimpleNamespace(num_train_timesteps=1000), cross_attention_layers=[f"l{i}" for i in range(16)])
-
-    def __call__(self, *args, **kwargs):
-        raise _Accepted(kwargs)
-
-    def align(self, *args, **kwargs):
-        raise _Accepted(kwargs)
 
 
 @pytest.fixture(scope="module")
@@ -77,9 +60,8 @@ CLI_OPTIONS = [
 
 @FUZZ
 @given(which=st.sampled_from(CLI_OPTIONS), value=VALUES)
-def test_cli_numeric_options(cli_files, tmp_path, capsys, monkeypatch, which, value):
+def test_cli_numeric_options(cli_files, tmp_path, capsys, stub_cli_model, which, value):
     command, option, keyword, in_range = which
-    monkeypatch.setattr(cli_common, "load_model", lambda *a, **k: _StubPipe())
     argv = ["-q", command, "--model", "tiny", "--image", str(cli_files / "image.png"), "--mask", str(cli_files / "mask.png"),
             "--reference", str(cli_files / "reference.png"), "--output", str(tmp_path / "out.png"), f"{option}={value}"]
     capsys.readouterr()
@@ -89,7 +71,7 @@ def test_cli_numeric_options(cli_files, tmp_path, capsys, monkeypatch, which, va
         assert e.code == 2
         assert "error:" in capsys.readouterr().err
         return
-    except _Accepted as e:
+    except stub_cli_model as e:
         accepted = e.args[0][keyword]
         assert in_range(accepted), (option, value, accepted)
         return

@@ -100,5 +100,18 @@ def fake_pipe_cls():
 
 
 @pytest.fixture
+def fake_client(fake_pipe_cls):
+    """A test client of the app on a :class:`FakePipe` (default settings); ``client.pipe`` is the pipe."""
+    from fastapi.testclient import TestClient
+
+    from refine_by_align.server import ServerSettings, create_app
+
+    pipe = fake_pipe_cls()
+    with TestClient(create_app(pipe, ServerSettings())) as c:
+        c.pipe = pipe
+        yield c
+
+
+@pytest.fixture
 def png():
     return png_bytes

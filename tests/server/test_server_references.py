@@ -33,14 +33,6 @@ def _decode(b64):
     return Image.open(io.BytesIO(base64.b64decode(b64)))
 
 
-@pytest.fixture
-def fake_client(fake_pipe_cls):
-    pipe = fake_pipe_cls()
-    with TestClient(create_app(pipe, ServerSettings())) as c:
-        c.pipe = pipe
-        yield c
-
-
 @pytest.fixture(scope="module")
 def tiny_client(request):
     app = create_app(request.getfixturevalue("tiny_pipe"), ServerSettings(model_name="tiny", max_image_side=512))

@@ -8,14 +8,6 @@ from PIL import Image
 from refine_by_align.server import ServerSettings, create_app
 
 
-@pytest.fixture
-def fake_client(fake_pipe_cls):
-    pipe = fake_pipe_cls()
-    with TestClient(create_app(pipe, ServerSettings())) as c:
-        c.pipe = pipe
-        yield c
-
-
 @pytest.mark.parametrize("seed", ["18446744073709551616", "-9223372036854775809", "-1", "9223372036854775808"])
 def test_seed_out_of_range_is_400(fake_client, api_inputs, seed):
     r = fake_client.post("/api/refine", files=api_inputs["files"], data={"seed": seed})

@@ -47,7 +47,7 @@ import io
 import json
 import logging
 import math
-from contextlib import asynccontextmanager
+from contextlib import asynccontextmanager, contextmanager
 from dataclasses import asdict, dataclass
 from typing import Any
 from urllib.parse import urlsplit
@@ -646,11 +646,8 @@ async def _submit(request: Request, kind: str, extras: bool, allow_mode: bool, d
     """Read and check a refine / align upload and queue its job (503 when the model or a place is
     missing). ``detail``: a refine gives the per-reference figures and the source picture even for
     one reference."""
-    runner, settings = _runner(request), _settings(request)
-    if runner.pipe is None:
-        raise _HTTPError(503, "model is not loaded yet; retry in a moment", {"Retry-After": "5"})
-    retry = {"Retry-After": str(max(1, math.ceil(settings.job_timeout_s / 10)))}
-    try:
+    runner, settings = _ready(request)
+    with _full_queue_is_503(settings):
         runner.check_room()  # a full server refuses before reading the upload
         value_fields = VALUE_FIELDS + (("mode",) if allow_mode else ())
         files, values = await _read_form(request, settings, FILE_FIELDS, REQUIRED_FILES, value_fields, REPEATABLE)
@@ -666,8 +663,23 @@ async def _submit(request: Request, kind: str, extras: bool, allow_mode: bool, d
         work = _refine_work(inp, extras, detail) if kind == "refine" else _align_work(inp, extras)
         with slot:
             return runner.submit(Job(kind=kind, work=work, timeout_s=settings.job_timeout_s), slot)
+
+
+def _ready(request: Request):
+    """(the job runner, the settings); 503 while the model is still loading."""
+    runner = _runner(request)
+    if runner.pipe is None:
+        raise _HTTPError(503, "model is not loaded yet; retry in a moment", {"Retry-After": "5"})
+    return runner, _settings(request)
+
+
+@contextmanager
+def _full_queue_is_503(settings: ServerSettings):
+    """A full queue (at the room check or when the place is taken) is a 503 with a Retry-After."""
+    try:
+        yield
     except QueueFull as e:
-        raise _HTTPError(503, str(e), retry) from None
+        raise _HTTPError(503, str(e), {"Retry-After": str(max(1, math.ceil(settings.job_timeout_s / 10)))}) from None
 
 
 async def _wait(job: Job, request: Request) -> None:
@@ -689,19 +701,14 @@ async def _wait(job: Job, request: Request) -> None:
 
 async def _submit_detect(request: Request) -> Job:
     """As :func:`_submit` for a detection: the same capacity check, form reading and queue place."""
-    runner, settings = _runner(request), _settings(request)
-    if runner.pipe is None:
-        raise _HTTPError(503, "model is not loaded yet; retry in a moment", {"Retry-After": "5"})
-    retry = {"Retry-After": str(max(1, math.ceil(settings.job_timeout_s / 10)))}
-    try:
+    runner, settings = _ready(request)
+    with _full_queue_is_503(settings):
         runner.check_room()  # a full server refuses before reading the upload
         files, values = await _read_form(request, settings, DETECT_FILE_FIELDS, DETECT_REQUIRED, DETECT_VALUE_FIELDS)
         inp, slot = await run_in_threadpool(_prepare_detect, files, values, settings, runner.reserve)
         del files
         with slot:
             return runner.submit(Job(kind="detect", work=_detect_work(inp, request.app.state.matcher), timeout_s=settings.job_timeout_s), slot)
-    except QueueFull as e:
-        raise _HTTPError(503, str(e), retry) from None
 
 
 def _job_failure(job: Job) -> JSONResponse:

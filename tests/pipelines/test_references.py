@@ -153,3 +153,17 @@ def test_a_clearly_worse_warp_does_not_fill_what_a_near_exact_one_leaves_out():
     assert (out.source[a] == 1).all() and (out.source[~a] == -1).all()  # the rough view is left out
     close = _wf(np.ones((4, 6), bool), 0.9, 0.97, 3)
     assert (combine_warps([close, exact], (4, 6)).source[~a] == 0).all()  # within the margin: it fills the rest
+
+
+def test_a_matcher_note_is_said_once_for_several_references(tiny_pipe, scene, tmp_path):
+    """Without ALIKED's weights the dense alignment says so: once, not once per reference; what
+    concerns one reference is prefixed with its number."""
+    image, mask, right, distractor = scene
+    tiny_pipe.set_matcher(tmp_path / "missing.safetensors")
+    try:
+        out = tiny_pipe(Image.fromarray(image), mask, [Image.fromarray(distractor), Image.fromarray(right)], seed=0)
+    finally:
+        tiny_pipe.set_matcher()
+    unavailable = [n for n in out.notes if "ALIKED matcher unavailable" in n]
+    assert len(unavailable) == 1 and not unavailable[0].startswith("reference #")
+    assert all(any("ALIKED matcher unavailable" in n for n in r.notes) for r in out.references)

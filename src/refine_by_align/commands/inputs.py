@@ -55,17 +55,10 @@ def read_inputs(args):
 
     # every header first (sizes compared before any pixel is decoded), then the pixels
     reference, reference_mask = args.reference, args.reference_mask
-    if isinstance(reference, list):
-        _check_pending(args)
-        if len(reference) == 1:  # one reference: plain values, as without the repeat
-            reference, reference_mask = reference[0], reference_mask[0]
+    if isinstance(reference, list) and len(reference) == 1:  # one reference: plain values, as without the repeat
+        reference, reference_mask = reference[0], reference_mask[0]
     files = {"image": args.image, "mask": args.mask, "reference": reference, "reference_mask": reference_mask}
     return load_inputs(files, labels={"reference_mask": "reference mask"})
-
-
-def _check_pending(args) -> None:
-    if getattr(args, "_pending_reference_mask", None) is not None:
-        raise CLIError(f"--reference-mask '{args._pending_reference_mask}' has no --reference")
 
 
 def check_output(path: str, what: str = "output", mode: str = "RGB") -> Path:

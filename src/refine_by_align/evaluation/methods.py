@@ -126,7 +126,7 @@ class RefineByAlignMethod:
         heat = getattr(out, "heatmap", None)
         info: dict[str, Any] = {}
         if several:  # score the region found on reference.png (number 1), whichever reference guided
-            first = list(case.meta.get("reference_order") or range(1, len(refs) + 1)).index(1) if self.references == "all" else 0
+            first = next(i for i, r in enumerate(refs) if r is case.reference)  # where reference.png went in the order
             r1 = out.references[first]
             region, heat = r1.region, r1.heatmap
             info = {"guide": int(out.guide), "warp_share": [round(float(r.warp_fraction), 4) for r in out.references]}

@@ -676,7 +676,8 @@ class RefineByAlignPipeline(DiffusionPipeline):
         return [self._align(q, timestep, layer, None, seed, inputs, method, matchers) for q in ps], inputs
 
     def _sampling_settings(self, steps, guidance, samples, alignment) -> tuple[int, float, int]:
-        """(steps, guidance, K) with the model's defaults filled in, checked; and the method's name."""
+        """(steps, guidance, K) with the model's defaults filled in, checked; an unknown alignment
+        method is refused here too."""
         cfg = self.model.cfg
         steps = cfg.default_steps if steps is None else steps
         guidance = cfg.default_guidance if guidance is None else guidance
@@ -750,7 +751,8 @@ class RefineByAlignPipeline(DiffusionPipeline):
         several = len(ps) > 1
         refs, notes = [], [n for q in ps for n in q.notes]
         for i, (r, wf) in enumerate(zip(results, warps)):
-            own = [] if r is None else list(r.info.get("notes", [])) + ([r.info["fallback"]] if "fallback" in r.info else [])
+            shared = [] if r is None else list(r.info.get("notes", []))  # about the matchers, the same for every reference
+            own = [r.info["fallback"]] if r is not None and "fallback" in r.info else []
             if wf is not None and not wf.use.any():
                 own.append(
                     f"the warped reference does not match the image around the mask (ring correlation {wf.ncc:.2f} < 0.5): "
@@ -760,11 +762,10 @@ class RefineByAlignPipeline(DiffusionPipeline):
             refs.append(ReferenceResult(
                 region=None if r is None else r.region, heatmap=None if r is None else r.heatmap,
                 alignment=None if r is None else r.method, ring_ncc=None if wf is None else round(float(wf.ncc), 4),
-                warp_fraction=share, notes=own, info={} if r is None else {k_: v for k_, v in r.info.items() if k_ != "notes"},
+                warp_fraction=share, notes=shared + own, info={} if r is None else {k_: v for k_, v in r.info.items() if k_ != "notes"},
             ))
-            notes += [f"reference #{i + 1}: {n}" for n in own] if several else own
-        if several:
-            notes = list(dict.fromkeys(notes))  # the same matcher note once per reference is once enough
+            notes += shared + ([f"reference #{i + 1}: {n}" for n in own] if several else own)
+        notes = list(dict.fromkeys(notes))  # a matcher note is said once, however many references
         source = np.full(p.mask.shape, -1, np.int16)
         drawn = np.where(combined.weight >= 0.5, combined.source + 1, 0).astype(np.int16)
         source[b.y0 : b.y1, b.x0 : b.x1][mask_box] = drawn[mask_box]

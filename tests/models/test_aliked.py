@@ -13,12 +13,16 @@ from safetensors import safe_open
 
 from refine_by_align.models.aliked import (
     ALIKED,
+    SDDH,
+    ALIKEDConfig,
     deform_conv2d,
     detect_and_describe,
     detect_keypoints,
     find_weights,
     mutual_nn_matches,
+    simple_nms,
 )
+import torch.nn.functional as F
 
 REPO = Path(__file__).resolve().parents[2]
 PHOTO = REPO.parent / "shared" / "data" / "dreambooth-train" / "cat" / "00.jpg"
@@ -129,6 +133,76 @@ def test_mutual_nn_matches_and_ratio():
     m = mutual_nn_matches(a, -a, min_similarity=0.5)
     assert len(m) < 50 and ((a[m[:, 0]] * -a[m[:, 1]]).sum(1) >= 0.5).all()
     assert mutual_nn_matches(a[:0], b).shape == (0, 2)
+
+
+# ----------------------------------------------------------------------------- the fast paths against upstream's formulas
+
+
+def test_sddh_matches_a_direct_loop():
+    """SDDH reads the map from an (H, W, C) layout; each descriptor must equal upstream's recipe done
+    by hand: the K x K patch at floor(p) - 1 (zero outside), the offsets from it, M bilinear samples
+    (corners outside count as zero), the 1x1 convolution and SELU, the M matrices, L2 normalisation."""
+    torch.manual_seed(0)
+    head = SDDH(dim=6, kernel_size=3, n_pos=4).double().eval()
+    with torch.no_grad():
+        head.offset_conv[2].weight.mul_(8.0)  # offsets of several pixels, some landing outside the map
+    fmap = torch.randn(6, 9, 11, dtype=torch.float64)
+    kp = torch.tensor([[0.0, 0.0], [10.0, 8.0], [5.3, 4.7], [0.4, 8.9], [10.99, 0.2]], dtype=torch.float64)
+    with torch.no_grad():
+        desc, offsets = head(fmap, kp)
+        f = fmap.numpy()
+        for n, (x, y) in enumerate(kp.tolist()):
+            patch = torch.zeros(6, 3, 3, dtype=torch.float64)
+            for i in range(3):
+                for j in range(3):
+                    yy, xx = math.floor(y) - 1 + i, math.floor(x) - 1 + j
+                    if 0 <= yy < 9 and 0 <= xx < 11:
+                        patch[:, i, j] = fmap[:, yy, xx]
+            off = head.offset_conv(patch[None]).clamp(-11 / 4, 11 / 4).reshape(2, 4).t()  # (M, 2) xy
+            torch.testing.assert_close(offsets[n], off)
+            samples = torch.stack([torch.from_numpy(_bilinear_tv(f, y + float(o[1]), x + float(o[0]))) for o in off])  # (M, C)
+            feats = F.selu(samples @ head.sf_conv.weight[:, :, 0, 0].t())  # (M, C)
+            d = torch.einsum("mc,mcd->d", feats, head.agg_weights)
+            torch.testing.assert_close(desc[n], d / d.norm(), atol=1e-10, rtol=1e-8)
+
+
+def test_dense_map_equals_upstreams_concatenation():
+    """The score head's first layer applied before the upsampling, and the map built channels-last,
+    give upstream's outputs: concatenate the four upsampled parts, score head, L2-normalise, crop."""
+    torch.manual_seed(0)
+    net = ALIKED(ALIKEDConfig(4, 8, 8, 8, 16, 3, 4)).double().eval()
+    image = torch.rand(1, 3, 70, 90, dtype=torch.float64)  # padded to 96 x 96 and cropped back
+    with torch.no_grad():
+        fmap, score = net.extract_dense_map(image)
+        x = F.pad(image, (3, 3, 13, 13), mode="replicate")
+        x1 = net.block1(x)
+        x2 = net.block2(F.avg_pool2d(x1, 2))
+        x3 = net.block3(F.avg_pool2d(x2, 4))
+        x4 = net.block4(F.avg_pool2d(x3, 4))
+        up = lambda t: F.interpolate(t, size=(96, 96), mode="bilinear", align_corners=True)  # noqa: E731
+        feats = torch.cat([F.selu(net.conv1(x1)), up(F.selu(net.conv2(x2))), up(F.selu(net.conv3(x3))), up(F.selu(net.conv4(x4)))], 1)
+        want_score = torch.sigmoid(net.score_head(feats))[..., 13:83, 3:93]
+        want_map = F.normalize(feats, dim=1)[..., 13:83, 3:93]
+    assert fmap.shape == (1, 16, 70, 90) and score.shape == (1, 1, 70, 90)
+    torch.testing.assert_close(score, want_score, atol=1e-12, rtol=1e-10)
+    torch.testing.assert_close(fmap, want_map, atol=1e-12, rtol=1e-10)
+
+
+def test_simple_nms_equals_the_square_window():
+    """The (2r+1)^2 maximum taken as a row pass then a column pass keeps exactly the square window's maxima."""
+    g = torch.Generator().manual_seed(0)
+    scores = torch.rand(1, 1, 40, 50, generator=g).round(decimals=1)  # many ties
+
+    def square(x):
+        return F.max_pool2d(x, kernel_size=5, stride=1, padding=2)
+
+    zeros = torch.zeros_like(scores)
+    max_mask = scores == square(scores)
+    for _ in range(2):
+        supp = square(max_mask.float()) > 0
+        s2 = torch.where(supp, zeros, scores)
+        max_mask = max_mask | ((s2 == square(s2)) & ~supp)
+    assert torch.equal(simple_nms(scores, 2), torch.where(max_mask, scores, zeros))
 
 
 def test_detect_keypoints_subpixel_and_border():

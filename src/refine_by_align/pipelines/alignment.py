@@ -256,7 +256,8 @@ def dense_alignment(
     attention matches ``attention`` when given); where none of them reaches a ring agreement of
     ``good_ncc`` and "aliked" is among ``sources``, ALIKED's matches are added, alone and with the
     others (on the orientation the cheap sources chose with at least ``solid_inliers`` agreeing
-    matches, else both). The candidate whose colour-matched warp agrees best with the image in a
+    matches, else the reference as given and then, unless that gave a fit on twice
+    ``solid_inliers`` matches agreeing at a ring correlation of 0.5 or more, mirrored). The candidate whose colour-matched warp agrees best with the image in a
     ring around the mask (normalised cross-correlation, :func:`~.correspondence.warp_fill`) wins,
     its agreement discounted by up to 0.2 when it rests on fewer than ``solid_inliers`` matches;
     with ``ecc`` the ``ecc_candidates`` leading candidates are refined by ECC on the same ring
@@ -286,9 +287,12 @@ def dense_alignment(
         image_features = aliked_features(aliked, image, outside_mask(mask, 4), grow_box(crop_box, 3.0))
         for mirrored in orientations if best is None or best[1] < solid_inliers else (best[3],):
             a = aliked_matches(image, mask, reference, reference_mask, aliked, flip=mirrored, image_features=image_features)
+            before = len(pool.items)
             pool.consider("aliked", mirrored, a)
             if len(cheap[mirrored]):
                 pool.consider("+".join(sources), mirrored, cheap[mirrored] + a)
+            if any(c[1] >= 2 * solid_inliers and c[0] >= 0.5 for c in pool.items[before:]):
+                break  # a solid fit in this orientation: the other one's ALIKED pass is not needed
         best = pool.best()
     if best is None:
         return None, pool.info

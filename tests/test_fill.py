@@ -113,3 +113,64 @@ def test_residual_patch_shrinks_an_uncertain_correction_toward_the_fill():
     assert shift(0.0) == pytest.approx(full, abs=0.6)  # (up to rounding to integers)
     assert abs(shift(1.0)) < 0.05 * full  # power 0.01 against 16 x 1.0: nearly nothing passes
     assert 0.2 * full < shift(0.01 / 16) < 0.8 * full  # equal power and scaled variance: about half
+
+
+# ----------------------------------------------------------------------------- the harmonic fill
+
+
+def test_harmonic_fill_solves_laplace_and_keeps_the_rest():
+    """Each hole pixel is the mean of its four neighbours (the discrete Laplace equation), a linear
+    ramp (harmonic) comes back exactly, and pixels outside the hole are untouched."""
+    from refine_by_align.fill import harmonic_fill
+
+    rng = np.random.default_rng(0)
+    img = rng.integers(0, 256, (30, 40, 3), dtype=np.uint8)
+    mask = np.zeros((30, 40), bool)
+    mask[8:20, 10:31] = True
+    mask[20:24, 12:15] = True  # not a rectangle
+    out = harmonic_fill(img, mask)
+    assert np.array_equal(out[~mask], img[~mask])
+    f = out.astype(float)
+    mean4 = (f[:-2, 1:-1] + f[2:, 1:-1] + f[1:-1, :-2] + f[1:-1, 2:]) / 4.0
+    inner = mask[1:-1, 1:-1]
+    assert np.abs(f[1:-1, 1:-1][inner] - mean4[inner]).max() <= 1.0  # within the uint8 rounding of the neighbours
+    assert np.abs(f[1:-1, 1:-1][inner] - mean4[inner]).mean() < 0.5
+    ramp = np.stack(np.broadcast_arrays(*np.meshgrid(np.arange(40) * 5, np.arange(30) * 3), np.full((30, 40), 77)), -1).astype(np.uint8)
+    assert np.array_equal(harmonic_fill(ramp, mask), ramp)
+    # Telea does not reproduce the ramp exactly (the test above would fail for it)
+    import cv2
+
+    assert not np.array_equal(cv2.inpaint(ramp, mask.astype(np.uint8) * 255, 5.0, cv2.INPAINT_TELEA), ramp)
+
+
+def test_harmonic_fill_edges_and_bad_input():
+    from refine_by_align.fill import harmonic_fill
+
+    img = np.zeros((10, 12, 3), np.uint8)
+    img[:, :6] = 200
+    mask = np.zeros((10, 12), bool)
+    mask[0:5, 4:8] = True  # touches the top edge: only the neighbours inside the picture count
+    out = harmonic_fill(img, mask)
+    assert out[0, 4, 0] > out[0, 7, 0] and 0 < out[2, 6, 0] < 200
+    assert np.array_equal(harmonic_fill(img, np.ones((10, 12), bool)), img)  # nothing around the hole: as given
+    assert np.array_equal(harmonic_fill(img, np.zeros((10, 12), bool)), img)
+    with pytest.raises(ValueError, match="harmonic_fill wants"):
+        harmonic_fill(img, mask[:5])
+
+
+def test_fill_hole_and_residual_patch_with_the_harmonic_fill():
+    from refine_by_align.fill import harmonic_fill, residual_patch
+
+    img, mask = _inputs()
+    out = fill_hole(img, mask, "harmonic")
+    outside = mask.expand_as(out) == 0
+    assert torch.equal(out[outside], img[outside])
+    assert (out[0, :, 5:10, 6:11] - img[0, :, 5:10, 6:11]).abs().max() < 1.5 / 255  # the ramp, to uint8 rounding
+    rng = np.random.default_rng(1)
+    crop = rng.integers(0, 255, (48, 40, 3), dtype=np.uint8)
+    m = np.zeros((48, 40), bool)
+    m[10:30, 12:28] = True
+    small = rng.random((16, 16, 3)).astype(np.float32)
+    assert np.array_equal(residual_patch(crop, m, small, small.copy(), fill="harmonic"), harmonic_fill(crop, m))
+    with pytest.raises(ValueError, match="classical fill"):
+        residual_patch(crop, m, small, small.copy(), fill="mean")

@@ -3,7 +3,9 @@
 The paper (like SD inpainting) zeroes the hole. The small embedded model instead sees the hole
 pre-filled by OpenCV's Telea inpainting (a smooth continuation of the surroundings), so that its
 prediction is a correction over a classical fill rather than a colour guess from nothing: trained
-on this CPU's budget, a zero-filled model lost to that very fill (MODEL_CARD.md).
+on this CPU's budget, a zero-filled model lost to that very fill (MODEL_CARD.md). ``harmonic``
+(:func:`harmonic_fill`, the smoothest continuation: Laplace's equation in the hole) is the other
+classical prefill; the shipped model, trained on Telea's, runs on it (measured in MODEL_CARD.md).
 
 ``warp`` (issue 13): where the dense alignment's warp of the reference is trusted, the hole is
 pre-filled with the colour-matched warped reference, elsewhere by Telea; the model then sees the
@@ -18,9 +20,9 @@ import cv2
 import numpy as np
 import torch
 
-__all__ = ["HOLE_FILLS", "fill_hole", "residual_patch", "poisson_fill", "warp_composite", "warp_at"]
+__all__ = ["HOLE_FILLS", "classical_fill", "fill_hole", "harmonic_fill", "residual_patch", "poisson_fill", "warp_composite", "warp_at"]
 
-HOLE_FILLS = ("zero", "telea", "warp")
+HOLE_FILLS = ("zero", "telea", "harmonic", "warp")
 TELEA_RADIUS = 3  # px, at the U-Net's crop resolution
 FULL_TELEA_RADIUS = 5.0  # px, at the image's own resolution (as the `telea` baseline)
 
@@ -29,7 +31,8 @@ def fill_hole(
     images: torch.Tensor, masks: torch.Tensor, method: str = "zero", warp: torch.Tensor | None = None, trust: torch.Tensor | None = None
 ) -> torch.Tensor:
     """``images`` (B, 3, H, W) in [0, 1], ``masks`` (B, 1, H, W) (> 0.5 = hole) -> (B, 3, H, W)
-    in [0, 1] with the hole zeroed (``zero``) or inpainted by Telea (``telea``); ``warp``: Telea,
+    in [0, 1] with the hole zeroed (``zero``) or inpainted by Telea (``telea``) or by the harmonic
+    fill (``harmonic``, :func:`harmonic_fill`); ``warp``: Telea,
     then ``warp`` ((B, 3, H, W) in [0, 1], the warped reference) on the hole pixels where
     ``trust`` ((B, 1, H, W), > 0.5 = trusted) says so (no warp or trust given: Telea alone)."""
     if method not in HOLE_FILLS:
@@ -49,10 +52,69 @@ def fill_hole(
     arr = (images.detach().float().clamp(0, 1).permute(0, 2, 3, 1).cpu().numpy() * 255.0).round().astype(np.uint8)
     out = np.empty_like(arr)
     for i in range(arr.shape[0]):
-        out[i] = cv2.inpaint(arr[i], hole[i], TELEA_RADIUS, cv2.INPAINT_TELEA) if hole[i].any() else arr[i]
+        out[i] = classical_fill(arr[i], hole[i].astype(bool), method, TELEA_RADIUS) if hole[i].any() else arr[i]
     filled = torch.from_numpy(out).to(images.device).permute(0, 3, 1, 2).to(images.dtype) / 255.0
     keep = masks <= 0.5
     return torch.where(keep, images, filled)  # pixels outside the hole stay exactly as given
+
+
+def classical_fill(image: np.ndarray, mask: np.ndarray, method: str = "telea", radius: float = FULL_TELEA_RADIUS) -> np.ndarray:
+    """``image`` (H, W, 3) uint8 with its hole ``mask`` (H, W) bool filled with no model: OpenCV's
+    Telea inpainting (``telea``, ``radius`` px) or :func:`harmonic_fill` (``harmonic``)."""
+    if method == "telea":
+        return cv2.inpaint(np.ascontiguousarray(image), np.asarray(mask, bool).astype(np.uint8) * 255, radius, cv2.INPAINT_TELEA)
+    if method == "harmonic":
+        return harmonic_fill(image, mask)
+    raise ValueError(f"unknown classical fill '{method}' (choose telea or harmonic)")
+
+
+def harmonic_fill(image: np.ndarray, mask: np.ndarray) -> np.ndarray:
+    """The hole filled by the smoothest continuation of its surroundings: the solution of Laplace's
+    equation inside ``mask`` with the image's pixels around it as boundary values (each hole pixel
+    the mean of its four neighbours; at the picture's edge only the neighbours inside it count).
+
+    ``image`` (H, W, C) uint8, ``mask`` (H, W) bool -> (H, W, C) uint8, the pixels outside the mask
+    unchanged. One sparse LU solve (SciPy) for all channels. Telea's fast marching propagates the
+    rim's values along straight rays and leaves streaks across a large hole; the harmonic fill is
+    the interpolation with least squared gradient, and on masks over real object detail it is the
+    closer guess on average (MODEL_CARD.md measures both). A hole with no pixel around it (the whole
+    picture) is returned as given."""
+    import scipy.sparse as sp
+    from scipy.sparse.linalg import splu
+
+    img = np.asarray(image)
+    m = np.asarray(mask, bool)
+    if img.ndim != 3 or img.shape[:2] != m.shape:
+        raise ValueError(f"harmonic_fill wants an (H, W, C) image and an (H, W) mask, got {img.shape} and {m.shape}")
+    ys, xs = np.nonzero(m)
+    n = len(ys)
+    if n == 0 or n == m.size:
+        return img.copy()
+    h, w = m.shape
+    index = np.full((h, w), -1, np.int64)
+    index[ys, xs] = np.arange(n)
+    diag = np.zeros(n)
+    rows, cols = [], []
+    rhs = np.zeros((n, img.shape[2]))
+    for dy, dx in ((0, 1), (0, -1), (1, 0), (-1, 0)):
+        y2, x2 = ys + dy, xs + dx
+        valid = (y2 >= 0) & (y2 < h) & (x2 >= 0) & (x2 < w)
+        diag += valid
+        y2, x2 = np.clip(y2, 0, h - 1), np.clip(x2, 0, w - 1)
+        inner = valid & m[y2, x2]
+        rows.append(np.flatnonzero(inner))
+        cols.append(index[y2[inner], x2[inner]])
+        edge = valid & ~m[y2, x2]
+        rhs[edge] += img[y2[edge], x2[edge]]
+    r, c = np.concatenate(rows), np.concatenate(cols)
+    a = sp.csc_matrix((np.concatenate([-np.ones(len(r)), diag]), (np.concatenate([r, np.arange(n)]), np.concatenate([c, np.arange(n)]))), shape=(n, n))
+    try:
+        values = splu(a).solve(rhs)
+    except RuntimeError:  # singular: a part of the hole touches no known pixel
+        return img.copy()
+    out = img.copy()
+    out[ys, xs] = np.clip(np.rint(values), 0, 255).astype(img.dtype)
+    return out
 
 
 def residual_patch(
@@ -65,15 +127,16 @@ def residual_patch(
     mean_var: np.ndarray | None = None,
     shrink: float = 0.0,
     base: np.ndarray | None = None,
+    fill: str = "telea",
 ) -> np.ndarray:
-    """The refined crop at full resolution for a model that corrects a Telea (or warp) prefill.
+    """The refined crop at full resolution for a model that corrects a classical (or warp) prefill.
 
     The model saw the hole pre-filled at its S-px crop size (``prefill_small``) and returned
     ``out_small`` (both (S, S, 3) float in [0, 1]). Its correction (out - prefill) is upsampled and
-    added to the same Telea fill computed at the crop's full resolution (``crop_full`` (N, N, 3)
-    uint8, ``mask_full`` (N, N) bool), so that the fill keeps its full-resolution detail and the
-    model only contributes what it changed. A zero correction gives exactly the full-resolution
-    Telea fill. ``hole_small`` ((S, S) float/bool, the model's hole) limits the correction to the
+    added to the same classical fill (``fill``: "telea" or "harmonic") computed at the crop's full
+    resolution (``crop_full`` (N, N, 3) uint8, ``mask_full`` (N, N) bool), so that the fill keeps
+    its full-resolution detail and the model only contributes what it changed. A zero correction
+    gives exactly the full-resolution classical fill. ``hole_small`` ((S, S) float/bool, the model's hole) limits the correction to the
     hole: outside it the patch is the input itself. ``blur`` > 0 smooths the correction with a
     Gaussian of that sigma (in S-px pixels) before upsampling: the sample's leftover noise is
     removed and its colour and shading kept (MODEL_CARD.md measures it). ``mean_var`` ((S, S),
@@ -81,13 +144,13 @@ def residual_patch(
     ``shrink`` = lambda > 0 scales the correction by the Wiener factor P / (P + lambda * mean_var),
     P its smoothed power: where the samples disagree more than the correction is large, the
     result stays closer to the classical fill. ``base`` ((N, N, 3) uint8): the full-resolution fill
-    the correction is added to instead of Telea (the warp composite, :func:`warp_composite`).
+    the correction is added to instead of the classical fill (the warp composite, :func:`warp_composite`).
     Returns (N, N, 3) uint8."""
     if crop_full.shape[:2] != mask_full.shape or out_small.shape != prefill_small.shape:
         raise ValueError(f"residual_patch shapes: crop {crop_full.shape}, mask {mask_full.shape}, out {out_small.shape}, prefill {prefill_small.shape}")
     n_h, n_w = mask_full.shape
     if base is None:
-        base = cv2.inpaint(np.ascontiguousarray(crop_full), mask_full.astype(np.uint8) * 255, FULL_TELEA_RADIUS, cv2.INPAINT_TELEA)
+        base = classical_fill(crop_full, mask_full, fill)
     elif base.shape != crop_full.shape:
         raise ValueError(f"residual_patch base {base.shape} does not match the crop {crop_full.shape}")
     delta = (out_small - prefill_small).astype(np.float32)  # (S, S, 3) in [-1, 1]

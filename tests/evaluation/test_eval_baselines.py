@@ -105,7 +105,7 @@ def test_poisson_fill_mask_on_border():
 
 
 def test_registry_has_baselines():
-    assert {"keep", "telea", "keypoint", "feature-nn", "oracle-align", "refine-by-align", "single-stage"} <= set(METHODS)
+    assert {"keep", "telea", "harmonic", "keypoint", "feature-nn", "oracle-align", "refine-by-align", "single-stage"} <= set(METHODS)
     assert get_method("keypoint", ratio=0.8).ratio == 0.8
 
 
@@ -162,3 +162,14 @@ def test_method_output_old_names_still_read_with_a_deprecation_warning():
         assert out.correspondence is out.region
     with pytest.warns(DeprecationWarning, match=r"MethodOutput\.correspondence_map is deprecated, use \.heatmap"):
         assert out.correspondence_map is out.heatmap
+
+
+def test_harmonic_baseline_fills_only_the_mask(tmp_path: Path):
+    from refine_by_align.fill import harmonic_fill
+
+    d, *_ = _planted_case(tmp_path / "cases")
+    case = load_case(d)
+    out = np.asarray(METHODS["harmonic"]()(case).image)
+    rgb, m = np.asarray(case.image.convert("RGB")), np.asarray(case.mask, bool)
+    assert np.array_equal(out[~m], rgb[~m]) and not np.array_equal(out[m], rgb[m])
+    assert np.array_equal(out, harmonic_fill(rgb, m))

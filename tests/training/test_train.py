@@ -217,7 +217,9 @@ def test_split_run_starts_from_init_weights(tmp_path):
 
 def test_shipped_model_is_what_its_recipe_and_preset_say():
     """weights/default: config.json is the `default` preset; train_config.json is the stage-4
-    recipe as run (only where the data were read differs); the recipes chain by init_from."""
+    recipe as run (only where the data were read differs, and the recipe now names the Telea
+    prefill the preset then had: the preset runs the weights on the harmonic one); the recipes
+    chain by init_from."""
     from refine_by_align.config import ModelConfig, get_config
     from refine_by_align.pipelines.pipeline import default_model_dir
 
@@ -226,9 +228,12 @@ def test_shipped_model_is_what_its_recipe_and_preset_say():
     assert ModelConfig.from_dict(spec) == get_config("default")
     ran = json.loads((folder / "train_config.json").read_text())
     recipe = dataclasses.asdict(load_train_config("default-stage4"))
+    assert recipe["model_overrides"].pop("hole_fill") == "telea"
     assert {k: v for k, v in ran.items() if k not in ("data_root", "trained_steps")} == {k: v for k, v in recipe.items() if k != "data_root"}
     assert ran["trained_steps"] == recipe["max_steps"]
-    assert load_train_config("default-stage4").model_config() == get_config("default")  # the preset's architecture and settings
+    trained = load_train_config("default-stage4").model_config()
+    assert trained.hole_fill == "telea" and get_config("default").hole_fill == "harmonic"
+    assert dataclasses.replace(trained, hole_fill="harmonic") == get_config("default")  # otherwise the preset's architecture and settings
     outputs = {"default": "runs/default", "default-stage2": "runs/stage2", "default-stage3": "runs/stage3"}
     for prev, nxt in (("default", "default-stage2"), ("default-stage2", "default-stage3"), ("default-stage3", "default-stage4")):
         assert load_train_config(nxt).init_from == outputs[prev] + "/weights"

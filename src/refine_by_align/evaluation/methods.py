@@ -22,6 +22,7 @@ __all__ = [
     "Method",
     "KeepMethod",
     "TeleaMethod",
+    "HarmonicMethod",
     "RefineByAlignMethod",
     "keep",
     "telea",
@@ -87,6 +88,21 @@ class TeleaMethod:
         out = rgb.copy()
         out[m] = inpainted[m]
         return MethodOutput(image=Image.fromarray(out, "RGB"))
+
+
+class HarmonicMethod:
+    """Baseline: the harmonic fill inside the mask (Laplace's equation with the pixels around the
+    mask as boundary values, :func:`~refine_by_align.fill.harmonic_fill`); pixels outside the mask
+    are unchanged. The smoothest guess from the surroundings alone: what the refined model's
+    prefill is, and the bar a reference-guided redraw must clear where no warp is trusted."""
+
+    name = "harmonic"
+
+    def __call__(self, case: Case) -> MethodOutput:
+        from ..fill import harmonic_fill
+
+        rgb = np.asarray(case.image.convert("RGB"), dtype=np.uint8)
+        return MethodOutput(image=Image.fromarray(harmonic_fill(rgb, np.asarray(case.mask, dtype=bool)), "RGB"))
 
 
 class RefineByAlignMethod:

@@ -13,7 +13,7 @@ from typing import Any, Callable
 from ..io import InputError
 from ..loading import load_pipeline
 from .baselines import FeatureNNMethod, KeypointMethod, OracleAlignMethod
-from .methods import KeepMethod, Method, RefineByAlignMethod, TeleaMethod
+from .methods import HarmonicMethod, KeepMethod, Method, RefineByAlignMethod, TeleaMethod
 
 __all__ = ["METHODS", "PIPELINE_METHODS", "get_method"]
 
@@ -47,6 +47,7 @@ def _on_pipeline(cls: type, **fixed: Any) -> Callable[..., Method]:
 METHODS: dict[str, Callable[..., Method]] = {
     "keep": _plain(KeepMethod),
     "telea": _plain(TeleaMethod),
+    "harmonic": _plain(HarmonicMethod),
     "keypoint": _plain(KeypointMethod),
     "feature-nn": _on_pipeline(FeatureNNMethod),
     "oracle-align": _on_pipeline(OracleAlignMethod),

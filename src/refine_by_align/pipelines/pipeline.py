@@ -846,7 +846,7 @@ class RefineByAlignPipeline(DiffusionPipeline):
         out = samples.mean(0).permute(1, 2, 0).cpu().numpy()  # (S, S, 3)
         b = p.crop_box
         window = (slice(b.y0, b.y1), slice(b.x0, b.x1))
-        if cfg.hole_fill in ("telea", "warp"):  # the model corrected a Telea (or warp) prefill: apply the correction at full resolution
+        if cfg.hole_fill in ("telea", "harmonic", "warp"):  # the model corrected a classical (or warp) prefill: apply the correction at full resolution
             return residual_patch(
                 p.image[window],
                 p.mask[window],
@@ -856,7 +856,8 @@ class RefineByAlignPipeline(DiffusionPipeline):
                 blur=cfg.correction_blur,
                 mean_var=(samples.var(0, unbiased=False).mean(0) / k).cpu().numpy(),  # (S, S) variance of the mean
                 shrink=cfg.correction_shrink,
-                base=inputs.base,  # the warp composite (None: Telea at full resolution)
+                base=inputs.base,  # the warp composite (None: the classical fill at full resolution)
+                fill="telea" if cfg.hole_fill == "warp" else cfg.hole_fill,
             )
         small = np.clip(np.rint(out * 255.0), 0, 255).astype(np.uint8)
         return cv2.resize(small, (b.width, b.height), interpolation=cv2.INTER_CUBIC)

@@ -644,14 +644,17 @@ class RefineByAlignPipeline(DiffusionPipeline):
         #    pixel the most trusted reference gives the pixels.
         t2 = time.perf_counter()
         warps, combined, guide = self._warps(ps, results, image_box, mask_box, warp)
+        given = region
         if region is None and results[guide] is not None:
             region = results[guide].region
         timings["warp"] = time.perf_counter() - t2
 
         # 4. The model redraws what the warps do not cover (all of the mask without a warp), guided
-        #    by the tokens of the guiding reference cut down to its M*. A warp-input model (hole_fill
+        #    by the tokens of the guiding reference cut down to its M* (the whole object where the
+        #    dense field is trusted nowhere, see _guide_region). A warp-input model (hole_fill
         #    "warp") redraws the whole mask over the warp composite, the trust map as an extra input.
-        patch = self._model_patch(ps[guide], inputs, combined, region, steps, guidance, k, seed, timings)  # (N, N, 3) uint8
+        guide_region = self._guide_region(region, given, results[guide], combined, warp and (alignment or "dense") == "dense")
+        patch = self._model_patch(ps[guide], inputs, combined, guide_region, steps, guidance, k, seed, timings)  # (N, N, 3) uint8
 
         # 5. Composite and paste the crop back: pixels outside the dilated mask stay bit-identical.
         t4 = time.perf_counter()
@@ -662,7 +665,19 @@ class RefineByAlignPipeline(DiffusionPipeline):
         result_image = paste_back(p.image, patch, p.crop_box, p.mask, cfg.paste_dilate, cfg.paste_feather)
         timings["paste"] = time.perf_counter() - t4
         timings["total"] = time.perf_counter() - t0
-        return self._output(ps, results, warps, combined, guide, region, result_image, timings)
+        return self._output(ps, results, warps, combined, guide, region, guide_region, result_image, timings)
+
+    @staticmethod
+    def _guide_region(region, given, result, combined: CombinedWarp, dense_warp: bool) -> np.ndarray | None:
+        """The M* whose tokens guide the model: the given or aligned one, except after a dense
+        alignment whose warp (allowed: ``dense_warp``) is trusted nowhere in the mask. Then the
+        field disagrees with the image around the mask (typically another view of the object, or
+        no consistent field at all and Algorithm 1's region as the fallback), its M* is a guess,
+        and the whole reference object guides instead, as in the single-stage variant: measured
+        on four case sets in MODEL_CARD.md (multiview +0.15 dB on average)."""
+        if given is not None or result is None or not dense_warp or combined.use.any():
+            return region
+        return None
 
     def _align_all(self, ps, align: bool, alignment, matchers, timestep, layer, seed) -> tuple[list[AlignmentResult | None], CropInputs | None]:
         """Step 2: each reference's alignment (None for all when ``align`` is off), and the crop's
@@ -742,8 +757,9 @@ class RefineByAlignPipeline(DiffusionPipeline):
             inputs = self.crop_inputs(p, with_sample=False)  # crop (1, 3, S, S), U-Net inputs (1, C, h, w)
         return self._redraw(p, inputs, region, steps, guidance, k, seed, timings)
 
-    def _output(self, ps, results, warps, combined: CombinedWarp, guide: int, region, result_image, timings) -> RefineOutput:
-        """Gather one refinement's result: the guiding reference's region and map, what each
+    def _output(self, ps, results, warps, combined: CombinedWarp, guide: int, region, guide_region, result_image, timings) -> RefineOutput:
+        """Gather one refinement's result: the guiding reference's region and map, the reference
+        box whose tokens guided (cut to ``guide_region``, the whole object for None), what each
         reference gave, and the per-pixel source map."""
         p = ps[0]
         b = p.crop_box
@@ -758,6 +774,8 @@ class RefineByAlignPipeline(DiffusionPipeline):
                     f"the warped reference does not match the image around the mask (ring correlation {wf.ncc:.2f} < 0.5): "
                     + ("its warp is not used" if several else "refined without the warp")
                 )
+            if i == guide and guide_region is None and region is not None:
+                own.append("no warp is trusted in the mask: the whole reference object guided the model (its region is a guess there)")
             share = float(combined.weight[(combined.source == i) & mask_box].sum() / max(int(mask_box.sum()), 1))
             refs.append(ReferenceResult(
                 region=None if r is None else r.region, heatmap=None if r is None else r.heatmap,
@@ -773,7 +791,7 @@ class RefineByAlignPipeline(DiffusionPipeline):
         info = dict(g.info) | ({"ring_ncc": g.ring_ncc} if g.ring_ncc is not None else {})
         return RefineOutput(
             image=Image.fromarray(result_image), region=region, heatmap=g.heatmap, crop_box=p.crop_box,
-            reference_box=self._guide_box(ps[guide], region), timings=timings, random_weights=self.random_weights,
+            reference_box=self._guide_box(ps[guide], guide_region), timings=timings, random_weights=self.random_weights,
             alignment=g.alignment, notes=notes, info=info, references=refs, guide=guide, source=source,
             warp_fraction=float(combined.weight[mask_box].mean()) if mask_box.any() else 0.0,
         )

@@ -312,11 +312,14 @@ def _bilinear_hwc(hwc: torch.Tensor, xy: torch.Tensor) -> torch.Tensor:
     -> (*S, C)."""
     x, y = xy[..., 0], xy[..., 1]
     x0, y0 = torch.floor(x), torch.floor(y)
-    fx, fy = (x - x0).unsqueeze(-1), (y - y0).unsqueeze(-1)
+    fx, fy = x - x0, y - y0
     xi, yi = x0.long(), y0.long()
-    top = _gather_hwc(hwc, xi, yi) * (1 - fx) + _gather_hwc(hwc, xi + 1, yi) * fx
-    bottom = _gather_hwc(hwc, xi, yi + 1) * (1 - fx) + _gather_hwc(hwc, xi + 1, yi + 1) * fx
-    return top * (1 - fy) + bottom * fy
+    dx = torch.tensor([0, 1, 0, 1], device=xy.device)
+    dy = torch.tensor([0, 0, 1, 1], device=xy.device)
+    corners = _gather_hwc(hwc, xi.unsqueeze(-1) + dx, yi.unsqueeze(-1) + dy)  # (*S, 4, C): one gather
+    wx = torch.stack((1 - fx, fx, 1 - fx, fx), dim=-1)
+    wy = torch.stack((1 - fy, 1 - fy, fy, fy), dim=-1)
+    return (corners * (wx * wy).unsqueeze(-1)).sum(-2)
 
 
 # ----------------------------------------------------------------------------- keypoint detection (DKD)
@@ -484,13 +487,15 @@ class ALIKED(nn.Module):
 
         q = self.config.dim // 4
         first = self.score_head[0].weight  # (8, dim, 1, 1), no bias
-        z = sum(up(F.conv2d(p, first[:, i * q : (i + 1) * q])) for i, p in enumerate(parts))  # (B, 8, H, W)
+        # each part upsampled once, with its share of the score head's first layer as 8 more channels
+        ups = [up(torch.cat([p, F.conv2d(p, first[:, i * q : (i + 1) * q])], dim=1)) for i, p in enumerate(parts)]  # (B, q + 8, H, W)
+        z = sum(u[:, q:] for u in ups)  # (B, 8, H, W)
         score_map = torch.sigmoid(self.score_head[1:](z))  # (B, 1, H, W)
         t, l = pad[2], pad[0]
         window = (slice(None), slice(None), slice(t, t + h), slice(l, l + w))
-        feats = torch.cat([up(p)[window].permute(0, 2, 3, 1) for p in parts], dim=-1)  # (B, H, W, dim)
-        feature_map = F.normalize(feats, p=2, dim=-1).permute(0, 3, 1, 2)  # (B, dim, H, W) view
-        return feature_map, score_map[window]
+        feats = torch.cat([u[:, :q][window].permute(0, 2, 3, 1) for u in ups], dim=-1)  # (B, H, W, dim)
+        feats = feats.div_(torch.linalg.vector_norm(feats, dim=-1, keepdim=True).clamp_min_(1e-12))  # L2 per pixel, in place
+        return feats.permute(0, 3, 1, 2), score_map[window]  # (B, dim, H, W) view
 
     def forward(self, image: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """image (B, 3, H, W) float RGB in [0, 1] -> (score_map (B, 1, H, W), dense descriptor map

@@ -294,3 +294,29 @@ def test_reference_features_are_remembered_per_reference_and_never_stale(monkeyp
         assert len(calls) == 5
     finally:
         C.clear_reference_cache()
+
+
+@pytest.mark.parametrize("solid", [True, False])
+def test_mirrored_aliked_pass_only_when_the_reference_as_given_does_not_fit(monkeypatch, solid):
+    """ALIKED runs on the mirrored reference only when the reference as given gave no fit on 30+
+    agreeing matches at ring correlation >= 0.5 (a stand-in matcher returns the true mapping or junk)."""
+    from refine_by_align.pipelines import alignment as A
+
+    image, mask, ref, valid, H = _case(_sim())
+    src = np.stack(np.meshgrid(np.arange(30, 211, 12.0), np.arange(30, 211, 12.0)), -1).reshape(-1, 2)
+    src = src[~mask[src[:, 1].astype(int), src[:, 0].astype(int)]]
+    rng = np.random.default_rng(0)
+    flips = []
+
+    def matcher(image_, mask_, reference, reference_mask, model, flip=False, image_features=None):
+        flips.append(flip)
+        dst = _apply(H, src) if solid and not flip else rng.uniform(0, 240, src.shape)
+        return Matches(src.astype(np.float32), dst.astype(np.float32), np.ones(len(src), np.float32), {"aliked": len(src)})
+
+    monkeypatch.setattr(A, "aliked_features", lambda *a, **k: None)
+    monkeypatch.setattr(A, "aliked_matches", matcher)
+    fld, info = dense_alignment(image, mask, ref, valid, zoom_box(mask, 2.0, 64), sources=("aliked",), aliked=object())
+    if solid:
+        assert flips == [False] and info["source"] == "aliked" and not info["mirrored"] and info["inliers"] >= 30
+    else:
+        assert flips == [False, True]

@@ -259,8 +259,9 @@ def dense_alignment(
     ``good_ncc`` and "aliked" is among ``sources``, ALIKED's matches are added, alone and with the
     others (on the orientation the cheap sources chose with at least ``solid_inliers`` agreeing
     matches, else the reference as given and then, unless that gave a fit on twice
-    ``solid_inliers`` matches agreeing at a ring correlation of 0.5 or more, mirrored). The candidate whose colour-matched warp agrees best with the image in a
-    ring around the mask (normalised cross-correlation, :func:`~.correspondence.warp_fill`) wins,
+    ``solid_inliers`` matches agreeing at a ring correlation of 0.5 or more, mirrored). The
+    candidate whose colour-matched warp agrees best with the image in a ring around the mask
+    (normalised cross-correlation, :func:`~.correspondence.warp_fill`) wins,
     its agreement discounted by up to 0.2 when it rests on fewer than ``solid_inliers`` matches;
     with ``ecc`` the ``ecc_candidates`` leading candidates are refined by ECC on the same ring
     (:func:`~.correspondence.refine_field_ecc`, kept only where it does not drift from the

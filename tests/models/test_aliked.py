@@ -166,12 +166,13 @@ def test_sddh_matches_a_direct_loop():
             torch.testing.assert_close(desc[n], d / d.norm(), atol=1e-10, rtol=1e-8)
 
 
-def test_dense_map_equals_upstreams_concatenation():
+@pytest.mark.parametrize("batch", [1, 2])
+def test_dense_map_equals_upstreams_concatenation(batch):
     """The score head's first layer applied before the upsampling, and the map built channels-last,
     give upstream's outputs: concatenate the four upsampled parts, score head, L2-normalise, crop."""
     torch.manual_seed(0)
     net = ALIKED(ALIKEDConfig(4, 8, 8, 8, 16, 3, 4)).double().eval()
-    image = torch.rand(1, 3, 70, 90, dtype=torch.float64)  # padded to 96 x 96 and cropped back
+    image = torch.rand(batch, 3, 70, 90, dtype=torch.float64)  # padded to 96 x 96 and cropped back
     with torch.no_grad():
         fmap, score = net.extract_dense_map(image)
         x = F.pad(image, (3, 3, 13, 13), mode="replicate")
@@ -183,7 +184,7 @@ def test_dense_map_equals_upstreams_concatenation():
         feats = torch.cat([F.selu(net.conv1(x1)), up(F.selu(net.conv2(x2))), up(F.selu(net.conv3(x3))), up(F.selu(net.conv4(x4)))], 1)
         want_score = torch.sigmoid(net.score_head(feats))[..., 13:83, 3:93]
         want_map = F.normalize(feats, dim=1)[..., 13:83, 3:93]
-    assert fmap.shape == (1, 16, 70, 90) and score.shape == (1, 1, 70, 90)
+    assert fmap.shape == (batch, 16, 70, 90) and score.shape == (batch, 1, 70, 90)
     torch.testing.assert_close(score, want_score, atol=1e-12, rtol=1e-10)
     torch.testing.assert_close(fmap, want_map, atol=1e-12, rtol=1e-10)
 

@@ -296,10 +296,11 @@ def test_reference_features_are_remembered_per_reference_and_never_stale(monkeyp
         C.clear_reference_cache()
 
 
-@pytest.mark.parametrize("solid", [True, False])
+@pytest.mark.parametrize("solid", [True, False, "consistent but wrong"])
 def test_mirrored_aliked_pass_only_when_the_reference_as_given_does_not_fit(monkeypatch, solid):
     """ALIKED runs on the mirrored reference only when the reference as given gave no fit on 30+
-    agreeing matches at ring correlation >= 0.5 (a stand-in matcher returns the true mapping or junk)."""
+    agreeing matches at ring correlation >= 0.5 (a stand-in matcher returns the true mapping, junk,
+    or a consistent mapping 40 px off: many inliers, but its warp disagrees with the image)."""
     from refine_by_align.pipelines import alignment as A
 
     image, mask, ref, valid, H = _case(_sim())
@@ -310,13 +311,41 @@ def test_mirrored_aliked_pass_only_when_the_reference_as_given_does_not_fit(monk
 
     def matcher(image_, mask_, reference, reference_mask, model, flip=False, image_features=None):
         flips.append(flip)
-        dst = _apply(H, src) if solid and not flip else rng.uniform(0, 240, src.shape)
+        if flip or not solid:
+            dst = rng.uniform(0, 240, src.shape)
+        else:
+            dst = _apply(H, src) + (0.0 if solid is True else np.array([40.0, 0.0]))
         return Matches(src.astype(np.float32), dst.astype(np.float32), np.ones(len(src), np.float32), {"aliked": len(src)})
 
     monkeypatch.setattr(A, "aliked_features", lambda *a, **k: None)
     monkeypatch.setattr(A, "aliked_matches", matcher)
     fld, info = dense_alignment(image, mask, ref, valid, zoom_box(mask, 2.0, 64), sources=("aliked",), aliked=object())
-    if solid:
+    if solid is True:
         assert flips == [False] and info["source"] == "aliked" and not info["mirrored"] and info["inliers"] >= 30
     else:
         assert flips == [False, True]
+        if solid:  # the wrong mapping was fitted on many inliers, yet did not stop the search
+            assert info["candidates"]["aliked"] < 0.5
+
+
+def test_ecc_candidates_refined_side_by_side_as_one_after_another():
+    """best_after_ecc (threads) picks the same field as refining the leading candidates in turn."""
+    from refine_by_align.pipelines.alignment import _Candidates
+
+    image, mask, ref, valid, H = _case(_sim())
+    box = Box(60, 60, 200, 200)
+    window = (slice(60, 200), slice(60, 200))
+    src = np.stack(np.meshgrid(np.arange(66, 196, 9.0), np.arange(66, 196, 9.0)), -1).reshape(-1, 2)
+    pool = _Candidates(image[window], mask[window], ref, valid, box, 15)
+    for k, off in enumerate((0.0, 2.5, -4.0)):  # three candidates, two of them off by a few pixels
+        m = Matches(src.astype(np.float32), (_apply(H, src) + off).astype(np.float32), np.ones(len(src), np.float32), {"sift": len(src)})
+        pool.consider(f"c{k}", False, m)
+    best, changed = pool.best_after_ecc(3)
+    ranked = []
+    for c in sorted(pool.items, key=pool.score, reverse=True)[:3]:
+        f2, ch = refine_field_ecc(c[4], image[window], mask[window], ref, matches=c[5])
+        n2 = warp_fill(image[window], mask[window], ref, f2).ncc if ch else c[0]
+        ranked.append(((n2, *c[1:4], f2, c[5]), ch))
+    want, want_changed = max(ranked, key=lambda r: pool.score(r[0]))
+    assert best[2] == want[2] and changed == want_changed and best[0] == want[0]
+    assert np.array_equal(best[4].xy, want[4].xy)

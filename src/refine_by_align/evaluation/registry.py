@@ -1,8 +1,8 @@
 """The evaluation methods by name: :data:`METHODS` maps the CLI's ``--method`` names to factories
 ``factory(model=None, **opts) -> Method``; :func:`get_method` resolves a name.
 
-The methods themselves live in ``methods.py`` (the protocol, ``keep``, ``telea``, the pipeline
-adapter) and ``baselines.py`` (``keypoint``, ``feature-nn``, ``oracle-align``, built on
+The methods themselves live in ``methods.py`` (the protocol, ``keep``, ``telea``, ``harmonic``,
+the pipeline adapter) and ``baselines.py`` (``keypoint``, ``feature-nn``, ``oracle-align``, built on
 ``methods.py``); this module is the only one that knows both, so neither imports the other back.
 """
 

@@ -309,7 +309,8 @@ def _gather_hwc(hwc: torch.Tensor, xs: torch.Tensor, ys: torch.Tensor) -> torch.
 def _bilinear_hwc(hwc: torch.Tensor, xy: torch.Tensor) -> torch.Tensor:
     """hwc (H, W, C) read bilinearly at pixel xy (*S, 2) (pixel centres at integers; corners
     outside the map count as zero, as ``grid_sample(..., padding_mode="zeros", align_corners=True)``)
-    -> (*S, C)."""
+    -> (*S, C). (On a map 1 pixel wide or high grid_sample's normalisation differs; DKD finds no
+    keypoints on such a map, so SDDH never reads one.)"""
     x, y = xy[..., 0], xy[..., 1]
     x0, y0 = torch.floor(x), torch.floor(y)
     fx, fy = x - x0, y - y0
@@ -494,7 +495,8 @@ class ALIKED(nn.Module):
         t, l = pad[2], pad[0]
         window = (slice(None), slice(None), slice(t, t + h), slice(l, l + w))
         feats = torch.cat([u[:, :q][window].permute(0, 2, 3, 1) for u in ups], dim=-1)  # (B, H, W, dim)
-        feats = feats.div_(torch.linalg.vector_norm(feats, dim=-1, keepdim=True).clamp_min_(1e-12))  # L2 per pixel, in place
+        norm = torch.linalg.vector_norm(feats, dim=-1, keepdim=True).clamp_min(1e-12)
+        feats = feats / norm if torch.is_grad_enabled() and feats.requires_grad else feats.div_(norm)  # L2 per pixel (in place at inference)
         return feats.permute(0, 3, 1, 2), score_map[window]  # (B, dim, H, W) view
 
     def forward(self, image: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:

@@ -21,7 +21,6 @@ Fig. 7) and ``dense_alignment`` (the field).
 
 from __future__ import annotations
 
-import os
 import warnings
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -47,6 +46,7 @@ from .correspondence import (
     refine_field_ecc,
     sift_matches,
     warp_fill,
+    worker_threads,
 )
 
 ALIGNMENT_METHODS = ("dense", "attention")
@@ -350,6 +350,6 @@ class _Candidates:
         leading = sorted(self.items, key=self.score, reverse=True)[:n]
         # OpenCV's ECC releases the GIL: the candidates are refined side by side (the same results
         # as one after another, in about 60% of the time on 2 cores)
-        with ThreadPoolExecutor(max_workers=max(1, min(len(leading), os.cpu_count() or 1))) as pool:
+        with ThreadPoolExecutor(max_workers=max(1, min(len(leading), worker_threads()))) as pool:
             ranked = list(pool.map(refined, leading))
         return max(ranked, key=lambda r: self.score(r[0]))

@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import hashlib
 import logging
+import os
 import threading
 from collections import OrderedDict
 from dataclasses import dataclass, field
@@ -33,6 +34,7 @@ from ..zoom import Box
 
 __all__ = [
     "MATCH_SOURCES",
+    "worker_threads",
     "Matches",
     "sift_matches",
     "aliked_matches",
@@ -55,6 +57,15 @@ logger = logging.getLogger(__name__)
 
 #: Point-match sources :func:`dense_field` understands (combine with "+", e.g. "sift+aliked").
 MATCH_SOURCES = ("sift", "aliked", "attention")
+
+
+def worker_threads() -> int:
+    """Threads a CPU-bound step of the alignment may use: the cores this process may run on
+    (affinity, so a container's or a batch shard's limit counts), at most torch's thread setting."""
+    import torch
+
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    return max(1, min(cores, torch.get_num_threads()))
 
 
 def _disk(r: int) -> np.ndarray:
@@ -546,7 +557,7 @@ def dense_field(fit: FieldFit, box: Box, reference_mask: np.ndarray | None, step
         from scipy.spatial import cKDTree
 
         pix = np.stack(np.meshgrid(box.x0 + np.arange(w), box.y0 + np.arange(h)), -1).reshape(-1, 2)
-        d, _ = cKDTree(fit.inlier_xy).query(pix, k=1, workers=-1)  # exact; the query split over the cores
+        d, _ = cKDTree(fit.inlier_xy).query(pix, k=1, workers=worker_threads())  # exact; the query split over the cores
         conf = np.exp(-d.reshape(h, w) / max(reach, 1.0)).astype(np.float32)
     else:
         conf = np.zeros((h, w), np.float32)

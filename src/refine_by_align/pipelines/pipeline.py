@@ -673,8 +673,8 @@ class RefineByAlignPipeline(DiffusionPipeline):
         alignment whose warp (allowed: ``dense_warp``) is trusted nowhere in the mask. Then the
         field disagrees with the image around the mask (typically another view of the object, or
         no consistent field at all and Algorithm 1's region as the fallback), its M* is a guess,
-        and the whole reference object guides instead, as in the single-stage variant: measured
-        on four case sets in MODEL_CARD.md (multiview +0.15 dB on average)."""
+        and the whole reference object guides instead, as in the single-stage variant (measured on
+        four case sets in MODEL_CARD.md, "Harmonic prefill")."""
         if given is not None or result is None or not dense_warp or combined.use.any():
             return region
         return None

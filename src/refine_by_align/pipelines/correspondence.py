@@ -574,6 +574,7 @@ def refine_field_ecc(
     iterations: int = 60,
     matches: Matches | None = None,
     max_drift: tuple[float, float] = (1.5, 1.5),
+    margin: int = 16,
 ) -> tuple[DenseField, bool]:
     """A local photometric refinement of the field: the homography W (on the box's pixels) that
     best aligns the warped reference with the image in a ring around the mask by enhanced
@@ -586,18 +587,27 @@ def refine_field_ecc(
     band = ring(mask_box, *ring_px) & fld.on_object
     if band.sum() < 64:
         return fld, False
-    template = _gray(image_box).astype(np.float32)
-    warped = _gray(np.clip(fld.sample(reference), 0, 255).astype(np.uint8)).astype(np.float32)
+    # ECC's cost grows with the pixels: it runs on the box cut to the band's bounding box plus
+    # ``margin`` px (room for the smoothing and for the warp to move), both images the same cut
+    # (OpenCV wants equal sizes); W_cut on the cut's pixels is W = T(o) W_cut T(-o) on the box's
+    ys, xs = np.nonzero(band)
+    y0, x0 = max(int(ys.min()) - margin, 0), max(int(xs.min()) - margin, 0)
+    y1, x1 = min(int(ys.max()) + margin + 1, band.shape[0]), min(int(xs.max()) + margin + 1, band.shape[1])
+    cut = (slice(y0, y1), slice(x0, x1))
+    template = _gray(np.ascontiguousarray(image_box[cut])).astype(np.float32)
+    warped = _gray(np.clip(fld.sample(reference), 0, 255).astype(np.uint8)[cut]).astype(np.float32)
     W = np.eye(3, dtype=np.float32)
     try:
         _, W = cv2.findTransformECC(
             template, warped, W, cv2.MOTION_HOMOGRAPHY,
-            (cv2.TERM_CRITERIA_EPS | cv2.TERM_CRITERIA_COUNT, iterations, 1e-5), band.astype(np.uint8), 5,
+            (cv2.TERM_CRITERIA_EPS | cv2.TERM_CRITERIA_COUNT, iterations, 1e-5), np.ascontiguousarray(band[cut]).astype(np.uint8), 5,
         )
     except cv2.error:
         return fld, False
     if not np.isfinite(W).all():
         return fld, False
+    shift = np.array([[1, 0, x0], [0, 1, y0], [0, 0, 1]], np.float64)  # T(o)
+    W = shift @ W.astype(np.float64) @ np.linalg.inv(shift)
     h, w = mask_box.shape
     px, py = np.meshgrid(np.arange(w, dtype=np.float64), np.arange(h, dtype=np.float64))
     q = np.stack([px, py, np.ones_like(px)], -1) @ W.astype(np.float64).T  # (h, w, 3)

@@ -34,6 +34,23 @@ def stub_cli_model(monkeypatch):
     return ModelCalled
 
 
+@pytest.fixture(scope="session")
+def write_cli_inputs():
+    """``write(folder)``: a 32x24 random image.png, its mask.png (an 12x8 box) and a 20x20 random
+    reference.png, the smallest inputs a CLI command accepts; returns the folder."""
+
+    def write(folder):
+        rng = np.random.default_rng(0)
+        Image.fromarray(rng.integers(0, 256, (24, 32, 3), dtype=np.uint8)).save(folder / "image.png")
+        mask = np.zeros((24, 32), np.uint8)
+        mask[6:14, 8:20] = 255
+        Image.fromarray(mask).save(folder / "mask.png")
+        Image.fromarray(rng.integers(0, 256, (20, 20, 3), dtype=np.uint8)).save(folder / "reference.png")
+        return folder
+
+    return write
+
+
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SHARED_PHOTOS = os.path.normpath(os.path.join(REPO, "..", "shared", "data", "dreambooth-train"))
 

@@ -4,23 +4,15 @@ for one release, each use printing one deprecation line on stderr."""
 
 import json
 
-import numpy as np
 import pytest
-from PIL import Image
 
 from refine_by_align.cli import DEPRECATED_COMMANDS, build_parser, main
 from refine_by_align.demo.examples import EXAMPLES_DIR
 
 
 @pytest.fixture
-def files(tmp_path):
-    rng = np.random.default_rng(0)
-    Image.fromarray(rng.integers(0, 256, (24, 32, 3), dtype=np.uint8)).save(tmp_path / "image.png")
-    mask = np.zeros((24, 32), np.uint8)
-    mask[6:14, 8:20] = 255
-    Image.fromarray(mask).save(tmp_path / "mask.png")
-    Image.fromarray(rng.integers(0, 256, (20, 20, 3), dtype=np.uint8)).save(tmp_path / "reference.png")
-    return tmp_path
+def files(tmp_path, write_cli_inputs):
+    return write_cli_inputs(tmp_path)
 
 
 def _call(accepted, files, command, *extra):

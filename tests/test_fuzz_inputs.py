@@ -6,12 +6,10 @@ records the accepted values (the ranges, not the refinement, are under test)."""
 
 import math
 
-import numpy as np
 import pytest
 from fastapi.testclient import TestClient
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-from PIL import Image
 
 from refine_by_align import cli
 from refine_by_align.server import ServerSettings, create_app
@@ -33,15 +31,8 @@ VALUES = st.one_of(
 
 
 @pytest.fixture(scope="module")
-def cli_files(tmp_path_factory):
-    folder = tmp_path_factory.mktemp("fuzz")
-    rng = np.random.default_rng(0)
-    Image.fromarray(rng.integers(0, 256, (24, 32, 3), dtype=np.uint8)).save(folder / "image.png")
-    mask = np.zeros((24, 32), np.uint8)
-    mask[6:14, 8:20] = 255
-    Image.fromarray(mask).save(folder / "mask.png")
-    Image.fromarray(rng.integers(0, 256, (20, 20, 3), dtype=np.uint8)).save(folder / "reference.png")
-    return folder
+def cli_files(tmp_path_factory, write_cli_inputs):
+    return write_cli_inputs(tmp_path_factory.mktemp("fuzz"))
 
 
 # (command, option, keyword the pipeline receives it as, the accepted range: a predicate on the value)

@@ -95,6 +95,21 @@ class FakePipe:
 
 
 @pytest.fixture
+def wait_for_job():
+    """``wait(client, job_id, timeout_s, poll_s=0.05)``: poll ``/api/jobs/<id>`` until the job is
+    neither queued nor running (failing the test after ``timeout_s``); returns its last status."""
+
+    def wait(client, job_id, timeout_s, poll_s=0.05):
+        deadline = time.monotonic() + timeout_s
+        while (s := client.get(f"/api/jobs/{job_id}").json())["state"] in ("queued", "running"):
+            assert time.monotonic() < deadline, f"job {job_id} still {s['state']} after {timeout_s} s"
+            time.sleep(poll_s)
+        return s
+
+    return wait
+
+
+@pytest.fixture
 def fake_pipe_cls():
     return FakePipe
 

@@ -4,7 +4,6 @@ bad input is a 4xx JSON error and the server keeps serving afterwards."""
 import base64
 import io
 import threading
-import time
 from pathlib import Path
 
 import cv2
@@ -82,14 +81,11 @@ def test_align_returns_mask_on_reference_and_heatmap(client, api_inputs):
     assert h.status_code == 200 and Image.open(io.BytesIO(h.content)).size == (72, 80)
 
 
-def test_job_flow_with_progress_and_outputs(client, api_inputs):
+def test_job_flow_with_progress_and_outputs(client, api_inputs, wait_for_job):
     r = client.post("/api/jobs", files=api_inputs["files"], data={"mode": "refine", "steps": "3"})
     assert r.status_code == 202
     job = r.json()["id"]
-    deadline = time.monotonic() + 120
-    while (s := client.get(f"/api/jobs/{job}").json())["state"] in ("queued", "running"):
-        assert time.monotonic() < deadline
-        time.sleep(0.05)
+    s = wait_for_job(client, job, 120)
     assert s["state"] == "done", s
     assert s["total"] == 3 and s["step"] == 3
     assert set(s["outputs"]) == {"result.png", "heatmap.png", "correspondence.png"}
@@ -147,7 +143,7 @@ def test_bad_inputs_are_4xx_json_and_server_keeps_serving(client, api_inputs, pn
     _good_request(client, api_inputs["files"])
 
 
-def test_queue_full_is_503_and_cancel_frees_the_worker(api_inputs, fake_pipe_cls):
+def test_queue_full_is_503_and_cancel_frees_the_worker(api_inputs, fake_pipe_cls, wait_for_job):
     gate = threading.Event()
     pipe = fake_pipe_cls(gate=gate)
     with TestClient(create_app(pipe, ServerSettings(max_queue=1))) as c:
@@ -162,10 +158,7 @@ def test_queue_full_is_503_and_cancel_frees_the_worker(api_inputs, fake_pipe_cls
         assert c.delete(f"/api/jobs/{first.json()['id']}").status_code == 200
         gate.set()
         for job in (first, second):
-            deadline = time.monotonic() + 20
-            while (s := c.get(f"/api/jobs/{job.json()['id']}").json())["state"] in ("queued", "running"):
-                assert time.monotonic() < deadline
-                time.sleep(0.02)
+            s = wait_for_job(c, job.json()["id"], 20, poll_s=0.02)
             assert s["state"] == ("error" if job is first else "done"), s
         assert "cancelled by the user" in c.get(f"/api/jobs/{first.json()['id']}").json()["error"]
         assert c.post("/api/refine", files=api_inputs["files"], data={"steps": "1"}).status_code == 200

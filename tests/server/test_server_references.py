@@ -40,7 +40,7 @@ def tiny_client(request):
         yield c
 
 
-def test_two_references_with_the_tiny_model(tiny_client, api_inputs, png):
+def test_two_references_with_the_tiny_model(tiny_client, api_inputs, png, wait_for_job):
     """The real pipeline: the PNG answer with X-Guide / X-References, the JSON answer, and a queued
     job with its source and compare pictures."""
     c = tiny_client
@@ -66,10 +66,7 @@ def test_two_references_with_the_tiny_model(tiny_client, api_inputs, png):
     r = c.post("/api/jobs", files=files, data={"mode": "refine", "steps": "2"})
     assert r.status_code == 202, r.text
     job = r.json()["id"]
-    deadline = time.monotonic() + 180
-    while (s := c.get(f"/api/jobs/{job}").json())["state"] in ("queued", "running"):
-        assert time.monotonic() < deadline
-        time.sleep(0.05)
+    s = wait_for_job(c, job, 180)
     assert s["state"] == "done", s
     assert {"result.png", "source.png", "compare.png", "heatmap.png"} <= set(s["outputs"])
     assert len(s["info"]["references"]) == 2 and s["info"]["guide"] in (0, 1)
@@ -78,17 +75,12 @@ def test_two_references_with_the_tiny_model(tiny_client, api_inputs, png):
     assert compare.width > 4 * compare.height  # input, two references, result, source
 
 
-def test_one_reference_is_answered_as_before(fake_client, api_inputs):
+def test_one_reference_is_answered_as_before(fake_client, api_inputs, wait_for_job):
     r = fake_client.post("/api/refine", files=api_inputs["files"], data={"steps": "1"})
     assert r.status_code == 200 and r.headers["content-type"] == "image/png"
     assert "x-guide" not in r.headers and "x-references" not in r.headers
     r = fake_client.post("/api/jobs", files=api_inputs["files"], data={"steps": "1"})
-    job = r.json()["id"]
-    for _ in range(2000):
-        s = fake_client.get(f"/api/jobs/{job}").json()
-        if s["state"] not in ("queued", "running"):
-            break
-        time.sleep(0.01)
+    s = wait_for_job(fake_client, r.json()["id"], 20, poll_s=0.01)
     assert s["state"] == "done" and "references" not in s["info"] and "source.png" not in s["outputs"]
     # the JSON answer gives one reference's figures
     r = fake_client.post("/api/refine?output=json", files=api_inputs["files"], data={"steps": "1"})

@@ -21,9 +21,10 @@ import cv2
 import numpy as np
 import torch
 
-__all__ = ["HOLE_FILLS", "classical_fill", "fill_hole", "harmonic_fill", "residual_patch", "poisson_fill", "warp_composite", "warp_at"]
+__all__ = ["CLASSICAL_FILLS", "HOLE_FILLS", "classical_fill", "fill_hole", "harmonic_fill", "residual_patch", "poisson_fill", "warp_composite", "warp_at"]
 
 HOLE_FILLS = ("zero", "telea", "harmonic", "warp")
+CLASSICAL_FILLS = ("telea", "harmonic")  # the hole fills that need no model and no reference
 TELEA_RADIUS = 3  # px, at the U-Net's crop resolution
 FULL_TELEA_RADIUS = 5.0  # px, at the image's own resolution (as the `telea` baseline)
 
@@ -66,7 +67,7 @@ def classical_fill(image: np.ndarray, mask: np.ndarray, method: str = "telea", r
         return cv2.inpaint(np.ascontiguousarray(image), np.asarray(mask, bool).astype(np.uint8) * 255, radius, cv2.INPAINT_TELEA)
     if method == "harmonic":
         return harmonic_fill(image, mask)
-    raise ValueError(f"unknown classical fill '{method}' (choose telea or harmonic)")
+    raise ValueError(f"unknown classical fill '{method}' (choose {' or '.join(CLASSICAL_FILLS)})")
 
 
 #: Holes up to this many pixels are solved exactly (one sparse LU); larger ones coarse-to-fine.
@@ -188,18 +189,19 @@ def residual_patch(
     added to the same classical fill (``fill``: "telea" or "harmonic") computed at the crop's full
     resolution (``crop_full`` (N, N, 3) uint8, ``mask_full`` (N, N) bool), so that the fill keeps
     its full-resolution detail and the model only contributes what it changed. A zero correction
-    gives exactly the full-resolution classical fill. ``hole_small`` ((S, S) float/bool, the model's hole) limits the correction to the
-    hole: outside it the patch is the input itself. ``blur`` > 0 smooths the correction with a
+    gives exactly the full-resolution classical fill. ``hole_small`` ((S, S) float/bool, the
+    model's hole) limits the correction to the hole: outside it the patch is the input itself. ``blur`` > 0 smooths the correction with a
     Gaussian of that sigma (in S-px pixels) before upsampling: the sample's leftover noise is
     removed and its colour and shading kept (MODEL_CARD.md measures it). ``mean_var`` ((S, S),
     the variance of ``out_small`` as a mean of K samples: their per-pixel variance / K) with
     ``shrink`` = lambda > 0 scales the correction by the Wiener factor P / (P + lambda * mean_var),
     P its smoothed power: where the samples disagree more than the correction is large, the
     result stays closer to the classical fill. ``base`` ((N, N, 3) uint8): the full-resolution fill
-    the correction is added to instead of the classical fill (the warp composite, :func:`warp_composite`).
+    the correction is added to instead of the classical fill (the warp composite,
+    :func:`warp_composite`).
     Returns (N, N, 3) uint8."""
-    if fill not in ("telea", "harmonic"):
-        raise ValueError(f"unknown classical fill '{fill}' (choose telea or harmonic)")
+    if fill not in CLASSICAL_FILLS:
+        raise ValueError(f"unknown classical fill '{fill}' (choose {' or '.join(CLASSICAL_FILLS)})")
     if crop_full.shape[:2] != mask_full.shape or out_small.shape != prefill_small.shape:
         raise ValueError(f"residual_patch shapes: crop {crop_full.shape}, mask {mask_full.shape}, out {out_small.shape}, prefill {prefill_small.shape}")
     n_h, n_w = mask_full.shape
@@ -227,7 +229,7 @@ def warp_composite(crop_full: np.ndarray, mask_full: np.ndarray, warp_full: np.n
     ``mask_full`` (N, N) bool inpainted by Telea, and the colour-matched warp ``warp_full``
     (N, N, 3) uint8 where ``use_full`` (N, N) bool trusts it (pixels outside the hole unchanged)."""
     m = np.asarray(mask_full, bool)
-    out = cv2.inpaint(np.ascontiguousarray(crop_full), m.astype(np.uint8) * 255, FULL_TELEA_RADIUS, cv2.INPAINT_TELEA)
+    out = classical_fill(crop_full, m, "telea")
     use = np.asarray(use_full, bool) & m
     out[use] = warp_full[use]
     return out

@@ -508,9 +508,11 @@ class DenseField:
     counts: dict[str, int] = field(default_factory=dict)  # matches per source
     source: str = ""
 
-    def sample(self, reference: np.ndarray, interpolation: int = cv2.INTER_CUBIC) -> np.ndarray:
-        """The reference warped into the box: (h, w, C) of ``reference`` sampled at ``xy``."""
-        return cv2.remap(np.ascontiguousarray(reference), self.xy[..., 0], self.xy[..., 1], interpolation, borderMode=cv2.BORDER_REFLECT)
+    def sample(self, reference: np.ndarray, interpolation: int = cv2.INTER_CUBIC, window: tuple[slice, slice] | None = None) -> np.ndarray:
+        """The reference warped into the box: (h, w, C) of ``reference`` sampled at ``xy`` (only
+        the box's pixels in ``window``, a pair of slices, when given)."""
+        xy = self.xy if window is None else np.ascontiguousarray(self.xy[window])
+        return cv2.remap(np.ascontiguousarray(reference), xy[..., 0], xy[..., 1], interpolation, borderMode=cv2.BORDER_REFLECT)
 
     def push_mask(self, mask_box: np.ndarray, reference_shape: tuple[int, int]) -> np.ndarray:
         """M*: the mask (h, w) bool over ``box`` pushed through the field onto the reference (Hr, Wr)
@@ -595,7 +597,7 @@ def refine_field_ecc(
     y1, x1 = min(int(ys.max()) + margin + 1, band.shape[0]), min(int(xs.max()) + margin + 1, band.shape[1])
     cut = (slice(y0, y1), slice(x0, x1))
     template = _gray(np.ascontiguousarray(image_box[cut])).astype(np.float32)
-    warped = _gray(np.clip(fld.sample(reference), 0, 255).astype(np.uint8)[cut]).astype(np.float32)
+    warped = _gray(np.clip(fld.sample(reference, window=cut), 0, 255).astype(np.uint8)).astype(np.float32)
     W = np.eye(3, dtype=np.float32)
     try:
         _, W = cv2.findTransformECC(

@@ -21,7 +21,7 @@ from diffusers import DDIMScheduler, DiffusionPipeline, DPMSolverMultistepSchedu
 from PIL import Image
 
 from ..config import CONFIG_NAMES, get_config
-from ..fill import poisson_fill, residual_patch, warp_at, warp_composite
+from ..fill import CLASSICAL_FILLS, poisson_fill, residual_patch, warp_at, warp_composite
 from ..io import InputError, alpha_mask, to_mask, to_rgb, validate_inputs
 from ..models.refiner import RefineByAlignModel
 from ..zoom import Box, crop_resize, mask_bbox, paste_back, square_pad_box, zoom_box
@@ -864,7 +864,7 @@ class RefineByAlignPipeline(DiffusionPipeline):
         out = samples.mean(0).permute(1, 2, 0).cpu().numpy()  # (S, S, 3)
         b = p.crop_box
         window = (slice(b.y0, b.y1), slice(b.x0, b.x1))
-        if cfg.hole_fill in ("telea", "harmonic", "warp"):  # the model corrected a classical (or warp) prefill: apply the correction at full resolution
+        if cfg.hole_fill in (*CLASSICAL_FILLS, "warp"):  # the model corrected a classical (or warp) prefill: apply the correction at full resolution
             return residual_patch(
                 p.image[window],
                 p.mask[window],

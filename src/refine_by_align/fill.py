@@ -21,7 +21,7 @@ import cv2
 import numpy as np
 import torch
 
-__all__ = ["CLASSICAL_FILLS", "HOLE_FILLS", "classical_fill", "fill_hole", "harmonic_fill", "residual_patch", "poisson_fill", "warp_composite", "warp_at"]
+__all__ = ["CLASSICAL_FILLS", "HOLE_FILLS", "classical_fill", "fill_hole", "harmonic_fill", "harmonic_interpolate", "residual_patch", "poisson_fill", "warp_composite", "warp_at"]
 
 HOLE_FILLS = ("zero", "telea", "harmonic", "warp")
 CLASSICAL_FILLS = ("telea", "harmonic")  # the hole fills that need no model and no reference
@@ -109,6 +109,46 @@ def harmonic_fill(image: np.ndarray, mask: np.ndarray, max_direct: int = HARMONI
     out = img.copy()
     sub_out = out[window]  # a view
     sub_out[sub_m] = np.clip(np.rint(values), 0, 255).astype(np.uint8)
+    return out
+
+
+#: :func:`harmonic_interpolate` solves holes up to this many pixels at full size, larger ones scaled down.
+INTERPOLATE_DIRECT_MAX = 40_000
+
+
+def harmonic_interpolate(values: np.ndarray, mask: np.ndarray, max_direct: int = INTERPOLATE_DIRECT_MAX) -> np.ndarray:
+    """A smooth quantity (a displacement field, not a picture: any sign, no rounding) carried into a
+    hole: ``values`` (H, W, C) float, ``mask`` (H, W) bool -> (H, W, C) float32 whose hole pixels
+    solve Laplace's equation with the values around the hole as boundary (as :func:`harmonic_fill`),
+    the other pixels unchanged. A hole of more than ``max_direct`` pixels is solved on the field
+    scaled down by sqrt(max_direct / n) (a pixel of the small field is hole where under half of
+    its pixels are known, else the mean of its known ones) and scaled back up: the solution is
+    smooth, so a coarse solve loses little and keeps the cost bounded."""
+    v = np.asarray(values, np.float32)
+    m = np.asarray(mask, bool)
+    if v.ndim != 3 or v.shape[:2] != m.shape:
+        raise ValueError(f"harmonic_interpolate wants (H, W, C) values and an (H, W) mask, got {v.shape} and {m.shape}")
+    n = int(m.sum())
+    out = v.copy()
+    if n == 0 or n == m.size:
+        return out
+    h, w, c = v.shape
+    if n <= max_direct:
+        ys, xs = np.nonzero(m.any(axis=1))[0], np.nonzero(m.any(axis=0))[0]
+        window = (slice(max(ys[0] - 1, 0), ys[-1] + 2), slice(max(xs[0] - 1, 0), xs[-1] + 2))
+        sub = out[window]  # a view
+        sub[m[window]] = _harmonic_direct(v[window], m[window]).astype(np.float32)
+        return out
+    s = float(np.sqrt(max_direct / n))
+    size = (max(2, round(w * s)), max(2, round(h * s)))
+    known = (~m).astype(np.float32)
+    weight = cv2.resize(known, size, interpolation=cv2.INTER_AREA)
+    total = cv2.resize(v * known[..., None], size, interpolation=cv2.INTER_AREA).reshape(size[1], size[0], c)
+    small_hole = weight < 0.5 if (weight >= 0.5).any() else weight <= 0
+    small = np.where(small_hole[..., None], 0.0, total / np.maximum(weight, 1e-6)[..., None]).astype(np.float32)
+    solved = harmonic_interpolate(small, small_hole, max(max_direct, int(small_hole.sum())))  # one direct solve
+    up = cv2.resize(solved, (w, h), interpolation=cv2.INTER_LINEAR).reshape(h, w, c)
+    out[m] = up[m]
     return out
 
 

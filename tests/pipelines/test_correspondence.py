@@ -349,3 +349,65 @@ def test_ecc_candidates_refined_side_by_side_as_one_after_another():
     want, want_changed = max(ranked, key=lambda r: pool.score(r[0]))
     assert best[2] == want[2] and changed == want_changed and best[0] == want[0]
     assert np.array_equal(best[4].xy, want[4].xy)
+
+
+def _bent_case(amplitude=3.0):
+    """(image, mask, reference, valid, box, truth): the reference is the image bent by a smooth
+    displacement of up to ``amplitude`` px (reference(q) = image(q - d(q))), and ``truth`` (h, w, 2)
+    the true reference position of each pixel p of ``box`` (q = p + d(q), solved by iteration)."""
+    h = w = 240
+    image = _texture(h, w, seed=3)
+
+    def d(x, y):
+        return np.stack([amplitude * np.sin(y / 60.0), amplitude * np.cos(x / 70.0)], -1)
+
+    yy, xx = np.mgrid[0:h, 0:w].astype(np.float32)
+    dq = d(xx, yy)
+    ref = cv2.remap(image, xx - dq[..., 0], yy - dq[..., 1], cv2.INTER_CUBIC, borderMode=cv2.BORDER_REFLECT)
+    valid = np.ones((h, w), bool)
+    mask = np.zeros((h, w), bool)
+    mask[100:140, 95:150] = True
+    box = Box(60, 60, 200, 200)
+    p = np.stack([xx[60:200, 60:200], yy[60:200, 60:200]], -1)
+    q = p.copy()
+    for _ in range(20):
+        q = p + d(q[..., 0], q[..., 1])
+    return image, mask, ref, valid, box, q.astype(np.float32)
+
+
+def test_flow_refinement_removes_a_smooth_residual_the_spline_missed():
+    """A field that is the identity, 1-3 px off a bent reference everywhere, is brought to within a
+    fraction of a pixel inside the mask by the optical flow carried in from around it, and the
+    check on the held-out band keeps it."""
+    from refine_by_align.pipelines.correspondence import DenseField, refine_field_flow
+
+    image, mask, ref, valid, box, truth = _bent_case()
+    window = (slice(box.y0, box.y1), slice(box.x0, box.x1))
+    yy, xx = np.mgrid[box.y0 : box.y1, box.x0 : box.x1].astype(np.float32)
+    start = DenseField(box, np.stack([xx, yy], -1), np.ones(xx.shape, np.float32), np.ones(xx.shape, bool))
+    inside = mask[window]
+    before = np.linalg.norm(start.xy - truth, axis=-1)[inside]
+    fld, info = refine_field_flow(start, image[window], inside, ref)
+    after = np.linalg.norm(fld.xy - truth, axis=-1)[inside]
+    assert info["kept"] and info["ncc_flow"] > info["ncc"], info
+    assert np.median(before) > 2.0 and np.median(after) < 0.6, (np.median(before), np.median(after))
+    far = np.ones_like(inside)
+    far[10:110, 5:120] = False  # beyond the flow's reach of the mask (28 px, the box around it) the field is unchanged
+    assert np.array_equal(fld.xy[far], start.xy[far])
+
+
+def test_flow_refinement_leaves_an_exact_field_exact_and_skips_a_tiny_band():
+    """Started from the true field the refinement moves nothing by more than a fraction of a pixel
+    (kept or not); with no reference object around the mask there is no band to judge it on, and
+    the field is returned as it was."""
+    from refine_by_align.pipelines.correspondence import DenseField, refine_field_flow
+
+    image, mask, ref, valid, box, truth = _bent_case()
+    window = (slice(box.y0, box.y1), slice(box.x0, box.x1))
+    inside = mask[window]
+    exact = DenseField(box, truth.astype(np.float32), np.ones(inside.shape, np.float32), np.ones(inside.shape, bool))
+    fld, info = refine_field_flow(exact, image[window], inside, ref)
+    assert np.median(np.linalg.norm(fld.xy - truth, axis=-1)[inside]) < 0.3, info
+    off = DenseField(box, truth.astype(np.float32), np.ones(inside.shape, np.float32), inside.copy())  # on the object only in the mask
+    same, info = refine_field_flow(off, image[window], inside, ref)
+    assert same is off and info == {}

@@ -44,6 +44,7 @@ from .correspondence import (
     grow_box,
     outside_mask,
     refine_field_ecc,
+    refine_field_flow,
     sift_matches,
     warp_fill,
     worker_threads,
@@ -250,6 +251,7 @@ def dense_alignment(
     solid_inliers: int = 15,
     ecc: bool = True,
     ecc_candidates: int = 3,
+    flow: bool = True,
 ) -> tuple[DenseField | None, dict]:
     """The dense alignment: a field over ``crop_box`` from point matches.
 
@@ -265,8 +267,11 @@ def dense_alignment(
     its agreement discounted by up to 0.2 when it rests on fewer than ``solid_inliers`` matches;
     with ``ecc`` the ``ecc_candidates`` leading candidates are refined by ECC on the same ring
     (:func:`~.correspondence.refine_field_ecc`, kept only where it does not drift from the
-    candidate's own matches) and the choice is made again on the refined fields. Returns (field or None when no
-    source gives a consistent mapping, info: matches per source, inliers, mirrored, the winner)."""
+    candidate's own matches) and the choice is made again on the refined fields; with ``flow`` the
+    winner's last few pixels of non-rigid residual are taken out by optical flow around the mask
+    (:func:`~.correspondence.refine_field_flow`, kept only where it predicts a band of the image it
+    did not see better). Returns (field or None when no source gives a consistent mapping, info:
+    matches per source, inliers, mirrored, the winner)."""
     unknown = [s for s in sources if s not in ("sift", "aliked", "attention")]
     if unknown:
         raise ValueError(f"unknown match source(s) {unknown} (choose from sift, aliked, attention)")
@@ -302,6 +307,8 @@ def dense_alignment(
     if ecc:  # refine the leading candidates, then choose again: ECC can turn a close second into the best
         best, pool.info["ecc"] = pool.best_after_ecc(ecc_candidates)
     ncc, inliers, name, mirrored, fld, _ = best
+    if flow:
+        fld, pool.info["flow"] = refine_field_flow(fld, pool.image_box, pool.mask_box, reference)
     fit = fld.fit
     pool.info.update(
         source=name, inliers=inliers, mirrored=mirrored, smoothing=fit.smoothing, residual_px=round(fit.residual_px, 3), ring_ncc=round(ncc, 4)

@@ -411,3 +411,17 @@ def test_flow_refinement_leaves_an_exact_field_exact_and_skips_a_tiny_band():
     off = DenseField(box, truth.astype(np.float32), np.ones(inside.shape, np.float32), inside.copy())  # on the object only in the mask
     same, info = refine_field_flow(off, image[window], inside, ref)
     assert same is off and info == {}
+
+
+def test_dense_alignment_runs_the_flow_only_on_a_field_past_the_trust_gate():
+    """The winner is flow-refined (info["flow"] says how it went) when its ring agreement reaches
+    flow_min_ncc, and left as ECC gave it otherwise, or with flow=False."""
+    image, mask, ref, valid, box, truth = _bent_case(5.0)
+    fld, info = dense_alignment(image, mask, ref, valid, box, ("sift",))
+    assert info["ring_ncc"] >= 0.5 and set(info["flow"]) == {"ncc", "ncc_flow", "kept"}, info
+    inside = mask[box.y0 : box.y1, box.x0 : box.x1]
+    assert np.median(np.linalg.norm(fld.xy - truth, axis=-1)[inside]) < 0.3
+    plain, info_plain = dense_alignment(image, mask, ref, valid, box, ("sift",), flow=False)
+    gated, info_gated = dense_alignment(image, mask, ref, valid, box, ("sift",), flow_min_ncc=1.01)
+    assert "flow" not in info_plain and "flow" not in info_gated
+    assert np.array_equal(plain.xy, gated.xy)

@@ -35,6 +35,7 @@ from scipy import ndimage
 from ..models.attention import AllLayersRecorded, recording
 from ..zoom import Box
 from .correspondence import (
+    TRUST_MIN_NCC,
     DenseField,
     Matches,
     aliked_features,
@@ -252,6 +253,7 @@ def dense_alignment(
     ecc: bool = True,
     ecc_candidates: int = 3,
     flow: bool = True,
+    flow_min_ncc: float = TRUST_MIN_NCC,
 ) -> tuple[DenseField | None, dict]:
     """The dense alignment: a field over ``crop_box`` from point matches.
 
@@ -270,7 +272,9 @@ def dense_alignment(
     candidate's own matches) and the choice is made again on the refined fields; with ``flow`` the
     winner's last few pixels of non-rigid residual are taken out by optical flow around the mask
     (:func:`~.correspondence.refine_field_flow`, kept only where it predicts a band of the image it
-    did not see better). Returns (field or None when no source gives a consistent mapping, info:
+    did not see better), if its ring agreement is at least ``flow_min_ncc`` (the warp's trust gate,
+    :func:`~.correspondence.warp_fill`): the flow refines a field that agrees with the image, it
+    does not lift one that does not (another view of the object) over the gate. Returns (field or None when no source gives a consistent mapping, info:
     matches per source, inliers, mirrored, the winner)."""
     unknown = [s for s in sources if s not in ("sift", "aliked", "attention")]
     if unknown:
@@ -307,7 +311,7 @@ def dense_alignment(
     if ecc:  # refine the leading candidates, then choose again: ECC can turn a close second into the best
         best, pool.info["ecc"] = pool.best_after_ecc(ecc_candidates)
     ncc, inliers, name, mirrored, fld, _ = best
-    if flow:
+    if flow and ncc >= flow_min_ncc:
         fld, pool.info["flow"] = refine_field_flow(fld, pool.image_box, pool.mask_box, reference)
     fit = fld.fit
     pool.info.update(

@@ -34,6 +34,7 @@ from ..zoom import Box
 
 __all__ = [
     "MATCH_SOURCES",
+    "TRUST_MIN_NCC",
     "worker_threads",
     "Matches",
     "sift_matches",
@@ -58,6 +59,8 @@ logger = logging.getLogger(__name__)
 
 #: Point-match sources :func:`dense_field` understands (combine with "+", e.g. "sift+aliked").
 MATCH_SOURCES = ("sift", "aliked", "attention")
+#: The warp is trusted only where its ring agreement (NCC) reaches this (:func:`warp_fill`).
+TRUST_MIN_NCC = 0.5
 
 
 def worker_threads() -> int:
@@ -770,7 +773,7 @@ def warp_fill(
     reference: np.ndarray,
     fld: DenseField,
     ring_px: tuple[int, int] = (2, 12),
-    min_ncc: float = 0.5,
+    min_ncc: float = TRUST_MIN_NCC,
     full_ncc: float = 0.95,
     min_confidence: float = 0.05,
 ) -> WarpFill:

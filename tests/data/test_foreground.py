@@ -75,6 +75,9 @@ def test_object_on_a_plain_background_and_determinism():
     picture[obj & (xx > 70)] = (30, 160, 60)  # two colours: one object, not two
     a = estimate_foreground(picture)
     assert _iou(a, obj) > 0.95
+    from refine_by_align.data.foreground import clear_foreground_cache
+
+    clear_foreground_cache()  # computed again, not served from memory
     assert np.array_equal(a, estimate_foreground(picture))
 
 
@@ -89,3 +92,34 @@ def test_held_out_subjects_of_the_shared_photos(dreambooth_root):
             ious.append(_iou(estimate_foreground(Image.open(photo)), truth))
     assert len(ious) >= 16
     assert np.mean(ious) > 0.7, np.round(ious, 3)
+
+
+def test_estimates_are_remembered_by_content_and_never_shared(monkeypatch):
+    """A second estimate of the same picture with the same settings is served from memory (GrabCut
+    is not run again) as a copy the caller may change; another picture or other settings are
+    estimated anew."""
+    from refine_by_align.data import foreground as F
+
+    calls = []
+    real = F._grabcut_estimate
+
+    def counting(rgb, *args):
+        calls.append(rgb.shape)
+        return real(rgb, *args)
+
+    monkeypatch.setattr(F, "_grabcut_estimate", counting)
+    F.clear_foreground_cache()
+    picture = np.full((120, 160, 3), 200, np.uint8)
+    picture[30:90, 40:120] = (20, 30, 160)
+    first = estimate_foreground(picture)
+    first[:] = False  # the caller's copy
+    second = estimate_foreground(picture)
+    assert len(calls) == 1 and second.sum() == 60 * 80
+    estimate_foreground(picture, iterations=3)
+    other = picture.copy()
+    other[0, 0] = (0, 0, 0)
+    estimate_foreground(other)
+    assert len(calls) == 3
+    F.clear_foreground_cache()
+    estimate_foreground(picture)
+    assert len(calls) == 4

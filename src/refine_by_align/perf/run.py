@@ -111,22 +111,29 @@ class _StepInputs:
         return unet(self.x, self.t, encoder_hidden_states=self.ctx)
 
 
+def _forget_references() -> None:
+    """A new reference each time: the remembered matcher features and object estimates are dropped."""
+    from ..data.foreground import clear_foreground_cache
+    from ..pipelines.correspondence import clear_reference_cache
+
+    clear_reference_cache()
+    clear_foreground_cache()
+
+
 def _time_alignment(pipe, example, timed: Callable, repeats: int) -> dict:
     """The alignment stage: dense and Algorithm 1 on the synthetic input; on the shipped example
     (a photo-like object with texture the matchers can use: the dense alignment's cost depends on
     the content, which the synthetic 512 px input lacks) a new reference each time (its matcher
     features computed anew) and the same reference again (its features remembered)."""
-    from ..pipelines.correspondence import clear_reference_cache
-
     image, mask, reference = example
     res = {
-        "align_s": timed(lambda: (clear_reference_cache(), pipe.align(image, mask, reference)), repeats),
+        "align_s": timed(lambda: (_forget_references(), pipe.align(image, mask, reference)), repeats),
         "align_attention_s": timed(lambda: pipe.align(image, mask, reference, method="attention"), repeats),
     }
     ex = _shipped_example()
     if ex is not None:
-        res["align_example_s"] = timed(lambda: (clear_reference_cache(), pipe.align(*ex)), repeats)
-        res["refine_example_s"] = timed(lambda: (clear_reference_cache(), pipe(*ex, seed=0)), repeats)
+        res["align_example_s"] = timed(lambda: (_forget_references(), pipe.align(*ex)), repeats)
+        res["refine_example_s"] = timed(lambda: (_forget_references(), pipe(*ex, seed=0)), repeats)
         pipe.align(*ex)
         res["align_example_warm_s"] = timed(lambda: pipe.align(*ex), repeats)
     return res
@@ -200,13 +207,11 @@ def _time_steps(pipe, s: _StepInputs, timed: Callable, repeats: int) -> dict:
 def _time_refines(pipe, example, name: str, timed: Callable, repeats: int) -> dict:
     """Whole refines of the synthetic input, a new reference each time (its matcher features not
     remembered): the median time and the median of each stage (the first run left out)."""
-    from ..pipelines.correspondence import clear_reference_cache
-
     image, mask, reference = example
     timings = []
 
     def refine():
-        clear_reference_cache()
+        _forget_references()
         timings.append(pipe(image, mask, reference, seed=0).timings)
 
     _say(f"{name}: whole refines of a 512x512 image ({max(1, repeats - 1) + 1} runs)")

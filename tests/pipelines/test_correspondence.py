@@ -425,3 +425,35 @@ def test_dense_alignment_runs_the_flow_only_on_a_field_past_the_trust_gate():
     gated, info_gated = dense_alignment(image, mask, ref, valid, box, ("sift",), flow_min_ncc=1.01)
     assert "flow" not in info_plain and "flow" not in info_gated
     assert np.array_equal(plain.xy, gated.xy)
+
+
+def test_warp_fill_trusts_a_field_at_most_its_trust_cap():
+    """The ring agreement counted for trust and blend weight is capped by the field's trust_cap:
+    a flow-refined field is trusted as it was before the flow; the warped pixels are the same."""
+    from refine_by_align.pipelines.correspondence import DenseField
+
+    image, mask, ref, valid, box, truth = _bent_case()
+    window = (slice(box.y0, box.y1), slice(box.x0, box.x1))
+    inside = mask[window]
+    on = np.ones(inside.shape, bool)
+
+    def fill(cap):
+        return warp_fill(image[window], inside, ref, DenseField(box, truth, np.ones(inside.shape, np.float32), on, trust_cap=cap))
+
+    free, capped, low = fill(1.0), fill(0.7), fill(0.3)
+    assert free.ncc > 0.95 and free.use.any() and np.allclose(free.weight[free.use], 1.0)
+    assert capped.ncc == 0.7 and np.array_equal(capped.use, free.use)
+    assert np.allclose(capped.weight[capped.use], (0.7 - 0.5) / (0.95 - 0.5))
+    assert low.ncc == 0.3 and not low.use.any() and not low.weight.any()
+    assert np.array_equal(free.patch, capped.patch)
+
+
+def test_dense_alignment_caps_the_trust_of_a_flow_refined_field():
+    """A kept flow leaves the field's trust_cap at its ring agreement before the flow; without the
+    flow the cap stays at 1 (no cap)."""
+    image, mask, ref, valid, box, truth = _bent_case(5.0)
+    fld, info = dense_alignment(image, mask, ref, valid, box, ("sift",))
+    assert info["flow"]["kept"], info
+    assert abs(fld.trust_cap - info["ring_ncc"]) < 1e-4 and fld.trust_cap < 1.0
+    plain, _ = dense_alignment(image, mask, ref, valid, box, ("sift",), flow=False)
+    assert plain.trust_cap == 1.0

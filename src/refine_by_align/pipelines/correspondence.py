@@ -511,6 +511,7 @@ class DenseField:
     fit: FieldFit | None = None
     counts: dict[str, int] = field(default_factory=dict)  # matches per source
     source: str = ""
+    trust_cap: float = 1.0  # the ring agreement its warp may be trusted at, at most (a field refined on the ring: its agreement before)
 
     def sample(self, reference: np.ndarray, interpolation: int = cv2.INTER_CUBIC, window: tuple[slice, slice] | None = None) -> np.ndarray:
         """The reference warped into the box: (h, w, C) of ``reference`` sampled at ``xy`` (only
@@ -692,7 +693,7 @@ def refine_field_flow(
 
     def composed(f: np.ndarray) -> DenseField:
         xy = cv2.remap(fld.xy, px + f[..., 0], py + f[..., 1], cv2.INTER_LINEAR, borderMode=cv2.BORDER_REPLICATE)
-        return DenseField(fld.box, xy, fld.confidence, fld.on_object, fld.fit, dict(fld.counts), fld.source)
+        return DenseField(fld.box, xy, fld.confidence, fld.on_object, fld.fit, dict(fld.counts), fld.source, fld.trust_cap)
 
     def agreement(f: DenseField) -> float:
         corrected = np.clip(np.rint(f.sample(reference).astype(np.float32) * gain + offset), 0, 255).astype(np.uint8)
@@ -782,7 +783,9 @@ def warp_fill(
     confidence >= ``min_confidence``, and only if the corrected warp agrees with the image in the
     ring (normalised cross-correlation of the grey values >= ``min_ncc``; otherwise nothing). The
     blend weight rises linearly from 0 at ``min_ncc`` to 1 at ``full_ncc``: a warp that agrees only
-    roughly (a real second view) is mixed with the fallback fill rather than pasted whole."""
+    roughly (a real second view) is mixed with the fallback fill rather than pasted whole. The
+    agreement counted is at most the field's ``trust_cap`` (a field refined on this ring itself, by
+    :func:`refine_field_flow`, is trusted as it was before)."""
     warped = fld.sample(reference).astype(np.float32)  # (h, w, 3)
     band = ring(mask_box, *ring_px) & fld.on_object
     if band.sum() < 16:
@@ -791,7 +794,7 @@ def warp_fill(
     corrected = np.clip(warped * gain + offset, 0, 255)
     g_img = _gray(image_box.astype(np.uint8)).astype(np.float32)
     g_warp = _gray(np.rint(corrected).astype(np.uint8)).astype(np.float32)
-    ncc = _ncc(g_warp[band], g_img[band])
+    ncc = min(_ncc(g_warp[band], g_img[band]), fld.trust_cap)
     trusted = fld.on_object & (fld.confidence >= min_confidence)
     m = np.asarray(mask_box, bool)
     coverage = float((fld.on_object & m).sum() / max(m.sum(), 1))

@@ -2,25 +2,20 @@
 
 from __future__ import annotations
 
-import hashlib
-import threading
-from collections import OrderedDict
-
 import cv2
 import numpy as np
 from PIL import Image
 
+from ..memo import ContentCache
+
 __all__ = ["estimate_foreground", "clear_foreground_cache"]
 
-_ESTIMATES: OrderedDict = OrderedDict()  # digest of (pixels, settings) -> (H, W) bool estimate
-_ESTIMATES_MAX = 8
-_ESTIMATES_LOCK = threading.Lock()
+_ESTIMATES = ContentCache(8)  # (pixels, settings) -> (H, W) bool estimate
 
 
 def clear_foreground_cache() -> None:
     """Forget the remembered estimates (a benchmark's cold timing, or to free memory)."""
-    with _ESTIMATES_LOCK:
-        _ESTIMATES.clear()
+    _ESTIMATES.clear()
 
 
 def estimate_foreground(image: Image.Image | np.ndarray, work_side: int = 256, margin: float = 0.05,
@@ -50,19 +45,12 @@ def estimate_foreground(image: Image.Image | np.ndarray, work_side: int = 256, m
     rgb = np.asarray(image.convert("RGB") if isinstance(image, Image.Image) else image)
     if rgb.ndim != 3 or rgb.shape[2] != 3 or rgb.dtype != np.uint8:
         raise ValueError(f"estimate_foreground needs an 8-bit RGB picture, got {rgb.dtype} of shape {rgb.shape}")
-    digest = hashlib.blake2b(np.ascontiguousarray(rgb).tobytes(), digest_size=16)
-    digest.update(repr((rgb.shape, work_side, margin, iterations, min_fraction)).encode())
-    key = digest.hexdigest()
-    with _ESTIMATES_LOCK:
-        hit = _ESTIMATES.get(key)
-        if hit is not None:
-            _ESTIMATES.move_to_end(key)
-            return hit.copy()
+    key = ContentCache.key(rgb, work_side, margin, iterations, min_fraction)
+    hit = _ESTIMATES.get(key)
+    if hit is not None:
+        return hit.copy()
     estimate = _grabcut_estimate(rgb, work_side, margin, iterations, min_fraction)
-    with _ESTIMATES_LOCK:
-        _ESTIMATES[key] = estimate.copy()
-        while len(_ESTIMATES) > _ESTIMATES_MAX:
-            _ESTIMATES.popitem(last=False)
+    _ESTIMATES.put(key, estimate.copy())
     return estimate
 
 

@@ -20,16 +20,14 @@ into the crop, colour-matched to the image around the mask, with the ring agreem
 
 from __future__ import annotations
 
-import hashlib
 import logging
 import os
-import threading
-from collections import OrderedDict
 from dataclasses import dataclass, field
 
 import cv2
 import numpy as np
 
+from ..memo import ContentCache
 from ..zoom import Box
 
 __all__ = [
@@ -186,15 +184,12 @@ def aliked_features(model, rgb: np.ndarray, mask: np.ndarray | None, box: Box | 
     return k, d, sc
 
 
-_REFERENCE_FEATURES: OrderedDict = OrderedDict()  # (reference, mask, flip, sizes, model) digest -> (model, keypoints, descriptors)
-_REFERENCE_FEATURES_MAX = 8
-_REFERENCE_FEATURES_LOCK = threading.Lock()
+_REFERENCE_FEATURES = ContentCache(8)  # (reference, mask, flip, sizes, model) -> (model, keypoints, descriptors)
 
 
 def clear_reference_cache() -> None:
     """Forget the remembered reference features (a benchmark's cold timing, or to free memory)."""
-    with _REFERENCE_FEATURES_LOCK:
-        _REFERENCE_FEATURES.clear()
+    _REFERENCE_FEATURES.clear()
 
 
 def _reference_features(model, reference, reference_mask, flip, rsrc, rmask, rbox, max_side, max_keypoints):
@@ -202,22 +197,13 @@ def _reference_features(model, reference, reference_mask, flip, rsrc, rmask, rbo
     references: a user refining several masks against one reference (the web page, a batch over
     one product photo) pays the reference's ALIKED pass once per orientation. Keyed by a digest of
     the pixels and the mask, so a changed reference is never served stale features."""
-    h = hashlib.blake2b(digest_size=16)
-    h.update(np.ascontiguousarray(reference).tobytes())
-    h.update(repr((reference.shape, flip, max_side, max_keypoints, id(model))).encode())
-    if reference_mask is not None:
-        h.update(np.packbits(np.asarray(reference_mask, bool)).tobytes())
-    key = h.hexdigest()
-    with _REFERENCE_FEATURES_LOCK:
-        hit = _REFERENCE_FEATURES.get(key)
-        if hit is not None:
-            _REFERENCE_FEATURES.move_to_end(key)
-            return hit[1], hit[2]
+    mask_part = None if reference_mask is None else np.packbits(np.asarray(reference_mask, bool))
+    key = ContentCache.key(reference, mask_part, flip, max_side, max_keypoints, id(model))
+    hit = _REFERENCE_FEATURES.get(key)
+    if hit is not None:
+        return hit[1], hit[2]
     kr, dr, _ = aliked_features(model, np.ascontiguousarray(rsrc), None if rmask is None else np.ascontiguousarray(rmask), rbox, max_side, max_keypoints)
-    with _REFERENCE_FEATURES_LOCK:  # the model is kept with its features, so its id is not reused while cached
-        _REFERENCE_FEATURES[key] = (model, kr, dr)
-        while len(_REFERENCE_FEATURES) > _REFERENCE_FEATURES_MAX:
-            _REFERENCE_FEATURES.popitem(last=False)
+    _REFERENCE_FEATURES.put(key, (model, kr, dr))  # the model is kept with its features, so its id is not reused while cached
     return kr, dr
 
 

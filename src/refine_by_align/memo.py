@@ -1,0 +1,60 @@
+"""A small memory of recent results keyed by content (the bytes of arrays and the settings), for
+work a user repeats on the same inputs: a reference's matcher features, its estimated object."""
+
+from __future__ import annotations
+
+import hashlib
+import threading
+from collections import OrderedDict
+from typing import Any
+
+import numpy as np
+
+__all__ = ["ContentCache"]
+
+
+class ContentCache:
+    """The last ``size`` values, least recently used dropped first; thread-safe. Keys are digests
+    of the parts they are made of (:meth:`key`), so a changed input is never served a stale value."""
+
+    def __init__(self, size: int) -> None:
+        if size < 1:
+            raise ValueError(f"ContentCache size must be at least 1, got {size}")
+        self.size = size
+        self._items: OrderedDict[str, Any] = OrderedDict()
+        self._lock = threading.Lock()
+
+    @staticmethod
+    def key(*parts: Any) -> str:
+        """A digest of ``parts``: arrays by their bytes, shape and dtype, anything else by its repr."""
+        h = hashlib.blake2b(digest_size=16)
+        for part in parts:
+            if isinstance(part, np.ndarray):
+                h.update(np.ascontiguousarray(part).tobytes())
+                h.update(repr((part.shape, part.dtype.str)).encode())
+            else:
+                h.update(repr(part).encode())
+            h.update(b"|")
+        return h.hexdigest()
+
+    def get(self, key: str) -> Any | None:
+        with self._lock:
+            value = self._items.get(key)
+            if value is not None:
+                self._items.move_to_end(key)
+            return value
+
+    def put(self, key: str, value: Any) -> None:
+        with self._lock:
+            self._items[key] = value
+            self._items.move_to_end(key)
+            while len(self._items) > self.size:
+                self._items.popitem(last=False)
+
+    def clear(self) -> None:
+        with self._lock:
+            self._items.clear()
+
+    def __len__(self) -> int:
+        with self._lock:
+            return len(self._items)

@@ -237,5 +237,15 @@ def test_harmonic_interpolate_carries_a_smooth_field_into_a_hole():
     assert np.abs(coarse - field)[hole].max() < 0.05
     assert np.array_equal(coarse[~hole], given[~hole])
     assert np.array_equal(harmonic_interpolate(given, np.zeros_like(hole)), given)
+    # a steep field and a hole reaching the picture's edge: the scaled-down solve, smoothed at full
+    # size, stays within a fraction of a coarse pixel of the exact solution
+    steep = np.stack([xx, 0.5 * yy], -1)
+    edge = np.zeros_like(hole)
+    edge[20:, 30:140] = True
+    steep[edge] = 99.0
+    exact_edge = harmonic_interpolate(steep, edge)
+    coarse_edge = harmonic_interpolate(steep, edge, max_direct=1000)  # coarse pixels of about 3.3 px
+    diff = np.abs(coarse_edge - exact_edge)[edge]
+    assert diff.max() < 1.0 and diff.mean() < 0.2, (diff.max(), diff.mean())
     with pytest.raises(ValueError, match="harmonic_interpolate"):
         harmonic_interpolate(given[..., 0], hole)

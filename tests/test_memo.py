@@ -16,6 +16,31 @@ def test_keys_follow_content_not_identity():
     assert ContentCache.key(a) != ContentCache.key(a.reshape(4, 3))  # same bytes, other shape
     assert ContentCache.key(a) != ContentCache.key(a.astype(np.int8))  # same bytes, other dtype
     assert ContentCache.key(a, None) != ContentCache.key(a)  # a missing part counts
+    assert ContentCache.key((a, 1)) == ContentCache.key([a.copy(), 1]) != ContentCache.key((b, 1))  # nested parts by content
+    assert ContentCache.key((1, 2), 3) != ContentCache.key(1, (2, 3))  # the nesting counts
+
+
+@pytest.mark.parametrize("part", [object(), {"a": 1}, {1, 2}])
+def test_parts_without_a_faithful_content_key_are_refused(part):
+    """A repr can carry a memory address (never hits) or be abridged (two contents, one key)."""
+    with pytest.raises(TypeError, match="ContentCache.key"):
+        ContentCache.key(np.zeros(3), part)
+
+
+def test_use_from_several_threads_keeps_the_size_and_every_value():
+    from concurrent.futures import ThreadPoolExecutor
+
+    cache = ContentCache(16)
+
+    def work(i):
+        key = ContentCache.key(np.full(4, i % 32))
+        cache.put(key, i % 32)
+        got = cache.get(key)
+        return got is None or got == i % 32  # evicted by another thread, or its own value
+
+    with ThreadPoolExecutor(8) as pool:
+        assert all(pool.map(work, range(2000)))
+    assert len(cache) == 16
 
 
 def test_least_recently_used_is_dropped_first():

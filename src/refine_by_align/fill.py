@@ -116,14 +116,15 @@ def harmonic_fill(image: np.ndarray, mask: np.ndarray, max_direct: int = HARMONI
 INTERPOLATE_DIRECT_MAX = 40_000
 
 
-def harmonic_interpolate(values: np.ndarray, mask: np.ndarray, max_direct: int = INTERPOLATE_DIRECT_MAX) -> np.ndarray:
+def harmonic_interpolate(values: np.ndarray, mask: np.ndarray, max_direct: int = INTERPOLATE_DIRECT_MAX, sweeps: int = 40) -> np.ndarray:
     """A smooth quantity (a displacement field, not a picture: any sign, no rounding) carried into a
     hole: ``values`` (H, W, C) float, ``mask`` (H, W) bool -> (H, W, C) float32 whose hole pixels
     solve Laplace's equation with the values around the hole as boundary (as :func:`harmonic_fill`),
     the other pixels unchanged. A hole of more than ``max_direct`` pixels is solved on the field
     scaled down by sqrt(max_direct / n) (a pixel of the small field is hole where under half of
-    its pixels are known, else the mean of its known ones) and scaled back up: the solution is
-    smooth, so a coarse solve loses little and keeps the cost bounded."""
+    its pixels are known, else the mean of its known ones), scaled back up and smoothed by
+    ``sweeps`` Jacobi sweeps at full size: the solution is smooth, so a coarse solve loses little
+    and keeps the cost bounded."""
     v = np.asarray(values, np.float32)
     m = np.asarray(mask, bool)
     if v.ndim != 3 or v.shape[:2] != m.shape:
@@ -149,6 +150,15 @@ def harmonic_interpolate(values: np.ndarray, mask: np.ndarray, max_direct: int =
     solved = harmonic_interpolate(small, small_hole, max(max_direct, int(small_hole.sum())))  # one direct solve
     up = cv2.resize(solved, (w, h), interpolation=cv2.INTER_LINEAR).reshape(h, w, c)
     out[m] = up[m]
+    # Jacobi sweeps of the full-size equation (each hole pixel <- the mean of its neighbours in the
+    # picture) remove the upsampling's error at the hole's rim, where the coarse solve sees blocks
+    hole = np.broadcast_to(m[..., None], out.shape)
+    ones = np.ones((h, w), np.float32)
+    kernel = np.array([[0, 1, 0], [1, 0, 1], [0, 1, 0]], np.float32)
+    count = cv2.filter2D(ones, -1, kernel, borderType=cv2.BORDER_CONSTANT).reshape(h, w, 1)  # neighbours inside the picture
+    for _ in range(sweeps):
+        total = cv2.filter2D(out, -1, kernel, borderType=cv2.BORDER_CONSTANT).reshape(out.shape)
+        np.copyto(out, total / count, where=hole)
     return out
 
 

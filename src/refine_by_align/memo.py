@@ -15,7 +15,8 @@ __all__ = ["ContentCache"]
 
 class ContentCache:
     """The last ``size`` values, least recently used dropped first; thread-safe. Keys are digests
-    of the parts they are made of (:meth:`key`), so a changed input is never served a stale value."""
+    of the parts they are made of (:meth:`key`), so a changed input is never served a stale value.
+    A cached value is shared by every caller that gets it: store read-only arrays, or copy them out."""
 
     def __init__(self, size: int) -> None:
         if size < 1:
@@ -26,15 +27,28 @@ class ContentCache:
 
     @staticmethod
     def key(*parts: Any) -> str:
-        """A digest of ``parts``: arrays by their bytes, shape and dtype, anything else by its repr."""
+        """A digest of ``parts``: arrays by their bytes, shape and dtype; numbers, strings, bools
+        and None by their repr; tuples and lists part by part. Anything else is refused
+        (TypeError): a repr can be abridged ("...") or carry a memory address, and a key must
+        change whenever the content does."""
         h = hashlib.blake2b(digest_size=16)
-        for part in parts:
+
+        def add(part: Any) -> None:
             if isinstance(part, np.ndarray):
+                h.update(b"a" + repr((part.shape, part.dtype.str)).encode())
                 h.update(np.ascontiguousarray(part).tobytes())
-                h.update(repr((part.shape, part.dtype.str)).encode())
+            elif isinstance(part, (tuple, list)):
+                h.update(b"(" + str(len(part)).encode())
+                for p in part:
+                    add(p)
+            elif part is None or isinstance(part, (bool, int, float, str, np.generic)):
+                h.update(b"s" + repr(part).encode())
             else:
-                h.update(repr(part).encode())
+                raise TypeError(f"ContentCache.key takes arrays, numbers, strings, None and tuples / lists of them, not {type(part).__name__}")
             h.update(b"|")
+
+        for part in parts:
+            add(part)
         return h.hexdigest()
 
     def get(self, key: str) -> Any | None:

@@ -124,7 +124,7 @@ def _time_alignment(pipe, example, timed: Callable, repeats: int) -> dict:
     """The alignment stage: dense and Algorithm 1 on the synthetic input; on the shipped example
     (a photo-like object with texture the matchers can use: the dense alignment's cost depends on
     the content, which the synthetic 512 px input lacks) a new reference each time (its matcher
-    features computed anew) and the same reference again (its features remembered)."""
+    features and estimated object computed anew) and the same reference again (remembered)."""
     image, mask, reference = example
     res = {
         "align_s": timed(lambda: (_forget_references(), pipe.align(image, mask, reference)), repeats),

@@ -275,8 +275,7 @@ def dense_alignment(
     did not see better), if its ring agreement is at least ``flow_min_ncc`` (the warp's trust gate,
     :func:`~.correspondence.warp_fill`): the flow refines a field that agrees with the image, it
     does not lift one that does not (another view of the object) over the gate. Nor does it raise
-    the trust in the warp: the flow was fitted on the ring the trust is measured on, so the refined
-    field's ``trust_cap`` is its agreement before the flow.
+    the trust in the warp (the refined field's ``trust_cap`` is its agreement before the flow).
     Returns (field or None when no source gives a consistent mapping, info:
     matches per source, inliers, mirrored, the winner)."""
     unknown = [s for s in sources if s not in ("sift", "aliked", "attention")]
@@ -315,9 +314,7 @@ def dense_alignment(
         best, pool.info["ecc"] = pool.best_after_ecc(ecc_candidates)
     ncc, inliers, name, mirrored, fld, _ = best
     if flow and ncc >= flow_min_ncc:
-        fld, pool.info["flow"] = refine_field_flow(fld, pool.image_box, pool.mask_box, reference)
-        if pool.info["flow"].get("kept"):  # the flow was fitted on the ring: the warp is trusted as before it
-            fld.trust_cap = min(fld.trust_cap, ncc)
+        fld, pool.info["flow"] = refine_field_flow(fld, pool.image_box, pool.mask_box, reference)  # (trust capped at ncc)
     fit = fld.fit
     pool.info.update(
         source=name, inliers=inliers, mirrored=mirrored, smoothing=fit.smoothing, residual_px=round(fit.residual_px, 3), ring_ncc=round(ncc, 4)

@@ -12,7 +12,9 @@ object come from one or more sources, each returning :class:`Matches`:
 
 :func:`fit_field` fits a robust model to them: a global homography by RANSAC (MAGSAC), then a smooth
 thin-plate-spline residual where the matches support one (its smoothing chosen by
-cross-validation, "homography only" among the choices). :class:`DenseField` is the result sampled
+cross-validation, "homography only" among the choices); :func:`refine_field_ecc` (a homography
+on a ring around the mask, by ECC) and :func:`refine_field_flow` (optical flow around the mask,
+carried into it) refine it photometrically. :class:`DenseField` is the result sampled
 on the zoom-in crop, with a confidence per pixel; :meth:`DenseField.push_mask` gives M* as the
 artifact mask pushed through the field (pixel-accurate), and :func:`warp_fill` the reference warped
 into the crop, colour-matched to the image around the mask, with the ring agreement that gates it.
@@ -22,7 +24,7 @@ from __future__ import annotations
 
 import logging
 import os
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import cv2
 import numpy as np
@@ -203,6 +205,7 @@ def _reference_features(model, reference, reference_mask, flip, rsrc, rmask, rbo
     if hit is not None:
         return hit[1], hit[2]
     kr, dr, _ = aliked_features(model, np.ascontiguousarray(rsrc), None if rmask is None else np.ascontiguousarray(rmask), rbox, max_side, max_keypoints)
+    kr.flags.writeable = dr.flags.writeable = False  # shared by every later match against this reference
     _REFERENCE_FEATURES.put(key, (model, kr, dr))  # the model is kept with its features, so its id is not reused while cached
     return kr, dr
 
@@ -488,7 +491,9 @@ def _choose_smoothing(xs, ys, ws, fold, folds: int, smoothings, outlier_px: floa
 
 @dataclass
 class DenseField:
-    """Reference positions and their confidence for every pixel of ``box`` on the image."""
+    """Reference positions and their confidence for every pixel of ``box`` on the image, and the
+    ring agreement its warp may be trusted at, at most (``trust_cap``: 1, no cap, unless the field
+    was refined on that ring itself by :func:`refine_field_flow`)."""
 
     box: Box  # the image region covered (the zoom-in crop at full resolution)
     xy: np.ndarray  # (h, w, 2) float32: (x, y) on the reference for each pixel of box
@@ -608,7 +613,7 @@ def refine_field_ecc(
     if np.abs(qx - px).max() > 0.25 * max(h, w) or np.abs(qy - py).max() > 0.25 * max(h, w):
         return fld, False  # a jump, not a refinement
     xy = cv2.remap(fld.xy, qx, qy, cv2.INTER_LINEAR, borderMode=cv2.BORDER_REPLICATE)
-    new = DenseField(fld.box, xy, fld.confidence, fld.on_object, fld.fit, dict(fld.counts), fld.source)
+    new = replace(fld, xy=xy, counts=dict(fld.counts))
     before = warp_fill(image_box, mask_box, reference, fld).ncc
     after = warp_fill(image_box, mask_box, reference, new).ncc
     if after <= before:
@@ -628,6 +633,7 @@ def refine_field_flow(
     grow: int = 4,
     check_px: int = 4,
     reach: int = 24,
+    min_gain: float = 1e-3,
     preset: int = cv2.DISOPTICAL_FLOW_PRESET_FAST,
     check: bool = True,
 ) -> tuple[DenseField, dict]:
@@ -635,20 +641,26 @@ def refine_field_flow(
     smooth residual that a homography plus a spline through sparse matches leaves on a bent or
     non-rigidly deformed object, which are enough to put fine detail beside its place.
 
-    Dense optical flow (OpenCV's DIS) from the image to the colour-matched warped reference gives,
-    around the mask, how far each pixel's match is off: image(p) ~ warped(p + flow(p)). Inside the
-    mask grown by ``grow`` px the image is the artifact, and where the field leaves the reference
-    object the warp is its black surround: the flow there is discarded and carried in from the
-    rest by :func:`~refine_by_align.fill.harmonic_interpolate`; the field becomes
-    xy'(p) = xy(p + flow(p)) on the box around the grown mask and ``reach`` px beyond it (unchanged
-    farther out).
+    Dense optical flow (DIS, Kroeger et al., "Fast Optical Flow using Dense Inverse Search", ECCV
+    2016; OpenCV's ``preset``) from the image to the colour-matched warped reference gives, around
+    the mask, how far each pixel's match is off: image(p) ~ warped(p + flow(p)). Inside the mask
+    grown by ``grow`` px the image is the artifact, and where the field leaves the reference object
+    the warp is its black surround: the flow there is discarded and carried in from the rest by
+    :func:`~refine_by_align.fill.harmonic_interpolate`. Within ``reach`` px of the grown mask the
+    field becomes xy'(p) = xy(p + flow(p)) (its object mask and confidence moved with it); farther
+    out it is unchanged.
 
-    Kept only if it predicts pixels it did not see: the flow carried in from beyond
+    Kept only if it predicts a band it was not given: the flow carried in from beyond
     ``grow + check_px`` px must raise the agreement (NCC of the grey values) of the warp with the
-    image on the band 2 .. ``grow + check_px`` px outside the mask, which that flow never used.
-    (Unchecked, ``check=False``, the flow costs 3 dB on the validation cases: it is often wrong on
-    real photos, and this check is what makes it safe; MODEL_CARD.md.) Returns (the field, info: {"ncc": before, "ncc_flow": after, "kept": bool}; {} where the
-    band is too small to judge)."""
+    image on the band 2 .. ``grow + check_px`` px outside the mask by at least ``min_gain``. (The
+    band's own flow values are not used, though DIS's patches, 8 px at its finest scale, see a few
+    pixels of it.) Unchecked (``check=False``, an ablation) the flow costs 3 dB on the validation
+    cases: on real photos it is often wrong, and this check is what makes it safe (MODEL_CARD.md).
+
+    The refined field is fitted on the ring its warp's trust is measured on (:func:`warp_fill`), so
+    its ``trust_cap`` is set to the agreement before the flow: it is not trusted more for it.
+    Returns (the field, info: {"ncc": before, "ncc_flow": after, "kept": bool} on the band; {}
+    where the band is too small to judge)."""
     from ..fill import harmonic_interpolate
 
     m = np.asarray(mask_box, bool)
@@ -657,39 +669,51 @@ def refine_field_flow(
     test = ring(m, 2, grow + check_px) & on
     if band.sum() < 64 or test.sum() < 32:
         return fld, {}
+    image_u8 = np.ascontiguousarray(np.clip(image_box, 0, 255).astype(np.uint8))
     warped = fld.sample(reference).astype(np.float32)  # (h, w, 3)
-    gain, offset = colour_transfer(warped, image_box, band)
-    g_img = _gray(np.ascontiguousarray(image_box))
+    gain, offset = colour_transfer(warped, image_u8, band)
+    g_img = _gray(image_u8)
     g_warp = _gray(np.clip(np.rint(warped * gain + offset), 0, 255).astype(np.uint8))
     flow = cv2.DISOpticalFlow_create(preset).calc(g_img, g_warp, None)  # (h, w, 2): g_img(p) ~ g_warp(p + flow(p))
     h, w = m.shape
     px, py = np.meshgrid(np.arange(w, dtype=np.float32), np.arange(h, dtype=np.float32))
 
     def carried(g: int) -> np.ndarray:
-        """The flow with the mask grown by ``g`` px filled from around it, zero beyond ``reach``."""
+        """(h, w, 2): the flow with the mask grown by ``g`` px (and the off-object pixels) filled
+        from around it, within ``reach`` px of the grown mask; zero farther out."""
         grown = cv2.dilate(m.astype(np.uint8), _disk(g)).astype(bool)
         near = cv2.dilate(grown.astype(np.uint8), _disk(reach)).astype(bool)
-        hole = grown | ~on  # where the warp is the black outside the reference object the flow means nothing either
+        hole = grown | ~on
+        out = np.zeros_like(flow)
         ys, xs = np.nonzero(near)
         window = (slice(ys.min(), ys.max() + 1), slice(xs.min(), xs.max() + 1))
-        out = np.zeros_like(flow)
         if not hole[window].all():  # (no flow to carry in: no correction)
-            out[window] = harmonic_interpolate(flow[window], hole[window])
+            filled = harmonic_interpolate(flow[window], hole[window])
+            out[window] = np.where(near[window][..., None], filled, 0.0)
         return out
 
     def composed(f: np.ndarray) -> DenseField:
-        xy = cv2.remap(fld.xy, px + f[..., 0], py + f[..., 1], cv2.INTER_LINEAR, borderMode=cv2.BORDER_REPLICATE)
-        return DenseField(fld.box, xy, fld.confidence, fld.on_object, fld.fit, dict(fld.counts), fld.source, fld.trust_cap)
+        qx, qy = px + f[..., 0], py + f[..., 1]
+        xy = cv2.remap(fld.xy, qx, qy, cv2.INTER_LINEAR, borderMode=cv2.BORDER_REPLICATE)
+        conf = cv2.remap(fld.confidence, qx, qy, cv2.INTER_LINEAR, borderMode=cv2.BORDER_REPLICATE)
+        obj = cv2.remap(fld.on_object.astype(np.uint8), qx, qy, cv2.INTER_NEAREST, borderMode=cv2.BORDER_CONSTANT, borderValue=0).astype(bool)
+        return replace(fld, xy=xy, confidence=conf, on_object=obj, counts=dict(fld.counts))
 
     def agreement(f: DenseField) -> float:
         corrected = np.clip(np.rint(f.sample(reference).astype(np.float32) * gain + offset), 0, 255).astype(np.uint8)
         return _ncc(_gray(corrected)[test], g_img[test])
 
-    before, after = agreement(fld), agreement(composed(carried(grow + check_px)))
-    info = {"ncc": round(before, 4), "ncc_flow": round(after, 4), "kept": bool(after > before or not check)}
-    if not info["kept"]:
-        return fld, info
-    return composed(carried(grow)), info
+    before = agreement(fld)
+    if check:
+        after = agreement(composed(carried(grow + check_px)))
+        info = {"ncc": round(before, 4), "ncc_flow": round(after, 4), "kept": bool(after >= before + min_gain)}
+        if not info["kept"]:
+            return fld, info
+    else:
+        info = {"ncc": round(before, 4), "kept": True}
+    refined = composed(carried(grow))
+    refined.trust_cap = min(fld.trust_cap, warp_fill(image_u8, m, reference, fld).ncc)
+    return refined, info
 
 
 def match_error(fld: DenseField, matches: Matches, min_matches: int = 4) -> float | None:
@@ -748,7 +772,7 @@ class WarpFill:
     patch: np.ndarray  # (h, w, 3) uint8: colour-corrected warp
     use: np.ndarray  # (h, w) bool: the pixels of the mask the warp is trusted for
     weight: np.ndarray  # (h, w) float32 in [0, 1]: how much of the warp to blend in (0 off ``use``)
-    ncc: float  # agreement of the corrected warp with the image in the ring outside the mask
+    ncc: float  # agreement of the corrected warp with the image in the ring outside the mask (at most the field's trust_cap)
     coverage: float  # fraction of the mask whose source lies on the reference object
     gain: np.ndarray  # (3,) colour gain
     offset: np.ndarray  # (3,) colour offset

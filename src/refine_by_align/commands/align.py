@@ -41,7 +41,9 @@ def run(args) -> int:
     save_images_atomic(outputs)  # all of them or none
     how = (
         f"dense field from {res.info.get('source')} ({res.info.get('inliers')} agreeing matches"
-        f"{', mirrored reference' if res.info.get('mirrored') else ''})" if res.method == "dense" else f"attention at t={res.alignment_timestep}, l={res.alignment_layer}"
+        f"{', mirrored reference' if res.info.get('mirrored') else ''}"
+        f"{', refined by optical flow' if (res.info.get('flow') or {}).get('kept') else ''})"
+        if res.method == "dense" else f"attention at t={res.alignment_timestep}, l={res.alignment_layer}"
     )
     print(f"wrote {out} ({how}; {int(res.region.sum())} reference pixels)")
     if heat_path is not None:

@@ -467,3 +467,25 @@ def test_warp_fill_trusts_a_field_at_most_its_trust_cap():
     assert np.allclose(capped.weight[capped.use], (0.7 - 0.5) / (0.95 - 0.5))
     assert low.ncc == 0.3 and not low.use.any() and not low.weight.any()
     assert np.array_equal(free.patch, capped.patch)
+
+
+def test_flow_rounds_each_checked_and_counted():
+    """Each round starts from the field the last one left and is kept only if it passes the check;
+    info["rounds"] counts the kept ones, and more rounds never leave the field farther from the
+    truth here than one."""
+    from refine_by_align.pipelines.correspondence import DenseField, refine_field_flow
+
+    image, mask, ref, valid, box, truth = _bent_case(_wave(5.0))
+    window = (slice(box.y0, box.y1), slice(box.x0, box.x1))
+    yy, xx = np.mgrid[box.y0 : box.y1, box.x0 : box.x1].astype(np.float32)
+    start = DenseField(box, np.stack([xx, yy], -1), np.ones(xx.shape, np.float32), np.ones(xx.shape, bool))
+    inside = mask[window]
+    one, info_one = refine_field_flow(start, image[window], inside, ref, rounds=1)
+    more, info_more = refine_field_flow(start, image[window], inside, ref, rounds=4)
+    assert info_one["rounds"] == 1 and 1 <= info_more["rounds"] <= 4, (info_one, info_more)
+    assert info_one["ncc"] == info_more["ncc"]  # the first round's figures
+    err_one = np.median(np.linalg.norm(one.xy - truth, axis=-1)[inside])
+    err_more = np.median(np.linalg.norm(more.xy - truth, axis=-1)[inside])
+    assert err_more <= err_one + 0.05, (err_one, err_more)
+    assert one.trust_cap == more.trust_cap  # both capped at the agreement of the field they started from
+

@@ -634,6 +634,7 @@ def refine_field_flow(
     check_px: int = 4,
     reach: int = 24,
     min_gain: float = 1e-3,
+    rounds: int = 4,
     preset: int = cv2.DISOPTICAL_FLOW_PRESET_FAST,
     check: bool = True,
 ) -> tuple[DenseField, dict]:
@@ -648,19 +649,38 @@ def refine_field_flow(
     the warp is its black surround: the flow there is discarded and carried in from the rest by
     :func:`~refine_by_align.fill.harmonic_interpolate`. Within ``reach`` px of the grown mask the
     field becomes xy'(p) = xy(p + flow(p)) (its object mask and confidence moved with it); farther
-    out it is unchanged.
+    out it is unchanged. Up to ``rounds`` rounds, each on the field the last one left, while each
+    passes the check.
 
-    Kept only if it predicts a band it was not given: the flow carried in from beyond
-    ``grow + check_px`` px must raise the agreement (NCC of the grey values) of the warp with the
-    image on the band 2 .. ``grow + check_px`` px outside the mask by at least ``min_gain``. (The
-    band's own flow values are not used, though DIS's patches, 8 px at its finest scale, see a few
-    pixels of it.) Unchecked (``check=False``, an ablation) the flow costs 3 dB on the validation
-    cases: on real photos it is often wrong, and this check is what makes it safe (MODEL_CARD.md).
+    The check: a round is kept only if it predicts a band it was not given. The flow carried in
+    from beyond ``grow + check_px`` px must raise the agreement (NCC of the grey values) of the warp
+    with the image on the band 2 .. ``grow + check_px`` px outside the mask by at least
+    ``min_gain``. (The band's own flow values are not used, though DIS's patches, 8 px at its
+    finest scale, see a few pixels of it.) Unchecked (``check=False``, an ablation: one round, always
+    kept) the flow costs 3 dB on the validation cases: on real photos it is often wrong, and this
+    check is what makes it safe (MODEL_CARD.md).
 
     The refined field is fitted on the ring its warp's trust is measured on (:func:`warp_fill`), so
     its ``trust_cap`` is set to the agreement before the flow: it is not trusted more for it.
-    Returns (the field, info: {"ncc": before, "ncc_flow": after, "kept": bool} on the band; {}
-    where the band is too small to judge)."""
+    Returns (the field, info: the first round's {"ncc": before, "ncc_flow": after, "kept": bool}
+    on the band, and "rounds": how many were kept; {} where the band is too small to judge)."""
+    current, first, kept = fld, None, 0
+    for _ in range(rounds if check else 1):
+        refined, info = _flow_round(current, image_box, mask_box, reference, grow, check_px, reach, min_gain, preset, check)
+        first = info if first is None else first
+        if not info.get("kept"):
+            break
+        current, kept = refined, kept + 1
+    if not kept:
+        return fld, first or {}
+    image_u8 = np.ascontiguousarray(np.clip(image_box, 0, 255).astype(np.uint8))
+    current.trust_cap = min(fld.trust_cap, warp_fill(image_u8, np.asarray(mask_box, bool), reference, fld).ncc)
+    return current, {**first, "rounds": kept}
+
+
+def _flow_round(fld, image_box, mask_box, reference, grow, check_px, reach, min_gain, preset, check) -> tuple[DenseField, dict]:
+    """One round of :func:`refine_field_flow`: (the refined field, or ``fld`` where the round is
+    not kept; its info)."""
     from ..fill import harmonic_interpolate
 
     m = np.asarray(mask_box, bool)
@@ -711,9 +731,7 @@ def refine_field_flow(
             return fld, info
     else:
         info = {"ncc": round(before, 4), "kept": True}
-    refined = composed(carried(grow))
-    refined.trust_cap = min(fld.trust_cap, warp_fill(image_u8, m, reference, fld).ncc)
-    return refined, info
+    return composed(carried(grow)), info
 
 
 def match_error(fld: DenseField, matches: Matches, min_matches: int = 4) -> float | None:

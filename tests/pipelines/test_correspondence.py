@@ -471,8 +471,8 @@ def test_warp_fill_trusts_a_field_at_most_its_trust_cap():
 
 def test_flow_rounds_each_checked_and_counted():
     """Each round starts from the field the last one left and is kept only if it passes the check;
-    info["rounds"] counts the kept ones, and more rounds never leave the field farther from the
-    truth here than one."""
+    info["rounds"] counts the kept ones. A 5 px bend is more than one round of flow carried in
+    from around the mask takes out: the later rounds take most of the rest."""
     from refine_by_align.pipelines.correspondence import DenseField, refine_field_flow
 
     image, mask, ref, valid, box, truth = _bent_case(_wave(5.0))
@@ -486,6 +486,6 @@ def test_flow_rounds_each_checked_and_counted():
     assert info_one["ncc"] == info_more["ncc"]  # the first round's figures
     err_one = np.median(np.linalg.norm(one.xy - truth, axis=-1)[inside])
     err_more = np.median(np.linalg.norm(more.xy - truth, axis=-1)[inside])
-    assert err_more <= err_one + 0.05, (err_one, err_more)
+    assert err_more < 0.5 * err_one, (err_one, err_more)  # (here about 0.66 px after one round, 0.1 after more)
     assert one.trust_cap == more.trust_cap  # both capped at the agreement of the field they started from
 

@@ -150,15 +150,7 @@ def harmonic_interpolate(values: np.ndarray, mask: np.ndarray, max_direct: int =
     solved = harmonic_interpolate(small, small_hole, max(max_direct, int(small_hole.sum())))  # one direct solve
     up = cv2.resize(solved, (w, h), interpolation=cv2.INTER_LINEAR).reshape(h, w, c)
     out[m] = up[m]
-    # Jacobi sweeps of the full-size equation (each hole pixel <- the mean of its neighbours in the
-    # picture) remove the upsampling's error at the hole's rim, where the coarse solve sees blocks
-    hole = np.broadcast_to(m[..., None], out.shape)
-    ones = np.ones((h, w), np.float32)
-    kernel = np.array([[0, 1, 0], [1, 0, 1], [0, 1, 0]], np.float32)
-    count = cv2.filter2D(ones, -1, kernel, borderType=cv2.BORDER_CONSTANT).reshape(h, w, 1)  # neighbours inside the picture
-    for _ in range(sweeps):
-        total = cv2.filter2D(out, -1, kernel, borderType=cv2.BORDER_CONSTANT).reshape(out.shape)
-        np.copyto(out, total / count, where=hole)
+    _jacobi_sweeps(out, m, sweeps)  # the upsampling's error at the hole's rim, where the coarse solve sees blocks
     return out
 
 
@@ -212,12 +204,20 @@ def _harmonic_coarse_to_fine(img: np.ndarray, m: np.ndarray, max_direct: int, sw
     coarse = harmonic_fill(small, small_hole, max_direct).astype(np.float32)
     up = cv2.resize(coarse, (2 * hw, 2 * hh), interpolation=cv2.INTER_LINEAR).reshape(2 * hh, 2 * hw, -1)[:h, :w]
     out = img.astype(np.float32)
+    np.copyto(out, up, where=np.broadcast_to(m[..., None], out.shape))
+    _jacobi_sweeps(out, m, sweeps)
+    return out[m]
+
+
+def _jacobi_sweeps(out: np.ndarray, m: np.ndarray, sweeps: int) -> None:
+    """``sweeps`` Jacobi sweeps of the discrete Laplace equation on ``out`` (H, W, C) float32, in
+    place, at the pixels of ``m`` (H, W) bool: each becomes the mean of its four neighbours. The
+    picture's edge is replicated, so at the fixed point an edge pixel is the mean of its neighbours
+    inside the picture, as in the exact solve."""
     hole = np.broadcast_to(m[..., None], out.shape)
-    np.copyto(out, up, where=hole)
     kernel = np.array([[0, 0.25, 0], [0.25, 0, 0.25], [0, 0.25, 0]], np.float32)
     for _ in range(sweeps):
         np.copyto(out, cv2.filter2D(out, -1, kernel, borderType=cv2.BORDER_REPLICATE).reshape(out.shape), where=hole)
-    return out[m]
 
 
 def residual_patch(

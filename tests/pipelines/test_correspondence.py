@@ -389,16 +389,23 @@ def _bent_case(displacement=None):
     return image, mask, ref, valid, box, q.astype(np.float32)
 
 
+def _identity_field(box):
+    """Each pixel of ``box`` at its own position on the reference, fully confident, on the object."""
+    from refine_by_align.pipelines.correspondence import DenseField
+
+    yy, xx = np.mgrid[box.y0 : box.y1, box.x0 : box.x1].astype(np.float32)
+    return DenseField(box, np.stack([xx, yy], -1), np.ones(xx.shape, np.float32), np.ones(xx.shape, bool))
+
+
 def test_flow_refinement_removes_a_smooth_residual_the_spline_missed():
     """A field that is the identity, 1-3 px off a bent reference everywhere, is brought to within a
     fraction of a pixel inside the mask by the optical flow carried in from around it, and the
     check on the held-out band keeps it."""
-    from refine_by_align.pipelines.correspondence import DenseField, refine_field_flow
+    from refine_by_align.pipelines.correspondence import refine_field_flow
 
     image, mask, ref, valid, box, truth = _bent_case()
     window = (slice(box.y0, box.y1), slice(box.x0, box.x1))
-    yy, xx = np.mgrid[box.y0 : box.y1, box.x0 : box.x1].astype(np.float32)
-    start = DenseField(box, np.stack([xx, yy], -1), np.ones(xx.shape, np.float32), np.ones(xx.shape, bool))
+    start = _identity_field(box)
     inside = mask[window]
     before = np.linalg.norm(start.xy - truth, axis=-1)[inside]
     fld, info = refine_field_flow(start, image[window], inside, ref)
@@ -473,12 +480,11 @@ def test_flow_rounds_each_checked_and_counted():
     """Each round starts from the field the last one left and is kept only if it passes the check;
     info["rounds"] counts the kept ones. A 5 px bend is more than one round of flow carried in
     from around the mask takes out: the later rounds take most of the rest."""
-    from refine_by_align.pipelines.correspondence import DenseField, refine_field_flow
+    from refine_by_align.pipelines.correspondence import refine_field_flow
 
     image, mask, ref, valid, box, truth = _bent_case(_wave(5.0))
     window = (slice(box.y0, box.y1), slice(box.x0, box.x1))
-    yy, xx = np.mgrid[box.y0 : box.y1, box.x0 : box.x1].astype(np.float32)
-    start = DenseField(box, np.stack([xx, yy], -1), np.ones(xx.shape, np.float32), np.ones(xx.shape, bool))
+    start = _identity_field(box)
     inside = mask[window]
     one, info_one = refine_field_flow(start, image[window], inside, ref, rounds=1)
     more, info_more = refine_field_flow(start, image[window], inside, ref, rounds=4)

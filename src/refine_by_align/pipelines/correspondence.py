@@ -664,32 +664,31 @@ def refine_field_flow(
     its ``trust_cap`` is set to the agreement before the flow: it is not trusted more for it.
     Returns (the field, info: the first round's {"ncc": before, "ncc_flow": after, "kept": bool}
     on the band, and "rounds": how many were kept; {} where the band is too small to judge)."""
+    image_u8 = np.ascontiguousarray(np.clip(image_box, 0, 255).astype(np.uint8))
+    m = np.asarray(mask_box, bool)
     current, first, kept = fld, None, 0
     for _ in range(rounds if check else 1):
-        refined, info = _flow_round(current, image_box, mask_box, reference, grow, check_px, reach, min_gain, preset, check)
+        refined, info = _flow_round(current, image_u8, m, reference, grow, check_px, reach, min_gain, preset, check)
         first = info if first is None else first
         if not info.get("kept"):
             break
         current, kept = refined, kept + 1
     if not kept:
         return fld, first or {}
-    image_u8 = np.ascontiguousarray(np.clip(image_box, 0, 255).astype(np.uint8))
-    current.trust_cap = min(fld.trust_cap, warp_fill(image_u8, np.asarray(mask_box, bool), reference, fld).ncc)
+    current.trust_cap = min(fld.trust_cap, warp_fill(image_u8, m, reference, fld).ncc)
     return current, {**first, "rounds": kept}
 
 
-def _flow_round(fld, image_box, mask_box, reference, grow, check_px, reach, min_gain, preset, check) -> tuple[DenseField, dict]:
-    """One round of :func:`refine_field_flow`: (the refined field, or ``fld`` where the round is
-    not kept; its info)."""
+def _flow_round(fld, image_u8, m, reference, grow, check_px, reach, min_gain, preset, check) -> tuple[DenseField, dict]:
+    """One round of :func:`refine_field_flow` (``image_u8`` (h, w, 3) uint8, ``m`` (h, w) bool):
+    (the refined field, or ``fld`` where the round is not kept; its info)."""
     from ..fill import harmonic_interpolate
 
-    m = np.asarray(mask_box, bool)
     on = fld.on_object
     band = ring(m, 2, 12) & on
     test = ring(m, 2, grow + check_px) & on
     if band.sum() < 64 or test.sum() < 32:
         return fld, {}
-    image_u8 = np.ascontiguousarray(np.clip(image_box, 0, 255).astype(np.uint8))
     warped = fld.sample(reference).astype(np.float32)  # (h, w, 3)
     gain, offset = colour_transfer(warped, image_u8, band)
     g_img = _gray(image_u8)

@@ -249,3 +249,104 @@ def test_harmonic_interpolate_carries_a_smooth_field_into_a_hole():
     assert diff.max() < 1.0 and diff.mean() < 0.2, (diff.max(), diff.mean())
     with pytest.raises(ValueError, match="harmonic_interpolate"):
         harmonic_interpolate(given[..., 0], hole)
+
+
+def _stripes(h=96, w=96, period=12):
+    yy, xx = np.mgrid[0:h, 0:w]
+    v = 128 + 90 * np.sin(2 * np.pi * xx / period)
+    return np.stack([v, 255 - v, np.full_like(v, 60.0)], -1).round().astype(np.uint8)
+
+
+def test_fsr_fill_continues_stripes_that_the_harmonic_fill_blurs():
+    """FSR continues a periodic pattern across the hole; the harmonic fill (and Telea) can only
+    carry the rim's mean into it. Both keep every pixel outside the hole."""
+    from refine_by_align.fill import classical_fill, fsr_fill, harmonic_fill
+
+    img = _stripes()
+    mask = np.zeros(img.shape[:2], bool)
+    mask[30:62, 34:58] = True
+    given = img.copy()
+    given[mask] = 0  # the hole's own pixels must not leak in
+    err = {}
+    for name, out in (("fsr", fsr_fill(given, mask)), ("harmonic", harmonic_fill(given, mask)), ("classical", classical_fill(given, mask, "fsr"))):
+        assert np.array_equal(out[~mask], img[~mask]), name
+        err[name] = float(np.abs(out[mask].astype(float) - img[mask]).mean())
+    assert err["fsr"] == err["classical"]
+    assert err["fsr"] < 8.0 and err["harmonic"] > 30.0, err  # (measured: 1.0 and 40.6 grey levels)
+
+
+def test_fsr_fill_on_its_window_equals_the_whole_picture():
+    """fsr_fill solves on a window that starts on FSR's 16 px block grid: the result is the one of
+    OpenCV's inpainting over the whole picture."""
+    import cv2
+
+    from refine_by_align.fill import fsr_fill
+
+    rng = np.random.default_rng(3)
+    img = cv2.GaussianBlur(rng.integers(0, 255, (160, 200, 3), dtype=np.uint8), (0, 0), 3)
+    mask = np.zeros(img.shape[:2], bool)
+    mask[70:95, 101:130] = True  # off the block grid on every side
+    whole = np.zeros_like(img)
+    cv2.xphoto.inpaint(img, np.where(mask, 0, 255).astype(np.uint8), whole, cv2.xphoto.INPAINT_FSR_FAST)
+    out = fsr_fill(img, mask)
+    assert np.array_equal(out[mask], whole[mask])
+
+
+def test_fsr_fill_edges_grey_and_bad_input():
+    from refine_by_align.fill import fsr_fill
+
+    img = _stripes(40, 44)
+    mask = np.zeros(img.shape[:2], bool)
+    mask[0:8, 0:10] = True  # a corner
+    out = fsr_fill(img, mask)
+    assert np.array_equal(out[~mask], img[~mask]) and np.abs(out[mask].astype(float) - img[mask]).mean() < 20
+    grey = fsr_fill(img[..., :1], mask)
+    assert grey.shape == (40, 44, 1) and np.array_equal(grey[~mask], img[..., :1][~mask])
+    assert np.array_equal(fsr_fill(img, np.ones(mask.shape, bool)), img)  # nothing around the hole: as given
+    assert np.array_equal(fsr_fill(img, np.zeros(mask.shape, bool)), img)
+    for bad, match in (((img, mask[:5]), "fsr_fill wants"), ((img.astype(np.float32), mask), "8-bit"), ((img[..., :2], mask), "fsr_fill wants")):
+        with pytest.raises(ValueError, match=match):
+            fsr_fill(*bad)
+    with pytest.raises(ValueError, match="FSR quality"):
+        fsr_fill(img, mask, quality="slow")
+
+
+def test_mixed_fill_weighs_each_fill_by_its_error_on_the_ring():
+    """Stripes: FSR predicts the ring of known pixels far better, so it gets nearly all the weight
+    and the mixed fill is close to it. A linear ramp: the harmonic fill is exact there (FSR is not
+    quite), so it gets all of it. The mixed fill lies between the two fills and keeps the rest."""
+    from refine_by_align.fill import classical_fill, fsr_fill, harmonic_fill, mixed_fill, mixed_fill_weight
+
+    img = _stripes()
+    mask = np.zeros(img.shape[:2], bool)
+    mask[30:62, 34:58] = True
+    w = mixed_fill_weight(img, mask)
+    assert w > 0.95, w
+    out = mixed_fill(img, mask)
+    f, h = fsr_fill(img, mask).astype(float), harmonic_fill(img, mask).astype(float)
+    assert np.array_equal(out[~mask], img[~mask])
+    assert np.array_equal(out, classical_fill(img, mask, "mixed"))
+    lo, hi = np.minimum(f, h)[mask], np.maximum(f, h)[mask]
+    assert ((out[mask] >= lo - 0.5) & (out[mask] <= hi + 0.5)).all()
+    assert np.abs(out[mask] - np.rint(w * f + (1 - w) * h)[mask]).max() <= 1
+    assert np.abs(out[mask].astype(float) - img[mask]).mean() < 3.0
+
+    yy, xx = np.mgrid[0:64, 0:64]
+    ramp = np.stack([2 * xx + 20, 3 * yy + 10, xx + yy + 30], -1).astype(np.uint8)
+    m2 = np.zeros((64, 64), bool)
+    m2[20:40, 24:44] = True
+    assert mixed_fill_weight(ramp, m2) < 0.05
+    assert np.abs(mixed_fill(ramp, m2)[m2].astype(float) - ramp[m2]).max() <= 2
+
+
+def test_mixed_fill_edge_cases_and_bad_input():
+    from refine_by_align.fill import mixed_fill, mixed_fill_weight
+
+    img = _stripes(32, 32)
+    assert mixed_fill_weight(img, np.ones((32, 32), bool)) == 0.5  # no known pixel: no evidence either way
+    assert np.array_equal(mixed_fill(img, np.ones((32, 32), bool)), img)
+    assert np.array_equal(mixed_fill(img, np.zeros((32, 32), bool)), img)
+    with pytest.raises(ValueError, match="mixed_fill wants"):
+        mixed_fill(img, np.zeros((31, 32), bool))
+    with pytest.raises(ValueError, match="ring"):
+        mixed_fill_weight(img, np.zeros((32, 32), bool), ring=0)

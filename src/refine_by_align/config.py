@@ -67,8 +67,9 @@ class ModelConfig:
     # "v_prediction": with the cosine schedule, x0 = (z_t - sqrt(1-a) eps) / sqrt(a) divides eps's
     # error by sqrt(a) ~ 1e-4 at t = 999 and the first sampling steps turn it into saturated speckle
     prediction_type: str = "v_prediction"
-    # the masked image's hole (fill.py): "zero" (SD inpainting, the paper), "telea" or "harmonic"
-    # (a classical fill the model corrects: Telea's fast marching, or Laplace's equation) or "warp"
+    # the masked image's hole (fill.py): "zero" (SD inpainting, the paper), "telea", "harmonic" or "fsr"
+    # (a classical fill the model corrects: Telea's fast marching, Laplace's equation, or frequency-selective
+    # reconstruction) or "warp"
     # (the reference warped through the dense field where the warp is trusted, Telea elsewhere;
     # the model corrects that)
     hole_fill: str = "zero"
@@ -177,7 +178,7 @@ _FLOAT_RANGES = (
 )
 _CHOICES = (
     ("latent", ("pixel", "vae-kl", "vae-tiny")),
-    ("hole_fill", ("zero", "telea", "harmonic", "warp")),
+    ("hole_fill", ("zero", "telea", "harmonic", "fsr", "mixed", "warp")),
     ("prediction_type", ("epsilon", "v_prediction", "sample")),
     ("beta_schedule", ("linear", "scaled_linear", "squaredcos_cap_v2")),
 )

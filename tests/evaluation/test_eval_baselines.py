@@ -105,7 +105,7 @@ def test_poisson_fill_mask_on_border():
 
 
 def test_registry_has_baselines():
-    assert {"keep", "telea", "harmonic", "keypoint", "feature-nn", "oracle-align", "refine-by-align", "single-stage"} <= set(METHODS)
+    assert {"keep", "telea", "harmonic", "fsr", "mixed", "keypoint", "feature-nn", "oracle-align", "refine-by-align", "single-stage"} <= set(METHODS)
     assert get_method("keypoint", ratio=0.8).ratio == 0.8
 
 
@@ -173,3 +173,20 @@ def test_harmonic_baseline_fills_only_the_mask(tmp_path: Path):
     rgb, m = np.asarray(case.image.convert("RGB")), np.asarray(case.mask, bool)
     assert np.array_equal(out[~m], rgb[~m]) and not np.array_equal(out[m], rgb[m])
     assert np.array_equal(out, harmonic_fill(rgb, m))
+
+
+@pytest.mark.parametrize("name", ["fsr", "mixed"])
+def test_fsr_and_mixed_baselines_fill_only_the_mask(tmp_path: Path, name: str):
+    from refine_by_align.evaluation.methods import ClassicalFillMethod
+    from refine_by_align.fill import classical_fill
+
+    d, *_ = _planted_case(tmp_path / "cases")
+    case = load_case(d)
+    method = METHODS[name]()
+    assert method.name == name
+    out = np.asarray(method(case).image)
+    rgb, m = np.asarray(case.image.convert("RGB")), np.asarray(case.mask, bool)
+    assert np.array_equal(out[~m], rgb[~m]) and not np.array_equal(out[m], rgb[m])
+    assert np.array_equal(out, classical_fill(rgb, m, name))
+    with pytest.raises(ValueError, match="classical fill baseline"):
+        ClassicalFillMethod("telea")

@@ -4,7 +4,7 @@ methods (baselines and the pipeline), the benchmark and the multi-method report.
 from .bench import render_heatmap_overlay, run_bench, summarize
 from .cases import Case, check_case_dir, list_case_dirs, load_case, load_cases
 from .identity import CLIPEmbedder, DinoEmbedder, IdentityScorer, ImageFeatureExtractor, cosine_score, load_captions
-from .methods import HarmonicMethod, KeepMethod, Method, MethodOutput, RefineByAlignMethod, TeleaMethod
+from .methods import ClassicalFillMethod, HarmonicMethod, KeepMethod, Method, MethodOutput, RefineByAlignMethod, TeleaMethod
 from .metrics import box_ssim, iou, masked_psnr, miou
 from .registry import METHODS, PIPELINE_METHODS, get_method
 from .report import run_all
@@ -29,6 +29,7 @@ __all__ = [
     "MethodOutput",
     "KeepMethod",
     "TeleaMethod",
+    "ClassicalFillMethod",
     "HarmonicMethod",
     "RefineByAlignMethod",
     "METHODS",

@@ -22,6 +22,7 @@ __all__ = [
     "Method",
     "KeepMethod",
     "TeleaMethod",
+    "ClassicalFillMethod",
     "HarmonicMethod",
     "RefineByAlignMethod",
     "keep",
@@ -90,19 +91,33 @@ class TeleaMethod:
         return MethodOutput(image=Image.fromarray(out, "RGB"))
 
 
-class HarmonicMethod:
-    """Baseline: the harmonic fill inside the mask (Laplace's equation with the pixels around the
-    mask as boundary values, :func:`~refine_by_align.fill.harmonic_fill`); pixels outside the mask
-    are unchanged. The smoothest guess from the surroundings alone: what the refined model's
-    prefill is, and the bar a reference-guided redraw must clear where no warp is trusted."""
+class ClassicalFillMethod:
+    """Baseline: a classical fill inside the mask, from the pixels around it alone (no model, no
+    reference; fill.py): ``harmonic`` (Laplace's equation, :func:`~refine_by_align.fill.harmonic_fill`),
+    ``fsr`` (frequency-selective reconstruction, :func:`~refine_by_align.fill.fsr_fill`) or ``mixed``
+    (the two weighed by their errors on a ring of known pixels, :func:`~refine_by_align.fill.mixed_fill`:
+    the shipped model's prefill). Pixels outside the mask are unchanged. The bar a reference-guided
+    redraw must clear where no warp is trusted."""
 
-    name = "harmonic"
+    def __init__(self, fill: str = "harmonic"):
+        from ..fill import CLASSICAL_FILLS
+
+        if fill not in CLASSICAL_FILLS or fill == "telea":
+            raise ValueError(f"unknown classical fill baseline '{fill}' (choose harmonic, fsr or mixed; telea is TeleaMethod)")
+        self.fill = self.name = fill
 
     def __call__(self, case: Case) -> MethodOutput:
-        from ..fill import harmonic_fill
+        from ..fill import classical_fill
 
         rgb = np.asarray(case.image.convert("RGB"), dtype=np.uint8)
-        return MethodOutput(image=Image.fromarray(harmonic_fill(rgb, np.asarray(case.mask, dtype=bool)), "RGB"))
+        return MethodOutput(image=Image.fromarray(classical_fill(rgb, np.asarray(case.mask, dtype=bool), self.fill), "RGB"))
+
+
+class HarmonicMethod(ClassicalFillMethod):
+    """Baseline: the harmonic fill inside the mask (:class:`ClassicalFillMethod` ``harmonic``)."""
+
+    def __init__(self):
+        super().__init__("harmonic")
 
 
 class RefineByAlignMethod:

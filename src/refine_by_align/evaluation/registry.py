@@ -1,7 +1,7 @@
 """The evaluation methods by name: :data:`METHODS` maps the CLI's ``--method`` names to factories
 ``factory(model=None, **opts) -> Method``; :func:`get_method` resolves a name.
 
-The methods themselves live in ``methods.py`` (the protocol, ``keep``, ``telea``, ``harmonic``,
+The methods themselves live in ``methods.py`` (the protocol, ``keep``, ``telea``, the classical fills ``harmonic``, ``fsr``, ``mixed``,
 the pipeline adapter) and ``baselines.py`` (``keypoint``, ``feature-nn``, ``oracle-align``, built on
 ``methods.py``); this module is the only one that knows both, so neither imports the other back.
 """
@@ -13,7 +13,7 @@ from typing import Any, Callable
 from ..io import InputError
 from ..loading import load_pipeline
 from .baselines import FeatureNNMethod, KeypointMethod, OracleAlignMethod
-from .methods import HarmonicMethod, KeepMethod, Method, RefineByAlignMethod, TeleaMethod
+from .methods import ClassicalFillMethod, HarmonicMethod, KeepMethod, Method, RefineByAlignMethod, TeleaMethod
 
 __all__ = ["METHODS", "PIPELINE_METHODS", "get_method"]
 
@@ -22,11 +22,11 @@ def _load_pipeline(model: str | None) -> Any:
     return load_pipeline(model or "default")
 
 
-def _plain(cls: type) -> Callable[..., Method]:
+def _plain(cls: type, **fixed: Any) -> Callable[..., Method]:
     """The factory of a method that needs no model."""
 
     def factory(model: str | None = None, **opts: Any) -> Method:
-        return cls(**opts)
+        return cls(**fixed, **opts)
 
     return factory
 
@@ -48,6 +48,8 @@ METHODS: dict[str, Callable[..., Method]] = {
     "keep": _plain(KeepMethod),
     "telea": _plain(TeleaMethod),
     "harmonic": _plain(HarmonicMethod),
+    "fsr": _plain(ClassicalFillMethod, fill="fsr"),
+    "mixed": _plain(ClassicalFillMethod, fill="mixed"),
     "keypoint": _plain(KeypointMethod),
     "feature-nn": _on_pipeline(FeatureNNMethod),
     "oracle-align": _on_pipeline(OracleAlignMethod),

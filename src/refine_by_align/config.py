@@ -67,12 +67,17 @@ class ModelConfig:
     # "v_prediction": with the cosine schedule, x0 = (z_t - sqrt(1-a) eps) / sqrt(a) divides eps's
     # error by sqrt(a) ~ 1e-4 at t = 999 and the first sampling steps turn it into saturated speckle
     prediction_type: str = "v_prediction"
-    # the masked image's hole (fill.py): "zero" (SD inpainting, the paper), "telea", "harmonic" or "fsr"
-    # (a classical fill the model corrects: Telea's fast marching, Laplace's equation, or frequency-selective
-    # reconstruction) or "warp"
+    # the masked image's hole (fill.py): "zero" (SD inpainting, the paper), a classical fill the
+    # model corrects ("telea": Telea's fast marching, "harmonic" / "biharmonic": Laplace's / the
+    # biharmonic equation, "fsr": frequency-selective reconstruction, "mixed": FSR and biharmonic
+    # weighed by their errors on a ring of known pixels) or "warp"
     # (the reference warped through the dense field where the warp is trusted, Telea elsewhere;
     # the model corrects that)
     hole_fill: str = "zero"
+    # the full-resolution fill the model's correction is added to (fill.py: residual_patch) for a
+    # classical hole_fill: "same" (hole_fill's), or one of "telea", "harmonic", "biharmonic", "fsr",
+    # "mixed". The shipped model corrects a harmonic prefill and adds that to the mixed fill
+    base_fill: str = "same"
     # one more U-Net input channel after the masked image: the warp's trust map (1 = the prefill is
     # the warped reference, 0 = Telea). False (the default, and what a saved config.json without the
     # field means) keeps the U-Net's 2C + 1 inputs
@@ -178,7 +183,8 @@ _FLOAT_RANGES = (
 )
 _CHOICES = (
     ("latent", ("pixel", "vae-kl", "vae-tiny")),
-    ("hole_fill", ("zero", "telea", "harmonic", "fsr", "mixed", "warp")),
+    ("hole_fill", ("zero", "telea", "harmonic", "biharmonic", "fsr", "mixed", "warp")),
+    ("base_fill", ("same", "telea", "harmonic", "biharmonic", "fsr", "mixed")),
     ("prediction_type", ("epsilon", "v_prediction", "sample")),
     ("beta_schedule", ("linear", "scaled_linear", "squaredcos_cap_v2")),
 )
@@ -269,11 +275,13 @@ def _default() -> ModelConfig:
     # the shipped model (MODEL_CARD.md): 64 px crops (stages 1-3 trained at 32: their recipes say so),
     # 2 DDIM steps, no guidance, the mean of 8 samples; the alignment timestep, the correction blur
     # and its shrinkage chosen on the second case set. Trained on Telea-prefilled holes, it runs on
-    # harmonic ones: better on every case kind of both validation sets (MODEL_CARD.md)
+    # harmonic ones: better on every case kind of both validation sets; its correction is added to
+    # the mixed (FSR + biharmonic) fill at full resolution: better on all four case sets (MODEL_CARD.md)
     return ModelConfig(
         resolution=64,
         zoom_min_size=64,
         hole_fill="harmonic",
+        base_fill="mixed",
         alignment_timestep=500,
         correction_blur=1.0,
         correction_shrink=64.0,

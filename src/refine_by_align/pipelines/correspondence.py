@@ -23,13 +23,13 @@ into the crop, colour-matched to the image around the mask, with the ring agreem
 from __future__ import annotations
 
 import logging
-import os
 from dataclasses import dataclass, field, replace
 
 import cv2
 import numpy as np
 
 from ..memo import ContentCache
+from ..threads import worker_threads
 from ..zoom import Box
 
 __all__ = [
@@ -61,15 +61,6 @@ logger = logging.getLogger(__name__)
 MATCH_SOURCES = ("sift", "aliked", "attention")
 #: The warp is trusted only where its ring agreement (NCC) reaches this (:func:`warp_fill`).
 TRUST_MIN_NCC = 0.5
-
-
-def worker_threads() -> int:
-    """Threads a CPU-bound step of the alignment may use: the cores this process may run on
-    (affinity, so a container's or a batch shard's limit counts), at most torch's thread setting."""
-    import torch
-
-    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
-    return max(1, min(cores, torch.get_num_threads()))
 
 
 def _disk(r: int) -> np.ndarray:

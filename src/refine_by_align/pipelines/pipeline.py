@@ -875,7 +875,7 @@ class RefineByAlignPipeline(DiffusionPipeline):
                 mean_var=(samples.var(0, unbiased=False).mean(0) / k).cpu().numpy(),  # (S, S) variance of the mean
                 shrink=cfg.correction_shrink,
                 base=inputs.base,  # the warp composite (None: the classical fill at full resolution)
-                fill="telea" if cfg.hole_fill == "warp" else cfg.hole_fill,
+                fill="telea" if cfg.hole_fill == "warp" else cfg.hole_fill if cfg.base_fill == "same" else cfg.base_fill,
             )
         small = np.clip(np.rint(out * 255.0), 0, 255).astype(np.uint8)
         return cv2.resize(small, (b.width, b.height), interpolation=cv2.INTER_CUBIC)

@@ -424,3 +424,34 @@ def test_old_names_still_work_with_a_deprecation_warning(tiny_pipe, simple_input
         assert np.array_equal(old.correspondence_mask, new.region)
     with pytest.warns(DeprecationWarning, match=r"use \.heatmap"):
         assert old.correspondence_map is None
+
+
+def test_model_correction_goes_on_the_configured_base_fill(simple_inputs, monkeypatch):
+    """base_fill: the model sees its hole_fill prefill, and its correction is added to base_fill's
+    full-resolution fill ("same": hole_fill's). The shipped config corrects a harmonic prefill and
+    adds that to the mixed fill."""
+    import dataclasses
+
+    import torch
+
+    import refine_by_align.pipelines.pipeline as P
+    from refine_by_align.config import get_config
+    from refine_by_align.models.refiner import RefineByAlignModel
+
+    assert (get_config("default").hole_fill, get_config("default").base_fill) == ("harmonic", "mixed")
+    with pytest.raises(ValueError, match="base_fill must be one of"):
+        dataclasses.replace(get_config("tiny"), base_fill="zero").validate()
+    used, outs = [], {}
+    real = P.residual_patch
+    monkeypatch.setattr(P, "residual_patch", lambda *a, **k: used.append(k["fill"]) or real(*a, **k))
+    image, mask, reference = simple_inputs
+    for base in ("same", "fsr"):
+        torch.manual_seed(0)
+        model = RefineByAlignModel.from_model_config(dataclasses.replace(get_config("tiny"), hole_fill="harmonic", base_fill=base)).eval()
+        pipe = P.RefineByAlignPipeline(model=model, scheduler=P.make_scheduler(model))
+        pipe.set_progress_bar_config(disable=True)
+        outs[base] = np.asarray(pipe(image, mask, reference, seed=0, num_inference_steps=2).image)
+    assert used == ["harmonic", "fsr"]
+    grown = _dilated(mask, 8)  # past the paste's dilation and feather (3 + 3 px)
+    assert np.array_equal(outs["same"][~grown], outs["fsr"][~grown]) and np.array_equal(outs["fsr"][~grown], np.asarray(image)[~grown])
+    assert not np.array_equal(outs["same"][mask], outs["fsr"][mask])

@@ -455,3 +455,39 @@ def test_model_correction_goes_on_the_configured_base_fill(simple_inputs, monkey
     grown = _dilated(mask, 8)  # past the paste's dilation and feather (3 + 3 px)
     assert np.array_equal(outs["same"][~grown], outs["fsr"][~grown]) and np.array_equal(outs["fsr"][~grown], np.asarray(image)[~grown])
     assert not np.array_equal(outs["same"][mask], outs["fsr"][mask])
+
+
+def test_fill_around_the_warp_keeps_its_pixels_and_is_cheap_where_the_model_barely_counts(simple_inputs):
+    """Where warps cover part of the mask, the fill the model's correction goes on treats the fully
+    trusted warp pixels as known and fills only the rest; where the model's share of every mask
+    pixel is at most CHEAP_FILL_SHARE, that fill is the harmonic one instead of the mixed one."""
+    import dataclasses
+
+    import torch
+
+    import refine_by_align.pipelines.pipeline as P
+    from refine_by_align.config import get_config
+    from refine_by_align.fill import classical_fill
+    from refine_by_align.models.refiner import RefineByAlignModel
+    from refine_by_align.pipelines.references import CombinedWarp
+
+    torch.manual_seed(0)
+    model = RefineByAlignModel.from_model_config(dataclasses.replace(get_config("tiny"), hole_fill="harmonic", base_fill="mixed")).eval()
+    pipe = P.RefineByAlignPipeline(model=model, scheduler=P.make_scheduler(model))
+    image, mask, reference = simple_inputs
+    p = pipe.prepare(image, mask, reference)
+    b = p.crop_box
+    crop, m = p.image[b.y0 : b.y1, b.x0 : b.x1], p.mask[b.y0 : b.y1, b.x0 : b.x1]
+    warp = np.full(crop.shape, 200, np.uint8)
+    left = m.copy()
+    left[:, left.shape[1] // 2 :] = False  # the warp is fully trusted on the mask's left half
+    weight = np.where(left, 1.0, np.where(m, 0.5, 0.0)).astype(np.float32)
+    combined = CombinedWarp(patch=warp, weight=weight, use=m.copy(), source=np.where(m, 0, -1).astype(np.int16))
+    base = pipe._fill_around_warp(p, combined)
+    assert np.array_equal(base[left], warp[left]) and np.array_equal(base[~m], crop[~m])
+    known = crop.copy()
+    known[left] = 200
+    assert np.array_equal(base, classical_fill(known, m & ~left, "mixed"))
+    assert pipe._base_fill(0.5) == "mixed" and pipe._base_fill(0.1) == "harmonic" and pipe._base_fill() == "mixed"
+    combined.weight[m & ~left] = 0.95  # the model's share is at most 0.05 everywhere: the cheap fill
+    assert np.array_equal(pipe._fill_around_warp(p, combined), classical_fill(known, m & ~left, "harmonic"))

@@ -60,7 +60,7 @@ def run(args) -> int:
     save_images_atomic(outputs)  # all of them or none
     t = result.timings
     how = f"{result.alignment} alignment, {100 * result.warp_fraction:.0f}% of the mask from the warped reference" if result.alignment else "no alignment"
-    print(f"wrote {out} ({t['total']:.2f} s: align {t['align']:.2f} s, denoise {t['denoise']:.2f} s; {how})")
+    print(f"wrote {out} ({t['total']:.2f} s: align {t['align']:.2f} s, denoise {t['denoise']:.2f} s, fill {t.get('fill', 0.0):.2f} s; {how})")
     if len(refs) > 1:
         for i, (r, name) in enumerate(zip(result.references, names["reference"])):
             ncc = "no field" if r.ring_ncc is None else f"ring correlation {r.ring_ncc:.2f}"

@@ -458,9 +458,11 @@ def test_model_correction_goes_on_the_configured_base_fill(simple_inputs, monkey
 
 
 def test_fill_around_the_warp_keeps_its_pixels_and_is_cheap_where_the_model_barely_counts(simple_inputs):
-    """Where warps cover part of the mask, the fill the model's correction goes on treats the fully
-    trusted warp pixels as known and fills only the rest; where the model's share of every mask
-    pixel is at most CHEAP_FILL_SHARE, that fill is the harmonic one instead of the mixed one."""
+    """The fill the model's correction goes on is computed on the whole picture (not the crop: FSR
+    sees its context and its block grid as the baseline does) and cut to the crop. Where warps cover
+    part of the mask it treats the fully trusted warp pixels as known and fills only the rest; where
+    the model's share of every mask pixel is at most CHEAP_FILL_SHARE, it is the harmonic fill
+    instead of the mixed one."""
     import dataclasses
 
     import torch
@@ -485,9 +487,13 @@ def test_fill_around_the_warp_keeps_its_pixels_and_is_cheap_where_the_model_bare
     combined = CombinedWarp(patch=warp, weight=weight, use=m.copy(), source=np.where(m, 0, -1).astype(np.int16))
     base = pipe._fill_around_warp(p, combined)
     assert np.array_equal(base[left], warp[left]) and np.array_equal(base[~m], crop[~m])
-    known = crop.copy()
-    known[left] = 200
-    assert np.array_equal(base, classical_fill(known, m & ~left, "mixed"))
+    window = (slice(b.y0, b.y1), slice(b.x0, b.x1))
+    known, hole = p.image.copy(), p.mask.copy()  # filled on the whole picture, then cut to the crop
+    known[window][left] = 200
+    hole[window][left] = False
+    assert np.array_equal(base, classical_fill(known, hole, "mixed")[window])
     assert pipe._base_fill(0.5) == "mixed" and pipe._base_fill(0.1) == "harmonic" and pipe._base_fill() == "mixed"
     combined.weight[m & ~left] = 0.95  # the model's share is at most 0.05 everywhere: the cheap fill
-    assert np.array_equal(pipe._fill_around_warp(p, combined), classical_fill(known, m & ~left, "harmonic"))
+    assert np.array_equal(pipe._fill_around_warp(p, combined), classical_fill(known, hole, "harmonic")[window])
+    none = CombinedWarp(patch=warp, weight=np.zeros_like(weight), use=np.zeros_like(m), source=np.full(m.shape, -1, np.int16))
+    assert np.array_equal(pipe._fill_around_warp(p, none), classical_fill(p.image, p.mask, "mixed")[window])  # no warp: the whole mask

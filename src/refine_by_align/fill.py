@@ -78,6 +78,25 @@ def classical_fill(image: np.ndarray, mask: np.ndarray, method: str = "telea", r
     raise ValueError(f"unknown classical fill '{method}' (choose {' or '.join(CLASSICAL_FILLS)})")
 
 
+def _fill_inputs(name: str, image: np.ndarray, mask: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """A fill's inputs as arrays, checked: an (H, W, C) uint8 image and an (H, W) mask."""
+    img = np.asarray(image)
+    m = np.asarray(mask, bool)
+    if img.ndim != 3 or img.shape[:2] != m.shape:
+        raise ValueError(f"{name} wants an (H, W, C) image and an (H, W) mask, got {img.shape} and {m.shape}")
+    if img.dtype != np.uint8:
+        raise ValueError(f"{name} wants an 8-bit image, got {img.dtype}")
+    return img, m
+
+
+def _hole_window(m: np.ndarray, margin: int, grid: int = 1) -> tuple[slice, slice]:
+    """The bounding box of the (non-empty) hole ``m`` grown by ``margin`` px, clipped to the
+    picture, its top-left corner moved back onto a grid of ``grid`` px from the picture's corner."""
+    ys, xs = np.nonzero(m.any(axis=1))[0], np.nonzero(m.any(axis=0))[0]
+    y0, x0 = max(ys[0] - margin, 0), max(xs[0] - margin, 0)
+    return slice(y0 - y0 % grid, ys[-1] + margin + 1), slice(x0 - x0 % grid, xs[-1] + margin + 1)
+
+
 FSR_QUALITIES = ("fast", "best")
 FSR_BLOCK = 16  # px, the block size of OpenCV's FSR
 
@@ -94,12 +113,9 @@ def fsr_fill(image: np.ndarray, mask: np.ndarray, quality: str = "fast") -> np.n
 
     ``image`` (H, W, C) uint8 (C = 1 or 3), ``mask`` (H, W) bool -> (H, W, C) uint8, the pixels
     outside the mask unchanged. A hole with no pixel around it is returned as given."""
-    img = np.asarray(image)
-    m = np.asarray(mask, bool)
-    if img.ndim != 3 or img.shape[:2] != m.shape or img.shape[2] not in (1, 3):
-        raise ValueError(f"fsr_fill wants an (H, W, 1 or 3) image and an (H, W) mask, got {img.shape} and {m.shape}")
-    if img.dtype != np.uint8:
-        raise ValueError(f"fsr_fill wants an 8-bit image, got {img.dtype}")
+    img, m = _fill_inputs("fsr_fill", image, mask)
+    if img.shape[2] not in (1, 3):
+        raise ValueError(f"fsr_fill wants an (H, W, 1 or 3) image, got {img.shape}")
     if quality not in FSR_QUALITIES:
         raise ValueError(f"unknown FSR quality '{quality}' (choose {' or '.join(FSR_QUALITIES)})")
     if not hasattr(cv2, "xphoto"):
@@ -115,10 +131,7 @@ def fsr_fill(image: np.ndarray, mask: np.ndarray, quality: str = "fast") -> np.n
     # grid and reaches 3 blocks past the hole gives the same result as the whole picture (tested);
     # a window off the grid does not (the result depends on where the blocks fall, by up to 3 dB on
     # one case)
-    ys, xs = np.nonzero(m.any(axis=1))[0], np.nonzero(m.any(axis=0))[0]
-    r = 3 * FSR_BLOCK
-    y0, x0 = max(ys[0] - r, 0), max(xs[0] - r, 0)
-    window = (slice(y0 - y0 % FSR_BLOCK, ys[-1] + r + 1), slice(x0 - x0 % FSR_BLOCK, xs[-1] + r + 1))
+    window = _hole_window(m, 3 * FSR_BLOCK, grid=FSR_BLOCK)
     sub = np.ascontiguousarray(img[window])
     known = np.where(m[window], 0, 255).astype(np.uint8)  # xphoto's mask: non-zero = known pixel
     filled = np.zeros_like(sub)
@@ -144,17 +157,11 @@ def biharmonic_fill(image: np.ndarray, mask: np.ndarray) -> np.ndarray:
     unchanged. A hole with no pixel around it is returned as given."""
     from skimage.restoration import inpaint_biharmonic
 
-    img = np.asarray(image)
-    m = np.asarray(mask, bool)
-    if img.ndim != 3 or img.shape[:2] != m.shape:
-        raise ValueError(f"biharmonic_fill wants an (H, W, C) image and an (H, W) mask, got {img.shape} and {m.shape}")
-    if img.dtype != np.uint8:
-        raise ValueError(f"biharmonic_fill wants an 8-bit image, got {img.dtype}")
+    img, m = _fill_inputs("biharmonic_fill", image, mask)
     n = int(m.sum())
     if n == 0 or n == m.size:
         return img.copy()
-    ys, xs = np.nonzero(m.any(axis=1))[0], np.nonzero(m.any(axis=0))[0]
-    window = (slice(max(ys[0] - 4, 0), ys[-1] + 5), slice(max(xs[0] - 4, 0), xs[-1] + 5))
+    window = _hole_window(m, 4)
     sub_m = m[window]
     filled = inpaint_biharmonic(img[window].astype(np.float64) / 255.0, sub_m, channel_axis=-1)
     out = img.copy()
@@ -204,8 +211,7 @@ def _mixed(img: np.ndarray, m: np.ndarray, ring: int, fill: bool) -> tuple[dict[
 
     from .threads import worker_threads
 
-    if img.ndim != 3 or img.shape[:2] != m.shape:
-        raise ValueError(f"mixed_fill wants an (H, W, C) image and an (H, W) mask, got {img.shape} and {m.shape}")
+    img, m = _fill_inputs("mixed_fill", img, m)
     if ring < 1:
         raise ValueError(f"mixed_fill's ring must be at least 1 px, got {ring}")
     grown = cv2.dilate(m.astype(np.uint8), _disk_kernel(int(ring))) > 0
@@ -244,20 +250,13 @@ def harmonic_fill(image: np.ndarray, mask: np.ndarray, max_direct: int = HARMONI
     (a few at most where the surroundings are sharp), about 0.8 s for a 500,000-pixel hole (the
     exact solve: 4-5 s) and 3-4 s for a 2-megapixel one (Telea: 5-6 s). A hole with no pixel
     around it (the whole picture) is returned as given."""
-    img = np.asarray(image)
-    m = np.asarray(mask, bool)
-    if img.ndim != 3 or img.shape[:2] != m.shape:
-        raise ValueError(f"harmonic_fill wants an (H, W, C) image and an (H, W) mask, got {img.shape} and {m.shape}")
-    if img.dtype != np.uint8:
-        raise ValueError(f"harmonic_fill wants an 8-bit image, got {img.dtype}")
+    img, m = _fill_inputs("harmonic_fill", image, mask)
     n = int(m.sum())
     if n == 0 or n == m.size:
         return img.copy()
     # only the hole and the pixels beside it take part: solve on its bounding box plus one pixel
     # (plus four for the coarse-to-fine path, so the half-size picture keeps known pixels around it)
-    ys, xs = np.nonzero(m.any(axis=1))[0], np.nonzero(m.any(axis=0))[0]
-    r = 1 if n <= max_direct else 4
-    window = (slice(max(ys[0] - r, 0), ys[-1] + r + 1), slice(max(xs[0] - r, 0), xs[-1] + r + 1))
+    window = _hole_window(m, 1 if n <= max_direct else 4)
     sub_img, sub_m = img[window], m[window]
     values = _harmonic_direct(sub_img, sub_m) if n <= max_direct else _harmonic_coarse_to_fine(sub_img, sub_m, max_direct)
     out = img.copy()

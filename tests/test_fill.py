@@ -369,3 +369,19 @@ def test_mixed_fill_edge_cases_and_bad_input():
         mixed_fill(img, np.zeros((31, 32), bool))
     with pytest.raises(ValueError, match="ring"):
         mixed_fill_weights(img, np.zeros((32, 32), bool), ring=0)
+
+
+def test_mixed_fill_solves_a_large_hole_scaled_down():
+    """A hole over max_hole pixels is filled on the picture scaled down (bounded time on a huge
+    mask) and scaled back: the rest of the picture is kept, and a smooth ramp comes back closely."""
+    from refine_by_align.fill import mixed_fill
+
+    yy, xx = np.mgrid[0:120, 0:160]
+    ramp = np.stack([xx + 40, yy + 60, (xx + yy) // 2 + 20], -1).astype(np.uint8)
+    mask = np.zeros((120, 160), bool)
+    mask[30:90, 40:120] = True  # 4,800 pixels
+    out = mixed_fill(ramp, mask, max_hole=1_000)  # scaled down by 3
+    assert np.array_equal(out[~mask], ramp[~mask])
+    assert np.abs(out[mask].astype(float) - ramp[mask]).mean() < 3.0
+    grey = mixed_fill(ramp[..., :1], mask, max_hole=1_000)
+    assert grey.shape == (120, 160, 1) and np.array_equal(grey[~mask], ramp[..., :1][~mask])

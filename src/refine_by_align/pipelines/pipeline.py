@@ -781,11 +781,10 @@ class RefineByAlignPipeline(DiffusionPipeline):
         the `mixed` baseline does (on the crop alone, multiview -0.24 / -0.10 dB on val4 / val3).
         Where warps cover part of the mask, the fully trusted warp pixels are pasted and count as
         known; only the rest of the mask is filled (:meth:`_base_fill`), from them and the image
-        around it: the warp
-        pixels are what the result shows there (step 5 blends them in), and what they leave is
-        continued from them (with :attr:`CHEAP_FILL_SHARE`, on the four validation sets: ALL +0.12 to
-        +0.61 dB, affine +0.16 to +1.65, over filling the whole mask from the image around it;
-        MODEL_CARD.md, "Mixed fill")."""
+        around it: the warp pixels are what the result shows there (step 5 blends them in), and
+        what they leave is continued from them (with :attr:`CHEAP_FILL_SHARE`, on the four
+        validation sets: ALL +0.12 to +0.61 dB, affine +0.16 to +1.65, over filling the whole mask
+        from the image around it; MODEL_CARD.md, "Mixed fill")."""
         b = p.crop_box
         window = (slice(b.y0, b.y1), slice(b.x0, b.x1))
         image, hole = p.image.copy(), p.mask.copy()  # filled on the whole picture (the crop box holds all of the mask)

@@ -1,5 +1,6 @@
 """Hole filling of the U-Net's masked-image input (fill.py)."""
 
+import cv2
 import numpy as np
 import pytest
 import torch
@@ -385,3 +386,43 @@ def test_mixed_fill_solves_a_large_hole_scaled_down():
     assert np.abs(out[mask].astype(float) - ramp[mask]).mean() < 3.0
     grey = mixed_fill(ramp[..., :1], mask, max_hole=1_000)
     assert grey.shape == (120, 160, 1) and np.array_equal(grey[~mask], ramp[..., :1][~mask])
+
+
+@pytest.mark.parametrize("channels", [3, 1])
+def test_fsr_fill_at_the_right_and_bottom_edge_fills_every_hole_pixel(channels):
+    """OpenCV's FSR leaves the pixels of a block cut off by the picture's edge unfilled (a bright
+    green in colour, the hole's own values in grey): fsr_fill pads the window to whole blocks."""
+    from refine_by_align.fill import fsr_fill
+
+    rng = np.random.default_rng(5)
+    img = cv2.GaussianBlur(rng.integers(0, 255, (70, 62, 3), dtype=np.uint8), (0, 0), 4)[..., :channels].reshape(70, 62, channels)
+    mask = np.zeros((70, 62), bool)
+    mask[20:40, 48:62] = True  # touches the right edge; 62 is not a multiple of 16
+    mask[60:70, 10:30] = True  # and the bottom edge; nor is 70
+    given = img.copy()
+    given[mask] = 0  # a leak of the hole's own values would show as black
+    out = fsr_fill(given, mask)
+    assert np.array_equal(out[~mask], img[~mask])
+    err = np.abs(out[mask].astype(float) - img[mask].astype(float))
+    assert err.mean() < 25 and (out[mask].astype(int).sum(-1) > 0).all(), err.mean()
+    if channels == 3:
+        assert not (out[mask] == [0, 135, 0]).all(-1).any()
+
+
+def test_mixed_fill_scaled_down_never_brings_back_the_holes_own_pixels():
+    """A hole that leaves only a thin strip of known pixels: the scaled-down picture is made of the
+    known pixels alone (or the harmonic fill takes over), never of the hole's content."""
+    from refine_by_align.fill import mixed_fill
+
+    img = np.full((60, 60, 3), 255, np.uint8)
+    img[:, 0] = 40  # the only known column
+    mask = np.ones((60, 60), bool)
+    mask[:, 0] = False
+    out = mixed_fill(img, mask, max_hole=500)
+    assert np.array_equal(out[~mask], img[~mask]) and np.abs(out[mask].astype(float) - 40).max() <= 2
+    img2 = np.full((60, 60, 3), 255, np.uint8)
+    img2[:, :6] = 40  # known columns wider than the scaling factor
+    m2 = np.ones((60, 60), bool)
+    m2[:, :6] = False
+    out2 = mixed_fill(img2, m2, max_hole=500)
+    assert np.abs(out2[m2].astype(float) - 40).mean() < 3

@@ -33,8 +33,8 @@ def fill_hole(
     images: torch.Tensor, masks: torch.Tensor, method: str = "zero", warp: torch.Tensor | None = None, trust: torch.Tensor | None = None
 ) -> torch.Tensor:
     """``images`` (B, 3, H, W) in [0, 1], ``masks`` (B, 1, H, W) (> 0.5 = hole) -> (B, 3, H, W)
-    in [0, 1] with the hole zeroed (``zero``) or inpainted by Telea (``telea``) or by the harmonic
-    fill (``harmonic``, :func:`harmonic_fill`); ``warp``: Telea,
+    in [0, 1] with the hole zeroed (``zero``) or filled by a classical fill (``telea``,
+    ``harmonic``, ``biharmonic``, ``fsr``, ``mixed``: :func:`classical_fill`); ``warp``: Telea,
     then ``warp`` ((B, 3, H, W) in [0, 1], the warped reference) on the hole pixels where
     ``trust`` ((B, 1, H, W), > 0.5 = trusted) says so (no warp or trust given: Telea alone)."""
     if method not in HOLE_FILLS:
@@ -132,14 +132,21 @@ def fsr_fill(image: np.ndarray, mask: np.ndarray, quality: str = "fast") -> np.n
     # a window off the grid does not (the result depends on where the blocks fall, by up to 3 dB on
     # one case)
     window = _hole_window(m, 3 * FSR_BLOCK, grid=FSR_BLOCK)
-    sub = np.ascontiguousarray(img[window])
-    known = np.where(m[window], 0, 255).astype(np.uint8)  # xphoto's mask: non-zero = known pixel
-    filled = np.zeros_like(sub)
+    sub, sub_m = img[window], m[window]
+    # OpenCV's FSR leaves the pixels of a block cut off by the picture's right or bottom edge
+    # unfilled (3 channels: a bright green, its YCrCb zero; 1 channel: the hole's own values): a
+    # window that ends there is padded to whole blocks with unknown pixels, filled and cut back
+    pad_y = -sub.shape[0] % FSR_BLOCK if window[0].stop >= m.shape[0] else 0
+    pad_x = -sub.shape[1] % FSR_BLOCK if window[1].stop >= m.shape[1] else 0
+    padded = cv2.copyMakeBorder(np.ascontiguousarray(sub), 0, pad_y, 0, pad_x, cv2.BORDER_REPLICATE).reshape(sub.shape[0] + pad_y, sub.shape[1] + pad_x, -1)
+    known = np.zeros(padded.shape[:2], np.uint8)  # xphoto's mask: non-zero = known pixel
+    known[: sub.shape[0], : sub.shape[1]] = np.where(sub_m, 0, 255)
+    filled = np.zeros_like(padded)
     flag = cv2.xphoto.INPAINT_FSR_FAST if quality == "fast" else cv2.xphoto.INPAINT_FSR_BEST
-    cv2.xphoto.inpaint(sub[..., 0] if sub.shape[2] == 1 else sub, known, filled, flag)
+    cv2.xphoto.inpaint(padded[..., 0] if padded.shape[2] == 1 else padded, known, filled, flag)
     out = img.copy()
     sub_out = out[window]  # a view
-    sub_out[m[window]] = filled.reshape(sub.shape)[m[window]]
+    sub_out[sub_m] = filled.reshape(padded.shape)[: sub.shape[0], : sub.shape[1]][sub_m]
     return out
 
 
@@ -151,7 +158,8 @@ def biharmonic_fill(image: np.ndarray, mask: np.ndarray) -> np.ndarray:
     """The hole filled by the biharmonic equation (scikit-image's ``inpaint_biharmonic``): the
     smoothest continuation that also carries the surroundings' gradients into the hole, where the
     harmonic fill (:func:`harmonic_fill`) carries their values only. Solved on the hole's bounding
-    box plus 4 px (the equation's stencil reaches 2 px).
+    box plus 4 px (the equation's stencil reaches 2 px); scikit-image clips the result to the range
+    of the known values in that box.
 
     ``image`` (H, W, C) uint8, ``mask`` (H, W) bool -> (H, W, C) uint8, the pixels outside the mask
     unchanged. A hole with no pixel around it is returned as given."""
@@ -191,18 +199,25 @@ def mixed_fill(image: np.ndarray, mask: np.ndarray, ring: int = MIXED_RING, max_
 
     ``image`` (H, W, C) uint8, ``mask`` (H, W) bool -> (H, W, C) uint8, the pixels outside the mask
     unchanged. The four fills (two on the grown hole, two on the hole) run side by side on
-    :func:`~refine_by_align.threads.worker_threads` threads (OpenCV and SciPy release Python's lock).
+    :func:`~refine_by_align.threads.worker_threads` threads (OpenCV's FSR and SciPy's solver release
+    Python's lock; scikit-image builds the biharmonic system in Python, which holds it).
     A hole of more than ``max_hole`` pixels is filled on the picture scaled down by the smallest
-    integer factor that brings it under that (any scaled pixel the hole touches is hole), and the
-    result scaled back up (bicubic) inside the hole."""
+    integer factor that brings it under that (a scaled pixel is the mean of its known pixels, and
+    hole where they are under half of it; the harmonic fill where that leaves nothing known), and
+    the result scaled back up (bicubic) inside the hole."""
     img, m = _fill_inputs("mixed_fill", image, mask)
     n = int(m.sum())
     if n > max_hole and n < m.size:
         k = int(np.ceil(np.sqrt(n / float(max_hole))))
         h, w = m.shape
         size = (max(1, -(-w // k)), max(1, -(-h // k)))  # (width, height), rounded up
-        small = cv2.resize(img, size, interpolation=cv2.INTER_AREA).reshape(size[1], size[0], img.shape[2])
-        small_hole = cv2.resize(m.astype(np.float32), size, interpolation=cv2.INTER_AREA) > 0
+        known = (~m).astype(np.float32)
+        share = cv2.resize(known, size, interpolation=cv2.INTER_AREA)  # (h', w') the known part of each scaled pixel
+        total = cv2.resize(img.astype(np.float32) * known[..., None], size, interpolation=cv2.INTER_AREA).reshape(size[1], size[0], img.shape[2])
+        small_hole = share < 0.5
+        if small_hole.all():  # the known pixels are too thin to survive the scaling
+            return harmonic_fill(img, m)
+        small = np.clip(np.rint(total / np.maximum(share, 1e-6)[..., None]), 0, 255).astype(np.uint8)  # the known pixels' mean
         up = cv2.resize(mixed_fill(small, small_hole, ring, max_hole), (w, h), interpolation=cv2.INTER_CUBIC).reshape(img.shape)
         out = img.copy()
         out[m] = up[m]
@@ -217,7 +232,8 @@ def mixed_fill(image: np.ndarray, mask: np.ndarray, ring: int = MIXED_RING, max_
 
 
 def mixed_fill_weights(image: np.ndarray, mask: np.ndarray, ring: int = MIXED_RING) -> dict[str, float]:
-    """:func:`mixed_fill`'s weight of each fill of :data:`MIXED_FILLS` (they sum to 1): each in
+    """:func:`mixed_fill`'s weight of each fill of :data:`MIXED_FILLS` for a hole of up to
+    ``max_hole`` pixels (a larger one is weighed on the scaled-down picture); they sum to 1, each in
     inverse proportion to its mean squared error on the ring of ``ring`` px of known pixels around
     ``mask`` when it fills the mask grown by that ring. Equal weights when the ring is empty (no
     known pixels near the hole); all of it to a fill that is exact on the ring."""
@@ -408,7 +424,7 @@ def residual_patch(
 
     The model saw the hole pre-filled at its S-px crop size (``prefill_small``) and returned
     ``out_small`` (both (S, S, 3) float in [0, 1]). Its correction (out - prefill) is upsampled and
-    added to the same classical fill (``fill``: "telea" or "harmonic") computed at the crop's full
+    added to a classical fill (``fill``, one of :data:`CLASSICAL_FILLS`) computed at the crop's full
     resolution (``crop_full`` (N, N, 3) uint8, ``mask_full`` (N, N) bool), so that the fill keeps
     its full-resolution detail and the model only contributes what it changed. A zero correction
     gives exactly the full-resolution classical fill. ``hole_small`` ((S, S) float/bool, the

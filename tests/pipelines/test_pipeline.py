@@ -442,8 +442,8 @@ def test_model_correction_goes_on_the_configured_base_fill(simple_inputs, monkey
     with pytest.raises(ValueError, match="base_fill must be one of"):
         dataclasses.replace(get_config("tiny"), base_fill="zero").validate()
     used, outs = [], {}
-    real = P.residual_patch
-    monkeypatch.setattr(P, "residual_patch", lambda *a, **k: used.append(k["fill"]) or real(*a, **k))
+    real = P.classical_fill
+    monkeypatch.setattr(P, "classical_fill", lambda image, hole, name: used.append(name) or real(image, hole, name))
     image, mask, reference = simple_inputs
     for base in ("same", "fsr"):
         torch.manual_seed(0)

@@ -93,17 +93,18 @@ class TeleaMethod:
 
 class ClassicalFillMethod:
     """Baseline: a classical fill inside the mask, from the pixels around it alone (no model, no
-    reference; fill.py): ``harmonic`` (Laplace's equation, :func:`~refine_by_align.fill.harmonic_fill`),
-    ``fsr`` (frequency-selective reconstruction, :func:`~refine_by_align.fill.fsr_fill`) or ``mixed``
-    (the two weighed by their errors on a ring of known pixels, :func:`~refine_by_align.fill.mixed_fill`:
-    the shipped model's prefill). Pixels outside the mask are unchanged. The bar a reference-guided
-    redraw must clear where no warp is trusted."""
+    reference; fill.py): ``harmonic`` (Laplace's equation, :func:`~refine_by_align.fill.harmonic_fill`:
+    the shipped model's prefill), ``biharmonic``, ``fsr`` (frequency-selective reconstruction,
+    :func:`~refine_by_align.fill.fsr_fill`) or ``mixed`` (FSR and biharmonic weighed by their errors
+    on a ring of known pixels, :func:`~refine_by_align.fill.mixed_fill`: the full-resolution fill the
+    shipped model's correction goes on). Pixels outside the mask are unchanged. The bar a
+    reference-guided redraw must clear where no warp is trusted."""
 
     def __init__(self, fill: str = "harmonic"):
         from ..fill import CLASSICAL_FILLS
 
         if fill not in CLASSICAL_FILLS or fill == "telea":
-            raise ValueError(f"unknown classical fill baseline '{fill}' (choose harmonic, fsr or mixed; telea is TeleaMethod)")
+            raise ValueError(f"unknown classical fill baseline '{fill}' (choose harmonic, biharmonic, fsr or mixed; telea is TeleaMethod)")
         self.fill = self.name = fill
 
     def __call__(self, case: Case) -> MethodOutput:

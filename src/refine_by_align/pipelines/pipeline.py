@@ -150,7 +150,7 @@ class CropInputs:
     masked: torch.Tensor  # (1, C, h, w) the masked-image input ((1, C + 1, h, w) with cfg.warp_channel: + the trust map)
     lmask: torch.Tensor  # (1, 1, h, w) the mask at the sample resolution
     trust: torch.Tensor | None = None  # (1, 1, S, S) hole_fill "warp": where the prefill is the warp (None: no warp)
-    base: np.ndarray | None = None  # (N, N, 3) uint8 hole_fill "warp": the full-resolution warp composite the correction goes on
+    base: np.ndarray | None = None  # (N, N, 3) uint8: the full-resolution fill the correction goes on (the warp composite for hole_fill "warp")
 
 
 @dataclass
@@ -769,8 +769,8 @@ class RefineByAlignPipeline(DiffusionPipeline):
 
     def _base_fill(self, share: float = 1.0) -> str:
         """The classical fill the model's correction is added to at full resolution (cfg.base_fill),
-        or the harmonic fill when the model's largest ``share`` of a mask pixel is at most
-        :attr:`CHEAP_FILL_SHARE`."""
+        or, where that is a slow one ("mixed" or "fsr"), the harmonic fill when the model's largest
+        ``share`` of a mask pixel is at most :attr:`CHEAP_FILL_SHARE`."""
         cfg = self.model.cfg
         name = "telea" if cfg.hole_fill == "warp" else cfg.hole_fill if cfg.base_fill == "same" else cfg.base_fill
         return "harmonic" if share <= self.CHEAP_FILL_SHARE and name in ("mixed", "fsr") else name
@@ -787,7 +787,7 @@ class RefineByAlignPipeline(DiffusionPipeline):
         from the image around it; MODEL_CARD.md, "Mixed fill")."""
         b = p.crop_box
         window = (slice(b.y0, b.y1), slice(b.x0, b.x1))
-        image, hole = p.image.copy(), p.mask.copy()  # filled on the whole picture (the crop box holds all of the mask)
+        image, hole = p.image.copy(), p.mask.copy()  # filled on the whole picture (all of the mask, also where the crop box cuts it)
         covered = hole[window] & (combined.weight >= 1.0)
         image[window][covered] = combined.patch[covered]
         hole[window][covered] = False

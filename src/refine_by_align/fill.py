@@ -97,6 +97,18 @@ def _hole_window(m: np.ndarray, margin: int, grid: int = 1) -> tuple[slice, slic
     return slice(y0 - y0 % grid, ys[-1] + margin + 1), slice(x0 - x0 % grid, xs[-1] + margin + 1)
 
 
+def _known_means(values: np.ndarray, m: np.ndarray, size: tuple[int, int]) -> tuple[np.ndarray, np.ndarray]:
+    """``values`` (H, W, C) scaled down by area to ``size`` (width, height) from the pixels outside
+    the hole ``m`` alone: (each scaled pixel's mean of its known pixels, (h', w', C) float32, 0 where
+    it has none; its known share, (h', w') float32 in [0, 1]). The coarse solves of a large hole
+    start from it, so the hole's own content never leaks into them."""
+    known = (~m).astype(np.float32)
+    share = cv2.resize(known, size, interpolation=cv2.INTER_AREA)
+    total = cv2.resize(values.astype(np.float32) * known[..., None], size, interpolation=cv2.INTER_AREA).reshape(size[1], size[0], values.shape[2])
+    means = np.where(share[..., None] > 0, total / np.maximum(share, 1e-6)[..., None], 0.0).astype(np.float32)
+    return means, share
+
+
 FSR_QUALITIES = ("fast", "best")
 FSR_BLOCK = 16  # px, the block size of OpenCV's FSR
 
@@ -107,9 +119,9 @@ def fsr_fill(image: np.ndarray, mask: np.ndarray, quality: str = "fast") -> np.n
     approximated by a sparse sum of 2-D Fourier basis functions, chosen one at a time where they
     lower the weighted error most, and the sum is read off inside the hole. Unlike the harmonic fill
     it continues edges and periodic texture across the hole, not only its mean colour; on the
-    project's four validation case sets it is 0.9-1.5 dB closer to the truth than the harmonic fill
-    (MODEL_CARD.md, "FSR prefill"). ``quality``: "fast" (FSR_FAST, about 0.3 s for a hole of a few
-    thousand pixels on 2 CPU cores) or "best" (FSR_BEST, 10-30x slower).
+    project's four validation case sets it is 0.5-1.0 dB closer to the truth than the harmonic fill
+    (MODEL_CARD.md, "Mixed fill"). ``quality``: "fast" (FSR_FAST, 0.1-0.8 s for holes of
+    1,000-8,000 pixels on 2 CPU cores) or "best" (FSR_BEST, 10-30x slower).
 
     ``image`` (H, W, C) uint8 (C = 1 or 3), ``mask`` (H, W) bool -> (H, W, C) uint8, the pixels
     outside the mask unchanged. A hole with no pixel around it is returned as given."""
@@ -194,8 +206,8 @@ def mixed_fill(image: np.ndarray, mask: np.ndarray, ring: int = MIXED_RING, max_
     is grown by ``ring`` px and both fill the grown hole; their mean squared errors on that ring of
     known pixels weigh the two fills of the hole itself, each in inverse proportion to its error
     (inverse-variance weighting, :func:`mixed_fill_weights`). On 96 validation cases (four sets) the
-    mix is 1.2 dB closer to the truth than the harmonic fill, 0.5 dB closer than FSR alone and 0.3
-    dB closer than the harmonic / FSR mix (MODEL_CARD.md, "Mixed fill").
+    mix is 1.3 dB closer to the truth than the harmonic fill, 0.6 dB closer than FSR alone and 0.35
+    dB closer than a harmonic / FSR mix (MODEL_CARD.md, "Mixed fill").
 
     ``image`` (H, W, C) uint8, ``mask`` (H, W) bool -> (H, W, C) uint8, the pixels outside the mask
     unchanged. The four fills (two on the grown hole, two on the hole) run side by side on
@@ -211,13 +223,11 @@ def mixed_fill(image: np.ndarray, mask: np.ndarray, ring: int = MIXED_RING, max_
         k = int(np.ceil(np.sqrt(n / float(max_hole))))
         h, w = m.shape
         size = (max(1, -(-w // k)), max(1, -(-h // k)))  # (width, height), rounded up
-        known = (~m).astype(np.float32)
-        share = cv2.resize(known, size, interpolation=cv2.INTER_AREA)  # (h', w') the known part of each scaled pixel
-        total = cv2.resize(img.astype(np.float32) * known[..., None], size, interpolation=cv2.INTER_AREA).reshape(size[1], size[0], img.shape[2])
+        means, share = _known_means(img, m, size)
         small_hole = share < 0.5
         if small_hole.all():  # the known pixels are too thin to survive the scaling
             return harmonic_fill(img, m)
-        small = np.clip(np.rint(total / np.maximum(share, 1e-6)[..., None]), 0, 255).astype(np.uint8)  # the known pixels' mean
+        small = np.clip(np.rint(means), 0, 255).astype(np.uint8)
         up = cv2.resize(mixed_fill(small, small_hole, ring, max_hole), (w, h), interpolation=cv2.INTER_CUBIC).reshape(img.shape)
         out = img.copy()
         out[m] = up[m]
@@ -330,11 +340,9 @@ def harmonic_interpolate(values: np.ndarray, mask: np.ndarray, max_direct: int =
         return out
     s = float(np.sqrt(max_direct / n))
     size = (max(2, round(w * s)), max(2, round(h * s)))
-    known = (~m).astype(np.float32)
-    weight = cv2.resize(known, size, interpolation=cv2.INTER_AREA)
-    total = cv2.resize(v * known[..., None], size, interpolation=cv2.INTER_AREA).reshape(size[1], size[0], c)
+    means, weight = _known_means(v, m, size)
     small_hole = weight < 0.5 if (weight >= 0.5).any() else weight <= 0
-    small = np.where(small_hole[..., None], 0.0, total / np.maximum(weight, 1e-6)[..., None]).astype(np.float32)
+    small = np.where(small_hole[..., None], np.float32(0.0), means)
     solved = harmonic_interpolate(small, small_hole, max(max_direct, int(small_hole.sum())))  # one direct solve
     up = cv2.resize(solved, (w, h), interpolation=cv2.INTER_LINEAR).reshape(h, w, c)
     out[m] = up[m]
@@ -382,13 +390,11 @@ def _harmonic_coarse_to_fine(img: np.ndarray, m: np.ndarray, max_direct: int, sw
     h, w = m.shape
     hh, hw = (h + 1) // 2, (w + 1) // 2
     img2 = cv2.copyMakeBorder(np.ascontiguousarray(img), 0, 2 * hh - h, 0, 2 * hw - w, cv2.BORDER_REPLICATE).reshape(2 * hh, 2 * hw, -1)
-    known = ~np.pad(m, ((0, 2 * hh - h), (0, 2 * hw - w)), mode="edge")
     # a coarse pixel is known where any of its 2 x 2 block is: the mean of the block's known pixels
     # (the coarse hole's rim stays where the fine one is, within a fine pixel)
-    weight = cv2.resize(known.astype(np.float32), (hw, hh), interpolation=cv2.INTER_AREA)  # share of known pixels
-    total = cv2.resize(img2.astype(np.float32) * known[..., None], (hw, hh), interpolation=cv2.INTER_AREA).reshape(hh, hw, -1)
+    means, weight = _known_means(img2, np.pad(m, ((0, 2 * hh - h), (0, 2 * hw - w)), mode="edge"), (hw, hh))
     small_hole = weight == 0
-    small = np.where(small_hole[..., None], 0.0, total / np.maximum(weight, 1e-6)[..., None]).round().clip(0, 255).astype(np.uint8)
+    small = means.round().clip(0, 255).astype(np.uint8)
     coarse = harmonic_fill(small, small_hole, max_direct).astype(np.float32)
     up = cv2.resize(coarse, (2 * hw, 2 * hh), interpolation=cv2.INTER_LINEAR).reshape(2 * hh, 2 * hw, -1)[:h, :w]
     out = img.astype(np.float32)

@@ -28,7 +28,7 @@ def run(args) -> int:
     heat_path = check_output(args.heatmap, "heatmap") if args.heatmap else None
     check_outputs(input_files(args), [("--output", out), ("--heatmap", heat_path)])
     image, mask, reference, ref_mask, names = read_inputs(args)
-    pipe = common.load_model(args.model, args.quiet, args.matcher_weights)
+    pipe = common.load_model(args.model, args.quiet, args.matcher_weights, args.dtype)
     check_alignment_options(pipe, args.alignment_timestep, args.alignment_layer)
     res = pipe.align(
         image, mask, reference, ref_mask, alignment_timestep=args.alignment_timestep, alignment_layer=args.alignment_layer, seed=args.seed, names=names,

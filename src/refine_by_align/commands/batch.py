@@ -20,6 +20,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    "[reference_mask (or reference_masks: a list, null allowed), steps, guidance, seed, output]")
     p.add_argument("--output", required=True, help="output folder")
     p.add_argument("--model", default="default", help="model folder or preset")
+    common.add_dtype_option(p)
 
 
 def run(args) -> int:
@@ -28,7 +29,7 @@ def run(args) -> int:
 
     read_manifest(args.manifest)  # a bad manifest or output folder fails before the model loads
     check_output_folder(args.output, "--output")
-    pipe = common.load_model(args.model, args.quiet)
+    pipe = common.load_model(args.model, args.quiet, dtype=args.dtype)
     summary = run_batch(args.manifest, args.output, pipe, progress=not args.quiet)
     print(format_summary(summary))
     return 1 if summary["failed"] else 0

@@ -42,7 +42,7 @@ def run(args) -> int:
     check_outputs(input_files(args), [("--output", out), ("--region", region_path), (compare_flag, compare)])
     check_settings(args.steps, args.guidance, args.samples)
     image, mask, reference, ref_mask, names = read_inputs(args)
-    pipe = common.load_model(args.model, args.quiet, args.matcher_weights)
+    pipe = common.load_model(args.model, args.quiet, args.matcher_weights, args.dtype)
     check_alignment_options(pipe, args.alignment_timestep, args.alignment_layer)
     result = pipe(
         image, mask, reference, ref_mask, num_inference_steps=args.steps, guidance_scale=args.guidance,

@@ -341,37 +341,6 @@ def test_mixed_fill_weighs_each_fill_by_its_error_on_the_ring():
     assert np.abs(mixed_fill(ramp, m2)[m2].astype(float) - ramp[m2]).max() <= 2
 
 
-def test_mixed_fill_checks_a_large_hole_on_the_half_size_picture(monkeypatch):
-    """A hole of MIXED_HALF_CHECK pixels or more: the two fills of the grown hole (the ring check)
-    run on the picture at half size, the fills of the hole itself at full size; the check still
-    tells stripes (FSR) from a ramp (biharmonic)."""
-    import refine_by_align.fill as F
-
-    calls = []
-    real = F.classical_fill
-    monkeypatch.setattr(F, "classical_fill", lambda img, m, name, *a: calls.append((name, img.shape, int(m.sum()))) or real(img, m, name, *a))
-    img = _stripes(128, 128, period=16)
-    mask = np.zeros((128, 128), bool)
-    mask[32:88, 36:92] = True  # 3,136 pixels
-    assert mask.sum() >= F.MIXED_HALF_CHECK
-    w = F.mixed_fill_weights(img, mask)
-    assert sorted(c[1] for c in calls) == [(64, 64, 3)] * 2 and all(c[2] > mask.sum() // 4 for c in calls), calls
-    assert w["fsr"] > 0.9, w
-    calls.clear()
-    out = F.mixed_fill(img, mask)
-    assert sorted(c[1] for c in calls) == [(64, 64, 3)] * 2 + [(128, 128, 3)] * 2, calls
-    assert np.array_equal(out[~mask], img[~mask]) and np.abs(out[mask].astype(float) - img[mask]).mean() < 4.0
-
-    yy, xx = np.mgrid[0:128, 0:128]
-    ramp = np.stack([xx + 40, yy + 60, (xx + yy) // 2 + 20], -1).astype(np.uint8)
-    assert F.mixed_fill_weights(ramp, mask)["biharmonic"] > 0.9
-    small = np.zeros((128, 128), bool)
-    small[40:60, 40:60] = True  # 400 pixels: checked at full size
-    calls.clear()
-    F.mixed_fill_weights(img, small)
-    assert [c[1] for c in calls] == [(128, 128, 3)] * 2
-
-
 def test_biharmonic_fill_continues_gradients_and_keeps_the_rest():
     """A quadratic bowl: the harmonic fill can only flatten it (each pixel the mean of its
     neighbours), the biharmonic one follows its curvature."""

@@ -207,9 +207,7 @@ def mixed_fill(image: np.ndarray, mask: np.ndarray, ring: int = MIXED_RING, max_
     known pixels weigh the two fills of the hole itself, each in inverse proportion to its error
     (inverse-variance weighting, :func:`mixed_fill_weights`). On 96 validation cases (four sets) the
     mix is 1.3 dB closer to the truth than the harmonic fill, 0.6 dB closer than FSR alone and 0.35
-    dB closer than a harmonic / FSR mix (MODEL_CARD.md, "Mixed fill"). A hole of
-    :data:`MIXED_HALF_CHECK` pixels or more is checked on the picture at half size (a quarter of
-    the cost; 0.013 dB further from the truth on those sets), its fills are at full size.
+    dB closer than a harmonic / FSR mix (MODEL_CARD.md, "Mixed fill").
 
     ``image`` (H, W, C) uint8, ``mask`` (H, W) bool -> (H, W, C) uint8, the pixels outside the mask
     unchanged. The four fills (two on the grown hole, two on the hole) run side by side on
@@ -247,17 +245,13 @@ def mixed_fill_weights(image: np.ndarray, mask: np.ndarray, ring: int = MIXED_RI
     """:func:`mixed_fill`'s weight of each fill of :data:`MIXED_FILLS` for a hole of up to
     ``max_hole`` pixels (a larger one is weighed on the scaled-down picture); they sum to 1, each in
     inverse proportion to its mean squared error on the ring of ``ring`` px of known pixels around
-    ``mask`` when it fills the mask grown by that ring; a hole of :data:`MIXED_HALF_CHECK` pixels
-    or more is checked on the picture at half size, on a ring of half the width (at least 1 px).
-    Equal weights when the ring is empty (no known pixels near the hole); all of it to a fill that
-    is exact on the ring."""
+    ``mask`` when it fills the mask grown by that ring. Equal weights when the ring is empty (no
+    known pixels near the hole); all of it to a fill that is exact on the ring."""
     return _mixed(np.asarray(image), np.asarray(mask, bool), ring, fill=False)[0]
 
 
 def _mixed(img: np.ndarray, m: np.ndarray, ring: int, fill: bool) -> tuple[dict[str, float], dict[str, np.ndarray]]:
-    """(the weights of :func:`mixed_fill_weights`, each fill of the hole itself when ``fill``).
-    Holes of at least :data:`MIXED_HALF_CHECK` pixels are checked on the picture at half size
-    (:func:`_ring_check_inputs`); the fills of the hole itself are always at full size."""
+    """(the weights of :func:`mixed_fill_weights`, each fill of the hole itself when ``fill``)."""
     from concurrent.futures import ThreadPoolExecutor
 
     from .threads import worker_threads
@@ -265,43 +259,20 @@ def _mixed(img: np.ndarray, m: np.ndarray, ring: int, fill: bool) -> tuple[dict[
     img, m = _fill_inputs("mixed_fill", img, m)
     if ring < 1:
         raise ValueError(f"mixed_fill's ring must be at least 1 px, got {ring}")
-    c_img, c_m, c_ring = _ring_check_inputs(img, m, ring)
-    grown = cv2.dilate(c_m.astype(np.uint8), _disk_kernel(int(c_ring))) > 0
-    band = grown & ~c_m
+    grown = cv2.dilate(m.astype(np.uint8), _disk_kernel(int(ring))) > 0
+    band = grown & ~m
     checked = bool(band.any()) and not grown.all()
-    # the slowest job (FSR on the full-size hole) first, so the other worker takes the rest
-    jobs = [(name, img, m) for name in MIXED_FILLS if fill] + [(name, c_img, grown) for name in MIXED_FILLS if checked]
+    jobs = [(name, grown) for name in MIXED_FILLS if checked] + [(name, m) for name in MIXED_FILLS if fill]
     with ThreadPoolExecutor(max_workers=max(1, min(len(jobs), worker_threads()))) as pool:
-        done = list(pool.map(lambda job: classical_fill(job[1], job[2], job[0]), jobs))
-    fills, ring_fills = (done[: len(MIXED_FILLS)], done[len(MIXED_FILLS) :]) if fill else ([], done)
+        done = list(pool.map(lambda job: classical_fill(img, job[1], job[0]), jobs))
     if not checked:
         weights = {name: 1.0 / len(MIXED_FILLS) for name in MIXED_FILLS}
     else:
-        known = c_img[band].astype(np.float64)
-        err = np.array([((f[band] - known) ** 2).mean() for f in ring_fills])
+        known = img[band].astype(np.float64)
+        err = np.array([((f[band] - known) ** 2).mean() for f in done[: len(MIXED_FILLS)]])
         inv = (err == 0).astype(np.float64) if (err == 0).any() else 1.0 / err
         weights = {name: float(v) for name, v in zip(MIXED_FILLS, inv / inv.sum())}
-    return weights, dict(zip(MIXED_FILLS, fills))
-
-
-#: Holes of at least this many pixels have mixed_fill's ring check made on the picture at half
-#: size (each fill of the grown hole then costs about a quarter: on the four validation sets the
-#: mix is 0.013 dB further from the truth, and 0.35 s faster on a 5,000-pixel hole; MODEL_CARD.md).
-MIXED_HALF_CHECK = 2_000
-
-
-def _ring_check_inputs(img: np.ndarray, m: np.ndarray, ring: int) -> tuple[np.ndarray, np.ndarray, int]:
-    """(picture, hole, ring width) that :func:`mixed_fill`'s ring check runs on: as given for a hole
-    under :data:`MIXED_HALF_CHECK` pixels, else the picture scaled to half size by area, a scaled
-    pixel being hole where any of its pixels is (so the ring's pixels are all known ones), and the
-    ring halved (at least 1 px)."""
-    h, w = m.shape
-    if int(m.sum()) < MIXED_HALF_CHECK or min(h, w) < 8:
-        return img, m, ring
-    size = (w // 2, h // 2)
-    small = cv2.resize(img, size, interpolation=cv2.INTER_AREA).reshape(size[1], size[0], img.shape[2])
-    small_m = cv2.resize(m.astype(np.float32), size, interpolation=cv2.INTER_AREA) > 0
-    return small, small_m, max(1, ring // 2)
+    return weights, dict(zip(MIXED_FILLS, done[len(jobs) - len(MIXED_FILLS) :])) if fill else {}
 
 
 #: Holes up to this many pixels are solved exactly (one sparse LU); larger ones coarse-to-fine.

@@ -117,3 +117,17 @@ def test_benchmark_times_the_compiled_unet(monkeypatch, tmp_path):
     assert any(f for _, _, f in calls)  # and the refines themselves
 
 
+
+
+def test_benchmark_leaves_no_leaked_semaphore_behind(tmp_path):
+    """Each config runs in a spawned child; its progress bars must not build tqdm's default
+    multiprocessing lock there (a semaphore the child never releases, which Python's resource
+    tracker reports on stderr at exit as 'leaked semaphore objects')."""
+    import subprocess
+    import sys
+
+    code = f"import sys; from refine_by_align.cli import main; sys.exit(main(['bench-speed', '--configs', 'tiny', '--repeats', '1', '--output', {str(tmp_path / 'b.json')!r}]))"
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert (tmp_path / "b.json").exists()
+    assert "leaked semaphore" not in proc.stderr, proc.stderr[-2000:]

@@ -272,6 +272,13 @@ def benchmark_config(
 
 
 def _benchmark_in_child(args: tuple) -> dict:
+    import threading
+
+    from tqdm import tqdm
+
+    # the progress bars' lock: tqdm's default builds a multiprocessing lock, a semaphore this child
+    # never releases (the pool ends it), which the parent's resource tracker then reports as leaked
+    tqdm.set_lock(threading.RLock())
     torch.set_num_threads(args[-1])
     return benchmark_config(*args[:-1])
 

@@ -242,10 +242,10 @@ def mixed_fill(image: np.ndarray, mask: np.ndarray, ring: int = MIXED_RING, max_
 
 
 def mixed_fill_weights(image: np.ndarray, mask: np.ndarray, ring: int = MIXED_RING) -> dict[str, float]:
-    """:func:`mixed_fill`'s weight of each fill of :data:`MIXED_FILLS` for a hole of up to
-    ``max_hole`` pixels (a larger one is weighed on the scaled-down picture); they sum to 1, each in
-    inverse proportion to its mean squared error on the ring of ``ring`` px of known pixels around
-    ``mask`` when it fills the mask grown by that ring. Equal weights when the ring is empty (no
+    """The weight of each fill of :data:`MIXED_FILLS` that :func:`mixed_fill` uses on this picture
+    and hole, as given (mixed_fill weighs a hole of over ``max_hole`` pixels on its scaled-down
+    picture instead); they sum to 1, each in inverse proportion to its mean squared error on the
+    ring of ``ring`` px of known pixels around ``mask`` when it fills the mask grown by that ring. Equal weights when the ring is empty (no
     known pixels near the hole); all of it to a fill that is exact on the ring."""
     return _mixed(np.asarray(image), np.asarray(mask, bool), ring, fill=False)[0]
 

@@ -296,6 +296,24 @@ def test_reference_features_are_remembered_per_reference_and_never_stale(monkeyp
         C.clear_reference_cache()
 
 
+class _StandInImage:
+    """Stands in for AlikedImage: remembers how many keypoints each features() call asked for."""
+
+    asked: list = []
+
+    def __init__(self, *args, **kwargs):
+        pass
+
+    def features(self, n=None):
+        self.asked.append(n)
+        return ("best", n) if n is not None else ("all", None)
+
+
+def _grid_outside(mask):
+    src = np.stack(np.meshgrid(np.arange(30, 211, 12.0), np.arange(30, 211, 12.0)), -1).reshape(-1, 2)
+    return src[~mask[src[:, 1].astype(int), src[:, 0].astype(int)]]
+
+
 @pytest.mark.parametrize("solid", [True, False, "consistent but wrong"])
 def test_mirrored_aliked_pass_only_when_the_reference_as_given_does_not_fit(monkeypatch, solid):
     """ALIKED runs on the mirrored reference only when the reference as given gave no fit on 30+
@@ -304,20 +322,20 @@ def test_mirrored_aliked_pass_only_when_the_reference_as_given_does_not_fit(monk
     from refine_by_align.pipelines import alignment as A
 
     image, mask, ref, valid, H = _case(_sim())
-    src = np.stack(np.meshgrid(np.arange(30, 211, 12.0), np.arange(30, 211, 12.0)), -1).reshape(-1, 2)
-    src = src[~mask[src[:, 1].astype(int), src[:, 0].astype(int)]]
+    src = _grid_outside(mask)
     rng = np.random.default_rng(0)
     flips = []
 
-    def matcher(image_, mask_, reference, reference_mask, model, flip=False, image_features=None):
-        flips.append(flip)
+    def matcher(image_, mask_, reference, reference_mask, model, flip=False, image_features=None, min_similarity=None):
+        if min_similarity is None:  # the first, strict matching (the loose one is tested below)
+            flips.append(flip)
         if flip or not solid:
             dst = rng.uniform(0, 240, src.shape)
         else:
             dst = _apply(H, src) + (0.0 if solid is True else np.array([40.0, 0.0]))
         return Matches(src.astype(np.float32), dst.astype(np.float32), np.ones(len(src), np.float32), {"aliked": len(src)})
 
-    monkeypatch.setattr(A, "aliked_features", lambda *a, **k: None)
+    monkeypatch.setattr(A, "AlikedImage", _StandInImage)
     monkeypatch.setattr(A, "aliked_matches", matcher)
     fld, info = dense_alignment(image, mask, ref, valid, zoom_box(mask, 2.0, 64), sources=("aliked",), aliked=object())
     if solid is True:
@@ -326,6 +344,70 @@ def test_mirrored_aliked_pass_only_when_the_reference_as_given_does_not_fit(monk
         assert flips == [False, True]
         if solid:  # the wrong mapping was fitted on many inliers, yet did not stop the search
             assert info["candidates"]["aliked"] < 0.5
+
+
+@pytest.mark.parametrize("loose", [0.6, None])
+def test_loose_aliked_matching_only_where_the_strict_one_finds_no_solid_fit(monkeypatch, loose):
+    """A colour-changed reference, or a plain object on a textured ground, can leave the strict
+    ALIKED matching (the image's best-scored keypoints, similarity >= 0.75) without a fit: the
+    matching is then run again on all the image's keypoints at a looser similarity, and its
+    candidates compete with the rest. A stand-in matcher gives junk to the strict matching and the
+    true mapping to the loose one on all keypoints; ``loose_similarity=None`` turns the second off."""
+    from refine_by_align.pipelines import alignment as A
+
+    image, mask, ref, valid, H = _case(_sim())
+    src = _grid_outside(mask)
+    rng = np.random.default_rng(0)
+    calls = []
+
+    def matcher(image_, mask_, reference, reference_mask, model, flip=False, image_features=None, min_similarity=None):
+        calls.append((image_features[0], min_similarity, flip))
+        right = image_features[0] == "all" and min_similarity == 0.6 and not flip
+        dst = _apply(H, src) if right else rng.uniform(0, 240, src.shape)
+        return Matches(src.astype(np.float32), dst.astype(np.float32), np.ones(len(src), np.float32), {"aliked": len(src)})
+
+    _StandInImage.asked = []
+    monkeypatch.setattr(A, "AlikedImage", _StandInImage)
+    monkeypatch.setattr(A, "aliked_matches", matcher)
+    box = zoom_box(mask, 2.0, 64)
+    fld, info = dense_alignment(image, mask, ref, valid, box, sources=("aliked",), aliked=object(), loose_similarity=loose)
+    strict = [(f, m, fl) for f, m, fl in calls if m is None]
+    assert strict == [("best", None, False), ("best", None, True)]  # both orientations, the best keypoints
+    if loose is None:
+        assert fld is None and len(calls) == 2
+        return
+    assert [c for c in calls if c[1] is not None] == [("all", 0.6, False), ("all", 0.6, True)]
+    assert _StandInImage.asked == [A.ALIKED_KEYPOINTS, None]
+    assert info["source"] == "aliked-loose" and not info["mirrored"]
+    ys, xs = np.nonzero(mask[box.y0 : box.y1, box.x0 : box.x1])
+    want = _apply(H, np.c_[xs + box.x0, ys + box.y0].astype(np.float64))
+    assert np.abs(fld.xy[ys, xs] - want).max() < 0.5
+
+
+def test_aliked_image_describes_on_demand_as_all_at_once():
+    """AlikedImage describes its best keypoints first and the rest only when asked; the descriptors
+    are those detect_and_describe gives all at once (a random ALIKED; no weights needed)."""
+    import torch
+
+    from refine_by_align.models.aliked import ALIKED, ALIKEDConfig, detect_and_describe
+    from refine_by_align.pipelines.correspondence import AlikedImage, aliked_features
+
+    torch.manual_seed(0)
+    model = ALIKED(ALIKEDConfig(8, 16, 32, 64, 64, 3, 16)).eval()
+    rgb = _texture(96, 128, seed=3)
+    box = Box(16, 8, 112, 88)
+    img = AlikedImage(model, rgb, None, box, max_side=384, max_keypoints=40)
+    k10, d10, s10 = img.features(10)
+    assert len(img._desc) == 10  # only the best ten were described
+    k, d, s = img.features()
+    assert len(img) == len(k) == 40 and len(img._desc) == 40
+    assert np.array_equal(k[:10], k10) and np.array_equal(d[:10], d10) and np.array_equal(s[:10], s10)
+    kw, dw, sw = detect_and_describe(model, np.ascontiguousarray(rgb[8:88, 16:112]), max_keypoints=40)
+    np.testing.assert_allclose(k, kw + [16, 8], atol=1e-4)  # full-image coordinates
+    np.testing.assert_allclose(d, dw, atol=1e-5)
+    ka, da, _ = aliked_features(model, rgb, None, box, 384, 40)
+    assert np.array_equal(ka, k)
+    np.testing.assert_allclose(da, d, atol=1e-5)  # (batched in one call: equal up to rounding)
 
 
 def test_ecc_candidates_refined_side_by_side_as_one_after_another():

@@ -42,6 +42,7 @@ __all__ = [
     "ALIKED_CONFIGS",
     "DEFAULT_WEIGHTS_NAME",
     "deform_conv2d",
+    "detect",
     "detect_and_describe",
     "detect_keypoints",
     "find_weights",
@@ -524,21 +525,17 @@ def _model_device(model: nn.Module) -> torch.device:
 
 
 @torch.no_grad()
-def detect_and_describe(
+def detect(
     model: ALIKED,
     rgb: np.ndarray,
     mask: np.ndarray | None = None,
     max_keypoints: int = 2048,
     score_threshold: float = 0.0,
-) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """ALIKED keypoints and SDDH descriptors of one image.
-
-    rgb (H, W, 3) uint8; mask (H, W) bool: keep only keypoints where mask is True (tested at the
-    NMS pixel and again at the rounded sub-pixel position). ``max_keypoints`` <= 0: no limit.
-    Returns keypoints (N, 2) float32 pixel xy (x right, y down, pixel centres at integers), best
-    score first; descriptors (N, D) float32 L2-normalised, from SDDH's deformable sampling of the
-    feature map at the sub-pixel keypoints; scores (N,) float32, the score map read at the
-    keypoints. The image is padded to a multiple of 32 as upstream does, and the padding removed."""
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """ALIKED's keypoints of one image, not yet described: (keypoints (N, 2) pixel xy, best score
+    first, as :func:`detect_and_describe` returns them; their scores (N,); the feature map (D, H, W)
+    that :meth:`ALIKED.describe` samples). A caller that may need only the best few descriptors
+    describes those first (SDDH's cost grows with the keypoints)."""
     rgb = np.asarray(rgb)
     if rgb.ndim != 3 or rgb.shape[2] != 3 or rgb.dtype != np.uint8:
         raise ValueError(f"rgb must be (H, W, 3) uint8, got {rgb.shape} {rgb.dtype}")
@@ -557,7 +554,27 @@ def detect_and_describe(
         r = kpts.round().long()
         keep = mask_t[r[:, 1].clamp(0, h - 1), r[:, 0].clamp(0, w - 1)]
         kpts, scores = kpts[keep], scores[keep]
-    desc = model.describe(feature_map[0], kpts)
+    return kpts, scores, feature_map[0]
+
+
+@torch.no_grad()
+def detect_and_describe(
+    model: ALIKED,
+    rgb: np.ndarray,
+    mask: np.ndarray | None = None,
+    max_keypoints: int = 2048,
+    score_threshold: float = 0.0,
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """ALIKED keypoints and SDDH descriptors of one image.
+
+    rgb (H, W, 3) uint8; mask (H, W) bool: keep only keypoints where mask is True (tested at the
+    NMS pixel and again at the rounded sub-pixel position). ``max_keypoints`` <= 0: no limit.
+    Returns keypoints (N, 2) float32 pixel xy (x right, y down, pixel centres at integers), best
+    score first; descriptors (N, D) float32 L2-normalised, from SDDH's deformable sampling of the
+    feature map at the sub-pixel keypoints; scores (N,) float32, the score map read at the
+    keypoints. The image is padded to a multiple of 32 as upstream does, and the padding removed."""
+    kpts, scores, feature_map = detect(model, rgb, mask, max_keypoints, score_threshold)
+    desc = model.describe(feature_map, kpts)
     return (
         kpts.float().cpu().numpy().astype(np.float32),
         desc.float().cpu().numpy().astype(np.float32),

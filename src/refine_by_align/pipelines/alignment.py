@@ -35,10 +35,11 @@ from scipy import ndimage
 from ..models.attention import AllLayersRecorded, recording
 from ..zoom import Box
 from .correspondence import (
+    ALIKED_KEYPOINTS,
+    AlikedImage,
     TRUST_MIN_NCC,
     DenseField,
     Matches,
-    aliked_features,
     aliked_matches,
     dense_field,
     fit_field,
@@ -254,6 +255,7 @@ def dense_alignment(
     ecc_candidates: int = 3,
     flow: bool = True,
     flow_min_ncc: float = TRUST_MIN_NCC,
+    loose_similarity: float | None = 0.6,
 ) -> tuple[DenseField | None, dict]:
     """The dense alignment: a field over ``crop_box`` from point matches.
 
@@ -263,8 +265,13 @@ def dense_alignment(
     ``good_ncc`` and "aliked" is among ``sources``, ALIKED's matches are added, alone and with the
     others (on the orientation the cheap sources chose with at least ``solid_inliers`` agreeing
     matches, else the reference as given and then, unless that gave a fit on twice
-    ``solid_inliers`` matches agreeing at a ring correlation of 0.5 or more, mirrored). The
-    candidate whose colour-matched warp agrees best with the image in a ring around the mask
+    ``solid_inliers`` matches agreeing at a ring correlation of 0.5 or more, mirrored). ALIKED's
+    first matching uses the image's 1,024 best-scored keypoints and a similarity of 0.75; where it
+    leaves no fit on ``solid_inliers`` matches at a ring correlation of 0.5 (a colour-changed
+    reference lowers every similarity; a plain object on a textured ground gets few of the
+    best-scored keypoints), it is run again in both orientations on twice as many keypoints at
+    ``loose_similarity`` (None: not), its fits kept only on ``solid_inliers`` agreeing matches
+    (a looser matching lets more chance matches in). The candidate whose colour-matched warp agrees best with the image in a ring around the mask
     (normalised cross-correlation, :func:`~.correspondence.warp_fill`) wins,
     its agreement discounted by up to 0.2 when it rests on fewer than ``solid_inliers`` matches;
     with ``ecc`` the ``ecc_candidates`` leading candidates are refined by ECC on the same ring
@@ -298,9 +305,10 @@ def dense_alignment(
             pool.consider("+".join(s for s in sources if s != "aliked"), mirrored, m)
     best = pool.best()
     if "aliked" in sources and (best is None or best[0] < good_ncc):
-        image_features = aliked_features(aliked, image, outside_mask(mask, 4), grow_box(crop_box, 3.0))
+        image_side = AlikedImage(aliked, image, outside_mask(mask, 4), grow_box(crop_box, 3.0), max_keypoints=2 * ALIKED_KEYPOINTS)
+        strict = image_side.features(ALIKED_KEYPOINTS)  # the best-scored half of the keypoints
         for mirrored in orientations if best is None or best[1] < solid_inliers else (best[3],):
-            a = aliked_matches(image, mask, reference, reference_mask, aliked, flip=mirrored, image_features=image_features)
+            a = aliked_matches(image, mask, reference, reference_mask, aliked, flip=mirrored, image_features=strict)
             before = len(pool.items)
             pool.consider("aliked", mirrored, a)
             if len(cheap[mirrored]):
@@ -308,6 +316,17 @@ def dense_alignment(
             if any(c[1] >= 2 * solid_inliers and c[0] >= 0.5 for c in pool.items[before:]):
                 break  # a solid fit in this orientation: the other one's ALIKED pass is not needed
         best = pool.best()
+        if loose_similarity is not None and (best is None or best[1] < solid_inliers or best[0] < 0.5):
+            # no solid fit: the ALIKED matches again, from all the image's keypoints (a plain object
+            # on a textured ground gets few of the best-scored ones) at a looser similarity (a
+            # colour-changed reference lowers every match's similarity)
+            every = image_side.features()  # the other half described now
+            for mirrored in orientations:
+                a = aliked_matches(image, mask, reference, reference_mask, aliked, flip=mirrored, image_features=every, min_similarity=loose_similarity)
+                pool.consider("aliked-loose", mirrored, a, min_inliers=solid_inliers)  # (more chance matches: more must agree)
+                if len(cheap[mirrored]):
+                    pool.consider("+".join(sources) + "-loose", mirrored, cheap[mirrored] + a, min_inliers=solid_inliers)
+            best = pool.best()
     if best is None:
         return None, pool.info
     if ecc:  # refine the leading candidates, then choose again: ECC can turn a close second into the best
@@ -332,12 +351,13 @@ class _Candidates:
         self.items: list[tuple[float, int, str, bool, DenseField, Matches]] = []
         self.info: dict = {"matches": {}, "candidates": {}}
 
-    def consider(self, name: str, mirrored: bool, m: Matches) -> None:
-        """Fit a field to the matches ``m`` and keep it with the agreement of its colour-matched warp."""
+    def consider(self, name: str, mirrored: bool, m: Matches, min_inliers: int = 0) -> None:
+        """Fit a field to the matches ``m`` and keep it with the agreement of its colour-matched
+        warp, if at least ``min_inliers`` matches agree with it."""
         fit = fit_field(m, focus=self.crop_box, mirrored=mirrored)
         key = f"{name}{'/mirrored' if mirrored else ''}"
         self.info["matches"][key] = len(m)
-        if fit is None:
+        if fit is None or fit.inliers < min_inliers:
             return
         fld = dense_field(fit, self.crop_box, self.reference_mask)
         fld.counts, fld.source = dict(m.counts), name

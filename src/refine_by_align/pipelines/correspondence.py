@@ -40,6 +40,7 @@ __all__ = [
     "sift_matches",
     "aliked_matches",
     "aliked_features",
+    "AlikedImage",
     "grow_box",
     "attention_matches",
     "FieldFit",
@@ -156,25 +157,59 @@ def sift_matches(
     return Matches(img_xy, ref_xy, np.clip(weight, 0.05, 1.0), {"sift": len(good)})
 
 
-def aliked_features(model, rgb: np.ndarray, mask: np.ndarray | None, box: Box | None = None, max_side: int = 384, max_keypoints: int = 1024):
-    """ALIKED keypoints and descriptors of ``rgb`` inside ``box`` (the whole image by default),
-    computed at most ``max_side`` px on the longer side (the matcher's cost grows with the pixels:
-    about 1 s at 384 px on 2 CPU cores) and returned in the full image's pixel coordinates."""
-    from ..models.aliked import detect_and_describe
+#: ALIKED keypoints per picture in the alignment's first matching (the image side's best-scored ones)
+ALIKED_KEYPOINTS = 1024
 
-    h, w = rgb.shape[:2]
-    b = Box(0, 0, w, h) if box is None else Box(max(box.x0, 0), max(box.y0, 0), min(box.x1, w), min(box.y1, h))
-    sub = np.ascontiguousarray(rgb[b.y0 : b.y1, b.x0 : b.x1])
-    msub = None if mask is None else np.ascontiguousarray(np.asarray(mask, bool)[b.y0 : b.y1, b.x0 : b.x1])
-    f = min(1.0, max_side / max(b.width, b.height))
-    if f < 1.0:
-        size = (max(int(round(b.width * f)), 8), max(int(round(b.height * f)), 8))
-        sub = cv2.resize(sub, size, interpolation=cv2.INTER_AREA)
-        msub = None if msub is None else cv2.resize(msub.astype(np.uint8), size, interpolation=cv2.INTER_NEAREST).astype(bool)
-    k, d, sc = detect_and_describe(model, sub, msub, max_keypoints=max_keypoints)
-    fx, fy = b.width / sub.shape[1], b.height / sub.shape[0]
-    k = np.stack([(k[:, 0] + 0.5) * fx - 0.5 + b.x0, (k[:, 1] + 0.5) * fy - 0.5 + b.y0], 1).astype(np.float32) if len(k) else k
-    return k, d, sc
+
+class AlikedImage:
+    """ALIKED on ``rgb`` inside ``box`` (the whole image by default), computed at most ``max_side``
+    px on the longer side (the matcher's cost grows with the pixels: about 0.3 s at 384 px on 2
+    CPU cores), its keypoints (at most ``max_keypoints``, where ``mask`` is True) best first and
+    in the full image's pixel coordinates. Descriptors are computed on demand for the best ``n``
+    (:meth:`features`): SDDH's cost grows with the keypoints (about 0.07 s per 1,024), and a
+    caller that may need more of them than usual pays for the rest only when it does."""
+
+    def __init__(self, model, rgb: np.ndarray, mask: np.ndarray | None, box: Box | None = None, max_side: int = 384, max_keypoints: int = ALIKED_KEYPOINTS):
+        from ..models.aliked import detect
+
+        h, w = rgb.shape[:2]
+        b = Box(0, 0, w, h) if box is None else Box(max(box.x0, 0), max(box.y0, 0), min(box.x1, w), min(box.y1, h))
+        sub = np.ascontiguousarray(rgb[b.y0 : b.y1, b.x0 : b.x1])
+        msub = None if mask is None else np.ascontiguousarray(np.asarray(mask, bool)[b.y0 : b.y1, b.x0 : b.x1])
+        f = min(1.0, max_side / max(b.width, b.height))
+        if f < 1.0:
+            size = (max(int(round(b.width * f)), 8), max(int(round(b.height * f)), 8))
+            sub = cv2.resize(sub, size, interpolation=cv2.INTER_AREA)
+            msub = None if msub is None else cv2.resize(msub.astype(np.uint8), size, interpolation=cv2.INTER_NEAREST).astype(bool)
+        self.model = model
+        self._kpts, scores, self._feature_map = detect(model, sub, msub, max_keypoints=max_keypoints)  # (N, 2) working px, (N,), (D, h, w)
+        k = self._kpts.float().cpu().numpy().astype(np.float32)
+        fx, fy = b.width / sub.shape[1], b.height / sub.shape[0]
+        self.keypoints = np.stack([(k[:, 0] + 0.5) * fx - 0.5 + b.x0, (k[:, 1] + 0.5) * fy - 0.5 + b.y0], 1).astype(np.float32) if len(k) else k
+        self.scores = scores.float().cpu().numpy().astype(np.float32)
+        self._desc = np.zeros((0, int(self._feature_map.shape[0])), np.float32)
+
+    def __len__(self) -> int:
+        return len(self.keypoints)
+
+    def features(self, n: int | None = None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """(keypoints (n, 2), descriptors (n, D) L2-normalised, scores (n,)) of the ``n`` best (all
+        by default); descriptors already computed are reused."""
+        n = len(self) if n is None else min(int(n), len(self))
+        if len(self._desc) < n:
+            import torch
+
+            with torch.no_grad():
+                more = self.model.describe(self._feature_map, self._kpts[len(self._desc) : n])
+            self._desc = np.concatenate([self._desc, more.float().cpu().numpy().astype(np.float32)])
+        return self.keypoints[:n], self._desc[:n], self.scores[:n]
+
+
+def aliked_features(model, rgb: np.ndarray, mask: np.ndarray | None, box: Box | None = None, max_side: int = 384, max_keypoints: int = ALIKED_KEYPOINTS):
+    """ALIKED keypoints and descriptors of ``rgb`` inside ``box`` (the whole image by default),
+    computed at most ``max_side`` px on the longer side and returned in the full image's pixel
+    coordinates (:class:`AlikedImage`, all described)."""
+    return AlikedImage(model, rgb, mask, box, max_side, max_keypoints).features()
 
 
 _REFERENCE_FEATURES = ContentCache(8)  # (reference, mask, flip, sizes, model) -> (model, keypoints, descriptors)

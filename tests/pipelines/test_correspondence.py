@@ -577,3 +577,42 @@ def test_flow_rounds_each_checked_and_counted():
     assert err_more < 0.5 * err_one, (err_one, err_more)  # (here about 0.66 px after one round, 0.1 after more)
     assert one.trust_cap == more.trust_cap  # both capped at the agreement of the field they started from
 
+
+
+def test_loose_matching_aligns_a_colour_changed_plain_object(tiny_pipe, tmp_path, monkeypatch):
+    """A real case the strict ALIKED matching cannot align (validation set 2's candle_04_nonrigid,
+    rebuilt from the shared photos: a plain white jar on grass, its reference colour-changed,
+    mirrored and bent; SIFT's matches are wrong): the loose matching finds the field, M* close to
+    the true region; without it the alignment falls back to Algorithm 1."""
+    import functools
+    import json
+    from pathlib import Path
+
+    from PIL import Image
+
+    from refine_by_align.data.make_cases import make_cases
+    from refine_by_align.models.aliked import find_weights
+    from refine_by_align.pipelines import alignment as A
+    from refine_by_align.pipelines import pipeline as P
+
+    photos = Path(__file__).resolve().parents[2].parent / "shared" / "data" / "dreambooth-train"
+    if not (photos / "candle").is_dir():
+        pytest.skip(f"{photos}/candle not found (the shared photos are absent)")
+    if find_weights("aliked-n16") is None:
+        pytest.skip("../shared/weights/aliked/aliked-n16.safetensors not found (the matcher's weights are absent)")
+    make_cases(photos, tmp_path, seed=1, subjects=["backpack", "candle"], cases_per_subject=5)  # (a case draws from (seed, subject's place, k))
+    case = tmp_path / "candle_04_nonrigid"
+    assert json.loads((case / "meta.json").read_text())["transform"]["params"]["flip"]
+    rgb = lambda name: Image.open(case / name).convert("RGB")
+    gray = lambda name: np.asarray(Image.open(case / name).convert("L")) > 127
+    args = (rgb("image.png"), gray("mask.png"), rgb("reference.png"), gray("reference_mask.png"))
+    truth = gray("correspondence.png")
+
+    res = tiny_pipe.align(*args)
+    assert res.method == "dense" and res.info["source"].endswith("loose") and res.info["mirrored"]
+    iou = (res.region & truth).sum() / (res.region | truth).sum()
+    assert iou > 0.6, iou
+
+    monkeypatch.setattr(P, "dense_alignment", functools.partial(A.dense_alignment, loose_similarity=None))
+    strict = tiny_pipe.align(*args)
+    assert strict.method == "attention" and "no consistent dense field" in strict.info["fallback"]

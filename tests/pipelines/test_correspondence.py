@@ -8,12 +8,14 @@ from refine_by_align.pipelines.alignment import dense_alignment
 from refine_by_align.pipelines.correspondence import (
     Matches,
     attention_matches,
+    colour_affine,
     colour_transfer,
     dense_field,
     fit_field,
     global_model,
     match_error,
     refine_field_ecc,
+    ring,
     sift_matches,
     warp_fill,
 )
@@ -134,6 +136,56 @@ def test_colour_transfer_recovers_a_gain_and_offset():
     tgt = src * np.array([0.8, 1.1, 1.3]) + np.array([10, -5, 3])
     gain, off = colour_transfer(src, tgt, np.ones((50, 50), bool))
     assert np.allclose(gain, [0.8, 1.1, 1.3], atol=1e-3) and np.allclose(off, [10, -5, 3], atol=0.1)
+
+
+def _hue_rotation(deg: float) -> np.ndarray:
+    """(3, 3) RGB matrix rotating hue by ``deg`` about the grey axis (it mixes the channels)."""
+    a = np.deg2rad(deg)
+    k = np.ones(3) / np.sqrt(3.0)
+    K = np.array([[0, -k[2], k[1]], [k[2], 0, -k[0]], [-k[1], k[0], 0]])
+    return np.eye(3) + np.sin(a) * K + (1 - np.cos(a)) * K @ K
+
+
+def test_colour_affine_undoes_a_channel_mixing_change_and_stays_tame_on_one_colour():
+    """A hue rotation plus gain and offset is undone by the 3 x 3 colour map (per-channel gains
+    cannot); on a ring of nearly one colour the map stays near the per-channel gains."""
+    rng = np.random.default_rng(3)
+    src = rng.uniform(20, 220, (40, 40, 3)).astype(np.float32)
+    M_true = _hue_rotation(25.0) * 0.9
+    tgt = src.reshape(-1, 3) @ M_true + np.array([8.0, -4.0, 6.0])
+    tgt = tgt.reshape(src.shape)
+    where = np.ones((40, 40), bool)
+    M, off = colour_affine(src, tgt, where)
+    err = np.abs(src.reshape(-1, 3) @ M + off - tgt.reshape(-1, 3)).mean()
+    gain, goff = colour_transfer(src, tgt, where)
+    err_gain = np.abs(src * gain + goff - tgt).mean()
+    assert err < 1.0 and err_gain > 8 * err, (err, err_gain)
+    flat = np.full((40, 40, 3), 120.0, np.float32) + rng.normal(0, 0.5, (40, 40, 3)).astype(np.float32)
+    Mf, _ = colour_affine(flat, flat * 1.1, where)
+    assert np.abs(Mf - np.diag(np.diag(Mf))).max() < 0.2 and np.all(np.abs(np.diag(Mf) - 1.1) < 0.3)
+
+
+def test_warp_fill_pastes_in_the_image_colours_but_trusts_by_the_per_channel_match():
+    """A hue-rotated reference: the pasted warp is colour-matched by the 3 x 3 map (within a few
+    grey levels of the image); the trust (ring correlation) is measured after the per-channel
+    gains, as before, so that the freer colour map does not raise it."""
+    image, mask, ref, valid, _ = _case(_sim())
+    M = _hue_rotation(30.0)
+    ref = np.where(valid[..., None], np.clip(ref.reshape(-1, 3) @ M + 5.0, 0, 255).reshape(ref.shape), 0).astype(np.uint8)
+    box = zoom_box(mask, 2.0, 64)
+    fld, _ = dense_alignment(image, mask, ref, valid, box, ("sift",))
+    w = (slice(box.y0, box.y1), slice(box.x0, box.x1))
+    wf = warp_fill(image[w], mask[w], ref, fld)
+    err = np.abs(wf.patch.astype(float) - image[w].astype(float))[mask[w]].mean()
+    warped = fld.sample(ref).astype(np.float32)
+    band = ring(mask[w], 2, 12) & fld.on_object
+    gain, off = colour_transfer(warped, image[w], band)
+    err_gain = np.abs(np.clip(warped * gain + off, 0, 255) - image[w].astype(float))[mask[w]].mean()
+    assert err < 6 and err < 0.5 * err_gain, (err, err_gain)
+    g = lambda a: cv2.cvtColor(np.clip(np.rint(a), 0, 255).astype(np.uint8), cv2.COLOR_RGB2GRAY).astype(np.float64)[band]
+    a, b = g(warped * gain + off), g(image[w])
+    ncc = ((a - a.mean()) * (b - b.mean())).mean() / (a.std() * b.std())
+    assert abs(wf.ncc - min(ncc, fld.trust_cap)) < 1e-3
 
 
 def test_attention_matches_reads_sub_token_positions():

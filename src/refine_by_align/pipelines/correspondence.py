@@ -49,6 +49,7 @@ __all__ = [
     "DenseField",
     "dense_field",
     "colour_transfer",
+    "colour_affine",
     "ring",
     "WarpFill",
     "warp_fill",
@@ -797,6 +798,25 @@ def colour_transfer(source: np.ndarray, target: np.ndarray, where: np.ndarray, m
     return gain, tm - gain * sm
 
 
+def colour_affine(source: np.ndarray, target: np.ndarray, where: np.ndarray, ridge: float = 0.05, max_gain: float = 3.0) -> tuple[np.ndarray, np.ndarray]:
+    """A 3 x 3 colour matrix and offset making ``source`` match ``target`` on ``where``:
+    (matrix (3, 3), offset (3,)), ``source @ matrix + offset``. Least squares, pulled toward
+    :func:`colour_transfer`'s per-channel gains by ``ridge`` (a fraction of the mean colour
+    variance): a hue rotation or a saturation change mixes the channels, which per-channel gains
+    cannot undo; the pull keeps a ring of nearly one colour from giving a wild matrix."""
+    gain, offset = colour_transfer(source, target, where, max_gain)
+    s = source[where].astype(np.float64)
+    t = target[where].astype(np.float64)
+    if len(s) < 24:
+        return np.diag(gain), offset
+    sm, tm = s.mean(0), t.mean(0)
+    S, T = s - sm, t - tm
+    C, X = S.T @ S / len(s), S.T @ T / len(s)
+    lam = ridge * np.trace(C) / 3.0 + 1e-3
+    M = np.linalg.solve(C + lam * np.eye(3), X + lam * np.diag(gain))
+    return M, tm - sm @ M
+
+
 def _ncc(a: np.ndarray, b: np.ndarray) -> float:
     a = a.astype(np.float64).ravel()
     b = b.astype(np.float64).ravel()
@@ -817,8 +837,9 @@ class WarpFill:
     weight: np.ndarray  # (h, w) float32 in [0, 1]: how much of the warp to blend in (0 off ``use``)
     ncc: float  # agreement of the corrected warp with the image in the ring outside the mask (at most the field's trust_cap)
     coverage: float  # fraction of the mask whose source lies on the reference object
-    gain: np.ndarray  # (3,) colour gain
-    offset: np.ndarray  # (3,) colour offset
+    gain: np.ndarray  # (3,) per-channel colour gain the agreement ``ncc`` is measured with
+    offset: np.ndarray  # (3,) and its offset
+    colour: tuple[np.ndarray, np.ndarray] | None = None  # the patch's colour map: ((3, 3) matrix, (3,) offset) (:func:`colour_affine`)
 
 
 def warp_fill(
@@ -831,22 +852,26 @@ def warp_fill(
     full_ncc: float = 0.95,
     min_confidence: float = 0.05,
 ) -> WarpFill:
-    """Warp the reference into the box, match its colours to the image in a ring outside the mask,
-    and decide where to trust it: pixels of the mask whose source lies on the reference object with
-    confidence >= ``min_confidence``, and only if the corrected warp agrees with the image in the
-    ring (normalised cross-correlation of the grey values >= ``min_ncc``; otherwise nothing). The
-    blend weight rises linearly from 0 at ``min_ncc`` to 1 at ``full_ncc``: a warp that agrees only
-    roughly (a real second view) is mixed with the fallback fill rather than pasted whole. The
-    agreement counted is at most the field's ``trust_cap`` (a field refined on this ring itself, by
-    :func:`refine_field_flow`, is trusted as it was before)."""
+    """Warp the reference into the box, match its colours to the image in a ring outside the mask
+    (a 3 x 3 colour map and offset, :func:`colour_affine`), and decide where to trust it: pixels of
+    the mask whose source lies on the reference object with confidence >= ``min_confidence``, and
+    only if the warp agrees with the image in the ring (normalised cross-correlation of the grey
+    values after per-channel gains and offsets, :func:`colour_transfer`, >= ``min_ncc``; otherwise
+    nothing). The blend weight rises linearly from 0 at ``min_ncc`` to 1 at ``full_ncc``: a warp
+    that agrees only roughly (a real second view) is mixed with the fallback fill rather than
+    pasted whole. The agreement counted is at most the field's ``trust_cap`` (a field refined on
+    this ring itself, by :func:`refine_field_flow`, is trusted as it was before)."""
     warped = fld.sample(reference).astype(np.float32)  # (h, w, 3)
     band = ring(mask_box, *ring_px) & fld.on_object
     if band.sum() < 16:
         band = ring(mask_box, *ring_px)
     gain, offset = colour_transfer(warped, image_box, band)
-    corrected = np.clip(warped * gain + offset, 0, 255)
     g_img = _gray(image_box.astype(np.uint8)).astype(np.float32)
-    g_warp = _gray(np.rint(corrected).astype(np.uint8)).astype(np.float32)
+    g_warp = _gray(np.rint(np.clip(warped * gain + offset, 0, 255)).astype(np.uint8)).astype(np.float32)
+    # the patch takes the freer 3 x 3 colour map; the trust stays measured after the per-channel
+    # gains: the map's nine parameters would also raise the ring agreement of a rough warp
+    matrix, moffset = colour_affine(warped, image_box, band)
+    corrected = np.clip(warped @ matrix + moffset, 0, 255)
     ncc = min(_ncc(g_warp[band], g_img[band]), fld.trust_cap)
     trusted = fld.on_object & (fld.confidence >= min_confidence)
     m = np.asarray(mask_box, bool)
@@ -854,4 +879,4 @@ def warp_fill(
     use = m & trusted if ncc >= min_ncc else np.zeros_like(m)
     a = 1.0 if full_ncc <= min_ncc else float(np.clip((ncc - min_ncc) / (full_ncc - min_ncc), 0.0, 1.0))
     weight = use.astype(np.float32) * a
-    return WarpFill(patch=np.rint(corrected).astype(np.uint8), use=use, weight=weight, ncc=ncc, coverage=coverage, gain=gain, offset=offset)
+    return WarpFill(patch=np.rint(corrected).astype(np.uint8), use=use, weight=weight, ncc=ncc, coverage=coverage, gain=gain, offset=offset, colour=(matrix, moffset))

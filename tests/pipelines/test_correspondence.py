@@ -9,6 +9,7 @@ from refine_by_align.pipelines.correspondence import (
     Matches,
     attention_matches,
     colour_affine,
+    colour_support,
     colour_transfer,
     dense_field,
     fit_field,
@@ -163,6 +164,24 @@ def test_colour_affine_undoes_a_channel_mixing_change_and_stays_tame_on_one_colo
     flat = np.full((40, 40, 3), 120.0, np.float32) + rng.normal(0, 0.5, (40, 40, 3)).astype(np.float32)
     Mf, _ = colour_affine(flat, flat * 1.1, where)
     assert np.abs(Mf - np.diag(np.diag(Mf))).max() < 0.2 and np.all(np.abs(np.diag(Mf) - 1.1) < 0.3)
+
+
+def test_colour_support_is_one_on_the_ring_colours_and_fades_away_from_them():
+    """The 3 x 3 colour map is used where the ring shows the pixel's colour: support 1 on a ring
+    colour, exp(-1) at ``reach`` from the nearest, ~0 on a colour the ring does not hold."""
+    img = np.zeros((20, 30, 3), np.float32)
+    img[:, :10] = (200, 40, 40)  # the ring: two reds
+    img[:, 10:20] = (180, 60, 40)
+    img[:5, 20:] = (200, 60, 40)  # 20 levels from the second red
+    img[5:, 20:] = (30, 30, 220)  # a blue the ring does not hold
+    ring_px = np.zeros((20, 30), bool)
+    ring_px[:, :20] = True
+    sup = colour_support(img, ring_px, reach=20.0)
+    assert sup.shape == (20, 30) and sup.dtype == np.float32
+    assert np.allclose(sup[:, :20], 1.0)
+    assert np.allclose(sup[:5, 20:], np.exp(-1.0), atol=1e-5)
+    assert sup[5:, 20:].max() < 1e-6
+    assert not colour_support(img, np.zeros((20, 30), bool)).any()  # no ring: no support anywhere
 
 
 def test_warp_fill_pastes_in_the_image_colours_but_trusts_by_the_per_channel_match():

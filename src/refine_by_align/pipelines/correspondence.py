@@ -50,6 +50,7 @@ __all__ = [
     "dense_field",
     "colour_transfer",
     "colour_affine",
+    "colour_support",
     "ring",
     "WarpFill",
     "warp_fill",
@@ -817,6 +818,20 @@ def colour_affine(source: np.ndarray, target: np.ndarray, where: np.ndarray, rid
     return M, tm - sm @ M
 
 
+def colour_support(image: np.ndarray, where: np.ndarray, reach: float = 20.0, max_samples: int = 4000) -> np.ndarray:
+    """(H, W) float32 in [0, 1]: how near each pixel's colour of ``image`` (H, W, 3) lies to the
+    colours of ``where``'s pixels, exp(-(d / ``reach``)^2) with d the distance in RGB (0..255) to
+    the nearest of them (at most ``max_samples``, evenly taken)."""
+    from scipy.spatial import cKDTree
+
+    pts = image[where].reshape(-1, 3).astype(np.float32)
+    if len(pts) == 0:
+        return np.zeros(image.shape[:2], np.float32)
+    pts = pts[:: max(1, len(pts) // max_samples)]
+    d, _ = cKDTree(pts).query(image.reshape(-1, 3).astype(np.float32), k=1)
+    return np.exp(-((d / reach) ** 2)).reshape(image.shape[:2]).astype(np.float32)
+
+
 def _ncc(a: np.ndarray, b: np.ndarray) -> float:
     a = a.astype(np.float64).ravel()
     b = b.astype(np.float64).ravel()
@@ -851,6 +866,7 @@ def warp_fill(
     min_ncc: float = TRUST_MIN_NCC,
     full_ncc: float = 0.95,
     min_confidence: float = 0.05,
+    colour_reach: float = 20.0,
 ) -> WarpFill:
     """Warp the reference into the box, match its colours to the image in a ring outside the mask
     (a 3 x 3 colour map and offset, :func:`colour_affine`), and decide where to trust it: pixels of
@@ -872,6 +888,10 @@ def warp_fill(
     # gains: the map's nine parameters would also raise the ring agreement of a rough warp
     matrix, moffset = colour_affine(warped, image_box, band)
     corrected = np.clip(warped @ matrix + moffset, 0, 255)
+    # ... where the ring shows colours like the pixel's own: elsewhere (letters of a colour the ring
+    # does not hold) the map would extrapolate, and the per-channel gains take over
+    support = colour_support(warped, band, colour_reach)[..., None]  # (h, w, 1) in [0, 1]
+    corrected = support * corrected + (1.0 - support) * np.clip(warped * gain + offset, 0, 255)
     ncc = min(_ncc(g_warp[band], g_img[band]), fld.trust_cap)
     trusted = fld.on_object & (fld.confidence >= min_confidence)
     m = np.asarray(mask_box, bool)

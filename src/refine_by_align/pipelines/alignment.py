@@ -271,8 +271,9 @@ def dense_alignment(
     reference lowers every similarity; a plain object on a textured ground gets few of the
     best-scored keypoints), it is run again in both orientations on twice as many keypoints at
     ``loose_similarity`` (None: not), its fits kept only on ``solid_inliers`` agreeing matches
-    (a looser matching lets more chance matches in). The candidate whose colour-matched warp agrees best with the image in a ring around the mask
-    (normalised cross-correlation, :func:`~.correspondence.warp_fill`) wins,
+    (a looser matching lets more chance matches in). The candidate whose colour-matched warp
+    agrees best with the image in a ring around the mask (normalised cross-correlation,
+    :func:`~.correspondence.warp_fill`) wins,
     its agreement discounted by up to 0.2 when it rests on fewer than ``solid_inliers`` matches;
     with ``ecc`` the ``ecc_candidates`` leading candidates are refined by ECC on the same ring
     (:func:`~.correspondence.refine_field_ecc`, kept only where it does not drift from the
@@ -307,25 +308,30 @@ def dense_alignment(
     if "aliked" in sources and (best is None or best[0] < good_ncc):
         image_side = AlikedImage(aliked, image, outside_mask(mask, 4), grow_box(crop_box, 3.0), max_keypoints=2 * ALIKED_KEYPOINTS)
         strict = image_side.features(ALIKED_KEYPOINTS)  # the best-scored half of the keypoints
-        for mirrored in orientations if best is None or best[1] < solid_inliers else (best[3],):
-            a = aliked_matches(image, mask, reference, reference_mask, aliked, flip=mirrored, image_features=strict)
-            before = len(pool.items)
-            pool.consider("aliked", mirrored, a)
+
+        def consider_aliked(mirrored: bool, features, similarity: float | None = None, min_inliers: int = 0) -> None:
+            """ALIKED's matches in one orientation as a candidate, alone and with the cheap
+            sources' (named "...-loose" at a looser ``similarity`` than aliked_matches' own)."""
+            kw, tag = ({}, "") if similarity is None else ({"min_similarity": similarity}, "-loose")
+            a = aliked_matches(image, mask, reference, reference_mask, aliked, flip=mirrored, image_features=features, **kw)
+            pool.consider("aliked" + tag, mirrored, a, min_inliers)
             if len(cheap[mirrored]):
-                pool.consider("+".join(sources), mirrored, cheap[mirrored] + a)
+                pool.consider("+".join(sources) + tag, mirrored, cheap[mirrored] + a, min_inliers)
+
+        for mirrored in orientations if best is None or best[1] < solid_inliers else (best[3],):
+            before = len(pool.items)
+            consider_aliked(mirrored, strict)
             if any(c[1] >= 2 * solid_inliers and c[0] >= 0.5 for c in pool.items[before:]):
                 break  # a solid fit in this orientation: the other one's ALIKED pass is not needed
         best = pool.best()
         if loose_similarity is not None and (best is None or best[1] < solid_inliers or best[0] < 0.5):
             # no solid fit: the ALIKED matches again, from all the image's keypoints (a plain object
             # on a textured ground gets few of the best-scored ones) at a looser similarity (a
-            # colour-changed reference lowers every match's similarity)
+            # colour-changed reference lowers every match's similarity); more chance matches get
+            # in, so more must agree with a fit
             every = image_side.features()  # the other half described now
             for mirrored in orientations:
-                a = aliked_matches(image, mask, reference, reference_mask, aliked, flip=mirrored, image_features=every, min_similarity=loose_similarity)
-                pool.consider("aliked-loose", mirrored, a, min_inliers=solid_inliers)  # (more chance matches: more must agree)
-                if len(cheap[mirrored]):
-                    pool.consider("+".join(sources) + "-loose", mirrored, cheap[mirrored] + a, min_inliers=solid_inliers)
+                consider_aliked(mirrored, every, loose_similarity, min_inliers=solid_inliers)
             best = pool.best()
     if best is None:
         return None, pool.info

@@ -245,7 +245,7 @@ def aliked_matches(
     reference_mask: np.ndarray | None,
     model,
     exclude_px: int = 4,
-    max_keypoints: int = 1024,
+    max_keypoints: int = ALIKED_KEYPOINTS,
     min_similarity: float = 0.75,
     flip: bool = False,
     image_features: tuple | None = None,
@@ -799,13 +799,16 @@ def colour_transfer(source: np.ndarray, target: np.ndarray, where: np.ndarray, m
     return gain, tm - gain * sm
 
 
-def colour_affine(source: np.ndarray, target: np.ndarray, where: np.ndarray, ridge: float = 0.05, max_gain: float = 3.0) -> tuple[np.ndarray, np.ndarray]:
+def colour_affine(
+    source: np.ndarray, target: np.ndarray, where: np.ndarray, ridge: float = 0.05, max_gain: float = 3.0, per_channel: tuple[np.ndarray, np.ndarray] | None = None
+) -> tuple[np.ndarray, np.ndarray]:
     """A 3 x 3 colour matrix and offset making ``source`` match ``target`` on ``where``:
     (matrix (3, 3), offset (3,)), ``source @ matrix + offset``. Least squares, pulled toward
     :func:`colour_transfer`'s per-channel gains by ``ridge`` (a fraction of the mean colour
     variance): a hue rotation or a saturation change mixes the channels, which per-channel gains
-    cannot undo; the pull keeps a ring of nearly one colour from giving a wild matrix."""
-    gain, offset = colour_transfer(source, target, where, max_gain)
+    cannot undo; the pull keeps a ring of nearly one colour from giving a wild matrix.
+    ``per_channel``: colour_transfer's (gain, offset) on the same pixels, when already computed."""
+    gain, offset = colour_transfer(source, target, where, max_gain) if per_channel is None else per_channel
     s = source[where].astype(np.float64)
     t = target[where].astype(np.float64)
     if len(s) < 24:
@@ -854,7 +857,6 @@ class WarpFill:
     coverage: float  # fraction of the mask whose source lies on the reference object
     gain: np.ndarray  # (3,) per-channel colour gain the agreement ``ncc`` is measured with
     offset: np.ndarray  # (3,) and its offset
-    colour: tuple[np.ndarray, np.ndarray] | None = None  # the patch's colour map: ((3, 3) matrix, (3,) offset) (:func:`colour_affine`)
 
 
 def warp_fill(
@@ -882,16 +884,16 @@ def warp_fill(
     if band.sum() < 16:
         band = ring(mask_box, *ring_px)
     gain, offset = colour_transfer(warped, image_box, band)
+    per_channel = np.clip(warped * gain + offset, 0, 255)
     g_img = _gray(image_box.astype(np.uint8)).astype(np.float32)
-    g_warp = _gray(np.rint(np.clip(warped * gain + offset, 0, 255)).astype(np.uint8)).astype(np.float32)
+    g_warp = _gray(np.rint(per_channel).astype(np.uint8)).astype(np.float32)
     # the patch takes the freer 3 x 3 colour map; the trust stays measured after the per-channel
     # gains: the map's nine parameters would also raise the ring agreement of a rough warp
-    matrix, moffset = colour_affine(warped, image_box, band)
-    corrected = np.clip(warped @ matrix + moffset, 0, 255)
+    matrix, moffset = colour_affine(warped, image_box, band, per_channel=(gain, offset))
     # ... where the ring shows colours like the pixel's own: elsewhere (letters of a colour the ring
     # does not hold) the map would extrapolate, and the per-channel gains take over
     support = colour_support(warped, band, colour_reach)[..., None]  # (h, w, 1) in [0, 1]
-    corrected = support * corrected + (1.0 - support) * np.clip(warped * gain + offset, 0, 255)
+    corrected = support * np.clip(warped @ matrix + moffset, 0, 255) + (1.0 - support) * per_channel
     ncc = min(_ncc(g_warp[band], g_img[band]), fld.trust_cap)
     trusted = fld.on_object & (fld.confidence >= min_confidence)
     m = np.asarray(mask_box, bool)
@@ -899,4 +901,4 @@ def warp_fill(
     use = m & trusted if ncc >= min_ncc else np.zeros_like(m)
     a = 1.0 if full_ncc <= min_ncc else float(np.clip((ncc - min_ncc) / (full_ncc - min_ncc), 0.0, 1.0))
     weight = use.astype(np.float32) * a
-    return WarpFill(patch=np.rint(corrected).astype(np.uint8), use=use, weight=weight, ncc=ncc, coverage=coverage, gain=gain, offset=offset, colour=(matrix, moffset))
+    return WarpFill(patch=np.rint(corrected).astype(np.uint8), use=use, weight=weight, ncc=ncc, coverage=coverage, gain=gain, offset=offset)

@@ -18,6 +18,7 @@ from refine_by_align.pipelines.correspondence import (
     refine_field_ecc,
     ring,
     sift_matches,
+    warp_agreement,
     warp_fill,
 )
 from refine_by_align.zoom import Box, zoom_box
@@ -182,6 +183,10 @@ def test_colour_support_is_one_on_the_ring_colours_and_fades_away_from_them():
     assert np.allclose(sup[:5, 20:], np.exp(-1.0), atol=1e-5)
     assert sup[5:, 20:].max() < 1e-6
     assert not colour_support(img, np.zeros((20, 30), bool)).any()  # no ring: no support anywhere
+    at = np.zeros((20, 30), bool)
+    at[3:9, 15:25] = True  # measured there only: the same values, 0 elsewhere
+    part = colour_support(img, ring_px, reach=20.0, at=at)
+    assert np.array_equal(part[at], sup[at]) and not part[~at].any()
 
 
 def test_warp_fill_pastes_in_the_image_colours_but_trusts_by_the_per_channel_match():
@@ -198,13 +203,18 @@ def test_warp_fill_pastes_in_the_image_colours_but_trusts_by_the_per_channel_mat
     err = np.abs(wf.patch.astype(float) - image[w].astype(float))[mask[w]].mean()
     warped = fld.sample(ref).astype(np.float32)
     band = ring(mask[w], 2, 12) & fld.on_object
-    gain, off = colour_transfer(warped, image[w], band)
-    err_gain = np.abs(np.clip(warped * gain + off, 0, 255) - image[w].astype(float))[mask[w]].mean()
+    gain, off_ = colour_transfer(warped, image[w], band)
+    err_gain = np.abs(np.clip(warped * gain + off_, 0, 255) - image[w].astype(float))[mask[w]].mean()
     assert err < 6 and err < 0.5 * err_gain, (err, err_gain)
     g = lambda a: cv2.cvtColor(np.clip(np.rint(a), 0, 255).astype(np.uint8), cv2.COLOR_RGB2GRAY).astype(np.float64)[band]
-    a, b = g(warped * gain + off), g(image[w])
+    a, b = g(warped * gain + off_), g(image[w])
     ncc = ((a - a.mean()) * (b - b.mean())).mean() / (a.std() * b.std())
     assert abs(wf.ncc - min(ncc, fld.trust_cap)) < 1e-3
+    # the candidates are ranked by the same agreement without the patch being built
+    assert warp_agreement(image[w], mask[w], ref, fld) == wf.ncc
+    # off the mask (read by nothing downstream) the patch holds the per-channel match
+    off = ~mask[w]
+    assert np.array_equal(wf.patch[off], np.rint(np.clip(warped * gain + off_, 0, 255))[off].astype(np.uint8))
 
 
 def test_attention_matches_reads_sub_token_positions():

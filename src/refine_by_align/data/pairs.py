@@ -61,7 +61,7 @@ from refine_by_align.data.readers import (
 from refine_by_align.data.synthetic import SyntheticSource
 from refine_by_align.fill import TELEA_RADIUS, warp_at
 from refine_by_align.io import save_image_atomic
-from refine_by_align.pipelines.correspondence import DenseField, Matches, dense_field, fit_field, outside_mask, warp_fill
+from refine_by_align.pipelines.correspondence import DenseField, Matches, dense_field, fit_field, outside_mask, warp_agreement, warp_fill
 from refine_by_align.zoom import Box, crop_resize, mask_bbox, square_pad_box, zoom_box
 
 __all__ = [
@@ -279,7 +279,7 @@ def estimated_field(
     for mirrored, feats in zip((False, True), ref_features):
         fld = _sift_field(hole, crop_box, ref_obj, image_features, feats, ratio, mirrored)
         if fld is not None:
-            ncc = warp_fill(image[window], hole[window], reference, fld).ncc
+            ncc = warp_agreement(image[window], hole[window], reference, fld)
             if ncc > best_ncc:
                 best, best_ncc = fld, ncc
     return best

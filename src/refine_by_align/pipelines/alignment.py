@@ -48,7 +48,7 @@ from .correspondence import (
     refine_field_ecc,
     refine_field_flow,
     sift_matches,
-    warp_fill,
+    warp_agreement,
     worker_threads,
 )
 
@@ -367,7 +367,7 @@ class _Candidates:
             return
         fld = dense_field(fit, self.crop_box, self.reference_mask)
         fld.counts, fld.source = dict(m.counts), name
-        ncc = warp_fill(self.image_box, self.mask_box, self.reference, fld).ncc
+        ncc = warp_agreement(self.image_box, self.mask_box, self.reference, fld)
         self.info["candidates"][key] = round(ncc, 4)
         self.items.append((ncc, fit.inliers, name, mirrored, fld, m))
 
@@ -383,7 +383,7 @@ class _Candidates:
         does not drift from its own matches), and whether the winner's ECC changed it."""
         def refined(c):
             f2, changed = refine_field_ecc(c[4], self.image_box, self.mask_box, self.reference, matches=c[5])
-            n2 = warp_fill(self.image_box, self.mask_box, self.reference, f2).ncc if changed else c[0]
+            n2 = warp_agreement(self.image_box, self.mask_box, self.reference, f2) if changed else c[0]
             return (n2, *c[1:4], f2, c[5]), changed
 
         leading = sorted(self.items, key=self.score, reverse=True)[:n]

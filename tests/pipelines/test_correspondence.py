@@ -213,8 +213,8 @@ def test_warp_fill_pastes_in_the_image_colours_but_trusts_by_the_per_channel_mat
     # the candidates are ranked by the same agreement without the patch being built
     assert warp_agreement(image[w], mask[w], ref, fld) == wf.ncc
     # off the mask (read by nothing downstream) the patch holds the per-channel match
-    off = ~mask[w]
-    assert np.array_equal(wf.patch[off], np.rint(np.clip(warped * gain + off_, 0, 255))[off].astype(np.uint8))
+    outside = ~mask[w]
+    assert np.array_equal(wf.patch[outside], np.rint(np.clip(warped * gain + off_, 0, 255))[outside].astype(np.uint8))
 
 
 def test_attention_matches_reads_sub_token_positions():
@@ -657,7 +657,6 @@ def test_flow_rounds_each_checked_and_counted():
     err_more = np.median(np.linalg.norm(more.xy - truth, axis=-1)[inside])
     assert err_more < 0.5 * err_one, (err_one, err_more)  # (here about 0.66 px after one round, 0.1 after more)
     assert one.trust_cap == more.trust_cap  # both capped at the agreement of the field they started from
-
 
 
 def test_loose_matching_aligns_a_colour_changed_plain_object(tiny_pipe, tmp_path, monkeypatch):

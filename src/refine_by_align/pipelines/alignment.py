@@ -273,7 +273,7 @@ def dense_alignment(
     ``loose_similarity`` (None: not), its fits kept only on ``solid_inliers`` agreeing matches
     (a looser matching lets more chance matches in). The candidate whose colour-matched warp
     agrees best with the image in a ring around the mask (normalised cross-correlation,
-    :func:`~.correspondence.warp_fill`) wins,
+    :func:`~.correspondence.warp_agreement`, the trust :func:`~.correspondence.warp_fill` gives) wins,
     its agreement discounted by up to 0.2 when it rests on fewer than ``solid_inliers`` matches;
     with ``ecc`` the ``ecc_candidates`` leading candidates are refined by ECC on the same ring
     (:func:`~.correspondence.refine_field_ecc`, kept only where it does not drift from the

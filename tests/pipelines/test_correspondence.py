@@ -20,6 +20,7 @@ from refine_by_align.pipelines.correspondence import (
     sift_matches,
     warp_agreement,
     warp_fill,
+    with_confidence,
 )
 from refine_by_align.zoom import Box, zoom_box
 
@@ -338,6 +339,32 @@ def test_ecc_refinement_that_drifts_from_the_matches_is_refused():
     _, kept_free = refine_field_ecc(start, image_box, mask_box, ref)
     _, kept_tied = refine_field_ecc(start, image_box, mask_box, ref, matches=wrong)
     assert kept_free and not kept_tied
+
+
+def test_candidate_fields_without_confidence_rank_the_same_and_get_it_later():
+    """A candidate only ranked is built without its confidence (the nearest-match search is most of
+    dense_field's time); warp_agreement does not read it, ECC's agreement argument spares a second
+    measurement, and with_confidence adds exactly what dense_field would have given."""
+    image, mask, ref, valid, H = _case(_sim())
+    box = Box(60, 60, 200, 200)
+    src = np.stack(np.meshgrid(np.arange(70, 190, 10.0), np.arange(70, 190, 10.0)), -1).reshape(-1, 2)
+    m = Matches(src.astype(np.float32), _apply(H, src).astype(np.float32), np.ones(len(src), np.float32), {"sift": len(src)})
+    fit = fit_field(m, focus=box)
+    full, bare = dense_field(fit, box, valid), dense_field(fit, box, valid, confidence=False)
+    assert bare.confidence is None and full.confidence is not None and 0.0 < float(full.confidence.max()) <= 1.0
+    assert np.array_equal(bare.xy, full.xy) and np.array_equal(bare.on_object, full.on_object)
+    image_box, mask_box = image[60:200, 60:200], mask[60:200, 60:200]
+    ncc = warp_agreement(image_box, mask_box, ref, bare)
+    assert ncc == warp_agreement(image_box, mask_box, ref, full)
+    added = with_confidence(bare)
+    assert np.array_equal(added.confidence, full.confidence) and added.confidence.dtype == np.float32
+    assert with_confidence(full) is full  # one that has it is returned as is
+    a, changed_a = refine_field_ecc(full, image_box, mask_box, ref, matches=m)
+    b, changed_b = refine_field_ecc(full, image_box, mask_box, ref, matches=m, agreement=ncc)
+    assert changed_a == changed_b and np.array_equal(a.xy, b.xy)
+    # a wrong agreement passed in is believed: ECC then refuses a refinement that does not beat it
+    _, changed_c = refine_field_ecc(full, image_box, mask_box, ref, matches=m, agreement=1.0)
+    assert not changed_c
 
 
 def test_reference_features_are_remembered_per_reference_and_never_stale(monkeypatch):

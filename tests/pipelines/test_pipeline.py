@@ -497,3 +497,56 @@ def test_fill_around_the_warp_keeps_its_pixels_and_is_cheap_where_the_model_bare
     assert np.array_equal(pipe._fill_around_warp(p, combined), classical_fill(known, hole, "harmonic")[window])
     none = CombinedWarp(patch=warp, weight=np.zeros_like(weight), use=np.zeros_like(m), source=np.full(m.shape, -1, np.int16))
     assert np.array_equal(pipe._fill_around_warp(p, none), classical_fill(p.image, p.mask, "mixed")[window])  # no warp: the whole mask
+
+
+def test_one_sample_where_the_warps_leave_the_model_little_of_the_mask(simple_inputs, monkeypatch):
+    """The model's default K samples are averaged where it draws a real share of the mask; where
+    the mean over the mask of its squared share is at most CHEAP_FILL_SHARE squared (the warps give
+    the rest), one sample is drawn. A caller's num_samples is always used, and a warp-input model
+    keeps its K (it redraws the whole mask)."""
+    import dataclasses
+
+    import torch
+
+    import refine_by_align.pipelines.pipeline as P
+    from refine_by_align.config import get_config
+    from refine_by_align.models.refiner import RefineByAlignModel
+    from refine_by_align.pipelines.references import CombinedWarp
+
+    torch.manual_seed(0)
+    model = RefineByAlignModel.from_model_config(dataclasses.replace(get_config("tiny"), hole_fill="harmonic", default_samples=4, default_guidance=1.0)).eval()
+    pipe = P.RefineByAlignPipeline(model=model, scheduler=P.make_scheduler(model))
+    pipe.set_progress_bar_config(disable=True)
+    m = np.zeros((20, 20), bool)
+    m[5:15, 5:15] = True  # 100 mask pixels
+
+    def k_for(weight_in_mask) -> int:
+        weight = np.zeros(m.shape, np.float32)
+        weight[m] = weight_in_mask
+        combined = CombinedWarp(patch=np.zeros((20, 20, 3), np.uint8), weight=weight, use=m.copy(), source=np.zeros(m.shape, np.int16))
+        return pipe._default_samples(4, combined, m)
+
+    assert k_for(0.0) == 4  # no warp: the model draws everything
+    assert k_for(0.95) == 1 and k_for(0.91) == 1  # under 10% of every pixel: mean square under 0.01
+    assert k_for(0.85) == 4
+    few = np.ones(100, np.float32)
+    few[:1] = 0.0  # all of one pixel in a hundred
+    assert k_for(few) == 1
+    few[:2] = 0.0  # all of two
+    assert k_for(few) == 4
+
+    # through the pipeline: the batch the U-Net sees
+    seen = []
+    real_step = P.RefineByAlignPipeline.step
+    monkeypatch.setattr(P.RefineByAlignPipeline, "step", lambda self, x, *a, **kw: seen.append(x.shape[0]) or real_step(self, x, *a, **kw))
+    image, mask, reference = simple_inputs
+    pipe(image, mask, reference, seed=0, num_inference_steps=1, warp=False)
+    pipe(image, mask, reference, seed=0, num_inference_steps=1, warp=False, num_samples=2)
+    assert seen == [4, 2]
+    monkeypatch.setattr(P.RefineByAlignPipeline, "_warps", staticmethod(lambda ps, results, image_box, mask_box, warp: (
+        [None], CombinedWarp(patch=image_box.copy(), weight=np.where(mask_box, 0.95, 0.0).astype(np.float32), use=mask_box.copy(),
+                             source=np.where(mask_box, 0, -1).astype(np.int16)), 0)))
+    seen.clear()
+    pipe(image, mask, reference, seed=0, num_inference_steps=1)
+    pipe(image, mask, reference, seed=0, num_inference_steps=1, num_samples=3)
+    assert seen == [1, 3]

@@ -312,16 +312,18 @@ def _bilinear_hwc(hwc: torch.Tensor, xy: torch.Tensor) -> torch.Tensor:
     outside the map count as zero, as ``grid_sample(..., padding_mode="zeros", align_corners=True)``)
     -> (*S, C). (On a map 1 pixel wide or high grid_sample's normalisation differs; DKD finds no
     keypoints on such a map, so SDDH never reads one.)"""
+    h, w, c = hwc.shape
     x, y = xy[..., 0], xy[..., 1]
     x0, y0 = torch.floor(x), torch.floor(y)
     fx, fy = x - x0, y - y0
-    xi, yi = x0.long(), y0.long()
-    dx = torch.tensor([0, 1, 0, 1], device=xy.device)
-    dy = torch.tensor([0, 0, 1, 1], device=xy.device)
-    corners = _gather_hwc(hwc, xi.unsqueeze(-1) + dx, yi.unsqueeze(-1) + dy)  # (*S, 4, C): one gather
-    wx = torch.stack((1 - fx, fx, 1 - fx, fx), dim=-1)
-    wy = torch.stack((1 - fy, 1 - fy, fy, fy), dim=-1)
-    return (corners * (wx * wy).unsqueeze(-1)).sum(-2)
+    xs = x0.long().unsqueeze(-1) + torch.tensor([0, 1, 0, 1], device=xy.device)  # (*S, 4): the four corners
+    ys = y0.long().unsqueeze(-1) + torch.tensor([0, 0, 1, 1], device=xy.device)
+    inside = (xs >= 0) & (xs < w) & (ys >= 0) & (ys < h)
+    idx = (ys.clamp(0, h - 1) * w + xs.clamp(0, w - 1)).reshape(-1)
+    corners = hwc.reshape(h * w, c).index_select(0, idx).reshape(*xs.shape, c)  # (*S, 4, C): one gather
+    # the corner weights, zero for a corner outside the map, applied as one batched (1, 4) x (4, C) product
+    weights = torch.stack((1 - fx, fx, 1 - fx, fx), dim=-1) * torch.stack((1 - fy, 1 - fy, fy, fy), dim=-1) * inside  # (*S, 4)
+    return torch.matmul(weights.unsqueeze(-2), corners).squeeze(-2)
 
 
 # ----------------------------------------------------------------------------- keypoint detection (DKD)

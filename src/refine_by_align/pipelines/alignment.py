@@ -49,6 +49,7 @@ from .correspondence import (
     refine_field_flow,
     sift_matches,
     warp_agreement,
+    with_confidence,
     worker_threads,
 )
 
@@ -338,8 +339,9 @@ def dense_alignment(
     if ecc:  # refine the leading candidates, then choose again: ECC can turn a close second into the best
         best, pool.info["ecc"] = pool.best_after_ecc(ecc_candidates)
     ncc, inliers, name, mirrored, fld, _ = best
+    fld = with_confidence(fld)  # (the candidates were ranked without it)
     if flow and ncc >= flow_min_ncc:
-        fld, pool.info["flow"] = refine_field_flow(fld, pool.image_box, pool.mask_box, reference)  # (trust capped at ncc)
+        fld, pool.info["flow"] = refine_field_flow(fld, pool.image_box, pool.mask_box, reference, agreement=ncc)  # (trust capped at ncc)
     fit = fld.fit
     pool.info.update(
         source=name, inliers=inliers, mirrored=mirrored, smoothing=fit.smoothing, residual_px=round(fit.residual_px, 3), ring_ncc=round(ncc, 4)
@@ -365,7 +367,7 @@ class _Candidates:
         self.info["matches"][key] = len(m)
         if fit is None or fit.inliers < min_inliers:
             return
-        fld = dense_field(fit, self.crop_box, self.reference_mask)
+        fld = dense_field(fit, self.crop_box, self.reference_mask, confidence=False)  # the winner's added in dense_alignment
         fld.counts, fld.source = dict(m.counts), name
         ncc = warp_agreement(self.image_box, self.mask_box, self.reference, fld)
         self.info["candidates"][key] = round(ncc, 4)
@@ -382,7 +384,7 @@ class _Candidates:
         """The best of the ``n`` leading candidates once each is refined by ECC (kept only where it
         does not drift from its own matches), and whether the winner's ECC changed it."""
         def refined(c):
-            f2, changed = refine_field_ecc(c[4], self.image_box, self.mask_box, self.reference, matches=c[5])
+            f2, changed = refine_field_ecc(c[4], self.image_box, self.mask_box, self.reference, matches=c[5], agreement=c[0])
             n2 = warp_agreement(self.image_box, self.mask_box, self.reference, f2) if changed else c[0]
             return (n2, *c[1:4], f2, c[5]), changed
 

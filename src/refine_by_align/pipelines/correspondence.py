@@ -48,6 +48,7 @@ __all__ = [
     "fit_field",
     "DenseField",
     "dense_field",
+    "with_confidence",
     "colour_transfer",
     "colour_affine",
     "colour_support",
@@ -526,7 +527,7 @@ class DenseField:
 
     box: Box  # the image region covered (the zoom-in crop at full resolution)
     xy: np.ndarray  # (h, w, 2) float32: (x, y) on the reference for each pixel of box
-    confidence: np.ndarray  # (h, w) float32 in [0, 1]
+    confidence: np.ndarray | None  # (h, w) float32 in [0, 1]; None on a candidate only ranked (dense_field, with_confidence)
     on_object: np.ndarray  # (h, w) bool: the position falls on the reference object
     fit: FieldFit | None = None
     counts: dict[str, int] = field(default_factory=dict)  # matches per source
@@ -559,12 +560,17 @@ class DenseField:
         return out.astype(bool)
 
 
-def dense_field(fit: FieldFit, box: Box, reference_mask: np.ndarray | None, step: int = 4, reach: float | None = None) -> DenseField:
+def dense_field(
+    fit: FieldFit, box: Box, reference_mask: np.ndarray | None, step: int = 4, reach: float | None = None, confidence: bool = True
+) -> DenseField:
     """Evaluate ``fit`` on every pixel of ``box`` (on a ``step``-px lattice, bilinearly upsampled).
 
     Confidence: 1 near inlier matches, falling off as exp(-d / reach) with the distance d to the
     nearest one (``reach``: half the box side by default), times 0 where the position falls off the
-    reference object (eroded by 1 px, so its outline is not copied)."""
+    reference object (eroded by 1 px, so its outline is not copied). Without ``confidence`` the
+    field's ``confidence`` is None (a candidate that is only ranked, by :func:`warp_agreement`,
+    which does not read it: the nearest-match search over the box is most of this function's
+    time); :func:`with_confidence` adds it later, the same values."""
     h, w = box.height, box.width
     gy = np.arange(0, h + step, step, dtype=np.float64)
     gx = np.arange(0, w + step, step, dtype=np.float64)
@@ -579,8 +585,20 @@ def dense_field(fit: FieldFit, box: Box, reference_mask: np.ndarray | None, step
     else:
         hr_ok = np.isfinite(xy).all(-1)
         on = hr_ok
+    fld = DenseField(box, xy, None, on, fit)
+    return with_confidence(fld, reach) if confidence else fld
+
+
+def with_confidence(fld: DenseField, reach: float | None = None) -> DenseField:
+    """``fld`` with its confidence, as :func:`dense_field` gives it (``fld`` itself when it has
+    one): exp(-d / ``reach``) with d the distance from each pixel of the box to the nearest inlier
+    match of ``fld.fit`` (``reach``: half the box side by default), 0 off the reference object."""
+    if fld.confidence is not None:
+        return fld
+    box, fit = fld.box, fld.fit
+    h, w = box.height, box.width
     reach = 0.5 * max(h, w) if reach is None else reach
-    if len(fit.inlier_xy):
+    if fit is not None and len(fit.inlier_xy):
         from scipy.spatial import cKDTree
 
         pix = np.stack(np.meshgrid(box.x0 + np.arange(w), box.y0 + np.arange(h)), -1).reshape(-1, 2)
@@ -588,8 +606,7 @@ def dense_field(fit: FieldFit, box: Box, reference_mask: np.ndarray | None, step
         conf = np.exp(-d.reshape(h, w) / max(reach, 1.0)).astype(np.float32)
     else:
         conf = np.zeros((h, w), np.float32)
-    conf = conf * on
-    return DenseField(box, xy, conf.astype(np.float32), on, fit)
+    return replace(fld, confidence=(conf * fld.on_object).astype(np.float32))
 
 
 def refine_field_ecc(
@@ -602,6 +619,7 @@ def refine_field_ecc(
     matches: Matches | None = None,
     max_drift: tuple[float, float] = (1.5, 1.5),
     margin: int = 16,
+    agreement: float | None = None,
 ) -> tuple[DenseField, bool]:
     """A local photometric refinement of the field: the homography W (on the box's pixels) that
     best aligns the warped reference with the image in a ring around the mask by enhanced
@@ -610,7 +628,8 @@ def refine_field_ecc(
     and, with ``matches``, if it does not drift away from them: the median distance between the
     field and the matches inside the box may grow by at most a factor ``max_drift[0]`` or
     ``max_drift[1]`` px, whichever is larger (a ring can be matched by a mapping that is wrong
-    inside it; the matches see the inside). Returns (the field, whether it changed)."""
+    inside it; the matches see the inside). ``agreement``: ``fld``'s own :func:`warp_agreement`
+    where the caller has it (not measured again). Returns (the field, whether it changed)."""
     band = ring(mask_box, *ring_px) & fld.on_object
     if band.sum() < 64:
         return fld, False
@@ -643,7 +662,7 @@ def refine_field_ecc(
         return fld, False  # a jump, not a refinement
     xy = cv2.remap(fld.xy, qx, qy, cv2.INTER_LINEAR, borderMode=cv2.BORDER_REPLICATE)
     new = replace(fld, xy=xy, counts=dict(fld.counts))
-    before = warp_agreement(image_box, mask_box, reference, fld)
+    before = warp_agreement(image_box, mask_box, reference, fld) if agreement is None else agreement
     after = warp_agreement(image_box, mask_box, reference, new)
     if after <= before:
         return fld, False
@@ -666,6 +685,7 @@ def refine_field_flow(
     rounds: int = 4,
     preset: int = cv2.DISOPTICAL_FLOW_PRESET_FAST,
     check: bool = True,
+    agreement: float | None = None,
 ) -> tuple[DenseField, dict]:
     """A non-rigid photometric refinement of the field, after ECC's homography: the few pixels of
     smooth residual that a homography plus a spline through sparse matches leaves on a bent or
@@ -690,7 +710,8 @@ def refine_field_flow(
     check is what makes it safe (MODEL_CARD.md).
 
     The refined field is fitted on the ring its warp's trust is measured on (:func:`warp_fill`), so
-    its ``trust_cap`` is set to the agreement before the flow: it is not trusted more for it.
+    its ``trust_cap`` is set to the agreement before the flow (``agreement``, where the caller has
+    measured it with :func:`warp_agreement`): it is not trusted more for it.
     Returns (the field, info: the first round's {"ncc": before, "ncc_flow": after, "kept": bool}
     on the band, and "rounds": how many were kept; {} where the band is too small to judge)."""
     image_u8 = np.ascontiguousarray(np.clip(image_box, 0, 255).astype(np.uint8))
@@ -704,7 +725,7 @@ def refine_field_flow(
         current, kept = refined, kept + 1
     if not kept:
         return fld, first or {}
-    current.trust_cap = min(fld.trust_cap, warp_agreement(image_u8, m, reference, fld))
+    current.trust_cap = min(fld.trust_cap, warp_agreement(image_u8, m, reference, fld) if agreement is None else agreement)
     return current, {**first, "rounds": kept}
 
 

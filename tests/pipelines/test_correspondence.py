@@ -16,6 +16,7 @@ from refine_by_align.pipelines.correspondence import (
     global_model,
     match_error,
     refine_field_ecc,
+    refine_field_flow,
     ring,
     sift_matches,
     warp_agreement,
@@ -359,6 +360,12 @@ def test_candidate_fields_without_confidence_rank_the_same_and_get_it_later():
     added = with_confidence(bare)
     assert np.array_equal(added.confidence, full.confidence) and added.confidence.dtype == np.float32
     assert with_confidence(full) is full  # one that has it is returned as is
+    # the functions that read the confidence take a ranked-only field too, with the same results
+    wa, wb = warp_fill(image_box, mask_box, ref, bare), warp_fill(image_box, mask_box, ref, full)
+    assert np.array_equal(wa.weight, wb.weight) and np.array_equal(wa.patch, wb.patch)
+    fa, _ = refine_field_flow(bare, image_box, mask_box, ref)
+    fb, _ = refine_field_flow(full, image_box, mask_box, ref)
+    assert np.array_equal(fa.xy, fb.xy) and np.array_equal(fa.confidence, fb.confidence)
     a, changed_a = refine_field_ecc(full, image_box, mask_box, ref, matches=m)
     b, changed_b = refine_field_ecc(full, image_box, mask_box, ref, matches=m, agreement=ncc)
     assert changed_a == changed_b and np.array_equal(a.xy, b.xy)
@@ -400,6 +407,47 @@ def test_reference_features_are_remembered_per_reference_and_never_stale(monkeyp
         C.clear_reference_cache()
         C._reference_features(*args)
         assert len(calls) == 5
+    finally:
+        C.clear_reference_cache()
+
+
+def test_sift_features_are_remembered_and_match_a_fresh_computation(monkeypatch):
+    """SIFT's features of a picture are described once (the image's side serves both orientations
+    of the reference, a reference seen before is not described again), are the same values as a
+    fresh computation, are read-only, and a changed picture or mask is described anew; the flipped
+    matching's positions never leak into the memory."""
+    import refine_by_align.pipelines.correspondence as C
+
+    image, mask, ref, valid, H = _case(_sim())
+    C.clear_reference_cache()
+    fresh = sift_matches(image, mask, ref, valid)
+    fresh_flip = sift_matches(image, mask, ref, valid, flip=True)
+    calls = []
+    real = cv2.SIFT_create
+
+    def counting(*a, **kw):
+        calls.append(1)
+        return real(*a, **kw)
+
+    monkeypatch.setattr(C.cv2, "SIFT_create", counting)
+    try:
+        again = sift_matches(image, mask, ref, valid)
+        again_flip = sift_matches(image, mask, ref, valid, flip=True)
+        assert calls == []  # all four pictures (image, reference, mirrored reference) remembered
+        for x, y in ((fresh, again), (fresh_flip, again_flip)):
+            assert np.array_equal(x.img_xy, y.img_xy) and np.array_equal(x.ref_xy, y.ref_xy) and np.array_equal(x.weight, y.weight)
+        pts, desc = C._sift_features(ref, valid, 4000, 1024)
+        assert not pts.flags.writeable and not desc.flags.writeable
+        changed = ref.copy()
+        changed[0, 0] ^= 1
+        sift_matches(image, mask, changed, valid)
+        assert len(calls) == 1  # the changed reference only
+        sift_matches(image, mask, ref, valid & (np.arange(valid.shape[1]) < valid.shape[1] - 4))
+        assert len(calls) == 2  # another reference mask
+        C.clear_reference_cache()
+        monkeypatch.setattr(C.cv2, "SIFT_create", real)
+        cold = sift_matches(image, mask, ref, valid)
+        assert np.array_equal(cold.ref_xy, fresh.ref_xy)
     finally:
         C.clear_reference_cache()
 

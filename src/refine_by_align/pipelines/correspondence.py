@@ -144,21 +144,43 @@ def sift_matches(
         m = sift_matches(image, mask, reference[:, ::-1], None if reference_mask is None else reference_mask[:, ::-1], ratio, exclude_px, max_features, max_side=max_side)
         m.ref_xy[:, 0] = reference.shape[1] - 1 - m.ref_xy[:, 0]
         return m
-    sift = cv2.SIFT_create(nfeatures=max_features)
-    ref_small, ref_det, fr = _bounded(reference, reference_mask, max_side)
-    img_small, img_det, fi = _bounded(image, outside_mask(mask, exclude_px), max_side)
-    kr, dr = sift.detectAndCompute(_gray(ref_small), None if ref_det is None else ref_det.astype(np.uint8) * 255)
-    ki, di = sift.detectAndCompute(_gray(img_small), img_det.astype(np.uint8) * 255)
-    if dr is None or di is None or len(kr) < 2 or len(ki) < 2:
+    pr, dr = _sift_features(reference, reference_mask, max_features, max_side)
+    pi, di = _sift_features(image, outside_mask(mask, exclude_px), max_features, max_side)
+    if dr is None or di is None or len(pr) < 2 or len(pi) < 2:
         return Matches.empty()
     pairs = cv2.BFMatcher(cv2.NORM_L2).knnMatch(di, dr, k=2)
     good = [(p[0], p[0].distance / max(p[1].distance, 1e-6)) for p in pairs if len(p) == 2 and p[0].distance < ratio * p[1].distance]
     if not good:
         return Matches.empty()
-    img_xy = (np.float32([ki[m.queryIdx].pt for m, _ in good]) + 0.5) * fi - 0.5
-    ref_xy = (np.float32([kr[m.trainIdx].pt for m, _ in good]) + 0.5) * fr - 0.5
+    img_xy = pi[[m.queryIdx for m, _ in good]]
+    ref_xy = pr[[m.trainIdx for m, _ in good]]
     weight = np.float32([1.2 - r for _, r in good])  # a clearer ratio-test winner weighs more
     return Matches(img_xy, ref_xy, np.clip(weight, 0.05, 1.0), {"sift": len(good)})
+
+
+_SIFT_FEATURES = ContentCache(16)  # (pixels, detection mask, settings) -> (positions, descriptors)
+
+
+def _sift_features(rgb: np.ndarray, det_mask: np.ndarray | None, max_features: int, max_side: int) -> tuple[np.ndarray, np.ndarray | None]:
+    """SIFT's keypoint positions at full resolution ((N, 2) float32) and descriptors ((N, 128)
+    float32, None where none) of ``rgb`` where ``det_mask`` is True, described at most
+    ``max_side`` px on the longer side. Remembered for the last few pictures, keyed by a digest of
+    the pixels, the mask and the settings: the alignment matches the image's side against both
+    orientations of the reference, and a reference seen before is not described again (SIFT is
+    deterministic: the same values as computing them anew). Read-only arrays."""
+    mask_part = None if det_mask is None else np.packbits(np.asarray(det_mask, bool))
+    key = ContentCache.key(rgb, mask_part, max_features, max_side)
+    hit = _SIFT_FEATURES.get(key)
+    if hit is not None:
+        return hit
+    small, det, f = _bounded(rgb, det_mask, max_side)
+    kp, desc = cv2.SIFT_create(nfeatures=max_features).detectAndCompute(_gray(small), None if det is None else det.astype(np.uint8) * 255)
+    pts = (np.float32([k.pt for k in kp]).reshape(-1, 2) + 0.5) * f - 0.5
+    pts.flags.writeable = False
+    if desc is not None:
+        desc.flags.writeable = False
+    _SIFT_FEATURES.put(key, (pts, desc))
+    return pts, desc
 
 
 #: ALIKED keypoints per picture in the alignment's first matching (the image side's best-scored ones)
@@ -220,8 +242,10 @@ _REFERENCE_FEATURES = ContentCache(8)  # (reference, mask, flip, sizes, model) -
 
 
 def clear_reference_cache() -> None:
-    """Forget the remembered reference features (a benchmark's cold timing, or to free memory)."""
+    """Forget the remembered matcher features (ALIKED's of the references, SIFT's of every
+    picture): a benchmark's cold timing, or to free memory."""
     _REFERENCE_FEATURES.clear()
+    _SIFT_FEATURES.clear()
 
 
 def _reference_features(model, reference, reference_mask, flip, rsrc, rmask, rbox, max_side, max_keypoints):
@@ -714,6 +738,7 @@ def refine_field_flow(
     measured it with :func:`warp_agreement`): it is not trusted more for it.
     Returns (the field, info: the first round's {"ncc": before, "ncc_flow": after, "kept": bool}
     on the band, and "rounds": how many were kept; {} where the band is too small to judge)."""
+    fld = with_confidence(fld)  # (moved with the field; a ranked-only candidate gets it here)
     image_u8 = np.ascontiguousarray(np.clip(image_box, 0, 255).astype(np.uint8))
     m = np.asarray(mask_box, bool)
     current, first, kept = fld, None, 0
@@ -945,7 +970,7 @@ def warp_fill(
     support = colour_support(warped, band, colour_reach, at=m)[..., None]  # (h, w, 1) in [0, 1], 0 off the mask
     corrected = per_channel.copy()
     corrected[m] = support[m] * np.clip(warped[m] @ matrix + moffset, 0, 255) + (1.0 - support[m]) * per_channel[m]
-    trusted = fld.on_object & (fld.confidence >= min_confidence)
+    trusted = fld.on_object & (with_confidence(fld).confidence >= min_confidence)
     coverage = float((fld.on_object & m).sum() / max(m.sum(), 1))
     use = m & trusted if ncc >= min_ncc else np.zeros_like(m)
     a = 1.0 if full_ncc <= min_ncc else float(np.clip((ncc - min_ncc) / (full_ncc - min_ncc), 0.0, 1.0))

@@ -86,7 +86,7 @@ class ModelConfig:
     correction_shrink: float = 0.0  # telea / harmonic fill, K > 1 samples: Wiener shrinkage lambda of the correction (fill.py)
     default_steps: int = 20  # sampling steps (DDIM in pixel space, DPM-Solver++ in latent space)
     default_guidance: float = 2.0  # classifier-free guidance scale
-    default_samples: int = 1  # samples averaged into the result (K > 1: posterior-mean estimate)
+    default_samples: int = 1  # samples averaged into the result (K > 1: posterior-mean estimate; the pipeline draws one where a warp gives almost all of the mask)
     zoom_grow: float = 2.0  # zoom-in crop side = longer side of the mask box x this
     zoom_min_size: int = 32  # zoom-in crop side is at least this many pixels
     reference_margin: float = 0.05  # margin around the reference object's box (as in training pairs)
@@ -273,7 +273,7 @@ def _tiny() -> ModelConfig:
 
 def _default() -> ModelConfig:
     # the shipped model (MODEL_CARD.md): 64 px crops (stages 1-3 trained at 32: their recipes say so),
-    # 2 DDIM steps, no guidance, the mean of 8 samples; the alignment timestep, the correction blur
+    # 2 DDIM steps, no guidance, the mean of 8 samples (one where a warp gives almost all of the mask); the alignment timestep, the correction blur
     # and its shrinkage chosen on the second case set. Trained on Telea-prefilled holes, it runs on
     # harmonic ones: better on every case kind of both validation sets; its correction is added to
     # the mixed (FSR + biharmonic) fill at full resolution: better on all four case sets (MODEL_CARD.md)

@@ -534,6 +534,9 @@ def test_one_sample_where_the_warps_leave_the_model_little_of_the_mask(simple_in
     assert k_for(few) == 1
     few[:2] = 0.0  # all of two
     assert k_for(few) == 4
+    monkeypatch.setattr(pipe.model, "cfg", dataclasses.replace(pipe.model.cfg, hole_fill="warp"))
+    assert k_for(0.95) == 4  # a warp-input model redraws the whole mask: its K stays
+    monkeypatch.undo()
 
     # through the pipeline: the batch the U-Net sees
     seen = []

@@ -28,7 +28,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--captions", help="captions file for CLIP-T: JSON {case: caption} or 'case<TAB>caption' lines")
     p.add_argument("--steps", type=int, help="sampling steps of the pipeline methods (default: the model's)")
     p.add_argument("--guidance", type=float, help="guidance scale of the pipeline methods (default: the model's)")
-    p.add_argument("--samples", type=int, help="samples averaged per case by the pipeline methods (default: the model's)")
+    p.add_argument("--samples", type=int, help="samples averaged per case by the pipeline methods (default: the model's, or one where the warp gives almost all of the mask)")
     p.add_argument("--no-warp", action="store_true", help="dense alignment: redraw with the model alone, without pasting the warped reference")
     p.add_argument(
         "--references", default="all",

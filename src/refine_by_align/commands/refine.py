@@ -23,7 +23,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--steps", type=int, help="sampling steps (default: the model's)")
     p.add_argument("--guidance", type=float, help="classifier-free guidance scale (default: the model's)")
     p.add_argument("--no-align", action="store_true", help="single-stage ablation: guide with the whole reference")
-    p.add_argument("--samples", type=int, help="average this many samples (default: the model's)")
+    p.add_argument("--samples", type=int, help="average this many samples (default: the model's, or one where the warp gives almost all of the mask)")
     p.add_argument("--no-warp", action="store_true", help="dense alignment: redraw with the model alone, without pasting the warped reference")
     common.add_alignment_options(p)
 

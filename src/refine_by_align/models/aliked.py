@@ -300,11 +300,17 @@ class SDDH(nn.Module):
 
 def _gather_hwc(hwc: torch.Tensor, xs: torch.Tensor, ys: torch.Tensor) -> torch.Tensor:
     """hwc (H, W, C) read at integer pixels xs, ys (any equal shape S), zero outside -> (*S, C)."""
+    out, inside = _gather_clamped(hwc, xs, ys)
+    return out * inside.unsqueeze(-1).to(out.dtype)
+
+
+def _gather_clamped(hwc: torch.Tensor, xs: torch.Tensor, ys: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """hwc (H, W, C) read at integer pixels xs, ys (any equal shape S), clamped to the map -> (the
+    values (*S, C), which of them lie inside the map (*S,) bool): one gather of contiguous rows."""
     h, w, c = hwc.shape
     inside = (xs >= 0) & (xs < w) & (ys >= 0) & (ys < h)
     idx = (ys.clamp(0, h - 1) * w + xs.clamp(0, w - 1)).reshape(-1)
-    out = hwc.reshape(h * w, c).index_select(0, idx).reshape(*xs.shape, c)
-    return out * inside.unsqueeze(-1).to(out.dtype)
+    return hwc.reshape(h * w, c).index_select(0, idx).reshape(*xs.shape, c), inside
 
 
 def _bilinear_hwc(hwc: torch.Tensor, xy: torch.Tensor) -> torch.Tensor:
@@ -312,15 +318,12 @@ def _bilinear_hwc(hwc: torch.Tensor, xy: torch.Tensor) -> torch.Tensor:
     outside the map count as zero, as ``grid_sample(..., padding_mode="zeros", align_corners=True)``)
     -> (*S, C). (On a map 1 pixel wide or high grid_sample's normalisation differs; DKD finds no
     keypoints on such a map, so SDDH never reads one.)"""
-    h, w, c = hwc.shape
     x, y = xy[..., 0], xy[..., 1]
     x0, y0 = torch.floor(x), torch.floor(y)
     fx, fy = x - x0, y - y0
     xs = x0.long().unsqueeze(-1) + torch.tensor([0, 1, 0, 1], device=xy.device)  # (*S, 4): the four corners
     ys = y0.long().unsqueeze(-1) + torch.tensor([0, 0, 1, 1], device=xy.device)
-    inside = (xs >= 0) & (xs < w) & (ys >= 0) & (ys < h)
-    idx = (ys.clamp(0, h - 1) * w + xs.clamp(0, w - 1)).reshape(-1)
-    corners = hwc.reshape(h * w, c).index_select(0, idx).reshape(*xs.shape, c)  # (*S, 4, C): one gather
+    corners, inside = _gather_clamped(hwc, xs, ys)  # (*S, 4, C), (*S, 4): one gather
     # the corner weights, zero for a corner outside the map, applied as one batched (1, 4) x (4, C) product
     weights = torch.stack((1 - fx, fx, 1 - fx, fx), dim=-1) * torch.stack((1 - fy, 1 - fy, fy, fy), dim=-1) * inside  # (*S, 4)
     return torch.matmul(weights.unsqueeze(-2), corners).squeeze(-2)

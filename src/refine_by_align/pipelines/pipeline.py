@@ -203,9 +203,10 @@ class RefineByAlignPipeline(DiffusionPipeline):
         (for ``paper`` on a CPU it compiled longer and refined slower than the default mode; README).
         The alignment pass keeps the eager U-Net, whose attention
         processors it swaps. Shapes are static: a new batch size (another ``num_samples``, or the
-        default's one sample where a warp gives almost all of the mask) compiles again, and past dynamo's recompile limit that part runs eager. Returns False (and stays
-        eager) where compilation is unavailable; a compiled part that fails when called falls back
-        to eager alone, with a warning."""
+        default's one sample where a warp gives almost all of the mask) compiles again, and past
+        dynamo's recompile limit that part runs eager. Returns False (and stays eager) where
+        compilation is unavailable; a compiled part that fails when called falls back to eager
+        alone, with a warning."""
         try:
             import torch._inductor.config as inductor_config
 
@@ -771,8 +772,9 @@ class RefineByAlignPipeline(DiffusionPipeline):
         weight in the masked squared error is the mean over the mask of the model's squared share;
         where that is at most :attr:`ONE_SAMPLE_SHARE` squared (as if the model had 10% of every
         pixel, or all of 1% of them) one sample is drawn. One sample also has no spread to shrink
-        the correction by (``correction_shrink``): the measured figures below include both. The badge example (98% of every mask
-        pixel from the warp): 0.84 -> 0.15 s of denoising, the same masked PSNR to 0.01 dB. On the
+        the correction by (``correction_shrink``): the measured figures below include both. The
+        badge example (98% of every mask pixel from the warp): 0.84 -> 0.15 s of denoising, the
+        same masked PSNR to 0.01 dB. On the
         validation sets val2 / val3 this rule changes 3 of 48 cases, mean masked PSNR -0.001 /
         +0.010 dB; twice the limit (0.02) would cost -0.019 dB on val2, one sample everywhere about
         -0.5 dB (MODEL_CARD.md). A caller's explicit ``num_samples`` is always used."""

@@ -776,3 +776,65 @@ def test_loose_matching_aligns_a_colour_changed_plain_object(tiny_pipe, tmp_path
     monkeypatch.setattr(P, "dense_alignment", functools.partial(A.dense_alignment, loose_similarity=None))
     strict = tiny_pipe.align(*args)
     assert strict.method == "attention" and "no consistent dense field" in strict.info["fallback"]
+
+
+def test_misfit_weight_ramp():
+    """1 up to the first limit, linear to 0 at the second, 1 where the misfit is unknown."""
+    from refine_by_align.pipelines.correspondence import MISFIT_PX, misfit_weight
+
+    lo, hi = MISFIT_PX
+    assert misfit_weight(None) == 1.0 and misfit_weight(100.0, None) == 1.0
+    assert misfit_weight(0.0) == 1.0 and misfit_weight(lo) == 1.0
+    assert misfit_weight(hi) == 0.0 and misfit_weight(hi + 5.0) == 0.0
+    assert abs(misfit_weight((lo + hi) / 2) - 0.5) < 1e-9
+    assert misfit_weight(4.0, (4.0, 4.0)) == 1.0 and misfit_weight(4.01, (4.0, 4.0)) == 0.0
+
+
+def test_field_misfit_is_in_image_pixels_at_512():
+    """The fit's residual (reference px) divided by the field's scale (reference px per image px)
+    and by the image's size over 512."""
+    from refine_by_align.pipelines.correspondence import DenseField, FieldFit, field_misfit
+
+    box = Box(10, 20, 74, 84)
+    yy, xx = np.mgrid[box.y0 : box.y1, box.x0 : box.x1].astype(np.float32)
+    xy = np.stack([2.0 * xx + 5.0, 2.0 * yy - 3.0], -1)  # the reference at twice the image's scale
+    fit = FieldFit(np.eye(3), None, 1.0, np.zeros(2), 40, 30, None, 6.0, np.zeros((30, 2)))
+    fld = DenseField(box, xy, None, np.ones(xy.shape[:2], bool), fit)
+    assert abs(field_misfit(fld, (512, 400)) - 3.0) < 1e-6  # 6 ref px = 3 image px
+    assert abs(field_misfit(fld, (1024, 768)) - 1.5) < 1e-6  # 3 px of a 1024 px picture = 1.5 at 512
+    assert field_misfit(DenseField(box, xy, None, np.ones(xy.shape[:2], bool), None), (512, 512)) is None
+
+
+def test_warp_fill_discounts_a_field_that_misses_its_own_matches():
+    """A warp whose fit misses its own matches by more than MISFIT_PX[0] px is blended in at less
+    weight, not at all past MISFIT_PX[1]; the pixels it would paste are the same."""
+    from refine_by_align.pipelines.correspondence import MISFIT_PX, DenseField
+
+    image, mask, ref, valid, box, truth = _bent_case()
+    window = (slice(box.y0, box.y1), slice(box.x0, box.x1))
+    inside = mask[window]
+    on = np.ones(inside.shape, bool)
+
+    def fill(misfit, **kw):
+        fld = DenseField(box, truth, np.ones(inside.shape, np.float32), on, misfit_px=misfit)
+        return warp_fill(image[window], inside, ref, fld, **kw)
+
+    lo, hi = MISFIT_PX
+    good, unknown, mid, bad = fill(lo - 1.0), fill(None), fill((lo + hi) / 2), fill(hi + 1.0)
+    assert good.use.any() and np.allclose(good.weight[good.use], 1.0)
+    assert np.array_equal(unknown.weight, good.weight)
+    assert np.allclose(mid.weight[mid.use], 0.5) and np.array_equal(mid.use, good.use)
+    assert not bad.weight.any() and np.array_equal(bad.patch, good.patch)
+    assert np.array_equal(fill(hi + 1.0, misfit_px=None).weight, good.weight)  # the discount switched off
+
+
+def test_dense_alignment_reports_the_winner_misfit():
+    """The winning field carries its misfit (image px at 512), also in the info; on a warp of the
+    same photo it is well under MISFIT_PX[0]."""
+    from refine_by_align.pipelines.correspondence import MISFIT_PX
+
+    image, mask, ref, valid, H = _case(_sim())
+    box = zoom_box(mask, 2.0, 64)
+    fld, info = dense_alignment(image, mask, ref, valid, box, ("sift",))
+    assert fld is not None and fld.misfit_px is not None
+    assert info["misfit_px"] == round(fld.misfit_px, 3) and fld.misfit_px < MISFIT_PX[0]

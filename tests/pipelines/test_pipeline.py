@@ -553,3 +553,48 @@ def test_one_sample_where_the_warps_leave_the_model_little_of_the_mask(simple_in
     pipe(image, mask, reference, seed=0, num_inference_steps=1)
     pipe(image, mask, reference, seed=0, num_inference_steps=1, num_samples=3)
     assert seen == [1, 3]
+
+
+def test_a_field_that_misses_its_own_matches_is_discounted_and_said(monkeypatch):
+    """The pipeline blends a warp in at less weight where its field's fit misses its own matches
+    (MISFIT_PX), none past the upper limit, and says so in a note; a well-fitting field is used as
+    before."""
+    import dataclasses
+
+    import torch
+
+    import refine_by_align.pipelines.alignment as A
+    from refine_by_align.config import get_config
+    from refine_by_align.models.refiner import RefineByAlignModel
+    from refine_by_align.pipelines.correspondence import MISFIT_PX
+    from refine_by_align.pipelines.pipeline import RefineByAlignPipeline, make_scheduler
+
+    rng = np.random.default_rng(0)
+    h = w = 160
+    image = cv2.GaussianBlur(rng.integers(0, 256, (h, w, 3)).astype(np.uint8), (0, 0), 1.5)
+    for _ in range(40):
+        x, y = rng.integers(0, w - 16, 2)
+        cv2.rectangle(image, (int(x), int(y)), (int(x + rng.integers(5, 16)), int(y + rng.integers(5, 16))), rng.integers(0, 256, 3).tolist(), -1)
+    reference = cv2.warpPerspective(image, np.vstack([cv2.getRotationMatrix2D((80, 80), 10, 0.95), [0, 0, 1]]), (w, h))
+    mask = np.zeros((h, w), bool)
+    mask[70:90, 65:95] = True
+    torch.manual_seed(0)
+    model = RefineByAlignModel.from_model_config(dataclasses.replace(get_config("tiny"), hole_fill="harmonic"), load_pretrained=False).eval()
+    pipe = RefineByAlignPipeline(model=model, scheduler=make_scheduler(model))
+    pipe.set_progress_bar_config(disable=True)
+
+    def run(misfit=None):
+        if misfit is not None:
+            monkeypatch.setattr(A, "field_misfit", lambda fld, shape: misfit)
+        out = pipe(Image.fromarray(image), mask, Image.fromarray(reference), matchers="sift", seed=0, num_inference_steps=1, num_samples=1)
+        monkeypatch.undo()
+        return out
+
+    good = run()
+    assert good.alignment == "dense" and good.warp_fraction > 0.5, good.notes
+    assert good.info["misfit_px"] < MISFIT_PX[0] and not any("misses its own matches" in n for n in good.notes)
+    lo, hi = MISFIT_PX
+    half, none = run((lo + hi) / 2), run(hi + 1.0)
+    assert abs(half.warp_fraction - good.warp_fraction / 2) < 0.02, (half.warp_fraction, good.warp_fraction)
+    assert any("misses its own matches" in n and "at 50% of its trust" in n for n in half.notes), half.notes
+    assert none.warp_fraction == 0.0 and any("misses its own matches" in n and "not used" in n for n in none.notes), none.notes

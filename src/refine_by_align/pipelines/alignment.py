@@ -51,6 +51,7 @@ from .correspondence import (
     warp_agreement,
     with_confidence,
     worker_threads,
+    field_misfit,
 )
 
 ALIGNMENT_METHODS = ("dense", "attention")
@@ -343,8 +344,10 @@ def dense_alignment(
     if flow and ncc >= flow_min_ncc:
         fld, pool.info["flow"] = refine_field_flow(fld, pool.image_box, pool.mask_box, reference, agreement=ncc)  # (trust capped at ncc)
     fit = fld.fit
+    fld.misfit_px = field_misfit(fld, image.shape[:2])
     pool.info.update(
-        source=name, inliers=inliers, mirrored=mirrored, smoothing=fit.smoothing, residual_px=round(fit.residual_px, 3), ring_ncc=round(ncc, 4)
+        source=name, inliers=inliers, mirrored=mirrored, smoothing=fit.smoothing, residual_px=round(fit.residual_px, 3), ring_ncc=round(ncc, 4),
+        misfit_px=None if fld.misfit_px is None else round(fld.misfit_px, 3)
     )
     return fld, pool.info
 

@@ -49,6 +49,9 @@ __all__ = [
     "DenseField",
     "dense_field",
     "with_confidence",
+    "field_misfit",
+    "misfit_weight",
+    "MISFIT_PX",
     "colour_transfer",
     "colour_affine",
     "colour_support",
@@ -557,6 +560,7 @@ class DenseField:
     counts: dict[str, int] = field(default_factory=dict)  # matches per source
     source: str = ""
     trust_cap: float = 1.0  # the ring agreement its warp may be trusted at, at most (a field refined on the ring: its agreement before)
+    misfit_px: float | None = None  # the fit's cross-validated error on its own matches, image px at 512 px (field_misfit; None: not measured)
 
     def sample(self, reference: np.ndarray, interpolation: int = cv2.INTER_CUBIC, window: tuple[slice, slice] | None = None) -> np.ndarray:
         """The reference warped into the box: (h, w, C) of ``reference`` sampled at ``xy`` (only
@@ -611,6 +615,31 @@ def dense_field(
         on = hr_ok
     fld = DenseField(box, xy, None, on, fit)
     return with_confidence(fld, reach) if confidence else fld
+
+
+#: The fit's cross-validated error (:func:`field_misfit`, image pixels at 512 px) from which a warp's
+#: blend weight falls, and where it reaches 0 (:func:`warp_fill`).
+MISFIT_PX = (3.5, 6.0)
+
+
+def field_misfit(fld: DenseField, image_shape: tuple[int, int]) -> float | None:
+    """How far the field's own mapping misses the matches it was fitted on, in image pixels of a
+    512 px picture: the fit's median cross-validated error (``FieldFit.residual_px``, measured on
+    the reference) divided by the field's scale over its box (reference px per image px, the square
+    root of the Jacobian's determinant, median) and by max(H, W) / 512 of the image (the matchers
+    run at a bounded resolution and their positions are scaled up, so their errors grow with the
+    picture). None where the field has no fit. A photo warped by an affine or smooth non-rigid
+    transform fits within 0.1-3.2 px here; another view of the object, whose parallax no
+    homography with a smooth residual explains, misses by 3-5 px and more (MODEL_CARD.md, "Warps
+    that miss their own matches")."""
+    if fld.fit is None or not np.isfinite(fld.fit.residual_px):
+        return None
+    gx_x, gx_y = np.gradient(fld.xy[..., 0].astype(np.float64))[::-1]  # d(ref x)/d(image x), d(ref x)/d(image y)
+    gy_x, gy_y = np.gradient(fld.xy[..., 1].astype(np.float64))[::-1]
+    det = np.abs(gx_x * gy_y - gx_y * gy_x)
+    scale = float(np.sqrt(np.median(det))) if det.size else 1.0
+    scale = scale if np.isfinite(scale) and scale > 1e-6 else 1.0
+    return float(fld.fit.residual_px / scale * 512.0 / max(image_shape[:2]))
 
 
 def with_confidence(fld: DenseField, reach: float | None = None) -> DenseField:
@@ -911,6 +940,7 @@ class WarpFill:
     coverage: float  # fraction of the mask whose source lies on the reference object
     gain: np.ndarray  # (3,) per-channel colour gain the agreement ``ncc`` is measured with
     offset: np.ndarray  # (3,) and its offset
+    misfit_factor: float = 1.0  # what the blend weight was scaled by for the field's misfit (misfit_weight; 1: none)
 
 
 def _warp_agreement(image_box, mask_box, reference, fld: DenseField, ring_px: tuple[int, int]):
@@ -938,6 +968,18 @@ def warp_agreement(image_box: np.ndarray, mask_box: np.ndarray, reference: np.nd
     return _warp_agreement(image_box, mask_box, reference, fld, ring_px)[-1]
 
 
+def misfit_weight(misfit: float | None, limits: tuple[float, float] | None = MISFIT_PX) -> float:
+    """The factor :func:`warp_fill` scales a warp's blend weight by for a field whose fit misses its
+    own matches by ``misfit`` px (:func:`field_misfit`): 1 up to ``limits[0]``, falling linearly to
+    0 at ``limits[1]``; 1 where either is None."""
+    if misfit is None or limits is None:
+        return 1.0
+    lo, hi = limits
+    if hi <= lo:
+        return 1.0 if misfit <= lo else 0.0
+    return float(np.clip((hi - misfit) / (hi - lo), 0.0, 1.0))
+
+
 def warp_fill(
     image_box: np.ndarray,
     mask_box: np.ndarray,
@@ -948,6 +990,7 @@ def warp_fill(
     full_ncc: float = 0.95,
     min_confidence: float = 0.05,
     colour_reach: float = 20.0,
+    misfit_px: tuple[float, float] | None = MISFIT_PX,
 ) -> WarpFill:
     """Warp the reference into the box, match its colours to the image in a ring outside the mask
     (a 3 x 3 colour map and offset, :func:`colour_affine`), and decide where to trust it: pixels of
@@ -957,7 +1000,11 @@ def warp_fill(
     nothing). The blend weight rises linearly from 0 at ``min_ncc`` to 1 at ``full_ncc``: a warp
     that agrees only roughly (a real second view) is mixed with the fallback fill rather than
     pasted whole. The agreement counted is at most the field's ``trust_cap`` (a field refined on
-    this ring itself, by :func:`refine_field_flow`, is trusted as it was before)."""
+    this ring itself, by :func:`refine_field_flow`, is trusted as it was before). With
+    ``misfit_px`` (lo, hi) the weight is also scaled by how well the field's fit explains its own
+    matches (the field's ``misfit_px``, :func:`field_misfit`): in full up to lo px, falling
+    linearly to 0 at hi px (a warp that misplaces its own matches by that much misplaces the
+    mask's detail too, however well the ring around the mask agrees)."""
     warped, band, gain, offset, per_channel, ncc = _warp_agreement(image_box, mask_box, reference, fld, ring_px)
     # the patch takes the freer 3 x 3 colour map; the trust stays measured after the per-channel
     # gains: the map's nine parameters would also raise the ring agreement of a rough warp
@@ -974,5 +1021,6 @@ def warp_fill(
     coverage = float((fld.on_object & m).sum() / max(m.sum(), 1))
     use = m & trusted if ncc >= min_ncc else np.zeros_like(m)
     a = 1.0 if full_ncc <= min_ncc else float(np.clip((ncc - min_ncc) / (full_ncc - min_ncc), 0.0, 1.0))
-    weight = use.astype(np.float32) * a
-    return WarpFill(patch=np.rint(corrected).astype(np.uint8), use=use, weight=weight, ncc=ncc, coverage=coverage, gain=gain, offset=offset)
+    factor = misfit_weight(fld.misfit_px, misfit_px)
+    weight = use.astype(np.float32) * (a * factor)
+    return WarpFill(patch=np.rint(corrected).astype(np.uint8), use=use, weight=weight, ncc=ncc, coverage=coverage, gain=gain, offset=offset, misfit_factor=factor)

@@ -189,6 +189,29 @@ def test_dense_map_equals_upstreams_concatenation(batch):
     torch.testing.assert_close(fmap, want_map, atol=1e-12, rtol=1e-10)
 
 
+def test_sparse_map_reads_the_dense_maps_values_and_descriptors():
+    """extract_sparse_map gives the dense path's score map, its map's rows at any pixels, and SDDH's
+    descriptors from it: bit-identical (the same operations, on the pixels read); B > 1 is refused."""
+    from refine_by_align.models.aliked import SparseFeatureMap
+
+    torch.manual_seed(0)
+    net = ALIKED(ALIKEDConfig(4, 8, 8, 8, 16, 3, 4)).eval()
+    image = torch.rand(1, 3, 70, 90)  # padded to 96 x 96 and cropped back
+    with torch.no_grad():
+        fmap, score = net.extract_dense_map(image)
+        sparse, sparse_score = net.extract_sparse_map(image)
+        assert isinstance(sparse, SparseFeatureMap) and sparse.shape == (16, 70, 90)
+        assert torch.equal(score, sparse_score)
+        g = torch.Generator().manual_seed(1)
+        ys, xs = torch.randint(0, 70, (300,), generator=g), torch.randint(0, 90, (300,), generator=g)
+        assert torch.equal(sparse.rows(ys, xs), fmap[0][:, ys, xs].t())
+        kpts = torch.rand(40, 2, generator=g) * torch.tensor([89.0, 69.0])
+        kpts[:4] = torch.tensor([[0.0, 0.0], [89.0, 69.0], [0.3, 68.7], [88.9, 0.2]])  # corners: samples fall outside the map
+        assert torch.equal(net.describe(sparse, kpts), net.describe(fmap[0], kpts))
+        with pytest.raises(ValueError, match="one image"):
+            net.extract_sparse_map(torch.rand(2, 3, 32, 32))
+
+
 def test_simple_nms_equals_the_square_window():
     """The (2r+1)^2 maximum taken as a row pass then a column pass keeps exactly the square window's maxima."""
     g = torch.Generator().manual_seed(0)

@@ -38,6 +38,7 @@ from torch import nn
 
 __all__ = [
     "ALIKED",
+    "SparseFeatureMap",
     "ALIKEDConfig",
     "ALIKED_CONFIGS",
     "DEFAULT_WEIGHTS_NAME",
@@ -270,8 +271,9 @@ class SDDH(nn.Module):
         self.sf_conv = nn.Conv2d(dim, dim, 1, bias=False)
         self.agg_weights = nn.Parameter(torch.rand(n_pos, dim, dim))
 
-    def forward(self, feature_map: torch.Tensor, keypoints: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """feature_map (C, H, W); keypoints (N, 2) pixel xy -> descriptors (N, D), offsets (N, M, 2).
+    def forward(self, feature_map: torch.Tensor | SparseFeatureMap, keypoints: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """feature_map (C, H, W) (or a :class:`SparseFeatureMap`); keypoints (N, 2) pixel xy ->
+        descriptors (N, D), offsets (N, M, 2).
 
         The map is read pixel by pixel from a (H, W, C) layout (a gather of contiguous C-vectors):
         the same values as upstream's padded patch indexing and ``grid_sample`` over (C, H, W),
@@ -280,7 +282,8 @@ class SDDH(nn.Module):
         n, k, m = keypoints.shape[0], self.kernel_size, self.n_pos
         if n == 0:
             return feature_map.new_zeros(0, self.agg_weights.shape[-1]), feature_map.new_zeros(0, m, 2)
-        hwc = feature_map.permute(1, 2, 0).contiguous()  # (H, W, C): free when the map is a view of one
+        # (H, W, C): free when the map is a view of one; a SparseFeatureMap is read as it is
+        hwc = feature_map if isinstance(feature_map, SparseFeatureMap) else feature_map.permute(1, 2, 0).contiguous()
         # K x K patch starting at floor(p) - floor((K-1)/2), zero outside the map (upstream get_patches)
         lt = math.floor((k - 1) / 2)
         p0 = keypoints.long()  # (N, 2), floor for the non-negative positions DKD gives
@@ -298,6 +301,43 @@ class SDDH(nn.Module):
         return F.normalize(desc, p=2.0, dim=1), offset
 
 
+class SparseFeatureMap:
+    """The L2-normalised (D, H, W) descriptor map of :meth:`ALIKED.extract_dense_map`, left as its
+    four upsampled parts and assembled only at the pixels that are read (:meth:`rows`).
+
+    SDDH reads a 3 x 3 patch and M bilinear samples around each keypoint, a third of the pixels of
+    the picture at 1,024 keypoints. Concatenating the four parts into D channels and normalising
+    every pixel cost about 50 ms at 384 x 320 px on 2 CPU cores, more than the network's blocks;
+    here it is done for the pixels read, in the same order of operations, so the values are the
+    dense map's (tests check them)."""
+
+    def __init__(self, parts: list[torch.Tensor], channels: int, size: tuple[int, int], offset: tuple[int, int]):
+        self.parts = parts  # each (H', W', >= channels) contiguous: a part upsampled to the padded picture
+        self.channels = channels  # the first ``channels`` of each part's are the map's (the rest: the score head's share)
+        self.h, self.w = size  # the picture's size (the map's)
+        self.top, self.left = offset  # the padding above and left of the picture
+        self.dim = channels * len(parts)
+
+    @property
+    def shape(self) -> tuple[int, int, int]:
+        """(D, H, W), as the dense map's."""
+        return (self.dim, self.h, self.w)
+
+    @property
+    def device(self) -> torch.device:
+        return self.parts[0].device
+
+    def new_zeros(self, *size: int) -> torch.Tensor:
+        return self.parts[0].new_zeros(*size)
+
+    def rows(self, ys: torch.Tensor, xs: torch.Tensor) -> torch.Tensor:
+        """The map's D-vectors at pixels ``ys``, ``xs`` ((N,) int64, inside the map) -> (N, D)."""
+        wp = int(self.parts[0].shape[1])
+        idx = (ys + self.top) * wp + (xs + self.left)  # on the padded picture
+        feats = torch.cat([p.reshape(-1, p.shape[-1]).index_select(0, idx)[:, : self.channels] for p in self.parts], dim=-1)  # (N, D)
+        return feats.div_(torch.linalg.vector_norm(feats, dim=-1, keepdim=True).clamp_min(1e-12))
+
+
 def _gather_hwc(hwc: torch.Tensor, xs: torch.Tensor, ys: torch.Tensor) -> torch.Tensor:
     """hwc (H, W, C) read at integer pixels xs, ys (any equal shape S), zero outside -> (*S, C)."""
     out, inside = _gather_clamped(hwc, xs, ys)
@@ -307,10 +347,13 @@ def _gather_hwc(hwc: torch.Tensor, xs: torch.Tensor, ys: torch.Tensor) -> torch.
 def _gather_clamped(hwc: torch.Tensor, xs: torch.Tensor, ys: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """hwc (H, W, C) read at integer pixels xs, ys (any equal shape S), clamped to the map -> (the
     values (*S, C), which of them lie inside the map (*S,) bool): one gather of contiguous rows."""
-    h, w, c = hwc.shape
+    h, w = (hwc.h, hwc.w) if isinstance(hwc, SparseFeatureMap) else hwc.shape[:2]
     inside = (xs >= 0) & (xs < w) & (ys >= 0) & (ys < h)
     idx = (ys.clamp(0, h - 1) * w + xs.clamp(0, w - 1)).reshape(-1)
-    return hwc.reshape(h * w, c).index_select(0, idx).reshape(*xs.shape, c), inside
+    if isinstance(hwc, SparseFeatureMap):  # each distinct pixel computed once
+        uniq, inverse = torch.unique(idx, return_inverse=True)
+        return hwc.rows(uniq // w, uniq % w).index_select(0, inverse).reshape(*xs.shape, hwc.dim), inside
+    return hwc.reshape(h * w, hwc.shape[2]).index_select(0, idx).reshape(*xs.shape, hwc.shape[2]), inside
 
 
 def _bilinear_hwc(hwc: torch.Tensor, xy: torch.Tensor) -> torch.Tensor:
@@ -476,34 +519,54 @@ class ALIKED(nn.Module):
         upsampled (bilinear upsampling is linear too, so the result is the same), and the feature
         map is built in a (B, H, W, dim) layout (normalised along contiguous memory) and returned
         as a (B, dim, H, W) view of it."""
-        b, _, h, w = image.shape
-        ph, pw = (-h) % 32, (-w) % 32
-        pad = (pw // 2, pw - pw // 2, ph // 2, ph - ph // 2)  # left, right, top, bottom
-        x = F.pad(image, pad, mode="replicate") if ph or pw else image
-        hp, wp = x.shape[-2:]
-        x1 = self.block1(x)  # (B, c1, H, W)
-        x2 = self.block2(F.avg_pool2d(x1, 2))  # (B, c2, H/2, W/2)
-        x3 = self.block3(F.avg_pool2d(x2, 4))  # (B, c3, H/8, W/8)
-        x4 = self.block4(F.avg_pool2d(x3, 4))  # (B, c4, H/32, W/32)
-        convs = (self.conv1, self.conv2, self.conv3, self.conv4)
-        # (B, dim/4, H/s, W/s), channels-last in memory: upsampling and the (B, H, W, dim) concatenation run on contiguous rows
-        parts = [F.selu(conv(xi.contiguous(memory_format=torch.channels_last))) for conv, xi in zip(convs, (x1, x2, x3, x4))]
-
-        def up(t: torch.Tensor) -> torch.Tensor:  # bilinear, align_corners=True as nn.Upsample upstream
-            return t if t.shape[-2:] == (hp, wp) else F.interpolate(t, size=(hp, wp), mode="bilinear", align_corners=True)
-
+        parts, (t, l), (hp, wp) = self._parts(image)
+        h, w = image.shape[-2:]
         q = self.config.dim // 4
         first = self.score_head[0].weight  # (8, dim, 1, 1), no bias
         # each part upsampled once, with its share of the score head's first layer as 8 more channels
-        ups = [up(torch.cat([p, F.conv2d(p, first[:, i * q : (i + 1) * q])], dim=1)) for i, p in enumerate(parts)]  # (B, q + 8, H, W)
+        ups = [_upsample(torch.cat([p, F.conv2d(p, first[:, i * q : (i + 1) * q])], dim=1), hp, wp) for i, p in enumerate(parts)]  # (B, q + 8, H, W)
         z = sum(u[:, q:] for u in ups)  # (B, 8, H, W)
         score_map = torch.sigmoid(self.score_head[1:](z))  # (B, 1, H, W)
-        t, l = pad[2], pad[0]
         window = (slice(None), slice(None), slice(t, t + h), slice(l, l + w))
         feats = torch.cat([u[:, :q][window].permute(0, 2, 3, 1) for u in ups], dim=-1)  # (B, H, W, dim)
         norm = torch.linalg.vector_norm(feats, dim=-1, keepdim=True).clamp_min(1e-12)
         feats = feats / norm if torch.is_grad_enabled() and feats.requires_grad else feats.div_(norm)  # L2 per pixel (in place at inference)
         return feats.permute(0, 3, 1, 2), score_map[window]  # (B, dim, H, W) view
+
+    def extract_sparse_map(self, image: torch.Tensor) -> tuple[SparseFeatureMap, torch.Tensor]:
+        """:meth:`extract_dense_map` for one image (B = 1) with the feature map left unassembled: (a
+        :class:`SparseFeatureMap`, concatenated and normalised at the pixels SDDH reads, and the
+        score map (1, 1, H, W)), the same values as the dense path's."""
+        if image.shape[0] != 1:
+            raise ValueError(f"extract_sparse_map takes one image (B = 1), got {image.shape[0]}")
+        parts, (t, l), (hp, wp) = self._parts(image)
+        h, w = image.shape[-2:]
+        q = self.config.dim // 4
+        first = self.score_head[0].weight  # (8, dim, 1, 1), no bias
+        # as extract_dense_map: each part upsampled once, with its share of the score head's first layer
+        ups = [_upsample(torch.cat([p, F.conv2d(p, first[:, i * q : (i + 1) * q])], dim=1), hp, wp) for i, p in enumerate(parts)]  # (1, q + 8, H', W')
+        z = sum(u[:, q:] for u in ups)  # (1, 8, H', W')
+        score_map = torch.sigmoid(self.score_head[1:](z))[:, :, t : t + h, l : l + w]  # (1, 1, H, W)
+        rows = [u[0].permute(1, 2, 0).contiguous() for u in ups]  # (H', W', q + 8): free, the parts are channels-last
+        return SparseFeatureMap(rows, q, (h, w), (t, l)), score_map
+
+    def _parts(self, image: torch.Tensor) -> tuple[list[torch.Tensor], tuple[int, int], tuple[int, int]]:
+        """The four blocks' outputs through their 1x1 convolutions and SELU, before upsampling:
+        (parts, each (B, dim / 4, H / s, W / s) channels-last in memory; the padding (top, left);
+        the padded size (H', W')). The image is padded (replicate) to a multiple of 32 on both
+        sides, as upstream does."""
+        h, w = image.shape[-2:]
+        ph, pw = (-h) % 32, (-w) % 32
+        pad = (pw // 2, pw - pw // 2, ph // 2, ph - ph // 2)  # left, right, top, bottom
+        x = F.pad(image, pad, mode="replicate") if ph or pw else image
+        x1 = self.block1(x)  # (B, c1, H, W)
+        x2 = self.block2(F.avg_pool2d(x1, 2))  # (B, c2, H/2, W/2)
+        x3 = self.block3(F.avg_pool2d(x2, 4))  # (B, c3, H/8, W/8)
+        x4 = self.block4(F.avg_pool2d(x3, 4))  # (B, c4, H/32, W/32)
+        convs = (self.conv1, self.conv2, self.conv3, self.conv4)
+        # channels-last in memory: upsampling and the (B, H, W, dim) concatenation run on contiguous rows
+        parts = [F.selu(conv(xi.contiguous(memory_format=torch.channels_last))) for conv, xi in zip(convs, (x1, x2, x3, x4))]
+        return parts, (pad[2], pad[0]), (int(x.shape[-2]), int(x.shape[-1]))
 
     def forward(self, image: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """image (B, 3, H, W) float RGB in [0, 1] -> (score_map (B, 1, H, W), dense descriptor map
@@ -518,10 +581,16 @@ class ALIKED(nn.Module):
         feature_map, score_map = self.extract_dense_map(image)
         return score_map, feature_map
 
-    def describe(self, feature_map: torch.Tensor, keypoints: torch.Tensor) -> torch.Tensor:
-        """SDDH descriptors: feature_map (D, H, W) from :meth:`forward`, keypoints (N, 2) pixel xy
-        -> (N, D) L2-normalised."""
+    def describe(self, feature_map: torch.Tensor | SparseFeatureMap, keypoints: torch.Tensor) -> torch.Tensor:
+        """SDDH descriptors: feature_map (D, H, W) from :meth:`forward` (or the
+        :class:`SparseFeatureMap` of :meth:`extract_sparse_map`), keypoints (N, 2) pixel xy -> (N,
+        D) L2-normalised."""
         return self.desc_head(feature_map, keypoints)[0]
+
+
+def _upsample(t: torch.Tensor, hp: int, wp: int) -> torch.Tensor:
+    """Bilinear to (hp, wp), ``align_corners=True`` as upstream's nn.Upsample (as given when already that size)."""
+    return t if t.shape[-2:] == (hp, wp) else F.interpolate(t, size=(hp, wp), mode="bilinear", align_corners=True)
 
 
 def _model_device(model: nn.Module) -> torch.device:
@@ -539,7 +608,8 @@ def detect(
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """ALIKED's keypoints of one image, not yet described: (keypoints (N, 2) pixel xy, best score
     first, as :func:`detect_and_describe` returns them; their scores (N,); the feature map (D, H, W)
-    that :meth:`ALIKED.describe` samples). A caller that may need only the best few descriptors
+    that :meth:`ALIKED.describe` samples, as a :class:`SparseFeatureMap`: computed at the pixels
+    read). A caller that may need only the best few descriptors
     describes those first (SDDH's cost grows with the keypoints)."""
     rgb = np.asarray(rgb)
     if rgb.ndim != 3 or rgb.shape[2] != 3 or rgb.dtype != np.uint8:
@@ -552,14 +622,14 @@ def detect(
         mask = mask.astype(bool)
     dev = _model_device(model)
     image = torch.from_numpy(np.array(rgb, copy=True)).to(dev).permute(2, 0, 1)[None].float() / 255.0  # (1, 3, H, W)
-    score_map, feature_map = model(image)
+    feature_map, score_map = model.extract_sparse_map(image)  # the map is computed where SDDH reads it
     mask_t = torch.from_numpy(mask).to(dev) if mask is not None else None
     kpts, scores = detect_keypoints(score_map[0, 0], 2, max_keypoints, score_threshold, mask_t)
     if mask_t is not None and len(kpts):
         r = kpts.round().long()
         keep = mask_t[r[:, 1].clamp(0, h - 1), r[:, 0].clamp(0, w - 1)]
         kpts, scores = kpts[keep], scores[keep]
-    return kpts, scores, feature_map[0]
+    return kpts, scores, feature_map
 
 
 @torch.no_grad()

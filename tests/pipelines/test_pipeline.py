@@ -343,6 +343,21 @@ def test_samplers_run_on_the_models_noise_schedule():
     assert float(a[-1]) == pytest.approx(0.00466, abs=2e-5) and float(a[100]) == pytest.approx(0.894, abs=1e-3)
 
 
+def _textured_pair():
+    """(image, mask, reference): a 160 px photo-like texture SIFT matches, its rotated and scaled
+    copy as the reference, and a 20 x 30 mask in the middle."""
+    rng = np.random.default_rng(0)
+    h = w = 160
+    image = cv2.GaussianBlur(rng.integers(0, 256, (h, w, 3)).astype(np.uint8), (0, 0), 1.5)
+    for _ in range(40):
+        x, y = rng.integers(0, w - 16, 2)
+        cv2.rectangle(image, (int(x), int(y)), (int(x + rng.integers(5, 16)), int(y + rng.integers(5, 16))), rng.integers(0, 256, 3).tolist(), -1)
+    reference = cv2.warpPerspective(image, np.vstack([cv2.getRotationMatrix2D((80, 80), 10, 0.95), [0, 0, 1]]), (w, h))
+    mask = np.zeros((h, w), bool)
+    mask[70:90, 65:95] = True
+    return image, mask, reference
+
+
 def test_warp_input_model_redraws_over_the_warp_and_keeps_outside_pixels():
     """A tiny hole_fill="warp" model: the dense alignment's trusted warp pre-fills the hole and
     fills the trust channel, the model redraws the whole mask over it (the raw warp is not pasted
@@ -355,16 +370,7 @@ def test_warp_input_model_redraws_over_the_warp_and_keeps_outside_pixels():
     from refine_by_align.models.refiner import RefineByAlignModel
     from refine_by_align.pipelines.pipeline import RefineByAlignPipeline, make_scheduler
 
-    rng = np.random.default_rng(0)
-    h = w = 160
-    image = cv2.GaussianBlur(rng.integers(0, 256, (h, w, 3)).astype(np.uint8), (0, 0), 1.5)
-    for _ in range(40):
-        x, y = rng.integers(0, w - 16, 2)
-        cv2.rectangle(image, (int(x), int(y)), (int(x + rng.integers(5, 16)), int(y + rng.integers(5, 16))), rng.integers(0, 256, 3).tolist(), -1)
-    A = np.vstack([cv2.getRotationMatrix2D((80, 80), 10, 0.95), [0, 0, 1]])
-    reference = cv2.warpPerspective(image, A, (w, h))
-    mask = np.zeros((h, w), bool)
-    mask[70:90, 65:95] = True
+    image, mask, reference = _textured_pair()
     torch.manual_seed(0)
     model = RefineByAlignModel.from_model_config(dataclasses.replace(get_config("tiny"), hole_fill="warp", warp_channel=True), load_pretrained=False).eval()
     pipe = RefineByAlignPipeline(model=model, scheduler=make_scheduler(model))
@@ -569,15 +575,7 @@ def test_a_field_that_misses_its_own_matches_is_discounted_and_said(monkeypatch)
     from refine_by_align.pipelines.correspondence import MISFIT_PX
     from refine_by_align.pipelines.pipeline import RefineByAlignPipeline, make_scheduler
 
-    rng = np.random.default_rng(0)
-    h = w = 160
-    image = cv2.GaussianBlur(rng.integers(0, 256, (h, w, 3)).astype(np.uint8), (0, 0), 1.5)
-    for _ in range(40):
-        x, y = rng.integers(0, w - 16, 2)
-        cv2.rectangle(image, (int(x), int(y)), (int(x + rng.integers(5, 16)), int(y + rng.integers(5, 16))), rng.integers(0, 256, 3).tolist(), -1)
-    reference = cv2.warpPerspective(image, np.vstack([cv2.getRotationMatrix2D((80, 80), 10, 0.95), [0, 0, 1]]), (w, h))
-    mask = np.zeros((h, w), bool)
-    mask[70:90, 65:95] = True
+    image, mask, reference = _textured_pair()
     torch.manual_seed(0)
     model = RefineByAlignModel.from_model_config(dataclasses.replace(get_config("tiny"), hole_fill="harmonic"), load_pretrained=False).eval()
     pipe = RefineByAlignPipeline(model=model, scheduler=make_scheduler(model))

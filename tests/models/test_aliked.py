@@ -210,6 +210,11 @@ def test_sparse_map_reads_the_dense_maps_values_and_descriptors():
         assert torch.equal(net.describe(sparse, kpts), net.describe(fmap[0], kpts))
         with pytest.raises(ValueError, match="one image"):
             net.extract_sparse_map(torch.rand(2, 3, 32, 32))
+    # with gradients on (not in place): the descriptors can be differentiated
+    grad_image = image.clone().requires_grad_(True)
+    sparse_g, _ = net.extract_sparse_map(grad_image)
+    net.describe(sparse_g, kpts).sum().backward()
+    assert grad_image.grad is not None and torch.isfinite(grad_image.grad).all()
 
 
 def test_simple_nms_equals_the_square_window():

@@ -803,6 +803,17 @@ def test_field_misfit_is_in_image_pixels_at_512():
     assert abs(field_misfit(fld, (512, 400)) - 3.0) < 1e-6  # 6 ref px = 3 image px
     assert abs(field_misfit(fld, (1024, 768)) - 1.5) < 1e-6  # 3 px of a 1024 px picture = 1.5 at 512
     assert field_misfit(DenseField(box, xy, None, np.ones(xy.shape[:2], bool), None), (512, 512)) is None
+    # mirrored and stretched: |det| = 3 x 1 (the scale sqrt(3)), whatever the orientation
+    bent = np.stack([-3.0 * xx + 400.0, 1.0 * yy + 0.5 * xx], -1).astype(np.float32)
+    assert abs(field_misfit(DenseField(box, bent, None, np.ones(xy.shape[:2], bool), fit), (512, 512)) - 6.0 / np.sqrt(3.0)) < 1e-6
+    # a non-finite pixel does not move the scale; a field with no scale or a box under 2 px gives None
+    holed = xy.copy()
+    holed[5, 7] = np.nan
+    assert abs(field_misfit(DenseField(box, holed, None, np.ones(xy.shape[:2], bool), fit), (512, 400)) - 3.0) < 1e-6
+    flat = np.full_like(xy, 7.0)
+    assert field_misfit(DenseField(box, flat, None, np.ones(xy.shape[:2], bool), fit), (512, 512)) is None
+    thin = Box(10, 20, 74, 21)
+    assert field_misfit(DenseField(thin, xy[:1], None, np.ones((1, 64), bool), fit), (512, 512)) is None
 
 
 def test_warp_fill_discounts_a_field_that_misses_its_own_matches():
@@ -831,10 +842,11 @@ def test_warp_fill_discounts_a_field_that_misses_its_own_matches():
 def test_dense_alignment_reports_the_winner_misfit():
     """The winning field carries its misfit (image px at 512), also in the info; on a warp of the
     same photo it is well under MISFIT_PX[0]."""
-    from refine_by_align.pipelines.correspondence import MISFIT_PX
+    from refine_by_align.pipelines.correspondence import MISFIT_PX, field_misfit
 
     image, mask, ref, valid, H = _case(_sim())
     box = zoom_box(mask, 2.0, 64)
     fld, info = dense_alignment(image, mask, ref, valid, box, ("sift",))
     assert fld is not None and fld.misfit_px is not None
-    assert info["misfit_px"] == round(fld.misfit_px, 3) and fld.misfit_px < MISFIT_PX[0]
+    assert fld.misfit_px == field_misfit(fld, image.shape[:2]) and 0 < fld.misfit_px < MISFIT_PX[0]
+    assert info["misfit_px"] == round(fld.misfit_px, 3)

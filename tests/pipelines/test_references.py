@@ -167,3 +167,23 @@ def test_a_matcher_note_is_said_once_for_several_references(tiny_pipe, scene, tm
     unavailable = [n for n in out.notes if "ALIKED matcher unavailable" in n]
     assert len(unavailable) == 1 and not unavailable[0].startswith("reference #")
     assert all(any("ALIKED matcher unavailable" in n for n in r.notes) for r in out.references)
+
+
+def test_a_warp_discounted_for_its_misfit_does_not_shut_out_a_whole_one():
+    """A warp the misfit rule discounts to 0 takes no part; one it discounts partly does not set
+    the margin the others must be within (it is not near-exact), and per pixel the higher weight
+    still wins."""
+    import dataclasses
+
+    m = np.ones((4, 6), bool)
+    whole = _wf(m, 0.89, 0.90, 50)  # agrees less on the ring, its fit explains its matches
+    dropped = dataclasses.replace(_wf(m, 0.0, 0.97, 200), misfit_factor=0.0)
+    out = combine_warps([dropped, whole], (4, 6))
+    assert (out.source == 1).all() and np.allclose(out.weight, 0.89) and (out.patch == 50).all()
+    partly = dataclasses.replace(_wf(m, 0.2, 0.97, 200), misfit_factor=0.2)
+    out = combine_warps([partly, whole], (4, 6))
+    assert (out.source == 1).all() and np.allclose(out.weight, 0.89)
+    # alone, a partly discounted warp is used at its lowered weight
+    alone = combine_warps([partly, None], (4, 6))
+    assert (alone.source == 0).all() and np.allclose(alone.weight, 0.2)
+    assert not combine_warps([dropped], (4, 6)).use.any()

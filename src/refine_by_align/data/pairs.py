@@ -61,7 +61,7 @@ from refine_by_align.data.readers import (
 from refine_by_align.data.synthetic import SyntheticSource
 from refine_by_align.fill import TELEA_RADIUS, warp_at
 from refine_by_align.io import save_image_atomic
-from refine_by_align.pipelines.correspondence import DenseField, Matches, dense_field, fit_field, outside_mask, warp_agreement, warp_fill
+from refine_by_align.pipelines.correspondence import DenseField, Matches, dense_field, field_misfit, fit_field, outside_mask, warp_agreement, warp_fill
 from refine_by_align.zoom import Box, crop_resize, mask_bbox, square_pad_box, zoom_box
 
 __all__ = [
@@ -208,7 +208,7 @@ def _warp_inputs(
     if perturb:
         fld = dataclasses.replace(fld, xy=xy)
     wf = warp_fill(image_box, hole_box, reference, fld)
-    use = wf.use & ~dropout
+    use = (wf.use if wf.misfit_factor > 0 else np.zeros_like(wf.use)) & ~dropout  # (at inference a warp discounted to 0 is not used)
     warp_s, trust_s = warp_at(wf.patch, use, s)
     trust_s &= mask_chw[0] > 0.5
     return _chw(warp_s), trust_s[None].astype(np.float32)
@@ -273,7 +273,8 @@ def estimated_field(
     :func:`dense_field`, for the reference as given and mirrored, the one whose colour-matched warp
     agrees best with the image in the ring around the hole winning. ``image_features``:
     :func:`sift_features` of the image; ``ref_features``: those of the reference and of the
-    mirrored reference (x given on the reference as it is). None where no consistent fit exists."""
+    mirrored reference (x given on the reference as it is). None where no consistent fit exists.
+    The winner's ``misfit_px`` is set (:func:`field_misfit`), as the dense alignment sets it."""
     window = (slice(crop_box.y0, crop_box.y1), slice(crop_box.x0, crop_box.x1))
     best, best_ncc = None, -np.inf
     for mirrored, feats in zip((False, True), ref_features):
@@ -282,6 +283,8 @@ def estimated_field(
             ncc = warp_agreement(image[window], hole[window], reference, fld)
             if ncc > best_ncc:
                 best, best_ncc = fld, ncc
+    if best is not None:  # as the dense alignment does: the warp's trust is discounted by how far the fit misses its matches
+        best.misfit_px = field_misfit(best, image.shape[:2])
     return best
 
 

@@ -335,7 +335,8 @@ class SparseFeatureMap:
         wp = int(self.parts[0].shape[1])
         idx = (ys + self.top) * wp + (xs + self.left)  # on the padded picture
         feats = torch.cat([p.reshape(-1, p.shape[-1]).index_select(0, idx)[:, : self.channels] for p in self.parts], dim=-1)  # (N, D)
-        return feats.div_(torch.linalg.vector_norm(feats, dim=-1, keepdim=True).clamp_min(1e-12))
+        norm = torch.linalg.vector_norm(feats, dim=-1, keepdim=True).clamp_min(1e-12)
+        return feats / norm if torch.is_grad_enabled() and feats.requires_grad else feats.div_(norm)  # (in place at inference)
 
 
 def _gather_hwc(hwc: torch.Tensor, xs: torch.Tensor, ys: torch.Tensor) -> torch.Tensor:
@@ -605,7 +606,7 @@ def detect(
     mask: np.ndarray | None = None,
     max_keypoints: int = 2048,
     score_threshold: float = 0.0,
-) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+) -> tuple[torch.Tensor, torch.Tensor, SparseFeatureMap]:
     """ALIKED's keypoints of one image, not yet described: (keypoints (N, 2) pixel xy, best score
     first, as :func:`detect_and_describe` returns them; their scores (N,); the feature map (D, H, W)
     that :meth:`ALIKED.describe` samples, as a :class:`SparseFeatureMap`: computed at the pixels

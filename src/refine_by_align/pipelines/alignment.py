@@ -42,6 +42,7 @@ from .correspondence import (
     Matches,
     aliked_matches,
     dense_field,
+    field_misfit,
     fit_field,
     grow_box,
     outside_mask,
@@ -51,7 +52,6 @@ from .correspondence import (
     warp_agreement,
     with_confidence,
     worker_threads,
-    field_misfit,
 )
 
 ALIGNMENT_METHODS = ("dense", "attention")
@@ -286,8 +286,10 @@ def dense_alignment(
     :func:`~.correspondence.warp_fill`): the flow refines a field that agrees with the image, it
     does not lift one that does not (another view of the object) over the gate. Nor does it raise
     the trust in the warp (the refined field's ``trust_cap`` is its agreement before the flow).
+    The winning field's ``misfit_px`` is set (:func:`~.correspondence.field_misfit`: how far its fit
+    misses its own matches, which :func:`~.correspondence.warp_fill` discounts the warp by).
     Returns (field or None when no source gives a consistent mapping, info:
-    matches per source, inliers, mirrored, the winner)."""
+    matches per source, inliers, mirrored, the winner, its ring agreement and misfit_px)."""
     unknown = [s for s in sources if s not in ("sift", "aliked", "attention")]
     if unknown:
         raise ValueError(f"unknown match source(s) {unknown} (choose from sift, aliked, attention)")

@@ -211,7 +211,7 @@ class AlikedImage:
             sub = cv2.resize(sub, size, interpolation=cv2.INTER_AREA)
             msub = None if msub is None else cv2.resize(msub.astype(np.uint8), size, interpolation=cv2.INTER_NEAREST).astype(bool)
         self.model = model
-        self._kpts, scores, self._feature_map = detect(model, sub, msub, max_keypoints=max_keypoints)  # (N, 2) working px, (N,), (D, h, w)
+        self._kpts, scores, self._feature_map = detect(model, sub, msub, max_keypoints=max_keypoints)  # (N, 2) working px, (N,), the (D, h, w) map (a SparseFeatureMap)
         k = self._kpts.float().cpu().numpy().astype(np.float32)
         fx, fy = b.width / sub.shape[1], b.height / sub.shape[0]
         self.keypoints = np.stack([(k[:, 0] + 0.5) * fx - 0.5 + b.x0, (k[:, 1] + 0.5) * fy - 0.5 + b.y0], 1).astype(np.float32) if len(k) else k
@@ -626,19 +626,23 @@ def field_misfit(fld: DenseField, image_shape: tuple[int, int]) -> float | None:
     """How far the field's own mapping misses the matches it was fitted on, in image pixels of a
     512 px picture: the fit's median cross-validated error (``FieldFit.residual_px``, measured on
     the reference) divided by the field's scale over its box (reference px per image px, the square
-    root of the Jacobian's determinant, median) and by max(H, W) / 512 of the image (the matchers
-    run at a bounded resolution and their positions are scaled up, so their errors grow with the
-    picture). None where the field has no fit. A photo warped by an affine or smooth non-rigid
-    transform fits within 0.1-3.2 px here; another view of the object, whose parallax no
-    homography with a smooth residual explains, misses by 3-5 px and more (MODEL_CARD.md, "Warps
-    that miss their own matches")."""
-    if fld.fit is None or not np.isfinite(fld.fit.residual_px):
+    root of the Jacobian's absolute determinant, median over the finite pixels) and by max(H, W) /
+    512 of the image (the matchers run at a bounded resolution and their positions are scaled up,
+    so their errors grow with the picture). None where the field has no fit, or no scale can be
+    measured (a box under 2 px a side, a degenerate field). On the project's cases the image's own
+    photo warped by an affine or smooth non-rigid transform is fitted within 0.1-4.0 px (all but a
+    few under 3.2); another photo of the object, whose parallax no homography with a smooth
+    residual explains, within 0.9-7.4 px, its warp losing to no warp in most pairs over 3.5 px
+    (MODEL_CARD.md, "Warps that miss their own matches")."""
+    if fld.fit is None or not np.isfinite(fld.fit.residual_px) or min(fld.xy.shape[:2]) < 2:
         return None
-    gx_x, gx_y = np.gradient(fld.xy[..., 0].astype(np.float64))[::-1]  # d(ref x)/d(image x), d(ref x)/d(image y)
-    gy_x, gy_y = np.gradient(fld.xy[..., 1].astype(np.float64))[::-1]
+    gx_y, gx_x = np.gradient(fld.xy[..., 0].astype(np.float64))  # d(ref x)/d(image y), d(ref x)/d(image x)
+    gy_y, gy_x = np.gradient(fld.xy[..., 1].astype(np.float64))
     det = np.abs(gx_x * gy_y - gx_y * gy_x)
-    scale = float(np.sqrt(np.median(det))) if det.size else 1.0
-    scale = scale if np.isfinite(scale) and scale > 1e-6 else 1.0
+    det = det[np.isfinite(det)]
+    scale = float(np.sqrt(np.median(det))) if det.size else 0.0
+    if not np.isfinite(scale) or scale <= 1e-6:
+        return None
     return float(fld.fit.residual_px / scale * 512.0 / max(image_shape[:2]))
 
 

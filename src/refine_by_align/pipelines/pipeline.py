@@ -839,10 +839,14 @@ class RefineByAlignPipeline(DiffusionPipeline):
                     + ("its warp is not used" if several else "refined without the warp")
                 )
             elif wf is not None and wf.misfit_factor < 1.0 and r is not None and r.field is not None:
-                own.append(
-                    f"the field misses its own matches by {r.field.misfit_px:.1f} px (another view of the object?): "
-                    + (f"its warp is blended in at {100 * wf.misfit_factor:.0f}% of its trust" if wf.misfit_factor > 0 else "its warp is not used")
-                )
+                gives = bool((combined.source[mask_box] == i).any())
+                if wf.misfit_factor <= 0:
+                    own.append(f"the field misses its own matches by {r.field.misfit_px:.1f} px (another view of the object?): its warp is not used")
+                elif gives and self.model.cfg.hole_fill != "warp":  # (a warp-input model takes a used warp whole)
+                    own.append(
+                        f"the field misses its own matches by {r.field.misfit_px:.1f} px (another view of the object?): "
+                        f"its warp is blended in at {max(1, round(100 * wf.misfit_factor))}% of its trust"
+                    )
             if i == guide and guide_region is None and region is not None:
                 own.append("no warp is trusted in the mask: the whole reference object guided the model (its region is a guess there)")
             share = float(combined.weight[(combined.source == i) & mask_box].sum() / max(int(mask_box.sum()), 1))

@@ -42,10 +42,23 @@ def run(args) -> int:
     how = (
         f"dense field from {res.info.get('source')} ({res.info.get('inliers')} agreeing matches"
         f"{', mirrored reference' if res.info.get('mirrored') else ''}"
-        f"{', refined by optical flow' if (res.info.get('flow') or {}).get('kept') else ''})"
+        f"{', refined by optical flow' if (res.info.get('flow') or {}).get('kept') else ''}"
+        f"{_misfit_clause(res.info.get('misfit_px'))})"
         if res.method == "dense" else f"attention at t={res.alignment_timestep}, l={res.alignment_layer}"
     )
     print(f"wrote {out} ({how}; {int(res.region.sum())} reference pixels)")
     if heat_path is not None:
         print(f"wrote {heat_path}")
     return 0
+
+
+def _misfit_clause(misfit: float | None) -> str:
+    """", its fit misses its own matches by X px: ..." where a refine would discount the warp for
+    it (:func:`~refine_by_align.pipelines.correspondence.misfit_weight`), else ""."""
+    from ..pipelines.correspondence import misfit_weight
+
+    factor = misfit_weight(misfit)
+    if misfit is None or factor >= 1.0:
+        return ""
+    use = f"a refine blends its warp in at {max(1, round(100 * factor))}% of its trust" if factor > 0 else "a refine does not use its warp"
+    return f", its fit misses its own matches by {misfit:.1f} px: {use}"

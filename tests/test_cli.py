@@ -187,3 +187,15 @@ def test_refine_dtype_bf16_runs_the_model_in_bf16_with_the_fp32_result_within_a_
     with pytest.raises(SystemExit) as e:
         main(_args(tmp_path / "x.png", "--dtype", "fp16"))
     assert e.value.code == 2
+
+
+def test_align_says_when_a_refine_would_discount_the_warp_for_its_misfit():
+    """The align command's summary names the field's misfit and what a refine does with its warp,
+    only where the misfit rule lowers the warp's weight."""
+    from refine_by_align.commands.align import _misfit_clause
+    from refine_by_align.pipelines.correspondence import MISFIT_PX
+
+    lo, hi = MISFIT_PX
+    assert _misfit_clause(None) == "" and _misfit_clause(lo) == ""
+    assert _misfit_clause((lo + hi) / 2) == f", its fit misses its own matches by {(lo + hi) / 2:.1f} px: a refine blends its warp in at 50% of its trust"
+    assert _misfit_clause(hi + 1.0).endswith("a refine does not use its warp")

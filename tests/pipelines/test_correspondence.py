@@ -835,7 +835,7 @@ def test_warp_fill_discounts_a_field_that_misses_its_own_matches():
     assert good.use.any() and np.allclose(good.weight[good.use], 1.0)
     assert np.array_equal(unknown.weight, good.weight)
     assert np.allclose(mid.weight[mid.use], 0.5) and np.array_equal(mid.use, good.use)
-    assert not bad.weight.any() and np.array_equal(bad.patch, good.patch)
+    assert not bad.weight.any() and not bad.use.any() and bad.misfit_factor == 0.0 and np.array_equal(bad.patch, good.patch)
     assert np.array_equal(fill(hi + 1.0, misfit_px=None).weight, good.weight)  # the discount switched off
 
 

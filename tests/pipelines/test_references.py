@@ -177,7 +177,7 @@ def test_a_warp_discounted_for_its_misfit_does_not_shut_out_a_whole_one():
 
     m = np.ones((4, 6), bool)
     whole = _wf(m, 0.89, 0.90, 50)  # agrees less on the ring, its fit explains its matches
-    dropped = dataclasses.replace(_wf(m, 0.0, 0.97, 200), misfit_factor=0.0)
+    dropped = dataclasses.replace(_wf(np.zeros_like(m), 0.0, 0.97, 200), misfit_factor=0.0)  # as warp_fill gives it: no pixel trusted
     out = combine_warps([dropped, whole], (4, 6))
     assert (out.source == 1).all() and np.allclose(out.weight, 0.89) and (out.patch == 50).all()
     partly = dataclasses.replace(_wf(m, 0.2, 0.97, 200), misfit_factor=0.2)

@@ -208,7 +208,7 @@ def _warp_inputs(
     if perturb:
         fld = dataclasses.replace(fld, xy=xy)
     wf = warp_fill(image_box, hole_box, reference, fld)
-    use = (wf.use if wf.misfit_factor > 0 else np.zeros_like(wf.use)) & ~dropout  # (at inference a warp discounted to 0 is not used)
+    use = wf.use & ~dropout
     warp_s, trust_s = warp_at(wf.patch, use, s)
     trust_s &= mask_chw[0] > 0.5
     return _chw(warp_s), trust_s[None].astype(np.float32)

@@ -938,7 +938,7 @@ class WarpFill:
     """The reference warped into the box and colour-matched to the image around the mask."""
 
     patch: np.ndarray  # (h, w, 3) uint8: colour-corrected warp (the 3 x 3 map in the mask, per-channel gains off it)
-    use: np.ndarray  # (h, w) bool: the pixels of the mask the warp is trusted for
+    use: np.ndarray  # (h, w) bool: the pixels of the mask the warp is trusted for (none where misfit_factor is 0)
     weight: np.ndarray  # (h, w) float32 in [0, 1]: how much of the warp to blend in (0 off ``use``)
     ncc: float  # agreement of the corrected warp with the image in the ring outside the mask (at most the field's trust_cap)
     coverage: float  # fraction of the mask whose source lies on the reference object
@@ -1007,8 +1007,8 @@ def warp_fill(
     this ring itself, by :func:`refine_field_flow`, is trusted as it was before). With
     ``misfit_px`` (lo, hi) the weight is also scaled by how well the field's fit explains its own
     matches (the field's ``misfit_px``, :func:`field_misfit`): in full up to lo px, falling
-    linearly to 0 at hi px (a warp that misplaces its own matches by that much misplaces the
-    mask's detail too, however well the ring around the mask agrees)."""
+    linearly to 0 at hi px, where no pixel is trusted (a warp that misplaces its own matches by
+    that much misplaces the mask's detail too, however well the ring around the mask agrees)."""
     warped, band, gain, offset, per_channel, ncc = _warp_agreement(image_box, mask_box, reference, fld, ring_px)
     # the patch takes the freer 3 x 3 colour map; the trust stays measured after the per-channel
     # gains: the map's nine parameters would also raise the ring agreement of a rough warp
@@ -1023,8 +1023,8 @@ def warp_fill(
     corrected[m] = support[m] * np.clip(warped[m] @ matrix + moffset, 0, 255) + (1.0 - support[m]) * per_channel[m]
     trusted = fld.on_object & (with_confidence(fld).confidence >= min_confidence)
     coverage = float((fld.on_object & m).sum() / max(m.sum(), 1))
-    use = m & trusted if ncc >= min_ncc else np.zeros_like(m)
-    a = 1.0 if full_ncc <= min_ncc else float(np.clip((ncc - min_ncc) / (full_ncc - min_ncc), 0.0, 1.0))
     factor = misfit_weight(fld.misfit_px, misfit_px)
+    use = m & trusted if ncc >= min_ncc and factor > 0 else np.zeros_like(m)
+    a = 1.0 if full_ncc <= min_ncc else float(np.clip((ncc - min_ncc) / (full_ncc - min_ncc), 0.0, 1.0))
     weight = use.astype(np.float32) * (a * factor)
     return WarpFill(patch=np.rint(corrected).astype(np.uint8), use=use, weight=weight, ncc=ncc, coverage=coverage, gain=gain, offset=offset, misfit_factor=factor)

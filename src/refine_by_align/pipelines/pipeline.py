@@ -833,20 +833,20 @@ class RefineByAlignPipeline(DiffusionPipeline):
         for i, (r, wf) in enumerate(zip(results, warps)):
             shared = [] if r is None else list(r.info.get("notes", []))  # about the matchers, the same for every reference
             own = [r.info["fallback"]] if r is not None and "fallback" in r.info else []
-            if wf is not None and not wf.use.any():
+            misfit = None if r is None or r.field is None else r.field.misfit_px
+            if wf is not None and wf.misfit_factor <= 0:
+                own.append(f"the field misses its own matches by {misfit:.1f} px (another view of the object?): its warp is not used")
+            elif wf is not None and not wf.use.any():
                 own.append(
                     f"the warped reference does not match the image around the mask (ring correlation {wf.ncc:.2f} < 0.5): "
                     + ("its warp is not used" if several else "refined without the warp")
                 )
-            elif wf is not None and wf.misfit_factor < 1.0 and r is not None and r.field is not None:
-                gives = bool((combined.source[mask_box] == i).any())
-                if wf.misfit_factor <= 0:
-                    own.append(f"the field misses its own matches by {r.field.misfit_px:.1f} px (another view of the object?): its warp is not used")
-                elif gives and self.model.cfg.hole_fill != "warp":  # (a warp-input model takes a used warp whole)
-                    own.append(
-                        f"the field misses its own matches by {r.field.misfit_px:.1f} px (another view of the object?): "
-                        f"its warp is blended in at {max(1, round(100 * wf.misfit_factor))}% of its trust"
-                    )
+            elif wf is not None and wf.misfit_factor < 1.0 and (combined.source[mask_box] == i).any() and self.model.cfg.hole_fill != "warp":
+                # (a warp-input model takes a used warp whole)
+                own.append(
+                    f"the field misses its own matches by {misfit:.1f} px (another view of the object?): "
+                    f"its warp is blended in at {max(1, round(100 * wf.misfit_factor))}% of its trust"
+                )
             if i == guide and guide_region is None and region is not None:
                 own.append("no warp is trusted in the mask: the whole reference object guided the model (its region is a guess there)")
             share = float(combined.weight[(combined.source == i) & mask_box].sum() / max(int(mask_box.sum()), 1))

@@ -49,7 +49,7 @@ def combine_warps(warps: Sequence[WarpFill | None], shape: tuple[int, int], marg
     within ``margin`` of the best one take part: a clearly worse warp (another view, roughly
     aligned) does not fill the pixels a near-exact one leaves out; the model draws those. The best
     one is taken among the warps the misfit rule leaves whole (:func:`~.correspondence.warp_fill`'s
-    ``misfit_factor`` 1) where there are any; a warp it discounts to 0 takes no part. Warps
+    ``misfit_factor`` 1) where there are any (one it discounts to 0 trusts no pixel). Warps
     are not averaged: two views differ in detail and an average would blur exactly what a warp is
     there to copy."""
     n, m = shape
@@ -57,13 +57,13 @@ def combine_warps(warps: Sequence[WarpFill | None], shape: tuple[int, int], marg
     weight = np.zeros((n, m), np.float32)
     source = np.full((n, m), -1, np.int16)
     best_ncc = np.full((n, m), -np.inf, np.float32)
-    live = [wf for wf in warps if wf is not None and wf.use.any() and wf.misfit_factor > 0]  # (a factor of 0: its warp is not used)
+    live = [wf for wf in warps if wf is not None and wf.use.any()]  # (a warp discounted to 0 trusts no pixel)
     # the best agreement among warps whose fit explains their own matches (a discounted one is not
     # near-exact, and does not shut the others out), else among all that take part
     exact = [wf.ncc for wf in live if wf.misfit_factor >= 1.0]
     top = max(exact or [wf.ncc for wf in live], default=-np.inf)
     for i, wf in enumerate(warps):
-        if wf is None or not any(wf is w for w in live) or wf.ncc < top - margin:
+        if wf is None or not wf.use.any() or wf.ncc < top - margin:
             continue
         better = (wf.weight > weight) | ((wf.weight == weight) & (wf.weight > 0) & (wf.ncc > best_ncc))
         better &= wf.use

@@ -520,14 +520,9 @@ class ALIKED(nn.Module):
         upsampled (bilinear upsampling is linear too, so the result is the same), and the feature
         map is built in a (B, H, W, dim) layout (normalised along contiguous memory) and returned
         as a (B, dim, H, W) view of it."""
-        parts, (t, l), (hp, wp) = self._parts(image)
+        ups, score_map, (t, l) = self._upsampled_parts(image)
         h, w = image.shape[-2:]
         q = self.config.dim // 4
-        first = self.score_head[0].weight  # (8, dim, 1, 1), no bias
-        # each part upsampled once, with its share of the score head's first layer as 8 more channels
-        ups = [_upsample(torch.cat([p, F.conv2d(p, first[:, i * q : (i + 1) * q])], dim=1), hp, wp) for i, p in enumerate(parts)]  # (B, q + 8, H, W)
-        z = sum(u[:, q:] for u in ups)  # (B, 8, H, W)
-        score_map = torch.sigmoid(self.score_head[1:](z))  # (B, 1, H, W)
         window = (slice(None), slice(None), slice(t, t + h), slice(l, l + w))
         feats = torch.cat([u[:, :q][window].permute(0, 2, 3, 1) for u in ups], dim=-1)  # (B, H, W, dim)
         norm = torch.linalg.vector_norm(feats, dim=-1, keepdim=True).clamp_min(1e-12)
@@ -540,16 +535,21 @@ class ALIKED(nn.Module):
         score map (1, 1, H, W)), the same values as the dense path's."""
         if image.shape[0] != 1:
             raise ValueError(f"extract_sparse_map takes one image (B = 1), got {image.shape[0]}")
-        parts, (t, l), (hp, wp) = self._parts(image)
+        ups, score_map, (t, l) = self._upsampled_parts(image)
         h, w = image.shape[-2:]
+        rows = [u[0].permute(1, 2, 0).contiguous() for u in ups]  # (H', W', q + 8): free, the parts are channels-last
+        return SparseFeatureMap(rows, self.config.dim // 4, (h, w), (t, l)), score_map[:, :, t : t + h, l : l + w]
+
+    def _upsampled_parts(self, image: torch.Tensor) -> tuple[list[torch.Tensor], torch.Tensor, tuple[int, int]]:
+        """(each part upsampled once to the padded picture, with its share of the score head's first
+        layer as 8 more channels: (B, dim / 4 + 8, H', W') channels-last; the score map over the
+        padded picture (B, 1, H', W'); the padding (top, left))."""
+        parts, pad, (hp, wp) = self._parts(image)
         q = self.config.dim // 4
         first = self.score_head[0].weight  # (8, dim, 1, 1), no bias
-        # as extract_dense_map: each part upsampled once, with its share of the score head's first layer
-        ups = [_upsample(torch.cat([p, F.conv2d(p, first[:, i * q : (i + 1) * q])], dim=1), hp, wp) for i, p in enumerate(parts)]  # (1, q + 8, H', W')
-        z = sum(u[:, q:] for u in ups)  # (1, 8, H', W')
-        score_map = torch.sigmoid(self.score_head[1:](z))[:, :, t : t + h, l : l + w]  # (1, 1, H, W)
-        rows = [u[0].permute(1, 2, 0).contiguous() for u in ups]  # (H', W', q + 8): free, the parts are channels-last
-        return SparseFeatureMap(rows, q, (h, w), (t, l)), score_map
+        ups = [_upsample(torch.cat([p, F.conv2d(p, first[:, i * q : (i + 1) * q])], dim=1), hp, wp) for i, p in enumerate(parts)]
+        z = sum(u[:, q:] for u in ups)  # (B, 8, H', W')
+        return ups, torch.sigmoid(self.score_head[1:](z)), pad
 
     def _parts(self, image: torch.Tensor) -> tuple[list[torch.Tensor], tuple[int, int], tuple[int, int]]:
         """The four blocks' outputs through their 1x1 convolutions and SELU, before upsampling:

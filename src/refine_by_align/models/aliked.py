@@ -341,36 +341,44 @@ class SparseFeatureMap:
 
 def _gather_hwc(hwc: torch.Tensor, xs: torch.Tensor, ys: torch.Tensor) -> torch.Tensor:
     """hwc (H, W, C) read at integer pixels xs, ys (any equal shape S), zero outside -> (*S, C)."""
-    out, inside = _gather_clamped(hwc, xs, ys)
+    table, index, inside = _rows_clamped(hwc, xs, ys)
+    out = table.index_select(0, index.reshape(-1)).reshape(*xs.shape, table.shape[1])
     return out * inside.unsqueeze(-1).to(out.dtype)
 
 
-def _gather_clamped(hwc: torch.Tensor, xs: torch.Tensor, ys: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """hwc (H, W, C) read at integer pixels xs, ys (any equal shape S), clamped to the map -> (the
-    values (*S, C), which of them lie inside the map (*S,) bool): one gather of contiguous rows."""
+def _rows_clamped(hwc: torch.Tensor, xs: torch.Tensor, ys: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """hwc (H, W, C) to be read at integer pixels xs, ys (any equal shape S), clamped to the map ->
+    (a table of C-vectors (R, C); each read's row in it (*S,) int64; which reads lie inside the map
+    (*S,) bool). A dense map is its own table (one contiguous row per pixel); a
+    :class:`SparseFeatureMap` is assembled at the distinct pixels read, each once."""
     h, w = (hwc.h, hwc.w) if isinstance(hwc, SparseFeatureMap) else hwc.shape[:2]
     inside = (xs >= 0) & (xs < w) & (ys >= 0) & (ys < h)
-    idx = (ys.clamp(0, h - 1) * w + xs.clamp(0, w - 1)).reshape(-1)
-    if isinstance(hwc, SparseFeatureMap):  # each distinct pixel computed once
-        uniq, inverse = torch.unique(idx, return_inverse=True)
-        return hwc.rows(uniq // w, uniq % w).index_select(0, inverse).reshape(*xs.shape, hwc.dim), inside
-    return hwc.reshape(h * w, hwc.shape[2]).index_select(0, idx).reshape(*xs.shape, hwc.shape[2]), inside
+    idx = ys.clamp(0, h - 1) * w + xs.clamp(0, w - 1)
+    if isinstance(hwc, SparseFeatureMap):
+        uniq, inverse = torch.unique(idx.reshape(-1), return_inverse=True)
+        return hwc.rows(uniq // w, uniq % w), inverse.reshape(idx.shape), inside
+    return hwc.reshape(h * w, hwc.shape[2]), idx, inside
 
 
 def _bilinear_hwc(hwc: torch.Tensor, xy: torch.Tensor) -> torch.Tensor:
     """hwc (H, W, C) read bilinearly at pixel xy (*S, 2) (pixel centres at integers; corners
     outside the map count as zero, as ``grid_sample(..., padding_mode="zeros", align_corners=True)``)
     -> (*S, C). (On a map 1 pixel wide or high grid_sample's normalisation differs; DKD finds no
-    keypoints on such a map, so SDDH never reads one.)"""
+    keypoints on such a map, so SDDH never reads one.)
+
+    The four corners' rows are summed with their weights by ``F.embedding_bag`` straight from the
+    table, without first copying every corner's C-vector out (4 x M x N of them: at 2,048
+    keypoints that copy was most of SDDH's time on a CPU)."""
     x, y = xy[..., 0], xy[..., 1]
     x0, y0 = torch.floor(x), torch.floor(y)
     fx, fy = x - x0, y - y0
     xs = x0.long().unsqueeze(-1) + torch.tensor([0, 1, 0, 1], device=xy.device)  # (*S, 4): the four corners
     ys = y0.long().unsqueeze(-1) + torch.tensor([0, 0, 1, 1], device=xy.device)
-    corners, inside = _gather_clamped(hwc, xs, ys)  # (*S, 4, C), (*S, 4): one gather
-    # the corner weights, zero for a corner outside the map, applied as one batched (1, 4) x (4, C) product
+    table, index, inside = _rows_clamped(hwc, xs, ys)  # (R, C), (*S, 4), (*S, 4)
+    # the corner weights, zero for a corner outside the map
     weights = torch.stack((1 - fx, fx, 1 - fx, fx), dim=-1) * torch.stack((1 - fy, 1 - fy, fy, fy), dim=-1) * inside  # (*S, 4)
-    return torch.matmul(weights.unsqueeze(-2), corners).squeeze(-2)
+    out = F.embedding_bag(index.reshape(-1, 4), table, per_sample_weights=weights.reshape(-1, 4).to(table.dtype), mode="sum")  # (prod(S), C)
+    return out.reshape(*xy.shape[:-1], table.shape[1])
 
 
 # ----------------------------------------------------------------------------- keypoint detection (DKD)

@@ -131,3 +131,53 @@ def test_benchmark_leaves_no_leaked_semaphore_behind(tmp_path):
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert (tmp_path / "b.json").exists()
     assert "leaked semaphore" not in proc.stderr, proc.stderr[-2000:]
+
+
+def _write_cases(root, kinds):
+    """Small case folders (make-cases' layout) of the given kinds, each with a reference mask."""
+    from PIL import Image
+
+    rng = np.random.default_rng(0)
+    for i, kind in enumerate(kinds):
+        d = root / f"c{i:02d}_{kind}"
+        d.mkdir(parents=True)
+        image = rng.integers(0, 256, (48, 56, 3), dtype=np.uint8)
+        mask = np.zeros((48, 56), bool)
+        mask[14:26, 18:32] = True
+        Image.fromarray(image).save(d / "image.png")
+        Image.fromarray(mask.astype(np.uint8) * 255).save(d / "mask.png")
+        Image.fromarray(image[:, ::-1].copy()).save(d / "reference.png")
+        Image.fromarray(np.full((48, 56), 255, np.uint8)).save(d / "reference_mask.png")
+        (d / "meta.json").write_text(json.dumps({"kind": kind}))
+    return root
+
+
+def test_case_folder_timing_summarises_every_case_by_kind(tiny_pipe, tmp_path, monkeypatch):
+    """--cases: every case refined once with its reference mask and once without (the object then
+    estimated: estimate_foreground is called for those runs only); per kind the median, 90th
+    percentile and max, the count under the target, each stage's median, and the printed line."""
+    import refine_by_align.data.foreground as fg
+    from refine_by_align.perf import run as perf
+
+    root = _write_cases(tmp_path / "cases", ["affine", "multiview", "multiview"])
+    estimated = []
+    real = fg.estimate_foreground
+    monkeypatch.setattr(fg, "estimate_foreground", lambda *a, **k: estimated.append(1) or real(*a, **k))
+    res = perf._time_cases(tiny_pipe, str(root), "tiny")
+    assert len(estimated) == 3  # the three runs without a reference mask (the warm-up has one)
+    for key in ("with_reference_mask", "without_reference_mask"):
+        c = res[key]
+        assert c["n"] == 3 and [r["case"] for r in c["runs"]] == ["c00_affine", "c01_multiview", "c02_multiview"]
+        assert set(c["by_kind"]) == {"affine", "multiview"} and c["by_kind"]["multiview"]["n"] == 2
+        s = np.array([r["s"] for r in c["runs"]])
+        assert c["max_s"] == s.max() and c["median_s"] == np.median(s) and c["under_target"] == int((s < perf.CASE_TARGET_S).sum())
+        assert c["by_kind"]["affine"]["max_s"] == c["runs"][0]["s"]
+        assert {"align", "denoise"} <= set(c["parts_median_s"]) and all(np.isfinite(v) and v >= 0 for v in c["parts_median_s"].values())
+    assert perf._time_cases(tiny_pipe, str(root), "tiny", limit=1)["with_reference_mask"]["n"] == 1
+    with pytest.raises(InputError, match="holds no case folders"):
+        perf._time_cases(tiny_pipe, str(tmp_path / "cases" / "c00_affine"), "tiny")
+    # what bench-speed prints for it
+    (tmp_path / "b.json").write_text("{}")
+    fake = {"machine": "m", "ceiling": {"fp32_gflops": 1.0, "bf16_gflops": 1.0}, "tiny": {"cases": res}}
+    lines = [line for line in format_results(fake, tmp_path / "b.json").splitlines() if line.startswith("tiny: 3 cases")]
+    assert len(lines) == 2 and "with the reference masks" in lines[0] and "multiview" in lines[0] and f"of 3 under {perf.CASE_TARGET_S:g} s" in lines[1]

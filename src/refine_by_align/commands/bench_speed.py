@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+from pathlib import Path
 
 from .common import CLIError
 
@@ -14,7 +15,12 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--configs", default="default", help="comma-separated presets or model folders (e.g. default,paper)")
     p.add_argument("--output", required=True, help="JSON file; a picture of where the U-Net's time goes is written beside it (.png)")
     p.add_argument("--repeats", type=int, default=3, help="runs per figure (median)")
-    p.add_argument("--cases", help="a case folder: also time one whole case of it")
+    p.add_argument(
+        "--cases",
+        help="a case folder (make-cases): also refine each of its cases once, with and without its reference mask, "
+        "and report the whole refine's median / 90th percentile / max per kind of case (real photos; the synthetic input is a worst case)",
+    )
+    p.add_argument("--case-limit", type=int, help="with --cases: only the first N cases")
     p.add_argument("--dtype", default="auto", choices=["auto", "fp32", "bf16"], help="auto: bf16 for paper, fp32 for small models")
     p.add_argument(
         "--compile",
@@ -38,6 +44,14 @@ def run(args) -> int:
         raise CLIError(f"--device {args.device}: {e}") from None
     check_output_path(args.output, "--output")
     configs = check_configs(args.configs)  # each config runs in a child process: a bad name is found here
-    res = run_benchmark(configs, args.output, args.repeats, args.cases, args.dtype, args.compile or False, args.device, args.attention)
+    if args.case_limit is not None and args.case_limit < 1:
+        raise CLIError(f"--case-limit must be at least 1, got {args.case_limit}")
+    if args.cases is not None:  # checked here, before the minutes of timing that come before the cases
+        from ..evaluation.cases import load_cases
+
+        if not Path(args.cases).is_dir():
+            raise CLIError(f"--cases: {args.cases} is not a folder (build one with refine-by-align make-cases)")
+        load_cases(args.cases, limit=1)
+    res = run_benchmark(configs, args.output, args.repeats, args.cases, args.dtype, args.compile or False, args.device, args.attention, args.case_limit)
     print(format_results(res, args.output))
     return 0

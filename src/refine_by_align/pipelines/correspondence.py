@@ -463,6 +463,8 @@ def fit_field(
     if smooth is None:
         return FieldFit(H, None, scale, centre, n, int(inliers_h.sum()), None, float(np.median(err)), src[inliers_h])
     ok = err < outlier_px
+    if int(ok.sum()) < 3:
+        return best
     try:
         tps = _tps(xs[ok], ys[ok], ws[ok], smooth)
     except np.linalg.LinAlgError:
@@ -522,6 +524,9 @@ def _cv_errors(xs, ys, ws, fold: np.ndarray, folds: int, smooth: float | None) -
         te = fold == f
         if smooth is None:
             err[te] = np.linalg.norm(ys[te], axis=1)
+            continue
+        if int((~te).sum()) < 3:  # the other folds hold too few matches for a spline with a linear part
+            err[te] = np.inf  # (matches crowded into one cell of the grid): this residual cannot be checked there
             continue
         try:
             err[te] = np.linalg.norm(_tps(xs[~te], ys[~te], ws[~te], smooth)(xs[te]) - ys[te], axis=1)

@@ -52,19 +52,49 @@ def test_the_note_reaches_the_result_and_a_given_mask_or_alpha_is_used_as_it_is(
 
 
 def test_no_object_in_noise_means_the_whole_picture():
-    """Noise, a flat picture, one too small for a frame, or a part under a tenth of the picture (a
-    detail of a picture that is all object): no estimate, the whole picture."""
+    """Noise, a flat picture, one too small for a frame, or a part under a tenth of a picture whose
+    ground is not plain (a detail of a picture that is all object): no estimate, the whole picture.
+    On a plain ground the same small part is the object (a cut-out or studio shot)."""
     rng = np.random.default_rng(0)
     noise = rng.integers(0, 256, (90, 110, 3), dtype=np.uint8)
     assert estimate_foreground(noise).all()
     assert estimate_foreground(np.full((40, 60, 3), 128, np.uint8)).all()  # flat
     assert estimate_foreground(np.zeros((6, 6, 3), np.uint8)).all()  # too small to have a frame
-    speck = np.full((120, 160, 3), 200, np.uint8)
+    yy, xx = np.mgrid[0:120, 0:160]
+    stripes = np.stack([150 + 60 * ((xx // 6) % 2), 170 + 40 * ((yy // 5) % 2), 180 + 0 * xx], -1).astype(np.uint8)  # a patterned ground
+    speck = stripes.copy()
     speck[50:62, 70:86] = (20, 30, 160)  # 1% of the picture
     assert estimate_foreground(speck).all()
     assert estimate_foreground(speck, min_fraction=0.0).sum() == 12 * 16
+    plain = np.full((120, 160, 3), 200, np.uint8)
+    plain[50:62, 70:86] = (20, 30, 160)
+    assert estimate_foreground(plain).sum() == 12 * 16  # a small object cut out onto one colour
     with pytest.raises(ValueError, match="8-bit RGB"):
         estimate_foreground(np.zeros((40, 60), np.uint8))
+
+
+def test_plain_frame_tells_a_cut_out_from_a_photo(dreambooth_root):
+    """A frame mostly of one colour (within the tolerance, every channel) is plain; a gradient, a
+    patterned ground or a real photo is not: no photo of the shared set is (measured: at most 77%
+    of a photo's frame is one colour)."""
+    from refine_by_align.data.foreground import PLAIN_SHARE, plain_frame
+
+    rng = np.random.default_rng(1)
+    black = np.zeros((100, 120, 3), np.uint8)
+    black[20:80, 30:90] = rng.integers(0, 256, (60, 60, 3), dtype=np.uint8)  # an object inside the frame
+    assert plain_frame(black, (6, 5))
+    grainy = np.clip(black.astype(int) + rng.integers(-6, 7, black.shape), 0, 255).astype(np.uint8)  # sensor noise on the ground
+    assert plain_frame(grainy, (6, 5))
+    cut = black.copy()
+    cut[:, :4] = 255  # a fifth of the frame another colour: still mostly one
+    assert plain_frame(cut, (6, 5), share=0.7) and not plain_frame(cut, (6, 5), share=0.95)
+    yy, xx = np.mgrid[0:100, 0:120]
+    assert not plain_frame(np.stack([xx * 2, yy * 2, 0 * xx], -1).astype(np.uint8), (6, 5))  # a gradient
+    photos = sorted(dreambooth_root.glob("*/[0-9][0-9].jpg"))[::7]
+    assert photos
+    for photo in photos:
+        rgb = np.asarray(Image.open(photo).convert("RGB").resize((256, 256)))
+        assert not plain_frame(rgb, (13, 13), share=PLAIN_SHARE), photo
 
 
 def test_object_on_a_plain_background_and_determinism():

@@ -8,7 +8,7 @@ from PIL import Image
 
 from ..memo import ContentCache
 
-__all__ = ["estimate_foreground", "clear_foreground_cache"]
+__all__ = ["estimate_foreground", "clear_foreground_cache", "plain_frame"]
 
 _ESTIMATES = ContentCache(8)  # (pixels, settings) -> (H, W) bool estimate
 
@@ -37,6 +37,12 @@ def estimate_foreground(image: Image.Image | np.ndarray, work_side: int = 256, m
     part at all, or parts covering under ``min_fraction`` or over 95% of the picture. (A reference
     photo shows its object large; a small part is rather one detail of a picture that is all
     object, such as a texture or a scene, where cutting the rest away would hide the match.)
+    The ``min_fraction`` floor is not applied on a plain background (:func:`plain_frame`: a cut-out
+    or studio shot, whose frame is nearly one colour), where a small object is still the object:
+    on the 48 plain-background references of three case sets (the affine and nonrigid cases of val,
+    val2 and the training-subject set: the photo warped and cut out onto black, the object 2-38%
+    of the picture) the floor threw away 15 good estimates (mean IoU 0.69 with it, 0.95 without);
+    no photo of the dataset has a frame that plain (at most 77% of it one colour).
 
     The estimates of the last 8 pictures are remembered, keyed by a digest of the pixels and the
     settings (a user refining several masks against one reference without a mask pays GrabCut's
@@ -52,6 +58,28 @@ def estimate_foreground(image: Image.Image | np.ndarray, work_side: int = 256, m
     estimate = _grabcut_estimate(rgb, work_side, margin, iterations, min_fraction)
     _ESTIMATES.put(key, estimate.copy())
     return estimate
+
+
+#: A frame in which at least this share of the pixels is within PLAIN_TOLERANCE grey levels (every
+#: channel) of its median colour is a plain background (:func:`plain_frame`).
+PLAIN_SHARE = 0.85
+PLAIN_TOLERANCE = 8
+
+
+def plain_frame(rgb: np.ndarray, margin_px: tuple[int, int], share: float = PLAIN_SHARE, tolerance: int = PLAIN_TOLERANCE) -> bool:
+    """Whether the frame of ``margin_px`` (x, y) px around ``rgb`` (H, W, 3) uint8 is a plain
+    background: at least ``share`` of its pixels within ``tolerance`` levels of the frame's median
+    colour in every channel (an object cut out onto one colour, a studio shot). Photos of the
+    dataset reach at most 0.77; the cut-out references of the validation cases 0.87-1.0."""
+    h, w = rgb.shape[:2]
+    mx, my = margin_px
+    frame = np.ones((h, w), bool)
+    frame[my : h - my, mx : w - mx] = False
+    px = rgb[frame].astype(np.int16)
+    if len(px) == 0:
+        return False
+    median = np.median(px, axis=0)
+    return bool((np.abs(px - median).max(axis=1) <= tolerance).mean() >= share)
 
 
 def _grabcut_estimate(rgb: np.ndarray, work_side: int, margin: float, iterations: int, min_fraction: float) -> np.ndarray:
@@ -85,7 +113,8 @@ def _grabcut_estimate(rgb: np.ndarray, work_side: int, margin: float, iterations
     outside = padded.copy()
     cv2.floodFill(outside, None, (0, 0), 1)
     fg = (padded | (1 - outside))[1:-1, 1:-1]
-    if not min_fraction <= fg.mean() <= 0.95:
+    floor = 0.0 if plain_frame(small, (mx, my)) else min_fraction  # a small object on a plain background is still the object
+    if not floor <= fg.mean() <= 0.95:
         return np.ones((h, w), bool)
     if (sh, sw) != (h, w):
         return cv2.resize(fg.astype(np.float32), (w, h), interpolation=cv2.INTER_LINEAR) >= 0.5

@@ -170,7 +170,8 @@ def test_case_folder_timing_summarises_every_case_by_kind(tiny_pipe, tmp_path, m
         assert c["n"] == 3 and [r["case"] for r in c["runs"]] == ["c00_affine", "c01_multiview", "c02_multiview"]
         assert set(c["by_kind"]) == {"affine", "multiview"} and c["by_kind"]["multiview"]["n"] == 2
         s = np.array([r["s"] for r in c["runs"]])
-        assert c["max_s"] == s.max() and c["median_s"] == np.median(s) and c["under_target"] == int((s < perf.CASE_TARGET_S).sum())
+        under = int((s < perf.CASE_TARGET_S).sum())  # (the summary recomputed from the runs, not a bound on any time)
+        assert c["max_s"] == s.max() and c["median_s"] == np.median(s) and c["under_target"] == under
         assert c["by_kind"]["affine"]["max_s"] == c["runs"][0]["s"]
         assert {"align", "denoise"} <= set(c["parts_median_s"]) and all(np.isfinite(v) and v >= 0 for v in c["parts_median_s"].values())
     assert perf._time_cases(tiny_pipe, str(root), "tiny", limit=1)["with_reference_mask"]["n"] == 1

@@ -163,8 +163,13 @@ def test_case_folder_timing_summarises_every_case_by_kind(tiny_pipe, tmp_path, m
     estimated = []
     real = fg.estimate_foreground
     monkeypatch.setattr(fg, "estimate_foreground", lambda *a, **k: estimated.append(1) or real(*a, **k))
+    for name in ("reference", "reference_mask"):  # a second reference, with its mask
+        (root / "c02_multiview" / f"{name}_2.png").write_bytes((root / "c01_multiview" / f"{name}.png").read_bytes())
     res = perf._time_cases(tiny_pipe, str(root), "tiny")
-    assert len(estimated) == 3  # the three runs without a reference mask (the warm-up has one)
+    assert len(estimated) == 1 + 4  # the warm-up without masks, then the runs without: one estimate per reference
+    assert [r["references"] for r in res["with_reference_mask"]["runs"]] == [1, 1, 2]  # every reference, as bench-quality refines
+    assert [r["reference_mask_given"] for r in res["with_reference_mask"]["runs"]] == [True, True, True]
+    assert not any(r["reference_mask_given"] for r in res["without_reference_mask"]["runs"])
     for key in ("with_reference_mask", "without_reference_mask"):
         c = res[key]
         assert c["n"] == 3 and [r["case"] for r in c["runs"]] == ["c00_affine", "c01_multiview", "c02_multiview"]

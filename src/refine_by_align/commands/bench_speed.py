@@ -44,14 +44,16 @@ def run(args) -> int:
         raise CLIError(f"--device {args.device}: {e}") from None
     check_output_path(args.output, "--output")
     configs = check_configs(args.configs)  # each config runs in a child process: a bad name is found here
+    if args.case_limit is not None and args.cases is None:
+        raise CLIError("--case-limit needs --cases (a case folder)")
     if args.case_limit is not None and args.case_limit < 1:
         raise CLIError(f"--case-limit must be at least 1, got {args.case_limit}")
-    if args.cases is not None:  # checked here, before the minutes of timing that come before the cases
+    if args.cases is not None:  # every case timed is read here, before the minutes of timing that come first
         from ..evaluation.cases import load_cases
 
         if not Path(args.cases).is_dir():
             raise CLIError(f"--cases: {args.cases} is not a folder (build one with refine-by-align make-cases)")
-        load_cases(args.cases, limit=1)
+        load_cases(args.cases, limit=args.case_limit)
     res = run_benchmark(configs, args.output, args.repeats, args.cases, args.dtype, args.compile or False, args.device, args.attention, args.case_limit)
     print(format_results(res, args.output))
     return 0

@@ -226,33 +226,43 @@ CASE_TARGET_S = 2.0
 
 
 def _time_cases(pipe, cases_dir: str, name: str, limit: int | None = None) -> dict:
-    """Every case of a case folder refined once as ``bench-quality`` refines it (the pipeline's
-    defaults; a new reference each time: matcher features and object estimates forgotten), with the
-    case's reference mask and again without it (the reference's object then estimated, as for a
-    user who gives none). Real photos and masks, where the synthetic 512 px input is a worst case
-    (a noise texture: GrabCut and FSR take longest there, and nothing matches). Per run: the total
-    and the pipeline's stage timings; summarised overall and per kind of case (median, 90th
-    percentile, max, how many under :data:`CASE_TARGET_S`)."""
+    """Every case of a case folder refined once as ``bench-quality`` refines it (every reference of
+    the case, the pipeline's defaults; a new reference each time: matcher features and object
+    estimates forgotten), with the case's reference masks and again without them (the references'
+    objects then estimated, as for a user who gives none). Real photos and masks, where the
+    synthetic 512 px input is a worst case (a noise texture: GrabCut and FSR take longest there,
+    and nothing matches). Per run: the total and the pipeline's stage timings; summarised overall
+    and per kind of case (median, 90th percentile, max, how many under :data:`CASE_TARGET_S`)."""
     from ..evaluation.cases import load_cases
 
     cases = load_cases(cases_dir, limit=limit)  # (an InputError names a folder without cases, or a broken one)
-    _say(f"{name}: {len(cases)} cases of {cases_dir}, each with and without its reference mask")
-    first = cases[0]
-    pipe(first.image, first.mask, first.reference, reference_mask=first.reference_mask)  # warm-up (lazy imports, allocator)
+    _say(f"{name}: {len(cases)} cases of {cases_dir}, each with and without its reference masks")
+
+    def refine(case, with_masks: bool):
+        refs, masks = case.references("all")
+        masks = masks if with_masks else [None] * len(refs)
+        return pipe(case.image, case.mask, refs if len(refs) > 1 else refs[0], reference_mask=masks if len(refs) > 1 else masks[0])
+
+    for with_masks in (True, False):  # warm-up (lazy imports, the allocator, GrabCut's first call)
+        refine(cases[0], with_masks)
     runs = {"with_reference_mask": [], "without_reference_mask": []}
     for case in cases:
-        for key, rmask in (("with_reference_mask", case.reference_mask), ("without_reference_mask", None)):
+        given = any(m is not None for m in case.references("all")[1])
+        for key, with_masks in (("with_reference_mask", True), ("without_reference_mask", False)):
             _forget_references()
             t = time.perf_counter()
-            out = pipe(case.image, case.mask, case.reference, reference_mask=rmask)
+            out = refine(case, with_masks)
             total = time.perf_counter() - t
-            runs[key].append({"case": case.id, "kind": case.kind, "s": total, "parts_s": {k: v for k, v in out.timings.items() if k != "total"}})
+            runs[key].append({
+                "case": case.id, "kind": case.kind, "references": len(case.references("all")[0]), "reference_mask_given": given and with_masks,
+                "s": total, "parts_s": {k: v for k, v in out.timings.items() if k != "total"},
+            })
     return {"folder": str(cases_dir), "target_s": CASE_TARGET_S, **{key: _summarise_cases(r) for key, r in runs.items()}}
 
 
 def _summarise_cases(runs: list[dict]) -> dict:
     """Median / 90th percentile / max seconds and the count under the target, overall and per kind;
-    the median of each stage; and every run."""
+    the median of each stage over the runs that have it; and every run."""
     def stats(rs: list[dict]) -> dict:
         s = np.array([r["s"] for r in rs])
         return {"n": len(rs), "median_s": float(np.median(s)), "p90_s": float(np.percentile(s, 90)), "max_s": float(s.max()), "under_target": int((s < CASE_TARGET_S).sum())}
@@ -262,7 +272,7 @@ def _summarise_cases(runs: list[dict]) -> dict:
     return {
         **stats(runs),
         "by_kind": {k: stats([r for r in runs if r["kind"] == k]) for k in kinds},
-        "parts_median_s": {p: float(np.median([r["parts_s"].get(p, 0.0) for r in runs])) for p in parts},
+        "parts_median_s": {p: float(np.median([r["parts_s"][p] for r in runs if p in r["parts_s"]])) for p in parts},
         "runs": runs,
     }
 

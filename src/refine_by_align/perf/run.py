@@ -238,23 +238,20 @@ def _time_cases(pipe, cases_dir: str, name: str, limit: int | None = None) -> di
     cases = load_cases(cases_dir, limit=limit)  # (an InputError names a folder without cases, or a broken one)
     _say(f"{name}: {len(cases)} cases of {cases_dir}, each with and without its reference masks")
 
-    def refine(case, with_masks: bool):
-        refs, masks = case.references("all")
-        masks = masks if with_masks else [None] * len(refs)
-        return pipe(case.image, case.mask, refs if len(refs) > 1 else refs[0], reference_mask=masks if len(refs) > 1 else masks[0])
-
-    for with_masks in (True, False):  # warm-up (lazy imports, the allocator, GrabCut's first call)
-        refine(cases[0], with_masks)
+    # (the pipeline takes a list of one reference as that reference alone; reference_mask None: every one estimated)
+    refs, masks = cases[0].references("all")
+    for rmasks in (masks, None):  # warm-up (lazy imports, the allocator, GrabCut's first call)
+        pipe(cases[0].image, cases[0].mask, refs, reference_mask=rmasks)
     runs = {"with_reference_mask": [], "without_reference_mask": []}
     for case in cases:
-        given = any(m is not None for m in case.references("all")[1])
-        for key, with_masks in (("with_reference_mask", True), ("without_reference_mask", False)):
+        refs, masks = case.references("all")
+        for key, rmasks in (("with_reference_mask", masks), ("without_reference_mask", None)):
             _forget_references()
             t = time.perf_counter()
-            out = refine(case, with_masks)
+            out = pipe(case.image, case.mask, refs, reference_mask=rmasks)
             total = time.perf_counter() - t
             runs[key].append({
-                "case": case.id, "kind": case.kind, "references": len(case.references("all")[0]), "reference_mask_given": given and with_masks,
+                "case": case.id, "kind": case.kind, "references": len(refs), "reference_mask_given": rmasks is not None and any(m is not None for m in rmasks),
                 "s": total, "parts_s": {k: v for k, v in out.timings.items() if k != "total"},
             })
     return {"folder": str(cases_dir), "target_s": CASE_TARGET_S, **{key: _summarise_cases(r) for key, r in runs.items()}}

@@ -16,17 +16,20 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--output", required=True, help="run folder (checkpoints, log.jsonl, weights/)")
     p.add_argument("--resume", action="store_true", help="continue from the run's last checkpoint")
     p.add_argument("--max-steps", type=int, help="stop this invocation at this global step")
+    p.add_argument("--time-limit", type=float, metavar="SECONDS", help="stop this invocation at the first step past this many seconds (checkpoint and weights written; --resume continues)")
 
 
 def run(args) -> int:
     from ..training.train import load_train_config, train
 
+    if args.time_limit is not None and args.time_limit <= 0:
+        raise CLIError(f"--time-limit must be positive, got {args.time_limit:g}")
     try:
         tc = load_train_config(args.config)
     except (ValueError, TypeError) as e:
         raise CLIError(str(e)) from None
     try:  # a recipe whose parts do not fit or cannot be had (pretrained weights, init_from) is a usage error
-        rec = train(tc, args.output, resume=args.resume, max_steps=args.max_steps, progress=not args.quiet)
+        rec = train(tc, args.output, resume=args.resume, max_steps=args.max_steps, progress=not args.quiet, time_limit=args.time_limit)
     except ValueError as e:
         raise CLIError(str(e)) from None
     print(f"stopped at step {rec['step']}; weights in {Path(args.output) / 'weights'}")

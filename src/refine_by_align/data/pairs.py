@@ -59,7 +59,7 @@ from refine_by_align.data.readers import (
     default_data_root,
 )
 from refine_by_align.data.synthetic import SyntheticSource
-from refine_by_align.fill import TELEA_RADIUS, warp_at
+from refine_by_align.fill import CLASSICAL_FILLS, TELEA_RADIUS, fill_hole, warp_at
 from refine_by_align.io import save_image_atomic
 from refine_by_align.pipelines.correspondence import DenseField, Matches, dense_field, field_misfit, fit_field, outside_mask, warp_agreement, warp_fill
 from refine_by_align.zoom import Box, crop_resize, mask_bbox, square_pad_box, zoom_box
@@ -101,6 +101,7 @@ class PairConfig:
     color: ColorConfig = field(default_factory=ColorConfig)  # colour perturbation S
     geom: GeomConfig = field(default_factory=GeomConfig)  # geometric transform T
     warp_prefill: bool = False  # pairs carry the warped reference and its trust map (hole_fill "warp" models)
+    prefill: str | None = None  # a classical hole fill (fill.CLASSICAL_FILLS) computed in the data worker, not the training step
     warp_noise: WarpNoiseConfig = field(default_factory=WarpNoiseConfig)  # how the true field is made imperfect
 
 
@@ -488,7 +489,9 @@ class PairDataset(torch.utils.data.Dataset):
     Items are dicts of tensors: image (3, S, S) float32, mask (1, S, S), reference (3, R, R),
     ref_coords (2, S, S) (NaN = unknown), region (1, R, R) (the true M*), has_correspondence () bool,
     mode () int64 (index into :data:`MODES`); with ``cfg.warp_prefill`` also warp (3, S, S) and
-    trust (1, S, S) (:class:`TrainingPair`).
+    trust (1, S, S) (:class:`TrainingPair`); with ``cfg.prefill`` also prefill (3, S, S), the image
+    with its hole filled as ``fill.fill_hole`` fills it in the model (bit-identical), so that the
+    fill runs in the data workers instead of serially in the training step.
     """
 
     def __init__(
@@ -507,6 +510,8 @@ class PairDataset(torch.utils.data.Dataset):
         if not sources:
             raise ValueError("PairDataset needs at least one source")
         self.cfg = dataclasses.replace(cfg or PairConfig(), size=int(size), ref_size=int(ref_size))
+        if self.cfg.prefill is not None and self.cfg.prefill not in CLASSICAL_FILLS:
+            raise ValueError(f"PairConfig.prefill '{self.cfg.prefill}': choose one of {', '.join(CLASSICAL_FILLS)} (or None)")
         self.sources = list(sources)
         self.singles = [s for s in self.sources if hasattr(s, "sample_single")]
         self.pairs = [s for s in self.sources if hasattr(s, "sample_pair")]
@@ -577,7 +582,10 @@ class PairDataset(torch.utils.data.Dataset):
             i += self.length
         if not 0 <= i < self.length:
             raise IndexError(f"index {i} out of range for PairDataset of length {self.length}")
-        return to_tensors(self.pair(i))
+        item = to_tensors(self.pair(i))
+        if self.cfg.prefill is not None:
+            item["prefill"] = fill_hole(item["image"][None], item["mask"][None], self.cfg.prefill)[0]  # (3, S, S)
+        return item
 
 
 def to_tensors(p: TrainingPair) -> dict[str, torch.Tensor]:

@@ -276,6 +276,7 @@ class RefineByAlignModel(ModelMixin, ConfigMixin):
         encode=None,
         warp: torch.Tensor | None = None,
         trust: torch.Tensor | None = None,
+        prefill: torch.Tensor | None = None,
     ) -> tuple[torch.Tensor | None, torch.Tensor, torch.Tensor, torch.Tensor]:
         """Everything the U-Net needs about one crop, with one autoencoder pass:
         (z_0 of ``images`` or None, the hole-filled image (B, 3, H, W) in [0, 1] (the hole filled as
@@ -287,8 +288,17 @@ class RefineByAlignModel(ModelMixin, ConfigMixin):
         (B, 1, H, W) where it fills the hole (None: no warp, Telea everywhere). With
         ``cfg.warp_channel`` the masked input carries the trust map (at the sample resolution,
         zeros without a warp) as one more channel: (B, C + 1, h, w); :meth:`denoise` passes it to
-        the U-Net as its last input channel."""
-        if self.cfg.hole_fill == "warp":
+        the U-Net as its last input channel.
+
+        ``prefill`` (B, 3, H, W): the hole-filled image computed elsewhere (the training data's
+        workers, ``PairConfig.prefill``), used as given instead of filling here."""
+        if prefill is not None:
+            if prefill.shape != images.shape:
+                raise ValueError(f"prefill {tuple(prefill.shape)} does not match images {tuple(images.shape)}")
+            if self.cfg.hole_fill in ("zero", "warp"):
+                raise ValueError(f"a given prefill needs a classical hole fill, this model's is '{self.cfg.hole_fill}'")
+            prefill = prefill.to(images.dtype)
+        elif self.cfg.hole_fill == "warp":
             prefill = fill_hole(images, mask, "warp", warp, trust)
         else:
             prefill = fill_hole(images, mask, self.cfg.hole_fill)

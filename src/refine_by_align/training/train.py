@@ -24,6 +24,7 @@ from diffusers.training_utils import EMAModel
 from tqdm.auto import tqdm
 
 from ..config import ModelConfig, get_config
+from ..fill import CLASSICAL_FILLS
 from ..io import write_atomic
 from ..models.attention import layer_level, recording
 from ..models.refiner import RefineByAlignModel
@@ -160,6 +161,7 @@ def build_dataset(tc: TrainConfig, mcfg: ModelConfig, seed_offset: int = 0):
     pair_cfg = PairConfig(
         size=mcfg.resolution, ref_size=mcfg.encoder_image_size, grow=mcfg.zoom_grow, min_size=mcfg.zoom_min_size,
         warp_prefill=mcfg.hole_fill == "warp",  # pairs carry the (imperfect) warped reference and its trust map
+        prefill=mcfg.hole_fill if mcfg.hole_fill in CLASSICAL_FILLS else None,  # filled in the workers, not the step
     )
     return PairDataset(
         sources,
@@ -196,8 +198,8 @@ def evaluate(model: RefineByAlignModel, batch: dict, noise_scheduler, layer: str
       ``sigma`` tokens, the recipe's ``attn_sigma``, as in the training loss)."""
     model.eval()
     dev = next(model.parameters()).device
-    warp, trust = (batch[k].to(dev) if k in batch else None for k in ("warp", "trust"))  # hole_fill "warp" pairs
-    x0, _, masked, mask = model.inpainting_inputs(batch["image"].to(dev), batch["mask"].to(dev), warp=warp, trust=trust)  # one autoencoder pass
+    warp, trust, prefill = (batch[k].to(dev) if k in batch else None for k in ("warp", "trust", "prefill"))  # as the pairs carry them
+    x0, _, masked, mask = model.inpainting_inputs(batch["image"].to(dev), batch["mask"].to(dev), warp=warp, trust=trust, prefill=prefill)  # one autoencoder pass
     g = torch.Generator("cpu").manual_seed(1234)
     noise = torch.randn(x0.shape, generator=g).to(dev)
     t = torch.full((x0.shape[0],), 500, dtype=torch.long, device=dev)
@@ -230,9 +232,15 @@ def _atomic_json(path: Path, data: dict) -> None:
     write_atomic(path, json.dumps(data, indent=2))
 
 
-def train(tc: TrainConfig, run_dir: str | Path, resume: bool = False, max_steps: int | None = None, progress: bool = True) -> dict:
+def train(
+    tc: TrainConfig, run_dir: str | Path, resume: bool = False, max_steps: int | None = None, progress: bool = True, time_limit: float | None = None
+) -> dict:
     """Train (or resume) a run in ``run_dir``. ``max_steps`` stops this invocation early at that
-    global step (the run's schedule still follows ``tc.max_steps``). Returns the last log record."""
+    global step (the run's schedule still follows ``tc.max_steps``). ``time_limit`` (seconds from
+    the start of this call) stops it at the first step past that time, with a checkpoint and the
+    exported weights, as at ``max_steps`` (for a lease of fixed length; ``--resume`` continues).
+    Returns the last log record."""
+    t_start = time.perf_counter()
     run_dir = Path(run_dir)
     # 1. Setup: accelerate, seeds, config files.
     accelerator = Accelerator(mixed_precision=tc.mixed_precision, cpu=not torch.cuda.is_available())
@@ -336,8 +344,8 @@ def train(tc: TrainConfig, run_dir: str | Path, resume: bool = False, max_steps:
             b = image.shape[0]
             with accelerator.accumulate(model), accelerator.autocast():
                 with torch.no_grad():  # z_0 (B, C, h, w), masked input, mask at sample resolution: one autoencoder pass
-                    warp, trust = (batch[k].to(accelerator.device) if k in batch else None for k in ("warp", "trust"))
-                    x0, _, masked, lmask = unwrapped.inpainting_inputs(image, mask, warp=warp, trust=trust)
+                    warp, trust, prefill = (batch[k].to(accelerator.device) if k in batch else None for k in ("warp", "trust", "prefill"))
+                    x0, _, masked, lmask = unwrapped.inpainting_inputs(image, mask, warp=warp, trust=trust, prefill=prefill)
                 noise = torch.randn_like(x0)
                 t = torch.randint(0, mcfg.num_train_timesteps, (b,), device=x0.device)
                 zt = noise_scheduler.add_noise(x0, noise, t)
@@ -370,6 +378,11 @@ def train(tc: TrainConfig, run_dir: str | Path, resume: bool = False, max_steps:
             sums["loss_attn"] += float(loss_attn.detach())
             sums["n"] += 1
             bar.update(1)
+            if time_limit is not None and step < stop:
+                late = torch.tensor(float(time.perf_counter() - t_start > time_limit), device=accelerator.device)
+                if float(accelerator.reduce(late, reduction="max")) > 0:  # every process stops at the same step
+                    accelerator.print(f"time limit of {time_limit:g} s reached: stopping at step {step}")
+                    stop = step
 
             if accelerator.is_main_process and (step % tc.log_every == 0 or step == stop):
                 now = time.perf_counter()

@@ -312,3 +312,53 @@ def test_a_warp_input_model_trains_from_a_model_without_the_channel(tmp_path):
 
     m = RefineByAlignModel.load(tmp_path / "warp" / "weights")
     assert m.cfg.hole_fill == "warp" and m.cfg.warp_channel and m.unet.conv_in.in_channels == 8
+
+
+def test_prefill_from_the_workers_gives_the_models_own_inputs():
+    """A classical hole fill is computed in the data workers (PairConfig.prefill, set from the
+    model's hole_fill) and the training step uses it: the U-Net's inputs are bit-identical to
+    those of the model filling the collated batch itself; a prefill that does not fit is refused."""
+    from refine_by_align.models.refiner import RefineByAlignModel
+    from refine_by_align.training.train import build_dataset
+
+    tc = _tc(model_overrides={"hole_fill": "harmonic"})
+    mcfg = tc.model_config()
+    ds = build_dataset(tc, mcfg)
+    assert ds.cfg.prefill == "harmonic"
+    batch = torch.utils.data.default_collate([ds[i] for i in range(4)])
+    hole = batch["mask"] > 0.5
+    assert hole.any() and not torch.equal(batch["prefill"], batch["image"])  # the hole is filled ...
+    assert torch.equal(batch["prefill"].masked_select(~hole.expand_as(batch["image"])), batch["image"].masked_select(~hole.expand_as(batch["image"])))  # ... only the hole
+    torch.manual_seed(0)
+    model = RefineByAlignModel.from_model_config(mcfg).eval()
+    own = model.inpainting_inputs(batch["image"], batch["mask"])
+    given = model.inpainting_inputs(batch["image"], batch["mask"], prefill=batch["prefill"])
+    for a, b in zip(own, given):
+        assert torch.equal(a, b)
+    with pytest.raises(ValueError, match="does not match"):
+        model.inpainting_inputs(batch["image"], batch["mask"], prefill=batch["prefill"][:, :, :-1])
+    assert build_dataset(_tc(), _tc().model_config()).cfg.prefill is None  # the tiny preset zeroes its hole: nothing to fill
+    zero = RefineByAlignModel.from_model_config(_tc().model_config())
+    with pytest.raises(ValueError, match="classical hole fill"):
+        zero.inpainting_inputs(batch["image"], batch["mask"], prefill=batch["prefill"])
+
+
+def test_time_limit_stops_with_a_checkpoint_and_weights_and_resume_finishes(tmp_path):
+    """train(time_limit=...) stops at the first step past the limit as at max_steps (checkpoint,
+    log line, exported weights); --resume then runs the schedule to its end."""
+    rec = train(_tc(max_steps=4, eval_every=0), tmp_path, progress=False, time_limit=0.0)
+    assert rec["step"] == 1
+    assert json.loads((latest_checkpoint(tmp_path) / "state.json").read_text())["step"] == 1
+    assert json.loads((tmp_path / "weights" / "train_config.json").read_text())["trained_steps"] == 1
+    rec = train(_tc(max_steps=4, eval_every=0), tmp_path, resume=True, progress=False)
+    assert rec["step"] == 4
+    steps = [json.loads(l)["step"] for l in (tmp_path / "log.jsonl").read_text().splitlines()]
+    assert steps == [1, 2, 3, 4]
+
+
+def test_cli_refuses_a_time_limit_that_is_not_positive(tmp_path, capsys):
+    from refine_by_align.cli import main
+
+    assert main(["train", "--config", "tiny", "--output", str(tmp_path / "run"), "--time-limit", "0"]) == 2
+    assert "--time-limit must be positive" in capsys.readouterr().err
+    assert not (tmp_path / "run").exists()

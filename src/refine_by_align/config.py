@@ -288,7 +288,7 @@ def _default() -> ModelConfig:
         correction_shrink=64.0,
         default_steps=2,
         default_guidance=1.0,
-        default_samples=8,
+        default_samples=4,
     )
 
 

@@ -362,3 +362,15 @@ def test_cli_refuses_a_time_limit_that_is_not_positive(tmp_path, capsys):
     assert main(["train", "--config", "tiny", "--output", str(tmp_path / "run"), "--time-limit", "0"]) == 2
     assert "--time-limit must be positive" in capsys.readouterr().err
     assert not (tmp_path / "run").exists()
+
+
+def test_stage6_recipe_fine_tunes_the_shipped_weights_on_the_prefill_they_run_on():
+    """default-stage6 (tried, not shipped: MODEL_CARD.md) starts from the shipped weights and
+    trains exactly the shipped preset (architecture, harmonic prefill, settings)."""
+    from refine_by_align.config import get_config
+
+    tc = load_train_config("default-stage6")
+    assert tc.init_from == "src/refine_by_align/weights/default" and tc.lr_schedule == "cosine"
+    trained, shipped = tc.model_config(), get_config("default")
+    assert trained.hole_fill == shipped.hole_fill == "harmonic"
+    assert trained == shipped

@@ -125,24 +125,35 @@ def test_accelerate_two_processes_on_cpu(tmp_path):
     accelerate's ``--cpu`` flag starts one process unless MPI is configured (its multi-CPU path
     goes through mpirun); ``--multi_gpu`` on a machine without GPUs starts torchrun processes that
     accelerate runs as MULTI_CPU with the gloo backend."""
+    p = _two_processes(tmp_path, max_steps=2)
+    assert p.returncode == 0, p.stderr[-3000:]
+    assert p.stdout.count("stopped at step 2") == 2  # one line per process
+    ckpt = latest_checkpoint(tmp_path / "run")
+    assert ckpt is not None and json.loads((ckpt / "state.json").read_text())["step"] == 2
+    assert (ckpt / "random_states_1.pkl").exists()  # both processes saved their RNG state
+    # a time limit: every process stops at the same step (a checkpoint waits for all of them)
+    p = _two_processes(tmp_path / "limited", max_steps=6, extra=["--time-limit", "1e-9"])
+    assert p.returncode == 0, p.stderr[-3000:]
+    assert p.stdout.count("stopped at step 1") == 2
+    assert json.loads((latest_checkpoint(tmp_path / "limited" / "run") / "state.json").read_text())["step"] == 1
+
+
+def _two_processes(tmp_path, max_steps: int, extra: list[str] = ()):
     exe = os.path.join(os.path.dirname(sys.executable), "accelerate")
     cli = os.path.join(os.path.dirname(sys.executable), "refine-by-align")
+    tmp_path.mkdir(parents=True, exist_ok=True)
     cfg = tmp_path / "c.json"
-    cfg.write_text(json.dumps({"model": "tiny", "max_steps": 2, "batch_size": 2,
+    cfg.write_text(json.dumps({"model": "tiny", "max_steps": max_steps, "batch_size": 2,
                                "data_root": None, "synthetic_weight": 1.0, "synthetic_pool": 8, "num_workers": 0,
                                "eval_every": 0, "checkpoint_every": 2, "log_every": 1, "warmup_steps": 1, "attn_min_side": 8,
                                "mode_weights": {"alignment": 0.5, "refinement": 0.5}}))
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     p = subprocess.run(
         [exe, "launch", "--multi_gpu", "--num_processes", "2", "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no",
-         cli, "-q", "train", "--config", str(cfg), "--output", str(tmp_path / "run")],
+         cli, "-q", "train", "--config", str(cfg), "--output", str(tmp_path / "run"), *extra],
         capture_output=True, text=True, timeout=300, env=env,
     )
-    assert p.returncode == 0, p.stderr[-3000:]
-    assert p.stdout.count("stopped at step 2") == 2  # one line per process
-    ckpt = latest_checkpoint(tmp_path / "run")
-    assert ckpt is not None and json.loads((ckpt / "state.json").read_text())["step"] == 2
-    assert (ckpt / "random_states_1.pkl").exists()  # both processes saved their RNG state
+    return p
 
 
 def test_on_object_drops_points_on_the_reference_background():
@@ -335,32 +346,39 @@ def test_prefill_from_the_workers_gives_the_models_own_inputs():
     given = model.inpainting_inputs(batch["image"], batch["mask"], prefill=batch["prefill"])
     for a, b in zip(own, given):
         assert torch.equal(a, b)
+    other = torch.where(hole, torch.zeros_like(batch["prefill"]), batch["prefill"])  # a prefill that is not the model's
+    assert not torch.equal(model.inpainting_inputs(batch["image"], batch["mask"], prefill=other)[2], own[2])  # it is used as given
     with pytest.raises(ValueError, match="does not match"):
         model.inpainting_inputs(batch["image"], batch["mask"], prefill=batch["prefill"][:, :, :-1])
     assert build_dataset(_tc(), _tc().model_config()).cfg.prefill is None  # the tiny preset zeroes its hole: nothing to fill
     zero = RefineByAlignModel.from_model_config(_tc().model_config())
     with pytest.raises(ValueError, match="classical hole fill"):
         zero.inpainting_inputs(batch["image"], batch["mask"], prefill=batch["prefill"])
+    warp = RefineByAlignModel.from_model_config(dataclasses.replace(_tc().model_config(), hole_fill="warp"))
+    with pytest.raises(ValueError, match="classical hole fill"):
+        warp.inpainting_inputs(batch["image"], batch["mask"], prefill=batch["prefill"])
 
 
 def test_time_limit_stops_with_a_checkpoint_and_weights_and_resume_finishes(tmp_path):
     """train(time_limit=...) stops at the first step past the limit as at max_steps (checkpoint,
     log line, exported weights); --resume then runs the schedule to its end."""
-    rec = train(_tc(max_steps=4, eval_every=0), tmp_path, progress=False, time_limit=0.0)
+    tc = _tc(max_steps=4, eval_every=0, log_every=10, checkpoint_every=10)  # only the stop writes a log line and a checkpoint
+    rec = train(tc, tmp_path, progress=False, time_limit=0.0)
     assert rec["step"] == 1
     assert json.loads((latest_checkpoint(tmp_path) / "state.json").read_text())["step"] == 1
     assert json.loads((tmp_path / "weights" / "train_config.json").read_text())["trained_steps"] == 1
-    rec = train(_tc(max_steps=4, eval_every=0), tmp_path, resume=True, progress=False)
+    rec = train(tc, tmp_path, resume=True, progress=False)
     assert rec["step"] == 4
     steps = [json.loads(l)["step"] for l in (tmp_path / "log.jsonl").read_text().splitlines()]
-    assert steps == [1, 2, 3, 4]
+    assert steps == [1, 4]
 
 
 def test_cli_refuses_a_time_limit_that_is_not_positive(tmp_path, capsys):
     from refine_by_align.cli import main
 
-    assert main(["train", "--config", "tiny", "--output", str(tmp_path / "run"), "--time-limit", "0"]) == 2
-    assert "--time-limit must be positive" in capsys.readouterr().err
+    for bad in ("0", "-5", "nan", "inf"):
+        assert main(["train", "--config", "tiny", "--output", str(tmp_path / "run"), "--time-limit", bad]) == 2
+        assert "--time-limit must be a positive number of seconds" in capsys.readouterr().err
     assert not (tmp_path / "run").exists()
 
 

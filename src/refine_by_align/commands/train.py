@@ -22,8 +22,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 def run(args) -> int:
     from ..training.train import load_train_config, train
 
-    if args.time_limit is not None and args.time_limit <= 0:
-        raise CLIError(f"--time-limit must be positive, got {args.time_limit:g}")
+    if args.time_limit is not None and not 0 < args.time_limit < float("inf"):
+        raise CLIError(f"--time-limit must be a positive number of seconds, got {args.time_limit:g}")
     try:
         tc = load_train_config(args.config)
     except (ValueError, TypeError) as e:

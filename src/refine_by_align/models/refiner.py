@@ -16,7 +16,7 @@ from diffusers import AutoencoderKL, AutoencoderTiny, ModelMixin, UNet2DConditio
 from diffusers.configuration_utils import ConfigMixin, register_to_config
 
 from ..config import ModelConfig
-from ..fill import fill_hole
+from ..fill import CLASSICAL_FILLS, fill_hole
 from .attention import cross_attention_layers
 from .denoiser import build_unet, load_pretrained_unet
 from .pretrained import pretrained_part
@@ -295,8 +295,8 @@ class RefineByAlignModel(ModelMixin, ConfigMixin):
         if prefill is not None:
             if prefill.shape != images.shape:
                 raise ValueError(f"prefill {tuple(prefill.shape)} does not match images {tuple(images.shape)}")
-            if self.cfg.hole_fill in ("zero", "warp"):
-                raise ValueError(f"a given prefill needs a classical hole fill, this model's is '{self.cfg.hole_fill}'")
+            if self.cfg.hole_fill not in CLASSICAL_FILLS:
+                raise ValueError(f"a given prefill needs a classical hole fill ({', '.join(CLASSICAL_FILLS)}), this model's is '{self.cfg.hole_fill}'")
             prefill = prefill.to(images.dtype)
         elif self.cfg.hole_fill == "warp":
             prefill = fill_hole(images, mask, "warp", warp, trust)

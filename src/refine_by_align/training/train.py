@@ -238,7 +238,8 @@ def train(
     """Train (or resume) a run in ``run_dir``. ``max_steps`` stops this invocation early at that
     global step (the run's schedule still follows ``tc.max_steps``). ``time_limit`` (seconds from
     the start of this call) stops it at the first step past that time, with a checkpoint and the
-    exported weights, as at ``max_steps`` (for a lease of fixed length; ``--resume`` continues).
+    exported weights, as at ``max_steps`` (for a lease of fixed length; ``--resume`` continues;
+    0 stops after the first step).
     Returns the last log record."""
     t_start = time.perf_counter()
     run_dir = Path(run_dir)
@@ -411,6 +412,8 @@ def train(
 
             if step % tc.checkpoint_every == 0 or step == stop:
                 save_checkpoint(accelerator, run_dir, step, tc, mcfg)
+            if step >= stop:  # (a time limit moved it) do not wait for another batch
+                break
     bar.close()
     accelerator.wait_for_everyone()
     if accelerator.is_main_process:

@@ -4,7 +4,7 @@ import numpy as np
 from PIL import Image
 
 from refine_by_align.demo.examples import EXAMPLES_DIR
-from refine_by_align.demo.run import _summary_line
+from refine_by_align.demo.run import _note_lines, _summary_line
 from refine_by_align.evaluation.cases import load_case
 
 
@@ -18,3 +18,13 @@ def test_demo_line_names_the_figures_and_the_direction():
     assert after > before and "dB: the masked part is closer to the target)" in line.split(" before (+")[1], line
     worse = _summary_line("badge", 1.0, case, Image.fromarray(255 - target))
     assert "further from the target" in worse and "(-" in worse, worse
+
+
+def test_demo_says_each_fallback_once():
+    """A note (e.g. the ALIKED weights missing on a fresh clone, why the badge is not repaired
+    there) is printed under the first example that has it, not again under the next."""
+    seen: set[str] = set()
+    aliked = "ALIKED matcher unavailable (weights not found): dense alignment uses SIFT alone"
+    assert _note_lines([aliked, "the field misses its own matches by 3.6 px"], seen) == [f"  note: {aliked}", "  note: the field misses its own matches by 3.6 px"]
+    assert _note_lines([aliked], seen) == []
+    assert _note_lines([aliked, "no warp is trusted in the mask"], seen) == ["  note: no warp is trusted in the mask"]

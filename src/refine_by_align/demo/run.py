@@ -47,9 +47,17 @@ def _summary_line(name: str, seconds: float, case, result) -> str:
     return line
 
 
+def _note_lines(notes: list[str], seen: set[str]) -> list[str]:
+    """The pipeline's notes on one example that the demo has not printed yet (a fallback such as
+    the missing ALIKED weights, which explains a poor result on a fresh clone, is said once)."""
+    lines = [f"  note: {n}" for n in notes if n not in seen]
+    seen.update(notes)
+    return lines
+
+
 def run_demo(pipe, output: Path) -> list[Path]:
     output.mkdir(parents=True, exist_ok=True)
-    written = []
+    written, seen = [], set()
     with tempfile.TemporaryDirectory() as tmp:
         for case_dir in _case_dirs(Path(tmp)):
             case = load_case(case_dir)
@@ -59,6 +67,8 @@ def run_demo(pipe, output: Path) -> list[Path]:
             save_image_atomic(res.image, out)
             save_image_atomic(compare_picture(case.image, case.mask, case.reference, res), output / f"{name}.compare.png")
             print(_summary_line(name, res.timings["total"], case, res.image))
+            for line in _note_lines(res.notes, seen):
+                print(line)
             written.append(out)
     print(f"outputs in {output.resolve()}/ (NAME.png = refined image, NAME.compare.png = input | reference + alignment | result)")
     return written

@@ -336,8 +336,6 @@ def train(
     # 5. The loop, recording the supervised layers' attention (kept in the autograd graph).
     with recording(unwrapped.unet, layers, keep_grad=True) as store:
         for batch in loader:
-            if step >= stop:
-                break
             image = batch["image"].to(accelerator.device)  # (B, 3, S, S) in [0, 1]
             mask = batch["mask"].to(accelerator.device)  # (B, 1, S, S)
             reference = batch["reference"].to(accelerator.device)  # (B, 3, R, R)
@@ -412,7 +410,7 @@ def train(
 
             if step % tc.checkpoint_every == 0 or step == stop:
                 save_checkpoint(accelerator, run_dir, step, tc, mcfg)
-            if step >= stop:  # (a time limit moved it) do not wait for another batch
+            if step >= stop:  # at max_steps, or where a time limit moved stop: no further batch is read
                 break
     bar.close()
     accelerator.wait_for_everyone()

@@ -735,6 +735,22 @@ def refine_field_ecc(
     return new, True
 
 
+#: :func:`refine_field_flow` smooths the flow by a Gaussian of this sigma (px) before carrying it into the mask.
+FLOW_SMOOTH_PX = 8.0
+
+
+def _smoothed(flow: np.ndarray, known: np.ndarray, sigma: float) -> np.ndarray:
+    """``flow`` (h, w, 2) float32 smoothed by a Gaussian of ``sigma`` px over the ``known`` (h, w)
+    bool pixels only (normalised convolution: the unknown ones neither count nor dilute it), the
+    unknown pixels' values left to the caller's interpolation (0 here); as given for ``sigma`` 0."""
+    if sigma <= 0:
+        return flow
+    k = known.astype(np.float32)
+    num = cv2.GaussianBlur(flow * k[..., None], (0, 0), sigma).reshape(flow.shape)  # (h, w, 2)
+    den = cv2.GaussianBlur(k, (0, 0), sigma)[..., None]  # (h, w, 1)
+    return np.where((den > 1e-3) & known[..., None], num / np.maximum(den, 1e-3), 0.0).astype(np.float32)
+
+
 def refine_field_flow(
     fld: DenseField,
     image_box: np.ndarray,
@@ -745,9 +761,10 @@ def refine_field_flow(
     reach: int = 24,
     min_gain: float = 1e-3,
     rounds: int = 4,
-    preset: int = cv2.DISOPTICAL_FLOW_PRESET_FAST,
+    preset: int = cv2.DISOPTICAL_FLOW_PRESET_MEDIUM,
     check: bool = True,
     agreement: float | None = None,
+    smooth: float = FLOW_SMOOTH_PX,
 ) -> tuple[DenseField, dict]:
     """A non-rigid photometric refinement of the field, after ECC's homography: the few pixels of
     smooth residual that a homography plus a spline through sparse matches leaves on a bent or
@@ -757,8 +774,11 @@ def refine_field_flow(
     2016; OpenCV's ``preset``) from the image to the colour-matched warped reference gives, around
     the mask, how far each pixel's match is off: image(p) ~ warped(p + flow(p)). Inside the mask
     grown by ``grow`` px the image is the artifact, and where the field leaves the reference object
-    the warp is its black surround: the flow there is discarded and carried in from the rest by
-    :func:`~refine_by_align.fill.harmonic_interpolate`. Within ``reach`` px of the grown mask the
+    the warp is its black surround: the flow there is discarded, the rest smoothed by a Gaussian of
+    ``smooth`` px over the pixels it is kept at (normalised convolution; 0: not smoothed), and
+    carried in by :func:`~refine_by_align.fill.harmonic_interpolate`. The residual is smooth, DIS's
+    flow is not: carried in from its values at the hole's edge as they are, its noise there goes
+    into the mask (MODEL_CARD.md, "Sub-pixel flow"). Within ``reach`` px of the grown mask the
     field becomes xy'(p) = xy(p + flow(p)) (its object mask and confidence moved with it); farther
     out it is unchanged. Up to ``rounds`` rounds, each on the field the last one left, while each
     passes the check.
@@ -766,8 +786,8 @@ def refine_field_flow(
     The check: a round is kept only if it predicts a band it was not given. The flow carried in
     from beyond ``grow + check_px`` px must raise the agreement (NCC of the grey values) of the warp
     with the image on the band 2 .. ``grow + check_px`` px outside the mask by at least
-    ``min_gain``. (The band's own flow values are not used, though DIS's patches, 8 px at its
-    finest scale, see a few pixels of it.) Unchecked (``check=False``, an ablation: one round, always
+    ``min_gain``. (The band's own flow values are not used, though DIS's patches, 12 px at the
+    ``MEDIUM`` preset's finest scale, and the smoothing see a few pixels of it.) Unchecked (``check=False``, an ablation: one round, always
     kept) the flow costs 3 dB on the validation cases: on real photos it is often wrong, and this
     check is what makes it safe (MODEL_CARD.md).
 
@@ -781,7 +801,7 @@ def refine_field_flow(
     m = np.asarray(mask_box, bool)
     current, first, kept = fld, None, 0
     for _ in range(rounds if check else 1):
-        refined, info = _flow_round(current, image_u8, m, reference, grow, check_px, reach, min_gain, preset, check)
+        refined, info = _flow_round(current, image_u8, m, reference, grow, check_px, reach, min_gain, preset, check, smooth)
         first = info if first is None else first
         if not info.get("kept"):
             break
@@ -792,7 +812,7 @@ def refine_field_flow(
     return current, {**first, "rounds": kept}
 
 
-def _flow_round(fld, image_u8, m, reference, grow, check_px, reach, min_gain, preset, check) -> tuple[DenseField, dict]:
+def _flow_round(fld, image_u8, m, reference, grow, check_px, reach, min_gain, preset, check, smooth) -> tuple[DenseField, dict]:
     """One round of :func:`refine_field_flow` (``image_u8`` (h, w, 3) uint8, ``m`` (h, w) bool):
     (the refined field, or ``fld`` where the round is not kept; its info)."""
     from ..fill import harmonic_interpolate
@@ -820,7 +840,7 @@ def _flow_round(fld, image_u8, m, reference, grow, check_px, reach, min_gain, pr
         ys, xs = np.nonzero(near)
         window = (slice(ys.min(), ys.max() + 1), slice(xs.min(), xs.max() + 1))
         if not hole[window].all():  # (no flow to carry in: no correction)
-            filled = harmonic_interpolate(flow[window], hole[window])
+            filled = harmonic_interpolate(_smoothed(flow[window], ~hole[window], smooth), hole[window])
             out[window] = np.where(near[window][..., None], filled, 0.0)
         return out
 

@@ -787,9 +787,9 @@ def refine_field_flow(
     from beyond ``grow + check_px`` px must raise the agreement (NCC of the grey values) of the warp
     with the image on the band 2 .. ``grow + check_px`` px outside the mask by at least
     ``min_gain``. (The band's own flow values are not used, though DIS's patches, 12 px at the
-    ``MEDIUM`` preset's finest scale, and the smoothing see a few pixels of it.) Unchecked (``check=False``, an ablation: one round, always
-    kept) the flow costs 3 dB on the validation cases: on real photos it is often wrong, and this
-    check is what makes it safe (MODEL_CARD.md).
+    ``MEDIUM`` preset's finest scale, and the smoothing see a few pixels of it.) Unchecked
+    (``check=False``, an ablation: one round, always kept) the flow costs 3 dB on the validation
+    cases: on real photos it is often wrong, and this check is what makes it safe (MODEL_CARD.md).
 
     The refined field is fitted on the ring its warp's trust is measured on (:func:`warp_fill`), so
     its ``trust_cap`` is set to the agreement before the flow (``agreement``, where the caller has

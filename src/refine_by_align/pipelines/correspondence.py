@@ -735,8 +735,21 @@ def refine_field_ecc(
     return new, True
 
 
-#: :func:`refine_field_flow` smooths the flow by a Gaussian of this sigma (px) before carrying it into the mask.
-FLOW_SMOOTH_PX = 8.0
+#: :func:`refine_field_flow` runs DIS on the crop upsampled by this factor (sub-pixel precision).
+FLOW_UPSAMPLE = 2
+
+
+def _dis_flow(a: np.ndarray, b: np.ndarray, preset: int, upsample: int = 1) -> np.ndarray:
+    """DIS optical flow from grey ``a`` to grey ``b`` ((h, w) uint8): (h, w, 2) float32 with a(p) ~
+    b(p + flow(p)), computed on both upsampled ``upsample`` times (bicubic) and scaled back (area,
+    the displacements divided by the factor) where ``upsample`` > 1."""
+    dis = cv2.DISOpticalFlow_create(preset)
+    if upsample <= 1:
+        return dis.calc(a, b, None)
+    h, w = a.shape
+    size = (w * int(upsample), h * int(upsample))
+    fine = dis.calc(cv2.resize(a, size, interpolation=cv2.INTER_CUBIC), cv2.resize(b, size, interpolation=cv2.INTER_CUBIC), None)
+    return (cv2.resize(fine, (w, h), interpolation=cv2.INTER_AREA) / float(upsample)).astype(np.float32)
 
 
 def _smoothed(flow: np.ndarray, known: np.ndarray, sigma: float) -> np.ndarray:
@@ -764,7 +777,8 @@ def refine_field_flow(
     preset: int = cv2.DISOPTICAL_FLOW_PRESET_MEDIUM,
     check: bool = True,
     agreement: float | None = None,
-    smooth: float = FLOW_SMOOTH_PX,
+    smooth: float = 0.0,
+    upsample: int = FLOW_UPSAMPLE,
 ) -> tuple[DenseField, dict]:
     """A non-rigid photometric refinement of the field, after ECC's homography: the few pixels of
     smooth residual that a homography plus a spline through sparse matches leaves on a bent or
@@ -772,22 +786,24 @@ def refine_field_flow(
 
     Dense optical flow (DIS, Kroeger et al., "Fast Optical Flow using Dense Inverse Search", ECCV
     2016; OpenCV's ``preset``) from the image to the colour-matched warped reference gives, around
-    the mask, how far each pixel's match is off: image(p) ~ warped(p + flow(p)). Inside the mask
-    grown by ``grow`` px the image is the artifact, and where the field leaves the reference object
-    the warp is its black surround: the flow there is discarded, the rest smoothed by a Gaussian of
-    ``smooth`` px over the pixels it is kept at (normalised convolution; 0: not smoothed), and
-    carried in by :func:`~refine_by_align.fill.harmonic_interpolate`. The residual is smooth, DIS's
-    flow is not: carried in from its values at the hole's edge as they are, its noise there goes
-    into the mask (MODEL_CARD.md, "Sub-pixel flow"). Within ``reach`` px of the grown mask the
-    field becomes xy'(p) = xy(p + flow(p)) (its object mask and confidence moved with it); farther
-    out it is unchanged. Up to ``rounds`` rounds, each on the field the last one left, while each
+    the mask, how far each pixel's match is off: image(p) ~ warped(p + flow(p)); it is computed on
+    both upsampled ``upsample`` times (bicubic) and scaled back (area), which gives DIS's patches
+    and its sub-pixel search a finer grid (a fraction of a pixel off costs several dB on fine
+    print; MODEL_CARD.md, "Sub-pixel flow"). Inside the mask grown by ``grow`` px the image is the
+    artifact, and where the field leaves the reference object the warp is its black surround: the
+    flow there is discarded and carried in from the rest by
+    :func:`~refine_by_align.fill.harmonic_interpolate` (with ``smooth`` > 0, an ablation, smoothed
+    first by a Gaussian of that many px over the pixels it is kept at: it helped the flow at the
+    crop's own resolution, not the upsampled one). Within ``reach`` px of the grown mask the field
+    becomes xy'(p) = xy(p + flow(p)) (its object mask and confidence moved with it); farther out it
+    is unchanged. Up to ``rounds`` rounds, each on the field the last one left, while each
     passes the check.
 
     The check: a round is kept only if it predicts a band it was not given. The flow carried in
     from beyond ``grow + check_px`` px must raise the agreement (NCC of the grey values) of the warp
     with the image on the band 2 .. ``grow + check_px`` px outside the mask by at least
     ``min_gain``. (The band's own flow values are not used, though DIS's patches, 12 px at the
-    ``MEDIUM`` preset's finest scale, and the smoothing see a few pixels of it.) Unchecked
+    ``MEDIUM`` preset's finest scale, see a few pixels of it.) Unchecked
     (``check=False``, an ablation: one round, always kept) the flow costs 3 dB on the validation
     cases: on real photos it is often wrong, and this check is what makes it safe (MODEL_CARD.md).
 
@@ -801,7 +817,7 @@ def refine_field_flow(
     m = np.asarray(mask_box, bool)
     current, first, kept = fld, None, 0
     for _ in range(rounds if check else 1):
-        refined, info = _flow_round(current, image_u8, m, reference, grow, check_px, reach, min_gain, preset, check, smooth)
+        refined, info = _flow_round(current, image_u8, m, reference, grow, check_px, reach, min_gain, preset, check, smooth, upsample)
         first = info if first is None else first
         if not info.get("kept"):
             break
@@ -812,7 +828,7 @@ def refine_field_flow(
     return current, {**first, "rounds": kept}
 
 
-def _flow_round(fld, image_u8, m, reference, grow, check_px, reach, min_gain, preset, check, smooth) -> tuple[DenseField, dict]:
+def _flow_round(fld, image_u8, m, reference, grow, check_px, reach, min_gain, preset, check, smooth, upsample) -> tuple[DenseField, dict]:
     """One round of :func:`refine_field_flow` (``image_u8`` (h, w, 3) uint8, ``m`` (h, w) bool):
     (the refined field, or ``fld`` where the round is not kept; its info)."""
     from ..fill import harmonic_interpolate
@@ -826,7 +842,7 @@ def _flow_round(fld, image_u8, m, reference, grow, check_px, reach, min_gain, pr
     gain, offset = colour_transfer(warped, image_u8, band)
     g_img = _gray(image_u8)
     g_warp = _gray(np.clip(np.rint(warped * gain + offset), 0, 255).astype(np.uint8))
-    flow = cv2.DISOpticalFlow_create(preset).calc(g_img, g_warp, None)  # (h, w, 2): g_img(p) ~ g_warp(p + flow(p))
+    flow = _dis_flow(g_img, g_warp, preset, upsample)  # (h, w, 2): g_img(p) ~ g_warp(p + flow(p))
     h, w = m.shape
     px, py = np.meshgrid(np.arange(w, dtype=np.float32), np.arange(h, dtype=np.float32))
 

@@ -761,7 +761,7 @@ def test_flow_carried_into_an_artifact_closer_with_the_shipped_settings():
     """With an artifact in the mask (another texture painted there, as a repair case has) DIS's
     flow at the mask's edge sees it; the shipped settings (MEDIUM preset on the crop upsampled
     twice) bring the field closer to the truth inside the mask than the FAST preset at the crop's
-    own resolution (here about 0.41 against 0.70 px on a 5 px bend)."""
+    own resolution (here about 0.34 against 0.70 px on a 5 px bend)."""
     from refine_by_align.pipelines.correspondence import FLOW_UPSAMPLE, refine_field_flow
 
     image, mask, ref, valid, box, truth = _bent_case(_wave(5.0))

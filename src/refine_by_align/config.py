@@ -276,8 +276,9 @@ def _default() -> ModelConfig:
     # 2 DDIM steps, no guidance, the mean of 4 samples (one where a warp gives almost all of the
     # mask; 8 until the twelfth session, 4 chosen on val2-val4); the alignment timestep, the
     # correction blur and its shrinkage chosen on the second case set. Trained on Telea-prefilled
-    # holes, it runs on harmonic ones: better on every case kind of both validation sets; its correction is added to the mixed (FSR + biharmonic) fill at
-    # full resolution: better on all four case sets (MODEL_CARD.md)
+    # holes, it runs on harmonic ones: better on every case kind of both validation sets; its
+    # correction is added to the mixed (FSR + biharmonic) fill at full resolution: better on all
+    # four case sets (MODEL_CARD.md)
     return ModelConfig(
         resolution=64,
         zoom_min_size=64,

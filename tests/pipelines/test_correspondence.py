@@ -792,14 +792,15 @@ def test_dis_flow_upsampled_is_in_the_crops_pixels():
         assert f.shape == (96, 96, 2) and f.dtype == np.float32
         mid = f[24:72, 24:72].reshape(-1, 2)
         assert np.allclose(np.median(mid, 0), [-1.5, 0.75], atol=0.1), (k, np.median(mid, 0))
-    assert np.array_equal(_dis_flow(a, b, cv2.DISOPTICAL_FLOW_PRESET_MEDIUM, 1), cv2.DISOpticalFlow_create(cv2.DISOPTICAL_FLOW_PRESET_MEDIUM).calc(a, b, None))
+    plain = cv2.DISOpticalFlow_create(cv2.DISOPTICAL_FLOW_PRESET_MEDIUM).calc(a, b, None)
+    assert np.array_equal(_dis_flow(a, b, cv2.DISOPTICAL_FLOW_PRESET_MEDIUM, 1), plain)
 
 
 def test_flow_smoothing_is_a_normalised_convolution_over_the_kept_pixels():
     """The ablation's smoothing (refine_field_flow's ``smooth``) is over the pixels the flow is
-    kept at only: a constant flow stays that
-    constant right up to the hole (the hole's pixels neither count nor dilute it), a noisy one
-    comes out closer to its mean, and sigma 0 returns it as given."""
+    kept at only: a constant flow stays that constant right up to the hole (the hole's pixels
+    neither count nor dilute it), a noisy one comes out closer to its mean, and sigma 0 returns it
+    as given."""
     from refine_by_align.pipelines.correspondence import _smoothed
 
     known = np.ones((60, 80), bool)

@@ -737,6 +737,7 @@ def refine_field_ecc(
 
 #: :func:`refine_field_flow` runs DIS on the crop upsampled by this factor (sub-pixel precision).
 FLOW_UPSAMPLE = 2
+FLOW_CARRY = ("harmonic", "spline")  # how refine_field_flow carries the flow into the mask
 
 
 def _dis_flow(a: np.ndarray, b: np.ndarray, preset: int, upsample: int = 1) -> np.ndarray:
@@ -779,6 +780,7 @@ def refine_field_flow(
     agreement: float | None = None,
     smooth: float = 0.0,
     upsample: int = FLOW_UPSAMPLE,
+    carry: str = "spline",
 ) -> tuple[DenseField, dict]:
     """A non-rigid photometric refinement of the field, after ECC's homography: the few pixels of
     smooth residual that a homography plus a spline through sparse matches leaves on a bent or
@@ -817,7 +819,7 @@ def refine_field_flow(
     m = np.asarray(mask_box, bool)
     current, first, kept = fld, None, 0
     for _ in range(rounds if check else 1):
-        refined, info = _flow_round(current, image_u8, m, reference, grow, check_px, reach, min_gain, preset, check, smooth, upsample)
+        refined, info = _flow_round(current, image_u8, m, reference, grow, check_px, reach, min_gain, preset, check, smooth, upsample, carry)
         first = info if first is None else first
         if not info.get("kept"):
             break
@@ -828,10 +830,14 @@ def refine_field_flow(
     return current, {**first, "rounds": kept}
 
 
-def _flow_round(fld, image_u8, m, reference, grow, check_px, reach, min_gain, preset, check, smooth, upsample) -> tuple[DenseField, dict]:
+def _flow_round(fld, image_u8, m, reference, grow, check_px, reach, min_gain, preset, check, smooth, upsample, carry) -> tuple[DenseField, dict]:
     """One round of :func:`refine_field_flow` (``image_u8`` (h, w, 3) uint8, ``m`` (h, w) bool):
     (the refined field, or ``fld`` where the round is not kept; its info)."""
-    from ..fill import harmonic_interpolate
+    from ..fill import harmonic_interpolate, spline_interpolate
+
+    if carry not in FLOW_CARRY:
+        raise ValueError(f"unknown flow carry '{carry}' (choose {', '.join(FLOW_CARRY)})")
+    interpolate = spline_interpolate if carry == "spline" else harmonic_interpolate
 
     on = fld.on_object
     band = ring(m, 2, 12) & on
@@ -856,7 +862,7 @@ def _flow_round(fld, image_u8, m, reference, grow, check_px, reach, min_gain, pr
         ys, xs = np.nonzero(near)
         window = (slice(ys.min(), ys.max() + 1), slice(xs.min(), xs.max() + 1))
         if not hole[window].all():  # (no flow to carry in: no correction)
-            filled = harmonic_interpolate(_smoothed(flow[window], ~hole[window], smooth), hole[window])
+            filled = interpolate(_smoothed(flow[window], ~hole[window], smooth), hole[window])
             out[window] = np.where(near[window][..., None], filled, 0.0)
         return out
 

@@ -354,7 +354,7 @@ def harmonic_interpolate(values: np.ndarray, mask: np.ndarray, max_direct: int =
 
 #: :func:`spline_interpolate`'s defaults: how many known pixels the spline passes near (a regular
 #: lattice over them) and its smoothing (on squared-pixel kernel values; chosen in MODEL_CARD.md,
-#: "Spline-carried flow").
+#: "Spline-carried flow and ECC polish").
 SPLINE_POINTS = 400
 SPLINE_SMOOTHING = 1000.0
 

@@ -46,6 +46,7 @@ from .correspondence import (
     fit_field,
     grow_box,
     outside_mask,
+    polish_field_ecc,
     refine_field_ecc,
     refine_field_flow,
     sift_matches,
@@ -258,6 +259,7 @@ def dense_alignment(
     flow: bool = True,
     flow_min_ncc: float = TRUST_MIN_NCC,
     loose_similarity: float | None = 0.6,
+    polish: bool = True,
 ) -> tuple[DenseField | None, dict]:
     """The dense alignment: a field over ``crop_box`` from point matches.
 
@@ -345,6 +347,10 @@ def dense_alignment(
     fld = with_confidence(fld)  # (the candidates were ranked without it)
     if flow and ncc >= flow_min_ncc:
         fld, pool.info["flow"] = refine_field_flow(fld, pool.image_box, pool.mask_box, reference, agreement=ncc)  # (trust capped at ncc)
+    if polish and ncc >= flow_min_ncc:
+        fld, pool.info["polish"] = polish_field_ecc(fld, pool.image_box, pool.mask_box, reference)
+        if pool.info["polish"]:  # (fitted on the ring its trust is measured on: trusted as before)
+            fld.trust_cap = min(fld.trust_cap, ncc)
     fit = fld.fit
     fld.misfit_px = field_misfit(fld, image.shape[:2])
     pool.info.update(

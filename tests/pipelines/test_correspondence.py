@@ -777,7 +777,7 @@ def test_flow_rounds_each_checked_and_counted():
     window = (slice(box.y0, box.y1), slice(box.x0, box.x1))
     start = _identity_field(box)
     inside = mask[window]
-    kw = dict(preset=cv2.DISOPTICAL_FLOW_PRESET_FAST, upsample=1, carry="harmonic")
+    kw = dict(preset=cv2.DISOPTICAL_FLOW_PRESET_FAST, upsample=1, carry="harmonic", finest_scale=None)
     one, info_one = refine_field_flow(start, image[window], inside, ref, rounds=1, **kw)
     more, info_more = refine_field_flow(start, image[window], inside, ref, rounds=4, **kw)
     assert info_one["rounds"] == 1 and 1 < info_more["rounds"] <= 4, (info_one, info_more)
@@ -803,7 +803,9 @@ def test_flow_carried_into_an_artifact_closer_with_the_shipped_settings():
     start = _identity_field(box)
     inside = mask[window]
     shipped, info = refine_field_flow(start, image[window], inside, ref)
-    before, info_before = refine_field_flow(start, image[window], inside, ref, preset=cv2.DISOPTICAL_FLOW_PRESET_FAST, upsample=1, carry="harmonic")
+    before, info_before = refine_field_flow(
+        start, image[window], inside, ref, preset=cv2.DISOPTICAL_FLOW_PRESET_FAST, upsample=1, carry="harmonic", finest_scale=None
+    )
     assert FLOW_UPSAMPLE == 2 and info["kept"] and info_before["kept"], (info, info_before)
     err = np.median(np.linalg.norm(shipped.xy - truth, axis=-1)[inside])
     err_before = np.median(np.linalg.norm(before.xy - truth, axis=-1)[inside])
@@ -839,19 +841,24 @@ def test_flow_carried_by_the_spline_closer_than_harmonically(artifact):
 def test_dis_flow_upsampled_is_in_the_crops_pixels():
     """_dis_flow on the pictures upsampled k times returns the flow at the crop's size and in its
     pixels: a texture moved by (-1.5, 0.75) px gives that displacement (to a tenth of a pixel in
-    the middle) with and without upsampling; k = 1 is DIS as it is."""
+    the middle) with and without upsampling, at the preset's finest scale and at 0; k = 1 is DIS
+    as it is, and a finest scale given is DIS's own setting."""
     from refine_by_align.pipelines.correspondence import _dis_flow
 
     a = cv2.cvtColor(_texture(96, 96, seed=4), cv2.COLOR_RGB2GRAY)
     shift = np.float32([[1, 0, -1.5], [0, 1, 0.75]])  # b(p) = a(p + (1.5, -0.75)), so a(p) = b(p + (-1.5, 0.75))
     b = cv2.warpAffine(a, shift, (96, 96), flags=cv2.INTER_CUBIC, borderMode=cv2.BORDER_REFLECT)
     for k in (1, 2):
-        f = _dis_flow(a, b, cv2.DISOPTICAL_FLOW_PRESET_MEDIUM, k)
-        assert f.shape == (96, 96, 2) and f.dtype == np.float32
-        mid = f[24:72, 24:72].reshape(-1, 2)
-        assert np.allclose(np.median(mid, 0), [-1.5, 0.75], atol=0.1), (k, np.median(mid, 0))
+        for finest in (None, 0):  # (0, the ablation: DIS down to the upsampled pictures' own grid)
+            f = _dis_flow(a, b, cv2.DISOPTICAL_FLOW_PRESET_MEDIUM, k, finest)
+            assert f.shape == (96, 96, 2) and f.dtype == np.float32
+            mid = f[24:72, 24:72].reshape(-1, 2)
+            assert np.allclose(np.median(mid, 0), [-1.5, 0.75], atol=0.1), (k, finest, np.median(mid, 0))
     plain = cv2.DISOpticalFlow_create(cv2.DISOPTICAL_FLOW_PRESET_MEDIUM).calc(a, b, None)
     assert np.array_equal(_dis_flow(a, b, cv2.DISOPTICAL_FLOW_PRESET_MEDIUM, 1), plain)
+    dis = cv2.DISOpticalFlow_create(cv2.DISOPTICAL_FLOW_PRESET_MEDIUM)
+    dis.setFinestScale(0)
+    assert np.array_equal(_dis_flow(a, b, cv2.DISOPTICAL_FLOW_PRESET_MEDIUM, 1, 0), dis.calc(a, b, None))
 
 
 def test_flow_smoothing_is_a_normalised_convolution_over_the_kept_pixels():

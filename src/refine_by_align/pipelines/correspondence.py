@@ -768,11 +768,16 @@ FLOW_UPSAMPLE = 2
 FLOW_CARRY = ("harmonic", "spline")  # how refine_field_flow carries the flow into the mask
 
 
-def _dis_flow(a: np.ndarray, b: np.ndarray, preset: int, upsample: int = 1) -> np.ndarray:
+def _dis_flow(a: np.ndarray, b: np.ndarray, preset: int, upsample: int = 1, finest_scale: int | None = None) -> np.ndarray:
     """DIS optical flow from grey ``a`` to grey ``b`` ((h, w) uint8): (h, w, 2) float32 with a(p) ~
     b(p + flow(p)), computed on both upsampled ``upsample`` times (bicubic) and scaled back (area,
-    the displacements divided by the factor) where ``upsample`` > 1."""
+    the displacements divided by the factor) where ``upsample`` > 1. ``finest_scale``: the
+    coarsest-to-finest pyramid's last level DIS stops at (0: the pictures as given; None: the
+    preset's, 1 for ``MEDIUM``, which on twice-upsampled pictures is the crop's own grid; 0 there,
+    an ablation, is measured in MODEL_CARD.md, "Spline-carried flow and ECC polish")."""
     dis = cv2.DISOpticalFlow_create(preset)
+    if finest_scale is not None:
+        dis.setFinestScale(int(finest_scale))
     if upsample <= 1:
         return dis.calc(a, b, None)
     h, w = a.shape
@@ -809,6 +814,7 @@ def refine_field_flow(
     smooth: float = 0.0,
     upsample: int = FLOW_UPSAMPLE,
     carry: str = "spline",
+    finest_scale: int | None = None,
 ) -> tuple[DenseField, dict]:
     """A non-rigid photometric refinement of the field, after ECC's homography: the few pixels of
     smooth residual that a homography plus a spline through sparse matches leaves on a bent or
@@ -821,10 +827,15 @@ def refine_field_flow(
     and its sub-pixel search a finer grid (a fraction of a pixel off costs several dB on fine
     print; MODEL_CARD.md, "Sub-pixel flow"). Inside the mask grown by ``grow`` px the image is the
     artifact, and where the field leaves the reference object the warp is its black surround: the
-    flow there is discarded and carried in from the rest by
-    :func:`~refine_by_align.fill.harmonic_interpolate` (with ``smooth`` > 0, an ablation, smoothed
-    first by a Gaussian of that many px over the pixels it is kept at: it helped the flow at the
-    crop's own resolution, not the upsampled one). Within ``reach`` px of the grown mask the field
+    flow there is discarded and carried in from the rest (``carry``): by a smoothing thin-plate
+    spline (:func:`~refine_by_align.fill.spline_interpolate`, "spline", shipped: it continues the
+    bend's curvature into the mask and averages the flow's noise, 0.59 -> 0.36 px mean inside the
+    mask on 33 nonrigid validation cases) or by the harmonic solution
+    (:func:`~refine_by_align.fill.harmonic_interpolate`, "harmonic", the last release's; MODEL_CARD.md,
+    "Spline-carried flow and ECC polish"). With ``smooth`` > 0, an ablation, the flow is smoothed
+    first by a Gaussian of that many px over the pixels it is kept at (it helped the flow at the
+    crop's own resolution, not the upsampled one). ``finest_scale``: DIS's last pyramid level
+    (None: the preset's; an ablation, see :func:`_dis_flow`). Within ``reach`` px of the grown mask the field
     becomes xy'(p) = xy(p + flow(p)) (its object mask and confidence moved with it); farther out it
     is unchanged. Up to ``rounds`` rounds, each on the field the last one left, while each
     passes the check.
@@ -847,7 +858,7 @@ def refine_field_flow(
     m = np.asarray(mask_box, bool)
     current, first, kept = fld, None, 0
     for _ in range(rounds if check else 1):
-        refined, info = _flow_round(current, image_u8, m, reference, grow, check_px, reach, min_gain, preset, check, smooth, upsample, carry)
+        refined, info = _flow_round(current, image_u8, m, reference, grow, check_px, reach, min_gain, preset, check, smooth, upsample, carry, finest_scale)
         first = info if first is None else first
         if not info.get("kept"):
             break
@@ -858,7 +869,7 @@ def refine_field_flow(
     return current, {**first, "rounds": kept}
 
 
-def _flow_round(fld, image_u8, m, reference, grow, check_px, reach, min_gain, preset, check, smooth, upsample, carry) -> tuple[DenseField, dict]:
+def _flow_round(fld, image_u8, m, reference, grow, check_px, reach, min_gain, preset, check, smooth, upsample, carry, finest_scale) -> tuple[DenseField, dict]:
     """One round of :func:`refine_field_flow` (``image_u8`` (h, w, 3) uint8, ``m`` (h, w) bool):
     (the refined field, or ``fld`` where the round is not kept; its info)."""
     from ..fill import harmonic_interpolate, spline_interpolate
@@ -876,7 +887,7 @@ def _flow_round(fld, image_u8, m, reference, grow, check_px, reach, min_gain, pr
     gain, offset = colour_transfer(warped, image_u8, band)
     g_img = _gray(image_u8)
     g_warp = _gray(np.clip(np.rint(warped * gain + offset), 0, 255).astype(np.uint8))
-    flow = _dis_flow(g_img, g_warp, preset, upsample)  # (h, w, 2): g_img(p) ~ g_warp(p + flow(p))
+    flow = _dis_flow(g_img, g_warp, preset, upsample, finest_scale)  # (h, w, 2): g_img(p) ~ g_warp(p + flow(p))
     h, w = m.shape
     px, py = np.meshgrid(np.arange(w, dtype=np.float32), np.arange(h, dtype=np.float32))
 

@@ -788,6 +788,23 @@ def test_flow_rounds_each_checked_and_counted():
     assert one.trust_cap == more.trust_cap  # both capped at the agreement of the field they started from
 
 
+def _bent_flow_case(artifact: bool):
+    """A 5 px bend (``_bent_case(_wave(5))``), optionally with another texture painted into the mask
+    (a repair case's artifact), cut to its box: (image_box, mask_box, reference, the identity field
+    as the start, the true field)."""
+    image, mask, ref, valid, box, truth = _bent_case(_wave(5.0))
+    if artifact:
+        image = image.copy()
+        image[mask] = _texture(*mask.shape, seed=9)[mask]
+    window = (slice(box.y0, box.y1), slice(box.x0, box.x1))
+    return image[window], mask[window], ref, _identity_field(box), truth
+
+
+def _median_error(fld, truth, inside):
+    """The field's median distance from the truth over the ``inside`` pixels, px."""
+    return float(np.median(np.linalg.norm(fld.xy - truth, axis=-1)[inside]))
+
+
 def test_flow_carried_into_an_artifact_closer_with_the_shipped_settings():
     """With an artifact in the mask (another texture painted there, as a repair case has) DIS's
     flow at the mask's edge sees it; the shipped settings (MEDIUM preset on the crop upsampled
@@ -796,19 +813,13 @@ def test_flow_carried_into_an_artifact_closer_with_the_shipped_settings():
     (here about 0.17 against 0.70 px on a 5 px bend)."""
     from refine_by_align.pipelines.correspondence import FLOW_UPSAMPLE, refine_field_flow
 
-    image, mask, ref, valid, box, truth = _bent_case(_wave(5.0))
-    image = image.copy()
-    image[mask] = _texture(*mask.shape, seed=9)[mask]
-    window = (slice(box.y0, box.y1), slice(box.x0, box.x1))
-    start = _identity_field(box)
-    inside = mask[window]
-    shipped, info = refine_field_flow(start, image[window], inside, ref)
+    image_box, inside, ref, start, truth = _bent_flow_case(artifact=True)
+    shipped, info = refine_field_flow(start, image_box, inside, ref)
     before, info_before = refine_field_flow(
-        start, image[window], inside, ref, preset=cv2.DISOPTICAL_FLOW_PRESET_FAST, upsample=1, carry="harmonic", finest_scale=None
+        start, image_box, inside, ref, preset=cv2.DISOPTICAL_FLOW_PRESET_FAST, upsample=1, carry="harmonic", finest_scale=None
     )
     assert FLOW_UPSAMPLE == 2 and info["kept"] and info_before["kept"], (info, info_before)
-    err = np.median(np.linalg.norm(shipped.xy - truth, axis=-1)[inside])
-    err_before = np.median(np.linalg.norm(before.xy - truth, axis=-1)[inside])
+    err, err_before = _median_error(shipped, truth, inside), _median_error(before, truth, inside)
     assert err < 0.4 * err_before and err < 0.3, (err, err_before)
 
 
@@ -821,21 +832,14 @@ def test_flow_carried_by_the_spline_closer_than_harmonically(artifact):
     carry is refused by name."""
     from refine_by_align.pipelines.correspondence import refine_field_flow
 
-    image, mask, ref, valid, box, truth = _bent_case(_wave(5.0))
-    if artifact:
-        image = image.copy()
-        image[mask] = _texture(*mask.shape, seed=9)[mask]
-    window = (slice(box.y0, box.y1), slice(box.x0, box.x1))
-    start = _identity_field(box)
-    inside = mask[window]
-    spline, info = refine_field_flow(start, image[window], inside, ref)
-    harmonic, info_h = refine_field_flow(start, image[window], inside, ref, carry="harmonic")
+    image_box, inside, ref, start, truth = _bent_flow_case(artifact)
+    spline, info = refine_field_flow(start, image_box, inside, ref)
+    harmonic, info_h = refine_field_flow(start, image_box, inside, ref, carry="harmonic")
     assert info["kept"] and info_h["kept"], (info, info_h)
-    err = np.median(np.linalg.norm(spline.xy - truth, axis=-1)[inside])
-    err_h = np.median(np.linalg.norm(harmonic.xy - truth, axis=-1)[inside])
+    err, err_h = _median_error(spline, truth, inside), _median_error(harmonic, truth, inside)
     assert err < 0.6 * err_h, (err, err_h)
     with pytest.raises(ValueError, match="carry 'nearest'"):
-        refine_field_flow(start, image[window], inside, ref, carry="nearest")
+        refine_field_flow(start, image_box, inside, ref, carry="nearest")
 
 
 def test_dis_flow_upsampled_is_in_the_crops_pixels():

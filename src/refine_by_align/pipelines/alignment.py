@@ -348,9 +348,10 @@ def dense_alignment(
     if flow and ncc >= flow_min_ncc:
         fld, pool.info["flow"] = refine_field_flow(fld, pool.image_box, pool.mask_box, reference, agreement=ncc)  # (trust capped at ncc)
     if polish and ncc >= flow_min_ncc:
+        unpolished = fld
         fld, pool.info["polish"] = polish_field_ecc(fld, pool.image_box, pool.mask_box, reference)
         if pool.info["polish"]:  # (fitted on the ring its trust is measured on: trusted as before)
-            fld.trust_cap = min(fld.trust_cap, ncc)
+            fld.trust_cap = warp_agreement(pool.image_box, pool.mask_box, reference, unpolished)  # (at most its cap)
     fit = fld.fit
     fld.misfit_px = field_misfit(fld, image.shape[:2])
     pool.info.update(

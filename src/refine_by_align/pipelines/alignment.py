@@ -37,11 +37,13 @@ from ..zoom import Box
 from .correspondence import (
     ALIKED_KEYPOINTS,
     AlikedImage,
+    DETAIL_TRUST,
     TRUST_MIN_NCC,
     DenseField,
     Matches,
     aliked_matches,
     dense_field,
+    detail_agreement,
     field_misfit,
     fit_field,
     grow_box,
@@ -50,6 +52,7 @@ from .correspondence import (
     refine_field_ecc,
     refine_field_flow,
     sift_matches,
+    template_matches,
     warp_agreement,
     with_confidence,
     worker_threads,
@@ -260,6 +263,7 @@ def dense_alignment(
     flow_min_ncc: float = TRUST_MIN_NCC,
     loose_similarity: float | None = 0.6,
     polish: bool = True,
+    template: bool = True,
 ) -> tuple[DenseField | None, dict]:
     """The dense alignment: a field over ``crop_box`` from point matches.
 
@@ -275,7 +279,12 @@ def dense_alignment(
     reference lowers every similarity; a plain object on a textured ground gets few of the
     best-scored keypoints), it is run again in both orientations on twice as many keypoints at
     ``loose_similarity`` (None: not), its fits kept only on ``solid_inliers`` agreeing matches
-    (a looser matching lets more chance matches in). The candidate whose colour-matched warp
+    (a looser matching lets more chance matches in). Where no source gives any consistent fit and
+    ``template`` is on, the reference object itself is searched for around the mask by rotation
+    and scale (:func:`~.correspondence.template_matches`: a small plain object whose few keypoints
+    all match one spot) and its placement is the one candidate, kept only if, refined, its warp
+    carries the image's fine detail (:func:`~.correspondence.detail_agreement` at least
+    ``DETAIL_TRUST``: the image's own photo, not another view placed by its shading). The candidate whose colour-matched warp
     agrees best with the image in a ring around the mask (normalised cross-correlation,
     :func:`~.correspondence.warp_agreement`, the trust :func:`~.correspondence.warp_fill` gives) wins,
     its agreement discounted by up to 0.2 when it rests on fewer than ``solid_inliers`` matches;
@@ -339,6 +348,12 @@ def dense_alignment(
             for mirrored in orientations:
                 consider_aliked(mirrored, every, loose_similarity, min_inliers=solid_inliers)
             best = pool.best()
+    if best is None and template and reference_mask is not None:
+        # no consistent point matches at all (a small plain object): search for the object itself
+        found, pool.info["template_score"] = template_matches(image, mask, reference, reference_mask, crop_box)
+        if len(found):
+            pool.consider("template", False, found)
+            best = pool.best()
     if best is None:
         return None, pool.info
     if ecc:  # refine the leading candidates, then choose again: ECC can turn a close second into the best
@@ -352,6 +367,11 @@ def dense_alignment(
         fld, pool.info["polish"] = polish_field_ecc(fld, pool.image_box, pool.mask_box, reference)
         if pool.info["polish"]:  # (fitted on the ring its trust is measured on: trusted as before)
             fld.trust_cap = warp_agreement(pool.image_box, pool.mask_box, reference, unpolished)  # (at most its cap)
+    if name == "template" and detail_agreement(pool.image_box, pool.mask_box, reference, fld) < DETAIL_TRUST:
+        # a placement found by correlation alone, not the image's own photo brought into place
+        # (another view of the object: its warp carries the shading, not the detail): no field
+        pool.info["fallback_reason"] = "template placement without the image's detail"
+        return None, pool.info
     fit = fld.fit
     fld.misfit_px = field_misfit(fld, image.shape[:2])
     pool.info.update(

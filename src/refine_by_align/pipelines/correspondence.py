@@ -42,6 +42,7 @@ __all__ = [
     "aliked_features",
     "AlikedImage",
     "grow_box",
+    "template_matches",
     "attention_matches",
     "FieldFit",
     "global_model",
@@ -58,6 +59,8 @@ __all__ = [
     "ring",
     "WarpFill",
     "warp_agreement",
+    "detail_agreement",
+    "DETAIL_TRUST",
     "warp_fill",
     "refine_field_ecc",
     "polish_field_ecc",
@@ -308,6 +311,68 @@ def aliked_matches(
     sim = (di[ij[:, 0]] * dr[ij[:, 1]]).sum(-1)
     weight = np.clip((sim - min_similarity) / max(1.0 - min_similarity, 1e-6), 0.05, 1.0)
     return Matches(ki[ij[:, 0]].astype(np.float32), kr[ij[:, 1]].astype(np.float32), weight.astype(np.float32), {"aliked": len(ij)})
+
+
+def template_matches(
+    image: np.ndarray,
+    mask: np.ndarray,
+    reference: np.ndarray,
+    reference_mask: np.ndarray,
+    crop_box: Box,
+    angles: tuple[float, ...] = tuple(range(0, 360, 10)),
+    scales: tuple[float, ...] = tuple(2.0 ** np.linspace(-1.0, 1.0, 9)),
+    min_score: float = 0.5,
+    step: int = 8,
+    search_factor: float = 3.0,
+) -> tuple[Matches, float]:
+    """Where point matching finds nothing consistent (a small, plain object: its few keypoints all
+    matched to one spot), the reference object itself is searched for around the mask: rotated by
+    each of ``angles`` (degrees) and scaled by each of ``scales``, it is correlated with the image
+    (``cv2.matchTemplate``, mean-subtracted and normalised, over the object's own pixels; the mask
+    filled by Telea first) in the crop box grown ``search_factor`` times. The best placement, if it correlates at
+    ``min_score`` or more, is returned as matches on a ``step``-px lattice over the reference object
+    (a similarity: ECC, the optical flow and the trust gate take it from there), with its score;
+    (no matches, the best score) where the object does not fit inside the search area, or nothing
+    correlates that well. About 0.3-0.5 s on a 100 px object (MODEL_CARD.md, "Template search")."""
+    rows, cols = np.nonzero(reference_mask)
+    if len(rows) == 0:
+        return Matches.empty(), -1.0
+    y0, x0 = int(rows.min()), int(cols.min())
+    templ = _gray(reference)[y0 : int(rows.max()) + 1, x0 : int(cols.max()) + 1]
+    tmask = (np.asarray(reference_mask, np.uint8)[y0 : int(rows.max()) + 1, x0 : int(cols.max()) + 1] * 255).astype(np.uint8)
+    grey = cv2.inpaint(_gray(image), np.asarray(mask, np.uint8), 5, cv2.INPAINT_TELEA)
+    search = grow_box(crop_box, search_factor)
+    sx0, sy0 = max(search.x0, 0), max(search.y0, 0)
+    area = grey[sy0 : min(search.y1, grey.shape[0]), sx0 : min(search.x1, grey.shape[1])]
+    h, w = templ.shape
+    best, placement = -1.0, None
+    for scale in scales:
+        for angle in angles:
+            M = cv2.getRotationMatrix2D((w / 2.0, h / 2.0), float(angle), float(scale))  # (2, 3): template px -> rotated px
+            corners = np.array([[0, 0, 1], [w, 0, 1], [0, h, 1], [w, h, 1]], np.float64) @ M.T
+            M[:, 2] -= corners.min(axis=0)
+            tw, th = (int(np.ceil(v)) for v in corners.max(axis=0) - corners.min(axis=0))
+            if tw >= area.shape[1] or th >= area.shape[0] or min(tw, th) < 16:
+                continue  # (larger than the search area: a close-up, which point matching handles)
+            t = cv2.warpAffine(templ, M, (tw, th), flags=cv2.INTER_LINEAR)
+            tm = cv2.warpAffine(tmask, M, (tw, th), flags=cv2.INTER_NEAREST)
+            if int((tm > 0).sum()) < 200:
+                continue
+            score = cv2.matchTemplate(area, t, cv2.TM_CCOEFF_NORMED, mask=tm)
+            score[~np.isfinite(score)] = -1.0
+            _, top, _, loc = cv2.minMaxLoc(score)
+            if top > best:
+                best, placement = float(top), (M.copy(), loc)
+    if placement is None or best < min_score:
+        return Matches.empty(), best
+    M, (lx, ly) = placement
+    gy, gx = np.mgrid[0:h:step, 0:w:step]
+    keep = tmask[gy, gx] > 0
+    uv = np.stack([gx[keep], gy[keep], np.ones(int(keep.sum()))], axis=1).astype(np.float64)  # (N, 3) template px
+    img_xy = uv @ M.T + np.array([sx0 + lx, sy0 + ly], np.float64)
+    ref_xy = uv[:, :2] + np.array([x0, y0], np.float64)
+    n = len(img_xy)
+    return Matches(img_xy.astype(np.float32), ref_xy.astype(np.float32), np.ones(n, np.float32), {"template": n}), best
 
 
 def grow_box(box: Box, factor: float) -> Box:

@@ -187,3 +187,16 @@ def test_a_warp_discounted_for_its_misfit_does_not_shut_out_a_whole_one():
     alone = combine_warps([partly, None], (4, 6))
     assert (alone.source == 0).all() and np.allclose(alone.weight, 0.2)
     assert not combine_warps([dropped], (4, 6)).use.any()
+
+
+def test_guide_match_count_leaves_out_the_template_search():
+    """Where no reference has a field, the guide is the one whose descriptors matched most; the
+    template search's lattice points (a placement, not matched descriptors) do not count."""
+    from refine_by_align.pipelines.alignment import AlignmentResult
+    from refine_by_align.pipelines.pipeline import _match_count
+
+    def result(matches):
+        return AlignmentResult(np.zeros((4, 4), bool), np.zeros((4, 4), np.float32), None, None, 0, 0, "dense", None, {"matches": matches})
+
+    assert _match_count(result({"sift": 12, "aliked-loose": 30, "template": 109})) == 30
+    assert _match_count(result({"template": 85})) == 0 and _match_count(None) == 0

@@ -175,9 +175,10 @@ def _blend(patch: np.ndarray, combined: CombinedWarp) -> np.ndarray:
 
 
 def _match_count(result: AlignmentResult | None) -> int:
-    """The most descriptor matches any of the dense alignment's sources found (0: none ran)."""
+    """The most descriptor matches any of the dense alignment's sources found (0: none ran; the
+    template search's lattice points are not descriptor matches and do not count)."""
     counts = (result.info.get("matches") or {}) if result is not None else {}
-    return int(max(counts.values(), default=0))
+    return int(max((v for k, v in counts.items() if not k.startswith("template")), default=0))
 
 
 class RefineByAlignPipeline(DiffusionPipeline):

@@ -324,27 +324,36 @@ def template_matches(
     min_score: float = 0.5,
     step: int = 8,
     search_factor: float = 3.0,
+    max_side: int = 64,
+    max_area: int = 160,
 ) -> tuple[Matches, float]:
     """Where point matching finds nothing consistent (a small, plain object: its few keypoints all
     matched to one spot), the reference object itself is searched for around the mask: rotated by
     each of ``angles`` (degrees) and scaled by each of ``scales``, it is correlated with the image
     (``cv2.matchTemplate``, mean-subtracted and normalised, over the object's own pixels; the mask
-    filled by Telea first) in the crop box grown ``search_factor`` times. The best placement, if it correlates at
-    ``min_score`` or more, is returned as matches on a ``step``-px lattice over the reference object
-    (a similarity: ECC, the optical flow and the trust gate take it from there), with its score;
-    (no matches, the best score) where the object does not fit inside the search area, or nothing
-    correlates that well. About 0.3-0.5 s on a 100 px object (MODEL_CARD.md, "Template search")."""
+    filled by Telea first) in the crop box grown ``search_factor`` times. The search runs with the
+    object and the search area scaled down together so the object's longer side is at most
+    ``max_side`` px and the area's at most ``max_area`` px (a placement to a few pixels, which ECC
+    refines; the cost stays bounded, 0.05-0.2 s). The best placement, if it correlates at ``min_score`` or more, is returned as
+    matches on a ``step``-px lattice over the reference object (a similarity: ECC, the optical flow
+    and the trust gate take it from there), with its score; (no matches, the best score, -1 where
+    no placement fits the search area) otherwise (MODEL_CARD.md, "Template search where no point
+    matches agree")."""
     rows, cols = np.nonzero(reference_mask)
     if len(rows) == 0:
         return Matches.empty(), -1.0
-    y0, x0 = int(rows.min()), int(cols.min())
-    templ = _gray(reference)[y0 : int(rows.max()) + 1, x0 : int(cols.max()) + 1]
-    tmask = (np.asarray(reference_mask, np.uint8)[y0 : int(rows.max()) + 1, x0 : int(cols.max()) + 1] * 255).astype(np.uint8)
-    grey = cv2.inpaint(_gray(image), np.asarray(mask, np.uint8), 5, cv2.INPAINT_TELEA)
+    y0, x0, y1, x1 = int(rows.min()), int(cols.min()), int(rows.max()) + 1, int(cols.max()) + 1
     search = grow_box(crop_box, search_factor)
     sx0, sy0 = max(search.x0, 0), max(search.y0, 0)
-    area = grey[sy0 : min(search.y1, grey.shape[0]), sx0 : min(search.x1, grey.shape[1])]
+    side = max(min(search.y1, image.shape[0]) - sy0, min(search.x1, image.shape[1]) - sx0)
+    f = min(1.0, max_side / float(max(y1 - y0, x1 - x0)), max_area / float(side))  # the search's scale
+    small = lambda a, interp=cv2.INTER_AREA: a if f >= 1.0 else cv2.resize(a, (max(1, round(a.shape[1] * f)), max(1, round(a.shape[0] * f))), interpolation=interp)
+    templ = small(_gray(reference)[y0:y1, x0:x1])
+    tmask = small((np.asarray(reference_mask, np.uint8)[y0:y1, x0:x1] * 255).astype(np.uint8), cv2.INTER_NEAREST)
+    grey = cv2.inpaint(_gray(image), np.asarray(mask, np.uint8), 5, cv2.INPAINT_TELEA)
+    area = small(grey[sy0 : min(search.y1, grey.shape[0]), sx0 : min(search.x1, grey.shape[1])])
     h, w = templ.shape
+    min_pixels = 200 * f * f  # (the object's pixels a placement must keep: 200 at full size)
     best, placement = -1.0, None
     for scale in scales:
         for angle in angles:
@@ -352,11 +361,11 @@ def template_matches(
             corners = np.array([[0, 0, 1], [w, 0, 1], [0, h, 1], [w, h, 1]], np.float64) @ M.T
             M[:, 2] -= corners.min(axis=0)
             tw, th = (int(np.ceil(v)) for v in corners.max(axis=0) - corners.min(axis=0))
-            if tw >= area.shape[1] or th >= area.shape[0] or min(tw, th) < 16:
+            if tw >= area.shape[1] or th >= area.shape[0] or min(tw, th) < 16 * f:
                 continue  # (larger than the search area: a close-up, which point matching handles)
             t = cv2.warpAffine(templ, M, (tw, th), flags=cv2.INTER_LINEAR)
             tm = cv2.warpAffine(tmask, M, (tw, th), flags=cv2.INTER_NEAREST)
-            if int((tm > 0).sum()) < 200:
+            if int((tm > 0).sum()) < min_pixels:
                 continue
             score = cv2.matchTemplate(area, t, cv2.TM_CCOEFF_NORMED, mask=tm)
             score[~np.isfinite(score)] = -1.0
@@ -366,11 +375,12 @@ def template_matches(
     if placement is None or best < min_score:
         return Matches.empty(), best
     M, (lx, ly) = placement
-    gy, gx = np.mgrid[0:h:step, 0:w:step]
-    keep = tmask[gy, gx] > 0
-    uv = np.stack([gx[keep], gy[keep], np.ones(int(keep.sum()))], axis=1).astype(np.float64)  # (N, 3) template px
-    img_xy = uv @ M.T + np.array([sx0 + lx, sy0 + ly], np.float64)
-    ref_xy = uv[:, :2] + np.array([x0, y0], np.float64)
+    gy, gx = np.mgrid[0 : y1 - y0 : step, 0 : x1 - x0 : step]
+    keep = np.asarray(reference_mask, bool)[y0:y1, x0:x1][gy, gx]
+    uv = np.stack([gx[keep], gy[keep]], axis=1).astype(np.float64)  # (N, 2) full-size template px
+    on_small = np.c_[uv * f, np.ones(len(uv))] @ M.T + np.array([lx, ly], np.float64)  # (N, 2) in the small search area
+    img_xy = on_small / f + np.array([sx0, sy0], np.float64)
+    ref_xy = uv + np.array([x0, y0], np.float64)
     n = len(img_xy)
     return Matches(img_xy.astype(np.float32), ref_xy.astype(np.float32), np.ones(n, np.float32), {"template": n}), best
 

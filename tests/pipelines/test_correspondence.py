@@ -409,7 +409,8 @@ def test_template_search_places_a_plain_object_point_matching_misses():
     rotation and scale around the mask gives matches within a few pixels of the truth (the 10 degree
     angle grid), and the dense alignment built on them (ECC, flow) ends within a fraction of a pixel
     inside the mask; template=False leaves no field. In a search area smaller than the object only
-    wrong, smaller placements fit, none correlates at min_score, and no matches come back."""
+    wrong, smaller placements fit, none correlates at min_score, and no matches come back; with the
+    whole photo as the reference object there is no object to search for."""
     from refine_by_align.pipelines.correspondence import template_matches
 
     image, mask, ref, rmask, box, A = _plain_object_case()
@@ -428,6 +429,8 @@ def test_template_search_places_a_plain_object_point_matching_misses():
     assert np.median(np.linalg.norm(fld.xy - truth, axis=-1)[inside]) < 0.5
     small, small_score = template_matches(image, mask, ref, rmask, box, search_factor=1.0)  # (64 px: the object is 115)
     assert len(small) == 0 and small_score < 0.5, small_score  # (only placements at half size fit; none correlates)
+    whole, whole_score = template_matches(image, mask, ref, np.ones_like(rmask), box)  # (the whole photo as the reference)
+    assert len(whole) == 0 and whole_score == -1.0
 
 
 def test_candidate_fields_without_confidence_rank_the_same_and_get_it_later():

@@ -326,6 +326,8 @@ def template_matches(
     search_factor: float = 3.0,
     max_side: int = 64,
     max_area: int = 160,
+    max_fraction: float = 0.5,
+    max_points: int = 150,
 ) -> tuple[Matches, float]:
     """Where point matching finds nothing consistent (a small, plain object: its few keypoints all
     matched to one spot), the reference object itself is searched for around the mask: rotated by
@@ -335,13 +337,15 @@ def template_matches(
     object and the search area scaled down together so the object's longer side is at most
     ``max_side`` px and the area's at most ``max_area`` px (a placement to a few pixels, which ECC
     refines; the cost stays bounded, 0.05-0.2 s). The best placement, if it correlates at ``min_score`` or more, is returned as
-    matches on a ``step``-px lattice over the reference object (a similarity: ECC, the optical flow
-    and the trust gate take it from there), with its score; (no matches, the best score, -1 where
-    no placement fits the search area) otherwise (MODEL_CARD.md, "Template search where no point
-    matches agree")."""
+    matches on a ``step``-px lattice over the reference object (coarser where that would give more
+    than about ``max_points``; a similarity: ECC, the optical flow and the trust gate take it from
+    there), with its score; (no matches, the best score, -1 where
+    no placement fits the search area, or the reference object covers more than ``max_fraction``
+    of its photo: no object isolated, e.g. the whole photo as the reference) otherwise
+    (MODEL_CARD.md, "Template search where no point matches agree")."""
     rows, cols = np.nonzero(reference_mask)
-    if len(rows) == 0:
-        return Matches.empty(), -1.0
+    if len(rows) == 0 or len(rows) > max_fraction * np.asarray(reference_mask).size:
+        return Matches.empty(), -1.0  # (no object isolated in the reference: nothing to search for)
     y0, x0, y1, x1 = int(rows.min()), int(cols.min()), int(rows.max()) + 1, int(cols.max()) + 1
     search = grow_box(crop_box, search_factor)
     sx0, sy0 = max(search.x0, 0), max(search.y0, 0)
@@ -375,6 +379,7 @@ def template_matches(
     if placement is None or best < min_score:
         return Matches.empty(), best
     M, (lx, ly) = placement
+    step = max(step, int(np.ceil(np.sqrt(len(rows) / max_points))))  # (a large object: about max_points, the fit's cost bounded)
     gy, gx = np.mgrid[0 : y1 - y0 : step, 0 : x1 - x0 : step]
     keep = np.asarray(reference_mask, bool)[y0:y1, x0:x1][gy, gx]
     uv = np.stack([gx[keep], gy[keep]], axis=1).astype(np.float64)  # (N, 2) full-size template px

@@ -336,15 +336,17 @@ def template_matches(
     filled by Telea first) in the crop box grown ``search_factor`` times. The search runs with the
     object and the search area scaled down together so the object's longer side is at most
     ``max_side`` px and the area's at most ``max_area`` px (a placement to a few pixels, which ECC
-    refines; the cost stays bounded, 0.05-0.2 s). The best placement, if it correlates at ``min_score`` or more, is returned as
-    matches on a ``step``-px lattice over the reference object (coarser where that would give more
-    than about ``max_points``; a similarity: ECC, the optical flow and the trust gate take it from
-    there), with its score; (no matches, the best score, -1 where
-    no placement fits the search area, or the reference object covers more than ``max_fraction``
-    of its photo: no object isolated, e.g. the whole photo as the reference) otherwise
-    (MODEL_CARD.md, "Template search where no point matches agree")."""
-    rows, cols = np.nonzero(reference_mask)
-    if len(rows) == 0 or len(rows) > max_fraction * np.asarray(reference_mask).size:
+    refines; the cost stays bounded: 0.05-0.3 s on the validation cases that reach it). The best
+    placement, if it correlates at ``min_score`` or more, is returned as matches on a ``step``-px
+    lattice over the reference object (coarser where that would give more than about
+    ``max_points``; a similarity: ECC, the optical flow and the trust gate take it from there),
+    with its score; otherwise (no matches, the best score: -1 where no placement fits the search
+    area, or the reference object covers more than ``max_fraction`` of its photo, so no object is
+    isolated, e.g. the whole photo as the reference) (MODEL_CARD.md, "Template search where no
+    point matches agree")."""
+    rmask = np.asarray(reference_mask, bool)
+    rows, cols = np.nonzero(rmask)
+    if len(rows) == 0 or len(rows) > max_fraction * rmask.size:
         return Matches.empty(), -1.0  # (no object isolated in the reference: nothing to search for)
     y0, x0, y1, x1 = int(rows.min()), int(cols.min()), int(rows.max()) + 1, int(cols.max()) + 1
     search = grow_box(crop_box, search_factor)
@@ -353,7 +355,7 @@ def template_matches(
     f = min(1.0, max_side / float(max(y1 - y0, x1 - x0)), max_area / float(side))  # the search's scale
     small = lambda a, interp=cv2.INTER_AREA: a if f >= 1.0 else cv2.resize(a, (max(1, round(a.shape[1] * f)), max(1, round(a.shape[0] * f))), interpolation=interp)
     templ = small(_gray(reference)[y0:y1, x0:x1])
-    tmask = small((np.asarray(reference_mask, np.uint8)[y0:y1, x0:x1] * 255).astype(np.uint8), cv2.INTER_NEAREST)
+    tmask = small(rmask[y0:y1, x0:x1].astype(np.uint8) * 255, cv2.INTER_NEAREST)
     grey = cv2.inpaint(_gray(image), np.asarray(mask, np.uint8), 5, cv2.INPAINT_TELEA)
     area = small(grey[sy0 : min(search.y1, grey.shape[0]), sx0 : min(search.x1, grey.shape[1])])
     h, w = templ.shape
@@ -381,7 +383,7 @@ def template_matches(
     M, (lx, ly) = placement
     step = max(step, int(np.ceil(np.sqrt(len(rows) / max_points))))  # (a large object: about max_points, the fit's cost bounded)
     gy, gx = np.mgrid[0 : y1 - y0 : step, 0 : x1 - x0 : step]
-    keep = np.asarray(reference_mask, bool)[y0:y1, x0:x1][gy, gx]
+    keep = rmask[y0:y1, x0:x1][gy, gx]
     uv = np.stack([gx[keep], gy[keep]], axis=1).astype(np.float64)  # (N, 2) full-size template px
     on_small = np.c_[uv * f, np.ones(len(uv))] @ M.T + np.array([lx, ly], np.float64)  # (N, 2) in the small search area
     img_xy = on_small / f + np.array([sx0, sy0], np.float64)
@@ -944,12 +946,17 @@ def refine_field_flow(
     Returns (the field, info: the first round's {"ncc": before, "ncc_flow": after, "kept": bool}
     on the band, "rounds": how many were kept and "detail": the refined warp's detail agreement;
     {} where the band is too small to judge)."""
+    from ..fill import harmonic_interpolate, spline_interpolate
+
+    if carry not in FLOW_CARRY:
+        raise ValueError(f"unknown flow carry '{carry}' (choose {', '.join(FLOW_CARRY)})")
+    interpolate = spline_interpolate if carry == "spline" else harmonic_interpolate
     fld = with_confidence(fld)  # (moved with the field; a ranked-only candidate gets it here)
     image_u8 = np.ascontiguousarray(np.clip(image_box, 0, 255).astype(np.uint8))
     m = np.asarray(mask_box, bool)
     current, first, kept, held_out = fld, None, 0, None
     for _ in range(rounds if check else 1):
-        refined, info = _flow_round(current, image_u8, m, reference, grow, check_px, reach, min_gain, preset, check, smooth, upsample, carry, finest_scale)
+        refined, info = _flow_round(current, image_u8, m, reference, grow, check_px, reach, min_gain, preset, check, smooth, upsample, interpolate, finest_scale)
         first = info if first is None else first
         if not info.get("kept"):
             break
@@ -964,15 +971,10 @@ def refine_field_flow(
     return current, {**first, "rounds": kept, "detail": round(detail, 4)}
 
 
-def _flow_round(fld, image_u8, m, reference, grow, check_px, reach, min_gain, preset, check, smooth, upsample, carry, finest_scale) -> tuple[DenseField, dict]:
-    """One round of :func:`refine_field_flow` (``image_u8`` (h, w, 3) uint8, ``m`` (h, w) bool):
-    (the refined field, or ``fld`` where the round is not kept; its info)."""
-    from ..fill import harmonic_interpolate, spline_interpolate
-
-    if carry not in FLOW_CARRY:
-        raise ValueError(f"unknown flow carry '{carry}' (choose {', '.join(FLOW_CARRY)})")
-    interpolate = spline_interpolate if carry == "spline" else harmonic_interpolate
-
+def _flow_round(fld, image_u8, m, reference, grow, check_px, reach, min_gain, preset, check, smooth, upsample, interpolate, finest_scale) -> tuple[DenseField, dict]:
+    """One round of :func:`refine_field_flow` (``image_u8`` (h, w, 3) uint8, ``m`` (h, w) bool;
+    ``interpolate`` the carry's function): (the refined field, or ``fld`` where the round is not
+    kept; its info)."""
     on = fld.on_object
     band = ring(m, 2, 12) & on
     test = ring(m, 2, grow + check_px) & on

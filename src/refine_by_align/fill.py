@@ -359,18 +359,27 @@ SPLINE_POINTS = 400
 SPLINE_SMOOTHING = 1000.0
 
 
-def spline_interpolate(values: np.ndarray, mask: np.ndarray, points: int = SPLINE_POINTS, smoothing: float = SPLINE_SMOOTHING) -> np.ndarray:
+#: the spacing (px) of the lattice :func:`spline_interpolate` evaluates the spline on before
+#: resampling it to every pixel of the hole (1: at every pixel)
+SPLINE_EVAL_STEP = 4
+
+
+def spline_interpolate(
+    values: np.ndarray, mask: np.ndarray, points: int = SPLINE_POINTS, smoothing: float = SPLINE_SMOOTHING, eval_step: int = SPLINE_EVAL_STEP
+) -> np.ndarray:
     """A smooth quantity carried into a hole by a smoothing thin-plate spline: the same contract as
     :func:`harmonic_interpolate` (``values`` (H, W, C) float, ``mask`` (H, W) bool -> (H, W, C)
     float32, the known pixels unchanged). The spline is fitted on about ``points`` known pixels on
     a regular lattice (SciPy's ``RBFInterpolator``, kernel ``thin_plate_spline``, ``smoothing``)
-    and evaluated at the hole's pixels. Unlike the harmonic solution, which only averages the
+    and evaluated on an ``eval_step``-px lattice over the hole, then resampled to its pixels by an
+    interpolating bicubic spline (within about 0.001 px of evaluating it at every pixel, at a
+    fraction of the cost; 1: at every pixel). Unlike the harmonic solution, which only averages the
     hole's rim, the spline continues the field's curvature into the hole, and its smoothing
     averages out a noisy estimate (an optical flow) around it: a bent object's residual field is
     carried to within a few hundredths of a pixel when the values around the hole are exact, where
     the harmonic solution leaves about a quarter of a pixel (MODEL_CARD.md). Too few known pixels
     (under 16): the harmonic solution."""
-    from scipy.interpolate import RBFInterpolator
+    from scipy.interpolate import RBFInterpolator, RectBivariateSpline
 
     v = np.asarray(values, np.float32)
     m = np.asarray(mask, bool)
@@ -389,7 +398,20 @@ def spline_interpolate(values: np.ndarray, mask: np.ndarray, points: int = SPLIN
     known = np.stack([kx, ky], axis=1).astype(np.float64)  # (P, 2) as (x, y)
     spline = RBFInterpolator(known, v[ky, kx].astype(np.float64), kernel="thin_plate_spline", smoothing=smoothing)
     hy, hx = np.nonzero(m)
-    out[hy, hx] = spline(np.stack([hx, hy], axis=1).astype(np.float64)).astype(np.float32)
+    y0, y1, x0, x1 = hy.min(), hy.max(), hx.min(), hx.max()
+    if eval_step <= 1 or len(hy) <= ((y1 - y0) // eval_step + 3) * ((x1 - x0) // eval_step + 3):  # (a lattice no smaller)
+        out[hy, hx] = spline(np.stack([hx, hy], axis=1).astype(np.float64)).astype(np.float32)
+        return out
+    # the spline is smooth: evaluated on a lattice over the hole's box (one node past each side)
+    # and resampled by an interpolating bicubic spline, it differs from the full evaluation by a
+    # few thousandths of a pixel at a 4-px spacing, for a fraction of the cost (a kernel per
+    # lattice point and pixel)
+    gy = np.arange(y0 - eval_step, y1 + 2 * eval_step, eval_step, dtype=np.float64)
+    gx = np.arange(x0 - eval_step, x1 + 2 * eval_step, eval_step, dtype=np.float64)
+    ggx, ggy = np.meshgrid(gx, gy)
+    coarse = spline(np.stack([ggx.ravel(), ggy.ravel()], axis=1)).reshape(len(gy), len(gx), -1)  # (gy, gx, C)
+    for ch in range(coarse.shape[2]):
+        out[hy, hx, ch] = RectBivariateSpline(gy, gx, coarse[..., ch], kx=3, ky=3, s=0).ev(hy, hx).astype(np.float32)
     return out
 
 

@@ -65,6 +65,8 @@ __all__ = [
     "refine_field_ecc",
     "polish_field_ecc",
     "refine_field_flow",
+    "FLOW_METHODS",
+    "FLOWS",
 ]
 
 logger = logging.getLogger(__name__)
@@ -872,6 +874,25 @@ def _dis_flow(a: np.ndarray, b: np.ndarray, preset: int, upsample: int = 1, fine
     return (cv2.resize(fine, (w, h), interpolation=cv2.INTER_AREA) / float(upsample)).astype(np.float32)
 
 
+#: The dense flows :func:`refine_field_flow` can run: "dis" (:func:`_dis_flow`) and "deepflow"
+#: (OpenCV's variational DeepFlow, Weinzaepfel et al., ICCV 2013, at the crop's resolution).
+FLOW_METHODS = ("dis", "deepflow")
+#: The flows each round of :func:`refine_field_flow` computes, the one that predicts its held-out
+#: band best taken (MODEL_CARD.md, "Two flows, the better on the held-out band").
+FLOWS = ("dis", "deepflow")
+
+
+def _flow(method: str, a: np.ndarray, b: np.ndarray, preset: int, upsample: int, finest_scale: int | None) -> np.ndarray:
+    """The dense flow ``method`` (one of :data:`FLOW_METHODS`) from grey ``a`` to grey ``b``, (h, w)
+    uint8 each: (h, w, 2) float32 with a(p) ~ b(p + flow(p)). DIS takes ``preset``, ``upsample``
+    and ``finest_scale`` (:func:`_dis_flow`); DeepFlow runs at the pictures' own resolution (a
+    coarse-to-fine variational flow with a gradient-constancy term: sharper on textured bends, where
+    DIS's patches average, and weaker on plain surfaces)."""
+    if method == "dis":
+        return _dis_flow(a, b, preset, upsample, finest_scale)
+    return cv2.optflow.createOptFlow_DeepFlow().calc(a, b, None).astype(np.float32)
+
+
 def _smoothed(flow: np.ndarray, known: np.ndarray, sigma: float) -> np.ndarray:
     """``flow`` (h, w, 2) float32 smoothed by a Gaussian of ``sigma`` px over the ``known`` (h, w)
     bool pixels only (normalised convolution: the unknown ones neither count nor dilute it), the
@@ -902,6 +923,7 @@ def refine_field_flow(
     carry: str = "spline",
     finest_scale: int | None = None,
     detail_trust: float | None = DETAIL_TRUST,
+    flows: tuple[str, ...] = FLOWS,
 ) -> tuple[DenseField, dict]:
     """A non-rigid photometric refinement of the field, after ECC's homography: the few pixels of
     smooth residual that a homography plus a spline through sparse matches leaves on a bent or
@@ -912,7 +934,11 @@ def refine_field_flow(
     the mask, how far each pixel's match is off: image(p) ~ warped(p + flow(p)); it is computed on
     both upsampled ``upsample`` times (bicubic) and scaled back (area), which gives DIS's patches
     and its sub-pixel search a finer grid (a fraction of a pixel off costs several dB on fine
-    print; MODEL_CARD.md, "Sub-pixel flow"). Inside the mask grown by ``grow`` px the image is the
+    print; MODEL_CARD.md, "Sub-pixel flow"). With several ``flows`` (:data:`FLOW_METHODS`; shipped:
+    DIS and OpenCV's DeepFlow at the crop's resolution) each round computes each, and the one whose
+    carried flow predicts the held-out band below best is the round's (DIS where they tie): DeepFlow
+    is sharper on textured bends and weaker on plain surfaces, and the band tells which this is
+    (MODEL_CARD.md, "Two flows, the better on the held-out band"). Inside the mask grown by ``grow`` px the image is the
     artifact, and where the field leaves the reference object the warp is its black surround: the
     flow there is discarded and carried in from the rest (``carry``): by a smoothing thin-plate
     spline (:func:`~refine_by_align.fill.spline_interpolate`, "spline", shipped: it continues the
@@ -950,13 +976,16 @@ def refine_field_flow(
 
     if carry not in FLOW_CARRY:
         raise ValueError(f"unknown flow carry '{carry}' (choose {', '.join(FLOW_CARRY)})")
+    flows = tuple(flows)
+    if not flows or any(f not in FLOW_METHODS for f in flows):
+        raise ValueError(f"flows must name one or more of {', '.join(FLOW_METHODS)}, got {flows}")
     interpolate = spline_interpolate if carry == "spline" else harmonic_interpolate
     fld = with_confidence(fld)  # (moved with the field; a ranked-only candidate gets it here)
     image_u8 = np.ascontiguousarray(np.clip(image_box, 0, 255).astype(np.uint8))
     m = np.asarray(mask_box, bool)
     current, first, kept, held_out = fld, None, 0, None
     for _ in range(rounds if check else 1):
-        refined, info = _flow_round(current, image_u8, m, reference, grow, check_px, reach, min_gain, preset, check, smooth, upsample, interpolate, finest_scale)
+        refined, info = _flow_round(current, image_u8, m, reference, grow, check_px, reach, min_gain, preset, check, smooth, upsample, interpolate, finest_scale, flows if check else flows[:1])
         first = info if first is None else first
         if not info.get("kept"):
             break
@@ -971,9 +1000,10 @@ def refine_field_flow(
     return current, {**first, "rounds": kept, "detail": round(detail, 4)}
 
 
-def _flow_round(fld, image_u8, m, reference, grow, check_px, reach, min_gain, preset, check, smooth, upsample, interpolate, finest_scale) -> tuple[DenseField, dict]:
+def _flow_round(fld, image_u8, m, reference, grow, check_px, reach, min_gain, preset, check, smooth, upsample, interpolate, finest_scale, flows=("dis",)) -> tuple[DenseField, dict]:
     """One round of :func:`refine_field_flow` (``image_u8`` (h, w, 3) uint8, ``m`` (h, w) bool;
-    ``interpolate`` the carry's function): (the refined field, or ``fld`` where the round is not
+    ``interpolate`` the carry's function; each of ``flows`` computed, the first kept unless a later
+    one predicts the held-out band better): (the refined field, or ``fld`` where the round is not
     kept; its info)."""
     on = fld.on_object
     band = ring(m, 2, 12) & on
@@ -984,8 +1014,21 @@ def _flow_round(fld, image_u8, m, reference, grow, check_px, reach, min_gain, pr
     gain, offset = colour_transfer(warped, image_u8, band)
     g_img = _gray(image_u8)
     g_warp = _gray(np.clip(np.rint(warped * gain + offset), 0, 255).astype(np.uint8))
-    flow = _dis_flow(g_img, g_warp, preset, upsample, finest_scale)  # (h, w, 2): g_img(p) ~ g_warp(p + flow(p))
     h, w = m.shape
+
+    def flow_of(method: str) -> np.ndarray:
+        """(h, w, 2): the flow ``method`` over the box, g_img(p) ~ g_warp(p + flow(p)); DeepFlow
+        (0.5 s on a 286 px box) only where it is read: within ``reach`` px of the mask grown for
+        the check, plus 16 px of context (0 beyond)."""
+        if method == "dis":
+            return _flow(method, g_img, g_warp, preset, upsample, finest_scale)
+        ys, xs = np.nonzero(cv2.dilate(m.astype(np.uint8), _disk(grow + check_px + reach + 16)))
+        win = (slice(ys.min(), ys.max() + 1), slice(xs.min(), xs.max() + 1))
+        out = np.zeros((h, w, 2), np.float32)
+        out[win] = _flow(method, np.ascontiguousarray(g_img[win]), np.ascontiguousarray(g_warp[win]), preset, upsample, finest_scale)
+        return out
+
+    flow = flow_of(flows[0])
     px, py = np.meshgrid(np.arange(w, dtype=np.float32), np.arange(h, dtype=np.float32))
 
     def carried(g: int) -> np.ndarray:
@@ -1015,8 +1058,15 @@ def _flow_round(fld, image_u8, m, reference, grow, check_px, reach, min_gain, pr
 
     before = agreement(fld)
     if check:
-        after = agreement(composed(carried(grow + check_px)))
-        info = {"ncc": round(before, 4), "ncc_flow": round(after, 4), "kept": bool(after >= before + min_gain)}
+        after, chosen = agreement(composed(carried(grow + check_px))), flows[0]
+        for other in flows[1:]:  # (carried() reads ``flow``: the better one is left there)
+            first, flow = flow, flow_of(other)
+            alt = agreement(composed(carried(grow + check_px)))
+            if alt > after:
+                after, chosen = alt, other
+            else:
+                flow = first
+        info = {"ncc": round(before, 4), "ncc_flow": round(after, 4), "kept": bool(after >= before + min_gain), "flow": chosen}
         if not info["kept"]:
             return fld, info
     else:

@@ -1098,3 +1098,74 @@ def test_dense_alignment_reports_the_winner_misfit():
     assert fld is not None and fld.misfit_px is not None
     assert fld.misfit_px == field_misfit(fld, image.shape[:2]) and 0 < fld.misfit_px < MISFIT_PX[0]
     assert info["misfit_px"] == round(fld.misfit_px, 3)
+
+
+def _badge_example():
+    """The shipped badge example as the pipeline sees it: (image, mask, reference black outside its
+    object, reference mask, the zoom-in crop box)."""
+    from pathlib import Path
+
+    from PIL import Image
+
+    d = Path(__file__).resolve().parents[2] / "src/refine_by_align/demo/examples/badge"
+    image = np.array(Image.open(d / "image.png").convert("RGB"))
+    mask = np.array(Image.open(d / "mask.png").convert("L")) > 127
+    ref = np.array(Image.open(d / "reference.png").convert("RGB"))
+    rmask = np.array(Image.open(d / "reference_mask.png").convert("L")) > 127
+    ref[~rmask] = 0
+    return image, mask, ref, rmask, zoom_box(mask, grow=2.0, min_size=32)
+
+
+def test_ecc_is_tried_again_unsmoothed_where_the_smoothed_run_is_refused():
+    """The badge example with SIFT alone: the homography from its matches is a few pixels off (ring
+    agreement about 0.7). ECC smoothed by 5 px slides off to a sheared map the matches reject
+    (refused); unsmoothed it converges, and refine_field_ecc takes that second run: the agreement
+    rises above 0.85 and the field stays with its matches. Without the retry the field is left
+    as it was, and the dense alignment takes a mirrored fit on 10 matches instead."""
+    image, mask, ref, rmask, box = _badge_example()
+    window = (slice(box.y0, box.y1), slice(box.x0, box.x1))
+    image_box, mask_box = image[window], mask[window]
+    m = sift_matches(image, mask, ref, rmask)
+    fld = dense_field(fit_field(m, focus=box), box, rmask)
+    before = warp_agreement(image_box, mask_box, ref, fld)
+    assert before < 0.8, before
+    unchanged, tried_once = refine_field_ecc(fld, image_box, mask_box, ref, matches=m, retry_blur=None)
+    refined, retried = refine_field_ecc(fld, image_box, mask_box, ref, matches=m)
+    assert not tried_once and unchanged is fld
+    assert retried
+    assert warp_agreement(image_box, mask_box, ref, refined) > 0.85
+    assert match_error(refined, m) < match_error(fld, m) + 1.5
+    chosen, info = dense_alignment(image, mask, ref, rmask, box, sources=("sift",), flow=False, polish=False)
+    assert chosen is not None and not info["mirrored"] and info["ring_ncc"] > 0.85, info
+
+
+def test_ecc_retry_only_on_a_field_that_is_a_homography_alone(monkeypatch):
+    """The unsmoothed retry is for ECC's own model: a field with a spline residual (a bent object)
+    gets the smoothed run only, a homography-alone field both (the runs are recorded here, and
+    refused so that the retry is reached)."""
+    import refine_by_align.pipelines.correspondence as corr
+
+    image, mask, ref, valid, H = _case(_sim())
+    box = Box(60, 60, 200, 200)
+    src = np.stack(np.meshgrid(np.arange(70, 190, 10.0), np.arange(70, 190, 10.0)), -1).reshape(-1, 2)
+    m = Matches(src.astype(np.float32), _apply(H, src).astype(np.float32), np.ones(len(src), np.float32), {"sift": len(src)})
+    fit = corr.replace(fit_field(m, focus=box), tps=None, smoothing=None)  # a homography alone
+    blurs = []
+
+    def recorded(*args):
+        blurs.append(args[-2])
+        return None, args[-3]  # (not kept)
+
+    monkeypatch.setattr(corr, "_ecc_attempt", recorded)
+    image_box, mask_box = image[60:200, 60:200], mask[60:200, 60:200]
+    rigid = dense_field(fit, box, valid)
+    _, changed = refine_field_ecc(rigid, image_box, mask_box, ref)
+    assert not changed and blurs == [5, 1]
+    blurs.clear()
+    bent = dense_field(fit, box, valid)
+    bent.fit = corr.replace(fit, tps=lambda xy: np.zeros_like(xy), smoothing=1.0)
+    refine_field_ecc(bent, image_box, mask_box, ref)
+    assert blurs == [5]
+    blurs.clear()
+    refine_field_ecc(rigid, image_box, mask_box, ref, retry_blur=None)
+    assert blurs == [5]

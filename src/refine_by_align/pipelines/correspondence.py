@@ -756,6 +756,11 @@ def with_confidence(fld: DenseField, reach: float | None = None) -> DenseField:
     return replace(fld, confidence=(conf * fld.on_object).astype(np.float32))
 
 
+#: :func:`refine_field_ecc` tries ECC again smoothed by this many px (1: not at all) where its
+#: smoothed run is not kept (None: it does not).
+ECC_RETRY_BLUR = 1
+
+
 def refine_field_ecc(
     fld: DenseField,
     image_box: np.ndarray,
@@ -769,6 +774,7 @@ def refine_field_ecc(
     agreement: float | None = None,
     blur: int = 5,
     eps: float = 1e-5,
+    retry_blur: int | None = ECC_RETRY_BLUR,
 ) -> tuple[DenseField, bool]:
     """A local photometric refinement of the field: the homography W (on the box's pixels) that
     best aligns the warped reference with the image in a ring around the mask by enhanced
@@ -780,12 +786,30 @@ def refine_field_ecc(
     inside it; the matches see the inside). ``agreement``: ``fld``'s own :func:`warp_agreement`
     where the caller has it (not measured again). ``blur``: the Gaussian ECC smooths both images
     by (px, odd; 1: none) and ``eps`` its stopping rule: the defaults converge from a field a
-    pixel or two off; :func:`polish_field_ecc` runs it again unblurred on a wider ring. The
+    pixel or two off; :func:`polish_field_ecc` runs it again unblurred on a wider ring. Where the
+    smoothed ECC is not kept and the field is a homography alone (no spline residual: ECC's own
+    model), it is tried once more smoothed by ``retry_blur`` (None: not): on flat graphics with
+    thin detail (the badge example's letters and border) the smoothing blurs away what pins the
+    warp down and ECC slides off to a sheared map its matches reject, while unsmoothed it
+    converges. On a field with a spline residual (a bent object) the unsmoothed homography trades
+    the inside for the ring's texture, and is not tried (MODEL_CARD.md, "ECC again, unsmoothed"). The
     agreements compared are the warps' own, not capped by the field's ``trust_cap``, which the
     refined field keeps. Returns (the field, whether it changed)."""
     band = ring(mask_box, *ring_px) & fld.on_object
     if band.sum() < 64:
         return fld, False
+    before = agreement if agreement is not None and fld.trust_cap >= 1.0 else None
+    rigid = fld.fit is None or fld.fit.tps is None  # (a homography alone: ECC's own model)
+    for b in (blur,) if retry_blur is None or retry_blur == blur or not rigid else (blur, retry_blur):
+        new, before = _ecc_attempt(fld, image_box, mask_box, reference, band, iterations, matches, max_drift, margin, before, b, eps)
+        if new is not None:
+            return new, True
+    return fld, False
+
+
+def _ecc_attempt(fld, image_box, mask_box, reference, band, iterations, matches, max_drift, margin, before, blur, eps) -> tuple[DenseField | None, float | None]:
+    """One ECC run of :func:`refine_field_ecc` smoothed by ``blur``: (the refined field, or None
+    where it is not kept; ``fld``'s agreement where it was measured, else ``before``)."""
     # ECC's cost grows with the pixels: it runs on the box cut to the band's bounding box plus
     # ``margin`` px (room for the smoothing and for the warp to move), both images the same cut
     # (OpenCV wants equal sizes); W_cut on the cut's pixels is W = T(o) W_cut T(-o) on the box's
@@ -802,9 +826,9 @@ def refine_field_ecc(
             (cv2.TERM_CRITERIA_EPS | cv2.TERM_CRITERIA_COUNT, iterations, eps), np.ascontiguousarray(band[cut]).astype(np.uint8), blur,
         )
     except cv2.error:
-        return fld, False
+        return None, before
     if not np.isfinite(W).all():
-        return fld, False
+        return None, before
     shift = np.array([[1, 0, x0], [0, 1, y0], [0, 0, 1]], np.float64)  # T(o)
     W = shift @ W.astype(np.float64) @ np.linalg.inv(shift)
     h, w = mask_box.shape
@@ -812,19 +836,20 @@ def refine_field_ecc(
     q = np.stack([px, py, np.ones_like(px)], -1) @ W.astype(np.float64).T  # (h, w, 3)
     qx, qy = (q[..., 0] / q[..., 2]).astype(np.float32), (q[..., 1] / q[..., 2]).astype(np.float32)
     if np.abs(qx - px).max() > 0.25 * max(h, w) or np.abs(qy - py).max() > 0.25 * max(h, w):
-        return fld, False  # a jump, not a refinement
+        return None, before  # a jump, not a refinement
     xy = cv2.remap(fld.xy, qx, qy, cv2.INTER_LINEAR, borderMode=cv2.BORDER_REPLICATE)
     new = replace(fld, xy=xy, counts=dict(fld.counts))
     # (the warps themselves are compared, not capped; the result keeps fld's trust_cap)
-    before = agreement if agreement is not None and fld.trust_cap >= 1.0 else warp_agreement(image_box, mask_box, reference, replace(fld, trust_cap=1.0))
+    if before is None:
+        before = warp_agreement(image_box, mask_box, reference, replace(fld, trust_cap=1.0))
     after = warp_agreement(image_box, mask_box, reference, replace(new, trust_cap=1.0))
     if after <= before:
-        return fld, False
+        return None, before
     if matches is not None:
         e0, e1 = match_error(fld, matches), match_error(new, matches)
         if e0 is not None and e1 is not None and e1 > max(max_drift[0] * e0, e0 + max_drift[1]):
-            return fld, False
-    return new, True
+            return None, before
+    return new, before
 
 
 def polish_field_ecc(

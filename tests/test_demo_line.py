@@ -21,8 +21,8 @@ def test_demo_line_names_the_figures_and_the_direction():
 
 
 def test_demo_says_each_fallback_once():
-    """A note (e.g. the ALIKED weights missing on a fresh clone, why the badge is not repaired
-    there) is printed under the first example that has it, not again under the next."""
+    """A note (e.g. the ALIKED weights missing on a fresh clone, where the alignment uses SIFT
+    alone) is printed under the first example that has it, not again under the next."""
     seen: set[str] = set()
     aliked = "ALIKED matcher unavailable (weights not found): dense alignment uses SIFT alone"
     assert _note_lines([aliked, "the field misses its own matches by 3.6 px"], seen) == [f"  note: {aliked}", "  note: the field misses its own matches by 3.6 px"]

@@ -1141,8 +1141,9 @@ def test_ecc_is_tried_again_unsmoothed_where_the_smoothed_run_is_refused():
 
 def test_ecc_retry_only_on_a_field_that_is_a_homography_alone(monkeypatch):
     """The unsmoothed retry is for ECC's own model: a field with a spline residual (a bent object)
-    gets the smoothed run only, a homography-alone field both (the runs are recorded here, and
-    refused so that the retry is reached)."""
+    gets the smoothed run only, a homography-alone field both, unless its warp agrees with the
+    image below the retry's gate (the runs are recorded here, and refused so that the retry is
+    reached)."""
     import refine_by_align.pipelines.correspondence as corr
 
     image, mask, ref, valid, H = _case(_sim())
@@ -1168,4 +1169,7 @@ def test_ecc_retry_only_on_a_field_that_is_a_homography_alone(monkeypatch):
     assert blurs == [5]
     blurs.clear()
     refine_field_ecc(rigid, image_box, mask_box, ref, retry_blur=None)
+    assert blurs == [5]
+    blurs.clear()
+    refine_field_ecc(rigid, image_box, mask_box, ref, retry_min_ncc=1.01)  # (a warp below the gate)
     assert blurs == [5]

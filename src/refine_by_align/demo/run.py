@@ -49,7 +49,7 @@ def _summary_line(name: str, seconds: float, case, result) -> str:
 
 def _note_lines(notes: list[str], seen: set[str]) -> list[str]:
     """The pipeline's notes on one example that the demo has not printed yet (a fallback such as
-    the missing ALIKED weights, which explains a poor result on a fresh clone, is said once)."""
+    the missing ALIKED weights, which explains a weaker result on a fresh clone, is said once)."""
     lines = [f"  note: {n}" for n in notes if n not in seen]
     seen.update(notes)
     return lines

@@ -775,6 +775,7 @@ def refine_field_ecc(
     blur: int = 5,
     eps: float = 1e-5,
     retry_blur: int | None = ECC_RETRY_BLUR,
+    retry_min_ncc: float = TRUST_MIN_NCC,
 ) -> tuple[DenseField, bool]:
     """A local photometric refinement of the field: the homography W (on the box's pixels) that
     best aligns the warped reference with the image in a ring around the mask by enhanced
@@ -792,19 +793,28 @@ def refine_field_ecc(
     thin detail (the badge example's letters and border) the smoothing blurs away what pins the
     warp down and ECC slides off to a sheared map its matches reject, while unsmoothed it
     converges. On a field with a spline residual (a bent object) the unsmoothed homography trades
-    the inside for the ring's texture, and is not tried (MODEL_CARD.md, "ECC again, unsmoothed"). The
+    the inside for the ring's texture, and on a field whose warp agrees with the image around the
+    mask below ``retry_min_ncc`` (the warp's trust gate: another view, mostly) it seldom matters
+    and costs a multiview refine 0.15 s; neither is retried (MODEL_CARD.md, "ECC again,
+    unsmoothed"). The
     agreements compared are the warps' own, not capped by the field's ``trust_cap``, which the
     refined field keeps. Returns (the field, whether it changed)."""
     band = ring(mask_box, *ring_px) & fld.on_object
     if band.sum() < 64:
         return fld, False
     before = agreement if agreement is not None and fld.trust_cap >= 1.0 else None
+    new, before = _ecc_attempt(fld, image_box, mask_box, reference, band, iterations, matches, max_drift, margin, before, blur, eps)
+    if new is not None:
+        return new, True
     rigid = fld.fit is None or fld.fit.tps is None  # (a homography alone: ECC's own model)
-    for b in (blur,) if retry_blur is None or retry_blur == blur or not rigid else (blur, retry_blur):
-        new, before = _ecc_attempt(fld, image_box, mask_box, reference, band, iterations, matches, max_drift, margin, before, b, eps)
-        if new is not None:
-            return new, True
-    return fld, False
+    if retry_blur is None or retry_blur == blur or not rigid:
+        return fld, False
+    if before is None:
+        before = warp_agreement(image_box, mask_box, reference, replace(fld, trust_cap=1.0))
+    if before < retry_min_ncc:  # (a warp this far off is not trusted, and rarely lifted over the gate)
+        return fld, False
+    new, _ = _ecc_attempt(fld, image_box, mask_box, reference, band, iterations, matches, max_drift, margin, before, retry_blur, eps)
+    return (fld, False) if new is None else (new, True)
 
 
 def _ecc_attempt(fld, image_box, mask_box, reference, band, iterations, matches, max_drift, margin, before, blur, eps) -> tuple[DenseField | None, float | None]:

@@ -1173,3 +1173,32 @@ def test_ecc_retry_only_on_a_field_that_is_a_homography_alone(monkeypatch):
     blurs.clear()
     refine_field_ecc(rigid, image_box, mask_box, ref, retry_min_ncc=1.01)  # (a warp below the gate)
     assert blurs == [5]
+
+
+def test_held_out_agreement_of_a_flow_refined_field():
+    """The orientation check compares the band the flow did not see: after the kept rounds, before
+    them where none was kept, and the ring agreement where the band was too small to judge."""
+    from refine_by_align.pipelines.alignment import _held_out
+
+    assert _held_out({}, 0.7) == 0.7
+    assert _held_out({"ncc": 0.71, "ncc_flow": 0.98, "kept": True}, 0.7) == 0.98
+    assert _held_out({"ncc": 0.71, "ncc_flow": 0.705, "kept": False}, 0.7) == 0.71
+
+
+def test_rival_is_the_other_orientation_within_the_margin():
+    """_Candidates.rival: the best-scoring candidate of the other orientation, at the trust gate or
+    above and within the margin of the winner's score (fewer than solid_inliers matches discount
+    the score), else None."""
+    from refine_by_align.pipelines.alignment import _Candidates
+
+    pool = _Candidates(None, None, None, None, Box(0, 0, 10, 10), solid_inliers=15)
+    best = (0.80, 40, "aliked", True, None, None)
+    near = (0.74, 40, "aliked", False, None, None)
+    nearer_but_few = (0.78, 3, "sift", False, None, None)  # score 0.78 - 0.2 * 0.8 = 0.62
+    same_side = (0.79, 40, "sift", True, None, None)
+    pool.items = [best, near, nearer_but_few, same_side]
+    assert pool.rival(best, 0.1, 0.5) is near
+    assert pool.rival(best, 0.05, 0.5) is None
+    assert pool.rival(best, 0.1, 0.75) is None  # (below the gate)
+    pool.refined = [best, nearer_but_few]  # the ECC-refined leading candidates, where ECC ran
+    assert pool.rival(best, 0.1, 0.5) is None and pool.rival(best, 0.2, 0.5) is nearer_but_few

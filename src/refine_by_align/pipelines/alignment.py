@@ -245,6 +245,12 @@ def attention_at(
     return store[name]
 
 
+#: :func:`dense_alignment` also refines, by the flow, the best candidate of the other orientation
+#: (the reference mirrored, or as given) where it scores within this much of the winner, and takes
+#: the one that predicts the flow's held-out band better (None: not).
+ORIENTATION_MARGIN = 0.1
+
+
 def dense_alignment(
     image: np.ndarray,
     mask: np.ndarray,
@@ -264,6 +270,7 @@ def dense_alignment(
     loose_similarity: float | None = 0.6,
     polish: bool = True,
     template: bool = True,
+    orientation_margin: float | None = ORIENTATION_MARGIN,
 ) -> tuple[DenseField | None, dict]:
     """The dense alignment: a field over ``crop_box`` from point matches.
 
@@ -362,6 +369,16 @@ def dense_alignment(
     fld = with_confidence(fld)  # (the candidates were ranked without it)
     if flow and ncc >= flow_min_ncc:
         fld, pool.info["flow"] = refine_field_flow(fld, pool.image_box, pool.mask_box, reference, agreement=ncc)  # (trust capped at ncc)
+        rival = pool.rival(best, orientation_margin, flow_min_ncc) if orientation_margin is not None else None
+        if rival is not None:
+            # a close candidate in the other orientation (a symmetric object seen as given and
+            # mirrored): each is refined by the flow, and the one that predicts the band the flow
+            # did not see better is taken
+            r_fld, r_info = refine_field_flow(with_confidence(rival[4]), pool.image_box, pool.mask_box, reference, agreement=rival[0])
+            mine, theirs = _held_out(pool.info["flow"], ncc), _held_out(r_info, rival[0])
+            pool.info["orientation_check"] = {"rival": f"{rival[2]}{'/mirrored' if rival[3] else ''}", "held_out": round(mine, 4), "rival_held_out": round(theirs, 4)}
+            if theirs > mine:
+                ncc, inliers, name, mirrored, fld, pool.info["flow"] = rival[0], rival[1], rival[2], rival[3], r_fld, r_info
     if polish and ncc >= flow_min_ncc:
         unpolished = fld
         fld, pool.info["polish"] = polish_field_ecc(fld, pool.image_box, pool.mask_box, reference)
@@ -379,6 +396,15 @@ def dense_alignment(
         misfit_px=None if fld.misfit_px is None else round(fld.misfit_px, 3)
     )
     return fld, pool.info
+
+
+def _held_out(info: dict, ncc: float) -> float:
+    """A flow-refined field's agreement on the band its flow did not see (:func:`refine_field_flow`'s
+    info: after the kept rounds, else before them), or its ring agreement ``ncc`` where the band
+    was too small to judge."""
+    if "ncc" not in info:
+        return ncc
+    return info["ncc_flow"] if info.get("kept") and "ncc_flow" in info else info["ncc"]
 
 
 class _Candidates:
@@ -425,4 +451,13 @@ class _Candidates:
         # as one after another, in about 60% of the time on 2 cores)
         with ThreadPoolExecutor(max_workers=max(1, min(len(leading), worker_threads()))) as pool:
             ranked = list(pool.map(refined, leading))
+        self.refined = [r[0] for r in ranked]
         return max(ranked, key=lambda r: self.score(r[0]))
+
+    def rival(self, best, margin: float, min_ncc: float):
+        """The best candidate in the other orientation than ``best`` (the ECC-refined ones where
+        ECC ran) scoring within ``margin`` of it with a ring agreement of ``min_ncc`` or more, or
+        None."""
+        pool = getattr(self, "refined", None) or self.items
+        others = [c for c in pool if c[3] != best[3] and c[0] >= min_ncc and self.score(c) >= self.score(best) - margin]
+        return max(others, key=self.score) if others else None

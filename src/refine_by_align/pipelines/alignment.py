@@ -304,6 +304,9 @@ def dense_alignment(
     :func:`~.correspondence.warp_fill`): the flow refines a field that agrees with the image, it
     does not lift one that does not (another view of the object) over the gate. Nor does it raise
     the trust in the warp (the refined field's ``trust_cap`` is its agreement before the flow).
+    Where the best candidate of the other orientation scores within ``orientation_margin`` of the
+    winner (a symmetric object matched both as given and mirrored), it is refined by the flow too
+    and the field whose flow predicts its held-out band better is taken (None: not checked).
     The winning field's ``misfit_px`` is set (:func:`~.correspondence.field_misfit`: how far its fit
     misses its own matches, which :func:`~.correspondence.warp_fill` discounts the warp by).
     Returns (field or None when no source gives a consistent mapping, info:

@@ -1185,10 +1185,10 @@ def test_held_out_agreement_of_a_flow_refined_field():
     assert _held_out({"ncc": 0.71, "ncc_flow": 0.705, "kept": False}, 0.7) == 0.71
 
 
-def test_rival_is_the_other_orientation_within_the_margin():
-    """_Candidates.rival: the best-scoring candidate of the other orientation, at the trust gate or
-    above and within the margin of the winner's score (fewer than solid_inliers matches discount
-    the score), else None."""
+def test_rivals_the_flow_checks_beside_the_winner():
+    """_Candidates.rivals: the candidates scoring within the margin of the winner at the trust gate
+    or above (fewer than solid_inliers matches discount the score); where the winner's agreement
+    is below every_below all of them, best first, else only the best of the other orientation."""
     from refine_by_align.pipelines.alignment import _Candidates
 
     pool = _Candidates(None, None, None, None, Box(0, 0, 10, 10), solid_inliers=15)
@@ -1197,8 +1197,10 @@ def test_rival_is_the_other_orientation_within_the_margin():
     nearer_but_few = (0.78, 3, "sift", False, None, None)  # score 0.78 - 0.2 * 0.8 = 0.62
     same_side = (0.79, 40, "sift", True, None, None)
     pool.items = [best, near, nearer_but_few, same_side]
-    assert pool.rival(best, 0.1, 0.5) is near
-    assert pool.rival(best, 0.05, 0.5) is None
-    assert pool.rival(best, 0.1, 0.75) is None  # (below the gate)
+    assert pool.rivals(best, 0.1, 0.5) == [near]  # (the winner agrees at 0.80: the other orientation only)
+    assert pool.rivals(best, 0.1, 0.5, every_below=0.9) == [same_side, near]
+    assert pool.rivals(best, 0.1, 0.5, every_below=0.75) == [near]
+    assert pool.rivals(best, 0.05, 0.5) == []
+    assert pool.rivals(best, 0.1, 0.75) == []  # (below the gate)
     pool.refined = [best, nearer_but_few]  # the ECC-refined leading candidates, where ECC ran
-    assert pool.rival(best, 0.1, 0.5) is None and pool.rival(best, 0.2, 0.5) is nearer_but_few
+    assert pool.rivals(best, 0.1, 0.5) == [] and pool.rivals(best, 0.2, 0.5) == [nearer_but_few]

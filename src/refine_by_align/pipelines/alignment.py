@@ -245,10 +245,13 @@ def attention_at(
     return store[name]
 
 
-#: :func:`dense_alignment` also refines, by the flow, the best candidate of the other orientation
-#: (the reference mirrored, or as given) where it scores within this much of the winner, and takes
-#: the one that predicts the flow's held-out band better (None: not).
-ORIENTATION_MARGIN = 0.1
+#: :func:`dense_alignment` also refines, by the flow, the leading candidates that score within this
+#: much of the winner (:meth:`_Candidates.rivals`), and takes the field that predicts the flow's
+#: held-out band best (None: not).
+RIVAL_MARGIN = 0.1
+#: Where the winner's ring agreement is below this, every such candidate is checked; at or above it,
+#: only the best one of the other orientation (the reference mirrored, or as given).
+RIVALS_BELOW_NCC = 0.9
 
 
 def dense_alignment(
@@ -270,7 +273,7 @@ def dense_alignment(
     loose_similarity: float | None = 0.6,
     polish: bool = True,
     template: bool = True,
-    orientation_margin: float | None = ORIENTATION_MARGIN,
+    rival_margin: float | None = RIVAL_MARGIN,
 ) -> tuple[DenseField | None, dict]:
     """The dense alignment: a field over ``crop_box`` from point matches.
 
@@ -304,9 +307,11 @@ def dense_alignment(
     :func:`~.correspondence.warp_fill`): the flow refines a field that agrees with the image, it
     does not lift one that does not (another view of the object) over the gate. Nor does it raise
     the trust in the warp (the refined field's ``trust_cap`` is its agreement before the flow).
-    Where the best candidate of the other orientation scores within ``orientation_margin`` of the
-    winner (a symmetric object matched both as given and mirrored), it is refined by the flow too
-    and the field whose flow predicts its held-out band better is taken (None: not checked).
+    Candidates that score within ``rival_margin`` of the winner (:meth:`_Candidates.rivals`: all
+    of them where the winner's ring agreement is below :data:`RIVALS_BELOW_NCC`, else the best one
+    of the other orientation, a symmetric object matched both as given and mirrored) are refined
+    by the flow too, and the field whose flow predicts its held-out band best is taken (None: not
+    checked; ``info["rivals"]`` gives each comparison).
     The winning field's ``misfit_px`` is set (:func:`~.correspondence.field_misfit`: how far its fit
     misses its own matches, which :func:`~.correspondence.warp_fill` discounts the warp by).
     Returns (field or None when no source gives a consistent mapping, info:
@@ -372,14 +377,13 @@ def dense_alignment(
     fld = with_confidence(fld)  # (the candidates were ranked without it)
     if flow and ncc >= flow_min_ncc:
         fld, pool.info["flow"] = refine_field_flow(fld, pool.image_box, pool.mask_box, reference, agreement=ncc)  # (trust capped at ncc)
-        rival = pool.rival(best, orientation_margin, flow_min_ncc) if orientation_margin is not None else None
-        if rival is not None:
-            # a close candidate in the other orientation (a symmetric object seen as given and
-            # mirrored): each is refined by the flow, and the one that predicts the band the flow
-            # did not see better is taken
+        for rival in pool.rivals(best, rival_margin, flow_min_ncc, RIVALS_BELOW_NCC) if rival_margin is not None else []:
+            # a close candidate (the same object matched mirrored and as given, or several sources'
+            # fits none of which agrees near-exactly): each is refined by the flow, and the one that
+            # predicts the band its flow did not see best is taken
             r_fld, r_info = refine_field_flow(with_confidence(rival[4]), pool.image_box, pool.mask_box, reference, agreement=rival[0])
             mine, theirs = _held_out(pool.info["flow"], ncc), _held_out(r_info, rival[0])
-            pool.info["orientation_check"] = {"rival": f"{rival[2]}{'/mirrored' if rival[3] else ''}", "held_out": round(mine, 4), "rival_held_out": round(theirs, 4)}
+            pool.info.setdefault("rivals", []).append({"rival": f"{rival[2]}{'/mirrored' if rival[3] else ''}", "held_out": round(mine, 4), "rival_held_out": round(theirs, 4)})
             if theirs > mine:
                 ncc, inliers, name, mirrored, fld, pool.info["flow"] = rival[0], rival[1], rival[2], rival[3], r_fld, r_info
     if polish and ncc >= flow_min_ncc:
@@ -457,10 +461,13 @@ class _Candidates:
         self.refined = [r[0] for r in ranked]
         return max(ranked, key=lambda r: self.score(r[0]))
 
-    def rival(self, best, margin: float, min_ncc: float):
-        """The best candidate in the other orientation than ``best`` (the ECC-refined ones where
-        ECC ran) scoring within ``margin`` of it with a ring agreement of ``min_ncc`` or more, or
-        None."""
+    def rivals(self, best, margin: float, min_ncc: float, every_below: float | None = None) -> list:
+        """The candidates the flow checks beside ``best``, among the ECC-refined ones where ECC ran:
+        those scoring within ``margin`` of it with a ring agreement of ``min_ncc`` or more; all of
+        them (best first) where ``best``'s own agreement is below ``every_below``, else only the
+        best one in the other orientation (none: [])."""
         pool = getattr(self, "refined", None) or self.items
-        others = [c for c in pool if c[3] != best[3] and c[0] >= min_ncc and self.score(c) >= self.score(best) - margin]
-        return max(others, key=self.score) if others else None
+        close = sorted((c for c in pool if c is not best and c[0] >= min_ncc and self.score(c) >= self.score(best) - margin), key=self.score, reverse=True)
+        if every_below is not None and best[0] < every_below:
+            return close
+        return [c for c in close if c[3] != best[3]][:1]

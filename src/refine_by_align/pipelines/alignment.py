@@ -406,8 +406,9 @@ def dense_alignment(
 
 
 def _held_out(info: dict, ncc: float) -> float:
-    """A flow-refined field's agreement on the band its flow did not see (:func:`refine_field_flow`'s
-    info: after the kept rounds, else before them), or its ring agreement ``ncc`` where the band
+    """A flow-refined field's agreement on the band its flow did not see, as
+    :func:`refine_field_flow`'s info gives it: after its first round where that round was kept,
+    else before it (later kept rounds are not counted); its ring agreement ``ncc`` where the band
     was too small to judge."""
     if "ncc" not in info:
         return ncc
@@ -423,6 +424,7 @@ class _Candidates:
         self.crop_box, self.solid_inliers = crop_box, solid_inliers
         self.items: list[tuple[float, int, str, bool, DenseField, Matches]] = []
         self.info: dict = {"matches": {}, "candidates": {}}
+        self.refined: list = []  # the leading candidates once refined by ECC (best_after_ecc; empty before it)
 
     def consider(self, name: str, mirrored: bool, m: Matches, min_inliers: int = 0) -> None:
         """Fit a field to the matches ``m`` and keep it with the agreement of its colour-matched
@@ -466,7 +468,7 @@ class _Candidates:
         those scoring within ``margin`` of it with a ring agreement of ``min_ncc`` or more; all of
         them (best first) where ``best``'s own agreement is below ``every_below``, else only the
         best one in the other orientation (none: [])."""
-        pool = getattr(self, "refined", None) or self.items
+        pool = self.refined or self.items
         close = sorted((c for c in pool if c is not best and c[0] >= min_ncc and self.score(c) >= self.score(best) - margin), key=self.score, reverse=True)
         if every_below is not None and best[0] < every_below:
             return close

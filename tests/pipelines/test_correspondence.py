@@ -9,6 +9,7 @@ from refine_by_align.pipelines.correspondence import (
     Matches,
     attention_matches,
     colour_affine,
+    colour_maps,
     colour_support,
     colour_transfer,
     dense_field,
@@ -167,6 +168,31 @@ def test_colour_affine_undoes_a_channel_mixing_change_and_stays_tame_on_one_colo
     flat = np.full((40, 40, 3), 120.0, np.float32) + rng.normal(0, 0.5, (40, 40, 3)).astype(np.float32)
     Mf, _ = colour_affine(flat, flat * 1.1, where)
     assert np.abs(Mf - np.diag(np.diag(Mf))).max() < 0.2 and np.all(np.abs(np.diag(Mf) - 1.1) < 0.3)
+
+
+def test_colour_maps_undo_a_tone_curve_and_channel_mix_that_the_matrix_alone_cannot():
+    """A power law (exposure / tone curve) after a hue rotation, gain and offset: colour_maps finds
+    the gamma and undoes the change to within a grey level; the 3 x 3 map alone leaves the bend."""
+    rng = np.random.default_rng(4)
+    src = rng.uniform(20, 230, (60, 60, 3))
+    lin = np.clip((src.reshape(-1, 3) @ (_hue_rotation(15.0) * 0.85) + np.array([10.0, -6.0, 4.0])) / 255.0, 0, 1)
+    tgt = (255.0 * lin**1.3).reshape(src.shape)
+    where = np.ones((60, 60), bool)
+    full, per_channel = colour_maps(src, tgt, where)
+    assert abs(full.gamma - 1.3) <= 0.05 and per_channel.gamma == full.gamma
+    assert np.abs(full(src) - tgt).mean() < 1.0
+    M, off = colour_affine(src, tgt, where)
+    assert np.abs(np.clip(src @ M + off, 0, 255) - tgt).mean() > 3.0
+    assert np.count_nonzero(per_channel.matrix - np.diag(np.diag(per_channel.matrix))) == 0  # gains only
+    # a plain affine change keeps gamma near 1 and is undone as colour_affine undoes it
+    aff = src * np.array([0.9, 1.1, 1.0]) + np.array([5.0, -3.0, 2.0])
+    full_a, _ = colour_maps(src, aff, where)
+    assert abs(full_a.gamma - 1.0) <= 0.05 and np.abs(full_a(src) - np.clip(aff, 0, 255)).mean() < 1.0
+    # too few pixels to fit a matrix: per-channel gains, no gamma
+    few = np.zeros((60, 60), bool)
+    few[0, :10] = True
+    f_few, _ = colour_maps(src, tgt, few)
+    assert f_few.gamma == 1.0 and np.count_nonzero(f_few.matrix - np.diag(np.diag(f_few.matrix))) == 0
 
 
 def test_colour_support_is_one_on_the_ring_colours_and_fades_away_from_them():

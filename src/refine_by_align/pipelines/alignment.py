@@ -51,6 +51,7 @@ from .correspondence import (
     polish_field_ecc,
     refine_field_ecc,
     refine_field_flow,
+    sift_features_ahead,
     sift_matches,
     template_matches,
     warp_agreement,
@@ -324,6 +325,8 @@ def dense_alignment(
     window = (slice(crop_box.y0, crop_box.y1), slice(crop_box.x0, crop_box.x1))
     pool = _Candidates(image[window], np.asarray(mask, bool)[window], reference, reference_mask, crop_box, solid_inliers)
     orientations = (False, True) if mirror else (False,)
+    if "sift" in sources:  # the image and each orientation of the reference described side by side
+        sift_features_ahead(image, mask, reference, reference_mask, orientations)
     cheap: dict[bool, Matches] = {}
     for mirrored in orientations:
         m = Matches.empty()

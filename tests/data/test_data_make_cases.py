@@ -105,3 +105,23 @@ def test_extra_references_leave_the_case_as_it_was(tmp_path, tiny_multiview):
     # a rebuild without extras removes the old extra files
     again = make_cases(tiny_multiview, tmp_path / "extra", seed=3, subjects=["alpha"], cases_per_subject=3)
     assert not list(again[0].glob("reference_2.png"))
+
+
+def test_image_scale_shrinks_the_image_side_not_the_reference(tmp_path, tiny_multiview):
+    """``image_scale``: the image, mask and target scaled down (the artifact kept inside the scaled
+    mask), the reference and its region the same bytes as at full size; meta records the scale."""
+    full = make_cases(tiny_multiview, tmp_path / "full", seed=3, subjects=["alpha"], cases_per_subject=2)
+    half = make_cases(tiny_multiview, tmp_path / "half", seed=3, subjects=["alpha"], cases_per_subject=2, image_scale=0.5)
+    for a, b in zip(full, half):
+        for f in ("reference.png", "reference_mask.png"):
+            assert (a / f).read_bytes() == (b / f).read_bytes(), f
+        big, small = np.asarray(_open(a / "image.png")), np.asarray(_open(b / "image.png"))
+        assert small.shape[0] == round(big.shape[0] * 0.5) and small.shape[1] == round(big.shape[1] * 0.5)
+        m = np.asarray(_open(b / "mask.png").convert("L")) > 127
+        target = np.asarray(_open(b / "target.png"))
+        assert m.any() and m.shape == small.shape[:2]
+        assert np.array_equal(small[~m], target[~m])  # the artifact stays inside the mask
+        assert not np.array_equal(small[m], target[m])
+        assert json.loads((b / "meta.json").read_text())["image_scale"] == 0.5
+    with pytest.raises(ValueError, match="image_scale"):
+        make_cases(tiny_multiview, tmp_path / "bad", seed=3, subjects=["alpha"], cases_per_subject=1, image_scale=1.5)

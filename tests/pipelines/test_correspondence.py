@@ -1230,3 +1230,27 @@ def test_rivals_the_flow_checks_beside_the_winner():
     assert pool.rivals(best, 0.1, 0.75) == []  # (below the gate)
     pool.refined = [best, nearer_but_few]  # the ECC-refined leading candidates, where ECC ran
     assert pool.rivals(best, 0.1, 0.5) == [] and pool.rivals(best, 0.2, 0.5) == [nearer_but_few]
+
+
+def test_a_field_that_shrinks_the_reference_is_sampled_without_aliasing():
+    """A field that maps each image pixel onto 3 x 3 reference pixels (a reference at three times
+    the image's resolution): minification() reads 3; the antialiased sample is near the reference
+    scaled down by area, plain point sampling of fine noise is not (aliasing); a field at the
+    image's scale is sampled the same either way."""
+    from refine_by_align.pipelines.correspondence import MINIFY_ABOVE, DenseField
+
+    rng = np.random.default_rng(7)
+    ref = rng.integers(0, 256, (300, 300, 3)).astype(np.uint8)  # detail at the pixel scale
+    yy, xx = np.mgrid[0:90, 0:90].astype(np.float32)
+    box = Box(0, 0, 90, 90)
+    f = 3.0
+    shrink = DenseField(box, np.stack([(xx + 0.5) * f - 0.5 + 5, (yy + 0.5) * f - 0.5 + 5], -1), np.ones(xx.shape, np.float32), np.ones(xx.shape, bool))
+    assert abs(shrink.minification() - f) < 1e-3 and f > MINIFY_ABOVE
+    area = cv2.resize(ref[5:275, 5:275], (90, 90), interpolation=cv2.INTER_AREA).astype(np.float64)
+    err = lambda a: float(np.abs(a.astype(np.float64) - area).mean())
+    aa, point = shrink.sample(ref, antialias=True), shrink.sample(ref)
+    assert aa.shape == point.shape == (90, 90, 3)
+    assert err(aa) < 0.5 * err(point), (err(aa), err(point))
+    same = DenseField(box, np.stack([xx * 1.2 + 3, yy * 1.2 + 3], -1), np.ones(xx.shape, np.float32), np.ones(xx.shape, bool))
+    assert abs(same.minification() - 1.2) < 1e-3
+    assert np.array_equal(same.sample(ref, antialias=True), same.sample(ref))

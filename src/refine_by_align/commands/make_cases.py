@@ -19,6 +19,11 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         help="more references per case, comma-separated roles: view (another photo), partial (part of the object), "
         "distractor (another subject), e.g. 'view' or 'distractor' or 'view,partial'",
     )
+    p.add_argument(
+        "--image-scale", type=float, default=1.0,
+        help="scale the image, mask and target down by this factor (0 < S <= 1), not the references: a reference "
+        "photo sharper than the image, e.g. 0.5 for one at twice its resolution (default: %(default)s)",
+    )
 
 
 def run(args) -> int:
@@ -32,6 +37,10 @@ def run(args) -> int:
     bad = [r for r in extras if r not in EXTRA_ROLES]
     if bad:
         raise CLIError(f"--extra-references: unknown role(s) {', '.join(bad)} (choose from {', '.join(EXTRA_ROLES)})")
-    paths = make_cases(args.source, args.output, args.seed, subjects=subjects, cases_per_subject=args.per_subject, extra_references=extras)
+    if not 0.0 < args.image_scale <= 1.0:
+        raise CLIError(f"--image-scale must be in (0, 1], got {args.image_scale}")
+    paths = make_cases(
+        args.source, args.output, args.seed, subjects=subjects, cases_per_subject=args.per_subject, extra_references=extras, image_scale=args.image_scale
+    )
     print(f"wrote {len(paths)} cases to {args.output}")
     return 0

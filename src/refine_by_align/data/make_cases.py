@@ -246,6 +246,7 @@ def make_cases(
     artifacts: list[str] | tuple[str, ...] | None = None,
     cfg: CaseConfig | None = None,
     extra_references: list[str] | tuple[str, ...] = (),
+    image_scale: float = 1.0,
 ) -> list[Path]:
     """Build evaluation cases from a multi-view folder (``SUBJECT/NN.jpg + NN_mask.png``).
 
@@ -267,9 +268,17 @@ def make_cases(
             in, shuffled so that the right reference is not always first). The case itself (image,
             mask, first reference) is the same as without extras: they draw from their own random
             stream.
+        image_scale: below 1, the image, its mask and the target are scaled down by this factor
+            (by area; the mask by nearest neighbour) after the case is built, the references are
+            not: a reference photo at 1 / ``image_scale`` times the image's resolution, as a
+            product shot beside a generated image often is. Outside the scaled mask the image is
+            the scaled target. ``meta.json`` records ``image_scale`` (its ``transform`` stays in
+            the full-size target's pixels). The case is otherwise the same.
 
     Returns: the case folders, in order.
     """
+    if not 0.0 < float(image_scale) <= 1.0:
+        raise ValueError(f"image_scale must be in (0, 1], got {image_scale}")
     cfg = cfg or CaseConfig()
     src = Path(source_dir)
     subjects, names = _check_arguments(src, subjects, artifacts, extra_references)
@@ -311,6 +320,9 @@ def make_cases(
                     {"file": f"reference_{i + 2}.png", "role": role, "view": view} for i, (role, _, _, view) in enumerate(extras)
                 ]
                 meta["reference_order"] = [int(i) + 1 for i in extra_rng.permutation(len(extras) + 1)]
+            if image_scale != 1.0:
+                image, amask, target = _scaled_down(image, amask, target, float(image_scale))
+                meta["image_scale"] = float(image_scale)
             case = out_root / f"{subject}_{k:02d}_{kind}"
             _write_case(case, image, amask, reference, ref_mask, corr, target, meta, [(r, m) for _, r, m, _ in extras])
             written.append(case)
@@ -415,6 +427,20 @@ def _cut_object(mask: np.ndarray, rng: np.random.Generator, keep: tuple[float, f
     out = np.zeros_like(mask)
     out[ys[proj >= cut], xs[proj >= cut]] = True
     return out
+
+
+def _scaled_down(image: np.ndarray, amask: np.ndarray, target: np.ndarray, scale: float) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(image, artifact mask, target) scaled down by ``scale`` (area; the mask nearest), the image
+    equal to the scaled target outside the scaled mask (the artifact does not bleed out of it)."""
+    h, w = amask.shape
+    size = (max(8, int(round(w * scale))), max(8, int(round(h * scale))))
+    t = cv2.resize(np.ascontiguousarray(target), size, interpolation=cv2.INTER_AREA)
+    im = cv2.resize(np.ascontiguousarray(image), size, interpolation=cv2.INTER_AREA)
+    m = cv2.resize(amask.astype(np.uint8), size, interpolation=cv2.INTER_NEAREST).astype(bool)
+    if not m.any():  # (a mask thinner than the scale: its strongest pixel kept)
+        area = cv2.resize(amask.astype(np.float32), size, interpolation=cv2.INTER_AREA)
+        m = area >= area.max()
+    return np.where(m[..., None], im, t), m, t
 
 
 def _write_case(case: Path, image, amask, reference, ref_mask, corr, target, meta: dict, extras: list) -> None:

@@ -56,6 +56,8 @@ __all__ = [
     "colour_transfer",
     "colour_affine",
     "colour_maps",
+    "MINIFY_ABOVE",
+    "ANTIALIAS_SIGMA",
     "ColourMap",
     "COLOUR_GAMMAS",
     "colour_support",
@@ -665,6 +667,38 @@ def _choose_smoothing(xs, ys, ws, fold, folds: int, smoothings, outlier_px: floa
 # ------------------------------------------------------------------------------------------ the field
 
 
+#: Where a field shrinks the reference by more than this (reference pixels per image pixel: a
+#: reference photo at a higher resolution than the image), the pasted warp is low-passed first
+#: (:meth:`DenseField.sample` with ``antialias``; `make-cases`' scale changes, up to 1.25, are
+#: sampled as they are).
+MINIFY_ABOVE = 1.5
+#: The low-pass's Gaussian, in reference pixels: this times sqrt(f^2 - 1) for a field that shrinks
+#: the reference f times (0.5 is the textbook choice; photos are softer than their pixel grid, and
+#: 0.35 kept more of their detail on the scaled validation cases, MODEL_CARD.md, "A reference
+#: sharper than the image").
+ANTIALIAS_SIGMA = 0.35
+
+
+def _antialiased_sample(reference: np.ndarray, xy: np.ndarray, factor: float, interpolation: int) -> np.ndarray:
+    """``reference`` sampled at ``xy`` ((h, w, 2) float32) after a Gaussian low-pass of
+    :data:`ANTIALIAS_SIGMA` x sqrt(``factor``^2 - 1) px, applied to the part of it the positions
+    reach (point sampling of a picture shrunk ``factor`` times aliases its fine detail into
+    moire). (h, w, C) as :meth:`DenseField.sample` returns it."""
+    ref = np.asarray(reference)
+    hr, wr = ref.shape[:2]
+    finite = xy[np.isfinite(xy).all(axis=-1)]
+    if not len(finite):
+        return cv2.remap(np.ascontiguousarray(ref), xy[..., 0], xy[..., 1], interpolation, borderMode=cv2.BORDER_REFLECT)
+    sigma = ANTIALIAS_SIGMA * float(np.sqrt(factor**2 - 1.0))
+    pad = int(np.ceil(3 * sigma)) + 4
+    x0, y0 = (int(np.clip(np.floor(v) - pad, 0, n - 1)) for v, n in zip(finite.min(0), (wr, hr)))
+    x1, y1 = (int(np.clip(np.ceil(v) + pad + 1, lo + 1, n)) for v, n, lo in zip(finite.max(0), (wr, hr), (x0, y0)))
+    part = np.ascontiguousarray(ref[y0:y1, x0:x1])
+    blurred = cv2.GaussianBlur(part, (0, 0), sigma).reshape(part.shape)
+    out = cv2.remap(blurred, (xy[..., 0] - x0).astype(np.float32), (xy[..., 1] - y0).astype(np.float32), interpolation, borderMode=cv2.BORDER_REFLECT)
+    return out.reshape(xy.shape[:2] + ref.shape[2:])
+
+
 @dataclass
 class DenseField:
     """Reference positions and their confidence for every pixel of ``box`` on the image, and the
@@ -681,11 +715,30 @@ class DenseField:
     trust_cap: float = 1.0  # the ring agreement its warp may be trusted at, at most (a field refined on the ring: its agreement before)
     misfit_px: float | None = None  # the fit's cross-validated error on its own matches, image px at 512 px (field_misfit; None: not measured)
 
-    def sample(self, reference: np.ndarray, interpolation: int = cv2.INTER_CUBIC, window: tuple[slice, slice] | None = None) -> np.ndarray:
+    def sample(self, reference: np.ndarray, interpolation: int = cv2.INTER_CUBIC, window: tuple[slice, slice] | None = None, antialias: bool = False) -> np.ndarray:
         """The reference warped into the box: (h, w, C) of ``reference`` sampled at ``xy`` (only
-        the box's pixels in ``window``, a pair of slices, when given)."""
+        the box's pixels in ``window``, a pair of slices, when given). With ``antialias``, where the
+        field shrinks the reference by more than :data:`MINIFY_ABOVE` (a reference photo at a
+        higher resolution than the image), the reference is low-passed first
+        (:func:`_antialiased_sample`): point sampling would alias its fine detail. (The alignment
+        compares warps unfiltered; the pasted warp is filtered, :func:`warp_fill`.)"""
         xy = self.xy if window is None else np.ascontiguousarray(self.xy[window])
+        f = self.minification() if antialias else 1.0
+        if f > MINIFY_ABOVE:
+            return _antialiased_sample(reference, xy, f, interpolation)
         return cv2.remap(np.ascontiguousarray(reference), xy[..., 0], xy[..., 1], interpolation, borderMode=cv2.BORDER_REFLECT)
+
+    def minification(self, step: int = 8) -> float:
+        """How many reference pixels one image pixel spans, typically: the geometric mean of the
+        median lengths of the field's steps along x and along y, read every ``step`` px (1: the
+        reference at the image's scale; 3: the reference three times the image's resolution)."""
+        xy = self.xy
+        s = max(1, min(int(step), (min(xy.shape[:2]) - 1) // 2 or 1))
+        jx = np.linalg.norm(xy[::s, s::s] - xy[::s, :-s:s], axis=-1) / s
+        jy = np.linalg.norm(xy[s::s, ::s] - xy[:-s:s, ::s], axis=-1) / s
+        if not jx.size or not jy.size:
+            return 1.0
+        return float(np.sqrt(np.median(jx) * np.median(jy)))
 
     def push_mask(self, mask_box: np.ndarray, reference_shape: tuple[int, int]) -> np.ndarray:
         """M*: the mask (h, w) bool over ``box`` pushed through the field onto the reference (Hr, Wr)
@@ -1381,6 +1434,9 @@ def warp_fill(
     linearly to 0 at hi px, where no pixel is trusted (a warp that misplaces its own matches by
     that much misplaces the mask's detail too, however well the ring around the mask agrees)."""
     warped, band, gain, offset, per_channel, ncc = _warp_agreement(image_box, mask_box, reference, fld, ring_px)
+    if fld.minification() > MINIFY_ABOVE:  # a reference sharper than the image: the pasted warp low-passed
+        warped = fld.sample(reference, antialias=True).astype(np.float32)
+        per_channel = np.clip(warped * gain + offset, 0, 255)
     # the patch takes the freer colour map (a 3 x 3 matrix in a gamma-adjusted space); the trust
     # stays measured after the per-channel gains: the map's parameters would also raise the ring
     # agreement of a rough warp

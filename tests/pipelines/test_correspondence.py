@@ -1254,3 +1254,31 @@ def test_a_field_that_shrinks_the_reference_is_sampled_without_aliasing():
     same = DenseField(box, np.stack([xx * 1.2 + 3, yy * 1.2 + 3], -1), np.ones(xx.shape, np.float32), np.ones(xx.shape, bool))
     assert abs(same.minification() - 1.2) < 1e-3
     assert np.array_equal(same.sample(ref, antialias=True), same.sample(ref))
+
+
+@pytest.mark.parametrize("scale", [1.0, 3.0])
+def test_push_mask_takes_the_pixels_the_mask_covers_most_of(scale):
+    """M* by the samples' vote: with an exact field (a rotation and a scale of 1 or 3, the
+    reference then larger than the image) the pushed mask matches the mask warped onto the
+    reference by the inverse map (bilinear, threshold at half, as make-cases draws the true
+    region) to an IoU of 0.95 or more, without the border of a pixel it used to gain, and with
+    no holes where the reference is larger."""
+    from refine_by_align.pipelines.correspondence import DenseField
+
+    h = w = 80
+    mask = np.zeros((h, w), bool)
+    cv2.ellipse(mask.view(np.uint8), (40, 38), (22, 13), 20, 0, 360, 1, -1)
+    a = np.deg2rad(17.0)
+    A = scale * np.array([[np.cos(a), -np.sin(a)], [np.sin(a), np.cos(a)]])
+    t = np.array([30.0, 45.0])
+    yy, xx = np.mgrid[0:h, 0:w].astype(np.float64)
+    xy = (np.stack([xx, yy], -1) @ A.T + t).astype(np.float32)
+    shape = (int(scale * 80 + 120), int(scale * 80 + 120))
+    fld = DenseField(Box(0, 0, w, h), xy, np.ones((h, w), np.float32), np.ones((h, w), bool))
+    region = fld.push_mask(mask, shape)
+    M = np.hstack([A, t[:, None]])
+    true = cv2.warpAffine(mask.astype(np.uint8) * 255, M, (shape[1], shape[0]), flags=cv2.INTER_LINEAR) >= 128
+    iou = (region & true).sum() / (region | true).sum()
+    assert iou >= 0.95, iou
+    assert 0.95 < region.sum() / true.sum() < 1.05
+    assert not fld.push_mask(np.zeros((h, w), bool), shape).any()

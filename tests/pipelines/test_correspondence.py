@@ -1179,9 +1179,9 @@ def test_ecc_retry_only_on_a_field_that_is_a_homography_alone(monkeypatch):
     fit = corr.replace(fit_field(m, focus=box), tps=None, smoothing=None)  # a homography alone
     blurs = []
 
-    def recorded(*args):
-        blurs.append(args[-2])
-        return None, args[-3]  # (not kept)
+    def recorded(*args, blur, before, **kwargs):
+        blurs.append(blur)
+        return None, before  # (not kept)
 
     monkeypatch.setattr(corr, "_ecc_attempt", recorded)
     image_box, mask_box = image[60:200, 60:200], mask[60:200, 60:200]

@@ -903,7 +903,7 @@ def refine_field_ecc(
     if band.sum() < 64:
         return fld, False
     before = agreement if agreement is not None and fld.trust_cap >= 1.0 else None
-    new, before = _ecc_attempt(fld, image_box, mask_box, reference, band, iterations, matches, max_drift, margin, before, blur, eps)
+    new, before = _ecc_attempt(fld, image_box, mask_box, reference, band, blur=blur, before=before, matches=matches, iterations=iterations, max_drift=max_drift, margin=margin, eps=eps)
     if new is not None:
         return new, True
     rigid = fld.fit is None or fld.fit.tps is None  # (a homography alone: ECC's own model)
@@ -913,13 +913,17 @@ def refine_field_ecc(
         before = warp_agreement(image_box, mask_box, reference, replace(fld, trust_cap=1.0))
     if before < retry_min_ncc:  # (a warp this far off is not trusted, and rarely lifted over the gate)
         return fld, False
-    new, _ = _ecc_attempt(fld, image_box, mask_box, reference, band, iterations, matches, max_drift, margin, before, retry_blur, eps)
+    new, _ = _ecc_attempt(fld, image_box, mask_box, reference, band, blur=retry_blur, before=before, matches=matches, iterations=iterations, max_drift=max_drift, margin=margin, eps=eps)
     return (fld, False) if new is None else (new, True)
 
 
-def _ecc_attempt(fld, image_box, mask_box, reference, band, iterations, matches, max_drift, margin, before, blur, eps) -> tuple[DenseField | None, float | None]:
-    """One ECC run of :func:`refine_field_ecc` smoothed by ``blur``: (the refined field, or None
-    where it is not kept; ``fld``'s agreement where it was measured, else ``before``)."""
+def _ecc_attempt(
+    fld, image_box, mask_box, reference, band, *, blur, before, matches, iterations, max_drift, margin, eps
+) -> tuple[DenseField | None, float | None]:
+    """One ECC run of :func:`refine_field_ecc` on ``band`` smoothed by ``blur`` px, with that
+    function's checks and settings (``matches``, ``iterations``, ``max_drift``, ``margin``,
+    ``eps``): (the refined field, or None where it is not kept; ``fld``'s agreement where it was
+    measured, else ``before``, the agreement a caller measured already or None)."""
     # ECC's cost grows with the pixels: it runs on the box cut to the band's bounding box plus
     # ``margin`` px (room for the smoothing and for the warp to move), both images the same cut
     # (OpenCV wants equal sizes); W_cut on the cut's pixels is W = T(o) W_cut T(-o) on the box's

@@ -728,17 +728,21 @@ class DenseField:
             return _antialiased_sample(reference, xy, f, interpolation)
         return cv2.remap(np.ascontiguousarray(reference), xy[..., 0], xy[..., 1], interpolation, borderMode=cv2.BORDER_REFLECT)
 
-    def minification(self, step: int = 8) -> float:
-        """How many reference pixels one image pixel spans, typically: the geometric mean of the
-        median lengths of the field's steps along x and along y, read every ``step`` px (1: the
-        reference at the image's scale; 3: the reference three times the image's resolution)."""
+    def median_steps(self, step: int = 1) -> tuple[np.floating | None, np.floating | None]:
+        """The median lengths (reference px, in the field's own precision) of the field's one-pixel
+        steps along x and along y, read every ``step`` px (None for an axis too short to read)."""
         xy = self.xy
         s = max(1, min(int(step), (min(xy.shape[:2]) - 1) // 2 or 1))
         jx = np.linalg.norm(xy[::s, s::s] - xy[::s, :-s:s], axis=-1) / s
         jy = np.linalg.norm(xy[s::s, ::s] - xy[:-s:s, ::s], axis=-1) / s
-        if not jx.size or not jy.size:
-            return 1.0
-        return float(np.sqrt(np.median(jx) * np.median(jy)))
+        return (np.median(jx) if jx.size else None, np.median(jy) if jy.size else None)
+
+    def minification(self, step: int = 8) -> float:
+        """How many reference pixels one image pixel spans, typically: the geometric mean of the
+        median steps along x and along y (:meth:`median_steps`, read every ``step`` px; 1: the
+        reference at the image's scale; 3: the reference three times the image's resolution)."""
+        mx, my = self.median_steps(step)
+        return 1.0 if mx is None or my is None else float(np.sqrt(mx * my))
 
     def push_mask(self, mask_box: np.ndarray, reference_shape: tuple[int, int]) -> np.ndarray:
         """M*: the mask (h, w) bool over ``box`` pushed through the field onto the reference (Hr, Wr)
@@ -769,9 +773,7 @@ class DenseField:
         region = (votes_in > votes_out).astype(np.uint8)
         # close at the field's local scale: a reference larger than the image leaves gaps (never
         # over pixels the outside's votes won)
-        jx = np.linalg.norm(np.diff(self.xy, axis=1), axis=-1)
-        jy = np.linalg.norm(np.diff(self.xy, axis=0), axis=-1)
-        r = int(np.ceil(max(float(np.median(jx)) if jx.size else 1.0, float(np.median(jy)) if jy.size else 1.0) / 2.0))
+        r = int(np.ceil(max(1.0 if v is None else float(v) for v in self.median_steps()) / 2.0))
         pad = max(r, 1) + 1
         closed = cv2.morphologyEx(np.pad(region, pad), cv2.MORPH_CLOSE, _disk(max(r, 1)))[pad:-pad, pad:-pad].astype(bool)
         out[y0:y1, x0:x1] = closed & ~(votes_out > votes_in)

@@ -804,6 +804,22 @@ def test_two_flows_the_round_takes_the_one_the_held_out_band_prefers():
         refine_field_flow(start, image[window], inside, ref, flows=("raft",))
 
 
+def test_two_flows_side_by_side_give_the_fields_of_one_thread(monkeypatch):
+    """Each round computes its flows (DIS and DeepFlow) side by side on two threads: the refined
+    field and the round's choice are exactly those computed one after another on one thread."""
+    from refine_by_align.pipelines import correspondence as corr
+
+    image, mask, ref, valid, box, truth = _bent_case()
+    window = (slice(box.y0, box.y1), slice(box.x0, box.x1))
+    start, inside = _identity_field(box), mask[window]
+    monkeypatch.setattr(corr, "worker_threads", lambda: 2)
+    two, info_two = corr.refine_field_flow(start, image[window], inside, ref, detail_trust=None)
+    monkeypatch.setattr(corr, "worker_threads", lambda: 1)
+    one, info_one = corr.refine_field_flow(start, image[window], inside, ref, detail_trust=None)
+    assert info_two == info_one and info_one["kept"]
+    assert np.array_equal(two.xy, one.xy) and np.array_equal(two.on_object, one.on_object)
+
+
 def test_flow_refined_own_photo_trusted_as_the_held_out_band_says():
     """The identity field on a 3 px bend of the image itself (its own photo): after the flow its
     warp carries the image's fine detail on the ring (detail agreement over 0.9), so it is trusted up

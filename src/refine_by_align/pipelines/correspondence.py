@@ -1015,12 +1015,29 @@ def _dis_flow(a: np.ndarray, b: np.ndarray, preset: int, upsample: int = 1, fine
     return (cv2.resize(fine, (w, h), interpolation=cv2.INTER_AREA) / float(upsample)).astype(np.float32)
 
 
-#: The dense flows :func:`refine_field_flow` can run: "dis" (:func:`_dis_flow`) and "deepflow"
-#: (OpenCV's variational DeepFlow, Weinzaepfel et al., ICCV 2013, at the crop's resolution).
-FLOW_METHODS = ("dis", "deepflow")
+#: The dense flows :func:`refine_field_flow` can run: "dis" (:func:`_dis_flow`), "deepflow"
+#: (OpenCV's variational DeepFlow, Weinzaepfel et al., ICCV 2013, at the crop's resolution) and
+#: "dis-filled": DIS from the image with its artifact filled first (:func:`artifact_filled`).
+FLOW_METHODS = ("dis", "deepflow", "dis-filled")
 #: The flows each round of :func:`refine_field_flow` computes, the one that predicts its held-out
-#: band best taken (MODEL_CARD.md, "Two flows, the better on the held-out band").
-FLOWS = ("dis", "deepflow")
+#: band best taken (MODEL_CARD.md, "Two flows, the better on the held-out band", and "The
+#: artifact filled for a third flow").
+FLOWS = ("dis", "deepflow", "dis-filled")
+#: :func:`artifact_filled` fills the mask grown by this many px (the artifact's own blurred rim).
+ARTIFACT_FILL_GROW = 1
+
+
+def artifact_filled(gray: np.ndarray, mask: np.ndarray, grow: int = ARTIFACT_FILL_GROW) -> np.ndarray:
+    """The grey image ``gray`` ((h, w) uint8) with the mask grown by ``grow`` px filled by Telea's
+    fast marching (radius 3 px): the picture the "dis-filled" flow starts from. DIS matches
+    12-px patches; next to the mask they straddle the artifact, whose content (another part of
+    the image, a swirl) pulls their matches off, and the flow the field is corrected by is off
+    just where it is carried into the mask from. Filled, those patches see a continuation of the
+    image around the mask instead. Which is better depends on the artifact (a smear or a blur
+    keeps the true picture's low frequencies, which help the flow): each round of
+    :func:`refine_field_flow` takes the flow that predicts its held-out band best."""
+    hole = cv2.dilate(np.asarray(mask, bool).astype(np.uint8), _disk(grow))
+    return cv2.inpaint(np.ascontiguousarray(gray), hole, 3, cv2.INPAINT_TELEA)
 
 
 def _flow(method: str, a: np.ndarray, b: np.ndarray, preset: int, upsample: int, finest_scale: int | None) -> np.ndarray:
@@ -1029,7 +1046,7 @@ def _flow(method: str, a: np.ndarray, b: np.ndarray, preset: int, upsample: int,
     and ``finest_scale`` (:func:`_dis_flow`); DeepFlow runs at the pictures' own resolution (a
     coarse-to-fine variational flow with a gradient-constancy term: sharper on textured bends, where
     DIS's patches average, and weaker on plain surfaces)."""
-    if method == "dis":
+    if method in ("dis", "dis-filled"):  # (the filled picture is the caller's: "dis-filled" is DIS on it)
         return _dis_flow(a, b, preset, upsample, finest_scale)
     return cv2.optflow.createOptFlow_DeepFlow().calc(a, b, None).astype(np.float32)
 
@@ -1076,10 +1093,13 @@ def refine_field_flow(
     both upsampled ``upsample`` times (bicubic) and scaled back (area), which gives DIS's patches
     and its sub-pixel search a finer grid (a fraction of a pixel off costs several dB on fine
     print; MODEL_CARD.md, "Sub-pixel flow"). With several ``flows`` (:data:`FLOW_METHODS`; shipped:
-    DIS and OpenCV's DeepFlow at the crop's resolution) each round computes each, and the one whose
-    carried flow predicts the held-out band below best is the round's (DIS where they tie): DeepFlow
-    is sharper on textured bends and weaker on plain surfaces, and the band tells which this is
-    (MODEL_CARD.md, "Two flows, the better on the held-out band"). Inside the mask grown by ``grow`` px the image is the
+    DIS, OpenCV's DeepFlow at the crop's resolution, and DIS from the image with its artifact
+    filled, :func:`artifact_filled`) each round computes each, side by side, and the one whose
+    carried flow predicts the held-out band below best is the round's (the earlier one where they
+    tie): DeepFlow is sharper on textured bends and weaker on plain surfaces, the filled image keeps
+    the artifact's content out of DIS's patches next to the mask, and the band tells which is
+    better here (MODEL_CARD.md, "Two flows, the better on the held-out band" and "The artifact
+    filled for a third flow"). Inside the mask grown by ``grow`` px the image is the
     artifact, and where the field leaves the reference object the warp is its black surround: the
     flow there is discarded and carried in from the rest (``carry``): by a smoothing thin-plate
     spline (:func:`~refine_by_align.fill.spline_interpolate`, "spline", shipped: it continues the
@@ -1124,9 +1144,11 @@ def refine_field_flow(
     fld = with_confidence(fld)  # (moved with the field; a ranked-only candidate gets it here)
     image_u8 = np.ascontiguousarray(np.clip(image_box, 0, 255).astype(np.uint8))
     m = np.asarray(mask_box, bool)
+    flows = flows if check else flows[:1]
+    filled = artifact_filled(_gray(image_u8), m) if "dis-filled" in flows else None  # (the same in every round)
     current, first, kept, held_out = fld, None, 0, None
     for _ in range(rounds if check else 1):
-        refined, info = _flow_round(current, image_u8, m, reference, grow, check_px, reach, min_gain, preset, check, smooth, upsample, interpolate, finest_scale, flows if check else flows[:1])
+        refined, info = _flow_round(current, image_u8, m, reference, grow, check_px, reach, min_gain, preset, check, smooth, upsample, interpolate, finest_scale, flows, filled)
         first = info if first is None else first
         if not info.get("kept"):
             break
@@ -1141,11 +1163,12 @@ def refine_field_flow(
     return current, {**first, "rounds": kept, "detail": round(detail, 4)}
 
 
-def _flow_round(fld, image_u8, m, reference, grow, check_px, reach, min_gain, preset, check, smooth, upsample, interpolate, finest_scale, flows=("dis",)) -> tuple[DenseField, dict]:
+def _flow_round(fld, image_u8, m, reference, grow, check_px, reach, min_gain, preset, check, smooth, upsample, interpolate, finest_scale, flows=("dis",), filled=None) -> tuple[DenseField, dict]:
     """One round of :func:`refine_field_flow` (``image_u8`` (h, w, 3) uint8, ``m`` (h, w) bool;
     ``interpolate`` the carry's function; each of ``flows`` computed, the first kept unless a later
-    one predicts the held-out band better): (the refined field, or ``fld`` where the round is not
-    kept; its info)."""
+    one predicts the held-out band better; ``filled``: the grey image with the artifact filled,
+    :func:`artifact_filled`, which "dis-filled" starts from): (the refined field, or ``fld`` where
+    the round is not kept; its info)."""
     on = fld.on_object
     band = ring(m, 2, 12) & on
     test = ring(m, 2, grow + check_px) & on
@@ -1161,6 +1184,8 @@ def _flow_round(fld, image_u8, m, reference, grow, check_px, reach, min_gain, pr
         """(h, w, 2): the flow ``method`` over the box, g_img(p) ~ g_warp(p + flow(p)); DeepFlow
         (0.5 s on a 286 px box) only where it is read: within ``reach`` px of the mask grown for
         the check, plus 16 px of context (0 beyond)."""
+        if method == "dis-filled":
+            return _flow(method, filled if filled is not None else artifact_filled(g_img, m), g_warp, preset, upsample, finest_scale)
         if method == "dis":
             return _flow(method, g_img, g_warp, preset, upsample, finest_scale)
         ys, xs = np.nonzero(cv2.dilate(m.astype(np.uint8), _disk(grow + check_px + reach + 16)))

@@ -1235,13 +1235,12 @@ def _flow_round(fld, image_u8, m, reference, grow, check_px, reach, min_gain, pr
     before = agreement(fld)
     if check:
         after, chosen = agreement(composed(carried(grow + check_px))), flows[0]
-        for other in flows[1:]:  # (carried() reads ``flow``: the better one is left there)
-            first, flow = flow, computed[other]
+        for other in flows[1:]:
+            flow = computed[other]  # (carried() reads ``flow``)
             alt = agreement(composed(carried(grow + check_px)))
             if alt > after:
                 after, chosen = alt, other
-            else:
-                flow = first
+        flow = computed[chosen]  # the round's flow, carried below
         info = {"ncc": round(before, 4), "ncc_flow": round(after, 4), "kept": bool(after >= before + min_gain), "flow": chosen}
         if not info["kept"]:
             return fld, info

@@ -1204,22 +1204,25 @@ def _flow_round(fld, image_u8, m, reference, grow, check_px, reach, min_gain, pr
             computed = dict(zip(flows, pool.map(flow_of, flows)))
     else:
         computed = {flows[0]: flow_of(flows[0])}
-    flow = computed[flows[0]]
     px, py = np.meshgrid(np.arange(w, dtype=np.float32), np.arange(h, dtype=np.float32))
 
-    def carried(g: int) -> np.ndarray:
-        """(h, w, 2): the flow with the mask grown by ``g`` px (and the off-object pixels) filled
-        from around it, within ``reach`` px of the grown mask; zero farther out."""
+    def carried(g: int, fs: list[np.ndarray]) -> list[np.ndarray]:
+        """Each flow of ``fs`` ((h, w, 2) each) with the mask grown by ``g`` px (and the
+        off-object pixels) filled from around it, within ``reach`` px of the grown mask; zero
+        farther out. The flows share the hole and the spline's lattice: they are carried in one
+        interpolation of their channels side by side (one system solved for all of them)."""
         grown = cv2.dilate(m.astype(np.uint8), _disk(g)).astype(bool)
         near = cv2.dilate(grown.astype(np.uint8), _disk(reach)).astype(bool)
         hole = grown | ~on
-        out = np.zeros_like(flow)
+        outs = [np.zeros_like(f) for f in fs]
         ys, xs = np.nonzero(near)
         window = (slice(ys.min(), ys.max() + 1), slice(xs.min(), xs.max() + 1))
         if not hole[window].all():  # (no flow to carry in: no correction)
-            filled = interpolate(_smoothed(flow[window], ~hole[window], smooth), hole[window])
-            out[window] = np.where(near[window][..., None], filled, 0.0)
-        return out
+            stacked = np.concatenate([_smoothed(f[window], ~hole[window], smooth) for f in fs], axis=-1)  # (h', w', 2 x len(fs))
+            filled = interpolate(stacked, hole[window])
+            for i, out in enumerate(outs):
+                out[window] = np.where(near[window][..., None], filled[..., 2 * i : 2 * i + 2], 0.0)
+        return outs
 
     def composed(f: np.ndarray) -> DenseField:
         qx, qy = px + f[..., 0], py + f[..., 1]
@@ -1234,19 +1237,15 @@ def _flow_round(fld, image_u8, m, reference, grow, check_px, reach, min_gain, pr
 
     before = agreement(fld)
     if check:
-        after, chosen = agreement(composed(carried(grow + check_px))), flows[0]
-        for other in flows[1:]:
-            flow = computed[other]  # (carried() reads ``flow``)
-            alt = agreement(composed(carried(grow + check_px)))
-            if alt > after:
-                after, chosen = alt, other
-        flow = computed[chosen]  # the round's flow, carried below
+        scores = [agreement(composed(c)) for c in carried(grow + check_px, [computed[f] for f in flows])]
+        best = int(np.argmax(scores))  # (the earliest where they tie)
+        after, chosen = scores[best], flows[best]
         info = {"ncc": round(before, 4), "ncc_flow": round(after, 4), "kept": bool(after >= before + min_gain), "flow": chosen}
         if not info["kept"]:
             return fld, info
     else:
         info = {"ncc": round(before, 4), "kept": True}
-    return composed(carried(grow)), info
+    return composed(carried(grow, [computed[chosen if check else flows[0]]])[0]), info
 
 
 def match_error(fld: DenseField, matches: Matches, min_matches: int = 4) -> float | None:

@@ -127,14 +127,23 @@ def outside_mask(mask: np.ndarray, exclude_px: int) -> np.ndarray:
 
 def _bounded(rgb: np.ndarray, mask: np.ndarray | None, max_side: int) -> tuple[np.ndarray, np.ndarray | None, float]:
     """(``rgb`` and ``mask`` at most ``max_side`` px on the longer side, the factor back to full size)."""
-    h, w = rgb.shape[:2]
-    f = max(h, w) / float(max_side)
-    if f <= 1.0:
+    size, factor = _bounded_size(rgb.shape[:2], max_side)
+    if size is None:
         return rgb, None if mask is None else np.asarray(mask, bool), 1.0
-    size = (max(int(round(w / f)), 8), max(int(round(h / f)), 8))
     small = cv2.resize(np.ascontiguousarray(rgb), size, interpolation=cv2.INTER_AREA)
     m = None if mask is None else cv2.resize(np.asarray(mask, bool).astype(np.uint8), size, interpolation=cv2.INTER_NEAREST).astype(bool)
-    return small, m, np.float32(w / size[0])
+    return small, m, factor
+
+
+def _bounded_size(shape: tuple[int, ...], max_side: int) -> tuple[tuple[int, int] | None, float]:
+    """(the (width, height) :func:`_bounded` shrinks a picture of ``shape`` to, or None where it is
+    kept as it is; the factor back to full size)."""
+    h, w = shape[:2]
+    f = max(h, w) / float(max_side)
+    if f <= 1.0:
+        return None, 1.0
+    size = (max(int(round(w / f)), 8), max(int(round(h / f)), 8))
+    return size, np.float32(w / size[0])
 
 
 def sift_matches(
@@ -153,12 +162,16 @@ def sift_matches(
     the mirrored reference (SIFT is not mirror-invariant); positions are returned on the reference
     as given. Each picture is described at most ``max_side`` px on its longer side (SIFT's cost
     grows with the pixels: a 4096 px reference would take tens of seconds), positions are returned
-    at full resolution."""
-    if flip:
-        m = sift_matches(image, mask, reference[:, ::-1], None if reference_mask is None else reference_mask[:, ::-1], ratio, exclude_px, max_features, max_side=max_side)
-        m.ref_xy[:, 0] = reference.shape[1] - 1 - m.ref_xy[:, 0]
-        return m
+    at full resolution. The mirrored reference's features are the reference's own, rearranged
+    (:func:`mirrored_sift`): SIFT is not mirror-invariant, but it is mirror-equivariant."""
     pr, dr = _sift_features(reference, reference_mask, max_features, max_side)
+    if flip and dr is not None:
+        # OpenCV places SIFT's keypoints a quarter of a (described) pixel right of and below the
+        # feature (a keypoint at x on a picture W px wide is found at W - 0.5 - x on the mirrored
+        # one): the image's keypoints carry that shift, and the reference's, mirrored, carry it
+        # leftwards, as describing the mirrored picture gives them
+        dr = mirrored_sift(dr)
+        pr = pr - np.float32([0.5 * _bounded_size(reference.shape, max_side)[1], 0.0])
     pi, di = _sift_features(image, outside_mask(mask, exclude_px), max_features, max_side)
     if dr is None or di is None or len(pr) < 2 or len(pi) < 2:
         return Matches.empty()
@@ -170,6 +183,28 @@ def sift_matches(
     ref_xy = pr[[m.trainIdx for m, _ in good]]
     weight = np.float32([1.2 - r for _, r in good])  # a clearer ratio-test winner weighs more
     return Matches(img_xy, ref_xy, np.clip(weight, 0.05, 1.0), {"sift": len(good)})
+
+
+def _sift_mirror_order(d: int = 4, n: int = 8) -> np.ndarray:
+    """The column order that turns a SIFT descriptor into the mirrored picture's at the mirrored
+    keypoint (see :func:`mirrored_sift`)."""
+    idx = np.arange(d * d * n).reshape(d, d, n)  # (row, column, orientation) of the keypoint's frame
+    return idx[::-1][:, :, (-np.arange(n)) % n].reshape(-1)
+
+
+_SIFT_MIRROR = _sift_mirror_order()
+
+
+def mirrored_sift(descriptors: np.ndarray) -> np.ndarray:
+    """SIFT descriptors ((N, 128), OpenCV's layout: 4 x 4 cells of 8 orientation bins in the
+    keypoint's frame) as the mirrored picture gives them at the mirrored keypoints. Mirrored left
+    to right, a keypoint's orientation theta becomes 180 - theta; in its frame the samples keep
+    their column, their row goes to the other side (r -> 3 - r), and each gradient's angle to the
+    frame's axis changes sign (bin o -> -o mod 8, the interpolation between bins mirrored with
+    it). The same descriptors as describing the mirrored picture (median cosine 1.0000 on the
+    keypoints both find; 90 % of them do, the rest differ by OpenCV's pyramid, which is not
+    symmetric), without describing it: a third of SIFT's time in the alignment."""
+    return np.ascontiguousarray(np.asarray(descriptors)[:, _SIFT_MIRROR])
 
 
 _SIFT_FEATURES = ContentCache(16)  # (pixels, detection mask, settings) -> (positions, descriptors)
@@ -187,16 +222,13 @@ def sift_features_ahead(
 ) -> None:
     """Describe, side by side on :func:`~refine_by_align.threads.worker_threads` threads, the
     pictures :func:`sift_matches` reads with the same settings (the image outside the grown mask,
-    the reference in each orientation of ``flips``), so its calls find them remembered. OpenCV's
-    SIFT runs mostly on one core (0.039 s a 512 px picture with 2 threads, 0.045 s with one): two
-    pictures side by side take 0.047 s where one after the other take 0.078 s. The features are the
-    ones computed one at a time (SIFT is deterministic)."""
+    and the reference: each orientation of ``flips`` is matched from its descriptors), so its
+    calls find them remembered. OpenCV's SIFT runs mostly on one core (0.039 s a 512 px picture
+    with 2 threads, 0.045 s with one): two pictures side by side take 0.047 s where one after the
+    other take 0.078 s. The features are the ones computed one at a time (SIFT is deterministic)."""
     from concurrent.futures import ThreadPoolExecutor
 
-    jobs = [(image, outside_mask(mask, exclude_px))]
-    for flip in flips:
-        rm = None if reference_mask is None else (reference_mask[:, ::-1] if flip else reference_mask)
-        jobs.append((reference[:, ::-1] if flip else reference, rm))
+    jobs = [(image, outside_mask(mask, exclude_px))] + ([(reference, reference_mask)] if len(flips) else [])
     with ThreadPoolExecutor(max_workers=max(1, min(len(jobs), worker_threads()))) as pool:
         list(pool.map(lambda job: _sift_features(job[0], job[1], max_features, max_side), jobs))
 

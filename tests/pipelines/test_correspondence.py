@@ -812,6 +812,30 @@ def test_flow_refinement_removes_a_smooth_residual_the_spline_missed():
     assert np.array_equal(fld.xy[far], start.xy[far])
 
 
+def test_flows_see_only_a_window_around_the_mask():
+    """Each flow of a round is computed on the box of the mask grown by grow + check_px + reach +
+    FLOW_CONTEXT px (48 px at the defaults), not on the whole crop: on a crop that is the whole
+    240 px picture, repainting it beyond that window (another texture in the top, bottom and right
+    strips) leaves the refined field bit-identical; a change inside the window's context does move
+    it (what the flows see there counts)."""
+    from refine_by_align.pipelines.correspondence import FLOW_CONTEXT, refine_field_flow
+
+    image, mask, ref, valid, box, truth = _bent_case()
+    whole = Box(0, 0, 240, 240)
+    start = _identity_field(whole)
+    fld, info = refine_field_flow(start, image, mask, ref, detail_trust=None)
+    assert info["kept"] and FLOW_CONTEXT == 16
+    other = _texture(240, 240, seed=11)
+    far = image.copy()  # the mask is rows 100..139, columns 95..149: the window ends 48 px beyond
+    far[:45], far[195:], far[:, 205:] = other[:45], other[195:], other[:, 205:]
+    fld_far, info_far = refine_field_flow(start, far, mask, ref, detail_trust=None)
+    assert info_far == info and np.array_equal(fld_far.xy, fld.xy) and np.array_equal(fld_far.on_object, fld.on_object)
+    near = image.copy()  # 4 rows inside the window, 40 px from the mask (beyond the rings the check reads)
+    near[56:60, 60:190] = other[56:60, 60:190]
+    fld_near, _ = refine_field_flow(start, near, mask, ref, detail_trust=None)
+    assert not np.array_equal(fld_near.xy, fld.xy)
+
+
 def test_two_flows_the_round_takes_the_one_the_held_out_band_prefers():
     """With DIS and DeepFlow each round takes the flow whose carried values predict the held-out
     band better (the round says which it took), and that agreement is at least DIS's alone; on a
@@ -861,10 +885,11 @@ def test_the_filled_flow_taken_where_the_artifact_misleads_dis():
     from the image with the artifact filled, whose carried values predict the held-out band better,
     and the field inside the mask is closer to the true bend than with DIS and DeepFlow alone. On
     the image without an artifact the round keeps DIS, and the same field as without the third
-    flow."""
+    flow. (The crop lies within the flows' window, so they see all of it.)"""
     from refine_by_align.pipelines.correspondence import FLOWS, refine_field_flow
 
     image, mask, ref, valid, box, truth = _bent_case()
+    box, truth = Box(60, 60, 186, 186), truth[:126, :126]
     window = (slice(box.y0, box.y1), slice(box.x0, box.x1))
     start, inside = _identity_field(box), mask[window]
     err = lambda f: float(np.mean(np.linalg.norm(f.xy - truth, axis=-1)[inside]))

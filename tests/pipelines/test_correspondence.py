@@ -836,6 +836,26 @@ def test_flows_see_only_a_window_around_the_mask():
     assert not np.array_equal(fld_near.xy, fld.xy)
 
 
+def test_a_settled_band_runs_no_flow(monkeypatch):
+    """Where the warp already agrees with the image on the held-out band within FLOW_SETTLED of 1
+    (the reference is the image itself and the field the identity), the round computes no flow and
+    says so; with the rule off the three flows run and the round is refused: the same field."""
+    from refine_by_align.pipelines import correspondence as corr
+
+    image, mask, ref, valid, box, truth = _bent_case()
+    window = (slice(box.y0, box.y1), slice(box.x0, box.x1))
+    start, inside = _identity_field(box), mask[window]
+    calls = []
+    real = corr._flow
+    monkeypatch.setattr(corr, "_flow", lambda method, *a: calls.append(method) or real(method, *a))
+    settled, info = corr.refine_field_flow(start, image[window], inside, image, detail_trust=None)
+    assert info["settled"] and not info["kept"] and info["ncc"] > 1 - corr.FLOW_SETTLED and calls == []
+    monkeypatch.setattr(corr, "FLOW_SETTLED", 0.0)
+    run, info_run = corr.refine_field_flow(start, image[window], inside, image, detail_trust=None)
+    assert sorted(calls) == sorted(corr.FLOWS) and not info_run["kept"] and "settled" not in info_run
+    assert np.array_equal(settled.xy, start.xy) and np.array_equal(run.xy, start.xy)
+
+
 def test_two_flows_the_round_takes_the_one_the_held_out_band_prefers():
     """With DIS and DeepFlow each round takes the flow whose carried values predict the held-out
     band better (the round says which it took), and that agreement is at least DIS's alone; on a

@@ -33,15 +33,30 @@ def median_time(fn, repeats: int = 5, warmup: int = 1, device: torch.device | No
     return statistics.median(times)
 
 
-def matmul_ceiling(dtype: torch.dtype, n: int | None = None, repeats: int = 5, device: str | torch.device = "cpu") -> float:
-    """GFLOP/s of an n x n matmul in ``dtype`` on ``device``, now (n: 2048 on a CPU, 8192 on a GPU)."""
+def matmul_ceiling(dtype: torch.dtype, n: int | None = None, repeats: int = 5, device: str | torch.device = "cpu", max_product_s: float = 0.5) -> float:
+    """GFLOP/s of an n x n matmul in ``dtype`` on ``device``, now. n: 8192 on a GPU; on a CPU 2048,
+    or less where one product would take over ``max_product_s`` (probed on a 512 x 512 product):
+    bf16 on a CPU without native bf16 instructions (AVX2 only) runs at 1-2 GFLOP/s, where one
+    2048 product takes about 13 s and the ceiling's seven of them, twice a benchmark, minutes."""
     device = torch.device(device)
-    n = n or (8192 if device.type == "cuda" else 2048)
+    if n is None:
+        n = 8192 if device.type == "cuda" else 2048
+        if device.type == "cpu":
+            probe = _product_time(dtype, 512, device)
+            while n > 512 and probe * (n / 512) ** 3 > max_product_s:
+                n //= 2
     a = torch.randn(n, n, device=device).to(dtype)
     b = torch.randn(n, n, device=device).to(dtype)
     with torch.inference_mode():
         t = median_time(lambda: a @ b, repeats=repeats, warmup=2, device=device)
     return 2 * n**3 / t / 1e9
+
+
+def _product_time(dtype: torch.dtype, n: int, device: torch.device) -> float:
+    """Seconds of one n x n product in ``dtype`` (after one warm-up product)."""
+    a = torch.randn(n, n, device=device).to(dtype)
+    with torch.inference_mode():
+        return median_time(lambda: a @ a, repeats=1, warmup=1, device=device)
 
 
 def cpu_name() -> str:

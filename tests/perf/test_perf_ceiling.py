@@ -27,3 +27,14 @@ def test_matmul_ceiling_shrinks_the_product_where_one_would_take_long(monkeypatc
         timed_sizes.clear()
         assert ceiling.matmul_ceiling(torch.bfloat16) == 2 * n**3 / 1e9 and timed_sizes == [n, n], (probe, timed_sizes)
     assert ceiling.matmul_ceiling(torch.float32, n=300) == 2 * 300**3 / 1e9  # a given n is kept
+
+
+def test_native_bf16_reads_the_cpu_flags(monkeypatch):
+    """bf16 counts as native on a CPU with AMX or AVX-512 BF16, not on one with AVX2 only (where it
+    is emulated), and cpu_name names the instruction set it found."""
+    from refine_by_align.perf import ceiling
+
+    for flags, native, isa in ((["avx2", "amx_bf16"], True, "AMX"), (["avx512f", "avx512_bf16"], True, "AVX-512 bf16"), (["avx2", "fma"], False, None)):
+        monkeypatch.setattr(ceiling, "_cpu_info", lambda: ("Some CPU", flags))
+        assert ceiling.native_bf16("cpu") is native
+        assert ceiling.cpu_name() == (f"Some CPU, {isa}" if isa else "Some CPU")

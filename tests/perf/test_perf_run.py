@@ -12,6 +12,8 @@ from refine_by_align.perf.run import _resolve_dtype, check_configs, format_resul
 
 def test_dtype_choice():
     assert _resolve_dtype("paper", "auto") == "bf16"
+    assert _resolve_dtype("paper", "auto", native=False) == "fp32"  # (AVX2 only: bf16 emulated)
+    assert _resolve_dtype("paper", "bf16", native=False) == "bf16"  # (asked for: kept)
     assert _resolve_dtype("default", "auto") == "fp32"
     assert _resolve_dtype("default", "bf16") == "bf16"
     with pytest.raises(ValueError, match="dtype"):

@@ -21,7 +21,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         "and report the whole refine's median / 90th percentile / max per kind of case (real photos; the synthetic input is a worst case)",
     )
     p.add_argument("--case-limit", type=int, help="with --cases: only the first N cases")
-    p.add_argument("--dtype", default="auto", choices=["auto", "fp32", "bf16"], help="auto: bf16 for paper, fp32 for small models")
+    p.add_argument("--dtype", default="auto", choices=["auto", "fp32", "bf16"], help="auto: bf16 for paper where the device runs bf16 natively (a GPU, AMX or AVX-512 BF16), else fp32; fp32 for small models")
     p.add_argument(
         "--compile",
         nargs="?",

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import torch
 
-__all__ = ["median_time", "matmul_ceiling", "cpu_name", "peak_rss_mb"]
+__all__ = ["median_time", "matmul_ceiling", "cpu_name", "native_bf16", "peak_rss_mb"]
 
 
 def _sync(device: torch.device | None) -> None:
@@ -59,16 +59,34 @@ def _product_time(dtype: torch.dtype, n: int, device: torch.device) -> float:
         return median_time(lambda: a @ a, repeats=1, warmup=1, device=device)
 
 
-def cpu_name() -> str:
-    """'Intel(R) Xeon(R) Processor, AMX' from /proc/cpuinfo where there is one, else the platform."""
+def _cpu_info() -> tuple[str, list[str]]:
+    """(the CPU's model name, its instruction-set flags) from /proc/cpuinfo; the platform's name
+    and no flags where there is none."""
     try:
         info = Path("/proc/cpuinfo").read_text()
     except OSError:
-        return platform.processor() or platform.machine()
+        return platform.processor() or platform.machine(), []
     name = next((ln.split(":", 1)[1].strip() for ln in info.splitlines() if ln.startswith("model name")), platform.machine())
     flags = next((ln.split(":", 1)[1].split() for ln in info.splitlines() if ln.startswith("flags")), [])
+    return name, flags
+
+
+def cpu_name() -> str:
+    """'Intel(R) Xeon(R) Processor, AMX' from /proc/cpuinfo where there is one, else the platform."""
+    name, flags = _cpu_info()
     isa = "AMX" if "amx_bf16" in flags else "AVX-512 bf16" if "avx512_bf16" in flags else "AVX-512" if "avx512f" in flags else ""
     return f"{name}, {isa}" if isa else name
+
+
+def native_bf16(device: str | torch.device = "cpu") -> bool:
+    """Whether bf16 matmuls run natively on ``device``: a CUDA GPU that supports bf16, or a CPU
+    with AMX or AVX-512 BF16. Elsewhere (AVX2 only) PyTorch emulates them at 1-2 GFLOP/s, about
+    a hundredth of fp32."""
+    device = torch.device(device)
+    if device.type == "cuda":
+        return torch.cuda.is_bf16_supported()
+    flags = _cpu_info()[1]
+    return "amx_bf16" in flags or "avx512_bf16" in flags
 
 
 def peak_rss_mb() -> float:

@@ -33,7 +33,7 @@ import torch
 from PIL import Image
 
 from ..io import InputError
-from .ceiling import cpu_name, matmul_ceiling, median_time, peak_rss_mb
+from .ceiling import cpu_name, matmul_ceiling, median_time, native_bf16, peak_rss_mb
 from .plot import plot_breakdown
 from .profile import OP_CLASSES, attention_sweep, breakdown, time_by_op_class, unet_flops
 
@@ -69,14 +69,16 @@ def _shipped_example(name: str = "badge"):
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16}
 
 
-def _resolve_dtype(name: str, dtype: str) -> str:
-    """``auto``: bf16 for the paper-size config (matmul-bound: bf16 is ~4x fp32 here), fp32 for
-    small models (overhead-bound: casting costs more than it saves)."""
+def _resolve_dtype(name: str, dtype: str, native: bool = True) -> str:
+    """``auto``: bf16 for the paper-size config where the device runs bf16 natively (``native``,
+    :func:`~.ceiling.native_bf16`; matmul-bound: bf16 is ~4x fp32 with AMX), fp32 for small models
+    (overhead-bound: casting costs more than it saves) and on a CPU without native bf16 (AVX2
+    only: bf16 is emulated at about a hundredth of fp32's speed)."""
     if dtype != "auto":
         if dtype not in DTYPES:
             raise ValueError(f"dtype '{dtype}': choose auto, fp32 or bf16")
         return dtype
-    return "bf16" if Path(name).name == "paper" else "fp32"
+    return "bf16" if Path(name).name == "paper" and native else "fp32"
 
 
 @dataclass
@@ -289,7 +291,7 @@ def benchmark_config(
     from ..pipelines.pipeline import resolve_device
 
     dev = resolve_device(device)
-    dtype = _resolve_dtype(name, dtype)
+    dtype = _resolve_dtype(name, dtype, native_bf16(dev))
     _say(f"{name}: loading ({dtype}, {dev})")
     pipe = load_pipeline(name, device=dev, dtype=DTYPES[dtype])
     timed = partial(median_time, warmup=1, device=dev)  # timed(fn, repeats): the median on this config's device

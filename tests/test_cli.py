@@ -158,6 +158,19 @@ def test_train_with_weights_that_cannot_be_had_is_a_usage_error(tmp_path, capsys
     assert err[-1].startswith("refine-by-align train: error: cannot load the U-Net weights") and "no-sd" in err[-1]
 
 
+def test_refine_dtype_bf16_says_when_the_cpu_only_emulates_it(tmp_path, monkeypatch, capsys):
+    """--dtype bf16 on a CPU without native bf16 (AVX2 only) prints one note that it is emulated
+    and far slower; with native bf16, and with fp32, no such note."""
+    from refine_by_align.perf import ceiling
+
+    for native, dtype, said in ((False, "bf16", True), (True, "bf16", False), (False, "fp32", False)):
+        monkeypatch.setattr(ceiling, "native_bf16", lambda device="cpu": native)
+        out = tmp_path / f"{native}-{dtype}.png"
+        assert main(_args(out, "--no-warp", "--steps", "1", "--dtype", dtype)) == 0
+        err = capsys.readouterr().err
+        assert ("without native bf16" in err) is said and err.count("without native bf16") <= 1, err
+
+
 def test_refine_dtype_bf16_runs_the_model_in_bf16_with_the_fp32_result_within_a_few_grey_levels(tmp_path, monkeypatch):
     """--dtype bf16 loads the weights in bf16 (a spy on the loader sees the dtype) and the refined
     pixels stay close to fp32's (the model redraws the whole mask: --no-warp); outside the mask

@@ -39,6 +39,12 @@ def load_model(model: str, quiet: bool, matcher_weights: str | None = None, dtyp
             "stand-in, not a refinement.",
             file=sys.stderr,
         )
+    if dtype == "bf16":
+        from ..perf.ceiling import native_bf16
+
+        if not native_bf16(pipe.device):
+            print(f"note: --dtype bf16 on a {pipe.device.type.upper()} without native bf16 (no AMX or AVX-512 BF16): "
+                  "PyTorch emulates it, far slower than fp32", file=sys.stderr)  # fmt: skip
     pipe.set_progress_bar_config(disable=quiet, leave=False, desc="refine")
     if matcher_weights is not None and not pipe.set_matcher(matcher_weights):
         raise CLIError(f"--matcher-weights: {pipe._aliked_note}")

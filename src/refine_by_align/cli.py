@@ -7,14 +7,14 @@ import argparse
 import logging
 import sys
 
-from .commands import align, batch, bench_quality, bench_speed, demo, detect, grid_search, make_cases, plot, refine, serve, show_pairs, train
+from .commands import align, batch, bench_quality, bench_speed, bench_suite, demo, detect, grid_search, make_cases, plot, refine, serve, show_pairs, train
 from .commands.common import EXIT_USAGE, MAX_SEED, CLIError, deprecation
 
 __all__ = ["main", "build_parser", "COMMANDS", "DEPRECATED_COMMANDS", "EXAMPLES", "CLIError"]
 
 # subcommand name -> its module (HELP, EXAMPLE, add_arguments, run), in the order --help lists them
 COMMANDS = {
-    "refine": refine, "align": align, "bench-quality": bench_quality, "grid-search": grid_search, "bench-speed": bench_speed,
+    "refine": refine, "align": align, "bench-quality": bench_quality, "bench-suite": bench_suite, "grid-search": grid_search, "bench-speed": bench_speed,
     "serve": serve, "batch": batch, "demo": demo, "train": train, "plot": plot, "show-pairs": show_pairs,
     "make-cases": make_cases, "detect": detect,
 }

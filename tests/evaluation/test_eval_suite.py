@@ -1,6 +1,7 @@
 """The validation suite: its sets as documented, built once, scored, and two runs compared case by case."""
 
 import json
+import shutil
 
 import pytest
 
@@ -34,8 +35,6 @@ def test_a_suite_is_built_once_scored_and_compared(tmp_path, tiny_multiview):
     assert len(cases) == 2 and len(list(folders["b"].iterdir())) == 2
     image = (folders["a"] / cases[0] / "image.png").read_bytes()
     stamp = (folders["b"] / sorted(p.name for p in folders["b"].iterdir())[0] / "image.png").stat().st_mtime_ns
-    import shutil
-
     shutil.rmtree(folders["a"] / cases[0])  # cut short: built again
     build_suite(tiny_multiview, tmp_path / "cases", sets)
     assert (folders["a"] / cases[0] / "image.png").read_bytes() == image

@@ -11,7 +11,7 @@ def test_matmul_ceiling_is_positive():
 
 def test_matmul_ceiling_shrinks_the_product_where_one_would_take_long(monkeypatch):
     """On a CPU the ceiling's product is 2048 x 2048 unless a 512 probe says one would take over
-    max_product_s (bf16 without native instructions: ~0.2 s at 512, ~13 s at 2048); then it halves
+    max_product_s (bf16 without native instructions: ~0.2 s at 512, over a minute at 2048); then it halves
     until it fits, down to 512. The GFLOP/s returned are those of the size timed."""
     from refine_by_align.perf import ceiling
 

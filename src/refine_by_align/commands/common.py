@@ -43,8 +43,8 @@ def load_model(model: str, quiet: bool, matcher_weights: str | None = None, dtyp
         from ..perf.ceiling import native_bf16
 
         if not native_bf16(pipe.device):
-            print(f"note: --dtype bf16 on a {pipe.device.type.upper()} without native bf16 (no AMX or AVX-512 BF16): "
-                  "PyTorch emulates it, far slower than fp32", file=sys.stderr)  # fmt: skip
+            where = "a CPU without native bf16 (no AMX or AVX-512 BF16)" if pipe.device.type == "cpu" else f"a {pipe.device.type} device without bf16 support"
+            print(f"note: --dtype bf16 on {where}: PyTorch emulates it, far slower than fp32", file=sys.stderr)
     pipe.set_progress_bar_config(disable=quiet, leave=False, desc="refine")
     if matcher_weights is not None and not pipe.set_matcher(matcher_weights):
         raise CLIError(f"--matcher-weights: {pipe._aliked_note}")

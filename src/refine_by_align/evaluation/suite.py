@@ -67,11 +67,16 @@ def build_suite(source: str | os.PathLike, cases_root: str | os.PathLike, sets: 
     holds the set's number of cases (a set cut short is built again; the same seed writes the same
     cases). A subject missing from ``source`` raises make_cases' DatasetError, naming it."""
     from ..data.make_cases import make_cases
+    from ..io import InputError
+    from .cases import list_case_dirs
 
     folders = {}
     for s in sets:
         folder = Path(cases_root) / s.name
-        held = sum(1 for p in folder.iterdir() if p.is_dir() and not p.name.startswith(".")) if folder.is_dir() else 0
+        try:
+            held = len(list_case_dirs(folder))
+        except InputError:  # (no folder yet, or none of its cases)
+            held = 0
         if held != s.per_subject * len(s.subjects):
             make_cases(source, folder, seed=s.seed, subjects=list(s.subjects), cases_per_subject=s.per_subject)
         folders[s.name] = folder

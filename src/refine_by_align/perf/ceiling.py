@@ -36,8 +36,9 @@ def median_time(fn, repeats: int = 5, warmup: int = 1, device: torch.device | No
 def matmul_ceiling(dtype: torch.dtype, n: int | None = None, repeats: int = 5, device: str | torch.device = "cpu", max_product_s: float = 0.5) -> float:
     """GFLOP/s of an n x n matmul in ``dtype`` on ``device``, now. n: 8192 on a GPU; on a CPU 2048,
     or less where one product would take over ``max_product_s`` (probed on a 512 x 512 product):
-    bf16 on a CPU without native bf16 instructions (AVX2 only) runs at 1-2 GFLOP/s, where one
-    2048 product takes about 13 s and the ceiling's seven of them, twice a benchmark, minutes."""
+    bf16 on a CPU without native bf16 instructions (AVX2 only) was measured at about 1 GFLOP/s on
+    512 products and slower on larger ones: the ceiling's seven 2048 products, twice a benchmark,
+    ran for over 7 minutes before they were stopped."""
     device = torch.device(device)
     if n is None:
         n = 8192 if device.type == "cuda" else 2048

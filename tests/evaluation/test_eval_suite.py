@@ -2,12 +2,13 @@
 
 import json
 import shutil
+from pathlib import Path
 
 import pytest
 
 from refine_by_align.cli import main
 from refine_by_align.data.readers import VALIDATION_SUBJECTS
-from refine_by_align.evaluation.suite import SUITE, TRAINING_CHECK_SUBJECTS, UNUSED_SUBJECTS, CaseSet, build_suite, compare_runs, run_suite, suite_sets
+from refine_by_align.evaluation.suite import SUITE, TRAINING_CHECK_SUBJECTS, UNUSED_SUBJECTS, CaseSet, SuiteMismatchError, build_suite, compare_runs, run_suite, suite_sets
 
 
 def test_the_suite_is_the_documented_sets():
@@ -45,7 +46,7 @@ def test_a_suite_is_built_once_scored_and_compared(tmp_path, tiny_multiview):
     assert json.loads((tmp_path / "keep" / "suite.json").read_text())["sets"]["a"]["cases"] == keep["sets"]["a"]["cases"] == 2
     assert telea["sets"]["b"]["role"] == "check" and telea["psnr_by_role"]["decide"] is not None
     (tmp_path / "telea" / "b" / "metrics.json").write_text(json.dumps({**json.loads((tmp_path / "telea" / "b" / "metrics.json").read_text()), "cases": []}))
-    again = run_suite(tmp_path / "cases", tmp_path / "telea", sets[:1], method="no-such-method-not-run", progress=False)  # read back, not run
+    again = run_suite(tmp_path / "cases", tmp_path / "telea", sets[:1], method="telea", progress=False)  # read back, not run
     assert again["sets"]["a"] == telea["sets"]["a"]
 
     cmp = compare_runs(tmp_path / "keep", tmp_path / "telea", sets)
@@ -67,3 +68,43 @@ def test_bench_suite_bad_inputs_are_one_line(tmp_path, capsys):
         rc = main(["bench-suite", "--cases", str(tmp_path / "cases"), "--output", str(tmp_path / "run"), *args])
         err = capsys.readouterr().err
         assert rc == 2 and message in err and len(err.strip().splitlines()) == 1, err
+
+
+def test_a_run_folder_is_not_resumed_with_another_method_or_model(tmp_path, tiny_multiview, monkeypatch, capsys):
+    """A set already scored is read back only into a run of the same method and model: the folder's
+    suite.json names them from its first set on (an interrupted run too), a folder written without
+    one is checked by its sets' metrics.json, and the command says so in one line."""
+    import refine_by_align.evaluation.bench as bench
+
+    sets = [CaseSet("a", 3, 1, ("alpha",), "decide"), CaseSet("b", 4, 1, ("beta",), "check")]
+    build_suite(tiny_multiview, tmp_path / "cases", sets)
+    real = bench.run_bench
+
+    def cut_short(cases_dir, output_dir, **kw):  # the run is killed during its second set
+        if Path(cases_dir).name == "b":
+            raise KeyboardInterrupt
+        return real(cases_dir, output_dir, **kw)
+
+    monkeypatch.setattr(bench, "run_bench", cut_short)
+    with pytest.raises(KeyboardInterrupt):
+        run_suite(tmp_path / "cases", tmp_path / "run", sets, method="telea", progress=False)
+    assert json.loads((tmp_path / "run" / "suite.json").read_text())["method"] == "telea"  # named before it was cut short
+    for method, model in (("keep", None), ("telea", "some/other-model")):
+        with pytest.raises(SuiteMismatchError, match="give a new --output folder"):
+            run_suite(tmp_path / "cases", tmp_path / "run", sets, method=method, model=model, progress=False)
+    monkeypatch.setattr(bench, "run_bench", real)
+    done = run_suite(tmp_path / "cases", tmp_path / "run", sets, method="telea", progress=False)  # resumed: b run, a read back
+    assert done["sets"]["a"]["cases"] == 1 and done["sets"]["b"]["cases"] == 1
+
+    (tmp_path / "run" / "suite.json").unlink()  # a folder without suite.json: its sets' metrics.json are checked
+    with pytest.raises(SuiteMismatchError, match="holds method 'telea', not 'keep'"):
+        run_suite(tmp_path / "cases", tmp_path / "run", sets, method="keep", progress=False)
+    import refine_by_align.evaluation.suite as suite
+
+    monkeypatch.setattr(suite, "build_suite", lambda *a, **k: {})  # (the command's sets are the real ones: not built here)
+    (tmp_path / "other").mkdir()
+    (tmp_path / "other" / "suite.json").write_text(json.dumps({"method": "keep", "model": None, "sets": {}}))
+    rc = main(["bench-suite", "--cases", str(tmp_path / "cases"), "--output", str(tmp_path / "other"), "--sets", "val"])
+    err = capsys.readouterr().err
+    assert rc == 2 and "holds a run of method 'keep' with model 'default', not method 'refine-by-align'" in err and len(err.strip().splitlines()) == 1, err
+

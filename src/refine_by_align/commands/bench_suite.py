@@ -43,7 +43,7 @@ def _print_comparison(cmp: dict, before: str) -> None:
 
 def run(args) -> int:
     from ..data.readers import DatasetError
-    from ..evaluation.suite import build_suite, compare_runs, run_suite, suite_sets
+    from ..evaluation.suite import SuiteMismatchError, build_suite, compare_runs, run_suite, suite_sets
 
     try:
         sets = suite_sets(args.sets)
@@ -55,7 +55,10 @@ def run(args) -> int:
         build_suite(args.source, args.cases, sets)
     except DatasetError as e:
         raise CLIError(f"--source '{args.source}': {e} (the suite is built from the multi-view photos, ../shared/data/dreambooth-train)") from None
-    res = run_suite(args.cases, args.output, sets, model=args.model, progress=not args.quiet)
+    try:
+        res = run_suite(args.cases, args.output, sets, model=args.model, progress=not args.quiet)
+    except SuiteMismatchError as e:
+        raise CLIError(f"--output: {e}") from None
     _print_run(res)
     if args.compare:
         _print_comparison(compare_runs(args.compare, args.output, sets), args.compare)

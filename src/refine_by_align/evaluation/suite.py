@@ -17,7 +17,7 @@ from typing import Any, Sequence
 
 from ..data.readers import VALIDATION_SUBJECTS
 
-__all__ = ["CaseSet", "SUITE", "TRAINING_CHECK_SUBJECTS", "UNUSED_SUBJECTS", "suite_sets", "build_suite", "run_suite", "compare_runs"]
+__all__ = ["CaseSet", "SUITE", "TRAINING_CHECK_SUBJECTS", "UNUSED_SUBJECTS", "suite_sets", "build_suite", "run_suite", "compare_runs", "SuiteMismatchError"]
 
 #: Training subjects whose cases check a choice made on the validation subjects ("trsub").
 TRAINING_CHECK_SUBJECTS = ("bear_plushie", "cat", "duck_toy", "fancy_boot", "monster_toy", "shiny_sneaker", "teapot", "vase")
@@ -93,11 +93,15 @@ def run_suite(
 ) -> dict[str, Any]:
     """Score ``method`` on each set (``cases_root/NAME`` -> ``run_dir/NAME``, as ``bench-quality``
     does: outputs, metrics.json, contact sheet). A set whose metrics.json is already there is read
-    back, not run again (an interrupted run resumes). Writes ``run_dir/suite.json``: each set's role,
-    case count and summary, and the mean masked PSNR over the cases of each role; returns it."""
+    back, not run again (an interrupted run resumes), but only into a run of the same method and
+    model: ``run_dir/suite.json`` names them from the first set on, and a folder that holds another
+    method's or model's results raises :class:`SuiteMismatchError` instead of mixing them. Writes
+    ``run_dir/suite.json`` after each set: each set's role, case count and summary, and the mean
+    masked PSNR over the cases of each role; returns it."""
     from .bench import run_bench, write_json_atomic
 
     run_dir = Path(run_dir)
+    _check_same_run(run_dir, sets, method, model)
     out: dict[str, Any] = {"method": method, "model": model, "sets": {}}
     psnr_by_role: dict[str, list[float]] = {r: [] for r in ROLES}
     for s in sets:
@@ -105,12 +109,41 @@ def run_suite(
         if metrics.exists():
             res = json.loads(metrics.read_text())
         else:
+            run_dir.mkdir(parents=True, exist_ok=True)
+            write_json_atomic({**out, "psnr_by_role": None}, run_dir / "suite.json")  # (names the run before its first set is written)
             res = run_bench(Path(cases_root) / s.name, run_dir / s.name, method=method, model=model, progress=progress)
         out["sets"][s.name] = {"role": s.role, "seed": s.seed, "cases": len(res["cases"]), "summary": res["summary"]}
         psnr_by_role[s.role] += [c["psnr"] for c in res["cases"] if c.get("psnr") is not None]
     out["psnr_by_role"] = {r: (sum(v) / len(v) if v else None) for r, v in psnr_by_role.items()}
     write_json_atomic(out, run_dir / "suite.json")
     return out
+
+
+class SuiteMismatchError(ValueError):
+    """A run folder holds another method's or model's results (:func:`run_suite` does not mix them)."""
+
+
+def _check_same_run(run_dir: Path, sets: Sequence[CaseSet], method: str, model: str | None) -> None:
+    """Raise :class:`SuiteMismatchError` where ``run_dir`` already holds results of another method
+    or model: its suite.json's, or (a folder written without one) a set's metrics.json's method."""
+    def name(m, mo):
+        return f"method '{m}' with model '{mo or 'default'}'"
+
+    suite = run_dir / "suite.json"
+    if suite.exists():
+        prev = json.loads(suite.read_text())
+        if (prev.get("method"), prev.get("model")) != (method, model):
+            raise SuiteMismatchError(
+                f"{run_dir} holds a run of {name(prev.get('method'), prev.get('model'))}, not {name(method, model)}: "
+                "give a new --output folder (its results would be mixed with this run's)"
+            )
+        return
+    for s in sets:
+        metrics = run_dir / s.name / "metrics.json"
+        if metrics.exists() and json.loads(metrics.read_text()).get("method") != method:
+            raise SuiteMismatchError(
+                f"{metrics} holds method '{json.loads(metrics.read_text()).get('method')}', not '{method}': give a new --output folder"
+            )
 
 
 def compare_runs(before: str | os.PathLike, after: str | os.PathLike, sets: Sequence[CaseSet] = SUITE, tolerance: float = 1e-6) -> dict[str, Any]:

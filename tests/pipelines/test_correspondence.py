@@ -499,7 +499,7 @@ def test_candidate_fields_without_confidence_rank_the_same_and_get_it_later():
 def test_reference_features_are_remembered_per_reference_and_never_stale(monkeypatch):
     """A second match against the same reference reuses its matcher features (same matches); a changed
     reference or mask is described anew (the cache is keyed by content, not by object)."""
-    from refine_by_align.pipelines import correspondence as C
+    from refine_by_align.pipelines import matching as C
 
     calls = []
 
@@ -538,7 +538,7 @@ def test_sift_features_are_remembered_and_match_a_fresh_computation(monkeypatch)
     of the reference, a reference seen before is not described again), are the same values as a
     fresh computation, are read-only, and a changed picture or mask is described anew; the flipped
     matching's positions never leak into the memory."""
-    import refine_by_align.pipelines.correspondence as C
+    import refine_by_align.pipelines.matching as C
 
     image, mask, ref, valid, H = _case(_sim())
     C.clear_reference_cache()
@@ -840,7 +840,7 @@ def test_a_settled_band_runs_no_flow(monkeypatch):
     """Where the warp already agrees with the image on the held-out band within FLOW_SETTLED of 1
     (the reference is the image itself and the field the identity), the round computes no flow and
     says so; with the rule off the three flows run and the round is refused: the same field."""
-    from refine_by_align.pipelines import correspondence as corr
+    from refine_by_align.pipelines import field_refinement as corr
 
     image, mask, ref, valid, box, truth = _bent_case()
     window = (slice(box.y0, box.y1), slice(box.x0, box.x1))
@@ -927,7 +927,7 @@ def test_the_filled_flow_taken_where_the_artifact_misleads_dis():
 def test_two_flows_side_by_side_give_the_fields_of_one_thread(monkeypatch):
     """Each round computes its flows (DIS and DeepFlow) side by side on two threads: the refined
     field and the round's choice are exactly those computed one after another on one thread."""
-    from refine_by_align.pipelines import correspondence as corr
+    from refine_by_align.pipelines import field_refinement as corr
 
     image, mask, ref, valid, box, truth = _bent_case()
     window = (slice(box.y0, box.y1), slice(box.x0, box.x1))
@@ -1113,7 +1113,7 @@ def test_dis_flow_upsampled_is_in_the_crops_pixels():
     pixels: a texture moved by (-1.5, 0.75) px gives that displacement (to a tenth of a pixel in
     the middle) with and without upsampling, at the preset's finest scale and at 0; k = 1 is DIS
     as it is, and a finest scale given is DIS's own setting."""
-    from refine_by_align.pipelines.correspondence import _dis_flow
+    from refine_by_align.pipelines.field_refinement import _dis_flow
 
     a = cv2.cvtColor(_texture(96, 96, seed=4), cv2.COLOR_RGB2GRAY)
     shift = np.float32([[1, 0, -1.5], [0, 1, 0.75]])  # b(p) = a(p + (1.5, -0.75)), so a(p) = b(p + (-1.5, 0.75))
@@ -1136,7 +1136,7 @@ def test_flow_smoothing_is_a_normalised_convolution_over_the_kept_pixels():
     kept at only: a constant flow stays that constant right up to the hole (the hole's pixels
     neither count nor dilute it), a noisy one comes out closer to its mean, and sigma 0 returns it
     as given."""
-    from refine_by_align.pipelines.correspondence import _smoothed
+    from refine_by_align.pipelines.field_refinement import _smoothed
 
     known = np.ones((60, 80), bool)
     known[20:40, 30:50] = False
@@ -1306,7 +1306,7 @@ def test_ecc_retry_only_on_a_field_that_is_a_homography_alone(monkeypatch):
     gets the smoothed run only, a homography-alone field both, unless its warp agrees with the
     image below the retry's gate (the runs are recorded here, and refused so that the retry is
     reached)."""
-    import refine_by_align.pipelines.correspondence as corr
+    import refine_by_align.pipelines.field_refinement as corr
 
     image, mask, ref, valid, H = _case(_sim())
     box = Box(60, 60, 200, 200)

@@ -55,7 +55,7 @@ def run(args) -> int:
 def _misfit_clause(misfit: float | None) -> str:
     """", its fit misses its own matches by X px: ..." where a refine would discount the warp for
     it (:func:`~refine_by_align.pipelines.correspondence.misfit_weight`), else ""."""
-    from ..pipelines.correspondence import misfit_weight
+    from ..pipelines.warp import misfit_weight
 
     factor = misfit_weight(misfit)
     if misfit is None or factor >= 1.0:

@@ -61,7 +61,9 @@ from refine_by_align.data.readers import (
 from refine_by_align.data.synthetic import SyntheticSource
 from refine_by_align.fill import CLASSICAL_FILLS, TELEA_RADIUS, fill_hole, warp_at
 from refine_by_align.io import save_image_atomic
-from refine_by_align.pipelines.correspondence import DenseField, Matches, dense_field, field_misfit, fit_field, outside_mask, warp_agreement, warp_fill
+from refine_by_align.pipelines.fields import DenseField, dense_field, field_misfit, fit_field
+from refine_by_align.pipelines.matching import Matches, outside_mask
+from refine_by_align.pipelines.warp import warp_agreement, warp_fill
 from refine_by_align.zoom import Box, crop_resize, mask_bbox, square_pad_box, zoom_box
 
 __all__ = [

@@ -118,7 +118,7 @@ class _StepInputs:
 def _forget_references() -> None:
     """A new reference each time: the remembered matcher features and object estimates are dropped."""
     from ..data.foreground import clear_foreground_cache
-    from ..pipelines.correspondence import clear_reference_cache
+    from ..pipelines.matching import clear_reference_cache
 
     clear_reference_cache()
     clear_foreground_cache()

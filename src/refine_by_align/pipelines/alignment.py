@@ -33,31 +33,22 @@ import torch.nn.functional as F
 from scipy import ndimage
 
 from ..models.attention import AllLayersRecorded, recording
+from ..threads import worker_threads
 from ..zoom import Box
-from .correspondence import (
+from .field_refinement import DETAIL_TRUST, polish_field_ecc, refine_field_ecc, refine_field_flow
+from .fields import DenseField, dense_field, field_misfit, fit_field, with_confidence
+from .matching import (
     ALIKED_KEYPOINTS,
     AlikedImage,
-    DETAIL_TRUST,
-    TRUST_MIN_NCC,
-    DenseField,
     Matches,
     aliked_matches,
-    dense_field,
-    detail_agreement,
-    field_misfit,
-    fit_field,
     grow_box,
     outside_mask,
-    polish_field_ecc,
-    refine_field_ecc,
-    refine_field_flow,
     sift_features_ahead,
     sift_matches,
     template_matches,
-    warp_agreement,
-    with_confidence,
-    worker_threads,
 )
+from .warp import TRUST_MIN_NCC, detail_agreement, warp_agreement
 
 ALIGNMENT_METHODS = ("dense", "attention")
 

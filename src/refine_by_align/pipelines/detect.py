@@ -34,7 +34,9 @@ import cv2
 import numpy as np
 
 from ..zoom import Box
-from .correspondence import DenseField, Matches, aliked_matches, colour_transfer, dense_field, fit_field, sift_matches
+from .fields import DenseField, dense_field, fit_field
+from .matching import Matches, aliked_matches, sift_matches
+from .warp import colour_transfer
 
 __all__ = [
     "FEATURES", "WEIGHTS", "Detection", "detect", "load_matcher", "evaluate_cases", "fit_image_field", "features", "disagreement", "fit_weights",

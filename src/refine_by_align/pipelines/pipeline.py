@@ -21,7 +21,7 @@ from diffusers import DDIMScheduler, DiffusionPipeline, DPMSolverMultistepSchedu
 from PIL import Image
 
 from ..config import CONFIG_NAMES, get_config
-from ..fill import CLASSICAL_FILLS, classical_fill, poisson_fill, residual_patch, warp_at, warp_composite
+from ..fill import CLASSICAL_FILLS, classical_fill, residual_patch, warp_at, warp_composite
 from ..io import InputError, alpha_mask, to_mask, to_rgb, validate_inputs
 from ..models.refiner import RefineByAlignModel
 from ..zoom import Box, crop_resize, mask_bbox, paste_back, square_pad_box, zoom_box
@@ -35,8 +35,9 @@ from .alignment import (
     dense_alignment,
     grid_to_reference,
 )
-from .correspondence import MATCH_SOURCES, WarpFill, attention_matches, warp_fill
+from .matching import MATCH_SOURCES, attention_matches
 from .references import CombinedWarp, ReferenceResult, as_reference_list, combine_warps, pick_guide
+from .warp import WarpFill, warp_fill
 
 __all__ = ["RefineByAlignPipeline", "ReferenceResult", "CropInputs", "check_settings", "resolve_device", "RefineOutput", "PreparedInputs", "default_model_dir", "make_scheduler"]
 

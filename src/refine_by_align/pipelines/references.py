@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from .correspondence import WarpFill
+from .warp import WarpFill
 
 __all__ = ["ReferenceResult", "CombinedWarp", "combine_warps", "pick_guide", "as_reference_list"]
 

@@ -1,0 +1,469 @@
+"""Point matches between the image around the artifact and the reference object.
+
+Each source returns :class:`Matches` (positions on the image and on the reference, a weight each):
+
+* ``sift``: OpenCV SIFT keypoints with Lowe's ratio test (few, very precise on rigid views), the
+  mirrored reference matched from the same descriptors (:func:`mirrored_sift`);
+* ``aliked``: the pretrained ALIKED matcher (``models/aliked.py``; many, robust under deformation);
+* ``attention``: the model's own cross-attention at Algorithm 1's layer, read at sub-token
+  precision (a soft-argmax around each query's peak token; :func:`attention_matches`);
+* where no source agrees on anything, the object itself searched for by rotation and scale
+  (:func:`template_matches`).
+
+The reference's features are remembered (keyed by its pixels), so several masks refined against one
+reference describe it once. :mod:`.fields` fits a field to the matches.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import cv2
+import numpy as np
+
+from ..memo import ContentCache
+from ..threads import worker_threads
+from ..zoom import Box
+
+__all__ = [
+    "MATCH_SOURCES",
+    "Matches",
+    "outside_mask",
+    "sift_matches",
+    "mirrored_sift",
+    "sift_features_ahead",
+    "ALIKED_KEYPOINTS",
+    "AlikedImage",
+    "aliked_features",
+    "clear_reference_cache",
+    "aliked_matches",
+    "template_matches",
+    "grow_box",
+    "attention_matches",
+]
+
+
+#: Point-match sources :func:`dense_field` understands (combine with "+", e.g. "sift+aliked").
+MATCH_SOURCES = ("sift", "aliked", "attention")
+
+
+def _disk(r: int) -> np.ndarray:
+    r = max(int(r), 0)
+    return cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (2 * r + 1, 2 * r + 1))
+
+
+def _gray(rgb: np.ndarray) -> np.ndarray:
+    return cv2.cvtColor(np.ascontiguousarray(rgb), cv2.COLOR_RGB2GRAY)
+
+
+@dataclass
+class Matches:
+    """Point correspondences, image pixel -> reference pixel (x right, y down)."""
+
+    img_xy: np.ndarray  # (N, 2) float32 on the image
+    ref_xy: np.ndarray  # (N, 2) float32 on the reference
+    weight: np.ndarray  # (N,) float32 in (0, 1]
+    counts: dict[str, int] = field(default_factory=dict)  # matches per source
+
+    @staticmethod
+    def empty() -> "Matches":
+        z = np.zeros((0, 2), np.float32)
+        return Matches(z, z.copy(), np.zeros(0, np.float32), {})
+
+    def __len__(self) -> int:
+        return len(self.img_xy)
+
+    def __add__(self, other: "Matches") -> "Matches":
+        counts = dict(self.counts)
+        for k, v in other.counts.items():
+            counts[k] = counts.get(k, 0) + v
+        return Matches(
+            np.concatenate([self.img_xy, other.img_xy]).astype(np.float32),
+            np.concatenate([self.ref_xy, other.ref_xy]).astype(np.float32),
+            np.concatenate([self.weight, other.weight]).astype(np.float32),
+            counts,
+        )
+
+
+def outside_mask(mask: np.ndarray, exclude_px: int) -> np.ndarray:
+    """Pixels at least ``exclude_px`` away from the artifact: no descriptor there sees it."""
+    return ~cv2.dilate(np.asarray(mask, bool).astype(np.uint8), _disk(exclude_px)).astype(bool)
+
+
+def _bounded(rgb: np.ndarray, mask: np.ndarray | None, max_side: int) -> tuple[np.ndarray, np.ndarray | None, float]:
+    """(``rgb`` and ``mask`` at most ``max_side`` px on the longer side, the factor back to full size)."""
+    size, factor = _bounded_size(rgb.shape[:2], max_side)
+    if size is None:
+        return rgb, None if mask is None else np.asarray(mask, bool), 1.0
+    small = cv2.resize(np.ascontiguousarray(rgb), size, interpolation=cv2.INTER_AREA)
+    m = None if mask is None else cv2.resize(np.asarray(mask, bool).astype(np.uint8), size, interpolation=cv2.INTER_NEAREST).astype(bool)
+    return small, m, factor
+
+
+def _bounded_size(shape: tuple[int, ...], max_side: int) -> tuple[tuple[int, int] | None, float]:
+    """(the (width, height) :func:`_bounded` shrinks a picture of ``shape`` to, or None where it is
+    kept as it is; the factor back to full size)."""
+    h, w = shape[:2]
+    f = max(h, w) / float(max_side)
+    if f <= 1.0:
+        return None, 1.0
+    size = (max(int(round(w / f)), 8), max(int(round(h / f)), 8))
+    return size, np.float32(w / size[0])
+
+
+def sift_matches(
+    image: np.ndarray,
+    mask: np.ndarray,
+    reference: np.ndarray,
+    reference_mask: np.ndarray | None,
+    ratio: float = 0.8,
+    exclude_px: int = 4,
+    max_features: int = 4000,
+    flip: bool = False,
+    max_side: int = 1024,
+) -> Matches:
+    """SIFT on the reference object and on the image outside the (grown) artifact mask, Lowe's
+    ratio test. ``image``/``reference`` (H, W, 3) uint8; masks (H, W) bool. ``flip``: match against
+    the mirrored reference (SIFT is not mirror-invariant); positions are returned on the reference
+    as given. Each picture is described at most ``max_side`` px on its longer side (SIFT's cost
+    grows with the pixels: a 4096 px reference would take tens of seconds), positions are returned
+    at full resolution. The mirrored reference's features are the reference's own, rearranged
+    (:func:`mirrored_sift`): SIFT is not mirror-invariant, but it is mirror-equivariant."""
+    pr, dr = _sift_features(reference, reference_mask, max_features, max_side)
+    if flip and dr is not None:
+        # OpenCV places SIFT's keypoints a quarter of a (described) pixel right of and below the
+        # feature (a keypoint at x on a picture W px wide is found at W - 0.5 - x on the mirrored
+        # one): the image's keypoints carry that shift, and the reference's, mirrored, carry it
+        # leftwards, as describing the mirrored picture gives them
+        dr = mirrored_sift(dr)
+        pr = pr - np.float32([0.5 * _bounded_size(reference.shape, max_side)[1], 0.0])
+    pi, di = _sift_features(image, outside_mask(mask, exclude_px), max_features, max_side)
+    if dr is None or di is None or len(pr) < 2 or len(pi) < 2:
+        return Matches.empty()
+    pairs = cv2.BFMatcher(cv2.NORM_L2).knnMatch(di, dr, k=2)
+    good = [(p[0], p[0].distance / max(p[1].distance, 1e-6)) for p in pairs if len(p) == 2 and p[0].distance < ratio * p[1].distance]
+    if not good:
+        return Matches.empty()
+    img_xy = pi[[m.queryIdx for m, _ in good]]
+    ref_xy = pr[[m.trainIdx for m, _ in good]]
+    weight = np.float32([1.2 - r for _, r in good])  # a clearer ratio-test winner weighs more
+    return Matches(img_xy, ref_xy, np.clip(weight, 0.05, 1.0), {"sift": len(good)})
+
+
+def _sift_mirror_order(d: int = 4, n: int = 8) -> np.ndarray:
+    """The column order that turns a SIFT descriptor into the mirrored picture's at the mirrored
+    keypoint (see :func:`mirrored_sift`)."""
+    idx = np.arange(d * d * n).reshape(d, d, n)  # (row, column, orientation) of the keypoint's frame
+    return idx[::-1][:, :, (-np.arange(n)) % n].reshape(-1)
+
+
+_SIFT_MIRROR = _sift_mirror_order()
+
+
+def mirrored_sift(descriptors: np.ndarray) -> np.ndarray:
+    """SIFT descriptors ((N, 128), OpenCV's layout: 4 x 4 cells of 8 orientation bins in the
+    keypoint's frame) as the mirrored picture gives them at the mirrored keypoints. Mirrored left
+    to right, a keypoint's orientation theta becomes 180 - theta; in its frame the samples keep
+    their column, their row goes to the other side (r -> 3 - r), and each gradient's angle to the
+    frame's axis changes sign (bin o -> -o mod 8, the interpolation between bins mirrored with
+    it). The same descriptors as describing the mirrored picture (median cosine 1.0000 on the
+    keypoints both find; 90 % of them do, the rest differ by OpenCV's pyramid, which is not
+    symmetric), without describing it: a third of SIFT's time in the alignment."""
+    return np.ascontiguousarray(np.asarray(descriptors)[:, _SIFT_MIRROR])
+
+
+_SIFT_FEATURES = ContentCache(16)  # (pixels, detection mask, settings) -> (positions, descriptors)
+
+
+def sift_features_ahead(
+    image: np.ndarray,
+    mask: np.ndarray,
+    reference: np.ndarray,
+    reference_mask: np.ndarray | None,
+    flips: tuple[bool, ...] = (False, True),
+    exclude_px: int = 4,
+    max_features: int = 4000,
+    max_side: int = 1024,
+) -> None:
+    """Describe, side by side on :func:`~refine_by_align.threads.worker_threads` threads, the
+    pictures :func:`sift_matches` reads with the same settings (the image outside the grown mask,
+    and the reference: each orientation of ``flips`` is matched from its descriptors), so its
+    calls find them remembered. OpenCV's SIFT runs mostly on one core (0.039 s a 512 px picture
+    with 2 threads, 0.045 s with one): two pictures side by side take 0.047 s where one after the
+    other take 0.078 s. The features are the ones computed one at a time (SIFT is deterministic)."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    jobs = [(image, outside_mask(mask, exclude_px))] + ([(reference, reference_mask)] if len(flips) else [])
+    with ThreadPoolExecutor(max_workers=max(1, min(len(jobs), worker_threads()))) as pool:
+        list(pool.map(lambda job: _sift_features(job[0], job[1], max_features, max_side), jobs))
+
+
+def _sift_features(rgb: np.ndarray, det_mask: np.ndarray | None, max_features: int, max_side: int) -> tuple[np.ndarray, np.ndarray | None]:
+    """SIFT's keypoint positions at full resolution ((N, 2) float32) and descriptors ((N, 128)
+    float32, None where none) of ``rgb`` where ``det_mask`` is True, described at most
+    ``max_side`` px on the longer side. Remembered for the last few pictures, keyed by a digest of
+    the pixels, the mask and the settings: the alignment matches the image's side against both
+    orientations of the reference, and a reference seen before is not described again (SIFT is
+    deterministic: the same values as computing them anew). Read-only arrays."""
+    mask_part = None if det_mask is None else np.packbits(np.asarray(det_mask, bool))
+    key = ContentCache.key(rgb, mask_part, max_features, max_side)
+    hit = _SIFT_FEATURES.get(key)
+    if hit is not None:
+        return hit
+    small, det, f = _bounded(rgb, det_mask, max_side)
+    kp, desc = cv2.SIFT_create(nfeatures=max_features).detectAndCompute(_gray(small), None if det is None else det.astype(np.uint8) * 255)
+    pts = (np.float32([k.pt for k in kp]).reshape(-1, 2) + 0.5) * f - 0.5
+    pts.flags.writeable = False
+    if desc is not None:
+        desc.flags.writeable = False
+    _SIFT_FEATURES.put(key, (pts, desc))
+    return pts, desc
+
+
+#: ALIKED keypoints per picture in the alignment's first matching (the image side's best-scored ones)
+ALIKED_KEYPOINTS = 1024
+
+
+class AlikedImage:
+    """ALIKED on ``rgb`` inside ``box`` (the whole image by default), computed at most ``max_side``
+    px on the longer side (the matcher's cost grows with the pixels: about 0.3 s at 384 px on 2
+    CPU cores), its keypoints (at most ``max_keypoints``, where ``mask`` is True) best first and
+    in the full image's pixel coordinates. Descriptors are computed on demand for the best ``n``
+    (:meth:`features`): SDDH's cost grows with the keypoints (about 0.07 s per 1,024), and a
+    caller that may need more of them than usual pays for the rest only when it does."""
+
+    def __init__(self, model, rgb: np.ndarray, mask: np.ndarray | None, box: Box | None = None, max_side: int = 384, max_keypoints: int = ALIKED_KEYPOINTS):
+        from ..models.aliked import detect
+
+        h, w = rgb.shape[:2]
+        b = Box(0, 0, w, h) if box is None else Box(max(box.x0, 0), max(box.y0, 0), min(box.x1, w), min(box.y1, h))
+        sub = np.ascontiguousarray(rgb[b.y0 : b.y1, b.x0 : b.x1])
+        msub = None if mask is None else np.ascontiguousarray(np.asarray(mask, bool)[b.y0 : b.y1, b.x0 : b.x1])
+        f = min(1.0, max_side / max(b.width, b.height))
+        if f < 1.0:
+            size = (max(int(round(b.width * f)), 8), max(int(round(b.height * f)), 8))
+            sub = cv2.resize(sub, size, interpolation=cv2.INTER_AREA)
+            msub = None if msub is None else cv2.resize(msub.astype(np.uint8), size, interpolation=cv2.INTER_NEAREST).astype(bool)
+        self.model = model
+        self._kpts, scores, self._feature_map = detect(model, sub, msub, max_keypoints=max_keypoints)  # (N, 2) working px, (N,), the (D, h, w) map (a SparseFeatureMap)
+        k = self._kpts.float().cpu().numpy().astype(np.float32)
+        fx, fy = b.width / sub.shape[1], b.height / sub.shape[0]
+        self.keypoints = np.stack([(k[:, 0] + 0.5) * fx - 0.5 + b.x0, (k[:, 1] + 0.5) * fy - 0.5 + b.y0], 1).astype(np.float32) if len(k) else k
+        self.scores = scores.float().cpu().numpy().astype(np.float32)
+        self._desc = np.zeros((0, int(self._feature_map.shape[0])), np.float32)
+
+    def __len__(self) -> int:
+        return len(self.keypoints)
+
+    def features(self, n: int | None = None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """(keypoints (n, 2), descriptors (n, D) L2-normalised, scores (n,)) of the ``n`` best (all
+        by default); descriptors already computed are reused."""
+        n = len(self) if n is None else min(int(n), len(self))
+        if len(self._desc) < n:
+            import torch
+
+            with torch.no_grad():
+                more = self.model.describe(self._feature_map, self._kpts[len(self._desc) : n])
+            self._desc = np.concatenate([self._desc, more.float().cpu().numpy().astype(np.float32)])
+        return self.keypoints[:n], self._desc[:n], self.scores[:n]
+
+
+def aliked_features(model, rgb: np.ndarray, mask: np.ndarray | None, box: Box | None = None, max_side: int = 384, max_keypoints: int = ALIKED_KEYPOINTS):
+    """ALIKED keypoints and descriptors of ``rgb`` inside ``box`` (the whole image by default),
+    computed at most ``max_side`` px on the longer side and returned in the full image's pixel
+    coordinates (:class:`AlikedImage`, all described)."""
+    return AlikedImage(model, rgb, mask, box, max_side, max_keypoints).features()
+
+
+_REFERENCE_FEATURES = ContentCache(8)  # (reference, mask, flip, sizes, model) -> (model, keypoints, descriptors)
+
+
+def clear_reference_cache() -> None:
+    """Forget the remembered matcher features (ALIKED's of the references, SIFT's of every
+    picture): a benchmark's cold timing, or to free memory."""
+    _REFERENCE_FEATURES.clear()
+    _SIFT_FEATURES.clear()
+
+
+def _reference_features(model, reference, reference_mask, flip, rsrc, rmask, rbox, max_side, max_keypoints):
+    """ALIKED's (keypoints, descriptors) of the reference object, remembered for the last few
+    references: a user refining several masks against one reference (the web page, a batch over
+    one product photo) pays the reference's ALIKED pass once per orientation. Keyed by a digest of
+    the pixels and the mask, so a changed reference is never served stale features."""
+    mask_part = None if reference_mask is None else np.packbits(np.asarray(reference_mask, bool))
+    key = ContentCache.key(reference, mask_part, flip, max_side, max_keypoints, id(model))
+    hit = _REFERENCE_FEATURES.get(key)
+    if hit is not None:
+        return hit[1], hit[2]
+    kr, dr, _ = aliked_features(model, np.ascontiguousarray(rsrc), None if rmask is None else np.ascontiguousarray(rmask), rbox, max_side, max_keypoints)
+    kr.flags.writeable = dr.flags.writeable = False  # shared by every later match against this reference
+    _REFERENCE_FEATURES.put(key, (model, kr, dr))  # the model is kept with its features, so its id is not reused while cached
+    return kr, dr
+
+
+def aliked_matches(
+    image: np.ndarray,
+    mask: np.ndarray,
+    reference: np.ndarray,
+    reference_mask: np.ndarray | None,
+    model,
+    exclude_px: int = 4,
+    max_keypoints: int = ALIKED_KEYPOINTS,
+    min_similarity: float = 0.75,
+    flip: bool = False,
+    image_features: tuple | None = None,
+    focus: Box | None = None,
+    max_side: int = 384,
+) -> Matches:
+    """ALIKED keypoints + descriptors (``models/aliked.py``) on the reference object and on the image
+    outside the grown artifact mask (around ``focus`` when given: three times its side), mutual
+    nearest neighbours by cosine similarity. ``flip``: match against the mirrored reference;
+    ``image_features``: the image side's (keypoints, descriptors, scores) when already computed."""
+    from ..models.aliked import mutual_nn_matches
+
+    if image_features is None:
+        image_features = aliked_features(model, image, outside_mask(mask, exclude_px), grow_box(focus, 3.0) if focus else None, max_side, max_keypoints)
+    ki, di, _ = image_features
+    rsrc, rmask = (reference[:, ::-1], None if reference_mask is None else reference_mask[:, ::-1]) if flip else (reference, reference_mask)
+    rbox = None
+    if rmask is not None and np.asarray(rmask).any():
+        ys, xs = np.nonzero(rmask)
+        rbox = Box(int(xs.min()) - 8, int(ys.min()) - 8, int(xs.max()) + 9, int(ys.max()) + 9)
+    kr, dr = _reference_features(model, reference, reference_mask, flip, rsrc, rmask, rbox, max_side, max_keypoints)
+    kr = kr.copy()
+    if flip and len(kr):
+        kr[:, 0] = reference.shape[1] - 1 - kr[:, 0]
+    if len(ki) < 2 or len(kr) < 2:
+        return Matches.empty()
+    ij = mutual_nn_matches(di, dr, min_similarity=min_similarity)
+    if len(ij) == 0:
+        return Matches.empty()
+    sim = (di[ij[:, 0]] * dr[ij[:, 1]]).sum(-1)
+    weight = np.clip((sim - min_similarity) / max(1.0 - min_similarity, 1e-6), 0.05, 1.0)
+    return Matches(ki[ij[:, 0]].astype(np.float32), kr[ij[:, 1]].astype(np.float32), weight.astype(np.float32), {"aliked": len(ij)})
+
+
+def template_matches(
+    image: np.ndarray,
+    mask: np.ndarray,
+    reference: np.ndarray,
+    reference_mask: np.ndarray,
+    crop_box: Box,
+    angles: tuple[float, ...] = tuple(range(0, 360, 10)),
+    scales: tuple[float, ...] = tuple(2.0 ** np.linspace(-1.0, 1.0, 9)),
+    min_score: float = 0.5,
+    step: int = 8,
+    search_factor: float = 3.0,
+    max_side: int = 64,
+    max_area: int = 160,
+    max_fraction: float = 0.5,
+    max_points: int = 150,
+) -> tuple[Matches, float]:
+    """Where point matching finds nothing consistent (a small, plain object: its few keypoints all
+    matched to one spot), the reference object itself is searched for around the mask: rotated by
+    each of ``angles`` (degrees) and scaled by each of ``scales``, it is correlated with the image
+    (``cv2.matchTemplate``, mean-subtracted and normalised, over the object's own pixels; the mask
+    filled by Telea first) in the crop box grown ``search_factor`` times. The search runs with the
+    object and the search area scaled down together so the object's longer side is at most
+    ``max_side`` px and the area's at most ``max_area`` px (a placement to a few pixels, which ECC
+    refines; the cost stays bounded: 0.05-0.3 s on the validation cases that reach it). The best
+    placement, if it correlates at ``min_score`` or more, is returned as matches on a ``step``-px
+    lattice over the reference object (coarser where that would give more than about
+    ``max_points``; a similarity: ECC, the optical flow and the trust gate take it from there),
+    with its score; otherwise (no matches, the best score: -1 where no placement fits the search
+    area, or the reference object covers more than ``max_fraction`` of its photo, so no object is
+    isolated, e.g. the whole photo as the reference) (MODEL_CARD.md, "Template search where no
+    point matches agree")."""
+    rmask = np.asarray(reference_mask, bool)
+    rows, cols = np.nonzero(rmask)
+    if len(rows) == 0 or len(rows) > max_fraction * rmask.size:
+        return Matches.empty(), -1.0  # (no object isolated in the reference: nothing to search for)
+    y0, x0, y1, x1 = int(rows.min()), int(cols.min()), int(rows.max()) + 1, int(cols.max()) + 1
+    search = grow_box(crop_box, search_factor)
+    sx0, sy0 = max(search.x0, 0), max(search.y0, 0)
+    side = max(min(search.y1, image.shape[0]) - sy0, min(search.x1, image.shape[1]) - sx0)
+    f = min(1.0, max_side / float(max(y1 - y0, x1 - x0)), max_area / float(side))  # the search's scale
+    small = lambda a, interp=cv2.INTER_AREA: a if f >= 1.0 else cv2.resize(a, (max(1, round(a.shape[1] * f)), max(1, round(a.shape[0] * f))), interpolation=interp)
+    templ = small(_gray(reference)[y0:y1, x0:x1])
+    tmask = small(rmask[y0:y1, x0:x1].astype(np.uint8) * 255, cv2.INTER_NEAREST)
+    grey = cv2.inpaint(_gray(image), np.asarray(mask, np.uint8), 5, cv2.INPAINT_TELEA)
+    area = small(grey[sy0 : min(search.y1, grey.shape[0]), sx0 : min(search.x1, grey.shape[1])])
+    h, w = templ.shape
+    min_pixels = 200 * f * f  # (the object's pixels a placement must keep: 200 at full size)
+    best, placement = -1.0, None
+    for scale in scales:
+        for angle in angles:
+            M = cv2.getRotationMatrix2D((w / 2.0, h / 2.0), float(angle), float(scale))  # (2, 3): template px -> rotated px
+            corners = np.array([[0, 0, 1], [w, 0, 1], [0, h, 1], [w, h, 1]], np.float64) @ M.T
+            M[:, 2] -= corners.min(axis=0)
+            tw, th = (int(np.ceil(v)) for v in corners.max(axis=0) - corners.min(axis=0))
+            if tw >= area.shape[1] or th >= area.shape[0] or min(tw, th) < 16 * f:
+                continue  # (larger than the search area: a close-up, which point matching handles)
+            t = cv2.warpAffine(templ, M, (tw, th), flags=cv2.INTER_LINEAR)
+            tm = cv2.warpAffine(tmask, M, (tw, th), flags=cv2.INTER_NEAREST)
+            if int((tm > 0).sum()) < min_pixels:
+                continue
+            score = cv2.matchTemplate(area, t, cv2.TM_CCOEFF_NORMED, mask=tm)
+            score[~np.isfinite(score)] = -1.0
+            _, top, _, loc = cv2.minMaxLoc(score)
+            if top > best:
+                best, placement = float(top), (M.copy(), loc)
+    if placement is None or best < min_score:
+        return Matches.empty(), best
+    M, (lx, ly) = placement
+    step = max(step, int(np.ceil(np.sqrt(len(rows) / max_points))))  # (a large object: about max_points, the fit's cost bounded)
+    gy, gx = np.mgrid[0 : y1 - y0 : step, 0 : x1 - x0 : step]
+    keep = rmask[y0:y1, x0:x1][gy, gx]
+    uv = np.stack([gx[keep], gy[keep]], axis=1).astype(np.float64)  # (N, 2) full-size template px
+    on_small = np.c_[uv * f, np.ones(len(uv))] @ M.T + np.array([lx, ly], np.float64)  # (N, 2) in the small search area
+    img_xy = on_small / f + np.array([sx0, sy0], np.float64)
+    ref_xy = uv + np.array([x0, y0], np.float64)
+    n = len(img_xy)
+    return Matches(img_xy.astype(np.float32), ref_xy.astype(np.float32), np.ones(n, np.float32), {"template": n}), best
+
+
+def grow_box(box: Box, factor: float) -> Box:
+    """``box`` scaled by ``factor`` about its centre (may extend past the image)."""
+    cx, cy = (box.x0 + box.x1) / 2.0, (box.y0 + box.y1) / 2.0
+    hw, hh = box.width * factor / 2.0, box.height * factor / 2.0
+    return Box(int(round(cx - hw)), int(round(cy - hh)), int(round(cx + hw)), int(round(cy + hh)))
+
+
+def attention_matches(
+    attention: np.ndarray,
+    crop_box: Box,
+    reference_box: Box,
+    grid_size: int,
+    min_peak: float = 0.0,
+    window: int = 1,
+) -> Matches:
+    """Cross-attention read at sub-token precision: one match per query position of the layer.
+
+    ``attention`` (HW, T): heads-averaged probabilities of one cross-attention layer (Eq. 4) for
+    the zoom-in crop (``crop_box`` on the image) against the reference tokens (a ``grid_size`` ^ 2
+    grid over ``reference_box``). For each query, a soft-argmax over the (2 window + 1)^2 tokens
+    around its peak token gives a sub-token position; its weight is the attention mass in that
+    window (how peaked the query is)."""
+    attention = np.asarray(attention, np.float64)
+    hw, t = attention.shape
+    side = int(round(hw**0.5))
+    if side * side != hw or t != grid_size * grid_size:
+        raise ValueError(f"attention_matches: attention {attention.shape} is not (side^2, {grid_size}^2)")
+    a = attention.reshape(hw, grid_size, grid_size)
+    peak = a.reshape(hw, -1).argmax(1)
+    py, px = np.divmod(peak, grid_size)
+    offs = np.arange(-window, window + 1)
+    ys = np.clip(py[:, None, None] + offs[None, :, None], 0, grid_size - 1)  # (HW, w, 1)
+    xs = np.clip(px[:, None, None] + offs[None, None, :], 0, grid_size - 1)  # (HW, 1, w)
+    ys, xs = np.broadcast_arrays(ys, xs)
+    win = a[np.arange(hw)[:, None, None], ys, xs]  # (HW, w, w)
+    mass = win.sum((1, 2))
+    gy = (win * ys).sum((1, 2)) / np.maximum(mass, 1e-12)  # token units
+    gx = (win * xs).sum((1, 2)) / np.maximum(mass, 1e-12)
+    keep = mass >= min_peak
+    qy, qx = np.divmod(np.arange(hw), side)
+    img_xy = np.stack([crop_box.x0 + (qx + 0.5) * crop_box.width / side - 0.5, crop_box.y0 + (qy + 0.5) * crop_box.height / side - 0.5], 1)
+    ref_xy = np.stack(
+        [reference_box.x0 + (gx + 0.5) * reference_box.width / grid_size - 0.5, reference_box.y0 + (gy + 0.5) * reference_box.height / grid_size - 0.5], 1
+    )
+    return Matches(img_xy[keep].astype(np.float32), ref_xy[keep].astype(np.float32), np.clip(mass[keep], 1e-3, 1.0).astype(np.float32), {"attention": int(keep.sum())})

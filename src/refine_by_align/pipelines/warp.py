@@ -1,0 +1,304 @@
+"""The reference warped into the crop through a :class:`~.fields.DenseField`, colour-matched to
+the image around the mask, and the agreement that decides whether it is trusted.
+
+:func:`warp_agreement` (normalised cross-correlation of the colour-matched warp with the image in a
+ring outside the mask) ranks candidate fields and gates the warp; :func:`detail_agreement` tells the
+image's own photo brought into place from another view of the object; :func:`warp_fill` gives the
+patch, the pixels it is trusted for and its blend weight (:func:`colour_maps`: a 3 x 3 colour map in a
+gamma-adjusted space, per-channel gains off the ring's colours).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import cv2
+import numpy as np
+
+from .fields import MINIFY_ABOVE, MISFIT_PX, DenseField, with_confidence
+from .matching import Matches, _disk, _gray
+
+__all__ = [
+    "TRUST_MIN_NCC",
+    "match_error",
+    "ring",
+    "colour_transfer",
+    "colour_affine",
+    "COLOUR_GAMMAS",
+    "ColourMap",
+    "colour_maps",
+    "colour_support",
+    "detail_agreement",
+    "WarpFill",
+    "warp_agreement",
+    "misfit_weight",
+    "warp_fill",
+]
+
+
+#: The warp is trusted only where its ring agreement (NCC) reaches this (:func:`warp_fill`).
+TRUST_MIN_NCC = 0.5
+
+
+def match_error(fld: DenseField, matches: Matches, min_matches: int = 4) -> float | None:
+    """Median distance (px on the reference) between where ``fld`` sends the matches' image points
+    inside its box and where the matches say they go; None with fewer than ``min_matches`` there."""
+    b = fld.box
+    xy = matches.img_xy
+    inside = (xy[:, 0] >= b.x0) & (xy[:, 0] <= b.x1 - 1) & (xy[:, 1] >= b.y0) & (xy[:, 1] <= b.y1 - 1)
+    if inside.sum() < min_matches:
+        return None
+    qx = (xy[inside, 0] - b.x0).astype(np.float32)[None]  # (1, K)
+    qy = (xy[inside, 1] - b.y0).astype(np.float32)[None]
+    pred = np.stack([cv2.remap(np.ascontiguousarray(fld.xy[..., k]), qx, qy, cv2.INTER_LINEAR)[0] for k in (0, 1)], 1)  # (K, 2)
+    return float(np.median(np.linalg.norm(pred - matches.ref_xy[inside], axis=1)))
+
+
+def ring(mask: np.ndarray, inner: int = 2, outer: int = 10) -> np.ndarray:
+    """The band between ``inner`` and ``outer`` pixels outside ``mask``."""
+    m = np.asarray(mask, bool).astype(np.uint8)
+    return cv2.dilate(m, _disk(outer)).astype(bool) & ~cv2.dilate(m, _disk(inner)).astype(bool)
+
+
+def colour_transfer(source: np.ndarray, target: np.ndarray, where: np.ndarray, max_gain: float = 3.0) -> tuple[np.ndarray, np.ndarray]:
+    """Per-channel gain and offset making ``source`` match ``target`` on ``where`` (least squares,
+    gain clipped to [1 / max_gain, max_gain]); (3,) each, for values in 0..255."""
+    s = source[where].astype(np.float64)
+    t = target[where].astype(np.float64)
+    if len(s) < 8:
+        return np.ones(3), np.zeros(3)
+    sm, tm = s.mean(0), t.mean(0)
+    var = ((s - sm) ** 2).mean(0)
+    cov = ((s - sm) * (t - tm)).mean(0)
+    gain = np.where(var > 1e-3, cov / np.maximum(var, 1e-3), 1.0)
+    gain = np.clip(gain, 1.0 / max_gain, max_gain)
+    return gain, tm - gain * sm
+
+
+def colour_affine(
+    source: np.ndarray, target: np.ndarray, where: np.ndarray, ridge: float = 0.05, max_gain: float = 3.0, per_channel: tuple[np.ndarray, np.ndarray] | None = None
+) -> tuple[np.ndarray, np.ndarray]:
+    """A 3 x 3 colour matrix and offset making ``source`` match ``target`` on ``where``:
+    (matrix (3, 3), offset (3,)), ``source @ matrix + offset``. Least squares, pulled toward
+    :func:`colour_transfer`'s per-channel gains by ``ridge`` (a fraction of the mean colour
+    variance): a hue rotation or a saturation change mixes the channels, which per-channel gains
+    cannot undo; the pull keeps a ring of nearly one colour from giving a wild matrix.
+    ``per_channel``: colour_transfer's (gain, offset) on the same pixels, when already computed."""
+    gain, offset = colour_transfer(source, target, where, max_gain) if per_channel is None else per_channel
+    s = source[where].astype(np.float64)
+    t = target[where].astype(np.float64)
+    if len(s) < 24:
+        return np.diag(gain), offset
+    sm, tm = s.mean(0), t.mean(0)
+    S, T = s - sm, t - tm
+    C, X = S.T @ S / len(s), S.T @ T / len(s)
+    lam = ridge * np.trace(C) / 3.0 + 1e-3
+    M = np.linalg.solve(C + lam * np.eye(3), X + lam * np.diag(gain))
+    return M, tm - sm @ M
+
+
+#: The exponents :func:`colour_maps` tries for the gamma of the colour change between the reference
+#: and the image (0.05 apart; a photo's exposure and tone curve change it, and a 3 x 3 matrix alone
+#: cannot undo a power law).
+COLOUR_GAMMAS = tuple(float(g) for g in np.round(np.linspace(0.5, 2.0, 31), 3))
+
+
+@dataclass(frozen=True)
+class ColourMap:
+    """A global colour change from a warped reference to the image: a 3 x 3 matrix and offset in a
+    gamma-adjusted space, ``255 * clip((rgb @ matrix + offset) / 255, 0, 1) ** gamma`` for values
+    in 0..255 (``gamma`` 1: the plain affine map of :func:`colour_affine`)."""
+
+    matrix: np.ndarray  # (3, 3)
+    offset: np.ndarray  # (3,)
+    gamma: float = 1.0
+
+    def __call__(self, rgb: np.ndarray) -> np.ndarray:
+        """(..., 3) values in 0..255 -> (..., 3) float64 in 0..255."""
+        x = np.clip((np.asarray(rgb, np.float64) @ self.matrix + self.offset) / 255.0, 0.0, 1.0)
+        return 255.0 * (x if self.gamma == 1.0 else np.power(x, self.gamma))
+
+
+def colour_maps(
+    source: np.ndarray, target: np.ndarray, where: np.ndarray, ridge: float = 0.05, gammas: tuple[float, ...] = COLOUR_GAMMAS, max_samples: int = 1000
+) -> tuple[ColourMap, ColourMap]:
+    """The colour change from ``source`` to ``target`` ((H, W, 3), 0..255) on ``where``: (the full
+    map, the per-channel map), both :class:`ColourMap` with one gamma. For each gamma g of
+    ``gammas`` the target is brought into the linear space 255 (t / 255)^(1/g), the per-channel
+    gains (:func:`colour_transfer`) and the 3 x 3 map pulled toward them (:func:`colour_affine`,
+    ``ridge``) are fitted there, and the g whose full map, raised back, is nearest the target (mean
+    squared error on at most ``max_samples`` evenly taken pixels) is kept; both maps are then
+    fitted on all the pixels at that g. A change of exposure or tone curve (a power law) followed
+    by a white-balance or hue change (a channel mix) is undone whole, where the 3 x 3 map alone
+    leaves a bend. Measured on the warped pixels of 95 affine and nonrigid validation cases: +0.42
+    dB over the 3 x 3 map alone (MODEL_CARD.md, "A gamma in the colour map")."""
+    s = np.asarray(source)[where].reshape(-1, 3).astype(np.float64)
+    t = np.asarray(target)[where].reshape(-1, 3).astype(np.float64)
+    if len(s) < 24:
+        gain, offset = colour_transfer(s, t, np.ones(len(s), bool))
+        return ColourMap(np.diag(gain), offset), ColourMap(np.diag(gain), offset)
+    step = max(1, len(s) // max_samples)
+    ss, ts = s[::step], t[::step]
+    everywhere = np.ones(len(ss), bool)
+    t01 = np.clip(ts / 255.0, 0.0, 1.0)
+    best = None
+    for g in gammas:
+        lin = 255.0 * np.power(t01, 1.0 / g)  # (n, 3): the target in the map's linear space
+        matrix, offset = colour_affine(ss, lin, everywhere, ridge=ridge)
+        err = float(((ColourMap(matrix, offset, g)(ss) - ts) ** 2).mean())
+        if best is None or err < best[0]:
+            best = (err, g)
+    g = best[1]
+    lin = 255.0 * np.power(np.clip(t / 255.0, 0.0, 1.0), 1.0 / g)
+    every = np.ones(len(s), bool)
+    gain, offset = colour_transfer(s, lin, every)
+    matrix, moffset = colour_affine(s, lin, every, ridge=ridge, per_channel=(gain, offset))
+    return ColourMap(matrix, moffset, g), ColourMap(np.diag(gain), offset, g)
+
+
+def colour_support(image: np.ndarray, where: np.ndarray, reach: float = 20.0, max_samples: int = 4000, at: np.ndarray | None = None) -> np.ndarray:
+    """(H, W) float32 in [0, 1]: how near each pixel's colour of ``image`` (H, W, 3) lies to the
+    colours of ``where``'s pixels, exp(-(d / ``reach``)^2) with d the distance in RGB (0..255) to
+    the nearest of them (at most ``max_samples``, evenly taken). ``at`` ((H, W) bool): only those
+    pixels are measured, the rest are 0 (the nearest-colour search is most of the cost)."""
+    from scipy.spatial import cKDTree
+
+    out = np.zeros(image.shape[:2], np.float32)
+    pts = image[where].reshape(-1, 3).astype(np.float32)
+    if len(pts) == 0:
+        return out
+    pts = pts[:: max(1, len(pts) // max_samples)]
+    query = image.reshape(-1, 3) if at is None else image[at]  # (K, 3)
+    d, _ = cKDTree(pts).query(query.astype(np.float32), k=1)
+    values = np.exp(-((d / reach) ** 2)).astype(np.float32)
+    if at is None:
+        return values.reshape(image.shape[:2])
+    out[at] = values
+    return out
+
+
+def _ncc(a: np.ndarray, b: np.ndarray) -> float:
+    a = a.astype(np.float64).ravel()
+    b = b.astype(np.float64).ravel()
+    if len(a) < 8:
+        return 0.0
+    a = a - a.mean()
+    b = b - b.mean()
+    den = np.sqrt((a * a).sum() * (b * b).sum())
+    return float((a * b).sum() / den) if den > 1e-9 else 0.0
+
+
+def detail_agreement(image_box: np.ndarray, mask_box: np.ndarray, reference: np.ndarray, fld: DenseField, ring_px: tuple[int, int] = (5, 14), sigma: float = 2.0) -> float:
+    """How much of the image's fine detail the warp carries around the mask: the correlation of the
+    high-passed grey values (each minus its Gaussian blur of ``sigma`` px) of the image and of the
+    warped reference on the ring ``ring_px`` outside the mask, on the reference object. A warp of
+    the image's own photo brought into place carries its texture (0.8-0.96 on the validation
+    cases after the flow); another photo of the object only its shading (0.56-0.72; MODEL_CARD.md,
+    "Trust after the flow"). (h, w, 3) image, (h, w) mask, the field over the same box."""
+    band = ring(np.asarray(mask_box, bool), *ring_px) & fld.on_object
+    g_img = _gray(np.clip(image_box, 0, 255).astype(np.uint8)).astype(np.float32)
+    g_warp = _gray(np.clip(fld.sample(reference), 0, 255).astype(np.uint8)).astype(np.float32)
+    hp_img = g_img - cv2.GaussianBlur(g_img, (0, 0), sigma)
+    hp_warp = g_warp - cv2.GaussianBlur(g_warp, (0, 0), sigma)
+    return _ncc(hp_img[band], hp_warp[band])
+
+
+@dataclass
+class WarpFill:
+    """The reference warped into the box and colour-matched to the image around the mask."""
+
+    patch: np.ndarray  # (h, w, 3) uint8: colour-corrected warp (the 3 x 3 map in the mask, per-channel gains off it)
+    use: np.ndarray  # (h, w) bool: the pixels of the mask the warp is trusted for (none where misfit_factor is 0)
+    weight: np.ndarray  # (h, w) float32 in [0, 1]: how much of the warp to blend in (0 off ``use``)
+    ncc: float  # agreement of the corrected warp with the image in the ring outside the mask (at most the field's trust_cap)
+    coverage: float  # fraction of the mask whose source lies on the reference object
+    gain: np.ndarray  # (3,) per-channel colour gain the agreement ``ncc`` is measured with
+    offset: np.ndarray  # (3,) and its offset
+    misfit_factor: float = 1.0  # what the blend weight was scaled by for the field's misfit (misfit_weight; 1: none)
+
+
+def _warp_agreement(image_box, mask_box, reference, fld: DenseField, ring_px: tuple[int, int]):
+    """The reference warped into the box ((h, w, 3) float32), the ring its colours are matched
+    and its agreement measured on (``ring_px`` outside the mask, on the reference object where
+    that leaves 16 pixels or more), the per-channel gain and offset there, the warp after them,
+    and the agreement: the grey values' ncc on the ring, at most the field's ``trust_cap``."""
+    warped = fld.sample(reference).astype(np.float32)  # (h, w, 3)
+    band = ring(mask_box, *ring_px) & fld.on_object
+    if band.sum() < 16:
+        band = ring(mask_box, *ring_px)
+    gain, offset = colour_transfer(warped, image_box, band)
+    per_channel = np.clip(warped * gain + offset, 0, 255)
+    g_img = _gray(image_box.astype(np.uint8)).astype(np.float32)
+    g_warp = _gray(np.rint(per_channel).astype(np.uint8)).astype(np.float32)
+    ncc = min(_ncc(g_warp[band], g_img[band]), fld.trust_cap)
+    return warped, band, gain, offset, per_channel, ncc
+
+
+def warp_agreement(image_box: np.ndarray, mask_box: np.ndarray, reference: np.ndarray, fld: DenseField, ring_px: tuple[int, int] = (2, 12)) -> float:
+    """:func:`warp_fill`'s ``ncc`` (the warp's agreement with the image on the ring outside the
+    mask) without building the colour-matched patch: what the alignment's candidate fields are
+    ranked by (the patch's colour check cost up to 0.2 s a call when it searched the whole crop,
+    about 0.05 s on the badge example's mask alone)."""
+    return _warp_agreement(image_box, mask_box, reference, fld, ring_px)[-1]
+
+
+def misfit_weight(misfit: float | None, limits: tuple[float, float] | None = MISFIT_PX) -> float:
+    """The factor :func:`warp_fill` scales a warp's blend weight by for a field whose fit misses its
+    own matches by ``misfit`` px (:func:`field_misfit`): 1 up to ``limits[0]``, falling linearly to
+    0 at ``limits[1]``; 1 where either is None."""
+    if misfit is None or limits is None:
+        return 1.0
+    lo, hi = limits
+    if hi <= lo:
+        return 1.0 if misfit <= lo else 0.0
+    return float(np.clip((hi - misfit) / (hi - lo), 0.0, 1.0))
+
+
+def warp_fill(
+    image_box: np.ndarray,
+    mask_box: np.ndarray,
+    reference: np.ndarray,
+    fld: DenseField,
+    ring_px: tuple[int, int] = (2, 12),
+    min_ncc: float = TRUST_MIN_NCC,
+    full_ncc: float = 0.95,
+    min_confidence: float = 0.05,
+    colour_reach: float = 20.0,
+    misfit_px: tuple[float, float] | None = MISFIT_PX,
+) -> WarpFill:
+    """Warp the reference into the box, match its colours to the image in a ring outside the mask
+    (a 3 x 3 colour map and offset in a gamma-adjusted space, :func:`colour_maps`), and decide where to trust it: pixels of
+    the mask whose source lies on the reference object with confidence >= ``min_confidence``, and
+    only if the warp agrees with the image in the ring (normalised cross-correlation of the grey
+    values after per-channel gains and offsets, :func:`colour_transfer`, >= ``min_ncc``; otherwise
+    nothing). The blend weight rises linearly from 0 at ``min_ncc`` to 1 at ``full_ncc``: a warp
+    that agrees only roughly (a real second view) is mixed with the fallback fill rather than
+    pasted whole. The agreement counted is at most the field's ``trust_cap`` (a field refined on
+    this ring itself, by :func:`refine_field_flow`, is trusted as it was before). With
+    ``misfit_px`` (lo, hi) the weight is also scaled by how well the field's fit explains its own
+    matches (the field's ``misfit_px``, :func:`field_misfit`): in full up to lo px, falling
+    linearly to 0 at hi px, where no pixel is trusted (a warp that misplaces its own matches by
+    that much misplaces the mask's detail too, however well the ring around the mask agrees)."""
+    warped, band, gain, offset, per_channel, ncc = _warp_agreement(image_box, mask_box, reference, fld, ring_px)
+    if fld.minification() > MINIFY_ABOVE:  # a reference sharper than the image: the pasted warp low-passed
+        warped = fld.sample(reference, antialias=True).astype(np.float32)
+        per_channel = np.clip(warped * gain + offset, 0, 255)
+    # the patch takes the freer colour map (a 3 x 3 matrix in a gamma-adjusted space); the trust
+    # stays measured after the per-channel gains: the map's parameters would also raise the ring
+    # agreement of a rough warp
+    full, per_channel_map = colour_maps(warped, image_box, band)
+    # ... where the ring shows colours like the pixel's own: elsewhere (letters of a colour the ring
+    # does not hold) the matrix would extrapolate, and the per-channel gains (with the same gamma)
+    # take over (measured on the mask only: the pipeline and the training pairs read the patch
+    # there; outside it the patch holds the per-channel linear match)
+    m = np.asarray(mask_box, bool)
+    support = colour_support(warped, band, colour_reach, at=m)[..., None]  # (h, w, 1) in [0, 1], 0 off the mask
+    corrected = per_channel.copy()
+    corrected[m] = support[m] * full(warped[m]) + (1.0 - support[m]) * per_channel_map(warped[m])
+    trusted = fld.on_object & (with_confidence(fld).confidence >= min_confidence)
+    coverage = float((fld.on_object & m).sum() / max(m.sum(), 1))
+    factor = misfit_weight(fld.misfit_px, misfit_px)
+    use = m & trusted if ncc >= min_ncc and factor > 0 else np.zeros_like(m)
+    a = 1.0 if full_ncc <= min_ncc else float(np.clip((ncc - min_ncc) / (full_ncc - min_ncc), 0.0, 1.0))
+    weight = use.astype(np.float32) * (a * factor)
+    return WarpFill(patch=np.rint(corrected).astype(np.uint8), use=use, weight=weight, ncc=ncc, coverage=coverage, gain=gain, offset=offset, misfit_factor=factor)

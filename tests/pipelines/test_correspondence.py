@@ -1,4 +1,5 @@
-"""The dense field: matches, robust fit, M* pushed through it, the gated warp (pipelines/correspondence.py)."""
+"""The dense field: matches, robust fit, M* pushed through it, the gated warp, ECC and flow (pipelines/correspondence.py:
+matching.py, fields.py, warp.py, field_refinement.py; the dense alignment that puts them together, alignment.py)."""
 
 import cv2
 import numpy as np

@@ -54,7 +54,7 @@ def run(args) -> int:
 
 def _misfit_clause(misfit: float | None) -> str:
     """", its fit misses its own matches by X px: ..." where a refine would discount the warp for
-    it (:func:`~refine_by_align.pipelines.correspondence.misfit_weight`), else ""."""
+    it (:func:`~refine_by_align.pipelines.warp.misfit_weight`), else ""."""
     from ..pipelines.warp import misfit_weight
 
     factor = misfit_weight(misfit)

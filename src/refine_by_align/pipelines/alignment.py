@@ -8,7 +8,7 @@ Two alignment methods (:data:`ALIGNMENT_METHODS`), selectable by name:
   on the token grid;
 * ``dense``: point matches between the image around the mask and the reference (SIFT, the ALIKED
   matcher, the same layer's cross-attention read at sub-token precision) are fitted by a robust
-  homography plus a smooth residual (:func:`~.correspondence.fit_field`), in both orientations of
+  homography plus a smooth residual (:func:`~.fields.fit_field`), in both orientations of
   the reference (a mirrored reference is a common generator "view"); the field gives every crop
   pixel a position on the full-resolution reference, and M* is the mask pushed through it.
 
@@ -218,7 +218,7 @@ def attention_at(
     """Lines 2 and 6 of Algorithm 1 at one (t, l): noise z_0 to t, run the U-Net until layer l has
     been recorded, return its heads-averaged cross-attention probabilities A^{t,l}: (B, HW, T).
     Eq. 5 (:func:`correspondence_map`) sums them over the mask; the dense method also reads them
-    per query (:func:`~.correspondence.attention_matches`)."""
+    per query (:func:`~.matching.attention_matches`)."""
     names = model.cross_attention_layers
     n_t = model.cfg.num_train_timesteps
     if not 0 <= int(timestep) < n_t:
@@ -269,7 +269,7 @@ def dense_alignment(
 ) -> tuple[DenseField | None, dict]:
     """The dense alignment: a field over ``crop_box`` from point matches.
 
-    Candidate fields (:func:`~.correspondence.fit_field`) are fitted for each orientation of the
+    Candidate fields (:func:`~.fields.fit_field`) are fitted for each orientation of the
     reference (as given, and mirrored when ``mirror``) from the cheap sources (SIFT, and the
     attention matches ``attention`` when given); where none of them reaches a ring agreement of
     ``good_ncc`` and "aliked" is among ``sources``, ALIKED's matches are added, alone and with the
@@ -283,20 +283,20 @@ def dense_alignment(
     ``loose_similarity`` (None: not), its fits kept only on ``solid_inliers`` agreeing matches
     (a looser matching lets more chance matches in). Where no source gives any consistent fit and
     ``template`` is on, the reference object itself is searched for around the mask by rotation
-    and scale (:func:`~.correspondence.template_matches`: a small plain object whose few keypoints
+    and scale (:func:`~.matching.template_matches`: a small plain object whose few keypoints
     all match one spot) and its placement is the one candidate, kept only if, refined, its warp
-    carries the image's fine detail (:func:`~.correspondence.detail_agreement` at least
+    carries the image's fine detail (:func:`~.warp.detail_agreement` at least
     ``DETAIL_TRUST``: the image's own photo, not another view placed by its shading). The candidate whose colour-matched warp
     agrees best with the image in a ring around the mask (normalised cross-correlation,
-    :func:`~.correspondence.warp_agreement`, the trust :func:`~.correspondence.warp_fill` gives) wins,
+    :func:`~.warp.warp_agreement`, the trust :func:`~.warp.warp_fill` gives) wins,
     its agreement discounted by up to 0.2 when it rests on fewer than ``solid_inliers`` matches;
     with ``ecc`` the ``ecc_candidates`` leading candidates are refined by ECC on the same ring
-    (:func:`~.correspondence.refine_field_ecc`, kept only where it does not drift from the
+    (:func:`~.field_refinement.refine_field_ecc`, kept only where it does not drift from the
     candidate's own matches) and the choice is made again on the refined fields; with ``flow`` the
     winner's last few pixels of non-rigid residual are taken out by optical flow around the mask
-    (:func:`~.correspondence.refine_field_flow`, kept only where it predicts a band of the image it
+    (:func:`~.field_refinement.refine_field_flow`, kept only where it predicts a band of the image it
     did not see better), if its ring agreement is at least ``flow_min_ncc`` (the warp's trust gate,
-    :func:`~.correspondence.warp_fill`): the flow refines a field that agrees with the image, it
+    :func:`~.warp.warp_fill`): the flow refines a field that agrees with the image, it
     does not lift one that does not (another view of the object) over the gate. Nor does it raise
     the trust in the warp (the refined field's ``trust_cap`` is its agreement before the flow).
     Candidates that score within ``rival_margin`` of the winner (:meth:`_Candidates.rivals`: all
@@ -304,8 +304,8 @@ def dense_alignment(
     of the other orientation, a symmetric object matched both as given and mirrored) are refined
     by the flow too, and the field whose flow predicts its held-out band best is taken (None: not
     checked; ``info["rivals"]`` gives each comparison).
-    The winning field's ``misfit_px`` is set (:func:`~.correspondence.field_misfit`: how far its fit
-    misses its own matches, which :func:`~.correspondence.warp_fill` discounts the warp by).
+    The winning field's ``misfit_px`` is set (:func:`~.fields.field_misfit`: how far its fit
+    misses its own matches, which :func:`~.warp.warp_fill` discounts the warp by).
     Returns (field or None when no source gives a consistent mapping, info:
     matches per source, inliers, mirrored, the winner, its ring agreement and misfit_px)."""
     unknown = [s for s in sources if s not in ("sift", "aliked", "attention")]

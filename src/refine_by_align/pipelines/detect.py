@@ -1,10 +1,10 @@
 """Artifact detection (issue 15 part 2): a proposed artifact mask from an image and a reference.
 
 No mask is given, so the field is fitted over the whole image: point matches between the whole
-image and the reference object (:func:`~.correspondence.sift_matches` and, where its weights are
-found, :func:`~.correspondence.aliked_matches`, each with an empty exclusion mask, in both
+image and the reference object (:func:`~.matching.sift_matches` and, where its weights are
+found, :func:`~.matching.aliked_matches`, each with an empty exclusion mask, in both
 orientations of the reference), a robust homography plus thin-plate-spline residual
-(:func:`~.correspondence.fit_field`) evaluated on every pixel (:func:`~.correspondence.dense_field`).
+(:func:`~.fields.fit_field`) evaluated on every pixel (:func:`~.fields.dense_field`).
 Artifacts are few and local, so RANSAC treats the matches on them as outliers and the field follows
 the rest of the object.
 

@@ -61,7 +61,7 @@ def refine_field_ecc(
     and, with ``matches``, if it does not drift away from them: the median distance between the
     field and the matches inside the box may grow by at most a factor ``max_drift[0]`` or
     ``max_drift[1]`` px, whichever is larger (a ring can be matched by a mapping that is wrong
-    inside it; the matches see the inside). ``agreement``: ``fld``'s own :func:`warp_agreement`
+    inside it; the matches see the inside). ``agreement``: ``fld``'s own :func:`~.warp.warp_agreement`
     where the caller has it (not measured again). ``blur``: the Gaussian ECC smooths both images
     by (px, odd; 1: none) and ``eps`` its stopping rule: the defaults converge from a field a
     pixel or two off; :func:`polish_field_ecc` runs it again unblurred on a wider ring. Where the
@@ -171,7 +171,7 @@ FLOW_CARRY = ("harmonic", "spline")  # how refine_field_flow carries the flow in
 
 
 #: A flow-refined field whose warp carries at least this much of the image's fine detail on the ring
-#: (:func:`detail_agreement`) is trusted up to its held-out agreement after the flow (None: never;
+#: (:func:`~.warp.detail_agreement`) is trusted up to its held-out agreement after the flow (None: never;
 #: between the other views' 0.56-0.72 and the own photos' 0.81-0.96 on the validation cases).
 DETAIL_TRUST = 0.75
 
@@ -319,10 +319,10 @@ def refine_field_flow(
     (``check=False``, an ablation: one round, always kept) the flow costs 3 dB on the validation
     cases: on real photos it is often wrong, and this check is what makes it safe (MODEL_CARD.md).
 
-    The refined field is fitted on the ring its warp's trust is measured on (:func:`warp_fill`), so
+    The refined field is fitted on the ring its warp's trust is measured on (:func:`~.warp.warp_fill`), so
     its ``trust_cap`` is set to the agreement before the flow (``agreement``, where the caller has
-    measured it with :func:`warp_agreement`), except where its warp carries the image's fine
-    detail on the ring (:func:`detail_agreement` at least ``detail_trust``: the image's own photo
+    measured it with :func:`~.warp.warp_agreement`), except where its warp carries the image's fine
+    detail on the ring (:func:`~.warp.detail_agreement` at least ``detail_trust``: the image's own photo
     brought into place, not another view of the object): then it may be trusted up to the held-out
     agreement of the last kept round (the band the flow did not see). A field a pixel or two off
     before the flow and within one after it was otherwise blended at a third to two thirds

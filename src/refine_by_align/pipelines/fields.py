@@ -262,7 +262,7 @@ def _antialiased_sample(reference: np.ndarray, xy: np.ndarray, factor: float, in
 class DenseField:
     """Reference positions and their confidence for every pixel of ``box`` on the image, and the
     ring agreement its warp may be trusted at, at most (``trust_cap``: 1, no cap, unless the field
-    was refined on that ring itself by :func:`refine_field_flow`)."""
+    was refined on that ring itself by :func:`~.field_refinement.refine_field_flow`)."""
 
     box: Box  # the image region covered (the zoom-in crop at full resolution)
     xy: np.ndarray  # (h, w, 2) float32: (x, y) on the reference for each pixel of box
@@ -280,7 +280,7 @@ class DenseField:
         field shrinks the reference by more than :data:`MINIFY_ABOVE` (a reference photo at a
         higher resolution than the image), the reference is low-passed first
         (:func:`_antialiased_sample`): point sampling would alias its fine detail. (The alignment
-        compares warps unfiltered; the pasted warp is filtered, :func:`warp_fill`.)"""
+        compares warps unfiltered; the pasted warp is filtered, :func:`~.warp.warp_fill`.)"""
         xy = self.xy if window is None else np.ascontiguousarray(self.xy[window])
         f = self.minification() if antialias else 1.0
         if f > MINIFY_ABOVE:
@@ -347,7 +347,7 @@ def dense_field(
     Confidence: 1 near inlier matches, falling off as exp(-d / reach) with the distance d to the
     nearest one (``reach``: half the box side by default), times 0 where the position falls off the
     reference object (eroded by 1 px, so its outline is not copied). Without ``confidence`` the
-    field's ``confidence`` is None (a candidate that is only ranked, by :func:`warp_agreement`,
+    field's ``confidence`` is None (a candidate that is only ranked, by :func:`~.warp.warp_agreement`,
     which does not read it: the nearest-match search over the box is most of this function's
     time); :func:`with_confidence` adds it later, the same values."""
     h, w = box.height, box.width
@@ -369,7 +369,7 @@ def dense_field(
 
 
 #: The fit's cross-validated error (:func:`field_misfit`, image pixels at 512 px) from which a warp's
-#: blend weight falls, and where it reaches 0 (:func:`warp_fill`).
+#: blend weight falls, and where it reaches 0 (:func:`~.warp.warp_fill`).
 MISFIT_PX = (3.5, 6.0)
 
 

@@ -43,7 +43,7 @@ __all__ = [
 ]
 
 
-#: Point-match sources :func:`dense_field` understands (combine with "+", e.g. "sift+aliked").
+#: Point-match sources :func:`~.fields.dense_field` understands (combine with "+", e.g. "sift+aliked").
 MATCH_SOURCES = ("sift", "aliked", "attention")
 
 

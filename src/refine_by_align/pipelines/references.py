@@ -48,7 +48,7 @@ def combine_warps(warps: Sequence[WarpFill | None], shape: tuple[int, int], marg
     the earlier reference); the combined weight is that maximum. Only warps whose ring agreement is
     within ``margin`` of the best one take part: a clearly worse warp (another view, roughly
     aligned) does not fill the pixels a near-exact one leaves out; the model draws those. The best
-    one is taken among the warps the misfit rule leaves whole (:func:`~.correspondence.warp_fill`'s
+    one is taken among the warps the misfit rule leaves whole (:func:`~.warp.warp_fill`'s
     ``misfit_factor`` 1) where there are any (one it discounts to 0 trusts no pixel). Warps
     are not averaged: two views differ in detail and an average would blur exactly what a warp is
     there to copy."""

@@ -244,7 +244,7 @@ def warp_agreement(image_box: np.ndarray, mask_box: np.ndarray, reference: np.nd
 
 def misfit_weight(misfit: float | None, limits: tuple[float, float] | None = MISFIT_PX) -> float:
     """The factor :func:`warp_fill` scales a warp's blend weight by for a field whose fit misses its
-    own matches by ``misfit`` px (:func:`field_misfit`): 1 up to ``limits[0]``, falling linearly to
+    own matches by ``misfit`` px (:func:`~.fields.field_misfit`): 1 up to ``limits[0]``, falling linearly to
     0 at ``limits[1]``; 1 where either is None."""
     if misfit is None or limits is None:
         return 1.0
@@ -274,9 +274,9 @@ def warp_fill(
     nothing). The blend weight rises linearly from 0 at ``min_ncc`` to 1 at ``full_ncc``: a warp
     that agrees only roughly (a real second view) is mixed with the fallback fill rather than
     pasted whole. The agreement counted is at most the field's ``trust_cap`` (a field refined on
-    this ring itself, by :func:`refine_field_flow`, is trusted as it was before). With
+    this ring itself, by :func:`~.field_refinement.refine_field_flow`, is trusted as it was before). With
     ``misfit_px`` (lo, hi) the weight is also scaled by how well the field's fit explains its own
-    matches (the field's ``misfit_px``, :func:`field_misfit`): in full up to lo px, falling
+    matches (the field's ``misfit_px``, :func:`~.fields.field_misfit`): in full up to lo px, falling
     linearly to 0 at hi px, where no pixel is trusted (a warp that misplaces its own matches by
     that much misplaces the mask's detail too, however well the ring around the mask agrees)."""
     warped, band, gain, offset, per_channel, ncc = _warp_agreement(image_box, mask_box, reference, fld, ring_px)

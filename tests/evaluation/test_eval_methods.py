@@ -100,3 +100,20 @@ def test_refine_by_align_method_passes_every_reference_of_a_case(tmp_path, tiny_
     assert RefineByAlignMethod(tiny_pipe, references=2, matchers="sift", num_inference_steps=1)(case).region is None  # not on reference.png
     with pytest.raises(InputError, match="no reference 3"):
         RefineByAlignMethod(tiny_pipe, references=3)(case)
+
+
+def test_a_bench_method_runs_its_pipeline_without_a_bar_per_case(monkeypatch, tiny_pipe, cases_dir: Path, capsys):
+    """The pipeline a method loads has its own per-step progress bar off: a bench shows one bar over
+    the cases, and a bar per case under it (as before) buried that one."""
+    import refine_by_align.evaluation.registry as registry
+
+    monkeypatch.setattr(tiny_pipe, "_progress_bar_config", {"disable": False})  # (the shared fixture's own setting comes back after)
+    monkeypatch.setattr(registry, "load_pipeline", lambda name: tiny_pipe)
+    method = get_method("refine-by-align", model="tiny", matchers="sift", num_inference_steps=2)
+    capsys.readouterr()
+    method(load_cases(cases_dir, limit=1)[0])
+    err = capsys.readouterr().err
+    assert "it/s" not in err and "s/it" not in err, err
+    tiny_pipe.set_progress_bar_config(disable=False)
+    tiny_pipe(*(lambda c: (c.image, c.mask, c.reference))(load_cases(cases_dir, limit=1)[0]), num_inference_steps=2, matchers="sift")
+    assert "2/2" in capsys.readouterr().err  # (the same pipeline shows its bar when asked)

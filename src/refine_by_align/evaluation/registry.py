@@ -19,7 +19,12 @@ __all__ = ["METHODS", "PIPELINE_METHODS", "get_method"]
 
 
 def _load_pipeline(model: str | None) -> Any:
-    return load_pipeline(model or "default")
+    """The pipeline a method runs, its own per-step progress bar off (a bench shows one bar over
+    the cases; a bar per case under it would bury that one)."""
+    pipe = load_pipeline(model or "default")
+    if hasattr(pipe, "set_progress_bar_config"):
+        pipe.set_progress_bar_config(disable=True)
+    return pipe
 
 
 def _plain(cls: type, **fixed: Any) -> Callable[..., Method]:

@@ -460,6 +460,26 @@ def test_template_search_places_a_plain_object_point_matching_misses():
     assert len(whole) == 0 and whole_score == -1.0
 
 
+def test_template_search_places_a_mirrored_reference_too():
+    """A plain object whose reference is the mirror image of its view in the picture (the affine
+    cases' random transforms include mirroring): the search in the reference as given finds no
+    placement that correlates, the mirrored one does, and the field built on it is as close as for
+    the reference as given; without ``mirror`` there is no field."""
+    image, mask, ref, rmask, box, A = _plain_object_case()
+    w = ref.shape[1]
+    mref, mmask = np.ascontiguousarray(ref[:, ::-1]), np.ascontiguousarray(rmask[:, ::-1])
+    fld, info = dense_alignment(image, mask, mref, mmask, box, ("sift",))
+    assert fld is not None and info["source"] == "template" and info["mirrored"] and info["ring_ncc"] > 0.9, info
+    back = cv2.invertAffineTransform(A)  # image -> the reference as given; mirrored: x -> w - 1 - x
+    yy, xx = np.mgrid[box.y0 : box.y1, box.x0 : box.x1]
+    truth = np.stack([xx, yy, np.ones_like(xx)], -1).astype(np.float64) @ back.T
+    truth[..., 0] = (w - 1) - truth[..., 0]
+    inside = mask[box.y0 : box.y1, box.x0 : box.x1]
+    assert np.median(np.linalg.norm(fld.xy - truth, axis=-1)[inside]) < 0.5
+    none, info_none = dense_alignment(image, mask, mref, mmask, box, ("sift",), mirror=False)
+    assert none is None and info_none.get("template_score", 1.0) < 0.7, info_none
+
+
 def test_candidate_fields_without_confidence_rank_the_same_and_get_it_later():
     """A candidate only ranked is built without its confidence (the nearest-match search is most of
     dense_field's time); warp_agreement does not read it, ECC's agreement argument spares a second

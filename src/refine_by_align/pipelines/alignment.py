@@ -284,8 +284,8 @@ def dense_alignment(
     (a looser matching lets more chance matches in). Where no source gives any consistent fit and
     ``template`` is on, the reference object itself is searched for around the mask by rotation
     and scale (:func:`~.matching.template_matches`: a small plain object whose few keypoints
-    all match one spot) and its placement is the one candidate, kept only if, refined, its warp
-    carries the image's fine detail (:func:`~.warp.detail_agreement` at least
+    all match one spot), as given and, with ``mirror``, mirrored, and its placements are the
+    candidates, the winner kept only if, refined, its warp carries the image's fine detail (:func:`~.warp.detail_agreement` at least
     ``DETAIL_TRUST``: the image's own photo, not another view placed by its shading). The candidate whose colour-matched warp
     agrees best with the image in a ring around the mask (normalised cross-correlation,
     :func:`~.warp.warp_agreement`, the trust :func:`~.warp.warp_fill` gives) wins,
@@ -358,11 +358,16 @@ def dense_alignment(
                 consider_aliked(mirrored, every, loose_similarity, min_inliers=solid_inliers)
             best = pool.best()
     if best is None and template and reference_mask is not None:
-        # no consistent point matches at all (a small plain object): search for the object itself
-        found, pool.info["template_score"] = template_matches(image, mask, reference, reference_mask, crop_box)
-        if len(found):
-            pool.consider("template", False, found)
-            best = pool.best()
+        # no consistent point matches at all (a small plain object): search for the object itself,
+        # in each orientation of the reference, as the point matches are (a mirrored view)
+        scores = []
+        for mirrored in orientations:
+            found, score = template_matches(image, mask, *_oriented(reference, reference_mask, mirrored), crop_box)
+            scores.append(score)
+            if len(found):
+                pool.consider("template", mirrored, _unmirrored(found, reference.shape[1]) if mirrored else found)
+        pool.info["template_score"] = max(scores)
+        best = pool.best()
     if best is None:
         return None, pool.info
     if ecc:  # refine the leading candidates, then choose again: ECC can turn a close second into the best
@@ -397,6 +402,21 @@ def dense_alignment(
         misfit_px=None if fld.misfit_px is None else round(fld.misfit_px, 3)
     )
     return fld, pool.info
+
+
+def _oriented(reference: np.ndarray, reference_mask: np.ndarray, mirrored: bool) -> tuple[np.ndarray, np.ndarray]:
+    """The reference and its mask as given, or mirrored left to right."""
+    if not mirrored:
+        return reference, reference_mask
+    return np.ascontiguousarray(reference[:, ::-1]), np.ascontiguousarray(np.asarray(reference_mask)[:, ::-1])
+
+
+def _unmirrored(m: Matches, width: int) -> Matches:
+    """Matches found on the mirrored reference, their reference positions back on the reference
+    as given (pixel x -> width - 1 - x)."""
+    ref_xy = m.ref_xy.copy()
+    ref_xy[:, 0] = (width - 1) - ref_xy[:, 0]
+    return Matches(m.img_xy, ref_xy, m.weight, dict(m.counts))
 
 
 def _held_out(info: dict, ncc: float) -> float:

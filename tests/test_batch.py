@@ -309,13 +309,25 @@ def test_shard_from_the_launcher_environment():
         Shard.from_env({"RANK": "2", "WORLD_SIZE": "2"})
 
 
+def test_finish_together_waits_only_under_a_launcher():
+    """One process, or several without a launcher's address (shards started by hand), do not wait."""
+    from refine_by_align.batch import Shard, finish_together
+
+    assert not finish_together(Shard(0, 1), {"MASTER_ADDR": "127.0.0.1", "MASTER_PORT": "29500"})
+    assert not finish_together(Shard(1, 2), {})
+
+
 @pytest.mark.skipif(sys.platform != "linux", reason="torchrun's launcher is tested on Linux")
 def test_batch_on_two_processes_with_the_launcher(tmp_path):
     """The real thing: torchrun (what `accelerate launch --multi_gpu` runs) starts two CLI processes
-    with the tiny model on the CPU; each prints its share, the outputs and one errors.jsonl appear."""
+    with the tiny model on the CPU; each prints its share, the outputs and one errors.jsonl appear.
+    The second process's share fails fast (a missing file) while the first still works (many
+    steps): the launcher stops every process when one exits with an error, so the failing one
+    waits for the others (finish_together) before it exits 1."""
     for i in range(3):
         _write_case(tmp_path / "in", f"c{i}", i)
     jobs = [_job(f"c{i}", output=f"o{i}.png", steps=1) for i in range(3)]
+    jobs[0]["steps"] = 200  # (the first process's share takes seconds longer than the second's)
     jobs[2] = {"image": "in/c2.png", "mask": "in/c2_mask.png", "references": ["in/c2_ref.png", "in/c1_ref.png"],
                "output": "o2.png", "steps": 1}  # several references go through a process of their own too
     jobs.append({"image": "in/missing.png", "mask": "in/c0_mask.png", "reference": "in/c0_ref.png", "output": "bad.png"})

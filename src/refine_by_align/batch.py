@@ -52,7 +52,7 @@ from PIL import Image
 
 from .io import InputError, check_output_folder, load_inputs, read_file, write_atomic
 
-__all__ = ["DONE_FILE", "ERRORS_FILE", "BatchJob", "Shard", "format_summary", "read_manifest", "run_batch"]
+__all__ = ["DONE_FILE", "ERRORS_FILE", "BatchJob", "Shard", "finish_together", "format_summary", "read_manifest", "run_batch"]
 
 DONE_FILE = "done.jsonl"
 ERRORS_FILE = "errors.jsonl"
@@ -292,6 +292,38 @@ class Shard:
     def suffix(self) -> str:
         """``""`` for one process, else ``.r<rank>`` (the per-process file names)."""
         return "" if self.world == 1 else f".r{self.rank}"
+
+
+#: How long a process of a launched batch waits for the others at the end (its share may finish
+#: long before theirs).
+FINISH_TIMEOUT_S = 7 * 24 * 3600
+
+
+def finish_together(shard: Shard, env: dict | None = None, timeout_s: float = FINISH_TIMEOUT_S) -> bool:
+    """Under a launcher (torchrun, accelerate launch: ``MASTER_ADDR`` / ``MASTER_PORT`` set, more
+    than one process), wait until every process of the batch has finished its share (a gloo
+    rendezvous and barrier on the launcher's address). The launcher stops every process as soon as
+    one exits with an error, so a process whose share had a failed job (exit status 1) would
+    otherwise cut the others' work short. Returns whether it waited (False: one process, no
+    launcher, or no torch.distributed)."""
+    env = os.environ if env is None else env
+    if shard.world <= 1 or not (env.get("MASTER_ADDR") and env.get("MASTER_PORT")):
+        return False
+    import datetime
+
+    import torch.distributed as dist
+
+    if not dist.is_available():
+        return False
+    here = not dist.is_initialized()
+    if here:
+        dist.init_process_group("gloo", rank=shard.rank, world_size=shard.world, timeout=datetime.timedelta(seconds=timeout_s))
+    try:
+        dist.barrier()
+    finally:
+        if here:
+            dist.destroy_process_group()
+    return True
 
 
 def _merge_errors(out_dir: Path, jobs: list[BatchJob], shard: Shard) -> None:

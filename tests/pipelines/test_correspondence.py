@@ -1174,7 +1174,8 @@ def test_loose_matching_aligns_a_colour_changed_plain_object(tiny_pipe, tmp_path
     """A real case the strict ALIKED matching cannot align (validation set 2's candle_04_nonrigid,
     rebuilt from the shared photos: a plain white jar on grass, its reference colour-changed,
     mirrored and bent; SIFT's matches are wrong): the loose matching finds the field, M* close to
-    the true region; without it the alignment falls back to Algorithm 1."""
+    the true region; without it the template search finds the jar in the mirrored reference, and
+    without both the alignment falls back to Algorithm 1."""
     import functools
     import json
     from pathlib import Path
@@ -1205,6 +1206,10 @@ def test_loose_matching_aligns_a_colour_changed_plain_object(tiny_pipe, tmp_path
     assert iou > 0.6, iou
 
     monkeypatch.setattr(P, "dense_alignment", functools.partial(A.dense_alignment, loose_similarity=None))
+    placed = tiny_pipe.align(*args)  # no loose matching: the template search, mirrored, places the jar
+    assert placed.method == "dense" and placed.info["source"] == "template" and placed.info["mirrored"], placed.info
+    assert (placed.region & truth).sum() / (placed.region | truth).sum() > 0.9
+    monkeypatch.setattr(P, "dense_alignment", functools.partial(A.dense_alignment, loose_similarity=None, template=False))
     strict = tiny_pipe.align(*args)
     assert strict.method == "attention" and "no consistent dense field" in strict.info["fallback"]
 

@@ -24,12 +24,13 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def run(args) -> int:
-    from ..batch import format_summary, read_manifest, run_batch
+    from ..batch import Shard, finish_together, format_summary, read_manifest, run_batch
     from ..io import check_output_folder
 
     read_manifest(args.manifest)  # a bad manifest or output folder fails before the model loads
     check_output_folder(args.output, "--output")
     pipe = common.load_model(args.model, args.quiet, dtype=args.dtype)
     summary = run_batch(args.manifest, args.output, pipe, progress=not args.quiet)
-    print(format_summary(summary))
+    print(format_summary(summary), flush=True)
+    finish_together(Shard(summary["rank"], summary["world"]))  # (a launcher stops all processes when one exits 1)
     return 1 if summary["failed"] else 0

@@ -285,8 +285,9 @@ def dense_alignment(
     ``template`` is on, the reference object itself is searched for around the mask by rotation
     and scale (:func:`~.matching.template_matches`: a small plain object whose few keypoints
     all match one spot), as given and, with ``mirror``, mirrored, and its placements are the
-    candidates, the winner kept only if, refined, its warp carries the image's fine detail (:func:`~.warp.detail_agreement` at least
-    ``DETAIL_TRUST``: the image's own photo, not another view placed by its shading). The candidate whose colour-matched warp
+    candidates, the winner kept only if, refined, its warp carries the image's fine detail
+    (:func:`~.warp.detail_agreement` at least ``DETAIL_TRUST``: the image's own photo, not another
+    view placed by its shading). The candidate whose colour-matched warp
     agrees best with the image in a ring around the mask (normalised cross-correlation,
     :func:`~.warp.warp_agreement`, the trust :func:`~.warp.warp_fill` gives) wins,
     its agreement discounted by up to 0.2 when it rests on fewer than ``solid_inliers`` matches;

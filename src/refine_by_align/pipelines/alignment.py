@@ -363,10 +363,10 @@ def dense_alignment(
         # in each orientation of the reference, as the point matches are (a mirrored view)
         scores = []
         for mirrored in orientations:
-            found, score = template_matches(image, mask, *_oriented(reference, reference_mask, mirrored), crop_box)
+            found, score = template_matches(image, mask, reference, reference_mask, crop_box, flip=mirrored)
             scores.append(score)
             if len(found):
-                pool.consider("template", mirrored, _unmirrored(found, reference.shape[1]) if mirrored else found)
+                pool.consider("template", mirrored, found)
         pool.info["template_score"] = max(scores)
         best = pool.best()
     if best is None:
@@ -403,21 +403,6 @@ def dense_alignment(
         misfit_px=None if fld.misfit_px is None else round(fld.misfit_px, 3)
     )
     return fld, pool.info
-
-
-def _oriented(reference: np.ndarray, reference_mask: np.ndarray, mirrored: bool) -> tuple[np.ndarray, np.ndarray]:
-    """The reference and its mask as given, or mirrored left to right."""
-    if not mirrored:
-        return reference, reference_mask
-    return np.ascontiguousarray(reference[:, ::-1]), np.ascontiguousarray(np.asarray(reference_mask)[:, ::-1])
-
-
-def _unmirrored(m: Matches, width: int) -> Matches:
-    """Matches found on the mirrored reference, their reference positions back on the reference
-    as given (pixel x -> width - 1 - x)."""
-    ref_xy = m.ref_xy.copy()
-    ref_xy[:, 0] = (width - 1) - ref_xy[:, 0]
-    return Matches(m.img_xy, ref_xy, m.weight, dict(m.counts))
 
 
 def _held_out(info: dict, ncc: float) -> float:

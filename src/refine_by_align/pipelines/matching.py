@@ -90,6 +90,14 @@ def outside_mask(mask: np.ndarray, exclude_px: int) -> np.ndarray:
     return ~cv2.dilate(np.asarray(mask, bool).astype(np.uint8), _disk(exclude_px)).astype(bool)
 
 
+def _oriented(reference: np.ndarray, reference_mask: np.ndarray | None, flip: bool) -> tuple[np.ndarray, np.ndarray | None]:
+    """The reference and its mask (None stays None) as given, or mirrored left to right (a view;
+    positions found on it map back by x -> W - 1 - x)."""
+    if not flip:
+        return reference, reference_mask
+    return reference[:, ::-1], None if reference_mask is None else np.asarray(reference_mask)[:, ::-1]
+
+
 def _bounded(rgb: np.ndarray, mask: np.ndarray | None, max_side: int) -> tuple[np.ndarray, np.ndarray | None, float]:
     """(``rgb`` and ``mask`` at most ``max_side`` px on the longer side, the factor back to full size)."""
     size, factor = _bounded_size(rgb.shape[:2], max_side)
@@ -324,7 +332,7 @@ def aliked_matches(
     if image_features is None:
         image_features = aliked_features(model, image, outside_mask(mask, exclude_px), grow_box(focus, 3.0) if focus else None, max_side, max_keypoints)
     ki, di, _ = image_features
-    rsrc, rmask = (reference[:, ::-1], None if reference_mask is None else reference_mask[:, ::-1]) if flip else (reference, reference_mask)
+    rsrc, rmask = _oriented(reference, reference_mask, flip)
     rbox = None
     if rmask is not None and np.asarray(rmask).any():
         ys, xs = np.nonzero(rmask)
@@ -358,6 +366,7 @@ def template_matches(
     max_area: int = 160,
     max_fraction: float = 0.5,
     max_points: int = 150,
+    flip: bool = False,
 ) -> tuple[Matches, float]:
     """Where point matching finds nothing consistent (a small, plain object: its few keypoints all
     matched to one spot), the reference object itself is searched for around the mask: rotated by
@@ -373,7 +382,10 @@ def template_matches(
     with its score; otherwise (no matches, the best score: -1 where no placement fits the search
     area, or the reference object covers more than ``max_fraction`` of its photo, so no object is
     isolated, e.g. the whole photo as the reference) (MODEL_CARD.md, "Template search where no
-    point matches agree")."""
+    point matches agree"). ``flip``: search for the mirrored reference object (the matches' reference
+    positions are on the reference as given)."""
+    width = reference.shape[1]
+    reference, reference_mask = _oriented(reference, reference_mask, flip)
     rmask = np.asarray(reference_mask, bool)
     rows, cols = np.nonzero(rmask)
     if len(rows) == 0 or len(rows) > max_fraction * rmask.size:
@@ -418,6 +430,8 @@ def template_matches(
     on_small = np.c_[uv * f, np.ones(len(uv))] @ M.T + np.array([lx, ly], np.float64)  # (N, 2) in the small search area
     img_xy = on_small / f + np.array([sx0, sy0], np.float64)
     ref_xy = uv + np.array([x0, y0], np.float64)
+    if flip:
+        ref_xy[:, 0] = (width - 1) - ref_xy[:, 0]
     n = len(img_xy)
     return Matches(img_xy.astype(np.float32), ref_xy.astype(np.float32), np.ones(n, np.float32), {"template": n}), best
 

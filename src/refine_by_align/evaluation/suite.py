@@ -140,10 +140,9 @@ def _check_same_run(run_dir: Path, sets: Sequence[CaseSet], method: str, model: 
         return
     for s in sets:
         metrics = run_dir / s.name / "metrics.json"
-        if metrics.exists() and json.loads(metrics.read_text()).get("method") != method:
-            raise SuiteMismatchError(
-                f"{metrics} holds method '{json.loads(metrics.read_text()).get('method')}', not '{method}': give a new --output folder"
-            )
+        found = json.loads(metrics.read_text()).get("method") if metrics.exists() else method
+        if found != method:
+            raise SuiteMismatchError(f"{metrics} holds method '{found}', not '{method}': give a new --output folder")
 
 
 def compare_runs(before: str | os.PathLike, after: str | os.PathLike, sets: Sequence[CaseSet] = SUITE, tolerance: float = 1e-6) -> dict[str, Any]:

@@ -93,7 +93,7 @@ def test_a_run_folder_is_not_resumed_with_another_method_or_model(tmp_path, tiny
         with pytest.raises(SuiteMismatchError, match="give a new --output folder"):
             run_suite(tmp_path / "cases", tmp_path / "run", sets, method=method, model=model, progress=False)
     monkeypatch.setattr(bench, "run_bench", real)
-    done = run_suite(tmp_path / "cases", tmp_path / "run", sets, method="telea", progress=False)  # resumed: b run, a read back
+    done = run_suite(tmp_path / "cases", tmp_path / "run", sets, method="telea", model="default", progress=False)  # resumed (no --model is the default): b run, a read back
     assert done["sets"]["a"]["cases"] == 1 and done["sets"]["b"]["cases"] == 1
 
     (tmp_path / "run" / "suite.json").unlink()  # a folder without suite.json: its sets' metrics.json are checked

@@ -132,7 +132,7 @@ def _check_same_run(run_dir: Path, sets: Sequence[CaseSet], method: str, model: 
     suite = run_dir / "suite.json"
     if suite.exists():
         prev = json.loads(suite.read_text())
-        if (prev.get("method"), prev.get("model")) != (method, model):
+        if (prev.get("method"), prev.get("model") or "default") != (method, model or "default"):  # (no --model is the default model)
             raise SuiteMismatchError(
                 f"{run_dir} holds a run of {name(prev.get('method'), prev.get('model'))}, not {name(method, model)}: "
                 "give a new --output folder (its results would be mixed with this run's)"

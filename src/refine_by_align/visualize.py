@@ -189,16 +189,18 @@ MODEL_GREY = (150, 150, 150)
 
 
 def _reference_tile(reference: Image.Image, heatmap, region, height: int, label: str) -> Image.Image:
-    """A reference with its alignment map (or its region when only that is known), M* outlined."""
+    """A reference with its alignment map (or its region when only that is known), M* outlined.
+    The map is drawn on the reference already scaled to the tile (a 12-megapixel photo's overlay
+    at its own size took 4 s)."""
+    tile = resize_tile(reference, height)
     if heatmap is not None:
-        ref = render_heatmap_overlay(reference, heatmap, alpha=0.6)
+        tile = render_heatmap_overlay(tile, heatmap, alpha=0.6)
         label = f"{label} + alignment map"
     elif region is not None:
-        ref = render_heatmap_overlay(reference, region, alpha=0.45, color=MAGENTA)
+        tile = render_heatmap_overlay(tile, region, alpha=0.45, color=MAGENTA)
         label = f"{label} + given region"
     else:
-        ref, label = reference, f"{label} (no alignment)"
-    tile = resize_tile(ref, height)
+        label = f"{label} (no alignment)"
     if region is not None:
         tile = outline_mask(tile, region, (255, 255, 255))
     return label_tile(tile, label)

@@ -25,6 +25,7 @@ import warnings
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from dataclasses import field as dataclass_field
+from dataclasses import replace
 
 import cv2
 import numpy as np
@@ -244,6 +245,14 @@ RIVAL_MARGIN = 0.1
 #: Where the winner's ring agreement is below this, every such candidate is checked; at or above it,
 #: only the best one of the other orientation (the reference mirrored, or as given).
 RIVALS_BELOW_NCC = 0.9
+#: :func:`dense_alignment` works on a zoom-in crop of at most this many px on its longer side: a
+#: larger crop (a big mask on a picture of more than 512 px) is aligned on the picture scaled down
+#: to it, and the field is scaled back up to the crop's full resolution (the warp still samples the
+#: full-resolution reference). The stage's rings, flows and thresholds are set in pixels on 512 px
+#: pictures, whose crops are 64-512 px (median 187 px on the 192 validation and check cases: none
+#: is scaled); a 2048 px picture's crop aligned at its own size took 10 s (MODEL_CARD.md, "Large
+#: pictures"). None: always at full resolution.
+ALIGN_MAX_CROP = 512
 
 
 def dense_alignment(
@@ -266,8 +275,13 @@ def dense_alignment(
     polish: bool = True,
     template: bool = True,
     rival_margin: float | None = RIVAL_MARGIN,
+    max_crop: int | None = ALIGN_MAX_CROP,
 ) -> tuple[DenseField | None, dict]:
     """The dense alignment: a field over ``crop_box`` from point matches.
+
+    Where ``crop_box``'s longer side exceeds ``max_crop`` px, the whole stage runs on the image and
+    mask scaled down so that it fits (:func:`_at_working_scale`) and the field is scaled back up to
+    ``crop_box`` (``info["working_scale"]``); the reference is used as given.
 
     Candidate fields (:func:`~.fields.fit_field`) are fitted for each orientation of the
     reference (as given, and mirrored when ``mirror``) from the cheap sources (SIFT, and the
@@ -314,6 +328,14 @@ def dense_alignment(
         raise ValueError(f"unknown match source(s) {unknown} (choose from sift, aliked, attention)")
     if "aliked" in sources and aliked is None:
         raise ValueError("the 'aliked' match source needs the ALIKED model (models/aliked.py)")
+    if max_crop is not None and max(crop_box.width, crop_box.height) > max_crop:
+        return _at_working_scale(
+            image, mask, crop_box, max_crop, attention,
+            lambda im, m, box, att: dense_alignment(
+                im, m, reference, reference_mask, box, sources, aliked, att, mirror, good_ncc, solid_inliers, ecc, ecc_candidates,
+                flow, flow_min_ncc, loose_similarity, polish, template, rival_margin, max_crop=None,
+            ),
+        )
     window = (slice(crop_box.y0, crop_box.y1), slice(crop_box.x0, crop_box.x1))
     pool = _Candidates(image[window], np.asarray(mask, bool)[window], reference, reference_mask, crop_box, solid_inliers)
     orientations = (False, True) if mirror else (False,)
@@ -403,6 +425,63 @@ def dense_alignment(
         misfit_px=None if fld.misfit_px is None else round(fld.misfit_px, 3)
     )
     return fld, pool.info
+
+
+def _at_working_scale(image: np.ndarray, mask: np.ndarray, crop_box: Box, max_crop: int, attention: Matches | None, align) -> tuple[DenseField | None, dict]:
+    """:func:`dense_alignment` on a crop larger than ``max_crop`` px: ``align(image, mask, box, attention)``
+    run on the image (H, W, 3) and mask (H, W) scaled down by f = ``max_crop`` / the crop's longer
+    side (the image by area; the mask keeps every scaled pixel it touches, so the artifact does
+    not leak into the rings around it) with ``crop_box`` scaled to cover the same part, and its
+    field scaled back up to ``crop_box``: each full-resolution pixel reads the scaled field at its
+    own centre (bilinear; the object mask nearest), the reference positions as they are (the
+    reference is not scaled). The ``attention`` matches' image positions are scaled with the
+    image. The fitted ``fit`` stays in the scaled image's coordinates."""
+    h, w = mask.shape
+    f = max_crop / float(max(crop_box.width, crop_box.height))
+    sw, sh = max(1, round(w * f)), max(1, round(h * f))
+    fx, fy = sw / float(w), sh / float(h)
+    small = cv2.resize(np.ascontiguousarray(image), (sw, sh), interpolation=cv2.INTER_AREA)
+    small_mask = cv2.resize(np.asarray(mask, bool).astype(np.float32), (sw, sh), interpolation=cv2.INTER_AREA) > 0
+    box = Box(
+        int(np.floor(crop_box.x0 * fx)), int(np.floor(crop_box.y0 * fy)),
+        min(sw, int(np.ceil(crop_box.x1 * fx))), min(sh, int(np.ceil(crop_box.y1 * fy))),
+    )
+    if attention is not None:  # (x, y) image px -> scaled px (pixel centres kept)
+        attention = replace(attention, img_xy=((attention.img_xy + 0.5) * np.float32([fx, fy]) - 0.5).astype(np.float32))
+    fld, info = align(small, small_mask, box, attention)
+    info["working_scale"] = round(float(np.sqrt(fx * fy)), 4)
+    if fld is None:
+        return None, info
+    # full-resolution pixel centres in the scaled box's pixel coordinates
+    u = (np.arange(crop_box.x0, crop_box.x1, dtype=np.float64) + 0.5) * fx - 0.5 - box.x0  # (w,)
+    v = (np.arange(crop_box.y0, crop_box.y1, dtype=np.float64) + 0.5) * fy - 0.5 - box.y0  # (h,)
+    near = np.ix_(np.clip(np.rint(v), 0, box.height - 1).astype(int), np.clip(np.rint(u), 0, box.width - 1).astype(int))
+    fld = replace(
+        fld,
+        box=crop_box,
+        xy=_bilinear_at(fld.xy, u, v),  # (h, w, 2): reference px, unchanged by the image's scale
+        confidence=None if fld.confidence is None else _bilinear_at(fld.confidence, u, v),
+        on_object=fld.on_object[near],
+        counts=dict(fld.counts),
+    )
+    return fld, info
+
+
+def _bilinear_at(a: np.ndarray, u: np.ndarray, v: np.ndarray) -> np.ndarray:
+    """``a`` (h, w) or (h, w, C) read bilinearly at columns ``u`` (W,) and rows ``v`` (H,) (pixel
+    coordinates, the edge replicated beyond them): (H, W) or (H, W, C) float32, separable and in
+    floating point (OpenCV's remap rounds positions to a 32nd of a pixel: 0.03 px off on a field
+    that steps 3 px a pixel)."""
+
+    def along(a: np.ndarray, t: np.ndarray, axis: int) -> np.ndarray:
+        n = a.shape[axis]
+        t = np.clip(t, 0.0, n - 1.0)
+        i0 = np.minimum(np.floor(t).astype(int), max(n - 2, 0))
+        i1 = np.minimum(i0 + 1, n - 1)
+        wt = (t - i0).reshape([-1 if k == axis else 1 for k in range(a.ndim)])
+        return np.take(a, i0, axis) * (1.0 - wt) + np.take(a, i1, axis) * wt
+
+    return along(along(np.asarray(a, np.float64), u, 1), v, 0).astype(np.float32)
 
 
 def _held_out(info: dict, ncc: float) -> float:

@@ -1,0 +1,83 @@
+"""The dense alignment of a crop larger than ALIGN_MAX_CROP: run on the picture scaled down, the
+field scaled back up to the crop's full resolution (pipelines/alignment.py, _at_working_scale)."""
+
+import cv2
+import numpy as np
+import pytest
+
+from refine_by_align.pipelines.alignment import ALIGN_MAX_CROP, _at_working_scale, dense_alignment
+from refine_by_align.pipelines.fields import DenseField
+from refine_by_align.pipelines.matching import Matches
+from refine_by_align.zoom import Box, zoom_box
+
+from .test_correspondence import _apply, _case, _sim
+
+
+@pytest.mark.parametrize("mirror", [False, True])
+def test_a_crop_over_the_bound_is_aligned_scaled_and_stays_pixel_accurate(mirror):
+    image, mask, ref, valid, H_true = _case(_sim(), mirror=mirror)
+    box = zoom_box(mask, 2.0, 64)  # 110 px
+    fld, info = dense_alignment(image, mask, ref, valid, box, ("sift",), max_crop=64)
+    assert fld is not None, info
+    assert info["working_scale"] == pytest.approx(64 / 110, abs=0.01)
+    assert info["mirrored"] == mirror
+    assert fld.box == box and fld.xy.shape == (box.height, box.width, 2)
+    assert fld.on_object.shape == fld.confidence.shape == (box.height, box.width)
+    ys, xs = np.mgrid[box.y0 : box.y1, box.x0 : box.x1]
+    truth = _apply(H_true, np.stack([xs.ravel(), ys.ravel()], 1)).reshape(box.height, box.width, 2)
+    err = np.linalg.norm(fld.xy - truth, axis=-1)
+    inside = mask[box.y0 : box.y1, box.x0 : box.x1]
+    assert np.median(err[inside]) < 1.0  # about half a scaled pixel, in full-resolution px
+    region = fld.push_mask(inside, ref.shape[:2])
+    true_region = cv2.warpPerspective(mask.astype(np.uint8), H_true, (ref.shape[1], ref.shape[0]), flags=cv2.INTER_NEAREST).astype(bool)
+    assert (region & true_region).sum() / (region | true_region).sum() > 0.85
+
+
+def test_a_crop_within_the_bound_is_aligned_at_its_own_resolution():
+    image, mask, ref, valid, _ = _case(_sim())
+    box = zoom_box(mask, 2.0, 64)
+    assert max(box.width, box.height) <= ALIGN_MAX_CROP
+    fld, info = dense_alignment(image, mask, ref, valid, box, ("sift",))
+    assert fld is not None and "working_scale" not in info
+    same, _ = dense_alignment(image, mask, ref, valid, box, ("sift",), max_crop=None)
+    np.testing.assert_array_equal(fld.xy, same.xy)
+
+
+def test_the_scaled_field_is_read_at_each_full_resolution_pixel_centre():
+    """A field linear in the scaled picture's pixel coordinates comes back as the same linear
+    function of the full-resolution pixel centres (bilinear reading is exact on it); the scaled
+    inputs cover the crop; the mask keeps every scaled pixel it touches; attention matches are
+    moved with the picture."""
+    h, w = 400, 600
+    image = np.random.default_rng(0).integers(0, 256, (h, w, 3), dtype=np.uint8)
+    mask = np.zeros((h, w), bool)
+    mask[201, 301] = True  # one pixel: still masked once scaled
+    crop = Box(150, 100, 450, 400)  # 300 px
+    seen = {}
+    att = Matches(np.float32([[300.0, 200.0]]), np.float32([[5.0, 6.0]]), np.ones(1, np.float32), {"attention": 1})
+
+    def align(im, m, box, attention):
+        seen.update(shape=im.shape, mask=m, box=box, attention=attention)
+        ys, xs = np.mgrid[0 : box.height, 0 : box.width].astype(np.float32)
+        xy = np.stack([3.0 * xs + 7.0, 2.0 * ys + 1.0], -1)  # (h', w', 2)
+        on = np.ones((box.height, box.width), bool)
+        return DenseField(box, xy, np.full((box.height, box.width), 0.5, np.float32), on), {}
+
+    fld, info = _at_working_scale(image, mask, crop, 100, att, align)
+    f = 100 / 300
+    assert seen["shape"] == (round(h * f), round(w * f), 3)
+    b = seen["box"]
+    fx, fy = seen["shape"][1] / w, seen["shape"][0] / h  # (each side rounded to whole pixels)
+    e = 1e-6
+    assert b.x0 <= crop.x0 * fx + e and b.x1 >= crop.x1 * fx - e and b.y0 <= crop.y0 * fy + e and b.y1 >= crop.y1 * fy - e
+    assert seen["mask"].sum() >= 1 and seen["mask"][int(201 * fy), int(301 * fx)]
+    np.testing.assert_allclose(seen["attention"].img_xy, [[300.5 * fx - 0.5, 200.5 * fy - 0.5]], atol=1e-4)
+    assert info["working_scale"] == pytest.approx(f, abs=1e-3)
+    assert fld.box == crop and fld.xy.shape == (300, 300, 2)
+    X, Y = np.meshgrid(np.arange(crop.x0, crop.x1), np.arange(crop.y0, crop.y1))
+    expect_x = 3.0 * ((X + 0.5) * fx - 0.5 - b.x0) + 7.0
+    expect_y = 2.0 * ((Y + 0.5) * fy - 0.5 - b.y0) + 1.0
+    inner = (slice(3, -3), slice(3, -3))  # (the border reads the replicated edge)
+    np.testing.assert_allclose(fld.xy[..., 0][inner], expect_x[inner], atol=2e-3)
+    np.testing.assert_allclose(fld.xy[..., 1][inner], expect_y[inner], atol=2e-3)
+    assert np.allclose(fld.confidence, 0.5) and fld.on_object.all()

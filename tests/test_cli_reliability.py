@@ -92,6 +92,13 @@ def test_seed_range_holds_for_every_command(tmp_path, capsys, argv):
     _refused(argv, capsys, "--seed")
 
 
+@pytest.mark.parametrize("flag, value, needle", [("--upscale", "0", "1..8"), ("--upscale", "9", "1..8"), ("--image-scale", "1.5", "(0, 1]")])
+def test_make_cases_scale_out_of_range_is_one_line_exit_2(tmp_path, capsys, flag, value, needle):
+    argv = ["make-cases", "--source", str(tmp_path / "nowhere"), "--output", str(tmp_path / "cases"), flag, value]
+    _refused(argv, capsys, flag, needle, value)
+    assert not (tmp_path / "cases").exists()
+
+
 def test_largest_seed_is_accepted(tmp_path, capsys):
     paths = _inputs(tmp_path / "in")
     out = tmp_path / "o.png"

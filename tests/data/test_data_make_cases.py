@@ -125,3 +125,29 @@ def test_image_scale_shrinks_the_image_side_not_the_reference(tmp_path, tiny_mul
         assert json.loads((b / "meta.json").read_text())["image_scale"] == 0.5
     with pytest.raises(ValueError, match="image_scale"):
         make_cases(tiny_multiview, tmp_path / "bad", seed=3, subjects=["alpha"], cases_per_subject=1, image_scale=1.5)
+
+
+def test_upscale_gives_the_same_case_on_a_larger_picture(tmp_path, tiny_multiview):
+    """``upscale``: every picture and mask of the case (the extra references and the true region
+    too) scaled up by the whole factor, each mask exactly the nearest-scaled original, each picture
+    the original where it is block-averaged back; meta records the factor; bad factors refused."""
+    kw = dict(seed=3, subjects=["alpha"], cases_per_subject=2, extra_references=["view"])
+    one = make_cases(tiny_multiview, tmp_path / "one", **kw)
+    big = make_cases(tiny_multiview, tmp_path / "big", upscale=3, **kw)
+    for a, b in zip(one, big):
+        assert sorted(p.name for p in a.iterdir()) == sorted(p.name for p in b.iterdir())
+        assert "correspondence.png" in {p.name for p in a.iterdir()} or "multiview" in a.name
+        for f in [p.name for p in a.iterdir() if p.suffix == ".png"]:
+            small, large = np.asarray(_open(a / f)), np.asarray(_open(b / f))
+            assert large.shape[:2] == (3 * small.shape[0], 3 * small.shape[1]), f
+            if "mask" in f or f == "correspondence.png":
+                assert np.array_equal(large[1::3, 1::3], small), f  # nearest: each 3 x 3 block is its pixel
+            else:
+                h, w = small.shape[:2]
+                back = large.reshape(h, 3, w, 3, -1).astype(np.float64).mean(axis=(1, 3)).reshape(small.shape)
+                assert np.abs(back - small).mean() < 4.0, f
+        meta_a, meta_b = (json.loads((c / "meta.json").read_text()) for c in (a, b))
+        assert meta_b.pop("upscale") == 3 and meta_b == meta_a
+    for bad in (0, 9, 1.5):
+        with pytest.raises(ValueError, match="upscale"):
+            make_cases(tiny_multiview, tmp_path / "bad", seed=3, subjects=["alpha"], cases_per_subject=1, upscale=bad)

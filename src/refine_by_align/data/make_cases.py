@@ -247,6 +247,7 @@ def make_cases(
     cfg: CaseConfig | None = None,
     extra_references: list[str] | tuple[str, ...] = (),
     image_scale: float = 1.0,
+    upscale: int = 1,
 ) -> list[Path]:
     """Build evaluation cases from a multi-view folder (``SUBJECT/NN.jpg + NN_mask.png``).
 
@@ -274,11 +275,20 @@ def make_cases(
             product shot beside a generated image often is. Outside the scaled mask the image is
             the scaled target. ``meta.json`` records ``image_scale`` (its ``transform`` stays in
             the full-size target's pixels). The case is otherwise the same.
+        upscale: above 1, every picture of the case (image, target, references; bicubic) and every
+            mask (artifact, reference objects, the true region; nearest) is scaled up by this whole
+            factor once it is built (after ``image_scale``): the same case on a larger picture,
+            for measuring how the pipeline's pixel-sized steps behave there. The pictures gain
+            pixels, not detail. ``meta.json`` records ``upscale`` (its ``transform`` stays in the
+            case's own pixels before it).
 
     Returns: the case folders, in order.
     """
     if not 0.0 < float(image_scale) <= 1.0:
         raise ValueError(f"image_scale must be in (0, 1], got {image_scale}")
+    if int(upscale) != upscale or not 1 <= int(upscale) <= MAX_UPSCALE:
+        raise ValueError(f"upscale must be a whole number in 1..{MAX_UPSCALE}, got {upscale}")
+    upscale = int(upscale)
     cfg = cfg or CaseConfig()
     src = Path(source_dir)
     subjects, names = _check_arguments(src, subjects, artifacts, extra_references)
@@ -323,6 +333,12 @@ def make_cases(
             if image_scale != 1.0:
                 image, amask, target = _scaled_down(image, amask, target, float(image_scale))
                 meta["image_scale"] = float(image_scale)
+            if upscale != 1:
+                image, target, reference = (_scaled_up(a, upscale) for a in (image, target, reference))
+                amask, ref_mask = _scaled_up(amask, upscale, mask=True), _scaled_up(ref_mask, upscale, mask=True)
+                corr = None if corr is None else _scaled_up(corr, upscale, mask=True)
+                extras = [(role, _scaled_up(r, upscale), _scaled_up(m, upscale, mask=True), view) for role, r, m, view in extras]
+                meta["upscale"] = upscale
             case = out_root / f"{subject}_{k:02d}_{kind}"
             _write_case(case, image, amask, reference, ref_mask, corr, target, meta, [(r, m) for _, r, m, _ in extras])
             written.append(case)
@@ -441,6 +457,20 @@ def _scaled_down(image: np.ndarray, amask: np.ndarray, target: np.ndarray, scale
         area = cv2.resize(amask.astype(np.float32), size, interpolation=cv2.INTER_AREA)
         m = area >= area.max()
     return np.where(m[..., None], im, t), m, t
+
+
+#: :func:`make_cases`' largest ``upscale`` (a 512 px case at 8x is 4096 px).
+MAX_UPSCALE = 8
+
+
+def _scaled_up(a: np.ndarray, factor: int, mask: bool = False) -> np.ndarray:
+    """A picture (H, W, 3) uint8 scaled up ``factor`` times (bicubic), or with ``mask`` an (H, W)
+    mask (nearest; returned as bool)."""
+    h, w = a.shape[:2]
+    size = (w * factor, h * factor)
+    if mask:
+        return cv2.resize(np.asarray(a).astype(np.uint8), size, interpolation=cv2.INTER_NEAREST).astype(bool)
+    return cv2.resize(np.ascontiguousarray(a), size, interpolation=cv2.INTER_CUBIC)
 
 
 def _write_case(case: Path, image, amask, reference, ref_mask, corr, target, meta: dict, extras: list) -> None:

@@ -81,3 +81,29 @@ def test_the_scaled_field_is_read_at_each_full_resolution_pixel_centre():
     np.testing.assert_allclose(fld.xy[..., 0][inner], expect_x[inner], atol=2e-3)
     np.testing.assert_allclose(fld.xy[..., 1][inner], expect_y[inner], atol=2e-3)
     assert np.allclose(fld.confidence, 0.5) and fld.on_object.all()
+
+
+@pytest.mark.parametrize("scale", [1.0, 3.0])
+def test_push_mask_samples_a_large_box_more_sparsely_and_keeps_mstar(scale, monkeypatch):
+    """A box of more than PUSH_SAMPLES / 4 pixels is sampled about once a pixel each way instead of
+    twice (set here so a 240 px box is: 16.8 million samples of a 2048 px crop took 3 s): M* keeps
+    an IoU of 0.97 with the twice-sampled one, in one piece without holes, also where the
+    reference is three times larger."""
+    from scipy import ndimage
+
+    from refine_by_align.pipelines import fields
+
+    h = w = 240
+    mask = np.zeros((h, w), bool)
+    cv2.ellipse(mask.view(np.uint8), (120, 114), (66, 39), 20, 0, 360, 1, -1)
+    a = np.deg2rad(17.0)
+    A = scale * np.array([[np.cos(a), -np.sin(a)], [np.sin(a), np.cos(a)]])
+    yy, xx = np.mgrid[0:h, 0:w].astype(np.float64)
+    xy = (np.stack([xx, yy], -1) @ A.T + np.array([90.0, 135.0])).astype(np.float32)
+    shape = (int(scale * 240 + 360), int(scale * 240 + 360))
+    fld = DenseField(Box(0, 0, w, h), xy, np.ones((h, w), np.float32), np.ones((h, w), bool))
+    twice = fld.push_mask(mask, shape)
+    monkeypatch.setattr(fields, "PUSH_SAMPLES", 60_000)  # 1.02 samples a pixel each way
+    sparse = fld.push_mask(mask, shape)
+    assert (twice & sparse).sum() / (twice | sparse).sum() >= 0.97
+    assert ndimage.label(sparse)[1] == 1 and np.array_equal(ndimage.binary_fill_holes(sparse), sparse)

@@ -342,7 +342,8 @@ class DenseField:
         region = (lead > 0).astype(np.uint8)
         # close at the field's local scale: a reference larger than the image leaves gaps (never
         # over pixels the outside's votes won)
-        r = int(np.ceil(max(1.0 if v is None else float(v) for v in self.median_steps()) / k))
+        every = max(1, int(np.sqrt(h * w / 262_144.0)))  # (every pixel's steps up to a 512 px box, then a lattice of as many)
+        r = int(np.ceil(max(1.0 if v is None else float(v) for v in self.median_steps(every)) / k))
         pad = max(r, 1) + 1
         closed = cv2.morphologyEx(np.pad(region, pad), cv2.MORPH_CLOSE, _disk(max(r, 1)))[pad:-pad, pad:-pad].astype(bool)
         out = np.zeros((hr, wr), bool)

@@ -167,6 +167,21 @@ class PreparedInputs:
     notes: list[str] = field(default_factory=list)  # e.g. that the reference object was estimated
 
 
+def region_heat(region: np.ndarray) -> np.ndarray:
+    """The dense alignment's map for display: M* (Hr, Wr) bool blurred by a Gaussian of 1% of the
+    reference's longer side (at least 2 px), scaled to a maximum of 1; (Hr, Wr) float32. The blur
+    runs on M*'s box grown by the kernel's reach (4 sigma), the rest being 0: the same values as
+    over the whole reference (a 4096 px reference's took 1.8 s)."""
+    sigma = max(2.0, 0.01 * max(region.shape))
+    heat = np.zeros(region.shape, np.float32)
+    if region.any():
+        reach = int(np.ceil(4 * sigma)) + 1
+        b = mask_bbox(region)
+        window = (slice(max(b.y0 - reach, 0), b.y1 + reach), slice(max(b.x0 - reach, 0), b.x1 + reach))
+        heat[window] = cv2.GaussianBlur(region[window].astype(np.float32), (0, 0), sigma)
+    return (heat / max(float(heat.max()), 1e-6)).astype(np.float32)
+
+
 def _blend(patch: np.ndarray, combined: CombinedWarp) -> np.ndarray:
     """The model's crop pixels with the combined warp blended in by its weight ((N, N, 3) uint8)."""
     if not combined.weight.any():
@@ -581,9 +596,7 @@ class RefineByAlignPipeline(DiffusionPipeline):
             ys, xs = np.nonzero(p.mask[b.y0 : b.y1, b.x0 : b.x1])
             x, y = fld.xy[ys[len(ys) // 2], xs[len(xs) // 2]]
             region[int(np.clip(round(float(y)), 0, region.shape[0] - 1)), int(np.clip(round(float(x)), 0, region.shape[1] - 1))] = True
-        heat = cv2.GaussianBlur(region.astype(np.float32), (0, 0), max(2.0, 0.01 * max(region.shape)))
-        heat = (heat / max(float(heat.max()), 1e-6)).astype(np.float32)
-        return AlignmentResult(region, heat, raw, None, t, l, "dense", fld, info)
+        return AlignmentResult(region, region_heat(region), raw, None, t, l, "dense", fld, info)
 
     # ------------------------------------------------------------------ refinement stage
     @torch.no_grad()

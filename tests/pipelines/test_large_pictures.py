@@ -1,5 +1,6 @@
-"""The dense alignment of a crop larger than ALIGN_MAX_CROP: run on the picture scaled down, the
-field scaled back up to the crop's full resolution (pipelines/alignment.py, _at_working_scale)."""
+"""Large pictures: the dense alignment of a crop larger than ALIGN_MAX_CROP (run on the picture
+scaled down, the field scaled back up to the crop's full resolution: pipelines/alignment.py,
+_at_working_scale), M* on a large box, and the display map computed around M* only."""
 
 import cv2
 import numpy as np
@@ -107,3 +108,19 @@ def test_push_mask_samples_a_large_box_more_sparsely_and_keeps_mstar(scale, monk
     sparse = fld.push_mask(mask, shape)
     assert (twice & sparse).sum() / (twice | sparse).sum() >= 0.97
     assert ndimage.label(sparse)[1] == 1 and np.array_equal(ndimage.binary_fill_holes(sparse), sparse)
+
+
+def test_region_heat_is_the_whole_reference_blur_computed_around_the_region():
+    from refine_by_align.pipelines.pipeline import region_heat
+
+    rng = np.random.default_rng(0)
+    for h, w in [(900, 700), (64, 300), (1200, 1200)]:
+        region = np.zeros((h, w), np.uint8)
+        cv2.ellipse(region, (int(rng.integers(0, w)), int(rng.integers(0, h))), (w // 6, h // 9), 25.0, 0, 360, 1, -1)
+        region = region.astype(bool)
+        whole = cv2.GaussianBlur(region.astype(np.float32), (0, 0), max(2.0, 0.01 * max(h, w)))
+        whole /= whole.max()
+        heat = region_heat(region)
+        assert heat.shape == region.shape and heat.dtype == np.float32 and heat.max() == 1.0
+        np.testing.assert_allclose(heat, whole, atol=1e-6)
+    assert not region_heat(np.zeros((50, 60), bool)).any()

@@ -124,3 +124,30 @@ def test_region_heat_is_the_whole_reference_blur_computed_around_the_region():
         assert heat.shape == region.shape and heat.dtype == np.float32 and heat.max() == 1.0
         np.testing.assert_allclose(heat, whole, atol=1e-6)
     assert not region_heat(np.zeros((50, 60), bool)).any()
+
+
+def test_every_setting_reaches_the_scaled_alignment(monkeypatch):
+    """The scaled run gets each of dense_alignment's settings as given (no default silently
+    taking the place of the caller's)."""
+    import inspect
+
+    from refine_by_align.pipelines import alignment
+
+    image, mask, ref, valid, _ = _case(_sim())
+    box = zoom_box(mask, 2.0, 64)
+    given = dict(sources=("sift",), mirror=False, good_ncc=0.9, solid_inliers=12, ecc=False, ecc_candidates=2, flow=False,
+                 flow_min_ncc=0.6, loose_similarity=None, polish=False, template=False, rival_margin=None)
+    settings = set(inspect.signature(dense_alignment).parameters) - {"image", "mask", "reference", "reference_mask", "crop_box", "aliked", "attention", "max_crop"}
+    assert settings == set(given)
+    seen = []
+    inner = alignment.dense_alignment
+
+    def spy(*args, **kwargs):
+        seen.append(kwargs)
+        return inner(*args, **kwargs)
+
+    monkeypatch.setattr(alignment, "dense_alignment", spy)
+    fld, info = inner(image, mask, ref, valid, box, max_crop=64, **given)
+    assert fld is not None and "working_scale" in info
+    assert len(seen) == 1 and seen[0]["max_crop"] is None
+    assert {k: seen[0][k] for k in given} == given

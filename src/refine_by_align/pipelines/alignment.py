@@ -332,8 +332,10 @@ def dense_alignment(
         return _at_working_scale(
             image, mask, crop_box, max_crop, attention,
             lambda im, m, box, att: dense_alignment(
-                im, m, reference, reference_mask, box, sources, aliked, att, mirror, good_ncc, solid_inliers, ecc, ecc_candidates,
-                flow, flow_min_ncc, loose_similarity, polish, template, rival_margin, max_crop=None,
+                im, m, reference, reference_mask, box, sources=sources, aliked=aliked, attention=att, mirror=mirror,
+                good_ncc=good_ncc, solid_inliers=solid_inliers, ecc=ecc, ecc_candidates=ecc_candidates, flow=flow,
+                flow_min_ncc=flow_min_ncc, loose_similarity=loose_similarity, polish=polish, template=template,
+                rival_margin=rival_margin, max_crop=None,
             ),
         )
     window = (slice(crop_box.y0, crop_box.y1), slice(crop_box.x0, crop_box.x1))

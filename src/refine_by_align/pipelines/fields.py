@@ -274,7 +274,7 @@ class DenseField:
     xy: np.ndarray  # (h, w, 2) float32: (x, y) on the reference for each pixel of box
     confidence: np.ndarray | None  # (h, w) float32 in [0, 1]; None on a candidate only ranked (dense_field, with_confidence)
     on_object: np.ndarray  # (h, w) bool: the position falls on the reference object
-    fit: FieldFit | None = None
+    fit: FieldFit | None = None  # in the image's pixels at the alignment's working scale (dense_alignment's info["working_scale"], else 1)
     counts: dict[str, int] = field(default_factory=dict)  # matches per source
     source: str = ""
     trust_cap: float = 1.0  # the ring agreement its warp may be trusted at, at most (a field refined on the ring: its agreement before)

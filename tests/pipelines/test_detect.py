@@ -105,3 +105,37 @@ def test_detect_with_aliked_chooses_between_two_fields():
     assert set(det.info["candidates"]) == {"sift", "sift+aliked"}
     assert det.info["source"] == max(det.info["candidates"], key=det.info["candidates"].get)
     assert D.mask_scores(det.mask, true)["recall"] > 0.6
+
+
+def test_a_large_image_is_compared_at_the_working_size_and_read_back():
+    """An image over max_side is compared scaled down (here the 272 px scene upscaled 3x to 816 px,
+    compared at 272 px): the same proposal read back at full size (IoU 0.9 with the 272 px one
+    scaled up), the field's reference positions those of the small one at each pixel centre."""
+    img, ref, ref_mask, true = _scene()
+    small = D.detect(img, ref, ref_mask)
+    big_img = cv2.resize(img, (816, 816), interpolation=cv2.INTER_CUBIC)
+    big_true = cv2.resize(true.astype(np.uint8), (816, 816), interpolation=cv2.INTER_NEAREST).astype(bool)
+    big = D.detect(big_img, ref, ref_mask, max_side=272)
+    assert big.info["working_scale"] == pytest.approx(1 / 3, abs=1e-3)
+    assert big.mask.shape == big.heatmap.shape == big.valid.shape == (816, 816)
+    assert big.field is not None and big.field.xy.shape == (816, 816, 2)
+    up = cv2.resize(small.mask.astype(np.uint8), (816, 816), interpolation=cv2.INTER_NEAREST).astype(bool)
+    assert D.mask_scores(big.mask, up)["iou"] > 0.9
+    assert D.mask_scores(big.mask, big_true)["recall"] > 0.6
+    # pixel (X, Y) of the large image reads the small field at ((X + 0.5) / 3 - 0.5, ...)
+    assert np.allclose(big.field.xy[301, 451], small.field.xy[100, 150], atol=0.05)
+    assert abs(big.info["proposed"] - float(big.mask.mean())) < 1e-4
+
+
+def test_a_large_reference_is_scaled_with_the_image_and_its_positions_read_back():
+    """Image and reference both 3x larger: the reference is compared at the image's working
+    factor (kept at max_side or more), and the field's positions are on the reference as given."""
+    img, ref, ref_mask, true = _scene()
+    small = D.detect(img, ref, ref_mask)
+    big_ref = cv2.resize(ref, (720, 720), interpolation=cv2.INTER_CUBIC)
+    big = D.detect(cv2.resize(img, (816, 816), interpolation=cv2.INTER_CUBIC), big_ref, np.ones((720, 720), bool), max_side=272)
+    assert big.field is not None
+    up = cv2.resize(small.mask.astype(np.uint8), (816, 816), interpolation=cv2.INTER_NEAREST).astype(bool)
+    assert D.mask_scores(big.mask, up)["iou"] > 0.8
+    # the small field's position p on the 240 px reference is 3 (p + 0.5) - 0.5 on the 720 px one
+    assert np.allclose(big.field.xy[301, 451], 3 * (small.field.xy[100, 150] + 0.5) - 0.5, atol=1.5)

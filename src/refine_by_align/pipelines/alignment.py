@@ -37,7 +37,7 @@ from ..models.attention import AllLayersRecorded, recording
 from ..threads import worker_threads
 from ..zoom import Box
 from .field_refinement import DETAIL_TRUST, polish_field_ecc, refine_field_ecc, refine_field_flow
-from .fields import DenseField, dense_field, field_misfit, fit_field, with_confidence
+from .fields import DenseField, dense_field, field_at_full_scale, field_misfit, fit_field, with_confidence
 from .matching import (
     ALIKED_KEYPOINTS,
     AlikedImage,
@@ -454,36 +454,7 @@ def _at_working_scale(image: np.ndarray, mask: np.ndarray, crop_box: Box, max_cr
     info["working_scale"] = round(float(np.sqrt(fx * fy)), 4)
     if fld is None:
         return None, info
-    # full-resolution pixel centres in the scaled box's pixel coordinates
-    u = (np.arange(crop_box.x0, crop_box.x1, dtype=np.float64) + 0.5) * fx - 0.5 - box.x0  # (w,)
-    v = (np.arange(crop_box.y0, crop_box.y1, dtype=np.float64) + 0.5) * fy - 0.5 - box.y0  # (h,)
-    near = np.ix_(np.clip(np.rint(v), 0, box.height - 1).astype(int), np.clip(np.rint(u), 0, box.width - 1).astype(int))
-    fld = replace(
-        fld,
-        box=crop_box,
-        xy=_bilinear_at(fld.xy, u, v),  # (h, w, 2): reference px, unchanged by the image's scale
-        confidence=None if fld.confidence is None else _bilinear_at(fld.confidence, u, v),
-        on_object=fld.on_object[near],
-        counts=dict(fld.counts),
-    )
-    return fld, info
-
-
-def _bilinear_at(a: np.ndarray, u: np.ndarray, v: np.ndarray) -> np.ndarray:
-    """``a`` (h, w) or (h, w, C) read bilinearly at columns ``u`` (W,) and rows ``v`` (H,) (pixel
-    coordinates, the edge replicated beyond them): (H, W) or (H, W, C) float32, separable and in
-    floating point (OpenCV's remap rounds positions to a 32nd of a pixel: 0.03 px off on a field
-    that steps 3 px a pixel)."""
-
-    def along(a: np.ndarray, t: np.ndarray, axis: int) -> np.ndarray:
-        n = a.shape[axis]
-        t = np.clip(t, 0.0, n - 1.0)
-        i0 = np.minimum(np.floor(t).astype(int), max(n - 2, 0))
-        i1 = np.minimum(i0 + 1, n - 1)
-        wt = (t - i0).reshape([-1 if k == axis else 1 for k in range(a.ndim)])
-        return np.take(a, i0, axis) * (1.0 - wt) + np.take(a, i1, axis) * wt
-
-    return along(along(np.asarray(a, np.float64), u, 1), v, 0).astype(np.float32)
+    return field_at_full_scale(fld, crop_box, fx, fy), info
 
 
 def _held_out(info: dict, ncc: float) -> float:

@@ -34,7 +34,7 @@ import cv2
 import numpy as np
 
 from ..zoom import Box
-from .fields import DenseField, dense_field, fit_field
+from .fields import DenseField, dense_field, field_at_full_scale, fit_field
 from .matching import Matches, aliked_matches, sift_matches
 from .warp import colour_transfer
 
@@ -310,6 +310,14 @@ def load_matcher(weights=None):
         return None
 
 
+#: :func:`detect` compares the image at most this many px on its longer side: a larger image is
+#: scaled down to it (by area) and the proposal, its map and field are scaled back. Its pixel sizes
+#: (``erode_px``, the shift tolerance, the structure's blur, the smallest piece) are set on 512 px
+#: cases; on val2 built at 2048 px the full-resolution comparison took 21 s for a case and proposed
+#: a sixth of the artifact (MODEL_CARD.md, "Large pictures"). None: always at full resolution.
+DETECT_MAX_SIDE = 512
+
+
 def detect(
     image,
     reference,
@@ -319,6 +327,7 @@ def detect(
     threshold: float | None = None,
     erode_px: int = 8,
     estimate_object: bool = True,
+    max_side: int | None = DETECT_MAX_SIDE,
 ) -> Detection:
     """Propose the artifact mask of ``image`` (PIL image or (H, W, 3) uint8) against ``reference``
     (its object ``reference_mask`` (Hr, Wr) bool; None: the reference's alpha, else the whole
@@ -328,7 +337,9 @@ def detect(
     MADs, default 6). Only pixels that land at least ``erode_px`` inside the reference object are
     compared (``Detection.valid``). With no reference mask and no alpha the object is estimated
     from the photo (``estimate_object``; else the whole photo), and ``info["notes"]`` says so.
-    When no consistent field is found the mask is empty and ``info["note"]`` says why."""
+    When no consistent field is found the mask is empty and ``info["note"]`` says why. An image
+    over ``max_side`` px is compared scaled down to it, the results read back at its own size
+    (``info["working_scale"]``; the reference as given)."""
     from ..io import InputError, alpha_mask, to_rgb
 
     if method not in ("learned", "colour"):
@@ -355,6 +366,8 @@ def detect(
         if not reference_mask.any():
             raise InputError("reference_mask: reference mask is empty (no object)")
     h, w = image.shape[:2]
+    if max_side is not None and max(h, w) > max_side:
+        return _detect_scaled(image, reference, reference_mask, aliked, method, threshold, erode_px, estimate_object, int(max_side))
     notes = []
     if reference_mask is None and estimate_object:  # as the pipeline does: the object estimated by GrabCut
         from ..data.foreground import estimate_foreground
@@ -380,6 +393,40 @@ def detect(
         heat = np.clip(score / (2.0 * thr), 0.0, 1.0) if np.isfinite(thr) and thr > 0 else np.zeros_like(score)
     info.update(threshold=round(float(thr), 4), compared=round(float(valid.mean()), 4), proposed=round(float(mask.mean()), 5))
     return Detection(mask, heat.astype(np.float32), valid, fld, info)
+
+
+def _detect_scaled(image, reference, reference_mask, aliked, method, threshold, erode_px, estimate_object, max_side: int) -> Detection:
+    """:func:`detect` on ``image`` (H, W, 3) scaled down (by area) to ``max_side`` px on its longer
+    side, and the reference by the same factor where it stays at least ``max_side`` px (val2 at
+    2048 px: IoU 0.27 with the reference as given, 0.31 scaled with the image), its results read
+    back at (H, W): the mask from its own scaled-up outline (bilinear, at half), the map
+    bilinearly, the compared area by the nearest pixel, the field at each pixel's centre
+    (:func:`~.fields.field_at_full_scale`) with its positions on the reference as given."""
+    h, w = image.shape[:2]
+    f = max_side / float(max(h, w))
+    sw, sh = max(16, round(w * f)), max(16, round(h * f))
+    small = cv2.resize(image, (sw, sh), interpolation=cv2.INTER_AREA)
+    # the reference by the same factor (the two keep their relative scale, at which the matchers
+    # found the most matches), but not below max_side px on its longer side
+    rh, rw = reference.shape[:2]
+    g = min(1.0, max(f, max_side / float(max(rh, rw))))
+    rsw, rsh = (rw, rh) if g >= 1.0 else (max(16, round(rw * g)), max(16, round(rh * g)))
+    if (rsw, rsh) != (rw, rh):
+        reference = cv2.resize(reference, (rsw, rsh), interpolation=cv2.INTER_AREA)
+        if reference_mask is not None:
+            reference_mask = cv2.resize(np.asarray(reference_mask, np.uint8), (rsw, rsh), interpolation=cv2.INTER_NEAREST).astype(bool)
+    d = detect(small, reference, reference_mask, aliked, method, threshold, erode_px, estimate_object, max_side=None)
+    if d.field is not None and (rsw, rsh) != (rw, rh):  # reference positions back on the reference as given
+        d.field.xy = ((d.field.xy + 0.5) * np.float32([rw / float(rsw), rh / float(rsh)]) - 0.5).astype(np.float32)
+    up = lambda a, interp: cv2.resize(np.asarray(a, np.float32), (w, h), interpolation=interp)  # noqa: E731
+    mask = up(d.mask, cv2.INTER_LINEAR) >= 0.5
+    valid = up(d.valid, cv2.INTER_NEAREST) > 0.5
+    heat = np.clip(up(d.heatmap, cv2.INTER_LINEAR), 0.0, 1.0).astype(np.float32)
+    fld = None if d.field is None else field_at_full_scale(d.field, Box(0, 0, w, h), sw / float(w), sh / float(h))
+    info = dict(d.info, working_scale=round(float(np.sqrt(sw * sh / float(w * h))), 4))
+    if "proposed" in info:
+        info.update(compared=round(float(valid.mean()), 4), proposed=round(float(mask.mean()), 5))
+    return Detection(mask & valid, heat, valid, fld, info)
 
 
 def evaluate_cases(folder, aliked=None, methods: tuple[str, ...] = ("learned", "colour")) -> dict:

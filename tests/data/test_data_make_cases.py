@@ -146,6 +146,9 @@ def test_upscale_gives_the_same_case_on_a_larger_picture(tmp_path, tiny_multivie
                 h, w = small.shape[:2]
                 back = large.reshape(h, 3, w, 3, -1).astype(np.float64).mean(axis=(1, 3)).reshape(small.shape)
                 assert np.abs(back - small).mean() < 4.0, f
+        image, target = np.asarray(_open(b / "image.png")), np.asarray(_open(b / "target.png"))
+        m = np.asarray(_open(b / "mask.png").convert("L")) > 127
+        assert np.array_equal(image[~m], target[~m]) and not np.array_equal(image[m], target[m])  # the artifact stays inside the mask
         meta_a, meta_b = (json.loads((c / "meta.json").read_text()) for c in (a, b))
         assert meta_b.pop("upscale") == 3 and meta_b == meta_a
     for bad in (0, 9, 1.5):

@@ -278,8 +278,9 @@ def make_cases(
         upscale: above 1, every picture of the case (image, target, references; bicubic) and every
             mask (artifact, reference objects, the true region; nearest) is scaled up by this whole
             factor once it is built (after ``image_scale``): the same case on a larger picture,
-            for measuring how the pipeline's pixel-sized steps behave there. The pictures gain
-            pixels, not detail. ``meta.json`` records ``upscale`` (its ``transform`` stays in the
+            for measuring how the pipeline's pixel-sized steps behave there. Outside the scaled
+            mask the image is the scaled target (bicubic spreads the artifact's colours a few
+            pixels past the mask's edge). The pictures gain pixels, not detail. ``meta.json`` records ``upscale`` (its ``transform`` stays in the
             case's own pixels before it).
 
     Returns: the case folders, in order.
@@ -336,6 +337,7 @@ def make_cases(
             if upscale != 1:
                 image, target, reference = (_scaled_up(a, upscale) for a in (image, target, reference))
                 amask, ref_mask = _scaled_up(amask, upscale, mask=True), _scaled_up(ref_mask, upscale, mask=True)
+                image = np.where(amask[..., None], image, target)  # (the artifact's colours, bicubically spread, kept inside the mask)
                 corr = None if corr is None else _scaled_up(corr, upscale, mask=True)
                 extras = [(role, _scaled_up(r, upscale), _scaled_up(m, upscale, mask=True), view) for role, r, m, view in extras]
                 meta["upscale"] = upscale

@@ -11,7 +11,7 @@ from dataclasses import dataclass
 import cv2
 import numpy as np
 
-__all__ = ["Box", "zoom_box", "mask_bbox", "crop_resize", "paste_back", "feather_alpha", "square_pad_box"]
+__all__ = ["Box", "zoom_box", "mask_bbox", "crop_resize", "paste_back", "feather_alpha", "square_pad_box", "rescaled"]
 
 
 @dataclass(frozen=True)
@@ -144,3 +144,13 @@ def paste_back(
     blended[keep] = out[box.y0 : box.y1, box.x0 : box.x1][keep]
     out[box.y0 : box.y1, box.x0 : box.x1] = blended
     return out
+
+
+def rescaled(p: np.ndarray, f) -> np.ndarray:
+    """Pixel positions ``p`` (pixel centres at whole numbers; (N, 2) x, y with ``f`` = (fx, fy), or
+    positions along one axis with a number ``f``) on a picture scaled by ``f``: (p + 0.5) * f - 0.5,
+    in ``p``'s dtype. The one convention the matchers' bounded resolutions, the alignment's working
+    scale (:func:`~refine_by_align.pipelines.fields.field_at_full_scale`) and detection use to move
+    positions between scales."""
+    p = np.asarray(p)
+    return ((p + 0.5) * np.asarray(f, p.dtype) - 0.5).astype(p.dtype)

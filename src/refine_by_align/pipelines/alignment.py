@@ -35,7 +35,7 @@ from scipy import ndimage
 
 from ..models.attention import AllLayersRecorded, recording
 from ..threads import worker_threads
-from ..zoom import Box
+from ..zoom import Box, rescaled
 from .field_refinement import DETAIL_TRUST, polish_field_ecc, refine_field_ecc, refine_field_flow
 from .fields import DenseField, dense_field, field_at_full_scale, field_misfit, fit_field, with_confidence
 from .matching import (
@@ -449,7 +449,7 @@ def _at_working_scale(image: np.ndarray, mask: np.ndarray, crop_box: Box, max_cr
         min(sw, int(np.ceil(crop_box.x1 * fx))), min(sh, int(np.ceil(crop_box.y1 * fy))),
     )
     if attention is not None:  # (x, y) image px -> scaled px (pixel centres kept)
-        attention = replace(attention, img_xy=((attention.img_xy + 0.5) * np.float32([fx, fy]) - 0.5).astype(np.float32))
+        attention = replace(attention, img_xy=rescaled(attention.img_xy, (fx, fy)))
     fld, info = align(small, small_mask, box, attention)
     info["working_scale"] = round(float(np.sqrt(fx * fy)), 4)
     if fld is None:

@@ -33,7 +33,7 @@ from dataclasses import dataclass, field
 import cv2
 import numpy as np
 
-from ..zoom import Box
+from ..zoom import Box, rescaled
 from .fields import DenseField, dense_field, field_at_full_scale, fit_field
 from .matching import Matches, aliked_matches, sift_matches
 from .warp import colour_transfer
@@ -418,7 +418,7 @@ def _detect_scaled(image, reference, reference_mask, aliked, method, threshold, 
             reference_mask = cv2.resize(np.asarray(reference_mask, np.uint8), (rsw, rsh), interpolation=cv2.INTER_NEAREST).astype(bool)
     d = detect(small, reference, reference_mask, aliked, method, threshold, erode_px, estimate_object, max_side=None)
     if d.field is not None and (rsw, rsh) != (rw, rh):  # reference positions back on the reference as given
-        d.field.xy = ((d.field.xy + 0.5) * np.float32([rw / float(rsw), rh / float(rsh)]) - 0.5).astype(np.float32)
+        d.field.xy = rescaled(d.field.xy, (rw / float(rsw), rh / float(rsh)))
     up = lambda a, interp: cv2.resize(np.asarray(a, np.float32), (w, h), interpolation=interp)  # noqa: E731
     mask = up(d.mask, cv2.INTER_LINEAR) >= 0.5
     valid = up(d.valid, cv2.INTER_NEAREST) > 0.5

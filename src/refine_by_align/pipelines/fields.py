@@ -18,7 +18,7 @@ import cv2
 import numpy as np
 
 from ..threads import worker_threads
-from ..zoom import Box
+from ..zoom import Box, rescaled
 from .matching import Matches, _disk
 
 __all__ = [
@@ -437,8 +437,8 @@ def field_at_full_scale(fld: DenseField, box: Box, fx: float, fy: float) -> Dens
     replicated; the object mask by the nearest pixel). The reference positions are as they are
     (the reference was not scaled); ``fit`` stays in the scaled picture's pixels."""
     small = fld.box
-    u = (np.arange(box.x0, box.x1, dtype=np.float64) + 0.5) * fx - 0.5 - small.x0  # (w,)
-    v = (np.arange(box.y0, box.y1, dtype=np.float64) + 0.5) * fy - 0.5 - small.y0  # (h,)
+    u = rescaled(np.arange(box.x0, box.x1, dtype=np.float64), fx) - small.x0  # (w,)
+    v = rescaled(np.arange(box.y0, box.y1, dtype=np.float64), fy) - small.y0  # (h,)
     near = np.ix_(np.clip(np.rint(v), 0, small.height - 1).astype(int), np.clip(np.rint(u), 0, small.width - 1).astype(int))
     return replace(
         fld,

@@ -23,7 +23,7 @@ import numpy as np
 
 from ..memo import ContentCache
 from ..threads import worker_threads
-from ..zoom import Box
+from ..zoom import Box, rescaled
 
 __all__ = [
     "MATCH_SOURCES",
@@ -220,7 +220,7 @@ def _sift_features(rgb: np.ndarray, det_mask: np.ndarray | None, max_features: i
         return hit
     small, det, f = _bounded(rgb, det_mask, max_side)
     kp, desc = cv2.SIFT_create(nfeatures=max_features).detectAndCompute(_gray(small), None if det is None else det.astype(np.uint8) * 255)
-    pts = (np.float32([k.pt for k in kp]).reshape(-1, 2) + 0.5) * f - 0.5
+    pts = rescaled(np.float32([k.pt for k in kp]).reshape(-1, 2), f)
     pts.flags.writeable = False
     if desc is not None:
         desc.flags.writeable = False
@@ -256,7 +256,7 @@ class AlikedImage:
         self._kpts, scores, self._feature_map = detect(model, sub, msub, max_keypoints=max_keypoints)  # (N, 2) working px, (N,), the (D, h, w) map (a SparseFeatureMap)
         k = self._kpts.float().cpu().numpy().astype(np.float32)
         fx, fy = b.width / sub.shape[1], b.height / sub.shape[0]
-        self.keypoints = np.stack([(k[:, 0] + 0.5) * fx - 0.5 + b.x0, (k[:, 1] + 0.5) * fy - 0.5 + b.y0], 1).astype(np.float32) if len(k) else k
+        self.keypoints = rescaled(k, (fx, fy)) + np.float32([b.x0, b.y0]) if len(k) else k
         self.scores = scores.float().cpu().numpy().astype(np.float32)
         self._desc = np.zeros((0, int(self._feature_map.shape[0])), np.float32)
 

@@ -384,10 +384,13 @@ def dense_alignment(
             best = pool.best()
     if best is None and template and reference_mask is not None:
         # no consistent point matches at all (a small plain object): search for the object itself,
-        # in each orientation of the reference, as the point matches are (a mirrored view)
+        # in each orientation of the reference, as the point matches are (a mirrored view); the
+        # orientations are searched side by side (OpenCV's matchTemplate runs on one core and
+        # releases Python's lock: the same placements, candle_02 of val2 0.72 -> 0.44 s)
+        with ThreadPoolExecutor(max_workers=max(1, min(len(orientations), worker_threads()))) as searches:
+            placed = list(searches.map(lambda m: template_matches(image, mask, reference, reference_mask, crop_box, flip=m), orientations))
         scores = []
-        for mirrored in orientations:
-            found, score = template_matches(image, mask, reference, reference_mask, crop_box, flip=mirrored)
+        for mirrored, (found, score) in zip(orientations, placed):
             scores.append(score)
             if len(found):
                 pool.consider("template", mirrored, found)

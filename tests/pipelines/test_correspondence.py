@@ -533,22 +533,23 @@ def test_reference_features_are_remembered_per_reference_and_never_stale(monkeyp
     C.clear_reference_cache()
     ref = _texture(64, 64)
     refmask = np.ones((64, 64), bool)
-    args = (None, ref, refmask, False, ref, refmask, None, 384, 1024)
+    args = (None, ref, refmask, False)
     monkeypatch.setattr(C, "aliked_features", counting)  # count the matcher passes
     try:
-        a = C._reference_features(*args)
-        b = C._reference_features(*args)
+        a = C.aliked_reference_features(*args)
+        b = C.aliked_reference_features(*args)
         assert len(calls) == 1 and np.array_equal(a[0], b[0])
+        assert not a[0].flags.writeable and not a[1].flags.writeable  # (shared by every later match)
         changed = ref.copy()
         changed[0, 0] ^= 1
-        C._reference_features(None, changed, refmask, False, changed, refmask, None, 384, 1024)
+        C.aliked_reference_features(None, changed, refmask, False)
         other_mask = refmask.copy()
         other_mask[:5] = False
-        C._reference_features(None, ref, other_mask, False, ref, other_mask, None, 384, 1024)
-        C._reference_features(None, ref, refmask, True, ref, refmask, None, 384, 1024)  # the mirrored orientation
+        C.aliked_reference_features(None, ref, other_mask, False)
+        C.aliked_reference_features(None, ref, refmask, True)  # the mirrored orientation
         assert len(calls) == 4
         C.clear_reference_cache()
-        C._reference_features(*args)
+        C.aliked_reference_features(*args)
         assert len(calls) == 5
     finally:
         C.clear_reference_cache()

@@ -43,6 +43,7 @@ from .matching import (
     AlikedImage,
     Matches,
     aliked_matches,
+    aliked_reference_features,
     grow_box,
     outside_mask,
     sift_features_ahead,
@@ -367,11 +368,21 @@ def dense_alignment(
             if len(cheap[mirrored]):
                 pool.consider("+".join(sources) + tag, mirrored, cheap[mirrored] + a, min_inliers)
 
-        for mirrored in orientations if best is None or best[1] < solid_inliers else (best[3],):
-            before = len(pool.items)
-            consider_aliked(mirrored, strict)
-            if any(c[1] >= 2 * solid_inliers and c[0] >= 0.5 for c in pool.items[before:]):
-                break  # a solid fit in this orientation: the other one's ALIKED pass is not needed
+        tried = orientations if best is None or best[1] < solid_inliers else (best[3],)
+        ahead = ThreadPoolExecutor(max_workers=1) if len(tried) > 1 and worker_threads() > 1 else None
+        if ahead is not None:  # the second orientation's reference pass computed beside the first's matching
+            later = ahead.submit(aliked_reference_features, aliked, reference, reference_mask, tried[1])
+        try:
+            for i, mirrored in enumerate(tried):
+                if i and ahead is not None:
+                    later.result()  # (remembered: aliked_matches reads it)
+                before = len(pool.items)
+                consider_aliked(mirrored, strict)
+                if any(c[1] >= 2 * solid_inliers and c[0] >= 0.5 for c in pool.items[before:]):
+                    break  # a solid fit in this orientation: the other one's ALIKED pass is not needed
+        finally:
+            if ahead is not None:
+                ahead.shutdown(wait=False)  # (after a solid fit its pass is left to finish on its own)
         best = pool.best()
         if loose_similarity is not None and (best is None or best[1] < solid_inliers or best[0] < 0.5):
             # no solid fit: the ALIKED matches again, from all the image's keypoints (a plain object

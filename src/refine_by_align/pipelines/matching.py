@@ -35,6 +35,7 @@ __all__ = [
     "ALIKED_KEYPOINTS",
     "AlikedImage",
     "aliked_features",
+    "aliked_reference_features",
     "clear_reference_cache",
     "aliked_matches",
     "template_matches",
@@ -293,16 +294,24 @@ def clear_reference_cache() -> None:
     _SIFT_FEATURES.clear()
 
 
-def _reference_features(model, reference, reference_mask, flip, rsrc, rmask, rbox, max_side, max_keypoints):
-    """ALIKED's (keypoints, descriptors) of the reference object, remembered for the last few
-    references: a user refining several masks against one reference (the web page, a batch over
-    one product photo) pays the reference's ALIKED pass once per orientation. Keyed by a digest of
-    the pixels and the mask, so a changed reference is never served stale features."""
+def aliked_reference_features(model, reference: np.ndarray, reference_mask: np.ndarray | None, flip: bool = False, max_side: int = 384, max_keypoints: int = ALIKED_KEYPOINTS):
+    """ALIKED's (keypoints, descriptors) of the reference object (the box of ``reference_mask``
+    plus 8 px; the whole photo without one), on the reference as given or mirrored (``flip``;
+    keypoints on the mirrored picture), remembered for the last few references: a user refining
+    several masks against one reference (the web page, a batch over one product photo) pays the
+    reference's ALIKED pass once per orientation. Keyed by a digest of the pixels and the mask, so
+    a changed reference is never served stale features; thread-safe (the alignment computes the
+    second orientation's ahead, beside the first's matching). Read-only arrays."""
     mask_part = None if reference_mask is None else np.packbits(np.asarray(reference_mask, bool))
     key = ContentCache.key(reference, mask_part, flip, max_side, max_keypoints, id(model))
     hit = _REFERENCE_FEATURES.get(key)
     if hit is not None:
         return hit[1], hit[2]
+    rsrc, rmask = _oriented(reference, reference_mask, flip)
+    rbox = None
+    if rmask is not None and np.asarray(rmask).any():
+        ys, xs = np.nonzero(rmask)
+        rbox = Box(int(xs.min()) - 8, int(ys.min()) - 8, int(xs.max()) + 9, int(ys.max()) + 9)
     kr, dr, _ = aliked_features(model, np.ascontiguousarray(rsrc), None if rmask is None else np.ascontiguousarray(rmask), rbox, max_side, max_keypoints)
     kr.flags.writeable = dr.flags.writeable = False  # shared by every later match against this reference
     _REFERENCE_FEATURES.put(key, (model, kr, dr))  # the model is kept with its features, so its id is not reused while cached
@@ -332,12 +341,7 @@ def aliked_matches(
     if image_features is None:
         image_features = aliked_features(model, image, outside_mask(mask, exclude_px), grow_box(focus, 3.0) if focus else None, max_side, max_keypoints)
     ki, di, _ = image_features
-    rsrc, rmask = _oriented(reference, reference_mask, flip)
-    rbox = None
-    if rmask is not None and np.asarray(rmask).any():
-        ys, xs = np.nonzero(rmask)
-        rbox = Box(int(xs.min()) - 8, int(ys.min()) - 8, int(xs.max()) + 9, int(ys.max()) + 9)
-    kr, dr = _reference_features(model, reference, reference_mask, flip, rsrc, rmask, rbox, max_side, max_keypoints)
+    kr, dr = aliked_reference_features(model, reference, reference_mask, flip, max_side, max_keypoints)
     kr = kr.copy()
     if flip and len(kr):
         kr[:, 0] = reference.shape[1] - 1 - kr[:, 0]

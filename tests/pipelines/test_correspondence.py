@@ -678,6 +678,58 @@ def test_mirrored_aliked_pass_only_when_the_reference_as_given_does_not_fit(monk
             assert info["candidates"]["aliked"] < 0.5
 
 
+def test_second_orientations_reference_pass_is_computed_ahead_once(monkeypatch):
+    """Where the strict ALIKED matching is tried in both orientations, the mirrored reference's pass
+    runs beside the first orientation's matching and is then read remembered: each orientation is
+    described exactly once, and the candidates are those of the alignment without it (one worker
+    thread: no pass ahead)."""
+    import threading
+
+    from refine_by_align.pipelines import alignment as A
+    from refine_by_align.pipelines import matching as C
+
+    image, mask, ref, valid, _ = _case(_sim())
+    rng = np.random.default_rng(0)
+    src = _grid_outside(mask).astype(np.float32)
+    di = rng.normal(size=(len(src), 16)).astype(np.float32)
+    di /= np.linalg.norm(di, axis=1, keepdims=True)
+    passes, where, lock = [], {}, threading.Lock()
+
+    class ImageSide:  # the image's keypoints and descriptors, fixed
+        def __init__(self, *args, **kwargs):
+            pass
+
+        def features(self, n=None):
+            return src, di, np.ones(len(src), np.float32)
+
+    def reference_side(model, rgb, mask_, box=None, max_side=384, max_keypoints=1024):
+        with lock:
+            side = "mirrored" if np.array_equal(rgb, ref[:, ::-1]) else "as given" if np.array_equal(rgb, ref) else "other"
+            passes.append(side)
+            where[side] = threading.current_thread() is threading.main_thread()
+        r = np.random.default_rng(len(rgb) + int(rgb[0, 0, 0]))  # (descriptors unlike the image's: nothing fits)
+        d = r.normal(size=(50, 16)).astype(np.float32)
+        return r.uniform(0, 200, (50, 2)).astype(np.float32), d / np.linalg.norm(d, axis=1, keepdims=True), np.ones(50, np.float32)
+
+    monkeypatch.setattr(A, "AlikedImage", ImageSide)
+    monkeypatch.setattr(C, "aliked_features", reference_side)
+    box = zoom_box(mask, 2.0, 64)
+    runs = {}
+    for threads in (2, 1):
+        monkeypatch.setattr(A, "worker_threads", lambda threads=threads: threads)
+        C.clear_reference_cache()
+        passes.clear()
+        try:
+            _, info = dense_alignment(image, mask, ref, None, box, sources=("aliked",), aliked=object(), loose_similarity=None, template=False)
+        finally:
+            C.clear_reference_cache()
+        assert sorted(passes) == ["as given", "mirrored"]  # each orientation described once (the pass ahead reused)
+        assert where == {"as given": True, "mirrored": threads == 1}  # (ahead, on its own thread, where there are two)
+        runs[threads] = info
+    assert runs[2]["matches"] == runs[1]["matches"] and runs[2]["candidates"] == runs[1]["candidates"]
+    assert set(runs[2]["matches"]) == {"aliked", "aliked/mirrored"}
+
+
 @pytest.mark.parametrize("loose", [0.6, None])
 def test_loose_aliked_matching_only_where_the_strict_one_finds_no_solid_fit(monkeypatch, loose):
     """A colour-changed reference, or a plain object on a textured ground, can leave the strict

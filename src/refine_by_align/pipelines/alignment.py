@@ -375,7 +375,7 @@ def dense_alignment(
         try:
             for i, mirrored in enumerate(tried):
                 if i and ahead is not None:
-                    later.result()  # (remembered: aliked_matches reads it)
+                    later.exception()  # waits for the pass ahead, which aliked_matches then reads remembered (one that failed is run again there and raises)
                 before = len(pool.items)
                 consider_aliked(mirrored, strict)
                 if any(c[1] >= 2 * solid_inliers and c[0] >= 0.5 for c in pool.items[before:]):

@@ -356,33 +356,36 @@ def dense_alignment(
             pool.consider("+".join(s for s in sources if s != "aliked"), mirrored, m)
     best = pool.best()
     if "aliked" in sources and (best is None or best[0] < good_ncc):
-        image_side = AlikedImage(aliked, image, outside_mask(mask, 4), grow_box(crop_box, 3.0), max_keypoints=2 * ALIKED_KEYPOINTS)
-        strict = image_side.features(ALIKED_KEYPOINTS)  # the best-scored half of the keypoints
-
-        def consider_aliked(mirrored: bool, features, similarity: float | None = None, min_inliers: int = 0) -> None:
-            """ALIKED's matches in one orientation as a candidate, alone and with the cheap
-            sources' (named "...-loose" at a looser ``similarity`` than aliked_matches' own)."""
-            kw, tag = ({}, "") if similarity is None else ({"min_similarity": similarity}, "-loose")
-            a = aliked_matches(image, mask, reference, reference_mask, aliked, flip=mirrored, image_features=features, **kw)
-            pool.consider("aliked" + tag, mirrored, a, min_inliers)
-            if len(cheap[mirrored]):
-                pool.consider("+".join(sources) + tag, mirrored, cheap[mirrored] + a, min_inliers)
-
         tried = orientations if best is None or best[1] < solid_inliers else (best[3],)
-        ahead = ThreadPoolExecutor(max_workers=1) if len(tried) > 1 and worker_threads() > 1 else None
-        if ahead is not None:  # the second orientation's reference pass computed beside the first's matching
-            later = ahead.submit(aliked_reference_features, aliked, reference, reference_mask, tried[1])
+        # the reference's ALIKED pass in each orientation tried is computed on a thread of its own,
+        # beside the image's pass and then the first orientation's matching (two passes side by side
+        # take about three quarters of the time of one after the other on 2 cores); aliked_matches
+        # reads them remembered. The same features as computed in line.
+        ahead = ThreadPoolExecutor(max_workers=1) if worker_threads() > 1 else None
+        passes = [ahead.submit(aliked_reference_features, aliked, reference, reference_mask, m) for m in tried] if ahead is not None else []
         try:
+            image_side = AlikedImage(aliked, image, outside_mask(mask, 4), grow_box(crop_box, 3.0), max_keypoints=2 * ALIKED_KEYPOINTS)
+            strict = image_side.features(ALIKED_KEYPOINTS)  # the best-scored half of the keypoints
+
+            def consider_aliked(mirrored: bool, features, similarity: float | None = None, min_inliers: int = 0) -> None:
+                """ALIKED's matches in one orientation as a candidate, alone and with the cheap
+                sources' (named "...-loose" at a looser ``similarity`` than aliked_matches' own)."""
+                kw, tag = ({}, "") if similarity is None else ({"min_similarity": similarity}, "-loose")
+                a = aliked_matches(image, mask, reference, reference_mask, aliked, flip=mirrored, image_features=features, **kw)
+                pool.consider("aliked" + tag, mirrored, a, min_inliers)
+                if len(cheap[mirrored]):
+                    pool.consider("+".join(sources) + tag, mirrored, cheap[mirrored] + a, min_inliers)
+
             for i, mirrored in enumerate(tried):
-                if i and ahead is not None:
-                    later.exception()  # waits for the pass ahead, which aliked_matches then reads remembered (one that failed is run again there and raises)
+                if passes:
+                    passes[i].exception()  # waits for its pass (one that failed is run again by aliked_matches, which raises)
                 before = len(pool.items)
                 consider_aliked(mirrored, strict)
                 if any(c[1] >= 2 * solid_inliers and c[0] >= 0.5 for c in pool.items[before:]):
                     break  # a solid fit in this orientation: the other one's ALIKED pass is not needed
         finally:
             if ahead is not None:
-                ahead.shutdown(wait=False)  # (after a solid fit its pass is left to finish on its own)
+                ahead.shutdown(wait=False)  # (after a solid fit the other orientation's pass is left to finish on its own)
         best = pool.best()
         if loose_similarity is not None and (best is None or best[1] < solid_inliers or best[0] < 0.5):
             # no solid fit: the ALIKED matches again, from all the image's keypoints (a plain object

@@ -417,12 +417,15 @@ def dense_alignment(
     ncc, inliers, name, mirrored, fld, _ = best
     fld = with_confidence(fld)  # (the candidates were ranked without it)
     if flow and ncc >= flow_min_ncc:
-        fld, pool.info["flow"] = refine_field_flow(fld, pool.image_box, pool.mask_box, reference, agreement=ncc)  # (trust capped at ncc)
-        for rival in pool.rivals(best, rival_margin, flow_min_ncc, RIVALS_BELOW_NCC) if rival_margin is not None else []:
-            # a close candidate (the same object matched mirrored and as given, or several sources'
-            # fits none of which agrees near-exactly): each is refined by the flow, and the one that
-            # predicts the band its flow did not see best is taken
-            r_fld, r_info = refine_field_flow(with_confidence(rival[4]), pool.image_box, pool.mask_box, reference, agreement=rival[0])
+        # close candidates (the same object matched mirrored and as given, or several sources' fits
+        # none of which agrees near-exactly): each is refined by the flow too, and the one that
+        # predicts the band its flow did not see best is taken. The refinements are independent:
+        # they run side by side (the same fields as one after another)
+        rivals = pool.rivals(best, rival_margin, flow_min_ncc, RIVALS_BELOW_NCC) if rival_margin is not None else []
+        jobs = [(fld, ncc)] + [(with_confidence(r[4]), r[0]) for r in rivals]  # (trust capped at each one's ncc)
+        refined = _side_by_side(lambda job: refine_field_flow(job[0], pool.image_box, pool.mask_box, reference, agreement=job[1]), jobs)
+        fld, pool.info["flow"] = refined[0]
+        for rival, (r_fld, r_info) in zip(rivals, refined[1:]):
             mine, theirs = _held_out(pool.info["flow"], ncc), _held_out(r_info, rival[0])
             pool.info.setdefault("rivals", []).append({"rival": f"{rival[2]}{'/mirrored' if rival[3] else ''}", "held_out": round(mine, 4), "rival_held_out": round(theirs, 4)})
             if theirs > mine:
@@ -472,6 +475,15 @@ def _at_working_scale(image: np.ndarray, mask: np.ndarray, crop_box: Box, max_cr
     if fld is None:
         return None, info
     return field_at_full_scale(fld, crop_box, fx, fy), info
+
+
+def _side_by_side(work, jobs: list) -> list:
+    """``[work(job) for job in jobs]``, on up to :func:`~refine_by_align.threads.worker_threads`
+    threads where there are several (OpenCV's flows and ECC release Python's lock); in order."""
+    if len(jobs) < 2 or worker_threads() < 2:
+        return [work(job) for job in jobs]
+    with ThreadPoolExecutor(max_workers=min(len(jobs), worker_threads())) as pool:
+        return list(pool.map(work, jobs))
 
 
 def _held_out(info: dict, ncc: float) -> float:

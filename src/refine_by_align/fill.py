@@ -254,9 +254,7 @@ def mixed_fill_weights(image: np.ndarray, mask: np.ndarray, ring: int = MIXED_RI
 
 def _mixed(img: np.ndarray, m: np.ndarray, ring: int, fill: bool) -> tuple[dict[str, float], dict[str, np.ndarray]]:
     """(the weights of :func:`mixed_fill_weights`, each fill of the hole itself when ``fill``)."""
-    from concurrent.futures import ThreadPoolExecutor
-
-    from .threads import worker_threads
+    from .threads import side_by_side
 
     img, m = _fill_inputs("mixed_fill", img, m)
     if ring < 1:
@@ -265,8 +263,7 @@ def _mixed(img: np.ndarray, m: np.ndarray, ring: int, fill: bool) -> tuple[dict[
     band = grown & ~m
     checked = bool(band.any()) and not grown.all()
     jobs = [(name, grown) for name in MIXED_FILLS if checked] + [(name, m) for name in MIXED_FILLS if fill]
-    with ThreadPoolExecutor(max_workers=max(1, min(len(jobs), worker_threads()))) as pool:
-        done = list(pool.map(lambda job: classical_fill(img, job[1], job[0]), jobs))
+    done = side_by_side(lambda job: classical_fill(img, job[1], job[0]), jobs)
     if not checked:
         weights = {name: 1.0 / len(MIXED_FILLS) for name in MIXED_FILLS}
     else:

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import os
 
-__all__ = ["worker_threads"]
+__all__ = ["side_by_side", "worker_threads"]
 
 
 def worker_threads() -> int:
@@ -15,3 +15,17 @@ def worker_threads() -> int:
 
     cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
     return max(1, min(cores, torch.get_num_threads()))
+
+
+def side_by_side(work, jobs) -> list:
+    """``[work(job) for job in jobs]``, the jobs run on up to :func:`worker_threads` threads where
+    there are several of each (for steps whose work runs in OpenCV, SciPy or NumPy, which release
+    Python's lock), the results in the jobs' order: the same results as one after another."""
+    jobs = list(jobs)
+    threads = min(len(jobs), worker_threads()) if len(jobs) > 1 else 1
+    if threads < 2:
+        return [work(job) for job in jobs]
+    from concurrent.futures import ThreadPoolExecutor
+
+    with ThreadPoolExecutor(max_workers=threads) as pool:
+        return list(pool.map(work, jobs))

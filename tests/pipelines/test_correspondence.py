@@ -685,6 +685,7 @@ def test_reference_passes_are_computed_ahead_once(monkeypatch):
     alignment without it (one worker thread: no pass ahead)."""
     import threading
 
+    import refine_by_align.threads
     from refine_by_align.pipelines import alignment as A
     from refine_by_align.pipelines import matching as C
 
@@ -716,7 +717,8 @@ def test_reference_passes_are_computed_ahead_once(monkeypatch):
     box = zoom_box(mask, 2.0, 64)
     runs = {}
     for threads in (2, 1):
-        monkeypatch.setattr(A, "worker_threads", lambda threads=threads: threads)
+        for module in (A, refine_by_align.threads):  # (the pass ahead, and every step side by side)
+            monkeypatch.setattr(module, "worker_threads", lambda threads=threads: threads)
         C.clear_reference_cache()
         passes.clear()
         try:
@@ -1001,14 +1003,15 @@ def test_the_filled_flow_taken_where_the_artifact_misleads_dis():
 def test_two_flows_side_by_side_give_the_fields_of_one_thread(monkeypatch):
     """Each round computes its flows (DIS and DeepFlow) side by side on two threads: the refined
     field and the round's choice are exactly those computed one after another on one thread."""
+    from refine_by_align import threads
     from refine_by_align.pipelines import field_refinement as corr
 
     image, mask, ref, valid, box, truth = _bent_case()
     window = (slice(box.y0, box.y1), slice(box.x0, box.x1))
     start, inside = _identity_field(box), mask[window]
-    monkeypatch.setattr(corr, "worker_threads", lambda: 2)
+    monkeypatch.setattr(threads, "worker_threads", lambda: 2)  # (the threads side_by_side runs the flows on)
     two, info_two = corr.refine_field_flow(start, image[window], inside, ref, detail_trust=None)
-    monkeypatch.setattr(corr, "worker_threads", lambda: 1)
+    monkeypatch.setattr(threads, "worker_threads", lambda: 1)
     one, info_one = corr.refine_field_flow(start, image[window], inside, ref, detail_trust=None)
     assert info_two == info_one and info_one["kept"]
     assert np.array_equal(two.xy, one.xy) and np.array_equal(two.on_object, one.on_object)

@@ -34,7 +34,7 @@ import torch.nn.functional as F
 from scipy import ndimage
 
 from ..models.attention import AllLayersRecorded, recording
-from ..threads import worker_threads
+from ..threads import side_by_side, worker_threads
 from ..zoom import Box, rescaled
 from .field_refinement import DETAIL_TRUST, polish_field_ecc, refine_field_ecc, refine_field_flow
 from .fields import DenseField, dense_field, field_at_full_scale, field_misfit, fit_field, with_confidence
@@ -401,8 +401,7 @@ def dense_alignment(
         # in each orientation of the reference, as the point matches are (a mirrored view); the
         # orientations are searched side by side (OpenCV's matchTemplate runs on one core and
         # releases Python's lock: the same placements, candle_02 of val2 0.72 -> 0.44 s)
-        with ThreadPoolExecutor(max_workers=max(1, min(len(orientations), worker_threads()))) as searches:
-            placed = list(searches.map(lambda m: template_matches(image, mask, reference, reference_mask, crop_box, flip=m), orientations))
+        placed = side_by_side(lambda m: template_matches(image, mask, reference, reference_mask, crop_box, flip=m), orientations)
         scores = []
         for mirrored, (found, score) in zip(orientations, placed):
             scores.append(score)
@@ -423,7 +422,7 @@ def dense_alignment(
         # they run side by side (the same fields as one after another)
         rivals = pool.rivals(best, rival_margin, flow_min_ncc, RIVALS_BELOW_NCC) if rival_margin is not None else []
         jobs = [(fld, ncc)] + [(with_confidence(r[4]), r[0]) for r in rivals]  # (trust capped at each one's ncc)
-        refined = _side_by_side(lambda job: refine_field_flow(job[0], pool.image_box, pool.mask_box, reference, agreement=job[1]), jobs)
+        refined = side_by_side(lambda job: refine_field_flow(job[0], pool.image_box, pool.mask_box, reference, agreement=job[1]), jobs)
         fld, pool.info["flow"] = refined[0]
         for rival, (r_fld, r_info) in zip(rivals, refined[1:]):
             mine, theirs = _held_out(pool.info["flow"], ncc), _held_out(r_info, rival[0])
@@ -475,15 +474,6 @@ def _at_working_scale(image: np.ndarray, mask: np.ndarray, crop_box: Box, max_cr
     if fld is None:
         return None, info
     return field_at_full_scale(fld, crop_box, fx, fy), info
-
-
-def _side_by_side(work, jobs: list) -> list:
-    """``[work(job) for job in jobs]``, on up to :func:`~refine_by_align.threads.worker_threads`
-    threads where there are several (OpenCV's flows and ECC release Python's lock); in order."""
-    if len(jobs) < 2 or worker_threads() < 2:
-        return [work(job) for job in jobs]
-    with ThreadPoolExecutor(max_workers=min(len(jobs), worker_threads())) as pool:
-        return list(pool.map(work, jobs))
 
 
 def _held_out(info: dict, ncc: float) -> float:
@@ -539,8 +529,7 @@ class _Candidates:
         leading = sorted(self.items, key=self.score, reverse=True)[:n]
         # OpenCV's ECC releases the GIL: the candidates are refined side by side (the same results
         # as one after another, in about 60% of the time on 2 cores)
-        with ThreadPoolExecutor(max_workers=max(1, min(len(leading), worker_threads()))) as pool:
-            ranked = list(pool.map(refined, leading))
+        ranked = side_by_side(refined, leading)
         self.refined = [r[0] for r in ranked]
         return max(ranked, key=lambda r: self.score(r[0]))
 

@@ -11,7 +11,7 @@ from dataclasses import replace
 import cv2
 import numpy as np
 
-from ..threads import worker_threads
+from ..threads import side_by_side
 from .fields import DenseField, with_confidence
 from .matching import Matches, _disk, _gray
 from .warp import TRUST_MIN_NCC, _ncc, colour_transfer, detail_agreement, match_error, ring, warp_agreement
@@ -409,10 +409,7 @@ def _flow_round(fld, image_u8, m, reference, grow, check_px, reach, min_gain, pr
         # every flow is compared on the held-out band below: they are computed side by side (OpenCV
         # releases Python's lock; DIS runs mostly on one thread, DeepFlow on two; the same flows as
         # one after another, about 20 ms a round sooner on 2 cores)
-        from concurrent.futures import ThreadPoolExecutor
-
-        with ThreadPoolExecutor(max_workers=max(1, min(len(flows), worker_threads()))) as pool:
-            computed = dict(zip(flows, pool.map(flow_of, flows)))
+        computed = dict(zip(flows, side_by_side(flow_of, flows)))
     else:
         computed = {flows[0]: flow_of(flows[0])}
     px, py = np.meshgrid(np.arange(w, dtype=np.float32), np.arange(h, dtype=np.float32))

@@ -22,7 +22,7 @@ import cv2
 import numpy as np
 
 from ..memo import ContentCache
-from ..threads import worker_threads
+from ..threads import side_by_side
 from ..zoom import Box, rescaled
 
 __all__ = [
@@ -200,11 +200,8 @@ def sift_features_ahead(
     calls find them remembered. OpenCV's SIFT runs mostly on one core (0.039 s a 512 px picture
     with 2 threads, 0.045 s with one): two pictures side by side take 0.047 s where one after the
     other take 0.078 s. The features are the ones computed one at a time (SIFT is deterministic)."""
-    from concurrent.futures import ThreadPoolExecutor
-
     jobs = [(image, outside_mask(mask, exclude_px))] + ([(reference, reference_mask)] if len(flips) else [])
-    with ThreadPoolExecutor(max_workers=max(1, min(len(jobs), worker_threads()))) as pool:
-        list(pool.map(lambda job: _sift_features(job[0], job[1], max_features, max_side), jobs))
+    side_by_side(lambda job: _sift_features(job[0], job[1], max_features, max_side), jobs)
 
 
 def _sift_features(rgb: np.ndarray, det_mask: np.ndarray | None, max_features: int, max_side: int) -> tuple[np.ndarray, np.ndarray | None]:

@@ -217,13 +217,15 @@ def test_sparse_map_reads_the_dense_maps_values_and_descriptors():
     assert grad_image.grad is not None and torch.isfinite(grad_image.grad).all()
 
 
-def test_simple_nms_equals_the_square_window():
-    """The (2r+1)^2 maximum taken as a row pass then a column pass keeps exactly the square window's maxima."""
-    g = torch.Generator().manual_seed(0)
-    scores = torch.rand(1, 1, 40, 50, generator=g).round(decimals=1)  # many ties
+@pytest.mark.parametrize("radius", [1, 2, 3])
+def test_simple_nms_equals_the_square_window(radius):
+    """The (2r+1)^2 maximum taken as a row pass then a column pass of shifted maxima keeps exactly
+    the square window's maxima (``F.max_pool2d``'s, padded with -inf)."""
+    g = torch.Generator().manual_seed(radius)
+    scores = torch.rand(1, 1, 41, 50, generator=g).round(decimals=1)  # many ties
 
     def square(x):
-        return F.max_pool2d(x, kernel_size=5, stride=1, padding=2)
+        return F.max_pool2d(x, kernel_size=2 * radius + 1, stride=1, padding=radius)
 
     zeros = torch.zeros_like(scores)
     max_mask = scores == square(scores)
@@ -231,7 +233,7 @@ def test_simple_nms_equals_the_square_window():
         supp = square(max_mask.float()) > 0
         s2 = torch.where(supp, zeros, scores)
         max_mask = max_mask | ((s2 == square(s2)) & ~supp)
-    assert torch.equal(simple_nms(scores, 2), torch.where(max_mask, scores, zeros))
+    assert torch.equal(simple_nms(scores, radius), torch.where(max_mask, scores, zeros))
 
 
 def test_detect_keypoints_subpixel_and_border():

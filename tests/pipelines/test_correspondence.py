@@ -1086,6 +1086,38 @@ def test_dense_alignment_runs_the_flow_only_on_a_field_past_the_trust_gate():
     assert np.array_equal(plain.xy, gated.xy)
 
 
+@pytest.mark.parametrize("settled", [0.5, 1.01, None])
+def test_aliked_is_not_run_where_the_cheap_field_settles_under_the_flow(monkeypatch, settled):
+    """Where the cheap sources' leader is short of ``good_ncc`` but past the flow's gate, it is
+    refined (ECC, the flow) before ALIKED runs; if its refined field predicts the flow's held-out
+    band at ``cheap_settled`` or more, ALIKED is not run at all. Below that (or with
+    ``cheap_settled=None``) ALIKED runs as before and the refinement is done again on the pool's
+    leader. A stand-in ALIKED that finds nothing leaves SIFT's field the winner either way."""
+    from refine_by_align.pipelines import alignment as A
+
+    image, mask, ref, valid, box, _ = _bent_case(_bump())
+    calls = []
+
+    class ImageSide:  # ALIKED's image pass, counted
+        def __init__(self, *args, **kwargs):
+            calls.append("image")
+
+        def features(self, n=None):
+            return ("best", n)
+
+    monkeypatch.setattr(A, "AlikedImage", ImageSide)
+    monkeypatch.setattr(A, "aliked_matches", lambda *args, **kwargs: Matches.empty())
+    monkeypatch.setattr(A, "aliked_reference_features", lambda *args, **kwargs: None)
+    fld, info = dense_alignment(image, mask, ref, valid, box, ("sift", "aliked"), aliked=object(), good_ncc=1.01, cheap_settled=settled, template=False)
+    plain, _ = dense_alignment(image, mask, ref, valid, box, ("sift",), good_ncc=1.01)
+    assert info["source"] == "sift" and info["flow"]["kept"] and np.array_equal(fld.xy, plain.xy), info
+    if settled == 0.5:
+        assert calls == [] and info["cheap_settled"] >= 0.5
+    else:
+        assert calls == ["image"]
+        assert ("cheap_settled" in info) == (settled is not None)
+
+
 def test_warp_fill_trusts_a_field_at_most_its_trust_cap():
     """The ring agreement counted for trust and blend weight is capped by the field's trust_cap:
     a flow-refined field is trusted as it was before the flow; the warped pixels are the same."""

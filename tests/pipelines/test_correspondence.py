@@ -460,6 +460,29 @@ def test_template_search_places_a_plain_object_point_matching_misses():
     assert len(whole) == 0 and whole_score == -1.0
 
 
+def test_template_search_coarse_to_fine_finds_the_full_grids_placement(monkeypatch):
+    """The grid of rotations and scales searched coarse to fine (all of it with the object and the
+    area scaled down twice more, then only the ``coarse_keep`` best at the search's own scale)
+    places the plain object exactly where the whole grid at the search's scale does, with the same
+    score; the search's own scale correlates only ``coarse_keep`` placements."""
+    from refine_by_align.pipelines import matching
+    from refine_by_align.pipelines.correspondence import template_matches
+
+    image, mask, ref, rmask, box, _ = _plain_object_case()
+    full, full_score = template_matches(image, mask, ref, rmask, box, coarse=None)
+    areas, real = [], cv2.matchTemplate
+
+    def counted(area, templ, method, mask=None):
+        areas.append(area.shape)
+        return real(area, templ, method, mask=mask)
+
+    monkeypatch.setattr(matching.cv2, "matchTemplate", counted)
+    found, score = template_matches(image, mask, ref, rmask, box, coarse=2, coarse_keep=8)
+    assert score == full_score and np.array_equal(found.img_xy, full.img_xy) and np.array_equal(found.ref_xy, full.ref_xy)
+    fine = max(areas)
+    assert sum(a == fine for a in areas) == 8 and len(areas) > 8 and all(a[0] < fine[0] for a in areas if a != fine)
+
+
 def test_template_search_places_a_mirrored_reference_too():
     """A plain object whose reference is the mirror image of its view in the picture (the affine
     cases' random transforms include mirroring): the search in the reference as given finds no

@@ -352,6 +352,14 @@ def aliked_matches(
     return Matches(ki[ij[:, 0]].astype(np.float32), kr[ij[:, 1]].astype(np.float32), weight.astype(np.float32), {"aliked": len(ij)})
 
 
+#: :func:`template_matches` first searches every rotation and scale with the object and the search
+#: area scaled down this many times more, then only the best ``TEMPLATE_COARSE_KEEP`` again at the
+#: search's own scale (None: every one at that scale): the same placement in 187 of 192 searches
+#: on val-val4 (the rest weak ones where point matches give the field), 149 -> 85 ms a search.
+TEMPLATE_COARSE = 2
+TEMPLATE_COARSE_KEEP = 32
+
+
 def template_matches(
     image: np.ndarray,
     mask: np.ndarray,
@@ -368,6 +376,8 @@ def template_matches(
     max_fraction: float = 0.5,
     max_points: int = 150,
     flip: bool = False,
+    coarse: int | None = TEMPLATE_COARSE,
+    coarse_keep: int = TEMPLATE_COARSE_KEEP,
 ) -> tuple[Matches, float]:
     """Where point matching finds nothing consistent (a small, plain object: its few keypoints all
     matched to one spot), the reference object itself is searched for around the mask: rotated by
@@ -384,7 +394,11 @@ def template_matches(
     area, or the reference object covers more than ``max_fraction`` of its photo, so no object is
     isolated, e.g. the whole photo as the reference) (MODEL_CARD.md, "Template search where no
     point matches agree"). ``flip``: search for the mirrored reference object (the matches' reference
-    positions are on the reference as given)."""
+    positions are on the reference as given). With ``coarse``, the whole grid of rotations and
+    scales is first searched with the object and the area scaled down ``coarse`` times more, and
+    only the ``coarse_keep`` best placements' rotations and scales are searched again at the
+    search's own scale (None: every one at that scale; MODEL_CARD.md, "Template search coarse to
+    fine")."""
     width = reference.shape[1]
     reference, reference_mask = _oriented(reference, reference_mask, flip)
     rmask = np.asarray(reference_mask, bool)
@@ -396,21 +410,27 @@ def template_matches(
     sx0, sy0 = max(search.x0, 0), max(search.y0, 0)
     side = max(min(search.y1, image.shape[0]) - sy0, min(search.x1, image.shape[1]) - sx0)
     f = min(1.0, max_side / float(max(y1 - y0, x1 - x0)), max_area / float(side))  # the search's scale
-    small = lambda a, interp=cv2.INTER_AREA: a if f >= 1.0 else cv2.resize(a, (max(1, round(a.shape[1] * f)), max(1, round(a.shape[0] * f))), interpolation=interp)
-    templ = small(_gray(reference)[y0:y1, x0:x1])
-    tmask = small(rmask[y0:y1, x0:x1].astype(np.uint8) * 255, cv2.INTER_NEAREST)
     grey = cv2.inpaint(_gray(image), np.asarray(mask, np.uint8), 5, cv2.INPAINT_TELEA)
-    area = small(grey[sy0 : min(search.y1, grey.shape[0]), sx0 : min(search.x1, grey.shape[1])])
-    h, w = templ.shape
-    min_pixels = 200 * f * f  # (the object's pixels a placement must keep: 200 at full size)
-    best, placement = -1.0, None
-    for scale in scales:
-        for angle in angles:
+    object_grey, object_mask = _gray(reference)[y0:y1, x0:x1], rmask[y0:y1, x0:x1].astype(np.uint8) * 255
+    search_grey = grey[sy0 : min(search.y1, grey.shape[0]), sx0 : min(search.x1, grey.shape[1])]
+
+    def scaled(a: np.ndarray, g: float, interp: int = cv2.INTER_AREA) -> np.ndarray:
+        return a if g >= 1.0 else cv2.resize(a, (max(1, round(a.shape[1] * g)), max(1, round(a.shape[0] * g))), interpolation=interp)
+
+    def search_at(g: float, combos) -> list[tuple[float, float, float, np.ndarray, tuple[int, int]]]:
+        """Each (scale, angle) of ``combos`` placed on the search area with everything scaled by
+        ``g``: (score, scale, angle, M (2, 3): template px -> rotated px, the best location), for
+        the placements that fit."""
+        templ, tmask, area = scaled(object_grey, g), scaled(object_mask, g, cv2.INTER_NEAREST), scaled(search_grey, g)
+        h, w = templ.shape
+        min_pixels = 200 * g * g  # (the object's pixels a placement must keep: 200 at full size)
+        found = []
+        for scale, angle in combos:
             M = cv2.getRotationMatrix2D((w / 2.0, h / 2.0), float(angle), float(scale))  # (2, 3): template px -> rotated px
             corners = np.array([[0, 0, 1], [w, 0, 1], [0, h, 1], [w, h, 1]], np.float64) @ M.T
             M[:, 2] -= corners.min(axis=0)
             tw, th = (int(np.ceil(v)) for v in corners.max(axis=0) - corners.min(axis=0))
-            if tw >= area.shape[1] or th >= area.shape[0] or min(tw, th) < 16 * f:
+            if tw >= area.shape[1] or th >= area.shape[0] or min(tw, th) < 16 * g:
                 continue  # (larger than the search area: a close-up, which point matching handles)
             t = cv2.warpAffine(templ, M, (tw, th), flags=cv2.INTER_LINEAR)
             tm = cv2.warpAffine(tmask, M, (tw, th), flags=cv2.INTER_NEAREST)
@@ -419,8 +439,19 @@ def template_matches(
             score = cv2.matchTemplate(area, t, cv2.TM_CCOEFF_NORMED, mask=tm)
             score[~np.isfinite(score)] = -1.0
             _, top, _, loc = cv2.minMaxLoc(score)
-            if top > best:
-                best, placement = float(top), (M.copy(), loc)
+            found.append((float(top), scale, angle, M, loc))
+        return found
+
+    combos = [(scale, angle) for scale in scales for angle in angles]
+    if coarse is not None and coarse > 1:
+        ranked = sorted(search_at(f / coarse, combos), key=lambda r: -r[0])  # (stable: grid order among ties)
+        if ranked:  # the best few rotations and scales, searched again at the search's own scale
+            leading = {(r[1], r[2]) for r in ranked[:coarse_keep]}
+            combos = [c for c in combos if c in leading]
+    best, placement = -1.0, None
+    for top, _, _, M, loc in search_at(f, combos):
+        if top > best:
+            best, placement = top, (M.copy(), loc)
     if placement is None or best < min_score:
         return Matches.empty(), best
     M, (lx, ly) = placement

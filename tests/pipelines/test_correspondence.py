@@ -1131,7 +1131,15 @@ def test_aliked_is_not_run_where_the_cheap_field_settles_under_the_flow(monkeypa
     monkeypatch.setattr(A, "AlikedImage", ImageSide)
     monkeypatch.setattr(A, "aliked_matches", lambda *args, **kwargs: Matches.empty())
     monkeypatch.setattr(A, "aliked_reference_features", lambda *args, **kwargs: None)
+    refined, real_ecc = [], A.refine_field_ecc
+
+    def ecc(fld, *args, **kwargs):  # each candidate's ECC, counted
+        refined.append(id(fld))
+        return real_ecc(fld, *args, **kwargs)
+
+    monkeypatch.setattr(A, "refine_field_ecc", ecc)
     fld, info = dense_alignment(image, mask, ref, valid, box, ("sift", "aliked"), aliked=object(), good_ncc=1.01, cheap_settled=settled, template=False)
+    assert refined and len(refined) == len(set(refined))  # (a candidate refined by ECC is not refined again after ALIKED)
     plain, _ = dense_alignment(image, mask, ref, valid, box, ("sift",), good_ncc=1.01)
     assert info["source"] == "sift" and info["flow"]["kept"] and np.array_equal(fld.xy, plain.xy), info
     if settled == 0.5:
@@ -1139,6 +1147,25 @@ def test_aliked_is_not_run_where_the_cheap_field_settles_under_the_flow(monkeypa
     else:
         assert calls == ["image"]
         assert ("cheap_settled" in info) == (settled is not None)
+
+
+def test_flow_gives_up_after_a_first_round_below_the_given_agreement():
+    """refine_field_flow with ``give_up_below`` stops after its first round where that round's
+    held-out agreement is below it (the field as given, the round's info, "gave_up"); at or above
+    it, every round runs and the result is the one without it."""
+    from refine_by_align.pipelines.correspondence import refine_field_flow
+
+    image, mask, ref, valid, box, _ = _bent_case(_bump())
+    window = (slice(box.y0, box.y1), slice(box.x0, box.x1))
+    fld, _ = dense_alignment(image, mask, ref, valid, box, ("sift",), flow=False, polish=False)
+    full, info = refine_field_flow(fld, image[window], mask[window], ref)
+    assert info["kept"] and info["rounds"] >= 1, info
+    held = info["ncc_flow"]
+    kept, info_kept = refine_field_flow(fld, image[window], mask[window], ref, give_up_below=held)
+    assert info_kept == info and np.array_equal(kept.xy, full.xy) and kept.trust_cap == full.trust_cap
+    given, info_given = refine_field_flow(fld, image[window], mask[window], ref, give_up_below=held + 1e-3)
+    assert info_given["gave_up"] and info_given["ncc_flow"] == held and "rounds" not in info_given
+    assert np.array_equal(given.xy, fld.xy)
 
 
 def test_warp_fill_trusts_a_field_at_most_its_trust_cap():

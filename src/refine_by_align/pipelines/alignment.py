@@ -371,7 +371,7 @@ def dense_alignment(
     if "aliked" in sources and cheap_settled is not None and best is not None and flow and flow_min_ncc <= best[0] < good_ncc:
         # the cheap sources' leader is refined first: where its flow-refined field predicts the
         # band the flow did not see near-exactly, ALIKED (the stage's largest cost) would not beat it
-        leader = _refine_leader(pool, reference, ecc, ecc_candidates, flow, flow_min_ncc, rival_margin)
+        leader = _refine_leader(pool, reference, ecc, ecc_candidates, flow, flow_min_ncc, rival_margin, give_up_below=cheap_settled)
         held = _held_out(pool.info["flow"], leader[0]) if "flow" in pool.info else None
         pool.info["cheap_settled"] = None if held is None else round(held, 4)
         if held is None or held < cheap_settled:
@@ -484,12 +484,15 @@ def _at_working_scale(image: np.ndarray, mask: np.ndarray, crop_box: Box, max_cr
     return field_at_full_scale(fld, crop_box, fx, fy), info
 
 
-def _refine_leader(pool: "_Candidates", reference: np.ndarray, ecc: bool, ecc_candidates: int, flow: bool, flow_min_ncc: float, rival_margin: float | None) -> tuple:
+def _refine_leader(pool: "_Candidates", reference: np.ndarray, ecc: bool, ecc_candidates: int, flow: bool, flow_min_ncc: float, rival_margin: float | None, give_up_below: float | None = None) -> tuple:
     """:func:`dense_alignment`'s refinement of the pool's leading candidates: with ``ecc`` the
     ``ecc_candidates`` best are refined by ECC and the winner chosen again; with ``flow``, where its
     ring agreement is at least ``flow_min_ncc``, it and its close rivals are refined by the flow and
     the one that predicts its held-out band best is taken. Returns (ncc, inliers, name, mirrored,
-    field); ``pool.info`` gets "ecc", "flow" and "rivals"."""
+    field); ``pool.info`` gets "ecc", "flow" and "rivals". ``give_up_below``: each flow
+    refinement stops after its first round where that round's held-out agreement is below this
+    (:func:`~.field_refinement.refine_field_flow`): the choice among them, made on the first
+    round's agreement, is the same, and a field that gave up is only for a caller that discards it."""
     best = pool.best()
     if ecc:  # refine the leading candidates, then choose again: ECC can turn a close second into the best
         best, pool.info["ecc"] = pool.best_after_ecc(ecc_candidates)
@@ -502,7 +505,7 @@ def _refine_leader(pool: "_Candidates", reference: np.ndarray, ecc: bool, ecc_ca
         # they run side by side (the same fields as one after another)
         rivals = pool.rivals(best, rival_margin, flow_min_ncc, RIVALS_BELOW_NCC) if rival_margin is not None else []
         jobs = [(fld, ncc)] + [(with_confidence(r[4]), r[0]) for r in rivals]  # (trust capped at each one's ncc)
-        refined = side_by_side(lambda job: refine_field_flow(job[0], pool.image_box, pool.mask_box, reference, agreement=job[1]), jobs)
+        refined = side_by_side(lambda job: refine_field_flow(job[0], pool.image_box, pool.mask_box, reference, agreement=job[1], give_up_below=give_up_below), jobs)
         fld, pool.info["flow"] = refined[0]
         for rival, (r_fld, r_info) in zip(rivals, refined[1:]):
             mine, theirs = _held_out(pool.info["flow"], ncc), _held_out(r_info, rival[0])
@@ -532,6 +535,7 @@ class _Candidates:
         self.items: list[tuple[float, int, str, bool, DenseField, Matches]] = []
         self.info: dict = {"matches": {}, "candidates": {}}
         self.refined: list = []  # the leading candidates once refined by ECC (best_after_ecc; empty before it)
+        self._ecc: dict[int, tuple] = {}  # each candidate's ECC refinement once computed, by its field's id (kept alive by items)
 
     def consider(self, name: str, mirrored: bool, m: Matches, min_inliers: int = 0) -> None:
         """Fit a field to the matches ``m`` and keep it with the agreement of its colour-matched
@@ -558,6 +562,8 @@ class _Candidates:
         """The best of the ``n`` leading candidates once each is refined by ECC (kept only where it
         does not drift from its own matches), and whether the winner's ECC changed it."""
         def refined(c):
+            if id(c[4]) in self._ecc:  # (refined before: dense_alignment's check of the cheap field, then ALIKED's pool)
+                return self._ecc[id(c[4])]
             f2, changed = refine_field_ecc(c[4], self.image_box, self.mask_box, self.reference, matches=c[5], agreement=c[0])
             n2 = warp_agreement(self.image_box, self.mask_box, self.reference, f2) if changed else c[0]
             return (n2, *c[1:4], f2, c[5]), changed
@@ -566,6 +572,7 @@ class _Candidates:
         # OpenCV's ECC releases the GIL: the candidates are refined side by side (the same results
         # as one after another, in about 60% of the time on 2 cores)
         ranked = side_by_side(refined, leading)
+        self._ecc.update((id(c[4]), r) for c, r in zip(leading, ranked))
         self.refined = [r[0] for r in ranked]
         return max(ranked, key=lambda r: self.score(r[0]))
 

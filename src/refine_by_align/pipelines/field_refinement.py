@@ -279,6 +279,7 @@ def refine_field_flow(
     finest_scale: int | None = None,
     detail_trust: float | None = DETAIL_TRUST,
     flows: tuple[str, ...] = FLOWS,
+    give_up_below: float | None = None,
 ) -> tuple[DenseField, dict]:
     """A non-rigid photometric refinement of the field, after ECC's homography: the few pixels of
     smooth residual that a homography plus a spline through sparse matches leaves on a bent or
@@ -332,7 +333,11 @@ def refine_field_flow(
     Returns (the field, info: the first round's {"ncc": before, "ncc_flow": after, "kept": bool}
     on the band ({"ncc": before, "kept": False, "settled": True} where it was not run), "rounds":
     how many were kept and "detail": the refined warp's detail agreement; {} where the band is too
-    small to judge)."""
+    small to judge). ``give_up_below``: where the first round's held-out agreement (its band after
+    the round where it was kept, else before it) is below this, the later rounds are not run and
+    the field comes back as given with that round's info and ``"gave_up": True`` (a caller that
+    discards such a field: :func:`~.alignment.dense_alignment`'s check of the cheap sources' field;
+    None: every round runs)."""
     from ..fill import harmonic_interpolate, spline_interpolate
 
     if carry not in FLOW_CARRY:
@@ -349,6 +354,9 @@ def refine_field_flow(
     current, first, kept, held_out = fld, None, 0, None
     for _ in range(rounds if check else 1):
         refined, info = _flow_round(current, image_u8, m, reference, grow, check_px, reach, min_gain, preset, check, smooth, upsample, interpolate, finest_scale, flows, filled)
+        if first is None and give_up_below is not None and "ncc" in info:
+            if (info["ncc_flow"] if info.get("kept") else info["ncc"]) < give_up_below:
+                return fld, {**info, "gave_up": True}
         first = info if first is None else first
         if not info.get("kept"):
             break

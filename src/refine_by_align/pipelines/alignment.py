@@ -253,6 +253,11 @@ RIVALS_BELOW_NCC = 0.9
 #: average; over 192 validation and check cases 14 outputs change, 7 up and 7 down, +0.001 dB a
 #: case (MODEL_CARD.md, "SIFT's field settled by the flow").
 CHEAP_SETTLED = 0.97
+#: ... and only where that field agrees with the image on the ring at this much before its
+#: refinement (a field farther off is seldom settled by the flow: of the 19 validation and check
+#: cases that tried it, the 6 below 0.75 settled in 3, the 13 above it all did; a check that fails
+#: costs its ECC and one flow round, 0.3 s on the badge example).
+CHEAP_TRY_NCC = 0.75
 #: :func:`dense_alignment` works on a zoom-in crop of at most this many px on its longer side: a
 #: larger crop (a big mask on a picture of more than 512 px) is aligned on the picture scaled down
 #: to it, and the field is scaled back up to the crop's full resolution (the warp still samples the
@@ -299,8 +304,9 @@ def dense_alignment(
     others (on the orientation the cheap sources chose with at least ``solid_inliers`` agreeing
     matches, else the reference as given and then, unless that gave a fit on twice
     ``solid_inliers`` matches agreeing at a ring correlation of 0.5 or more, mirrored); before
-    that, where the cheap sources' leader reaches the flow's gate ``flow_min_ncc``, it is refined
-    first (ECC and the flow, as below) and kept without ALIKED if its refined field predicts the
+    that, where the cheap sources' leader reaches the flow's gate ``flow_min_ncc`` and
+    :data:`CHEAP_TRY_NCC`, it is refined first (ECC and the flow, as below) and kept without
+    ALIKED if its refined field predicts the
     flow's held-out band at ``cheap_settled`` or more (None: not tried; ``info["cheap_settled"]``
     gives that agreement where it was tried). ALIKED's
     first matching uses the image's 1,024 best-scored keypoints and a similarity of 0.75; where it
@@ -368,7 +374,7 @@ def dense_alignment(
             pool.consider("+".join(s for s in sources if s != "aliked"), mirrored, m)
     best = pool.best()
     leader = None  # (ncc, inliers, name, mirrored, field) once the winner is refined
-    if "aliked" in sources and cheap_settled is not None and best is not None and flow and flow_min_ncc <= best[0] < good_ncc:
+    if "aliked" in sources and cheap_settled is not None and best is not None and flow and max(flow_min_ncc, CHEAP_TRY_NCC) <= best[0] < good_ncc:
         # the cheap sources' leader is refined first: where its flow-refined field predicts the
         # band the flow did not see near-exactly, ALIKED (the stage's largest cost) would not beat it
         leader = _refine_leader(pool, reference, ecc, ecc_candidates, flow, flow_min_ncc, rival_margin, give_up_below=cheap_settled)

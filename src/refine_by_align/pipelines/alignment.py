@@ -249,14 +249,14 @@ RIVALS_BELOW_NCC = 0.9
 #: Where the cheap sources' (SIFT's) leading field, refined by ECC and the flow, predicts the flow's
 #: held-out band at this agreement or more, :func:`dense_alignment` keeps it and does not run
 #: ALIKED (None: ALIKED runs wherever no cheap field reaches ``good_ncc`` before refinement). Of the
-#: 96 validation cases 11 nonrigid ones try it and 9 stop there, their alignment 0.45 s sooner on
-#: average; over 192 validation and check cases 14 outputs change, 7 up and 7 down, +0.001 dB a
-#: case (MODEL_CARD.md, "SIFT's field settled by the flow").
+#: 192 validation and check cases 13 nonrigid ones stop there, their alignment 0.3-1.2 s sooner;
+#: 10 outputs change, 6 up and 4 down, +0.003 dB a case (MODEL_CARD.md, "SIFT's field settled by
+#: the flow").
 CHEAP_SETTLED = 0.97
 #: ... and only where that field agrees with the image on the ring at this much before its
-#: refinement (a field farther off is seldom settled by the flow: of the 19 validation and check
-#: cases that tried it, the 6 below 0.75 settled in 3, the 13 above it all did; a check that fails
-#: costs its ECC and one flow round, 0.3 s on the badge example).
+#: refinement (a field farther off is seldom settled by the flow: of the 18 validation and check
+#: cases and the badge example that tried it, the 6 below 0.75 settled in 3, the 13 above it all
+#: did; a check that fails costs its ECC and one flow round, 0.3 s on the badge example).
 CHEAP_TRY_NCC = 0.75
 #: :func:`dense_alignment` works on a zoom-in crop of at most this many px on its longer side: a
 #: larger crop (a big mask on a picture of more than 512 px) is aligned on the picture scaled down

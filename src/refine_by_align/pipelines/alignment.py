@@ -306,9 +306,8 @@ def dense_alignment(
     ``solid_inliers`` matches agreeing at a ring correlation of 0.5 or more, mirrored); before
     that, where the cheap sources' leader reaches the flow's gate ``flow_min_ncc`` and
     :data:`CHEAP_TRY_NCC`, it is refined first (ECC and the flow, as below) and kept without
-    ALIKED if its refined field predicts the
-    flow's held-out band at ``cheap_settled`` or more (None: not tried; ``info["cheap_settled"]``
-    gives that agreement where it was tried). ALIKED's
+    ALIKED if its refined field predicts the flow's held-out band at ``cheap_settled`` or more
+    (None: not tried; ``info["cheap_settled"]`` gives that agreement where it was tried). ALIKED's
     first matching uses the image's 1,024 best-scored keypoints and a similarity of 0.75; where it
     leaves no fit on ``solid_inliers`` matches at a ring correlation of 0.5 (a colour-changed
     reference lowers every similarity; a plain object on a textured ground gets few of the

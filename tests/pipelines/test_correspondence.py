@@ -1504,7 +1504,7 @@ def test_ecc_retry_only_on_a_field_that_is_a_homography_alone(monkeypatch):
 def test_held_out_agreement_of_a_flow_refined_field():
     """The rival check compares the band the flow did not see: after the first round where it was
     kept, before it where not, and the ring agreement where the band was too small to judge."""
-    from refine_by_align.pipelines.alignment import _held_out
+    from refine_by_align.pipelines.field_refinement import held_out_agreement as _held_out
 
     assert _held_out({}, 0.7) == 0.7
     assert _held_out({"ncc": 0.71, "ncc_flow": 0.98, "kept": True}, 0.7) == 0.98

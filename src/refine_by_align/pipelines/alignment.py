@@ -36,7 +36,7 @@ from scipy import ndimage
 from ..models.attention import AllLayersRecorded, recording
 from ..threads import side_by_side, worker_threads
 from ..zoom import Box, rescaled
-from .field_refinement import DETAIL_TRUST, polish_field_ecc, refine_field_ecc, refine_field_flow
+from .field_refinement import DETAIL_TRUST, held_out_agreement, polish_field_ecc, refine_field_ecc, refine_field_flow
 from .fields import DenseField, dense_field, field_at_full_scale, field_misfit, fit_field, with_confidence
 from .matching import (
     ALIKED_KEYPOINTS,
@@ -377,7 +377,7 @@ def dense_alignment(
         # the cheap sources' leader is refined first: where its flow-refined field predicts the
         # band the flow did not see near-exactly, ALIKED (the stage's largest cost) would not beat it
         leader = _refine_leader(pool, reference, ecc, ecc_candidates, flow, flow_min_ncc, rival_margin, give_up_below=cheap_settled)
-        held = _held_out(pool.info["flow"], leader[0]) if "flow" in pool.info else None
+        held = held_out_agreement(pool.info["flow"], leader[0]) if "flow" in pool.info else None
         pool.info["cheap_settled"] = None if held is None else round(held, 4)
         if held is None or held < cheap_settled:
             leader = None  # ALIKED's candidates join the pool; the refinement is run again on its leader
@@ -513,21 +513,11 @@ def _refine_leader(pool: "_Candidates", reference: np.ndarray, ecc: bool, ecc_ca
         refined = side_by_side(lambda job: refine_field_flow(job[0], pool.image_box, pool.mask_box, reference, agreement=job[1], give_up_below=give_up_below), jobs)
         fld, pool.info["flow"] = refined[0]
         for rival, (r_fld, r_info) in zip(rivals, refined[1:]):
-            mine, theirs = _held_out(pool.info["flow"], ncc), _held_out(r_info, rival[0])
+            mine, theirs = held_out_agreement(pool.info["flow"], ncc), held_out_agreement(r_info, rival[0])
             pool.info.setdefault("rivals", []).append({"rival": f"{rival[2]}{'/mirrored' if rival[3] else ''}", "held_out": round(mine, 4), "rival_held_out": round(theirs, 4)})
             if theirs > mine:
                 ncc, inliers, name, mirrored, fld, pool.info["flow"] = rival[0], rival[1], rival[2], rival[3], r_fld, r_info
     return ncc, inliers, name, mirrored, fld
-
-
-def _held_out(info: dict, ncc: float) -> float:
-    """A flow-refined field's agreement on the band its flow did not see, as
-    :func:`refine_field_flow`'s info gives it: after its first round where that round was kept,
-    else before it (later kept rounds are not counted); its ring agreement ``ncc`` where the band
-    was too small to judge."""
-    if "ncc" not in info:
-        return ncc
-    return info["ncc_flow"] if info.get("kept") and "ncc_flow" in info else info["ncc"]
 
 
 class _Candidates:

@@ -18,6 +18,7 @@ from .warp import TRUST_MIN_NCC, _ncc, colour_transfer, detail_agreement, match_
 
 __all__ = [
     "ECC_RETRY_BLUR",
+    "held_out_agreement",
     "refine_field_ecc",
     "polish_field_ecc",
     "FLOW_UPSAMPLE",
@@ -333,9 +334,9 @@ def refine_field_flow(
     Returns (the field, info: the first round's {"ncc": before, "ncc_flow": after, "kept": bool}
     on the band ({"ncc": before, "kept": False, "settled": True} where it was not run), "rounds":
     how many were kept and "detail": the refined warp's detail agreement; {} where the band is too
-    small to judge). ``give_up_below``: where the first round's held-out agreement (its band after
-    the round where it was kept, else before it) is below this, the later rounds are not run and
-    the field comes back as given with that round's info and ``"gave_up": True`` (a caller that
+    small to judge). ``give_up_below``: where the first round's held-out agreement
+    (:func:`held_out_agreement`: its band after the round where it was kept, else before it) is
+    below this, the later rounds are not run and the field comes back as given with that round's info and ``"gave_up": True`` (a caller that
     discards such a field: :func:`~.alignment.dense_alignment`'s check of the cheap sources' field;
     None: every round runs)."""
     from ..fill import harmonic_interpolate, spline_interpolate
@@ -354,9 +355,8 @@ def refine_field_flow(
     current, first, kept, held_out = fld, None, 0, None
     for _ in range(rounds if check else 1):
         refined, info = _flow_round(current, image_u8, m, reference, grow, check_px, reach, min_gain, preset, check, smooth, upsample, interpolate, finest_scale, flows, filled)
-        if first is None and give_up_below is not None and "ncc" in info:
-            if (info["ncc_flow"] if info.get("kept") else info["ncc"]) < give_up_below:
-                return fld, {**info, "gave_up": True}
+        if first is None and give_up_below is not None and "ncc" in info and held_out_agreement(info, info["ncc"]) < give_up_below:
+            return fld, {**info, "gave_up": True}
         first = info if first is None else first
         if not info.get("kept"):
             break
@@ -369,6 +369,16 @@ def refine_field_flow(
         cap = max(cap, held_out)  # (the image's own photo, brought into place: trusted as the band it did not see says)
     current.trust_cap = min(fld.trust_cap, cap)
     return current, {**first, "rounds": kept, "detail": round(detail, 4)}
+
+
+def held_out_agreement(info: dict, ncc: float) -> float:
+    """A flow-refined field's agreement on the band its flow did not see, as
+    :func:`refine_field_flow`'s info gives it: after its first round where that round was kept,
+    else before it (later kept rounds are not counted); its ring agreement ``ncc`` where the band
+    was too small to judge."""
+    if "ncc" not in info:
+        return ncc
+    return info["ncc_flow"] if info.get("kept") and "ncc_flow" in info else info["ncc"]
 
 
 def _flow_round(fld, image_u8, m, reference, grow, check_px, reach, min_gain, preset, check, smooth, upsample, interpolate, finest_scale, flows=("dis",), filled=None) -> tuple[DenseField, dict]:

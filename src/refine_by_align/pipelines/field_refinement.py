@@ -163,8 +163,9 @@ def polish_field_ecc(
 ) -> tuple[DenseField, bool]:
     """The field's last tenths of a pixel: :func:`refine_field_ecc` again on the finished field
     (after the optical flow), with no Gaussian smoothing, a ring three times as wide and up to 100
-    iterations (``eps``: :data:`POLISH_EPS`). The first ECC's smoothing (5 px) and narrow ring let it converge from a pixel or
-    two off, and also leave it a tenth or a few off; on a rigid view change (a homography) this
+    iterations (``eps``: :data:`POLISH_EPS`). The first ECC's smoothing (5 px) and narrow ring let
+    it converge from a pixel or two off, and also leave it a tenth or a few off; on a rigid view
+    change (a homography) this
     pass brings the field inside the mask from 0.13 to 0.08 px mean (median 0.11 to 0.06) on the
     16 affine cases of val2 / val3, where 0.1 px still costs up to a decibel on fur or print
     (MODEL_CARD.md, "Spline-carried flow and ECC polish"). Kept, as every ECC step, only where the
@@ -344,9 +345,10 @@ def refine_field_flow(
     how many were kept and "detail": the refined warp's detail agreement; {} where the band is too
     small to judge). ``give_up_below``: where the first round's held-out agreement
     (:func:`held_out_agreement`: its band after the round where it was kept, else before it) is
-    below this, the later rounds are not run and the field comes back as given with that round's info and ``"gave_up": True`` (a caller that
-    discards such a field: :func:`~.alignment.dense_alignment`'s check of the cheap sources' field;
-    None: every round runs)."""
+    below this, the later rounds are not run and the field comes back as given with that round's
+    info and ``"gave_up": True`` (a caller that discards such a field:
+    :func:`~.alignment.dense_alignment`'s check of the cheap sources' field; None: every round
+    runs)."""
     from ..fill import harmonic_interpolate, spline_interpolate
 
     if carry not in FLOW_CARRY:

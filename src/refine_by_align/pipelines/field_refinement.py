@@ -165,11 +165,10 @@ def polish_field_ecc(
     (after the optical flow), with no Gaussian smoothing, a ring three times as wide and up to 100
     iterations (``eps``: :data:`POLISH_EPS`). The first ECC's smoothing (5 px) and narrow ring let
     it converge from a pixel or two off, and also leave it a tenth or a few off; on a rigid view
-    change (a homography) this
-    pass brings the field inside the mask from 0.13 to 0.08 px mean (median 0.11 to 0.06) on the
-    16 affine cases of val2 / val3, where 0.1 px still costs up to a decibel on fur or print
-    (MODEL_CARD.md, "Spline-carried flow and ECC polish"). Kept, as every ECC step, only where the
-    ring agreement improves. Returns (the field, whether it changed)."""
+    change (a homography) this pass brings the field inside the mask from 0.13 to 0.08 px mean
+    (median 0.11 to 0.06) on the 16 affine cases of val2 / val3, where 0.1 px still costs up to a
+    decibel on fur or print (MODEL_CARD.md, "Spline-carried flow and ECC polish"). Kept, as every
+    ECC step, only where the ring agreement improves. Returns (the field, whether it changed)."""
     return refine_field_ecc(fld, image_box, mask_box, reference, ring_px=ring_px, iterations=iterations, blur=1, eps=eps)
 
 

@@ -460,6 +460,45 @@ def test_template_search_places_a_plain_object_point_matching_misses():
     assert len(whole) == 0 and whole_score == -1.0
 
 
+def test_template_placement_given_up_after_a_first_flow_round_without_detail(monkeypatch):
+    """A template placement whose field, after the flow's first round, carries less of the image's
+    detail than ``template_give_up`` is given up there: no field, the fallback reason of a placement
+    rejected at the end, and no second flow round or polish run. On the plain object's own photo
+    the placement carries the detail, so the shipped threshold keeps the field exactly as without
+    the check."""
+    from refine_by_align.pipelines import alignment as A
+
+    image, mask, ref, rmask, box, _ = _plain_object_case()
+    kept, info = dense_alignment(image, mask, ref, rmask, box, ("sift",))
+    unchecked, _ = dense_alignment(image, mask, ref, rmask, box, ("sift",), template_give_up=None)
+    assert kept is not None and info["source"] == "template" and np.array_equal(kept.xy, unchecked.xy), info
+    assert kept.trust_cap == unchecked.trust_cap
+    calls, real = [], A.polish_field_ecc
+    monkeypatch.setattr(A, "polish_field_ecc", lambda *args, **kwargs: calls.append("polish") or real(*args, **kwargs))
+    none, info_none = dense_alignment(image, mask, ref, rmask, box, ("sift",), template_give_up=1.01)  # (no detail reaches it)
+    assert none is None and info_none["fallback_reason"] == "template placement without the image's detail", info_none
+    assert info_none["flow"]["gave_up"] and info_none["flow"]["detail"] < 1.01 and "rounds" not in info_none["flow"]
+    assert calls == []
+
+
+def test_flow_gives_up_after_a_first_round_below_the_given_detail():
+    """refine_field_flow with ``give_up_detail_below`` stops after its first round where the field it
+    leaves carries less of the image's detail than that (the field as given, the round's info with
+    "detail" and "gave_up"); at or below the round's detail every round runs as without it."""
+    from refine_by_align.pipelines.correspondence import refine_field_flow
+
+    image, mask, ref, valid, box, _ = _bent_case(_bump())
+    window = (slice(box.y0, box.y1), slice(box.x0, box.x1))
+    fld, _ = dense_alignment(image, mask, ref, valid, box, ("sift",), flow=False, polish=False)
+    full, info = refine_field_flow(fld, image[window], mask[window], ref)
+    first, info_first = refine_field_flow(fld, image[window], mask[window], ref, rounds=1)
+    kept, info_kept = refine_field_flow(fld, image[window], mask[window], ref, give_up_detail_below=info_first["detail"])
+    assert info_kept == info and np.array_equal(kept.xy, full.xy) and kept.trust_cap == full.trust_cap
+    given, info_given = refine_field_flow(fld, image[window], mask[window], ref, give_up_detail_below=info_first["detail"] + 1e-3)
+    assert info_given["gave_up"] and info_given["detail"] == info_first["detail"] and "rounds" not in info_given
+    assert np.array_equal(given.xy, fld.xy)
+
+
 def test_template_search_coarse_to_fine_finds_the_full_grids_placement(monkeypatch):
     """The grid of rotations and scales searched coarse to fine (all of it with the object and the
     area scaled down twice more, then only the ``coarse_keep`` best at the search's own scale)

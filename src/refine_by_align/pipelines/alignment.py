@@ -258,6 +258,14 @@ CHEAP_SETTLED = 0.97
 #: cases and the badge example that tried it, the 6 below 0.75 settled in 3, the 13 above it all
 #: did; a check that fails costs its ECC and one flow round, 0.3 s on the badge example).
 CHEAP_TRY_NCC = 0.75
+#: A template placement whose field carries less of the image's fine detail than this after the
+#: flow's first round (:func:`~.warp.detail_agreement`) is given up there: it is kept only at
+#: ``DETAIL_TRUST`` (0.75) after every round and the polish, and on the 192 validation and check
+#: cases the kept ones had 0.81-0.96 after the first round, the rejected ones -0.06 to 0.66, and no
+#: field gained more than 0.36 in its later rounds. The same outputs, 0.2-1.4 s sooner on 8 of the
+#: 26 cases whose leader is a template placement (MODEL_CARD.md, twenty-sixth session). None: every
+#: round runs.
+TEMPLATE_GIVE_UP_DETAIL = 0.35
 #: :func:`dense_alignment` works on a zoom-in crop of at most this many px on its longer side: a
 #: larger crop (a big mask on a picture of more than 512 px) is aligned on the picture scaled down
 #: to it, and the field is scaled back up to the crop's full resolution (the warp still samples the
@@ -290,6 +298,7 @@ def dense_alignment(
     rival_margin: float | None = RIVAL_MARGIN,
     max_crop: int | None = ALIGN_MAX_CROP,
     cheap_settled: float | None = CHEAP_SETTLED,
+    template_give_up: float | None = TEMPLATE_GIVE_UP_DETAIL,
 ) -> tuple[DenseField | None, dict]:
     """The dense alignment: a field over ``crop_box`` from point matches.
 
@@ -319,7 +328,8 @@ def dense_alignment(
     all match one spot), as given and, with ``mirror``, mirrored, and its placements are the
     candidates, the winner kept only if, refined, its warp carries the image's fine detail
     (:func:`~.warp.detail_agreement` at least ``DETAIL_TRUST``: the image's own photo, not another
-    view placed by its shading). The candidate whose colour-matched warp
+    view placed by its shading; a placement below ``template_give_up`` after the flow's first round
+    is given up there, None: not). The candidate whose colour-matched warp
     agrees best with the image in a ring around the mask (normalised cross-correlation,
     :func:`~.warp.warp_agreement`, the trust :func:`~.warp.warp_fill` gives) wins,
     its agreement discounted by up to 0.2 when it rests on fewer than ``solid_inliers`` matches;
@@ -353,7 +363,7 @@ def dense_alignment(
                 im, m, reference, reference_mask, box, sources=sources, aliked=aliked, attention=att, mirror=mirror,
                 good_ncc=good_ncc, solid_inliers=solid_inliers, ecc=ecc, ecc_candidates=ecc_candidates, flow=flow,
                 flow_min_ncc=flow_min_ncc, loose_similarity=loose_similarity, polish=polish, template=template,
-                rival_margin=rival_margin, max_crop=None, cheap_settled=cheap_settled,
+                rival_margin=rival_margin, max_crop=None, cheap_settled=cheap_settled, template_give_up=template_give_up,
             ),
         )
     window = (slice(crop_box.y0, crop_box.y1), slice(crop_box.x0, crop_box.x1))
@@ -440,8 +450,13 @@ def dense_alignment(
     if leader is None:
         if best is None:
             return None, pool.info
-        leader = _refine_leader(pool, reference, ecc, ecc_candidates, flow, flow_min_ncc, rival_margin)
+        leader = _refine_leader(pool, reference, ecc, ecc_candidates, flow, flow_min_ncc, rival_margin, template_give_up=template_give_up)
     ncc, inliers, name, mirrored, fld = leader
+    if name == "template" and pool.info.get("flow", {}).get("gave_up"):
+        # (its first flow round left it far below the detail it would be kept at: the rounds and the
+        # polish that would not change that are not run)
+        pool.info["fallback_reason"] = "template placement without the image's detail"
+        return None, pool.info
     if polish and ncc >= flow_min_ncc:
         unpolished = fld
         fld, pool.info["polish"] = polish_field_ecc(fld, pool.image_box, pool.mask_box, reference)
@@ -489,7 +504,7 @@ def _at_working_scale(image: np.ndarray, mask: np.ndarray, crop_box: Box, max_cr
     return field_at_full_scale(fld, crop_box, fx, fy), info
 
 
-def _refine_leader(pool: "_Candidates", reference: np.ndarray, ecc: bool, ecc_candidates: int, flow: bool, flow_min_ncc: float, rival_margin: float | None, give_up_below: float | None = None) -> tuple:
+def _refine_leader(pool: "_Candidates", reference: np.ndarray, ecc: bool, ecc_candidates: int, flow: bool, flow_min_ncc: float, rival_margin: float | None, give_up_below: float | None = None, template_give_up: float | None = None) -> tuple:
     """:func:`dense_alignment`'s refinement of the pool's leading candidates: with ``ecc`` the
     ``ecc_candidates`` best are refined by ECC and the winner chosen again; with ``flow``, where its
     ring agreement is at least ``flow_min_ncc``, it and its close rivals are refined by the flow and
@@ -497,7 +512,10 @@ def _refine_leader(pool: "_Candidates", reference: np.ndarray, ecc: bool, ecc_ca
     field); ``pool.info`` gets "ecc", "flow" and "rivals". ``give_up_below``: each flow
     refinement stops after its first round where that round's held-out agreement is below this
     (:func:`~.field_refinement.refine_field_flow`): the choice among them, made on the first
-    round's agreement, is the same, and a field that gave up is only for a caller that discards it."""
+    round's agreement, is the same, and a field that gave up is only for a caller that discards it.
+    ``template_give_up``: the same for a template placement whose first round leaves it carrying
+    less of the image's detail than this (``give_up_detail_below`` of
+    :func:`~.field_refinement.refine_field_flow`); the caller discards such a field."""
     best = pool.best()
     if ecc:  # refine the leading candidates, then choose again: ECC can turn a close second into the best
         best, pool.info["ecc"] = pool.best_after_ecc(ecc_candidates)
@@ -509,8 +527,14 @@ def _refine_leader(pool: "_Candidates", reference: np.ndarray, ecc: bool, ecc_ca
         # predicts the band its flow did not see best is taken. The refinements are independent:
         # they run side by side (the same fields as one after another)
         rivals = pool.rivals(best, rival_margin, flow_min_ncc, RIVALS_BELOW_NCC) if rival_margin is not None else []
-        jobs = [(fld, ncc)] + [(with_confidence(r[4]), r[0]) for r in rivals]  # (trust capped at each one's ncc)
-        refined = side_by_side(lambda job: refine_field_flow(job[0], pool.image_box, pool.mask_box, reference, agreement=job[1], give_up_below=give_up_below), jobs)
+        jobs = [(fld, ncc, name)] + [(with_confidence(r[4]), r[0], r[2]) for r in rivals]  # (trust capped at each one's ncc)
+        refined = side_by_side(
+            lambda job: refine_field_flow(
+                job[0], pool.image_box, pool.mask_box, reference, agreement=job[1], give_up_below=give_up_below,
+                give_up_detail_below=template_give_up if job[2] == "template" else None,
+            ),
+            jobs,
+        )
         fld, pool.info["flow"] = refined[0]
         for rival, (r_fld, r_info) in zip(rivals, refined[1:]):
             mine, theirs = held_out_agreement(pool.info["flow"], ncc), held_out_agreement(r_info, rival[0])

@@ -289,6 +289,7 @@ def refine_field_flow(
     detail_trust: float | None = DETAIL_TRUST,
     flows: tuple[str, ...] = FLOWS,
     give_up_below: float | None = None,
+    give_up_detail_below: float | None = None,
 ) -> tuple[DenseField, dict]:
     """A non-rigid photometric refinement of the field, after ECC's homography: the few pixels of
     smooth residual that a homography plus a spline through sparse matches leaves on a bent or
@@ -347,7 +348,11 @@ def refine_field_flow(
     below this, the later rounds are not run and the field comes back as given with that round's
     info and ``"gave_up": True`` (a caller that discards such a field:
     :func:`~.alignment.dense_alignment`'s check of the cheap sources' field; None: every round
-    runs)."""
+    runs). ``give_up_detail_below``: likewise where the field after the first round (the round's
+    if kept, else as given) carries less of the image's fine detail than this
+    (:func:`~.warp.detail_agreement`; the round's info then has ``"detail"`` too; None: not
+    checked): a caller that keeps the field only above :data:`DETAIL_TRUST` at the end
+    (:func:`~.alignment.dense_alignment`'s template placements) learns early that it will not."""
     from ..fill import harmonic_interpolate, spline_interpolate
 
     if carry not in FLOW_CARRY:
@@ -366,6 +371,10 @@ def refine_field_flow(
         refined, info = _flow_round(current, image_u8, m, reference, grow, check_px, reach, min_gain, preset, check, smooth, upsample, interpolate, finest_scale, flows, filled)
         if first is None and give_up_below is not None and "ncc" in info and held_out_agreement(info, info["ncc"]) < give_up_below:
             return fld, {**info, "gave_up": True}
+        if first is None and give_up_detail_below is not None:
+            detail = detail_agreement(image_u8, m, reference, refined if info.get("kept") else fld)
+            if detail < give_up_detail_below:
+                return fld, {**info, "detail": round(detail, 4), "gave_up": True}
         first = info if first is None else first
         if not info.get("kept"):
             break

@@ -477,8 +477,20 @@ def test_template_placement_given_up_after_a_first_flow_round_without_detail(mon
     monkeypatch.setattr(A, "polish_field_ecc", lambda *args, **kwargs: calls.append("polish") or real(*args, **kwargs))
     none, info_none = dense_alignment(image, mask, ref, rmask, box, ("sift",), template_give_up=1.01)  # (no detail reaches it)
     assert none is None and info_none["fallback_reason"] == "template placement without the image's detail", info_none
-    assert info_none["flow"]["gave_up"] and info_none["flow"]["detail"] < 1.01 and "rounds" not in info_none["flow"]
+    assert info_none["flow"]["gave_up"] == "detail" and info_none["flow"]["detail"] < 1.01 and "rounds" not in info_none["flow"]
     assert calls == []
+
+
+def test_template_give_up_leaves_point_matched_fields_alone():
+    """The give-up is for template placements only: a field fitted to point matches (a bent
+    object SIFT matches) is refined through every flow round and polished exactly as without it,
+    even with a threshold no field reaches."""
+    image, mask, ref, valid, box, _ = _bent_case(_bump())
+    fld, info = dense_alignment(image, mask, ref, valid, box, ("sift",), template_give_up=1.01)
+    plain, info_plain = dense_alignment(image, mask, ref, valid, box, ("sift",), template_give_up=None)
+    assert fld is not None and info["source"] == "sift" and info["flow"]["kept"], info
+    assert np.array_equal(fld.xy, plain.xy) and fld.trust_cap == plain.trust_cap and info["flow"] == info_plain["flow"]
+    assert "gave_up" not in info["flow"]
 
 
 def test_flow_gives_up_after_a_first_round_below_the_given_detail():
@@ -492,10 +504,10 @@ def test_flow_gives_up_after_a_first_round_below_the_given_detail():
     fld, _ = dense_alignment(image, mask, ref, valid, box, ("sift",), flow=False, polish=False)
     full, info = refine_field_flow(fld, image[window], mask[window], ref)
     first, info_first = refine_field_flow(fld, image[window], mask[window], ref, rounds=1)
-    kept, info_kept = refine_field_flow(fld, image[window], mask[window], ref, give_up_detail_below=info_first["detail"])
+    kept, info_kept = refine_field_flow(fld, image[window], mask[window], ref, give_up_detail_below=info_first["detail"] - 1e-4)
     assert info_kept == info and np.array_equal(kept.xy, full.xy) and kept.trust_cap == full.trust_cap
     given, info_given = refine_field_flow(fld, image[window], mask[window], ref, give_up_detail_below=info_first["detail"] + 1e-3)
-    assert info_given["gave_up"] and info_given["detail"] == info_first["detail"] and "rounds" not in info_given
+    assert info_given["gave_up"] == "detail" and info_given["detail"] == info_first["detail"] and "rounds" not in info_given
     assert np.array_equal(given.xy, fld.xy)
 
 

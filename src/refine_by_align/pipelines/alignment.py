@@ -262,9 +262,9 @@ CHEAP_TRY_NCC = 0.75
 #: flow's first round (:func:`~.warp.detail_agreement`) is given up there: it is kept only at
 #: ``DETAIL_TRUST`` (0.75) after every round and the polish, and on the 192 validation and check
 #: cases the kept ones had 0.81-0.96 after the first round, the rejected ones -0.06 to 0.66, and no
-#: field gained more than 0.36 in its later rounds. The same outputs, 0.2-1.4 s sooner on 8 of the
-#: 26 cases whose leader is a template placement (MODEL_CARD.md, twenty-sixth session). None: every
-#: round runs.
+#: field gained more than 0.36 in its later rounds (before the polish, which moves a field by
+#: tenths of a pixel). The same outputs on the 29 cases whose leader is a template placement, six of
+#: them 0.3-1.2 s sooner (MODEL_CARD.md, twenty-sixth session). None: every round runs.
 TEMPLATE_GIVE_UP_DETAIL = 0.35
 #: :func:`dense_alignment` works on a zoom-in crop of at most this many px on its longer side: a
 #: larger crop (a big mask on a picture of more than 512 px) is aligned on the picture scaled down
@@ -452,7 +452,7 @@ def dense_alignment(
             return None, pool.info
         leader = _refine_leader(pool, reference, ecc, ecc_candidates, flow, flow_min_ncc, rival_margin, template_give_up=template_give_up)
     ncc, inliers, name, mirrored, fld = leader
-    if name == "template" and pool.info.get("flow", {}).get("gave_up"):
+    if name == "template" and pool.info.get("flow", {}).get("gave_up") == "detail":
         # (its first flow round left it far below the detail it would be kept at: the rounds and the
         # polish that would not change that are not run)
         pool.info["fallback_reason"] = "template placement without the image's detail"

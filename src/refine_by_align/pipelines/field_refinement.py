@@ -350,8 +350,8 @@ def refine_field_flow(
     :func:`~.alignment.dense_alignment`'s check of the cheap sources' field; None: every round
     runs). ``give_up_detail_below``: likewise where the field after the first round (the round's
     if kept, else as given) carries less of the image's fine detail than this
-    (:func:`~.warp.detail_agreement`; the round's info then has ``"detail"`` too; None: not
-    checked): a caller that keeps the field only above :data:`DETAIL_TRUST` at the end
+    (:func:`~.warp.detail_agreement`; the round's info then has ``"detail"`` too, and ``"gave_up"``
+    is ``"detail"``; None: not checked): a caller that keeps the field only above :data:`DETAIL_TRUST` at the end
     (:func:`~.alignment.dense_alignment`'s template placements) learns early that it will not."""
     from ..fill import harmonic_interpolate, spline_interpolate
 
@@ -374,7 +374,7 @@ def refine_field_flow(
         if first is None and give_up_detail_below is not None:
             detail = detail_agreement(image_u8, m, reference, refined if info.get("kept") else fld)
             if detail < give_up_detail_below:
-                return fld, {**info, "detail": round(detail, 4), "gave_up": True}
+                return fld, {**info, "detail": round(detail, 4), "gave_up": "detail"}
         first = info if first is None else first
         if not info.get("kept"):
             break

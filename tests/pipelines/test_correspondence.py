@@ -1200,6 +1200,64 @@ def test_aliked_is_not_run_where_the_cheap_field_settles_under_the_flow(monkeypa
         assert ("cheap_settled" in info) == (settled is not None)
 
 
+def test_flow_refinement_round_by_round_is_refine_field_flow():
+    """FlowRefinement run a round, then the rest, gives refine_field_flow's field and info (and
+    after one round, refine_field_flow's with rounds=1); run again after the last round, nothing
+    changes. On the 5 px bend with the settings before the thirteenth session, which take several
+    rounds (test_flow_rounds_each_checked_and_counted), and on the shipped settings."""
+    from refine_by_align.pipelines.field_refinement import FlowRefinement
+
+    image_box, mask_box, ref, start, _ = _bent_flow_case(artifact=True)
+    several = dict(preset=cv2.DISOPTICAL_FLOW_PRESET_FAST, upsample=1, carry="harmonic", finest_scale=None, detail_trust=None, flows=("dis",))
+    for kw in (several, {}):
+        full, info = refine_field_flow(start, image_box, mask_box, ref, **kw)
+        one, info_one = refine_field_flow(start, image_box, mask_box, ref, rounds=1, **kw)
+        stepped = FlowRefinement(start, image_box, mask_box, ref, **kw).run(1)
+        assert stepped.ran == 1 and stepped.gives_up() is None
+        first, info_first = stepped.result()
+        assert np.array_equal(first.xy, one.xy) and info_first == info_one and first.trust_cap == one.trust_cap
+        last, info_last = stepped.run().result()
+        assert np.array_equal(last.xy, full.xy) and info_last == info and last.trust_cap == full.trust_cap
+        ran = stepped.ran
+        assert stepped.run().ran == ran and np.array_equal(stepped.result()[0].xy, full.xy)
+        if kw:
+            assert info["rounds"] >= 2 and not np.array_equal(full.xy, one.xy), info  # (the later rounds did change it)
+
+
+def test_rivals_are_refined_past_their_first_round_only_when_chosen(monkeypatch):
+    """_refine_leader refines the leader and its rivals by one flow round each, chooses on that
+    round's held-out agreement, and runs the later rounds for the chosen field alone: the field is
+    the one refine_field_flow gives it, the other stops after one round."""
+    from dataclasses import replace
+
+    from refine_by_align.pipelines import alignment as A
+
+    image, mask, ref, valid, box, _ = _bent_case(_bump())
+    window = (slice(box.y0, box.y1), slice(box.x0, box.x1))
+    m = sift_matches(image, mask, ref, valid)
+    pool = A._Candidates(image[window], mask[window], ref, valid, box, 15)
+    pool.consider("sift", False, m)
+    ncc0, inliers, _, _, fld0, _ = pool.items[0]
+    # a rival: the other orientation's candidate, its field 0.7 px off and its agreement a little lower
+    pool.items.append((ncc0 - 0.01, inliers, "sift", True, replace(fld0, xy=fld0.xy + 0.7), m))
+    made = []
+
+    class Counted(A.FlowRefinement):
+        def __init__(self, *args, **kwargs):
+            super().__init__(*args, **kwargs)
+            made.append(self)
+
+    monkeypatch.setattr(A, "FlowRefinement", Counted)
+    ncc, _, _, mirrored, fld = A._refine_leader(pool, ref, False, 3, True, 0.5, 0.1)
+    assert len(made) == 2 and len(pool.info["rivals"]) == 1, pool.info
+    # (made side by side: in either order) the chosen one's field is the candidate's it reports
+    chosen = next(r for r in made if np.array_equal(r.given.xy, pool.items[int(mirrored)][4].xy))
+    other = next(r for r in made if r is not chosen)
+    assert chosen.ran >= 2 and other.ran == 1 and other.first.get("kept"), (chosen.ran, other.first)  # (kept: it would have gone on)
+    alone, info = refine_field_flow(with_confidence(pool.items[int(mirrored)][4]), image[window], mask[window], ref, agreement=ncc)
+    assert np.array_equal(fld.xy, alone.xy) and pool.info["flow"] == info and fld.trust_cap == alone.trust_cap
+
+
 def test_flow_gives_up_after_a_first_round_below_the_given_agreement():
     """refine_field_flow with ``give_up_below`` stops after its first round where that round's
     held-out agreement is below it (the field as given, the round's info, "gave_up"); at or above

@@ -32,6 +32,7 @@ __all__ = [
     "FLOW_SETTLED",
     "artifact_filled",
     "refine_field_flow",
+    "FlowRefinement",
 ]
 
 
@@ -353,40 +354,108 @@ def refine_field_flow(
     (:func:`~.warp.detail_agreement`; the round's info then has ``"detail"`` too, and ``"gave_up"``
     is ``"detail"``; None: not checked): a caller that keeps the field only above :data:`DETAIL_TRUST` at the end
     (:func:`~.alignment.dense_alignment`'s template placements) learns early that it will not."""
-    from ..fill import harmonic_interpolate, spline_interpolate
+    refinement = FlowRefinement(
+        fld, image_box, mask_box, reference, grow=grow, check_px=check_px, reach=reach, min_gain=min_gain, rounds=rounds,
+        preset=preset, check=check, agreement=agreement, smooth=smooth, upsample=upsample, carry=carry,
+        finest_scale=finest_scale, detail_trust=detail_trust, flows=flows,
+    )
+    gave_up = refinement.run(1).gives_up(give_up_below, give_up_detail_below)
+    if gave_up is not None:
+        return refinement.given, gave_up
+    return refinement.run().result()
 
-    if carry not in FLOW_CARRY:
-        raise ValueError(f"unknown flow carry '{carry}' (choose {', '.join(FLOW_CARRY)})")
-    flows = tuple(flows)
-    if not flows or any(f not in FLOW_METHODS for f in flows):
-        raise ValueError(f"flows must name one or more of {', '.join(FLOW_METHODS)}, got {flows}")
-    interpolate = spline_interpolate if carry == "spline" else harmonic_interpolate
-    fld = with_confidence(fld)  # (moved with the field; a ranked-only candidate gets it here)
-    image_u8 = np.ascontiguousarray(np.clip(image_box, 0, 255).astype(np.uint8))
-    m = np.asarray(mask_box, bool)
-    flows = flows if check else flows[:1]
-    filled = artifact_filled(_gray(image_u8), m) if "dis-filled" in flows else None  # (the same in every round)
-    current, first, kept, held_out = fld, None, 0, None
-    for _ in range(rounds if check else 1):
-        refined, info = _flow_round(current, image_u8, m, reference, grow, check_px, reach, min_gain, preset, check, smooth, upsample, interpolate, finest_scale, flows, filled)
-        if first is None and give_up_below is not None and "ncc" in info and held_out_agreement(info, info["ncc"]) < give_up_below:
-            return fld, {**info, "gave_up": True}
-        if first is None and give_up_detail_below is not None:
-            detail = detail_agreement(image_u8, m, reference, refined if info.get("kept") else fld)
+
+class FlowRefinement:
+    """:func:`refine_field_flow` a round at a time (the same arguments but the give-ups, the same
+    field and info): :meth:`run` the first round, :meth:`gives_up` after it, :meth:`run` the rest
+    and take the :meth:`result`. For a caller that refines several candidate fields and chooses
+    among them on their first round (:func:`held_out_agreement` reads only that round):
+    :func:`~.alignment.dense_alignment` runs the rest of the rounds for the chosen one only."""
+
+    def __init__(
+        self,
+        fld: DenseField,
+        image_box: np.ndarray,
+        mask_box: np.ndarray,
+        reference: np.ndarray,
+        grow: int = 4,
+        check_px: int = 4,
+        reach: int = 24,
+        min_gain: float = 1e-3,
+        rounds: int = 4,
+        preset: int = cv2.DISOPTICAL_FLOW_PRESET_MEDIUM,
+        check: bool = True,
+        agreement: float | None = None,
+        smooth: float = 0.0,
+        upsample: int = FLOW_UPSAMPLE,
+        carry: str = "spline",
+        finest_scale: int | None = None,
+        detail_trust: float | None = DETAIL_TRUST,
+        flows: tuple[str, ...] = FLOWS,
+    ):
+        from ..fill import harmonic_interpolate, spline_interpolate
+
+        if carry not in FLOW_CARRY:
+            raise ValueError(f"unknown flow carry '{carry}' (choose {', '.join(FLOW_CARRY)})")
+        flows = tuple(flows)
+        if not flows or any(f not in FLOW_METHODS for f in flows):
+            raise ValueError(f"flows must name one or more of {', '.join(FLOW_METHODS)}, got {flows}")
+        self.given = with_confidence(fld)  # (moved with the field; a ranked-only candidate gets it here)
+        self.image_u8 = np.ascontiguousarray(np.clip(image_box, 0, 255).astype(np.uint8))
+        self.m = np.asarray(mask_box, bool)
+        self.reference = reference
+        self.flows = flows if check else flows[:1]
+        self.rounds = rounds if check else 1
+        self.agreement, self.detail_trust = agreement, detail_trust
+        interpolate = spline_interpolate if carry == "spline" else harmonic_interpolate
+        self._settings = (grow, check_px, reach, min_gain, preset, check, smooth, upsample, interpolate, finest_scale)
+        self.filled = artifact_filled(_gray(self.image_u8), self.m) if "dis-filled" in self.flows else None  # (the same in every round)
+        self.current, self.kept, self.held_out = self.given, 0, None  # the last kept round's field, kept rounds, its band's agreement
+        self.first: dict | None = None  # the first round's info (None before it runs)
+        self.first_field = self.given  # the field the first round leaves (its own where kept)
+        self.ran, self.stopped = 0, False  # rounds run; whether one was refused (no more are run)
+
+    def run(self, rounds: int | None = None) -> "FlowRefinement":
+        """Run rounds, each on the field the last kept one left, until ``rounds`` have run in all
+        (None: the refinement's own number) or one is refused. Returns self."""
+        limit = self.rounds if rounds is None else min(rounds, self.rounds)
+        while not self.stopped and self.ran < limit:
+            refined, info = _flow_round(self.current, self.image_u8, self.m, self.reference, *self._settings, self.flows, self.filled)
+            self.ran += 1
+            if self.first is None:
+                self.first, self.first_field = info, refined if info.get("kept") else self.given
+            if not info.get("kept"):
+                self.stopped = True
+                break
+            self.current, self.kept, self.held_out = refined, self.kept + 1, info.get("ncc_flow")
+        return self
+
+    def gives_up(self, give_up_below: float | None = None, give_up_detail_below: float | None = None) -> dict | None:
+        """After the first round: the info :func:`refine_field_flow` returns for a field it gives up
+        with these thresholds (its ``give_up_below`` and ``give_up_detail_below``), None where it
+        goes on (or no round has run)."""
+        info = self.first
+        if info is None:
+            return None
+        if give_up_below is not None and "ncc" in info and held_out_agreement(info, info["ncc"]) < give_up_below:
+            return {**info, "gave_up": True}
+        if give_up_detail_below is not None:
+            detail = detail_agreement(self.image_u8, self.m, self.reference, self.first_field)
             if detail < give_up_detail_below:
-                return fld, {**info, "detail": round(detail, 4), "gave_up": "detail"}
-        first = info if first is None else first
-        if not info.get("kept"):
-            break
-        current, kept, held_out = refined, kept + 1, info.get("ncc_flow")
-    if not kept:
-        return fld, first or {}
-    cap = warp_agreement(image_u8, m, reference, fld) if agreement is None else agreement
-    detail = detail_agreement(image_u8, m, reference, current)
-    if detail_trust is not None and held_out is not None and detail >= detail_trust:
-        cap = max(cap, held_out)  # (the image's own photo, brought into place: trusted as the band it did not see says)
-    current.trust_cap = min(fld.trust_cap, cap)
-    return current, {**first, "rounds": kept, "detail": round(detail, 4)}
+                return {**info, "detail": round(detail, 4), "gave_up": "detail"}
+        return None
+
+    def result(self) -> tuple[DenseField, dict]:
+        """(the field, info) as :func:`refine_field_flow` returns them after the rounds run so far."""
+        fld, current = self.given, self.current
+        if not self.kept:
+            return fld, self.first or {}
+        cap = warp_agreement(self.image_u8, self.m, self.reference, fld) if self.agreement is None else self.agreement
+        detail = detail_agreement(self.image_u8, self.m, self.reference, current)
+        if self.detail_trust is not None and self.held_out is not None and detail >= self.detail_trust:
+            cap = max(cap, self.held_out)  # (the image's own photo, brought into place: trusted as the band it did not see says)
+        current.trust_cap = min(fld.trust_cap, cap)
+        return current, {**self.first, "rounds": self.kept, "detail": round(detail, 4)}
 
 
 def held_out_agreement(info: dict, ncc: float) -> float:

@@ -345,8 +345,8 @@ def dense_alignment(
     Candidates that score within ``rival_margin`` of the winner (:meth:`_Candidates.rivals`: all
     of them where the winner's ring agreement is below :data:`RIVALS_BELOW_NCC`, else the best one
     of the other orientation, a symmetric object matched both as given and mirrored) are refined
-    by the flow too, and the field whose flow predicts its held-out band best is taken (None: not
-    checked; ``info["rivals"]`` gives each comparison).
+    by the flow's first round too, and the field whose round predicts its held-out band best is
+    taken and refined further (None: not checked; ``info["rivals"]`` gives each comparison).
     The winning field's ``misfit_px`` is set (:func:`~.fields.field_misfit`: how far its fit
     misses its own matches, which :func:`~.warp.warp_fill` discounts the warp by).
     Returns (field or None when no source gives a consistent mapping, info:

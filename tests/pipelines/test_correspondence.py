@@ -1205,7 +1205,7 @@ def test_flow_refinement_round_by_round_is_refine_field_flow():
     after one round, refine_field_flow's with rounds=1); run again after the last round, nothing
     changes. On the 5 px bend with the settings before the thirteenth session, which take several
     rounds (test_flow_rounds_each_checked_and_counted), and on the shipped settings."""
-    from refine_by_align.pipelines.field_refinement import FlowRefinement
+    from refine_by_align.pipelines.field_refinement import FlowRefinement, held_out_agreement
 
     image_box, mask_box, ref, start, _ = _bent_flow_case(artifact=True)
     several = dict(preset=cv2.DISOPTICAL_FLOW_PRESET_FAST, upsample=1, carry="harmonic", finest_scale=None, detail_trust=None, flows=("dis",))
@@ -1214,6 +1214,10 @@ def test_flow_refinement_round_by_round_is_refine_field_flow():
         one, info_one = refine_field_flow(start, image_box, mask_box, ref, rounds=1, **kw)
         stepped = FlowRefinement(start, image_box, mask_box, ref, **kw).run(1)
         assert stepped.ran == 1 and stepped.gives_up() is None
+        held = held_out_agreement(info_one, info_one["ncc"])
+        for below, detail in ((held + 1e-3, None), (held - 1e-3, None), (None, info_one["detail"] + 1e-3), (None, info_one["detail"] - 1e-3)):
+            _, given = refine_field_flow(start, image_box, mask_box, ref, give_up_below=below, give_up_detail_below=detail, **kw)
+            assert stepped.gives_up(below, detail) == (given if "gave_up" in given else None), (below, detail, given)
         first, info_first = stepped.result()
         assert np.array_equal(first.xy, one.xy) and info_first == info_one and first.trust_cap == one.trust_cap
         last, info_last = stepped.run().result()
@@ -1230,6 +1234,7 @@ def test_rivals_are_refined_past_their_first_round_only_when_chosen(monkeypatch)
     the one refine_field_flow gives it, the other stops after one round."""
     from dataclasses import replace
 
+    from refine_by_align.pipelines.field_refinement import held_out_agreement
     from refine_by_align.pipelines import alignment as A
 
     image, mask, ref, valid, box, _ = _bent_case(_bump())
@@ -1255,6 +1260,9 @@ def test_rivals_are_refined_past_their_first_round_only_when_chosen(monkeypatch)
     other = next(r for r in made if r is not chosen)
     assert chosen.ran >= 2 and other.ran == 1 and other.first.get("kept"), (chosen.ran, other.first)  # (kept: it would have gone on)
     alone, info = refine_field_flow(with_confidence(pool.items[int(mirrored)][4]), image[window], mask[window], ref, agreement=ncc)
+    firsts = [refine_field_flow(with_confidence(c[4]), image[window], mask[window], ref, agreement=c[0], rounds=1)[1] for c in pool.items]
+    held = [round(held_out_agreement(f, c[0]), 4) for f, c in zip(firsts, pool.items)]
+    assert pool.info["rivals"] == [{"rival": "sift/mirrored", "held_out": held[0], "rival_held_out": held[1]}], (pool.info["rivals"], held)
     assert np.array_equal(fld.xy, alone.xy) and pool.info["flow"] == info and fld.trust_cap == alone.trust_cap
 
 

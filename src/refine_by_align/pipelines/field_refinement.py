@@ -417,7 +417,8 @@ class FlowRefinement:
 
     def run(self, rounds: int | None = None) -> "FlowRefinement":
         """Run rounds, each on the field the last kept one left, until ``rounds`` have run in all
-        (None: the refinement's own number) or one is refused. Returns self."""
+        (None, or more than the refinement's own number: that number, 1 with ``check=False``) or
+        one is refused. Returns self."""
         limit = self.rounds if rounds is None else min(rounds, self.rounds)
         while not self.stopped and self.ran < limit:
             refined, info = _flow_round(self.current, self.image_u8, self.m, self.reference, *self._settings, self.flows, self.filled)
@@ -446,7 +447,9 @@ class FlowRefinement:
         return None
 
     def result(self) -> tuple[DenseField, dict]:
-        """(the field, info) as :func:`refine_field_flow` returns them after the rounds run so far."""
+        """(the field, info) as :func:`refine_field_flow` returns them after the rounds run so far.
+        Sets the returned field's ``trust_cap`` in place (recomputed from the given field's on every
+        call, so a result taken between rounds does not change the final one)."""
         fld, current = self.given, self.current
         if not self.kept:
             return fld, self.first or {}

@@ -1189,8 +1189,17 @@ def test_aliked_is_not_run_where_the_cheap_field_settles_under_the_flow(monkeypa
         return real_ecc(fld, *args, **kwargs)
 
     monkeypatch.setattr(A, "refine_field_ecc", ecc)
+    first_rounds = []
+
+    class Counted(A.FlowRefinement):  # each flow refinement's first round, counted by its candidate
+        def __init__(self, fld, *args, **kwargs):
+            super().__init__(fld, *args, **kwargs)
+            first_rounds.append(fld.xy.tobytes())
+
+    monkeypatch.setattr(A, "FlowRefinement", Counted)
     fld, info = dense_alignment(image, mask, ref, valid, box, ("sift", "aliked"), aliked=object(), good_ncc=1.01, cheap_settled=settled, template=False)
     assert refined and len(refined) == len(set(refined))  # (a candidate refined by ECC is not refined again after ALIKED)
+    assert first_rounds and len(first_rounds) == len(set(first_rounds))  # (nor its first flow round)
     plain, _ = dense_alignment(image, mask, ref, valid, box, ("sift",), good_ncc=1.01)
     assert info["source"] == "sift" and info["flow"]["kept"] and np.array_equal(fld.xy, plain.xy), info
     if settled == 0.5:

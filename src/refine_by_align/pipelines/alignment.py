@@ -529,10 +529,10 @@ def _refine_leader(pool: "_Candidates", reference: np.ndarray, ecc: bool, ecc_ca
         # predicts the band its flow did not see best is taken. The first rounds are independent:
         # they run side by side (the same fields as one after another)
         rivals = pool.rivals(best, rival_margin, flow_min_ncc, RIVALS_BELOW_NCC) if rival_margin is not None else []
-        jobs = [(fld, ncc)] + [(with_confidence(r[4]), r[0]) for r in rivals]  # (trust capped at each one's ncc)
+        jobs = [(fld, ncc, best[4])] + [(with_confidence(r[4]), r[0], r[4]) for r in rivals]  # (trust capped at each one's ncc)
         # the first rounds run side by side; the choice reads only them (held_out_agreement), so the
         # later rounds are run for the chosen field alone (the same field as refining each fully)
-        flows = side_by_side(lambda job: FlowRefinement(job[0], pool.image_box, pool.mask_box, reference, agreement=job[1]).run(1), jobs)
+        flows = side_by_side(lambda job: pool.first_flow_round(job[2], job[0], job[1], reference), jobs)
         chosen = flows[0]
         for rival, theirs_flow in zip(rivals, flows[1:]):
             mine, theirs = held_out_agreement(chosen.first or {}, ncc), held_out_agreement(theirs_flow.first or {}, rival[0])
@@ -555,6 +555,7 @@ class _Candidates:
         self.info: dict = {"matches": {}, "candidates": {}}
         self.refined: list = []  # the leading candidates once refined by ECC (best_after_ecc; empty before it)
         self._ecc: dict[int, tuple] = {}  # each candidate's ECC refinement once computed, by its field's id (kept alive by items)
+        self._flows: dict[tuple[int, float], FlowRefinement] = {}  # each candidate's first flow round, by its field's id and agreement
 
     def consider(self, name: str, mirrored: bool, m: Matches, min_inliers: int = 0) -> None:
         """Fit a field to the matches ``m`` and keep it with the agreement of its colour-matched
@@ -576,6 +577,16 @@ class _Candidates:
 
     def best(self):
         return max(self.items, key=self.score) if self.items else None
+
+    def first_flow_round(self, candidate: DenseField, fld: DenseField, agreement: float, reference: np.ndarray) -> FlowRefinement:
+        """The flow's first round on ``fld`` (``candidate``'s field with its confidence), run once:
+        after a failed check of the cheap sources' field (:func:`dense_alignment`) the same field
+        can lead again once ALIKED's candidates have joined, and its first round is not run again
+        (a refinement remembered here has run that round only: the check stops every one there)."""
+        key = (id(candidate), float(agreement))
+        if key not in self._flows:
+            self._flows[key] = FlowRefinement(fld, self.image_box, self.mask_box, reference, agreement=agreement).run(1)
+        return self._flows[key]
 
     def best_after_ecc(self, n: int) -> tuple[tuple, bool]:
         """The best of the ``n`` leading candidates once each is refined by ECC (kept only where it

@@ -529,10 +529,10 @@ def _refine_leader(pool: "_Candidates", reference: np.ndarray, ecc: bool, ecc_ca
         # predicts the band its flow did not see best is taken. The first rounds are independent:
         # they run side by side (the same fields as one after another)
         rivals = pool.rivals(best, rival_margin, flow_min_ncc, RIVALS_BELOW_NCC) if rival_margin is not None else []
-        jobs = [(fld, ncc, best[4])] + [(with_confidence(r[4]), r[0], r[4]) for r in rivals]  # (trust capped at each one's ncc)
+        jobs = [(best[4], ncc)] + [(r[4], r[0]) for r in rivals]  # (trust capped at each one's ncc)
         # the first rounds run side by side; the choice reads only them (held_out_agreement), so the
         # later rounds are run for the chosen field alone (the same field as refining each fully)
-        flows = side_by_side(lambda job: pool.first_flow_round(job[2], job[0], job[1], reference), jobs)
+        flows = side_by_side(lambda job: pool.first_flow_round(job[0], job[1], reference), jobs)
         chosen = flows[0]
         for rival, theirs_flow in zip(rivals, flows[1:]):
             mine, theirs = held_out_agreement(chosen.first or {}, ncc), held_out_agreement(theirs_flow.first or {}, rival[0])
@@ -578,14 +578,14 @@ class _Candidates:
     def best(self):
         return max(self.items, key=self.score) if self.items else None
 
-    def first_flow_round(self, candidate: DenseField, fld: DenseField, agreement: float, reference: np.ndarray) -> FlowRefinement:
-        """The flow's first round on ``fld`` (``candidate``'s field with its confidence), run once:
+    def first_flow_round(self, candidate: DenseField, agreement: float, reference: np.ndarray) -> FlowRefinement:
+        """The flow's first round on a candidate's field (given its confidence there), run once:
         after a failed check of the cheap sources' field (:func:`dense_alignment`) the same field
         can lead again once ALIKED's candidates have joined, and its first round is not run again
         (a refinement remembered here has run that round only: the check stops every one there)."""
         key = (id(candidate), float(agreement))
         if key not in self._flows:
-            self._flows[key] = FlowRefinement(fld, self.image_box, self.mask_box, reference, agreement=agreement).run(1)
+            self._flows[key] = FlowRefinement(candidate, self.image_box, self.mask_box, reference, agreement=agreement).run(1)
         return self._flows[key]
 
     def best_after_ecc(self, n: int) -> tuple[tuple, bool]:

@@ -1209,6 +1209,23 @@ def test_aliked_is_not_run_where_the_cheap_field_settles_under_the_flow(monkeypa
         assert ("cheap_settled" in info) == (settled is not None)
 
 
+def test_flow_refinement_takes_refine_field_flows_settings_and_defaults():
+    """FlowRefinement repeats refine_field_flow's parameter list (the function keeps its documented
+    signature): the two must name the same settings with the same defaults, the give-ups aside, so
+    that dense_alignment's rivals (FlowRefinement with its defaults) are refined as the function
+    refines a field."""
+    import inspect
+
+    from refine_by_align.pipelines.field_refinement import FlowRefinement
+
+    function = inspect.signature(refine_field_flow).parameters
+    cls = inspect.signature(FlowRefinement.__init__).parameters
+    give_ups = {"give_up_below", "give_up_detail_below"}
+    settings = [(n, p.default) for n, p in function.items() if n not in give_ups]
+    assert settings == [(n, p.default) for n, p in cls.items() if n != "self"]
+    assert give_ups <= set(function) and not give_ups & set(cls)
+
+
 def test_flow_refinement_round_by_round_is_refine_field_flow():
     """FlowRefinement run a round, then the rest, gives refine_field_flow's field and info (and
     after one round, refine_field_flow's with rounds=1); run again after the last round, nothing

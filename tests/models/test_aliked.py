@@ -135,6 +135,29 @@ def test_mutual_nn_matches_and_ratio():
     assert mutual_nn_matches(a[:0], b).shape == (0, 2)
 
 
+@pytest.mark.parametrize("levels", [None, 2])
+def test_mutual_nn_matches_are_the_argmax_definition_ties_included(levels):
+    """The reverse nearest neighbour is found from each column's maximum (not NumPy's argmax along
+    the first axis, which is slow there): the matches are exactly the definition's, the first row
+    at a column's maximum winning a tie (coarsely quantised descriptors give many exact ties)."""
+    rng = np.random.default_rng(3)
+    a = rng.normal(size=(300, 8)).astype(np.float32)
+    b = rng.normal(size=(200, 8)).astype(np.float32)
+    if levels is not None:
+        a, b = np.round(a * levels) / levels, np.round(b * levels) / levels
+    an = a / np.maximum(np.linalg.norm(a, axis=1, keepdims=True), 1e-12)
+    bn = b / np.maximum(np.linalg.norm(b, axis=1, keepdims=True), 1e-12)
+    sim = an @ bn.T
+    if levels is not None:
+        col_max = sim.max(axis=0)
+        assert ((sim == col_max).sum(axis=0) > 1).any()  # the case does hold ties
+    nn_ab, nn_ba = sim.argmax(axis=1), sim.argmax(axis=0)
+    i = np.arange(len(a))
+    keep = (nn_ba[nn_ab] == i) & (sim[i, nn_ab] >= 0.2)
+    expected = np.stack((i[keep], nn_ab[keep]), axis=1)
+    assert np.array_equal(mutual_nn_matches(a, b, min_similarity=0.2), expected)
+
+
 # ----------------------------------------------------------------------------- the fast paths against upstream's formulas
 
 

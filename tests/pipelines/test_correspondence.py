@@ -554,6 +554,45 @@ def test_template_search_places_a_mirrored_reference_too():
     assert none is None and info_none.get("template_score", 1.0) < 0.7, info_none
 
 
+def test_ring_is_the_band_between_two_dilations_remembered_read_only():
+    """ring() gives the band between ``inner`` and ``outer`` px outside the mask, remembered by the
+    mask's content (an alignment asks for the same rings about ten times): a mask with the same
+    pixels gets an equal band, a changed one its own, and the band cannot be written to."""
+    mask = np.zeros((90, 100), bool)
+    mask[30:60, 35:70] = True
+    disk = lambda r: cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (2 * r + 1, 2 * r + 1))
+    u8 = mask.astype(np.uint8)
+    expected = (cv2.dilate(u8, disk(12)) > 0) & ~(cv2.dilate(u8, disk(2)) > 0)
+    band = ring(mask, 2, 12)
+    assert np.array_equal(band, expected) and band.dtype == bool
+    assert not band.flags.writeable
+    with pytest.raises(ValueError):
+        band[0, 0] = True
+    assert np.array_equal(ring(mask.copy(), 2, 12), expected)  # the same pixels, another array
+    moved = np.roll(mask, 5, axis=1)
+    assert np.array_equal(ring(moved, 2, 12), np.roll(expected, 5, axis=1))
+    assert not np.array_equal(ring(mask, 2, 8), expected)  # the widths are part of what is remembered
+
+
+def test_warp_agreement_on_the_rings_box_alone_is_the_whole_boxs():
+    """warp_agreement warps only the ring's bounding box (it reads nothing else); warp_fill, which
+    needs the whole patch, warps the box: the two agreements are equal to the last bit, with the
+    ring cut to the reference object and where too little of it is on the object (the whole ring)."""
+    image, mask, ref, valid, H = _case(_sim())
+    box = Box(40, 40, 220, 220)
+    src = np.stack(np.meshgrid(np.arange(50, 210, 10.0), np.arange(50, 210, 10.0)), -1).reshape(-1, 2)
+    m = Matches(src.astype(np.float32), _apply(H, src).astype(np.float32), np.ones(len(src), np.float32), {"sift": len(src)})
+    fld = dense_field(fit_field(m, focus=box), box, valid)
+    image_box, mask_box = image[40:220, 40:220], mask[40:220, 40:220]
+    band = ring(mask_box, 2, 12)
+    ys, xs = np.nonzero(band)
+    assert (ys.max() - ys.min() + 1) * (xs.max() - xs.min() + 1) < 0.8 * band.size  # a real cut
+    from dataclasses import replace
+
+    for f in (fld, replace(fld, on_object=np.zeros_like(fld.on_object))):  # (the second: the whole ring)
+        assert warp_agreement(image_box, mask_box, ref, f) == warp_fill(image_box, mask_box, ref, f).ncc
+
+
 def test_candidate_fields_without_confidence_rank_the_same_and_get_it_later():
     """A candidate only ranked is built without its confidence (the nearest-match search is most of
     dense_field's time); warp_agreement does not read it, ECC's agreement argument spares a second

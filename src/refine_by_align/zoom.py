@@ -37,10 +37,13 @@ class Box:
 
 def mask_bbox(mask: np.ndarray) -> Box:
     """Tight box of the True pixels of a (H, W) mask. Raises ValueError on an empty mask."""
-    ys, xs = np.nonzero(mask)
-    if len(xs) == 0:
+    m = np.asarray(mask)
+    rows, cols = m.any(axis=1), m.any(axis=0)  # (the rows and columns holding a pixel: not every pixel's position)
+    if not rows.any():
         raise ValueError("mask is empty")
-    return Box(int(xs.min()), int(ys.min()), int(xs.max()) + 1, int(ys.max()) + 1)
+    y0, x0 = int(rows.argmax()), int(cols.argmax())
+    y1, x1 = len(rows) - int(rows[::-1].argmax()), len(cols) - int(cols[::-1].argmax())
+    return Box(x0, y0, x1, y1)
 
 
 def zoom_box(mask: np.ndarray, grow: float = 2.0, min_size: int = 32) -> Box:

@@ -16,6 +16,7 @@ import cv2
 import numpy as np
 
 from ..memo import ContentCache
+from ..zoom import mask_bbox
 from .fields import MINIFY_ABOVE, MISFIT_PX, DenseField, with_confidence
 from .matching import Matches, _disk, _gray
 
@@ -248,8 +249,8 @@ def _warp_agreement(image_box, mask_box, reference, fld: DenseField, ring_px: tu
         band = ring(mask_box, *ring_px)
     window = None
     if ring_only and band.any():
-        ys, xs = np.nonzero(band)
-        window = (slice(int(ys.min()), int(ys.max()) + 1), slice(int(xs.min()), int(xs.max()) + 1))
+        b = mask_bbox(band)
+        window = (slice(b.y0, b.y1), slice(b.x0, b.x1))
         band, image_box = band[window], image_box[window]
     warped = fld.sample(reference, window=window).astype(np.float32)  # (h, w, 3), or the window's
     gain, offset = colour_transfer(warped, image_box, band)

@@ -70,13 +70,15 @@ class ModelConfig:
     # the masked image's hole (fill.py): "zero" (SD inpainting, the paper), a classical fill the
     # model corrects ("telea": Telea's fast marching, "harmonic" / "biharmonic": Laplace's / the
     # biharmonic equation, "fsr": frequency-selective reconstruction, "mixed": FSR and biharmonic
-    # weighed by their errors on a ring of known pixels) or "warp"
+    # weighed by their errors on a ring of known pixels, "mixed-local": FSR, biharmonic and harmonic
+    # weighed pixel by pixel by their errors on the ring nearby) or "warp"
     # (the reference warped through the dense field where the warp is trusted, Telea elsewhere;
     # the model corrects that)
     hole_fill: str = "zero"
     # the full-resolution fill the model's correction is added to (fill.py: residual_patch) for a
     # classical hole_fill: "same" (hole_fill's), or one of "telea", "harmonic", "biharmonic", "fsr",
-    # "mixed". The shipped model corrects a harmonic prefill and adds that to the mixed fill
+    # "mixed", "mixed-local". The shipped model corrects a harmonic prefill and adds that to the
+    # mixed-local fill (the mixed one where trusted warp pixels leave slivers of the mask)
     base_fill: str = "same"
     # one more U-Net input channel after the masked image: the warp's trust map (1 = the prefill is
     # the warped reference, 0 = Telea). False (the default, and what a saved config.json without the
@@ -183,8 +185,8 @@ _FLOAT_RANGES = (
 )
 _CHOICES = (
     ("latent", ("pixel", "vae-kl", "vae-tiny")),
-    ("hole_fill", ("zero", "telea", "harmonic", "biharmonic", "fsr", "mixed", "warp")),
-    ("base_fill", ("same", "telea", "harmonic", "biharmonic", "fsr", "mixed")),
+    ("hole_fill", ("zero", "telea", "harmonic", "biharmonic", "fsr", "mixed", "mixed-local", "warp")),
+    ("base_fill", ("same", "telea", "harmonic", "biharmonic", "fsr", "mixed", "mixed-local")),
     ("prediction_type", ("epsilon", "v_prediction", "sample")),
     ("beta_schedule", ("linear", "scaled_linear", "squaredcos_cap_v2")),
 )
@@ -278,12 +280,13 @@ def _default() -> ModelConfig:
     # correction blur and its shrinkage chosen on the second case set. Trained on Telea-prefilled
     # holes, it runs on harmonic ones: better on every case kind of both validation sets; its
     # correction is added to the mixed (FSR + biharmonic) fill at full resolution: better on all
-    # four case sets (MODEL_CARD.md)
+    # four case sets; since the twenty-ninth session that mix is weighed pixel by pixel with the
+    # harmonic fill as a third (mixed-local; MODEL_CARD.md)
     return ModelConfig(
         resolution=64,
         zoom_min_size=64,
         hole_fill="harmonic",
-        base_fill="mixed",
+        base_fill="mixed-local",
         alignment_timestep=500,
         correction_blur=1.0,
         correction_shrink=64.0,

@@ -21,10 +21,10 @@ import cv2
 import numpy as np
 import torch
 
-__all__ = ["CLASSICAL_FILLS", "HOLE_FILLS", "classical_fill", "fill_hole", "biharmonic_fill", "fsr_fill", "harmonic_fill", "mixed_fill", "mixed_fill_weights", "harmonic_interpolate", "spline_interpolate", "residual_patch", "poisson_fill", "warp_composite", "warp_at"]
+__all__ = ["CLASSICAL_FILLS", "HOLE_FILLS", "classical_fill", "fill_hole", "biharmonic_fill", "fsr_fill", "harmonic_fill", "mixed_fill", "mixed_fill_weights", "local_mixed_fill", "local_mixed_weights", "harmonic_interpolate", "spline_interpolate", "residual_patch", "poisson_fill", "warp_composite", "warp_at"]
 
-HOLE_FILLS = ("zero", "telea", "harmonic", "biharmonic", "fsr", "mixed", "warp")
-CLASSICAL_FILLS = ("telea", "harmonic", "biharmonic", "fsr", "mixed")  # the hole fills that need no model and no reference
+HOLE_FILLS = ("zero", "telea", "harmonic", "biharmonic", "fsr", "mixed", "mixed-local", "warp")
+CLASSICAL_FILLS = ("telea", "harmonic", "biharmonic", "fsr", "mixed", "mixed-local")  # the hole fills that need no model and no reference
 TELEA_RADIUS = 3  # px, at the U-Net's crop resolution
 FULL_TELEA_RADIUS = 5.0  # px, at the image's own resolution (as the `telea` baseline)
 
@@ -34,7 +34,7 @@ def fill_hole(
 ) -> torch.Tensor:
     """``images`` (B, 3, H, W) in [0, 1], ``masks`` (B, 1, H, W) (> 0.5 = hole) -> (B, 3, H, W)
     in [0, 1] with the hole zeroed (``zero``) or filled by a classical fill (``telea``,
-    ``harmonic``, ``biharmonic``, ``fsr``, ``mixed``: :func:`classical_fill`); ``warp``: Telea,
+    ``harmonic``, ``biharmonic``, ``fsr``, ``mixed``, ``mixed-local``: :func:`classical_fill`); ``warp``: Telea,
     then ``warp`` ((B, 3, H, W) in [0, 1], the warped reference) on the hole pixels where
     ``trust`` ((B, 1, H, W), > 0.5 = trusted) says so (no warp or trust given: Telea alone)."""
     if method not in HOLE_FILLS:
@@ -65,8 +65,10 @@ def fill_hole(
 def classical_fill(image: np.ndarray, mask: np.ndarray, method: str = "telea", radius: float = FULL_TELEA_RADIUS) -> np.ndarray:
     """``image`` (H, W, 3) uint8 with its hole ``mask`` (H, W) bool filled with no model: OpenCV's
     Telea inpainting (``telea``, ``radius`` px), :func:`harmonic_fill` (``harmonic``),
-    :func:`biharmonic_fill` (``biharmonic``), :func:`fsr_fill` (``fsr``) or :func:`mixed_fill`
-    (``mixed``: FSR and biharmonic, weighed by how well each predicts a ring of known pixels)."""
+    :func:`biharmonic_fill` (``biharmonic``), :func:`fsr_fill` (``fsr``), :func:`mixed_fill`
+    (``mixed``: FSR and biharmonic, weighed by how well each predicts a ring of known pixels) or
+    :func:`local_mixed_fill` (``mixed-local``: FSR, biharmonic and harmonic, weighed pixel by pixel
+    by how well each predicts the ring near that pixel)."""
     if method == "telea":
         return cv2.inpaint(np.ascontiguousarray(image), np.asarray(mask, bool).astype(np.uint8) * 255, radius, cv2.INPAINT_TELEA)
     if method == "harmonic":
@@ -77,6 +79,8 @@ def classical_fill(image: np.ndarray, mask: np.ndarray, method: str = "telea", r
         return fsr_fill(image, mask)
     if method == "mixed":
         return mixed_fill(image, mask)
+    if method == "mixed-local":
+        return local_mixed_fill(image, mask)
     raise ValueError(f"unknown classical fill '{method}' (choose {' or '.join(CLASSICAL_FILLS)})")
 
 
@@ -272,6 +276,109 @@ def _mixed(img: np.ndarray, m: np.ndarray, ring: int, fill: bool) -> tuple[dict[
         inv = (err == 0).astype(np.float64) if (err == 0).any() else 1.0 / err
         weights = {name: float(v) for name, v in zip(MIXED_FILLS, inv / inv.sum())}
     return weights, dict(zip(MIXED_FILLS, done[len(jobs) - len(MIXED_FILLS) :])) if fill else {}
+
+
+LOCAL_FILLS = ("fsr", "biharmonic", "harmonic")  # the fills local_mixed_fill weighs, pixel by pixel
+LOCAL_SIGMA = 8.0  # px: the Gaussian over which local_mixed_fill gathers each fill's ring errors
+#: local_mixed_fill's pull toward each fill's error over the whole ring, in units of the
+#: Gaussian-weighted ring share: where little ring lies within a few sigma, the whole ring's error counts
+LOCAL_PRIOR = 0.01
+LOCAL_POWER = 2  # local_mixed_fill weighs each fill by its local mean squared error to this power, inverted
+
+
+def local_mixed_fill(
+    image: np.ndarray,
+    mask: np.ndarray,
+    ring: int = MIXED_RING,
+    sigma: float = LOCAL_SIGMA,
+    prior: float = LOCAL_PRIOR,
+    max_hole: int = MIXED_MAX_HOLE,
+) -> np.ndarray:
+    """The FSR, biharmonic and harmonic fills mixed pixel by pixel, each where it does well nearby.
+
+    :func:`mixed_fill` weighs its two fills once for the whole hole, by their errors on the whole
+    ring around it; but a hole over an edge on one side and a smooth patch on the other wants FSR
+    on the first and a smooth fill on the second. Here each fill of :data:`LOCAL_FILLS` fills the
+    hole grown by ``ring`` px, as there, and its squared error on that ring of known pixels is
+    gathered around every hole pixel by a Gaussian of ``sigma`` px, with the whole ring's mean
+    error counted as ``prior`` of ring share (so a pixel far from the ring falls back to the whole
+    ring's errors); the fills of the hole itself are weighed by the inverse square of these local
+    errors (:func:`local_mixed_weights`). On the 64 multiview cases of the seven validation sets
+    (the fills alone; no warp, no model) the mix is 0.13-0.14 dB closer to the truth than
+    :func:`mixed_fill` on both the deciding and the checking sets (MODEL_CARD.md, "A fill mixed
+    pixel by pixel"); the harmonic fill costs a few per cent more time.
+
+    ``image`` (H, W, C) uint8, ``mask`` (H, W) bool -> (H, W, C) uint8, the pixels outside the mask
+    unchanged. A hole of more than ``max_hole`` pixels is filled on the picture scaled down, as
+    :func:`mixed_fill` does."""
+    img, m = _fill_inputs("local_mixed_fill", image, mask)
+    n = int(m.sum())
+    if n > max_hole and n < m.size:
+        k = int(np.ceil(np.sqrt(n / float(max_hole))))
+        h, w = m.shape
+        size = (max(1, -(-w // k)), max(1, -(-h // k)))  # (width, height), rounded up
+        means, share = _known_means(img, m, size)
+        small_hole = share < 0.5
+        if small_hole.all():  # the known pixels are too thin to survive the scaling
+            return harmonic_fill(img, m)
+        small = np.clip(np.rint(means), 0, 255).astype(np.uint8)
+        up = cv2.resize(local_mixed_fill(small, small_hole, ring, sigma / k, prior, max_hole), (w, h), interpolation=cv2.INTER_CUBIC).reshape(img.shape)
+        out = img.copy()
+        out[m] = up[m]
+        return out
+    weights, fills = _local_mixed(img, m, ring, sigma, prior, fill=True)  # (n, F), F x (H, W, C)
+    acc = np.zeros((n, img.shape[2]), np.float64)
+    for j, f in enumerate(fills):
+        acc += weights[:, j : j + 1] * f[m].astype(np.float64)
+    out = img.copy()
+    out[m] = np.clip(np.rint(acc), 0, 255).astype(np.uint8)
+    return out
+
+
+def local_mixed_weights(image: np.ndarray, mask: np.ndarray, ring: int = MIXED_RING, sigma: float = LOCAL_SIGMA, prior: float = LOCAL_PRIOR) -> np.ndarray:
+    """The weight of each fill of :data:`LOCAL_FILLS` at each hole pixel, as :func:`local_mixed_fill`
+    uses them on this picture and hole (it weighs a hole of over ``max_hole`` pixels on its
+    scaled-down picture instead): (n, 3) float64 in the order of ``mask``'s True pixels (row-major),
+    each row summing to 1. Equal weights where the ring is empty (no known pixel near the hole)."""
+    img, m = _fill_inputs("local_mixed_weights", image, mask)
+    return _local_mixed(img, m, ring, sigma, prior, fill=False)[0]
+
+
+def _local_mixed(img: np.ndarray, m: np.ndarray, ring: int, sigma: float, prior: float, fill: bool) -> tuple[np.ndarray, list[np.ndarray]]:
+    """(the weights of :func:`local_mixed_weights`, each fill of the hole itself when ``fill``)."""
+    from .threads import side_by_side
+
+    if ring < 1:
+        raise ValueError(f"local_mixed_fill's ring must be at least 1 px, got {ring}")
+    if not sigma > 0 or not prior > 0:
+        raise ValueError(f"local_mixed_fill's sigma and prior must be positive, got {sigma} and {prior}")
+    n, k = int(m.sum()), len(LOCAL_FILLS)
+    if n == 0:
+        return np.zeros((0, k)), [img.copy() for _ in LOCAL_FILLS] if fill else []
+    grown = cv2.dilate(m.astype(np.uint8), _disk_kernel(int(ring))) > 0
+    band = grown & ~m
+    checked = bool(band.any()) and not grown.all()
+    # the two FSR runs first: they take longest, and the pool's two threads then share the rest
+    jobs = [(name, hole) for name in LOCAL_FILLS for hole in ((grown, m) if fill and checked else (grown,) if checked else (m,) if fill else ())]
+    jobs.sort(key=lambda job: job[0] != "fsr")
+    done = dict(zip([(name, hole is m) for name, hole in jobs], side_by_side(lambda job: classical_fill(img, job[1], job[0]), jobs)))
+    fills = [done[(name, True)] for name in LOCAL_FILLS] if fill else []
+    if not checked:
+        return np.full((n, k), 1.0 / k), fills
+    # the ring errors gathered on the window around the grown hole: the Gaussian reaches 4 sigma,
+    # beyond which the band is zero, so the window's edge changes nothing
+    reach = int(np.ceil(4 * sigma)) + 1
+    window = _hole_window(grown, reach)
+    sub_band, sub_m = band[window], m[window]
+    density = cv2.GaussianBlur(sub_band.astype(np.float64), (0, 0), sigma)[sub_m]  # (n,) the ring's Gaussian share
+    known = img[window].astype(np.float64)
+    inv = np.empty((n, k))
+    for j, name in enumerate(LOCAL_FILLS):
+        err = ((done[(name, False)][window].astype(np.float64) - known) ** 2).mean(axis=-1) * sub_band  # (h, w) squared error on the ring
+        whole = float(err.sum() / sub_band.sum())  # the mean over the whole ring
+        local = (cv2.GaussianBlur(err, (0, 0), sigma)[sub_m] + prior * whole) / (density + prior)
+        inv[:, j] = 1.0 / np.maximum(local, 1e-6) ** LOCAL_POWER
+    return inv / inv.sum(axis=1, keepdims=True), fills
 
 
 #: Holes up to this many pixels are solved exactly (one sparse LU); larger ones coarse-to-fine.

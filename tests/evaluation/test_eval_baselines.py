@@ -175,7 +175,7 @@ def test_harmonic_baseline_fills_only_the_mask(tmp_path: Path):
     assert np.array_equal(out, harmonic_fill(rgb, m))
 
 
-@pytest.mark.parametrize("name", ["fsr", "mixed"])
+@pytest.mark.parametrize("name", ["fsr", "mixed", "mixed-local"])
 def test_fsr_and_mixed_baselines_fill_only_the_mask(tmp_path: Path, name: str):
     from refine_by_align.evaluation.methods import ClassicalFillMethod
     from refine_by_align.fill import classical_fill

@@ -435,7 +435,7 @@ def test_old_names_still_work_with_a_deprecation_warning(tiny_pipe, simple_input
 def test_model_correction_goes_on_the_configured_base_fill(simple_inputs, monkeypatch):
     """base_fill: the model sees its hole_fill prefill, and its correction is added to base_fill's
     full-resolution fill ("same": hole_fill's). The shipped config corrects a harmonic prefill and
-    adds that to the mixed fill."""
+    adds that to the mixed-local fill."""
     import dataclasses
 
     import torch
@@ -444,7 +444,7 @@ def test_model_correction_goes_on_the_configured_base_fill(simple_inputs, monkey
     from refine_by_align.config import get_config
     from refine_by_align.models.refiner import RefineByAlignModel
 
-    assert (get_config("default").hole_fill, get_config("default").base_fill) == ("harmonic", "mixed")
+    assert (get_config("default").hole_fill, get_config("default").base_fill) == ("harmonic", "mixed-local")
     with pytest.raises(ValueError, match="base_fill must be one of"):
         dataclasses.replace(get_config("tiny"), base_fill="zero").validate()
     used, outs = [], {}
@@ -503,6 +503,16 @@ def test_fill_around_the_warp_keeps_its_pixels_and_is_cheap_where_the_model_bare
     assert np.array_equal(pipe._fill_around_warp(p, combined), classical_fill(known, hole, "harmonic")[window])
     none = CombinedWarp(patch=warp, weight=np.zeros_like(weight), use=np.zeros_like(m), source=np.full(m.shape, -1, np.int16))
     assert np.array_equal(pipe._fill_around_warp(p, none), classical_fill(p.image, p.mask, "mixed")[window])  # no warp: the whole mask
+
+    # the shipped base fill, mixed-local: on the whole mask where no warp pixel is fully trusted,
+    # the whole-ring mixed fill on what fully trusted warp pixels leave
+    model.cfg = dataclasses.replace(model.cfg, base_fill="mixed-local")
+    assert pipe._base_fill() == "mixed-local" and pipe._base_fill(around_warp=True) == "mixed" and pipe._base_fill(0.1, around_warp=True) == "harmonic"
+    assert np.array_equal(pipe._fill_around_warp(p, none), classical_fill(p.image, p.mask, "mixed-local")[window])
+    combined.weight[m & ~left] = 0.5
+    assert np.array_equal(pipe._fill_around_warp(p, combined), classical_fill(known, hole, "mixed")[window])
+    partial = CombinedWarp(patch=warp, weight=np.where(m, 0.5, 0.0).astype(np.float32), use=m.copy(), source=np.where(m, 0, -1).astype(np.int16))
+    assert np.array_equal(pipe._fill_around_warp(p, partial), classical_fill(p.image, p.mask, "mixed-local")[window])  # no pixel fully trusted
 
 
 def test_one_sample_where_the_warps_leave_the_model_little_of_the_mask(simple_inputs, monkeypatch):

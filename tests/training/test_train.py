@@ -244,8 +244,8 @@ def test_shipped_model_is_what_its_recipe_and_preset_say():
     assert ran["trained_steps"] == recipe["max_steps"]
     trained = load_train_config("default-stage4").model_config()
     shipped = get_config("default")
-    assert trained.hole_fill == "telea" and (shipped.hole_fill, shipped.base_fill) == ("harmonic", "mixed")
-    assert dataclasses.replace(trained, hole_fill="harmonic", base_fill="mixed") == shipped  # otherwise the preset's architecture and settings
+    assert trained.hole_fill == "telea" and (shipped.hole_fill, shipped.base_fill) == ("harmonic", "mixed-local")
+    assert dataclasses.replace(trained, hole_fill="harmonic", base_fill="mixed-local") == shipped  # otherwise the preset's architecture and settings
     outputs = {"default": "runs/default", "default-stage2": "runs/stage2", "default-stage3": "runs/stage3"}
     for prev, nxt in (("default", "default-stage2"), ("default-stage2", "default-stage3"), ("default-stage3", "default-stage4")):
         assert load_train_config(nxt).init_from == outputs[prev] + "/weights"

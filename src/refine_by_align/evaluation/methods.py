@@ -104,7 +104,7 @@ class ClassicalFillMethod:
         from ..fill import CLASSICAL_FILLS
 
         if fill not in CLASSICAL_FILLS or fill == "telea":
-            raise ValueError(f"unknown classical fill baseline '{fill}' (choose harmonic, biharmonic, fsr or mixed; telea is TeleaMethod)")
+            raise ValueError(f"unknown classical fill baseline '{fill}' (choose harmonic, biharmonic, fsr, mixed or mixed-local; telea is TeleaMethod)")
         self.fill = self.name = fill
 
     def __call__(self, case: Case) -> MethodOutput:

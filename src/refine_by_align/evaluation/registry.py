@@ -55,6 +55,7 @@ METHODS: dict[str, Callable[..., Method]] = {
     "harmonic": _plain(HarmonicMethod),
     "fsr": _plain(ClassicalFillMethod, fill="fsr"),
     "mixed": _plain(ClassicalFillMethod, fill="mixed"),
+    "mixed-local": _plain(ClassicalFillMethod, fill="mixed-local"),
     "keypoint": _plain(KeypointMethod),
     "feature-nn": _on_pipeline(FeatureNNMethod),
     "oracle-align": _on_pipeline(OracleAlignMethod),

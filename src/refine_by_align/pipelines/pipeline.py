@@ -808,13 +808,20 @@ class RefineByAlignPipeline(DiffusionPipeline):
     #: result by at most this share of the difference (3 grey levels at most on the badge).
     CHEAP_FILL_SHARE = 0.1
 
-    def _base_fill(self, share: float = 1.0) -> str:
+    def _base_fill(self, share: float = 1.0, around_warp: bool = False) -> str:
         """The classical fill the model's correction is added to at full resolution (cfg.base_fill),
-        or, where that is a slow one ("mixed" or "fsr"), the harmonic fill when the model's largest
-        ``share`` of a mask pixel is at most :attr:`CHEAP_FILL_SHARE`."""
+        or, where that is a slow one ("mixed", "mixed-local" or "fsr"), the harmonic fill when the model's largest
+        ``share`` of a mask pixel is at most :attr:`CHEAP_FILL_SHARE`. ``around_warp``: the fill is
+        of what fully trusted warp pixels leave of the mask (slivers along the warp's edge), where
+        "mixed-local" is the whole-ring "mixed" fill instead: its weights pixel by pixel lift the
+        whole holes of the multiview cases (+0.19 / +0.13 dB on the deciding / checking sets) but
+        lost on those slivers (affine cases -0.03 / -0.06 dB; MODEL_CARD.md, "A fill mixed pixel by
+        pixel")."""
         cfg = self.model.cfg
         name = "telea" if cfg.hole_fill == "warp" else cfg.hole_fill if cfg.base_fill == "same" else cfg.base_fill
-        return "harmonic" if share <= self.CHEAP_FILL_SHARE and name in ("mixed", "fsr") else name
+        if share <= self.CHEAP_FILL_SHARE and name in ("mixed", "mixed-local", "fsr"):
+            return "harmonic"
+        return "mixed" if around_warp and name == "mixed-local" else name
 
     def _fill_around_warp(self, p: PreparedInputs, combined: CombinedWarp) -> np.ndarray:
         """The full-resolution fill the model's correction goes on ((N, N, 3) uint8), filled on the
@@ -834,7 +841,7 @@ class RefineByAlignPipeline(DiffusionPipeline):
         hole[window][covered] = False
         rest = hole[window]
         share = float(1.0 - combined.weight[rest].min()) if rest.any() else 0.0  # the model's largest share of a pixel
-        return classical_fill(image, hole, self._base_fill(share))[window]
+        return classical_fill(image, hole, self._base_fill(share, around_warp=bool(covered.any())))[window]
 
     def _output(self, ps, results, warps, combined: CombinedWarp, guide: int, region, guide_region, result_image, timings) -> RefineOutput:
         """Gather one refinement's result: the guiding reference's region and map, the reference

@@ -474,6 +474,13 @@ def test_local_mixed_fill_edge_cases_large_holes_and_bad_input():
         local_mixed_weights(img, np.zeros((32, 32), bool), ring=0)
     with pytest.raises(ValueError, match="sigma and prior"):
         local_mixed_weights(img, np.zeros((32, 32), bool), sigma=0.0)
+    for bad in (("fsr",), ("fsr", "fsr"), ("fsr", "mixed"), ("fsr", "blur")):
+        with pytest.raises(ValueError, match="two or more distinct classical fills"):
+            local_mixed_weights(img, np.zeros((32, 32), bool), fills=bad)
+    mask = np.zeros((32, 32), bool)
+    mask[10:20, 12:22] = True
+    two = local_mixed_weights(img, mask, fills=("fsr", "biharmonic"))
+    assert two.shape == (100, 2) and np.allclose(two.sum(1), 1.0)
     # a hole over max_hole pixels: filled on the picture scaled down, the rest kept
     yy, xx = np.mgrid[0:120, 0:160]
     ramp = np.stack([xx + 40, yy + 60, (xx + yy) // 2 + 20], -1).astype(np.uint8)

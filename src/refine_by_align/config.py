@@ -78,7 +78,7 @@ class ModelConfig:
     # the full-resolution fill the model's correction is added to (fill.py: residual_patch) for a
     # classical hole_fill: "same" (hole_fill's), or one of "telea", "harmonic", "biharmonic", "fsr",
     # "mixed", "mixed-local". The shipped model corrects a harmonic prefill and adds that to the
-    # mixed-local fill (the mixed one where trusted warp pixels leave slivers of the mask)
+    # mixed-local fill (FSR and biharmonic alone, mixed so, on the slivers trusted warp pixels leave)
     base_fill: str = "same"
     # one more U-Net input channel after the masked image: the warp's trust map (1 = the prefill is
     # the warped reference, 0 = Telea). False (the default, and what a saved config.json without the

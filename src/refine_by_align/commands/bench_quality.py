@@ -18,7 +18,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--output", required=True, help="results folder")
     p.add_argument(
         "--method", default="refine-by-align",
-        help="refine-by-align | single-stage | feature-nn | oracle-align | keypoint | keep | telea | harmonic | fsr | mixed, "
+        help="refine-by-align | single-stage | feature-nn | oracle-align | keypoint | keep | telea | harmonic | fsr | mixed | mixed-local, "
         "a comma-separated list, or 'all' (then a report.md / report.json compares them)",
     )
     p.add_argument("--limit", type=int, help="only the first N cases")

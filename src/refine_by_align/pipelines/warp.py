@@ -17,7 +17,7 @@ import numpy as np
 
 from ..memo import ContentCache
 from ..zoom import mask_bbox
-from .fields import MINIFY_ABOVE, MISFIT_PX, DenseField, with_confidence
+from .fields import MISFIT_PX, DenseField, with_confidence
 from .matching import Matches, _disk, _gray
 
 __all__ = [
@@ -36,11 +36,19 @@ __all__ = [
     "warp_agreement",
     "misfit_weight",
     "warp_fill",
+    "PASTE_INTERPOLATION",
 ]
 
 
 #: The warp is trusted only where its ring agreement (NCC) reaches this (:func:`warp_fill`).
 TRUST_MIN_NCC = 0.5
+
+#: How :func:`warp_fill` samples the reference for the patch it pastes: Lanczos (8 x 8 taps) keeps
+#: more of the reference's fine detail through the resampling than the bicubic sampling the
+#: candidate fields are ranked and trusted with (both are interpolating; Lanczos's response falls
+#: later toward the Nyquist frequency). Measured on the affine and nonrigid cases of the seven
+#: validation and check sets: MODEL_CARD.md, thirtieth session.
+PASTE_INTERPOLATION = cv2.INTER_LANCZOS4
 
 
 def match_error(fld: DenseField, matches: Matches, min_matches: int = 4) -> float | None:
@@ -237,6 +245,13 @@ class WarpFill:
     misfit_factor: float = 1.0  # what the blend weight was scaled by for the field's misfit (misfit_weight; 1: none)
 
 
+def _agreement_band(mask_box: np.ndarray, fld: DenseField, ring_px: tuple[int, int]) -> np.ndarray:
+    """The ring a warp's colours are matched and its agreement measured on: ``ring_px`` outside the
+    mask, on the reference object where that leaves 16 pixels or more."""
+    band = ring(mask_box, *ring_px) & fld.on_object
+    return band if band.sum() >= 16 else ring(mask_box, *ring_px)
+
+
 def _warp_agreement(image_box, mask_box, reference, fld: DenseField, ring_px: tuple[int, int], ring_only: bool = False):
     """The reference warped into the box ((h, w, 3) float32), the ring its colours are matched
     and its agreement measured on (``ring_px`` outside the mask, on the reference object where
@@ -244,9 +259,7 @@ def _warp_agreement(image_box, mask_box, reference, fld: DenseField, ring_px: tu
     and the agreement: the grey values' ncc on the ring, at most the field's ``trust_cap``.
     ``ring_only``: the warp is built on the ring's bounding box alone, and the arrays returned
     cover that box (the agreement is the same: every step reads the ring's pixels, in order)."""
-    band = ring(mask_box, *ring_px) & fld.on_object
-    if band.sum() < 16:
-        band = ring(mask_box, *ring_px)
+    band = _agreement_band(mask_box, fld, ring_px)
     window = None
     if ring_only and band.any():
         b = mask_bbox(band)
@@ -292,6 +305,7 @@ def warp_fill(
     min_confidence: float = 0.05,
     colour_reach: float = 20.0,
     misfit_px: tuple[float, float] | None = MISFIT_PX,
+    interpolation: int = PASTE_INTERPOLATION,
 ) -> WarpFill:
     """Warp the reference into the box, match its colours to the image in a ring outside the mask
     (a 3 x 3 colour map and offset in a gamma-adjusted space, :func:`colour_maps`), and decide where to trust it: pixels of
@@ -305,11 +319,17 @@ def warp_fill(
     ``misfit_px`` (lo, hi) the weight is also scaled by how well the field's fit explains its own
     matches (the field's ``misfit_px``, :func:`~.fields.field_misfit`): in full up to lo px, falling
     linearly to 0 at hi px, where no pixel is trusted (a warp that misplaces its own matches by
-    that much misplaces the mask's detail too, however well the ring around the mask agrees)."""
-    warped, band, gain, offset, per_channel, ncc = _warp_agreement(image_box, mask_box, reference, fld, ring_px)
-    if fld.minification() > MINIFY_ABOVE:  # a reference sharper than the image: the pasted warp low-passed
-        warped = fld.sample(reference, antialias=True).astype(np.float32)
-        per_channel = np.clip(warped * gain + offset, 0, 255)
+    that much misplaces the mask's detail too, however well the ring around the mask agrees).
+    ``interpolation``: how the pasted patch samples the reference (:data:`PASTE_INTERPOLATION`);
+    the agreement is measured on the bicubic warp the candidate fields were ranked by."""
+    # the agreement, and the per-channel gains it is measured with, as the candidates were ranked
+    # (the bicubic warp, on the ring's box alone: the same values as on the whole box)
+    _, _, gain, offset, _, ncc = _warp_agreement(image_box, mask_box, reference, fld, ring_px, ring_only=True)
+    band = _agreement_band(mask_box, fld, ring_px)
+    # the pasted warp: sampled with ``interpolation`` (Lanczos), low-passed first where the reference
+    # is sharper than the image (antialias)
+    warped = fld.sample(reference, interpolation, antialias=True).astype(np.float32)
+    per_channel = np.clip(warped * gain + offset, 0, 255)
     # the patch takes the freer colour map (a 3 x 3 matrix in a gamma-adjusted space); the trust
     # stays measured after the per-channel gains: the map's parameters would also raise the ring
     # agreement of a rough warp

@@ -8,6 +8,7 @@ import pytest
 from refine_by_align.pipelines.alignment import dense_alignment
 from refine_by_align.pipelines.correspondence import (
     PASTE_INTERPOLATION,
+    PASTE_OUTLINE_PX,
     DenseField,
     Matches,
     attention_matches,
@@ -246,7 +247,8 @@ def test_warp_fill_pastes_in_the_image_colours_but_trusts_by_the_per_channel_mat
     # off the mask (read by nothing downstream) the patch holds the per-channel match, with the
     # gains measured on the bicubic warp applied to the pasted (Lanczos) one
     outside = ~mask[w]
-    pasted = fld.sample(ref, PASTE_INTERPOLATION, antialias=True).astype(np.float32)
+    inner = cv2.erode(fld.on_object.astype(np.uint8), cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (2 * PASTE_OUTLINE_PX + 1,) * 2)).astype(bool)
+    pasted = np.where(inner[..., None], fld.sample(ref, PASTE_INTERPOLATION, antialias=True), fld.sample(ref, cv2.INTER_CUBIC, antialias=True)).astype(np.float32)
     assert np.array_equal(wf.patch[outside], np.rint(np.clip(pasted * gain + off_, 0, 255))[outside].astype(np.uint8))
 
 
@@ -274,6 +276,34 @@ def test_warp_fill_pastes_a_lanczos_warp_that_keeps_fine_detail():
     assert lanczos.ncc == cubic.ncc and np.array_equal(lanczos.weight, cubic.weight)
     err = lambda wf: float(np.abs(wf.patch.astype(float) - image.astype(float))[mask].mean())  # noqa: E731
     assert err(lanczos) < 0.8 * err(cubic), (err(lanczos), err(cubic))
+
+
+def test_warp_fill_samples_bicubic_near_the_reference_objects_outline(monkeypatch):
+    """Beyond a cut-out reference's object lies its black background. Within PASTE_OUTLINE_PX of
+    where the field leaves the object the pasted warp is sampled bicubic (taps 2 px out) instead
+    of Lanczos (4 px out): the object's pixels beside its outline take in less of the black."""
+    import refine_by_align.pipelines.warp as W
+
+    h, w = 96, 96
+    yy, xx = np.mgrid[0:h, 0:w].astype(np.float32)
+    g = 140 + 60 * np.sin(2 * np.pi * xx / 5.3) * np.cos(2 * np.pi * yy / 6.1)
+    image = np.clip(np.rint(np.stack([g, g, g], axis=-1)), 0, 255).astype(np.uint8)
+    shift = 0.5
+    ref = np.clip(np.rint(np.stack([140 + 60 * np.sin(2 * np.pi * (xx - shift) / 5.3) * np.cos(2 * np.pi * yy / 6.1)] * 3, axis=-1)), 0, 255).astype(np.uint8)
+    ref[:, 48:] = 0  # the reference object ends at x = 47.5 on the reference, black beyond
+    xy = np.stack([xx + shift, yy], axis=-1)
+    on_object = xy[..., 0] <= 47.5
+    fld = DenseField(Box(0, 0, w, h), xy, np.ones((h, w), np.float32), on_object)
+    mask = np.zeros((h, w), bool)
+    mask[30:66, 20:47] = True  # on the object, up to its outline
+    near = mask & (xx >= 44)  # the mask's pixels within 3 px of the outline
+    err = lambda wf, where: float(np.abs(wf.patch.astype(float) - image.astype(float))[where].mean())  # noqa: E731
+    with_rule = warp_fill(image, mask, ref, fld)
+    monkeypatch.setattr(W, "PASTE_OUTLINE_PX", 0)
+    lanczos_everywhere = warp_fill(image, mask, ref, fld)
+    assert err(with_rule, near) < 0.8 * err(lanczos_everywhere, near), (err(with_rule, near), err(lanczos_everywhere, near))
+    inside = mask & (xx < 40)  # farther in, both are the Lanczos warp (colour-matched on a ring that crosses the outline)
+    assert np.abs(with_rule.patch[inside].astype(int) - lanczos_everywhere.patch[inside].astype(int)).max() <= 2
 
 
 def test_attention_matches_reads_sub_token_positions():

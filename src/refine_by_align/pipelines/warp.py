@@ -37,6 +37,7 @@ __all__ = [
     "misfit_weight",
     "warp_fill",
     "PASTE_INTERPOLATION",
+    "PASTE_OUTLINE_PX",
 ]
 
 
@@ -49,6 +50,11 @@ TRUST_MIN_NCC = 0.5
 #: later toward the Nyquist frequency). Measured on the affine and nonrigid cases of the seven
 #: validation and check sets: MODEL_CARD.md, thirtieth session.
 PASTE_INTERPOLATION = cv2.INTER_LANCZOS4
+
+#: Lanczos's taps reach 4 px, bicubic's 2: within this many px of where the field leaves the
+#: reference object (beyond it the reference holds its background, a cut-out's black), the pasted
+#: warp is sampled bicubic, so that less of that background is mixed into the object's outline.
+PASTE_OUTLINE_PX = 3
 
 
 def match_error(fld: DenseField, matches: Matches, min_matches: int = 4) -> float | None:
@@ -320,15 +326,22 @@ def warp_fill(
     matches (the field's ``misfit_px``, :func:`~.fields.field_misfit`): in full up to lo px, falling
     linearly to 0 at hi px, where no pixel is trusted (a warp that misplaces its own matches by
     that much misplaces the mask's detail too, however well the ring around the mask agrees).
-    ``interpolation``: how the pasted patch samples the reference (:data:`PASTE_INTERPOLATION`);
-    the agreement is measured on the bicubic warp the candidate fields were ranked by."""
+    ``interpolation``: how the pasted patch samples the reference (:data:`PASTE_INTERPOLATION`,
+    bicubic near the reference object's outline: :data:`PASTE_OUTLINE_PX`); the agreement is
+    measured on the bicubic warp the candidate fields were ranked by."""
     # the agreement, and the per-channel gains it is measured with, as the candidates were ranked
     # (the bicubic warp, on the ring's box alone: the same values as on the whole box)
     _, _, gain, offset, _, ncc = _warp_agreement(image_box, mask_box, reference, fld, ring_px, ring_only=True)
     band = _agreement_band(mask_box, fld, ring_px)
-    # the pasted warp: sampled with ``interpolation`` (Lanczos), low-passed first where the reference
-    # is sharper than the image (antialias)
+    # the pasted warp: sampled with ``interpolation`` (Lanczos; bicubic within PASTE_OUTLINE_PX of
+    # the reference object's outline), low-passed first where the reference is sharper than the
+    # image (antialias)
     warped = fld.sample(reference, interpolation, antialias=True).astype(np.float32)
+    if interpolation != cv2.INTER_CUBIC and PASTE_OUTLINE_PX > 0:
+        inner = cv2.erode(fld.on_object.astype(np.uint8), _disk(PASTE_OUTLINE_PX)).astype(bool)
+        if not inner.all():
+            near_outline = fld.sample(reference, cv2.INTER_CUBIC, antialias=True).astype(np.float32)
+            warped = np.where(inner[..., None], warped, near_outline)
     per_channel = np.clip(warped * gain + offset, 0, 255)
     # the patch takes the freer colour map (a 3 x 3 matrix in a gamma-adjusted space); the trust
     # stays measured after the per-channel gains: the map's parameters would also raise the ring

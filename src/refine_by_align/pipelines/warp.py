@@ -5,7 +5,9 @@ the image around the mask, and the agreement that decides whether it is trusted.
 ring outside the mask) ranks candidate fields and gates the warp; :func:`detail_agreement` tells the
 image's own photo brought into place from another view of the object; :func:`warp_fill` gives the
 patch, the pixels it is trusted for and its blend weight (:func:`colour_maps`: a 3 x 3 colour map in a
-gamma-adjusted space, per-channel gains off the ring's colours).
+gamma-adjusted space, per-channel gains off the ring's colours). The candidates are ranked and
+trusted on a bicubic warp; the patch pasted is sampled with Lanczos, bicubic near the reference
+object's outline (:data:`PASTE_INTERPOLATION`, :data:`PASTE_OUTLINE_PX`).
 """
 
 from __future__ import annotations

@@ -577,7 +577,7 @@ class ALIKED(nn.Module):
             s = F.conv2d(p, first[:, i * q : (i + 1) * q])  # (B, 8, H / s, W / s)
             p, s = _upsample(p, hp, wp), _upsample(s, hp, wp)  # (the first part is already full size: returned as given)
             ups.append(p)
-            z = s if z is None else z + s if i == 1 else z.add_(s)  # ((s0 + s1) + s2) + s3, in a new tensor
+            z = s if z is None else z.add_(s)  # ((s0 + s1) + s2) + s3, summed into the first share (a fresh tensor)
         return ups, torch.sigmoid(self.score_head[1:](z)), pad
 
     def _parts(self, image: torch.Tensor) -> tuple[list[torch.Tensor], tuple[int, int], tuple[int, int]]:

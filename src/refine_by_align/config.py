@@ -183,10 +183,14 @@ _FLOAT_RANGES = (
     ("local_dilate", 0.0, 100.0),
     ("local_margin", 0.0, 10.0),
 )
+#: The hole fills by name (``fill.py`` implements them and exports these same tuples; they are
+#: defined here, where the config checks them, because this module imports nothing heavy).
+CLASSICAL_FILLS = ("telea", "harmonic", "biharmonic", "fsr", "mixed", "mixed-local")  # the hole fills that need no model and no reference
+HOLE_FILLS = ("zero", *CLASSICAL_FILLS, "warp")
 _CHOICES = (
     ("latent", ("pixel", "vae-kl", "vae-tiny")),
-    ("hole_fill", ("zero", "telea", "harmonic", "biharmonic", "fsr", "mixed", "mixed-local", "warp")),
-    ("base_fill", ("same", "telea", "harmonic", "biharmonic", "fsr", "mixed", "mixed-local")),
+    ("hole_fill", HOLE_FILLS),
+    ("base_fill", ("same", *CLASSICAL_FILLS)),
     ("prediction_type", ("epsilon", "v_prediction", "sample")),
     ("beta_schedule", ("linear", "scaled_linear", "squaredcos_cap_v2")),
 )

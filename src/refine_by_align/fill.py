@@ -21,10 +21,10 @@ import cv2
 import numpy as np
 import torch
 
+from .config import CLASSICAL_FILLS, HOLE_FILLS  # the fills' names: one list for this module and the config's checks
+
 __all__ = ["CLASSICAL_FILLS", "HOLE_FILLS", "classical_fill", "fill_hole", "biharmonic_fill", "fsr_fill", "harmonic_fill", "mixed_fill", "mixed_fill_weights", "local_mixed_fill", "local_mixed_weights", "harmonic_interpolate", "spline_interpolate", "residual_patch", "poisson_fill", "warp_composite", "warp_at"]
 
-HOLE_FILLS = ("zero", "telea", "harmonic", "biharmonic", "fsr", "mixed", "mixed-local", "warp")
-CLASSICAL_FILLS = ("telea", "harmonic", "biharmonic", "fsr", "mixed", "mixed-local")  # the hole fills that need no model and no reference
 TELEA_RADIUS = 3  # px, at the U-Net's crop resolution
 FULL_TELEA_RADIUS = 5.0  # px, at the image's own resolution (as the `telea` baseline)
 

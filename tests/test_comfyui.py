@@ -218,3 +218,16 @@ def test_refine_with_a_distractor_and_the_right_reference(badge):
     grown = cv2.dilate(mask[0].numpy().astype(np.uint8), cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (13, 13))).astype(bool)
     outside = torch.from_numpy(~grown)
     assert torch.equal(out[0][outside], image[0][outside]) and not torch.equal(out, image)
+
+
+def test_mask_levels_read_as_a_mask_file_is(badge):
+    """A MASK is cut at 0.5, as a mask file at half range: a feathered edge under it does not
+    count; a faint mask with nothing at 0.5 (a soft brush at low strength) marks its nonzero pixels
+    instead of being an empty mask that returns the image unchanged."""
+    _, mask, _, _ = badge
+    hard = mask[0].numpy() > 0.5
+    feathered = torch.from_numpy(cv2.GaussianBlur(mask[0].numpy(), (0, 0), 2.0))
+    assert np.array_equal(nodes.to_bool(feathered), feathered.numpy() >= 0.5)
+    assert not np.array_equal(nodes.to_bool(feathered), feathered.numpy() > 0)  # the feather's tail is not drawn
+    assert np.array_equal(nodes.to_bool(mask[0] * 0.3), hard)
+    assert not nodes.to_bool(torch.zeros(4, 4)).any()

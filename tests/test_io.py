@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from refine_by_align.io import InputError, alpha_mask, load_image, load_mask, save_image_atomic, to_mask, to_rgb
+from refine_by_align.io import InputError, alpha_mask, in_input_mode, load_image, load_mask, mask_from_levels, save_image_atomic, to_mask, to_rgb
 
 
 def _save(img, path, **kw):
@@ -40,11 +40,72 @@ def test_exif_rotation_is_applied(tmp_path):
 
 def test_masks_from_any_mode():
     assert to_mask(Image.new("L", (4, 4), 200)).all()
-    assert not to_mask(Image.new("L", (4, 4), 20)).any()
+    assert not to_mask(Image.new("L", (4, 4), 0)).any()
     rgb = Image.new("RGB", (4, 4), (0, 0, 0))
     rgb.putpixel((2, 2), (255, 255, 255))
     assert to_mask(rgb).sum() == 1
     assert to_mask(Image.new("1", (3, 3), 1)).all()
+
+
+
+def test_mask_levels_half_range_or_any_nonzero():
+    """Half range counts where any pixel reaches it (an antialiased halo does not); a mask drawn in
+    low values only (saved as 0 / 1, or dimmed) counts every nonzero pixel instead of being empty."""
+    stroke = np.zeros((6, 6), np.uint8)
+    stroke[2:4, 2:4] = 255
+    stroke[1, 1:5] = 40  # a halo beside a full stroke: not drawn
+    assert mask_from_levels(stroke, 255).sum() == 4
+    ones = (stroke == 255).astype(np.uint8)  # the same mask saved as 0 / 1
+    assert np.array_equal(to_mask(Image.fromarray(ones)), stroke == 255)
+    assert np.array_equal(to_mask(Image.fromarray(ones * 100)), stroke == 255)
+    assert np.array_equal(to_mask(Image.fromarray(ones).convert("RGB")), stroke == 255)
+    assert np.array_equal(to_mask(Image.fromarray(ones.astype(np.float32), "F")), stroke == 255)  # 0 / 1 floats
+    assert np.array_equal(mask_from_levels(np.where(stroke == 255, 0.3, 0.0), 1.0), stroke == 255)  # a soft [0, 1] mask
+    assert not mask_from_levels(np.zeros((3, 3)), 255).any()
+    assert not mask_from_levels(np.full((3, 3), np.nan), 1.0).any()
+
+
+def _refined(working: np.ndarray, box=(slice(2, 5), slice(1, 4)), colour=(250, 10, 20)) -> np.ndarray:
+    out = working.copy()
+    out[box] = colour
+    return out
+
+
+def test_output_keeps_the_inputs_alpha_and_straight_colour():
+    rng = np.random.default_rng(0)
+    rgba = rng.integers(0, 256, (7, 6, 4), dtype=np.uint8)
+    rgba[..., 3] = 200
+    rgba[0, 0, 3] = 0  # transparent: its colour is kept though invisible
+    rgba[3, 2, 3] = 0  # transparent inside the changed box: not changed
+    original = Image.fromarray(rgba, "RGBA")
+    working = np.asarray(to_rgb(original))  # what the pipeline works on: over black
+    out = in_input_mode(original, working, _refined(working, colour=(150, 10, 20)))  # a colour alpha 200 can show
+    arr = np.asarray(out)
+    assert out.mode == "RGBA" and out.size == original.size
+    assert np.array_equal(arr[..., 3], rgba[..., 3])  # alpha as given
+    changed = np.zeros((7, 6), bool)
+    changed[2:5, 1:4] = True
+    changed[3, 2] = False
+    assert np.array_equal(arr[~changed], rgba[~changed])  # untouched pixels bit-identical, straight colour
+    # a changed pixel, composited over black again, shows the refined colour (to rounding)
+    back = np.asarray(to_rgb(out)).astype(int)
+    assert np.abs(back[changed] - np.array([150, 10, 20])).max() <= 1
+    assert np.array_equal(arr[3, 2], rgba[3, 2])
+
+
+def test_output_of_a_grey_input_is_grey():
+    grey = Image.fromarray(np.arange(42, dtype=np.uint8).reshape(7, 6) * 5, "L")
+    working = np.asarray(to_rgb(grey))
+    out = in_input_mode(grey, working, _refined(working))
+    assert out.mode == "L"
+    arr = np.asarray(out)
+    assert np.array_equal(arr[:2], np.asarray(grey)[:2])  # untouched rows identical
+    assert arr[3, 2] == Image.new("RGB", (1, 1), (250, 10, 20)).convert("L").getpixel((0, 0))  # the colour's luma
+    la = Image.merge("LA", (grey, Image.new("L", grey.size, 128)))
+    out = in_input_mode(la, np.asarray(to_rgb(la)), _refined(np.asarray(to_rgb(la))))
+    assert out.mode == "LA" and np.array_equal(np.asarray(out)[..., 1], np.full((7, 6), 128))
+    rgb = Image.fromarray(np.asarray(working))
+    assert in_input_mode(rgb, working, working).mode == "RGB"
 
 
 @pytest.mark.parametrize(

@@ -30,6 +30,8 @@ __all__ = [
     "to_rgb",
     "to_mask",
     "alpha_mask",
+    "mask_from_levels",
+    "in_input_mode",
     "validate_inputs",
     "save_image_atomic",
     "save_images_atomic",
@@ -137,6 +139,13 @@ def read_file(path: str | os.PathLike, what: str = "image", kind: str = "an imag
         raise InputError(f"{what} '{path}': cannot be read ({e.strerror or e})") from None
 
 
+_GREY_MODES = ("1", "L", "LA", "I;16", "I;16B", "I;16L", "I", "F")
+
+
+def _has_alpha(img: Image.Image) -> bool:
+    return img.mode in ("RGBA", "LA", "PA") or (img.mode == "P" and "transparency" in img.info)
+
+
 def to_rgb(img: Image.Image) -> Image.Image:
     """Any PIL mode (RGBA, L, P, I;16, CMYK, ...) -> 8-bit RGB."""
     if img.mode in ("I;16", "I;16B", "I;16L", "I"):
@@ -146,7 +155,7 @@ def to_rgb(img: Image.Image) -> Image.Image:
     if img.mode == "F":
         arr = np.asarray(img, dtype=np.float64)
         img = Image.fromarray(np.clip(arr * 255.0 + 0.5, 0, 255).astype(np.uint8), "L")
-    if img.mode in ("RGBA", "LA", "PA") or (img.mode == "P" and "transparency" in img.info):
+    if _has_alpha(img):
         img = img.convert("RGBA")
         background = Image.new("RGBA", img.size, (0, 0, 0, 255))
         return Image.alpha_composite(background, img).convert("RGB")
@@ -155,28 +164,64 @@ def to_rgb(img: Image.Image) -> Image.Image:
 
 def alpha_mask(img: Image.Image) -> np.ndarray | None:
     """The alpha channel as a boolean object mask, or None if the image has no useful alpha."""
-    if img.mode in ("RGBA", "LA", "PA") or (img.mode == "P" and "transparency" in img.info):
+    if _has_alpha(img):
         alpha = np.asarray(img.convert("RGBA"))[..., 3]
         if alpha.min() < 255:
             return alpha >= 128
     return None
 
 
-def to_mask(img: Image.Image) -> np.ndarray:
-    """Any single-channel or colour image -> boolean mask: nonzero / bright = True.
+def in_input_mode(original: Image.Image, working: np.ndarray, refined: np.ndarray) -> Image.Image:
+    """The refined picture in the kind of picture it was given as.
 
-    Grey levels are thresholded at half range, so antialiased brush strokes count as drawn."""
-    if img.mode in ("RGBA", "LA", "PA") or (img.mode == "P" and "transparency" in img.info):
+    The pipeline works on :func:`to_rgb` of ``original`` (``working``, (H, W, 3) uint8: colour,
+    transparency composited over black) and returns ``refined`` of the same shape, equal to
+    ``working`` outside the (dilated) mask. This gives it back as ``original`` came:
+
+    - a grey picture (L, LA, 1, 16-bit or float grey) comes back grey (L; LA with its alpha); a
+      colour reference's colours inside the mask become their luma;
+    - a picture with an alpha channel keeps it: every pixel the pipeline left alone keeps its own
+      straight colour and alpha (bit-identical to ``original`` as RGBA / LA), and each changed
+      pixel gets the refined colour over black divided by its alpha (the inverse of the
+      compositing; clipped), its alpha as it was.
+
+    16-bit and float greys come back as 8-bit grey (as :func:`to_rgb` reads them); other modes
+    (P without transparency, CMYK, YCbCr, ...) as RGB."""
+    grey = original.mode in _GREY_MODES
+    if not _has_alpha(original):
+        out = Image.fromarray(np.ascontiguousarray(refined, dtype=np.uint8), "RGB")
+        return out.convert("L") if grey else out
+    rgba = np.array(original.convert("RGBA"))  # (H, W, 4) straight colour and alpha
+    alpha = rgba[..., 3]
+    changed = (refined != working).any(axis=-1) & (alpha > 0)
+    scale = 255.0 / np.maximum(alpha[changed], 1).astype(np.float32)[:, None]
+    rgba[..., :3][changed] = np.clip(np.rint(refined[changed].astype(np.float32) * scale), 0, 255).astype(np.uint8)
+    out = Image.fromarray(rgba, "RGBA")
+    return out.convert("LA") if grey else out
+
+
+def mask_from_levels(levels: np.ndarray, full: float) -> np.ndarray:
+    """A mask's grey levels (any shape, ``full`` = the brightest level the format holds) -> bool:
+    pixels at half range or brighter mark the artifact, so a soft or antialiased stroke counts where
+    it is at least half drawn. A mask with no pixel that bright but some above zero (saved as 0 / 1,
+    or dimmed) marks every nonzero pixel instead: it is a mask drawn in low values, not an empty one."""
+    levels = np.nan_to_num(np.asarray(levels, dtype=np.float64), nan=0.0)
+    drawn = levels >= full / 2
+    return drawn if drawn.any() else levels > 0
+
+
+def to_mask(img: Image.Image) -> np.ndarray:
+    """Any single-channel or colour image -> boolean mask (:func:`mask_from_levels`): the pixels at
+    half range or brighter, or every nonzero pixel where none is that bright (a 0 / 1 mask)."""
+    if _has_alpha(img):
         rgba = np.asarray(img.convert("RGBA")).astype(np.float32)
-        grey = rgba[..., :3].max(axis=-1) * (rgba[..., 3] / 255.0)
-        return grey >= 128
+        return mask_from_levels(rgba[..., :3].max(axis=-1) * (rgba[..., 3] / 255.0), 255.0)
     if img.mode == "1":
         return np.asarray(img, dtype=bool)
     if img.mode in ("I;16", "I;16B", "I;16L", "I", "F"):
         arr = np.asarray(img, dtype=np.float64)
-        return arr >= (32768 if arr.max() > 255 else 128)
-    arr = np.asarray(img.convert("RGB")).max(axis=-1)
-    return arr >= 128
+        return mask_from_levels(arr, 65535.0 if arr.max() > 255 else 255.0)
+    return mask_from_levels(np.asarray(img.convert("RGB")).max(axis=-1), 255.0)
 
 
 def load_image(path: str | os.PathLike, what: str = "image", *, max_side: int | None = None) -> Image.Image:
@@ -215,7 +260,7 @@ def validate_inputs(
             f"{image.width}x{image.height}"
         )
     if not mask.any():
-        raise InputError(f"{name('mask')}: mask is empty (no bright pixels mark an artifact)")
+        raise InputError(f"{name('mask')}: mask is empty (every pixel is 0: nothing marks an artifact)")
     if mask.all():
         raise InputError(f"{name('mask')}: mask covers the whole image; nothing is left to align with")
     if reference_mask is not None:

@@ -8,6 +8,8 @@ import cv2
 import numpy as np
 from PIL import Image, ImageDraw, ImageFont
 
+from .io import to_rgb
+
 __all__ = [
     "render_heatmap_overlay",
     "compare_picture",
@@ -88,9 +90,10 @@ def _fit_text(draw: ImageDraw.ImageDraw, text: str, width: int, font: Any) -> st
 
 
 def resize_tile(img: Image.Image, height: int) -> Image.Image:
-    """``img`` as RGB at ``height`` px, aspect kept (width capped at 4 x height)."""
+    """``img`` as RGB (:func:`~refine_by_align.io.to_rgb`: transparency over black) at ``height``
+    px, aspect kept (width capped at 4 x height)."""
     w = max(1, min(4 * height, round(img.width * height / img.height)))
-    return img.convert("RGB").resize((w, height), Image.BILINEAR)
+    return to_rgb(img).resize((w, height), Image.BILINEAR)
 
 
 def fit_square(img: Image.Image, size: int) -> tuple[Image.Image, tuple[int, int, int, int]]:
@@ -209,7 +212,7 @@ def _reference_tile(reference: Image.Image, heatmap, region, height: int, label:
 def source_overlay(image: Image.Image, source: np.ndarray, alpha: float = 0.55) -> Image.Image:
     """Tint each pixel of the artifact mask by where it came from: ``source`` (H, W) int, -1 outside
     the mask, 0 the model, k reference k's warp (colour :data:`SOURCE_COLOURS` [k - 1])."""
-    arr = np.asarray(image.convert("RGB"), np.float32).copy()
+    arr = np.asarray(to_rgb(image), np.float32).copy()
     source = np.asarray(source)
     if source.shape != arr.shape[:2]:
         raise ValueError(f"source map {source.shape[::-1]} does not match the image {image.size}")

@@ -1,5 +1,6 @@
 import cv2
 import numpy as np
+from scipy import ndimage
 import pytest
 from PIL import Image
 
@@ -126,9 +127,14 @@ def test_reference_mask_restricts_correspondence(tiny_pipe, simple_inputs):
 
 def test_input_modes_are_accepted(tiny_pipe, simple_inputs):
     image, mask, reference = simple_inputs
-    for mode in ("RGBA", "L", "P"):
-        out = tiny_pipe(image.convert(mode), Image.fromarray(mask.astype(np.uint8) * 255), reference.convert(mode), seed=0)
-        assert out.image.size == image.size and out.image.mode == "RGB"
+    for mode, out_mode in (("RGBA", "RGBA"), ("L", "L"), ("P", "RGB"), ("LA", "LA")):
+        given = image.convert(mode)
+        out = tiny_pipe(given, Image.fromarray(mask.astype(np.uint8) * 255), reference.convert(mode), seed=0)
+        assert out.image.size == image.size and out.image.mode == out_mode
+        # outside the dilated mask the picture is the given one, in its own mode (alpha included)
+        far = ~ndimage.binary_dilation(mask, iterations=8)
+        assert np.array_equal(np.asarray(out.image)[far], np.asarray(given.convert(out_mode))[far])
+        assert not np.array_equal(np.asarray(out.image)[mask], np.asarray(given.convert(out_mode))[mask])
 
 
 @pytest.mark.parametrize(

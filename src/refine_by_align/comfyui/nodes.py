@@ -2,7 +2,8 @@
 
 ComfyUI's tensor conventions: ``IMAGE`` is a float32 tensor (B, H, W, C) in [0, 1] (C = 3; a 4th,
 alpha, channel is dropped), ``MASK`` a float tensor (B, H, W) (a single (H, W) mask is taken as
-B = 1), non-zero (> 0.5) marking the artifact. Every node works item by item over the batch; a
+B = 1), values of 0.5 or more marking the artifact (a mask with none that high but some above 0,
+e.g. a faint soft mask, marks every nonzero pixel: ``refine_by_align.io.mask_from_levels``). Every node works item by item over the batch; a
 reference (and its mask) of batch 1 is used for every item, a mask of batch 1 for every image.
 The Refine node takes up to two more references (``reference_2`` / ``reference_3``, IMAGE, each with
 an optional MASK): each part of the artifact is then taken from the reference that fits it best.
@@ -103,7 +104,10 @@ def to_uint8(img: torch.Tensor) -> np.ndarray:
 
 
 def to_bool(mask: torch.Tensor) -> np.ndarray:
-    return np.nan_to_num(mask.numpy(), nan=0.0) > 0.5
+    """A MASK item (H, W) in [0, 1] -> bool, read as a mask file's grey levels are."""
+    from refine_by_align.io import mask_from_levels
+
+    return mask_from_levels(mask.numpy(), 1.0)
 
 
 def _inputs(image, mask, reference, reference_mask):

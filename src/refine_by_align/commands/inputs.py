@@ -37,7 +37,7 @@ def add_input_arguments(p: argparse.ArgumentParser, several: bool = False) -> No
     """The input options; ``several``: ``--reference`` may be repeated (each with an optional
     ``--reference-mask`` after it)."""
     p.add_argument("--image", required=True, help="the generated image with artifacts")
-    p.add_argument("--mask", required=True, help="artifact mask (bright / nonzero = artifact)")
+    p.add_argument("--mask", required=True, help="artifact mask (pixels at half range or brighter; a 0 / 1 mask: nonzero pixels)")
     if several:
         p.add_argument("--reference", required=True, action=_ReferenceAction,
                        help="reference photo of the same object; repeat it for several references (each one is aligned, and per pixel the best-matching one is used)")

@@ -22,7 +22,7 @@ from PIL import Image
 
 from ..config import CONFIG_NAMES, get_config
 from ..fill import CLASSICAL_FILLS, MIXED_FILLS, classical_fill, local_mixed_fill, residual_patch, warp_at, warp_composite
-from ..io import InputError, alpha_mask, to_mask, to_rgb, validate_inputs
+from ..io import InputError, alpha_mask, in_input_mode, to_mask, to_rgb, validate_inputs
 from ..models.refiner import RefineByAlignModel
 from ..zoom import Box, crop_resize, mask_bbox, paste_back, square_pad_box, zoom_box
 from .alignment import (
@@ -112,7 +112,7 @@ def make_scheduler(model: RefineByAlignModel):
 class RefineOutput:
     """Result of one refinement."""
 
-    image: Image.Image  # the refined image, same size as the input
+    image: Image.Image  # the refined image, same size and kind as the input (grey stays grey, an alpha channel is kept: io.in_input_mode)
     region: np.ndarray | None  # (Hr, Wr) bool: M*, the aligned region on the guiding reference (None when align=False)
     heatmap: np.ndarray | None  # (Hr, Wr) float32 in [0, 1]: the guiding reference's cleaned alignment map
     crop_box: Box  # the zoom-in crop on the input image
@@ -685,7 +685,7 @@ class RefineByAlignPipeline(DiffusionPipeline):
         result_image = paste_back(p.image, patch, p.crop_box, p.mask, cfg.paste_dilate, cfg.paste_feather)
         timings["paste"] = time.perf_counter() - t4
         timings["total"] = time.perf_counter() - t0
-        return self._output(ps, results, warps, combined, guide, region, guide_region, result_image, timings)
+        return self._output(ps, results, warps, combined, guide, region, guide_region, in_input_mode(image, p.image, result_image), timings)
 
     @staticmethod
     def _guide_region(region, given, result, combined: CombinedWarp, dense_warp: bool) -> np.ndarray | None:
@@ -845,7 +845,7 @@ class RefineByAlignPipeline(DiffusionPipeline):
             return local_mixed_fill(image, hole, fills=MIXED_FILLS)[window]
         return classical_fill(image, hole, name)[window]
 
-    def _output(self, ps, results, warps, combined: CombinedWarp, guide: int, region, guide_region, result_image, timings) -> RefineOutput:
+    def _output(self, ps, results, warps, combined: CombinedWarp, guide: int, region, guide_region, result_image: Image.Image, timings) -> RefineOutput:
         """Gather one refinement's result: the guiding reference's region and map, the reference
         box whose tokens guided (cut to ``guide_region``, the whole object for None), what each
         reference gave, and the per-pixel source map."""
@@ -887,7 +887,7 @@ class RefineByAlignPipeline(DiffusionPipeline):
         g = refs[guide]
         info = dict(g.info) | ({"ring_ncc": g.ring_ncc} if g.ring_ncc is not None else {})
         return RefineOutput(
-            image=Image.fromarray(result_image), region=region, heatmap=g.heatmap, crop_box=p.crop_box,
+            image=result_image, region=region, heatmap=g.heatmap, crop_box=p.crop_box,
             reference_box=self._guide_box(ps[guide], guide_region), timings=timings, random_weights=self.random_weights,
             alignment=g.alignment, notes=notes, info=info, references=refs, guide=guide, source=source,
             warp_fraction=float(combined.weight[mask_box].mean()) if mask_box.any() else 0.0,

@@ -341,3 +341,14 @@ def test_batch_on_two_processes_with_the_launcher(tmp_path):
     assert all((tmp_path / "out" / f"o{i}.png").is_file() for i in range(3))
     assert [e["output"] for e in _jsonl(tmp_path / "out" / ERRORS_FILE)] == ["bad.png"]
     assert _jsonl(tmp_path / "out" / "done.r0.jsonl") and _jsonl(tmp_path / "out" / "done.r1.jsonl")
+
+
+def test_progress_bar_counts_the_last_jobs_failure(tmp_path, capsys):
+    """The bar's failure count is set after each job, so it ends at the summary's count even when
+    the last job is the one that failed."""
+    _write_case(tmp_path / "in", "c0", 0)
+    manifest = _manifest(tmp_path / "jobs.jsonl", [_job("c0", output="a.png"), _job("c0", output="b.png"), _job("c9")])
+    s = run_batch(manifest, tmp_path / "out", NegateMask(), progress=True)
+    assert s["failed"] == 1
+    err = capsys.readouterr().err
+    assert "failed=1" in err.replace("\r", "\n").strip().splitlines()[-1], err

@@ -212,3 +212,36 @@ def test_align_says_when_a_refine_would_discount_the_warp_for_its_misfit():
     assert _misfit_clause(None) == "" and _misfit_clause(lo) == ""
     assert _misfit_clause((lo + hi) / 2) == f", its fit misses its own matches by {(lo + hi) / 2:.1f} px: a refine blends its warp in at 50% of its trust"
     assert _misfit_clause(hi + 1.0).endswith("a refine does not use its warp")
+
+
+@pytest.mark.parametrize("command", ["refine", "align", "detect"])
+def test_input_errors_come_before_torch_is_imported(tmp_path, command):
+    """A mistyped path or a bad setting is said before the seconds of importing torch and diffusers:
+    the process that reports it never imports them."""
+    ex = EXAMPLES_DIR / "badge"
+    args = ["--image", str(tmp_path / "missing.png"), "--reference", str(ex / "reference.png"), "--output", str(tmp_path / "o.png")]
+    if command != "detect":
+        args += ["--mask", str(ex / "mask.png")]
+    code = (
+        "import sys; from refine_by_align.cli import main; "
+        f"rc = main({[command] + args!r}); "
+        "print(rc, 'torch' in sys.modules, 'diffusers' in sys.modules)"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert out.stdout.split() == ["2", "False", "False"], (out.stdout, out.stderr)
+    assert "missing.png" in out.stderr and "file not found" in out.stderr
+
+
+def test_convert_matcher_command(tmp_path, capsys):
+    import torch
+
+    from refine_by_align.models.aliked import ALIKED, ALIKED_CONFIGS
+
+    src = tmp_path / "aliked-t16.pth"
+    torch.save(ALIKED(ALIKED_CONFIGS["aliked-t16"]).state_dict(), src)
+    assert main(["convert-matcher", str(src), "--output", str(tmp_path / "aliked" / "aliked-t16.safetensors")]) == 0
+    assert (tmp_path / "aliked" / "aliked-t16.safetensors").is_file() and "wrote" in capsys.readouterr().out
+    (tmp_path / "notes.pth").write_text("not a checkpoint")
+    assert main(["convert-matcher", str(tmp_path / "notes.pth")]) == 2
+    err = capsys.readouterr().err
+    assert "not a PyTorch checkpoint" in err and len(err.strip().splitlines()) == 1

@@ -48,6 +48,8 @@ def test_detect_writes_mask_and_heatmap(tmp_path, capsys):
         (["--output", "{tmp}/out.png", "--reference-mask", "{tmp}/missing.png"], "missing.png"),
         (["--output", "{tmp}/out.xyz"], "unknown image extension"),
         (["--output", "{tmp}/out.png", "--threshold", "-1"], "--threshold"),
+        (["--output", "{tmp}/out.png", "--threshold", "7"], "--threshold for the learned method is a probability"),
+        (["--output", "{tmp}/out.png", "--method", "colour", "--threshold", "0"], "--threshold for the colour method"),
     ],
 )
 def test_detect_bad_inputs_are_one_line(tmp_path, capsys, extra, message):

@@ -2,6 +2,8 @@
 
 import argparse
 
+import pytest
+
 from refine_by_align.cli import EXAMPLES, build_parser
 
 
@@ -40,3 +42,19 @@ def test_bench_quality_help_names_every_method():
     method = next(a for a in _subcommands()["bench-quality"]._actions if a.dest == "method")
     listed = {w.strip(" ,") for w in method.help.split(",")[0].split("|")}
     assert listed == set(METHODS), listed ^ set(METHODS)
+
+
+def test_quiet_after_the_command_and_version(capsys):
+    """-q is taken before or after the command (after it, absent, the top level's value stands);
+    --version says the package's version."""
+    import refine_by_align
+    from refine_by_align.cli import build_parser
+
+    base = ["--image", "a.png", "--mask", "m.png", "--reference", "r.png", "--output", "o.png"]
+    p = build_parser()
+    assert p.parse_args(["refine", "-q", *base]).quiet
+    assert p.parse_args(["-q", "refine", *base]).quiet
+    assert not p.parse_args(["refine", *base]).quiet
+    with pytest.raises(SystemExit) as e:
+        p.parse_args(["--version"])
+    assert e.value.code == 0 and capsys.readouterr().out.strip() == f"refine-by-align {refine_by_align.__version__}"

@@ -165,7 +165,7 @@ def _parse_line(text: str, line: int, base: Path) -> BatchJob:
             seed = 0
         if isinstance(seed, bool) or not isinstance(seed, int) or not 0 <= seed < 2**63:
             raise InputError(f"seed must be an integer in 0..2^63-1, got {seed!r}")
-        from .pipelines.pipeline import check_settings
+        from .io import check_settings
 
         check_settings(steps, guidance)
         job.steps, job.guidance, job.seed = steps, (float(guidance) if guidance is not None else None), seed
@@ -554,8 +554,8 @@ def run_batch(
         bar = tqdm(total=len(jobs), desc=desc, unit="job", disable=not progress, dynamic_ncols=True, position=shard.rank)
         try:
             for job in jobs:
-                bar.set_postfix(failed=run.counts["failed"], refresh=False)
                 run.one(job)
+                bar.set_postfix(failed=run.counts["failed"], refresh=False)  # after the job: its own failure counts
                 bar.update()
         finally:
             bar.close()

@@ -7,7 +7,8 @@ import argparse
 import logging
 import sys
 
-from .commands import align, batch, bench_quality, bench_speed, bench_suite, demo, detect, grid_search, make_cases, plot, refine, serve, show_pairs, train
+from . import __version__
+from .commands import align, batch, bench_quality, bench_speed, bench_suite, convert_matcher, demo, detect, grid_search, make_cases, plot, refine, serve, show_pairs, train
 from .commands.common import EXIT_USAGE, MAX_SEED, CLIError, deprecation
 
 __all__ = ["main", "build_parser", "COMMANDS", "DEPRECATED_COMMANDS", "EXAMPLES", "CLIError"]
@@ -16,7 +17,7 @@ __all__ = ["main", "build_parser", "COMMANDS", "DEPRECATED_COMMANDS", "EXAMPLES"
 COMMANDS = {
     "refine": refine, "align": align, "bench-quality": bench_quality, "bench-suite": bench_suite, "grid-search": grid_search, "bench-speed": bench_speed,
     "serve": serve, "batch": batch, "demo": demo, "train": train, "plot": plot, "show-pairs": show_pairs,
-    "make-cases": make_cases, "detect": detect,
+    "make-cases": make_cases, "detect": detect, "convert-matcher": convert_matcher,
 }
 # old command name -> its new name: still accepted for one release, with one deprecation line on stderr
 DEPRECATED_COMMANDS = {"bench": "bench-quality", "benchmark": "bench-speed"}
@@ -32,11 +33,14 @@ def build_parser() -> argparse.ArgumentParser:
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     parser.add_argument("-q", "--quiet", action="store_true", help="no progress bars")
+    parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     for name, module in COMMANDS.items():
         p = sub.add_parser(
             name, help=module.HELP, epilog="example:\n  " + module.EXAMPLE, formatter_class=argparse.RawDescriptionHelpFormatter
         )
+        # -q after the command too (SUPPRESS: absent here, the top level's value stands)
+        p.add_argument("-q", "--quiet", action="store_true", default=argparse.SUPPRESS, help="no progress bars")
         module.add_arguments(p)
     return parser
 

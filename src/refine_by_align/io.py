@@ -7,6 +7,7 @@ file and the problem, so the CLI can print one line and exit with code 2.
 from __future__ import annotations
 
 import contextlib
+import math
 import os
 import tempfile
 import warnings
@@ -33,6 +34,9 @@ __all__ = [
     "mask_from_levels",
     "in_input_mode",
     "validate_inputs",
+    "check_settings",
+    "check_detect_settings",
+    "DETECT_METHODS",
     "save_image_atomic",
     "save_images_atomic",
     "encode_image",
@@ -280,6 +284,48 @@ def validate_inputs(
 
 
 INPUT_ROLES = ("image", "mask", "reference", "reference_mask")
+
+
+def check_settings(steps: int | None, guidance: float | None, samples: int | None = None) -> None:
+    """Reject meaningless sampling settings at the boundary (None = the model's default).
+
+    Guidance is bounded to 0..50: classifier-free guidance past a few tens only amplifies the
+    difference of two predictions (huge values overflow to a black result)."""
+    max_guidance = 50.0
+    if steps is not None and (not isinstance(steps, (int, np.integer)) or isinstance(steps, bool) or not 1 <= steps <= 1000):
+        raise InputError(f"steps must be an integer in 1..1000, got {steps!r}")
+    if guidance is not None:
+        ok = not isinstance(guidance, bool) and isinstance(guidance, (int, float, np.integer, np.floating))
+        if ok:
+            try:
+                value = float(guidance)
+            except OverflowError:  # an int past float's range
+                ok = False
+            else:
+                ok = math.isfinite(value) and 0.0 <= value <= max_guidance
+        if not ok:
+            raise InputError(f"guidance must be a finite number in 0..{max_guidance:g}, got {guidance!r}")
+    if samples is not None and (isinstance(samples, bool) or not isinstance(samples, (int, np.integer)) or not 1 <= samples <= 64):
+        raise InputError(f"num_samples must be an integer in 1..64, got {samples!r}")
+
+
+DETECT_METHODS = ("learned", "colour")
+
+
+def check_detect_settings(method: str, threshold: float | None, name: str = "threshold") -> None:
+    """A detection's method and threshold (None: the method's default), one InputError each: the
+    ``learned`` method's threshold is a probability (strictly between 0 and 1: at 1 or above
+    nothing could be proposed, at 0 everything), the ``colour`` method's a positive number of MADs.
+    ``name``: what the messages call the threshold (the CLI's ``--threshold``)."""
+    if method not in DETECT_METHODS:
+        raise InputError(f"unknown detection method {method!r} (choose {', '.join(DETECT_METHODS)})")
+    if threshold is None:
+        return
+    ok = not isinstance(threshold, bool) and isinstance(threshold, (int, float, np.integer, np.floating)) and math.isfinite(float(threshold))
+    if method == "learned" and not (ok and 0.0 < float(threshold) < 1.0):
+        raise InputError(f"{name} for the learned method is a probability strictly between 0 and 1 (default 0.8), got {threshold!r}")
+    if method == "colour" and not (ok and float(threshold) > 0.0):
+        raise InputError(f"{name} for the colour method is a positive number of MADs above the median (default 6), got {threshold!r}")
 
 
 def check_input_sizes(sizes: dict[str, tuple[int, int]], names: dict[str, str] | None = None, labels: dict[str, str] | None = None) -> None:

@@ -14,7 +14,9 @@ from safetensors import safe_open
 from refine_by_align.models.aliked import (
     ALIKED,
     SDDH,
+    ALIKED_CONFIGS,
     ALIKEDConfig,
+    convert_checkpoint,
     deform_conv2d,
     detect_and_describe,
     detect_keypoints,
@@ -291,6 +293,48 @@ def test_from_pretrained_missing_says_where(tmp_path):
     assert "\n" not in str(e.value)
     with pytest.raises(ValueError, match="safetensors"):
         ALIKED.from_pretrained(tmp_path / "aliked-n16.pth")
+
+
+class _NotATensor:  # a pickled object the restricted loader must refuse
+    def __reduce__(self):
+        return (os.getcwd, ())
+
+
+def test_convert_checkpoint_round_trip_and_refusals(tmp_path):
+    """Upstream's .pth (a pickled state dict) -> safetensors that from_pretrained loads with the same
+    tensors; a pickle holding anything but tensors, a state dict of another network and a wrong
+    output name are refused before anything is written."""
+    torch.manual_seed(0)
+    net = ALIKED(ALIKED_CONFIGS["aliked-t16"])
+    src = tmp_path / "aliked-t16.pth"
+    torch.save(net.state_dict(), src)
+    out = convert_checkpoint(src)
+    assert out == tmp_path / "aliked-t16.safetensors"
+    loaded = ALIKED.from_pretrained(out)
+    assert loaded.config == ALIKED_CONFIGS["aliked-t16"]
+    for k, v in net.state_dict().items():
+        assert torch.equal(loaded.state_dict()[k], v), k
+    torch.save({"state_dict": net.state_dict()}, tmp_path / "wrapped.pth")  # a training checkpoint's layout
+    assert convert_checkpoint(tmp_path / "wrapped.pth", tmp_path / "w" / "x.safetensors").is_file()
+
+    evil = tmp_path / "evil.pth"
+    torch.save({"block1.conv1.weight": _NotATensor()}, evil)
+    with pytest.raises(ValueError, match="not a PyTorch checkpoint of tensors"):
+        convert_checkpoint(evil)
+    other = tmp_path / "other.pth"
+    torch.save({"weight": torch.zeros(3)}, other)
+    with pytest.raises(ValueError, match="not an ALIKED"):
+        convert_checkpoint(other)
+    partial = {k: v for k, v in net.state_dict().items() if not k.startswith("desc_head.agg")}
+    partial.update({"desc_head.agg_weights": net.state_dict()["desc_head.agg_weights"], "extra.weight": torch.zeros(1)})
+    torch.save(partial, tmp_path / "partial.pth")
+    with pytest.raises(ValueError, match="unexpected"):
+        convert_checkpoint(tmp_path / "partial.pth")
+    with pytest.raises(ValueError, match="safetensors"):
+        convert_checkpoint(src, tmp_path / "x.pth")
+    with pytest.raises(ValueError, match="file not found"):
+        convert_checkpoint(tmp_path / "missing.pth")
+    assert sorted(p.name for p in tmp_path.glob("*.safetensors")) == ["aliked-t16.safetensors"]
 
 
 # ----------------------------------------------------------------------------- published weights

@@ -78,7 +78,7 @@ def run(args) -> int:
     from ..evaluation.bench import run_bench
     from ..evaluation.report import run_all
     from ..io import check_output_folder
-    from ..pipelines.pipeline import check_settings
+    from ..io import check_settings
 
     common = dict(limit=args.limit, model=args.model, clip=args.clip, dino=args.dino, captions=args.captions, progress=not args.quiet)
     if args.matcher_weights:  # the pipelines are built inside the evaluation code: point ALIKED's lookup there

@@ -21,26 +21,27 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         "--method", choices=("learned", "colour"), default="learned",
         help="learned (default): features robust to colour shifts and small misalignments; colour: the plain colour difference after the warp",
     )
-    p.add_argument("--threshold", type=float, default=None, help="learned: probability (default 0.8); colour: MADs above the median (default 6)")
+    p.add_argument("--threshold", type=float, default=None, help="learned: a probability, 0 < T < 1 (default 0.8); colour: MADs above the median, T > 0 (default 6)")
     p.add_argument("--matcher-weights", default=None, help="ALIKED weights (.safetensors file or folder; default: ../shared/weights/aliked; SIFT alone where absent)")
 
 
 def run(args) -> int:
     from PIL import Image
 
-    from ..io import load_image, load_mask, save_images_atomic
-    from ..pipelines.detect import detect, load_matcher
-    from ..visualize import render_heatmap_overlay
+    from ..io import check_detect_settings, load_image, load_mask, save_images_atomic
 
+    # the arguments and the input files are checked before the heavy imports (torch: seconds)
     out = check_output(args.output, mode="L")
     heat_path = check_output(args.heatmap, "heatmap") if args.heatmap else None
     inputs = [("--image", args.image), ("--reference", args.reference)] + ([("--reference-mask", args.reference_mask)] if args.reference_mask else [])
     check_outputs(inputs, [("--output", out), ("--heatmap", heat_path)])
-    if args.threshold is not None and not args.threshold > 0:
-        raise CLIError(f"--threshold must be positive, got {args.threshold}")
+    check_detect_settings(args.method, args.threshold, "--threshold")
     image = load_image(args.image, "image")
     reference = load_image(args.reference, "reference")
     ref_mask = load_mask(args.reference_mask, "reference mask") if args.reference_mask else None
+    from ..pipelines.detect import detect, load_matcher
+    from ..visualize import render_heatmap_overlay
+
     aliked = load_matcher(args.matcher_weights)
     if aliked is None and args.matcher_weights is not None:
         raise CLIError(f"--matcher-weights '{args.matcher_weights}': no ALIKED weights there")

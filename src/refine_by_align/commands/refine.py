@@ -31,10 +31,10 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 def run(args) -> int:
     from PIL import Image
 
-    from ..io import save_images_atomic, to_rgb
-    from ..pipelines.pipeline import check_settings
-    from ..visualize import compare_picture
+    from ..io import check_settings, save_images_atomic, to_rgb
 
+    # every check of the arguments and the input files comes before the heavy imports (torch,
+    # diffusers: several seconds), so a mistyped path is said at once
     out = check_output(args.output)
     region_path = check_output(args.region, "region", "L") if args.region else None
     compare = check_output(args.compare, "compare") if args.compare else out.with_name(out.stem + ".compare.png")
@@ -42,6 +42,8 @@ def run(args) -> int:
     check_outputs(input_files(args), [("--output", out), ("--region", region_path), (compare_flag, compare)])
     check_settings(args.steps, args.guidance, args.samples)
     image, mask, reference, ref_mask, names = read_inputs(args)
+    from ..visualize import compare_picture
+
     pipe = common.load_model(args.model, args.quiet, args.matcher_weights, args.dtype)
     check_alignment_options(pipe, args.alignment_timestep, args.alignment_layer)
     result = pipe(

@@ -40,6 +40,7 @@ __all__ = [
     "ALIKED",
     "SparseFeatureMap",
     "ALIKEDConfig",
+    "convert_checkpoint",
     "ALIKED_CONFIGS",
     "DEFAULT_WEIGHTS_NAME",
     "deform_conv2d",
@@ -114,6 +115,46 @@ def find_weights(name: str = DEFAULT_WEIGHTS_NAME, path: str | os.PathLike | Non
         if cand.is_file():
             return cand
     return None
+
+
+def convert_checkpoint(src: str | os.PathLike, dst: str | os.PathLike | None = None) -> Path:
+    """Upstream's ALIKED checkpoint (``models/aliked-n16.pth`` of Shiaoming/ALIKED, a pickled state
+    dict) -> safetensors, the only format :meth:`ALIKED.from_pretrained` loads. The pickle is read
+    with ``torch.load(weights_only=True)``: PyTorch's restricted unpickler builds tensors and plain
+    containers only and refuses anything else, so a tampered file cannot run code. The keys are
+    checked against the network (every tensor of one of :data:`ALIKED_CONFIGS`' architectures,
+    nothing more) before anything is written. ``dst``: default ``src`` with ``.safetensors``.
+    Returns the path written. One ValueError on a file that is not an ALIKED checkpoint."""
+    from safetensors.torch import save_file
+
+    src = Path(src).expanduser()
+    dst = src.with_suffix(".safetensors") if dst is None else Path(dst).expanduser()
+    if dst.suffix != ".safetensors":
+        raise ValueError(f"output '{dst}': must end in .safetensors")
+    if dst.resolve() == src.resolve():
+        raise ValueError(f"output '{dst}' is the input file: give another path")
+    try:
+        state = torch.load(src, map_location="cpu", weights_only=True)
+    except FileNotFoundError:
+        raise ValueError(f"'{src}': file not found") from None
+    except Exception as e:  # the restricted unpickler refuses, or not a torch file at all
+        raise ValueError(f"'{src}': not a PyTorch checkpoint of tensors ({str(e).splitlines()[0] if str(e) else type(e).__name__})") from None
+    if isinstance(state, dict) and isinstance(state.get("state_dict"), dict):
+        state = state["state_dict"]
+    if not isinstance(state, dict) or not all(isinstance(k, str) and isinstance(v, torch.Tensor) for k, v in state.items()):
+        raise ValueError(f"'{src}': not a state dict of named tensors")
+    try:
+        net = ALIKED(_config_from_state(state))
+    except ValueError as e:
+        raise ValueError(f"'{src}': {e}") from None
+    wanted = net.state_dict()
+    missing, extra = sorted(set(wanted) - set(state)), sorted(set(state) - set(wanted))
+    bad = [k for k in wanted if k in state and tuple(state[k].shape) != tuple(wanted[k].shape)]
+    if missing or extra or bad:
+        raise ValueError(f"'{src}': not an ALIKED checkpoint (missing {missing[:3]}, unexpected {extra[:3]}, mis-shaped {bad[:3]})")
+    dst.parent.mkdir(parents=True, exist_ok=True)
+    save_file({k: v.detach().contiguous() for k, v in state.items()}, str(dst), metadata={"source": src.name})
+    return dst
 
 
 def _config_from_state(state: dict[str, torch.Tensor]) -> ALIKEDConfig:
@@ -512,7 +553,7 @@ class ALIKED(nn.Module):
         s = os.fspath(name_or_path)
         p = Path(s).expanduser()
         if p.suffix in (".pth", ".pt", ".ckpt", ".bin", ".pkl"):
-            raise ValueError(f"ALIKED weights must be a .safetensors file (not a pickle): {p}")
+            raise ValueError(f"ALIKED weights must be a .safetensors file (not a pickle): {p}; convert it first: refine-by-align convert-matcher {p}")
         if s not in ALIKED_CONFIGS and (p.is_dir() or p.is_file() or p.suffix == ".safetensors"):
             name, path = (DEFAULT_WEIGHTS_NAME if p.is_dir() else p.stem), p
         else:  # a weights name (a known one, or NAME.safetensors in the usual folders)

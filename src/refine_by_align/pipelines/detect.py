@@ -341,10 +341,9 @@ def detect(
     When no consistent field is found the mask is empty and ``info["note"]`` says why. An image
     over ``max_side`` px is compared scaled down to it, the results read back at its own size
     (``info["working_scale"]``; the reference as given)."""
-    from ..io import InputError, alpha_mask, to_rgb
+    from ..io import InputError, alpha_mask, check_detect_settings, to_rgb
 
-    if method not in ("learned", "colour"):
-        raise InputError(f"unknown detection method '{method}' (choose learned, colour)")
+    check_detect_settings(method, threshold)
     if not isinstance(image, np.ndarray):
         image = np.asarray(to_rgb(image))
     if not isinstance(reference, np.ndarray):

@@ -8,7 +8,6 @@ stage inpaints a zoomed-in crop of I_a guided by the tokens of I_r x M* and past
 from __future__ import annotations
 
 import logging
-import math
 import time
 import warnings
 from dataclasses import dataclass, field, replace
@@ -22,7 +21,7 @@ from PIL import Image
 
 from ..config import CONFIG_NAMES, get_config
 from ..fill import CLASSICAL_FILLS, MIXED_FILLS, classical_fill, local_mixed_fill, residual_patch, warp_at, warp_composite
-from ..io import InputError, alpha_mask, in_input_mode, to_mask, to_rgb, validate_inputs
+from ..io import InputError, alpha_mask, check_settings, in_input_mode, to_mask, to_rgb, validate_inputs
 from ..models.refiner import RefineByAlignModel
 from ..zoom import Box, crop_resize, mask_bbox, paste_back, square_pad_box, zoom_box
 from .alignment import (
@@ -63,29 +62,6 @@ def resolve_device(device: str | torch.device | None = None) -> torch.device:
     if device.type == "cuda" and not torch.cuda.is_available():
         raise ValueError("device 'cuda' was asked for but no CUDA GPU is visible")
     return device
-
-
-def check_settings(steps: int | None, guidance: float | None, samples: int | None = None) -> None:
-    """Reject meaningless sampling settings at the boundary (None = the model's default).
-
-    Guidance is bounded to 0..50: classifier-free guidance past a few tens only amplifies the
-    difference of two predictions (huge values overflow to a black result)."""
-    max_guidance = 50.0
-    if steps is not None and (not isinstance(steps, (int, np.integer)) or isinstance(steps, bool) or not 1 <= steps <= 1000):
-        raise InputError(f"steps must be an integer in 1..1000, got {steps!r}")
-    if guidance is not None:
-        ok = not isinstance(guidance, bool) and isinstance(guidance, (int, float, np.integer, np.floating))
-        if ok:
-            try:
-                value = float(guidance)
-            except OverflowError:  # an int past float's range
-                ok = False
-            else:
-                ok = math.isfinite(value) and 0.0 <= value <= max_guidance
-        if not ok:
-            raise InputError(f"guidance must be a finite number in 0..{max_guidance:g}, got {guidance!r}")
-    if samples is not None and (isinstance(samples, bool) or not isinstance(samples, (int, np.integer)) or not 1 <= samples <= 64):
-        raise InputError(f"num_samples must be an integer in 1..64, got {samples!r}")
 
 
 def make_scheduler(model: RefineByAlignModel):

@@ -61,7 +61,7 @@ from starlette.concurrency import run_in_threadpool
 from starlette.requests import ClientDisconnect
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from ..io import InputError, alpha_mask, check_input_sizes, decode_image, load_inputs, open_image, to_mask, to_rgb
+from ..io import DETECT_METHODS, InputError, alpha_mask, check_detect_settings, check_input_sizes, decode_image, load_inputs, open_image, to_mask, to_rgb
 from .jobs import Job, JobRunner, QueueFull, Slot
 from .page import INDEX_HTML
 from .settings import ServerSettings, host_allowed
@@ -232,7 +232,7 @@ def _prepare(files: dict[str, tuple[bytes, str]], values: dict[str, str], settin
     """Check the values and the images' headers (sizes), hold a place in the queue (``reserve()``,
     QueueFull when there is none), then decode and check the pixels (runs in a worker thread).
     Returns the inputs and the held place (the caller submits the job in it or releases it)."""
-    from ..pipelines.pipeline import check_settings
+    from ..io import check_settings
 
     steps = _int_value(values, "steps")
     guidance = _float_value(values, "guidance")
@@ -361,11 +361,10 @@ def _prepare_detect(files: dict[str, tuple[bytes, str]], values: dict[str, str],
     """As :func:`_prepare` for a detection (no mask): the values and the headers (sizes) are checked,
     a place in the queue is held, then the pixels are decoded and checked (runs in a worker thread)."""
     method = values.get("method", "").strip() or "learned"
-    if method not in ("learned", "colour"):
+    if method not in DETECT_METHODS:
         raise InputError(f"method must be 'learned' or 'colour', got {method!r}")
     threshold = _float_value(values, "threshold")
-    if threshold is not None and not (math.isfinite(threshold) and threshold > 0):
-        raise InputError(f"threshold must be a positive number, got {values['threshold'].strip()!r}")
+    check_detect_settings(method, threshold)
     names = {role: str(name) for role, (_, name) in files.items()}
     sizes = {
         role: open_image(data, role, names[role], max_side=settings.max_image_side, too_large=UploadTooLarge).size

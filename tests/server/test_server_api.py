@@ -3,6 +3,7 @@ bad input is a 4xx JSON error and the server keeps serving afterwards."""
 
 import base64
 import io
+import logging
 import threading
 from pathlib import Path
 
@@ -243,6 +244,16 @@ def test_detect_bad_inputs_are_4xx_json(client, api_inputs, png):
         assert r.headers["content-type"] == "application/json", name
         assert message in r.json()["error"], (name, r.json())
     assert client.get("/api/health").status_code == 200
+
+
+def test_refused_requests_log_their_reason(client, caplog):
+    """The server's log says why a request was refused (uvicorn's access line says only "400")."""
+    f = _badge_files("image", "reference")
+    with caplog.at_level(logging.INFO, logger="uvicorn.error"):
+        r = client.post("/api/detect", files=f, data={"threshold": "7"})
+    assert r.status_code == 400
+    lines = [rec.getMessage() for rec in caplog.records if rec.name == "uvicorn.error"]
+    assert any("POST /api/detect refused (400)" in x and "strictly between 0 and 1" in x for x in lines), lines
 
 
 def test_detect_empty_proposal_says_so(client, api_inputs):

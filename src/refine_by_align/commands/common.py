@@ -45,7 +45,9 @@ def load_model(model: str, quiet: bool, matcher_weights: str | None = None, dtyp
         if not native_bf16(pipe.device):
             where = "a CPU without native bf16 (no AMX or AVX-512 BF16)" if pipe.device.type == "cpu" else f"a {pipe.device.type} device without bf16 support"
             print(f"note: --dtype bf16 on {where}: PyTorch emulates it, far slower than fp32", file=sys.stderr)
-    pipe.set_progress_bar_config(disable=quiet, leave=False, desc="refine")
+    # the sampler's bar only on a terminal (None: tqdm's own check): in a log file its carriage
+    # returns run it into the next printed line
+    pipe.set_progress_bar_config(disable=True if quiet else None, leave=False, desc="refine")
     if matcher_weights is not None and not pipe.set_matcher(matcher_weights):
         raise CLIError(f"--matcher-weights: {pipe._aliked_note}")
     return pipe

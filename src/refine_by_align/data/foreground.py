@@ -8,7 +8,7 @@ from PIL import Image
 
 from ..memo import ContentCache
 
-__all__ = ["estimate_foreground", "clear_foreground_cache", "plain_frame"]
+__all__ = ["estimate_foreground", "estimate_note", "clear_foreground_cache", "plain_frame"]
 
 _ESTIMATES = ContentCache(8)  # (pixels, settings) -> (H, W) bool estimate
 
@@ -64,6 +64,14 @@ def estimate_foreground(image: Image.Image | np.ndarray, work_side: int = 256, m
 #: channel) of its median colour is a plain background (:func:`plain_frame`).
 PLAIN_SHARE = 0.85
 PLAIN_TOLERANCE = 8
+
+
+def estimate_note(mask: np.ndarray) -> str:
+    """The one-line note that says what :func:`estimate_foreground` gave (the refinement's and the
+    detection's, worded the same)."""
+    if mask.all():
+        return "no reference mask, and no object stands out from the photo's background: the whole photo is the reference"
+    return f"no reference mask: the object was estimated from the photo ({mask.mean():.0%} of it); give a reference mask to set it"
 
 
 def plain_frame(rgb: np.ndarray, margin_px: tuple[int, int], share: float = PLAIN_SHARE, tolerance: int = PLAIN_TOLERANCE) -> bool:

@@ -370,10 +370,10 @@ def detect(
         return _detect_scaled(image, reference, reference_mask, aliked, method, threshold, erode_px, estimate_object, int(max_side))
     notes = []
     if reference_mask is None and estimate_object:  # as the pipeline does: the object estimated by GrabCut
-        from ..data.foreground import estimate_foreground
+        from ..data.foreground import estimate_foreground, estimate_note
 
         reference_mask = estimate_foreground(reference)
-        notes.append(f"no reference mask: the object was estimated from the photo ({reference_mask.mean():.0%} of it); give a reference mask to set it")
+        notes.append(estimate_note(reference_mask))
     fld, info = fit_image_field(image, reference, reference_mask, aliked, erode_px=erode_px)
     info["method"] = method
     info["notes"] = notes

@@ -329,14 +329,10 @@ class RefineByAlignPipeline(DiffusionPipeline):
         validate_inputs(rgb, mask, ref_rgb, reference_mask, names)
         notes = []
         if reference_mask is None:  # no mask and no alpha: estimate the object (data/foreground.py)
-            from ..data.foreground import estimate_foreground
+            from ..data.foreground import estimate_foreground, estimate_note
 
             reference_mask = estimate_foreground(ref_rgb)
-            notes.append(
-                "no reference mask, and no object stands out from the photo's background: the whole photo is the reference"
-                if reference_mask.all() else
-                f"no reference mask: the object was estimated from the photo ({reference_mask.mean():.0%} of it); give a reference mask to set it"
-            )
+            notes.append(estimate_note(reference_mask))
         ref = np.asarray(ref_rgb).copy()
         ref[~reference_mask] = 0
         crop_box = zoom_box(mask, grow=cfg.zoom_grow, min_size=cfg.zoom_min_size)

@@ -151,7 +151,7 @@ def test_check_settings_accepts_sensible_guidance(guidance):
 def test_cli_refuses_huge_guidance(tmp_path, capsys, no_compute, guidance):
     paths = _inputs(tmp_path / "in")
     out = tmp_path / "o.png"
-    _refused(_refine(paths, out, "--guidance", guidance), capsys, "guidance must be a finite number in 0..50")
+    _refused(_refine(paths, out, "--guidance", guidance), capsys, "--guidance must be a finite number in 0..50")
     assert not out.exists()
 
 

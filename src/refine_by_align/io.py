@@ -286,14 +286,23 @@ def validate_inputs(
 INPUT_ROLES = ("image", "mask", "reference", "reference_mask")
 
 
-def check_settings(steps: int | None, guidance: float | None, samples: int | None = None) -> None:
-    """Reject meaningless sampling settings at the boundary (None = the model's default).
+#: how :func:`check_settings` names the settings: the Python API's argument names
+SETTING_NAMES = {"steps": "steps", "guidance": "guidance", "samples": "num_samples"}
+#: the command line's option names for the same settings
+SETTING_OPTIONS = {"steps": "--steps", "guidance": "--guidance", "samples": "--samples"}
+
+
+def check_settings(steps: int | None, guidance: float | None, samples: int | None = None, names: dict[str, str] | None = None) -> None:
+    """Reject meaningless sampling settings at the boundary (None = the model's default). The
+    messages call them by ``names`` (default :data:`SETTING_NAMES`; the CLI passes
+    :data:`SETTING_OPTIONS`).
 
     Guidance is bounded to 0..50: classifier-free guidance past a few tens only amplifies the
     difference of two predictions (huge values overflow to a black result)."""
     max_guidance = 50.0
+    n = SETTING_NAMES | (names or {})
     if steps is not None and (not isinstance(steps, (int, np.integer)) or isinstance(steps, bool) or not 1 <= steps <= 1000):
-        raise InputError(f"steps must be an integer in 1..1000, got {steps!r}")
+        raise InputError(f"{n['steps']} must be an integer in 1..1000, got {steps!r}")
     if guidance is not None:
         ok = not isinstance(guidance, bool) and isinstance(guidance, (int, float, np.integer, np.floating))
         if ok:
@@ -304,9 +313,9 @@ def check_settings(steps: int | None, guidance: float | None, samples: int | Non
             else:
                 ok = math.isfinite(value) and 0.0 <= value <= max_guidance
         if not ok:
-            raise InputError(f"guidance must be a finite number in 0..{max_guidance:g}, got {guidance!r}")
+            raise InputError(f"{n['guidance']} must be a finite number in 0..{max_guidance:g}, got {guidance!r}")
     if samples is not None and (isinstance(samples, bool) or not isinstance(samples, (int, np.integer)) or not 1 <= samples <= 64):
-        raise InputError(f"num_samples must be an integer in 1..64, got {samples!r}")
+        raise InputError(f"{n['samples']} must be an integer in 1..64, got {samples!r}")
 
 
 DETECT_METHODS = ("learned", "colour")

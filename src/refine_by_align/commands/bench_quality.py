@@ -78,7 +78,7 @@ def run(args) -> int:
     from ..evaluation.bench import run_bench
     from ..evaluation.report import run_all
     from ..io import check_output_folder
-    from ..io import check_settings
+    from ..io import SETTING_OPTIONS, check_settings
 
     common = dict(limit=args.limit, model=args.model, clip=args.clip, dino=args.dino, captions=args.captions, progress=not args.quiet)
     if args.matcher_weights:  # the pipelines are built inside the evaluation code: point ALIKED's lookup there
@@ -87,7 +87,7 @@ def run(args) -> int:
         if not Path(args.matcher_weights).is_dir():
             raise CLIError(f"--matcher-weights '{args.matcher_weights}': bench-quality takes a folder (holding aliked-n16.safetensors)")
         os.environ[WEIGHTS_ENV] = str(Path(args.matcher_weights).resolve())
-    check_settings(args.steps, args.guidance, args.samples)
+    check_settings(args.steps, args.guidance, args.samples, SETTING_OPTIONS)
     check_output_folder(args.output, "--output")
     options = _method_options(args)
     out = Path(args.output)

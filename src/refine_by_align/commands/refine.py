@@ -31,7 +31,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 def run(args) -> int:
     from PIL import Image
 
-    from ..io import check_settings, save_images_atomic, to_rgb
+    from ..io import SETTING_OPTIONS, check_settings, save_images_atomic, to_rgb
 
     # every check of the arguments and the input files comes before the heavy imports (torch,
     # diffusers: several seconds), so a mistyped path is said at once
@@ -40,7 +40,7 @@ def run(args) -> int:
     compare = check_output(args.compare, "compare") if args.compare else out.with_name(out.stem + ".compare.png")
     compare_flag = "--compare" if args.compare else "the compare picture"
     check_outputs(input_files(args), [("--output", out), ("--region", region_path), (compare_flag, compare)])
-    check_settings(args.steps, args.guidance, args.samples)
+    check_settings(args.steps, args.guidance, args.samples, SETTING_OPTIONS)
     image, mask, reference, ref_mask, names = read_inputs(args)
     from ..visualize import compare_picture
 

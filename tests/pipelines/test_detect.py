@@ -139,3 +139,36 @@ def test_a_large_reference_is_scaled_with_the_image_and_its_positions_read_back(
     assert D.mask_scores(big.mask, up)["iou"] > 0.8
     # the small field's position p on the 240 px reference is 3 (p + 0.5) - 0.5 on the 720 px one
     assert np.allclose(big.field.xy[301, 451], 3 * (small.field.xy[100, 150] + 0.5) - 0.5, atol=1.5)
+
+
+def test_settle_field_takes_up_a_smooth_residual_but_not_an_artifact():
+    """A field 1-2 px off by a smooth error, over an image that is the reference itself: the settled
+    field is under half a pixel off away from a pasted artifact, and no farther off than before on
+    the artifact (the smoothed flow cannot follow it)."""
+    from refine_by_align.pipelines.fields import DenseField
+    from refine_by_align.zoom import Box
+
+    rng = np.random.default_rng(3)
+    h = w = 192
+    tex = cv2.GaussianBlur(rng.normal(0, 1, (h, w, 3)).astype(np.float32), (0, 0), 2.0)
+    reference = np.clip(128 + 60 * tex / tex.std(), 0, 255).astype(np.uint8)
+    image = reference.copy()
+    image[80:104, 90:114] = rng.integers(0, 256, (24, 24, 3), dtype=np.uint8)  # the artifact
+    ys, xs = np.mgrid[0:h, 0:w].astype(np.float32)
+    err = np.stack([1.5 * np.sin(ys / 40.0), 1.2 * np.cos(xs / 35.0)], -1).astype(np.float32)  # smooth, 1-2 px
+    fld = DenseField(Box(0, 0, w, h), np.stack([xs, ys], -1) + err, None, np.ones((h, w), bool))
+    settled = D.settle_field(image, reference, np.ones((h, w), bool), fld, erode_px=2)
+    before = np.linalg.norm(fld.xy - np.stack([xs, ys], -1), axis=-1)
+    after = np.linalg.norm(settled.xy - np.stack([xs, ys], -1), axis=-1)
+    art = np.zeros((h, w), bool)
+    art[80:104, 90:114] = True
+    inner = np.zeros((h, w), bool)
+    inner[12:-12, 12:-12] = True  # the flow's own border is rough
+    away = inner & ~cv2.dilate(art.astype(np.uint8), np.ones((25, 25), np.uint8)).astype(bool)
+    assert before[away].mean() > 1.0
+    assert after[away].mean() < 0.5, after[away].mean()
+    assert after[art].mean() <= before[art].mean()
+    assert settled.xy.shape == fld.xy.shape and settled.on_object[inner].all()  # recomputed: the 1 px eroded object
+    # fewer than 500 pixels on the object: the field as given
+    small = DenseField(Box(0, 0, w, h), fld.xy, None, np.zeros((h, w), bool))
+    assert D.settle_field(image, reference, None, small) is small

@@ -6,7 +6,9 @@ found, :func:`~.matching.aliked_matches`, each with an empty exclusion mask, in 
 orientations of the reference), a robust homography plus thin-plate-spline residual
 (:func:`~.fields.fit_field`) evaluated on every pixel (:func:`~.fields.dense_field`).
 Artifacts are few and local, so RANSAC treats the matches on them as outliers and the field follows
-the rest of the object.
+the rest of the object. The fit leaves a smooth residual where the object bends; a dense optical
+flow between the image and the warp, smoothed over many pixels (:func:`settle_field`), takes it
+up, too coarse to follow an artifact.
 
 Where the image disagrees with the reference warped through the field is scored by
 :func:`disagreement`, built to ignore what differs between two honest photos of the object:
@@ -122,6 +124,66 @@ def fit_image_field(
     fit = fld.fit
     info.update(source=name, inliers=fit.inliers, mirrored=mirrored, smoothing=fit.smoothing, residual_px=round(fit.residual_px, 3))
     return fld, info
+
+
+#: px: the Gaussian over which :func:`settle_field` smooths the flow (chosen on the seed-1 cases)
+SETTLE_SIGMA = 10.0
+#: the share of the flow's vectors, those farthest from its median, that :func:`settle_field`
+#: leaves out of the smoothing (an artifact's own flow is wild)
+SETTLE_OUTLIERS = 0.1
+
+
+def settle_field(
+    image: np.ndarray, reference: np.ndarray, reference_mask: np.ndarray | None, fld: DenseField, erode_px: int = 8, sigma: float = SETTLE_SIGMA
+) -> DenseField:
+    """The whole-image field with the smooth residual its fit left taken up by optical flow.
+
+    The homography plus thin-plate spline through the matches leaves a few pixels of error on a
+    bent object, and at that error every edge of the object disagrees with the warp (false
+    alarms). Here DIS optical flow (Kroeger et al., ECCV 2016, OpenCV's MEDIUM preset) from the
+    image to the colour-matched warp gives each pixel's remaining shift; the shifts of the pixels
+    that land on the object (``erode_px`` inside it) are averaged by a Gaussian of ``sigma`` px
+    (normalised convolution), leaving out the :data:`SETTLE_OUTLIERS` share farthest from their
+    median, so the result is a smooth correction that an artifact (a few per cent of the image)
+    cannot pull toward itself. The field is composed with it (``xy(p + shift(p))``) and its
+    on-object mask recomputed as :func:`~.fields.dense_field` computes it. The settled field is
+    kept only where its colour-matched warp correlates with the image better than the fitted
+    field's (grey values where both land on the object): on a thin or see-through object the flow
+    follows the background showing through it. Detection IoU on the nonrigid cases of the
+    validation sets rises most (README, "Artifact detection"). Returns the settled field or the
+    given one (also where fewer than 500 pixels land on the object)."""
+    from dataclasses import replace
+
+    valid = _valid(fld, erode_px)
+    if valid.sum() < 500:
+        return fld
+    warped = _matched_warp(image, reference, fld, valid)
+    g_image = cv2.cvtColor(image, cv2.COLOR_RGB2GRAY)
+    g_warp = cv2.cvtColor(warped.astype(np.uint8), cv2.COLOR_RGB2GRAY)
+    flow = cv2.DISOpticalFlow_create(cv2.DISOPTICAL_FLOW_PRESET_MEDIUM).calc(g_image, g_warp, None)  # (H, W, 2): image p ~ warp p + flow
+    dev = np.linalg.norm(flow - np.median(flow[valid], axis=0), axis=-1)
+    used = (valid & (dev <= np.quantile(dev[valid], 1.0 - SETTLE_OUTLIERS))).astype(np.float32)
+    num = cv2.GaussianBlur(flow * used[..., None], (0, 0), sigma)
+    den = cv2.GaussianBlur(used, (0, 0), sigma)[..., None]
+    shift = np.where(den > 1e-3, num / np.maximum(den, 1e-3), 0.0).astype(np.float32)  # (H, W, 2)
+    h, w = g_image.shape
+    ys, xs = np.mgrid[0:h, 0:w].astype(np.float32)
+    mx, my = xs + shift[..., 0], ys + shift[..., 1]
+    xy = np.stack([cv2.remap(np.ascontiguousarray(fld.xy[..., c]), mx, my, cv2.INTER_LINEAR, borderMode=cv2.BORDER_REPLICATE) for c in range(2)], -1)
+    on = fld.on_object
+    if reference_mask is not None:
+        obj = cv2.erode(np.asarray(reference_mask, bool).astype(np.uint8), _disk(1))
+        on = cv2.remap(obj.astype(np.float32), xy[..., 0], xy[..., 1], cv2.INTER_LINEAR, borderMode=cv2.BORDER_CONSTANT, borderValue=0) >= 0.99
+    settled = replace(fld, xy=xy.astype(np.float32), on_object=on)
+    # kept only where its warp agrees with the image better than the fit's did (on a thin or
+    # see-through object the flow follows what shows through it, and the warp falls apart)
+    both = valid & _valid(settled, erode_px)
+    if both.sum() < 500:
+        return fld
+    grey = g_image.astype(np.float32)
+    before = _ncc(grey[both], cv2.cvtColor(_matched_warp(image, reference, fld, both), cv2.COLOR_RGB2GRAY)[both])
+    after = _ncc(grey[both], cv2.cvtColor(_matched_warp(image, reference, settled, both), cv2.COLOR_RGB2GRAY)[both])
+    return settled if after > before else fld
 
 
 def _ncc(a: np.ndarray, b: np.ndarray) -> float:
@@ -329,6 +391,7 @@ def detect(
     erode_px: int = 8,
     estimate_object: bool = True,
     max_side: int | None = DETECT_MAX_SIDE,
+    settle: bool = True,
 ) -> Detection:
     """Propose the artifact mask of ``image`` (PIL image or (H, W, 3) uint8) against ``reference``
     (its object ``reference_mask`` (Hr, Wr) bool; None: the reference's alpha, else the whole
@@ -340,7 +403,9 @@ def detect(
     from the photo (``estimate_object``; else the whole photo), and ``info["notes"]`` says so.
     When no consistent field is found the mask is empty and ``info["note"]`` says why. An image
     over ``max_side`` px is compared scaled down to it, the results read back at its own size
-    (``info["working_scale"]``; the reference as given)."""
+    (``info["working_scale"]``; the reference as given). ``settle``: the fitted field's smooth
+    residual taken up by a smoothed optical flow first (:func:`settle_field`; False: the fit alone,
+    as before the thirty-first session)."""
     from ..io import InputError, alpha_mask, check_detect_settings, to_rgb
 
     check_detect_settings(method, threshold)
@@ -367,7 +432,7 @@ def detect(
             raise InputError("reference_mask: reference mask is empty (no object)")
     h, w = image.shape[:2]
     if max_side is not None and max(h, w) > max_side:
-        return _detect_scaled(image, reference, reference_mask, aliked, method, threshold, erode_px, estimate_object, int(max_side))
+        return _detect_scaled(image, reference, reference_mask, aliked, method, threshold, erode_px, estimate_object, int(max_side), settle)
     notes = []
     if reference_mask is None and estimate_object:  # as the pipeline does: the object estimated by GrabCut
         from ..data.foreground import estimate_foreground, estimate_note
@@ -375,6 +440,8 @@ def detect(
         reference_mask = estimate_foreground(reference)
         notes.append(estimate_note(reference_mask))
     fld, info = fit_image_field(image, reference, reference_mask, aliked, erode_px=erode_px)
+    if fld is not None and settle:
+        fld = settle_field(image, reference, reference_mask, fld, erode_px)
     info["method"] = method
     info["notes"] = notes
     if fld is None:
@@ -395,7 +462,7 @@ def detect(
     return Detection(mask, heat.astype(np.float32), valid, fld, info)
 
 
-def _detect_scaled(image, reference, reference_mask, aliked, method, threshold, erode_px, estimate_object, max_side: int) -> Detection:
+def _detect_scaled(image, reference, reference_mask, aliked, method, threshold, erode_px, estimate_object, max_side: int, settle: bool) -> Detection:
     """:func:`detect` on ``image`` (H, W, 3) scaled down (by area) to ``max_side`` px on its longer
     side, and the reference by the same factor where it stays at least ``max_side`` px (val2 at
     2048 px: IoU 0.27 with the reference as given, 0.31 scaled with the image), its results read
@@ -415,7 +482,7 @@ def _detect_scaled(image, reference, reference_mask, aliked, method, threshold, 
         reference = cv2.resize(reference, (rsw, rsh), interpolation=cv2.INTER_AREA)
         if reference_mask is not None:
             reference_mask = cv2.resize(np.asarray(reference_mask, np.uint8), (rsw, rsh), interpolation=cv2.INTER_NEAREST).astype(bool)
-    d = detect(small, reference, reference_mask, aliked, method, threshold, erode_px, estimate_object, max_side=None)
+    d = detect(small, reference, reference_mask, aliked, method, threshold, erode_px, estimate_object, max_side=None, settle=settle)
     if d.field is not None and (rsw, rsh) != (rw, rh):  # reference positions back on the reference as given
         d.field.xy = rescaled(d.field.xy, (rw / float(rsw), rh / float(rsh)))
     up = lambda a, interp: cv2.resize(np.asarray(a, np.float32), (w, h), interpolation=interp)  # noqa: E731
@@ -429,7 +496,7 @@ def _detect_scaled(image, reference, reference_mask, aliked, method, threshold, 
     return Detection(mask & valid, heat, valid, fld, info)
 
 
-def evaluate_cases(folder, aliked=None, methods: tuple[str, ...] = ("learned", "colour")) -> dict:
+def evaluate_cases(folder, aliked=None, methods: tuple[str, ...] = ("learned", "colour"), settle: bool = True) -> dict:
     """Score the proposals on a folder of case folders (``make-cases``: image.png, mask.png = the
     true artifact mask, reference.png, reference_mask.png): per case and method IoU, recall,
     precision and seconds; and their means per case kind (the folder name's last part) and over all.
@@ -446,7 +513,7 @@ def evaluate_cases(folder, aliked=None, methods: tuple[str, ...] = ("learned", "
         rm = load_mask(case / "reference_mask.png", "reference_mask") if (case / "reference_mask.png").exists() else None
         for method in methods:
             t = time.perf_counter()
-            det = detect(image, reference, rm, aliked=aliked, method=method)
+            det = detect(image, reference, rm, aliked=aliked, method=method, settle=settle)
             rows.append({"case": case.name, "kind": case.name.rsplit("_", 1)[-1], "method": method,
                          **{k: round(v, 4) for k, v in mask_scores(det.mask, true).items()},
                          "seconds": round(time.perf_counter() - t, 3), "field": det.field is not None})

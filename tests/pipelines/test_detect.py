@@ -38,7 +38,8 @@ def _scene(seed: int = 0, damage: bool = True):
 def test_detect_finds_the_damaged_patch(method):
     img, ref, ref_mask, true = _scene()
     det = D.detect(img, ref, ref_mask, method=method)
-    assert det.field is not None
+    assert det.field is not None and isinstance(det.info["settled"], bool)
+    assert "settled" not in D.detect(img, ref, ref_mask, method=method, settle=False).info
     assert det.mask.shape == img.shape[:2] and det.mask.dtype == bool
     assert det.heatmap.shape == img.shape[:2] and det.heatmap.dtype == np.float32
     assert 0.0 <= float(det.heatmap.min()) and float(det.heatmap.max()) <= 1.0

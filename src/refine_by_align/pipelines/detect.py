@@ -30,7 +30,7 @@ colour match, thresholded and cleaned the same way.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import cv2
 import numpy as np
@@ -54,7 +54,7 @@ class Detection:
     heatmap: np.ndarray  # (H, W) float32 in [0, 1]: the disagreement score (0 off the compared area)
     valid: np.ndarray  # (H, W) bool: where the image could be compared (its pixels land on the reference object)
     field: DenseField | None  # the image -> reference field (None: no consistent field)
-    info: dict = field(default_factory=dict)  # matches, inliers, mirrored, threshold, notes
+    info: dict = field(default_factory=dict)  # matches, inliers, mirrored, settled, threshold, notes
 
 
 def _disk(r: int) -> np.ndarray:
@@ -152,8 +152,6 @@ def settle_field(
     follows the background showing through it. Detection IoU on the nonrigid cases of the
     validation sets rises most (README, "Artifact detection"). Returns the settled field or the
     given one (also where fewer than 500 pixels land on the object)."""
-    from dataclasses import replace
-
     valid = _valid(fld, erode_px)
     if valid.sum() < 500:
         return fld
@@ -443,7 +441,8 @@ def detect(
         notes.append(estimate_note(reference_mask))
     fld, info = fit_image_field(image, reference, reference_mask, aliked, erode_px=erode_px)
     if fld is not None and settle:
-        fld = settle_field(image, reference, reference_mask, fld, erode_px)
+        fitted, fld = fld, settle_field(image, reference, reference_mask, fld, erode_px)
+        info["settled"] = fld is not fitted  # False: the flow's warp agreed with the image less than the fit's
     info["method"] = method
     info["notes"] = notes
     if fld is None:

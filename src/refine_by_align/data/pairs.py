@@ -61,7 +61,7 @@ from refine_by_align.data.readers import (
 from refine_by_align.data.synthetic import SyntheticSource
 from refine_by_align.fill import CLASSICAL_FILLS, TELEA_RADIUS, fill_hole, warp_at
 from refine_by_align.io import save_image_atomic
-from refine_by_align.pipelines.fields import DenseField, dense_field, field_misfit, fit_field
+from refine_by_align.pipelines.fields import DenseField, dense_field, field_misfit, fit_field, on_reference_object
 from refine_by_align.pipelines.matching import Matches, outside_mask
 from refine_by_align.pipelines.warp import warp_agreement, warp_fill
 from refine_by_align.zoom import Box, crop_resize, mask_bbox, square_pad_box, zoom_box
@@ -223,8 +223,7 @@ def _true_field(t: GeomTransform, box: Box, ref_obj: np.ndarray) -> DenseField:
     ys, xs = np.mgrid[box.y0 : box.y1, box.x0 : box.x1]
     q = t.forward_points(np.stack([xs.ravel(), ys.ravel()], 1)).astype(np.float32).reshape(box.height, box.width, 2)
     q[~np.isfinite(q)] = -1e4  # undefined (behind a perspective horizon): off the object
-    obj = cv2.erode(ref_obj.astype(np.uint8), cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (3, 3)))
-    on = cv2.remap(obj.astype(np.float32), q[..., 0], q[..., 1], cv2.INTER_LINEAR, borderMode=cv2.BORDER_CONSTANT, borderValue=0) >= 0.99
+    on = on_reference_object(q, ref_obj)
     return DenseField(box, q, on.astype(np.float32), on)
 
 

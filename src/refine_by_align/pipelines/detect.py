@@ -36,7 +36,7 @@ import cv2
 import numpy as np
 
 from ..zoom import Box, rescaled
-from .fields import DenseField, dense_field, field_at_full_scale, fit_field
+from .fields import DenseField, dense_field, field_at_full_scale, fit_field, on_reference_object
 from .matching import Matches, aliked_matches, sift_matches
 from .warp import colour_transfer
 
@@ -146,7 +146,7 @@ def settle_field(
     (normalised convolution), leaving out the :data:`SETTLE_OUTLIERS` share farthest from their
     median, so the result is a smooth correction that an artifact (a few per cent of the image)
     cannot pull toward itself. The field is composed with it (``xy(p + shift(p))``) and its
-    on-object mask recomputed as :func:`~.fields.dense_field` computes it. The settled field is
+    on-object mask recomputed (:func:`~.fields.on_reference_object`). The settled field is
     kept only where its colour-matched warp correlates with the image better than the fitted
     field's (grey values where both land on the object): on a thin or see-through object the flow
     follows the background showing through it. Detection IoU on the nonrigid cases of the
@@ -168,11 +168,8 @@ def settle_field(
     ys, xs = np.mgrid[0:h, 0:w].astype(np.float32)
     mx, my = xs + shift[..., 0], ys + shift[..., 1]
     xy = np.stack([cv2.remap(np.ascontiguousarray(fld.xy[..., c]), mx, my, cv2.INTER_LINEAR, borderMode=cv2.BORDER_REPLICATE) for c in range(2)], -1)
-    on = fld.on_object
-    if reference_mask is not None:
-        obj = cv2.erode(np.asarray(reference_mask, bool).astype(np.uint8), _disk(1))
-        on = cv2.remap(obj.astype(np.float32), xy[..., 0], xy[..., 1], cv2.INTER_LINEAR, borderMode=cv2.BORDER_CONSTANT, borderValue=0) >= 0.99
-    settled = replace(fld, xy=xy.astype(np.float32), on_object=on)
+    xy = xy.astype(np.float32)
+    settled = replace(fld, xy=xy, on_object=on_reference_object(xy, reference_mask))
     # kept only where its warp agrees with the image better than the fit's did (on a thin or
     # see-through object the flow follows what shows through it, and the warp falls apart)
     both = valid & _valid(settled, erode_px)

@@ -29,6 +29,7 @@ __all__ = [
     "ANTIALIAS_SIGMA",
     "DenseField",
     "dense_field",
+    "on_reference_object",
     "MISFIT_PX",
     "field_misfit",
     "with_confidence",
@@ -352,6 +353,17 @@ class DenseField:
         return out
 
 
+def on_reference_object(xy: np.ndarray, reference_mask: np.ndarray | None) -> np.ndarray:
+    """Which positions ``xy`` (..., 2) float32 (x, y on the reference) land on the reference
+    object: inside ``reference_mask`` (Hr, Wr) eroded by 1 px, so its outline is not copied, where
+    its bilinear sample is at least 0.99 (off the reference: off the object); every finite
+    position without a mask. The rule every field's ``on_object`` follows."""
+    if reference_mask is None:
+        return np.isfinite(xy).all(-1)
+    obj = cv2.erode(np.asarray(reference_mask, bool).astype(np.uint8), _disk(1)).astype(np.float32)
+    return cv2.remap(obj, xy[..., 0], xy[..., 1], cv2.INTER_LINEAR, borderMode=cv2.BORDER_CONSTANT, borderValue=0) >= 0.99
+
+
 def dense_field(
     fit: FieldFit, box: Box, reference_mask: np.ndarray | None, step: int = 4, reach: float | None = None, confidence: bool = True
 ) -> DenseField:
@@ -371,13 +383,7 @@ def dense_field(
     # bilinear upsampling of the lattice to pixels (lattice point k sits at pixel k * step)
     py, px = np.arange(h) / step, np.arange(w) / step
     xy = cv2.remap(coarse, *np.meshgrid(px.astype(np.float32), py.astype(np.float32)), cv2.INTER_LINEAR)
-    if reference_mask is not None:
-        obj = cv2.erode(np.asarray(reference_mask, bool).astype(np.uint8), _disk(1))
-        on = cv2.remap(obj.astype(np.float32), xy[..., 0], xy[..., 1], cv2.INTER_LINEAR, borderMode=cv2.BORDER_CONSTANT, borderValue=0) >= 0.99
-    else:
-        hr_ok = np.isfinite(xy).all(-1)
-        on = hr_ok
-    fld = DenseField(box, xy, None, on, fit)
+    fld = DenseField(box, xy, None, on_reference_object(xy, reference_mask), fit)
     return with_confidence(fld, reach) if confidence else fld
 
 

@@ -187,6 +187,9 @@ _FLOAT_RANGES = (
 #: defined here, where the config checks them, because this module imports nothing heavy).
 CLASSICAL_FILLS = ("telea", "harmonic", "biharmonic", "fsr", "mixed", "mixed-local")  # the hole fills that need no model and no reference
 HOLE_FILLS = ("zero", *CLASSICAL_FILLS, "warp")
+#: The artifact detection's methods (pipelines/detect.py; named here for the command line and the
+#: ComfyUI node, which read them without importing the detection's dependencies).
+DETECT_METHODS = ("learned", "colour")
 _CHOICES = (
     ("latent", ("pixel", "vae-kl", "vae-tiny")),
     ("hole_fill", HOLE_FILLS),

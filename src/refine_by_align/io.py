@@ -19,6 +19,8 @@ from typing import BinaryIO
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
+from .config import DETECT_METHODS  # re-exported: the detection's method names, checked here
+
 __all__ = [
     "InputError",
     "open_image",
@@ -318,16 +320,13 @@ def check_settings(steps: int | None, guidance: float | None, samples: int | Non
         raise InputError(f"{n['samples']} must be an integer in 1..64, got {samples!r}")
 
 
-DETECT_METHODS = ("learned", "colour")
-
-
 def check_detect_settings(method: str, threshold: float | None, name: str = "threshold") -> None:
     """A detection's method and threshold (None: the method's default), one InputError each: the
     ``learned`` method's threshold is a probability (strictly between 0 and 1: at 1 or above
     nothing could be proposed, at 0 everything), the ``colour`` method's a positive number of MADs.
     ``name``: what the messages call the threshold (the CLI's ``--threshold``)."""
     if method not in DETECT_METHODS:
-        raise InputError(f"unknown detection method {method!r} (choose {', '.join(DETECT_METHODS)})")
+        raise InputError(f"method must be {' or '.join(repr(m) for m in DETECT_METHODS)}, got {method!r}")
     if threshold is None:
         return
     ok = not isinstance(threshold, bool) and isinstance(threshold, (int, float, np.integer, np.floating)) and math.isfinite(float(threshold))

@@ -24,6 +24,8 @@ import numpy as np
 import torch
 from PIL import Image
 
+from refine_by_align.config import DETECT_METHODS
+
 CATEGORY = "refine-by-align"
 
 _PIPELINES: dict[str, object] = {}
@@ -299,7 +301,7 @@ class RefineByAlignDetect:
             },
             "optional": {
                 "reference_mask": ("MASK",),
-                "method": (["learned", "colour"], {"default": "learned"}),
+                "method": (list(DETECT_METHODS), {"default": "learned"}),
                 "threshold": ("FLOAT", {"default": 0.0, "min": 0.0, "max": 100.0, "step": 0.05,
                                         "tooltip": "0: the method's default (learned: probability 0.8; colour: 6 MADs)"}),
             },

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 
+from ..config import DETECT_METHODS
 from .common import CLIError, print_notes
 from .inputs import check_output, check_outputs
 
@@ -18,7 +19,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--output", required=True, help="the proposed artifact mask (.png, white = artifact)")
     p.add_argument("--heatmap", help="also write the disagreement heat map over the image here")
     p.add_argument(
-        "--method", choices=("learned", "colour"), default="learned",
+        "--method", choices=DETECT_METHODS, default="learned",
         help="learned (default): features robust to colour shifts and small misalignments; colour: the plain colour difference after the warp",
     )
     p.add_argument("--threshold", type=float, default=None, help="learned: a probability, 0 < T < 1 (default 0.8); colour: MADs above the median, T > 0 (default 6)")

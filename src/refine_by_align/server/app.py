@@ -61,7 +61,7 @@ from starlette.concurrency import run_in_threadpool
 from starlette.requests import ClientDisconnect
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from ..io import DETECT_METHODS, InputError, alpha_mask, check_detect_settings, check_input_sizes, decode_image, load_inputs, open_image, to_mask, to_rgb
+from ..io import InputError, alpha_mask, check_detect_settings, check_input_sizes, decode_image, load_inputs, open_image, to_mask, to_rgb
 from .jobs import Job, JobRunner, QueueFull, Slot
 from .page import INDEX_HTML
 from .settings import ServerSettings, host_allowed
@@ -361,8 +361,6 @@ def _prepare_detect(files: dict[str, tuple[bytes, str]], values: dict[str, str],
     """As :func:`_prepare` for a detection (no mask): the values and the headers (sizes) are checked,
     a place in the queue is held, then the pixels are decoded and checked (runs in a worker thread)."""
     method = values.get("method", "").strip() or "learned"
-    if method not in DETECT_METHODS:
-        raise InputError(f"method must be 'learned' or 'colour', got {method!r}")
     threshold = _float_value(values, "threshold")
     check_detect_settings(method, threshold)
     names = {role: str(name) for role, (_, name) in files.items()}

@@ -8,7 +8,7 @@ from PIL import Image
 
 from ..memo import ContentCache
 
-__all__ = ["estimate_foreground", "estimate_note", "clear_foreground_cache", "plain_frame"]
+__all__ = ["estimate_foreground", "estimate_note", "clear_foreground_cache", "plain_frame", "on_plain_background"]
 
 _ESTIMATES = ContentCache(8)  # (pixels, settings) -> (H, W) bool estimate
 
@@ -88,6 +88,16 @@ def plain_frame(rgb: np.ndarray, margin_px: tuple[int, int], share: float = PLAI
         return False
     median = np.median(px, axis=0)
     return bool((np.abs(px - median).max(axis=1) <= tolerance).mean() >= share)
+
+
+def on_plain_background(rgb: np.ndarray, work_side: int = 256, margin: float = 0.05) -> bool:
+    """Whether a photo's frame is a plain background (:func:`plain_frame` on the copy and frame
+    :func:`estimate_foreground` looks at with the same ``work_side`` and ``margin``): an object
+    cut out onto one colour or a studio shot, whose object the estimate finds closely (IoU 0.95 on
+    the project's cut-out references), as opposed to a photo with a background, where it can miss
+    a whole part of the object (0.70 on the dataset's photos)."""
+    small, frame = _working_copy(np.asarray(rgb), work_side, margin)
+    return min(frame) >= 1 and plain_frame(small, frame)
 
 
 def _working_copy(rgb: np.ndarray, work_side: int, margin: float) -> tuple[np.ndarray, tuple[int, int]]:

@@ -299,8 +299,16 @@ def dense_alignment(
     max_crop: int | None = ALIGN_MAX_CROP,
     cheap_settled: float | None = CHEAP_SETTLED,
     template_give_up: float | None = TEMPLATE_GIVE_UP_DETAIL,
+    search_mask: np.ndarray | None = None,
 ) -> tuple[DenseField | None, dict]:
     """The dense alignment: a field over ``crop_box`` from point matches.
+
+    ``reference_mask`` is the reference object (None: all of it): the field's pixels that land on
+    it are the ones its warp may give (:func:`~.fields.on_reference_object`), and the ring its
+    agreement is measured on is cut to them. ``search_mask`` is where on the reference the point
+    matchers and the template search look (None: ``reference_mask``): an estimated object on a
+    photo, with the whole photo as ``reference_mask``, keeps the keypoints on the object and still
+    lets the warp give a part of it the estimate left out.
 
     Where ``crop_box``'s longer side exceeds ``max_crop`` px, the whole stage runs on the image and
     mask scaled down so that it fits (:func:`_at_working_scale`) and the field is scaled back up to
@@ -364,18 +372,20 @@ def dense_alignment(
                 good_ncc=good_ncc, solid_inliers=solid_inliers, ecc=ecc, ecc_candidates=ecc_candidates, flow=flow,
                 flow_min_ncc=flow_min_ncc, loose_similarity=loose_similarity, polish=polish, template=template,
                 rival_margin=rival_margin, max_crop=None, cheap_settled=cheap_settled, template_give_up=template_give_up,
+                search_mask=search_mask,
             ),
         )
+    look = reference_mask if search_mask is None else search_mask  # (Hr, Wr) bool or None: where the matchers look
     window = (slice(crop_box.y0, crop_box.y1), slice(crop_box.x0, crop_box.x1))
     pool = _Candidates(image[window], np.asarray(mask, bool)[window], reference, reference_mask, crop_box, solid_inliers)
     orientations = (False, True) if mirror else (False,)
     if "sift" in sources:  # the image and each orientation of the reference described side by side
-        sift_features_ahead(image, mask, reference, reference_mask, orientations)
+        sift_features_ahead(image, mask, reference, look, orientations)
     cheap: dict[bool, Matches] = {}
     for mirrored in orientations:
         m = Matches.empty()
         if "sift" in sources:
-            m = m + sift_matches(image, mask, reference, reference_mask, flip=mirrored)
+            m = m + sift_matches(image, mask, reference, look, flip=mirrored)
         if "attention" in sources and attention is not None and not mirrored:
             m = m + attention
         cheap[mirrored] = m
@@ -400,7 +410,7 @@ def dense_alignment(
         # take about three quarters of the time of one after the other on 2 cores); aliked_matches
         # reads them remembered. The same features as computed in line.
         ahead = ThreadPoolExecutor(max_workers=1) if worker_threads() > 1 else None
-        passes = [ahead.submit(aliked_reference_features, aliked, reference, reference_mask, m) for m in tried] if ahead is not None else []
+        passes = [ahead.submit(aliked_reference_features, aliked, reference, look, m) for m in tried] if ahead is not None else []
         try:
             image_side = AlikedImage(aliked, image, outside_mask(mask, 4), grow_box(crop_box, 3.0), max_keypoints=2 * ALIKED_KEYPOINTS)
             strict = image_side.features(ALIKED_KEYPOINTS)  # the best-scored half of the keypoints
@@ -409,7 +419,7 @@ def dense_alignment(
                 """ALIKED's matches in one orientation as a candidate, alone and with the cheap
                 sources' (named "...-loose" at a looser ``similarity`` than aliked_matches' own)."""
                 kw, tag = ({}, "") if similarity is None else ({"min_similarity": similarity}, "-loose")
-                a = aliked_matches(image, mask, reference, reference_mask, aliked, flip=mirrored, image_features=features, **kw)
+                a = aliked_matches(image, mask, reference, look, aliked, flip=mirrored, image_features=features, **kw)
                 pool.consider("aliked" + tag, mirrored, a, min_inliers)
                 if len(cheap[mirrored]):
                     pool.consider("+".join(sources) + tag, mirrored, cheap[mirrored] + a, min_inliers)
@@ -434,12 +444,12 @@ def dense_alignment(
             for mirrored in orientations:
                 consider_aliked(mirrored, every, loose_similarity, min_inliers=solid_inliers)
             best = pool.best()
-    if leader is None and best is None and template and reference_mask is not None:
+    if leader is None and best is None and template and look is not None:
         # no consistent point matches at all (a small plain object): search for the object itself,
         # in each orientation of the reference, as the point matches are (a mirrored view); the
         # orientations are searched side by side (OpenCV's matchTemplate runs on one core and
         # releases Python's lock: the same placements, candle_02 of val2 0.72 -> 0.44 s)
-        placed = side_by_side(lambda m: template_matches(image, mask, reference, reference_mask, crop_box, flip=m), orientations)
+        placed = side_by_side(lambda m: template_matches(image, mask, reference, look, crop_box, flip=m), orientations)
         scores = []
         for mirrored, (found, score) in zip(orientations, placed):
             scores.append(score)

@@ -141,6 +141,19 @@ class PreparedInputs:
     crop_box: Box
     reference_box: Box  # square box around the reference object (what the encoder sees)
     notes: list[str] = field(default_factory=list)  # e.g. that the reference object was estimated
+    photo: np.ndarray | None = None  # (Hr, Wr, 3) uint8: the whole reference photo where its object was only estimated on a background
+
+    @property
+    def matched(self) -> tuple[np.ndarray, np.ndarray]:
+        """(reference (Hr, Wr, 3), its object (Hr, Wr) bool) as the warp samples it: the reference
+        cut to its object; but where that object was estimated on a photo with a background (no
+        mask given), the whole photo, every pixel counted as object (the matchers still look only
+        inside the estimate: ``dense_alignment(search_mask=)``). An estimate that leaves out the
+        part under the mask would hide it from the warp (MODEL_CARD.md, thirty-second session);
+        the model's tokens and the region shown stay the estimate's."""
+        if self.photo is None:
+            return self.reference, self.reference_mask
+        return self.photo, np.ones(self.reference_mask.shape, bool)
 
 
 def region_heat(region: np.ndarray) -> np.ndarray:
@@ -328,16 +341,19 @@ class RefineByAlignPipeline(DiffusionPipeline):
         ref_rgb = to_rgb(reference)
         validate_inputs(rgb, mask, ref_rgb, reference_mask, names)
         notes = []
+        photo = None
         if reference_mask is None:  # no mask and no alpha: estimate the object (data/foreground.py)
-            from ..data.foreground import estimate_foreground, estimate_note
+            from ..data.foreground import estimate_foreground, estimate_note, on_plain_background
 
             reference_mask = estimate_foreground(ref_rgb)
             notes.append(estimate_note(reference_mask))
+            if not reference_mask.all() and not on_plain_background(np.asarray(ref_rgb)):
+                photo = np.asarray(ref_rgb)  # matched whole (PreparedInputs.matched)
         ref = np.asarray(ref_rgb).copy()
         ref[~reference_mask] = 0
         crop_box = zoom_box(mask, grow=cfg.zoom_grow, min_size=cfg.zoom_min_size)
         ref_box = square_pad_box(mask_bbox(reference_mask), cfg.reference_margin, reference_mask.shape)
-        return PreparedInputs(np.asarray(rgb), mask, ref, reference_mask, crop_box, ref_box, notes)
+        return PreparedInputs(np.asarray(rgb), mask, ref, reference_mask, crop_box, ref_box, notes, photo)
 
     def _to_tensor(self, array: np.ndarray) -> torch.Tensor:
         """(S, S, 3) uint8 -> (1, 3, S, S) in [0, 1]; (S, S) bool -> (1, 1, S, S)."""
@@ -553,7 +569,10 @@ class RefineByAlignPipeline(DiffusionPipeline):
             region, heat, grid_region, _ = self.region_on_reference(p, raw, threshold)
             return AlignmentResult(region, heat, raw, grid_region, t, l, "attention")
         attn = None if att is None else attention_matches(att[0].float().cpu().numpy(), p.crop_box, p.reference_box, cfg.grid_size)
-        fld, info = dense_alignment(p.image, p.mask, p.reference, p.reference_mask, p.crop_box, sources, self._aliked or None, attn)
+        matched, matched_mask = p.matched
+        fld, info = dense_alignment(
+            p.image, p.mask, matched, matched_mask, p.crop_box, sources, self._aliked or None, attn, search_mask=p.reference_mask
+        )
         info["notes"] = notes
         if fld is None:
             res = self._align(p, t, l, threshold, seed, inputs, "attention")
@@ -699,7 +718,7 @@ class RefineByAlignPipeline(DiffusionPipeline):
         """Step 3: each reference's warp through its field (None without one, or with ``warp``
         off), the warps combined per pixel, and the index of the reference that guides the model."""
         warps: list[WarpFill | None] = [
-            warp_fill(image_box, mask_box, q.reference, r.field) if warp and r is not None and r.field is not None else None
+            warp_fill(image_box, mask_box, q.matched[0], r.field) if warp and r is not None and r.field is not None else None
             for q, r in zip(ps, results)
         ]
         combined = combine_warps(warps, mask_box.shape)
@@ -885,9 +904,9 @@ class RefineByAlignPipeline(DiffusionPipeline):
         keep = np.zeros_like(region)
         keep[y0:y1, x0:x1] = dist <= grow
         keep &= p.reference_mask
-        if not keep.any():
+        if not keep.any():  # M* off the (estimated) object: M* itself, from the photo where there is one
             keep = region
-        local = p.reference * keep[..., None]
+        local = p.matched[0] * keep[..., None]  # (the same pixels as the cut reference's on its object)
         return local, square_pad_box(mask_bbox(keep), cfg.local_margin, keep.shape)
 
     def _redraw(self, p: PreparedInputs, inputs: CropInputs, region, steps, guidance, k, seed, timings) -> np.ndarray:

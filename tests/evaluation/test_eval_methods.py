@@ -42,6 +42,28 @@ def test_adapter_passes_arguments_and_converts(cases_dir: Path, fake_pipeline):
     assert single(case).region is None and pipe.calls[-1]["align"] is False
 
 
+def test_adapter_can_leave_the_reference_masks_out(cases_dir: Path, fake_pipeline):
+    """``reference_masks=False`` (bench-quality --no-reference-masks): the pipeline gets no
+    reference mask, as from a user who gives none, and estimates the object itself."""
+    import argparse
+    import dataclasses
+
+    from refine_by_align.commands.bench_quality import _method_options, add_arguments
+
+    case = load_cases(cases_dir, limit=1)[0]
+    case = dataclasses.replace(case, reference_mask=np.ones(np.asarray(case.reference).shape[:2], bool))
+    pipe = fake_pipeline(case.region)
+    RefineByAlignMethod(pipe)(case)
+    assert pipe.calls[-1]["reference_mask"] is case.reference_mask
+    RefineByAlignMethod(pipe, reference_masks=False)(case)
+    assert pipe.calls[-1]["reference_mask"] is None
+    parser = argparse.ArgumentParser()
+    add_arguments(parser)
+    opts = _method_options(parser.parse_args(["cases", "--output", "out", "--no-reference-masks"]))
+    assert opts["refine-by-align"]["reference_masks"] is False and opts["single-stage"]["reference_masks"] is False
+    assert "reference_masks" not in (_method_options(parser.parse_args(["cases", "--output", "out"])) or {}).get("refine-by-align", {})
+
+
 def test_registry(monkeypatch):
     assert set(METHODS) >= {"keep", "telea", "refine-by-align", "single-stage"}
     assert get_method("keep").name == "keep"

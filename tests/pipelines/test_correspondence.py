@@ -1467,6 +1467,29 @@ def test_warp_fill_trusts_a_field_at_most_its_trust_cap():
     assert np.array_equal(free.patch, capped.patch)
 
 
+def test_a_warp_agreeing_in_full_is_trusted_however_far_its_matches_are():
+    """A field's confidence falls with the distance to its nearest inlier match; below
+    ``min_confidence`` a pixel is not given by the warp. Where the warp agrees with the ring around
+    the mask at ``full_ncc`` or more it has been checked around the mask itself, and every pixel of
+    the mask on the reference object is given; a warp that agrees only partly is still limited by
+    the confidence."""
+    from refine_by_align.pipelines.correspondence import DenseField
+
+    image, mask, ref, valid, box, truth = _bent_case()
+    window = (slice(box.y0, box.y1), slice(box.x0, box.x1))
+    inside = mask[window]
+    on = np.ones(inside.shape, bool)
+
+    def fill(confidence, cap):
+        return warp_fill(image[window], inside, ref, DenseField(box, truth, np.full(inside.shape, confidence, np.float32), on, trust_cap=cap))
+
+    far, near = fill(0.01, 1.0), fill(1.0, 1.0)  # matches far from the mask / next to it
+    assert far.ncc > 0.95 and np.array_equal(far.use, inside) and np.array_equal(far.use, near.use)
+    assert np.array_equal(far.weight, near.weight) and np.array_equal(far.patch, near.patch)
+    assert not fill(0.01, 0.8).use.any()  # agreeing in part: the confidence still limits it
+    assert np.array_equal(fill(1.0, 0.8).use, inside)
+
+
 def test_flow_rounds_each_checked_and_counted():
     """Each round starts from the field the last one left and is kept only if it passes the check;
     info["rounds"] counts the kept ones. With DIS's FAST preset at the crop's own resolution and the

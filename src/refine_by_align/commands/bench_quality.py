@@ -35,6 +35,11 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         help="cases with several references (make-cases --extra-references): 'all' of them (refine-by-align, single-stage), "
         "or one alone by its number (1 = reference.png); the other methods always use reference.png (default: %(default)s)",
     )
+    p.add_argument(
+        "--no-reference-masks", action="store_true",
+        help="refine-by-align and single-stage: ignore the cases' reference masks, as a user who gives none "
+        "(the reference object is then estimated from the photo; README, 'reference mask')",
+    )
     add_alignment_options(p)
 
 
@@ -61,6 +66,9 @@ def _method_options(args) -> dict | None:
             raise CLIError(f"--references must be 'all' or a reference number 1, 2, ..., got '{args.references}'")
         for n in ("refine-by-align", "single-stage"):  # the methods that take several references
             options[n]["references"] = int(args.references)
+    if args.no_reference_masks:
+        for n in ("refine-by-align", "single-stage"):
+            options[n]["reference_masks"] = False
     return options if any(options.values()) else None
 
 

@@ -130,15 +130,20 @@ class RefineByAlignMethod:
     ``align=False`` gives the single-stage variant (refinement without the alignment stage).
     """
 
-    def __init__(self, pipeline: Any, align: bool = True, name: str | None = None, references: str | int = "all", **call_kwargs: Any):
+    def __init__(
+        self, pipeline: Any, align: bool = True, name: str | None = None, references: str | int = "all", reference_masks: bool = True, **call_kwargs: Any
+    ):
         self.pipeline = pipeline
         self.align = bool(align)
         self.name = name or ("refine-by-align" if self.align else "single-stage")
         self.references = references  # a case with several references: "all" of them, or one alone by its number
+        self.reference_masks = bool(reference_masks)  # False: the cases' reference masks are not given (estimated, as for a user who has none)
         self.call_kwargs = call_kwargs
 
     def __call__(self, case: Case) -> MethodOutput:
         refs, masks = case.references(self.references)
+        if not self.reference_masks:
+            masks = [None] * len(refs)
         several = len(refs) > 1
         out = self.pipeline(
             case.image,

@@ -1490,6 +1490,55 @@ def test_a_warp_agreeing_in_full_is_trusted_however_far_its_matches_are():
     assert np.array_equal(fill(1.0, 0.8).use, inside)
 
 
+def test_the_warp_is_blurred_as_much_as_the_image_is_softer():
+    """match_sharpness: an image softer than the reference (a Gaussian of 0.8 px, and a colour
+    change) gets the warp blurred by the same sigma, chosen on the ring alone; an image as sharp
+    as the warp leaves it as it is. The blur is normalised on the reference object: a cut-out's
+    black background does not darken the object's outline."""
+    from refine_by_align.pipelines.warp import match_sharpness
+
+    warp = _texture(80, 90, seed=5).astype(np.float32)
+    mask = np.zeros((80, 90), bool)
+    mask[25:55, 30:60] = True
+    band = ring(mask, 2, 12)
+    on = np.ones(mask.shape, bool)
+    soft = np.clip(cv2.GaussianBlur(warp, (0, 0), 0.8) * 0.9 + 12.0, 0, 255)
+    got, sigma = match_sharpness(warp, soft, band, on)
+    assert sigma == 0.8
+    np.testing.assert_allclose(got, cv2.GaussianBlur(warp, (0, 0), 0.8), atol=1e-3)
+    same, none = match_sharpness(warp, warp * 0.9 + 12.0, band, on)
+    assert none == 0.0 and same is warp
+    # on the object only: the left third is background (black), the object flat grey
+    flat = np.full((80, 90, 3), 150.0, np.float32)
+    obj = np.ones(mask.shape, bool)
+    obj[:, :30] = False
+    flat[~obj] = 0.0
+    blurred, _ = match_sharpness(flat, cv2.GaussianBlur(_texture(80, 90, seed=6).astype(np.float32), (0, 0), 1.2), band, obj, sigmas=(0.0, 1.2), min_gain=-1.0)
+    assert np.allclose(blurred[obj], 150.0, atol=1e-3)
+
+
+def test_warp_fill_reports_the_blur_it_gave_the_patch(monkeypatch):
+    """warp_fill pastes the warp blurred by match_sharpness (WarpFill.sharpness) and keeps the
+    trust and the gains it reports measured on the bicubic warp, as the candidates were ranked."""
+    import refine_by_align.pipelines.warp as W
+    from refine_by_align.pipelines.correspondence import DenseField
+
+    image, mask, ref, valid, box, truth = _bent_case()
+    window = (slice(box.y0, box.y1), slice(box.x0, box.x1))
+    inside = mask[window]
+    fld = DenseField(box, truth, np.ones(inside.shape, np.float32), np.ones(inside.shape, bool))
+    sharp = warp_fill(image[window], inside, ref, fld)
+    soft_image = cv2.GaussianBlur(image.astype(np.float32), (0, 0), 1.2)
+    soft = warp_fill(np.clip(soft_image, 0, 255).astype(np.uint8)[window], inside, ref, fld)
+    assert sharp.sharpness == 0.0 and soft.sharpness > 0.0
+    monkeypatch.setattr(W, "SHARPNESS_SIGMAS", ())
+    plain = W.warp_fill(np.clip(soft_image, 0, 255).astype(np.uint8)[window], inside, ref, fld)
+    assert plain.sharpness == 0.0 and plain.ncc == soft.ncc and np.array_equal(plain.gain, soft.gain)
+    truth_soft = np.clip(soft_image, 0, 255)[window][inside]
+    err = lambda wf: float(np.abs(wf.patch[inside].astype(np.float32) - truth_soft).mean())
+    assert err(soft) < 0.8 * err(plain)  # the blurred patch is the closer to the softer image
+
+
 def test_flow_rounds_each_checked_and_counted():
     """Each round starts from the field the last one left and is kept only if it passes the check;
     info["rounds"] counts the kept ones. With DIS's FAST preset at the crop's own resolution and the

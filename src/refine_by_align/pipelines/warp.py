@@ -40,6 +40,8 @@ __all__ = [
     "warp_fill",
     "PASTE_INTERPOLATION",
     "PASTE_OUTLINE_PX",
+    "SHARPNESS_SIGMAS",
+    "match_sharpness",
 ]
 
 
@@ -57,6 +59,15 @@ PASTE_INTERPOLATION = cv2.INTER_LANCZOS4
 #: reference object (beyond it the reference holds its background, a cut-out's black), the pasted
 #: warp is sampled bicubic, so that less of that background is mixed into the object's outline.
 PASTE_OUTLINE_PX = 3
+
+#: Gaussian blurs (sigma, image px) the pasted warp may take to match the image's own sharpness
+#: (:func:`match_sharpness`: a generated, re-compressed or resized image is softer than the photo
+#: it is repaired from); 0 first: the warp as sampled.
+SHARPNESS_SIGMAS: tuple[float, ...] = (0.0, 0.5, 0.8, 1.2)
+
+#: A blur is taken only where it lowers the colour-matched warp's squared error on the ring by at
+#: least this share (:func:`match_sharpness`).
+SHARPNESS_MIN_GAIN = 0.05
 
 
 def match_error(fld: DenseField, matches: Matches, min_matches: int = 4) -> float | None:
@@ -251,6 +262,44 @@ class WarpFill:
     gain: np.ndarray  # (3,) per-channel colour gain the agreement ``ncc`` is measured with
     offset: np.ndarray  # (3,) and its offset
     misfit_factor: float = 1.0  # what the blend weight was scaled by for the field's misfit (misfit_weight; 1: none)
+    sharpness: float = 0.0  # the Gaussian sigma (image px) the patch was blurred by to match the image (match_sharpness; 0: none)
+
+
+def match_sharpness(
+    warped: np.ndarray, image_box: np.ndarray, band: np.ndarray, on_object: np.ndarray,
+    sigmas: tuple[float, ...] = SHARPNESS_SIGMAS, min_gain: float = SHARPNESS_MIN_GAIN,
+) -> tuple[np.ndarray, float]:
+    """The warp blurred as much as the image is softer than it: (warp (h, w, 3) float32, sigma).
+
+    Each Gaussian blur of ``sigmas`` (image px; 0: none) is applied to the warp within
+    ``on_object`` (a normalised blur: the reference's background, a cut-out's black, is not mixed
+    in), the blurred warp is matched to the image on ``band`` by per-channel gains and offsets
+    (:func:`colour_transfer`), and the blur whose squared error there is least is taken, if it is
+    at least ``min_gain`` below the unblurred warp's. The colour map fitted afterwards
+    (:func:`colour_maps`) cannot make a sharp warp as soft as the image."""
+    if band.sum() < 16 or not any(s > 0 for s in sigmas):
+        return warped, 0.0
+    img = image_box.astype(np.float32)
+    w = on_object.astype(np.float32)
+
+    def error(a: np.ndarray) -> float:
+        gain, offset = colour_transfer(a, img, band)
+        return float(((a[band] * gain + offset - img[band]) ** 2).mean())
+
+    best, best_sigma, base = warped, 0.0, error(warped)
+    best_err = base
+    for sigma in sigmas:
+        if sigma <= 0:
+            continue
+        num = cv2.GaussianBlur(warped * w[..., None], (0, 0), sigma)
+        den = cv2.GaussianBlur(w, (0, 0), sigma)[..., None]
+        blurred = np.where(den > 1e-3, num / np.maximum(den, 1e-3), warped).astype(np.float32)
+        e = error(blurred)
+        if e < best_err:
+            best, best_sigma, best_err = blurred, float(sigma), e
+    if best_err > (1.0 - min_gain) * base:
+        return warped, 0.0
+    return best, best_sigma
 
 
 def _agreement_band(mask_box: np.ndarray, fld: DenseField, ring_px: tuple[int, int]) -> np.ndarray:
@@ -345,7 +394,11 @@ def warp_fill(
         if not inner.all():
             near_outline = fld.sample(reference, cv2.INTER_CUBIC, antialias=True).astype(np.float32)
             warped = np.where(inner[..., None], warped, near_outline)
-    per_channel = np.clip(warped * gain + offset, 0, 255)
+    warped, sharpness = match_sharpness(warped, image_box, band, fld.on_object) if SHARPNESS_SIGMAS else (warped, 0.0)
+    # (a blurred patch gets its per-channel gains refitted; the trust, and the gains it is reported
+    # with, stay the bicubic warp's)
+    patch_gain, patch_offset = colour_transfer(warped, image_box, band) if sharpness > 0 else (gain, offset)
+    per_channel = np.clip(warped * patch_gain + patch_offset, 0, 255)
     # the patch takes the freer colour map (a 3 x 3 matrix in a gamma-adjusted space); the trust
     # stays measured after the per-channel gains: the map's parameters would also raise the ring
     # agreement of a rough warp
@@ -367,4 +420,4 @@ def warp_fill(
     use = m & trusted if ncc >= min_ncc and factor > 0 else np.zeros_like(m)
     a = 1.0 if full_ncc <= min_ncc else float(np.clip((ncc - min_ncc) / (full_ncc - min_ncc), 0.0, 1.0))
     weight = use.astype(np.float32) * (a * factor)
-    return WarpFill(patch=np.rint(corrected).astype(np.uint8), use=use, weight=weight, ncc=ncc, coverage=coverage, gain=gain, offset=offset, misfit_factor=factor)
+    return WarpFill(patch=np.rint(corrected).astype(np.uint8), use=use, weight=weight, ncc=ncc, coverage=coverage, gain=gain, offset=offset, misfit_factor=factor, sharpness=sharpness)

@@ -8,7 +8,7 @@ import logging
 import sys
 
 from . import __version__
-from .commands import align, batch, bench_quality, bench_speed, bench_suite, convert_matcher, demo, detect, grid_search, make_cases, plot, refine, serve, show_pairs, train
+from .commands import align, batch, bench_quality, bench_speed, bench_suite, convert_matcher, demo, derive_cases, detect, grid_search, make_cases, plot, refine, serve, show_pairs, train
 from .commands.common import EXIT_USAGE, MAX_SEED, CLIError, deprecation
 
 __all__ = ["main", "build_parser", "COMMANDS", "DEPRECATED_COMMANDS", "EXAMPLES", "CLIError"]
@@ -17,7 +17,7 @@ __all__ = ["main", "build_parser", "COMMANDS", "DEPRECATED_COMMANDS", "EXAMPLES"
 COMMANDS = {
     "refine": refine, "align": align, "bench-quality": bench_quality, "bench-suite": bench_suite, "grid-search": grid_search, "bench-speed": bench_speed,
     "serve": serve, "batch": batch, "demo": demo, "train": train, "plot": plot, "show-pairs": show_pairs,
-    "make-cases": make_cases, "detect": detect, "convert-matcher": convert_matcher,
+    "make-cases": make_cases, "derive-cases": derive_cases, "detect": detect, "convert-matcher": convert_matcher,
 }
 # old command name -> its new name: still accepted for one release, with one deprecation line on stderr
 DEPRECATED_COMMANDS = {"bench": "bench-quality", "benchmark": "bench-speed"}

@@ -7,7 +7,8 @@ image's own photo brought into place from another view of the object; :func:`war
 patch, the pixels it is trusted for and its blend weight (:func:`colour_maps`: a 3 x 3 colour map in a
 gamma-adjusted space, per-channel gains off the ring's colours). The candidates are ranked and
 trusted on a bicubic warp; the patch pasted is sampled with Lanczos, bicubic near the reference
-object's outline (:data:`PASTE_INTERPOLATION`, :data:`PASTE_OUTLINE_PX`).
+object's outline (:data:`PASTE_INTERPOLATION`, :data:`PASTE_OUTLINE_PX`), and blurred as much as
+the image is softer than the reference (:func:`match_sharpness`).
 """
 
 from __future__ import annotations
@@ -379,8 +380,9 @@ def warp_fill(
     linearly to 0 at hi px, where no pixel is trusted (a warp that misplaces its own matches by
     that much misplaces the mask's detail too, however well the ring around the mask agrees).
     ``interpolation``: how the pasted patch samples the reference (:data:`PASTE_INTERPOLATION`,
-    bicubic near the reference object's outline: :data:`PASTE_OUTLINE_PX`); the agreement is
-    measured on the bicubic warp the candidate fields were ranked by."""
+    bicubic near the reference object's outline: :data:`PASTE_OUTLINE_PX`); the patch is then
+    blurred by :func:`match_sharpness` where the image is softer (``WarpFill.sharpness``); the
+    agreement is measured on the bicubic warp the candidate fields were ranked by."""
     # the agreement, and the per-channel gains it is measured with, as the candidates were ranked
     # (the bicubic warp, on the ring's box alone: the same values as on the whole box)
     _, _, gain, offset, _, ncc = _warp_agreement(image_box, mask_box, reference, fld, ring_px, ring_only=True)

@@ -281,9 +281,11 @@ def test_warp_fill_pastes_a_lanczos_warp_that_keeps_fine_detail():
 def test_warp_fill_samples_bicubic_near_the_reference_objects_outline(monkeypatch):
     """Beyond a cut-out reference's object lies its black background. Within PASTE_OUTLINE_PX of
     where the field leaves the object the pasted warp is sampled bicubic (taps 2 px out) instead
-    of Lanczos (4 px out): the object's pixels beside its outline take in less of the black."""
+    of Lanczos (4 px out): the object's pixels beside its outline take in less of the black (the
+    sampling alone: the rim's colour, carried in afterwards, is left out here)."""
     import refine_by_align.pipelines.warp as W
 
+    monkeypatch.setattr(W, "SEAM_RING_PX", None)
     h, w = 96, 96
     yy, xx = np.mgrid[0:h, 0:w].astype(np.float32)
     g = 140 + 60 * np.sin(2 * np.pi * xx / 5.3) * np.cos(2 * np.pi * yy / 6.1)
@@ -1537,6 +1539,34 @@ def test_warp_fill_reports_the_blur_it_gave_the_patch(monkeypatch):
     truth_soft = np.clip(soft_image, 0, 255)[window][inside]
     err = lambda wf: float(np.abs(wf.patch[inside].astype(np.float32) - truth_soft).mean())
     assert err(soft) < 0.8 * err(plain)  # the blurred patch is the closer to the softer image
+
+
+def test_the_colour_left_on_the_rim_is_carried_into_the_patch(monkeypatch):
+    """A light that changes across the object (the image's own photo under a gradient of gain)
+    leaves a difference on the thin ring around the mask that one colour map cannot take out:
+    carried into the mask by Laplace's equation (_carry_seam), it brings the patch closer to the
+    truth; a warp that already matches its rim is left as it is."""
+    import refine_by_align.pipelines.warp as W
+    from refine_by_align.pipelines.correspondence import DenseField
+
+    image, mask, ref, valid, box, truth = _bent_case()
+    window = (slice(box.y0, box.y1), slice(box.x0, box.x1))
+    inside = mask[window]
+    fld = DenseField(box, truth, np.ones(inside.shape, np.float32), np.ones(inside.shape, bool))
+    h, w = image.shape[:2]
+    light = (0.7 + 0.6 * np.mgrid[0:h, 0:w][1] / (w - 1))[..., None]  # 0.7 .. 1.3 from left to right
+    lit = np.clip(image.astype(np.float32) * light, 0, 255).astype(np.uint8)
+    carried = warp_fill(lit[window], inside, ref, fld)
+    monkeypatch.setattr(W, "SEAM_RING_PX", None)
+    plain = W.warp_fill(lit[window], inside, ref, fld)
+    err = lambda wf: float(np.abs(wf.patch[inside].astype(np.float32) - lit[window][inside]).mean())
+    assert err(carried) < 0.8 * err(plain), (err(carried), err(plain))
+    assert carried.ncc == plain.ncc and np.array_equal(carried.use, plain.use)  # the trust is not touched
+    # a patch that already matches its rim: nothing to carry
+    flat = np.full(inside.shape + (3,), 120.0, np.float32)
+    monkeypatch.setattr(W, "SEAM_RING_PX", (1, 4))
+    same = W._carry_seam(flat, flat, flat.astype(np.uint8), inside, W.ring(inside, 2, 12), np.ones(inside.shape, bool), lambda x: x, lambda x: x, 20.0)
+    assert np.allclose(same, flat)
 
 
 def test_flow_rounds_each_checked_and_counted():

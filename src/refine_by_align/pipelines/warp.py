@@ -303,6 +303,37 @@ def match_sharpness(
     return best, best_sigma
 
 
+#: The ring (px outside the mask) whose remaining colour difference the patch takes on, carried
+#: into the mask harmonically (:func:`_carry_seam`); None: not.
+SEAM_RING_PX: tuple[int, int] | None = (1, 4)
+SEAM_SIGMA = 3.0  # px: the difference is averaged along the ring by a Gaussian of this sigma first
+SEAM_MAX = 40.0  # grey levels: the most the carried difference may change a pixel
+
+
+def _carry_seam(corrected, warped, image_box, m, band, on_object, full, per_channel_map, colour_reach):
+    """``corrected`` with the colour difference left on a thin ring outside the mask (the image
+    against the colour-mapped warp, averaged along the ring) carried into the mask by Laplace's
+    equation: a light that changes across the object, which one colour map cannot follow."""
+    from ..fill import harmonic_interpolate
+
+    edge = ring(m, *SEAM_RING_PX) & on_object
+    if edge.sum() < 16:
+        return corrected
+    s_e = colour_support(warped, band, colour_reach, at=edge)[..., None]
+    mapped = s_e[edge] * full(warped[edge]) + (1.0 - s_e[edge]) * per_channel_map(warped[edge])
+    d = np.zeros(corrected.shape, np.float32)
+    w = np.zeros(m.shape, np.float32)
+    d[edge] = image_box[edge].astype(np.float32) - mapped
+    w[edge] = 1.0
+    num = cv2.GaussianBlur(d, (0, 0), SEAM_SIGMA)
+    den = cv2.GaussianBlur(w, (0, 0), SEAM_SIGMA)[..., None]
+    vals = np.where(edge[..., None], num / np.maximum(den, 1e-6), 0.0).astype(np.float32)
+    carried = harmonic_interpolate(vals, ~edge)
+    out = corrected.copy()
+    out[m] = np.clip(corrected[m] + np.clip(carried[m], -SEAM_MAX, SEAM_MAX), 0, 255)
+    return out
+
+
 def _agreement_band(mask_box: np.ndarray, fld: DenseField, ring_px: tuple[int, int]) -> np.ndarray:
     """The ring a warp's colours are matched and its agreement measured on: ``ring_px`` outside the
     mask, on the reference object where that leaves 16 pixels or more."""
@@ -413,6 +444,8 @@ def warp_fill(
     support = colour_support(warped, band, colour_reach, at=m)[..., None]  # (h, w, 1) in [0, 1], 0 off the mask
     corrected = per_channel.copy()
     corrected[m] = support[m] * full(warped[m]) + (1.0 - support[m]) * per_channel_map(warped[m])
+    if SEAM_RING_PX is not None:
+        corrected = _carry_seam(corrected, warped, image_box, m, band, fld.on_object, full, per_channel_map, colour_reach)
     # a warp that agrees with the ring in full has been checked around the mask itself: its matches'
     # distance no longer limits it (a picture showing little of the object beyond the mask, its
     # matches far from it, kept 32% of a warp at a ring correlation of 0.98; MODEL_CARD.md)

@@ -327,8 +327,10 @@ def _carry_seam(corrected, warped, image_box, m, band, on_object, full, per_chan
     w[edge] = 1.0
     num = cv2.GaussianBlur(d, (0, 0), SEAM_SIGMA)
     den = cv2.GaussianBlur(w, (0, 0), SEAM_SIGMA)[..., None]
-    vals = np.where(edge[..., None], num / np.maximum(den, 1e-6), 0.0).astype(np.float32)
-    carried = harmonic_interpolate(vals, ~edge)
+    # the averaged difference around the mask (0 where no rim pixel is near) bounds the solve,
+    # which runs on the mask's pixels alone
+    vals = np.where(den > 1e-3, num / np.maximum(den, 1e-3), 0.0).astype(np.float32)
+    carried = harmonic_interpolate(vals, m)
     out = corrected.copy()
     out[m] = np.clip(corrected[m] + np.clip(carried[m], -SEAM_MAX, SEAM_MAX), 0, 255)
     return out

@@ -1564,8 +1564,7 @@ def test_the_colour_left_on_the_rim_is_carried_into_the_patch(monkeypatch):
     assert carried.ncc == plain.ncc and np.array_equal(carried.use, plain.use)  # the trust is not touched
     # a patch that already matches its rim: nothing to carry
     flat = np.full(inside.shape + (3,), 120.0, np.float32)
-    monkeypatch.setattr(W, "SEAM_RING_PX", (1, 4))
-    same = W._carry_seam(flat, flat, flat.astype(np.uint8), inside, W.ring(inside, 2, 12), np.ones(inside.shape, bool), lambda x: x, lambda x: x, 20.0)
+    same = W._carry_seam(flat, flat.astype(np.uint8), inside, W.ring(inside, 1, 4), flat)
     assert np.allclose(same, flat)
 
 

@@ -38,7 +38,7 @@ import numpy as np
 from ..zoom import Box, rescaled
 from .fields import DenseField, dense_field, field_at_full_scale, fit_field, on_reference_object
 from .matching import Matches, aliked_matches, sift_matches
-from .warp import colour_transfer
+from .warp import colour_transfer, normalised_blur
 
 __all__ = [
     "FEATURES", "WEIGHTS", "Detection", "detect", "load_matcher", "evaluate_cases", "fit_image_field", "features", "disagreement", "fit_weights",
@@ -160,10 +160,8 @@ def settle_field(
     g_warp = cv2.cvtColor(warped.astype(np.uint8), cv2.COLOR_RGB2GRAY)
     flow = cv2.DISOpticalFlow_create(cv2.DISOPTICAL_FLOW_PRESET_MEDIUM).calc(g_image, g_warp, None)  # (H, W, 2): image p ~ warp p + flow
     dev = np.linalg.norm(flow - np.median(flow[valid], axis=0), axis=-1)
-    used = (valid & (dev <= np.quantile(dev[valid], 1.0 - SETTLE_OUTLIERS))).astype(np.float32)
-    num = cv2.GaussianBlur(flow * used[..., None], (0, 0), sigma)
-    den = cv2.GaussianBlur(used, (0, 0), sigma)[..., None]
-    shift = np.where(den > 1e-3, num / np.maximum(den, 1e-3), 0.0).astype(np.float32)  # (H, W, 2)
+    used = valid & (dev <= np.quantile(dev[valid], 1.0 - SETTLE_OUTLIERS))
+    shift = normalised_blur(flow, used, sigma)  # (H, W, 2)
     h, w = g_image.shape
     ys, xs = np.mgrid[0:h, 0:w].astype(np.float32)
     mx, my = xs + shift[..., 0], ys + shift[..., 1]

@@ -14,7 +14,7 @@ import numpy as np
 from ..threads import side_by_side
 from .fields import DenseField, with_confidence
 from .matching import Matches, _disk, _gray
-from .warp import TRUST_MIN_NCC, _ncc, colour_transfer, detail_agreement, match_error, ring, warp_agreement
+from .warp import TRUST_MIN_NCC, _ncc, colour_transfer, detail_agreement, match_error, normalised_blur, ring, warp_agreement
 
 __all__ = [
     "ECC_RETRY_BLUR",
@@ -264,10 +264,7 @@ def _smoothed(flow: np.ndarray, known: np.ndarray, sigma: float) -> np.ndarray:
     unknown pixels' values left to the caller's interpolation (0 here); as given for ``sigma`` 0."""
     if sigma <= 0:
         return flow
-    k = known.astype(np.float32)
-    num = cv2.GaussianBlur(flow * k[..., None], (0, 0), sigma).reshape(flow.shape)  # (h, w, 2)
-    den = cv2.GaussianBlur(k, (0, 0), sigma)[..., None]  # (h, w, 1)
-    return np.where((den > 1e-3) & known[..., None], num / np.maximum(den, 1e-3), 0.0).astype(np.float32)
+    return np.where(known[..., None], normalised_blur(flow, known, sigma), np.float32(0.0))
 
 
 def refine_field_flow(

@@ -43,6 +43,7 @@ __all__ = [
     "PASTE_OUTLINE_PX",
     "SHARPNESS_SIGMAS",
     "match_sharpness",
+    "normalised_blur",
 ]
 
 
@@ -266,6 +267,16 @@ class WarpFill:
     sharpness: float = 0.0  # the Gaussian sigma (image px) the patch was blurred by to match the image (match_sharpness; 0: none)
 
 
+def normalised_blur(values: np.ndarray, weight: np.ndarray, sigma: float, empty: float | np.ndarray = 0.0) -> np.ndarray:
+    """``values`` (h, w, C) smoothed by a Gaussian of ``sigma`` px over the pixels ``weight`` (h, w)
+    counts (normalised convolution: the others neither count nor dilute it), float32; ``empty``
+    (a number, or an array like ``values``) where no counted pixel is within the Gaussian's reach."""
+    w = np.asarray(weight, np.float32)
+    num = cv2.GaussianBlur(values * w[..., None], (0, 0), sigma).reshape(values.shape)
+    den = cv2.GaussianBlur(w, (0, 0), sigma)[..., None]
+    return np.where(den > 1e-3, num / np.maximum(den, 1e-3), empty).astype(np.float32)
+
+
 def match_sharpness(
     warped: np.ndarray, image_box: np.ndarray, band: np.ndarray, on_object: np.ndarray,
     sigmas: tuple[float, ...] = SHARPNESS_SIGMAS, min_gain: float = SHARPNESS_MIN_GAIN,
@@ -281,7 +292,6 @@ def match_sharpness(
     if band.sum() < 16 or not any(s > 0 for s in sigmas):
         return warped, 0.0
     img = image_box.astype(np.float32)
-    w = on_object.astype(np.float32)
 
     def error(a: np.ndarray) -> float:
         gain, offset = colour_transfer(a, img, band)
@@ -292,9 +302,7 @@ def match_sharpness(
     for sigma in sigmas:
         if sigma <= 0:
             continue
-        num = cv2.GaussianBlur(warped * w[..., None], (0, 0), sigma)
-        den = cv2.GaussianBlur(w, (0, 0), sigma)[..., None]
-        blurred = np.where(den > 1e-3, num / np.maximum(den, 1e-3), warped).astype(np.float32)
+        blurred = normalised_blur(warped, on_object, sigma, empty=warped)
         e = error(blurred)
         if e < best_err:
             best, best_sigma, best_err = blurred, float(sigma), e
@@ -310,27 +318,18 @@ SEAM_SIGMA = 3.0  # px: the difference is averaged along the ring by a Gaussian 
 SEAM_MAX = 40.0  # grey levels: the most the carried difference may change a pixel
 
 
-def _carry_seam(corrected, warped, image_box, m, band, on_object, full, per_channel_map, colour_reach):
-    """``corrected`` with the colour difference left on a thin ring outside the mask (the image
-    against the colour-mapped warp, averaged along the ring) carried into the mask by Laplace's
-    equation: a light that changes across the object, which one colour map cannot follow."""
+def _carry_seam(corrected: np.ndarray, image_box: np.ndarray, m: np.ndarray, edge: np.ndarray, mapped: np.ndarray) -> np.ndarray:
+    """``corrected`` (h, w, 3) with the colour difference left on ``edge``, a thin ring outside the
+    mask ``m`` (the image against ``mapped``, the colour-mapped warp there, averaged along the ring)
+    carried into the mask by Laplace's equation: a light that changes across the object, which one
+    colour map cannot follow."""
     from ..fill import harmonic_interpolate
 
-    edge = ring(m, *SEAM_RING_PX) & on_object
-    if edge.sum() < 16:
-        return corrected
-    s_e = colour_support(warped, band, colour_reach, at=edge)[..., None]
-    mapped = s_e[edge] * full(warped[edge]) + (1.0 - s_e[edge]) * per_channel_map(warped[edge])
     d = np.zeros(corrected.shape, np.float32)
-    w = np.zeros(m.shape, np.float32)
-    d[edge] = image_box[edge].astype(np.float32) - mapped
-    w[edge] = 1.0
-    num = cv2.GaussianBlur(d, (0, 0), SEAM_SIGMA)
-    den = cv2.GaussianBlur(w, (0, 0), SEAM_SIGMA)[..., None]
+    d[edge] = image_box[edge].astype(np.float32) - mapped[edge]
     # the averaged difference around the mask (0 where no rim pixel is near) bounds the solve,
     # which runs on the mask's pixels alone
-    vals = np.where(den > 1e-3, num / np.maximum(den, 1e-3), 0.0).astype(np.float32)
-    carried = harmonic_interpolate(vals, m)
+    carried = harmonic_interpolate(normalised_blur(d, edge, SEAM_SIGMA), m)
     out = corrected.copy()
     out[m] = np.clip(corrected[m] + np.clip(carried[m], -SEAM_MAX, SEAM_MAX), 0, 255)
     return out
@@ -443,11 +442,16 @@ def warp_fill(
     # take over (measured on the mask only: the pipeline and the training pairs read the patch
     # there; outside it the patch holds the per-channel linear match)
     m = np.asarray(mask_box, bool)
-    support = colour_support(warped, band, colour_reach, at=m)[..., None]  # (h, w, 1) in [0, 1], 0 off the mask
+    # (and on the rim whose remaining difference is carried in: _carry_seam)
+    edge = ring(m, *SEAM_RING_PX) & fld.on_object if SEAM_RING_PX is not None else np.zeros_like(m)
+    at = m | edge
+    support = colour_support(warped, band, colour_reach, at=at)[..., None]  # (h, w, 1) in [0, 1], 0 elsewhere
+    mapped = np.zeros_like(per_channel)
+    mapped[at] = support[at] * full(warped[at]) + (1.0 - support[at]) * per_channel_map(warped[at])
     corrected = per_channel.copy()
-    corrected[m] = support[m] * full(warped[m]) + (1.0 - support[m]) * per_channel_map(warped[m])
-    if SEAM_RING_PX is not None:
-        corrected = _carry_seam(corrected, warped, image_box, m, band, fld.on_object, full, per_channel_map, colour_reach)
+    corrected[m] = mapped[m]
+    if edge.sum() >= 16:
+        corrected = _carry_seam(corrected, image_box, m, edge, mapped)
     # a warp that agrees with the ring in full has been checked around the mask itself: its matches'
     # distance no longer limits it (a picture showing little of the object beyond the mask, its
     # matches far from it, kept 32% of a warp at a ring correlation of 0.98; MODEL_CARD.md)

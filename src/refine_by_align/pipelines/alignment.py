@@ -37,7 +37,7 @@ from ..models.attention import AllLayersRecorded, recording
 from ..threads import side_by_side, worker_threads
 from ..zoom import Box, rescaled
 from .field_refinement import DETAIL_TRUST, FlowRefinement, held_out_agreement, polish_field_ecc, refine_field_ecc
-from .fields import DenseField, dense_field, field_at_full_scale, field_misfit, fit_field, with_confidence
+from .fields import DenseField, dense_field, field_at_full_scale, field_misfit, fit_field, on_reference_object, with_confidence
 from .matching import (
     ALIKED_KEYPOINTS,
     AlikedImage,
@@ -274,6 +274,14 @@ TEMPLATE_GIVE_UP_DETAIL = 0.35
 #: is scaled); a 2048 px picture's crop aligned at its own size took 10 s (MODEL_CARD.md, "Large
 #: pictures"). None: always at full resolution.
 ALIGN_MAX_CROP = 512
+#: A reference photo whose longer side is this many times shorter than the image's (at the
+#: alignment's working scale) or more is matched scaled up to the image's size, by at most
+#: :data:`REFERENCE_UPSCALE_MAX` (:func:`_with_reference_upscaled`): the matchers and the template
+#: search find the object at about its own scale, and the field is scaled back to the reference as
+#: given. A product photo at half the image's resolution lost every field on val2's plain candles
+#: (MODEL_CARD.md, thirty-third session). None: never.
+REFERENCE_UPSCALE_ABOVE = 1.5
+REFERENCE_UPSCALE_MAX = 4.0
 
 
 def dense_alignment(
@@ -300,6 +308,7 @@ def dense_alignment(
     cheap_settled: float | None = CHEAP_SETTLED,
     template_give_up: float | None = TEMPLATE_GIVE_UP_DETAIL,
     search_mask: np.ndarray | None = None,
+    reference_upscale_above: float | None = REFERENCE_UPSCALE_ABOVE,
 ) -> tuple[DenseField | None, dict]:
     """The dense alignment: a field over ``crop_box`` from point matches.
 
@@ -312,7 +321,10 @@ def dense_alignment(
 
     Where ``crop_box``'s longer side exceeds ``max_crop`` px, the whole stage runs on the image and
     mask scaled down so that it fits (:func:`_at_working_scale`) and the field is scaled back up to
-    ``crop_box`` (``info["working_scale"]``); the reference is used as given.
+    ``crop_box`` (``info["working_scale"]``); the reference is used as given. Where the
+    reference's longer side is ``reference_upscale_above`` times shorter than the (working) image's
+    or more, the stage matches it scaled up to the image's size (:func:`_with_reference_upscaled`,
+    ``info["reference_scale"]``) and the field comes back in the given reference's pixels.
 
     Candidate fields (:func:`~.fields.fit_field`) are fitted for each orientation of the
     reference (as given, and mirrored when ``mirror``) from the cheap sources (SIFT, and the
@@ -364,15 +376,26 @@ def dense_alignment(
         raise ValueError(f"unknown match source(s) {unknown} (choose from sift, aliked, attention)")
     if "aliked" in sources and aliked is None:
         raise ValueError("the 'aliked' match source needs the ALIKED model (models/aliked.py)")
+    # (every setting the scaled runs below get as given)
+    settings = dict(
+        sources=sources, aliked=aliked, mirror=mirror, good_ncc=good_ncc, solid_inliers=solid_inliers, ecc=ecc,
+        ecc_candidates=ecc_candidates, flow=flow, flow_min_ncc=flow_min_ncc, loose_similarity=loose_similarity, polish=polish,
+        template=template, rival_margin=rival_margin, max_crop=None, cheap_settled=cheap_settled, template_give_up=template_give_up,
+    )
     if max_crop is not None and max(crop_box.width, crop_box.height) > max_crop:
         return _at_working_scale(
             image, mask, crop_box, max_crop, attention,
             lambda im, m, box, att: dense_alignment(
-                im, m, reference, reference_mask, box, sources=sources, aliked=aliked, attention=att, mirror=mirror,
-                good_ncc=good_ncc, solid_inliers=solid_inliers, ecc=ecc, ecc_candidates=ecc_candidates, flow=flow,
-                flow_min_ncc=flow_min_ncc, loose_similarity=loose_similarity, polish=polish, template=template,
-                rival_margin=rival_margin, max_crop=None, cheap_settled=cheap_settled, template_give_up=template_give_up,
-                search_mask=search_mask,
+                im, m, reference, reference_mask, box, attention=att, search_mask=search_mask,
+                reference_upscale_above=reference_upscale_above, **settings,
+            ),
+        )
+    factor = _reference_upscale(image.shape, reference.shape, reference_upscale_above)
+    if factor > 1.0:
+        return _with_reference_upscaled(
+            reference, reference_mask, search_mask, attention, factor,
+            lambda ref, ref_mask, look_mask, att: dense_alignment(
+                image, mask, ref, ref_mask, crop_box, attention=att, search_mask=look_mask, reference_upscale_above=None, **settings
             ),
         )
     look = reference_mask if search_mask is None else search_mask  # (Hr, Wr) bool or None: where the matchers look
@@ -512,6 +535,41 @@ def _at_working_scale(image: np.ndarray, mask: np.ndarray, crop_box: Box, max_cr
     if fld is None:
         return None, info
     return field_at_full_scale(fld, crop_box, fx, fy), info
+
+
+def _reference_upscale(image_shape: tuple, reference_shape: tuple, above: float | None) -> float:
+    """The factor :func:`dense_alignment` scales the reference up by: the image's longer side over
+    the reference's, where that is at least ``above`` (at most :data:`REFERENCE_UPSCALE_MAX`), else 1."""
+    if above is None:
+        return 1.0
+    ratio = max(image_shape[:2]) / float(max(reference_shape[:2]))
+    return min(ratio, REFERENCE_UPSCALE_MAX) if ratio >= above else 1.0
+
+
+def _with_reference_upscaled(reference: np.ndarray, reference_mask, search_mask, attention: Matches | None, factor: float, align) -> tuple[DenseField | None, dict]:
+    """:func:`dense_alignment` with a reference much smaller than the image: ``align(reference,
+    reference_mask, search_mask, attention)`` run on the reference scaled up by ``factor`` (Lanczos;
+    its masks by the nearest pixel, the ``attention`` matches' reference positions with it), and
+    the field's reference positions scaled back to the reference as given (pixel centres kept, the
+    object test made again on ``reference_mask``). SIFT finds its keypoints at every scale, but
+    ALIKED, the template search and the rings' fine detail want the object at about the image's
+    scale. The fitted ``fit`` stays in the scaled reference's pixels."""
+    hr, wr = reference.shape[:2]
+    sw, sh = max(1, round(wr * factor)), max(1, round(hr * factor))
+    fx, fy = sw / float(wr), sh / float(hr)
+    big = cv2.resize(np.ascontiguousarray(reference), (sw, sh), interpolation=cv2.INTER_LANCZOS4)
+
+    def grown(m):
+        return None if m is None else cv2.resize(np.asarray(m, np.uint8), (sw, sh), interpolation=cv2.INTER_NEAREST).astype(bool)
+
+    if attention is not None:
+        attention = replace(attention, ref_xy=rescaled(attention.ref_xy, (fx, fy)))
+    fld, info = align(big, grown(reference_mask), grown(search_mask), attention)
+    info["reference_scale"] = round(float(np.sqrt(fx * fy)), 4)
+    if fld is None:
+        return None, info
+    xy = np.stack([rescaled(fld.xy[..., 0], 1.0 / fx), rescaled(fld.xy[..., 1], 1.0 / fy)], axis=-1).astype(np.float32)
+    return replace(fld, xy=xy, on_object=on_reference_object(xy, reference_mask), counts=dict(fld.counts)), info
 
 
 def _refine_leader(pool: "_Candidates", reference: np.ndarray, ecc: bool, ecc_candidates: int, flow: bool, flow_min_ncc: float, rival_margin: float | None, give_up_below: float | None = None, template_give_up: float | None = None) -> tuple:

@@ -613,3 +613,33 @@ def test_a_field_that_misses_its_own_matches_is_discounted_and_said(monkeypatch)
     assert abs(half.warp_fraction - good.warp_fraction / 2) < 0.02, (half.warp_fraction, good.warp_fraction)
     assert any("misses its own matches" in n and "at 50% of its trust" in n for n in half.notes), half.notes
     assert none.warp_fraction == 0.0 and any("misses its own matches" in n and "not used" in n for n in none.notes), none.notes
+
+
+def test_a_reference_at_half_the_images_size_is_matched_scaled_up_and_said_so():
+    """A reference photo at half the image's resolution: the dense alignment matches it scaled up
+    to the image's size (alignment._with_reference_upscaled), its warp is trusted and pasted, M*
+    is on the reference as given, the notes say it once, and pixels outside the dilated mask stay
+    bit-identical; the same reference at the image's size says nothing of it."""
+    import torch
+
+    from refine_by_align.config import get_config
+    from refine_by_align.models.refiner import RefineByAlignModel
+    from refine_by_align.pipelines.pipeline import RefineByAlignPipeline, make_scheduler
+
+    image, mask, reference = _textured_pair()
+    small = cv2.resize(reference, (80, 80), interpolation=cv2.INTER_AREA)
+    torch.manual_seed(0)
+    model = RefineByAlignModel.from_model_config(get_config("tiny"), load_pretrained=False).eval()
+    pipe = RefineByAlignPipeline(model=model, scheduler=make_scheduler(model))
+    pipe.set_progress_bar_config(disable=True)
+    out = pipe(Image.fromarray(image), mask, Image.fromarray(small), matchers="sift", seed=0)
+    assert out.alignment == "dense" and out.warp_fraction > 0.5, out.notes
+    assert out.info["reference_scale"] == pytest.approx(2.0)
+    assert out.region.shape == small.shape[:2] and out.region.any()
+    said = [n for n in out.notes if "smaller than the image" in n]
+    assert len(said) == 1 and "2.0x" in said[0], out.notes
+    a = np.asarray(out.image)
+    region = _dilated(mask, model.cfg.paste_dilate)
+    assert np.array_equal(a[~region], image[~region])
+    same = pipe(Image.fromarray(image), mask, Image.fromarray(reference), matchers="sift", seed=0)
+    assert "reference_scale" not in same.info and not any("smaller than the image" in n for n in same.notes)

@@ -848,6 +848,8 @@ class RefineByAlignPipeline(DiffusionPipeline):
         for i, (r, wf) in enumerate(zip(results, warps)):
             shared = [] if r is None else list(r.info.get("notes", []))  # about the matchers, the same for every reference
             own = [r.info["fallback"]] if r is not None and "fallback" in r.info else []
+            if r is not None and r.info.get("reference_scale", 1.0) > 1.0:
+                own.insert(0, f"the reference is {r.info['reference_scale']:.1f}x smaller than the image: it was matched scaled up to the image's size")
             misfit = None if r is None or r.field is None else r.field.misfit_px
             if wf is not None and wf.misfit_factor <= 0:
                 own.append(f"the field misses its own matches by {misfit:.1f} px (another view of the object?): its warp is not used")

@@ -142,6 +142,20 @@ def test_a_large_reference_is_scaled_with_the_image_and_its_positions_read_back(
     assert np.allclose(big.field.xy[301, 451], 3 * (small.field.xy[100, 150] + 0.5) - 0.5, atol=1.5)
 
 
+def test_a_reference_at_half_the_images_size_is_compared_scaled_up_and_its_positions_read_back():
+    """A reference picture at half the image's size is compared scaled up to it (as the alignment
+    matches it): the damaged patch is found, info["reference_scale"] says 2, and the field's
+    positions are on the reference as given (half those found against the full-size one)."""
+    img, ref, ref_mask, true = _scene()
+    full = D.detect(img, ref, ref_mask)
+    half = D.detect(img, cv2.resize(ref, (120, 120), interpolation=cv2.INTER_AREA), np.ones((120, 120), bool))
+    assert half.info["reference_scale"] == pytest.approx(272 / 120, abs=0.01) and "reference_scale" not in full.info
+    assert half.field is not None and D.mask_scores(half.mask, true)["recall"] > 0.6
+    ys, xs = np.nonzero(true & full.valid & half.valid)
+    np.testing.assert_allclose(half.field.xy[ys, xs], (full.field.xy[ys, xs] + 0.5) / 2 - 0.5, atol=0.5)
+    assert half.field.on_object[ys, xs].all()
+
+
 def test_settle_field_takes_up_a_smooth_residual_but_not_an_artifact():
     """A field 1-2 px off by a smooth error, over an image that is the reference itself: the settled
     field is under half a pixel off away from a pasted artifact, and no farther off than before on

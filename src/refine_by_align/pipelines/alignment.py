@@ -37,7 +37,18 @@ from ..models.attention import AllLayersRecorded, recording
 from ..threads import side_by_side, worker_threads
 from ..zoom import Box, rescaled
 from .field_refinement import DETAIL_TRUST, FlowRefinement, held_out_agreement, polish_field_ecc, refine_field_ecc
-from .fields import DenseField, dense_field, field_at_full_scale, field_misfit, fit_field, on_reference_object, with_confidence
+from .fields import (
+    REFERENCE_UPSCALE_ABOVE,
+    DenseField,
+    dense_field,
+    field_at_full_scale,
+    field_misfit,
+    field_scaled_back,
+    fit_field,
+    reference_upscale,
+    upscaled_reference,
+    with_confidence,
+)
 from .matching import (
     ALIKED_KEYPOINTS,
     AlikedImage,
@@ -274,14 +285,6 @@ TEMPLATE_GIVE_UP_DETAIL = 0.35
 #: is scaled); a 2048 px picture's crop aligned at its own size took 10 s (MODEL_CARD.md, "Large
 #: pictures"). None: always at full resolution.
 ALIGN_MAX_CROP = 512
-#: A reference photo whose longer side is this many times shorter than the image's (at the
-#: alignment's working scale) or more is matched scaled up to the image's size, by at most
-#: :data:`REFERENCE_UPSCALE_MAX` (:func:`_with_reference_upscaled`): the matchers and the template
-#: search find the object at about its own scale, and the field is scaled back to the reference as
-#: given. A product photo at half the image's resolution lost every field on val2's plain candles
-#: (MODEL_CARD.md, thirty-third session). None: never.
-REFERENCE_UPSCALE_ABOVE = 1.5
-REFERENCE_UPSCALE_MAX = 4.0
 
 
 def dense_alignment(
@@ -390,7 +393,7 @@ def dense_alignment(
                 reference_upscale_above=reference_upscale_above, **settings,
             ),
         )
-    factor = _reference_upscale(image.shape, reference.shape, reference_upscale_above)
+    factor = reference_upscale(image.shape, reference.shape, reference_upscale_above)
     if factor > 1.0:
         return _with_reference_upscaled(
             reference, reference_mask, search_mask, attention, factor,
@@ -537,39 +540,20 @@ def _at_working_scale(image: np.ndarray, mask: np.ndarray, crop_box: Box, max_cr
     return field_at_full_scale(fld, crop_box, fx, fy), info
 
 
-def _reference_upscale(image_shape: tuple, reference_shape: tuple, above: float | None) -> float:
-    """The factor :func:`dense_alignment` scales the reference up by: the image's longer side over
-    the reference's, where that is at least ``above`` (at most :data:`REFERENCE_UPSCALE_MAX`), else 1."""
-    if above is None:
-        return 1.0
-    ratio = max(image_shape[:2]) / float(max(reference_shape[:2]))
-    return min(ratio, REFERENCE_UPSCALE_MAX) if ratio >= above else 1.0
-
-
 def _with_reference_upscaled(reference: np.ndarray, reference_mask, search_mask, attention: Matches | None, factor: float, align) -> tuple[DenseField | None, dict]:
     """:func:`dense_alignment` with a reference much smaller than the image: ``align(reference,
     reference_mask, search_mask, attention)`` run on the reference scaled up by ``factor`` (Lanczos;
     its masks by the nearest pixel, the ``attention`` matches' reference positions with it), and
     the field's reference positions scaled back to the reference as given (pixel centres kept, the
-    object test made again on ``reference_mask``). SIFT finds its keypoints at every scale, but
+    object test made again on ``reference_mask``: :func:`~.fields.field_scaled_back`). SIFT finds its keypoints at every scale, but
     ALIKED, the template search and the rings' fine detail want the object at about the image's
     scale. The fitted ``fit`` stays in the scaled reference's pixels."""
-    hr, wr = reference.shape[:2]
-    sw, sh = max(1, round(wr * factor)), max(1, round(hr * factor))
-    fx, fy = sw / float(wr), sh / float(hr)
-    big = cv2.resize(np.ascontiguousarray(reference), (sw, sh), interpolation=cv2.INTER_LANCZOS4)
-
-    def grown(m):
-        return None if m is None else cv2.resize(np.asarray(m, np.uint8), (sw, sh), interpolation=cv2.INTER_NEAREST).astype(bool)
-
+    big, (big_mask, big_look), f = upscaled_reference(reference, (reference_mask, search_mask), factor)
     if attention is not None:
-        attention = replace(attention, ref_xy=rescaled(attention.ref_xy, (fx, fy)))
-    fld, info = align(big, grown(reference_mask), grown(search_mask), attention)
-    info["reference_scale"] = round(float(np.sqrt(fx * fy)), 4)
-    if fld is None:
-        return None, info
-    xy = np.stack([rescaled(fld.xy[..., 0], 1.0 / fx), rescaled(fld.xy[..., 1], 1.0 / fy)], axis=-1).astype(np.float32)
-    return replace(fld, xy=xy, on_object=on_reference_object(xy, reference_mask), counts=dict(fld.counts)), info
+        attention = replace(attention, ref_xy=rescaled(attention.ref_xy, f))
+    fld, info = align(big, big_mask, big_look, attention)
+    info["reference_scale"] = round(float(np.sqrt(f[0] * f[1])), 4)
+    return (None, info) if fld is None else (field_scaled_back(fld, f, reference_mask), info)
 
 
 def _refine_leader(pool: "_Candidates", reference: np.ndarray, ecc: bool, ecc_candidates: int, flow: bool, flow_min_ncc: float, rival_margin: float | None, give_up_below: float | None = None, template_give_up: float | None = None) -> tuple:

@@ -36,7 +36,7 @@ import cv2
 import numpy as np
 
 from ..zoom import Box, rescaled
-from .fields import DenseField, dense_field, field_at_full_scale, fit_field, on_reference_object
+from .fields import DenseField, dense_field, field_at_full_scale, field_scaled_back, fit_field, on_reference_object, reference_upscale, upscaled_reference
 from .matching import Matches, aliked_matches, sift_matches
 from .warp import colour_transfer, normalised_blur
 
@@ -434,12 +434,19 @@ def detect(
 
         reference_mask = estimate_foreground(reference)
         notes.append(estimate_note(reference_mask))
+    # a reference picture much smaller than the image is compared scaled up to the image's size,
+    # as the alignment matches it (fields.reference_upscale); the field is returned on it as given
+    given_mask, factor, f = reference_mask, reference_upscale(image.shape, reference.shape), None
+    if factor > 1.0:
+        reference, (reference_mask,), f = upscaled_reference(reference, (reference_mask,), factor)
     fld, info = fit_image_field(image, reference, reference_mask, aliked, erode_px=erode_px)
     if fld is not None and settle:
         fitted, fld = fld, settle_field(image, reference, reference_mask, fld, erode_px)
         info["settled"] = fld is not fitted  # False: the flow's warp agreed with the image less than the fit's
     info["method"] = method
     info["notes"] = notes
+    if f is not None:
+        info["reference_scale"] = round(float(np.sqrt(f[0] * f[1])), 4)
     if fld is None:
         info["note"] = "no consistent field between the image and the reference (too few agreeing matches): nothing proposed"
         z = np.zeros((h, w), bool)
@@ -455,7 +462,7 @@ def detect(
         mask, thr = propose_mask(score, valid, k=6.0 if threshold is None else float(threshold))
         heat = np.clip(score / (2.0 * thr), 0.0, 1.0) if np.isfinite(thr) and thr > 0 else np.zeros_like(score)
     info.update(threshold=round(float(thr), 4), compared=round(float(valid.mean()), 4), proposed=round(float(mask.mean()), 5))
-    return Detection(mask, heat.astype(np.float32), valid, fld, info)
+    return Detection(mask, heat.astype(np.float32), valid, fld if f is None else field_scaled_back(fld, f, given_mask), info)
 
 
 def _detect_scaled(image, reference, reference_mask, aliked, method, threshold, erode_px, estimate_object, max_side: int, settle: bool) -> Detection:

@@ -436,6 +436,42 @@ def with_confidence(fld: DenseField, reach: float | None = None) -> DenseField:
     return replace(fld, confidence=(conf * fld.on_object).astype(np.float32))
 
 
+#: A reference picture whose longer side is this many times shorter than the image's (at the
+#: working scale) or more is matched scaled up to the image's size (:func:`reference_upscale`), by
+#: at most :data:`REFERENCE_UPSCALE_MAX`: ALIKED, the template search and the rings' fine detail
+#: want the object at about the image's scale (a product photo at half the image's resolution lost
+#: every field on val2's plain candles; MODEL_CARD.md, thirty-third session). None: never.
+REFERENCE_UPSCALE_ABOVE = 1.5
+REFERENCE_UPSCALE_MAX = 4.0
+
+
+def reference_upscale(image_shape: tuple, reference_shape: tuple, above: float | None = REFERENCE_UPSCALE_ABOVE) -> float:
+    """The factor a reference is matched scaled up by: the image's longer side over the
+    reference's, where that is at least ``above`` (at most :data:`REFERENCE_UPSCALE_MAX`), else 1."""
+    if above is None:
+        return 1.0
+    ratio = max(image_shape[:2]) / float(max(reference_shape[:2]))
+    return min(ratio, REFERENCE_UPSCALE_MAX) if ratio >= above else 1.0
+
+
+def upscaled_reference(reference: np.ndarray, masks: tuple, factor: float) -> tuple[np.ndarray, list, tuple[float, float]]:
+    """``reference`` (Hr, Wr, 3) scaled up by ``factor`` (Lanczos), each of ``masks`` ((Hr, Wr)
+    bool or None) by the nearest pixel, and the exact factors (fx, fy) of the whole-pixel size."""
+    hr, wr = reference.shape[:2]
+    sw, sh = max(1, round(wr * factor)), max(1, round(hr * factor))
+    big = cv2.resize(np.ascontiguousarray(reference), (sw, sh), interpolation=cv2.INTER_LANCZOS4)
+    grown = [None if m is None else cv2.resize(np.asarray(m, np.uint8), (sw, sh), interpolation=cv2.INTER_NEAREST).astype(bool) for m in masks]
+    return big, grown, (sw / float(wr), sh / float(hr))
+
+
+def field_scaled_back(fld: DenseField, f: tuple[float, float], reference_mask: np.ndarray | None) -> DenseField:
+    """A field onto a reference scaled up by ``f`` = (fx, fy) with its positions on the reference as
+    given (pixel centres kept) and its object test made again on ``reference_mask``; ``fit`` stays
+    in the scaled reference's pixels."""
+    xy = np.stack([rescaled(fld.xy[..., 0], 1.0 / f[0]), rescaled(fld.xy[..., 1], 1.0 / f[1])], axis=-1).astype(np.float32)
+    return replace(fld, xy=xy, on_object=on_reference_object(xy, reference_mask), counts=dict(fld.counts))
+
+
 def field_at_full_scale(fld: DenseField, box: Box, fx: float, fy: float) -> DenseField:
     """A field computed on a picture scaled by (``fx``, ``fy``) (its box that picture's pixels)
     read back over ``box`` of the full-resolution picture: each full-resolution pixel reads the

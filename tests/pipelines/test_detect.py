@@ -150,6 +150,7 @@ def test_a_reference_at_half_the_images_size_is_compared_scaled_up_and_its_posit
     full = D.detect(img, ref, ref_mask)
     half = D.detect(img, cv2.resize(ref, (120, 120), interpolation=cv2.INTER_AREA), np.ones((120, 120), bool))
     assert half.info["reference_scale"] == pytest.approx(272 / 120, abs=0.01) and "reference_scale" not in full.info
+    assert sum("smaller than the image" in n for n in half.info["notes"]) == 1 and not any("smaller" in n for n in full.info["notes"])
     assert half.field is not None and D.mask_scores(half.mask, true)["recall"] > 0.6
     ys, xs = np.nonzero(true & full.valid & half.valid)
     np.testing.assert_allclose(half.field.xy[ys, xs], (full.field.xy[ys, xs] + 0.5) / 2 - 0.5, atol=0.5)

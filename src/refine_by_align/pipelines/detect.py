@@ -447,6 +447,7 @@ def detect(
     info["notes"] = notes
     if f is not None:
         info["reference_scale"] = round(float(np.sqrt(f[0] * f[1])), 4)
+        notes.append(f"the reference is {info['reference_scale']:.1f}x smaller than the image: it was compared scaled up to the image's size")
     if fld is None:
         info["note"] = "no consistent field between the image and the reference (too few agreeing matches): nothing proposed"
         z = np.zeros((h, w), bool)

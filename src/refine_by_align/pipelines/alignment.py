@@ -545,9 +545,10 @@ def _with_reference_upscaled(reference: np.ndarray, reference_mask, search_mask,
     reference_mask, search_mask, attention)`` run on the reference scaled up by ``factor`` (Lanczos;
     its masks by the nearest pixel, the ``attention`` matches' reference positions with it), and
     the field's reference positions scaled back to the reference as given (pixel centres kept, the
-    object test made again on ``reference_mask``: :func:`~.fields.field_scaled_back`). SIFT finds its keypoints at every scale, but
-    ALIKED, the template search and the rings' fine detail want the object at about the image's
-    scale. The fitted ``fit`` stays in the scaled reference's pixels."""
+    object test made again on ``reference_mask``: :func:`~.fields.field_scaled_back`). SIFT finds
+    its keypoints at every scale, but ALIKED, the template search and the rings' fine detail want
+    the object at about the image's scale. The fitted ``fit`` stays in the scaled reference's
+    pixels."""
     big, (big_mask, big_look), f = upscaled_reference(reference, (reference_mask, search_mask), factor)
     if attention is not None:
         attention = replace(attention, ref_xy=rescaled(attention.ref_xy, f))

@@ -398,7 +398,10 @@ def detect(
     from the photo (``estimate_object``; else the whole photo), and ``info["notes"]`` says so.
     When no consistent field is found the mask is empty and ``info["note"]`` says why. An image
     over ``max_side`` px is compared scaled down to it, the results read back at its own size
-    (``info["working_scale"]``; the reference as given). ``settle``: the fitted field's smooth
+    (``info["working_scale"]``; the reference as given). A reference picture at least
+    :data:`~.fields.REFERENCE_UPSCALE_ABOVE` times smaller than the (working) image is compared
+    scaled up to the image's size, as the alignment matches it (``info["reference_scale"]`` and a
+    note; the field returned on the reference as given). ``settle``: the fitted field's smooth
     residual taken up by a smoothed optical flow first (:func:`settle_field`; False: the fit alone,
     as before the thirty-first session)."""
     from ..io import InputError, alpha_mask, check_detect_settings, to_rgb
@@ -436,7 +439,8 @@ def detect(
         notes.append(estimate_note(reference_mask))
     # a reference picture much smaller than the image is compared scaled up to the image's size,
     # as the alignment matches it (fields.reference_upscale); the field is returned on it as given
-    given_mask, factor, f = reference_mask, reference_upscale(image.shape, reference.shape), None
+    given_mask, f = reference_mask, None  # (f: the scale factors (fx, fy) where it was scaled)
+    factor = reference_upscale(image.shape, reference.shape)
     if factor > 1.0:
         reference, (reference_mask,), f = upscaled_reference(reference, (reference_mask,), factor)
     fld, info = fit_image_field(image, reference, reference_mask, aliked, erode_px=erode_px)

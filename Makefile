@@ -14,7 +14,7 @@ $(STAMP): pyproject.toml constraints.txt
 	@# an older checkout installed opencv-python-headless; it and the contrib wheel share cv2/ and must not both be there
 	if $(BIN)/pip show -q opencv-python-headless 2>/dev/null; then $(BIN)/pip uninstall -y -q opencv-python-headless opencv-contrib-python-headless; fi
 	$(BIN)/pip install -q -c constraints.txt -e ".[test]" 2>&1 | grep -v "^WARNING: Location" || true
-	$(BIN)/python -c "import refine_by_align, torch, diffusers, transformers, skimage, pytest, cv2; cv2.xphoto"
+	$(BIN)/python -c "import refine_by_align, torch, diffusers, transformers, skimage, pytest, numba, cv2; cv2.xphoto"
 	touch $(STAMP)
 
 install: $(STAMP)

@@ -23,7 +23,7 @@ import torch
 
 from .config import CLASSICAL_FILLS, HOLE_FILLS  # the fills' names: one list for this module and the config's checks
 
-__all__ = ["CLASSICAL_FILLS", "HOLE_FILLS", "classical_fill", "fill_hole", "biharmonic_fill", "fsr_fill", "harmonic_fill", "mixed_fill", "mixed_fill_weights", "local_mixed_fill", "local_mixed_weights", "harmonic_interpolate", "spline_interpolate", "residual_patch", "poisson_fill", "warp_composite", "warp_at"]
+__all__ = ["CLASSICAL_FILLS", "HOLE_FILLS", "classical_fill", "fill_hole", "biharmonic_fill", "fsr_fill", "warm_up_fills", "harmonic_fill", "mixed_fill", "mixed_fill_weights", "local_mixed_fill", "local_mixed_weights", "harmonic_interpolate", "spline_interpolate", "residual_patch", "poisson_fill", "warp_composite", "warp_at"]
 
 TELEA_RADIUS = 3  # px, at the U-Net's crop resolution
 FULL_TELEA_RADIUS = 5.0  # px, at the image's own resolution (as the `telea` baseline)
@@ -113,6 +113,30 @@ def _known_means(values: np.ndarray, m: np.ndarray, size: tuple[int, int]) -> tu
     total = cv2.resize(values.astype(np.float32) * known[..., None], size, interpolation=cv2.INTER_AREA).reshape(size[1], size[0], values.shape[2])
     means = np.where(share[..., None] > 0, total / np.maximum(share, 1e-6)[..., None], 0.0).astype(np.float32)
     return means, share
+
+
+_WARMING: list = []  # the warm-up thread, started once per process
+
+
+def warm_up_fills() -> None:
+    """Get the compiled FSR (:mod:`refine_by_align.fsr`) ready in a background thread, so that the
+    first fill of a process does not wait for numba to start (about 0.6 s; compiling, the first
+    time on a machine, about 4 s). Returns at once; does nothing the second time, or where numba is
+    missing (a failure shows again, with its message, where the fill runs)."""
+    if _WARMING:
+        return
+    import threading
+
+    def run() -> None:
+        try:
+            from .fsr import warm_up
+
+            warm_up()
+        except Exception:  # noqa: BLE001
+            return
+
+    _WARMING.append(threading.Thread(target=run, name="fsr-warm-up", daemon=True))
+    _WARMING[0].start()
 
 
 FSR_QUALITIES = ("fast", "best")

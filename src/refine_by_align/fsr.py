@@ -30,7 +30,7 @@ import cv2
 import numpy as np
 from numba import njit
 
-__all__ = ["fsr_inpaint", "FSRSettings", "FSR_FAST", "FSR_BEST"]
+__all__ = ["fsr_inpaint", "warm_up", "FSRSettings", "FSR_FAST", "FSR_BEST"]
 
 
 @dataclass(frozen=True)
@@ -449,3 +449,13 @@ def fsr_inpaint(images: list[np.ndarray], knowns: list[np.ndarray], settings: FS
             k += 1
         out.append(filled[0] if len(filled) == 1 else cv2.cvtColor(np.dstack(filled), cv2.COLOR_YCrCb2BGR))
     return out
+
+
+def warm_up() -> None:
+    """Load (or, the first time on a machine, compile) the compiled parts by filling a tiny hole:
+    numba's start costs about 0.6 s, compiling about 4 s (:func:`refine_by_align.fill.warm_up_fills`
+    does this in a background thread when a pipeline is made)."""
+    img = np.full((32, 32), 128, np.uint8)
+    known = np.ones((32, 32), bool)
+    known[12:20, 12:20] = False
+    fsr_inpaint([img], [known])

@@ -20,7 +20,7 @@ from diffusers import DDIMScheduler, DiffusionPipeline, DPMSolverMultistepSchedu
 from PIL import Image
 
 from ..config import CONFIG_NAMES, get_config
-from ..fill import CLASSICAL_FILLS, MIXED_FILLS, classical_fill, local_mixed_fill, residual_patch, warp_at, warp_composite
+from ..fill import CLASSICAL_FILLS, MIXED_FILLS, classical_fill, local_mixed_fill, residual_patch, warm_up_fills, warp_at, warp_composite
 from ..io import InputError, alpha_mask, check_settings, in_input_mode, to_mask, to_rgb, validate_inputs
 from ..models.refiner import RefineByAlignModel
 from ..zoom import Box, crop_resize, mask_bbox, paste_back, square_pad_box, zoom_box
@@ -200,6 +200,7 @@ class RefineByAlignPipeline(DiffusionPipeline):
         # set by enable_compile(): compiled stand-ins for the U-Net of the denoising loop ("unet")
         # and the autoencoder's encode / decode ("encode", "decode"); None = eager
         self._compiled: dict[str, object] = {}
+        warm_up_fills()
 
     def enable_compile(self, freezing: bool = True, mode: str | None = None, vae: bool = True) -> bool:
         """Compile the U-Net for the denoising loop with torch.compile (inductor; with weight

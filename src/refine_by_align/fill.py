@@ -166,7 +166,7 @@ def fsr_fill(image: np.ndarray, mask: np.ndarray, quality: str = "fast") -> np.n
         raise ValueError(f"unknown FSR quality '{quality}' (choose {' or '.join(FSR_QUALITIES)})")
     try:
         from .fsr import FSR_BEST, FSR_FAST, fsr_inpaint
-    except ImportError:  # numba missing: OpenCV's FSR
+    except (ImportError, RuntimeError, OSError):  # numba missing, or no writable place for its cache: OpenCV's FSR
         fsr_inpaint = None
         if not hasattr(cv2, "xphoto"):
             raise RuntimeError(

@@ -69,14 +69,12 @@ class _Block:
 
 
 class _Channel:
-    """One channel's reconstruction: its pixels, its known mask (1 known, 0.5 filled, 0 hole) and
-    the blocks to extrapolate, as rounds of waves (:func:`_schedule`)."""
+    """One channel to reconstruct: its pixels, its known mask and the blocks to extrapolate, in
+    waves (:func:`_schedule`); :func:`fsr_inpaint` fills a copy of the pixels."""
 
     def __init__(self, values: np.ndarray, known: np.ndarray, luma: bool, settings: FSRSettings):
         self.sampled = values.astype(np.float64)  # (H, W): the channel as given (the split test reads it)
-        self.image = self.sampled.copy()  # (H, W): filled as the blocks are extrapolated
-        self.mask = known.astype(np.float64)  # (H, W): 1 known, 0 hole; 0.5 once extrapolated
-        self.settings = settings
+        self.mask = known.astype(np.float64)  # (H, W): 1 known, 0 hole (0.5 once extrapolated, while scheduling)
         self.thresholds = settings.threshold_y if luma else settings.threshold_c
         self.waves = _schedule(self, settings)
 
@@ -113,6 +111,28 @@ def _hole_blocks(mask: np.ndarray, size: int, rows: int, cols: int) -> np.ndarra
     """(rows, cols) bool: the blocks of ``size`` px that hold a hole pixel (mask 0)."""
     tiles = mask[: rows * size, : cols * size].reshape(rows, size, cols, size)
     return (tiles == 0).any(axis=(1, 3))
+
+
+def _unfilled_neighbours(mask: np.ndarray, size: int, rows: int, cols: int) -> np.ndarray:
+    """(rows, cols) int64: for each block of ``size`` px that holds a hole pixel, how many of its
+    eight neighbours do too, a block on the picture's border counting its missing neighbours as
+    unfilled (5 more at a corner, 3 on a side, per side it lies on); -1 for a block without hole.
+    FSR takes the blocks with the fewest first."""
+    holes = _hole_blocks(mask, size, rows, cols)
+    padded = np.pad(holes, 1).astype(np.int64)
+    nen = sum(padded[1 + dy : 1 + dy + rows, 1 + dx : 1 + dx + cols] for dy, dx in _NEIGHBOURS)
+    at_y = np.zeros((rows, 1), np.int64)  # on the first / last row (2 where there is one row)
+    at_y[0] += 1
+    at_y[-1] += 1
+    at_x = np.zeros((1, cols), np.int64)  # on the first / last column
+    at_x[0, 0] += 1
+    at_x[0, -1] += 1
+    nen = nen + 5 * at_y * at_x + 3 * (at_y * (at_x == 0) + at_x * (at_y == 0))
+    nen[~holes] = -1
+    if nen.min() == 8:  # no block without holes around: the blocks that are all hole wait one more
+        tiles = mask[: rows * size, : cols * size].reshape(rows, size, cols, size)
+        nen[(tiles == 0).all(axis=(1, 3))] += 1
+    return nen
 
 
 def _schedule(ch: _Channel, s: FSRSettings) -> list[list[_Block]]:
@@ -152,29 +172,7 @@ def _schedule(ch: _Channel, s: FSRSettings) -> list[list[_Block]]:
                     later += [(2 * by + dy, 2 * bx + dx) for dy, dx in ((0, 0), (0, 1), (1, 0), (1, 1))]
         else:
             now[:] = True
-        holes = _hole_blocks(ch.mask, size, rows, cols)
-        # nen: how many of a block's eight neighbours still hold a hole, plus a penalty at the border
-        padded = np.pad(holes, 1).astype(np.int64)
-        nen = sum(padded[1 + dy : 1 + dy + rows, 1 + dx : 1 + dx + cols] for dy, dx in _NEIGHBOURS).astype(np.int64)
-        edge_y = np.zeros((rows, cols), bool)
-        edge_x = np.zeros((rows, cols), bool)
-        edge_y[[0, -1], :] = True
-        edge_x[:, [0, -1]] = True
-        first_last_y = np.zeros((rows, 1), np.int64)
-        first_last_y[0] += 1
-        first_last_y[-1] += 1
-        first_last_x = np.zeros((1, cols), np.int64)
-        first_last_x[0, 0] += 1
-        first_last_x[0, -1] += 1
-        corner = (first_last_y * first_last_x) * 5  # each corner condition adds 5 (twice where a side is one block long)
-        inner_y = ~edge_y
-        inner_x = ~edge_x
-        side = (edge_y & inner_x) * first_last_y * 3 + (edge_x & inner_y) * first_last_x * 3
-        nen = nen + corner + side
-        nen[~holes] = -1
-        if nen.min() == 8:  # no block without holes around: the blocks that are all hole wait one more
-            tiles = ch.mask[: rows * size, : cols * size].reshape(rows, size, cols, size)
-            nen[(tiles == 0).all(axis=(1, 3))] += 1
+        nen = _unfilled_neighbours(ch.mask, size, rows, cols)
         while True:  # rounds: the blocks with the fewest unfilled neighbours, none next to another
             cand = (nen >= 0) & now
             if not cand.any():
@@ -413,11 +411,13 @@ def fsr_inpaint(images: list[np.ndarray], knowns: list[np.ndarray], settings: FS
     a known pixel) -> the filled pictures, uint8, in the same layout. Every block of every channel
     of every picture that the reconstruction order lets run together is extrapolated in one batch.
 
-    The same result as OpenCV's ``xphoto.inpaint(image, known * 255, out, INPAINT_FSR_FAST)``
-    (where the picture's size is a whole number of blocks: OpenCV leaves a block cut off by the
-    right or bottom edge unfilled)."""
+    The same result as OpenCV's ``xphoto.inpaint(image, known * 255, out, INPAINT_FSR_FAST)`` (with
+    ``settings=FSR_BEST``, ``INPAINT_FSR_BEST``); like it, a block cut off by the right or bottom
+    edge is left unfilled (:func:`refine_by_align.fill.fsr_fill` pads the picture to whole blocks)."""
     if len(images) != len(knowns):
         raise ValueError(f"fsr_inpaint: {len(images)} images and {len(knowns)} masks")
+    # 1. each picture's channels (luma and chroma apart, the hole zeroed as OpenCV does), each with
+    #    the order its blocks are taken in
     channels: list[list[_Channel]] = []
     for img, known in zip(images, knowns):
         img = np.asarray(img)
@@ -429,23 +429,25 @@ def fsr_inpaint(images: list[np.ndarray], knowns: list[np.ndarray], settings: FS
         else:
             ycrcb = cv2.cvtColor(np.ascontiguousarray(img), cv2.COLOR_BGR2YCrCb) * known[..., None].astype(np.uint8)
             channels.append([_Channel(ycrcb[..., i], known, i == 0, settings) for i in range(3)])
+    # 2. the waves, step by step: each step's blocks of every channel extrapolated as one batch
     flat = [ch for group in channels for ch in group]
-    h = max((ch.image.shape[0] for ch in flat), default=0)
-    w = max((ch.image.shape[1] for ch in flat), default=0)
+    h = max((ch.sampled.shape[0] for ch in flat), default=0)
+    w = max((ch.sampled.shape[1] for ch in flat), default=0)
     stack = np.zeros((len(flat), h, w))  # (P, H, W): every channel's pixels, filled as the steps go
     known = np.zeros((len(flat), h, w))  # (P, H, W): 1 known, 0 hole, conc_weighting once filled
     for i, ch in enumerate(flat):
-        stack[i, : ch.image.shape[0], : ch.image.shape[1]] = ch.image
+        stack[i, : ch.sampled.shape[0], : ch.sampled.shape[1]] = ch.sampled
         known[i, : ch.mask.shape[0], : ch.mask.shape[1]] = ch.mask
     for step in range(max((len(ch.waves) for ch in flat), default=0)):
         rows = [_step_rows(i, ch.waves[step]) for i, ch in enumerate(flat) if step < len(ch.waves)]
         _extrapolate(stack, known, np.concatenate(rows), settings)
+    # 3. back to 8 bits (and from YCrCb)
     out = []
     k = 0
     for img, group in zip(images, channels):
         filled = []
         for ch in group:
-            filled.append(np.clip(np.rint(stack[k, : ch.image.shape[0], : ch.image.shape[1]]), 0, 255).astype(np.uint8))
+            filled.append(np.clip(np.rint(stack[k, : ch.sampled.shape[0], : ch.sampled.shape[1]]), 0, 255).astype(np.uint8))
             k += 1
         out.append(filled[0] if len(filled) == 1 else cv2.cvtColor(np.dstack(filled), cv2.COLOR_YCrCb2BGR))
     return out

@@ -101,8 +101,12 @@ def test_fsr_fill_falls_back_to_opencv_without_numba(monkeypatch):
 
     img = _picture(5, 80, 96, 0.6)
     mask = _hole(80, 96, 5)
+    from refine_by_align.fill import fsr_backend
+
     compiled = fsr_fill(img, mask)
+    assert fsr_backend().startswith("numba ")
     monkeypatch.setitem(sys.modules, "refine_by_align.fsr", None)  # import fails
+    assert fsr_backend() == "opencv"
     if not hasattr(cv2, "xphoto"):
         with pytest.raises(RuntimeError, match="numba"):
             fsr_fill(img, mask)

@@ -139,6 +139,18 @@ def warm_up_fills() -> None:
     _WARMING[0].start()
 
 
+def fsr_backend() -> str:
+    """Which FSR :func:`fsr_fill` runs here: "numba X.Y" (:mod:`refine_by_align.fsr`) or
+    "opencv" (``cv2.xphoto``, where numba is missing or cannot cache); the speed benchmark records it."""
+    try:
+        import numba
+
+        from .fsr import fsr_inpaint  # noqa: F401
+    except (ImportError, RuntimeError, OSError):
+        return "opencv"
+    return f"numba {numba.__version__}"
+
+
 FSR_QUALITIES = ("fast", "best")
 FSR_BLOCK = 16  # px, the block size of OpenCV's FSR
 

@@ -35,6 +35,10 @@ def test_benchmark_writes_the_documented_keys(tmp_path):
     res = run_benchmark(["tiny"], out, repeats=1, dtype="bf16")
     data = json.loads(out.read_text())
     assert data["ceiling"]["fp32_gflops"] > 0 and data["ceiling"]["bf16_gflops"] > 0
+    from refine_by_align.fill import fsr_backend
+
+    assert data["fsr"] == fsr_backend() and (data["fsr"].startswith("numba ") or data["fsr"] == "opencv")
+    assert f"FSR fill: {data['fsr']}" in format_results(data, out)
     assert len(data["ceiling_runs"]) == 2 and data["ceiling"]["bf16_gflops"] == max(c["bf16_gflops"] for c in data["ceiling_runs"])
     r = data["tiny"]
     for key in ("refine_512_s", "align_s", "step_s", "unet_gflop", "unet_fraction_of_ceiling", "peak_rss_mb", "dtype"):

@@ -362,10 +362,13 @@ def run_benchmark(
     machine = f"{cpu_name()}, {torch.get_num_threads()} threads, torch {torch.__version__}"
     if dev.type == "cuda":
         machine += f", GPU {torch.cuda.get_device_name(dev)}"
+    from ..fill import fsr_backend
+
     out: dict = {
         "date": date.today().isoformat(),
         "machine": machine,
         "device": str(dev),
+        "fsr": fsr_backend(),  # the FSR fill's implementation (its speed differs 3-4x)
     }
 
     def ceiling() -> dict[str, float]:
@@ -419,7 +422,7 @@ def format_results(res: dict, output: str | Path) -> str:
     """The lines ``refine-by-align bench-speed`` prints for a :func:`run_benchmark` result written to ``output``."""
     lines = []
     c = res["ceiling"]
-    lines.append(f"{res['machine']}: matmul ceiling fp32 {c['fp32_gflops']:.0f} GFLOP/s, bf16 {c['bf16_gflops']:.0f} GFLOP/s")
+    lines.append(f"{res['machine']}: matmul ceiling fp32 {c['fp32_gflops']:.0f} GFLOP/s, bf16 {c['bf16_gflops']:.0f} GFLOP/s" + (f"; FSR fill: {res['fsr']}" if 'fsr' in res else ""))
     lines.append(f"{'config':<10} {'dtype':<9} {'encode':>7} {'align':>7} {'step':>7} {'step1':>7} {'refine512':>9} {'GFLOP':>8} {'ceil%':>6} {'RSS MB':>7}")
     for name, r in res.items():
         if not isinstance(r, dict) or "refine_512_s" not in r:

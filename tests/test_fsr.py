@@ -112,3 +112,29 @@ def test_fsr_fill_falls_back_to_opencv_without_numba(monkeypatch):
             fsr_fill(img, mask)
         return
     assert np.array_equal(fsr_fill(img, mask), compiled)
+
+
+@needs_xphoto
+def test_fsr_inpaint_equals_opencv_on_random_pictures_and_holes():
+    """Seeded random cases: sizes from 8 px (under one block) to 80, colour and grey, noise, blur
+    and flat colour, holes of any shape up to nearly the whole picture (the branch where every
+    block holds a hole)."""
+    from refine_by_align.fsr import fsr_inpaint
+
+    rng = np.random.default_rng(11)
+    for i in range(40):
+        h, w = int(rng.integers(8, 80)), int(rng.integers(8, 80))
+        img = rng.integers(0, 255, (h, w, 3)).astype(np.uint8)
+        if i % 3 == 0:
+            img = cv2.GaussianBlur(img, (0, 0), float(rng.uniform(0.5, 6)))
+        elif i % 3 == 1:
+            img[:] = rng.integers(0, 255, 3)
+        known = np.ones((h, w), bool)
+        for _ in range(int(rng.integers(1, 5))):
+            y, x = rng.integers(0, h), rng.integers(0, w)
+            known[y : y + rng.integers(1, h), x : x + rng.integers(1, w)] = False
+        if i % 10 == 9:
+            known[:] = False
+            known[0, 0] = True
+        picture = np.ascontiguousarray(img[..., 0]) if i % 4 == 3 else img
+        assert np.array_equal(fsr_inpaint([picture], [known])[0], _opencv(picture, known, cv2.xphoto.INPAINT_FSR_FAST)), (i, h, w)

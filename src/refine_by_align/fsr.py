@@ -172,7 +172,7 @@ def _schedule(ch: _Channel, s: FSRSettings) -> list[list[_Block]]:
                     later += [(2 * by + dy, 2 * bx + dx) for dy, dx in ((0, 0), (0, 1), (1, 0), (1, 1))]
         else:
             now[:] = True
-        nen = _unfilled_neighbours(ch.mask, size, rows, cols)
+        nen = _unfilled_neighbours(ch.mask, size, rows, cols) if rows and cols else np.full((rows, cols), -1)  # (no whole block: none taken)
         while True:  # rounds: the blocks with the fewest unfilled neighbours, none next to another
             cand = (nen >= 0) & now
             if not cand.any():

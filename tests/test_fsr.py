@@ -138,3 +138,17 @@ def test_fsr_inpaint_equals_opencv_on_random_pictures_and_holes():
             known[0, 0] = True
         picture = np.ascontiguousarray(img[..., 0]) if i % 4 == 3 else img
         assert np.array_equal(fsr_inpaint([picture], [known])[0], _opencv(picture, known, cv2.xphoto.INPAINT_FSR_FAST)), (i, h, w)
+
+
+def test_fsr_inpaint_on_two_threads_equals_one_after_another():
+    """The fills run two FSRs side by side (the compiled search releases Python's lock): the same
+    pixels as one after the other."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    from refine_by_align.fsr import fsr_inpaint
+
+    jobs = [(_picture(s, 64, 96, 0.5 + 0.1 * s), ~_hole(64, 96, s)) for s in range(4)]
+    alone = [fsr_inpaint([img], [known])[0] for img, known in jobs]
+    with ThreadPoolExecutor(max_workers=2) as pool:
+        together = list(pool.map(lambda job: fsr_inpaint([job[0]], [job[1]])[0], jobs))
+    assert all(np.array_equal(a, b) for a, b in zip(alone, together))

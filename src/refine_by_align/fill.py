@@ -139,15 +139,24 @@ def warm_up_fills() -> None:
     _WARMING[0].start()
 
 
+def _compiled_fsr():
+    """:mod:`refine_by_align.fsr` where it can be used, else None (numba missing, or no writable
+    place for its cache: :func:`fsr_fill` then runs OpenCV's FSR)."""
+    import importlib
+
+    try:
+        return importlib.import_module(".fsr", __package__)
+    except (ImportError, RuntimeError, OSError):
+        return None
+
+
 def fsr_backend() -> str:
     """Which FSR :func:`fsr_fill` runs here: "numba X.Y" (:mod:`refine_by_align.fsr`) or
     "opencv" (``cv2.xphoto``, where numba is missing or cannot cache); the speed benchmark records it."""
-    try:
-        import numba
-
-        from .fsr import fsr_inpaint  # noqa: F401
-    except (ImportError, RuntimeError, OSError):
+    if _compiled_fsr() is None:
         return "opencv"
+    import numba
+
     return f"numba {numba.__version__}"
 
 
@@ -176,15 +185,12 @@ def fsr_fill(image: np.ndarray, mask: np.ndarray, quality: str = "fast") -> np.n
         raise ValueError(f"fsr_fill wants an (H, W, 1 or 3) image, got {img.shape}")
     if quality not in FSR_QUALITIES:
         raise ValueError(f"unknown FSR quality '{quality}' (choose {' or '.join(FSR_QUALITIES)})")
-    try:
-        from .fsr import FSR_BEST, FSR_FAST, fsr_inpaint
-    except (ImportError, RuntimeError, OSError):  # numba missing, or no writable place for its cache: OpenCV's FSR
-        fsr_inpaint = None
-        if not hasattr(cv2, "xphoto"):
-            raise RuntimeError(
-                "the 'fsr' fill needs numba (pip install numba) or OpenCV's contrib modules (cv2.xphoto): pip uninstall "
-                "opencv-python-headless opencv-contrib-python-headless, then pip install opencv-contrib-python-headless"
-            ) from None
+    compiled = _compiled_fsr()
+    if compiled is None and not hasattr(cv2, "xphoto"):
+        raise RuntimeError(
+            "the 'fsr' fill needs numba (pip install numba) or OpenCV's contrib modules (cv2.xphoto): pip uninstall "
+            "opencv-python-headless opencv-contrib-python-headless, then pip install opencv-contrib-python-headless"
+        )
     n = int(m.sum())
     if n == 0 or n == m.size:
         return img.copy()
@@ -204,8 +210,8 @@ def fsr_fill(image: np.ndarray, mask: np.ndarray, quality: str = "fast") -> np.n
     padded = padded[..., 0] if padded.shape[2] == 1 else padded
     known = np.zeros(padded.shape[:2], bool)
     known[: sub.shape[0], : sub.shape[1]] = ~sub_m
-    if fsr_inpaint is not None:
-        filled = fsr_inpaint([padded], [known], FSR_FAST if quality == "fast" else FSR_BEST)[0]
+    if compiled is not None:
+        filled = compiled.fsr_inpaint([padded], [known], compiled.FSR_FAST if quality == "fast" else compiled.FSR_BEST)[0]
     else:
         filled = np.zeros_like(padded)
         flag = cv2.xphoto.INPAINT_FSR_FAST if quality == "fast" else cv2.xphoto.INPAINT_FSR_BEST

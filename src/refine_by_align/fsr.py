@@ -27,6 +27,7 @@ against ``cv2.xphoto`` where that is installed (MODEL_CARD.md, "The FSR fill, 3-
 from __future__ import annotations
 
 from dataclasses import dataclass
+from functools import lru_cache
 
 import cv2
 import numpy as np
@@ -76,7 +77,7 @@ class _Channel:
 
     def __init__(self, values: np.ndarray, known: np.ndarray, luma: bool, settings: FSRSettings):
         self.sampled = values.astype(np.float64)  # (H, W): the channel as given (the split test reads it)
-        self.mask = known.astype(np.float64)  # (H, W): 1 known, 0 hole (0.5 once extrapolated, while scheduling)
+        self.mask = known.astype(np.float64)  # (H, W): 1 known, 0 hole
         self.thresholds = settings.threshold_y if luma else settings.threshold_c
         self.waves = _schedule(self, settings)
 
@@ -143,14 +144,14 @@ def _schedule(ch: _Channel, s: FSRSettings) -> list[list[_Block]]:
     sees every earlier one filled.
 
     The order does not depend on the values filled in, only on the mask and on the split tests,
-    which read the channel as given, so it is found before any block is extrapolated; the mask is
-    updated here as the blocks are taken (and reset after)."""
-    h, w = ch.mask.shape
-    mask0 = ch.mask.copy()
+    which read the channel as given, so it is found before any block is extrapolated, on a copy of
+    the mask updated as the blocks are taken."""
+    mask = ch.mask.copy()  # (H, W): the known mask as the blocks are taken (filled ones at conc_weighting)
+    h, w = mask.shape
     size, border = s.block_size, 0
     threshold, rho = ch.thresholds[0], s.rhos[0]
     rows, cols = -(-h // size), -(-w // size)
-    todo = [(by, bx) for by in range(rows) for bx in range(cols) if (ch.mask[by * size : (by + 1) * size, bx * size : (bx + 1) * size] == 0).any()]
+    todo = [(by, bx) for by in range(rows) for bx in range(cols) if (mask[by * size : (by + 1) * size, bx * size : (bx + 1) * size] == 0).any()]
     later: list[tuple[int, int]] = []
     waves: list[list[_Block]] = []
     while size >= s.block_size_min:
@@ -166,7 +167,7 @@ def _schedule(ch: _Channel, s: FSRSettings) -> list[list[_Block]]:
                 if by >= rows or bx >= cols:
                     continue
                 y0, y1, x0, x1 = _window(by * size, bx * size, size, border, (h, w))
-                sg = _std(ch.sampled[y0:y1, x0:x1], ch.mask[y0:y1, x0:x1])
+                sg = _std(ch.sampled[y0:y1, x0:x1], mask[y0:y1, x0:x1])
                 sigma[by, bx] = sg
                 if sg < threshold:
                     now[by, bx] = True
@@ -174,7 +175,7 @@ def _schedule(ch: _Channel, s: FSRSettings) -> list[list[_Block]]:
                     later += [(2 * by + dy, 2 * bx + dx) for dy, dx in ((0, 0), (0, 1), (1, 0), (1, 1))]
         else:
             now[:] = True
-        nen = _unfilled_neighbours(ch.mask, size, rows, cols) if rows and cols else np.full((rows, cols), -1)  # (no whole block: none taken)
+        nen = _unfilled_neighbours(mask, size, rows, cols) if rows and cols else np.full((rows, cols), -1)  # (no whole block: none taken)
         while True:  # rounds: the blocks with the fewest unfilled neighbours, none next to another
             cand = (nen >= 0) & now
             if not cand.any():
@@ -191,7 +192,7 @@ def _schedule(ch: _Channel, s: FSRSettings) -> list[list[_Block]]:
             for by, bx in taken:
                 y, x = by * size, bx * size
                 round_blocks.append(_Block(y, x, size, _window(y, x, size, border, (h, w)), rho, float(sigma[by, bx])))
-                cell = ch.mask[y : y + size, x : x + size]
+                cell = mask[y : y + size, x : x + size]
                 cell[cell == 0] = s.conc_weighting
                 nen[max(by - 1, 0) : by + 2, max(bx - 1, 0) : bx + 2] -= 1
                 nen[by, bx] = -1
@@ -206,7 +207,6 @@ def _schedule(ch: _Channel, s: FSRSettings) -> list[list[_Block]]:
             rho = s.rhos[3]
         if not later:
             break
-    ch.mask = mask0
     return waves
 
 
@@ -233,6 +233,7 @@ def _overlaps(win: tuple[int, int, int, int], b: _Block) -> bool:
     return y0 < b.y + b.size and b.y < y1 and x0 < b.x + b.size and b.x < x1
 
 
+@lru_cache(maxsize=None)
 def _frequency_weighting(n: int) -> np.ndarray:
     """(n, n // 2 + 1): the preference for low frequencies when choosing the next basis function."""
     y = np.arange(n, dtype=np.float64)[:, None]
@@ -395,11 +396,8 @@ def _extrapolate(images: np.ndarray, masks: np.ndarray, steps: np.ndarray, s: FS
     spectrum_w = spectra[:b]  # (B, n, n) complex: the weight's spectrum
     residual = np.ascontiguousarray(spectra[b:, :, :half])  # (B, n, n/2+1): the weighted residual's spectrum
     model = np.zeros((b, n, n), np.complex128)  # (B, n, n): the chosen coefficients
-    _pursuit(residual, spectrum_w, iters, _FW.get(n) if n in _FW else _FW.setdefault(n, _frequency_weighting(n)), float(s.orthogonality_correction), model)
+    _pursuit(residual, spectrum_w, iters, _frequency_weighting(n), float(s.orthogonality_correction), model)
     _scatter(np.ascontiguousarray(np.fft.ifft2(model).real), images, masks, steps, n, float(s.conc_weighting))
-
-
-_FW: dict[int, np.ndarray] = {}  # the low-frequency preference by window size
 
 
 def _step_rows(index: int, wave: list[_Block]) -> np.ndarray:

@@ -4,6 +4,7 @@ Thresholds are below what was measured (README, "reference mask"): demo referenc
 the 21 photos of the four held-out subjects 0.765 on average (the whole photo: 0.26).
 """
 
+import cv2
 import numpy as np
 import pytest
 from PIL import Image
@@ -165,3 +166,32 @@ def test_estimates_are_remembered_by_content_and_never_shared(monkeypatch):
     F.clear_foreground_cache()
     estimate_foreground(picture)
     assert len(calls) == 4
+
+
+def test_cut_out_outline_is_redrawn_at_full_resolution(monkeypatch):
+    """On a plain background the estimate's outline is decided again at full resolution
+    (PLAIN_OUTLINE_PX): GrabCut's 256 px outline, scaled back, is a pixel or two off; the redrawn one
+    follows the object's own edge. A background-coloured part inside the object stays the object."""
+    import refine_by_align.data.foreground as fg_module
+    from refine_by_align.data.foreground import clear_foreground_cache
+
+    yy, xx = np.mgrid[0:600, 0:640]
+    angle = np.arctan2(yy - 300, xx - 320)
+    radius = np.hypot(yy - 300, xx - 320)
+    obj = radius <= 150 + 40 * np.cos(7 * angle)  # a seven-pointed flower: an outline with sharp bends
+    picture = np.zeros((600, 640, 3), np.uint8)
+    picture[obj] = (210, 150, 60)
+    picture[obj & (xx > 320)] = (60, 120, 200)
+    picture[(np.abs(yy - 300) < 12) & (np.abs(xx - 320) < 12)] = 0  # a black patch in the object's middle
+    clear_foreground_cache()
+    redrawn = estimate_foreground(picture)
+    monkeypatch.setattr(fg_module, "PLAIN_OUTLINE_PX", 0)
+    clear_foreground_cache()
+    scaled_back = estimate_foreground(picture)
+    assert _iou(scaled_back, obj) < 0.995  # (what the test is about: GrabCut's outline alone is off)
+    assert _iou(redrawn, obj) > max(0.997, _iou(scaled_back, obj))
+    assert redrawn[300, 320]  # the black middle is inside the object: away from the outline, the estimate stands
+    near = np.abs(redrawn.astype(int) - scaled_back.astype(int)).astype(bool)
+    # distance of each pixel to GrabCut's outline (to the nearest pixel of the other side)
+    dist = np.minimum(cv2.distanceTransform(scaled_back.astype(np.uint8), cv2.DIST_L2, 5), cv2.distanceTransform((~scaled_back).astype(np.uint8), cv2.DIST_L2, 5))
+    assert dist[near].max() <= fg_module.PLAIN_OUTLINE_PX + 1  # only pixels near the outline changed

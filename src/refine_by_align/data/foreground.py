@@ -82,15 +82,20 @@ def plain_frame(rgb: np.ndarray, margin_px: tuple[int, int], share: float = PLAI
     background: at least ``share`` of its pixels within ``tolerance`` levels of the frame's median
     colour in every channel (an object cut out onto one colour, a studio shot). Photos of the
     dataset reach at most 0.77; the cut-out references of the validation cases 0.87-1.0."""
-    h, w = rgb.shape[:2]
-    mx, my = margin_px
-    frame = np.ones((h, w), bool)
-    frame[my : h - my, mx : w - mx] = False
-    px = rgb[frame].astype(np.int16)
+    px = _frame_pixels(rgb, margin_px)
     if len(px) == 0:
         return False
     median = np.median(px, axis=0)
     return bool((np.abs(px - median).max(axis=1) <= tolerance).mean() >= share)
+
+
+def _frame_pixels(rgb: np.ndarray, margin_px: tuple[int, int]) -> np.ndarray:
+    """The colours of the frame of ``margin_px`` (x, y) px around ``rgb`` (H, W, 3) uint8: (N, 3) int16."""
+    h, w = rgb.shape[:2]
+    mx, my = margin_px
+    frame = np.ones((h, w), bool)
+    frame[my : h - my, mx : w - mx] = False
+    return rgb[frame].astype(np.int16)
 
 
 def on_plain_background(rgb: np.ndarray, work_side: int = 256, margin: float = 0.05) -> bool:
@@ -173,13 +178,10 @@ def _outline_on_plain(rgb: np.ndarray, fg: np.ndarray, frame_px: tuple[int, int]
     decided again at full resolution: background where its colour is within ``tolerance`` levels
     (every channel) of the frame's median colour, object elsewhere. Away from the outline the
     estimate stands (an object's own dark or background-coloured parts stay the object)."""
-    h, w = fg.shape
-    mx, my = frame_px
-    frame = np.ones((h, w), bool)
-    frame[my : h - my, mx : w - mx] = False
-    if not frame.any():
+    px = _frame_pixels(rgb, frame_px)
+    if len(px) == 0:
         return fg
-    background = np.median(rgb[frame].astype(np.int16), axis=0)  # (3,)
+    background = np.median(px, axis=0)  # (3,)
     disk = cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (2 * reach + 1, 2 * reach + 1))
     f8 = fg.astype(np.uint8)
     near = (cv2.dilate(f8, disk) > 0) & ~(cv2.erode(f8, disk) > 0)  # (H, W) bool: within reach of the outline

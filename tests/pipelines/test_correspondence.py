@@ -609,6 +609,32 @@ def test_flow_gives_up_after_a_first_round_below_the_given_detail():
     assert np.array_equal(given.xy, fld.xy)
 
 
+def test_deepflow_runs_in_the_first_flow_round_only(monkeypatch):
+    """The flow's first round computes every flow of ``flows`` (DeepFlow among them); the rounds
+    after it only ``later_flows`` (shipped LATER_FLOWS: DIS and DIS on the filled image), and
+    with ``later_flows=None`` every round computes them all. A name outside FLOW_METHODS is a
+    ValueError."""
+    import refine_by_align.pipelines.field_refinement as FR
+    from refine_by_align.pipelines.correspondence import refine_field_flow
+
+    image, mask, ref, valid, box, _ = _bent_case(_bump())
+    window = (slice(box.y0, box.y1), slice(box.x0, box.x1))
+    fld, _ = dense_alignment(image, mask, ref, valid, box, ("sift",), flow=False, polish=False)
+    calls, real = [], FR._flow
+    monkeypatch.setattr(FR, "_flow", lambda method, *args: calls.append(method) or real(method, *args))
+    refined, info = refine_field_flow(fld, image[window], mask[window], ref)
+    n_first = len(FR.FLOWS)
+    assert info["rounds"] >= 1 and len(calls) > n_first, (info, calls)  # (a second round ran)
+    assert sorted(calls[:n_first]) == sorted(FR.FLOWS) and "deepflow" in calls[:n_first]
+    assert "deepflow" not in calls[n_first:] and set(calls[n_first:]) == set(FR.LATER_FLOWS), calls
+    calls.clear()
+    every, info_every = refine_field_flow(fld, image[window], mask[window], ref, later_flows=None)
+    rounds_run = len(calls) // n_first
+    assert len(calls) == rounds_run * n_first and calls.count("deepflow") == rounds_run >= 2, calls
+    with pytest.raises(ValueError, match="later_flows"):
+        refine_field_flow(fld, image[window], mask[window], ref, later_flows=("dis", "raft"))
+
+
 def test_template_search_coarse_to_fine_finds_the_full_grids_placement(monkeypatch):
     """The grid of rotations and scales searched coarse to fine (all of it with the object and the
     area scaled down twice more, then only the ``coarse_keep`` best at the search's own scale)

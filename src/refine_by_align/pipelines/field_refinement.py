@@ -221,8 +221,8 @@ FLOWS = ("dis", "deepflow", "dis-filled")
 #: among them; None: every round computes :data:`FLOWS`). DeepFlow is most of a round's cost (about
 #: 60-150 ms on a 160-200 px window where DIS takes 6-10 ms) and is left to the first round: on the
 #: 192 validation and check cases 11 outputs change, masked PSNR +0.03 dB pooled (deciding sets
-#: +0.03, check sets +0.03), and the alignment's median on val2-val4 0.555 -> 0.493 s
-#: (MODEL_CARD.md, "DeepFlow in the flow's first round only").
+#: +0.03, check sets +0.03; one case holds most of it), and the alignment's median on val2-val4
+#: 0.593 -> 0.494 s (MODEL_CARD.md, "DeepFlow in the flow's first round only").
 LATER_FLOWS = ("dis", "dis-filled")
 
 

@@ -349,6 +349,32 @@ def test_samplers_run_on_the_models_noise_schedule():
     assert float(a[-1]) == pytest.approx(0.00466, abs=2e-5) and float(a[100]) == pytest.approx(0.894, abs=1e-3)
 
 
+def test_one_pixel_space_step_is_the_clipped_x0_prediction_from_pure_noise():
+    """The shipped default samples with one DDIM step (config.py, `_default`): with trailing
+    timesteps that step is t = 999 and lands on alpha_bar = 1, so it returns the model's
+    x0-prediction from pure noise, clipped to [-1, 1] (v-prediction: x0 = sqrt(ab) x_t -
+    sqrt(1 - ab) v), the estimate of the posterior mean the K draws are then averaged over."""
+    from types import SimpleNamespace
+
+    import torch
+
+    from refine_by_align.config import get_config
+    from refine_by_align.pipelines.pipeline import make_scheduler
+
+    cfg = get_config("default")
+    assert cfg.default_steps == 1 and cfg.latent == "pixel" and cfg.prediction_type == "v_prediction"
+    sampler = make_scheduler(SimpleNamespace(cfg=cfg))
+    sampler.set_timesteps(1)
+    assert sampler.timesteps.tolist() == [cfg.num_train_timesteps - 1]
+    g = torch.Generator().manual_seed(0)
+    x, v = torch.randn(2, 3, 8, 8, generator=g), 1.5 * torch.randn(2, 3, 8, 8, generator=g)
+    ab = sampler.alphas_cumprod[-1]
+    expected = (ab.sqrt() * x - (1 - ab).sqrt() * v).clamp(-1, 1)
+    got = sampler.step(v, sampler.timesteps[0], x).prev_sample
+    assert torch.allclose(got, expected, atol=1e-6)
+    assert (got.abs() == 1).any()  # the clip is reached: the test sees it
+
+
 def _textured_pair():
     """(image, mask, reference): a 160 px photo-like texture SIFT matches, its rotated and scaled
     copy as the reference, and a 20 x 30 mask in the middle."""

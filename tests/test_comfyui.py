@@ -44,6 +44,27 @@ def test_mappings_and_declarations():
     assert comfyui.NODE_CLASS_MAPPINGS["RefineByAlignAlign"].RETURN_TYPES == ("MASK", "IMAGE")
     req = comfyui.NODE_CLASS_MAPPINGS["RefineByAlignRefine"].INPUT_TYPES()["required"]
     assert req["seed"][0] == "INT" and req["steps"][0] == "INT"
+    assert req["steps"][1]["default"] == 0 and req["steps"][1]["min"] == 0  # 0: the model's own default
+
+
+def test_refine_steps_zero_is_the_models_default_and_others_are_passed_on(badge, monkeypatch):
+    """The Refine node's steps: 0 (its default) leaves the sampling to the model's config (None to
+    the pipeline, as the CLI does without --steps); any other value is passed on as given."""
+    image, mask, reference, _ = badge
+    real = nodes.get_pipeline("default")
+    seen = []
+
+    class Recording:
+        model = real.model
+
+        def __call__(self, *args, **kwargs):
+            seen.append(kwargs["num_inference_steps"])
+            return real(*args, **kwargs)
+
+    monkeypatch.setattr(nodes, "get_pipeline", lambda model: Recording())
+    nodes.RefineByAlignRefine().refine(image, mask, reference, seed=0)
+    nodes.RefineByAlignRefine().refine(image, mask, reference, seed=0, steps=3)
+    assert seen == [None, 3]
 
 
 def test_refine_badge_batch(badge):

@@ -180,7 +180,8 @@ class RefineByAlignRefine:
                 "mask": ("MASK",),
                 "reference": ("IMAGE",),
                 "seed": ("INT", {"default": 0, "min": 0, "max": 0xFFFFFFFF}),
-                "steps": ("INT", {"default": 2, "min": 1, "max": 200}),
+                "steps": ("INT", {"default": 0, "min": 0, "max": 200, "tooltip": "sampling steps; 0: the model's own default "
+                                                                                  "(1 for the shipped model)"}),
             },
             "optional": {
                 "reference_mask": ("MASK",),
@@ -193,7 +194,7 @@ class RefineByAlignRefine:
             },
         }
 
-    def refine(self, image, mask, reference, seed=0, steps=2, reference_mask=None, model="default",
+    def refine(self, image, mask, reference, seed=0, steps=0, reference_mask=None, model="default",
                reference_2=None, reference_mask_2=None, reference_3=None, reference_mask_3=None):
         images, masks, refs, ref_masks = _inputs(image, mask, reference, reference_mask)
         extra = _extra_references(images.shape[0], {
@@ -211,7 +212,7 @@ class RefineByAlignRefine:
                 rm = [rm] + [None if mk is None else to_bool(_item(mk, i)) for _, mk in extra]
             if pipe is None:
                 pipe = get_pipeline(model)
-            res = pipe(img, m, ref, rm, num_inference_steps=int(steps), seed=int(seed))
+            res = pipe(img, m, ref, rm, num_inference_steps=int(steps) or None, seed=int(seed))  # (0: the model's default)
             refined_u8 = np.asarray(res.image, dtype=np.uint8)
             # the pipeline leaves pixels outside the dilated mask bit-identical in uint8; take only
             # the pixels it changed there, so every other pixel keeps its exact float value

@@ -622,13 +622,13 @@ def test_deepflow_runs_in_the_first_flow_round_only(monkeypatch):
     fld, _ = dense_alignment(image, mask, ref, valid, box, ("sift",), flow=False, polish=False)
     calls, real = [], FR._flow
     monkeypatch.setattr(FR, "_flow", lambda method, *args: calls.append(method) or real(method, *args))
-    refined, info = refine_field_flow(fld, image[window], mask[window], ref)
+    _, info = refine_field_flow(fld, image[window], mask[window], ref)
     n_first = len(FR.FLOWS)
     assert info["rounds"] >= 1 and len(calls) > n_first, (info, calls)  # (a second round ran)
     assert sorted(calls[:n_first]) == sorted(FR.FLOWS) and "deepflow" in calls[:n_first]
     assert "deepflow" not in calls[n_first:] and set(calls[n_first:]) == set(FR.LATER_FLOWS), calls
     calls.clear()
-    every, info_every = refine_field_flow(fld, image[window], mask[window], ref, later_flows=None)
+    refine_field_flow(fld, image[window], mask[window], ref, later_flows=None)
     rounds_run = len(calls) // n_first
     assert len(calls) == rounds_run * n_first and calls.count("deepflow") == rounds_run >= 2, calls
     with pytest.raises(ValueError, match="later_flows"):

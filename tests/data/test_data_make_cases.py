@@ -154,3 +154,59 @@ def test_upscale_gives_the_same_case_on_a_larger_picture(tmp_path, tiny_multivie
     for bad in (0, 9, 1.5):
         with pytest.raises(ValueError, match="upscale"):
             make_cases(tiny_multiview, tmp_path / "bad", seed=3, subjects=["alpha"], cases_per_subject=1, upscale=bad)
+
+
+def _gray(a):
+    return np.asarray(a, np.float32).mean(axis=-1)
+
+
+@pytest.mark.parametrize("upscale, image_scale", [(1, 1.0), (2, 1.0), (1, 0.5)])
+def test_true_field_is_where_the_image_truly_lands_on_the_reference(tmp_path, tiny_multiview, upscale, image_scale):
+    """``true_field.npz`` (affine and nonrigid cases only; multiview has none): the reference sampled
+    at the true positions matches the artifact-free target inside the mask better than sampled
+    half a pixel off in any direction, at full size, scaled up and with the image scaled down; on
+    affine cases it is the homography in meta.json (the case's pixel centres mapped as the
+    scaling maps them); the case loader reads it back."""
+    import cv2
+
+    from refine_by_align.evaluation.cases import load_case
+
+    paths = make_cases(tiny_multiview, tmp_path / "c", seed=5, subjects=["alpha", "beta"], cases_per_subject=3, upscale=upscale, image_scale=image_scale)
+    seen = set()
+    for case_dir in paths:
+        case = load_case(case_dir)
+        meta = json.loads((case_dir / "meta.json").read_text())
+        assert (case.true_field is None) == (meta["kind"] == "multiview") == (not (case_dir / "true_field.npz").exists())
+        if case.true_field is None:
+            continue
+        seen.add(meta["kind"])
+        (x0, y0), xy = case.true_field.origin, case.true_field.xy
+        h, w = xy.shape[:2]
+        inside = case.mask[y0 : y0 + h, x0 : x0 + w]
+        assert inside.sum() == case.mask.sum()  # the box covers the whole mask
+        assert np.isfinite(xy[inside]).all()
+        # (compared where the truth lands inside the reference object, away from its black surround)
+        eroded = cv2.erode(case.reference_mask.astype(np.uint8), np.ones((5, 5), np.uint8)).astype(np.float32)
+        inside &= cv2.remap(eroded, xy[..., 0], xy[..., 1], cv2.INTER_NEAREST) > 0
+        assert inside.sum() > 0.5 * case.mask.sum()
+        target = _gray(case.target)[y0 : y0 + h, x0 : x0 + w][inside]
+        ref = _gray(case.reference)
+
+        def agreement(dx, dy):
+            s = cv2.remap(ref, xy[..., 0] + np.float32(dx), xy[..., 1] + np.float32(dy), cv2.INTER_CUBIC)[inside]
+            return np.corrcoef(target, s)[0, 1]
+
+        at = agreement(0.0, 0.0)
+        assert at > 0.85, (case.id, at)
+        for dx, dy in ((0.5, 0), (-0.5, 0), (0, 0.5), (0, -0.5)):
+            assert at > agreement(dx, dy), (case.id, dx, dy)
+        if meta["kind"] == "affine":
+            ys, xs = np.mgrid[y0 : y0 + h, x0 : x0 + w].astype(np.float64)
+            fx = meta["size"][0] / (case.image.width / upscale)  # the target photo's px per (unscaled) image px
+            fy = meta["size"][1] / (case.image.height / upscale)
+            px = ((xs + 0.5) / upscale) * fx - 0.5
+            py = ((ys + 0.5) / upscale) * fy - 0.5
+            hom = np.stack([px, py, np.ones_like(px)], -1) @ np.asarray(meta["transform"]["matrix"]).T
+            want = (hom[..., :2] / hom[..., 2:] + 0.5) * upscale - 0.5
+            assert np.abs(xy - want).max() < 1e-3
+    assert seen == {"affine", "nonrigid"}

@@ -10,7 +10,7 @@ from refine_by_align.evaluation.bench import render_heatmap_overlay, run_bench
 from refine_by_align.evaluation.cases import load_cases
 from refine_by_align.evaluation.methods import RefineByAlignMethod
 
-SUMMARY_KEYS = {"cases", "miou", "psnr", "ssim", "clip_t", "clip_i", "dino_i", "seconds_per_case", "fallbacks"}
+SUMMARY_KEYS = {"cases", "miou", "psnr", "ssim", "clip_t", "clip_i", "dino_i", "seconds_per_case", "fallbacks", "field_px", "field_median_px", "fields"}
 
 
 def _check_common(res: dict, out: Path, name: str) -> dict:
@@ -25,7 +25,7 @@ def _check_common(res: dict, out: Path, name: str) -> dict:
     assert res["summary"]["default"]["cases"] == 1
     assert [c["case"] for c in res["cases"]] == ["c01", "c02", "c03"]
     for c in res["cases"]:
-        assert set(c) == {"case", "kind", "miou", "psnr", "ssim", "clip_t", "clip_i", "dino_i", "fallback", "seconds"}
+        assert set(c) == {"case", "kind", "miou", "psnr", "ssim", "clip_t", "clip_i", "dino_i", "fallback", "seconds", "field_px", "field_median_px"}
         assert c["clip_t"] is None and c["clip_i"] is None and c["dino_i"] is None  # no identity models given
         assert c["fallback"] is False
         assert (out / c["case"] / "output.png").is_file()
@@ -110,3 +110,78 @@ def test_bench_bad_data_fails_before_method_is_built(cases_dir: Path, tmp_path: 
     with pytest.raises(InputError, match=r"c03.*target\.png"):
         run_bench(cases_dir, tmp_path / "x", method="spy", progress=False)
     assert built == []
+
+
+def _digest(image) -> str:
+    import hashlib
+
+    return hashlib.sha1(np.asarray(image).tobytes()).hexdigest()
+
+
+class _FieldPipeline:
+    """A stand-in pipeline whose one reference's field is each case's true field, ``shift`` px off
+    (looked up by a digest of the image), over the true field's own box; no field without one."""
+
+    def __init__(self, truths: dict, shift: tuple[float, float]):
+        self.truths, self.shift = truths, np.float32(shift)
+
+    def __call__(self, image, mask, reference, reference_mask=None, align=True):
+        from types import SimpleNamespace
+
+        from refine_by_align.zoom import Box
+
+        tf, fld = self.truths.get(_digest(image)), None
+        if tf is not None:
+            (x0, y0), xy = tf.origin, tf.xy
+            fld = SimpleNamespace(box=Box(x0, y0, x0 + xy.shape[1], y0 + xy.shape[0]), xy=xy + self.shift)
+        return SimpleNamespace(image=image, region=None, heatmap=None, timings={}, references=[SimpleNamespace(field=fld)])
+
+
+def test_bench_scores_fields_against_the_true_field(tmp_path: Path, tiny_multiview):
+    """Cases with ``true_field.npz`` (make-cases' affine and nonrigid ones) get the method's field
+    error inside the mask: 0 for the truth, the shift for a shifted truth, none on multiview cases
+    or for a method without a field; the summary averages the cases that have one and counts them.
+    The keypoint baseline's homography is scored too."""
+    from refine_by_align.data.make_cases import make_cases
+
+    cases = tmp_path / "cases"
+    make_cases(tiny_multiview, cases, seed=5, subjects=["alpha", "beta"], cases_per_subject=3)
+    truths = {_digest(c.image): c.true_field for c in load_cases(cases) if c.true_field is not None}
+    assert len(truths) == 4
+    for shift, want in (((0.0, 0.0), 0.0), ((0.6, -0.8), 1.0)):
+        res = run_bench(cases, tmp_path / f"r{shift[0]}", method=RefineByAlignMethod(_FieldPipeline(truths, shift)), progress=False)
+        for c in res["cases"]:
+            if c["kind"] == "multiview":
+                assert c["field_px"] is None and c["field_median_px"] is None
+            else:
+                assert c["field_px"] == pytest.approx(want, abs=1e-4) and c["field_median_px"] == pytest.approx(want, abs=1e-4)
+        assert res["summary"]["ALL"]["fields"] == 4 and res["summary"]["multiview"]["fields"] == 0
+        assert res["summary"]["ALL"]["field_px"] == pytest.approx(want, abs=1e-4)
+    telea = run_bench(cases, tmp_path / "t", method="telea", progress=False)
+    assert telea["summary"]["ALL"]["fields"] == 0 and telea["summary"]["ALL"]["field_px"] is None
+    kp = run_bench(cases, tmp_path / "k", method="keypoint", progress=False)
+    for c in kp["cases"]:
+        assert (c["field_px"] is not None) == (c["kind"] != "multiview" and not c["fallback"])
+    assert any(c["field_px"] is not None and c["field_px"] < 1.0 for c in kp["cases"])  # (alpha_00_affine: 0.37 px)
+
+
+def test_the_pipelines_field_is_scored_on_real_cases(tiny_pipe, tmp_path: Path):
+    """The pipeline's dense field reaches the benchmark (each reference's ``field`` in the result):
+    on an affine case built from the shared photos it is a fraction of a pixel from the true field
+    inside the mask with SIFT alone, and on a nonrigid one with ALIKED's matches (where its weights
+    are found: SIFT alone misses that bent backpack by 3 px, the cap)."""
+    from refine_by_align.data.make_cases import make_cases
+    from refine_by_align.models.aliked import find_weights
+
+    photos = Path(__file__).resolve().parents[2].parent / "shared" / "data" / "dreambooth-train"
+    if not (photos / "backpack").is_dir():
+        pytest.skip(f"{photos}/backpack not found (the shared photos are absent)")
+    make_cases(photos, tmp_path / "cases", seed=1, subjects=["backpack"], cases_per_subject=2)
+    res = run_bench(tmp_path / "cases", tmp_path / "out", method=RefineByAlignMethod(tiny_pipe, matchers="sift"), progress=False)
+    by_kind = {c["kind"]: c for c in res["cases"]}
+    assert set(by_kind) == {"affine", "nonrigid"} and res["summary"]["ALL"]["fields"] == 2
+    assert by_kind["affine"]["field_px"] < 0.2, by_kind
+    if find_weights("aliked-n16") is not None:
+        res = run_bench(tmp_path / "cases", tmp_path / "both", method=RefineByAlignMethod(tiny_pipe, matchers="sift+aliked"), progress=False)
+        by_kind = {c["kind"]: c for c in res["cases"]}
+        assert by_kind["affine"]["field_px"] < 0.2 and by_kind["nonrigid"]["field_px"] < 0.6, by_kind

@@ -73,3 +73,25 @@ def test_case_correspondence_is_the_deprecated_name_of_region(cases_dir):
     c1 = load_cases(cases_dir, limit=1)[0]
     with pytest.warns(DeprecationWarning, match=r"Case\.correspondence is deprecated"):
         assert c1.correspondence is c1.region
+
+
+def test_true_field_read_back_and_bad_files_named(cases_dir: Path):
+    """``true_field.npz`` is read into ``Case.true_field`` (arrays only); a file without its arrays,
+    one holding pickled objects, or one whose box leaves the image is an InputError naming it."""
+    d = cases_dir / "c01"  # its image is 48 x 40
+    xy = np.random.default_rng(0).random((10, 12, 2)).astype(np.float32)
+    np.savez(d / "true_field.npz", origin=np.int32([30, 25]), xy=xy)
+    c = load_cases(cases_dir, limit=1)[0]
+    assert c.true_field.origin == (30, 25) and np.array_equal(c.true_field.xy, xy)
+    assert load_cases(cases_dir)[1].true_field is None
+    bad = {
+        "no xy": dict(origin=np.int32([0, 0])),
+        "pickled": dict(origin=np.int32([0, 0]), xy=np.array([{"a": 1}], dtype=object)),
+        "leaves": dict(origin=np.int32([40, 0]), xy=xy),  # 40 + 12 > 48
+        "shape": dict(origin=np.int32([0, 0]), xy=xy[..., 0]),
+    }
+    for what, arrays in bad.items():
+        np.savez(d / "true_field.npz", **arrays)
+        with pytest.raises(InputError, match="true_field.npz") as e:
+            load_cases(cases_dir, limit=1)
+        assert "c01" in str(e.value), what

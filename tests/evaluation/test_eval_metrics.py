@@ -116,3 +116,32 @@ def test_ssim_small_image_and_box():
     m = _square(8, 9, 3, 3, 1)
     assert box_ssim(t, t, m, grow=0) == pytest.approx(1.0)
     assert box_ssim(255 - t, t, m, grow=0) < 0.5
+
+
+def test_field_error_exact_shifted_capped_and_partly_covered():
+    """The field's end-point error inside the mask: 0 for the truth itself, the shift for a shifted
+    field, each pixel's error capped (mean) but not the median, only over the pixels both fields
+    cover with finite positions; None where they share none; a field not of its box's shape raises."""
+    from refine_by_align.evaluation.metrics import FIELD_ERROR_CAP_PX, field_error
+    from refine_by_align.zoom import Box
+
+    mask = _square(40, 50, 10, 12, 8)  # rows 10..17, columns 12..19
+    ys, xs = np.mgrid[5:25, 8:30].astype(np.float32)
+    truth = np.stack([xs * 1.1 + 3.0, ys * 0.9 - 2.0], axis=-1)  # over the box from (8, 5)
+    box = Box(8, 5, 30, 25)
+    mean, median, covered = field_error(box, truth, (8, 5), truth, mask)
+    assert mean == median == 0.0 and covered == 1.0
+    shifted = truth + np.float32([0.6, 0.8])  # 1 px off
+    assert field_error(box, shifted, (8, 5), truth, mask)[:2] == pytest.approx((1.0, 1.0), abs=1e-5)
+    far = truth.copy()
+    far[10 - 5, 12 - 8] += np.float32([100.0, 0.0])  # one of the 64 mask pixels 100 px off
+    mean, median, _ = field_error(box, far, (8, 5), truth, mask)
+    assert mean == pytest.approx(FIELD_ERROR_CAP_PX / 64, abs=1e-5) and median == 0.0
+    part = truth.copy()
+    part[:, : 16 - 8] = np.nan  # columns 12..15 of the mask have no truth: half of it
+    assert field_error(box, shifted, (8, 5), part, mask)[2] == pytest.approx(0.5)
+    small = Box(16, 10, 20, 18)  # a field over the mask's right half only
+    assert field_error(small, shifted[5:13, 8:12], (8, 5), truth, mask) == pytest.approx((1.0, 1.0, 0.5), abs=1e-5)
+    assert field_error(Box(40, 30, 45, 35), np.zeros((5, 5, 2), np.float32), (8, 5), truth, mask) is None
+    with pytest.raises(ValueError, match="does not match its box"):
+        field_error(box, truth[1:], (8, 5), truth, mask)

@@ -27,7 +27,8 @@ def test_the_suite_is_the_documented_sets():
 
 
 def test_a_suite_is_built_once_scored_and_compared(tmp_path, tiny_multiview):
-    """Each set's cases are built where missing (a set cut short is built again, the same bytes);
+    """Each set's cases are built where missing (a set cut short, or one without its true fields, is
+    built again, the same bytes);
     run_suite scores every set and resumes from the metrics already written; compare_runs gives
     each set's change case by case and pooled per role, and names a set one run lacks."""
     sets = [CaseSet("a", 3, 1, ("alpha", "beta"), "decide"), CaseSet("b", 4, 2, ("alpha",), "check")]
@@ -40,6 +41,12 @@ def test_a_suite_is_built_once_scored_and_compared(tmp_path, tiny_multiview):
     build_suite(tiny_multiview, tmp_path / "cases", sets)
     assert (folders["a"] / cases[0] / "image.png").read_bytes() == image
     assert (folders["b"] / sorted(p.name for p in folders["b"].iterdir())[0] / "image.png").stat().st_mtime_ns == stamp  # (kept)
+    truths = sorted(folders["b"].glob("*/true_field.npz"))  # (set b's two cases: affine and nonrigid)
+    assert len(truths) == 2
+    held = truths[0].read_bytes()
+    truths[0].unlink()  # a set built before the true fields were written: built again, with them
+    build_suite(tiny_multiview, tmp_path / "cases", sets)
+    assert truths[0].read_bytes() == held
 
     keep = run_suite(tmp_path / "cases", tmp_path / "keep", sets, method="keep", progress=False)
     telea = run_suite(tmp_path / "cases", tmp_path / "telea", sets, method="telea", progress=False)

@@ -73,11 +73,11 @@ def _method_options(args) -> dict | None:
 
 
 def _print_summary(summary: dict) -> None:
-    print(f"{'kind':<12} {'cases':>5} {'mIoU':>7} {'PSNR':>7} {'SSIM':>7} {'CLIP-I':>7} {'DINO-I':>7} {'s/case':>7}")
+    print(f"{'kind':<12} {'cases':>5} {'mIoU':>7} {'PSNR':>7} {'SSIM':>7} {'field px':>9} {'CLIP-I':>7} {'DINO-I':>7} {'s/case':>7}")
     for kind, row in summary.items():
         print(
             f"{kind:<12} {row['cases']:>5} {_fmt(row['miou'], '.3f'):>7} {_fmt(row['psnr'], '.2f'):>7} "
-            f"{_fmt(row['ssim'], '.3f'):>7} {_fmt(row.get('clip_i'), '.2f'):>7} {_fmt(row.get('dino_i'), '.2f'):>7} "
+            f"{_fmt(row['ssim'], '.3f'):>7} {_fmt(row.get('field_px'), '.3f'):>9} {_fmt(row.get('clip_i'), '.2f'):>7} {_fmt(row.get('dino_i'), '.2f'):>7} "
             f"{_fmt(row['seconds_per_case'], '.2f'):>7}"
         )
 

@@ -22,10 +22,12 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def _print_run(res: dict) -> None:
-    print(f"{'set':<8} {'role':<7} {'cases':>5}  masked PSNR: ALL / affine / nonrigid / multiview")
+    print(f"{'set':<8} {'role':<7} {'cases':>5}  masked PSNR: ALL / affine / nonrigid / multiview   field error, px: affine / nonrigid")
     for name, row in res["sets"].items():
-        kinds = " / ".join(f"{row['summary'][k]['psnr']:.2f}" if k in row["summary"] else "-" for k in ("ALL", "affine", "nonrigid", "multiview"))
-        print(f"{name:<8} {row['role']:<7} {row['cases']:>5}  {kinds}")
+        summ = row["summary"]
+        kinds = " / ".join(f"{summ[k]['psnr']:.2f}" if k in summ else "-" for k in ("ALL", "affine", "nonrigid", "multiview"))
+        fields = " / ".join(f"{summ[k]['field_px']:.3f}" if summ.get(k, {}).get("field_px") is not None else "-" for k in ("affine", "nonrigid"))
+        print(f"{name:<8} {row['role']:<7} {row['cases']:>5}  {kinds:<45}  {fields}")
     print("mean over the cases: " + ", ".join(f"{r} {v:.2f}" for r, v in res["psnr_by_role"].items() if v is not None))
 
 

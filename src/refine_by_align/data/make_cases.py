@@ -18,6 +18,9 @@ Case folder (all images at the photo's size, 512 px on the longest side for the 
     CASE/reference.png         the reference (black outside the object for affine / nonrigid)
     CASE/reference_mask.png    object mask of the reference, 255 = object
     CASE/correspondence.png    true artifact region on the reference (affine / nonrigid only)
+    CASE/true_field.npz        (affine / nonrigid only) where each image pixel around the artifact
+                               truly lands on the reference: ``origin`` (x0, y0), ``xy`` (h, w, 2)
+                               float32, NaN where it leaves the reference (:func:`true_field`)
     CASE/target.png            the artifact-free photo
     CASE/meta.json             kind, artifact, subject, views, seed, transform, ...
     CASE/reference_2.png       (with ``extra_references``) more references: another view, a
@@ -33,6 +36,7 @@ from __future__ import annotations
 import json
 import os
 import zlib
+from dataclasses import replace
 from collections.abc import Callable
 from pathlib import Path
 
@@ -58,7 +62,7 @@ from refine_by_align.data.readers import (
 from refine_by_align.io import save_image_atomic
 from refine_by_align.zoom import Box, mask_bbox
 
-__all__ = ["ARTIFACTS", "EXTRA_ROLES", "KINDS", "CaseConfig", "detail_center", "make_cases", "register_artifact", "simulate_artifact"]
+__all__ = ["ARTIFACTS", "EXTRA_ROLES", "KINDS", "CaseConfig", "detail_center", "make_cases", "register_artifact", "simulate_artifact", "true_field", "TRUE_FIELD_MARGIN"]
 
 KINDS = ("affine", "nonrigid", "multiview")
 
@@ -320,7 +324,7 @@ def make_cases(
                 "kind": kind, "artifact": artifact, "subject": subject, "target_view": paths[tv][0].name, "seed": int(seed),
                 "case_index": k, "mask_area": float(amask.mean()), "size": [w, h],
             }
-            reference, ref_mask, corr, views = _first_reference(mv, subject, kind, tv, usable, target, obj, amask, rng, cfg, meta)
+            reference, ref_mask, corr, views, transform = _first_reference(mv, subject, kind, tv, usable, target, obj, amask, rng, cfg, meta)
             extras = []
             if extra_references:
                 extra_rng = np.random.default_rng([int(seed), zlib.crc32(subject.encode()), k, 1])
@@ -341,8 +345,9 @@ def make_cases(
                 corr = None if corr is None else _scaled_up(corr, upscale, mask=True)
                 extras = [(role, _scaled_up(r, upscale), _scaled_up(m, upscale, mask=True), view) for role, r, m, view in extras]
                 meta["upscale"] = upscale
+            truth = None if transform is None else true_field(transform, amask, (h, w), upscale)
             case = out_root / f"{subject}_{k:02d}_{kind}"
-            _write_case(case, image, amask, reference, ref_mask, corr, target, meta, [(r, m) for _, r, m, _ in extras])
+            _write_case(case, image, amask, reference, ref_mask, corr, target, meta, [(r, m) for _, r, m, _ in extras], truth)
             written.append(case)
     return written
 
@@ -380,10 +385,11 @@ def _distractor_pool(src: Path, subjects, cfg: CaseConfig) -> MultiViewFolder:
 def _first_reference(mv, subject, kind, tv, usable, target, obj, amask, rng, cfg: CaseConfig, meta: dict):
     """The case's own reference: another photo (multiview) or the target photo's object under a
     random transform and colour change (affine / nonrigid, with the true region). Returns
-    (reference, its mask, the true region or None, the views used so far); fills ``meta``."""
+    (reference, its mask, the true region or None, the views used so far, the transform from the
+    target photo to the reference or None); fills ``meta``."""
     paths = mv.paths(subject)
     h, w = obj.shape
-    corr = None
+    corr = t = None
     if kind == "multiview":
         rv = [v for v in usable if v != tv][int(rng.integers(len(usable) - 1))]
         reference, ref_mask = mv.view(subject, rv)
@@ -408,7 +414,7 @@ def _first_reference(mv, subject, kind, tv, usable, target, obj, amask, rng, cfg
         }
         views = {tv}
     meta["has_correspondence"] = corr is not None
-    return reference, ref_mask, corr, views
+    return reference, ref_mask, corr, views, t
 
 
 def _extra_reference(role, mv, others, subject, views: set, target, obj, rng, cfg: CaseConfig):
@@ -475,8 +481,46 @@ def _scaled_up(a: np.ndarray, factor: int, mask: bool = False) -> np.ndarray:
     return cv2.resize(np.ascontiguousarray(a), size, interpolation=cv2.INTER_CUBIC)
 
 
-def _write_case(case: Path, image, amask, reference, ref_mask, corr, target, meta: dict, extras: list) -> None:
-    """One case folder (see the module docstring); stale files of an earlier build are removed."""
+#: :func:`true_field` covers the artifact mask's box grown by this many pixels.
+TRUE_FIELD_MARGIN = 8
+
+
+def true_field(transform, mask: np.ndarray, target_shape: tuple[int, int], upscale: int = 1, margin: int = TRUE_FIELD_MARGIN) -> tuple[np.ndarray, np.ndarray]:
+    """Where each image pixel around the artifact truly lands on the reference: (origin (2,) int32
+    (x0, y0), xy (h, w, 2) float32) over the box of ``mask`` (the case's artifact mask, in its own
+    final pixels) grown by ``margin`` px, NaN where the transform leaves the reference's canvas.
+
+    ``transform`` (:class:`~refine_by_align.data.perturb.GeomTransform`) takes the target photo
+    (``target_shape`` (H, W)) to the reference; an image scaled down from that photo (its size is
+    ``mask``'s, over ``upscale``) and a case scaled up by ``upscale`` (image and reference alike)
+    are accounted for, pixel centres mapped as OpenCV's resize maps them. A non-rigid transform's
+    forward mapping is solved by fixed-point iteration; a point it does not bring within 0.01 px
+    of its source is NaN."""
+    h, w = mask.shape
+    box = mask_bbox(mask)
+    x0, y0 = max(box.x0 - margin, 0), max(box.y0 - margin, 0)
+    x1, y1 = min(box.x1 + margin, w), min(box.y1 + margin, h)
+    ys, xs = np.mgrid[y0:y1, x0:x1].astype(np.float64)
+    u = float(upscale)
+    xs, ys = (xs + 0.5) / u - 0.5, (ys + 0.5) / u - 0.5  # the case's pixels before it was scaled up
+    th, tw = target_shape
+    sw, sh = w / u, h / u  # the image's size before the upscale (the target photo's, or smaller)
+    xs, ys = (xs + 0.5) * (tw / sw) - 0.5, (ys + 0.5) * (th / sh) - 0.5  # the target photo's pixels
+    src = np.stack([xs.ravel(), ys.ravel()], axis=1)
+    t = replace(transform, iters=max(int(transform.iters), 30))
+    out = t.forward_points(src)
+    back = t.inverse_points(out)
+    oh, ow = t.out_shape
+    bad = ~np.isfinite(out).all(axis=1) | ~(np.linalg.norm(back - src, axis=1) <= 0.01)
+    bad |= (out[:, 0] < -0.5) | (out[:, 0] > ow - 0.5) | (out[:, 1] < -0.5) | (out[:, 1] > oh - 0.5)
+    out = (out + 0.5) * u - 0.5  # the reference's pixels after the upscale
+    out[bad] = np.nan
+    return np.int32([x0, y0]), out.reshape(y1 - y0, x1 - x0, 2).astype(np.float32)
+
+
+def _write_case(case: Path, image, amask, reference, ref_mask, corr, target, meta: dict, extras: list, truth=None) -> None:
+    """One case folder (see the module docstring); stale files of an earlier build are removed.
+    ``truth``: :func:`true_field`'s (origin, xy), or None."""
     case.mkdir(parents=True, exist_ok=True)
     _save_rgb(image, case / "image.png")
     _save_mask(amask, case / "mask.png")
@@ -485,6 +529,13 @@ def _write_case(case: Path, image, amask, reference, ref_mask, corr, target, met
     stale = case / "correspondence.png"
     if corr is not None:
         _save_mask(corr, stale)
+    elif stale.exists():
+        stale.unlink()
+    stale = case / "true_field.npz"
+    if truth is not None:
+        tmp = case / "true_field.tmp.npz"
+        np.savez_compressed(tmp, origin=truth[0], xy=truth[1])
+        os.replace(tmp, stale)
     elif stale.exists():
         stale.unlink()
     for old in list(case.glob("reference_[0-9]*.png")) + list(case.glob("reference_mask_[0-9]*.png")):

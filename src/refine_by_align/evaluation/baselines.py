@@ -28,14 +28,15 @@ from PIL import Image
 
 from ..fill import poisson_fill
 from ..io import to_rgb
-from ..zoom import crop_resize
+from ..zoom import Box, crop_resize, mask_bbox
 from .cases import Case
-from .methods import MethodOutput, RefineByAlignMethod, TeleaMethod
+from .methods import ImageField, MethodOutput, RefineByAlignMethod, TeleaMethod
 
 __all__ = [
     "KeypointMethod",
     "KeypointFit",
     "fit_homography",
+    "homography_field",
     "poisson_fill",
     "FeatureNNMethod",
     "feature_nn_region",
@@ -185,7 +186,17 @@ class KeypointMethod:
             region=back,
             timings={"total": time.perf_counter() - t0},
             info={"matches": fit.matches, "inliers": fit.inliers, "coverage": coverage},
+            field=homography_field(np.linalg.inv(fit.H), mask_bbox(mask)),
         )
+
+
+def homography_field(H: np.ndarray, box: Box) -> ImageField:
+    """The field of a homography ``H`` (image (x, y, 1) -> reference) over ``box`` of the image."""
+    ys, xs = np.mgrid[box.y0 : box.y1, box.x0 : box.x1].astype(np.float64)
+    hom = np.stack([xs, ys, np.ones_like(xs)], axis=-1) @ np.asarray(H, np.float64).T  # (h, w, 3)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        xy = np.where(hom[..., 2:] > 1e-9, hom[..., :2] / hom[..., 2:], np.nan)
+    return ImageField(box, xy.astype(np.float32))
 
 
 # ----------------------------------------------------------------------------------------- feature-nn

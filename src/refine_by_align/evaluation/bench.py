@@ -39,7 +39,7 @@ from .cases import Case, check_case_dir, list_case_dirs, load_case
 from .identity import IDENTITY_KEYS, IdentityScorer
 from .methods import Method, MethodOutput
 from .registry import get_method
-from .metrics import box_ssim, iou, masked_psnr
+from .metrics import box_ssim, field_error, iou, masked_psnr
 
 __all__ = [
     "run_bench",
@@ -114,7 +114,9 @@ def summarize(cases: Sequence[dict[str, Any]]) -> dict[str, dict[str, Any]]:
     """Per-group summary of per-case score dicts: ``{"ALL": {...}, "<kind>": {...}}`` (kinds sorted),
     each with ``cases``, ``miou``, ``psnr``, ``ssim``, ``clip_t``, ``clip_i``, ``dino_i`` (means over
     the cases that have them, else None), ``seconds_per_case`` and ``fallbacks`` (cases flagged
-    ``fallback``)."""
+    ``fallback``); with a field scored (cases with ``true_field.npz``, methods that give a field),
+    ``field_px`` / ``field_median_px`` (means of the cases' :func:`~.metrics.field_error`) and
+    ``fields`` (the cases scored: a case whose method gave no field there has none)."""
 
     def one(rows: Sequence[dict[str, Any]]) -> dict[str, Any]:
         return {
@@ -122,6 +124,9 @@ def summarize(cases: Sequence[dict[str, Any]]) -> dict[str, dict[str, Any]]:
             "miou": _mean([r.get("miou") for r in rows]),
             "psnr": _mean([r.get("psnr") for r in rows]),
             "ssim": _mean([r.get("ssim") for r in rows]),
+            "field_px": _mean([r.get("field_px") for r in rows]),
+            "field_median_px": _mean([r.get("field_median_px") for r in rows]),
+            "fields": sum(1 for r in rows if r.get("field_px") is not None),
             **{k: _mean([r.get(k) for r in rows]) for k in IDENTITY_KEYS},
             "seconds_per_case": _mean([r.get("seconds") for r in rows]),
             "fallbacks": sum(1 for r in rows if r.get("fallback")),
@@ -144,7 +149,12 @@ def _score(case: Case, output: MethodOutput, identity: IdentityScorer | None = N
         psnr = masked_psnr(out, tgt, case.mask)
         ssim = box_ssim(out, tgt, case.mask)
     ident = identity.score(case, output.image.convert("RGB"), output.region) if identity is not None else dict.fromkeys(IDENTITY_KEYS)
-    return {"miou": m, "psnr": psnr, "ssim": ssim, **ident, "fallback": bool(getattr(output, "fallback", False))}
+    err = None
+    fld = getattr(output, "field", None)
+    if fld is not None and case.true_field is not None:
+        err = field_error(fld.box, fld.xy, case.true_field.origin, case.true_field.xy, case.mask)
+    fields = {"field_px": None, "field_median_px": None} if err is None else {"field_px": err[0], "field_median_px": err[1]}
+    return {"miou": m, "psnr": psnr, "ssim": ssim, **fields, **ident, "fallback": bool(getattr(output, "fallback", False))}
 
 
 def _clean(obj: Any) -> Any:

@@ -8,6 +8,9 @@ Layout: ``CASES_DIR/<case_id>/`` holding
 * ``reference_mask.png``  object mask on the reference (optional; else the reference's alpha)
 * ``correspondence.png``  the true region M* on the reference matching the artifact (optional; ``Case.region``)
 * ``target.png``     artifact-free ground truth (optional)
+* ``true_field.npz`` the true reference position of the image's pixels around the artifact
+  (optional; ``Case.true_field``, :class:`TrueField`): arrays ``origin`` (x0, y0) and ``xy``
+  (h, w, 2) float32, NaN where the truth leaves the reference (make-cases' affine / nonrigid cases)
 * ``meta.json``      any fields; ``kind`` groups the benchmark summary (default ``"default"``)
 * ``reference_2.png`` (+ ``reference_mask_2.png``), ``reference_3.png``, ...: more references
   (optional; ``meta["reference_order"]`` lists the 1-based numbers in the order to pass them,
@@ -27,11 +30,38 @@ from PIL import Image
 
 from ..io import InputError, alpha_mask, load_image, load_mask, to_rgb, validate_inputs
 
-__all__ = ["Case", "load_cases", "load_case", "list_case_dirs", "check_case_dir", "DEFAULT_KIND", "REQUIRED_FILES"]
+__all__ = ["Case", "TrueField", "load_cases", "load_case", "list_case_dirs", "check_case_dir", "DEFAULT_KIND", "REQUIRED_FILES"]
 
 DEFAULT_KIND = "default"
 REQUIRED_FILES = ("image.png", "mask.png", "reference.png")
 OPTIONAL_IMAGES = ("reference_mask.png", "correspondence.png", "target.png")
+
+
+@dataclass
+class TrueField:
+    """The true correspondence of the image's pixels around the artifact (``true_field.npz``):
+    where each lands on the reference. Scored by :func:`~.metrics.field_error`."""
+
+    origin: tuple[int, int]  # (x0, y0): the image pixel of xy[0, 0]
+    xy: np.ndarray  # (h, w, 2) float32: (x, y) on the reference; NaN where the truth leaves it
+
+    @classmethod
+    def load(cls, path: str | os.PathLike, image_size: tuple[int, int], what: str) -> "TrueField":
+        """Read ``path`` (arrays only: no pickled objects are loaded); ``image_size`` (W, H) the
+        case's image, which the covered box must lie in. Raises :class:`InputError` naming
+        ``what`` on a malformed file."""
+        try:
+            with np.load(path, allow_pickle=False) as z:
+                origin, xy = np.asarray(z["origin"]), np.asarray(z["xy"], dtype=np.float32)
+        except (OSError, KeyError, ValueError) as e:
+            raise InputError(f"{what} '{path}': not a true-field file (npz with 'origin' and 'xy': {e})") from None
+        w, h = image_size
+        if origin.shape != (2,) or xy.ndim != 3 or xy.shape[2] != 2:
+            raise InputError(f"{what} '{path}': expected origin (2,) and xy (h, w, 2), got {origin.shape} and {xy.shape}")
+        x0, y0 = int(origin[0]), int(origin[1])
+        if x0 < 0 or y0 < 0 or x0 + xy.shape[1] > w or y0 + xy.shape[0] > h:
+            raise InputError(f"{what} '{path}': its box at ({x0}, {y0}), {xy.shape[1]}x{xy.shape[0]}, leaves the {w}x{h} image")
+        return cls((x0, y0), xy)
 
 
 @dataclass
@@ -46,6 +76,7 @@ class Case:
     reference_mask: np.ndarray | None = None  # bool (Hr, Wr)
     region: np.ndarray | None = None  # bool (Hr, Wr): the true region M* on the reference (correspondence.png)
     target: Image.Image | None = None  # RGB, same size as image
+    true_field: TrueField | None = None  # where the image's pixels around the artifact truly land on the reference
     meta: dict[str, Any] = field(default_factory=dict)
     extra_references: list[tuple[Image.Image, np.ndarray | None]] = field(default_factory=list)  # reference_2.png, ... with their masks
 
@@ -152,6 +183,11 @@ def load_case(case_dir: str | os.PathLike) -> Case:
         target = to_rgb(load_image(target_path, what("target")))
         _size_check((target.height, target.width), image.size, target_path, "image")
 
+    true_field = None
+    field_path = d / "true_field.npz"
+    if field_path.exists():
+        true_field = TrueField.load(field_path, image.size, what("true field"))
+
     meta: dict[str, Any] = {}
     meta_path = d / "meta.json"
     if meta_path.exists():
@@ -184,6 +220,7 @@ def load_case(case_dir: str | os.PathLike) -> Case:
         reference_mask=reference_mask,
         region=region,
         target=target,
+        true_field=true_field,
         meta=meta,
         extra_references=extras,
     )

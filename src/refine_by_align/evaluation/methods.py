@@ -15,10 +15,12 @@ import numpy as np
 from PIL import Image
 
 from ..io import to_rgb
+from ..zoom import Box
 from .cases import Case
 
 __all__ = [
     "MethodOutput",
+    "ImageField",
     "Method",
     "KeepMethod",
     "TeleaMethod",
@@ -31,6 +33,15 @@ __all__ = [
 
 
 @dataclass
+class ImageField:
+    """A per-pixel correspondence over a box of the image (a :class:`MethodOutput`'s ``field``;
+    the pipeline's own is its :class:`~refine_by_align.pipelines.fields.DenseField`)."""
+
+    box: Box  # the image pixels covered
+    xy: np.ndarray  # (h, w, 2) float32: each one's (x, y) on the reference
+
+
+@dataclass
 class MethodOutput:
     """What a method returns for one case.
 
@@ -38,7 +49,10 @@ class MethodOutput:
     aligned region on the reference), or None for methods that do not align. ``heatmap``: optional
     float (Hr, Wr) soft map in [0, 1]. ``timings``: optional per-stage seconds. ``fallback``: True
     when the method could not do what it is named for on this case and fell back to something else
-    (recorded in the benchmark's case record). ``info``: free-form diagnostics (not scored). The old
+    (recorded in the benchmark's case record). ``info``: free-form diagnostics (not scored).
+    ``field``: for methods that find a per-pixel correspondence, any object with ``box`` (a
+    :class:`~refine_by_align.zoom.Box` on the image) and ``xy`` ((h, w, 2): each of its pixels'
+    (x, y) on ``reference.png``), scored against the case's true field where it has one. The old
     names ``correspondence`` and ``correspondence_map`` still read (deprecated: they go in the next release).
     """
 
@@ -48,6 +62,7 @@ class MethodOutput:
     timings: dict[str, float] = field(default_factory=dict)
     fallback: bool = False
     info: dict[str, Any] = field(default_factory=dict)
+    field: Any = None
 
     def _old(self, old: str, new: str):
         warnings.warn(f"MethodOutput.{old} is deprecated, use .{new}", DeprecationWarning, stacklevel=3)
@@ -162,17 +177,19 @@ class RefineByAlignMethod:
         region = getattr(out, "region", None)
         heat = getattr(out, "heatmap", None)
         info: dict[str, Any] = {}
+        listed = getattr(out, "references", None) or []
+        fld = listed[0].field if len(listed) == 1 else None
         if several:  # score the region found on reference.png (number 1), whichever reference guided
             first = next(i for i, r in enumerate(refs) if r is case.reference)  # where reference.png went in the order
             r1 = out.references[first]
-            region, heat = r1.region, r1.heatmap
+            region, heat, fld = r1.region, r1.heatmap, r1.field
             info = {"guide": int(out.guide), "warp_share": [round(float(r.warp_fraction), 4) for r in out.references]}
-        if self.references not in ("all", 1):  # a region on another reference than reference.png: not scored
-            region = heat = None
+        if self.references not in ("all", 1):  # a region or field on another reference than reference.png: not scored
+            region = heat = fld = None
         region = None if region is None else np.asarray(region).astype(bool)
         heat = None if heat is None else np.asarray(heat, dtype=np.float32)
         timings = dict(getattr(out, "timings", None) or {})
-        return MethodOutput(image=image, region=region, heatmap=heat, timings=timings, info=info)
+        return MethodOutput(image=image, region=region, heatmap=heat, timings=timings, info=info, field=fld)
 
 
 keep = KeepMethod()

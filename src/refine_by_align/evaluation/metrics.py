@@ -1,4 +1,4 @@
-"""Evaluation metrics: correspondence IoU, masked PSNR and box SSIM.
+"""Evaluation metrics: correspondence IoU, masked PSNR, box SSIM and the field's error.
 
 All functions are pure: they take numpy arrays and return a Python float.
 """
@@ -12,10 +12,14 @@ import numpy as np
 
 from ..zoom import Box, mask_bbox
 
-__all__ = ["iou", "miou", "masked_psnr", "box_ssim", "grown_box", "PSNR_CAP_DB"]
+__all__ = ["iou", "miou", "masked_psnr", "box_ssim", "grown_box", "field_error", "PSNR_CAP_DB", "FIELD_ERROR_CAP_PX"]
 
 #: PSNR returned for identical pixels (and the upper bound of every PSNR value).
 PSNR_CAP_DB = 100.0
+
+#: :func:`field_error`'s cap on one pixel's error: a field that misses by more is wrong there, and
+#: how far it misses says little (one wrong pixel must not outweigh a thousand right ones).
+FIELD_ERROR_CAP_PX = 3.0
 
 _SSIM_SIGMA = 1.5
 _SSIM_WIN = 11  # skimage's Gaussian window for sigma 1.5 (truncate 3.5): 2 * int(3.5 * 1.5 + 0.5) + 1
@@ -128,3 +132,39 @@ def box_ssim(output: np.ndarray, target: np.ndarray, mask: np.ndarray, grow: int
         channel_axis=-1 if o.ndim == 3 else None,
     )
     return float(value)
+
+
+def field_error(
+    box: Box, xy: np.ndarray, truth_origin: tuple[int, int], truth_xy: np.ndarray, mask: np.ndarray, cap: float = FIELD_ERROR_CAP_PX
+) -> tuple[float, float, float] | None:
+    """How far a correspondence field is from the true one inside the mask (end-point error, in
+    reference pixels).
+
+    ``box`` / ``xy`` (h, w, 2): the field's reference position (x, y) for each image pixel of
+    ``box``; ``truth_origin`` (x0, y0) / ``truth_xy`` (h', w', 2): the true positions of the image
+    pixels of the box starting there, NaN where the truth leaves the reference; ``mask`` (H, W)
+    bool over the image. Returns (mean error with each pixel's capped at ``cap`` px, median
+    error, the fraction of the mask's pixels measured) over the mask pixels that both cover
+    with a finite position, or None where there are none."""
+    mask = _as_bool_mask(mask, "mask")
+    xy = np.asarray(xy, dtype=np.float64)
+    truth_xy = np.asarray(truth_xy, dtype=np.float64)
+    if xy.shape != (box.height, box.width, 2):
+        raise ValueError(f"field shape {xy.shape} does not match its box {box.width}x{box.height} (expected (h, w, 2))")
+    if truth_xy.ndim != 3 or truth_xy.shape[2] != 2:
+        raise ValueError(f"true field must be (h, w, 2), got {truth_xy.shape}")
+    tx0, ty0 = int(truth_origin[0]), int(truth_origin[1])
+    tb = Box(tx0, ty0, tx0 + truth_xy.shape[1], ty0 + truth_xy.shape[0])
+    h, w = mask.shape
+    x0, y0 = max(box.x0, tb.x0, 0), max(box.y0, tb.y0, 0)
+    x1, y1 = min(box.x1, tb.x1, w), min(box.y1, tb.y1, h)
+    total = int(mask.sum())
+    if x1 <= x0 or y1 <= y0 or total == 0:
+        return None
+    pred = xy[y0 - box.y0 : y1 - box.y0, x0 - box.x0 : x1 - box.x0]
+    true = truth_xy[y0 - tb.y0 : y1 - tb.y0, x0 - tb.x0 : x1 - tb.x0]
+    inside = mask[y0:y1, x0:x1] & np.isfinite(pred).all(axis=-1) & np.isfinite(true).all(axis=-1)
+    if not inside.any():
+        return None
+    err = np.linalg.norm(pred[inside] - true[inside], axis=-1)
+    return float(np.minimum(err, cap).mean()), float(np.median(err)), float(inside.sum() / total)

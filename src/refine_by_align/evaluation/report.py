@@ -60,19 +60,20 @@ __all__ = [
 logger = logging.getLogger(__name__)
 
 #: Summary keys compared in the report, in column order.
-REPORT_METRICS = ("miou", "psnr", "ssim", "clip_t", "clip_i", "dino_i", "seconds_per_case")
+REPORT_METRICS = ("miou", "psnr", "ssim", "field_px", "clip_t", "clip_i", "dino_i", "seconds_per_case")
 #: Metrics where lower is better (all others: higher is better).
-LOWER_IS_BETTER = frozenset({"seconds_per_case"})
+LOWER_IS_BETTER = frozenset({"seconds_per_case", "field_px"})
 _LABELS = {
     "miou": "mIoU",
     "psnr": "PSNR (dB)",
     "ssim": "SSIM",
+    "field_px": "field err (px)",
     "clip_t": "CLIP-T",
     "clip_i": "CLIP-I",
     "dino_i": "DINO-I",
     "seconds_per_case": "s/case",
 }
-_SPEC = {"miou": ".3f", "psnr": ".2f", "ssim": ".3f", "clip_t": ".2f", "clip_i": ".2f", "dino_i": ".2f", "seconds_per_case": ".2f"}
+_SPEC = {"miou": ".3f", "psnr": ".2f", "ssim": ".3f", "field_px": ".3f", "clip_t": ".2f", "clip_i": ".2f", "dino_i": ".2f", "seconds_per_case": ".2f"}
 _TILE = 128
 
 

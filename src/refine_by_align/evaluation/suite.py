@@ -65,7 +65,9 @@ def build_suite(source: str | os.PathLike, cases_root: str | os.PathLike, sets: 
     """Each set's case folder under ``cases_root`` (``cases_root/NAME``), built from the multi-view
     photo folder ``source`` by :func:`~refine_by_align.data.make_cases.make_cases` unless it already
     holds the set's number of cases (a set cut short is built again; the same seed writes the same
-    cases). A subject missing from ``source`` raises make_cases' DatasetError, naming it."""
+    cases), each affine and nonrigid one with its ``true_field.npz`` (a set built before those
+    were written is built again: the same cases, with them). A subject missing from ``source``
+    raises make_cases' DatasetError, naming it."""
     from ..data.make_cases import make_cases
     from ..io import InputError
     from .cases import list_case_dirs
@@ -74,10 +76,11 @@ def build_suite(source: str | os.PathLike, cases_root: str | os.PathLike, sets: 
     for s in sets:
         folder = Path(cases_root) / s.name
         try:
-            held = len(list_case_dirs(folder))
+            held = list_case_dirs(folder)
         except InputError:  # (no folder yet, or none of its cases)
-            held = 0
-        if held != s.per_subject * len(s.subjects):
+            held = []
+        without_truth = [d for d in held if not d.name.endswith("_multiview") and not (d / "true_field.npz").is_file()]
+        if len(held) != s.per_subject * len(s.subjects) or without_truth:
             make_cases(source, folder, seed=s.seed, subjects=list(s.subjects), cases_per_subject=s.per_subject)
         folders[s.name] = folder
     return folders

@@ -872,6 +872,7 @@ class RefineByAlignPipeline(DiffusionPipeline):
                 region=None if r is None else r.region, heatmap=None if r is None else r.heatmap,
                 alignment=None if r is None else r.method, ring_ncc=None if wf is None else round(float(wf.ncc), 4),
                 warp_fraction=share, notes=shared + own, info={} if r is None else {k_: v for k_, v in r.info.items() if k_ != "notes"},
+                field=None if r is None else r.field,
             ))
             notes += shared + ([f"reference #{i + 1}: {n}" for n in own] if several else own)
         notes = list(dict.fromkeys(notes))  # a matcher note is said once, however many references

@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from .fields import DenseField
 from .warp import WarpFill
 
 __all__ = ["ReferenceResult", "CombinedWarp", "combine_warps", "pick_guide", "as_reference_list"]
@@ -31,6 +32,7 @@ class ReferenceResult:
     warp_fraction: float = 0.0  # fraction of the artifact mask drawn from this reference's warp
     notes: list[str] = field(default_factory=list)  # fallbacks for this reference
     info: dict = field(default_factory=dict)  # alignment diagnostics (matches per source, inliers ...)
+    field: DenseField | None = None  # dense alignment: this reference's position for every pixel of the zoom-in crop (None: no field)
 
 
 @dataclass

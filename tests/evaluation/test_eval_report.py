@@ -90,10 +90,11 @@ def test_bad_case_fails_before_model(cases_dir: Path, tmp_path: Path, monkeypatc
 def test_bold_rules():
     s = lambda **kw: {"ALL": {"cases": 2, "miou": None, "psnr": None, "ssim": None, "clip_t": None,
                               "clip_i": None, "dino_i": None, "seconds_per_case": None, "fallbacks": 0, **kw}}
-    rep = build_report({"a": s(psnr=20.0, seconds_per_case=0.5), "b": s(psnr=30.004, seconds_per_case=2.0),
+    rep = build_report({"a": s(psnr=20.0, seconds_per_case=0.5, field_px=2.5), "b": s(psnr=30.004, seconds_per_case=2.0, field_px=0.05),
                         "c": s(psnr=30.001, seconds_per_case=1.0)})
     assert rep["best"]["ALL"]["psnr"] == ["b", "c"]  # tie at the displayed precision
     assert rep["best"]["ALL"]["seconds_per_case"] == ["a"]  # lower is better
+    assert rep["best"]["ALL"]["field_px"] == ["b"]  # lower is better; c has no field
     assert rep["best"]["ALL"]["miou"] == []
     md = report_markdown(rep)
-    assert "**30.00**" in md and "**0.50**" in md and "| `a` | - | 20.00 |" in md
+    assert "**30.00**" in md and "**0.50**" in md and "| `a` | - | 20.00 |" in md and "**0.050**" in md

@@ -147,8 +147,11 @@ def report_markdown(report: dict[str, Any]) -> str:
         lines.append("")
     lines += [
         (
-            "Best value per metric and kind in **bold**; higher is better for every metric except s/case. "
-            "`-`: not computed (no correspondence.png for mIoU, no target.png for PSNR/SSIM, no model or "
+            "Best value per metric and kind in **bold**; higher is better for every metric except field err "
+            "and s/case. field err: the method's correspondence against true_field.npz inside the mask, "
+            "reference px (mean, each pixel's capped at 3 px), over the cases it gives a field on. "
+            "`-`: not computed (no correspondence.png for mIoU, no target.png for PSNR/SSIM, no true_field.npz "
+            "or no field for field err, no model or "
             "caption for CLIP/DINO, no alignment for mIoU of non-aligning methods). `fallbacks`: cases where "
             "the method fell back (keypoint: Telea; oracle-align: no true region, aligned by the model)."
         ),

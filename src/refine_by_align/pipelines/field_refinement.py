@@ -133,7 +133,11 @@ def _ecc_attempt(
     if np.abs(qx - px).max() > 0.25 * max(h, w) or np.abs(qy - py).max() > 0.25 * max(h, w):
         return None, before  # a jump, not a refinement
     xy = cv2.remap(fld.xy, qx, qy, cv2.INTER_LINEAR, borderMode=cv2.BORDER_REPLICATE)
-    new = replace(fld, xy=xy, counts=dict(fld.counts))
+    # (which positions land on the reference object, and the confidence, move with the positions,
+    # as the flow's composition carries them: a field's on_object is that of its own xy)
+    obj = cv2.remap(fld.on_object.astype(np.uint8), qx, qy, cv2.INTER_NEAREST, borderMode=cv2.BORDER_CONSTANT, borderValue=0).astype(bool)
+    conf = None if fld.confidence is None else cv2.remap(fld.confidence, qx, qy, cv2.INTER_LINEAR, borderMode=cv2.BORDER_REPLICATE)
+    new = replace(fld, xy=xy, on_object=obj, confidence=conf, counts=dict(fld.counts))
     # (the warps themselves are compared, not capped; the result keeps fld's trust_cap)
     if before is None:
         before = warp_agreement(image_box, mask_box, reference, replace(fld, trust_cap=1.0))

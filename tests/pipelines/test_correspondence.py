@@ -508,6 +508,23 @@ def test_ecc_refinement_moves_on_object_and_confidence_with_the_positions():
     assert moved.sum() > 100 and (refined.confidence[inner][moved] > 0).all() and (start.confidence[inner][moved] == 0).all()
 
 
+def test_the_aligned_fields_on_object_is_that_of_its_final_positions():
+    """Whatever refined it (ECC, the flow's rounds, the polish, each carrying on_object along by
+    composition), the field the alignment returns says which of its positions land on the
+    reference object by the rule itself (on_reference_object of its final xy), here with the
+    object's outline crossing the zoom-in crop."""
+    from refine_by_align.pipelines.fields import on_reference_object
+
+    image, mask, ref, valid, _ = _case(_sim())
+    valid = valid & (np.arange(valid.shape[1]) < 150)[None, :]
+    ref = np.where(valid[..., None], ref, 0).astype(np.uint8)
+    box = zoom_box(mask, 2.0, 64)
+    fld, info = dense_alignment(image, mask, ref, valid, box, ("sift",))
+    assert fld is not None and "flow" in info, info
+    on = fld.on_object
+    assert np.array_equal(on, on_reference_object(fld.xy, valid)) and 0.05 < (~on).mean() < 0.95
+
+
 def test_ecc_polish_takes_a_rigid_field_to_hundredths_of_a_pixel():
     """A field a small homography off the true one (0.41 px mean in the mask, a colour-shifted
     reference): the first ECC's settings (5 px smoothing, a 1-16 px ring) leave about 0.2 px, the

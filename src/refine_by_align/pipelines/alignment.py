@@ -45,6 +45,7 @@ from .fields import (
     field_misfit,
     field_scaled_back,
     fit_field,
+    on_reference_object,
     reference_upscale,
     upscaled_reference,
     with_confidence,
@@ -371,7 +372,8 @@ def dense_alignment(
     by the flow's first round too, and the field whose round predicts its held-out band best is
     taken and refined further (None: not checked; ``info["rivals"]`` gives each comparison).
     The winning field's ``misfit_px`` is set (:func:`~.fields.field_misfit`: how far its fit
-    misses its own matches, which :func:`~.warp.warp_fill` discounts the warp by).
+    misses its own matches, which :func:`~.warp.warp_fill` discounts the warp by), and its
+    ``on_object`` is read again at its final positions (:func:`~.fields.on_reference_object`).
     Returns (field or None when no source gives a consistent mapping, info:
     matches per source, inliers, mirrored, the winner, its ring agreement and misfit_px)."""
     unknown = [s for s in sources if s not in ("sift", "aliked", "attention")]
@@ -503,6 +505,9 @@ def dense_alignment(
         # (another view of the object: its warp carries the shading, not the detail): no field
         pool.info["fallback_reason"] = "template placement without the image's detail"
         return None, pool.info
+    # (which positions land on the object, read again at the field's final positions: the
+    # refinements carry it along by nearest-neighbour composition, a pixel off at the outline)
+    fld = replace(fld, on_object=on_reference_object(fld.xy, reference_mask))
     fit = fld.fit
     fld.misfit_px = field_misfit(fld, image.shape[:2])
     pool.info.update(

@@ -36,8 +36,8 @@ from __future__ import annotations
 import json
 import os
 import zlib
-from dataclasses import replace
 from collections.abc import Callable
+from dataclasses import replace
 from pathlib import Path
 
 import cv2

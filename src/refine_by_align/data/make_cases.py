@@ -510,9 +510,7 @@ def true_field(transform, mask: np.ndarray, target_shape: tuple[int, int], upsca
     t = replace(transform, iters=max(int(transform.iters), 30))
     out = t.forward_points(src)
     back = t.inverse_points(out)
-    oh, ow = t.out_shape
-    bad = ~np.isfinite(out).all(axis=1) | ~(np.linalg.norm(back - src, axis=1) <= 0.01)
-    bad |= (out[:, 0] < -0.5) | (out[:, 0] > ow - 0.5) | (out[:, 1] < -0.5) | (out[:, 1] > oh - 0.5)
+    bad = ~np.isfinite(out).all(axis=1) | ~(np.linalg.norm(back - src, axis=1) <= 0.01) | t.off_canvas(out)
     out = (out + 0.5) * u - 0.5  # the reference's pixels after the upscale
     out[bad] = np.nan
     return np.int32([x0, y0]), out.reshape(y1 - y0, x1 - x0, 2).astype(np.float32)

@@ -205,10 +205,14 @@ class GeomTransform:
         h, w = src_shape
         ys, xs = np.mgrid[0:h, 0:w]
         q = self.forward_points(np.stack([xs.ravel(), ys.ravel()], axis=1)).astype(np.float32)
-        oh, ow = self.out_shape
-        out = (q[:, 0] < -0.5) | (q[:, 0] > ow - 0.5) | (q[:, 1] < -0.5) | (q[:, 1] > oh - 0.5)
-        q[out] = np.nan
+        q[self.off_canvas(q)] = np.nan
         return q.reshape(h, w, 2)
+
+    def off_canvas(self, q: np.ndarray) -> np.ndarray:
+        """(N,) bool: which output points ``q`` (N, 2) fall outside the output canvas (by more
+        than half a pixel); a NaN point is not flagged (check it apart)."""
+        oh, ow = self.out_shape
+        return (q[:, 0] < -0.5) | (q[:, 0] > ow - 0.5) | (q[:, 1] < -0.5) | (q[:, 1] > oh - 0.5)
 
     def inverse_maps(self) -> tuple[np.ndarray, np.ndarray]:
         """cv2.remap maps (H_out, W_out) float32 x and y: the source position of each output pixel."""

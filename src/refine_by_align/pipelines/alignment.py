@@ -373,7 +373,8 @@ def dense_alignment(
     taken and refined further (None: not checked; ``info["rivals"]`` gives each comparison).
     The winning field's ``misfit_px`` is set (:func:`~.fields.field_misfit`: how far its fit
     misses its own matches, which :func:`~.warp.warp_fill` discounts the warp by), and its
-    ``on_object`` is read again at its final positions (:func:`~.fields.on_reference_object`).
+    ``on_object`` is read again at its final positions (:func:`~.fields.on_reference_object`; at
+    the working scale where the crop was aligned scaled down, then read back by the nearest pixel).
     Returns (field or None when no source gives a consistent mapping, info:
     matches per source, inliers, mirrored, the winner, its ring agreement and misfit_px)."""
     unknown = [s for s in sources if s not in ("sift", "aliked", "attention")]

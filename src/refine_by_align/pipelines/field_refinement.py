@@ -18,6 +18,7 @@ from .warp import TRUST_MIN_NCC, _ncc, colour_transfer, detail_agreement, match_
 
 __all__ = [
     "ECC_RETRY_BLUR",
+    "composed_field",
     "held_out_agreement",
     "refine_field_ecc",
     "polish_field_ecc",
@@ -98,6 +99,18 @@ def refine_field_ecc(
     return (fld, False) if new is None else (new, True)
 
 
+def composed_field(fld: DenseField, qx: np.ndarray, qy: np.ndarray) -> DenseField:
+    """``fld`` composed with a map of its box's pixels: each pixel p takes what ``fld`` holds at
+    (qx, qy)[p] ((h, w) float32 each, box pixels): its position (bilinear, the edge replicated),
+    its confidence (likewise) and whether it lands on the reference object (the nearest pixel;
+    off the box: not), so that a refined field's ``on_object`` is that of its own positions. The
+    composition both ECC's homography and the flow's rounds refine a field by."""
+    xy = cv2.remap(fld.xy, qx, qy, cv2.INTER_LINEAR, borderMode=cv2.BORDER_REPLICATE)
+    conf = None if fld.confidence is None else cv2.remap(fld.confidence, qx, qy, cv2.INTER_LINEAR, borderMode=cv2.BORDER_REPLICATE)
+    obj = cv2.remap(fld.on_object.astype(np.uint8), qx, qy, cv2.INTER_NEAREST, borderMode=cv2.BORDER_CONSTANT, borderValue=0).astype(bool)
+    return replace(fld, xy=xy, confidence=conf, on_object=obj, counts=dict(fld.counts))
+
+
 def _ecc_attempt(
     fld, image_box, mask_box, reference, band, *, blur, before, matches, iterations, max_drift, margin, eps
 ) -> tuple[DenseField | None, float | None]:
@@ -132,12 +145,7 @@ def _ecc_attempt(
     qx, qy = (q[..., 0] / q[..., 2]).astype(np.float32), (q[..., 1] / q[..., 2]).astype(np.float32)
     if np.abs(qx - px).max() > 0.25 * max(h, w) or np.abs(qy - py).max() > 0.25 * max(h, w):
         return None, before  # a jump, not a refinement
-    xy = cv2.remap(fld.xy, qx, qy, cv2.INTER_LINEAR, borderMode=cv2.BORDER_REPLICATE)
-    # (which positions land on the reference object, and the confidence, move with the positions,
-    # as the flow's composition carries them: a field's on_object is that of its own xy)
-    obj = cv2.remap(fld.on_object.astype(np.uint8), qx, qy, cv2.INTER_NEAREST, borderMode=cv2.BORDER_CONSTANT, borderValue=0).astype(bool)
-    conf = None if fld.confidence is None else cv2.remap(fld.confidence, qx, qy, cv2.INTER_LINEAR, borderMode=cv2.BORDER_REPLICATE)
-    new = replace(fld, xy=xy, on_object=obj, confidence=conf, counts=dict(fld.counts))
+    new = composed_field(fld, qx, qy)
     # (the warps themselves are compared, not capped; the result keeps fld's trust_cap)
     if before is None:
         before = warp_agreement(image_box, mask_box, reference, replace(fld, trust_cap=1.0))
@@ -563,11 +571,7 @@ def _flow_round(fld, image_u8, m, reference, grow, check_px, reach, min_gain, pr
         return outs
 
     def composed(f: np.ndarray) -> DenseField:
-        qx, qy = px + f[..., 0], py + f[..., 1]
-        xy = cv2.remap(fld.xy, qx, qy, cv2.INTER_LINEAR, borderMode=cv2.BORDER_REPLICATE)
-        conf = cv2.remap(fld.confidence, qx, qy, cv2.INTER_LINEAR, borderMode=cv2.BORDER_REPLICATE)
-        obj = cv2.remap(fld.on_object.astype(np.uint8), qx, qy, cv2.INTER_NEAREST, borderMode=cv2.BORDER_CONSTANT, borderValue=0).astype(bool)
-        return replace(fld, xy=xy, confidence=conf, on_object=obj, counts=dict(fld.counts))
+        return composed_field(fld, px + f[..., 0], py + f[..., 1])
 
     if check:
         scores = [agreement(composed(c)) for c in carried(grow + check_px, [computed[f] for f in flows])]

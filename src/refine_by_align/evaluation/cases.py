@@ -53,8 +53,10 @@ class TrueField:
         try:
             with np.load(path, allow_pickle=False) as z:
                 origin, xy = np.asarray(z["origin"]), np.asarray(z["xy"], dtype=np.float32)
-        except (OSError, KeyError, ValueError) as e:
-            raise InputError(f"{what} '{path}': not a true-field file (npz with 'origin' and 'xy': {e})") from None
+        except KeyError as e:
+            raise InputError(f"{what} '{path}': not a true-field file (an npz with arrays 'origin' and 'xy'; {e.args[0]})") from None
+        except (OSError, ValueError):  # (NumPy reads a file that is not an npz of arrays as a pickle, which is refused)
+            raise InputError(f"{what} '{path}': not a true-field file (an npz of plain arrays 'origin' and 'xy'; pickled objects are not loaded)") from None
         w, h = image_size
         if origin.shape != (2,) or xy.ndim != 3 or xy.shape[2] != 2:
             raise InputError(f"{what} '{path}': expected origin (2,) and xy (h, w, 2), got {origin.shape} and {xy.shape}")

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from refine_by_align.pipelines.alignment import ALIGN_MAX_CROP, REFERENCE_UPSCALE_ABOVE, _at_working_scale, _with_reference_upscaled, dense_alignment
-from refine_by_align.pipelines.fields import DenseField
+from refine_by_align.pipelines.fields import DenseField, on_reference_object
 from refine_by_align.pipelines.matching import Matches
 from refine_by_align.zoom import Box, zoom_box
 
@@ -33,6 +33,21 @@ def test_a_crop_over_the_bound_is_aligned_scaled_and_stays_pixel_accurate(mirror
     region = fld.push_mask(inside, ref.shape[:2])
     true_region = cv2.warpPerspective(mask.astype(np.uint8), H_true, (ref.shape[1], ref.shape[0]), flags=cv2.INTER_NEAREST).astype(bool)
     assert (region & true_region).sum() / (region | true_region).sum() > 0.85
+
+
+def test_a_scaled_crops_field_lands_on_the_object_by_its_full_resolution_positions():
+    """Where the reference object's outline crosses the crop, ``on_object`` is read at the
+    full-resolution positions (fields.on_reference_object), not taken from the scaled field's
+    nearest pixel, which is up to 1 / scale px off along the outline."""
+    image, mask, ref, valid, _ = _case(_sim())
+    obj = valid.copy()
+    obj[:, 128:] = False  # the object ends across the masked part
+    box = zoom_box(mask, 2.0, 64)
+    fld, info = dense_alignment(image, mask, ref, obj, box, ("sift",), max_crop=64)
+    assert fld is not None and "working_scale" in info, info
+    expected = on_reference_object(fld.xy, obj)
+    assert expected.any() and not expected.all()
+    np.testing.assert_array_equal(fld.on_object, expected)
 
 
 def test_a_crop_within_the_bound_is_aligned_at_its_own_resolution():

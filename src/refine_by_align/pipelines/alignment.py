@@ -374,7 +374,7 @@ def dense_alignment(
     The winning field's ``misfit_px`` is set (:func:`~.fields.field_misfit`: how far its fit
     misses its own matches, which :func:`~.warp.warp_fill` discounts the warp by), and its
     ``on_object`` is read again at its final positions (:func:`~.fields.on_reference_object`; at
-    the working scale where the crop was aligned scaled down, then read back by the nearest pixel).
+    the full-resolution positions where the crop was aligned scaled down).
     Returns (field or None when no source gives a consistent mapping, info:
     matches per source, inliers, mirrored, the winner, its ring agreement and misfit_px)."""
     unknown = [s for s in sources if s not in ("sift", "aliked", "attention")]
@@ -389,13 +389,16 @@ def dense_alignment(
         template=template, rival_margin=rival_margin, max_crop=None, cheap_settled=cheap_settled, template_give_up=template_give_up,
     )
     if max_crop is not None and max(crop_box.width, crop_box.height) > max_crop:
-        return _at_working_scale(
+        fld, info = _at_working_scale(
             image, mask, crop_box, max_crop, attention,
             lambda im, m, box, att: dense_alignment(
                 im, m, reference, reference_mask, box, attention=att, search_mask=search_mask,
                 reference_upscale_above=reference_upscale_above, **settings,
             ),
         )
+        # (where it lands on the object, read at the full-resolution positions: the scaled
+        # field's nearest pixel is up to 1 / scale px off at the object's outline)
+        return (None if fld is None else replace(fld, on_object=on_reference_object(fld.xy, reference_mask))), info
     factor = reference_upscale(image.shape, reference.shape, reference_upscale_above)
     if factor > 1.0:
         return _with_reference_upscaled(
@@ -524,7 +527,8 @@ def _at_working_scale(image: np.ndarray, mask: np.ndarray, crop_box: Box, max_cr
     side (the image by area; the mask keeps every scaled pixel it touches, so the artifact does
     not leak into the rings around it) with ``crop_box`` scaled to cover the same part, and its
     field scaled back up to ``crop_box``: each full-resolution pixel reads the scaled field at its
-    own centre (bilinear; the object mask nearest), the reference positions as they are (the
+    own centre (bilinear; the object mask nearest, which :func:`dense_alignment` then reads again
+    at the full-resolution positions), the reference positions as they are (the
     reference is not scaled). The ``attention`` matches' image positions are scaled with the
     image. The fitted ``fit`` stays in the scaled image's coordinates."""
     h, w = mask.shape

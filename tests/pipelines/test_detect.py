@@ -7,6 +7,7 @@ import pytest
 
 from refine_by_align.io import InputError
 from refine_by_align.pipelines import detect as D
+from refine_by_align.pipelines.fields import on_reference_object
 
 
 def _scene(seed: int = 0, damage: bool = True):
@@ -126,6 +127,21 @@ def test_a_large_image_is_compared_at_the_working_size_and_read_back():
     # pixel (X, Y) of the large image reads the small field at ((X + 0.5) / 3 - 0.5, ...)
     assert np.allclose(big.field.xy[301, 451], small.field.xy[100, 150], atol=0.05)
     assert abs(big.info["proposed"] - float(big.mask.mean())) < 1e-4
+
+
+def test_a_large_images_field_lands_on_the_object_by_its_full_resolution_positions():
+    """An image compared scaled down, against a reference whose object ends inside the compared
+    part (a disc of the reference): the field read back at full resolution says which pixels land
+    on the object by its own positions (the rule every field follows), not by the scaled field's
+    nearest pixel, which is up to a third of a pixel off along the disc's outline here."""
+    img, ref, _, _ = _scene(damage=False)
+    disc = np.zeros(ref.shape[:2], np.uint8)
+    cv2.circle(disc, (120, 120), 80, 1, -1)
+    big = D.detect(cv2.resize(img, (816, 816), interpolation=cv2.INTER_CUBIC), ref, disc.astype(bool), max_side=272)
+    assert big.field is not None and big.info["working_scale"] == pytest.approx(1 / 3, abs=1e-3)
+    expected = on_reference_object(big.field.xy, disc.astype(bool))
+    assert 0.2 < expected.mean() < 0.9  # (the outline crosses the image)
+    np.testing.assert_array_equal(big.field.on_object, expected)
 
 
 def test_a_large_reference_is_scaled_with_the_image_and_its_positions_read_back():

@@ -476,8 +476,11 @@ def _detect_scaled(image, reference, reference_mask, aliked, method, threshold, 
     2048 px: IoU 0.27 with the reference as given, 0.31 scaled with the image), its results read
     back at (H, W): the mask from its own scaled-up outline (bilinear, at half), the map
     bilinearly, the compared area by the nearest pixel, the field at each pixel's centre
-    (:func:`~.fields.field_at_full_scale`) with its positions on the reference as given."""
+    (:func:`~.fields.field_at_full_scale`) with its positions on the reference as given, and which
+    of them land on the object (``on_object``) read at those positions on the given
+    ``reference_mask`` (:func:`~.fields.on_reference_object`), as every field's is."""
     h, w = image.shape[:2]
+    given_mask = reference_mask  # (Hr, Wr) bool or None: on the reference as given
     f = max_side / float(max(h, w))
     sw, sh = max(16, round(w * f)), max(16, round(h * f))
     small = cv2.resize(image, (sw, sh), interpolation=cv2.INTER_AREA)
@@ -498,6 +501,11 @@ def _detect_scaled(image, reference, reference_mask, aliked, method, threshold, 
     valid = up(d.valid, cv2.INTER_NEAREST) > 0.5
     heat = np.clip(up(d.heatmap, cv2.INTER_LINEAR), 0.0, 1.0).astype(np.float32)
     fld = None if d.field is None else field_at_full_scale(d.field, Box(0, 0, w, h), sw / float(w), sh / float(h))
+    if fld is not None and given_mask is not None:
+        # (where it lands on the object, read at the full-resolution positions: the scaled field's
+        # nearest pixel is up to 1 / scale px off at the object's outline. An object estimated
+        # inside the scaled call keeps its scaled-up nearest pixel: the estimate is not returned)
+        fld = replace(fld, on_object=on_reference_object(fld.xy, given_mask))
     info = dict(d.info, working_scale=round(float(np.sqrt(sw * sh / float(w * h))), 4))
     if "proposed" in info:
         info.update(compared=round(float(valid.mean()), 4), proposed=round(float(mask.mean()), 5))

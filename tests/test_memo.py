@@ -54,3 +54,59 @@ def test_least_recently_used_is_dropped_first():
     assert len(cache) == 0 and cache.get("a") is None
     with pytest.raises(ValueError, match="at least 1"):
         ContentCache(0)
+
+
+def test_get_or_compute_waits_for_a_computation_in_flight_and_computes_once():
+    """A key being computed on one thread (a step started ahead) is waited for by a second caller,
+    which gets that value and does not compute it again; afterwards it is remembered."""
+    import threading
+    import time
+    from concurrent.futures import ThreadPoolExecutor
+
+    cache = ContentCache(4)
+    started, release, calls = threading.Event(), threading.Event(), []
+
+    def slow():
+        calls.append("first")
+        started.set()
+        assert release.wait(10), "hung"
+        return "value"
+
+    with ThreadPoolExecutor(2) as pool:
+        first = pool.submit(cache.get_or_compute, "k", slow)
+        assert started.wait(10), "hung"
+        second = pool.submit(cache.get_or_compute, "k", lambda: calls.append("second") or "other")
+        pending = cache._pending["k"]
+        deadline = time.monotonic() + 10
+        while not pending._condition._waiters:  # (until the second caller waits on the first's result)
+            assert time.monotonic() < deadline, "the second caller never waited"
+            time.sleep(0.001)
+        release.set()
+        assert first.result(10) == second.result(10) == "value"
+    assert calls == ["first"] and cache.get("k") == "value" and not cache._pending
+    assert cache.get_or_compute("k", lambda: "recomputed") == "value"  # remembered
+
+
+def test_get_or_compute_after_a_failed_computation_computes_anew():
+    """The computing caller sees its own error; a caller that waited on it computes the value itself,
+    and nothing is remembered from the failure."""
+    import threading
+    from concurrent.futures import ThreadPoolExecutor
+
+    cache = ContentCache(4)
+    started, release = threading.Event(), threading.Event()
+
+    def failing():
+        started.set()
+        assert release.wait(10), "hung"
+        raise RuntimeError("out of memory")
+
+    with ThreadPoolExecutor(2) as pool:
+        first = pool.submit(cache.get_or_compute, "k", failing)
+        assert started.wait(10), "hung"
+        second = pool.submit(cache.get_or_compute, "k", lambda: "mine")
+        release.set()
+        with pytest.raises(RuntimeError, match="out of memory"):
+            first.result(10)
+        assert second.result(10) == "mine"
+    assert cache.get("k") == "mine" and not cache._pending

@@ -6,7 +6,8 @@ from __future__ import annotations
 import hashlib
 import threading
 from collections import OrderedDict
-from typing import Any
+from concurrent.futures import Future
+from typing import Any, Callable
 
 import numpy as np
 
@@ -24,6 +25,7 @@ class ContentCache:
         self.size = size
         self._items: OrderedDict[str, Any] = OrderedDict()
         self._lock = threading.Lock()
+        self._pending: dict[str, Future] = {}  # keys being computed (get_or_compute), by the thread computing them
 
     @staticmethod
     def key(*parts: Any) -> str:
@@ -50,6 +52,40 @@ class ContentCache:
         for part in parts:
             add(part)
         return h.hexdigest()
+
+    def get_or_compute(self, key: str, compute: Callable[[], Any]) -> Any:
+        """The value under ``key``, computed by ``compute()`` and remembered where it is not there.
+        A key being computed by another thread is waited for, not computed twice (a step started
+        ahead on a background thread, then asked for by the caller that needs it); where that
+        computation failed, this caller computes it itself."""
+        with self._lock:
+            value = self._items.get(key)
+            if value is not None:
+                self._items.move_to_end(key)
+                return value
+            pending = self._pending.get(key)
+            if pending is None:
+                pending = self._pending[key] = Future()
+                mine = True
+            else:
+                mine = False
+        if not mine:
+            try:
+                return pending.result()
+            except Exception:  # (the other thread's failure: computed here, as if it had not started)
+                return self.get_or_compute(key, compute)
+        try:
+            value = compute()
+        except BaseException as e:
+            with self._lock:
+                self._pending.pop(key, None)
+            pending.set_exception(e)
+            raise
+        self.put(key, value)
+        with self._lock:
+            self._pending.pop(key, None)
+        pending.set_result(value)
+        return value
 
     def get(self, key: str) -> Any | None:
         with self._lock:

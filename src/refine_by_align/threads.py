@@ -4,8 +4,9 @@ Python's lock, so side-by-side threads run on separate cores)."""
 from __future__ import annotations
 
 import os
+from contextlib import contextmanager
 
-__all__ = ["side_by_side", "worker_threads"]
+__all__ = ["side_by_side", "worker_threads", "torch_threads"]
 
 
 def worker_threads() -> int:
@@ -29,3 +30,22 @@ def side_by_side(work, jobs) -> list:
 
     with ThreadPoolExecutor(max_workers=threads) as pool:
         return list(pool.map(work, jobs))
+
+
+@contextmanager
+def torch_threads(n: int | None):
+    """torch's operations on the calling thread run on ``n`` threads inside the block (None: as
+    set). torch's setting is the calling thread's own (OpenMP's per-thread setting), so a step on
+    one thread can run single-threaded beside another step on another thread, each on its own
+    core, without changing the other's."""
+    import torch
+
+    before = torch.get_num_threads()
+    if n is None or int(n) == before:
+        yield
+        return
+    torch.set_num_threads(int(n))
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)

@@ -417,6 +417,53 @@ def test_an_estimated_object_that_leaves_out_the_masked_part_still_gives_the_war
     assert q.photo is None and q.matched[0] is q.reference
 
 
+def test_the_image_side_is_made_beside_grabcut_and_the_refine_is_the_same(tiny_pipe, monkeypatch):
+    """No reference mask: GrabCut's estimate of the object runs on one core, and the pipeline
+    describes the image's side of the matching beside it (matching.image_features_ahead): once per
+    estimate computed, not for a remembered estimate, a given mask or Algorithm 1's alignment. The
+    refine is the same, bit for bit, as without it (a random ALIKED as the matcher: no weights
+    needed)."""
+    import torch
+    from PIL import Image
+
+    import refine_by_align.pipelines.pipeline as P
+    from refine_by_align.data.foreground import clear_foreground_cache
+    from refine_by_align.models.aliked import ALIKED, ALIKEDConfig
+    from refine_by_align.pipelines import matching as C
+
+    garbled, _, mask, ref, valid = _photo_like_case()
+    torch.manual_seed(0)
+    started, real = [], P.image_features_ahead
+    monkeypatch.setattr(P, "image_features_ahead", lambda *a, **k: started.append(real(*a, **k)) or started[-1])
+
+    def refine(rmask=None, **kw):
+        return np.asarray(tiny_pipe(Image.fromarray(garbled), mask, Image.fromarray(ref), rmask, seed=0, **kw).image)
+
+    def forget():
+        C.clear_reference_cache()
+        clear_foreground_cache()
+
+    tiny_pipe._aliked = ALIKED(ALIKEDConfig(8, 16, 32, 64, 64, 3, 16)).eval()
+    try:
+        forget()
+        ahead = refine()
+        assert len(started) == 1
+        started[0].result(30)  # (its work done, without an error)
+        again = refine()  # the estimate remembered: nothing started
+        forget()
+        refine(valid)  # a mask given: no estimate
+        forget()
+        refine(alignment="attention")  # no matching to describe for
+        assert len(started) == 1
+        monkeypatch.setattr(P, "image_features_ahead", lambda *a, **k: None)
+        forget()
+        without = refine()
+    finally:
+        tiny_pipe._aliked = None
+        forget()
+    assert np.array_equal(ahead, without) and np.array_equal(ahead, again)
+
+
 def test_pipeline_says_when_the_matcher_weights_are_missing(tiny_pipe, tmp_path):
     from PIL import Image
 
@@ -908,7 +955,7 @@ def test_mirrored_sift_is_what_describing_the_mirrored_picture_gives():
 
 
 class _StandInImage:
-    """Stands in for AlikedImage: remembers how many keypoints each features() call asked for."""
+    """Stands in for AlikedImage (as aliked_image makes it): remembers how many keypoints each features() call asked for."""
 
     asked: list = []
 
@@ -946,7 +993,7 @@ def test_mirrored_aliked_pass_only_when_the_reference_as_given_does_not_fit(monk
             dst = _apply(H, src) + (0.0 if solid is True else np.array([40.0, 0.0]))
         return Matches(src.astype(np.float32), dst.astype(np.float32), np.ones(len(src), np.float32), {"aliked": len(src)})
 
-    monkeypatch.setattr(A, "AlikedImage", _StandInImage)
+    monkeypatch.setattr(A, "aliked_image", _StandInImage)
     monkeypatch.setattr(A, "aliked_matches", matcher)
     fld, info = dense_alignment(image, mask, ref, valid, zoom_box(mask, 2.0, 64), sources=("aliked",), aliked=object())
     if solid is True:
@@ -991,7 +1038,7 @@ def test_reference_passes_are_computed_ahead_once(monkeypatch):
         d = r.normal(size=(50, 16)).astype(np.float32)
         return r.uniform(0, 200, (50, 2)).astype(np.float32), d / np.linalg.norm(d, axis=1, keepdims=True), np.ones(50, np.float32)
 
-    monkeypatch.setattr(A, "AlikedImage", ImageSide)
+    monkeypatch.setattr(A, "aliked_image", ImageSide)
     monkeypatch.setattr(C, "aliked_features", reference_side)
     box = zoom_box(mask, 2.0, 64)
     runs = {}
@@ -1032,7 +1079,7 @@ def test_loose_aliked_matching_only_where_the_strict_one_finds_no_solid_fit(monk
         return Matches(src.astype(np.float32), dst.astype(np.float32), np.ones(len(src), np.float32), {"aliked": len(src)})
 
     _StandInImage.asked = []
-    monkeypatch.setattr(A, "AlikedImage", _StandInImage)
+    monkeypatch.setattr(A, "aliked_image", _StandInImage)
     monkeypatch.setattr(A, "aliked_matches", matcher)
     box = zoom_box(mask, 2.0, 64)
     fld, info = dense_alignment(image, mask, ref, valid, box, sources=("aliked",), aliked=object(), loose_similarity=loose)
@@ -1073,6 +1120,69 @@ def test_aliked_image_describes_on_demand_as_all_at_once():
     ka, da, _ = aliked_features(model, rgb, None, box, 384, 40)
     assert np.array_equal(ka, k)
     np.testing.assert_allclose(da, d, atol=1e-5)  # (batched in one call: equal up to rounding)
+
+
+def test_the_image_side_made_ahead_is_the_one_made_in_line_and_waited_for(monkeypatch):
+    """image_features_ahead describes the image's side on a thread of its own (SIFT of the image
+    outside the grown mask; ALIKED around the crop with its best keypoints described), and the
+    alignment's calls find it: the same values, bit for bit, as made in line on the caller's
+    thread (each ALIKED pass runs single-threaded wherever it runs: ALIKED_THREADS), made once,
+    and waited for while it is being made (a random ALIKED; no weights needed)."""
+    import threading
+    import time
+
+    import torch
+
+    from refine_by_align.models.aliked import ALIKED, ALIKEDConfig
+    from refine_by_align.pipelines import matching as C
+
+    torch.manual_seed(0)
+    model = ALIKED(ALIKEDConfig(8, 16, 32, 64, 64, 3, 16)).eval()
+    image, mask, _, _, _ = _case(_sim())
+    box = zoom_box(mask, 2.0, 64)
+    args = (model, image, C.outside_mask(mask, 4), C.grow_box(box, 3.0))
+    kw = dict(max_keypoints=2 * C.ALIKED_KEYPOINTS)
+    C.clear_reference_cache()
+    try:
+        in_line = C.AlikedImage(*args, **kw)  # (the caller's thread, torch's own thread setting around it)
+        want = in_line.features(C.ALIKED_KEYPOINTS)
+        sift_want = C._sift_features(image, C.outside_mask(mask, 4), C.SIFT_MAX_FEATURES, C.SIFT_MAX_SIDE)
+        C.clear_reference_cache()
+        made, release = [], threading.Event()
+        real = C.AlikedImage
+
+        class Held(real):  # made on the ahead thread, held there until the caller waits for it
+            def __init__(self, *a, **k):
+                made.append(threading.current_thread().name)
+                assert release.wait(10), "hung"
+                super().__init__(*a, **k)
+
+        monkeypatch.setattr(C, "AlikedImage", Held)
+        job = C.image_features_ahead(image, mask, box, model)
+        deadline = time.monotonic() + 20
+        while not made:  # (until the ahead thread is making it)
+            assert time.monotonic() < deadline, "hung"
+            time.sleep(0.001)
+        waiter = threading.Thread(target=lambda: made.append(C.aliked_image(*args, **kw)))
+        waiter.start()
+        (pending,) = C._ALIKED_IMAGES._pending.values()
+        while not pending._condition._waiters:  # (until the caller waits for it)
+            assert time.monotonic() < deadline, "the caller never waited"
+            time.sleep(0.001)
+        release.set()
+        waiter.join(20)
+        job.result(20)
+        side = C.aliked_image(*args, **kw)  # remembered
+        assert made[0].startswith("refine-by-align-ahead") and made[1] is side and len(made) == 2  # made once, there
+        got = side.features(C.ALIKED_KEYPOINTS)
+        for a, b in zip(want, got):
+            assert np.array_equal(a, b)  # bit for bit
+        calls = []
+        monkeypatch.setattr(C.cv2, "SIFT_create", lambda *a, **k: calls.append(1))
+        sift_got = C._sift_features(image, C.outside_mask(mask, 4), C.SIFT_MAX_FEATURES, C.SIFT_MAX_SIDE)
+        assert calls == [] and np.array_equal(sift_got[0], sift_want[0]) and np.array_equal(sift_got[1], sift_want[1])
+    finally:
+        C.clear_reference_cache()
 
 
 def test_ecc_candidates_refined_side_by_side_as_one_after_another():
@@ -1384,7 +1494,7 @@ def test_aliked_is_not_run_where_the_cheap_field_settles_under_the_flow(monkeypa
         def features(self, n=None):
             return ("best", n)
 
-    monkeypatch.setattr(A, "AlikedImage", ImageSide)
+    monkeypatch.setattr(A, "aliked_image", ImageSide)
     monkeypatch.setattr(A, "aliked_matches", lambda *args, **kwargs: Matches.empty())
     monkeypatch.setattr(A, "aliked_reference_features", lambda *args, **kwargs: None)
     refined, real_ecc = [], A.refine_field_ecc

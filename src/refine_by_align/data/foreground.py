@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Callable
+
 import cv2
 import numpy as np
 from PIL import Image
@@ -19,7 +21,7 @@ def clear_foreground_cache() -> None:
 
 
 def estimate_foreground(image: Image.Image | np.ndarray, work_side: int = 256, margin: float = 0.05,
-                        iterations: int = 5, min_fraction: float = 0.1) -> np.ndarray:
+                        iterations: int = 5, min_fraction: float = 0.1, beside: Callable[[], object] | None = None) -> np.ndarray:
     """The object of an object photo (a reference) as an (H, W) bool mask, found with no trained model.
 
     GrabCut (OpenCV) started from a rectangle: a frame of ``margin`` x the width / height around
@@ -49,7 +51,9 @@ def estimate_foreground(image: Image.Image | np.ndarray, work_side: int = 256, m
 
     The estimates of the last 8 pictures are remembered, keyed by a digest of the pixels and the
     settings (a user refining several masks against one reference without a mask pays GrabCut's
-    0.2-0.7 s once); each call returns its own copy.
+    0.2-0.7 s once); each call returns its own copy. ``beside``: called just before GrabCut runs,
+    and only then (not for a remembered estimate), to start work of its own on the core GrabCut
+    leaves idle (the pipeline starts the image's side of the matching there).
     """
     rgb = np.asarray(image.convert("RGB") if isinstance(image, Image.Image) else image)
     if rgb.ndim != 3 or rgb.shape[2] != 3 or rgb.dtype != np.uint8:
@@ -58,6 +62,8 @@ def estimate_foreground(image: Image.Image | np.ndarray, work_side: int = 256, m
     hit = _ESTIMATES.get(key)
     if hit is not None:
         return hit.copy()
+    if beside is not None:
+        beside()
     estimate = _grabcut_estimate(rgb, work_side, margin, iterations, min_fraction)
     _ESTIMATES.put(key, estimate.copy())
     return estimate

@@ -52,8 +52,8 @@ from .fields import (
 )
 from .matching import (
     ALIKED_KEYPOINTS,
-    AlikedImage,
     Matches,
+    aliked_image,
     aliked_matches,
     aliked_reference_features,
     grow_box,
@@ -444,7 +444,9 @@ def dense_alignment(
         ahead = ThreadPoolExecutor(max_workers=1) if worker_threads() > 1 else None
         passes = [ahead.submit(aliked_reference_features, aliked, reference, look, m) for m in tried] if ahead is not None else []
         try:
-            image_side = AlikedImage(aliked, image, outside_mask(mask, 4), grow_box(crop_box, 3.0), max_keypoints=2 * ALIKED_KEYPOINTS)
+            # (remembered per image and mask, and made ahead beside the reference object's estimate
+            # where the pipeline runs one: matching.image_features_ahead)
+            image_side = aliked_image(aliked, image, outside_mask(mask, 4), grow_box(crop_box, 3.0), max_keypoints=2 * ALIKED_KEYPOINTS)
             strict = image_side.features(ALIKED_KEYPOINTS)  # the best-scored half of the keypoints
 
             def consider_aliked(mirrored: bool, features, similarity: float | None = None, min_inliers: int = 0) -> None:

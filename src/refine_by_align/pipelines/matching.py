@@ -16,13 +16,15 @@ reference describe it once. :mod:`.fields` fits a field to the matches.
 
 from __future__ import annotations
 
+import threading
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 
 import cv2
 import numpy as np
 
 from ..memo import ContentCache
-from ..threads import side_by_side
+from ..threads import side_by_side, torch_threads
 from ..zoom import Box, rescaled
 
 __all__ = [
@@ -32,9 +34,11 @@ __all__ = [
     "sift_matches",
     "mirrored_sift",
     "sift_features_ahead",
+    "image_features_ahead",
     "ALIKED_KEYPOINTS",
     "AlikedImage",
     "aliked_features",
+    "aliked_image",
     "aliked_reference_features",
     "clear_reference_cache",
     "aliked_matches",
@@ -46,6 +50,11 @@ __all__ = [
 
 #: Point-match sources :func:`~.fields.dense_field` understands (combine with "+", e.g. "sift+aliked").
 MATCH_SOURCES = ("sift", "aliked", "attention")
+
+#: SIFT's settings in the alignment: at most this many keypoints per picture, described at most
+#: SIFT_MAX_SIDE px on the longer side
+SIFT_MAX_FEATURES = 4000
+SIFT_MAX_SIDE = 1024
 
 
 def _disk(r: int) -> np.ndarray:
@@ -127,9 +136,9 @@ def sift_matches(
     reference_mask: np.ndarray | None,
     ratio: float = 0.8,
     exclude_px: int = 4,
-    max_features: int = 4000,
+    max_features: int = SIFT_MAX_FEATURES,
     flip: bool = False,
-    max_side: int = 1024,
+    max_side: int = SIFT_MAX_SIDE,
 ) -> Matches:
     """SIFT on the reference object and on the image outside the (grown) artifact mask, Lowe's
     ratio test. ``image``/``reference`` (H, W, 3) uint8; masks (H, W) bool. ``flip``: match against
@@ -191,8 +200,8 @@ def sift_features_ahead(
     reference_mask: np.ndarray | None,
     flips: tuple[bool, ...] = (False, True),
     exclude_px: int = 4,
-    max_features: int = 4000,
-    max_side: int = 1024,
+    max_features: int = SIFT_MAX_FEATURES,
+    max_side: int = SIFT_MAX_SIDE,
 ) -> None:
     """Describe, side by side on :func:`~refine_by_align.threads.worker_threads` threads, the
     pictures :func:`sift_matches` reads with the same settings (the image outside the grown mask,
@@ -204,6 +213,37 @@ def sift_features_ahead(
     side_by_side(lambda job: _sift_features(job[0], job[1], max_features, max_side), jobs)
 
 
+_AHEAD: ThreadPoolExecutor | None = None  # image_features_ahead's thread, made on first use
+_AHEAD_LOCK = threading.Lock()
+
+
+def image_features_ahead(image: np.ndarray, mask: np.ndarray, crop_box: Box, aliked=None, exclude_px: int = 4) -> Future:
+    """Start describing the image's side of the alignment's matching on a background thread: SIFT
+    of the image outside the grown mask (as :func:`sift_features_ahead` describes it) and, with the
+    ALIKED model ``aliked``, the image's ALIKED keypoints around the crop with the best
+    :data:`ALIKED_KEYPOINTS` described (as :func:`~.alignment.dense_alignment` asks
+    :func:`aliked_image` for them). The alignment then finds them remembered, or waits for the
+    ones still being made; the same values as made in line. For a step that keeps one core busy
+    and leaves the other idle (GrabCut's estimate of the reference object, 0.1-0.5 s on one core:
+    the pipeline's ``prepare``); elsewhere it competes with the caller. The image's ALIKED pass is
+    wasted where the cheap sources settle the field (ALIKED is not run then). Returns the job's
+    future (its exceptions are the caller's to read, or dropped: the alignment computes anew what
+    failed here)."""
+    global _AHEAD
+    image = np.ascontiguousarray(image)
+    mask = np.asarray(mask, bool)
+
+    def work() -> None:  # (ALIKED on one thread, ALIKED_THREADS: GrabCut keeps its core)
+        _sift_features(image, outside_mask(mask, exclude_px), SIFT_MAX_FEATURES, SIFT_MAX_SIDE)
+        if aliked is not None:
+            aliked_image(aliked, image, outside_mask(mask, exclude_px), grow_box(crop_box, 3.0), max_keypoints=2 * ALIKED_KEYPOINTS)
+
+    with _AHEAD_LOCK:
+        if _AHEAD is None:
+            _AHEAD = ThreadPoolExecutor(max_workers=1, thread_name_prefix="refine-by-align-ahead")
+        return _AHEAD.submit(work)
+
+
 def _sift_features(rgb: np.ndarray, det_mask: np.ndarray | None, max_features: int, max_side: int) -> tuple[np.ndarray, np.ndarray | None]:
     """SIFT's keypoint positions at full resolution ((N, 2) float32) and descriptors ((N, 128)
     float32, None where none) of ``rgb`` where ``det_mask`` is True, described at most
@@ -213,21 +253,29 @@ def _sift_features(rgb: np.ndarray, det_mask: np.ndarray | None, max_features: i
     deterministic: the same values as computing them anew). Read-only arrays."""
     mask_part = None if det_mask is None else np.packbits(np.asarray(det_mask, bool))
     key = ContentCache.key(rgb, mask_part, max_features, max_side)
-    hit = _SIFT_FEATURES.get(key)
-    if hit is not None:
-        return hit
-    small, det, f = _bounded(rgb, det_mask, max_side)
-    kp, desc = cv2.SIFT_create(nfeatures=max_features).detectAndCompute(_gray(small), None if det is None else det.astype(np.uint8) * 255)
-    pts = rescaled(np.float32([k.pt for k in kp]).reshape(-1, 2), f)
-    pts.flags.writeable = False
-    if desc is not None:
-        desc.flags.writeable = False
-    _SIFT_FEATURES.put(key, (pts, desc))
-    return pts, desc
+
+    def described() -> tuple[np.ndarray, np.ndarray | None]:
+        small, det, f = _bounded(rgb, det_mask, max_side)
+        kp, desc = cv2.SIFT_create(nfeatures=max_features).detectAndCompute(_gray(small), None if det is None else det.astype(np.uint8) * 255)
+        pts = rescaled(np.float32([k.pt for k in kp]).reshape(-1, 2), f)
+        pts.flags.writeable = False
+        if desc is not None:
+            desc.flags.writeable = False
+        return pts, desc
+
+    return _SIFT_FEATURES.get_or_compute(key, described)  # (one being described ahead is waited for)
 
 
 #: ALIKED keypoints per picture in the alignment's first matching (the image side's best-scored ones)
 ALIKED_KEYPOINTS = 1024
+
+#: torch threads each ALIKED pass runs on (None: torch's setting). ALIKED gains little from a
+#: second core (a pass at 384 px: about the same time on one thread as on two), and the alignment
+#: runs its passes two at a time on threads of their own (the image's beside the reference's, or
+#: beside GrabCut's estimate of the reference object): one thread each keeps them off each other's
+#: core. The values are the same wherever a pass runs (the sums in its convolutions are split by
+#: the thread count: two threads and one differ by about 1e-6).
+ALIKED_THREADS = 1
 
 
 class AlikedImage:
@@ -251,12 +299,14 @@ class AlikedImage:
             sub = cv2.resize(sub, size, interpolation=cv2.INTER_AREA)
             msub = None if msub is None else cv2.resize(msub.astype(np.uint8), size, interpolation=cv2.INTER_NEAREST).astype(bool)
         self.model = model
-        self._kpts, scores, self._feature_map = detect(model, sub, msub, max_keypoints=max_keypoints)  # (N, 2) working px, (N,), the (D, h, w) map (a SparseFeatureMap)
+        with torch_threads(ALIKED_THREADS):
+            self._kpts, scores, self._feature_map = detect(model, sub, msub, max_keypoints=max_keypoints)  # (N, 2) working px, (N,), the (D, h, w) map (a SparseFeatureMap)
         k = self._kpts.float().cpu().numpy().astype(np.float32)
         fx, fy = b.width / sub.shape[1], b.height / sub.shape[0]
         self.keypoints = rescaled(k, (fx, fy)) + np.float32([b.x0, b.y0]) if len(k) else k
         self.scores = scores.float().cpu().numpy().astype(np.float32)
         self._desc = np.zeros((0, int(self._feature_map.shape[0])), np.float32)
+        self._lock = threading.Lock()  # (a remembered one may be described further by a later caller)
 
     def __len__(self) -> int:
         return len(self.keypoints)
@@ -265,13 +315,37 @@ class AlikedImage:
         """(keypoints (n, 2), descriptors (n, D) L2-normalised, scores (n,)) of the ``n`` best (all
         by default); descriptors already computed are reused."""
         n = len(self) if n is None else min(int(n), len(self))
-        if len(self._desc) < n:
-            import torch
+        with self._lock:
+            if len(self._desc) < n:
+                import torch
 
-            with torch.no_grad():
-                more = self.model.describe(self._feature_map, self._kpts[len(self._desc) : n])
-            self._desc = np.concatenate([self._desc, more.float().cpu().numpy().astype(np.float32)])
-        return self.keypoints[:n], self._desc[:n], self.scores[:n]
+                with torch.no_grad(), torch_threads(ALIKED_THREADS):
+                    more = self.model.describe(self._feature_map, self._kpts[len(self._desc) : n])
+                self._desc = np.concatenate([self._desc, more.float().cpu().numpy().astype(np.float32)])
+            return self.keypoints[:n], self._desc[:n], self.scores[:n]
+
+
+_ALIKED_IMAGES = ContentCache(2)  # (pixels, mask, box, sizes, model) -> AlikedImage (its best ALIKED_KEYPOINTS described)
+
+
+def aliked_image(model, rgb: np.ndarray, mask: np.ndarray | None, box: Box | None = None, max_side: int = 384, max_keypoints: int = ALIKED_KEYPOINTS) -> AlikedImage:
+    """:class:`AlikedImage` of the same arguments with its best :data:`ALIKED_KEYPOINTS` already
+    described, remembered for the last two pictures (keyed by a digest of the pixels, the mask, the
+    box and the settings; :func:`clear_reference_cache` forgets them): the image side the
+    alignment matches every reference against, made once per image and mask, and made ahead
+    beside the reference object's estimate where that runs (:func:`image_features_ahead`: one
+    being made is waited for). The same keypoints and descriptors as made in line (ALIKED is
+    deterministic); a remembered one holds ALIKED's feature maps of its box (tens of MB)."""
+    mask_part = None if mask is None else np.packbits(np.asarray(mask, bool))
+    where = None if box is None else (int(box.x0), int(box.y0), int(box.x1), int(box.y1))
+    key = ContentCache.key(rgb, mask_part, where, max_side, max_keypoints, id(model))
+
+    def made() -> AlikedImage:
+        side = AlikedImage(model, rgb, mask, box, max_side, max_keypoints)
+        side.features(ALIKED_KEYPOINTS)
+        return side
+
+    return _ALIKED_IMAGES.get_or_compute(key, made)  # (the model is kept by the value: its id is not reused while cached)
 
 
 def aliked_features(model, rgb: np.ndarray, mask: np.ndarray | None, box: Box | None = None, max_side: int = 384, max_keypoints: int = ALIKED_KEYPOINTS):
@@ -289,6 +363,7 @@ def clear_reference_cache() -> None:
     picture): a benchmark's cold timing, or to free memory."""
     _REFERENCE_FEATURES.clear()
     _SIFT_FEATURES.clear()
+    _ALIKED_IMAGES.clear()
 
 
 def aliked_reference_features(model, reference: np.ndarray, reference_mask: np.ndarray | None, flip: bool = False, max_side: int = 384, max_keypoints: int = ALIKED_KEYPOINTS):

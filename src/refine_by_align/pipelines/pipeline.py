@@ -25,6 +25,7 @@ from ..io import InputError, alpha_mask, check_settings, in_input_mode, to_mask,
 from ..models.refiner import RefineByAlignModel
 from ..zoom import Box, crop_resize, mask_bbox, paste_back, square_pad_box, zoom_box
 from .alignment import (
+    ALIGN_MAX_CROP,
     ALIGNMENT_METHODS,
     AlignmentResult,
     attention_at,
@@ -34,7 +35,7 @@ from .alignment import (
     dense_alignment,
     grid_to_reference,
 )
-from .matching import MATCH_SOURCES, attention_matches
+from .matching import MATCH_SOURCES, attention_matches, image_features_ahead
 from .references import CombinedWarp, ReferenceResult, as_reference_list, combine_warps, pick_guide
 from .warp import WarpFill, warp_fill
 
@@ -328,8 +329,12 @@ class RefineByAlignPipeline(DiffusionPipeline):
         reference: Image.Image,
         reference_mask: np.ndarray | Image.Image | None = None,
         names: dict[str, str] | None = None,
+        ahead: bool = False,
     ) -> PreparedInputs:
-        """Check the inputs (one clear InputError on any problem) and compute the crops."""
+        """Check the inputs (one clear InputError on any problem) and compute the crops. ``ahead``
+        (for a dense alignment with the default matchers to follow): where the reference object is
+        estimated (GrabCut, on one core), the image's side of the matching is described beside it
+        (:func:`~.matching.image_features_ahead`), for the alignment to find remembered."""
         cfg = self.model.cfg
         if isinstance(mask, Image.Image):
             mask = to_mask(mask)
@@ -343,16 +348,21 @@ class RefineByAlignPipeline(DiffusionPipeline):
         validate_inputs(rgb, mask, ref_rgb, reference_mask, names)
         notes = []
         photo = None
+        crop_box = zoom_box(mask, grow=cfg.zoom_grow, min_size=cfg.zoom_min_size)
         if reference_mask is None:  # no mask and no alpha: estimate the object (data/foreground.py)
             from ..data.foreground import estimate_foreground, estimate_note, on_plain_background
 
-            reference_mask = estimate_foreground(ref_rgb)
+            beside = None
+            if ahead and max(crop_box.width, crop_box.height) <= ALIGN_MAX_CROP:  # (a larger crop is aligned scaled down)
+                self._match_sources(None)  # (loads the ALIKED matcher where its weights are found)
+                image_rgb = np.asarray(rgb)
+                beside = lambda: image_features_ahead(image_rgb, mask, crop_box, self._aliked or None)  # noqa: E731
+            reference_mask = estimate_foreground(ref_rgb, beside=beside)
             notes.append(estimate_note(reference_mask))
             if not reference_mask.all() and not on_plain_background(np.asarray(ref_rgb)):
                 photo = np.asarray(ref_rgb)  # matched whole (PreparedInputs.matched)
         ref = np.asarray(ref_rgb).copy()
         ref[~reference_mask] = 0
-        crop_box = zoom_box(mask, grow=cfg.zoom_grow, min_size=cfg.zoom_min_size)
         ref_box = square_pad_box(mask_bbox(reference_mask), cfg.reference_margin, reference_mask.shape)
         return PreparedInputs(np.asarray(rgb), mask, ref, reference_mask, crop_box, ref_box, notes, photo)
 
@@ -437,7 +447,7 @@ class RefineByAlignPipeline(DiffusionPipeline):
                 warnings.warn(f"align(): '{old}' is deprecated, use '{new}'", DeprecationWarning, stacklevel=3)
         alignment_timestep = timestep if alignment_timestep is None else alignment_timestep
         alignment_layer = layer if alignment_layer is None else alignment_layer
-        p = self.prepare(image, mask, reference, reference_mask, names)
+        p = self.prepare(image, mask, reference, reference_mask, names, ahead=(method or "dense") == "dense" and matchers is None)
         res = self._align(p, alignment_timestep, alignment_layer, threshold, seed, method=method, matchers=matchers)
         if p.notes:
             res.info["notes"] = p.notes + res.info.get("notes", [])
@@ -636,7 +646,8 @@ class RefineByAlignPipeline(DiffusionPipeline):
         t0 = time.perf_counter()
 
         # 1. Validate the inputs (every reference) and cut the zoom-in crop.
-        ps = self.prepare_references(image, mask, reference, reference_mask, names)
+        dense_ahead = align and region is None and (alignment or "dense") == "dense" and matchers is None
+        ps = self.prepare_references(image, mask, reference, reference_mask, names, ahead=dense_ahead)
         region = self._given_region(region, ps)
         p = ps[0]  # the image, mask and crop are the same for every reference
         b = p.crop_box
@@ -725,16 +736,16 @@ class RefineByAlignPipeline(DiffusionPipeline):
         combined = combine_warps(warps, mask_box.shape)
         return warps, combined, pick_guide(warps, mask_box, combined, [_match_count(r) for r in results])
 
-    def prepare_references(self, image, mask, reference, reference_mask=None, names: dict | None = None) -> list[PreparedInputs]:
+    def prepare_references(self, image, mask, reference, reference_mask=None, names: dict | None = None, ahead: bool = False) -> list[PreparedInputs]:
         """:meth:`prepare` for one reference or a list (``reference_mask``: None or one per
         reference); with several, an error names the reference (its file where ``names`` gives
-        ``reference`` as a list)."""
+        ``reference`` as a list). ``ahead``: as :meth:`prepare`'s."""
         refs, masks, per_names = as_reference_list(reference, reference_mask, names)
         ps = []
         for i, (ref, rmask, nm) in enumerate(zip(refs, masks, per_names)):
             if len(refs) > 1 and not isinstance(ref, Image.Image):
                 raise InputError(f"reference #{i + 1}: expected a PIL image, got {type(ref).__name__}")
-            q = self.prepare(image, mask, ref, rmask, nm)
+            q = self.prepare(image, mask, ref, rmask, nm, ahead=ahead)
             if len(refs) > 1:
                 q.notes = [f"reference #{i + 1}: {n}" for n in q.notes]
             ps.append(q)

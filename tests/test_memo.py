@@ -110,3 +110,49 @@ def test_get_or_compute_after_a_failed_computation_computes_anew():
             first.result(10)
         assert second.result(10) == "mine"
     assert cache.get("k") == "mine" and not cache._pending
+
+
+@pytest.mark.skipif(not hasattr(__import__("os"), "fork"), reason="no os.fork on this platform")
+def test_a_forked_child_does_not_wait_for_a_value_its_parents_thread_was_computing():
+    """A child forked while another thread computes a key (or holds the lock) has no such thread:
+    it computes the key itself instead of waiting forever, and the matcher's ahead thread is made
+    anew in it."""
+    import os
+    import threading
+    import time
+    from concurrent.futures import ThreadPoolExecutor
+
+    from refine_by_align.pipelines import matching
+
+    cache = ContentCache(4)
+    started, release = threading.Event(), threading.Event()
+
+    def held():
+        started.set()
+        assert release.wait(10), "hung"
+        return "parent"
+
+    matching.image_features_ahead  # (the module's at-fork handler is registered on import)
+    with ThreadPoolExecutor(1) as pool:
+        first = pool.submit(cache.get_or_compute, "k", held)
+        assert started.wait(10), "hung"
+        pid = os.fork()
+        if pid == 0:  # the child: only this thread
+            code = 1
+            try:
+                ok = cache.get_or_compute("k", lambda: "child") == "child" and matching._AHEAD is None
+                code = 0 if ok else 2
+            finally:
+                os._exit(code)
+        release.set()
+        assert first.result(10) == "parent"
+    deadline = time.monotonic() + 20
+    while True:
+        done, status = os.waitpid(pid, os.WNOHANG)
+        if done:
+            break
+        if time.monotonic() > deadline:
+            os.kill(pid, 9)
+            raise AssertionError("the forked child waited for its parent's computation")
+        time.sleep(0.01)
+    assert os.WIFEXITED(status) and os.WEXITSTATUS(status) == 0

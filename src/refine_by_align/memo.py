@@ -4,7 +4,9 @@ work a user repeats on the same inputs: a reference's matcher features, its esti
 from __future__ import annotations
 
 import hashlib
+import os
 import threading
+import weakref
 from collections import OrderedDict
 from concurrent.futures import Future
 from typing import Any, Callable
@@ -26,6 +28,7 @@ class ContentCache:
         self._items: OrderedDict[str, Any] = OrderedDict()
         self._lock = threading.Lock()
         self._pending: dict[str, Future] = {}  # keys being computed (get_or_compute), by the thread computing them
+        _ALL.add(self)
 
     @staticmethod
     def key(*parts: Any) -> str:
@@ -108,3 +111,19 @@ class ContentCache:
     def __len__(self) -> int:
         with self._lock:
             return len(self._items)
+
+
+_ALL: "weakref.WeakSet[ContentCache]" = weakref.WeakSet()
+
+
+def _after_fork_in_child() -> None:
+    """A forked child has only the forking thread: a value another thread was computing will never
+    come, and a lock another thread held is never released. Each cache gets a new lock and forgets
+    what was being computed (what it holds stays)."""
+    for cache in list(_ALL):
+        cache._lock = threading.Lock()
+        cache._pending = {}
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_after_fork_in_child)

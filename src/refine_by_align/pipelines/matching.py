@@ -16,6 +16,7 @@ reference describe it once. :mod:`.fields` fits a field to the matches.
 
 from __future__ import annotations
 
+import os
 import threading
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -242,6 +243,16 @@ def image_features_ahead(image: np.ndarray, mask: np.ndarray, crop_box: Box, ali
         if _AHEAD is None:
             _AHEAD = ThreadPoolExecutor(max_workers=1, thread_name_prefix="refine-by-align-ahead")
         return _AHEAD.submit(work)
+
+
+def _forget_ahead_thread() -> None:
+    """A forked child has no ahead thread (only the forking thread is copied): it makes its own."""
+    global _AHEAD, _AHEAD_LOCK
+    _AHEAD, _AHEAD_LOCK = None, threading.Lock()
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_forget_ahead_thread)
 
 
 def _sift_features(rgb: np.ndarray, det_mask: np.ndarray | None, max_features: int, max_side: int) -> tuple[np.ndarray, np.ndarray | None]:

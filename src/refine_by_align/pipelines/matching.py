@@ -316,6 +316,7 @@ class AlikedImage:
         fx, fy = b.width / sub.shape[1], b.height / sub.shape[0]
         self.keypoints = rescaled(k, (fx, fy)) + np.float32([b.x0, b.y0]) if len(k) else k
         self.scores = scores.float().cpu().numpy().astype(np.float32)
+        self.keypoints.flags.writeable = self.scores.flags.writeable = False  # (shared by every caller of a remembered one)
         self._desc = np.zeros((0, int(self._feature_map.shape[0])), np.float32)
         self._lock = threading.Lock()  # (a remembered one may be described further by a later caller)
 
@@ -333,6 +334,7 @@ class AlikedImage:
                 with torch.no_grad(), torch_threads(ALIKED_THREADS):
                     more = self.model.describe(self._feature_map, self._kpts[len(self._desc) : n])
                 self._desc = np.concatenate([self._desc, more.float().cpu().numpy().astype(np.float32)])
+                self._desc.flags.writeable = False  # (shared by every caller of a remembered one)
             return self.keypoints[:n], self._desc[:n], self.scores[:n]
 
 

@@ -90,6 +90,22 @@ class ContentCache:
         pending.set_result(value)
         return value
 
+    def get_or_wait(self, key: str) -> Any | None:
+        """The value under ``key`` where it is there, or, where another thread is computing it, that
+        value once computed (None if that failed); None where it is neither."""
+        with self._lock:
+            value = self._items.get(key)
+            if value is not None:
+                self._items.move_to_end(key)
+                return value
+            pending = self._pending.get(key)
+        if pending is None:
+            return None
+        try:
+            return pending.result()
+        except Exception:
+            return None
+
     def get(self, key: str) -> Any | None:
         with self._lock:
             value = self._items.get(key)

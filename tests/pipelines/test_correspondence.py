@@ -419,9 +419,9 @@ def test_an_estimated_object_that_leaves_out_the_masked_part_still_gives_the_war
 
 def test_the_image_side_is_made_beside_grabcut_and_the_refine_is_the_same(tiny_pipe, monkeypatch):
     """No reference mask: GrabCut's estimate of the object runs on one core, and the pipeline
-    describes the image's side of the matching beside it (matching.image_features_ahead): once per
-    estimate computed, not for a remembered estimate, a given mask or Algorithm 1's alignment. The
-    refine is the same, bit for bit, as without it (a random ALIKED as the matcher: no weights
+    describes the image's side of the matching beside it (matching.image_features_ahead), and the
+    reference photo's SIFT whole: once per estimate computed, not for a remembered estimate, a given
+    mask or Algorithm 1's alignment. The refine is the same, bit for bit, as without it (a random ALIKED as the matcher: no weights
     needed)."""
     import torch
     from PIL import Image
@@ -449,6 +449,7 @@ def test_the_image_side_is_made_beside_grabcut_and_the_refine_is_the_same(tiny_p
         ahead = refine()
         assert len(started) == 1
         started[0].result(30)  # (its work done, without an error)
+        assert len(C._SIFT_WHOLE) == 1  # (the reference photo described whole, before its object was known)
         again = refine()  # the estimate remembered: nothing started
         forget()
         refine(valid)  # a mask given: no estimate
@@ -918,6 +919,36 @@ def test_sift_features_are_remembered_and_match_a_fresh_computation(monkeypatch)
         monkeypatch.setattr(C.cv2, "SIFT_create", real)
         cold = sift_matches(image, mask, ref, valid)
         assert np.array_equal(cold.ref_xy, fresh.ref_xy)
+    finally:
+        C.clear_reference_cache()
+
+
+@pytest.mark.parametrize("size", [(240, 240), (900, 1300)])
+def test_sift_in_a_mask_from_the_whole_picture_is_sift_with_the_mask(size):
+    """SIFT described on the whole picture (sift_whole, ahead of the object's estimate) and cut to a
+    detection mask gives the keypoints and descriptors SIFT described with that mask gives, bit for
+    bit and in order (OpenCV keeps its best keypoints before it applies the mask): on a picture
+    under the described size and on one over it (1300 px, described at 1024; over 4,000 keypoints
+    there, so the cap counts)."""
+    from refine_by_align.pipelines import matching as C
+
+    h, w = size
+    rgb = _texture(h, w, seed=5)
+    if size != (240, 240):  # (fine texture everywhere: thousands of keypoints)
+        rgb = cv2.GaussianBlur(np.random.default_rng(1).integers(0, 256, (h, w, 3)).astype(np.uint8), (0, 0), 2.0)
+        rgb = cv2.normalize(rgb, None, 0, 255, cv2.NORM_MINMAX)
+    yy, xx = np.mgrid[0:h, 0:w]
+    blob = ((yy - h * 0.45) / (h * 0.35)) ** 2 + ((xx - w * 0.5) / (w * 0.3)) ** 2 < 1.0  # an object's outline
+    C.clear_reference_cache()
+    try:
+        direct = C._sift_features(rgb, blob, C.SIFT_MAX_FEATURES, C.SIFT_MAX_SIDE)
+        C.clear_reference_cache()
+        raw, _, _ = C.sift_whole(rgb)
+        derived = C._sift_features(rgb, blob, C.SIFT_MAX_FEATURES, C.SIFT_MAX_SIDE)  # (from the whole picture's)
+        assert len(derived[0]) == len(direct[0]) < len(raw)
+        assert np.array_equal(derived[0], direct[0]) and np.array_equal(derived[1], direct[1])
+        if size != (240, 240):
+            assert len(raw) >= C.SIFT_MAX_FEATURES  # (the cap reached: OpenCV keeps ties at it)
     finally:
         C.clear_reference_cache()
 

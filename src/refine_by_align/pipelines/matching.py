@@ -36,6 +36,7 @@ __all__ = [
     "mirrored_sift",
     "sift_features_ahead",
     "image_features_ahead",
+    "sift_whole",
     "ALIKED_KEYPOINTS",
     "AlikedImage",
     "aliked_features",
@@ -218,7 +219,7 @@ _AHEAD: ThreadPoolExecutor | None = None  # image_features_ahead's thread, made 
 _AHEAD_LOCK = threading.Lock()
 
 
-def image_features_ahead(image: np.ndarray, mask: np.ndarray, crop_box: Box, aliked=None, exclude_px: int = 4) -> Future:
+def image_features_ahead(image: np.ndarray, mask: np.ndarray, crop_box: Box, aliked=None, exclude_px: int = 4, reference: np.ndarray | None = None) -> Future:
     """Start describing the image's side of the alignment's matching on a background thread: SIFT
     of the image outside the grown mask (as :func:`sift_features_ahead` describes it) and, with the
     ALIKED model ``aliked``, the image's ALIKED keypoints around the crop with the best
@@ -227,7 +228,9 @@ def image_features_ahead(image: np.ndarray, mask: np.ndarray, crop_box: Box, ali
     ones still being made; the same values as made in line. For a step that keeps one core busy
     and leaves the other idle (GrabCut's estimate of the reference object, 0.1-0.5 s on one core:
     the pipeline's ``prepare``); elsewhere it competes with the caller. The image's ALIKED pass is
-    wasted where the cheap sources settle the field (ALIKED is not run then). Returns the job's
+    wasted where the cheap sources settle the field (ALIKED is not run then). ``reference``: a
+    reference photo to be matched as it is, its object not known yet: described whole
+    (:func:`sift_whole`), its SIFT features in the object's mask are then those keypoints. Returns the job's
     future (its exceptions are the caller's to read, or dropped: the alignment computes anew what
     failed here)."""
     global _AHEAD
@@ -236,6 +239,8 @@ def image_features_ahead(image: np.ndarray, mask: np.ndarray, crop_box: Box, ali
 
     def work() -> None:  # (ALIKED on one thread, ALIKED_THREADS: GrabCut keeps its core)
         _sift_features(image, outside_mask(mask, exclude_px), SIFT_MAX_FEATURES, SIFT_MAX_SIDE)
+        if reference is not None:
+            sift_whole(reference)
         if aliked is not None:
             aliked_image(aliked, image, outside_mask(mask, exclude_px), grow_box(crop_box, 3.0), max_keypoints=2 * ALIKED_KEYPOINTS)
 
@@ -266,6 +271,9 @@ def _sift_features(rgb: np.ndarray, det_mask: np.ndarray | None, max_features: i
     key = ContentCache.key(rgb, mask_part, max_features, max_side)
 
     def described() -> tuple[np.ndarray, np.ndarray | None]:
+        whole = None if det_mask is None else _SIFT_WHOLE.get_or_wait(ContentCache.key(rgb, max_features, max_side))
+        if whole is not None:  # (the picture described whole, ahead: its keypoints in the mask)
+            return _in_mask(whole, rgb.shape, det_mask, max_side)
         small, det, f = _bounded(rgb, det_mask, max_side)
         kp, desc = cv2.SIFT_create(nfeatures=max_features).detectAndCompute(_gray(small), None if det is None else det.astype(np.uint8) * 255)
         pts = rescaled(np.float32([k.pt for k in kp]).reshape(-1, 2), f)
@@ -275,6 +283,51 @@ def _sift_features(rgb: np.ndarray, det_mask: np.ndarray | None, max_features: i
         return pts, desc
 
     return _SIFT_FEATURES.get_or_compute(key, described)  # (one being described ahead is waited for)
+
+
+_SIFT_WHOLE = ContentCache(4)  # (pixels, settings) -> (keypoints at the described size, descriptors, factor), no detection mask
+
+
+def sift_whole(rgb: np.ndarray, max_features: int = SIFT_MAX_FEATURES, max_side: int = SIFT_MAX_SIDE) -> tuple[np.ndarray, np.ndarray | None, float]:
+    """SIFT of the whole picture ``rgb`` (no detection mask), remembered: (keypoints at the size it
+    was described at (N, 2) float32, descriptors (N, 128) float32 or None, the factor back to full
+    size). OpenCV's SIFT keeps its ``max_features`` best keypoints before it applies a detection
+    mask, so :func:`_sift_features` with a mask is this with the keypoints outside the mask dropped
+    (identical keypoints and descriptors: on all 48 references of val and val2, photos with 4,000
+    keypoints among them; MODEL_CARD.md, fortieth session): a reference photo can be described
+    before its object is known (:func:`image_features_ahead`, beside GrabCut's estimate)."""
+
+    def described() -> tuple[np.ndarray, np.ndarray | None, float]:
+        small, _, f = _bounded(rgb, None, max_side)
+        kp, desc = cv2.SIFT_create(nfeatures=max_features).detectAndCompute(_gray(small), None)
+        raw = np.float32([k.pt for k in kp]).reshape(-1, 2)
+        raw.flags.writeable = False
+        if desc is not None:
+            desc.flags.writeable = False
+        return raw, desc, f
+
+    return _SIFT_WHOLE.get_or_compute(ContentCache.key(rgb, max_features, max_side), described)
+
+
+def _in_mask(whole: tuple, shape: tuple[int, ...], det_mask: np.ndarray, max_side: int) -> tuple[np.ndarray, np.ndarray | None]:
+    """:func:`_sift_features`' result from :func:`sift_whole`'s: the keypoints whose rounded
+    position (OpenCV's rule: row int(y + 0.5), column int(x + 0.5), at the described size) is in the
+    detection mask, in their order, with their descriptors."""
+    raw, desc, f = whole
+    size, _ = _bounded_size(shape, max_side)
+    det = np.asarray(det_mask, bool)
+    if size is not None:
+        det = cv2.resize(det.astype(np.uint8), size, interpolation=cv2.INTER_NEAREST).astype(bool)
+    iy = np.clip((raw[:, 1] + np.float32(0.5)).astype(np.int64), 0, det.shape[0] - 1)
+    ix = np.clip((raw[:, 0] + np.float32(0.5)).astype(np.int64), 0, det.shape[1] - 1)
+    keep = det[iy, ix] if len(raw) else np.zeros(0, bool)
+    pts = rescaled(raw[keep].reshape(-1, 2), f)
+    pts.flags.writeable = False
+    if desc is None or not keep.any():
+        return pts, None
+    d = np.ascontiguousarray(desc[keep])
+    d.flags.writeable = False
+    return pts, d
 
 
 #: ALIKED keypoints per picture in the alignment's first matching (the image side's best-scored ones)
@@ -376,6 +429,7 @@ def clear_reference_cache() -> None:
     picture): a benchmark's cold timing, or to free memory."""
     _REFERENCE_FEATURES.clear()
     _SIFT_FEATURES.clear()
+    _SIFT_WHOLE.clear()
     _ALIKED_IMAGES.clear()
 
 

@@ -355,8 +355,11 @@ class RefineByAlignPipeline(DiffusionPipeline):
             beside = None
             if ahead and max(crop_box.width, crop_box.height) <= ALIGN_MAX_CROP:  # (a larger crop is aligned scaled down)
                 self._match_sources(None)  # (loads the ALIKED matcher where its weights are found)
-                image_rgb = np.asarray(rgb)
-                beside = lambda: image_features_ahead(image_rgb, mask, crop_box, self._aliked or None)  # noqa: E731
+                image_rgb, ref_photo = np.asarray(rgb), np.asarray(ref_rgb)
+                # (a photo is matched as it is, its object searched inside the estimate: its SIFT can
+                # be described before the estimate is known; a cut-out is matched cut to the estimate)
+                whole = None if on_plain_background(ref_photo) else ref_photo
+                beside = lambda: image_features_ahead(image_rgb, mask, crop_box, self._aliked or None, reference=whole)  # noqa: E731
             reference_mask = estimate_foreground(ref_rgb, beside=beside)
             notes.append(estimate_note(reference_mask))
             if not reference_mask.all() and not on_plain_background(np.asarray(ref_rgb)):

@@ -156,3 +156,35 @@ def test_a_forked_child_does_not_wait_for_a_value_its_parents_thread_was_computi
             raise AssertionError("the forked child waited for its parent's computation")
         time.sleep(0.01)
     assert os.WIFEXITED(status) and os.WEXITSTATUS(status) == 0
+
+
+def test_get_or_wait_returns_what_is_there_or_being_computed_and_never_computes():
+    """get_or_wait: the value held; a value another thread is computing, once it is computed (None
+    where that failed); None where the key is neither held nor being computed."""
+    import threading
+    from concurrent.futures import ThreadPoolExecutor
+
+    cache = ContentCache(4)
+    assert cache.get_or_wait("absent") is None and not cache._pending
+    cache.put("held", 1)
+    assert cache.get_or_wait("held") == 1
+    for outcome, expected in (("value", "value"), ("fail", None)):
+        started, release = threading.Event(), threading.Event()
+
+        def compute(outcome=outcome, started=started, release=release):
+            started.set()
+            assert release.wait(10), "hung"
+            if outcome == "fail":
+                raise RuntimeError("failed")
+            return outcome
+
+        with ThreadPoolExecutor(2) as pool:
+            first = pool.submit(cache.get_or_compute, outcome, compute)
+            assert started.wait(10), "hung"
+            waiting = pool.submit(cache.get_or_wait, outcome)
+            release.set()
+            assert waiting.result(10) == expected
+            if outcome == "fail":
+                with pytest.raises(RuntimeError):
+                    first.result(10)
+    assert cache.get("fail") is None and not cache._pending

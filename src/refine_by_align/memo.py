@@ -56,22 +56,29 @@ class ContentCache:
             add(part)
         return h.hexdigest()
 
+    def _held_or_pending(self, key: str, claim: bool) -> tuple[Any | None, Future | None, bool]:
+        """(the value under ``key`` or None; where it is not there, the future of another thread
+        computing it, or, with ``claim``, a new one this caller computes it for; whether it is this
+        caller's). Under the lock: one caller claims a key."""
+        with self._lock:
+            value = self._items.get(key)
+            if value is not None:
+                self._items.move_to_end(key)
+                return value, None, False
+            pending = self._pending.get(key)
+            if pending is None and claim:
+                pending = self._pending[key] = Future()
+                return None, pending, True
+            return None, pending, False
+
     def get_or_compute(self, key: str, compute: Callable[[], Any]) -> Any:
         """The value under ``key``, computed by ``compute()`` and remembered where it is not there.
         A key being computed by another thread is waited for, not computed twice (a step started
         ahead on a background thread, then asked for by the caller that needs it); where that
         computation failed, this caller computes it itself."""
-        with self._lock:
-            value = self._items.get(key)
-            if value is not None:
-                self._items.move_to_end(key)
-                return value
-            pending = self._pending.get(key)
-            if pending is None:
-                pending = self._pending[key] = Future()
-                mine = True
-            else:
-                mine = False
+        value, pending, mine = self._held_or_pending(key, claim=True)
+        if value is not None:
+            return value
         if not mine:
             try:
                 return pending.result()
@@ -93,14 +100,9 @@ class ContentCache:
     def get_or_wait(self, key: str) -> Any | None:
         """The value under ``key`` where it is there, or, where another thread is computing it, that
         value once computed (None if that failed); None where it is neither."""
-        with self._lock:
-            value = self._items.get(key)
-            if value is not None:
-                self._items.move_to_end(key)
-                return value
-            pending = self._pending.get(key)
-        if pending is None:
-            return None
+        value, pending, _ = self._held_or_pending(key, claim=False)
+        if value is not None or pending is None:
+            return value
         try:
             return pending.result()
         except Exception:

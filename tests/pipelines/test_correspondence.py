@@ -986,7 +986,7 @@ def test_mirrored_sift_is_what_describing_the_mirrored_picture_gives():
 
 
 class _StandInImage:
-    """Stands in for AlikedImage (as aliked_image makes it): remembers how many keypoints each features() call asked for."""
+    """Stands in for AlikedImage (as aliked_image_side makes it): remembers how many keypoints each features() call asked for."""
 
     asked: list = []
 
@@ -1024,7 +1024,7 @@ def test_mirrored_aliked_pass_only_when_the_reference_as_given_does_not_fit(monk
             dst = _apply(H, src) + (0.0 if solid is True else np.array([40.0, 0.0]))
         return Matches(src.astype(np.float32), dst.astype(np.float32), np.ones(len(src), np.float32), {"aliked": len(src)})
 
-    monkeypatch.setattr(A, "aliked_image", _StandInImage)
+    monkeypatch.setattr(A, "aliked_image_side", _StandInImage)
     monkeypatch.setattr(A, "aliked_matches", matcher)
     fld, info = dense_alignment(image, mask, ref, valid, zoom_box(mask, 2.0, 64), sources=("aliked",), aliked=object())
     if solid is True:
@@ -1069,7 +1069,7 @@ def test_reference_passes_are_computed_ahead_once(monkeypatch):
         d = r.normal(size=(50, 16)).astype(np.float32)
         return r.uniform(0, 200, (50, 2)).astype(np.float32), d / np.linalg.norm(d, axis=1, keepdims=True), np.ones(50, np.float32)
 
-    monkeypatch.setattr(A, "aliked_image", ImageSide)
+    monkeypatch.setattr(A, "aliked_image_side", ImageSide)
     monkeypatch.setattr(C, "aliked_features", reference_side)
     box = zoom_box(mask, 2.0, 64)
     runs = {}
@@ -1110,7 +1110,7 @@ def test_loose_aliked_matching_only_where_the_strict_one_finds_no_solid_fit(monk
         return Matches(src.astype(np.float32), dst.astype(np.float32), np.ones(len(src), np.float32), {"aliked": len(src)})
 
     _StandInImage.asked = []
-    monkeypatch.setattr(A, "aliked_image", _StandInImage)
+    monkeypatch.setattr(A, "aliked_image_side", _StandInImage)
     monkeypatch.setattr(A, "aliked_matches", matcher)
     box = zoom_box(mask, 2.0, 64)
     fld, info = dense_alignment(image, mask, ref, valid, box, sources=("aliked",), aliked=object(), loose_similarity=loose)
@@ -1525,7 +1525,7 @@ def test_aliked_is_not_run_where_the_cheap_field_settles_under_the_flow(monkeypa
         def features(self, n=None):
             return ("best", n)
 
-    monkeypatch.setattr(A, "aliked_image", ImageSide)
+    monkeypatch.setattr(A, "aliked_image_side", ImageSide)
     monkeypatch.setattr(A, "aliked_matches", lambda *args, **kwargs: Matches.empty())
     monkeypatch.setattr(A, "aliked_reference_features", lambda *args, **kwargs: None)
     refined, real_ecc = [], A.refine_field_ecc

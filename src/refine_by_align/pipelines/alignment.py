@@ -53,11 +53,9 @@ from .fields import (
 from .matching import (
     ALIKED_KEYPOINTS,
     Matches,
-    aliked_image,
+    aliked_image_side,
     aliked_matches,
     aliked_reference_features,
-    grow_box,
-    outside_mask,
     sift_features_ahead,
     sift_matches,
     template_matches,
@@ -446,7 +444,7 @@ def dense_alignment(
         try:
             # (remembered per image and mask, and made ahead beside the reference object's estimate
             # where the pipeline runs one: matching.image_features_ahead)
-            image_side = aliked_image(aliked, image, outside_mask(mask, 4), grow_box(crop_box, 3.0), max_keypoints=2 * ALIKED_KEYPOINTS)
+            image_side = aliked_image_side(aliked, image, mask, crop_box)
             strict = image_side.features(ALIKED_KEYPOINTS)  # the best-scored half of the keypoints
 
             def consider_aliked(mirrored: bool, features, similarity: float | None = None, min_inliers: int = 0) -> None:

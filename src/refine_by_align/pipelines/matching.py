@@ -41,6 +41,7 @@ __all__ = [
     "AlikedImage",
     "aliked_features",
     "aliked_image",
+    "aliked_image_side",
     "aliked_reference_features",
     "clear_reference_cache",
     "aliked_matches",
@@ -223,8 +224,8 @@ def image_features_ahead(image: np.ndarray, mask: np.ndarray, crop_box: Box, ali
     """Start describing the image's side of the alignment's matching on a background thread: SIFT
     of the image outside the grown mask (as :func:`sift_features_ahead` describes it) and, with the
     ALIKED model ``aliked``, the image's ALIKED keypoints around the crop with the best
-    :data:`ALIKED_KEYPOINTS` described (as :func:`~.alignment.dense_alignment` asks
-    :func:`aliked_image` for them). The alignment then finds them remembered, or waits for the
+    :data:`ALIKED_KEYPOINTS` described (:func:`aliked_image_side`, as
+    :func:`~.alignment.dense_alignment` asks for them). The alignment then finds them remembered, or waits for the
     ones still being made; the same values as made in line. For a step that keeps one core busy
     and leaves the other idle (GrabCut's estimate of the reference object, 0.1-0.5 s on one core:
     the pipeline's ``prepare``); elsewhere it competes with the caller. The image's ALIKED pass is
@@ -238,11 +239,11 @@ def image_features_ahead(image: np.ndarray, mask: np.ndarray, crop_box: Box, ali
     mask = np.asarray(mask, bool)
 
     def work() -> None:  # (ALIKED on one thread, ALIKED_THREADS: GrabCut keeps its core)
-        _sift_features(image, outside_mask(mask, exclude_px), SIFT_MAX_FEATURES, SIFT_MAX_SIDE)
+        sift_features_ahead(image, mask, None, None, flips=(), exclude_px=exclude_px)  # (the image alone)
         if reference is not None:
             sift_whole(reference)
         if aliked is not None:
-            aliked_image(aliked, image, outside_mask(mask, exclude_px), grow_box(crop_box, 3.0), max_keypoints=2 * ALIKED_KEYPOINTS)
+            aliked_image_side(aliked, image, mask, crop_box, exclude_px)
 
     with _AHEAD_LOCK:
         if _AHEAD is None:
@@ -412,6 +413,15 @@ def aliked_image(model, rgb: np.ndarray, mask: np.ndarray | None, box: Box | Non
         return side
 
     return _ALIKED_IMAGES.get_or_compute(key, made)  # (the model is kept by the value: its id is not reused while cached)
+
+
+def aliked_image_side(model, image: np.ndarray, mask: np.ndarray, crop_box: Box, exclude_px: int = 4) -> AlikedImage:
+    """The image's side of the alignment's ALIKED matching (:func:`aliked_image`): its keypoints
+    outside the mask grown by ``exclude_px`` px, in the crop box grown three times, up to twice
+    :data:`ALIKED_KEYPOINTS` of them (the best half described). The one place these settings are
+    written: :func:`~.alignment.dense_alignment` asks for it, :func:`image_features_ahead` makes it
+    ahead, and the two must ask for the same to find it remembered."""
+    return aliked_image(model, image, outside_mask(mask, exclude_px), grow_box(crop_box, 3.0), max_keypoints=2 * ALIKED_KEYPOINTS)
 
 
 def aliked_features(model, rgb: np.ndarray, mask: np.ndarray | None, box: Box | None = None, max_side: int = 384, max_keypoints: int = ALIKED_KEYPOINTS):

@@ -352,18 +352,20 @@ class RefineByAlignPipeline(DiffusionPipeline):
         if reference_mask is None:  # no mask and no alpha: estimate the object (data/foreground.py)
             from ..data.foreground import estimate_foreground, estimate_note, on_plain_background
 
+            ref_photo = np.asarray(ref_rgb)
+            plain = on_plain_background(ref_photo)  # (a cut-out or studio shot, not a photo with a background)
             beside = None
             if ahead and max(crop_box.width, crop_box.height) <= ALIGN_MAX_CROP:  # (a larger crop is aligned scaled down)
                 self._match_sources(None)  # (loads the ALIKED matcher where its weights are found)
-                image_rgb, ref_photo = np.asarray(rgb), np.asarray(ref_rgb)
+                image_rgb = np.asarray(rgb)
                 # (a photo is matched as it is, its object searched inside the estimate: its SIFT can
                 # be described before the estimate is known; a cut-out is matched cut to the estimate)
-                whole = None if on_plain_background(ref_photo) else ref_photo
+                whole = None if plain else ref_photo
                 beside = lambda: image_features_ahead(image_rgb, mask, crop_box, self._aliked or None, reference=whole)  # noqa: E731
             reference_mask = estimate_foreground(ref_rgb, beside=beside)
             notes.append(estimate_note(reference_mask))
-            if not reference_mask.all() and not on_plain_background(np.asarray(ref_rgb)):
-                photo = np.asarray(ref_rgb)  # matched whole (PreparedInputs.matched)
+            if not reference_mask.all() and not plain:
+                photo = ref_photo  # matched whole (PreparedInputs.matched)
         ref = np.asarray(ref_rgb).copy()
         ref[~reference_mask] = 0
         ref_box = square_pad_box(mask_bbox(reference_mask), cfg.reference_margin, reference_mask.shape)

@@ -58,7 +58,10 @@ def _renamed(argv: list[str]) -> list[str]:
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(_renamed(sys.argv[1:] if argv is None else list(argv)))
     logging.basicConfig(level=logging.ERROR, format="%(message)s")
+    from .allocator import keep_freed_memory
     from .io import InputError
+
+    keep_freed_memory()  # freed arrays kept for reuse, not faulted in again (allocator.py)
 
     try:
         seed = getattr(args, "seed", None)  # every command's --seed: the range the server and batch accept

@@ -32,6 +32,7 @@ import numpy as np
 import torch
 from PIL import Image
 
+from ..allocator import allocator_setting, keep_freed_memory, keeps_freed_memory
 from ..io import InputError
 from .ceiling import cpu_name, matmul_ceiling, median_time, native_bf16, peak_rss_mb
 from .plot import plot_breakdown
@@ -334,8 +335,13 @@ def _benchmark_in_child(args: tuple) -> dict:
     # the progress bars' lock: tqdm's default builds a multiprocessing lock, a semaphore this child
     # never releases (the pool ends it), which the parent's resource tracker then reports as leaked
     tqdm.set_lock(threading.RLock())
-    torch.set_num_threads(args[-1])
-    return benchmark_config(*args[:-1])
+    *config, threads, keep_freed = args
+    torch.set_num_threads(threads)
+    if keep_freed:  # as the parent process has it (allocator.py)
+        keep_freed_memory()
+    res = benchmark_config(*config)
+    res["allocator"] = allocator_setting()
+    return res
 
 
 def run_benchmark(
@@ -382,7 +388,7 @@ def run_benchmark(
     ctx = multiprocessing.get_context("spawn")
     for name in configs:
         with ctx.Pool(1) as pool:
-            results[name] = pool.apply(_benchmark_in_child, ((name, repeats, bench_cases, dtype, compile, str(dev), case_limit, torch.get_num_threads()),))
+            results[name] = pool.apply(_benchmark_in_child, ((name, repeats, bench_cases, dtype, compile, str(dev), case_limit, torch.get_num_threads(), keeps_freed_memory()),))
     _say("matmul ceiling again")
     runs.append(ceiling())
     out["ceiling"] = {k: max(r[k] for r in runs) for k in runs[0]}

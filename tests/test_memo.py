@@ -18,6 +18,16 @@ def test_keys_follow_content_not_identity():
     assert ContentCache.key(a, None) != ContentCache.key(a)  # a missing part counts
     assert ContentCache.key((a, 1)) == ContentCache.key([a.copy(), 1]) != ContentCache.key((b, 1))  # nested parts by content
     assert ContentCache.key((1, 2), 3) != ContentCache.key(1, (2, 3))  # the nesting counts
+    view = np.arange(24, dtype=np.uint8).reshape(4, 6)[:, ::2]  # not contiguous: keyed by its values
+    assert ContentCache.key(view) == ContentCache.key(view.copy()) != ContentCache.key(np.arange(24, dtype=np.uint8).reshape(4, 6)[:, 1::2])
+    assert ContentCache.key(np.arange(3, dtype=">i4")) != ContentCache.key(np.arange(3, dtype="<i4"))  # the byte order counts
+
+
+def test_empty_and_zero_dimensional_arrays_have_keys():
+    """(an array's bytes are read through its buffer: a buffer with no elements, or none of its
+    own dimensions, is read too)"""
+    keys = {ContentCache.key(a) for a in (np.zeros((0, 3)), np.zeros((3, 0)), np.array(5), np.array(6), np.zeros((0,), bool))}
+    assert len(keys) == 5
 
 
 @pytest.mark.parametrize("part", [object(), {"a": 1}, {1, 2}])

@@ -34,9 +34,14 @@ PROBE = textwrap.dedent(
 )
 
 
-def _probe(mode: str, **env) -> tuple[str, int, str]:
+def _clean_env(**env) -> dict[str, str]:
+    """This process's environment without any malloc setting of its own, plus ``env``."""
     clean = {k: v for k, v in os.environ.items() if k not in ("GLIBC_TUNABLES", allocator.ENV) and not k.startswith("MALLOC_")}
-    out = subprocess.run([sys.executable, "-c", PROBE, mode], capture_output=True, text=True, env={**clean, **env}, timeout=120, check=True).stdout
+    return {**clean, **env}
+
+
+def _probe(mode: str, **env) -> tuple[str, int, str]:
+    out = subprocess.run([sys.executable, "-c", PROBE, mode], capture_output=True, text=True, env=_clean_env(**env), timeout=120, check=True).stdout
     made, faults, setting = out.strip().splitlines()[-1].split("|")
     return made, int(faults), setting
 
@@ -71,7 +76,6 @@ def test_thresholds_out_of_range_are_refused():
 def test_the_command_line_keeps_freed_memory():
     """Every command runs with the setting (cli.main makes it before the command runs)."""
     code = "import sys; from refine_by_align import cli, allocator; cli.COMMANDS['plot'].run = lambda a: print(allocator.allocator_setting()) or 0; sys.exit(cli.main(['plot', 'x.json']))"
-    clean = {k: v for k, v in os.environ.items() if k not in ("GLIBC_TUNABLES", allocator.ENV) and not k.startswith("MALLOC_")}
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=clean, timeout=120)
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=_clean_env(), timeout=120)
     assert out.returncode == 0, out.stderr
     assert "keeps freed memory" in out.stdout

@@ -276,14 +276,23 @@ def _sift_features(rgb: np.ndarray, det_mask: np.ndarray | None, max_features: i
         if whole is not None:  # (the picture described whole, ahead: its keypoints in the mask)
             return _in_mask(whole, rgb.shape, det_mask, max_side)
         small, det, f = _bounded(rgb, det_mask, max_side)
-        kp, desc = cv2.SIFT_create(nfeatures=max_features).detectAndCompute(_gray(small), None if det is None else det.astype(np.uint8) * 255)
-        pts = rescaled(np.float32([k.pt for k in kp]).reshape(-1, 2), f)
+        raw, desc = _sift_detect(small, det, max_features)
+        pts = rescaled(raw, f)
         pts.flags.writeable = False
-        if desc is not None:
-            desc.flags.writeable = False
         return pts, desc
 
     return _SIFT_FEATURES.get_or_compute(key, described)  # (one being described ahead is waited for)
+
+
+def _sift_detect(small: np.ndarray, det: np.ndarray | None, max_features: int) -> tuple[np.ndarray, np.ndarray | None]:
+    """OpenCV's SIFT on ``small`` (h, w, 3) uint8 where ``det`` (h, w) bool is True (None: all of
+    it): (keypoint positions at that size (N, 2) float32, descriptors (N, 128) float32 read-only,
+    or None). The one SIFT call of :func:`_sift_features` and :func:`sift_whole`, whose results
+    must be the same keypoints for :func:`_in_mask` to stand in for a masked call."""
+    kp, desc = cv2.SIFT_create(nfeatures=max_features).detectAndCompute(_gray(small), None if det is None else det.astype(np.uint8) * 255)
+    if desc is not None:
+        desc.flags.writeable = False
+    return np.float32([k.pt for k in kp]).reshape(-1, 2), desc
 
 
 _SIFT_WHOLE = ContentCache(4)  # (pixels, settings) -> (keypoints at the described size, descriptors, factor), no detection mask
@@ -300,11 +309,8 @@ def sift_whole(rgb: np.ndarray, max_features: int = SIFT_MAX_FEATURES, max_side:
 
     def described() -> tuple[np.ndarray, np.ndarray | None, float]:
         small, _, f = _bounded(rgb, None, max_side)
-        kp, desc = cv2.SIFT_create(nfeatures=max_features).detectAndCompute(_gray(small), None)
-        raw = np.float32([k.pt for k in kp]).reshape(-1, 2)
+        raw, desc = _sift_detect(small, None, max_features)
         raw.flags.writeable = False
-        if desc is not None:
-            desc.flags.writeable = False
         return raw, desc, f
 
     return _SIFT_WHOLE.get_or_compute(ContentCache.key(rgb, max_features, max_side), described)

@@ -119,8 +119,9 @@ _WARMING: list = []  # the warm-up thread, started once per process
 
 
 def warm_up_fills() -> None:
-    """Get the compiled FSR (:mod:`refine_by_align.fsr`) ready in a background thread, so that the
-    first fill of a process does not wait for numba to start (about 0.6 s; compiling, the first
+    """Get the compiled ECC pass (:mod:`refine_by_align.ecc`, the alignment's) and FSR
+    (:mod:`refine_by_align.fsr`) ready in a background thread, so that the first alignment and fill
+    of a process do not wait for numba to start (about 0.6 s; compiling, the first
     time on a machine, about 4 s). Returns at once; does nothing the second time, or where numba is
     missing (a failure shows again, with its message, where the fill runs)."""
     if _WARMING:
@@ -128,6 +129,12 @@ def warm_up_fills() -> None:
     import threading
 
     def run() -> None:
+        try:
+            from .ecc import warm_up as warm_up_ecc
+
+            warm_up_ecc()  # (the alignment's ECC pass, compiled alike: its first call comes sooner)
+        except Exception:  # noqa: BLE001
+            pass
         try:
             from .fsr import warm_up
 

@@ -11,6 +11,7 @@ from dataclasses import replace
 import cv2
 import numpy as np
 
+from ..ecc import ECCNotConverged, find_homography_ecc
 from ..threads import side_by_side
 from .fields import DenseField, with_confidence
 from .matching import Matches, _disk, _gray
@@ -127,13 +128,9 @@ def _ecc_attempt(
     cut = (slice(y0, y1), slice(x0, x1))
     template = _gray(np.ascontiguousarray(image_box[cut])).astype(np.float32)
     warped = _gray(np.clip(fld.sample(reference, window=cut), 0, 255).astype(np.uint8)).astype(np.float32)
-    W = np.eye(3, dtype=np.float32)
     try:
-        _, W = cv2.findTransformECC(
-            template, warped, W, cv2.MOTION_HOMOGRAPHY,
-            (cv2.TERM_CRITERIA_EPS | cv2.TERM_CRITERIA_COUNT, iterations, eps), np.ascontiguousarray(band[cut]).astype(np.uint8), blur,
-        )
-    except cv2.error:
+        _, W, _ = find_homography_ecc(template, warped, band[cut], iterations=iterations, eps=eps, blur=blur)
+    except ECCNotConverged:
         return None, before
     if not np.isfinite(W).all():
         return None, before

@@ -35,7 +35,7 @@ from __future__ import annotations
 import cv2
 import numpy as np
 
-__all__ = ["CYCLE_MAX", "CYCLE_PX", "ECCNotConverged", "find_homography_ecc", "ecc_backend", "warm_up"]
+__all__ = ["CYCLE_MAX", "CYCLE_PX", "ECCNotConverged", "find_homography_ecc", "warm_up"]
 
 #: :func:`find_homography_ecc` looks for a cycle of up to this many warps...
 CYCLE_MAX = 12
@@ -63,8 +63,8 @@ def _sums_numpy(t, img, gx, gy, pre, near, W, H, vec, stats) -> None:
     safe = np.where(d == 0.0, 1.0, d)
     u = (W[0, 0] * x + W[0, 1] * y + W[0, 2]) / safe
     v = (W[1, 0] * x + W[1, 1] * y + W[1, 2]) / safe
-    near = (d != 0.0) & (u > -2.0) & (u < wi + 1.0) & (v > -2.0) & (v < hi + 1.0)
-    u, v = np.where(near, u, -10.0), np.where(near, v, -10.0)
+    in_range = (d != 0.0) & (u > -2.0) & (u < wi + 1.0) & (v > -2.0) & (v < hi + 1.0)  # (``near`` is not needed here)
+    u, v = np.where(in_range, u, -10.0), np.where(in_range, v, -10.0)
     nx, ny = np.rint(u).astype(np.int64), np.rint(v).astype(np.int64)
     inside = (nx >= 0) & (nx < wi) & (ny >= 0) & (ny < hi)
     m = inside & (pre[np.clip(ny, 0, hi - 1), np.clip(nx, 0, wi - 1)] != 0)
@@ -83,7 +83,7 @@ def _sums_numpy(t, img, gx, gy, pre, near, W, H, vec, stats) -> None:
             anyg |= on
             gxw += np.where(on, c * gx[yc, xc], 0.0)
             gyw += np.where(on, c * gy[yc, xc], 0.0)
-    keep = near & (m | anyg)
+    keep = in_range & (m | anyg)
     den = W[2, 0] * x + W[2, 1] * y + 1.0
     hx = -(W[0, 0] * x + W[0, 1] * y + W[0, 2]) / den
     hy = -(W[1, 0] * x + W[1, 1] * y + W[1, 2]) / den
@@ -201,15 +201,6 @@ def _sums_loop(t, img, gx, gy, pre, near, W, H, vec, stats) -> None:
 
 
 _sums = njit(cache=True, nogil=True)(_sums_loop) if njit is not None else _sums_numpy
-
-
-def ecc_backend() -> str:
-    """Which pass :func:`find_homography_ecc` runs here: "numba X.Y" or "numpy"."""
-    if njit is None:
-        return "numpy"
-    import numba
-
-    return f"numba {numba.__version__}"
 
 
 def _prepared(template: np.ndarray, image: np.ndarray, mask: np.ndarray | None, blur: int):

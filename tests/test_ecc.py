@@ -123,3 +123,12 @@ def test_bad_inputs_are_refused_and_a_lost_mask_raises():
         find_homography_ecc(template, image, np.zeros_like(mask))
     with pytest.raises(ECCNotConverged, match="NaN"):  # (a flat template: no correlation to take)
         find_homography_ecc(np.full_like(template, 90.0), image, mask)
+
+
+def test_a_singular_hessian_is_a_zero_step_as_in_opencv():
+    """No gradient under the mask (a singular Hessian): OpenCV's inverse is zero, so the step is
+    zero and the iteration stops where it is, rather than raising NumPy's LinAlgError."""
+    stats = np.array([100.0, 1.2e4, 1.5e6, 1.0e4, 1.1e6, 1.25e6])  # count, sums of i, i^2, t, t^2, t i
+    rho, delta = E._step(np.zeros((8, 8)), np.zeros((3, 8)), stats)
+    assert np.isfinite(rho) and -1.0 <= rho <= 1.0
+    assert delta.shape == (8,) and not delta.any()

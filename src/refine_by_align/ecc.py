@@ -235,7 +235,10 @@ def _step(H: np.ndarray, vec: np.ndarray, stats: np.ndarray) -> tuple[float, np.
     rho = float(correlation / np.sqrt(i_norm2 * t_norm2))
     # the step in OpenCV's float32 Hessian and projections: the image zero-mean on the mask and as
     # warped off it, the template zero off it
-    hessian_inv = np.linalg.inv(H.astype(np.float32))  # (8, 8)
+    try:
+        hessian_inv = np.linalg.inv(H.astype(np.float32))  # (8, 8)
+    except np.linalg.LinAlgError:  # (no gradient under the mask: OpenCV's inverse of a singular matrix is 0)
+        hessian_inv = np.zeros((8, 8), np.float32)
     i_proj = (vec[0] - i_mean * vec[1]).astype(np.float32)  # (8,) J . imageWarped
     t_proj = (vec[2] - t_mean * vec[1]).astype(np.float32)  # J . templateZM
     i_proj_h = hessian_inv @ i_proj

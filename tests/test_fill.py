@@ -298,6 +298,29 @@ def test_spline_interpolate_on_a_coarse_lattice_matches_every_pixel():
             assert np.abs(coarse - every)[hole].max() < 0.005, np.abs(coarse - every)[hole].max()
 
 
+def test_bicubic_resampling_on_the_hole_box_grid_is_fitpacks_point_evaluation_bit_for_bit():
+    """The resampling of spline_interpolate's lattice reads FITPACK's grid evaluation over the
+    hole's box where the hole fills a tenth of it or more: the same values, bit for bit, as
+    evaluating at each hole pixel (RectBivariateSpline.ev), on a compact hole, a ragged one and a
+    thin diagonal across a wide box (which is evaluated point by point)."""
+    from scipy.interpolate import RectBivariateSpline
+
+    from refine_by_align.fill import _bicubic_at
+
+    rng = np.random.default_rng(5)
+    gy, gx = np.arange(-4.0, 132.0, 4.0), np.arange(-4.0, 172.0, 4.0)
+    spline = RectBivariateSpline(gy, gx, rng.normal(0, 3, (len(gy), len(gx))), kx=3, ky=3, s=0)
+    yy, xx = np.mgrid[0:120, 0:160]
+    compact = ((yy - 60) / 40.0) ** 2 + ((xx - 80) / 50.0) ** 2 <= 1
+    ragged = compact & (rng.random(compact.shape) < 0.3)
+    thin = np.abs(yy * 160 / 120 - xx) < 1
+    for hole in (compact, ragged, thin):
+        ys, xs = np.nonzero(hole)
+        assert np.array_equal(_bicubic_at(spline, ys, xs), spline.ev(ys, xs))
+    ys, xs = np.nonzero(compact)
+    assert not np.array_equal(_bicubic_at(spline, ys, xs), spline.ev(ys + 1, xs))  # (the positions matter)
+
+
 def test_spline_interpolate_carries_channels_side_by_side_as_one_at_a_time():
     """Several fields over one hole carried in one call (their channels side by side: one system
     solved for all, as each flow round carries its flows) give, to within 1e-5, what each gives

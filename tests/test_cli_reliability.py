@@ -9,6 +9,7 @@ import tomllib
 from pathlib import Path
 
 import numpy as np
+import torch
 import pytest
 from PIL import Image
 
@@ -558,3 +559,134 @@ def test_refine_and_align_write_every_output(tmp_path, capsys):
     assert rc == 0, capsys.readouterr().err
     assert Image.open(tmp_path / "a.png").size == (30, 36) and Image.open(tmp_path / "h.png").size == (30, 36)
     assert not [p for p in tmp_path.rglob(".*") if p.is_file()]  # no temporary files
+
+
+# ---------------------------------------------------------------------------------------------------- exit status after a late refusal
+def test_a_process_that_exits_while_the_warm_up_runs_exits_with_its_own_status():
+    """The pipeline starts warming numba's compiled passes on a thread when it is made. A process
+    that ends at once (an input refused just after the model loaded: exit 2) waits for that thread;
+    as a daemon thread it was stopped inside numba's C++ and the process aborted (exit 134,
+    'terminate called without an active exception') in 2 of 6 runs (the
+    flag is checked; two runs end to end)."""
+    import subprocess
+    import sys
+
+    from refine_by_align import fill
+
+    fill.warm_up_fills()
+    assert fill._WARMING and not fill._WARMING[0].daemon
+    script = "from refine_by_align.loading import load_pipeline; load_pipeline('default', device='cpu'); raise SystemExit(2)"
+    for _ in range(2):
+        run = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=300)
+        assert run.returncode == 2, run.stderr[-500:]
+        assert "terminate called" not in run.stderr and "FATAL" not in run.stderr, run.stderr[-500:]
+
+
+# ---------------------------------------------------------------------------------------------------- a mask wider than the crop
+@pytest.mark.parametrize("command", ["refine", "align"])
+@pytest.mark.parametrize("shape", ["band", "corners"])
+def test_a_mask_spanning_more_than_the_crop_is_refused_before_computing(tmp_path, capsys, no_compute, command, shape):
+    """Both stages work on one square crop of at most the image's shorter side (40 px here): a band
+    across the 48 px width, or parts in opposite corners, would have pixels outside it left as
+    they are (the band) or crashed the alignment (IndexError, the corners). One line, exit 2,
+    naming the mask file and the span."""
+    paths = _inputs(tmp_path / "in")
+    m = np.zeros((40, 48), np.uint8)
+    if shape == "band":
+        m[18:22, 2:46] = 255  # 44 x 4 px
+    else:
+        m[1:5, 1:5] = m[35:39, 43:47] = 255  # 46 x 38 px
+    Image.fromarray(m).save(paths["mask"])
+    out = tmp_path / "o.png"
+    args = _refine(paths, out) if command == "refine" else _refine(paths, out, command="align")
+    span = "44x4" if shape == "band" else "46x38"
+    _refused(args, capsys, str(paths["mask"]), f"span {span} px", "40 px square")
+    assert not out.exists()
+
+
+def test_prepare_refuses_a_mask_outside_its_own_crop(tiny_pipe):
+    """The pipeline checks the crop itself too (a caller that skips validate_inputs' span rule by
+    an odd rounding still gets the error, not a partial repair): a mask that fits the shorter side
+    is accepted, one past it is not."""
+    from refine_by_align.io import InputError
+
+    rng = np.random.default_rng(0)
+    image = Image.fromarray(rng.integers(0, 256, (40, 48, 3), dtype=np.uint8))
+    reference = Image.fromarray(rng.integers(0, 256, (36, 30, 3), dtype=np.uint8))
+    fits = np.zeros((40, 48), bool)
+    fits[18:22, 4:44] = True  # 40 px: the whole shorter side
+    p = tiny_pipe.prepare(image, fits, reference, np.ones((36, 30), bool))
+    b = p.crop_box
+    assert fits[b.y0 : b.y1, b.x0 : b.x1].sum() == fits.sum()
+    wide = fits.copy()
+    wide[20, 44] = True  # 41 px
+    with pytest.raises(InputError, match="span 41x4 px, more than the 40 px square"):
+        tiny_pipe.prepare(image, wide, reference, np.ones((36, 30), bool))
+    from refine_by_align.pipelines.pipeline import check_mask_fits
+    from refine_by_align.zoom import Box
+
+    with pytest.raises(InputError, match="mask 'm.png': the marked pixels span 40x4 px, more than the 39 px square"):
+        check_mask_fits(fits, Box(4, 0, 43, 39), {"mask": "m.png"})
+
+
+# ---------------------------------------------------------------------------------------------------- matcher weights that are not ALIKED's
+def _bad_matcher_weights(folder: Path) -> dict[str, tuple[Path, str]]:
+    """Files a user might pass as --matcher-weights, with what the one line must say of each."""
+    from safetensors.torch import save_file
+
+    folder.mkdir(parents=True, exist_ok=True)
+    text = folder / "notes.safetensors"
+    text.write_text("not weights at all\n" * 20)
+    empty = folder / "empty.safetensors"
+    empty.write_bytes(b"")
+    other = folder / "other.safetensors"
+    save_file({"conv.weight": torch.zeros(2, 2)}, str(other))
+    return {
+        "text": (text, "not a readable .safetensors file"),
+        "empty": (empty, "not a readable .safetensors file"),
+        "other_model": (other, "not an ALIKED state dict"),
+        "missing": (folder / "nowhere.safetensors", "not found"),
+    }
+
+
+@pytest.mark.parametrize("kind", ["text", "empty", "other_model", "missing"])
+def test_load_aliked_gives_the_reason_instead_of_raising(tmp_path, kind):
+    from refine_by_align.models.aliked import load_aliked
+
+    path, needle = _bad_matcher_weights(tmp_path)[kind]
+    model, reason = load_aliked(path)
+    assert model is None and needle in reason and "\n" not in reason, reason
+
+
+@pytest.mark.parametrize("command", ["refine", "detect"])
+@pytest.mark.parametrize("kind", ["text", "other_model"])
+def test_unloadable_matcher_weights_are_one_line_exit_2(tmp_path, capsys, command, kind):
+    """A --matcher-weights file that is not a safetensors file, or another model's weights, was a
+    SafetensorError / ValueError traceback (exit 1); it is one line naming the file, exit 2."""
+    paths = _inputs(tmp_path / "in")
+    path, needle = _bad_matcher_weights(tmp_path / "w")[kind]
+    out = tmp_path / "o.png"
+    if command == "refine":
+        args = _refine(paths, out, "--matcher-weights", path, model="default")
+    else:
+        args = ["-q", "detect", "--image", str(paths["image"]), "--reference", str(paths["reference"]), "--output", str(out), "--matcher-weights", str(path)]
+    _refused(args, capsys, f"--matcher-weights '{path}'", "cannot load the ALIKED matcher", needle)
+    assert not out.exists()
+
+
+@pytest.mark.parametrize("case", ["transparent_reference", "reference_mask_size", "reference_mask_empty"])
+def test_detect_names_the_file_and_where_the_reference_mask_came_from(tmp_path, capsys, case):
+    """As refine words them: a fully transparent reference (no mask given) is its alpha channel,
+    not 'reference_mask'; a given reference mask's errors name its file."""
+    paths = _inputs(tmp_path / "in")
+    args = ["-q", "detect", "--image", str(paths["image"]), "--output", str(tmp_path / "o.png")]
+    if case == "transparent_reference":
+        clear = tmp_path / "in" / "clear.png"
+        Image.new("RGBA", (30, 36), (10, 20, 30, 0)).save(clear)
+        err = _refused(args + ["--reference", str(clear)], capsys, f"reference '{clear}'", "alpha channel is empty")
+        assert "reference_mask" not in err
+        return
+    bad = tmp_path / "in" / "rm.png"
+    Image.new("L", (9, 9) if case == "reference_mask_size" else (30, 36), 255 if case == "reference_mask_size" else 0).save(bad)
+    needle = "size 9x9 does not match the reference 30x36" if case == "reference_mask_size" else "reference mask is empty"
+    _refused(args + ["--reference", str(paths["reference"]), "--reference-mask", str(bad)], capsys, f"reference_mask '{bad}'", needle)

@@ -123,7 +123,12 @@ def warm_up_fills() -> None:
     (:mod:`refine_by_align.fsr`) ready in a background thread, so that the first alignment and fill
     of a process do not wait for numba to start (about 0.6 s; compiling, the first
     time on a machine, about 4 s). Returns at once; does nothing the second time, or where numba is
-    missing (a failure shows again, with its message, where the fill runs)."""
+    missing (a failure shows again, with its message, where the fill runs). The thread is not a
+    daemon: a process that ends while it runs (an input refused just after the model loaded) waits
+    for it. A daemon thread still inside numba's compiled code when the interpreter finalises is
+    stopped by a forced unwind that numba's C++ swallows, and the process aborted (exit 134,
+    "terminate called without an active exception": 2 of 6 runs that loaded the pipeline and
+    exited at once)."""
     if _WARMING:
         return
     import threading
@@ -142,7 +147,7 @@ def warm_up_fills() -> None:
         except Exception:  # noqa: BLE001
             return
 
-    _WARMING.append(threading.Thread(target=run, name="fsr-warm-up", daemon=True))
+    _WARMING.append(threading.Thread(target=run, name="fsr-warm-up", daemon=False))
     _WARMING[0].start()
 
 

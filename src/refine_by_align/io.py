@@ -36,6 +36,7 @@ __all__ = [
     "mask_from_levels",
     "in_input_mode",
     "validate_inputs",
+    "mask_span_message",
     "check_settings",
     "check_detect_settings",
     "DETECT_METHODS",
@@ -239,6 +240,16 @@ def load_mask(path: str | os.PathLike, what: str = "mask") -> np.ndarray:
     return to_mask(load_image(path, what))
 
 
+def mask_span_message(label: str, width: int, height: int, side: int) -> str:
+    """The one line for a mask whose marked pixels span ``width`` x ``height`` px, more than the
+    ``side`` px square zoom-in crop both stages work on (at most the image's shorter side): the
+    pixels outside it would be left as they are."""
+    return (
+        f"{label}: the marked pixels span {width}x{height} px, more than the {side} px square the refinement works on "
+        "(at most the image's shorter side); refine the mask in parts that each fit in such a square"
+    )
+
+
 def validate_inputs(
     image: Image.Image,
     mask: np.ndarray,
@@ -269,6 +280,10 @@ def validate_inputs(
         raise InputError(f"{name('mask')}: mask is empty (every pixel is 0: nothing marks an artifact)")
     if mask.all():
         raise InputError(f"{name('mask')}: mask covers the whole image; nothing is left to align with")
+    rows, cols = np.flatnonzero(mask.any(axis=1)), np.flatnonzero(mask.any(axis=0))
+    span_w, span_h = int(cols[-1] - cols[0] + 1), int(rows[-1] - rows[0] + 1)
+    if max(span_w, span_h) > min(image.width, image.height):
+        raise InputError(mask_span_message(name("mask"), span_w, span_h, min(image.width, image.height)))
     if reference_mask is not None:
         if reference_mask.shape != (reference.height, reference.width):
             raise InputError(

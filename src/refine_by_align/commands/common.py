@@ -49,7 +49,7 @@ def load_model(model: str, quiet: bool, matcher_weights: str | None = None, dtyp
     # returns run it into the next printed line
     pipe.set_progress_bar_config(disable=True if quiet else None, leave=False, desc="refine")
     if matcher_weights is not None and not pipe.set_matcher(matcher_weights):
-        raise CLIError(f"--matcher-weights: {pipe._aliked_note}")
+        raise CLIError(f"--matcher-weights '{matcher_weights}': cannot load the ALIKED matcher: {pipe._aliked_reason}")
     return pipe
 
 

@@ -40,14 +40,17 @@ def run(args) -> int:
     image = load_image(args.image, "image")
     reference = load_image(args.reference, "reference")
     ref_mask = load_mask(args.reference_mask, "reference mask") if args.reference_mask else None
-    from ..pipelines.detect import detect, load_matcher
+    from ..pipelines.detect import detect
     from ..visualize import render_heatmap_overlay
 
-    aliked = load_matcher(args.matcher_weights)
+    from ..models.aliked import load_aliked
+
+    aliked, reason = load_aliked(args.matcher_weights)
     if aliked is None and args.matcher_weights is not None:
-        raise CLIError(f"--matcher-weights '{args.matcher_weights}': no ALIKED weights there")
-    notes = [] if aliked is not None else ["ALIKED matcher unavailable (weights not found): detection uses SIFT alone"]
-    det = detect(image, reference, ref_mask, aliked=aliked, method=args.method, threshold=args.threshold)
+        raise CLIError(f"--matcher-weights '{args.matcher_weights}': cannot load the ALIKED matcher: {reason}")
+    notes = [] if aliked is not None else [f"ALIKED matcher unavailable ({reason}): detection uses SIFT alone"]
+    names = {"reference": args.reference, **({"reference_mask": args.reference_mask} if args.reference_mask else {})}
+    det = detect(image, reference, ref_mask, aliked=aliked, method=args.method, threshold=args.threshold, names=names)
     print_notes(notes + det.info.get("notes", []) + ([det.info["note"]] if "note" in det.info else []))
     outputs = [(Image.fromarray(det.mask.astype("uint8") * 255), out, "--output")]
     if heat_path is not None:

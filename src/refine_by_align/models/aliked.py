@@ -38,6 +38,7 @@ from torch import nn
 
 __all__ = [
     "ALIKED",
+    "load_aliked",
     "SparseFeatureMap",
     "ALIKEDConfig",
     "convert_checkpoint",
@@ -556,6 +557,7 @@ class ALIKED(nn.Module):
         :func:`find_weights`, or a .safetensors file, or a folder holding aliked-n16.safetensors.
         Raises FileNotFoundError (one line, saying where it looked) when absent; loads safetensors
         only (the upstream .pth pickles are refused)."""
+        from safetensors import SafetensorError
         from safetensors.torch import load_file
 
         s = os.fspath(name_or_path)
@@ -573,7 +575,10 @@ class ALIKED(nn.Module):
                 f"ALIKED weights {name}.safetensors not found; looked in: {where} "
                 f"(pass a path or set {WEIGHTS_ENV} to a folder holding aliked/{name}.safetensors)"
             )
-        state = load_file(str(found), device="cpu")
+        try:
+            state = load_file(str(found), device="cpu")
+        except SafetensorError as e:  # (a file of another kind: one line, as for a missing one)
+            raise ValueError(f"ALIKED weights {found}: not a readable .safetensors file ({e})") from None
         model = cls(_config_from_state(state))
         model.load_state_dict(state, strict=True)
         model.weights_path = found
@@ -776,3 +781,14 @@ def mutual_nn_matches(
         keep &= passes(sim)
         keep &= passes(sim.T)[nn_ab]
     return np.stack((i[keep], nn_ab[keep]), axis=1).astype(np.int64)
+
+
+def load_aliked(weights: str | os.PathLike | None = None) -> tuple[ALIKED | None, str]:
+    """(the ALIKED matcher on the CPU in eval mode, "") or (None, the one-line reason it cannot be
+    had: no weights where it looked, not a safetensors file, another model's weights, a pickle).
+    ``weights``: as :meth:`ALIKED.from_pretrained` takes it (None: ``aliked-n16`` looked up). The
+    alignment's and the detection's loader: both then run on SIFT alone and say why."""
+    try:
+        return ALIKED.from_pretrained(weights if weights is not None else DEFAULT_WEIGHTS_NAME).to("cpu").eval(), ""
+    except (FileNotFoundError, OSError, ValueError) as e:
+        return None, (str(e).splitlines()[0] if str(e) else type(e).__name__)

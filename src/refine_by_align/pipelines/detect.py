@@ -358,13 +358,11 @@ def mask_scores(pred: np.ndarray, true: np.ndarray) -> dict[str, float]:
 def load_matcher(weights=None):
     """The ALIKED model for :func:`detect` (``weights``: a .safetensors file or folder; default: the
     ``REFINE_BY_ALIGN_WEIGHTS`` folder or ``../shared/weights``), or None when its weights are not
-    found (detection then runs on SIFT alone)."""
-    try:
-        from ..models.aliked import ALIKED
+    found or cannot be loaded (detection then runs on SIFT alone; :func:`~..models.aliked.load_aliked`
+    says why)."""
+    from ..models.aliked import load_aliked
 
-        return ALIKED.from_pretrained(weights if weights is not None else "aliked-n16").to("cpu").eval()
-    except (FileNotFoundError, ImportError, OSError):
-        return None
+    return load_aliked(weights)[0]
 
 
 #: :func:`detect` compares the image at most this many px on its longer side: a larger image is
@@ -387,6 +385,7 @@ def detect(
     estimate_object: bool = True,
     max_side: int | None = DETECT_MAX_SIDE,
     settle: bool = True,
+    names: dict[str, str] | None = None,
 ) -> Detection:
     """Propose the artifact mask of ``image`` (PIL image or (H, W, 3) uint8) against ``reference``
     (its object ``reference_mask`` (Hr, Wr) bool; None: the reference's alpha, else the whole
@@ -403,15 +402,23 @@ def detect(
     scaled up to the image's size, as the alignment matches it (``info["reference_scale"]`` and a
     note; the field returned on the reference as given). ``settle``: the fitted field's smooth
     residual taken up by a smoothed optical flow first (:func:`settle_field`; False: the fit alone,
-    as before the thirty-first session)."""
+    as before the thirty-first session). ``names``: role (``reference``, ``reference_mask``) -> file
+    name, for the messages of a refused input."""
     from ..io import InputError, alpha_mask, check_detect_settings, to_rgb
 
     check_detect_settings(method, threshold)
+    names = names or {}
+
+    def label(role: str) -> str:  # (as validate_inputs names them: the role, and the file where given)
+        return f"{role} '{names[role]}'" if role in names else role
+
     if not isinstance(image, np.ndarray):
         image = np.asarray(to_rgb(image))
+    from_alpha = False
     if not isinstance(reference, np.ndarray):
         if reference_mask is None:
             reference_mask = alpha_mask(reference)
+            from_alpha = reference_mask is not None
         reference = np.asarray(to_rgb(reference))
     if image.ndim != 3 or reference.ndim != 3 or image.shape[2] < 3 or reference.shape[2] < 3:
         raise InputError(f"image {image.shape} and reference {reference.shape} must be (H, W, 3) colour images")
@@ -423,11 +430,16 @@ def detect(
         reference_mask = np.asarray(reference_mask, bool)
         if reference_mask.shape != reference.shape[:2]:
             raise InputError(
-                f"reference_mask: size {reference_mask.shape[1]}x{reference_mask.shape[0]} does not match the reference "
+                f"{label('reference_mask')}: size {reference_mask.shape[1]}x{reference_mask.shape[0]} does not match the reference "
                 f"{reference.shape[1]}x{reference.shape[0]}"
             )
         if not reference_mask.any():
-            raise InputError("reference_mask: reference mask is empty (no object)")
+            if from_alpha:  # (no mask was given: it came from the reference's alpha channel)
+                raise InputError(
+                    f"{label('reference')}: its alpha channel is empty (fully transparent: no object to compare with); "
+                    "give a reference mask or a reference whose object is opaque"
+                )
+            raise InputError(f"{label('reference_mask')}: reference mask is empty (no object)")
     h, w = image.shape[:2]
     if max_side is not None and max(h, w) > max_side:
         return _detect_scaled(image, reference, reference_mask, aliked, method, threshold, erode_px, estimate_object, int(max_side), settle)

@@ -21,7 +21,7 @@ from PIL import Image
 
 from ..config import CONFIG_NAMES, get_config
 from ..fill import CLASSICAL_FILLS, MIXED_FILLS, classical_fill, local_mixed_fill, residual_patch, warm_up_fills, warp_at, warp_composite
-from ..io import InputError, alpha_mask, check_settings, in_input_mode, to_mask, to_rgb, validate_inputs
+from ..io import InputError, alpha_mask, check_settings, in_input_mode, mask_span_message, to_mask, to_rgb, validate_inputs
 from ..models.refiner import RefineByAlignModel
 from ..zoom import Box, crop_resize, mask_bbox, paste_back, square_pad_box, zoom_box
 from .alignment import (
@@ -42,6 +42,18 @@ from .warp import WarpFill, warp_fill
 __all__ = ["RefineByAlignPipeline", "ReferenceResult", "CropInputs", "check_settings", "resolve_device", "RefineOutput", "PreparedInputs", "default_model_dir", "make_scheduler"]
 
 logger = logging.getLogger(__name__)
+
+
+def check_mask_fits(mask: np.ndarray, crop_box: Box, names: dict[str, str] | None = None) -> None:
+    """InputError where ``mask`` ((H, W) bool) marks pixels outside ``crop_box``, the square
+    zoom-in crop both stages work on (:func:`~refine_by_align.zoom.zoom_box`: at most the image's
+    shorter side): a band across a wide picture, or parts in opposite corners. Those pixels would
+    be left as they are while the run reports the mask repaired."""
+    outside = mask.copy()
+    outside[crop_box.y0 : crop_box.y1, crop_box.x0 : crop_box.x1] = False
+    if outside.any():  # (validate_inputs refuses a span over the image's shorter side; this is the crop itself)
+        b = mask_bbox(mask)
+        raise InputError(mask_span_message(f"mask '{names['mask']}'" if names and "mask" in names else "mask", b.width, b.height, crop_box.width))
 
 
 class NonFiniteResultError(InputError):
@@ -197,7 +209,7 @@ class RefineByAlignPipeline(DiffusionPipeline):
         self.register_modules(model=model, scheduler=scheduler)
         self.random_weights = False
         self._aliked = None  # the ALIKED matcher: None = not looked for yet, False = unavailable / off
-        self._aliked_note = ""
+        self._aliked_note = self._aliked_reason = ""  # (why the matcher is unavailable, and the note that says so)
         # set by enable_compile(): compiled stand-ins for the U-Net of the denoising loop ("unet")
         # and the autoencoder's encode / decode ("encode", "decode"); None = eager
         self._compiled: dict[str, object] = {}
@@ -349,6 +361,7 @@ class RefineByAlignPipeline(DiffusionPipeline):
         notes = []
         photo = None
         crop_box = zoom_box(mask, grow=cfg.zoom_grow, min_size=cfg.zoom_min_size)
+        check_mask_fits(mask, crop_box, names)
         if reference_mask is None:  # no mask and no alpha: estimate the object (data/foreground.py)
             from ..data.foreground import estimate_foreground, estimate_note, on_plain_background
 
@@ -509,19 +522,21 @@ class RefineByAlignPipeline(DiffusionPipeline):
         Returns whether it is in use; when its weights cannot be found the dense alignment runs on
         SIFT alone and says so in the result's ``notes``."""
         self._aliked = None
-        self._aliked_note = ""
+        self._aliked_note = self._aliked_reason = ""
         if not enabled:
             self._aliked = False
             return False
         try:
-            from ..models.aliked import ALIKED
+            from ..models.aliked import load_aliked
 
-            model = ALIKED.from_pretrained(weights if weights is not None else "aliked-n16")
-        except (FileNotFoundError, ImportError, OSError) as e:
+            model, self._aliked_reason = load_aliked(weights)
+        except ImportError as e:
+            model, self._aliked_reason = None, str(e).splitlines()[0] if str(e) else type(e).__name__
+        if model is None:
             self._aliked = False
-            self._aliked_note = f"ALIKED matcher unavailable ({str(e).splitlines()[0] if str(e) else type(e).__name__}): dense alignment uses SIFT alone"
+            self._aliked_note = f"ALIKED matcher unavailable ({self._aliked_reason}): dense alignment uses SIFT alone"
             return False
-        self._aliked = model.to("cpu").eval()
+        self._aliked = model
         return True
 
     def _match_sources(self, matchers: str | None) -> tuple[tuple[str, ...], list[str]]:

@@ -113,6 +113,8 @@ def _bad_cases(api_inputs, png):
     f = api_inputs["files"]
     no_mask = {k: v for k, v in f.items() if k != "mask"}
     full = np.full((96, 128), 255, np.uint8)
+    band = np.zeros((96, 128), np.uint8)
+    band[40:44, 4:124] = 255  # 120 px across a 96 px tall image: wider than the square crop
     big = np.zeros((600, 100, 3), np.uint8)
     return {
         "missing_mask": (dict(files=no_mask), 400, "missing file field(s): mask"),
@@ -127,6 +129,7 @@ def _bad_cases(api_inputs, png):
         "empty_file": (dict(files=dict(f, image=("e.png", b"", "image/png"))), 400, "image 'e.png': empty file"),
         "text_png": (dict(files=dict(f, reference=("r.png", b"not an image", "image/png"))), 400, "not a readable image"),
         "mask_full": (dict(files=dict(f, mask=("m.png", png(full), "image/png"))), 400, "covers the whole image"),
+        "mask_band": (dict(files=dict(f, mask=("m.png", png(band), "image/png"))), 400, "span 120x4 px, more than the 96 px square"),
         "image_side": (dict(files=dict(f, image=("big.png", png(big), "image/png"))), 413, "512 px per side"),
         "body_too_large": (dict(files=dict(f, image=("x.png", b"\0" * (3 * 2**20), "image/png"))), 413, "over this server's limit"),
         "cross_origin": (dict(files=f, headers={"Origin": "http://example.com"}), 403, "cross-origin"),

@@ -605,9 +605,8 @@ def test_a_mask_spanning_more_than_the_crop_is_refused_before_computing(tmp_path
 
 
 def test_prepare_refuses_a_mask_outside_its_own_crop(tiny_pipe):
-    """The pipeline checks the crop itself too (a caller that skips validate_inputs' span rule by
-    an odd rounding still gets the error, not a partial repair): a mask that fits the shorter side
-    is accepted, one past it is not."""
+    """validate_inputs' span rule is the only check: a mask that fits the shorter side is accepted
+    and the crop holds all of it, one past it is not."""
     from refine_by_align.io import InputError
 
     rng = np.random.default_rng(0)
@@ -622,11 +621,26 @@ def test_prepare_refuses_a_mask_outside_its_own_crop(tiny_pipe):
     wide[20, 44] = True  # 41 px
     with pytest.raises(InputError, match="span 41x4 px, more than the 40 px square"):
         tiny_pipe.prepare(image, wide, reference, np.ones((36, 30), bool))
-    from refine_by_align.pipelines.pipeline import check_mask_fits
-    from refine_by_align.zoom import Box
 
-    with pytest.raises(InputError, match="mask 'm.png': the marked pixels span 40x4 px, more than the 39 px square"):
-        check_mask_fits(fits, Box(4, 0, 43, 39), {"mask": "m.png"})
+
+@pytest.mark.parametrize("grow", [1.0, 2.0])  # (the config's lower bound, and the default)
+def test_the_zoom_crop_holds_every_mask_the_span_rule_accepts(grow):
+    """Why the span rule alone suffices: zoom_box's square holds every marked pixel of any mask
+    whose span is at most the image's shorter side (random boxes and scattered pixels, odd and
+    even sizes, at the picture's edges), so no mask validate_inputs accepts is repaired in part."""
+    from refine_by_align.zoom import zoom_box
+
+    rng = np.random.default_rng(1)
+    for _ in range(400):
+        h, w = (int(v) for v in rng.integers(8, 90, 2))
+        side = min(h, w)
+        bw, bh = (int(v) for v in rng.integers(1, side + 1, 2))
+        x0, y0 = int(rng.integers(0, w - bw + 1)), int(rng.integers(0, h - bh + 1))
+        mask = np.zeros((h, w), bool)
+        mask[y0, x0] = mask[y0 + bh - 1, x0 + bw - 1] = True  # the span's two corners
+        mask[y0 : y0 + bh, x0 : x0 + bw] |= rng.random((bh, bw)) < 0.1
+        b = zoom_box(mask, grow=grow, min_size=int(rng.integers(1, 64)))
+        assert mask[b.y0 : b.y1, b.x0 : b.x1].sum() == mask.sum(), (h, w, x0, y0, bw, bh, b)
 
 
 # ---------------------------------------------------------------------------------------------------- matcher weights that are not ALIKED's

@@ -36,7 +36,7 @@ __all__ = [
     "mask_from_levels",
     "in_input_mode",
     "validate_inputs",
-    "mask_span_message",
+    "check_reference_mask",
     "check_settings",
     "check_detect_settings",
     "DETECT_METHODS",
@@ -240,14 +240,24 @@ def load_mask(path: str | os.PathLike, what: str = "mask") -> np.ndarray:
     return to_mask(load_image(path, what))
 
 
-def mask_span_message(label: str, width: int, height: int, side: int) -> str:
-    """The one line for a mask whose marked pixels span ``width`` x ``height`` px, more than the
-    ``side`` px square zoom-in crop both stages work on (at most the image's shorter side): the
-    pixels outside it would be left as they are."""
-    return (
-        f"{label}: the marked pixels span {width}x{height} px, more than the {side} px square the refinement works on "
-        "(at most the image's shorter side); refine the mask in parts that each fit in such a square"
-    )
+def check_reference_mask(reference_mask: np.ndarray | None, reference_size: tuple[int, int], name: Callable[[str], str], from_alpha: bool) -> None:
+    """InputError for a reference mask ((Hr, Wr) bool, or None: nothing to check) of another size
+    than the reference's ``reference_size`` (w, h) or with no object. ``name``: role -> how the
+    message calls it (with its file); ``from_alpha``: the mask is the reference's alpha channel
+    (no mask was given), which the message then names. Shared by :func:`validate_inputs` and the
+    artifact detection."""
+    if reference_mask is None:
+        return
+    w, h = reference_size
+    if reference_mask.shape != (h, w):
+        raise InputError(f"{name('reference_mask')}: size {reference_mask.shape[1]}x{reference_mask.shape[0]} does not match the reference {w}x{h}")
+    if not reference_mask.any():
+        if from_alpha:
+            raise InputError(
+                f"{name('reference')}: its alpha channel is empty (fully transparent: no object to align with); "
+                "give a reference mask or a reference whose object is opaque"
+            )
+        raise InputError(f"{name('reference_mask')}: reference mask is empty (no object)")
 
 
 def validate_inputs(
@@ -280,24 +290,17 @@ def validate_inputs(
         raise InputError(f"{name('mask')}: mask is empty (every pixel is 0: nothing marks an artifact)")
     if mask.all():
         raise InputError(f"{name('mask')}: mask covers the whole image; nothing is left to align with")
+    # both stages work on one square crop of at most the image's shorter side (zoom.zoom_box, which
+    # holds every mask whose span fits it): pixels beyond it would be left as they are
     rows, cols = np.flatnonzero(mask.any(axis=1)), np.flatnonzero(mask.any(axis=0))
-    span_w, span_h = int(cols[-1] - cols[0] + 1), int(rows[-1] - rows[0] + 1)
-    if max(span_w, span_h) > min(image.width, image.height):
-        raise InputError(mask_span_message(name("mask"), span_w, span_h, min(image.width, image.height)))
-    if reference_mask is not None:
-        if reference_mask.shape != (reference.height, reference.width):
-            raise InputError(
-                f"{name('reference_mask')}: size {reference_mask.shape[1]}x{reference_mask.shape[0]} "
-                f"does not match the reference {reference.width}x{reference.height}"
-            )
-        if not reference_mask.any():
-            if "reference_mask" in names or not names:
-                raise InputError(f"{name('reference_mask')}: reference mask is empty (no object)")
-            # no mask file was given: the mask came from the reference's alpha channel
-            raise InputError(
-                f"{name('reference')}: its alpha channel is empty (fully transparent: no object to align with); "
-                "give a reference mask or a reference whose object is opaque"
-            )
+    span_w, span_h, side = int(cols[-1] - cols[0] + 1), int(rows[-1] - rows[0] + 1), min(image.width, image.height)
+    if max(span_w, span_h) > side:
+        raise InputError(
+            f"{name('mask')}: the marked pixels span {span_w}x{span_h} px, more than the {side} px square the refinement "
+            "works on (at most the image's shorter side); refine the mask in parts that each fit in such a square"
+        )
+    # (no mask file named beside named files: the mask came from the reference's alpha channel)
+    check_reference_mask(reference_mask, reference.size, name, from_alpha=bool(names) and "reference_mask" not in names)
 
 
 INPUT_ROLES = ("image", "mask", "reference", "reference_mask")

@@ -404,13 +404,10 @@ def detect(
     residual taken up by a smoothed optical flow first (:func:`settle_field`; False: the fit alone,
     as before the thirty-first session). ``names``: role (``reference``, ``reference_mask``) -> file
     name, for the messages of a refused input."""
-    from ..io import InputError, alpha_mask, check_detect_settings, to_rgb
+    from ..io import InputError, alpha_mask, check_detect_settings, check_reference_mask, to_rgb
 
     check_detect_settings(method, threshold)
     names = names or {}
-
-    def label(role: str) -> str:  # (as validate_inputs names them: the role, and the file where given)
-        return f"{role} '{names[role]}'" if role in names else role
 
     if not isinstance(image, np.ndarray):
         image = np.asarray(to_rgb(image))
@@ -428,18 +425,9 @@ def detect(
         raise InputError("image and reference must be at least 16x16 to detect artifacts")
     if reference_mask is not None:
         reference_mask = np.asarray(reference_mask, bool)
-        if reference_mask.shape != reference.shape[:2]:
-            raise InputError(
-                f"{label('reference_mask')}: size {reference_mask.shape[1]}x{reference_mask.shape[0]} does not match the reference "
-                f"{reference.shape[1]}x{reference.shape[0]}"
-            )
-        if not reference_mask.any():
-            if from_alpha:  # (no mask was given: it came from the reference's alpha channel)
-                raise InputError(
-                    f"{label('reference')}: its alpha channel is empty (fully transparent: no object to compare with); "
-                    "give a reference mask or a reference whose object is opaque"
-                )
-            raise InputError(f"{label('reference_mask')}: reference mask is empty (no object)")
+    check_reference_mask(
+        reference_mask, (reference.shape[1], reference.shape[0]), lambda role: f"{role} '{names[role]}'" if role in names else role, from_alpha
+    )
     h, w = image.shape[:2]
     if max_side is not None and max(h, w) > max_side:
         return _detect_scaled(image, reference, reference_mask, aliked, method, threshold, erode_px, estimate_object, int(max_side), settle)

@@ -21,7 +21,7 @@ from PIL import Image
 
 from ..config import CONFIG_NAMES, get_config
 from ..fill import CLASSICAL_FILLS, MIXED_FILLS, classical_fill, local_mixed_fill, residual_patch, warm_up_fills, warp_at, warp_composite
-from ..io import InputError, alpha_mask, check_settings, in_input_mode, mask_span_message, to_mask, to_rgb, validate_inputs
+from ..io import InputError, alpha_mask, check_settings, in_input_mode, to_mask, to_rgb, validate_inputs
 from ..models.refiner import RefineByAlignModel
 from ..zoom import Box, crop_resize, mask_bbox, paste_back, square_pad_box, zoom_box
 from .alignment import (
@@ -42,18 +42,6 @@ from .warp import WarpFill, warp_fill
 __all__ = ["RefineByAlignPipeline", "ReferenceResult", "CropInputs", "check_settings", "resolve_device", "RefineOutput", "PreparedInputs", "default_model_dir", "make_scheduler"]
 
 logger = logging.getLogger(__name__)
-
-
-def check_mask_fits(mask: np.ndarray, crop_box: Box, names: dict[str, str] | None = None) -> None:
-    """InputError where ``mask`` ((H, W) bool) marks pixels outside ``crop_box``, the square
-    zoom-in crop both stages work on (:func:`~refine_by_align.zoom.zoom_box`: at most the image's
-    shorter side): a band across a wide picture, or parts in opposite corners. Those pixels would
-    be left as they are while the run reports the mask repaired."""
-    outside = mask.copy()
-    outside[crop_box.y0 : crop_box.y1, crop_box.x0 : crop_box.x1] = False
-    if outside.any():  # (validate_inputs refuses a span over the image's shorter side; this is the crop itself)
-        b = mask_bbox(mask)
-        raise InputError(mask_span_message(f"mask '{names['mask']}'" if names and "mask" in names else "mask", b.width, b.height, crop_box.width))
 
 
 class NonFiniteResultError(InputError):
@@ -361,7 +349,6 @@ class RefineByAlignPipeline(DiffusionPipeline):
         notes = []
         photo = None
         crop_box = zoom_box(mask, grow=cfg.zoom_grow, min_size=cfg.zoom_min_size)
-        check_mask_fits(mask, crop_box, names)
         if reference_mask is None:  # no mask and no alpha: estimate the object (data/foreground.py)
             from ..data.foreground import estimate_foreground, estimate_note, on_plain_background
 

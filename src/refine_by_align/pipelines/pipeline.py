@@ -197,7 +197,7 @@ class RefineByAlignPipeline(DiffusionPipeline):
         self.register_modules(model=model, scheduler=scheduler)
         self.random_weights = False
         self._aliked = None  # the ALIKED matcher: None = not looked for yet, False = unavailable / off
-        self._aliked_note = self._aliked_reason = ""  # (why the matcher is unavailable, and the note that says so)
+        self._aliked_reason = ""  # why the matcher is unavailable ("" where it is in use, turned off or not looked for)
         # set by enable_compile(): compiled stand-ins for the U-Net of the denoising loop ("unet")
         # and the autoencoder's encode / decode ("encode", "decode"); None = eager
         self._compiled: dict[str, object] = {}
@@ -509,7 +509,7 @@ class RefineByAlignPipeline(DiffusionPipeline):
         Returns whether it is in use; when its weights cannot be found the dense alignment runs on
         SIFT alone and says so in the result's ``notes``."""
         self._aliked = None
-        self._aliked_note = self._aliked_reason = ""
+        self._aliked_reason = ""
         if not enabled:
             self._aliked = False
             return False
@@ -521,10 +521,15 @@ class RefineByAlignPipeline(DiffusionPipeline):
             model, self._aliked_reason = None, str(e).splitlines()[0] if str(e) else type(e).__name__
         if model is None:
             self._aliked = False
-            self._aliked_note = f"ALIKED matcher unavailable ({self._aliked_reason}): dense alignment uses SIFT alone"
             return False
         self._aliked = model
         return True
+
+    @property
+    def _aliked_note(self) -> str:
+        """The note that says the matcher could not be loaded, and why ("" where it was not tried
+        or was loaded)."""
+        return f"ALIKED matcher unavailable ({self._aliked_reason}): dense alignment uses SIFT alone" if self._aliked_reason else ""
 
     def _match_sources(self, matchers: str | None) -> tuple[tuple[str, ...], list[str]]:
         """The dense alignment's match sources and any note about them. ``None``: SIFT plus ALIKED

@@ -40,10 +40,9 @@ def run(args) -> int:
     image = load_image(args.image, "image")
     reference = load_image(args.reference, "reference")
     ref_mask = load_mask(args.reference_mask, "reference mask") if args.reference_mask else None
+    from ..models.aliked import load_aliked
     from ..pipelines.detect import detect
     from ..visualize import render_heatmap_overlay
-
-    from ..models.aliked import load_aliked
 
     aliked, reason = load_aliked(args.matcher_weights)
     if aliked is None and args.matcher_weights is not None:

@@ -63,6 +63,7 @@ def test_align_command(tmp_path):
         ("nan_guidance", "--guidance must be"),
         ("bad_samples", "--samples must be"),
         ("bad_extension", "unknown image extension"),
+        ("gif_output", "at most 256 colours"),
         ("bad_model", "model 'nowhere'"),
     ],
 )
@@ -90,6 +91,9 @@ def test_bad_inputs_exit_2_with_one_line_and_no_output(tmp_path, capsys, setup, 
         args += ["--samples", "0"]
     elif setup == "bad_extension":
         out = tmp_path / "out.xyz"
+        replace("--output", str(out))
+    elif setup == "gif_output":
+        out = tmp_path / "out.gif"
         replace("--output", str(out))
     elif setup == "bad_model":
         replace("--model", "nowhere")

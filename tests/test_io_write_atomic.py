@@ -78,3 +78,46 @@ def test_planted_symlink_at_the_old_temporary_name_is_not_followed(tmp_path):
     assert json.loads((out / "metrics.json").read_text()) == {"x": 1}
     assert json.loads((out / "state.json").read_text()) == {"step": 1}
     assert not (out / "out.png").is_symlink()
+
+
+def _noisy_rgb(seed: int = 0) -> Image.Image:
+    import numpy as np
+
+    rng = np.random.default_rng(seed)
+    yy, xx = np.mgrid[0:96, 0:128]
+    smooth = np.stack([xx * 2, yy * 2, (xx + yy)], -1).astype(np.int16)
+    return Image.fromarray(np.clip(smooth + rng.integers(-20, 21, smooth.shape), 0, 255).astype(np.uint8))
+
+
+def test_outputs_keep_their_pixels_where_the_format_can(tmp_path):
+    """PNG, TIFF, BMP and WebP outputs read back pixel for pixel (Pillow writes WebP lossy by
+    default); a JPEG is written at quality 95 without chroma subsampling, far closer than Pillow's
+    default (quality 75, 4:2:0); a GIF output is refused (256 colours) before anything is written."""
+    import io as _io
+
+    import numpy as np
+
+    from refine_by_align.io import InputError, encode_image
+
+    img = _noisy_rgb()
+    a = np.asarray(img).astype(np.float64)
+    for ext in (".png", ".tif", ".bmp", ".webp"):
+        save_image_atomic(img, tmp_path / f"o{ext}")
+        assert np.array_equal(np.asarray(Image.open(tmp_path / f"o{ext}").convert("RGB")), np.asarray(img)), ext
+        assert np.array_equal(np.asarray(Image.open(_io.BytesIO(encode_image(img, f"o{ext}"))).convert("RGB")), np.asarray(img)), ext
+
+    def psnr(data) -> float:
+        b = np.asarray(Image.open(_io.BytesIO(data)).convert("RGB")).astype(np.float64)
+        return 10 * np.log10(255.0**2 / ((b - a) ** 2).mean())
+
+    save_image_atomic(img, tmp_path / "o.jpg")
+    ours = psnr((tmp_path / "o.jpg").read_bytes())
+    buf = _io.BytesIO()
+    img.save(buf, format="JPEG")
+    assert ours > psnr(buf.getvalue()) + 3.0, (ours, psnr(buf.getvalue()))
+    assert Image.open(tmp_path / "o.jpg").layer == [(1, 1, 1, 0), (2, 1, 1, 1), (3, 1, 1, 1)]  # 4:4:4
+    assert psnr(encode_image(img, "o.jpeg")) == ours
+    for write in (lambda: save_image_atomic(img, tmp_path / "o.gif"), lambda: encode_image(img, "o.gif")):
+        with pytest.raises(InputError, match="at most 256 colours"):
+            write()
+    assert not (tmp_path / "o.gif").exists()

@@ -50,7 +50,7 @@ from typing import Any
 
 from PIL import Image
 
-from .io import InputError, check_output_folder, load_inputs, read_file, write_atomic
+from .io import InputError, check_output_folder, load_inputs, output_format, read_file, save_image, write_atomic
 
 __all__ = ["DONE_FILE", "ERRORS_FILE", "BatchJob", "Shard", "finish_together", "format_summary", "read_manifest", "run_batch"]
 
@@ -122,8 +122,7 @@ def _check_output_name(name: Any) -> str:
         raise InputError(f"output '{name}': hidden names (starting with '.') are not allowed")
     if not p.suffix:
         p = p.with_suffix(".png")
-    if p.suffix.lower() not in Image.registered_extensions():
-        raise InputError(f"output '{name}': unknown image extension '{p.suffix}' (use .png or .jpg)")
+    output_format(p, "output")  # (an unknown extension or a refused format: one InputError)
     if p.name in (DONE_FILE, ERRORS_FILE):
         raise InputError(f"output '{name}': reserved name")
     return p.as_posix()
@@ -421,8 +420,8 @@ class _ErrorLog:
 def _write_atomic(img: Image.Image, path: Path, prefix: str = PART_PREFIX) -> None:
     """Write next to ``path`` under a temporary name, fsync, rename: the final name only ever holds
     a complete file."""
-    fmt = Image.registered_extensions()[path.suffix.lower()]
-    write_atomic(path, lambda f: img.save(f, format=fmt), fsync=True, prefix=prefix, suffix=PART_SUFFIX)
+    fmt = output_format(path)
+    write_atomic(path, lambda f: save_image(img, f, fmt), fsync=True, prefix=prefix, suffix=PART_SUFFIX)
 
 
 def _remove_partials(out_dir: Path, prefix: str = PART_PREFIX) -> int:

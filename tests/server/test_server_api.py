@@ -269,3 +269,19 @@ def test_detect_empty_proposal_says_so(client, api_inputs):
     assert body["empty"] and body["pixels"] == 0 and body["notes"], body
     mask = np.asarray(Image.open(io.BytesIO(base64.b64decode(body["mask"]))))
     assert mask.shape == (96, 128) and not mask.any()
+
+
+def test_detect_says_why_the_matcher_cannot_be_loaded(tiny_pipe, tmp_path, monkeypatch):
+    """A weights folder whose ALIKED file is not safetensors: detection runs on SIFT alone and its
+    note gives the loader's reason (it said "weights not found" for every failure)."""
+    (tmp_path / "aliked").mkdir()
+    (tmp_path / "aliked" / "aliked-n16.safetensors").write_bytes(b"not a safetensors file")
+    monkeypatch.setenv("REFINE_BY_ALIGN_WEIGHTS", str(tmp_path))
+    app = create_app(tiny_pipe, ServerSettings(model_name="tiny", max_upload_bytes=2 * 2**20, max_image_side=512))
+    with TestClient(app) as c:
+        r = c.post("/api/detect", files=_badge_files("image", "reference", "reference_mask"))
+    assert r.status_code == 200, r.text
+    body = r.json()
+    assert body["matcher"] == "sift"
+    note = next(n for n in body["notes"] if n.startswith("ALIKED matcher unavailable"))
+    assert "aliked-n16.safetensors" in note and "weights not found" not in note, note

@@ -407,9 +407,9 @@ def _detect_work(inp: _DetectInputs, matcher):
     def work(pipe) -> dict[str, Any]:
         from ..pipelines.detect import detect
 
-        aliked = matcher()
+        aliked, why = matcher()
         det = detect(inp.image, inp.reference, inp.reference_mask, aliked=aliked, method=inp.method, threshold=inp.threshold)
-        notes = [] if aliked is not None else ["ALIKED matcher unavailable (weights not found): detection uses SIFT alone"]
+        notes = [] if aliked is not None else [f"ALIKED matcher unavailable ({why}): detection uses SIFT alone"]
         notes += det.info.get("notes", [])
         if "note" in det.info:
             notes.append(det.info["note"])
@@ -440,8 +440,9 @@ def _detect_work(inp: _DetectInputs, matcher):
 
 
 def _matcher(app):
-    """A getter for the app's ALIKED matcher for detection: loaded on first use, once (None where its
-    weights are not found: SIFT alone)."""
+    """A getter for the app's ALIKED matcher for detection, loaded on first use, once: (the model, "")
+    or (None, the one-line reason it cannot be had: no weights found, a file that is not safetensors,
+    another model's weights; detection then runs on SIFT alone and its note says why)."""
     import threading
 
     lock = threading.Lock()
@@ -449,9 +450,9 @@ def _matcher(app):
     def get():
         with lock:
             if not hasattr(app.state, "detect_matcher"):
-                from ..pipelines.detect import load_matcher
+                from ..models.aliked import load_aliked
 
-                app.state.detect_matcher = load_matcher()
+                app.state.detect_matcher = load_aliked()
             return app.state.detect_matcher
 
     return get

@@ -289,3 +289,85 @@ def test_host_header_must_name_this_server(fake_pipe_cls, api_inputs):
     settings = settings_from_args(parser.parse_args(["--allow-host", "*"]))
     with TestClient(create_app(fake_pipe_cls(), settings)) as c:
         assert c.get("/api/health", headers={"Host": "anything.example"}).status_code == 200
+
+
+# ---------------------------------------------------------------------------------------------------- cancelling
+def test_cancelled_waiting_job_leaves_the_queue_at_once(fake_pipe_cls, api_inputs):
+    """DELETE on a waiting job answers it 499 and frees its place in the queue at once (it stayed
+    queued, holding its place, until the worker reached it)."""
+    import threading
+
+    gate = threading.Event()
+    pipe = fake_pipe_cls(gate=gate)
+    try:
+        with TestClient(create_app(pipe, ServerSettings(max_queue=1, job_timeout_s=60))) as c:
+            running = c.post("/api/jobs", files=api_inputs["files"], data={"steps": "1"}).json()["id"]
+            assert _wait_until(lambda: c.get("/api/health").json()["queue"]["running"] == 1)
+            waiting = c.post("/api/jobs", files=api_inputs["files"], data={"steps": "1"}).json()["id"]
+            assert c.post("/api/jobs", files=api_inputs["files"]).status_code == 503  # the queue is full
+            r = c.delete(f"/api/jobs/{waiting}")
+            assert r.status_code == 200 and r.json()["state"] == "error" and r.json()["status_code"] == 499, r.json()
+            assert c.get("/api/health").json()["queue"]["waiting"] == 0
+            assert c.post("/api/jobs", files=api_inputs["files"], data={"steps": "1"}).status_code == 202  # its place is free
+            assert c.get(f"/api/jobs/{running}").json()["state"] == "running"
+    finally:
+        gate.set()
+
+
+def test_cancelled_running_job_stops_at_its_next_stage(fake_pipe_cls, api_inputs):
+    """DELETE on a running job answers it 499 at once; its work stops at the pipeline's next stage
+    check (stage_callback, routed through the job), not at the end of the work."""
+    import threading
+
+    entered, release = threading.Event(), threading.Event()
+
+    class Staged(fake_pipe_cls):
+        stage_callback = None
+        stages_run = 0
+
+        def __call__(self, *args, **kwargs):
+            entered.set()
+            for stage in ("align", "warp", "redraw", "paste"):
+                release.wait(60)
+                self.stage_callback(stage)  # the server's check: raises once the job is cancelled
+                self.stages_run += 1
+            return super().__call__(*args, **kwargs)
+
+    pipe = Staged()
+    try:
+        with TestClient(create_app(pipe, ServerSettings(max_queue=0, job_timeout_s=60))) as c:
+            job = c.post("/api/jobs", files=api_inputs["files"], data={"steps": "1"}).json()["id"]
+            assert entered.wait(60)
+            r = c.delete(f"/api/jobs/{job}")
+            assert r.json()["state"] == "error" and r.json()["status_code"] == 499 and "cancelled by the user" in r.json()["error"]
+            release.set()
+            assert _wait_until(lambda: c.get("/api/health").json()["queue"]["running"] == 0)
+            assert pipe.stages_run == 0 and pipe.calls == 0  # stopped at the first stage check
+            assert c.post("/api/refine", files=api_inputs["files"], data={"steps": "1"}).status_code == 200
+    finally:
+        release.set()
+
+
+def test_pipeline_calls_its_stage_callback_before_each_stage(tiny_pipe, api_inputs):
+    """The pipeline's stages in order, and an exception from the callback stops the run there."""
+    from PIL import Image as _Image
+
+    seen = []
+    image, mask, reference = _Image.fromarray(api_inputs["image"]), api_inputs["mask"], _Image.fromarray(api_inputs["reference"])
+    tiny_pipe.stage_callback = seen.append
+    try:
+        tiny_pipe(image, mask, reference, num_inference_steps=1)
+        assert seen[0] == "align" and seen[-1] == "paste" and seen.index("warp") < seen.index("redraw") < seen.index("paste"), seen
+        seen.clear()
+        tiny_pipe.align(image, mask, reference)
+        assert seen == ["align"]
+
+        def stop_at_warp(stage):
+            if stage == "warp":
+                raise KeyboardInterrupt("stop")
+
+        tiny_pipe.stage_callback = stop_at_warp
+        with pytest.raises(KeyboardInterrupt):
+            tiny_pipe(image, mask, reference, num_inference_steps=1)
+    finally:
+        tiny_pipe.stage_callback = None

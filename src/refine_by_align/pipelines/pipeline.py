@@ -10,6 +10,7 @@ from __future__ import annotations
 import logging
 import time
 import warnings
+from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
@@ -201,7 +202,17 @@ class RefineByAlignPipeline(DiffusionPipeline):
         # set by enable_compile(): compiled stand-ins for the U-Net of the denoising loop ("unet")
         # and the autoencoder's encode / decode ("encode", "decode"); None = eager
         self._compiled: dict[str, object] = {}
+        # called with a stage's name before it starts ("align", before each reference's; "warp";
+        # "redraw", the classical fill and the model; "denoise", after the fill; "paste"); an exception it raises stops the run there (the
+        # web server stops a job cancelled or past its time limit this way: the denoising loop's
+        # progress bar is its only other check, and with one step it comes once)
+        self.stage_callback: Callable[[str], None] | None = None
         warm_up_fills()
+
+    def _stage(self, name: str) -> None:
+        """Tell :attr:`stage_callback` (if set) that the stage ``name`` starts."""
+        if self.stage_callback is not None:
+            self.stage_callback(name)
 
     def enable_compile(self, freezing: bool = True, mode: str | None = None, vae: bool = True) -> bool:
         """Compile the U-Net for the denoising loop with torch.compile (inductor; with weight
@@ -453,6 +464,7 @@ class RefineByAlignPipeline(DiffusionPipeline):
         alignment_timestep = timestep if alignment_timestep is None else alignment_timestep
         alignment_layer = layer if alignment_layer is None else alignment_layer
         p = self.prepare(image, mask, reference, reference_mask, names, ahead=(method or "dense") == "dense" and matchers is None)
+        self._stage("align")
         res = self._align(p, alignment_timestep, alignment_layer, threshold, seed, method=method, matchers=matchers)
         if p.notes:
             res.info["notes"] = p.notes + res.info.get("notes", [])
@@ -675,6 +687,7 @@ class RefineByAlignPipeline(DiffusionPipeline):
         # 3. The warps: each reference sampled through its field, colour-matched to the image around
         #    the mask, trusted where it agrees with the image there and lands on the object; per
         #    pixel the most trusted reference gives the pixels.
+        self._stage("warp")
         t2 = time.perf_counter()
         warps, combined, guide = self._warps(ps, results, image_box, mask_box, warp)
         given = region
@@ -689,9 +702,11 @@ class RefineByAlignPipeline(DiffusionPipeline):
         guide_region = self._guide_region(region, given, results[guide], combined, warp and (alignment or "dense") == "dense")
         if num_samples is None:
             k = self._default_samples(k, combined, mask_box)
+        self._stage("redraw")
         patch = self._model_patch(ps[guide], inputs, combined, guide_region, steps, guidance, k, seed, timings)  # (N, N, 3) uint8
 
         # 5. Composite and paste the crop back: pixels outside the dilated mask stay bit-identical.
+        self._stage("paste")
         t4 = time.perf_counter()
         if cfg.hole_fill != "warp":  # (a warp-input model has used the warp already)
             patch = _blend(patch, combined)
@@ -723,7 +738,11 @@ class RefineByAlignPipeline(DiffusionPipeline):
         inputs = None
         if method == "attention" or (matchers is not None and "attention" in matchers):
             inputs = self.crop_inputs(ps[0], with_sample=True)
-        return [self._align(q, timestep, layer, None, seed, inputs, method, matchers) for q in ps], inputs
+        results = []
+        for q in ps:
+            self._stage("align")
+            results.append(self._align(q, timestep, layer, None, seed, inputs, method, matchers))
+        return results, inputs
 
     def _sampling_settings(self, steps, guidance, samples, alignment) -> tuple[int, float, int]:
         """(steps, guidance, K) with the model's defaults filled in, checked; an unknown alignment
@@ -794,6 +813,7 @@ class RefineByAlignPipeline(DiffusionPipeline):
             t = time.perf_counter()
             inputs = replace(inputs, base=self._fill_around_warp(p, combined))
             timings["fill"] = time.perf_counter() - t
+            self._stage("denoise")
         return self._redraw(p, inputs, region, steps, guidance, k, seed, timings)
 
     def _default_samples(self, k: int, combined: CombinedWarp, mask_box: np.ndarray) -> int:

@@ -813,8 +813,7 @@ async def job_status(job_id: str, request: Request):
 async def job_cancel(job_id: str, request: Request):
     runner = _runner(request)
     job = _find(runner, job_id)
-    if not job.done_event.is_set():
-        job.cancel("cancelled by the user")
+    runner.cancel(job)
     return job.status(runner.queue_position(job))
 
 

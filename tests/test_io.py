@@ -158,3 +158,39 @@ def test_save_is_atomic_and_checks_extension(tmp_path):
     assert not [p for p in (tmp_path / "a").iterdir() if "tmp" in p.name]
     with pytest.raises(InputError, match="extension"):
         save_image_atomic(img, tmp_path / "out.xyz")
+
+
+def test_wide_greys_are_read_by_their_values_range(tmp_path):
+    """A float or 32-bit picture is scaled by the range its values use (0..1, 0..255, 0..65535): a
+    float TIFF saved in 0..255 came back all white (read as 0..1), and a float 0..1 mask with a soft
+    0.3 halo counted the halo; other ranges (negative, beyond 65535) are one InputError."""
+    grey = np.arange(0, 256, dtype=np.float32).reshape(16, 16)
+    for scale in (1 / 255, 1.0, 257.0):
+        img = Image.fromarray(grey * scale, "F")
+        img.save(tmp_path / "g.tif")
+        out = np.asarray(to_rgb(load_image(tmp_path / "g.tif")))[..., 0]
+        assert np.abs(out.astype(int) - grey.astype(int)).max() <= 1, scale
+    assert np.array_equal(np.asarray(to_rgb(Image.fromarray((grey * 257).astype(np.int32), "I")))[..., 0], grey.astype(np.uint8))
+    soft = np.where(grey >= 128, 1.0, 0.3).astype(np.float32)  # drawn at 1.0 with a 0.3 halo
+    assert np.array_equal(to_mask(Image.fromarray(soft, "F")), grey >= 128)
+    for bad in (grey * 1000.0, grey - 10.0):
+        with pytest.raises(InputError, match="only 0..1, 0..255 or 0..65535"):
+            to_rgb(Image.fromarray(bad.astype(np.float32), "F"))
+    with pytest.raises(InputError, match="values 0..255000"):
+        to_mask(Image.fromarray((grey * 1000).astype(np.int32), "I"))
+
+
+def test_only_raster_formats_are_read():
+    """An EPS upload (Pillow would hand it to Ghostscript) is refused as an unreadable image, while
+    the raster formats read as before."""
+    import io as _io
+
+    from refine_by_align.io import open_image
+
+    eps = b"%!PS-Adobe-3.0 EPSF-3.0\n%%BoundingBox: 0 0 10 10\nnewpath 0 0 moveto 10 10 lineto stroke\n%%EOF\n"
+    with pytest.raises(InputError, match="not a readable image"):
+        open_image(eps, "image", "logo.eps")
+    for fmt in ("PNG", "JPEG", "TIFF", "WEBP", "BMP", "GIF"):
+        buf = _io.BytesIO()
+        Image.new("RGB", (5, 4), (10, 200, 30)).save(buf, format=fmt)
+        assert open_image(buf.getvalue()).size == (5, 4), fmt

@@ -64,6 +64,12 @@ def _label(what: str, name: str | os.PathLike | None) -> str:
     return f"{what} '{name}'" if name is not None and str(name) else what
 
 
+#: The formats an input picture is read in (Pillow's names; a phone's MPO opens as JPEG). Pillow
+#: knows more, and some of them hand the data to another program: an EPS upload is rendered by
+#: Ghostscript where one is installed, which a server must not do with untrusted bytes.
+READ_FORMATS = ("PNG", "JPEG", "TIFF", "WEBP", "BMP", "DIB", "GIF", "PPM", "TGA", "ICO", "JPEG2000", "AVIF", "QOI", "PSD", "SGI", "PCX")
+
+
 def open_image(
     data: bytes,
     what: str = "image",
@@ -74,7 +80,7 @@ def open_image(
 ) -> Image.Image:
     """Read an image's header only (Pillow's lazy open): the returned image knows its size and mode,
     no pixel is decoded yet. Refuses, as one InputError naming ``what`` and ``name``: empty data, an
-    unknown or corrupt format, a zero size, more than :data:`MAX_PIXELS` pixels (decompression bomb)
+    unknown or corrupt format or one not in :data:`READ_FORMATS`, a zero size, more than :data:`MAX_PIXELS` pixels (decompression bomb)
     and, with ``max_side``, a longer side than that (both raised as ``too_large``). The size is the
     stored one, before any EXIF rotation."""
     label = _label(what, name)
@@ -83,11 +89,11 @@ def open_image(
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("error", Image.DecompressionBombWarning)
-            img = Image.open(BytesIO(data))
+            img = Image.open(BytesIO(data), formats=READ_FORMATS)
     except (Image.DecompressionBombError, Image.DecompressionBombWarning) as e:
         raise too_large(f"{label}: image too large (decompression bomb guard: {e})") from None
     except UnidentifiedImageError:
-        raise InputError(f"{label}: not a readable image (unknown or corrupt format)") from None
+        raise InputError(f"{label}: not a readable image (unknown or corrupt format; PNG, JPEG, TIFF, WebP, BMP, GIF and a few more are read)") from None
     except MemoryError:
         raise
     except Exception as e:  # a malformed header can raise nearly anything from a Pillow plugin
@@ -155,15 +161,27 @@ def _has_alpha(img: Image.Image) -> bool:
     return img.mode in ("RGBA", "LA", "PA") or (img.mode == "P" and "transparency" in img.info)
 
 
+_WIDE_GREY_MODES = ("I;16", "I;16B", "I;16L", "I", "F")
+
+
+def grey_levels(img: Image.Image) -> tuple[np.ndarray, float]:
+    """A 16-bit, 32-bit integer or float grey picture's values ((H, W) float64, NaN as 0) and its
+    full level, read from the values' range: 1 for floats within 0..1, 255 within 0..255, 65535
+    within 0..65535 (a float TIFF saved in 0..255 was read as 0..1 and came back all white). Other
+    ranges (negative values, beyond 65535: a depth map, a 32-bit count) are one InputError."""
+    arr = np.nan_to_num(np.asarray(img, dtype=np.float64), nan=0.0)
+    lo, hi = (float(arr.min()), float(arr.max())) if arr.size else (0.0, 0.0)
+    if lo < 0 or not np.isfinite(hi) or hi > 65535:
+        raise InputError(f"a {img.mode} picture with values {lo:g}..{hi:g}: only 0..1, 0..255 or 0..65535 can be read as grey levels (save it as 8- or 16-bit)")
+    full = 1.0 if img.mode == "F" and hi <= 1.0 else 255.0 if hi <= 255 else 65535.0
+    return arr, full
+
+
 def to_rgb(img: Image.Image) -> Image.Image:
-    """Any PIL mode (RGBA, L, P, I;16, CMYK, ...) -> 8-bit RGB."""
-    if img.mode in ("I;16", "I;16B", "I;16L", "I"):
-        arr = np.asarray(img, dtype=np.float64)
-        hi = 65535.0 if arr.max() > 255 else 255.0
-        img = Image.fromarray(np.clip(arr / hi * 255.0 + 0.5, 0, 255).astype(np.uint8), "L")
-    if img.mode == "F":
-        arr = np.asarray(img, dtype=np.float64)
-        img = Image.fromarray(np.clip(arr * 255.0 + 0.5, 0, 255).astype(np.uint8), "L")
+    """Any PIL mode (RGBA, L, P, I;16, CMYK, ...) -> 8-bit RGB (wide greys by :func:`grey_levels`)."""
+    if img.mode in _WIDE_GREY_MODES:
+        arr, full = grey_levels(img)
+        img = Image.fromarray(np.clip(arr / full * 255.0 + 0.5, 0, 255).astype(np.uint8), "L")
     if _has_alpha(img):
         img = img.convert("RGBA")
         background = Image.new("RGBA", img.size, (0, 0, 0, 255))
@@ -227,9 +245,8 @@ def to_mask(img: Image.Image) -> np.ndarray:
         return mask_from_levels(rgba[..., :3].max(axis=-1) * (rgba[..., 3] / 255.0), 255.0)
     if img.mode == "1":
         return np.asarray(img, dtype=bool)
-    if img.mode in ("I;16", "I;16B", "I;16L", "I", "F"):
-        arr = np.asarray(img, dtype=np.float64)
-        return mask_from_levels(arr, 65535.0 if arr.max() > 255 else 255.0)
+    if img.mode in _WIDE_GREY_MODES:
+        return mask_from_levels(*grey_levels(img))
     return mask_from_levels(np.asarray(img.convert("RGB")).max(axis=-1), 255.0)
 
 

@@ -371,3 +371,50 @@ def test_pipeline_calls_its_stage_callback_before_each_stage(tiny_pipe, api_inpu
             tiny_pipe(image, mask, reference, num_inference_steps=1)
     finally:
         tiny_pipe.stage_callback = None
+
+
+def test_float_picture_out_of_range_is_400(fake_client, api_inputs):
+    """A float TIFF beyond 0..65535 is one 400 naming its range (not a white picture, not a 500)."""
+    import io as _io
+
+    import numpy as np
+
+    buf = _io.BytesIO()
+    Image.fromarray((api_inputs["image"][..., 0].astype(np.float32) * 1000.0), "F").save(buf, format="TIFF")
+    r = fake_client.post("/api/refine", files=dict(api_inputs["files"], image=("depth.tif", buf.getvalue(), "image/tiff")))
+    assert r.status_code == 400 and "only 0..1, 0..255 or 0..65535" in r.json()["error"], r.text
+    assert fake_client.get("/api/health").status_code == 200
+
+
+def test_form_limits_are_said_in_the_apis_words(fake_client, api_inputs):
+    """The multipart parser's limits were answered in Starlette's words ("Part exceeded maximum size
+    of 4KB.", "Too many files. Maximum number of files is 13."): now they name the fields."""
+    f = api_inputs["files"]
+    many = [("image", f["image"]), ("mask", f["mask"])] + [("reference", f["reference"])] * 20
+    r = fake_client.post("/api/refine", files=many)
+    assert r.status_code == 400 and r.json()["error"].startswith("too many file fields") and "up to 4 'reference'" in r.json()["error"], r.text
+    r = fake_client.post("/api/refine", files=f, data={"steps": "1" * 5000})
+    assert r.status_code == 400 and "longer than 4096 bytes" in r.json()["error"] and "steps" in r.json()["error"], r.text
+    assert "Starlette" not in r.text and "KB." not in r.text
+    assert fake_client.get("/api/health").status_code == 200
+
+
+@pytest.mark.parametrize("value", ["nan", "inf", "-1", "0"])
+def test_max_upload_must_be_a_positive_number(value):
+    """``--max-upload-mb nan`` said "cannot convert float NaN to integer", naming no option."""
+    import argparse
+
+    from refine_by_align.io import InputError
+    from refine_by_align.server.settings import add_serve_arguments, settings_from_args
+
+    parser = argparse.ArgumentParser()
+    add_serve_arguments(parser)
+    with pytest.raises(InputError, match="--max-upload-mb must be a positive number"):
+        settings_from_args(parser.parse_args(["--max-upload-mb", value]))
+
+
+def test_head_requests_on_the_page_and_health(fake_client):
+    """Monitors and proxies check a server with HEAD: it was 405 on / and /api/health."""
+    for path in ("/", "/api/health"):
+        r = fake_client.head(path)
+        assert r.status_code == 200 and r.content == b"", (path, r.status_code)

@@ -164,6 +164,19 @@ def _float_value(values: dict[str, str], name: str) -> float | None:
     return _number_value(values, name, float)
 
 
+def _form_limit_message(detail: str, file_fields, value_fields, repeatable: dict) -> str:
+    """The multipart parser's refusal (Starlette's wording) as this API says it."""
+    once = ", ".join(f for f in file_fields if f not in repeatable)
+    if detail.startswith("Too many files"):
+        more = "".join(f", up to {n} '{k}'" for k, n in repeatable.items())
+        return f"too many file fields: {once} once each{more}"
+    if detail.startswith("Too many fields"):
+        return f"too many value fields (expected at most: {', '.join(value_fields) or 'none'})"
+    if "maximum size" in detail:
+        return f"a value field is longer than 4096 bytes (the values {', '.join(value_fields)} are short numbers or names)"
+    return f"malformed multipart form ({detail})"
+
+
 async def _read_form(request, settings: ServerSettings, file_fields, required, value_fields, repeatable=None):
     """Multipart form -> ({field: (bytes, filename)}, {field: text}); InputError on any problem.
     ``repeatable``: fields that may come several times (field -> most times); those map to a list of
@@ -176,7 +189,11 @@ async def _read_form(request, settings: ServerSettings, file_fields, required, v
     values: dict[str, str] = {}
     # room for a few more repeats than allowed, so that too many is answered by the count below
     max_files = len(file_fields) + 2 * sum(n - 1 for n in repeatable.values())
-    async with request.form(max_files=max_files, max_fields=len(value_fields), max_part_size=4096) as form:
+    try:
+        form = await request.form(max_files=max_files, max_fields=len(value_fields), max_part_size=4096)
+    except StarletteHTTPException as e:  # the multipart parser's limits, in Starlette's words: said in ours
+        raise InputError(_form_limit_message(str(e.detail), file_fields, value_fields, repeatable)) from None
+    try:
         for key, item in form.multi_items():
             if key not in repeatable and (key in files or key in values):
                 hint = " (the k-th reference's mask is reference_mask_k: reference_mask_2 ...)" if key == "reference_mask" and repeatable else ""
@@ -196,6 +213,8 @@ async def _read_form(request, settings: ServerSettings, file_fields, required, v
             else:
                 expected = ", ".join(list(file_fields) + list(value_fields))
                 raise InputError(f"unknown field '{key}' (expected: {expected})")
+    finally:
+        await form.close()  # (its uploads' spooled files)
     for key, most in repeatable.items():
         if len(files[key]) > most:
             raise InputError(f"at most {most} {key}s per request, got {len(files[key])} '{key}' fields")
@@ -620,7 +639,7 @@ SECURITY_HEADERS = {
 pages = APIRouter()  # the web app and the health check
 
 
-@pages.get("/", response_class=HTMLResponse)
+@pages.api_route("/", methods=["GET", "HEAD"], response_class=HTMLResponse)
 async def index():
     return HTMLResponse(INDEX_HTML, headers=SECURITY_HEADERS)
 
@@ -641,7 +660,7 @@ def _health_payload(runner: JobRunner, settings: ServerSettings) -> dict:
     }
 
 
-@pages.get("/api/health")
+@pages.api_route("/api/health", methods=["GET", "HEAD"])
 async def health(request: Request):
     runner = _runner(request)
     payload = _health_payload(runner, _settings(request))

@@ -72,9 +72,12 @@ def add_serve_arguments(p) -> None:
 
 def settings_from_args(args) -> ServerSettings:
     """ServerSettings from parsed :func:`add_serve_arguments` options; InputError on bad values."""
+    mb = float(args.max_upload_mb)
+    if not math.isfinite(mb) or mb <= 0:
+        raise InputError(f"--max-upload-mb must be a positive number of MiB, got {args.max_upload_mb}")
     try:
         return ServerSettings(
-            max_upload_bytes=int(args.max_upload_mb * 2**20), max_image_side=args.max_side, max_queue=args.queue,
+            max_upload_bytes=int(mb * 2**20), max_image_side=args.max_side, max_queue=args.queue,
             job_timeout_s=args.timeout, model_name=str(args.model),
             allowed_hosts=allowed_hosts_for(args.host, getattr(args, "allow_host", None) or ()),
             header_timeout_s=getattr(args, "header_timeout", ServerSettings.header_timeout_s),

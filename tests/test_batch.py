@@ -114,8 +114,11 @@ def test_batch_with_tiny_model_errors_and_resume(tmp_path, tiny_pipe):
     lines[2] = json.dumps(_job("c0", steps=2, seed=2))
     manifest.write_text("\n".join(lines) + "\n")
     (out / "c2.jpg").unlink()
-    third = run_batch(manifest, out, NegateMask(), progress=False)
+    third = run_batch(manifest, out, tiny_pipe, progress=False)
     assert (third["done"], third["skipped"]) == (2, 1)
+    # another model (a stand-in without the tiny model's weights): nothing is "already done"
+    fourth = run_batch(manifest, out, NegateMask(), progress=False)
+    assert (fourth["done"], fourth["skipped"]) == (3, 0)
 
 
 def test_crash_while_writing_leaves_no_output(tmp_path, monkeypatch):
@@ -352,3 +355,46 @@ def test_progress_bar_counts_the_last_jobs_failure(tmp_path, capsys):
     assert s["failed"] == 1
     err = capsys.readouterr().err
     assert "failed=1" in err.replace("\r", "\n").strip().splitlines()[-1], err
+
+
+def test_output_names_refused_when_the_manifest_is_read_or_the_job_is_claimed(tmp_path):
+    """A name too long for the file system, and an output whose folder is another job's output file,
+    were raw OSErrors after the refinement (naming the partial file); now one reason each, and the
+    job is not run."""
+    _write_case(tmp_path / "in", "a", 0)
+    manifest = _manifest(tmp_path / "m.jsonl", [
+        _job("a", output="x" * 300 + ".png"),
+        _job("a", output="ok.png"),
+        _job("a", output="ok.png/inner.png"),
+    ])
+    pipe = NegateMask()
+    s = run_batch(manifest, tmp_path / "out", pipe, progress=False)
+    assert (s["done"], s["failed"]) == (1, 2) and pipe.calls == 1, s
+    errors = {e["line"]: e["error"] for e in _jsonl(tmp_path / "out" / ERRORS_FILE)}
+    assert "is too long (304 characters" in errors[1], errors
+    assert "its folder 'ok.png' is the output of line 2, not a folder" in errors[3], errors
+    assert not list((tmp_path / "out").glob(".rba-*"))
+
+
+def test_cli_names_each_failure_and_refuses_a_busy_folder_before_loading(tmp_path, capsys, monkeypatch):
+    """The command line prints a line per failed job (it printed only the counts and the errors
+    file's path), and a folder another batch holds is refused before the model loads."""
+    from refine_by_align.batch import _lock
+    from refine_by_align.cli import main
+    from refine_by_align.commands import common
+
+    _write_case(tmp_path / "in", "a", 0)
+    manifest = _manifest(tmp_path / "m.jsonl", [_job("a", output="a.png"), _job("missing", output="b.png"), "{not json"])
+    monkeypatch.setattr(common, "load_model", lambda *a, **k: NegateMask())
+    assert main(["-q", "batch", str(manifest), "--output", str(tmp_path / "out")]) == 1
+    err = capsys.readouterr().err.splitlines()
+    assert any(x.startswith("line 2 (b.png): ") and "missing.png" in x for x in err), err
+    assert any(x.startswith("line 3: ") and "not valid JSON" in x for x in err), err
+
+    def no_model(*a, **k):
+        raise AssertionError("the model was loaded for a folder another batch holds")
+
+    monkeypatch.setattr(common, "load_model", no_model)
+    with _lock(tmp_path / "out"):
+        assert main(["-q", "batch", str(manifest), "--output", str(tmp_path / "out")]) == 2
+    assert "another batch is writing to it right now" in capsys.readouterr().err

@@ -137,14 +137,29 @@ def test_an_output_onto_a_listed_reference_is_refused(tmp_path):
     assert "is this job's reference #2 file" in _jsonl(out / ERRORS_FILE)[0]["error"]
 
 
-def test_one_reference_keeps_its_key():
-    """A manifest written before lists existed resumes: the key of a one-reference job is unchanged."""
-    job = BatchJob(line=1, output="o.png", image=Path("/i.png"), mask=Path("/m.png"), reference=Path("/r.png"), steps=2)
-    spec = {"image": "/i.png", "mask": "/m.png", "reference": "/r.png", "reference_mask": "None", "steps": "2",
-            "guidance": "None", "seed": "0"}
-    assert job.key == hashlib.sha256(json.dumps(spec, sort_keys=True).encode()).hexdigest()[:16]
-    several = BatchJob(line=1, output="o.png", image=Path("/i.png"), mask=Path("/m.png"), references=[Path("/r.png")], steps=2)
-    assert several.key != job.key
+def test_resume_reruns_a_job_whose_inputs_or_model_changed(tmp_path):
+    """A job is 'already done' only for the same input contents, settings and model: an input file
+    overwritten in place, or another model (a preset, a retrained folder, another dtype), reruns it
+    (the key held the paths and settings alone: a changed picture or model kept the stale output)."""
+    import torch
+
+    _case(tmp_path / "in")
+    man = _manifest(tmp_path / "jobs.jsonl", [_line(reference="in/a.png", output="one.png"), _line(reference="in/b.png", output="two.png")])
+    pipe = Recorder()
+    pipe.model = torch.nn.Linear(3, 2)
+    assert run_batch(man, tmp_path / "out", pipe, progress=False)["done"] == 2
+    assert run_batch(man, tmp_path / "out", pipe, progress=False)["skipped"] == 2  # nothing changed
+    img = np.asarray(Image.open(tmp_path / "in" / "a.png")).copy()
+    img[0, 0] = 255 - img[0, 0]
+    Image.fromarray(img).save(tmp_path / "in" / "a.png")  # one pixel of one reference, in place
+    s = run_batch(man, tmp_path / "out", pipe, progress=False)
+    assert (s["done"], s["skipped"]) == (1, 1), s
+    with torch.no_grad():
+        pipe.model.weight[0, 0] += 1.0  # the same architecture, other weights
+    s = run_batch(man, tmp_path / "out", pipe, progress=False)
+    assert (s["done"], s["skipped"]) == (2, 0), s
+    keys = {BatchJob(line=1, output="o.png", image=tmp_path / "in/img.png", mask=tmp_path / "in/mask.png", reference=tmp_path / "in/a.png", steps=n).key for n in (1, 2)}
+    assert len(keys) == 2  # the settings count too
 
 
 def test_shards_run_lines_with_references(tmp_path):

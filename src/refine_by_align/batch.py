@@ -52,12 +52,16 @@ from PIL import Image
 
 from .io import InputError, check_output_folder, load_inputs, output_format, read_file, save_image, write_atomic
 
-__all__ = ["DONE_FILE", "ERRORS_FILE", "BatchJob", "Shard", "finish_together", "format_summary", "read_manifest", "run_batch"]
+__all__ = [
+    "DONE_FILE", "ERRORS_FILE", "BatchJob", "Shard", "check_not_busy", "failure_lines", "finish_together", "format_summary",
+    "model_fingerprint", "read_manifest", "run_batch",
+]
 
 DONE_FILE = "done.jsonl"
 ERRORS_FILE = "errors.jsonl"
 LOCK_FILE = ".batch.lock"
 PART_PREFIX, PART_SUFFIX = ".rba-", ".part"
+NAME_MAX = 255  # bytes in one file name (Linux, macOS); the partial file's name adds its prefix and a random part
 REQUIRED = ("image", "mask", "reference")  # "references" (a list) may stand for "reference"
 OPTIONAL = ("reference_mask", "references", "reference_masks", "steps", "guidance", "seed", "output")
 FILE_ROLES = ("image", "mask", "reference", "reference_mask")
@@ -82,11 +86,14 @@ class BatchJob:
 
     @property
     def key(self) -> str:
-        """Fingerprint of what the job computes: a changed job is not 'already done'."""
+        """Fingerprint of what the job computes, from its inputs' paths and contents (SHA-256 of
+        each file's bytes: a file changed in place is a changed job) and its settings; with the
+        model's fingerprint (:func:`model_fingerprint`) it is what makes a job 'already done'."""
         spec = {k: str(getattr(self, k)) for k in ("image", "mask", "reference", "reference_mask", "steps", "guidance", "seed")}
-        if self.references is not None:  # (a one-reference job keeps the key it always had)
+        if self.references is not None:
             spec["references"] = [str(r) for r in self.references]
             spec["reference_masks"] = [str(m) for m in self.reference_masks or [None] * len(self.references)]
+        spec["contents"] = [_file_digest(path) for _, path in self.input_paths()]
         return hashlib.sha256(json.dumps(spec, sort_keys=True).encode()).hexdigest()[:16]
 
     def files(self) -> dict[str, Any]:
@@ -125,6 +132,9 @@ def _check_output_name(name: Any) -> str:
     output_format(p, "output")  # (an unknown extension or a refused format: one InputError)
     if p.name in (DONE_FILE, ERRORS_FILE):
         raise InputError(f"output '{name}': reserved name")
+    longest = max(p.parts, key=lambda part: len(part.encode("utf-8", "surrogateescape")))
+    if len(longest.encode("utf-8", "surrogateescape")) > NAME_MAX - len(PART_PREFIX) - 16:
+        raise InputError(f"output '{name}': the name '{longest[:40]}...' is too long ({len(longest)} characters; a file name may have at most {NAME_MAX - len(PART_PREFIX) - 16} here)")
     return p.as_posix()
 
 
@@ -459,6 +469,35 @@ def _lock(out_dir: Path, shard: Shard = Shard()):
             f.close()  # closing releases the lock (a killed process releases it too)
 
 
+def _file_digest(path: Path) -> str | None:
+    """SHA-256 of a file's bytes (None where it cannot be read: the job then fails as it runs)."""
+    try:
+        with open(path, "rb") as f:
+            return hashlib.file_digest(f, "sha256").hexdigest()
+    except OSError:
+        return None
+
+
+def model_fingerprint(pipe) -> str:
+    """What identifies the model a batch runs with: its configuration and a sample of every weight
+    (each parameter's name, shape, dtype and first 64 values), so that outputs made by another
+    model (another preset, a retrained folder, another --dtype) are not taken as done. "" for a
+    stand-in without a ``model`` (a test's)."""
+    import torch
+
+    model = getattr(pipe, "model", None)
+    if model is None:
+        return ""
+    h = hashlib.sha256()
+    cfg = getattr(model, "config", None)
+    h.update(json.dumps(dict(cfg) if cfg is not None else {}, sort_keys=True, default=str).encode())
+    with torch.no_grad():
+        for name, param in model.state_dict().items():
+            h.update(f"{name}{tuple(param.shape)}{param.dtype}".encode())
+            h.update(param.detach().reshape(-1)[:64].float().cpu().numpy().tobytes())
+    return h.hexdigest()[:16]
+
+
 # ---------------------------------------------------------------------------------------------------- run
 def _run_one(job: BatchJob, pipe, target: Path, prefix: str = PART_PREFIX) -> None:
     image, mask, reference, ref_mask, names = load_inputs(job.files(), labels={"reference_mask": "reference mask"})
@@ -525,6 +564,12 @@ class _OutputGuard:
             other = self.elsewhere[real]
         if other is not None:
             return f"output '{job.output}' is the same file as the output of line {other}"
+        for parent in Path(job.output).parents[:-1]:  # a folder of the name that is a file (another job's output)
+            folder = self.root / parent
+            line = self.targets.get(_file_id(folder)[0]) or self.elsewhere.get(_file_id(folder)[0])
+            if line is not None or folder.is_file():
+                whose = f"the output of line {line}" if line is not None else "a file"
+                return f"output '{job.output}': its folder '{parent.as_posix()}' is {whose}, not a folder"
         self.targets[real] = job.line
         return None
 
@@ -590,6 +635,7 @@ class _Run:
         self.out_dir, self.pipe, self.guard = out_dir, pipe, guard
         self.prefix = PART_PREFIX if shard.world == 1 else f"{PART_PREFIX}r{shard.rank}-"
         self.counts = {"done": 0, "skipped": 0, "failed": 0}
+        self.model = model_fingerprint(pipe)
         _remove_partials(out_dir, self.prefix)
         self.finished = _read_ledger(out_dir / DONE_FILE)
         own_errors = out_dir / f"{Path(ERRORS_FILE).stem}{shard.suffix()}.jsonl"
@@ -611,7 +657,8 @@ class _Run:
         refused = self.guard.claim(job, target)
         if refused is not None:
             return self.fail(job, refused)
-        if self.finished.get(job.output) == job.key and target.is_file():
+        key = hashlib.sha256(f"{job.key}:{self.model}".encode()).hexdigest()[:16]  # the job with this model
+        if self.finished.get(job.output) == key and target.is_file():
             self.counts["skipped"] += 1
             return self.errors.succeeded(job)
         t1 = time.perf_counter()
@@ -622,12 +669,40 @@ class _Run:
         except Exception as e:  # anything else is reported too: the batch goes on
             return self.fail(job, f"{type(e).__name__}: {e}", type(e).__name__)
         _append_jsonl(self.ledger, {
-            "line": job.line, "output": job.output, "key": job.key,
+            "line": job.line, "output": job.output, "key": key,
             "seconds": round(time.perf_counter() - t1, 3), "time": time.strftime("%Y-%m-%dT%H:%M:%S"),
         })
-        self.finished[job.output] = job.key
+        self.finished[job.output] = key
         self.counts["done"] += 1
         self.errors.succeeded(job)
+
+
+def check_not_busy(output_dir: str | os.PathLike, shard: Shard | None = None) -> None:
+    """InputError now if another batch holds ``output_dir``'s lock (the command line asks before
+    loading the model; :func:`run_batch` takes the lock for the run itself)."""
+    out_dir = Path(output_dir)
+    if (out_dir / LOCK_FILE).is_file():
+        with _lock(out_dir, Shard.from_env() if shard is None else shard):
+            pass
+
+
+#: :func:`failure_lines` names at most this many failed jobs (the errors file has them all)
+SHOWN_FAILURES = 20
+
+
+def failure_lines(summary: dict[str, Any]) -> list[str]:
+    """One line per failed job of a :func:`run_batch` summary, "line N (output): why", read from its
+    errors file (at most :data:`SHOWN_FAILURES`, then how many more)."""
+    if not summary.get("failed") or not summary.get("errors_file"):
+        return []
+    try:
+        records = [json.loads(x) for x in Path(summary["errors_file"]).read_text().splitlines() if x.strip()]
+    except (OSError, ValueError):
+        return []
+    lines = [f"line {r.get('line')}" + (f" ({r['output']})" if r.get("output") else "") + f": {r.get('error')}" for r in records[:SHOWN_FAILURES]]
+    if len(records) > SHOWN_FAILURES:
+        lines.append(f"... and {len(records) - SHOWN_FAILURES} more in {summary['errors_file']}")
+    return lines
 
 
 def format_summary(summary: dict[str, Any]) -> str:

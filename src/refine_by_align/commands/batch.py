@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import sys
 
 from . import common
 
@@ -24,13 +25,16 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def run(args) -> int:
-    from ..batch import Shard, finish_together, format_summary, read_manifest, run_batch
+    from ..batch import Shard, check_not_busy, failure_lines, finish_together, format_summary, read_manifest, run_batch
     from ..io import check_output_folder
 
     read_manifest(args.manifest)  # a bad manifest or output folder fails before the model loads
     check_output_folder(args.output, "--output")
+    check_not_busy(args.output)  # (another batch writing there: said before the model loads too)
     pipe = common.load_model(args.model, args.quiet, dtype=args.dtype)
     summary = run_batch(args.manifest, args.output, pipe, progress=not args.quiet)
+    for line in failure_lines(summary):
+        print(line, file=sys.stderr)
     print(format_summary(summary), flush=True)
     finish_together(Shard(summary["rank"], summary["world"]))  # (a launcher stops all processes when one exits 1)
     return 1 if summary["failed"] else 0

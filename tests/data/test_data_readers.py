@@ -77,3 +77,19 @@ def test_dreambooth_folder(dreambooth_root):
     assert len(mv.subjects) >= 10 and mv.pair_subjects
     img, m = mv.view(mv.subjects[0], 0)
     assert max(img.shape[:2]) == 96 and m.any()
+
+
+def test_relative_photo_folders_are_found_from_the_repository_root(tmp_path, monkeypatch):
+    """The recipes' and options' ``../shared/...`` is written from the repository root: a command
+    run from another folder found no photos (bench-suite failed, train and demo dropped them)."""
+    from pathlib import Path
+
+    from refine_by_align.data.readers import resolve_data_root
+
+    repo = Path(__file__).resolve().parents[2]
+    monkeypatch.chdir(tmp_path)
+    assert resolve_data_root("src/refine_by_align/demo/examples") == (repo / "src/refine_by_align/demo/examples").resolve()
+    (tmp_path / "mine").mkdir()
+    assert resolve_data_root("mine") == Path("mine")  # found from here: as given
+    assert resolve_data_root("nowhere") == Path("nowhere")  # found nowhere: as given, for the caller to refuse
+    assert resolve_data_root(str(tmp_path / "mine")) == tmp_path / "mine"

@@ -392,3 +392,23 @@ def test_stage6_recipe_fine_tunes_the_shipped_weights_on_the_prefill_they_run_on
     trained, shipped = tc.model_config(), get_config("default")
     assert trained.hole_fill == shipped.hole_fill == "harmonic"
     assert trained == shipped
+
+
+def test_bf16_falls_back_to_fp32_where_the_cpu_would_emulate_it(tmp_path, monkeypatch, capsys):
+    """The shipped recipes train in bf16 (on a GPU); on a CPU without native bf16 that ran emulated,
+    about 8x slower, without a word. Now it trains in fp32, says so, and the saved config says so;
+    where bf16 is native it is kept."""
+    import refine_by_align.perf.ceiling as ceiling
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    monkeypatch.setattr(ceiling, "native_bf16", lambda device="cpu": False)
+    train(_tc(max_steps=1, eval_every=0, mixed_precision="bf16"), tmp_path / "emulated", progress=False)
+    assert "runs emulated" in capsys.readouterr().out
+    assert json.loads((tmp_path / "emulated" / "train_config.json").read_text())["mixed_precision"] == "no"
+    from refine_by_align.training.train import _precision_for_device
+
+    monkeypatch.setattr(ceiling, "native_bf16", lambda device="cpu": True)  # (accelerate's precision is set once a process)
+    assert _precision_for_device(_tc(mixed_precision="bf16")) == (_tc(mixed_precision="bf16"), "")
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(ceiling, "native_bf16", lambda device="cpu": False)
+    assert _precision_for_device(_tc(mixed_precision="bf16"))[0].mixed_precision == "bf16"  # a GPU's bf16 is its own

@@ -53,8 +53,10 @@ def run(args) -> int:
         raise CLIError(f"--sets: {e}") from None
     if args.compare and not Path(args.compare).is_dir():
         raise CLIError(f"--compare '{args.compare}': not a folder (an earlier bench-suite --output)")
+    from ..data.readers import resolve_data_root
+
     try:
-        build_suite(args.source, args.cases, sets)
+        build_suite(resolve_data_root(args.source), args.cases, sets)
     except DatasetError as e:
         raise CLIError(f"--source '{args.source}': {e} (the suite is built from the multi-view photos, ../shared/data/dreambooth-train)") from None
     try:

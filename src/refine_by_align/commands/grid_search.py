@@ -8,7 +8,7 @@ from pathlib import Path
 from .common import CLIError, int_list
 
 HELP = "mIoU of the alignment for every (timestep, layer) (Fig. 4, 7)"
-EXAMPLE = "refine-by-align grid-search cases/ --output grid/ --timesteps 0,250,500 --layers 0,4,9"
+EXAMPLE = "refine-by-align grid-search cases/ --output grid/ --timesteps 0,250,500 --layers 0,3,6"
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:

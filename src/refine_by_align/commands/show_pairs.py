@@ -23,8 +23,10 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 def run(args) -> int:
     from ..data.pairs import show_pairs
+    from ..data.readers import resolve_data_root
 
-    root = args.data_root if args.data_root and Path(args.data_root).is_dir() else None
+    found = resolve_data_root(args.data_root) if args.data_root else None
+    root = found if found is not None and found.is_dir() else None
     if args.mode == "multiview" and root is None:
         raise CLIError(f"--mode multiview needs multi-view photos: '{args.data_root}' is not a folder")
     out = show_pairs(args.mode, args.n, args.seed, args.output, size=args.size, data_root=root, warp=args.warp)

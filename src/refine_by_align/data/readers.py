@@ -26,6 +26,7 @@ __all__ = [
     "ImageMaskFolder",
     "MultiViewFolder",
     "default_data_root",
+    "resolve_data_root",
     "load_photo",
 ]
 
@@ -48,6 +49,20 @@ def default_data_root() -> Path | None:
         return Path(env) if Path(env).is_dir() else None
     p = (Path(__file__).resolve().parents[3] / ".." / "shared" / "data" / "dreambooth-train").resolve()
     return p if p.is_dir() else None
+
+
+def resolve_data_root(path: str | os.PathLike | None) -> Path | None:
+    """A photo folder as a command or recipe names it: None -> :func:`default_data_root`; a
+    relative path that is not found from the current folder but is from the repository root (the
+    recipes' and options' ``../shared/data/dreambooth-train`` is written from there) -> that one;
+    otherwise the path as given (the caller says it is not found)."""
+    if path is None:
+        return default_data_root()
+    p = Path(path).expanduser()
+    if p.exists() or p.is_absolute():
+        return p
+    from_repo = (Path(__file__).resolve().parents[3] / p).resolve()
+    return from_repo if from_repo.exists() else p
 
 
 def _downscale(image: np.ndarray, mask: np.ndarray, max_side: int | None) -> tuple[np.ndarray, np.ndarray]:

@@ -8,6 +8,7 @@ from pathlib import Path
 
 import numpy as np
 
+from ..data.readers import resolve_data_root
 from ..evaluation.cases import load_case
 from ..evaluation.metrics import masked_psnr
 from ..io import save_image_atomic
@@ -16,15 +17,16 @@ from .examples import EXAMPLES_DIR
 
 __all__ = ["run_demo", "SHARED_PHOTOS"]
 
-SHARED_PHOTOS = Path("../shared/data/dreambooth-train")
+SHARED_PHOTOS = Path("../shared/data/dreambooth-train")  # (from the repository root or the current folder: resolve_data_root)
 
 
 def _case_dirs(tmp: Path) -> list[Path]:
     dirs = sorted(p for p in EXAMPLES_DIR.iterdir() if (p / "image.png").exists())
-    if SHARED_PHOTOS.is_dir():
+    photos = resolve_data_root(SHARED_PHOTOS)
+    if photos.is_dir():
         from ..data.make_cases import make_cases
 
-        dirs += make_cases(SHARED_PHOTOS, tmp / "photos", seed=0, subjects=["backpack"], cases_per_subject=1)[:2]
+        dirs += make_cases(photos, tmp / "photos", seed=0, subjects=["backpack"], cases_per_subject=1)[:2]
     else:
         print(f"(no photos at {SHARED_PHOTOS}: running the rendered examples only)")
     return dirs

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import contextlib
 import math
+import operator
 import os
 import tempfile
 import warnings
@@ -45,6 +46,9 @@ __all__ = [
     "output_format",
     "save_images_atomic",
     "encode_image",
+    "check_seed",
+    "as_image",
+    "as_mask",
     "write_atomic",
     "same_file",
     "check_output_path",
@@ -237,6 +241,47 @@ def mask_from_levels(levels: np.ndarray, full: float) -> np.ndarray:
     return drawn if drawn.any() else levels > 0
 
 
+def as_image(value, what: str = "image") -> Image.Image:
+    """A picture the library takes: a PIL image as it is, or an 8-bit array ((H, W), (H, W, 3) or
+    (H, W, 4) uint8) as one; anything else is one InputError naming ``what`` (an array of floats
+    has no agreed scale: give uint8 pixels)."""
+    if isinstance(value, Image.Image):
+        return value
+    if isinstance(value, np.ndarray):
+        if value.dtype != np.uint8:
+            raise InputError(f"{what}: a {value.dtype} array; give 8-bit (uint8) pixels or a PIL image")
+        if value.ndim == 2 or (value.ndim == 3 and value.shape[2] in (3, 4)):
+            return Image.fromarray(np.ascontiguousarray(value))
+        raise InputError(f"{what}: expected an (H, W), (H, W, 3) or (H, W, 4) array, got shape {value.shape}")
+    raise InputError(f"{what}: expected a PIL image or an 8-bit (H, W, 3) array, got {type(value).__name__}")
+
+
+def as_mask(value, what: str = "mask") -> np.ndarray:
+    """A mask the library takes, as (H, W) bool, read as a mask file is (:func:`mask_from_levels`):
+    a PIL image by :func:`to_mask`; a bool array as it is; an integer array against 255 (65535
+    where larger values occur); a float array against 1 (255, 65535 where larger values occur),
+    NaN as 0; a colour array (H, W, 3) by its brightest channel. So a soft mask means the same as
+    an array, as a file and from ComfyUI. None or another shape is one InputError naming ``what``."""
+    if value is None:
+        raise InputError(f"{what}: required (an (H, W) array or a picture), got None")
+    if isinstance(value, Image.Image):
+        return to_mask(value)
+    arr = np.asarray(value)
+    if arr.ndim == 3 and arr.shape[2] in (1, 3):
+        arr = arr.max(axis=2)
+    if arr.ndim != 2:
+        raise InputError(f"{what}: expected an (H, W) array, got shape {arr.shape}")
+    if arr.dtype == bool:
+        return arr
+    if not (np.issubdtype(arr.dtype, np.number)):
+        raise InputError(f"{what}: an array of {arr.dtype}; give bool or numbers")
+    levels = np.nan_to_num(arr.astype(np.float64), nan=0.0, posinf=0.0, neginf=0.0)
+    hi = float(levels.max()) if levels.size else 0.0
+    floor = 1.0 if np.issubdtype(arr.dtype, np.floating) else 255.0
+    full = floor if hi <= floor else 255.0 if hi <= 255 else 65535.0
+    return mask_from_levels(levels, full)
+
+
 def to_mask(img: Image.Image) -> np.ndarray:
     """Any single-channel or colour image -> boolean mask (:func:`mask_from_levels`): the pixels at
     half range or brighter, or every nonzero pixel where none is that bright (a 0 / 1 mask)."""
@@ -329,6 +374,20 @@ INPUT_ROLES = ("image", "mask", "reference", "reference_mask")
 SETTING_NAMES = {"steps": "steps", "guidance": "guidance", "samples": "num_samples"}
 #: the command line's option names for the same settings
 SETTING_OPTIONS = {"steps": "--steps", "guidance": "--guidance", "samples": "--samples"}
+
+
+MAX_SEED = 2**63 - 1  # torch.Generator's seeds: the same range as the command line, the server and batch
+
+
+def check_seed(seed, what: str = "seed") -> int:
+    """``seed`` as a Python int (a numpy integer is one), or one InputError naming ``what``."""
+    try:
+        value = operator.index(seed)
+    except TypeError:
+        value = None
+    if value is None or isinstance(seed, bool) or not 0 <= value <= MAX_SEED:
+        raise InputError(f"{what} must be an integer in 0..2^63-1, got {seed!r}")
+    return value
 
 
 def check_settings(steps: int | None, guidance: float | None, samples: int | None = None, names: dict[str, str] | None = None) -> None:

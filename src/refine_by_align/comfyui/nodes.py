@@ -60,9 +60,21 @@ def _images(t, what: str) -> torch.Tensor:
     if t.shape[0] == 0:
         raise ValueError(f"{what}: empty batch")
     t = t.detach().to("cpu", torch.float32)
+    _check_values(t, what)
     if t.shape[-1] == 1:
         t = t.expand(*t.shape[:3], 3)
     return t[..., :3]
+
+
+def _check_values(t: torch.Tensor, what: str) -> None:
+    """ComfyUI's IMAGE and MASK hold values in 0..1: a picture in 0..255 or -1..1 (another node's
+    scale), NaN or inf is a ValueError naming the input (it was clipped, black or passed on)."""
+    finite = torch.isfinite(t)
+    if not bool(finite.all()):
+        raise ValueError(f"{what}: {int((~finite).sum())} values are NaN or infinite")
+    lo, hi = float(t.min()), float(t.max())
+    if lo < -1e-3 or hi > 1.0 + 1e-3:
+        raise ValueError(f"{what}: values must be in 0..1 (ComfyUI's IMAGE and MASK), got {lo:g}..{hi:g}")
 
 
 def _masks(t, what: str) -> torch.Tensor:
@@ -77,7 +89,9 @@ def _masks(t, what: str) -> torch.Tensor:
         raise ValueError(f"{what}: expected a MASK tensor (B, H, W), got shape {tuple(t.shape)}")
     if t.shape[0] == 0:
         raise ValueError(f"{what}: empty batch")
-    return t.detach().to("cpu", torch.float32)
+    t = t.detach().to("cpu", torch.float32)
+    _check_values(t, what)
+    return t
 
 
 def _check_pair(images: torch.Tensor, masks: torch.Tensor, what_i: str, what_m: str) -> None:
@@ -87,7 +101,8 @@ def _check_pair(images: torch.Tensor, masks: torch.Tensor, what_i: str, what_m: 
             "they must be the same size"
         )
     if masks.shape[0] not in (1, images.shape[0]):
-        raise ValueError(f"{what_m} has a batch of {masks.shape[0]} but {what_i} has {images.shape[0]}: give 1 or {images.shape[0]}")
+        give = "a batch of 1" if images.shape[0] == 1 else f"a batch of 1 or {images.shape[0]}"
+        raise ValueError(f"{what_m} has a batch of {masks.shape[0]} but {what_i} has {images.shape[0]}: give {what_m} {give}")
 
 
 def _batch(n: int, t: torch.Tensor | None, what: str) -> None:

@@ -404,7 +404,7 @@ def detect(
     residual taken up by a smoothed optical flow first (:func:`settle_field`; False: the fit alone,
     as before the thirty-first session). ``names``: role (``reference``, ``reference_mask``) -> file
     name, for the messages of a refused input."""
-    from ..io import InputError, alpha_mask, check_detect_settings, check_reference_mask, to_rgb
+    from ..io import InputError, alpha_mask, as_mask, check_detect_settings, check_reference_mask, to_rgb
 
     check_detect_settings(method, threshold)
     names = names or {}
@@ -419,12 +419,15 @@ def detect(
         reference = np.asarray(to_rgb(reference))
     if image.ndim != 3 or reference.ndim != 3 or image.shape[2] < 3 or reference.shape[2] < 3:
         raise InputError(f"image {image.shape} and reference {reference.shape} must be (H, W, 3) colour images")
+    for what, arr in (("image", image), ("reference", reference)):
+        if arr.dtype != np.uint8:  # (0..1 floats cast to uint8 were a black picture, and no word)
+            raise InputError(f"{what}: a {arr.dtype} array; give 8-bit (uint8) pixels or a PIL image")
     image = np.ascontiguousarray(image[..., :3]).astype(np.uint8)
     reference = np.ascontiguousarray(reference[..., :3]).astype(np.uint8)
     if min(image.shape[:2]) < 16 or min(reference.shape[:2]) < 16:
         raise InputError("image and reference must be at least 16x16 to detect artifacts")
     if reference_mask is not None:
-        reference_mask = np.asarray(reference_mask, bool)
+        reference_mask = as_mask(reference_mask, "reference_mask")
     check_reference_mask(
         reference_mask, (reference.shape[1], reference.shape[0]), lambda role: f"{role} '{names[role]}'" if role in names else role, from_alpha
     )

@@ -7,7 +7,9 @@ stage inpaints a zoomed-in crop of I_a guided by the tokens of I_r x M* and past
 
 from __future__ import annotations
 
+import functools
 import logging
+import threading
 import time
 import warnings
 from collections.abc import Callable
@@ -22,7 +24,7 @@ from PIL import Image
 
 from ..config import CONFIG_NAMES, get_config
 from ..fill import CLASSICAL_FILLS, MIXED_FILLS, classical_fill, local_mixed_fill, residual_patch, warm_up_fills, warp_at, warp_composite
-from ..io import InputError, alpha_mask, check_settings, in_input_mode, to_mask, to_rgb, validate_inputs
+from ..io import InputError, alpha_mask, as_image, as_mask, check_seed, check_settings, in_input_mode, to_rgb, validate_inputs
 from ..models.refiner import RefineByAlignModel
 from ..zoom import Box, crop_resize, mask_bbox, paste_back, square_pad_box, zoom_box
 from .alignment import (
@@ -188,6 +190,20 @@ def _match_count(result: AlignmentResult | None) -> int:
     return int(max((v for k, v in counts.items() if not k.startswith("template")), default=0))
 
 
+def _one_call_at_a_time(method):
+    """The pipeline's calls hold its lock: one refine or alignment at a time per pipeline, whichever
+    thread calls (the scheduler's timesteps, the recorded attention and the remembered features are
+    the pipeline's own state; four threads sharing one pipeline got wrong pixels, silently, when
+    their step counts differed). Calls from several threads wait for each other."""
+
+    @functools.wraps(method)
+    def locked(self, *args, **kwargs):
+        with self._call_lock:
+            return method(self, *args, **kwargs)
+
+    return locked
+
+
 class RefineByAlignPipeline(DiffusionPipeline):
     """Two-stage reference-guided artifact refinement. Build with :meth:`from_pretrained`."""
 
@@ -207,6 +223,7 @@ class RefineByAlignPipeline(DiffusionPipeline):
         # web server stops a job cancelled or past its time limit this way: the denoising loop's
         # progress bar is its only other check, and with one step it comes once)
         self.stage_callback: Callable[[str], None] | None = None
+        self._call_lock = threading.RLock()  # (_one_call_at_a_time)
         warm_up_fills()
 
     def _stage(self, name: str) -> None:
@@ -347,11 +364,10 @@ class RefineByAlignPipeline(DiffusionPipeline):
         estimated (GrabCut, on one core), the image's side of the matching is described beside it
         (:func:`~.matching.image_features_ahead`), for the alignment to find remembered."""
         cfg = self.model.cfg
-        if isinstance(mask, Image.Image):
-            mask = to_mask(mask)
-        if isinstance(reference_mask, Image.Image):
-            reference_mask = to_mask(reference_mask)
-        mask = np.asarray(mask).astype(bool)
+        image, reference = as_image(image, "image"), as_image(reference, "reference")
+        mask = as_mask(mask, "mask")
+        if reference_mask is not None:
+            reference_mask = as_mask(reference_mask, "reference_mask")
         if reference_mask is None:
             reference_mask = alpha_mask(reference)
         rgb = to_rgb(image)
@@ -437,6 +453,7 @@ class RefineByAlignPipeline(DiffusionPipeline):
 
     # ------------------------------------------------------------------ alignment stage
     @torch.no_grad()
+    @_one_call_at_a_time
     def align(
         self,
         image: Image.Image,
@@ -463,6 +480,7 @@ class RefineByAlignPipeline(DiffusionPipeline):
                 warnings.warn(f"align(): '{old}' is deprecated, use '{new}'", DeprecationWarning, stacklevel=3)
         alignment_timestep = timestep if alignment_timestep is None else alignment_timestep
         alignment_layer = layer if alignment_layer is None else alignment_layer
+        seed = check_seed(seed)
         p = self.prepare(image, mask, reference, reference_mask, names, ahead=(method or "dense") == "dense" and matchers is None)
         self._stage("align")
         res = self._align(p, alignment_timestep, alignment_layer, threshold, seed, method=method, matchers=matchers)
@@ -626,6 +644,7 @@ class RefineByAlignPipeline(DiffusionPipeline):
 
     # ------------------------------------------------------------------ refinement stage
     @torch.no_grad()
+    @_one_call_at_a_time
     def __call__(
         self,
         image: Image.Image,
@@ -662,6 +681,8 @@ class RefineByAlignPipeline(DiffusionPipeline):
         default K, or one sample where the warps leave the model little of the mask
         (:meth:`_default_samples`)."""
         cfg = self.model.cfg
+        seed = check_seed(seed)
+        image = as_image(image, "image")  # (an 8-bit array as a picture: the result comes back in its kind)
         steps, guidance, k = self._sampling_settings(num_inference_steps, guidance_scale, num_samples, alignment)
         if correspondence is not None:
             warnings.warn("the 'correspondence' argument is deprecated, use 'region'", DeprecationWarning, stacklevel=3)
@@ -751,7 +772,7 @@ class RefineByAlignPipeline(DiffusionPipeline):
         steps = cfg.default_steps if steps is None else steps
         guidance = cfg.default_guidance if guidance is None else guidance
         samples = cfg.default_samples if samples is None else samples
-        check_settings(steps, guidance, samples)
+        check_settings(steps, guidance, samples, names={"steps": "num_inference_steps", "guidance": "guidance_scale"})
         if alignment is not None and alignment not in ALIGNMENT_METHODS:
             raise InputError(f"unknown alignment method '{alignment}' (choose {', '.join(ALIGNMENT_METHODS)})")
         return steps, guidance, samples
@@ -774,8 +795,8 @@ class RefineByAlignPipeline(DiffusionPipeline):
         refs, masks, per_names = as_reference_list(reference, reference_mask, names)
         ps = []
         for i, (ref, rmask, nm) in enumerate(zip(refs, masks, per_names)):
-            if len(refs) > 1 and not isinstance(ref, Image.Image):
-                raise InputError(f"reference #{i + 1}: expected a PIL image, got {type(ref).__name__}")
+            if len(refs) > 1:
+                ref = as_image(ref, f"reference #{i + 1}")
             q = self.prepare(image, mask, ref, rmask, nm, ahead=ahead)
             if len(refs) > 1:
                 q.notes = [f"reference #{i + 1}: {n}" for n in q.notes]

@@ -30,6 +30,10 @@ def load_pipeline(
     from .config import CONFIG_NAMES
     from .pipelines.pipeline import RefineByAlignPipeline, default_model_dir
 
+    import torch
+
+    if dtype is not None and not (isinstance(dtype, torch.dtype) and dtype.is_floating_point):
+        raise InputError(f"dtype {dtype!r}: give a floating-point torch dtype such as torch.float32 or torch.bfloat16")
     name = str(name_or_dir)
     if name in CONFIG_NAMES:
         where = default_model_dir() if name == "default" else None

@@ -109,3 +109,16 @@ def test_comfyui_refuses_values_outside_0_1_and_nan():
         _images(bad, "image")
     with pytest.raises(ValueError, match="mask: values must be in 0..1"):
         _masks(torch.full((1, 16, 16), -1.0), "mask")
+
+
+@pytest.mark.parametrize("kw, message", [
+    (dict(device="bogus"), "device 'bogus' is not a device"),
+    (dict(dtype="float16"), "dtype 'float16': give a floating-point torch dtype"),
+    (dict(dtype=torch.int8), "give a floating-point torch dtype"),
+])
+def test_load_pipeline_names_a_bad_device_or_dtype(kw, message):
+    """These were raw torch errors ("Invalid device string: 'float16'")."""
+    from refine_by_align.loading import load_pipeline
+
+    with pytest.raises(InputError, match=message):
+        load_pipeline("tiny", **kw)

@@ -62,7 +62,10 @@ def resolve_device(device: str | torch.device | None = None) -> torch.device:
     """``None`` / ``"auto"``: the GPU where one is visible, else the CPU; anything else as given."""
     if device is None or str(device) == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    device = torch.device(device)
+    try:
+        device = torch.device(device)
+    except (RuntimeError, TypeError):
+        raise ValueError(f"device {device!r} is not a device (auto, cpu, cuda or cuda:N)") from None
     if device.type == "cuda" and not torch.cuda.is_available():
         raise ValueError("device 'cuda' was asked for but no CUDA GPU is visible")
     return device

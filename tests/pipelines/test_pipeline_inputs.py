@@ -122,3 +122,13 @@ def test_load_pipeline_names_a_bad_device_or_dtype(kw, message):
 
     with pytest.raises(InputError, match=message):
         load_pipeline("tiny", **kw)
+
+
+@pytest.mark.parametrize("kw, message", [(dict(erode_px=10000), "erode_px must be an integer in 0..64"), (dict(max_side=0), "max_side must be None or an integer of at least 64")])
+def test_detect_bounds_its_sizes(simple_inputs, kw, message):
+    """``erode_px=10000`` ran for minutes; ``max_side=0`` answered "no consistent field"."""
+    from refine_by_align.pipelines.detect import detect
+
+    image, _, reference = simple_inputs
+    with pytest.raises(InputError, match=message):
+        detect(image, reference, **kw)

@@ -407,6 +407,10 @@ def detect(
     from ..io import InputError, alpha_mask, as_mask, check_detect_settings, check_reference_mask, to_rgb
 
     check_detect_settings(method, threshold)
+    if isinstance(erode_px, bool) or not isinstance(erode_px, (int, np.integer)) or not 0 <= erode_px <= 64:
+        raise InputError(f"erode_px must be an integer in 0..64 (px inside the reference object; default 8), got {erode_px!r}")
+    if max_side is not None and (isinstance(max_side, bool) or not isinstance(max_side, (int, np.integer)) or max_side < 64):
+        raise InputError(f"max_side must be None or an integer of at least 64 (px; default {DETECT_MAX_SIDE}), got {max_side!r}")
     names = names or {}
 
     if not isinstance(image, np.ndarray):

@@ -5,6 +5,7 @@ import base64
 import io
 import logging
 import threading
+import time
 from pathlib import Path
 
 import cv2
@@ -152,6 +153,10 @@ def test_queue_full_is_503_and_cancel_frees_the_worker(api_inputs, fake_pipe_cls
     pipe = fake_pipe_cls(gate=gate)
     with TestClient(create_app(pipe, ServerSettings(max_queue=1))) as c:
         first = c.post("/api/jobs", files=api_inputs["files"], data={"steps": "2"})
+        for _ in range(2000):  # the worker takes it up (a bounded number of short sleeps; on a busy
+            if c.get("/api/health").json()["queue"]["running"] == 1:  # machine it took longer than
+                break  # the second request did, which then stood second in the queue)
+            time.sleep(0.01)
         second = c.post("/api/jobs", files=api_inputs["files"], data={"steps": "2"})
         assert first.status_code == 202 and second.status_code == 202
         assert second.json()["queue_position"] == 1

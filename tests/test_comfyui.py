@@ -61,6 +61,9 @@ def test_refine_steps_zero_is_the_models_default_and_others_are_passed_on(badge,
             seen.append(kwargs["num_inference_steps"])
             return real(*args, **kwargs)
 
+        def prepare_references(self, *args, **kwargs):  # (the node checks every item first)
+            return real.prepare_references(*args, **kwargs)
+
     monkeypatch.setattr(nodes, "get_pipeline", lambda model: Recording())
     nodes.RefineByAlignRefine().refine(image, mask, reference, seed=0)
     nodes.RefineByAlignRefine().refine(image, mask, reference, seed=0, steps=3)
@@ -180,6 +183,9 @@ class _Recorder:
     def __init__(self):
         self.calls = []
 
+    def prepare_references(self, *args, **kwargs):  # (the node checks every item first: nothing to check here)
+        return []
+
     def __call__(self, image, mask, reference, reference_mask=None, **kw):
         from types import SimpleNamespace
 
@@ -252,3 +258,34 @@ def test_mask_levels_read_as_a_mask_file_is(badge):
     assert not np.array_equal(nodes.to_bool(feathered), feathered.numpy() > 0)  # the feather's tail is not drawn
     assert np.array_equal(nodes.to_bool(mask[0] * 0.3), hard)
     assert not nodes.to_bool(torch.zeros(4, 4)).any()
+
+
+def test_a_bad_item_of_a_batch_is_named_before_any_item_is_refined(monkeypatch):
+    """A batch whose third mask covers the whole picture: the first two were refined, then the
+    error came without saying which item. Now every item is checked first and the error says it."""
+    import torch
+
+    image = torch.rand(3, 48, 64, 3)
+    mask = torch.zeros(3, 48, 64)
+    mask[:, 10:20, 10:30] = 1.0
+    mask[2] = 1.0  # the whole picture
+    reference = torch.rand(1, 40, 40, 3)
+    calls = []
+    real = nodes.get_pipeline("tiny")
+
+    class Counting:
+        model = real.model
+
+        def __call__(self, *args, **kwargs):
+            calls.append(1)
+            return real(*args, **kwargs)
+
+        def prepare_references(self, *args, **kwargs):
+            return real.prepare_references(*args, **kwargs)
+
+    monkeypatch.setattr(nodes, "get_pipeline", lambda model: Counting())
+    with pytest.raises(ValueError, match="item 3 of 3: mask: mask covers the whole image"):
+        nodes.RefineByAlignRefine().refine(image, mask, reference, seed=0, steps=1)
+    assert not calls
+    with pytest.raises(ValueError, match="item 3 of 3: mask"):
+        nodes.RefineByAlignAlign().align(image, mask, reference)

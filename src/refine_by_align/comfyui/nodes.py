@@ -17,6 +17,8 @@ module name (a symlink in ``ComfyUI/custom_nodes``).
 
 from __future__ import annotations
 
+import contextlib
+
 import threading
 
 import cv2
@@ -218,16 +220,22 @@ class RefineByAlignRefine:
         })
         pipe = None
         out = images.clone()
-        for i in range(images.shape[0]):
+        n = images.shape[0]
+        items = []
+        for i in range(n):
             img, m, ref, rm = _item_arrays(images, masks, refs, ref_masks, i)
             if not m.any():
                 continue
             if extra:  # several references: lists, one mask (or None) each
                 ref = [ref] + [Image.fromarray(to_uint8(_item(r, i))) for r, _ in extra]
                 rm = [rm] + [None if mk is None else to_bool(_item(mk, i)) for _, mk in extra]
-            if pipe is None:
-                pipe = get_pipeline(model)
-            res = pipe(img, m, ref, rm, num_inference_steps=int(steps) or None, seed=int(seed))  # (0: the model's default)
+            items.append((i, img, m, ref, rm))
+        if items:
+            pipe = get_pipeline(model)
+            _check_items(pipe, items, n)  # (every item's inputs before any is refined)
+        for i, img, m, ref, rm in items:
+            with _item_errors(i, n):
+                res = pipe(img, m, ref, rm, num_inference_steps=int(steps) or None, seed=int(seed))  # (0: the model's default)
             refined_u8 = np.asarray(res.image, dtype=np.uint8)
             # the pipeline leaves pixels outside the dilated mask bit-identical in uint8; take only
             # the pixels it changed there, so every other pixel keeps its exact float value
@@ -237,6 +245,27 @@ class RefineByAlignRefine:
             sel = torch.from_numpy(region)
             out[i][sel] = torch.from_numpy(refined_u8[region].astype(np.float32) / 255.0)
         return (out,)
+
+
+@contextlib.contextmanager
+def _item_errors(i: int, n: int):
+    """A refused input of a batch's item ``i`` (0-based) of ``n`` says which item it is."""
+    from refine_by_align.io import InputError
+
+    try:
+        yield
+    except InputError as e:
+        if n == 1:
+            raise
+        raise InputError(f"item {i + 1} of {n}: {e}") from None
+
+
+def _check_items(pipe, items, n: int) -> None:
+    """Every item's inputs checked (the pipeline's own checks, its crops) before any is refined: a
+    bad third item was found only after the first two had run."""
+    for i, img, m, ref, rm in items:
+        with _item_errors(i, n):
+            pipe.prepare_references(img, m, ref, rm)
 
 
 class RefineByAlignAlign:
@@ -273,12 +302,18 @@ class RefineByAlignAlign:
         hr, wr = refs.shape[1:3]
         regions = torch.zeros((n, hr, wr), dtype=torch.float32)
         heat = torch.zeros((n, hr, wr, 3), dtype=torch.float32)
+        items = []
         for i in range(n):
             img, m, ref, rm = _item_arrays(images, masks, refs, ref_masks, i)
             if not m.any():  # nothing to align: an empty region, the reference as it is
                 heat[i] = _item(refs, i)
                 continue
-            res = get_pipeline(model).align(img, m, ref, rm, seed=int(seed), method=method)
+            items.append((i, img, m, ref, rm))
+        if items:
+            _check_items(get_pipeline(model), items, n)
+        for i, img, m, ref, rm in items:
+            with _item_errors(i, n):
+                res = get_pipeline(model).align(img, m, ref, rm, seed=int(seed), method=method)
             regions[i] = torch.from_numpy(res.region.astype(np.float32))
             pic = render_heatmap_overlay(ref, res.heatmap, alpha=0.6)
             heat[i] = torch.from_numpy(np.asarray(pic, dtype=np.float32) / 255.0)

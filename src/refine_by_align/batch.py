@@ -50,7 +50,7 @@ from typing import Any
 
 from PIL import Image
 
-from .io import InputError, check_output_folder, load_inputs, output_format, read_file, save_image, write_atomic
+from .io import InputError, check_output_folder, check_seed, load_inputs, output_format, read_file, save_image, write_atomic
 
 __all__ = [
     "DONE_FILE", "ERRORS_FILE", "BatchJob", "Shard", "check_not_busy", "failure_lines", "finish_together", "format_summary",
@@ -170,10 +170,7 @@ def _parse_line(text: str, line: int, base: Path) -> BatchJob:
             raise InputError(f"steps must be an integer, got {steps!r}")
         if guidance is not None and (isinstance(guidance, bool) or not isinstance(guidance, (int, float))):
             raise InputError(f"guidance must be a number, got {guidance!r}")
-        if seed is None:
-            seed = 0
-        if isinstance(seed, bool) or not isinstance(seed, int) or not 0 <= seed < 2**63:
-            raise InputError(f"seed must be an integer in 0..2^63-1, got {seed!r}")
+        seed = 0 if seed is None else check_seed(seed)
         from .io import check_settings
 
         check_settings(steps, guidance)
@@ -566,7 +563,8 @@ class _OutputGuard:
             return f"output '{job.output}' is the same file as the output of line {other}"
         for parent in Path(job.output).parents[:-1]:  # a folder of the name that is a file (another job's output)
             folder = self.root / parent
-            line = self.targets.get(_file_id(folder)[0]) or self.elsewhere.get(_file_id(folder)[0])
+            resolved = _file_id(folder)[0]
+            line = self.targets.get(resolved) or self.elsewhere.get(resolved)
             if line is not None or folder.is_file():
                 whose = f"the output of line {line}" if line is not None else "a file"
                 return f"output '{job.output}': its folder '{parent.as_posix()}' is {whose}, not a folder"

@@ -177,8 +177,13 @@ def grey_levels(img: Image.Image) -> tuple[np.ndarray, float]:
     lo, hi = (float(arr.min()), float(arr.max())) if arr.size else (0.0, 0.0)
     if lo < 0 or not np.isfinite(hi) or hi > 65535:
         raise InputError(f"a {img.mode} picture with values {lo:g}..{hi:g}: only 0..1, 0..255 or 0..65535 can be read as grey levels (save it as 8- or 16-bit)")
-    full = 1.0 if img.mode == "F" and hi <= 1.0 else 255.0 if hi <= 255 else 65535.0
-    return arr, full
+    return arr, _full_level(hi, img.mode == "F")
+
+
+def _full_level(hi: float, floating: bool) -> float:
+    """The full level of values whose largest is ``hi``: 1 for floats within 0..1, else 255 within
+    0..255, else 65535 (:func:`grey_levels`' and :func:`as_mask`'s one rule)."""
+    return 1.0 if floating and hi <= 1.0 else 255.0 if hi <= 255 else 65535.0
 
 
 def to_rgb(img: Image.Image) -> Image.Image:
@@ -277,9 +282,7 @@ def as_mask(value, what: str = "mask") -> np.ndarray:
         raise InputError(f"{what}: an array of {arr.dtype}; give bool or numbers")
     levels = np.nan_to_num(arr.astype(np.float64), nan=0.0, posinf=0.0, neginf=0.0)
     hi = float(levels.max()) if levels.size else 0.0
-    floor = 1.0 if np.issubdtype(arr.dtype, np.floating) else 255.0
-    full = floor if hi <= floor else 255.0 if hi <= 255 else 65535.0
-    return mask_from_levels(levels, full)
+    return mask_from_levels(levels, _full_level(hi, np.issubdtype(arr.dtype, np.floating)))
 
 
 def to_mask(img: Image.Image) -> np.ndarray:

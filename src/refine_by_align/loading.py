@@ -27,10 +27,10 @@ def load_pipeline(
     by ``pipe.random_weights``) or a folder written by ``save_pretrained``. ``device``: None picks
     the GPU where one is visible, else the CPU; ``dtype`` (e.g. ``torch.bfloat16``) casts the
     weights. Raises InputError: ``model 'NAME': ...`` with the folder it looked in."""
+    import torch
+
     from .config import CONFIG_NAMES
     from .pipelines.pipeline import RefineByAlignPipeline, default_model_dir
-
-    import torch
 
     if dtype is not None and not (isinstance(dtype, torch.dtype) and dtype.is_floating_point):
         raise InputError(f"dtype {dtype!r}: give a floating-point torch dtype such as torch.float32 or torch.bfloat16")

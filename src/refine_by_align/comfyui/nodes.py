@@ -18,7 +18,6 @@ module name (a symlink in ``ComfyUI/custom_nodes``).
 from __future__ import annotations
 
 import contextlib
-
 import threading
 
 import cv2

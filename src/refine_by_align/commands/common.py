@@ -7,7 +7,7 @@ import argparse
 import sys
 
 EXIT_USAGE = 2
-MAX_SEED = 2**63 - 1  # the same range as the server's form field and the batch manifest
+MAX_SEED = 2**63 - 1  # io.MAX_SEED, written here too so that parsing the command line does not import NumPy and Pillow
 
 
 class CLIError(Exception):

@@ -41,13 +41,16 @@ class DatasetError(InputError):
     """A data folder that cannot be used (missing, empty, malformed); one-line message."""
 
 
+_REPO_ROOT = Path(__file__).resolve().parents[3]  # (where the shared folder's relative paths start)
+
+
 def default_data_root() -> Path | None:
     """The multi-view photo folder, if present: ``$REFINE_BY_ALIGN_DATA`` or, relative to the
     repository root, ``../shared/data/dreambooth-train``. ``None`` when neither exists."""
     env = os.environ.get("REFINE_BY_ALIGN_DATA")
     if env:
         return Path(env) if Path(env).is_dir() else None
-    p = (Path(__file__).resolve().parents[3] / ".." / "shared" / "data" / "dreambooth-train").resolve()
+    p = (_REPO_ROOT / ".." / "shared" / "data" / "dreambooth-train").resolve()
     return p if p.is_dir() else None
 
 
@@ -61,7 +64,7 @@ def resolve_data_root(path: str | os.PathLike | None) -> Path | None:
     p = Path(path).expanduser()
     if p.exists() or p.is_absolute():
         return p
-    from_repo = (Path(__file__).resolve().parents[3] / p).resolve()
+    from_repo = (_REPO_ROOT / p).resolve()
     return from_repo if from_repo.exists() else p
 
 

@@ -222,9 +222,10 @@ class RefineByAlignPipeline(DiffusionPipeline):
         # and the autoencoder's encode / decode ("encode", "decode"); None = eager
         self._compiled: dict[str, object] = {}
         # called with a stage's name before it starts ("align", before each reference's; "warp";
-        # "redraw", the classical fill and the model; "denoise", after the fill; "paste"); an exception it raises stops the run there (the
-        # web server stops a job cancelled or past its time limit this way: the denoising loop's
-        # progress bar is its only other check, and with one step it comes once)
+        # "redraw", the classical fill and the model; "denoise", after the fill; "paste"); an
+        # exception it raises stops the run there (the web server stops a job cancelled or past its
+        # time limit this way: the denoising loop's progress bar is its only other check, and with
+        # one step it comes once)
         self.stage_callback: Callable[[str], None] | None = None
         self._call_lock = threading.RLock()  # (_one_call_at_a_time)
         warm_up_fills()

@@ -61,7 +61,7 @@ from starlette.concurrency import run_in_threadpool
 from starlette.requests import ClientDisconnect
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from ..io import InputError, alpha_mask, check_detect_settings, check_input_sizes, decode_image, load_inputs, open_image, to_mask, to_rgb
+from ..io import MAX_SEED, InputError, alpha_mask, check_detect_settings, check_input_sizes, decode_image, load_inputs, open_image, to_mask, to_rgb
 from .jobs import Job, JobRunner, QueueFull, Slot
 from .page import INDEX_HTML
 from .settings import ServerSettings, host_allowed
@@ -76,7 +76,6 @@ FILE_FIELDS = ("image", "mask", "reference") + REFERENCE_MASK_FIELDS
 REQUIRED_FILES = ("image", "mask", "reference")
 REPEATABLE = {"reference": MAX_REFERENCES}  # fields that may be sent several times, at most so many
 VALUE_FIELDS = ("steps", "guidance", "seed")
-MAX_SEED = 2**63 - 1
 DETECT_FILE_FIELDS = ("image", "reference", "reference_mask")
 DETECT_REQUIRED = ("image", "reference")
 DETECT_VALUE_FIELDS = ("method", "threshold")

@@ -304,8 +304,7 @@ class JobRunner:
         request), a running one is answered at once (499) and its work stops at its next check
         (the worker stays busy until then); a finished one is left as it is."""
         with self._lock:
-            waiting = job in self._waiting
-            if waiting:
+            if job in self._waiting:
                 self._waiting.remove(job)
         if job.done_event.is_set():
             return

@@ -334,9 +334,12 @@ def validate_inputs(
     reference_mask: np.ndarray | None = None,
     names: dict[str, str] | None = None,
     labels: dict[str, str] | None = None,
+    from_alpha: bool | None = None,
 ) -> None:
     """Raise InputError for inputs no method can work with. ``names`` maps role -> file name,
-    ``labels`` role -> how messages call it (e.g. ``reference #2``; default: the role)."""
+    ``labels`` role -> how messages call it (e.g. ``reference #2``; default: the role).
+    ``from_alpha``: the reference mask is the reference's alpha channel (no mask was given; None:
+    inferred from ``names``, a named reference without a named mask file)."""
     names, labels = names or {}, labels or {}
 
     def name(role: str) -> str:
@@ -366,8 +369,9 @@ def validate_inputs(
             f"{name('mask')}: the marked pixels span {span_w}x{span_h} px, more than the {side} px square the refinement "
             "works on (at most the image's shorter side); refine the mask in parts that each fit in such a square"
         )
-    # (no mask file named beside named files: the mask came from the reference's alpha channel)
-    check_reference_mask(reference_mask, reference.size, name, from_alpha=bool(names) and "reference_mask" not in names)
+    if from_alpha is None:  # (no mask file named beside named files: the mask came from the reference's alpha channel)
+        from_alpha = bool(names) and "reference_mask" not in names
+    check_reference_mask(reference_mask, reference.size, name, from_alpha=from_alpha)
 
 
 INPUT_ROLES = ("image", "mask", "reference", "reference_mask")

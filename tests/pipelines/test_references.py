@@ -51,8 +51,10 @@ def test_pick_guide_prefers_the_reference_that_gives_most_of_the_mask():
 
 def test_reference_list_arguments_are_checked():
     img = Image.new("RGB", (8, 8))
-    refs, masks, names = as_reference_list([img, img], None, {"image": "i.png", "reference": ["a.png", "b.png"]})
+    refs, masks, names, labels = as_reference_list([img, img], None, {"image": "i.png", "reference": ["a.png", "b.png"]})
     assert len(refs) == 2 and masks == [None, None] and [n["reference"] for n in names] == ["a.png", "b.png"]
+    assert [lb["reference_mask"] for lb in labels] == ["reference #1 mask", "reference #2 mask"]
+    assert as_reference_list(img, None, None)[3] == [{}]  # (one reference: the plain role names)
     with pytest.raises(InputError, match="1 reference mask"):
         as_reference_list([img, img], np.ones((8, 8), bool), None)
     with pytest.raises(InputError, match="no reference"):
@@ -120,8 +122,23 @@ def test_several_references_are_refused_with_a_given_region(tiny_pipe, simple_in
     region = np.ones((reference.height, reference.width), bool)
     with pytest.raises(InputError, match="exactly one reference"):
         tiny_pipe(image, mask, [reference, reference], region=region)
-    with pytest.raises(InputError, match=r"reference '#2': .*too small"):
+    with pytest.raises(InputError, match=r"reference #2: .*too small"):
         tiny_pipe(image, mask, [reference, Image.new("RGB", (4, 4))])
+
+
+def test_a_later_reference_mask_error_names_that_mask(tiny_pipe, simple_inputs):
+    """A mask given for the second reference is named as that mask, not as the reference's alpha."""
+    image, mask, reference = simple_inputs
+    h, w = reference.height, reference.width
+    with pytest.raises(InputError, match=r"^reference #2 mask: reference mask is empty"):
+        tiny_pipe(image, mask, [reference, reference], [None, np.zeros((h, w), bool)])
+    with pytest.raises(InputError, match=rf"^reference #2 mask: size 9x9 does not match the reference {w}x{h}"):
+        tiny_pipe(image, mask, [reference, reference], [None, np.ones((9, 9), bool)])
+    with pytest.raises(InputError, match=r"^reference #2 mask: expected an \(H, W\) array"):
+        tiny_pipe(image, mask, [reference, reference], [None, np.ones((2, 3, 4, 5), bool)])
+    clear = Image.new("RGBA", (w, h), (0, 0, 0, 0))  # (no mask given: its alpha is the mask)
+    with pytest.raises(InputError, match=r"^reference #2: its alpha channel is empty"):
+        tiny_pipe(image, mask, [reference, clear])
 
 
 def test_compare_picture_shows_every_reference_and_the_sources(tiny_pipe, scene):

@@ -362,21 +362,27 @@ class RefineByAlignPipeline(DiffusionPipeline):
         reference_mask: np.ndarray | Image.Image | None = None,
         names: dict[str, str] | None = None,
         ahead: bool = False,
+        labels: dict[str, str] | None = None,
     ) -> PreparedInputs:
-        """Check the inputs (one clear InputError on any problem) and compute the crops. ``ahead``
+        """Check the inputs (one clear InputError on any problem) and compute the crops. ``names``:
+        role -> file name, ``labels``: role -> how messages call it (``reference #2``). ``ahead``
         (for a dense alignment with the default matchers to follow): where the reference object is
         estimated (GrabCut, on one core), the image's side of the matching is described beside it
         (:func:`~.matching.image_features_ahead`), for the alignment to find remembered."""
         cfg = self.model.cfg
-        image, reference = as_image(image, "image"), as_image(reference, "reference")
+        labels = labels or {}
+        image, reference = as_image(image, "image"), as_image(reference, labels.get("reference", "reference"))
         mask = as_mask(mask, "mask")
+        # (the mask is the reference's alpha channel: none was given, or named files come without a
+        # mask file, as the command line passes the alpha it read)
+        from_alpha = reference_mask is None or (bool(names) and "reference_mask" not in names)
         if reference_mask is not None:
-            reference_mask = as_mask(reference_mask, "reference_mask")
-        if reference_mask is None:
+            reference_mask = as_mask(reference_mask, labels.get("reference_mask", "reference_mask"))
+        else:
             reference_mask = alpha_mask(reference)
         rgb = to_rgb(image)
         ref_rgb = to_rgb(reference)
-        validate_inputs(rgb, mask, ref_rgb, reference_mask, names)
+        validate_inputs(rgb, mask, ref_rgb, reference_mask, names, labels, from_alpha=from_alpha)
         notes = []
         photo = None
         crop_box = zoom_box(mask, grow=cfg.zoom_grow, min_size=cfg.zoom_min_size)
@@ -796,12 +802,10 @@ class RefineByAlignPipeline(DiffusionPipeline):
         """:meth:`prepare` for one reference or a list (``reference_mask``: None or one per
         reference); with several, an error names the reference (its file where ``names`` gives
         ``reference`` as a list). ``ahead``: as :meth:`prepare`'s."""
-        refs, masks, per_names = as_reference_list(reference, reference_mask, names)
+        refs, masks, per_names, per_labels = as_reference_list(reference, reference_mask, names)
         ps = []
-        for i, (ref, rmask, nm) in enumerate(zip(refs, masks, per_names)):
-            if len(refs) > 1:
-                ref = as_image(ref, f"reference #{i + 1}")
-            q = self.prepare(image, mask, ref, rmask, nm, ahead=ahead)
+        for i, (ref, rmask, nm, lb) in enumerate(zip(refs, masks, per_names, per_labels)):
+            q = self.prepare(image, mask, ref, rmask, nm, ahead=ahead, labels=lb)
             if len(refs) > 1:
                 q.notes = [f"reference #{i + 1}: {n}" for n in q.notes]
             ps.append(q)

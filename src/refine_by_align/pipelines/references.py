@@ -94,10 +94,12 @@ def pick_guide(warps: Sequence[WarpFill | None], mask_box: np.ndarray, combined:
     return 0
 
 
-def as_reference_list(reference, reference_mask, names: dict | None) -> tuple[list, list, list[dict | None]]:
+def as_reference_list(reference, reference_mask, names: dict | None) -> tuple[list, list, list[dict | None], list[dict]]:
     """Normalise the pipeline's ``reference`` / ``reference_mask`` arguments: one image or a list,
     one mask, None or a list of the same length. ``names`` may give ``reference`` and
-    ``reference_mask`` as lists too (file names for messages); returns per-reference name dicts."""
+    ``reference_mask`` as lists too (file names for messages); returns per-reference name dicts
+    and label dicts (how messages call each role: ``reference #2``, ``reference #2 mask``, as
+    :func:`~..io.load_inputs` calls them; the first reference keeps the plain role names)."""
     from ..io import InputError
 
     refs = list(reference) if isinstance(reference, (list, tuple)) else [reference]
@@ -112,9 +114,11 @@ def as_reference_list(reference, reference_mask, names: dict | None) -> tuple[li
     if len(masks) != len(refs):
         raise InputError(f"{len(masks)} reference mask(s) for {len(refs)} references: give a list with one per reference (None where there is none)")
     per: list[dict | None] = []
+    labels: list[dict] = []
     for i in range(len(refs)):
+        labels.append({"reference": f"reference #{i + 1}", "reference_mask": f"reference #{i + 1} mask"} if len(refs) > 1 else {})
         if names is None:
-            per.append(None if len(refs) == 1 else {"reference": f"#{i + 1}"})
+            per.append(None)
             continue
         d = dict(names)
         for role in ("reference", "reference_mask"):
@@ -125,4 +129,4 @@ def as_reference_list(reference, reference_mask, names: dict | None) -> tuple[li
                 else:
                     d.pop(role, None)
         per.append(d)
-    return refs, masks, per
+    return refs, masks, per, labels

@@ -53,6 +53,7 @@ __all__ = [
     "same_file",
     "check_output_path",
     "check_output_folder",
+    "check_output_apart",
 ]
 
 # Largest accepted image (pixels). Pillow's own bomb check fires at twice its MAX_IMAGE_PIXELS.
@@ -604,6 +605,22 @@ def check_output_folder(path: str | os.PathLike, what: str = "output folder") ->
     if problem:
         raise InputError(f"{what} '{path}': cannot be written: {problem}")
     return p
+
+
+def check_output_apart(output: str | os.PathLike, inputs: dict[str, str | os.PathLike | None], what: str = "--output") -> None:
+    """Refuse, before any work, an output folder that is one of the input folders (``inputs``:
+    how messages call each -> its path, None skipped) or lies inside one: results written there
+    would overwrite the inputs (a case's true correspondence replaced by the prediction) or be
+    read back as inputs later. Symbolic links are followed."""
+    out = Path(os.path.abspath(output)).resolve()
+    for name, path in inputs.items():
+        if path is None:
+            continue
+        src = Path(os.path.abspath(path)).resolve()
+        if out == src:
+            raise InputError(f"{what} '{output}' is the {name} folder: its files would be overwritten; give another folder")
+        if src in out.parents:
+            raise InputError(f"{what} '{output}' is inside the {name} folder '{path}': results would be mixed with its files; give a folder outside it")
 
 
 def _umask() -> int:

@@ -16,7 +16,8 @@ SUMMARY_KEYS = {"cases", "miou", "psnr", "ssim", "clip_t", "clip_i", "dino_i", "
 def _check_common(res: dict, out: Path, name: str) -> dict:
     on_disk = json.loads((out / "metrics.json").read_text(), parse_constant=lambda c: pytest.fail(f"{c} in JSON"))
     assert on_disk == res
-    assert set(res) == {"method", "summary", "cases"} and res["method"] == name
+    assert set(res) == {"method", "config", "summary", "cases"} and res["method"] == name
+    assert res["config"]["method"] == name and "versions" in res["config"]  # (what made the results, saved with them)
     assert set(res["summary"]) == {"ALL", "dreambooth", "default"}
     for s in res["summary"].values():
         assert set(s) == SUMMARY_KEYS
@@ -82,6 +83,28 @@ def test_bench_limit_and_error_context(cases_dir: Path, tmp_path: Path):
     with pytest.raises(RuntimeError, match="kaput") as ei:
         run_bench(cases_dir, tmp_path / "b", method=Boom(), progress=False)
     assert any("c01" in n for n in ei.value.__notes__)
+
+
+def test_bench_warms_up_on_the_first_case_untimed(cases_dir: Path, tmp_path: Path, monkeypatch):
+    """The first case's time held the first call's imports and compilations (9 s against about 1 s
+    for the others in a probe): it is run once untimed, then timed with the remembered features
+    dropped like the others'."""
+    from refine_by_align.evaluation import bench as B
+    from refine_by_align.evaluation.methods import KeepMethod
+
+    calls, forgotten = [], []
+    monkeypatch.setattr(B, "forget_remembered", lambda: forgotten.append(len(calls)))
+
+    class Counting(KeepMethod):
+        name = "counting"
+
+        def __call__(self, case):
+            calls.append(case.id)
+            return super().__call__(case)
+
+    res = run_bench(cases_dir, tmp_path / "w", method=Counting(), progress=False)
+    assert calls == ["c01", "c01", "c02", "c03"] and forgotten == [1]
+    assert [c["case"] for c in res["cases"]] == ["c01", "c02", "c03"]
 
 
 def test_heatmap_overlay():

@@ -42,3 +42,4 @@ def test_grid_search_refuses_bad_settings(cases_dir: Path, tmp_path: Path):
         grid_search(cases_dir, tmp_path / "c", model="tiny", timesteps=(0,), layers=(0,), progress=False)
     with pytest.raises(InputError, match="nowhere.*no model folder at"):
         grid_search(cases_dir, tmp_path / "d", model=str(tmp_path / "nowhere"), progress=False)
+    assert not any((tmp_path / n).exists() for n in "abcd")  # (no output folder made for a refused search)

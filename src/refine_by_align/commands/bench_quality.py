@@ -4,7 +4,6 @@ folder and score it."""
 from __future__ import annotations
 
 import argparse
-import os
 from pathlib import Path
 
 from .common import CLIError, add_alignment_options
@@ -29,6 +28,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--steps", type=int, help="sampling steps of the pipeline methods (default: the model's)")
     p.add_argument("--guidance", type=float, help="guidance scale of the pipeline methods (default: the model's)")
     p.add_argument("--samples", type=int, help="samples averaged per case by the pipeline methods (default: the model's, or one where the warp gives almost all of the mask)")
+    p.add_argument("--seed", type=int, default=0, help="seed of the pipeline methods' sampling, the same for every case (default: %(default)s)")
     p.add_argument("--no-warp", action="store_true", help="dense alignment: redraw with the model alone, without pasting the warped reference")
     p.add_argument(
         "--references", default="all",
@@ -56,7 +56,7 @@ def _method_options(args) -> dict | None:
         for k, v in dict(
             num_inference_steps=args.steps, guidance_scale=args.guidance, alignment_timestep=args.alignment_timestep,
             alignment_layer=args.alignment_layer, num_samples=args.samples, alignment=args.alignment, matchers=args.matchers,
-            warp=False if args.no_warp else None,
+            warp=False if args.no_warp else None, seed=args.seed or None,
         ).items()
         if v is not None
     }
@@ -84,27 +84,43 @@ def _print_summary(summary: dict) -> None:
 
 def run(args) -> int:
     from ..evaluation.bench import run_bench
+    from ..evaluation.registry import PIPELINE_METHODS, _load_pipeline
     from ..evaluation.report import run_all
-    from ..io import check_output_folder
-    from ..io import SETTING_OPTIONS, check_settings
+    from ..io import SETTING_OPTIONS, check_output_apart, check_output_folder, check_seed, check_settings
 
     common = dict(limit=args.limit, model=args.model, clip=args.clip, dino=args.dino, captions=args.captions, progress=not args.quiet)
-    if args.matcher_weights:  # the pipelines are built inside the evaluation code: point ALIKED's lookup there
-        from ..models.aliked import WEIGHTS_ENV
+    matcher_weights = None
+    if args.matcher_weights:  # checked here, so a path without the weights is refused, not looked past
+        from ..models.aliked import load_aliked
 
-        if not Path(args.matcher_weights).is_dir():
-            raise CLIError(f"--matcher-weights '{args.matcher_weights}': bench-quality takes a folder (holding aliked-n16.safetensors)")
-        os.environ[WEIGHTS_ENV] = str(Path(args.matcher_weights).resolve())
+        aliked, reason = load_aliked(args.matcher_weights)
+        if aliked is None:
+            raise CLIError(f"--matcher-weights '{args.matcher_weights}': cannot load the ALIKED matcher: {reason}")
+        matcher_weights = str(Path(args.matcher_weights).resolve())
     check_settings(args.steps, args.guidance, args.samples, SETTING_OPTIONS)
+    check_seed(args.seed, "--seed")
     check_output_folder(args.output, "--output")
+    check_output_apart(args.output, {"cases": args.cases_dir})  # (the cases' true correspondences would be overwritten)
     options = _method_options(args)
     out = Path(args.output)
+    config = {  # (saved with the results: what they were made with)
+        "command": "bench-quality", "method": args.method, "model": args.model or "default", "limit": args.limit,
+        "method_options": (options or {}).get(args.method) if "," not in args.method and args.method != "all" else options,
+        "references": args.references, "reference_masks": not args.no_reference_masks, "matcher_weights": matcher_weights,
+        "clip": args.clip, "dino": args.dino, "captions": args.captions, "seed": args.seed,
+    }
     if args.method == "all" or "," in args.method:
-        run_all(args.cases_dir, args.output, methods=args.method, method_options=options, **common)
+        run_all(args.cases_dir, args.output, methods=args.method, method_options=options, config=config, matcher_weights=matcher_weights, **common)
         print((out / "report.md").read_text())
         print(f"wrote {out / 'report.md'}, {out / 'report.json'} and contact_<kind>.png")
         return 0
-    res = run_bench(args.cases_dir, args.output, method=args.method, method_options=(options or {}).get(args.method), **common)
+    method_options = dict((options or {}).get(args.method) or {})
+    if matcher_weights is not None and args.method in PIPELINE_METHODS:  # (a method that runs the alignment: its pipeline with these weights)
+        pipe = _load_pipeline(args.model)
+        if not pipe.set_matcher(matcher_weights):
+            raise CLIError(f"--matcher-weights '{args.matcher_weights}': cannot load the ALIKED matcher: {pipe._aliked_reason}")
+        method_options["pipeline"] = pipe
+    res = run_bench(args.cases_dir, args.output, method=args.method, method_options=method_options or None, config=config, **common)
     _print_summary(res["summary"])
     print(f"wrote {out / 'metrics.json'} and {out / 'contact_sheet.png'}")
     return 0

@@ -51,6 +51,9 @@ def run(args) -> int:
         sets = suite_sets(args.sets)
     except ValueError as e:
         raise CLIError(f"--sets: {e}") from None
+    from ..io import check_output_apart
+
+    check_output_apart(args.output, {"cases": args.cases})  # (the built cases' true correspondences would be overwritten)
     if args.compare and not Path(args.compare).is_dir():
         raise CLIError(f"--compare '{args.compare}': not a folder (an earlier bench-suite --output)")
     from ..data.readers import resolve_data_root

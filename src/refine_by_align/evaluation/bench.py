@@ -23,6 +23,7 @@ import numpy as np
 from PIL import Image
 
 from ..io import save_image_atomic, write_atomic
+from ..pipelines.pipeline import forget_remembered
 from ..visualize import (
     GREEN,
     MAGENTA,
@@ -43,6 +44,7 @@ from .metrics import box_ssim, field_error, iou, masked_psnr
 
 __all__ = [
     "run_bench",
+    "run_config",
     "summarize",
     "render_heatmap_overlay",
     "render_contact_row",
@@ -178,6 +180,37 @@ def write_json_atomic(obj: Any, path: str | os.PathLike) -> None:
 # ----------------------------------------------------------------------------------------- runner
 
 
+def run_config(cases_dir: str | os.PathLike, **settings: Any) -> dict[str, Any]:
+    """What a result was made with, for ``metrics.json`` / ``report.json`` / ``grid.json``: the
+    cases folder (absolute), the given ``settings`` (JSON-safe: paths as strings, other objects by
+    their repr), the package's, torch's and NumPy's versions and the machine's CPU count. The
+    pipeline's sampling seed is its default (``seed=0`` per case) unless a setting says otherwise."""
+    import platform
+
+    import torch
+
+    from .. import __version__
+
+    def plain(v: Any) -> Any:
+        if v is None or isinstance(v, (bool, int, float, str)):
+            return v
+        if isinstance(v, os.PathLike):
+            return str(v)
+        if isinstance(v, dict):
+            return {str(k): plain(x) for k, x in v.items()}
+        if isinstance(v, (list, tuple)):
+            return [plain(x) for x in v]
+        return repr(v)
+
+    return {
+        "cases_dir": str(Path(cases_dir).resolve()),
+        **{k: plain(v) for k, v in settings.items()},
+        "seed": settings.get("seed", 0),
+        "versions": {"refine_by_align": __version__, "torch": torch.__version__, "numpy": np.__version__, "python": platform.python_version()},
+        "cpus": os.cpu_count(),
+    }
+
+
 def run_bench(
     cases_dir: str | os.PathLike,
     output_dir: str | os.PathLike,
@@ -190,12 +223,17 @@ def run_bench(
     dino: Any = None,
     captions: Any = None,
     method_options: dict[str, Any] | None = None,
+    config: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
     """Run ``method`` (a registered name or a :class:`Method`) on every case of ``cases_dir``.
     ``method_options``: keyword arguments for a named method's factory (e.g. ``num_inference_steps``).
+    ``config``: the settings the run was made with (the command line's, :func:`run_config`),
+    written into ``metrics.json`` as its ``config`` (default: the cases folder, the method, the
+    limit and the model; the versions are always added).
 
     Writes ``output_dir/<case_id>/output.png`` (+ ``correspondence.png``), ``metrics.json`` and
-    ``contact_sheet.png``; returns the metrics dict (same content as ``metrics.json``). Cases are
+    ``contact_sheet.png``; the first case is run once untimed before the timed pass (a warm-up:
+    its seconds held the first call's imports and compilations); returns the metrics dict (same content as ``metrics.json``). Cases are
     loaded (and validated) before the method is built, so bad data fails before a model loads.
     ``model`` is passed to the method factory when ``method`` is a name.
 
@@ -222,6 +260,14 @@ def run_bench(
     with_target = any((d / "target.png").exists() for d in dirs)
     rows: list[Image.Image] = []
     records: list[dict[str, Any]] = []
+    if dirs:  # warm-up, untimed (lazy imports, compiled kernels, the allocator: seconds the first case's time held)
+        first = load_case(dirs[0])
+        try:
+            meth(first)
+        except Exception as e:
+            e.add_note(f"while running method '{name}' on case '{first.id}' ({first.dir})")
+            raise
+        forget_remembered()  # (the first case is then timed as cold as the others)
     for d in tqdm(dirs, desc=name, unit="case", disable=not progress):
         case = load_case(d)
         try:
@@ -246,7 +292,8 @@ def run_bench(
             raise
         records.append({"case": case.id, "kind": case.kind, **scores, "seconds": seconds})
 
-    result = {"method": name, "summary": summarize(records), "cases": records}
+    config = run_config(cases_dir, **(config if config is not None else {"method": name, "limit": limit, "model": model, "method_options": method_options}))
+    result = {"method": name, "config": config, "summary": summarize(records), "cases": records}
     result = _clean(result)
     write_json_atomic(result, out_root / "metrics.json")
     title = f"method: {name}   cases: {len(dirs)}" + (

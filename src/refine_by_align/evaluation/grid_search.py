@@ -17,6 +17,7 @@ from tqdm.auto import tqdm
 
 from ..loading import load_pipeline
 from .bench import write_json_atomic
+from .bench import run_config
 from .cases import load_cases
 from .metrics import iou
 
@@ -43,8 +44,11 @@ def grid_search(
     seed: int = 0,
     progress: bool = True,
 ) -> dict:
+    """Algorithm 1's region for every (timestep, layer) on every case of ``cases_dir`` that has a
+    true region, scored by IoU; writes ``grid.json`` (the mIoU table, the best pair, the shipped
+    one and the run's ``config``), ``grid_heatmap.png`` and ``grid_marginals.png`` into
+    ``output_dir``, which is created only once the settings and cases are checked."""
     out = Path(output_dir)
-    out.mkdir(parents=True, exist_ok=True)
     pipe = load_pipeline(model)
     n_layers = len(pipe.model.cross_attention_layers)
     layers = tuple(range(n_layers)) if layers is None else tuple(layers)
@@ -57,6 +61,7 @@ def grid_search(
     cases = [c for c in load_cases(cases_dir, limit) if c.region is not None]
     if not cases:
         raise ValueError(f"no case in '{cases_dir}' has a correspondence.png: nothing to score")
+    out.mkdir(parents=True, exist_ok=True)
     scores = np.zeros((len(timesteps), len(layers), len(cases)))
     example = None
     for k, case in enumerate(tqdm(cases, desc="grid search", disable=not progress)):
@@ -75,6 +80,7 @@ def grid_search(
     bi, bj = np.unravel_index(int(np.argmax(table)), table.shape)
     result = {
         "model": str(model),
+        "config": run_config(cases_dir, command="grid-search", model=str(model), timesteps=list(timesteps), layers=list(layers), limit=limit, seed=seed),
         "cases": len(cases),
         "timesteps": list(timesteps),
         "layers": list(layers),

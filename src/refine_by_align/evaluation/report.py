@@ -41,6 +41,7 @@ from .bench import (
     CONTACT_SHEET_MAX_ROWS,
     _fmt,
     run_bench,
+    run_config,
     write_json_atomic,
 )
 from .cases import Case, check_case_dir, list_case_dirs, load_case
@@ -269,8 +270,13 @@ def run_all(
     progress: bool = True,
     method_options: dict[str, dict[str, Any]] | None = None,
     max_sheet_rows: int = CONTACT_SHEET_MAX_ROWS,
+    config: dict[str, Any] | None = None,
+    matcher_weights: str | os.PathLike | None = None,
 ) -> dict[str, Any]:
     """Run every method of ``methods`` (``"all"``, ``"a,b,c"`` or a list) over ``cases_dir``.
+    ``config``: the settings the run was made with (:func:`~.bench.run_config`), written into
+    ``report.json`` and each method's ``metrics.json``; ``matcher_weights``: the ALIKED weights the
+    shared pipeline uses (a .safetensors file or a folder; :meth:`set_matcher`).
 
     Each method goes through :func:`run_bench` into ``output_dir/<method>/``; then ``report.json``,
     ``report.md`` and ``contact_<kind>.png`` (one per case kind) are written (see the module
@@ -295,9 +301,12 @@ def run_all(
         pipe = load_pipeline(model or "default")
         if hasattr(pipe, "set_progress_bar_config"):
             pipe.set_progress_bar_config(disable=True)
+        if matcher_weights is not None and not pipe.set_matcher(matcher_weights):
+            raise ValueError(f"matcher weights '{matcher_weights}': cannot load the ALIKED matcher: {pipe._aliked_reason}")
         if getattr(pipe, "random_weights", False):
             logger.warning("model '%s' has RANDOM weights: the pipeline methods' scores are meaningless", model)
 
+    run_settings = dict(config) if config is not None else {"methods": names, "limit": limit, "model": model, "method_options": method_options}
     summaries: dict[str, dict[str, Any]] = {}
     records: dict[str, dict[str, dict[str, Any]]] = {}
     for n in names:
@@ -307,7 +316,7 @@ def run_all(
         meth = get_method(n, model=model, **opts)
         res = run_bench(
             cases_dir, out / n, method=meth, limit=limit, progress=progress, clip=clip_e, dino=dino_e, captions=caption_map,
-            max_sheet_rows=max_sheet_rows,
+            max_sheet_rows=max_sheet_rows, config={**run_settings, "method": n, "method_options": method_options.get(n)},
         )
         summaries[n] = res["summary"]
         records[n] = {r["case"]: r for r in res["cases"]}
@@ -319,6 +328,7 @@ def run_all(
     sheets = {kind: f"contact_{_safe(kind)}.png" for kind in sorted(cases_by_kind)}
     report = build_report(
         summaries,
+        config=run_config(cases_dir, **run_settings),
         cases_dir=str(cases_dir),
         model=None if pipe is None else str(model or "default"),
         random_weights=bool(getattr(pipe, "random_weights", False)),

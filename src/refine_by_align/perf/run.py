@@ -119,13 +119,9 @@ class _StepInputs:
 def _forget_references() -> None:
     """A new reference each time: the remembered matcher features, object estimates and rings
     around the mask are dropped."""
-    from ..data.foreground import clear_foreground_cache
-    from ..pipelines.matching import clear_reference_cache
-    from ..pipelines.warp import clear_ring_cache
+    from ..pipelines.pipeline import forget_remembered
 
-    clear_reference_cache()
-    clear_foreground_cache()
-    clear_ring_cache()
+    forget_remembered()
 
 
 def _time_alignment(pipe, example, timed: Callable, repeats: int) -> dict:

@@ -42,7 +42,10 @@ from .matching import MATCH_SOURCES, attention_matches, image_features_ahead
 from .references import CombinedWarp, ReferenceResult, as_reference_list, combine_warps, pick_guide
 from .warp import WarpFill, warp_fill
 
-__all__ = ["RefineByAlignPipeline", "ReferenceResult", "CropInputs", "check_settings", "resolve_device", "RefineOutput", "PreparedInputs", "default_model_dir", "make_scheduler"]
+__all__ = [
+    "RefineByAlignPipeline", "ReferenceResult", "CropInputs", "check_settings", "resolve_device", "RefineOutput", "PreparedInputs", "default_model_dir",
+    "make_scheduler", "forget_remembered",
+]
 
 logger = logging.getLogger(__name__)
 
@@ -51,6 +54,19 @@ class NonFiniteResultError(InputError):
     """The model's output held NaN or inf (broken weights or settings): refused, never pasted as a
     black area. An :class:`~refine_by_align.io.InputError`, so the CLI and batch report it in one
     line (exit 2) and the server answers 422."""
+
+
+def forget_remembered() -> None:
+    """Drop what pipelines remember between calls, keyed by content (a reference's matcher
+    features, its estimated object, the rings around a mask): a benchmark's cold timing of a
+    case it ran before, or to free memory. Results do not change (what is remembered is exact)."""
+    from ..data.foreground import clear_foreground_cache
+    from .matching import clear_reference_cache
+    from .warp import clear_ring_cache
+
+    clear_reference_cache()
+    clear_foreground_cache()
+    clear_ring_cache()
 
 
 def default_model_dir() -> Path:

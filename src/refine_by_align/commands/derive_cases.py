@@ -13,7 +13,7 @@ EXAMPLE = "refine-by-align derive-cases suite-cases/val2 --output cases-photo/ -
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("cases_dir", help="a case folder with target.png per case (make-cases' output)")
-    p.add_argument("--output", required=True, help="the folder to write the derived cases to")
+    p.add_argument("--output", required=True, help="the folder to write the derived cases to: not the cases folder nor inside it; a derived case's folder there must be new or empty")
     p.add_argument("--prefix", default="", help="put before each case's name (to merge several sets in one folder)")
     p.add_argument("--crop", type=int, default=20, help="px cut from each side of the photo before it becomes the reference (default: %(default)s)")
     p.add_argument("--reference-size", type=int, default=560, help="the reference's side after the crop, px (default: %(default)s)")

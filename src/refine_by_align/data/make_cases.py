@@ -35,6 +35,8 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
+import tempfile
 import zlib
 from collections.abc import Callable
 from dataclasses import replace
@@ -59,7 +61,7 @@ from refine_by_align.data.readers import (
     DatasetError,
     MultiViewFolder,
 )
-from refine_by_align.io import save_image_atomic
+from refine_by_align.io import _umask, save_image_atomic
 from refine_by_align.zoom import Box, mask_bbox
 
 __all__ = ["ARTIFACTS", "EXTRA_ROLES", "KINDS", "CaseConfig", "detail_center", "make_cases", "register_artifact", "simulate_artifact", "true_field", "TRUE_FIELD_MARGIN"]
@@ -257,7 +259,8 @@ def make_cases(
 
     Args:
         source_dir: the multi-view photo folder.
-        output_dir: where case folders ``{subject}_{k:02d}_{kind}`` are written (created).
+        output_dir: where case folders ``{subject}_{k:02d}_{kind}`` are written (created); a case
+            folder of that name already there is replaced whole (no file of an older case stays).
         seed: everything is a pure function of (seed, subject, k).
         subjects: subjects to use; default :data:`VALIDATION_SUBJECTS` (those present; an error
             if none is).
@@ -294,13 +297,14 @@ def make_cases(
     if int(upscale) != upscale or not 1 <= int(upscale) <= MAX_UPSCALE:
         raise ValueError(f"upscale must be a whole number in 1..{MAX_UPSCALE}, got {upscale}")
     upscale = int(upscale)
+    if int(cases_per_subject) != cases_per_subject or int(cases_per_subject) < 1:
+        raise ValueError(f"cases per subject must be a whole number of 1 or more, got {cases_per_subject}")
     cfg = cfg or CaseConfig()
     src = Path(source_dir)
     subjects, names = _check_arguments(src, subjects, artifacts, extra_references)
     mv = MultiViewFolder(src, subjects=list(subjects), exclude=(), max_side=cfg.max_side, min_object_pixels=256)
     others = _distractor_pool(src, subjects, cfg) if "distractor" in extra_references else None
     out_root = Path(output_dir)
-    out_root.mkdir(parents=True, exist_ok=True)
 
     written: list[Path] = []
     for si, subject in enumerate(mv.subjects):
@@ -357,6 +361,13 @@ def _check_arguments(src: Path, subjects, artifacts, extra_references) -> tuple[
     checked; a clear error for a missing folder, unknown artifacts or extra-reference roles."""
     if not src.is_dir():
         raise DatasetError(f"source folder '{src}': not found (expected SUBJECT/NN.jpg + NN_mask.png)")
+    if subjects is not None:
+        subjects = list(subjects)
+        if not subjects or any(not str(s).strip() for s in subjects):
+            raise ValueError(f"subjects: an empty subject name in {subjects} (give subject folder names, comma-separated)")
+        twice = sorted({s for s in subjects if subjects.count(s) > 1})
+        if twice:
+            raise ValueError(f"subjects: {', '.join(twice)} named more than once (each subject once; its cases are --per-subject)")
     if subjects is None:
         subjects = [s for s in VALIDATION_SUBJECTS if (src / s).is_dir()]
         if not subjects:
@@ -517,29 +528,36 @@ def true_field(transform, mask: np.ndarray, target_shape: tuple[int, int], upsca
 
 
 def _write_case(case: Path, image, amask, reference, ref_mask, corr, target, meta: dict, extras: list, truth=None) -> None:
-    """One case folder (see the module docstring); stale files of an earlier build are removed.
-    ``truth``: :func:`true_field`'s (origin, xy), or None."""
-    case.mkdir(parents=True, exist_ok=True)
-    _save_rgb(image, case / "image.png")
-    _save_mask(amask, case / "mask.png")
-    _save_rgb(np.ascontiguousarray(reference), case / "reference.png")
-    _save_mask(ref_mask, case / "reference_mask.png")
-    stale = case / "correspondence.png"
-    if corr is not None:
-        _save_mask(corr, stale)
-    elif stale.exists():
-        stale.unlink()
-    stale = case / "true_field.npz"
-    if truth is not None:
-        tmp = case / "true_field.tmp.npz"
-        np.savez_compressed(tmp, origin=truth[0], xy=truth[1])
-        os.replace(tmp, stale)
-    elif stale.exists():
-        stale.unlink()
-    for old in list(case.glob("reference_[0-9]*.png")) + list(case.glob("reference_mask_[0-9]*.png")):
-        old.unlink()
-    for i, (ref, mask) in enumerate(extras):
-        _save_rgb(np.ascontiguousarray(ref), case / f"reference_{i + 2}.png")
-        _save_mask(mask, case / f"reference_mask_{i + 2}.png")
-    _save_rgb(target, case / "target.png")
-    (case / "meta.json").write_text(json.dumps(meta, indent=2) + "\n")
+    """One case folder (see the module docstring), holding only what this build writes: the case is
+    written into a fresh hidden folder beside it, which then takes its place (an earlier build's
+    folder of that name, with whatever it held, is removed). ``truth``: :func:`true_field`'s
+    (origin, xy), or None."""
+    case.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{case.name}.", suffix=".partial", dir=case.parent))
+    try:
+        _save_rgb(image, tmp / "image.png")
+        _save_mask(amask, tmp / "mask.png")
+        _save_rgb(np.ascontiguousarray(reference), tmp / "reference.png")
+        _save_mask(ref_mask, tmp / "reference_mask.png")
+        if corr is not None:
+            _save_mask(corr, tmp / "correspondence.png")
+        if truth is not None:
+            np.savez_compressed(tmp / "true_field.npz", origin=truth[0], xy=truth[1])
+        for i, (ref, mask) in enumerate(extras):
+            _save_rgb(np.ascontiguousarray(ref), tmp / f"reference_{i + 2}.png")
+            _save_mask(mask, tmp / f"reference_mask_{i + 2}.png")
+        _save_rgb(target, tmp / "target.png")
+        (tmp / "meta.json").write_text(json.dumps(meta, indent=2) + "\n")
+        os.chmod(tmp, 0o777 & ~_umask())  # (mkdtemp makes it 0700; a case folder is made as mkdir makes one)
+        if case.is_dir() and not case.is_symlink():
+            old = Path(tempfile.mkdtemp(prefix=f".{case.name}.", suffix=".old", dir=case.parent))
+            os.replace(case, old / case.name)
+            os.replace(tmp, case)
+            shutil.rmtree(old, ignore_errors=True)
+        else:
+            if case.is_symlink() or case.exists():
+                case.unlink()
+            os.replace(tmp, case)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise

@@ -688,6 +688,8 @@ def show_pairs(
         raise ValueError(f"mode must be one of {MODES}, got {mode!r}")
     if n < 1:
         raise ValueError("n must be >= 1")
+    if min(size, ref_size, scale) < 1:
+        raise ValueError(f"size, ref_size and scale must be >= 1, got {size}, {ref_size}, {scale}")
     root = Path(data_root) if data_root is not None else default_data_root()
     sources: list[Any] = []
     if mode == "multiview":

@@ -24,7 +24,7 @@ import cv2
 import numpy as np
 from PIL import Image
 
-from ..io import InputError, save_image_atomic
+from ..io import InputError, check_output_apart, save_image_atomic
 
 __all__ = ["PhotoEdit", "edit_picture", "photo_reference_cases"]
 
@@ -89,12 +89,38 @@ def photo_reference_cases(cases_dir: str | Path, output: str | Path, edit: Photo
     """Derive a case set (see the module's docstring) from every case of ``cases_dir`` that has a
     ``target.png``; each derived case is ``output/<prefix><case>``, its ``meta.json`` the source's
     with ``"derived": {"from": ..., **edit}``. Deterministic (no randomness). Returns the folders
-    written; an InputError where ``cases_dir`` holds no case with a target."""
+    written; an InputError where ``cases_dir`` holds no case with a target.
+
+    Everything is checked before anything is written (an InputError leaves no folder or file
+    behind): ``output`` must not be ``cases_dir`` or lie inside it, every case must have its
+    image, mask and a target the crop leaves something of, and no derived case folder may already
+    hold files (an earlier build's reference mask, true region or true field would otherwise sit
+    beside the new reference: nothing is deleted, the folder is refused)."""
     edit.check()
     src, dst = Path(cases_dir), Path(output)
     folders = sorted(p for p in src.iterdir() if p.is_dir() and (p / "target.png").exists()) if src.is_dir() else []
     if not folders:
         raise InputError(f"{src}: no case folder with a target.png (the artifact-free photo the reference is made from)")
+    check_output_apart(dst, {"cases": src}, "--output")
+    c = edit.crop_px
+    for case in folders:
+        missing = [n for n in ("image.png", "mask.png") if not (case / n).is_file()]
+        if missing:
+            raise InputError(f"{case}: no {' or '.join(missing)} (a case folder holds image.png, mask.png and target.png)")
+        try:
+            with Image.open(case / "target.png") as im:
+                w, h = im.size
+        except (OSError, ValueError) as e:
+            raise InputError(f"{case / 'target.png'}: cannot be read ({e})") from None
+        if 2 * c >= min(h, w):
+            raise InputError(f"{case}: a crop of {c} px a side leaves nothing of a {w}x{h} photo")
+    held = [d for d in (dst / f"{prefix}{case.name}" for case in folders) if d.exists() and (not d.is_dir() or any(d.iterdir()))]
+    if held:
+        names = ", ".join(d.name for d in held[:3]) + (f" and {len(held) - 3} more" if len(held) > 3 else "")
+        raise InputError(
+            f"--output '{dst}' already holds case folder(s) {names}: files of an earlier build would stay beside the new ones "
+            "(nothing is deleted); give a new folder, another --prefix, or remove them"
+        )
     written = []
     for case in folders:
         out = dst / f"{prefix}{case.name}"
@@ -102,9 +128,6 @@ def photo_reference_cases(cases_dir: str | Path, output: str | Path, edit: Photo
         target = np.asarray(Image.open(case / "target.png").convert("RGB"))
         image = np.asarray(Image.open(case / "image.png").convert("RGB"))
         h, w = target.shape[:2]
-        c = edit.crop_px
-        if 2 * c >= min(h, w):
-            raise InputError(f"{case}: a crop of {c} px a side leaves nothing of a {w}x{h} photo")
         reference = Image.fromarray(target).crop((c, c, w - c, h - c)).resize((edit.reference_size, edit.reference_size), Image.LANCZOS)
         save_image_atomic(reference, out / "reference.png")
         edited = edit_picture(image, edit)

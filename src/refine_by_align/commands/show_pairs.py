@@ -54,6 +54,6 @@ def run(args) -> int:
         raise CLIError(f"--mode multiview needs multi-view photos: '{path}' is not a folder")
     if root is None and path:  # (the default folder absent: as train says it)
         print(f"note: no multi-view photos at '{path}': drawing synthetic objects only", file=sys.stderr)
-    out = show_pairs(args.mode, args.n, args.seed, args.output, size=args.size, ref_size=REF_SIZE, data_root=root, warp=args.warp)
+    out = show_pairs(args.mode, args.n, args.seed, args.output, size=args.size, ref_size=REF_SIZE, data_root=root, warp=args.warp, progress=not args.quiet)
     print(f"wrote {out}")
     return 0

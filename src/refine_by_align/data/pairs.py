@@ -672,8 +672,10 @@ def show_pairs(
     scale: int = 4,
     use_photos: bool = True,
     warp: bool = False,
+    progress: bool = False,
 ) -> Path:
     """Write a PNG grid of ``n`` training pairs of ``mode`` for a check by eye; returns its path.
+    ``progress``: a progress bar over the pairs (stderr).
 
     One row per pair: masked input (hole in grey), hole mask, reference with the true
     region (M*) tinted red with a yellow outline and the ref_coords of the hole pixels as green
@@ -712,7 +714,9 @@ def show_pairs(
     d = ImageDraw.Draw(canvas)
     for c, title in enumerate(_COLUMNS + ((_WARP_COLUMN,) if warp else ())):
         d.text((_LABEL_W + _PAD + c * (tile + _PAD), 3), title, fill=(0, 0, 0))
-    for i in range(n):
+    from tqdm.auto import tqdm
+
+    for i in tqdm(range(n), desc="pairs", unit="pair", disable=not progress, leave=False):
         p = ds.pair(i)
         y = _HEADER_H + _PAD + i * (tile + _PAD)
         d.text((4, y + 2), f"#{i} {p.mode}\n{p.source}\nhole {p.mask.mean() * 100:.0f}%", fill=(0, 0, 0))

@@ -14,8 +14,8 @@ EXAMPLE = "refine-by-align train --config default --output runs/default --max-st
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--config", required=True, help="recipe name (default, tiny) or a JSON file")
     p.add_argument("--output", required=True, help="run folder (checkpoints, log.jsonl, weights/)")
-    p.add_argument("--resume", action="store_true", help="continue from the run's last checkpoint")
-    p.add_argument("--max-steps", type=int, help="stop this invocation at this global step")
+    p.add_argument("--resume", action="store_true", help="continue from the run's last checkpoint (a folder that holds a run is refused without it)")
+    p.add_argument("--max-steps", type=int, help="stop this invocation early at this global step (>= 1; the run still ends at the recipe's max_steps)")
     p.add_argument("--time-limit", type=float, metavar="SECONDS", help="stop this invocation at the first step past this many seconds (checkpoint and weights written; --resume continues)")
 
 
@@ -24,6 +24,8 @@ def run(args) -> int:
 
     if args.time_limit is not None and not 0 < args.time_limit < float("inf"):
         raise CLIError(f"--time-limit must be a positive number of seconds, got {args.time_limit:g}")
+    if args.max_steps is not None and args.max_steps < 1:
+        raise CLIError(f"--max-steps must be a step number >= 1 (where this invocation stops), got {args.max_steps}")
     try:
         tc = load_train_config(args.config)
     except (ValueError, TypeError) as e:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 import os
 import shutil
 import time
@@ -26,12 +27,12 @@ from tqdm.auto import tqdm
 from ..config import ModelConfig, get_config
 from ..data.readers import resolve_data_root
 from ..fill import CLASSICAL_FILLS
-from ..io import write_atomic
+from ..io import InputError, write_atomic
 from ..models.attention import layer_level, recording
 from ..models.refiner import RefineByAlignModel
 from .losses import attention_supervision_loss, diffusion_target, masked_noise_loss, on_object, token_targets
 
-__all__ = ["TrainConfig", "load_train_config", "train", "latest_checkpoint", "export_weights", "RECIPES_DIR"]
+__all__ = ["TrainConfig", "load_train_config", "check_train_config", "train", "latest_checkpoint", "export_weights", "RECIPES_DIR"]
 
 RECIPES_DIR = Path(__file__).resolve().parent / "recipes"
 
@@ -79,19 +80,141 @@ class TrainConfig:
 
 
 def load_train_config(name_or_path: str) -> TrainConfig:
-    """A recipe name (``tiny``, ``default``: JSON files shipped in training/recipes) or a JSON path."""
+    """A recipe name (``tiny``, ``default``: JSON files shipped in training/recipes) or a JSON path;
+    its values checked (``check_train_config``): a recipe that cannot be run is one InputError
+    naming the file and the field, before anything is written anywhere."""
     path = Path(name_or_path)
     if not path.exists():
         path = RECIPES_DIR / f"{name_or_path}.json"
     if not path.exists():
         names = ", ".join(sorted(p.stem for p in RECIPES_DIR.glob("*.json")))
-        raise ValueError(f"no training config '{name_or_path}' (a JSON file, or one of: {names})")
-    data = json.loads(path.read_text())
+        raise InputError(f"no training config '{name_or_path}' (a JSON file, or one of: {names})")
+    return _config_from_file(path)
+
+
+def _config_from_file(path: Path) -> TrainConfig:
+    """The TrainConfig a JSON file holds (a recipe, or a run's saved train_config.json), checked."""
+    try:
+        data = json.loads(path.read_text())
+    except (OSError, UnicodeDecodeError) as e:
+        raise InputError(f"{path}: cannot read the training config: {getattr(e, 'strerror', None) or e}") from None
+    except json.JSONDecodeError as e:
+        raise InputError(f"{path}: not valid JSON: {e}") from None
+    if not isinstance(data, dict):
+        raise InputError(f"{path}: a training config is a JSON object of fields, got a {type(data).__name__}")
     known = {f.name for f in dataclasses.fields(TrainConfig)}
     unknown = set(data) - known
     if unknown:
-        raise ValueError(f"{path}: unknown training config fields {sorted(unknown)}")
-    return TrainConfig(**data)
+        raise InputError(f"{path}: unknown training config fields {sorted(unknown)}")
+    tc = TrainConfig(**data)
+    check_train_config(tc, str(path))
+    return tc
+
+
+MAX_TRAIN_SEED = 2**32 - 1  # accelerate's set_seed seeds NumPy's global generator, which takes 0..2^32-1
+MIXED_PRECISIONS = ("no", "fp16", "bf16")  # what the loop runs (accelerate's autocast); "fp8" is not supported
+LR_SCHEDULES = ("constant", "cosine")
+MODES = ("alignment", "refinement", "multiview")
+
+# (field, low, high) of the integer fields: an int (not a bool) in [low, high] (None: no upper bound)
+_INT_FIELDS = (
+    ("seed", 0, MAX_TRAIN_SEED),
+    ("batch_size", 1, None),
+    ("max_steps", 1, None),
+    ("warmup_steps", 0, None),
+    ("attn_min_side", 1, None),
+    ("synthetic_pool", 1, None),
+    ("synthetic_size", 16, None),  # the procedural renderer needs at least 16 px
+    ("photo_max_side", 16, None),
+    ("num_workers", 0, None),
+    ("log_every", 1, None),
+    ("eval_every", 0, None),  # 0: no evaluation
+    ("checkpoint_every", 1, None),
+    ("keep_checkpoints", 1, None),
+)
+# (field, low, high, high included) of the real fields: a finite int or float (not a bool)
+_REAL_FIELDS = (
+    ("lr_unet", 0.0, None, True),  # 0 freezes a part (a run that only exports its init weights)
+    ("lr_projector", 0.0, None, True),
+    ("lr_encoder", 0.0, None, True),
+    ("weight_decay", 0.0, None, True),
+    ("grad_clip", 0.0, None, True),  # 0: no clipping
+    ("cond_drop", 0.0, 1.0, True),  # a probability
+    ("hole_weight", 0.0, None, True),
+    ("attn_weight", 0.0, None, True),  # 0: the paper's plain Eq. 2
+    ("synthetic_weight", 0.0, 1.0, True),  # a share
+    ("ema_decay", 0.0, 1.0, False),  # 0 disables EMA; 1 would never move the EMA weights
+)
+
+
+def _is_int(v) -> bool:
+    return isinstance(v, int) and not isinstance(v, bool)
+
+
+def _is_real(v) -> bool:
+    return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
+
+
+def _cross_attention_levels(mcfg: ModelConfig) -> list[int]:
+    """The resolution levels (halvings) at which the configured U-Net has cross-attention (as
+    models.attention.layer_level counts them)."""
+    u = mcfg.unet
+    n = len(u.block_out_channels)
+    levels = [i for i, t in enumerate(u.down_block_types) if "CrossAttn" in t]
+    levels += [n - 1 - i for i, t in enumerate(u.up_block_types) if "CrossAttn" in t]
+    if u.mid_block_type and "CrossAttn" in u.mid_block_type:
+        levels.append(n - 1)
+    return levels
+
+
+def check_train_config(tc: TrainConfig, source: str = "training config") -> None:
+    """Refuse a recipe whose values the loop cannot run with, as one InputError (a ValueError)
+    naming ``source`` (the recipe file), the field, its allowed range and the value found."""
+
+    def bad(name: str, want: str) -> InputError:
+        return InputError(f"{source}: {name} must be {want}, got {getattr(tc, name)!r}")
+
+    for name, low, high in _INT_FIELDS:
+        v = getattr(tc, name)
+        if not _is_int(v) or v < low or (high is not None and v > high):
+            top = "2^32-1" if high == MAX_TRAIN_SEED else high
+            raise bad(name, f"an integer in {low}..{top}" if high is not None else f"an integer >= {low}")
+    for name, low, high, closed in _REAL_FIELDS:
+        v = getattr(tc, name)
+        if not _is_real(v) or v < low or (high is not None and (v > high if closed else v >= high)):
+            if high is None:
+                want = f"a finite number >= {low:g}"
+            else:
+                want = f"a number in [{low:g}, {high:g}{']' if closed else ')'}"
+            raise bad(name, want)
+    if not _is_real(tc.attn_sigma) or tc.attn_sigma <= 0:
+        raise bad("attn_sigma", "a finite number > 0 (tokens)")
+    if tc.mixed_precision not in MIXED_PRECISIONS:
+        raise bad("mixed_precision", f"one of {', '.join(MIXED_PRECISIONS)}")
+    if tc.lr_schedule not in LR_SCHEDULES:
+        raise bad("lr_schedule", f"one of {', '.join(LR_SCHEDULES)}")
+    for name in ("data_root", "init_from"):
+        if getattr(tc, name) is not None and not (isinstance(getattr(tc, name), str) and getattr(tc, name)):
+            raise bad(name, "a path (a non-empty string) or null")
+    if not isinstance(tc.model, str):
+        raise bad("model", "a model preset name (a string)")
+    if not isinstance(tc.model_overrides, dict):
+        raise bad("model_overrides", "an object of model config fields")
+    mw = tc.mode_weights
+    if not isinstance(mw, dict) or not mw or set(mw) - set(MODES) or not all(_is_real(w) and w >= 0 for w in mw.values()):
+        raise bad("mode_weights", f"an object of weights >= 0 for {', '.join(MODES)}")
+    if not any(w > 0 for w in mw.values()):
+        raise bad("mode_weights", "an object with a positive weight")
+    try:
+        mcfg = tc.model_config()
+    except (ValueError, TypeError) as e:
+        raise InputError(f"{source}: model '{tc.model}'{' with its model_overrides' if tc.model_overrides else ''}: {e}") from None
+    if tc.attn_weight > 0:
+        levels = _cross_attention_levels(mcfg)
+        side = (mcfg.resolution // mcfg.latent_downsample) // (2 ** min(levels)) if levels else 0
+        if tc.attn_min_side > side:
+            raise bad("attn_min_side", f"at most {side} (the widest cross-attention map of this model: a larger value supervises "
+                                       "no layer; attn_weight 0 turns the supervision off)")
 
 
 def init_weights(model: RefineByAlignModel, folder: str | Path) -> None:
@@ -250,24 +373,53 @@ def _precision_for_device(tc: TrainConfig) -> tuple[TrainConfig, str]:
     )
 
 
+RUN_PARTS = ("checkpoints", "log.jsonl", "weights")  # what a started run leaves in its folder
+
+
+def check_run_dir(run_dir: Path, resume: bool) -> None:
+    """Refuse a run folder that is a file, or (without ``resume``) one that already holds a run:
+    training into it would replace its weights, append to its log and leave its checkpoints for a
+    later ``--resume`` to pick up. An empty (or unrelated) existing folder is fine."""
+    if run_dir.exists() and not run_dir.is_dir():
+        raise InputError(f"--output '{run_dir}' is a file, not a run folder")
+    held = [name for name in RUN_PARTS if (run_dir / name).exists()] if not resume else []
+    if held:
+        raise InputError(
+            f"--output '{run_dir}' already holds a run ({', '.join(held)}): pass --resume to continue it, or choose another folder"
+        )
+
+
 def train(
     tc: TrainConfig, run_dir: str | Path, resume: bool = False, max_steps: int | None = None, progress: bool = True, time_limit: float | None = None
 ) -> dict:
-    """Train (or resume) a run in ``run_dir``. ``max_steps`` stops this invocation early at that
-    global step (the run's schedule still follows ``tc.max_steps``). ``time_limit`` (seconds from
+    """Train (or resume) a run in ``run_dir`` (a folder that already holds a run only with
+    ``resume``). ``max_steps`` (>= 1) stops this invocation early at that global step (the run's
+    schedule still follows ``tc.max_steps``, and the run still ends there: a larger value says so
+    in a note and stops at ``tc.max_steps``). ``time_limit`` (seconds from
     the start of this call) stops it at the first step past that time, with a checkpoint and the
     exported weights, as at ``max_steps`` (for a lease of fixed length; ``--resume`` continues;
     0 stops after the first step).
     Returns the last log record."""
     t_start = time.perf_counter()
     run_dir = Path(run_dir)
-    # 1. Setup: the run's config (a resumed run's own), accelerate, seeds, config files.
+    # 1. Setup: the run's config (a resumed run's own), checked before anything is written;
+    # accelerate, seeds. (The config files are written once the model and data are set up.)
+    check_run_dir(run_dir, resume)
+    if max_steps is not None and (not _is_int(max_steps) or max_steps < 1):
+        raise InputError(f"--max-steps must be an integer >= 1, got {max_steps!r}")
     notes = []
     if resume and (run_dir / "train_config.json").exists():
-        saved = json.loads((run_dir / "train_config.json").read_text())
-        if saved != dataclasses.asdict(tc):
+        saved = _config_from_file(run_dir / "train_config.json")
+        if saved != tc:
             notes.append("note: --resume uses the run's saved train_config.json")
-            tc = TrainConfig(**saved)
+            tc = saved
+    else:
+        check_train_config(tc)
+    if max_steps is not None and max_steps > tc.max_steps:
+        notes.append(
+            f"note: --max-steps {max_steps} is past the run's max_steps {tc.max_steps}, where its schedule ends: "
+            f"stopping at step {tc.max_steps} (--max-steps only stops a run early; to train longer, raise max_steps in the recipe)"
+        )
     tc, why = _precision_for_device(tc)
     notes += [why] if why else []
     accelerator = Accelerator(mixed_precision=tc.mixed_precision, cpu=not torch.cuda.is_available())
@@ -276,11 +428,6 @@ def train(
     set_seed(tc.seed)
     mcfg = tc.model_config()
     resume_ckpt = latest_checkpoint(run_dir) if resume else None
-    if accelerator.is_main_process:
-        run_dir.mkdir(parents=True, exist_ok=True)
-        _atomic_json(run_dir / "train_config.json", dataclasses.asdict(tc))
-        _atomic_json(run_dir / "model_config.json", mcfg.to_dict())
-    accelerator.wait_for_everyone()
 
     # 2. Model, noise schedule, optimiser with separate learning rates, LR schedule, EMA.
     model = RefineByAlignModel.from_model_config(mcfg)
@@ -301,8 +448,6 @@ def train(
     if vit_params:
         groups.append({"params": vit_params, "lr": tc.lr_encoder})
     optimizer = torch.optim.AdamW(groups, weight_decay=tc.weight_decay)
-    if tc.lr_schedule not in ("constant", "cosine"):
-        raise ValueError(f"lr_schedule '{tc.lr_schedule}': choose constant or cosine")
     # the prepared scheduler steps once per process each step, hence the factor
     n_proc = accelerator.num_processes
     lr_scheduler = get_scheduler(
@@ -313,6 +458,8 @@ def train(
     )
     ema = EMAModel(model.parameters(), decay=tc.ema_decay) if tc.ema_decay > 0 else None
     layers = supervised_layers(model, tc.attn_min_side) if tc.attn_weight > 0 else []
+    if tc.attn_weight > 0 and not layers:  # (check_train_config reads the same from the config)
+        raise InputError(f"attn_min_side {tc.attn_min_side}: no cross-attention layer of this model is that wide (or set attn_weight 0)")
 
     model, optimizer, lr_scheduler = accelerator.prepare(model, optimizer, lr_scheduler)
     if ema is not None:
@@ -348,6 +495,14 @@ def train(
     if accelerator.is_main_process and tc.eval_every > 0:
         eval_ds = build_dataset(tc, mcfg, seed_offset=10_000)  # fixed, never-trained-on samples
         eval_batch = torch.utils.data.default_collate([eval_ds[i] for i in range(min(32, 4 * tc.batch_size))])
+
+    # The run folder and its configs, now that the model and the data are set up (a recipe
+    # refused above leaves no folder behind).
+    if accelerator.is_main_process:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        _atomic_json(run_dir / "train_config.json", dataclasses.asdict(tc))
+        _atomic_json(run_dir / "model_config.json", mcfg.to_dict())
+    accelerator.wait_for_everyone()
 
     log_path = run_dir / "log.jsonl"
     unwrapped: RefineByAlignModel = accelerator.unwrap_model(model)

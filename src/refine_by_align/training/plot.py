@@ -1,15 +1,24 @@
-"""Loss curves of a run (``RUN_DIR/log.jsonl``) as a PNG."""
+"""Loss curves of a run (``RUN_DIR/log.jsonl``) as a PNG (or another format matplotlib writes)."""
 
 from __future__ import annotations
 
 import json
 from pathlib import Path
 
+from ..io import InputError
+
 __all__ = ["read_log", "plot_run"]
 
 
 def read_log(run_dir: str | Path) -> tuple[list[dict], list[dict]]:
-    """(training records, evaluation records) from a run's log.jsonl; torn last lines are skipped."""
+    """(training records, evaluation records) from a run's log.jsonl; torn last lines are skipped.
+
+    A run resumed from an earlier checkpoint than its last logged step logs those steps again
+    (a kill at step 6, resumed from the step-3 checkpoint: 1..6, then 4..8). The resumed run's
+    records win: a training record whose step is not after the previous training record's drops
+    the records (training and evaluation) from that step on; an evaluation record not after the
+    previous one drops the evaluation records from its step on. Each list comes out in step order,
+    the latest run of each step kept."""
     path = Path(run_dir) / "log.jsonl"
     if not path.exists():
         raise FileNotFoundError(f"no log at {path}")
@@ -19,8 +28,24 @@ def read_log(run_dir: str | Path) -> tuple[list[dict], list[dict]]:
             rec = json.loads(line)
         except json.JSONDecodeError:
             continue
-        (evals if rec.get("eval") else train).append(rec)
+        if not isinstance(rec, dict) or not isinstance(rec.get("step"), (int, float)):
+            continue
+        step = rec["step"]
+        if rec.get("eval"):
+            _drop_from(evals, step)
+            evals.append(rec)
+        else:
+            if train and train[-1]["step"] >= step:  # a resumed run: what it redoes is superseded
+                _drop_from(evals, step)
+            _drop_from(train, step)
+            train.append(rec)
     return train, evals
+
+
+def _drop_from(records: list[dict], step) -> None:
+    """Remove the trailing records at ``step`` or later (the list is in step order)."""
+    while records and records[-1]["step"] >= step:
+        records.pop()
 
 
 def plot_run(run_dir: str | Path, output: str | Path | None = None) -> Path:
@@ -29,10 +54,16 @@ def plot_run(run_dir: str | Path, output: str | Path | None = None) -> Path:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
+    out = Path(output) if output else Path(run_dir) / "loss.png"
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+
+    formats = FigureCanvasAgg.get_supported_filetypes()  # what savefig writes, by the name's extension
+    kind = out.suffix[1:].lower()
+    if kind and kind not in formats:  # (no extension: matplotlib writes a PNG)
+        raise InputError(f"--output '{out}': cannot write a .{kind} plot: name a {', '.join('.' + f for f in sorted(formats))} file")
     train, evals = read_log(run_dir)
     if not train:
-        raise ValueError(f"{run_dir}: log.jsonl has no training records yet")
-    out = Path(output) if output else Path(run_dir) / "loss.png"
+        raise InputError(f"{Path(run_dir) / 'log.jsonl'} has no training records yet (a run logs every log_every steps)")
     fig, axes = plt.subplots(1, 3, figsize=(15, 4))
     steps = [r["step"] for r in train]
     for key in ("loss", "loss_eps", "loss_attn"):

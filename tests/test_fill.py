@@ -252,6 +252,24 @@ def test_harmonic_interpolate_carries_a_smooth_field_into_a_hole():
         harmonic_interpolate(given[..., 0], hole)
 
 
+def test_harmonic_interpolate_takes_more_channels_than_opencv_resizes_at_once():
+    """The flow carry passes three flows side by side (six channels): a hole over the direct
+    solve's size crashed in cv2.resize (at most 4 channels), a refine's traceback. Each channel is
+    solved as on its own."""
+    from refine_by_align.fill import harmonic_interpolate
+
+    yy, xx = np.mgrid[0:120, 0:160].astype(np.float32)
+    field = np.stack([0.1 * xx, -0.05 * yy, xx * 0.02 + yy * 0.01, 1.0 + 0 * xx, -xx / 80, yy / 60], -1)  # (H, W, 6)
+    hole = np.zeros((120, 160), bool)
+    hole[20:100, 30:140] = True
+    given = field.copy()
+    given[hole] = 99.0
+    six = harmonic_interpolate(given, hole, max_direct=1000)  # (scaled down: the path that crashed)
+    apart = np.concatenate([harmonic_interpolate(np.ascontiguousarray(given[..., c : c + 3]), hole, max_direct=1000) for c in (0, 3)], -1)
+    assert six.shape == field.shape and np.abs(six - apart).max() < 1e-4
+    assert np.abs(six - field)[hole].max() < 0.05
+
+
 def test_spline_interpolate_continues_a_curved_field_and_averages_noise():
     """A curved field (x^2 + y^2 is not harmonic: the harmonic solution sags in the middle of the
     hole) is carried into the hole by the smoothing spline to within a few hundredths, several

@@ -110,7 +110,13 @@ def _known_means(values: np.ndarray, m: np.ndarray, size: tuple[int, int]) -> tu
     start from it, so the hole's own content never leaks into them."""
     known = (~m).astype(np.float32)
     share = cv2.resize(known, size, interpolation=cv2.INTER_AREA)
-    total = cv2.resize(values.astype(np.float32) * known[..., None], size, interpolation=cv2.INTER_AREA).reshape(size[1], size[0], values.shape[2])
+    weighted = values.astype(np.float32) * known[..., None]
+    # (OpenCV resizes at most 4 channels at once, e.g. the flow carry's six: in groups of 4, each
+    # channel scaled on its own either way)
+    total = np.concatenate(
+        [cv2.resize(np.ascontiguousarray(weighted[..., c : c + 4]), size, interpolation=cv2.INTER_AREA).reshape(size[1], size[0], -1) for c in range(0, weighted.shape[2], 4)],
+        axis=2,
+    )
     means = np.where(share[..., None] > 0, total / np.maximum(share, 1e-6)[..., None], 0.0).astype(np.float32)
     return means, share
 

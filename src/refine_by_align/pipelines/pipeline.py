@@ -955,6 +955,8 @@ class RefineByAlignPipeline(DiffusionPipeline):
                 )
             if i == guide and guide_region is None and region is not None:
                 own.append("no warp is trusted in the mask: the whole reference object guided the model (its region is a guess there)")
+            elif i == guide and guide_region is not None and self._guide_keep(ps[guide], guide_region) is None:
+                own.append("the aligned region lies off the reference object: the whole reference object guided the model")
             share = float(combined.weight[(combined.source == i) & mask_box].sum() / max(int(mask_box.sum()), 1))
             refs.append(ReferenceResult(
                 region=None if r is None else r.region, heatmap=None if r is None else r.heatmap,
@@ -982,9 +984,22 @@ class RefineByAlignPipeline(DiffusionPipeline):
         return self._guide(p, region)[1]
 
     def _guide(self, p: PreparedInputs, region: np.ndarray | None) -> tuple[np.ndarray, Box]:
+        """(the reference pixels whose tokens guide the model, black elsewhere; the square box the
+        encoder sees): M* grown on the object (:meth:`_guide_keep`), or the whole object."""
+        keep = self._guide_keep(p, region)
+        if keep is None:
+            return p.reference, p.reference_box
+        local = p.matched[0] * keep[..., None]  # (the same pixels as the cut reference's on its object)
+        return local, square_pad_box(mask_bbox(keep), self.model.cfg.local_margin, keep.shape)
+
+    def _guide_keep(self, p: PreparedInputs, region: np.ndarray | None) -> np.ndarray | None:
+        """The reference pixels that guide ((Hr, Wr) bool): M* grown by ``local_dilate`` x its box
+        side, on the object; M* itself where it lies off an estimated object on a photo (the photo
+        has pixels there). None: the whole object guides (no region; or one off a given or cut-out
+        object, where the reference is black: its tokens would describe black, a dark blotch)."""
         cfg = self.model.cfg
         if region is None:
-            return p.reference, p.reference_box
+            return None
         rb = mask_bbox(region)
         grow = max(1, int(round(cfg.local_dilate * max(rb.width, rb.height))))
         # grow by a distance threshold inside M*'s box (a dilation's cost would grow with the kernel)
@@ -996,10 +1011,9 @@ class RefineByAlignPipeline(DiffusionPipeline):
         keep = np.zeros_like(region)
         keep[y0:y1, x0:x1] = dist <= grow
         keep &= p.reference_mask
-        if not keep.any():  # M* off the (estimated) object: M* itself, from the photo where there is one
-            keep = region
-        local = p.matched[0] * keep[..., None]  # (the same pixels as the cut reference's on its object)
-        return local, square_pad_box(mask_bbox(keep), cfg.local_margin, keep.shape)
+        if not keep.any():  # M* off the object: M* itself from the photo where there is one, else the whole object
+            return region if p.photo is not None else None
+        return keep
 
     def _redraw(self, p: PreparedInputs, inputs: CropInputs, region, steps, guidance, k, seed, timings) -> np.ndarray:
         """Steps 3-5 of the paper's refinement: the reference cut down to M* guides the denoising of

@@ -249,3 +249,26 @@ def test_convert_matcher_command(tmp_path, capsys):
     assert main(["convert-matcher", str(tmp_path / "notes.pth")]) == 2
     err = capsys.readouterr().err
     assert "not a PyTorch checkpoint" in err and len(err.strip().splitlines()) == 1
+
+
+@pytest.mark.parametrize("ext", [".jpg", ".bmp", ".ppm"])
+def test_a_transparent_image_is_not_written_to_a_format_without_alpha(tmp_path, capsys, ext):
+    """An RGBA or LA image refined to .jpg / .bmp / .ppm lost its alpha channel without a word
+    (a probe); it is refused before the model loads, in one line, and nothing is written. PNG keeps it."""
+    rgba = Image.open(BADGE / "image.png").convert("RGBA")
+    a = np.asarray(rgba).copy()
+    a[..., 3] = np.linspace(80, 255, a.shape[1]).astype(np.uint8)[None, :]
+    for mode in ("RGBA", "LA"):
+        src = tmp_path / f"{mode}.png"
+        Image.fromarray(a, "RGBA").convert(mode).save(src)
+        out = tmp_path / f"out_{mode}{ext}"
+        args = ["-q", "refine", "--model", "tiny", "--image", str(src), "--mask", str(BADGE / "mask.png"),
+                "--reference", str(BADGE / "reference.png"), "--output", str(out), "--steps", "1"]
+        assert main(args) == 2
+        err = capsys.readouterr().err.strip().splitlines()
+        assert len(err) == 1 and "alpha channel" in err[0] and ext[1:].upper().replace("JPG", "JPEG") in err[0], err
+        assert not out.exists() and not out.with_name(out.stem + ".compare.png").exists()
+    png = tmp_path / "out.png"
+    assert main(["-q", "refine", "--model", "tiny", "--image", str(tmp_path / "RGBA.png"), "--mask", str(BADGE / "mask.png"),
+                 "--reference", str(BADGE / "reference.png"), "--output", str(png), "--steps", "1"]) == 0
+    assert Image.open(png).mode == "RGBA"

@@ -54,6 +54,7 @@ __all__ = [
     "check_output_path",
     "check_output_folder",
     "check_output_apart",
+    "output_mode",
 ]
 
 # Largest accepted image (pixels). Pillow's own bomb check fires at twice its MAX_IMAGE_PIXELS.
@@ -699,8 +700,27 @@ def output_format(path: str | os.PathLike, what: str = "output") -> str:
     return fmt
 
 
+#: Output formats that hold an alpha channel (the others dropped a refined RGBA or LA picture's
+#: alpha without a word: JPEG, BMP, PPM ...).
+ALPHA_OUTPUT_FORMATS = frozenset({"PNG", "TIFF", "WEBP"})
+
+
+def output_mode(original: Image.Image) -> str:
+    """The mode :func:`in_input_mode` gives the refined picture of ``original``: RGBA or LA for a
+    picture with an alpha channel, L for a grey one, RGB otherwise (for checking an output's
+    format before the work)."""
+    grey = original.mode in _GREY_MODES
+    if _has_alpha(original):
+        return "LA" if grey else "RGBA"
+    return "L" if grey else "RGB"
+
+
 def save_image(img: Image.Image, f, fmt: str) -> None:
-    """``img.save(f, format=fmt)`` with the format's :data:`SAVE_OPTIONS` (a JPEG gets RGB)."""
+    """``img.save(f, format=fmt)`` with the format's :data:`SAVE_OPTIONS` (a JPEG gets RGB). A
+    picture with an alpha channel is refused (InputError) in a format that cannot hold it
+    (:data:`ALPHA_OUTPUT_FORMATS`)."""
+    if _has_alpha(img) and fmt not in ALPHA_OUTPUT_FORMATS:
+        raise InputError(f"the picture has an alpha channel (transparency), which {fmt} cannot hold; use .png, .tif or .webp")
     if fmt == "JPEG" and img.mode not in ("RGB", "L", "CMYK"):
         img = img.convert("RGB")
     img.save(f, format=fmt, **SAVE_OPTIONS.get(fmt, {}))
@@ -722,6 +742,8 @@ def encode_image(img: Image.Image, path: str | os.PathLike, what: str = "output"
     buf = BytesIO()
     try:
         save_image(img, buf, fmt)
+    except InputError as e:
+        raise InputError(f"{what} '{path}': {e}") from None
     except (OSError, ValueError, KeyError, TypeError) as e:
         raise InputError(f"{what} '{path}': the image cannot be written as {fmt} ({_one_line(e)}); use .png") from None
     return buf.getvalue()

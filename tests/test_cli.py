@@ -272,3 +272,13 @@ def test_a_transparent_image_is_not_written_to_a_format_without_alpha(tmp_path, 
     assert main(["-q", "refine", "--model", "tiny", "--image", str(tmp_path / "RGBA.png"), "--mask", str(BADGE / "mask.png"),
                  "--reference", str(BADGE / "reference.png"), "--output", str(png), "--steps", "1"]) == 0
     assert Image.open(png).mode == "RGBA"
+
+
+@pytest.mark.parametrize("extra", [["--alignment", "attention"], ["--matchers", "sift"], ["--alignment-timestep", "10"], ["--alignment-layer", "0"]])
+def test_no_align_with_an_alignment_option_is_refused(tmp_path, capsys, extra):
+    """--no-align with an alignment option ran without the alignment and ignored the option (a probe)."""
+    out = tmp_path / "o.png"
+    assert main(_args(out, "--no-align", *extra)) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "--no-align runs no alignment" in err[0] and extra[0] in err[0], err
+    assert not out.exists()

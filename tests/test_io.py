@@ -194,3 +194,21 @@ def test_only_raster_formats_are_read():
         buf = _io.BytesIO()
         Image.new("RGB", (5, 4), (10, 200, 30)).save(buf, format=fmt)
         assert open_image(buf.getvalue()).size == (5, 4), fmt
+
+
+def test_a_mask_drawn_dark_on_a_transparent_layer_says_how_it_is_read(tmp_path):
+    """Black marks on a transparent layer (as paint programs save them) were refused as 'every
+    pixel is 0', which the user sees is not so; the message says how a transparent mask is read."""
+    from refine_by_align.io import load_inputs
+
+    Image.new("RGB", (32, 32), (100, 100, 100)).save(tmp_path / "i.png")
+    Image.new("RGB", (32, 32), (50, 60, 70)).save(tmp_path / "r.png")
+    a = np.zeros((32, 32, 4), np.uint8)
+    a[5:10, 5:10, 3] = 255  # opaque black marks, the rest transparent
+    Image.fromarray(a, "RGBA").save(tmp_path / "m.png")
+    files = {"image": tmp_path / "i.png", "mask": tmp_path / "m.png", "reference": tmp_path / "r.png", "reference_mask": None}
+    with pytest.raises(InputError, match=r"m\.png': mask is empty: a mask with transparency is read as its colour over black"):
+        load_inputs(files)
+    a[5:10, 5:10, :3] = 255  # white marks: read
+    Image.fromarray(a, "RGBA").save(tmp_path / "m.png")
+    assert load_inputs(files)[1].sum() == 25

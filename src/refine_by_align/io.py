@@ -503,6 +503,12 @@ def load_inputs(
         before_decode()
     decoded = {k: decode_image(data.pop(k), roles[k][1], names[k], max_side=max_side, too_large=too_large) for k in list(data)}
     image, mask = decoded["image"], to_mask(decoded["mask"])
+    if not mask.any() and _has_alpha(decoded["mask"]) and np.asarray(decoded["mask"].getchannel("A")).min() < 255:
+        # (marks drawn in black or another dark colour on a transparent layer, as paint programs save them)
+        raise InputError(
+            f"{roles['mask'][1]} '{names['mask']}': mask is empty: a mask with transparency is read as its colour over black, "
+            "and its marks are dark or transparent; draw the artifact in white (on black or transparent)"
+        )
     references, ref_masks = [], []
     for i in range(len(pairs)):
         reference = decoded[_key("reference", i)]

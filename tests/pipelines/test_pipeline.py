@@ -689,3 +689,8 @@ def test_a_reference_at_half_the_images_size_is_matched_scaled_up_and_said_so():
     assert np.array_equal(a[~region], image[~region])
     same = pipe(Image.fromarray(image), mask, Image.fromarray(reference), matchers="sift", seed=0)
     assert "reference_scale" not in same.info and not any("smaller than the image" in n for n in same.notes)
+    # a reference ten times smaller is scaled up at most 4x: the note says the factor, not "to the image's size"
+    tiny_ref = cv2.resize(reference, (16, 16), interpolation=cv2.INTER_AREA)
+    capped = pipe(Image.fromarray(image), mask, Image.fromarray(tiny_ref), matchers="sift", seed=0)
+    said = [n for n in capped.notes if "smaller than the image" in n]
+    assert len(said) == 1 and "scaled up 4.0x" in said[0] and "the most it is scaled up" in said[0], capped.notes

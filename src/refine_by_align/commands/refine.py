@@ -41,6 +41,11 @@ def run(args) -> int:
     compare_flag = "--compare" if args.compare else "the compare picture"
     check_outputs(input_files(args), [("--output", out), ("--region", region_path), (compare_flag, compare)])
     check_settings(args.steps, args.guidance, args.samples, SETTING_OPTIONS)
+    if args.no_align:  # (the single-stage variant runs no alignment: these would be ignored without a word)
+        given = [flag for flag, v in (("--alignment", args.alignment), ("--matchers", args.matchers),
+                                      ("--alignment-timestep", args.alignment_timestep), ("--alignment-layer", args.alignment_layer)) if v is not None]
+        if given:
+            raise common.CLIError(f"--no-align runs no alignment, so {', '.join(given)} would do nothing: give one or the other")
     image, mask, reference, ref_mask, names = read_inputs(args)
     check_output(args.output, mode=output_mode(image))  # (a transparent picture needs a format with alpha)
     from ..visualize import compare_picture

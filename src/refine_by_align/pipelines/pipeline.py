@@ -38,6 +38,7 @@ from .alignment import (
     dense_alignment,
     grid_to_reference,
 )
+from .fields import REFERENCE_UPSCALE_MAX
 from .matching import MATCH_SOURCES, attention_matches, image_features_ahead
 from .references import CombinedWarp, ReferenceResult, as_reference_list, combine_warps, pick_guide
 from .warp import WarpFill, warp_fill
@@ -938,7 +939,9 @@ class RefineByAlignPipeline(DiffusionPipeline):
             shared = [] if r is None else list(r.info.get("notes", []))  # about the matchers, the same for every reference
             own = [r.info["fallback"]] if r is not None and "fallback" in r.info else []
             if r is not None and r.info.get("reference_scale", 1.0) > 1.0:
-                own.insert(0, f"the reference is {r.info['reference_scale']:.1f}x smaller than the image: it was matched scaled up to the image's size")
+                up = r.info["reference_scale"]
+                capped = " (the most it is scaled up: a smaller reference is matched at a smaller size than the image's)" if up >= REFERENCE_UPSCALE_MAX - 0.05 else ""
+                own.insert(0, f"the reference is much smaller than the image: it was matched scaled up {up:.1f}x{capped}")
             misfit = None if r is None or r.field is None else r.field.misfit_px
             if wf is not None and wf.misfit_factor <= 0:
                 own.append(f"the field misses its own matches by {misfit:.1f} px (another view of the object?): its warp is not used")

@@ -398,3 +398,20 @@ def test_cli_names_each_failure_and_refuses_a_busy_folder_before_loading(tmp_pat
     with _lock(tmp_path / "out"):
         assert main(["-q", "batch", str(manifest), "--output", str(tmp_path / "out")]) == 2
     assert "another batch is writing to it right now" in capsys.readouterr().err
+
+
+def test_a_transparent_image_to_a_format_without_alpha_fails_before_its_refine(tmp_path):
+    """A job with an RGBA image and a .jpg or .bmp output: alpha was dropped without a word (.jpg
+    converted, .bmp saved without it). The job now fails, before its refine, saying why; .png is written."""
+    _write_case(tmp_path / "in", "c0", 0)
+    rgba = Image.open(tmp_path / "in" / "c0.png").convert("RGBA")
+    rgba.putalpha(128)
+    rgba.save(tmp_path / "in" / "t.png")
+    job = {"image": "in/t.png", "mask": "in/c0_mask.png", "reference": "in/c0_ref.png"}
+    manifest = _manifest(tmp_path / "jobs.jsonl", [dict(job, output="a.jpg"), dict(job, output="b.bmp"), dict(job, output="c.png")])
+    pipe = NegateMask()
+    run_batch(manifest, tmp_path / "out", pipe=pipe, progress=False)
+    errs = _jsonl(tmp_path / "out" / ERRORS_FILE)
+    assert [e["output"] for e in errs] == ["a.jpg", "b.bmp"] and all("alpha channel" in e["error"] for e in errs), errs
+    assert pipe.calls == 1 and not (tmp_path / "out" / "a.jpg").exists() and not (tmp_path / "out" / "b.bmp").exists()
+    assert (tmp_path / "out" / "c.png").exists()

@@ -95,7 +95,8 @@ def test_make_cases_refuses_bad_counts_and_subject_lists_and_writes_nothing(tmp_
 
 def test_make_cases_library_refuses_the_same_inputs(tmp_path, tiny_multiview):
     for kw, needle in (({"cases_per_subject": 0}, "1 or more"), ({"subjects": ["alpha", "alpha"]}, "more than once"),
-                       ({"subjects": ["", "alpha"]}, "empty subject name")):
+                       ({"subjects": ["", "alpha"]}, "empty subject name"), ({"subjects": ["../alpha"]}, "not a subject folder's name"),
+                       ({"subjects": [".."]}, "not a subject folder's name")):
         with pytest.raises(ValueError, match=needle):
             make_cases(tiny_multiview, tmp_path / "c", **{"subjects": ["alpha"], **kw})
     assert not (tmp_path / "c").exists()

@@ -365,6 +365,9 @@ def _check_arguments(src: Path, subjects, artifacts, extra_references) -> tuple[
         subjects = list(subjects)
         if not subjects or any(not str(s).strip() for s in subjects):
             raise ValueError(f"subjects: an empty subject name in {subjects} (give subject folder names, comma-separated)")
+        odd = [s for s in subjects if str(s).strip() in (".", "..") or any(c in str(s) for c in "/\\")]
+        if odd:  # (a case folder is named after its subject: "../x" would be written outside the output folder)
+            raise ValueError(f"subjects: {', '.join(map(repr, odd))} is not a subject folder's name (give names of folders inside the source folder)")
         twice = sorted({s for s in subjects if subjects.count(s) > 1})
         if twice:
             raise ValueError(f"subjects: {', '.join(twice)} named more than once (each subject once; its cases are --per-subject)")

@@ -50,7 +50,7 @@ from typing import Any
 
 from PIL import Image
 
-from .io import InputError, check_output_folder, check_seed, encode_image, load_inputs, output_format, output_mode, read_file, save_image, write_atomic
+from .io import InputError, check_output_folder, check_output_holds, check_seed, load_inputs, output_format, read_file, save_image, write_atomic
 
 __all__ = [
     "DONE_FILE", "ERRORS_FILE", "BatchJob", "Shard", "check_not_busy", "failure_lines", "finish_together", "format_summary",
@@ -498,7 +498,7 @@ def model_fingerprint(pipe) -> str:
 # ---------------------------------------------------------------------------------------------------- run
 def _run_one(job: BatchJob, pipe, target: Path, prefix: str = PART_PREFIX) -> None:
     image, mask, reference, ref_mask, names = load_inputs(job.files(), labels={"reference_mask": "reference mask"})
-    encode_image(Image.new(output_mode(image), (8, 8)), target, "output")  # (before the work: a transparent picture needs a format with alpha)
+    check_output_holds(target, image)  # (before the work: a transparent picture needs a format with alpha)
     result = pipe(
         image, mask, reference, ref_mask, num_inference_steps=job.steps, guidance_scale=job.guidance, seed=job.seed,
         names=names,

@@ -55,6 +55,7 @@ __all__ = [
     "check_output_folder",
     "check_output_apart",
     "output_mode",
+    "check_output_holds",
 ]
 
 # Largest accepted image (pixels). Pillow's own bomb check fires at twice its MAX_IMAGE_PIXELS.
@@ -225,17 +226,17 @@ def in_input_mode(original: Image.Image, working: np.ndarray, refined: np.ndarra
 
     16-bit and float greys come back as 8-bit grey (as :func:`to_rgb` reads them); other modes
     (P without transparency, CMYK, YCbCr, ...) as RGB."""
-    grey = original.mode in _GREY_MODES
-    if not _has_alpha(original):
+    mode = output_mode(original)
+    if mode in ("RGB", "L"):
         out = Image.fromarray(np.ascontiguousarray(refined, dtype=np.uint8), "RGB")
-        return out.convert("L") if grey else out
+        return out.convert(mode) if mode == "L" else out
     rgba = np.array(original.convert("RGBA"))  # (H, W, 4) straight colour and alpha
     alpha = rgba[..., 3]
     changed = (refined != working).any(axis=-1) & (alpha > 0)
     scale = 255.0 / np.maximum(alpha[changed], 1).astype(np.float32)[:, None]
     rgba[..., :3][changed] = np.clip(np.rint(refined[changed].astype(np.float32) * scale), 0, 255).astype(np.uint8)
     out = Image.fromarray(rgba, "RGBA")
-    return out.convert("LA") if grey else out
+    return out.convert(mode) if mode == "LA" else out
 
 
 def mask_from_levels(levels: np.ndarray, full: float) -> np.ndarray:
@@ -712,13 +713,19 @@ ALPHA_OUTPUT_FORMATS = frozenset({"PNG", "TIFF", "WEBP"})
 
 
 def output_mode(original: Image.Image) -> str:
-    """The mode :func:`in_input_mode` gives the refined picture of ``original``: RGBA or LA for a
-    picture with an alpha channel, L for a grey one, RGB otherwise (for checking an output's
-    format before the work)."""
+    """The mode the refined picture of ``original`` comes back in (:func:`in_input_mode`): RGBA
+    or LA for a picture with an alpha channel, L for a grey one, RGB otherwise (also for checking
+    an output's format before the work: :func:`check_output_holds`)."""
     grey = original.mode in _GREY_MODES
     if _has_alpha(original):
         return "LA" if grey else "RGBA"
     return "L" if grey else "RGB"
+
+
+def check_output_holds(path: str | os.PathLike, original: Image.Image, what: str = "output") -> None:
+    """Before the work: one InputError naming ``what`` where ``path``'s format cannot hold the
+    refined picture of ``original`` (its alpha channel in a JPEG, ...)."""
+    encode_image(Image.new(output_mode(original), (8, 8)), path, what)
 
 
 def save_image(img: Image.Image, f, fmt: str) -> None:

@@ -117,8 +117,7 @@ def run(args) -> int:
     method_options = dict((options or {}).get(args.method) or {})
     if matcher_weights is not None and args.method in PIPELINE_METHODS:  # (a method that runs the alignment: its pipeline with these weights)
         pipe = _load_pipeline(args.model)
-        if not pipe.set_matcher(matcher_weights):
-            raise CLIError(f"--matcher-weights '{args.matcher_weights}': cannot load the ALIKED matcher: {pipe._aliked_reason}")
+        pipe.set_matcher(matcher_weights)  # (loaded above: they load)
         method_options["pipeline"] = pipe
     res = run_bench(args.cases_dir, args.output, method=args.method, method_options=method_options or None, config=config, **common)
     _print_summary(res["summary"])

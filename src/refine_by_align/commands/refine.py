@@ -31,7 +31,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 def run(args) -> int:
     from PIL import Image
 
-    from ..io import SETTING_OPTIONS, check_settings, output_mode, save_images_atomic, to_rgb
+    from ..io import SETTING_OPTIONS, check_output_holds, check_settings, save_images_atomic, to_rgb
 
     # every check of the arguments and the input files comes before the heavy imports (torch,
     # diffusers: several seconds), so a mistyped path is said at once
@@ -47,7 +47,7 @@ def run(args) -> int:
         if given:
             raise common.CLIError(f"--no-align runs no alignment, so {', '.join(given)} would do nothing: give one or the other")
     image, mask, reference, ref_mask, names = read_inputs(args)
-    check_output(args.output, mode=output_mode(image))  # (a transparent picture needs a format with alpha)
+    check_output_holds(out, image)  # (a transparent picture needs a format with alpha)
     from ..visualize import compare_picture
 
     pipe = common.load_model(args.model, args.quiet, args.matcher_weights, args.dtype)

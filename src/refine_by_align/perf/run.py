@@ -34,6 +34,7 @@ from PIL import Image
 
 from ..allocator import allocator_setting, keep_freed_memory, keeps_freed_memory
 from ..io import InputError
+from ..pipelines.pipeline import forget_remembered
 from .ceiling import cpu_name, matmul_ceiling, median_time, native_bf16, peak_rss_mb
 from .plot import plot_breakdown
 from .profile import OP_CLASSES, attention_sweep, breakdown, time_by_op_class, unet_flops
@@ -116,14 +117,6 @@ class _StepInputs:
         return unet(self.x, self.t, encoder_hidden_states=self.ctx)
 
 
-def _forget_references() -> None:
-    """A new reference each time: the remembered matcher features, object estimates and rings
-    around the mask are dropped."""
-    from ..pipelines.pipeline import forget_remembered
-
-    forget_remembered()
-
-
 def _time_alignment(pipe, example, timed: Callable, repeats: int) -> dict:
     """The alignment stage: dense and Algorithm 1 on the synthetic input; on the shipped example
     (a photo-like object with texture the matchers can use: the dense alignment's cost depends on
@@ -131,13 +124,13 @@ def _time_alignment(pipe, example, timed: Callable, repeats: int) -> dict:
     features and estimated object computed anew) and the same reference again (remembered)."""
     image, mask, reference = example
     res = {
-        "align_s": timed(lambda: (_forget_references(), pipe.align(image, mask, reference)), repeats),
+        "align_s": timed(lambda: (forget_remembered(), pipe.align(image, mask, reference)), repeats),
         "align_attention_s": timed(lambda: pipe.align(image, mask, reference, method="attention"), repeats),
     }
     ex = _shipped_example()
     if ex is not None:
-        res["align_example_s"] = timed(lambda: (_forget_references(), pipe.align(*ex)), repeats)
-        res["refine_example_s"] = timed(lambda: (_forget_references(), pipe(*ex, seed=0)), repeats)
+        res["align_example_s"] = timed(lambda: (forget_remembered(), pipe.align(*ex)), repeats)
+        res["refine_example_s"] = timed(lambda: (forget_remembered(), pipe(*ex, seed=0)), repeats)
         pipe.align(*ex)
         res["align_example_warm_s"] = timed(lambda: pipe.align(*ex), repeats)
     return res
@@ -215,7 +208,7 @@ def _time_refines(pipe, example, name: str, timed: Callable, repeats: int) -> di
     timings = []
 
     def refine():
-        _forget_references()
+        forget_remembered()
         timings.append(pipe(image, mask, reference, seed=0).timings)
 
     _say(f"{name}: whole refines of a 512x512 image ({max(1, repeats - 1) + 1} runs)")
@@ -248,7 +241,7 @@ def _time_cases(pipe, cases_dir: str, name: str, limit: int | None = None) -> di
     for case in cases:
         refs, masks = case.references("all")
         for key, rmasks in (("with_reference_mask", masks), ("without_reference_mask", None)):
-            _forget_references()
+            forget_remembered()
             t = time.perf_counter()
             out = pipe(case.image, case.mask, refs, reference_mask=rmasks)
             total = time.perf_counter() - t

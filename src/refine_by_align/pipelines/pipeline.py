@@ -390,9 +390,9 @@ class RefineByAlignPipeline(DiffusionPipeline):
         labels = labels or {}
         image, reference = as_image(image, "image"), as_image(reference, labels.get("reference", "reference"))
         mask = as_mask(mask, "mask")
-        # (the mask is the reference's alpha channel: none was given, or named files come without a
-        # mask file, as the command line passes the alpha it read)
-        from_alpha = reference_mask is None or (bool(names) and "reference_mask" not in names)
+        # (the mask is the reference's alpha channel where none was given; else validate_inputs reads
+        # it off ``names``: named files without a mask file, as the command line passes the alpha it read)
+        from_alpha = True if reference_mask is None else None
         if reference_mask is not None:
             reference_mask = as_mask(reference_mask, labels.get("reference_mask", "reference_mask"))
         else:
@@ -934,6 +934,7 @@ class RefineByAlignPipeline(DiffusionPipeline):
         b = p.crop_box
         mask_box = p.mask[b.y0 : b.y1, b.x0 : b.x1]
         several = len(ps) > 1
+        guide_keep = self._guide_keep(ps[guide], guide_region)  # (None: the whole object guided)
         refs, notes = [], [n for q in ps for n in q.notes]
         for i, (r, wf) in enumerate(zip(results, warps)):
             shared = [] if r is None else list(r.info.get("notes", []))  # about the matchers, the same for every reference
@@ -958,7 +959,7 @@ class RefineByAlignPipeline(DiffusionPipeline):
                 )
             if i == guide and guide_region is None and region is not None:
                 own.append("no warp is trusted in the mask: the whole reference object guided the model (its region is a guess there)")
-            elif i == guide and guide_region is not None and self._guide_keep(ps[guide], guide_region) is None:
+            elif i == guide and guide_region is not None and guide_keep is None:
                 own.append("the aligned region lies off the reference object: the whole reference object guided the model")
             share = float(combined.weight[(combined.source == i) & mask_box].sum() / max(int(mask_box.sum()), 1))
             refs.append(ReferenceResult(
@@ -976,15 +977,15 @@ class RefineByAlignPipeline(DiffusionPipeline):
         info = dict(g.info) | ({"ring_ncc": g.ring_ncc} if g.ring_ncc is not None else {})
         return RefineOutput(
             image=result_image, region=region, heatmap=g.heatmap, crop_box=p.crop_box,
-            reference_box=self._guide_box(ps[guide], guide_region), timings=timings, random_weights=self.random_weights,
+            reference_box=self._guide_box(ps[guide], guide_keep), timings=timings, random_weights=self.random_weights,
             alignment=g.alignment, notes=notes, info=info, references=refs, guide=guide, source=source,
             warp_fraction=float(combined.weight[mask_box].mean()) if mask_box.any() else 0.0,
         )
 
-    def _guide_box(self, p: PreparedInputs, region: np.ndarray | None) -> Box:
-        """The square region of the reference whose tokens guide the model: M* grown by
-        ``local_dilate`` x its box side, on the object, with ``local_margin`` (or the whole object)."""
-        return self._guide(p, region)[1]
+    def _guide_box(self, p: PreparedInputs, keep: np.ndarray | None) -> Box:
+        """The square region of the reference whose tokens guide the model: around ``keep``
+        (:meth:`_guide_keep`), with ``local_margin``; the whole object's box for None."""
+        return p.reference_box if keep is None else square_pad_box(mask_bbox(keep), self.model.cfg.local_margin, keep.shape)
 
     def _guide(self, p: PreparedInputs, region: np.ndarray | None) -> tuple[np.ndarray, Box]:
         """(the reference pixels whose tokens guide the model, black elsewhere; the square box the
@@ -993,7 +994,7 @@ class RefineByAlignPipeline(DiffusionPipeline):
         if keep is None:
             return p.reference, p.reference_box
         local = p.matched[0] * keep[..., None]  # (the same pixels as the cut reference's on its object)
-        return local, square_pad_box(mask_bbox(keep), self.model.cfg.local_margin, keep.shape)
+        return local, self._guide_box(p, keep)
 
     def _guide_keep(self, p: PreparedInputs, region: np.ndarray | None) -> np.ndarray | None:
         """The reference pixels that guide ((Hr, Wr) bool): M* grown by ``local_dilate`` x its box

@@ -98,8 +98,8 @@ def as_reference_list(reference, reference_mask, names: dict | None) -> tuple[li
     """Normalise the pipeline's ``reference`` / ``reference_mask`` arguments: one image or a list,
     one mask, None or a list of the same length. ``names`` may give ``reference`` and
     ``reference_mask`` as lists too (file names for messages); returns per-reference name dicts
-    and label dicts (how messages call each role: ``reference #2``, ``reference #2 mask``, as
-    :func:`~..io.load_inputs` calls them; the first reference keeps the plain role names)."""
+    and label dicts (how messages call each role: ``reference #1``, ``reference #2 mask``, ...
+    where there are several; the plain role names for one reference)."""
     from ..io import InputError
 
     refs = list(reference) if isinstance(reference, (list, tuple)) else [reference]

@@ -2030,6 +2030,21 @@ def _badge_example():
     return image, mask, ref, rmask, zoom_box(mask, grow=2.0, min_size=32)
 
 
+def test_sift_alone_matches_again_at_a_looser_ratio_where_no_fit_is_solid():
+    """The badge example 20% brighter, SIFT alone: at Lowe's ratio 0.8 the best fit rests on 16
+    matches but agrees with the ring at 0.40, and ECC cannot lift it. The looser round (ratio 0.85,
+    fits kept on 15 agreeing matches) finds a field that agrees at 0.9 or more; without it
+    (``loose_ratio=None``) the strict fit stays the leader."""
+    image, mask, ref, rmask, box = _badge_example()
+    image = np.clip(image.astype(np.float32) * 1.2, 0, 255).astype(np.uint8)
+    strict, info0 = dense_alignment(image, mask, ref, rmask, box, sources=("sift",), loose_ratio=None, flow=False, polish=False, template=False)
+    loose, info1 = dense_alignment(image, mask, ref, rmask, box, sources=("sift",), flow=False, polish=False, template=False)
+    assert "sift-loose" not in info0["matches"]
+    assert strict is None or info0["ring_ncc"] < 0.6, info0
+    assert loose is not None and info1["source"] == "sift-loose" and info1["ring_ncc"] > 0.9, info1
+    assert info1["matches"]["sift-loose"] > info1["matches"]["sift"]
+
+
 def test_ecc_is_tried_again_unsmoothed_where_the_smoothed_run_is_refused():
     """The badge example with SIFT alone: the homography from its matches is a few pixels off (ring
     agreement about 0.7). ECC smoothed by 5 px slides off to a sheared map the matches reject

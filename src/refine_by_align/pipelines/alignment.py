@@ -249,6 +249,16 @@ def attention_at(
     return store[name]
 
 
+#: Where ALIKED does not run (its weights not found, or ``--matchers sift``) and SIFT's matches at
+#: Lowe's ratio 0.8 leave no fit on ``solid_inliers`` matches at a ring correlation of 0.5,
+#: :func:`dense_alignment` matches SIFT's keypoints again at this looser ratio, its fits kept only
+#: on ``solid_inliers`` agreeing matches: SIFT alone's counterpart of ALIKED's looser matching
+#: (None: not). With SIFT alone on the 192 suite cases, 0.85 / 0.9 / 0.95: the deciding sets
+#: +0.220 / +0.191 / +0.148 dB a case, the checking sets +0.000 / +0.053 / +0.041; at 0.85 two
+#: cases change, val2 backpack_01_nonrigid +15.91 and candle_03_affine -0.09 (MODEL_CARD.md,
+#: forty-sixth session). With ALIKED the outputs are unchanged.
+SIFT_LOOSE_RATIO = 0.85
+
 #: :func:`dense_alignment` also refines, by the flow, the leading candidates that score within this
 #: much of the winner (:meth:`_Candidates.rivals`), and takes the field that predicts the flow's
 #: held-out band best (None: not).
@@ -303,6 +313,7 @@ def dense_alignment(
     flow: bool = True,
     flow_min_ncc: float = TRUST_MIN_NCC,
     loose_similarity: float | None = 0.6,
+    loose_ratio: float | None = SIFT_LOOSE_RATIO,
     polish: bool = True,
     template: bool = True,
     rival_margin: float | None = RIVAL_MARGIN,
@@ -344,7 +355,9 @@ def dense_alignment(
     reference lowers every similarity; a plain object on a textured ground gets few of the
     best-scored keypoints), it is run again in both orientations on twice as many keypoints at
     ``loose_similarity`` (None: not), its fits kept only on ``solid_inliers`` agreeing matches
-    (a looser matching lets more chance matches in). Where no source gives any consistent fit and
+    (a looser matching lets more chance matches in). Where ALIKED is not among ``sources``, SIFT's
+    keypoints are matched again in the same case at Lowe's ratio ``loose_ratio`` (None: not;
+    :data:`SIFT_LOOSE_RATIO`), on the same terms ("sift-loose"). Where no source gives any consistent fit and
     ``template`` is on, the reference object itself is searched for around the mask by rotation
     and scale (:func:`~.matching.template_matches`: a small plain object whose few keypoints
     all match one spot), as given and, with ``mirror``, mirrored, and its placements are the
@@ -383,7 +396,7 @@ def dense_alignment(
     # (every setting the scaled runs below get as given)
     settings = dict(
         sources=sources, aliked=aliked, mirror=mirror, good_ncc=good_ncc, solid_inliers=solid_inliers, ecc=ecc,
-        ecc_candidates=ecc_candidates, flow=flow, flow_min_ncc=flow_min_ncc, loose_similarity=loose_similarity, polish=polish,
+        ecc_candidates=ecc_candidates, flow=flow, flow_min_ncc=flow_min_ncc, loose_similarity=loose_similarity, loose_ratio=loose_ratio, polish=polish,
         template=template, rival_margin=rival_margin, max_crop=None, cheap_settled=cheap_settled, template_give_up=template_give_up,
     )
     if max_crop is not None and max(crop_box.width, crop_box.height) > max_crop:
@@ -476,6 +489,16 @@ def dense_alignment(
             for mirrored in orientations:
                 consider_aliked(mirrored, every, loose_similarity, min_inliers=solid_inliers)
             best = pool.best()
+    if leader is None and "aliked" not in sources and "sift" in sources and loose_ratio is not None and (best is None or best[1] < solid_inliers or best[0] < 0.5):
+        # no solid fit and no ALIKED to look further: SIFT's keypoints (remembered) matched again at
+        # a looser ratio test, as ALIKED's are; more chance matches get in, so more must agree
+        for mirrored in orientations:
+            m = sift_matches(image, mask, reference, look, flip=mirrored, ratio=loose_ratio)
+            if "attention" in sources and attention is not None and not mirrored:
+                m = m + attention
+            if len(m):
+                pool.consider("+".join(s for s in sources if s != "aliked") + "-loose", mirrored, m, min_inliers=solid_inliers)
+        best = pool.best()
     if leader is None and best is None and template and look is not None:
         # no consistent point matches at all (a small plain object): search for the object itself,
         # in each orientation of the reference, as the point matches are (a mirrored view); the

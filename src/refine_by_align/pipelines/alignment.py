@@ -255,8 +255,8 @@ def attention_at(
 #: on ``solid_inliers`` agreeing matches: SIFT alone's counterpart of ALIKED's looser matching
 #: (None: not). With SIFT alone on the 192 suite cases, 0.85 / 0.9 / 0.95: the deciding sets
 #: +0.220 / +0.191 / +0.148 dB a case, the checking sets +0.000 / +0.053 / +0.041; at 0.85 two
-#: cases change, val2 backpack_01_nonrigid +15.91 and candle_03_affine -0.09 (MODEL_CARD.md,
-#: forty-sixth session). With ALIKED the outputs are unchanged.
+#: cases change, val2 backpack_01_nonrigid +15.91 and candle_03_affine -0.09 (MODEL_CARD.md, "SIFT
+#: matched again at a looser ratio"). With ALIKED the outputs are unchanged.
 SIFT_LOOSE_RATIO = 0.85
 
 #: :func:`dense_alignment` also refines, by the flow, the leading candidates that score within this
@@ -357,10 +357,10 @@ def dense_alignment(
     ``loose_similarity`` (None: not), its fits kept only on ``solid_inliers`` agreeing matches
     (a looser matching lets more chance matches in). Where ALIKED is not among ``sources``, SIFT's
     keypoints are matched again in the same case at Lowe's ratio ``loose_ratio`` (None: not;
-    :data:`SIFT_LOOSE_RATIO`), on the same terms ("sift-loose"). Where no source gives any consistent fit and
-    ``template`` is on, the reference object itself is searched for around the mask by rotation
-    and scale (:func:`~.matching.template_matches`: a small plain object whose few keypoints
-    all match one spot), as given and, with ``mirror``, mirrored, and its placements are the
+    :data:`SIFT_LOOSE_RATIO`), on the same terms ("sift-loose"). Where no source gives any
+    consistent fit and ``template`` is on, the reference object itself is searched for around the
+    mask by rotation and scale (:func:`~.matching.template_matches`: a small plain object whose few
+    keypoints all match one spot), as given and, with ``mirror``, mirrored, and its placements are the
     candidates, the winner kept only if, refined, its warp carries the image's fine detail
     (:func:`~.warp.detail_agreement` at least ``DETAIL_TRUST``: the image's own photo, not another
     view placed by its shading; a placement below ``template_give_up`` after the flow's first round

@@ -89,8 +89,8 @@ def run(args) -> int:
     from ..io import SETTING_OPTIONS, check_output_apart, check_output_folder, check_seed, check_settings
 
     common = dict(limit=args.limit, model=args.model, clip=args.clip, dino=args.dino, captions=args.captions, progress=not args.quiet)
-    matcher_weights = None
-    if args.matcher_weights:  # checked here, so a path without the weights is refused, not looked past
+    matcher_weights = aliked = None
+    if args.matcher_weights:  # loaded here (once), so a path without the weights is refused, not looked past
         from ..models.aliked import load_aliked
 
         aliked, reason = load_aliked(args.matcher_weights)
@@ -110,15 +110,13 @@ def run(args) -> int:
         "clip": args.clip, "dino": args.dino, "captions": args.captions, "seed": args.seed,
     }
     if args.method == "all" or "," in args.method:
-        run_all(args.cases_dir, args.output, methods=args.method, method_options=options, config=config, matcher_weights=matcher_weights, **common)
+        run_all(args.cases_dir, args.output, methods=args.method, method_options=options, config=config, matcher_weights=aliked, **common)
         print((out / "report.md").read_text())
         print(f"wrote {out / 'report.md'}, {out / 'report.json'} and contact_<kind>.png")
         return 0
     method_options = dict((options or {}).get(args.method) or {})
-    if matcher_weights is not None and args.method in PIPELINE_METHODS:  # (a method that runs the alignment: its pipeline with these weights)
-        pipe = _load_pipeline(args.model)
-        pipe.set_matcher(matcher_weights)  # (loaded above: they load)
-        method_options["pipeline"] = pipe
+    if aliked is not None and args.method in PIPELINE_METHODS:  # (a method that runs the alignment: its pipeline with this matcher)
+        method_options["pipeline"] = _load_pipeline(args.model, aliked)
     res = run_bench(args.cases_dir, args.output, method=args.method, method_options=method_options or None, config=config, **common)
     _print_summary(res["summary"])
     print(f"wrote {out / 'metrics.json'} and {out / 'contact_sheet.png'}")

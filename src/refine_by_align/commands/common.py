@@ -48,8 +48,8 @@ def load_model(model: str, quiet: bool, matcher_weights: str | None = None, dtyp
     # the sampler's bar only on a terminal (None: tqdm's own check): in a log file its carriage
     # returns run it into the next printed line
     pipe.set_progress_bar_config(disable=True if quiet else None, leave=False, desc="refine")
-    if matcher_weights is not None and not pipe.set_matcher(matcher_weights):
-        raise CLIError(f"--matcher-weights '{matcher_weights}': cannot load the ALIKED matcher: {pipe._aliked_reason}")
+    if matcher_weights is not None:
+        pipe.require_matcher(matcher_weights, "--matcher-weights")
     return pipe
 
 

@@ -16,8 +16,7 @@ import torch
 from tqdm.auto import tqdm
 
 from ..loading import load_pipeline
-from .bench import write_json_atomic
-from .bench import run_config
+from .bench import run_config, write_json_atomic
 from .cases import load_cases
 from .metrics import iou
 

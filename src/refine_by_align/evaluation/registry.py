@@ -18,12 +18,16 @@ from .methods import ClassicalFillMethod, HarmonicMethod, KeepMethod, Method, Re
 __all__ = ["METHODS", "PIPELINE_METHODS", "get_method"]
 
 
-def _load_pipeline(model: str | None) -> Any:
+def _load_pipeline(model: str | None, matcher_weights: Any = None) -> Any:
     """The pipeline a method runs, its own per-step progress bar off (a bench shows one bar over
-    the cases; a bar per case under it would bury that one)."""
+    the cases; a bar per case under it would bury that one); with ``matcher_weights`` (as
+    :meth:`set_matcher` takes them) its ALIKED matcher, or one InputError where they cannot be
+    loaded."""
     pipe = load_pipeline(model or "default")
     if hasattr(pipe, "set_progress_bar_config"):
         pipe.set_progress_bar_config(disable=True)
+    if matcher_weights is not None:
+        pipe.require_matcher(matcher_weights)
     return pipe
 
 

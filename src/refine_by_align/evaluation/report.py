@@ -271,12 +271,12 @@ def run_all(
     method_options: dict[str, dict[str, Any]] | None = None,
     max_sheet_rows: int = CONTACT_SHEET_MAX_ROWS,
     config: dict[str, Any] | None = None,
-    matcher_weights: str | os.PathLike | None = None,
+    matcher_weights: Any = None,
 ) -> dict[str, Any]:
     """Run every method of ``methods`` (``"all"``, ``"a,b,c"`` or a list) over ``cases_dir``.
     ``config``: the settings the run was made with (:func:`~.bench.run_config`), written into
     ``report.json`` and each method's ``metrics.json``; ``matcher_weights``: the ALIKED weights the
-    shared pipeline uses (a .safetensors file or a folder; :meth:`set_matcher`).
+    shared pipeline uses (a .safetensors file, a folder or a matcher already loaded; :meth:`set_matcher`).
 
     Each method goes through :func:`run_bench` into ``output_dir/<method>/``; then ``report.json``,
     ``report.md`` and ``contact_<kind>.png`` (one per case kind) are written (see the module
@@ -301,8 +301,8 @@ def run_all(
         pipe = load_pipeline(model or "default")
         if hasattr(pipe, "set_progress_bar_config"):
             pipe.set_progress_bar_config(disable=True)
-        if matcher_weights is not None and not pipe.set_matcher(matcher_weights):
-            raise ValueError(f"matcher weights '{matcher_weights}': cannot load the ALIKED matcher: {pipe._aliked_reason}")
+        if matcher_weights is not None:
+            pipe.require_matcher(matcher_weights)
         if getattr(pipe, "random_weights", False):
             logger.warning("model '%s' has RANDOM weights: the pipeline methods' scores are meaningless", model)
 

@@ -424,16 +424,23 @@ def dense_alignment(
     orientations = (False, True) if mirror else (False,)
     if "sift" in sources:  # the image and each orientation of the reference described side by side
         sift_features_ahead(image, mask, reference, look, orientations)
-    cheap: dict[bool, Matches] = {}
-    for mirrored in orientations:
+    cheap_name = "+".join(s for s in sources if s != "aliked")
+
+    def cheap_matches(mirrored: bool, ratio: float | None = None) -> Matches:
+        """The cheap sources' matches in one orientation: SIFT's (at Lowe's ``ratio``, None:
+        sift_matches' own) and the attention's (as given only)."""
         m = Matches.empty()
         if "sift" in sources:
-            m = m + sift_matches(image, mask, reference, look, flip=mirrored)
+            m = m + sift_matches(image, mask, reference, look, flip=mirrored, **({} if ratio is None else {"ratio": ratio}))
         if "attention" in sources and attention is not None and not mirrored:
             m = m + attention
-        cheap[mirrored] = m
+        return m
+
+    cheap: dict[bool, Matches] = {}
+    for mirrored in orientations:
+        cheap[mirrored] = m = cheap_matches(mirrored)
         if len(m):
-            pool.consider("+".join(s for s in sources if s != "aliked"), mirrored, m)
+            pool.consider(cheap_name, mirrored, m)
     best = pool.best()
     leader = None  # (ncc, inliers, name, mirrored, field) once the winner is refined
     if "aliked" in sources and cheap_settled is not None and best is not None and flow and max(flow_min_ncc, CHEAP_TRY_NCC) <= best[0] < good_ncc:
@@ -493,11 +500,9 @@ def dense_alignment(
         # no solid fit and no ALIKED to look further: SIFT's keypoints (remembered) matched again at
         # a looser ratio test, as ALIKED's are; more chance matches get in, so more must agree
         for mirrored in orientations:
-            m = sift_matches(image, mask, reference, look, flip=mirrored, ratio=loose_ratio)
-            if "attention" in sources and attention is not None and not mirrored:
-                m = m + attention
+            m = cheap_matches(mirrored, loose_ratio)
             if len(m):
-                pool.consider("+".join(s for s in sources if s != "aliked") + "-loose", mirrored, m, min_inliers=solid_inliers)
+                pool.consider(cheap_name + "-loose", mirrored, m, min_inliers=solid_inliers)
         best = pool.best()
     if leader is None and best is None and template and look is not None:
         # no consistent point matches at all (a small plain object): search for the object itself,

@@ -559,17 +559,21 @@ class RefineByAlignPipeline(DiffusionPipeline):
         return self.region_on_reference(p, raw, threshold)
 
     # ------------------------------------------------------------------ the dense field's matchers
-    def set_matcher(self, weights: str | Path | None = None, enabled: bool = True) -> bool:
+    def set_matcher(self, weights: str | Path | torch.nn.Module | None = None, enabled: bool = True) -> bool:
         """Use the pretrained ALIKED matcher for the dense alignment (``models/aliked.py``):
         ``weights`` a .safetensors file or a folder holding ``aliked-n16.safetensors`` (default: the
-        ``REFINE_BY_ALIGN_WEIGHTS`` folder or ``../shared/weights``). ``enabled=False`` turns it off.
-        Returns whether it is in use; when its weights cannot be found the dense alignment runs on
-        SIFT alone and says so in the result's ``notes``."""
+        ``REFINE_BY_ALIGN_WEIGHTS`` folder or ``../shared/weights``), or a matcher already loaded
+        (:func:`~refine_by_align.models.aliked.load_aliked`'s, used as it is). ``enabled=False``
+        turns it off. Returns whether it is in use; when its weights cannot be found the dense
+        alignment runs on SIFT alone and says so in the result's ``notes``."""
         self._aliked = None
         self._aliked_reason = ""
         if not enabled:
             self._aliked = False
             return False
+        if isinstance(weights, torch.nn.Module):
+            self._aliked = weights
+            return True
         try:
             from ..models.aliked import load_aliked
 
@@ -581,6 +585,12 @@ class RefineByAlignPipeline(DiffusionPipeline):
             return False
         self._aliked = model
         return True
+
+    def require_matcher(self, weights: str | Path | torch.nn.Module, what: str = "matcher weights") -> None:
+        """:meth:`set_matcher` where the matcher must be had: weights that cannot be loaded are one
+        InputError, "``what`` '``weights``': cannot load the ALIKED matcher: " and why."""
+        if not self.set_matcher(weights):
+            raise InputError(f"{what} '{weights}': cannot load the ALIKED matcher: {self._aliked_reason}")
 
     @property
     def _aliked_note(self) -> str:

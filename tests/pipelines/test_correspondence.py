@@ -735,17 +735,55 @@ def test_template_search_coarse_to_fine_finds_the_full_grids_placement(monkeypat
 
     image, mask, ref, rmask, box, _ = _plain_object_case()
     full, full_score = template_matches(image, mask, ref, rmask, box, coarse=None)
-    areas, real = [], cv2.matchTemplate
+    areas, real = [], matching.masked_ncc
 
-    def counted(area, templ, method, mask=None):
-        areas.append(area.shape)
-        return real(area, templ, method, mask=mask)
+    def counted(area, templates, masks):
+        areas.extend([area.shape] * len(templates))  # (one entry per placement correlated)
+        return real(area, templates, masks)
 
-    monkeypatch.setattr(matching.cv2, "matchTemplate", counted)
+    monkeypatch.setattr(matching, "masked_ncc", counted)
     found, score = template_matches(image, mask, ref, rmask, box, coarse=2, coarse_keep=8)
     assert score == full_score and np.array_equal(found.img_xy, full.img_xy) and np.array_equal(found.ref_xy, full.ref_xy)
     fine = max(areas)
     assert sum(a == fine for a in areas) == 8 and len(areas) > 8 and all(a[0] < fine[0] for a in areas if a != fine)
+
+
+def test_masked_ncc_matches_opencvs_masked_template_matching():
+    """masked_ncc correlates a batch of templates with one area as cv2.matchTemplate's masked
+    TM_CCOEFF_NORMED does one at a time: every score within 1e-3 of OpenCV's wherever OpenCV's is
+    finite, the maximum at the same offset, on textured templates of several sizes with rotated
+    masks (zero corners; the unrotated one found where it was cut); a window of one flat colour scores -1 (OpenCV: not finite); a template
+    without its own mask's shape, larger than the area or counting no pixel is a ValueError."""
+    from refine_by_align.pipelines.matching import masked_ncc
+
+    rng = np.random.default_rng(3)
+    area = cv2.GaussianBlur(rng.integers(0, 256, (70, 83)).astype(np.uint8), (0, 0), 1.5)
+    area[:, :20] = 140  # a flat strip, wider than every template
+    templates, masks = [], []
+    for size, angle in [(12, 0), (17, 30), (24, 45), (31, 70), (16, 10)]:
+        y, x = rng.integers(0, 70 - 40), rng.integers(20, 83 - 40)
+        t = np.ascontiguousarray(area[y : y + size, x : x + size + 3])
+        M = cv2.getRotationMatrix2D(((size + 3) / 2, size / 2), angle, 1.0)
+        m = cv2.warpAffine(np.full(t.shape, 255, np.uint8), M, t.shape[::-1], flags=cv2.INTER_NEAREST)
+        templates.append(cv2.warpAffine(t, M, t.shape[::-1], flags=cv2.INTER_LINEAR)), masks.append(m)
+    ours = masked_ncc(area, templates, masks)
+    for t, m, got in zip(templates, masks, ours):
+        want = cv2.matchTemplate(area, t, cv2.TM_CCOEFF_NORMED, mask=m)
+        finite = np.isfinite(want)
+        assert got.shape == want.shape and got.dtype == np.float32
+        assert np.abs(got - want)[finite].max() < 1e-3, np.abs(got - want)[finite].max()
+        assert (got[~finite] == -1.0).all()
+        if t.shape[1] <= 20:  # (a window at the left edge lies on the flat strip: no finite score in OpenCV)
+            assert (~finite[:, 0]).all()
+        assert np.argmax(got) == np.argmax(np.where(finite, want, -1.0))
+    assert ours[0].max() > 0.99  # (the unrotated template: cut from the area, found where it was cut)
+    assert masked_ncc(area, [], []) == []
+    with pytest.raises(ValueError, match="mask of its own shape"):
+        masked_ncc(area, templates[:1], [masks[0][1:]])
+    with pytest.raises(ValueError, match="fit"):
+        masked_ncc(area[:10, :10], templates[:1], masks[:1])
+    with pytest.raises(ValueError, match="no pixel"):
+        masked_ncc(area, templates[:1], [np.zeros_like(masks[0])])
 
 
 def test_template_search_places_a_mirrored_reference_too():

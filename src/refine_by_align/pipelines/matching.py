@@ -23,6 +23,7 @@ from dataclasses import dataclass, field
 
 import cv2
 import numpy as np
+import scipy.fft as sf
 
 from ..memo import ContentCache
 from ..threads import side_by_side, torch_threads
@@ -46,6 +47,7 @@ __all__ = [
     "clear_reference_cache",
     "aliked_matches",
     "template_matches",
+    "masked_ncc",
     "grow_box",
     "attention_matches",
 ]
@@ -540,11 +542,12 @@ def template_matches(
     """Where point matching finds nothing consistent (a small, plain object: its few keypoints all
     matched to one spot), the reference object itself is searched for around the mask: rotated by
     each of ``angles`` (degrees) and scaled by each of ``scales``, it is correlated with the image
-    (``cv2.matchTemplate``, mean-subtracted and normalised, over the object's own pixels; the mask
-    filled by Telea first) in the crop box grown ``search_factor`` times. The search runs with the
-    object and the search area scaled down together so the object's longer side is at most
-    ``max_side`` px and the area's at most ``max_area`` px (a placement to a few pixels, which ECC
-    refines; the cost stays bounded: 0.05-0.3 s on the validation cases that reach it). The best
+    (:func:`masked_ncc`: OpenCV's masked ``TM_CCOEFF_NORMED``, over the object's own pixels, every
+    placement of one pass in one batch; the mask filled by Telea first) in the crop box grown
+    ``search_factor`` times. The search runs with the object and the search area scaled down
+    together so the object's longer side is at most ``max_side`` px and the area's at most
+    ``max_area`` px (a placement to a few pixels, which ECC refines; the cost stays bounded:
+    20-80 ms an orientation on the validation cases that reach it). The best
     placement, if it correlates at ``min_score`` or more, is returned as matches on a ``step``-px
     lattice over the reference object (coarser where that would give more than about
     ``max_points``; a similarity: ECC, the optical flow and the trust gate take it from there),
@@ -582,7 +585,7 @@ def template_matches(
         templ, tmask, area = scaled(object_grey, g), scaled(object_mask, g, cv2.INTER_NEAREST), scaled(search_grey, g)
         h, w = templ.shape
         min_pixels = 200 * g * g  # (the object's pixels a placement must keep: 200 at full size)
-        found = []
+        placed = []  # (scale, angle, M, rotated template, its mask)
         for scale, angle in combos:
             M = cv2.getRotationMatrix2D((w / 2.0, h / 2.0), float(angle), float(scale))  # (2, 3): template px -> rotated px
             corners = np.array([[0, 0, 1], [w, 0, 1], [0, h, 1], [w, h, 1]], np.float64) @ M.T
@@ -594,10 +597,12 @@ def template_matches(
             tm = cv2.warpAffine(tmask, M, (tw, th), flags=cv2.INTER_NEAREST)
             if int((tm > 0).sum()) < min_pixels:
                 continue
-            score = cv2.matchTemplate(area, t, cv2.TM_CCOEFF_NORMED, mask=tm)
-            score[~np.isfinite(score)] = -1.0
-            _, top, _, loc = cv2.minMaxLoc(score)
-            found.append((float(top), scale, angle, M, loc))
+            placed.append((scale, angle, M, t, tm))
+        found = []
+        for (scale, angle, M, _, _), score in zip(placed, masked_ncc(area, [p[3] for p in placed], [p[4] for p in placed])):
+            at = int(np.argmax(score))  # (the first maximum in row-major order, as cv2.minMaxLoc)
+            y, x = divmod(at, score.shape[1])
+            found.append((float(score[y, x]), scale, angle, M, (x, y)))
         return found
 
     combos = [(scale, angle) for scale in scales for angle in angles]
@@ -624,6 +629,62 @@ def template_matches(
         ref_xy[:, 0] = (width - 1) - ref_xy[:, 0]
     n = len(img_xy)
     return Matches(img_xy.astype(np.float32), ref_xy.astype(np.float32), np.ones(n, np.float32), {"template": n}), best
+
+
+#: :func:`masked_ncc` scores a window whose grey values vary by less than this (mean squared
+#: deviation, grey levels squared) -1, as :func:`cv2.matchTemplate` gives such a window no finite
+#: score: below the float32 transforms' rounding on 8-bit pictures, a flat window of one colour.
+FLAT_WINDOW_VARIANCE = 0.1
+
+
+def masked_ncc(area: np.ndarray, templates: list[np.ndarray], masks: list[np.ndarray]) -> list[np.ndarray]:
+    """``cv2.matchTemplate(area, t, cv2.TM_CCOEFF_NORMED, mask=m)`` for every template ``t`` and its
+    mask ``m`` (nonzero: the template's pixels that count), computed together by FFT: the area's
+    transforms are made once and the templates' in one batch, where OpenCV makes them again for
+    every template (:func:`template_matches` correlates 200-360 rotations and scales with one
+    search area). (H, W) uint8 area, (h_k, w_k) uint8 templates and masks, each smaller than the
+    area -> a (H - h_k + 1, W - w_k + 1) float32 score map each; a flat window (grey variance
+    under :data:`FLAT_WINDOW_VARIANCE`) scores -1.
+
+    The normalised cross-correlation over the mask's n pixels at each offset: with T' the template
+    minus its mean over the mask (0 off it), corr(I, T') / sqrt(sum T'^2 * (corr(I^2, M) -
+    corr(I, M)^2 / n)), the three correlations of each template with the area by the
+    cross-correlation theorem (float32, the area centred on its mean). Scores are within 1e-4 of
+    OpenCV's and their maxima at the same offsets (MODEL_CARD.md, "The template search's
+    correlations in one batch")."""
+    if not templates:
+        return []
+    if len(templates) != len(masks):
+        raise ValueError(f"masked_ncc: {len(templates)} templates but {len(masks)} masks")
+    H, W = area.shape
+    k = len(templates)
+    if any(t.shape != m.shape or t.shape[0] > H or t.shape[1] > W for t, m in zip(templates, masks)):
+        raise ValueError(f"masked_ncc: each template needs a mask of its own shape and must fit the {H} x {W} area")
+    size = (sf.next_fast_len(H, real=True), sf.next_fast_len(W, real=True))  # (zeros past the area: no offset that fits wraps round)
+    a = np.asarray(area, np.float32)
+    a = (a - a.mean()) * np.float32(1.0 / 255.0)  # (H, W), centred: the squares' sums keep their precision
+    tpl = np.zeros((k, H, W), np.float32)  # (K, H, W): each template at the top left, zeros past it
+    msk = np.zeros((k, H, W), np.float32)  # (K, H, W): its mask, 0 / 1
+    for i, (t, m) in enumerate(zip(templates, masks)):
+        tpl[i, : t.shape[0], : t.shape[1]] = t
+        msk[i, : m.shape[0], : m.shape[1]] = m != 0
+    n = msk.sum((1, 2))  # (K,) pixels counted
+    if (n == 0).any():
+        raise ValueError("masked_ncc: a template's mask counts no pixel")
+    tpl *= np.float32(1.0 / 255.0)
+    tpl -= ((tpl * msk).sum((1, 2)) / n)[:, None, None]
+    tpl *= msk  # T': zero mean over the mask, 0 off it
+    t_energy = np.einsum("kij,kij->k", tpl, tpl, dtype=np.float64).astype(np.float32)  # (K,) sum T'^2
+    fa, fa2 = sf.rfft2(a, s=size, workers=1), sf.rfft2(a * a, s=size, workers=1)
+    ft, fm = np.conjugate(sf.rfft2(tpl, s=size, workers=1)), np.conjugate(sf.rfft2(msk, s=size, workers=1))  # (K, H', W' / 2 + 1)
+    num = sf.irfft2(ft * fa, s=size, workers=1)  # (K, H', W') corr(I, T')
+    s2 = sf.irfft2(fm * fa2, s=size, workers=1)  # corr(I^2, M)
+    s1 = sf.irfft2(fm * fa, s=size, workers=1)  # corr(I, M)
+    var = s2 - s1 * s1 / n[:, None, None]  # (K, H', W') n times the window's variance
+    flat = var <= n[:, None, None] * np.float32(FLAT_WINDOW_VARIANCE / 255.0**2)
+    score = num / np.sqrt(np.maximum(var, 1e-20) * t_energy[:, None, None])
+    score[flat] = -1.0
+    return [score[i, : H - t.shape[0] + 1, : W - t.shape[1] + 1].astype(np.float32) for i, t in enumerate(templates)]
 
 
 def grow_box(box: Box, factor: float) -> Box:

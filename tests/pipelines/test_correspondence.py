@@ -748,11 +748,12 @@ def test_template_search_coarse_to_fine_finds_the_full_grids_placement(monkeypat
     assert sum(a == fine for a in areas) == 8 and len(areas) > 8 and all(a[0] < fine[0] for a in areas if a != fine)
 
 
-def test_masked_ncc_matches_opencvs_masked_template_matching():
+def test_masked_ncc_matches_opencvs_masked_template_matching(monkeypatch):
     """masked_ncc correlates a batch of templates with one area as cv2.matchTemplate's masked
     TM_CCOEFF_NORMED does one at a time: every score within 1e-3 of OpenCV's wherever OpenCV's is
     finite, the maximum at the same offset, on textured templates of several sizes with rotated
-    masks (zero corners; the unrotated one found where it was cut); a window of one flat colour scores -1 (OpenCV: not finite); a template
+    masks (zero corners; the unrotated one found where it was cut), and the same scores computed
+    a few templates a batch; a window of one flat colour scores -1 (OpenCV: not finite); a template
     without its own mask's shape, larger than the area or counting no pixel is a ValueError."""
     from refine_by_align.pipelines.matching import masked_ncc
 
@@ -777,6 +778,11 @@ def test_masked_ncc_matches_opencvs_masked_template_matching():
             assert (~finite[:, 0]).all()
         assert np.argmax(got) == np.argmax(np.where(finite, want, -1.0))
     assert ours[0].max() > 0.99  # (the unrotated template: cut from the area, found where it was cut)
+    from refine_by_align.pipelines import matching
+
+    monkeypatch.setattr(matching, "NCC_BATCH_VALUES", 2 * 72 * 90)  # (two templates a batch: 72 x 90 is the transform's size)
+    batched = masked_ncc(area, templates, masks)
+    assert all(np.array_equal(x, y) for x, y in zip(batched, ours)) and len(batched) == len(ours)
     assert masked_ncc(area, [], []) == []
     with pytest.raises(ValueError, match="mask of its own shape"):
         masked_ncc(area, templates[:1], [masks[0][1:]])

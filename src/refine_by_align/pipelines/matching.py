@@ -635,6 +635,9 @@ def template_matches(
 #: deviation, grey levels squared) -1, as :func:`cv2.matchTemplate` gives such a window no finite
 #: score: below the float32 transforms' rounding on 8-bit pictures, a flat window of one colour.
 FLAT_WINDOW_VARIANCE = 0.1
+#: :func:`masked_ncc` transforms at most this many values a batch (templates x the transform's
+#: size: 327 templates on an 80 x 80 px search area, the template search's first pass, in one).
+NCC_BATCH_VALUES = 2**21
 
 
 def masked_ncc(area: np.ndarray, templates: list[np.ndarray], masks: list[np.ndarray]) -> list[np.ndarray]:
@@ -642,9 +645,10 @@ def masked_ncc(area: np.ndarray, templates: list[np.ndarray], masks: list[np.nda
     mask ``m`` (nonzero: the template's pixels that count), computed together by FFT: the area's
     transforms are made once and the templates' in one batch, where OpenCV makes them again for
     every template (:func:`template_matches` correlates 200-360 rotations and scales with one
-    search area). (H, W) uint8 area, (h_k, w_k) uint8 templates and masks, each smaller than the
-    area -> a (H - h_k + 1, W - w_k + 1) float32 score map each; a flat window (grey variance
-    under :data:`FLAT_WINDOW_VARIANCE`) scores -1.
+    search area; in batches of at most :data:`NCC_BATCH_VALUES` values). (H, W) uint8 area, (h_k,
+    w_k) uint8 templates and masks, each smaller than the area -> a (H - h_k + 1, W - w_k + 1)
+    float32 score map each; a flat window (grey variance under :data:`FLAT_WINDOW_VARIANCE`)
+    scores -1.
 
     The normalised cross-correlation over the mask's n pixels at each offset: with T' the template
     minus its mean over the mask (0 off it), corr(I, T') / sqrt(sum T'^2 * (corr(I^2, M) -
@@ -661,6 +665,9 @@ def masked_ncc(area: np.ndarray, templates: list[np.ndarray], masks: list[np.nda
     if any(t.shape != m.shape or t.shape[0] > H or t.shape[1] > W for t, m in zip(templates, masks)):
         raise ValueError(f"masked_ncc: each template needs a mask of its own shape and must fit the {H} x {W} area")
     size = (sf.next_fast_len(H, real=True), sf.next_fast_len(W, real=True))  # (zeros past the area: no offset that fits wraps round)
+    per = max(1, NCC_BATCH_VALUES // (size[0] * size[1]))
+    if k > per:  # (in batches: the arrays below stay a few MB each)
+        return [score for i in range(0, k, per) for score in masked_ncc(area, templates[i : i + per], masks[i : i + per])]
     a = np.asarray(area, np.float32)
     a = (a - a.mean()) * np.float32(1.0 / 255.0)  # (H, W), centred: the squares' sums keep their precision
     tpl = np.zeros((k, H, W), np.float32)  # (K, H, W): each template at the top left, zeros past it

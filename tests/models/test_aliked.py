@@ -287,6 +287,28 @@ def test_find_weights_lookup(tmp_path, monkeypatch):
     assert find_weights("aliked-nonexistent") is None
 
 
+def test_load_aliked_by_name_gives_that_networks_config(tmp_path, monkeypatch):
+    """``--matcher-weights aliked-t16`` (README: the faster alignment) is a weights name looked up
+    in the weights folder: load_aliked gives the tiny network (64-d descriptors) with the tensors
+    of that file, and the default name the n16 network (128-d)."""
+    from safetensors.torch import save_file
+
+    from refine_by_align.models.aliked import load_aliked
+
+    torch.manual_seed(0)
+    for name in ("aliked-t16", "aliked-n16"):
+        net = ALIKED(ALIKED_CONFIGS[name])
+        (tmp_path / "aliked").mkdir(exist_ok=True)
+        save_file({k: v.contiguous() for k, v in net.state_dict().items()}, str(tmp_path / "aliked" / f"{name}.safetensors"))
+    monkeypatch.setenv("REFINE_BY_ALIGN_WEIGHTS", str(tmp_path))
+    tiny, reason = load_aliked("aliked-t16")
+    assert reason == "" and tiny.descriptor_dim == 64 and tiny.config == ALIKED_CONFIGS["aliked-t16"]
+    default, _ = load_aliked(None)
+    assert default.descriptor_dim == 128
+    missing, reason = load_aliked("aliked-nonexistent")
+    assert missing is None and "aliked-nonexistent.safetensors" in reason and "\n" not in reason
+
+
 def test_from_pretrained_missing_says_where(tmp_path):
     with pytest.raises(FileNotFoundError, match="looked in") as e:
         ALIKED.from_pretrained(tmp_path / "nope.safetensors")

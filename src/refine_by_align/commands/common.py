@@ -98,7 +98,7 @@ def add_alignment_options(p: argparse.ArgumentParser, deprecated: tuple[str, str
         help="the dense field's match sources joined by '+': sift, aliked, attention (default: sift+aliked where "
         "the ALIKED weights are found, else sift)",
     )
-    p.add_argument("--matcher-weights", default=None, help="ALIKED weights (.safetensors file or folder; default: ../shared/weights/aliked)")
+    p.add_argument("--matcher-weights", default=None, help="ALIKED weights: a .safetensors file, a folder, or a name looked up in the weights folder (default: aliked-n16 in ../shared/weights/aliked; aliked-t16: a faster alignment, slightly less precise, README)")
     timestep = p.add_argument(
         "--alignment-timestep", type=int, metavar="T", help="timestep t of the attention pass (default: the model's; see grid-search)"
     )

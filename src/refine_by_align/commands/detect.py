@@ -23,7 +23,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         help="learned (default): features robust to colour shifts and small misalignments; colour: the plain colour difference after the warp",
     )
     p.add_argument("--threshold", type=float, default=None, help="learned: a probability, 0 < T < 1 (default 0.8); colour: MADs above the median, T > 0 (default 6)")
-    p.add_argument("--matcher-weights", default=None, help="ALIKED weights (.safetensors file or folder; default: ../shared/weights/aliked; SIFT alone where absent)")
+    p.add_argument("--matcher-weights", default=None, help="ALIKED weights: a .safetensors file, a folder, or a name looked up in the weights folder (default: aliked-n16 in ../shared/weights/aliked; SIFT alone where absent)")
 
 
 def run(args) -> int:

@@ -152,6 +152,15 @@ def test_bench_speed_rejects_an_unknown_config_before_timing(tmp_path, capsys):
     assert len(err) == 1 and "--configs" in err[0] and "nosuch" in err[0] and not out.exists()
 
 
+def test_bench_speed_rejects_matcher_weights_it_cannot_load_before_timing(tmp_path, capsys):
+    from refine_by_align.cli import main
+
+    out = tmp_path / "b.json"
+    assert main(["bench-speed", "--configs", "tiny", "--matcher-weights", str(tmp_path / "none.safetensors"), "--output", str(out)]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "--matcher-weights" in err[0] and "cannot load the ALIKED matcher" in err[0] and not out.exists()
+
+
 def test_train_with_weights_that_cannot_be_had_is_a_usage_error(tmp_path, capsys):
     from refine_by_align.cli import main
 

@@ -31,9 +31,20 @@ def test_config_names_are_checked_before_any_timing(tmp_path):
 
 
 def test_benchmark_writes_the_documented_keys(tmp_path):
+    """... and times the alignment with the ALIKED weights it is given (``--matcher-weights``: here
+    the tiny network's, random), naming them in the result and the printed lines."""
+    from safetensors.torch import save_file
+
+    from refine_by_align.models.aliked import ALIKED, ALIKED_CONFIGS
+
+    torch.manual_seed(0)
+    weights = tmp_path / "aliked-t16.safetensors"
+    save_file({k: v.contiguous() for k, v in ALIKED(ALIKED_CONFIGS["aliked-t16"]).state_dict().items()}, str(weights))
     out = tmp_path / "bench.json"
-    res = run_benchmark(["tiny"], out, repeats=1, dtype="bf16")
+    res = run_benchmark(["tiny"], out, repeats=1, dtype="bf16", matcher_weights=str(weights))
     data = json.loads(out.read_text())
+    assert data["tiny"]["matcher"] == str(weights)
+    assert any(line.startswith("tiny: alignment dense") and line.endswith("matcher: aliked-t16.safetensors") for line in format_results(data, out).splitlines())
     assert data["ceiling"]["fp32_gflops"] > 0 and data["ceiling"]["bf16_gflops"] > 0
     from refine_by_align.fill import fsr_backend
 

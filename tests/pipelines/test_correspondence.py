@@ -470,6 +470,7 @@ def test_pipeline_says_when_the_matcher_weights_are_missing(tiny_pipe, tmp_path)
 
     garbled, target, mask, ref, valid = _photo_like_case()
     assert not tiny_pipe.set_matcher(tmp_path / "nowhere.safetensors")
+    assert tiny_pipe.matcher_weights is None  # (SIFT alone: no weights in use)
     try:
         out = tiny_pipe(Image.fromarray(garbled), mask, Image.fromarray(ref), valid, seed=0)
         assert any("ALIKED matcher unavailable" in n and "SIFT alone" in n for n in out.notes), out.notes

@@ -31,6 +31,12 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     )
     p.add_argument("--device", default="auto", help="auto (a visible CUDA GPU, else the CPU), cpu or cuda")
     p.add_argument("--attention", action="store_true", help="also time PyTorch's CPU attention kernel by head size")
+    p.add_argument(
+        "--matcher-weights",
+        default=None,
+        help="ALIKED weights the alignment uses: a .safetensors file, a folder, or a name looked up in the weights folder "
+        "(default: aliked-n16 where found, else SIFT alone; aliked-t16: the faster alignment, README)",
+    )
 
 
 def run(args) -> int:
@@ -54,6 +60,14 @@ def run(args) -> int:
         if not Path(args.cases).is_dir():
             raise CLIError(f"--cases: {args.cases} is not a folder (build one with refine-by-align make-cases)")
         load_cases(args.cases, limit=args.case_limit)
-    res = run_benchmark(configs, args.output, args.repeats, args.cases, args.dtype, args.compile or False, args.device, args.attention, args.case_limit)
+    if args.matcher_weights is not None:  # (loaded here once, so weights that cannot be are one line before the minutes of timing)
+        from ..models.aliked import load_aliked
+
+        matcher, reason = load_aliked(args.matcher_weights)
+        if matcher is None:
+            raise CLIError(f"--matcher-weights '{args.matcher_weights}': cannot load the ALIKED matcher: {reason}")
+    res = run_benchmark(
+        configs, args.output, args.repeats, args.cases, args.dtype, args.compile or False, args.device, args.attention, args.case_limit, args.matcher_weights
+    )
     print(format_results(res, args.output))
     return 0

@@ -277,9 +277,12 @@ def benchmark_config(
     compile: bool | str = False,
     device: str = "auto",
     case_limit: int | None = None,
+    matcher_weights: str | None = None,
 ) -> dict:
     """Times of every stage of one config (a preset name or a model folder) on ``device``.
-    ``compile``: False, True (torch.compile's default mode) or a mode name such as "max-autotune"."""
+    ``compile``: False, True (torch.compile's default mode) or a mode name such as "max-autotune".
+    ``matcher_weights``: the ALIKED weights the alignment uses (None: the default, where found);
+    ``"matcher"`` in the result names the weights used (None: SIFT alone)."""
     from ..loading import load_pipeline
     from ..pipelines.pipeline import resolve_device
 
@@ -287,6 +290,8 @@ def benchmark_config(
     dtype = _resolve_dtype(name, dtype, native_bf16(dev))
     _say(f"{name}: loading ({dtype}, {dev})")
     pipe = load_pipeline(name, device=dev, dtype=DTYPES[dtype])
+    if matcher_weights is not None:
+        pipe.require_matcher(matcher_weights, "--matcher-weights")
     timed = partial(median_time, warmup=1, device=dev)  # timed(fn, repeats): the median on this config's device
     pipe.set_progress_bar_config(disable=True)
     model = pipe.model
@@ -308,6 +313,7 @@ def benchmark_config(
         res |= _time_refines(pipe, example, name, timed, repeats)
     if bench_cases:
         res["cases"] = _time_cases(pipe, bench_cases, name, case_limit)
+    res["matcher"] = pipe.matcher_weights
     res["steps"] = model.cfg.default_steps
     res["guidance"] = model.cfg.default_guidance
     res["peak_rss_mb"] = peak_rss_mb()
@@ -343,11 +349,13 @@ def run_benchmark(
     device: str = "auto",
     attention: bool = False,
     case_limit: int | None = None,
+    matcher_weights: str | None = None,
 ) -> dict:
     """Ceiling, each config in its own process (so that peak RSS is that config's own), ceiling
     again; with ``attention``, also :func:`attention_sweep` (CPU) under ``"attention_sweep"``; with
     ``bench_cases`` (a case folder) each config also refines its cases (the first ``case_limit``),
-    timed one by one (:func:`_time_cases`)."""
+    timed one by one (:func:`_time_cases`); ``matcher_weights``: the ALIKED weights every config's
+    alignment uses (None: the default, where found)."""
     import multiprocessing
 
     from ..pipelines.pipeline import resolve_device
@@ -377,7 +385,9 @@ def run_benchmark(
     ctx = multiprocessing.get_context("spawn")
     for name in configs:
         with ctx.Pool(1) as pool:
-            results[name] = pool.apply(_benchmark_in_child, ((name, repeats, bench_cases, dtype, compile, str(dev), case_limit, torch.get_num_threads(), keeps_freed_memory()),))
+            results[name] = pool.apply(
+                _benchmark_in_child, ((name, repeats, bench_cases, dtype, compile, str(dev), case_limit, matcher_weights, torch.get_num_threads(), keeps_freed_memory()),)
+            )
     _say("matmul ceiling again")
     runs.append(ceiling())
     out["ceiling"] = {k: max(r[k] for r in runs) for k in runs[0]}
@@ -431,6 +441,7 @@ def format_results(res: dict, output: str | Path) -> str:
             lines.append(
                 f"{name}: alignment dense {r['align_s']:.3f} s / attention (Algorithm 1) {r['align_attention_s']:.3f} s on the 512 px input; "
                 f"on the shipped badge example: dense alignment {r['align_example_s']:.3f} s ({r.get('align_example_warm_s', float('nan')):.3f} s with the reference seen before), whole refine {r['refine_example_s']:.3f} s"
+                + ("" if "matcher" not in r else f"; matcher: {Path(r['matcher']).name if r['matcher'] else 'none (SIFT alone)'}")
             )
     for name, r in res.items():
         if isinstance(r, dict) and "refine_512_parts_s" in r:

@@ -593,6 +593,17 @@ class RefineByAlignPipeline(DiffusionPipeline):
             raise InputError(f"{what} '{weights}': cannot load the ALIKED matcher: {self._aliked_reason}")
 
     @property
+    def matcher_weights(self) -> str | None:
+        """The file the ALIKED matcher in use was loaded from (a matcher given as a module without
+        one: its class name); None where the alignment runs on SIFT alone or has not looked for
+        the matcher yet."""
+        m = getattr(self, "_aliked", None)
+        if not m:
+            return None
+        path = getattr(m, "weights_path", None)
+        return str(path) if path is not None else type(m).__name__
+
+    @property
     def _aliked_note(self) -> str:
         """The note that says the matcher could not be loaded, and why ("" where it was not tried
         or was loaded)."""

@@ -751,11 +751,14 @@ def test_template_search_coarse_to_fine_finds_the_full_grids_placement(monkeypat
 
 def test_masked_ncc_matches_opencvs_masked_template_matching(monkeypatch):
     """masked_ncc correlates a batch of templates with one area as cv2.matchTemplate's masked
-    TM_CCOEFF_NORMED does one at a time: every score within 1e-3 of OpenCV's wherever OpenCV's is
-    finite, the maximum at the same offset, on textured templates of several sizes with rotated
-    masks (zero corners; the unrotated one found where it was cut), and the same scores computed
-    a few templates a batch; a window of one flat colour scores -1 (OpenCV: not finite); a template
-    without its own mask's shape, larger than the area or counting no pixel is a ValueError."""
+    TM_CCOEFF_NORMED does one at a time: every score within 1e-3 of OpenCV's off the flat strip,
+    the maximum at the same offset, on textured templates of several sizes with rotated masks (zero
+    corners; the unrotated one found where it was cut) and on a nearly flat one (what float32
+    leaves of a template's mean taken out), and the same scores computed a few templates a batch.
+    A window of one flat colour scores -1, and so does every window for a template flat over its
+    mask (no correlation to measure; never NaN). A template without its own mask's shape, larger
+    than the area or counting no pixel, or an area that is not 8-bit grey, is a ValueError."""
+    from refine_by_align.pipelines import matching
     from refine_by_align.pipelines.matching import masked_ncc
 
     rng = np.random.default_rng(3)
@@ -766,20 +769,23 @@ def test_masked_ncc_matches_opencvs_masked_template_matching(monkeypatch):
         y, x = rng.integers(0, 70 - 40), rng.integers(20, 83 - 40)
         t = np.ascontiguousarray(area[y : y + size, x : x + size + 3])
         M = cv2.getRotationMatrix2D(((size + 3) / 2, size / 2), angle, 1.0)
-        m = cv2.warpAffine(np.full(t.shape, 255, np.uint8), M, t.shape[::-1], flags=cv2.INTER_NEAREST)
-        templates.append(cv2.warpAffine(t, M, t.shape[::-1], flags=cv2.INTER_LINEAR)), masks.append(m)
+        masks.append(cv2.warpAffine(np.full(t.shape, 255, np.uint8), M, t.shape[::-1], flags=cv2.INTER_NEAREST))
+        templates.append(cv2.warpAffine(t, M, t.shape[::-1], flags=cv2.INTER_LINEAR))
+    nearly_flat = np.full((14, 15), 201, np.uint8)
+    nearly_flat[rng.integers(0, 14, 12), rng.integers(0, 15, 12)] = 204  # (a few specks: variance about 0.6 grey levels squared)
+    templates.append(nearly_flat), masks.append(np.full(nearly_flat.shape, 255, np.uint8))
     ours = masked_ncc(area, templates, masks)
     for t, m, got in zip(templates, masks, ours):
         want = cv2.matchTemplate(area, t, cv2.TM_CCOEFF_NORMED, mask=m)
-        finite = np.isfinite(want)
-        assert got.shape == want.shape and got.dtype == np.float32
-        assert np.abs(got - want)[finite].max() < 1e-3, np.abs(got - want)[finite].max()
-        assert (got[~finite] == -1.0).all()
-        if t.shape[1] <= 20:  # (a window at the left edge lies on the flat strip: no finite score in OpenCV)
-            assert (~finite[:, 0]).all()
-        assert np.argmax(got) == np.argmax(np.where(finite, want, -1.0))
+        on_strip = np.zeros(want.shape, bool)
+        on_strip[:, : max(0, 21 - t.shape[1])] = True  # (windows wholly on the flat strip)
+        assert got.shape == want.shape and got.dtype == np.float32 and np.isfinite(got).all()
+        assert (got[on_strip] == -1.0).all() and (got[~on_strip] > -1.0).all()
+        assert np.abs(got - want)[~on_strip].max() < 1e-3, np.abs(got - want)[~on_strip].max()
+        assert np.argmax(got) == np.argmax(np.where(on_strip | ~np.isfinite(want), -1.0, want))
     assert ours[0].max() > 0.99  # (the unrotated template: cut from the area, found where it was cut)
-    from refine_by_align.pipelines import matching
+    flat = masked_ncc(area, [np.full((10, 12), 90, np.uint8)], [np.full((10, 12), 255, np.uint8)])[0]
+    assert flat.shape == (61, 72) and (flat == -1.0).all()
 
     monkeypatch.setattr(matching, "NCC_BATCH_VALUES", 2 * 72 * 90)  # (two templates a batch: 72 x 90 is the transform's size)
     batched = masked_ncc(area, templates, masks)
@@ -787,10 +793,29 @@ def test_masked_ncc_matches_opencvs_masked_template_matching(monkeypatch):
     assert masked_ncc(area, [], []) == []
     with pytest.raises(ValueError, match="mask of its own shape"):
         masked_ncc(area, templates[:1], [masks[0][1:]])
-    with pytest.raises(ValueError, match="fit"):
+    with pytest.raises(ValueError, match="does not fit"):
         masked_ncc(area[:10, :10], templates[:1], masks[:1])
     with pytest.raises(ValueError, match="no pixel"):
         masked_ncc(area, templates[:1], [np.zeros_like(masks[0])])
+    with pytest.raises(ValueError, match="8-bit grey"):
+        masked_ncc(area.astype(np.float32) / 255.0, templates[:1], masks[:1])
+    with pytest.raises(ValueError, match="1 templates but 2 masks"):
+        masked_ncc(area, templates[:1], masks[:2])
+
+
+def test_template_search_reads_the_placement_as_x_then_y():
+    """The plain object searched for from a crop box moved sideways: its best placement lies at
+    another column of the search area but the same row, and the matches still land on the object
+    (a placement read as (row, column) instead of (x, y) would put them tens of pixels off)."""
+    from refine_by_align.pipelines.correspondence import template_matches
+
+    image, mask, ref, rmask, box, A = _plain_object_case()
+    back = cv2.invertAffineTransform(A)  # image -> reference
+    for dx in (0, 14, -10):
+        moved = Box(box.x0 + dx, box.y0, box.x1 + dx, box.y1)
+        found, score = template_matches(image, mask, ref, rmask, moved)
+        err = np.linalg.norm(np.c_[found.img_xy, np.ones(len(found))] @ back.T - found.ref_xy, axis=1)
+        assert len(found) > 50 and score > 0.7 and np.median(err) < 4.0, (dx, len(found), score, np.median(err))
 
 
 def test_template_search_places_a_mirrored_reference_too():

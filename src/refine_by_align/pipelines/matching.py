@@ -631,9 +631,10 @@ def template_matches(
     return Matches(img_xy.astype(np.float32), ref_xy.astype(np.float32), np.ones(n, np.float32), {"template": n}), best
 
 
-#: :func:`masked_ncc` scores a window whose grey values vary by less than this (mean squared
-#: deviation, grey levels squared) -1, as :func:`cv2.matchTemplate` gives such a window no finite
-#: score: below the float32 transforms' rounding on 8-bit pictures, a flat window of one colour.
+#: :func:`masked_ncc` scores -1 a window, or a template over its mask, whose grey values vary by
+#: less than this (mean squared deviation, grey levels squared): one flat colour, which has no
+#: normalised correlation (OpenCV gives it no finite score, or one made of its float32 rounding,
+#: which can reach 0.7); the float32 transforms' own rounding on 8-bit pictures stays below 0.01.
 FLAT_WINDOW_VARIANCE = 0.1
 #: :func:`masked_ncc` transforms at most this many values a batch (templates x the transform's
 #: size: 327 templates on an 80 x 80 px search area, the template search's first pass, in one).
@@ -643,32 +644,39 @@ NCC_BATCH_VALUES = 2**21
 def masked_ncc(area: np.ndarray, templates: list[np.ndarray], masks: list[np.ndarray]) -> list[np.ndarray]:
     """``cv2.matchTemplate(area, t, cv2.TM_CCOEFF_NORMED, mask=m)`` for every template ``t`` and its
     mask ``m`` (nonzero: the template's pixels that count), computed together by FFT: the area's
-    transforms are made once and the templates' in one batch, where OpenCV makes them again for
-    every template (:func:`template_matches` correlates 200-360 rotations and scales with one
-    search area; in batches of at most :data:`NCC_BATCH_VALUES` values). (H, W) uint8 area, (h_k,
-    w_k) uint8 templates and masks, each smaller than the area -> a (H - h_k + 1, W - w_k + 1)
-    float32 score map each; a flat window (grey variance under :data:`FLAT_WINDOW_VARIANCE`)
-    scores -1.
+    transforms are made once a batch and the templates' in one batch, where OpenCV makes them again
+    for every template (:func:`template_matches` correlates 200-360 rotations and scales with one
+    search area; batches of at most :data:`NCC_BATCH_VALUES` values). (H, W) uint8 area, (h_k, w_k)
+    uint8 templates and masks, each no larger than the area -> a (H - h_k + 1, W - w_k + 1) float32
+    score map each; a flat window, and every window for a template flat over its mask (grey
+    variance under :data:`FLAT_WINDOW_VARIANCE`), scores -1.
 
     The normalised cross-correlation over the mask's n pixels at each offset: with T' the template
     minus its mean over the mask (0 off it), corr(I, T') / sqrt(sum T'^2 * (corr(I^2, M) -
     corr(I, M)^2 / n)), the three correlations of each template with the area by the
-    cross-correlation theorem (float32, the area centred on its mean). On the suite's 384 searches
-    the scores are within 3.1e-4 of OpenCV's, and every search places the object where OpenCV's
-    does (MODEL_CARD.md, "The template search's correlations in one batch")."""
-    if not templates:
-        return []
+    cross-correlation theorem (float32, the area centred on its mean; what float32 leaves of T''s
+    mean is taken out of corr(I, T') through corr(I, M)). On the suite's 384 searches the scores
+    are within 3.1e-4 of OpenCV's, and every search places the object where OpenCV's does
+    (MODEL_CARD.md, "The template search's correlations in one batch")."""
     if len(templates) != len(masks):
         raise ValueError(f"masked_ncc: {len(templates)} templates but {len(masks)} masks")
+    if not templates:
+        return []
+    area = np.asarray(area)
+    if area.ndim != 2 or area.dtype != np.uint8:
+        raise ValueError(f"masked_ncc: the area must be one 8-bit grey picture (H, W) uint8, got {area.shape} {area.dtype}")
     H, W = area.shape
     k = len(templates)
-    if any(t.shape != m.shape or t.shape[0] > H or t.shape[1] > W for t, m in zip(templates, masks)):
-        raise ValueError(f"masked_ncc: each template needs a mask of its own shape and must fit the {H} x {W} area")
+    for t, m in zip(templates, masks):
+        if t.ndim != 2 or t.dtype != np.uint8 or t.shape != m.shape:
+            raise ValueError(f"masked_ncc: each template must be (h, w) uint8 with a mask of its own shape, got {t.shape} {t.dtype} and {m.shape}")
+        if t.shape[0] > H or t.shape[1] > W:
+            raise ValueError(f"masked_ncc: a {t.shape[0]} x {t.shape[1]} template does not fit the {H} x {W} area")
     size = (sf.next_fast_len(H, real=True), sf.next_fast_len(W, real=True))  # (zeros past the area: no offset that fits wraps round)
     per = max(1, NCC_BATCH_VALUES // (size[0] * size[1]))
     if k > per:  # (in batches: the arrays below stay a few MB each)
         return [score for i in range(0, k, per) for score in masked_ncc(area, templates[i : i + per], masks[i : i + per])]
-    a = np.asarray(area, np.float32)
+    a = area.astype(np.float32)
     a = (a - a.mean()) * np.float32(1.0 / 255.0)  # (H, W), centred: the squares' sums keep their precision
     tpl = np.zeros((k, H, W), np.float32)  # (K, H, W): each template at the top left, zeros past it
     msk = np.zeros((k, H, W), np.float32)  # (K, H, W): its mask, 0 / 1
@@ -679,17 +687,21 @@ def masked_ncc(area: np.ndarray, templates: list[np.ndarray], masks: list[np.nda
     if (n == 0).any():
         raise ValueError("masked_ncc: a template's mask counts no pixel")
     tpl *= np.float32(1.0 / 255.0)
-    tpl -= ((tpl * msk).sum((1, 2)) / n)[:, None, None]
-    tpl *= msk  # T': zero mean over the mask, 0 off it
-    t_energy = np.einsum("kij,kij->k", tpl, tpl, dtype=np.float64).astype(np.float32)  # (K,) sum T'^2
+    tpl -= ((tpl * msk).sum((1, 2), dtype=np.float64) / n).astype(np.float32)[:, None, None]
+    tpl *= msk  # T': zero mean over the mask (up to float32's rounding, taken out below), 0 off it
+    left = tpl.sum((1, 2), dtype=np.float64) / n  # (K,) what rounding left of T''s mean
+    t_energy = (np.einsum("kij,kij->k", tpl, tpl, dtype=np.float64) - n * left**2).astype(np.float32)  # (K,) sum (T' - left M)^2
     fa, fa2 = sf.rfft2(a, s=size, workers=1), sf.rfft2(a * a, s=size, workers=1)
     ft, fm = np.conjugate(sf.rfft2(tpl, s=size, workers=1)), np.conjugate(sf.rfft2(msk, s=size, workers=1))  # (K, H', W' / 2 + 1)
     num = sf.irfft2(ft * fa, s=size, workers=1)  # (K, H', W') corr(I, T')
     s2 = sf.irfft2(fm * fa2, s=size, workers=1)  # corr(I^2, M)
     s1 = sf.irfft2(fm * fa, s=size, workers=1)  # corr(I, M)
+    num -= left.astype(np.float32)[:, None, None] * s1  # corr(I, T' - left M)
     var = s2 - s1 * s1 / n[:, None, None]  # (K, H', W') n times the window's variance
     flat = var <= n[:, None, None] * np.float32(FLAT_WINDOW_VARIANCE / 255.0**2)
-    score = num / np.sqrt(np.maximum(var, 1e-20) * t_energy[:, None, None])
+    flat |= (t_energy <= n * np.float32(FLAT_WINDOW_VARIANCE / 255.0**2))[:, None, None]  # a template flat over its mask: no score anywhere
+    with np.errstate(divide="ignore", invalid="ignore"):
+        score = num / np.sqrt(np.maximum(var, 1e-20) * np.maximum(t_energy, 1e-20)[:, None, None])
     score[flat] = -1.0
     return [score[i, : H - t.shape[0] + 1, : W - t.shape[1] + 1].astype(np.float32) for i, t in enumerate(templates)]
 

@@ -598,7 +598,7 @@ class RefineByAlignPipeline(DiffusionPipeline):
         one: its class name); None where the alignment runs on SIFT alone or has not looked for
         the matcher yet."""
         m = getattr(self, "_aliked", None)
-        if not m:
+        if m is None or m is False:
             return None
         path = getattr(m, "weights_path", None)
         return str(path) if path is not None else type(m).__name__

@@ -40,7 +40,9 @@ def test_refine_writes_result_compare_and_correspondence(tmp_path, capsys):
     assert "wrote" in capsys.readouterr().out
 
 
-def test_align_command(tmp_path):
+def test_align_command(tmp_path, capsys):
+    """``align`` writes M* as a 0 / 255 picture of the reference's size, the pixels it reports (a
+    small part of the reference, not its complement), and the heat map drawn over the reference."""
     out = tmp_path / "c.png"
     heat = tmp_path / "h.png"
     rc = main([
@@ -50,6 +52,12 @@ def test_align_command(tmp_path):
     assert rc == 0
     ref = Image.open(BADGE / "reference.png")
     assert Image.open(out).size == ref.size and Image.open(heat).size == ref.size
+    region = np.asarray(Image.open(out))
+    reported = int(capsys.readouterr().out.split(" reference pixels)")[0].rsplit("; ", 1)[1])
+    assert set(np.unique(region)) <= {0, 255} and (region == 255).sum() == reported
+    assert 0 < reported < 0.25 * region.size  # (the masked part's place, not the rest of the photo)
+    drawn = np.abs(np.asarray(Image.open(heat).convert("RGB"), np.int16) - np.asarray(ref.convert("RGB"), np.int16)).max(-1)
+    assert (drawn[region == 255] > 10).mean() > 0.5  # (the heat map shows over the region)
 
 
 @pytest.mark.parametrize(

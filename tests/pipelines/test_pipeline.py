@@ -138,11 +138,28 @@ def test_alignment_threshold_comes_from_the_config(tiny_pipe, simple_inputs, mon
 
 
 def test_reference_mask_restricts_correspondence(tiny_pipe, simple_inputs):
+    """M* stays on the given reference object: Algorithm 1's region (noise inputs, no field), and
+    the dense field's pushed mask where the object's outline cuts through it (a textured pair SIFT
+    matches; the object the reference's left part, ending in the middle of the pushed region)."""
     image, mask, reference = simple_inputs
     ref_mask = np.zeros((reference.height, reference.width), bool)
     ref_mask[20:60, 10:50] = True
     res = tiny_pipe.align(image, mask, reference, ref_mask)
     assert not res.region[~ref_mask].any()
+
+    tiny_pipe.set_matcher(enabled=False)  # (SIFT alone: no dependence on ../shared)
+    try:
+        img, m, ref = _textured_pair()
+        whole = tiny_pipe.align(Image.fromarray(img), m, Image.fromarray(ref))
+        assert whole.method == "dense" and whole.region.any(), whole.info
+        cols = np.nonzero(whole.region.any(0))[0]
+        cut = np.zeros(ref.shape[:2], bool)
+        cut[:, : (cols.min() + cols.max()) // 2] = True  # (the object ends halfway across the pushed region)
+        part = tiny_pipe.align(Image.fromarray(img), m, Image.fromarray(ref), cut)
+        assert part.method == "dense" and part.region.any(), part.info
+        assert not part.region[~cut].any() and whole.region[~cut].any()
+    finally:
+        tiny_pipe._aliked = None
 
 
 def test_input_modes_are_accepted(tiny_pipe, simple_inputs):

@@ -12,6 +12,19 @@ def _save(img, path, **kw):
     return path
 
 
+def test_alpha_mask_is_the_opaque_half_and_none_when_fully_opaque():
+    """An alpha channel's object mask: the pixels at half opacity or more (128 of 255) count, the
+    fainter ones do not; a picture opaque everywhere, or without alpha, has no mask to give (None:
+    the object is then estimated from the photo)."""
+    a = np.zeros((4, 6), np.uint8)
+    a[1, 1], a[1, 2], a[2, 3], a[2, 4] = 100, 127, 128, 200
+    rgba = np.dstack([np.full((4, 6, 3), 90, np.uint8), a])
+    got = alpha_mask(Image.fromarray(rgba, "RGBA"))
+    assert got.dtype == bool and got.sum() == 2 and got[2, 3] and got[2, 4]
+    assert alpha_mask(Image.fromarray(np.dstack([rgba[..., :3], np.full((4, 6), 255, np.uint8)]), "RGBA")) is None
+    assert alpha_mask(Image.fromarray(rgba[..., :3], "RGB")) is None
+
+
 def test_modes_convert_to_rgb(tmp_path):
     rgba = Image.new("RGBA", (10, 8), (10, 20, 30, 0))
     rgba.putpixel((1, 1), (200, 100, 50, 255))

@@ -2255,3 +2255,19 @@ def test_push_mask_takes_the_pixels_the_mask_covers_most_of(scale):
     assert iou >= 0.95, iou
     assert 0.95 < region.sum() / true.sum() < 1.05
     assert not fld.push_mask(np.zeros((h, w), bool), shape).any()
+
+
+def test_on_reference_object_keeps_positions_a_pixel_inside_the_outline():
+    """The rule every field's on_object follows, read directly: on a 20 x 20 px square object, a
+    position lands on it only a pixel or more inside its outline (the outline itself is not
+    copied) and only where its bilinear sample is whole: half a pixel short of that is off, as is
+    anything off the picture or not finite; without an object mask every finite position counts."""
+    from refine_by_align.pipelines.fields import on_reference_object
+
+    obj = np.zeros((40, 40), bool)
+    obj[10:30, 10:30] = True  # columns and rows 10..29
+    xs = np.array([20.0, 11.0, 10.5, 10.0, 28.0, 28.5, 29.0, -5.0, np.nan], np.float32)
+    xy = np.stack([xs, np.full_like(xs, 20.0)], -1)[None]  # (1, 9, 2): along row 20
+    assert on_reference_object(xy, obj)[0].tolist() == [True, True, False, False, True, False, False, False, False]
+    assert on_reference_object(xy[..., ::-1].copy(), obj)[0].tolist() == [True, True, False, False, True, False, False, False, False]  # (down column 20)
+    assert on_reference_object(xy, None)[0].tolist() == [True] * 8 + [False]

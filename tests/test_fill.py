@@ -33,6 +33,26 @@ def test_telea_continues_a_smooth_ramp_and_keeps_the_rest():
     assert torch.equal(out[1], img[1])  # no hole: unchanged
 
 
+def test_warp_fill_takes_the_warp_only_where_it_is_trusted_inside_the_hole():
+    """hole_fill "warp": the warped reference fills the hole's trusted pixels, Telea the untrusted
+    ones, and nothing outside the hole changes, trusted or not; without a warp or a trust map it
+    is Telea's fill; a warp or trust of another shape is a ValueError."""
+    img, mask = _inputs()
+    warp = torch.full_like(img, 0.25)
+    trust = torch.zeros_like(mask)
+    trust[:, :, :, :8] = 1.0  # the left half of the picture, hole and surroundings alike
+    out = fill_hole(img, mask, "warp", warp, trust)
+    telea = fill_hole(img, mask, "telea")
+    hole = (mask > 0.5).expand_as(out)
+    trusted = (trust > 0.5).expand_as(out)
+    assert (out[hole & trusted] == 0.25).all() and hole[trusted].any()
+    assert torch.equal(out[hole & ~trusted], telea[hole & ~trusted]) and (telea[hole & ~trusted] != 0.25).all()
+    assert torch.equal(out[~hole], img[~hole])  # (trusted pixels outside the hole keep the image)
+    assert torch.equal(fill_hole(img, mask, "warp"), telea) and torch.equal(fill_hole(img, mask, "warp", warp), telea)
+    with pytest.raises(ValueError, match="do not match"):
+        fill_hole(img, mask, "warp", warp[:, :, :8], trust)
+
+
 def test_bad_method_and_shapes():
     img, mask = _inputs()
     with pytest.raises(ValueError, match="hole fill"):

@@ -59,6 +59,32 @@ def test_a4_removes_border_noise_peaks_and_keeps_largest_blob():
     assert (blob == expected).all()
 
 
+def test_a4_spike_takes_its_neighbours_median_and_the_blob_is_chosen_by_weight():
+    """A.4 read exactly: an isolated spike (3.5 times its strongest neighbour, over the ratio of 3)
+    becomes the median of its 8 neighbours (mirrored at the border), one 2.5 times them stays;
+    the blob kept is the one with the largest summed weight, not the most tokens (a small strong
+    blob over a larger weak one)."""
+    i, j = np.mgrid[0:G, 0:G]
+    raw = 0.1 + 0.01 * i + 0.02 * j  # a sloped floor: every neighbourhood has its own median
+    ring = np.ones((3, 3), bool)
+    ring[1, 1] = False
+    padded = np.pad(raw, 1, mode="reflect")  # (NumPy's reflect is SciPy's mirror)
+    raw[0, 7] = 3.5 * padded[0:3, 7:10][ring].max()  # a corner spike, 3.5 times its strongest neighbour
+    raw[4, 4] = 2.5 * raw[3:6, 3:6][ring].max()  # 2.5 times its strongest neighbour
+    padded = np.pad(raw, 1, mode="reflect")
+    filtered = filter_token_peaks(raw)
+    assert filtered[0, 7] == pytest.approx(np.median(padded[0:3, 7:10][ring]))
+    assert filtered[4, 4] == raw[4, 4]  # (2.5 times its neighbours: a match, kept)
+    changed = filtered != raw
+    assert changed.sum() == 1 and changed[0, 7]
+
+    weights = np.zeros((G, G))
+    weights[0:2, 0:3] = 0.55  # 6 tokens, summed weight 3.3 (after the normalisation: the map's max is 1)
+    weights[5:7, 5:7] = 1.0  # 4 tokens, summed weight 4.0
+    blob, norm = clean_correspondence(weights)
+    assert blob[5:7, 5:7].all() and blob.sum() == 4 and norm.max() == 1.0
+
+
 def test_recording_processor_plus_eq5_recover_one_hot_tokens_by_position():
     """A real diffusers Attention whose reference tokens are one-hot by position: the recorded
     probabilities, summed over the mask (Eq. 5) and cleaned (A.4), land on the planted tokens."""

@@ -282,8 +282,10 @@ def test_device_is_picked_automatically_and_a_missing_gpu_is_a_clear_error():
 
 
 def test_latent_model_pipeline_runs_channels_last_and_compile_falls_back(tmp_path, simple_inputs, monkeypatch):
-    """A latent-space (vae-tiny) model saved and reloaded: weights stored channels-last, one
-    refine runs; a torch.compile that raises leaves the pipeline eager and working."""
+    """A latent-space (vae-tiny) model saved and reloaded: weights stored channels-last; a
+    torch.compile that raises leaves the pipeline eager and working: the refine keeps the pixels
+    outside the dilated mask, draws the decoded crop in the mask (not a flat value) and gives the
+    same picture again for the same seed."""
     import torch
 
     from refine_by_align.config import ModelConfig, get_config
@@ -305,8 +307,12 @@ def test_latent_model_pipeline_runs_channels_last_and_compile_falls_back(tmp_pat
     assert pipe.enable_compile() is False and pipe._compiled == {}
     image, mask, reference = simple_inputs
     out = pipe(image, mask, reference, seed=0, num_inference_steps=2)
-    a = np.asarray(out.image)
-    assert a.shape == np.asarray(image).shape and np.isfinite(a).all()
+    a, given = np.asarray(out.image), np.asarray(image)
+    assert a.shape == given.shape
+    far = ~ndimage.binary_dilation(mask, iterations=8)
+    assert np.array_equal(a[far], given[far])  # (outside the dilated mask: the given pixels)
+    assert a[mask].astype(np.float64).std() > 1.0  # (the decoded crop: a picture, not one flat value such as a zeroed decode)
+    assert np.array_equal(np.asarray(pipe(image, mask, reference, seed=0, num_inference_steps=2).image), a)
 
 
 def test_latent_model_uses_compiled_autoencoder_parts_and_each_falls_back_alone(tmp_path, simple_inputs, caplog):

@@ -94,6 +94,14 @@ def test_residual_patch_corrects_only_inside_the_mask():
     got = residual_patch(crop, mask, out, prefill, hole)
     assert np.array_equal(got[~mask], crop[~mask])  # outside the mask: the input itself
     assert not np.array_equal(got[mask], residual_patch(crop, mask, prefill, prefill)[mask])  # inside: corrected
+    # the model's hole (small) covering the left part of the mask only: the correction stays in it,
+    # and the mask's right columns, beyond the cubic upsampling's reach, are the plain fill
+    left = np.zeros((16, 16), np.float32)
+    left[5:11, 5:8] = 1.0  # (full-resolution columns 12-20 of the mask's 12-27)
+    part = residual_patch(crop, mask, out, prefill, left)
+    plain = residual_patch(crop, mask, prefill, prefill)
+    assert np.array_equal(part[12:28, 26:28], plain[12:28, 26:28]) and not np.array_equal(part[12:28, 12:20], plain[12:28, 12:20])
+    assert np.array_equal(part[~mask], crop[~mask])
 
 
 def test_residual_patch_blur_removes_speckle_and_keeps_a_colour_shift():

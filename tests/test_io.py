@@ -225,3 +225,17 @@ def test_a_mask_drawn_dark_on_a_transparent_layer_says_how_it_is_read(tmp_path):
     a[5:10, 5:10, :3] = 255  # white marks: read
     Image.fromarray(a, "RGBA").save(tmp_path / "m.png")
     assert load_inputs(files)[1].sum() == 25
+
+
+def test_check_settings_bounds_steps_guidance_and_samples_at_both_ends():
+    """The sampling settings' bounds, each side: steps 1..1000, guidance 0..50 (finite), samples
+    at least 1; in range passes silently, out of range is one InputError naming the setting."""
+    from refine_by_align.io import check_settings
+
+    check_settings(1, 0.0, 1)
+    check_settings(1000, 50.0, 8)
+    for steps, guidance, samples, name in [(0, None, None, "steps"), (1001, None, None, "steps"), (2.0, None, None, "steps"),
+                                          (None, -0.5, None, "guidance"), (None, 50.5, None, "guidance"), (None, float("inf"), None, "guidance"),
+                                          (None, None, 0, "samples")]:
+        with pytest.raises(InputError, match=name):
+            check_settings(steps, guidance, samples)

@@ -2271,3 +2271,24 @@ def test_on_reference_object_keeps_positions_a_pixel_inside_the_outline():
     assert on_reference_object(xy, obj)[0].tolist() == [True, True, False, False, True, False, False, False, False]
     assert on_reference_object(xy[..., ::-1].copy(), obj)[0].tolist() == [True, True, False, False, True, False, False, False, False]  # (down column 20)
     assert on_reference_object(xy, None)[0].tolist() == [True] * 8 + [False]
+
+
+def test_matches_add_up_by_source_and_keypoints_keep_clear_of_the_artifact():
+    """Matches joined from several sources count each source's matches (summed where a source
+    comes twice, as SIFT's two ratio rounds do) and keep every point in order; ``outside_mask``
+    keeps a margin of ``exclude_px`` around the artifact (no descriptor there sees it)."""
+    from refine_by_align.pipelines.matching import outside_mask
+
+    def points(n, source, offset):
+        xy = np.arange(2 * n, dtype=np.float32).reshape(n, 2) + offset
+        return Matches(xy, xy + 1, np.full(n, 0.5, np.float32), {source: n})
+
+    joined = points(3, "sift", 0) + points(2, "aliked", 100) + points(4, "sift", 200)
+    assert joined.counts == {"sift": 7, "aliked": 2} and len(joined) == 9
+    assert joined.img_xy[3, 0] == 100 and joined.img_xy[5, 0] == 200 and np.array_equal(joined.ref_xy, joined.img_xy + 1)
+    assert len(Matches.empty() + joined) == 9 and (Matches.empty() + joined).counts == joined.counts
+    mask = np.zeros((40, 40), bool)
+    mask[15:25, 15:25] = True
+    keep = outside_mask(mask, 4)
+    assert not keep[15:25, 15:25].any() and not keep[20, 11] and not keep[11, 20] and keep[20, 10] and keep[10, 20]
+    assert keep[0, 0] and (outside_mask(mask, 0) == ~mask).all()

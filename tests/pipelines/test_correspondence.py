@@ -2292,3 +2292,23 @@ def test_matches_add_up_by_source_and_keypoints_keep_clear_of_the_artifact():
     keep = outside_mask(mask, 4)
     assert not keep[15:25, 15:25].any() and not keep[20, 11] and not keep[11, 20] and keep[20, 10] and keep[10, 20]
     assert keep[0, 0] and (outside_mask(mask, 0) == ~mask).all()
+
+
+def test_push_mask_closes_gaps_but_not_over_pixels_the_outside_won():
+    """A mask of two blocks a pixel apart, pushed onto a reference three times larger: the
+    closing that fills the gaps between the samples' votes does not fill the reference pixels
+    where the gap's own samples outvote the mask's (about a third of the gap's rows, those no
+    sample reaches, are closed over); the blocks themselves are whole."""
+    from refine_by_align.pipelines.correspondence import DenseField
+
+    h = w = 80
+    mask = np.zeros((h, w), bool)
+    mask[20:60, 20:38] = True
+    mask[20:60, 39:60] = True  # (the gap: column 38)
+    xx, yy = np.meshgrid(np.arange(w, dtype=np.float32), np.arange(h, dtype=np.float32))
+    fld = DenseField(Box(0, 0, w, h), np.stack([3 * xx + 10, 3 * yy + 10], -1), np.ones((h, w), np.float32), np.ones((h, w), bool))
+    region = fld.push_mask(mask, (260, 260))
+    rows = slice(3 * 20 + 10 + 3, 3 * 60 + 10 - 3)  # (inside the blocks' rows)
+    assert region[rows, 3 * 37 + 10].all() and region[rows, 3 * 39 + 10 + 1].all()
+    gap = region[rows, 3 * 38 + 10 - 1 : 3 * 38 + 10 + 2]  # (the gap's samples land on columns 123 and 125)
+    assert gap[:, 0].mean() < 0.5 and gap[:, 2].mean() < 0.5, (gap[:, 0].mean(), gap[:, 2].mean())

@@ -145,6 +145,17 @@ def test_colour_transfer_recovers_a_gain_and_offset():
     tgt = src * np.array([0.8, 1.1, 1.3]) + np.array([10, -5, 3])
     gain, off = colour_transfer(src, tgt, np.ones((50, 50), bool))
     assert np.allclose(gain, [0.8, 1.1, 1.3], atol=1e-3) and np.allclose(off, [10, -5, 3], atol=0.1)
+    # gains beyond max_gain either way are clipped to it (a ring of nearly one colour, matched to a
+    # textured one, would otherwise blow the warp's contrast up), the offset kept consistent with
+    # the means; fewer than 8 pixels: no correction
+    steep = src * np.array([5.0, 0.1, 1.0]) + 20
+    gain, off = colour_transfer(src, steep, np.ones((50, 50), bool))
+    assert np.allclose(gain, [3.0, 1 / 3.0, 1.0], atol=1e-6)
+    assert np.allclose(src.reshape(-1, 3).mean(0) * gain + off, steep.reshape(-1, 3).mean(0), atol=1e-3)
+    few = np.zeros((50, 50), bool)
+    few[0, :7] = True
+    gain, off = colour_transfer(src, steep, few)
+    assert np.array_equal(gain, np.ones(3)) and np.array_equal(off, np.zeros(3))
 
 
 def _hue_rotation(deg: float) -> np.ndarray:

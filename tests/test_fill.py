@@ -646,3 +646,24 @@ def test_mixed_fill_scaled_down_never_brings_back_the_holes_own_pixels():
     m2[:, :6] = False
     out2 = mixed_fill(img2, m2, max_hole=500)
     assert np.abs(out2[m2].astype(float) - 40).mean() < 3
+
+
+def test_warp_at_takes_cells_at_least_half_trusted():
+    """The warp and its trust at the model's size, as training pairs and inference both make
+    them: the warp resized by area, a cell trusted where at least half of its full-resolution
+    pixels are (a cell a quarter trusted is not; a size already the model's is kept as given)."""
+    from refine_by_align.fill import warp_at
+
+    warp = np.zeros((8, 8, 3), np.uint8)
+    warp[:, 4:] = 200
+    use = np.zeros((8, 8), bool)
+    use[0:2, 0:2] = True  # cell (0, 0) of a 4 x 4 grid: whole
+    use[2:4, 2] = True  # cell (1, 1): half
+    use[4, 4] = True  # cell (2, 2): a quarter
+    small, trust = warp_at(warp, use, 4)
+    assert small.shape == (4, 4, 3) and small.dtype == np.uint8 and (small[:, :2] == 0).all() and (small[:, 2:] == 200).all()
+    expected = np.zeros((4, 4), bool)
+    expected[0, 0] = expected[1, 1] = True
+    assert np.array_equal(trust, expected)
+    same, same_trust = warp_at(warp, use, 8)
+    assert same is warp and np.array_equal(same_trust, use)

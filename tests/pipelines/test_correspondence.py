@@ -543,6 +543,27 @@ def test_ecc_refinement_that_drifts_from_the_matches_is_refused():
     assert kept_free and not kept_tied
 
 
+def test_ecc_refinement_refuses_a_jump_of_a_quarter_box(monkeypatch):
+    """ECC's homography is a refinement only while it moves the box's pixels by less than a quarter
+    of the box: a warp that moves them farther (another place the ring happens to fit) is refused
+    even where the ring would agree better; one that moves them a few pixels is kept."""
+    import refine_by_align.pipelines.field_refinement as FR
+
+    image, mask, ref, valid, H = _case(_sim())
+    box = Box(60, 60, 200, 200)
+    src = np.stack(np.meshgrid(np.arange(70, 190, 10.0), np.arange(70, 190, 10.0)), -1).reshape(-1, 2)
+    m = Matches(src.astype(np.float32), _apply(H, src).astype(np.float32), np.ones(len(src), np.float32), {"sift": len(src)})
+    fld = dense_field(fit_field(m, focus=box), box, valid)
+    image_box, mask_box = image[60:200, 60:200], mask[60:200, 60:200]
+    # (the ring agrees better with any moved field than with the start)
+    monkeypatch.setattr(FR, "warp_agreement", lambda image_box, mask_box, reference, f: 0.5 if np.array_equal(f.xy, fld.xy) else 0.9)
+    for shift, kept in ((0.26 * 140, False), (3.0, True)):
+        W = np.array([[1, 0, shift], [0, 1, 0], [0, 0, 1]], np.float32)
+        monkeypatch.setattr(FR, "find_homography_ecc", lambda *args, W=W, **kwargs: (0.9, W, 10))
+        _, changed = refine_field_ecc(fld, image_box, mask_box, ref)
+        assert changed is kept, (shift, changed)
+
+
 def test_ecc_refinement_moves_on_object_and_confidence_with_the_positions():
     """A field refined by ECC says which of its positions land on the reference object for its own
     positions, not the start's (a stale on_object kept the warp off pixels it lands on, val4

@@ -2351,3 +2351,30 @@ def test_push_mask_closes_gaps_but_not_over_pixels_the_outside_won():
     assert region[rows, 3 * 37 + 10].all() and region[rows, 3 * 39 + 10 + 1].all()
     gap = region[rows, 3 * 38 + 10 - 1 : 3 * 38 + 10 + 2]  # (the gap's samples land on columns 123 and 125)
     assert gap[:, 0].mean() < 0.5 and gap[:, 2].mean() < 0.5, (gap[:, 0].mean(), gap[:, 2].mean())
+
+
+def test_sift_against_a_mirrored_reference_lands_on_the_mirrored_pixel():
+    """SIFT matched against the mirrored reference (its own descriptors rearranged): on an exact
+    mirror image, each match's reference position is the image position's mirror, x -> W - 1 - x,
+    to a hundredth of a pixel at the median (OpenCV's quarter-pixel keypoint offset, mirrored,
+    would leave it half a pixel off)."""
+    image, mask, _ = _textured_pair_160()
+    w = image.shape[1]
+    m = sift_matches(image, mask, np.ascontiguousarray(image[:, ::-1]), None, flip=True)
+    assert len(m) > 50
+    dx = m.ref_xy[:, 0] - (w - 1 - m.img_xy[:, 0])
+    dy = m.ref_xy[:, 1] - m.img_xy[:, 1]
+    assert abs(np.median(dx)) < 0.01 and abs(np.median(dy)) < 0.01, (np.median(dx), np.median(dy))
+
+
+def _textured_pair_160():
+    """(image, mask, None): a 160 px photo-like texture SIFT finds many keypoints on, a 20 x 30 mask."""
+    rng = np.random.default_rng(0)
+    h = w = 160
+    image = cv2.GaussianBlur(rng.integers(0, 256, (h, w, 3)).astype(np.uint8), (0, 0), 1.5)
+    for _ in range(40):
+        x, y = rng.integers(0, w - 16, 2)
+        cv2.rectangle(image, (int(x), int(y)), (int(x + rng.integers(5, 16)), int(y + rng.integers(5, 16))), rng.integers(0, 256, 3).tolist(), -1)
+    mask = np.zeros((h, w), bool)
+    mask[70:90, 65:95] = True
+    return image, mask, None

@@ -121,6 +121,14 @@ def test_grid_to_reference_maps_the_encoder_box():
     assert xs.min() == 30 and xs.max() == 39
     assert ys.min() == 0 and ys.max() == 9
     assert out.shape == (40, 60)
+    # a float map (the heat map): smooth, bilinear between token centres; else each token's block
+    heat = np.zeros((4, 4), np.float32)
+    heat[1, 2] = 1.0
+    soft = grid_to_reference(heat, box, (40, 60), smooth=True)
+    blocky = grid_to_reference(heat, box, (40, 60))
+    assert soft.dtype == blocky.dtype == np.float32
+    assert set(np.unique(blocky)) == {0.0, 1.0} and blocky[0:10, 30:40].all()
+    assert 0.0 < soft[5, 28] < 1.0 and soft[5, 35] == pytest.approx(1.0, abs=0.15) and len(np.unique(soft)) > 10
 
 
 def test_correspondence_map_rejects_bad_shapes():

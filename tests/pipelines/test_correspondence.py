@@ -2378,3 +2378,27 @@ def _textured_pair_160():
     mask = np.zeros((h, w), bool)
     mask[70:90, 65:95] = True
     return image, mask, None
+
+
+def test_minification_is_the_geometric_mean_and_confidence_falls_off_over_half_the_box():
+    """A field stretched 2 times along x and 8 times along y spans 4 reference pixels an image
+    pixel (the geometric mean of the two steps, not their larger or their average). A field's
+    confidence is exp(-d / reach), d the distance to the nearest inlier match, reach half the box's
+    longer side by default: 1 at an inlier, falling off across the box away from the matches."""
+    from refine_by_align.pipelines.correspondence import DenseField
+
+    h, w = 40, 60
+    yy, xx = np.mgrid[0:h, 0:w].astype(np.float32)
+    stretched = DenseField(Box(0, 0, w, h), np.stack([2 * xx, 8 * yy], -1), np.ones((h, w), np.float32), np.ones((h, w), bool))
+    assert stretched.minification() == pytest.approx(4.0, abs=1e-3)
+
+    box = Box(100, 100, 180, 140)  # 80 x 40 px: the reach is 40 px
+    src = np.stack(np.meshgrid(np.arange(105.0, 135.0, 5.0), np.arange(105.0, 125.0, 5.0)), -1).reshape(-1, 2).astype(np.float32)  # (the box's left part)
+    m = Matches(src, src + np.float32([5.0, -3.0]), np.ones(len(src), np.float32), {"sift": len(src)})
+    fld = with_confidence(dense_field(fit_field(m, focus=box), box, None, confidence=False))
+    inliers = fld.fit.inlier_xy
+    assert len(inliers) == len(src)
+    for x, y in [(110, 110), (160, 139), (179, 100)]:
+        d = np.linalg.norm(inliers - np.float32([x, y]), axis=1).min()
+        assert fld.confidence[y - 100, x - 100] == pytest.approx(np.exp(-d / 40.0), rel=1e-4), (x, y, d)
+    assert fld.confidence[10, 10] == pytest.approx(1.0)

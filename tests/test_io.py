@@ -104,6 +104,9 @@ def test_output_keeps_the_inputs_alpha_and_straight_colour():
     back = np.asarray(to_rgb(out)).astype(int)
     assert np.abs(back[changed] - np.array([150, 10, 20])).max() <= 1
     assert np.array_equal(arr[3, 2], rgba[3, 2])
+    # the straight colour is the nearest level to refined * 255 / alpha: 150, 10, 20 at alpha 200 are
+    # 191.25, 12.75 and 25.5 -> 191, 13, 26 (rounded, not cut down: 191, 12, 25)
+    assert arr[2, 1, :3].tolist() == [191, 13, 26]
 
 
 def test_output_of_a_grey_input_is_grey():

@@ -70,6 +70,13 @@ def _apply(H, xy):
     return p[:, :2] / p[:, 2:]
 
 
+def _lattice_matches(H, start: float, stop: float, step: float = 10.0) -> Matches:
+    """Exact "sift" matches on a square lattice of image points (``start`` to ``stop`` every
+    ``step`` px on both axes), each with its reference position through H."""
+    src = np.stack(np.meshgrid(np.arange(start, stop, step), np.arange(start, stop, step)), -1).reshape(-1, 2)
+    return Matches(src.astype(np.float32), _apply(H, src).astype(np.float32), np.ones(len(src), np.float32), {"sift": len(src)})
+
+
 def test_global_model_recovers_a_homography_and_rejects_outliers():
     rng = np.random.default_rng(0)
     H = _sim()
@@ -525,8 +532,7 @@ def test_ecc_refinement_that_drifts_from_the_matches_is_refused():
     allowed to move a field away from the candidate's own matches."""
     image, mask, ref, valid, H = _case(_sim())
     box = Box(60, 60, 200, 200)
-    src = np.stack(np.meshgrid(np.arange(70, 190, 10.0), np.arange(70, 190, 10.0)), -1).reshape(-1, 2)
-    m = Matches(src.astype(np.float32), _apply(H, src).astype(np.float32), np.ones(len(src), np.float32), {"sift": len(src)})
+    m = _lattice_matches(H, 70, 190)
     fit = fit_field(m, focus=box)
     fld = dense_field(fit, box, valid)
     assert match_error(fld, m) < 0.5
@@ -551,8 +557,7 @@ def test_ecc_refinement_refuses_a_jump_of_a_quarter_box(monkeypatch):
 
     image, mask, ref, valid, H = _case(_sim())
     box = Box(60, 60, 200, 200)
-    src = np.stack(np.meshgrid(np.arange(70, 190, 10.0), np.arange(70, 190, 10.0)), -1).reshape(-1, 2)
-    m = Matches(src.astype(np.float32), _apply(H, src).astype(np.float32), np.ones(len(src), np.float32), {"sift": len(src)})
+    m = _lattice_matches(H, 70, 190)
     fld = dense_field(fit_field(m, focus=box), box, valid)
     image_box, mask_box = image[60:200, 60:200], mask[60:200, 60:200]
     # (the ring agrees better with any moved field than with the start)
@@ -896,8 +901,7 @@ def test_warp_agreement_on_the_rings_box_alone_is_the_whole_boxs():
     ring cut to the reference object and where too little of it is on the object (the whole ring)."""
     image, mask, ref, valid, H = _case(_sim())
     box = Box(40, 40, 220, 220)
-    src = np.stack(np.meshgrid(np.arange(50, 210, 10.0), np.arange(50, 210, 10.0)), -1).reshape(-1, 2)
-    m = Matches(src.astype(np.float32), _apply(H, src).astype(np.float32), np.ones(len(src), np.float32), {"sift": len(src)})
+    m = _lattice_matches(H, 50, 210)
     fld = dense_field(fit_field(m, focus=box), box, valid)
     image_box, mask_box = image[40:220, 40:220], mask[40:220, 40:220]
     band = ring(mask_box, 2, 12)
@@ -915,8 +919,7 @@ def test_candidate_fields_without_confidence_rank_the_same_and_get_it_later():
     measurement, and with_confidence adds exactly what dense_field would have given."""
     image, mask, ref, valid, H = _case(_sim())
     box = Box(60, 60, 200, 200)
-    src = np.stack(np.meshgrid(np.arange(70, 190, 10.0), np.arange(70, 190, 10.0)), -1).reshape(-1, 2)
-    m = Matches(src.astype(np.float32), _apply(H, src).astype(np.float32), np.ones(len(src), np.float32), {"sift": len(src)})
+    m = _lattice_matches(H, 70, 190)
     fit = fit_field(m, focus=box)
     full, bare = dense_field(fit, box, valid), dense_field(fit, box, valid, confidence=False)
     assert bare.confidence is None and full.confidence is not None and 0.0 < float(full.confidence.max()) <= 1.0
@@ -2186,8 +2189,7 @@ def test_ecc_retry_only_on_a_field_that_is_a_homography_alone(monkeypatch):
 
     image, mask, ref, valid, H = _case(_sim())
     box = Box(60, 60, 200, 200)
-    src = np.stack(np.meshgrid(np.arange(70, 190, 10.0), np.arange(70, 190, 10.0)), -1).reshape(-1, 2)
-    m = Matches(src.astype(np.float32), _apply(H, src).astype(np.float32), np.ones(len(src), np.float32), {"sift": len(src)})
+    m = _lattice_matches(H, 70, 190)
     fit = corr.replace(fit_field(m, focus=box), tps=None, smoothing=None)  # a homography alone
     blurs = []
 
@@ -2358,26 +2360,15 @@ def test_sift_against_a_mirrored_reference_lands_on_the_mirrored_pixel():
     mirror image, each match's reference position is the image position's mirror, x -> W - 1 - x,
     to a hundredth of a pixel at the median (OpenCV's quarter-pixel keypoint offset, mirrored,
     would leave it half a pixel off)."""
-    image, mask, _ = _textured_pair_160()
+    from .test_pipeline import _textured_pair
+
+    image, mask, _ = _textured_pair()
     w = image.shape[1]
     m = sift_matches(image, mask, np.ascontiguousarray(image[:, ::-1]), None, flip=True)
     assert len(m) > 50
     dx = m.ref_xy[:, 0] - (w - 1 - m.img_xy[:, 0])
     dy = m.ref_xy[:, 1] - m.img_xy[:, 1]
     assert abs(np.median(dx)) < 0.01 and abs(np.median(dy)) < 0.01, (np.median(dx), np.median(dy))
-
-
-def _textured_pair_160():
-    """(image, mask, None): a 160 px photo-like texture SIFT finds many keypoints on, a 20 x 30 mask."""
-    rng = np.random.default_rng(0)
-    h = w = 160
-    image = cv2.GaussianBlur(rng.integers(0, 256, (h, w, 3)).astype(np.uint8), (0, 0), 1.5)
-    for _ in range(40):
-        x, y = rng.integers(0, w - 16, 2)
-        cv2.rectangle(image, (int(x), int(y)), (int(x + rng.integers(5, 16)), int(y + rng.integers(5, 16))), rng.integers(0, 256, 3).tolist(), -1)
-    mask = np.zeros((h, w), bool)
-    mask[70:90, 65:95] = True
-    return image, mask, None
 
 
 def test_minification_is_the_geometric_mean_and_confidence_falls_off_over_half_the_box():

@@ -6,7 +6,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from .common import CLIError, add_alignment_options
+from .common import CLIError, add_alignment_options, load_matcher
 
 HELP = "quality: run a method over a case folder and score it"
 EXAMPLE = "refine-by-align bench-quality cases/ --output results/ --method all --limit 8"
@@ -91,11 +91,7 @@ def run(args) -> int:
     common = dict(limit=args.limit, model=args.model, clip=args.clip, dino=args.dino, captions=args.captions, progress=not args.quiet)
     matcher_weights = aliked = None
     if args.matcher_weights:  # loaded here (once), so a path without the weights is refused, not looked past
-        from ..models.aliked import load_aliked
-
-        aliked, reason = load_aliked(args.matcher_weights)
-        if aliked is None:
-            raise CLIError(f"--matcher-weights '{args.matcher_weights}': cannot load the ALIKED matcher: {reason}")
+        aliked = load_matcher(args.matcher_weights)
         matcher_weights = str(Path(args.matcher_weights).resolve())
     check_settings(args.steps, args.guidance, args.samples, SETTING_OPTIONS)
     check_seed(args.seed, "--seed")

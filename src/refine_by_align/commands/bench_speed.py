@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from .common import CLIError
+from .common import CLIError, load_matcher
 
 HELP = "speed: time every stage against this machine's matmul ceiling"
 EXAMPLE = "refine-by-align bench-speed --configs default,paper --output speed.json --compile"
@@ -60,12 +60,8 @@ def run(args) -> int:
         if not Path(args.cases).is_dir():
             raise CLIError(f"--cases: {args.cases} is not a folder (build one with refine-by-align make-cases)")
         load_cases(args.cases, limit=args.case_limit)
-    if args.matcher_weights is not None:  # (loaded here once, so weights that cannot be are one line before the minutes of timing)
-        from ..models.aliked import load_aliked
-
-        matcher, reason = load_aliked(args.matcher_weights)
-        if matcher is None:
-            raise CLIError(f"--matcher-weights '{args.matcher_weights}': cannot load the ALIKED matcher: {reason}")
+    if args.matcher_weights is not None:  # (checked here, before the minutes of timing; each config's process loads them)
+        load_matcher(args.matcher_weights)
     res = run_benchmark(
         configs, args.output, args.repeats, args.cases, args.dtype, args.compile or False, args.device, args.attention, args.case_limit, args.matcher_weights
     )

@@ -53,6 +53,18 @@ def load_model(model: str, quiet: bool, matcher_weights: str | None = None, dtyp
     return pipe
 
 
+def load_matcher(weights: str):
+    """The ALIKED matcher of ``--matcher-weights`` (a file, a folder or a weights name), loaded
+    where a command is given them and before its work: weights that cannot be loaded are one
+    usage error, not looked past to the default folders."""
+    from ..models.aliked import load_aliked
+
+    matcher, reason = load_aliked(weights)
+    if matcher is None:
+        raise CLIError(f"--matcher-weights '{weights}': cannot load the ALIKED matcher: {reason}")
+    return matcher
+
+
 def print_notes(notes) -> None:
     for note in notes:
         print(f"note: {note}", file=sys.stderr)

@@ -415,3 +415,21 @@ def test_a_transparent_image_to_a_format_without_alpha_fails_before_its_refine(t
     assert [e["output"] for e in errs] == ["a.jpg", "b.bmp"] and all("alpha channel" in e["error"] for e in errs), errs
     assert pipe.calls == 1 and not (tmp_path / "out" / "a.jpg").exists() and not (tmp_path / "out" / "b.bmp").exists()
     assert (tmp_path / "out" / "c.png").exists()
+
+
+def test_a_line_refused_for_another_field_still_names_its_output(tmp_path):
+    """A line with a bad setting but a good output name: errors.jsonl and the printed failure
+    name the output (a line without one, or with a bad one, stays unnamed)."""
+    from refine_by_align.batch import failure_lines
+
+    _write_case(tmp_path / "in", "c0", 0)
+    manifest = _manifest(tmp_path / "jobs.jsonl", [_job("c0", steps=0, output="badsteps.png"), _job("c0", steps=0),
+                                                   _job("c0", steps=0, output="../out.png")])
+    jobs = read_manifest(manifest)
+    assert [j.output for j in jobs] == ["badsteps.png", None, None] and all(j.error for j in jobs)
+    s = run_batch(manifest, tmp_path / "out", NegateMask(), progress=False)
+    errors = _jsonl(tmp_path / "out" / ERRORS_FILE)
+    assert [(e["line"], e["output"]) for e in errors] == [(1, "badsteps.png"), (2, None), (3, None)]
+    lines = failure_lines(s)
+    assert lines[0].startswith("line 1 (badsteps.png): steps must be an integer in 1..1000") and lines[1].startswith("line 2: ")
+    assert not (tmp_path / "out" / "badsteps.png").exists()

@@ -483,8 +483,8 @@ def test_alignment_blob_on_no_reference_pixel_still_gives_a_region(blob):
     pipe = _default_pipe()
     rng = np.random.default_rng(0)
     img = Image.fromarray(rng.integers(0, 256, (8, 8, 3), dtype=np.uint8))
-    mask = np.ones((8, 8), bool)
-    mask[5, 5] = False
+    mask = np.zeros((8, 8), bool)
+    mask[:, :4] = True  # (half the image: the most a mask may mark)
     p = pipe.prepare(img, mask, img, np.ones((8, 8), bool))
     g = pipe.model.cfg.grid_size
     raw = np.zeros((g, g), np.float32)
@@ -494,26 +494,28 @@ def test_alignment_blob_on_no_reference_pixel_still_gives_a_region(blob):
     assert m_star.sum() >= 1 and heat.shape == (8, 8)
 
 
-def test_8x8_image_with_all_but_one_pixel_masked_is_refined(tmp_path, capsys):
-    """Issue 16 item 8 end to end: the shipped model, the image as its own reference, the mask on
-    all but one pixel; exit 0 and a result of the input's size (or one clear line, exit 2)."""
+def test_8x8_image_with_all_but_one_pixel_masked_is_refused_and_half_is_refined(tmp_path, capsys):
+    """Issue 16 item 8 end to end: the shipped model, the image as its own reference. The mask on
+    all but one pixel (it crashed once) is one clear line, exit 2 (a mask over most of the image is
+    taken for an inverted one); the mask on half the image is refined: exit 0 and a result of the
+    input's size."""
     rng = np.random.default_rng(0)
     img = tmp_path / "img.png"
     Image.fromarray(rng.integers(0, 256, (8, 8, 3), dtype=np.uint8)).save(img)
+    Image.fromarray(np.full((8, 8), 255, np.uint8)).save(tmp_path / "ref_mask.png")
+    out = tmp_path / "out.png"
+    argv = ["-q", "refine", "--model", "default", "--image", str(img), "--mask", str(tmp_path / "mask.png"),
+            "--reference", str(img), "--reference-mask", str(tmp_path / "ref_mask.png"), "--output", str(out),
+            "--alignment", "attention", "--steps", "1", "--samples", "1"]
     m = np.full((8, 8), 255, np.uint8)
     m[5, 5] = 0
     Image.fromarray(m).save(tmp_path / "mask.png")
-    Image.fromarray(np.full((8, 8), 255, np.uint8)).save(tmp_path / "ref_mask.png")
-    out = tmp_path / "out.png"
-    rc = main(["-q", "refine", "--model", "default", "--image", str(img), "--mask", str(tmp_path / "mask.png"),
-               "--reference", str(img), "--reference-mask", str(tmp_path / "ref_mask.png"), "--output", str(out),
-               "--alignment", "attention", "--steps", "1", "--samples", "1"])
-    err = capsys.readouterr().err.strip().splitlines()
-    assert rc in (0, 2), err
-    if rc == 0:
-        assert Image.open(out).size == (8, 8)
-    else:
-        assert len(err) == 1 and not out.exists(), err
+    _refused(argv, capsys, "the mask marks 98% of the image", "is it inverted?")
+    assert not out.exists()
+    m[:, 4:] = 0
+    Image.fromarray(m).save(tmp_path / "mask.png")
+    assert main(argv) == 0, capsys.readouterr().err
+    assert Image.open(out).size == (8, 8)
 
 
 # ---------------------------------------------------------------------------------------------------- item 7: all outputs or none
@@ -704,3 +706,63 @@ def test_detect_names_the_file_and_where_the_reference_mask_came_from(tmp_path, 
     Image.new("L", (9, 9) if case == "reference_mask_size" else (30, 36), 255 if case == "reference_mask_size" else 0).save(bad)
     needle = "size 9x9 does not match the reference 30x36" if case == "reference_mask_size" else "reference mask is empty"
     _refused(args + ["--reference", str(paths["reference"]), "--reference-mask", str(bad)], capsys, f"reference_mask '{bad}'", needle)
+
+
+# ---------------------------------------------------------------------------------------------------- a new user's session (forty-ninth)
+@pytest.mark.parametrize("command", ["refine", "align", "batch", "bench-quality", "grid-search"])
+def test_a_model_that_names_nothing_is_said_before_anything_else(tmp_path, capsys, no_compute, command):
+    """--model neither a preset nor a folder: one line, exit 2, before the inputs are read (they do
+    not exist here) and before torch is imported (the command line's check needs no model)."""
+    missing = tmp_path / "nowhere"
+    args = {
+        "refine": ["refine", "--image", "i.png", "--mask", "m.png", "--reference", "r.png", "--output", str(tmp_path / "o.png")],
+        "align": ["align", "--image", "i.png", "--mask", "m.png", "--reference", "r.png", "--output", str(tmp_path / "o.png")],
+        "batch": ["batch", "jobs.jsonl", "--output", str(tmp_path / "out")],
+        "bench-quality": ["bench-quality", "cases", "--output", str(tmp_path / "out")],
+        "grid-search": ["grid-search", "cases", "--output", str(tmp_path / "g.json")],
+    }[command]
+    _refused(args + ["--model", str(missing)], capsys, f"model '{missing}': not a preset (tiny, default, paper) and no model folder")
+
+
+@pytest.mark.parametrize("command", ["refine", "align", "bench-quality"])
+def test_unknown_match_sources_are_said_before_anything_else(tmp_path, capsys, no_compute, command):
+    args = {
+        "refine": ["refine", "--image", "i.png", "--mask", "m.png", "--reference", "r.png", "--output", str(tmp_path / "o.png")],
+        "align": ["align", "--image", "i.png", "--mask", "m.png", "--reference", "r.png", "--output", str(tmp_path / "o.png")],
+        "bench-quality": ["bench-quality", "cases", "--output", str(tmp_path / "out")],
+    }[command]
+    _refused(args + ["--matchers", "sift+orb"], capsys, "--matchers 'sift+orb': choose sources from sift, aliked, attention, joined by '+'")
+
+
+def test_output_paths_a_new_user_gets_wrong(tmp_path, capsys, no_compute):
+    """An output that is a folder, an extension no format has (the message names the lossless
+    ones), and a mask (align's region, detect's proposal, refine's --region) as a JPEG, which would
+    blur it: each one line before anything is read."""
+    paths = _inputs(tmp_path / "in")
+    (tmp_path / "folder").mkdir()
+    _refused(_refine(paths, tmp_path / "folder"), capsys, "is a folder; give a file name")
+    _refused(_refine(paths, tmp_path / "o.xyz"), capsys, "unknown image extension '.xyz' (use .png, .tif, .webp or .bmp")
+    for command in ("align", "detect"):
+        args = [command, "--image", str(paths["image"]), "--reference", str(paths["reference"]), "--output", str(tmp_path / "m.jpg")]
+        args += ["--mask", str(paths["mask"])] if command == "align" else []
+        _refused(args, capsys, "a mask written as JPEG comes back with grey, blurred edges; use .png")
+    _refused(_refine(paths, tmp_path / "o.png", "--region", tmp_path / "r.jpg"), capsys, "region '", "a mask written as JPEG")
+    assert not list(tmp_path.glob("*.jpg")) and not (tmp_path / "o.png").exists()
+    # the refined picture itself may be a JPEG (quality 95), and a mask any lossless format
+    from refine_by_align.commands.inputs import check_output
+
+    assert check_output(str(tmp_path / "o.jpg")) == tmp_path / "o.jpg"
+    for ext in (".png", ".webp", ".tif", ".bmp"):
+        assert check_output(str(tmp_path / f"r{ext}"), "region", "L") == tmp_path / f"r{ext}"
+
+
+def test_matchers_aliked_without_weights_says_the_run_stops(tmp_path, capsys, monkeypatch):
+    """--matchers aliked where no ALIKED weights are found: one line that says why and what to do,
+    not the note that the alignment goes on with SIFT (it does not: the run stops, exit 2)."""
+    from refine_by_align.models import aliked
+
+    monkeypatch.setattr(aliked, "_candidates", lambda name, path: [tmp_path / "none" / f"{name}.safetensors"])
+    paths = _inputs(tmp_path / "in")
+    err = _refused(_refine(paths, tmp_path / "o.png", "--matchers", "aliked", model="default"), capsys,
+                   "matchers 'aliked': the ALIKED matcher cannot be had (", "give its weights (--matcher-weights, or REFINE_BY_ALIGN_WEIGHTS) or choose sift")
+    assert "SIFT alone" not in err and not (tmp_path / "o.png").exists()

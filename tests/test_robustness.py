@@ -16,6 +16,7 @@ from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
 from PIL import Image
 
+import refine_by_align.io  # noqa: F401 (sets Pillow's pixel limit on import: before the bomb tests lower it)
 from refine_by_align.cli import main
 
 IMG_SIZE = (64, 48)  # W, H
@@ -42,6 +43,15 @@ def _chunk(kind: bytes, data: bytes) -> bytes:
 def _zero_width_png() -> bytes:
     ihdr = struct.pack(">IIBBBBB", 0, 10, 8, 2, 0, 0, 0)
     return b"\x89PNG\r\n\x1a\n" + _chunk(b"IHDR", ihdr) + _chunk(b"IDAT", zlib.compress(b"")) + _chunk(b"IEND", b"")
+
+
+def _photo_like() -> Image.Image:
+    """A smooth colour picture of the image's size with most of its pixels at middle levels (a copy
+    of the image given as its mask)."""
+    w, h = IMG_SIZE
+    yy, xx = np.mgrid[0:h, 0:w]
+    rgb = np.stack([80 + 80 * xx / w, 70 + 60 * yy / h, 120 - 40 * xx / w], -1)
+    return Image.fromarray(rgb.astype(np.uint8))
 
 
 def _good(role: str) -> Image.Image:
@@ -114,6 +124,8 @@ def _content_cases(tmp_path):
         "mask_wrong_size": ({"mask": ("m.png", _png(Image.new("L", (w + 1, h), 255)))}, {}, "does not match the image"),
         "mask_empty": ({"mask": ("m.png", _png(Image.new("L", (w, h), 0)))}, {}, "mask is empty"),
         "mask_full": ({"mask": ("m.png", _png(Image.new("L", (w, h), 255)))}, {}, "covers the whole image"),
+        "mask_inverted": ({"mask": ("m.png", _png(Image.fromarray(255 - np.asarray(_good("mask")))))}, {}, "is it inverted?"),
+        "mask_is_a_photo": ({"mask": ("m.png", _png(_photo_like()))}, {}, "this looks like a photo, not a mask"),
         "reference_mask_empty": ({"reference_mask": ("r.png", _png(Image.new("L", REF_SIZE, 0)))}, {}, "reference mask is empty"),
         "reference_mask_wrong_size": ({"reference_mask": ("r.png", _png(Image.new("L", (9, 9), 255)))}, {}, "does not match the reference"),
         "reference_alpha_empty": ({"reference": ("ra.png", _png(Image.new("RGBA", REF_SIZE, (9, 9, 9, 0))))}, {"no_ref_mask": True}, "alpha channel is empty"),

@@ -179,6 +179,12 @@ def _parse_line(text: str, line: int, base: Path) -> BatchJob:
         job.output = _check_output_name(name if name is not None else f"{line:05d}-{job.image.stem}.png")
     except InputError as e:
         job.error = str(e)
+        if job.output is None and isinstance(spec, dict) and spec.get("output") is not None:
+            # (a line refused for another field still names its output in the report and errors.jsonl)
+            try:
+                job.output = _check_output_name(spec["output"])
+            except InputError:
+                pass
     return job
 
 

@@ -59,7 +59,9 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(_renamed(sys.argv[1:] if argv is None else list(argv)))
     logging.basicConfig(level=logging.ERROR, format="%(message)s")
     from .allocator import keep_freed_memory
-    from .io import InputError
+    from .io import InputError, check_matchers
+    from .commands.inputs import reference_order_error
+    from .loading import check_model_name
 
     keep_freed_memory()  # freed arrays kept for reuse, not faulted in again (allocator.py)
 
@@ -67,6 +69,16 @@ def main(argv: list[str] | None = None) -> int:
         seed = getattr(args, "seed", None)  # every command's --seed: the range the server and batch accept
         if seed is not None and not 0 <= seed <= MAX_SEED:
             raise CLIError(f"--seed must be an integer in 0..{MAX_SEED} (2^63-1), got {seed}")
+        # a model name that names nothing, and match sources that do not exist, are said before
+        # any command's heavy imports (torch, diffusers: several seconds)
+        order = reference_order_error(args)  # (two --reference-mask for one --reference)
+        if order is not None:
+            raise CLIError(order)
+        model = getattr(args, "model", None)
+        if isinstance(model, str):
+            check_model_name(model)
+        if getattr(args, "matchers", None) is not None:
+            check_matchers(args.matchers, "--matchers")
         return COMMANDS[args.command].run(args)
     except (CLIError, InputError, FileNotFoundError) as e:
         print(f"refine-by-align {args.command}: error: {e}", file=sys.stderr)

@@ -8,7 +8,7 @@ from __future__ import annotations
 import dataclasses
 from dataclasses import dataclass, field
 
-__all__ = ["EncoderConfig", "UNetConfig", "ModelConfig", "get_config", "CONFIG_NAMES"]
+__all__ = ["EncoderConfig", "UNetConfig", "ModelConfig", "get_config", "CONFIG_NAMES", "MATCH_SOURCES"]
 
 
 @dataclass
@@ -353,3 +353,8 @@ def get_config(name: str) -> ModelConfig:
         return _PRESETS[name]()
     except KeyError:
         raise ValueError(f"unknown config '{name}'; choose one of {', '.join(CONFIG_NAMES)}") from None
+
+
+#: Point-match sources the dense alignment understands (combine with "+", e.g. "sift+aliked"; the
+#: alignment's ``matchers``). Here, with no heavy import, so the command line checks a name at once.
+MATCH_SOURCES = ("sift", "aliked", "attention")

@@ -15,7 +15,7 @@ if TYPE_CHECKING:  # the pipeline imports torch and diffusers: loaded only when 
 
     from .pipelines.pipeline import RefineByAlignPipeline
 
-__all__ = ["load_pipeline"]
+__all__ = ["load_pipeline", "check_model_name"]
 
 
 def load_pipeline(
@@ -35,17 +35,22 @@ def load_pipeline(
     if dtype is not None and not (isinstance(dtype, torch.dtype) and dtype.is_floating_point):
         raise InputError(f"dtype {dtype!r}: give a floating-point torch dtype such as torch.float32 or torch.bfloat16")
     name = str(name_or_dir)
-    if name in CONFIG_NAMES:
-        where = default_model_dir() if name == "default" else None
-    else:
-        where = Path(os.path.abspath(name))
-        if not where.exists():
-            raise InputError(
-                f"model '{name}': not a preset ({', '.join(CONFIG_NAMES)}) and no model folder at '{where}'"
-            )
+    check_model_name(name)
+    where = (default_model_dir() if name == "default" else None) if name in CONFIG_NAMES else Path(os.path.abspath(name))
     try:
         return RefineByAlignPipeline.from_pretrained(name, torch_dtype=dtype, device="auto" if device is None else device)
     except (ValueError, OSError) as e:
         reason = " ".join(str(e).split()) or type(e).__name__  # one line
         place = f" (looked in '{where}')" if where is not None else ""
         raise InputError(f"model '{name}'{place}: {reason}") from None
+
+
+def check_model_name(name: str | os.PathLike) -> None:
+    """One InputError where ``name`` is neither a preset nor an existing folder: what
+    :func:`load_pipeline` says first, checked without importing torch (the command line says it
+    before its heavy imports)."""
+    from .config import CONFIG_NAMES
+
+    name = str(name)
+    if name not in CONFIG_NAMES and not Path(os.path.abspath(name)).exists():
+        raise InputError(f"model '{name}': not a preset ({', '.join(CONFIG_NAMES)}) and no model folder at '{os.path.abspath(name)}'")

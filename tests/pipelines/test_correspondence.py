@@ -12,6 +12,7 @@ from refine_by_align.pipelines.correspondence import (
     DenseField,
     Matches,
     attention_matches,
+    ColourMap,
     colour_affine,
     colour_maps,
     colour_support,
@@ -19,6 +20,7 @@ from refine_by_align.pipelines.correspondence import (
     dense_field,
     fit_field,
     global_model,
+    grey_slope,
     match_error,
     refine_field_ecc,
     refine_field_flow,
@@ -215,6 +217,52 @@ def test_colour_maps_undo_a_tone_curve_and_channel_mix_that_the_matrix_alone_can
     few[0, :10] = True
     f_few, _ = colour_maps(src, tgt, few)
     assert f_few.gamma == 1.0 and np.count_nonzero(f_few.matrix - np.diag(np.diag(f_few.matrix))) == 0
+
+
+def test_colour_map_limits_apply_the_map_inside_and_the_slope_beyond():
+    """A ColourMap with limits is the plain map on colours inside them; a channel beyond its limit
+    takes the map's value at the limit plus ``slope`` times the excess, clipped to 0..255."""
+    plain = ColourMap(np.diag([1.2, 0.5, 0.9]), np.array([4.0, -2.0, 6.0]), 1.0)
+    limited = ColourMap(plain.matrix, plain.offset, 1.0, np.array([20.0, 10.0, 30.0]), np.array([200.0, 60.0, 150.0]), 1.1)
+    inside = np.array([[100.0, 40.0, 90.0], [20.0, 10.0, 150.0]])
+    assert np.allclose(limited(inside), plain(inside))
+    beyond = np.array([120.0, 160.0, 10.0])  # G 100 above its limit, B 20 below its own
+    at_limit = plain(np.array([120.0, 60.0, 30.0]))
+    assert np.allclose(limited(beyond), [at_limit[0], at_limit[1] + 110.0, at_limit[2] - 22.0])
+    assert limited(np.array([255.0, 255.0, 0.0])).max() <= 255.0 and limited(np.array([255.0, 255.0, 0.0])).min() >= 0.0
+
+
+def test_colour_maps_do_not_extrapolate_a_narrow_channel_to_colours_the_ring_does_not_hold():
+    """A magenta ring (green only 5-50) whose green is darkened: the per-channel map, the fallback
+    for colours the ring does not hold, keeps a white label near neutral (its green goes on at
+    the ring's grey-level slope beyond the ring's range) where green's own gain, extrapolated,
+    tints it pink; on the ring's own colours it is the plain per-channel map."""
+    rng = np.random.default_rng(11)
+    n = 3000
+    src = np.stack([rng.uniform(30, 230, n), rng.uniform(5, 50, n), rng.uniform(40, 110, n)], 1).reshape(50, 60, 3)
+    tgt = np.clip(src * np.array([1.05, 0.55, 0.95]) + np.array([8.0, 2.0, 5.0]) + rng.normal(0, 1.0, src.shape), 0, 255)
+    where = np.ones((50, 60), bool)
+    full, per_channel = colour_maps(src, tgt, where)
+    assert full.lo is None  # (the 3 x 3 map is used only near the ring's colours: not limited)
+    assert per_channel.lo is not None and per_channel.hi[1] < 52 and per_channel.lo[1] > 4
+    plain = ColourMap(per_channel.matrix, per_channel.offset, per_channel.gamma)
+    ring_colours = src.reshape(-1, 3)[::50]
+    inside = np.all((ring_colours >= per_channel.lo) & (ring_colours <= per_channel.hi), axis=1)
+    assert inside.sum() > 40 and np.allclose(per_channel(ring_colours[inside]), plain(ring_colours[inside]))
+    white = np.array([220.0, 220.0, 220.0])
+    assert np.ptp(plain(white)) > 100  # the plain map's green gain makes it pink (green 123)
+    # green beyond the ring's range goes on at the grey slope (about 1): 200 or so; red and blue,
+    # inside theirs, keep their own gains and offsets
+    assert np.ptp(per_channel(white)) < 40 and per_channel(white)[1] > 190
+    assert abs(grey_slope(src.reshape(-1, 3), tgt.reshape(-1, 3)) - per_channel.slope) < 1e-9
+
+
+def test_grey_slope_is_the_grey_levels_least_squares_slope():
+    rng = np.random.default_rng(2)
+    src = rng.uniform(0, 200, (500, 3))
+    assert abs(grey_slope(src, src * 1.3 + 7.0) - 1.3) < 1e-9
+    assert grey_slope(src, src * 9.0) == 3.0  # clipped to max_gain
+    assert grey_slope(np.full((50, 3), 80.0), rng.uniform(0, 255, (50, 3))) == 1.0  # no grey variation
 
 
 def test_colour_support_is_one_on_the_ring_colours_and_fades_away_from_them():
@@ -493,8 +541,10 @@ def test_pipeline_says_when_the_matcher_weights_are_missing(tiny_pipe, tmp_path)
         out = tiny_pipe(Image.fromarray(garbled), mask, Image.fromarray(ref), valid, seed=0)
         assert any("ALIKED matcher unavailable" in n and "SIFT alone" in n for n in out.notes), out.notes
         assert out.alignment == "dense" and out.warp_fraction > 0.95
-        with pytest.raises(ValueError, match="ALIKED"):
+        # (one line that says the run stops, why, and what to do: not the note that it goes on with SIFT)
+        with pytest.raises(ValueError, match=r"matchers 'aliked': the ALIKED matcher cannot be had \(.*\); give its weights.*or choose sift") as err:
             tiny_pipe(Image.fromarray(garbled), mask, Image.fromarray(ref), valid, matchers="aliked")
+        assert "SIFT alone" not in str(err.value) and "\n" not in str(err.value)
         with pytest.raises(ValueError, match="choose sources"):
             tiny_pipe(Image.fromarray(garbled), mask, Image.fromarray(ref), valid, matchers="orb")
         with pytest.raises(ValueError, match="alignment method"):

@@ -37,6 +37,21 @@ def test_masks_mean_the_same_as_arrays_of_any_kind(tiny_pipe, simple_inputs):
     assert np.array_equal(a, tiny_pipe.prepare(image, levels, reference, rm).mask) and np.array_equal(a, mask)
 
 
+def test_an_inverted_mask_or_a_photo_as_the_mask_is_refused(tiny_pipe, simple_inputs):
+    """A mask marking most of the image (drawn black on white) would have the whole picture
+    redrawn, and a colour picture given as the mask would have its bright parts read as the
+    artifact: each is one InputError that says what is wrong; half the image is still a mask."""
+    image, mask, reference = simple_inputs
+    with pytest.raises(InputError, match=r"mask: the mask marks \d+% of the image.*is it inverted\?"):
+        tiny_pipe.prepare(image, ~mask, reference)
+    photo = Image.fromarray(np.asarray(image)[..., ::-1].copy())  # (a colour picture of the image's size)
+    with pytest.raises(InputError, match="mask: .* neither dark nor bright: this looks like a photo, not a mask"):
+        tiny_pipe.prepare(image, photo, reference)
+    half = np.zeros_like(mask)
+    half[:, : mask.shape[1] // 2] = True  # (96 x 64 px: it fits the refinement's square)
+    assert tiny_pipe.prepare(image, half, reference).mask.mean() == 0.5
+
+
 def test_arrays_for_pictures_and_numpy_seeds(tiny_pipe, simple_inputs):
     image, mask, reference = simple_inputs
     want = np.asarray(tiny_pipe(image, mask, reference, num_inference_steps=1, seed=3).image)

@@ -82,6 +82,8 @@ def test_one_reference_is_answered_as_before(fake_client, api_inputs, wait_for_j
     r = fake_client.post("/api/jobs", files=api_inputs["files"], data={"steps": "1"})
     s = wait_for_job(fake_client, r.json()["id"], 20, poll_s=0.01)
     assert s["state"] == "done" and "references" not in s["info"] and "source.png" not in s["outputs"]
+    # a one-reference job still says how it aligned and what the warp gave, as the command line does
+    assert {"alignment", "warp_fraction", "notes"} <= set(s["info"]) and isinstance(s["info"]["notes"], list)
     # the JSON answer gives one reference's figures
     r = fake_client.post("/api/refine?output=json", files=api_inputs["files"], data={"steps": "1"})
     assert r.status_code == 200 and len(r.json()["references"]) == 1 and r.json()["guide"] == 0

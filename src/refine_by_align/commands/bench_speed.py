@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from .common import CLIError, load_matcher
+from .common import MATCHER_WEIGHTS_WHERE, CLIError, load_matcher
 
 HELP = "speed: time every stage against this machine's matmul ceiling"
 EXAMPLE = "refine-by-align bench-speed --configs default,paper --output speed.json --compile"
@@ -34,8 +34,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--matcher-weights",
         default=None,
-        help="ALIKED weights the alignment uses: a .safetensors file, a folder, or a name looked up in the weights folder "
-        "(default: aliked-n16 where found, else SIFT alone; aliked-t16: the faster alignment, README)",
+        help="ALIKED weights the alignment uses: a .safetensors file, a folder, or a name "
+        f"(default: aliked-n16 where found, else SIFT alone; aliked-t16: the faster alignment, README), {MATCHER_WEIGHTS_WHERE}",
     )
 
 

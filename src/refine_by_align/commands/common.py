@@ -96,6 +96,10 @@ def add_deprecated_alias(p: argparse.ArgumentParser, old: str, new: argparse.Act
     )
 
 
+#: Where --matcher-weights' names (and the default) are looked for: every command's help says it alike.
+MATCHER_WEIGHTS_WHERE = "looked up in $REFINE_BY_ALIGN_WEIGHTS/aliked, then in ../shared/weights/aliked from the current folder and from the repository"
+
+
 def add_alignment_options(p: argparse.ArgumentParser, deprecated: tuple[str, str] = ("--align-timestep", "--align-layer")) -> None:
     """--alignment, --matchers, --matcher-weights, --alignment-timestep and --alignment-layer
     (``args.alignment_timestep``, ``args.alignment_layer``); ``deprecated``: the command's old
@@ -110,7 +114,7 @@ def add_alignment_options(p: argparse.ArgumentParser, deprecated: tuple[str, str
         help="the dense field's match sources joined by '+': sift, aliked, attention (default: sift+aliked where "
         "the ALIKED weights are found, else sift)",
     )
-    p.add_argument("--matcher-weights", default=None, help="ALIKED weights: a .safetensors file, a folder, or a name looked up in the weights folder (default: aliked-n16 in ../shared/weights/aliked; aliked-t16: a faster alignment, slightly less precise, README)")
+    p.add_argument("--matcher-weights", default=None, help=f"ALIKED weights: a .safetensors file, a folder, or a name (default: aliked-n16; aliked-t16: a faster alignment, slightly less precise, README), {MATCHER_WEIGHTS_WHERE}; where none is found the alignment uses SIFT alone and says so")
     timestep = p.add_argument(
         "--alignment-timestep", type=int, metavar="T", help="timestep t of the attention pass (default: the model's; see grid-search)"
     )

@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 
 from ..config import DETECT_METHODS
-from .common import CLIError, print_notes
+from .common import MATCHER_WEIGHTS_WHERE, CLIError, print_notes
 from .inputs import check_output, check_outputs
 
 HELP = "propose the artifact mask: where the image disagrees with the reference warped onto it"
@@ -23,7 +23,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         help="learned (default): features robust to colour shifts and small misalignments; colour: the plain colour difference after the warp",
     )
     p.add_argument("--threshold", type=float, default=None, help="learned: a probability, 0 < T < 1 (default 0.8); colour: MADs above the median, T > 0 (default 6)")
-    p.add_argument("--matcher-weights", default=None, help="ALIKED weights: a .safetensors file, a folder, or a name looked up in the weights folder (default: aliked-n16 in ../shared/weights/aliked; SIFT alone where absent)")
+    p.add_argument("--matcher-weights", default=None, help=f"ALIKED weights: a .safetensors file, a folder, or a name (default: aliked-n16), {MATCHER_WEIGHTS_WHERE}; SIFT alone where none is found")
 
 
 def run(args) -> int:

@@ -24,20 +24,33 @@ class _ReferenceAction(argparse.Action):
             namespace._pending_reference_mask = None
         elif not refs:
             if pending is not None:
-                parser.error(f"two --reference-mask before the first --reference ('{pending}', '{values}')")
+                _refuse(namespace, f"two --reference-mask before the first --reference ('{pending}', '{values}')")
             namespace._pending_reference_mask = values
         elif masks[-1] is not None:
-            parser.error(f"two --reference-mask for the reference '{refs[-1]}' ('{masks[-1]}', '{values}'): give each --reference-mask after its --reference")
+            _refuse(namespace, f"two --reference-mask for the reference '{refs[-1]}' ('{masks[-1]}', '{values}'): give each --reference-mask after its --reference")
         else:
             masks[-1] = values
         namespace.reference, namespace.reference_mask = refs, masks
+
+
+def _refuse(namespace, message: str) -> None:
+    """Keep the first mistake in the order of --reference / --reference-mask, said as one line by
+    the command line before the command runs (:func:`reference_order_error`), not as argparse's
+    usage block."""
+    if getattr(namespace, "_reference_error", None) is None:
+        namespace._reference_error = message
+
+
+def reference_order_error(args) -> str | None:
+    """The mistake :class:`_ReferenceAction` found in the order of the references and their masks, or None."""
+    return getattr(args, "_reference_error", None)
 
 
 def add_input_arguments(p: argparse.ArgumentParser, several: bool = False) -> None:
     """The input options; ``several``: ``--reference`` may be repeated (each with an optional
     ``--reference-mask`` after it)."""
     p.add_argument("--image", required=True, help="the generated image with artifacts")
-    p.add_argument("--mask", required=True, help="artifact mask (pixels at half range or brighter; a 0 / 1 mask: nonzero pixels)")
+    p.add_argument("--mask", required=True, help="artifact mask: the artifacts in white on black (pixels at half range or brighter; a 0 / 1 mask: nonzero pixels), at most half the image")
     if several:
         p.add_argument("--reference", required=True, action=_ReferenceAction,
                        help="reference photo of the same object; repeat it for several references (each one is aligned, and per pixel the best-matching one is used)")
@@ -64,15 +77,18 @@ def read_inputs(args):
 
 
 def check_output(path: str, what: str = "output", mode: str = "RGB") -> Path:
+    """An output path checked before any work: not a folder, an extension naming a format that can
+    hold the picture (``mode``; "L": a mask, which a lossy JPEG would blur)."""
     from PIL import Image
 
-    from ..io import encode_image
+    from ..io import encode_image, output_format
 
     p = Path(path)
-    if p.suffix.lower() not in Image.registered_extensions():
-        raise CLIError(f"{what} '{path}': unknown image extension '{p.suffix}' (use .png or .jpg)")
     if p.exists() and p.is_dir():
-        raise CLIError(f"{what} '{path}': is a folder")
+        raise CLIError(f"{what} '{path}': is a folder; give a file name (e.g. {p / 'out.png'})")
+    fmt = output_format(p, what)  # (an unknown extension: one line naming the formats)
+    if mode == "L" and fmt == "JPEG":
+        raise CLIError(f"{what} '{path}': a mask written as JPEG comes back with grey, blurred edges; use .png")
     encode_image(Image.new(mode, (8, 8)), p, what)  # a format that cannot hold the picture is found now
     return p
 

@@ -16,7 +16,7 @@ EXAMPLE = (
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
     add_input_arguments(p, several=True)
-    p.add_argument("--output", required=True, help="refined image (.png / .jpg)")
+    p.add_argument("--output", required=True, help="refined image (.png, .tif, .webp or .bmp: lossless; .jpg: quality 95)")
     region = p.add_argument("--region", help="also write the aligned region (M*) on the (guiding) reference here")
     common.add_deprecated_alias(p, "--correspondence", region)
     p.add_argument("--compare", help="side-by-side picture (default: OUTPUT with '.compare.png')")

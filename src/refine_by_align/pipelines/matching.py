@@ -25,6 +25,7 @@ import cv2
 import numpy as np
 import scipy.fft as sf
 
+from ..config import MATCH_SOURCES  # (the sources :func:`~.fields.dense_field` understands)
 from ..memo import ContentCache
 from ..threads import side_by_side, torch_threads
 from ..zoom import Box, rescaled
@@ -53,8 +54,6 @@ __all__ = [
 ]
 
 
-#: Point-match sources :func:`~.fields.dense_field` understands (combine with "+", e.g. "sift+aliked").
-MATCH_SOURCES = ("sift", "aliked", "attention")
 
 #: SIFT's settings in the alignment: at most this many keypoints per picture, described at most
 #: SIFT_MAX_SIDE px on the longer side

@@ -24,7 +24,7 @@ from PIL import Image
 
 from ..config import CONFIG_NAMES, get_config
 from ..fill import CLASSICAL_FILLS, MIXED_FILLS, classical_fill, local_mixed_fill, residual_patch, warm_up_fills, warp_at, warp_composite
-from ..io import InputError, alpha_mask, as_image, as_mask, check_seed, check_settings, in_input_mode, to_rgb, validate_inputs
+from ..io import InputError, alpha_mask, as_image, as_mask, check_mask_picture, check_matchers, check_seed, check_settings, in_input_mode, to_rgb, validate_inputs
 from ..models.refiner import RefineByAlignModel
 from ..zoom import Box, crop_resize, mask_bbox, paste_back, square_pad_box, zoom_box
 from .alignment import (
@@ -39,7 +39,7 @@ from .alignment import (
     grid_to_reference,
 )
 from .fields import REFERENCE_UPSCALE_MAX
-from .matching import MATCH_SOURCES, attention_matches, image_features_ahead
+from .matching import attention_matches, image_features_ahead
 from .references import CombinedWarp, ReferenceResult, as_reference_list, combine_warps, pick_guide
 from .warp import WarpFill, warp_fill
 
@@ -389,6 +389,8 @@ class RefineByAlignPipeline(DiffusionPipeline):
         cfg = self.model.cfg
         labels = labels or {}
         image, reference = as_image(image, "image"), as_image(reference, labels.get("reference", "reference"))
+        if isinstance(mask, Image.Image):  # (a photo given as the mask: said in one line, as for a file)
+            check_mask_picture(mask, "mask")
         mask = as_mask(mask, "mask")
         # (the mask is the reference's alpha channel where none was given; else validate_inputs reads
         # it off ``names``: named files without a mask file, as the command line passes the alpha it read)
@@ -620,12 +622,13 @@ class RefineByAlignPipeline(DiffusionPipeline):
             if not self._aliked and self._aliked_note:
                 notes.append(self._aliked_note)
             return sources, notes
-        sources = tuple(x.strip() for x in str(matchers).split("+") if x.strip())
-        bad = [x for x in sources if x not in MATCH_SOURCES]
-        if not sources or bad:
-            raise InputError(f"matchers '{matchers}': choose sources from {', '.join(MATCH_SOURCES)}, joined by '+' (e.g. sift+aliked)")
+        sources = check_matchers(matchers)
         if "aliked" in sources and not self._aliked:
-            raise InputError(self._aliked_note or "the ALIKED matcher is turned off (set_matcher)")
+            why = self._aliked_reason or "it is turned off (set_matcher)"
+            raise InputError(
+                f"matchers '{matchers}': the ALIKED matcher cannot be had ({why}); give its weights "
+                f"(--matcher-weights, or REFINE_BY_ALIGN_WEIGHTS) or choose sift"
+            )
         return sources, notes
 
     def _align(

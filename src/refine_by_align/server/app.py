@@ -293,6 +293,10 @@ def _refine_work(inp: _Inputs, extras: bool, detail: bool = False):
                 "random_weights": bool(out.random_weights),
                 "crop_box": list(out.crop_box.as_tuple()),
                 "size": [out.image.width, out.image.height],
+                # (what the command line prints: how it aligned, how much of the mask the warp gave, its notes)
+                "alignment": out.alignment,
+                "warp_fraction": _finite(out.warp_fraction),
+                "notes": list(out.notes),
             },
         }
         refs = inp.reference if several else [inp.reference]

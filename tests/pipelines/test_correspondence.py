@@ -235,8 +235,8 @@ def test_colour_map_limits_apply_the_map_inside_and_the_slope_beyond():
 def test_colour_maps_do_not_extrapolate_a_narrow_channel_to_colours_the_ring_does_not_hold():
     """A magenta ring (green only 5-50) whose green is darkened: the per-channel map, the fallback
     for colours the ring does not hold, keeps a white label near neutral (its green goes on at
-    the ring's grey-level slope beyond the ring's range) where green's own gain, extrapolated,
-    tints it pink; on the ring's own colours it is the plain per-channel map."""
+    the ring's grey-level slope past the ring's range and a margin) where green's own gain,
+    extrapolated, tints it pink; on the ring's own colours it is the plain per-channel map."""
     rng = np.random.default_rng(11)
     n = 3000
     src = np.stack([rng.uniform(30, 230, n), rng.uniform(5, 50, n), rng.uniform(40, 110, n)], 1).reshape(50, 60, 3)
@@ -244,7 +244,10 @@ def test_colour_maps_do_not_extrapolate_a_narrow_channel_to_colours_the_ring_doe
     where = np.ones((50, 60), bool)
     full, per_channel = colour_maps(src, tgt, where)
     assert full.lo is None  # (the 3 x 3 map is used only near the ring's colours: not limited)
-    assert per_channel.lo is not None and per_channel.hi[1] < 52 and per_channel.lo[1] > 4
+    # (the limits: the ring's 1st and 99th percentiles, widened by a quarter of that range)
+    p1, p99 = np.percentile(src.reshape(-1, 3), [1, 99], axis=0)
+    assert np.allclose(per_channel.lo, p1 - 0.25 * (p99 - p1)) and np.allclose(per_channel.hi, p99 + 0.25 * (p99 - p1))
+    assert per_channel.hi[1] < 62
     plain = ColourMap(per_channel.matrix, per_channel.offset, per_channel.gamma)
     ring_colours = src.reshape(-1, 3)[::50]
     inside = np.all((ring_colours >= per_channel.lo) & (ring_colours <= per_channel.hi), axis=1)
@@ -253,7 +256,7 @@ def test_colour_maps_do_not_extrapolate_a_narrow_channel_to_colours_the_ring_doe
     assert np.ptp(plain(white)) > 100  # the plain map's green gain makes it pink (green 123)
     # green beyond the ring's range goes on at the grey slope (about 1): 200 or so; red and blue,
     # inside theirs, keep their own gains and offsets
-    assert np.ptp(per_channel(white)) < 40 and per_channel(white)[1] > 190
+    assert np.ptp(per_channel(white)) < 45 and per_channel(white)[1] > 190
     assert abs(grey_slope(src.reshape(-1, 3), tgt.reshape(-1, 3)) - per_channel.slope) < 1e-9
 
 

@@ -510,7 +510,7 @@ def test_8x8_image_with_all_but_one_pixel_masked_is_refused_and_half_is_refined(
     m = np.full((8, 8), 255, np.uint8)
     m[5, 5] = 0
     Image.fromarray(m).save(tmp_path / "mask.png")
-    _refused(argv, capsys, "the mask marks 98% of the image", "is it inverted?")
+    _refused(argv, capsys, "the mask marks 98.4% of the image", "is it inverted?")
     assert not out.exists()
     m[:, 4:] = 0
     Image.fromarray(m).save(tmp_path / "mask.png")
@@ -764,5 +764,35 @@ def test_matchers_aliked_without_weights_says_the_run_stops(tmp_path, capsys, mo
     monkeypatch.setattr(aliked, "_candidates", lambda name, path: [tmp_path / "none" / f"{name}.safetensors"])
     paths = _inputs(tmp_path / "in")
     err = _refused(_refine(paths, tmp_path / "o.png", "--matchers", "aliked", model="default"), capsys,
-                   "matchers 'aliked': the ALIKED matcher cannot be had (", "give its weights (--matcher-weights, or REFINE_BY_ALIGN_WEIGHTS) or choose sift")
+                   "matchers 'aliked': the ALIKED matcher is not available: ALIKED weights aliked-n16.safetensors not found",
+                   "give its weights (--matcher-weights or REFINE_BY_ALIGN_WEIGHTS; in Python set_matcher / require_matcher) or choose sift")
     assert "SIFT alone" not in err and not (tmp_path / "o.png").exists()
+
+
+def test_a_model_that_is_a_file_is_said_as_one(tmp_path, capsys, no_compute):
+    f = tmp_path / "weights.safetensors"
+    f.write_bytes(b"x")
+    _refused(["refine", "--image", "i.png", "--mask", "m.png", "--reference", "r.png", "--output", str(tmp_path / "o.png"), "--model", str(f)],
+             capsys, f"model '{f}': a file, not a model folder")
+
+
+def test_the_early_refusals_import_no_heavy_library(tmp_path):
+    """A bad --model, unknown --matchers and two --reference-mask for one --reference are said by
+    the command line before any heavy import: torch, diffusers, OpenCV and SciPy stay unloaded."""
+    import subprocess
+    import sys
+
+    code = (
+        "import sys\n"
+        "from refine_by_align.cli import main\n"
+        "base = ['refine', '--image', 'i.png', '--mask', 'm.png', '--reference', 'r.png', '--output', 'o.png']\n"
+        "codes = [main(base + ['--model', 'nowhere']), main(base + ['--matchers', 'orb']),\n"
+        "         main(base + ['--reference-mask', 'a.png', '--reference-mask', 'b.png'])]\n"
+        "heavy = sorted(m for m in ('torch', 'diffusers', 'cv2', 'scipy') if m in sys.modules)\n"
+        "print(codes, heavy)\n"
+    )
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=tmp_path, timeout=120)
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.strip() == "[2, 2, 2] []", (r.stdout, r.stderr)
+    assert len(r.stderr.strip().splitlines()) == 3
+

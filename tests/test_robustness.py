@@ -51,7 +51,8 @@ def _photo_like() -> Image.Image:
     w, h = IMG_SIZE
     yy, xx = np.mgrid[0:h, 0:w]
     rgb = np.stack([80 + 80 * xx / w, 70 + 60 * yy / h, 120 - 40 * xx / w], -1)
-    return Image.fromarray(rgb.astype(np.uint8))
+    rgb += np.random.default_rng(5).normal(0, 12, rgb.shape)  # (a photo's texture: thousands of colours)
+    return Image.fromarray(np.clip(rgb, 0, 255).astype(np.uint8))
 
 
 def _good(role: str) -> Image.Image:

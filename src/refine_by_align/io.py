@@ -321,33 +321,49 @@ def load_mask(path: str | os.PathLike, what: str = "mask") -> np.ndarray:
 #: inverted one (the artifact black on white), which would have the whole picture redrawn.
 MAX_MASK_SHARE = 0.5
 
-#: A mask picture with more than this share of its pixels at middle levels (between a quarter and
-#: three quarters of the full range, as :func:`to_mask` reads them) is a photo, not a mask: a drawn
-#: mask is black and white, with a soft or antialiased edge: none of the pixels of the shipped
-#: examples' and the 192 suite cases' masks, at most 16% of the dataset's soft object masks; the
-#: dataset's 105 photos, read as masks, 66% in the median (6-95%).
+#: A mask picture with more than this share of its pixels at middle levels (from a quarter to three
+#: quarters of the full range, as :func:`to_mask` reads them) and more than MASK_MAX_COLOURS
+#: distinct colours is a photo, not a mask. A drawn mask is black and white with a soft or
+#: antialiased edge: none of the pixels of the shipped examples' and the 192 suite cases' masks are
+#: at middle levels, at most 16% of the dataset's soft object masks; the dataset's 105 photos, read
+#: as masks, 66% in the median (6-95%). A mask drawn in one middle level (a grey or dark-red brush,
+#: a half-opaque layer) or a wide soft brush has middle levels too, but a few hundred colours at
+#: most (one per level of the brush), where a photo has tens of thousands: 91 of the 105 photos
+#: are refused.
 MASK_MIDDLE_SHARE = 0.25
+MASK_MAX_COLOURS = 4096
 
 
-def check_mask_picture(img: Image.Image, what: str) -> None:
+def check_mask_picture(mask: Image.Image | np.ndarray, what: str) -> None:
     """One InputError (naming ``what``) where a mask picture is a photo rather than a mask: more
-    than :data:`MASK_MIDDLE_SHARE` of its pixels at middle levels (a copy of the image with the
-    artifact painted over, given as the mask, would have its bright parts read as the artifact)."""
-    if img.mode == "1":
+    than :data:`MASK_MIDDLE_SHARE` of its pixels at middle levels and more than
+    :data:`MASK_MAX_COLOURS` distinct colours (a quarter of its pixels, at least 512, in a picture
+    of under 16,384 pixels) (a copy of the image with the artifact painted over,
+    given as the mask, would have its bright parts read as the artifact). ``mask``: a picture, or
+    an 8-bit colour array (H, W, 3); anything else is not checked here."""
+    if isinstance(mask, np.ndarray):
+        if mask.dtype != np.uint8 or mask.ndim != 3 or mask.shape[2] != 3:
+            return
+        rgb = mask
+    elif mask.mode in ("RGB", "RGBA", "P", "CMYK", "YCbCr", "LAB", "HSV", "RGBX", "RGBa", "PA", "LA"):
+        rgba = np.asarray(mask.convert("RGBA"))
+        rgb, alpha = rgba[..., :3], rgba[..., 3]
+        if alpha.min() < 255:  # (read as its colour over black, as to_mask reads it)
+            rgb = ((rgb.astype(np.uint16) * alpha[..., None] + 127) // 255).astype(np.uint8)
+    else:  # a grey picture (8-bit, 16-bit, float) or a 1-bit one: a few hundred levels at most
         return
-    if _has_alpha(img):
-        rgba = np.asarray(img.convert("RGBA")).astype(np.float32)
-        levels, full = rgba[..., :3].max(axis=-1) * (rgba[..., 3] / 255.0), 255.0
-    elif img.mode in _WIDE_GREY_MODES:
-        levels, full = grey_levels(img)
-    else:
-        levels, full = np.asarray(img.convert("RGB")).max(axis=-1), 255.0
-    levels = np.asarray(levels, np.float64) / full
-    share = float(((levels >= 0.25) & (levels < 0.75)).mean()) if levels.size else 0.0
-    if share > MASK_MIDDLE_SHARE:
+    step = max(1, int(np.ceil(np.sqrt(rgb.shape[0] * rgb.shape[1] / 1_000_000))))  # at most about a million pixels looked at
+    sample = rgb[::step, ::step]
+    level = sample.max(axis=-1)
+    share = float(((level >= 64) & (level < 192)).mean()) if level.size else 0.0
+    if share <= MASK_MIDDLE_SHARE:
+        return
+    packed = (sample[..., 0].astype(np.uint32) << 16) | (sample[..., 1].astype(np.uint32) << 8) | sample[..., 2]
+    colours = len(np.unique(packed))
+    if colours > min(MASK_MAX_COLOURS, max(512, packed.size // 4)):  # (a small picture cannot have that many)
         raise InputError(
-            f"{what}: {share:.0%} of its pixels are neither dark nor bright: this looks like a photo, not a mask "
-            "(a mask is black, with the artifacts marked in white; paint them on a black picture of the image's size)"
+            f"{what}: {share:.0%} of its pixels are neither dark nor bright, in {colours:,} colours: this looks like a photo, "
+            "not a mask (a mask is black, with the artifacts marked in white; paint them on a black picture of the image's size)"
         )
 
 
@@ -406,7 +422,7 @@ def validate_inputs(
         raise InputError(f"{name('mask')}: mask covers the whole image; nothing is left to align with")
     if mask.mean() > MAX_MASK_SHARE:
         raise InputError(
-            f"{name('mask')}: the mask marks {mask.mean():.0%} of the image; it must mark the artifacts in white (or "
+            f"{name('mask')}: the mask marks {mask.mean():.1%} of the image; it must mark the artifacts in white (or "
             f"bright) on black, at most {MAX_MASK_SHARE:.0%} of the image: is it inverted?"
         )
     # both stages work on one square crop of at most the image's shorter side (zoom.zoom_box, which

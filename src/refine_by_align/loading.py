@@ -52,5 +52,10 @@ def check_model_name(name: str | os.PathLike) -> None:
     from .config import CONFIG_NAMES
 
     name = str(name)
-    if name not in CONFIG_NAMES and not Path(os.path.abspath(name)).exists():
-        raise InputError(f"model '{name}': not a preset ({', '.join(CONFIG_NAMES)}) and no model folder at '{os.path.abspath(name)}'")
+    if name in CONFIG_NAMES:
+        return
+    where = Path(os.path.abspath(name))
+    if not where.exists():
+        raise InputError(f"model '{name}': not a preset ({', '.join(CONFIG_NAMES)}) and no model folder at '{where}'")
+    if not where.is_dir():
+        raise InputError(f"model '{name}': a file, not a model folder (a folder holding config.json and .safetensors weights) or a preset ({', '.join(CONFIG_NAMES)})")

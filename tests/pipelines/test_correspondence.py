@@ -254,8 +254,8 @@ def test_colour_maps_do_not_extrapolate_a_narrow_channel_to_colours_the_ring_doe
     assert inside.sum() > 40 and np.allclose(per_channel(ring_colours[inside]), plain(ring_colours[inside]))
     white = np.array([220.0, 220.0, 220.0])
     assert np.ptp(plain(white)) > 100  # the plain map's green gain makes it pink (green 123)
-    # green beyond the ring's range goes on at the grey slope (about 1): 200 or so; red and blue,
-    # inside theirs, keep their own gains and offsets
+    # green and blue beyond the ring's ranges go on at the grey slope (about 1) from their limits;
+    # red, inside its range, keeps its own gain and offset
     assert np.ptp(per_channel(white)) < 45 and per_channel(white)[1] > 190
     assert abs(grey_slope(src.reshape(-1, 3), tgt.reshape(-1, 3)) - per_channel.slope) < 1e-9
 
@@ -545,7 +545,7 @@ def test_pipeline_says_when_the_matcher_weights_are_missing(tiny_pipe, tmp_path)
         assert any("ALIKED matcher unavailable" in n and "SIFT alone" in n for n in out.notes), out.notes
         assert out.alignment == "dense" and out.warp_fraction > 0.95
         # (one line that says the run stops, why, and what to do: not the note that it goes on with SIFT)
-        with pytest.raises(ValueError, match=r"matchers 'aliked': the ALIKED matcher cannot be had \(.*\); give its weights.*or choose sift") as err:
+        with pytest.raises(ValueError, match=r"matchers 'aliked': the ALIKED matcher is not available: .*not found.*; give its weights .*set_matcher / require_matcher\) or choose sift") as err:
             tiny_pipe(Image.fromarray(garbled), mask, Image.fromarray(ref), valid, matchers="aliked")
         assert "SIFT alone" not in str(err.value) and "\n" not in str(err.value)
         with pytest.raises(ValueError, match="choose sources"):

@@ -42,11 +42,20 @@ def test_an_inverted_mask_or_a_photo_as_the_mask_is_refused(tiny_pipe, simple_in
     redrawn, and a colour picture given as the mask would have its bright parts read as the
     artifact: each is one InputError that says what is wrong; half the image is still a mask."""
     image, mask, reference = simple_inputs
-    with pytest.raises(InputError, match=r"mask: the mask marks \d+% of the image.*is it inverted\?"):
+    with pytest.raises(InputError, match=r"mask: the mask marks 95\.1% of the image.*is it inverted\?"):
         tiny_pipe.prepare(image, ~mask, reference)
-    photo = Image.fromarray(np.asarray(image)[..., ::-1].copy())  # (a colour picture of the image's size)
-    with pytest.raises(InputError, match="mask: .* neither dark nor bright: this looks like a photo, not a mask"):
-        tiny_pipe.prepare(image, photo, reference)
+    photo = np.asarray(image)[..., ::-1].copy()  # (a colour picture of the image's size)
+    for given in (Image.fromarray(photo), photo):  # (a picture, or the same as an array)
+        with pytest.raises(InputError, match="mask: .* neither dark nor bright, in [\\d,]+ colours: this looks like a photo, not a mask"):
+            tiny_pipe.prepare(image, given, reference)
+    # a wide soft brush, or a mask drawn at one middle level, has middle levels in a few colours: a mask
+    yy, xx = np.mgrid[0:96, 0:128]
+    soft = np.exp(-((xx - 50) ** 2 + (yy - 40) ** 2) / (2 * 30.0**2))
+    brush = Image.fromarray(np.stack([(soft * 255).astype(np.uint8)] * 3, -1))
+    assert tiny_pipe.prepare(image, brush, reference).mask.any()
+    grey = np.zeros((96, 128, 3), np.uint8)
+    grey[10:80, 10:70] = (100, 100, 100)  # (no pixel at half range: every nonzero one is marked)
+    assert tiny_pipe.prepare(image, Image.fromarray(grey), reference).mask.sum() == 70 * 60
     half = np.zeros_like(mask)
     half[:, : mask.shape[1] // 2] = True  # (96 x 64 px: it fits the refinement's square)
     assert tiny_pipe.prepare(image, half, reference).mask.mean() == 0.5

@@ -68,6 +68,10 @@ def read_inputs(args):
     """Load and check every input file before any model is loaded: errors come first and alone."""
     from ..io import load_inputs
 
+    order = reference_order_error(args)  # (the command line says it before any command runs; here for a parser used alone)
+    if order is not None:
+        raise CLIError(order)
+
     # every header first (sizes compared before any pixel is decoded), then the pixels
     reference, reference_mask = args.reference, args.reference_mask
     if isinstance(reference, list) and len(reference) == 1:  # one reference: plain values, as without the repeat

@@ -389,7 +389,7 @@ class RefineByAlignPipeline(DiffusionPipeline):
         cfg = self.model.cfg
         labels = labels or {}
         image, reference = as_image(image, "image"), as_image(reference, labels.get("reference", "reference"))
-        if isinstance(mask, Image.Image):  # (a photo given as the mask: said in one line, as for a file)
+        if isinstance(mask, (Image.Image, np.ndarray)):  # (a photo given as the mask: said in one line, as for a file)
             check_mask_picture(mask, "mask")
         mask = as_mask(mask, "mask")
         # (the mask is the reference's alpha channel where none was given; else validate_inputs reads
@@ -624,10 +624,10 @@ class RefineByAlignPipeline(DiffusionPipeline):
             return sources, notes
         sources = check_matchers(matchers)
         if "aliked" in sources and not self._aliked:
-            why = self._aliked_reason or "it is turned off (set_matcher)"
+            why = self._aliked_reason or "turned off by set_matcher(enabled=False)"
             raise InputError(
-                f"matchers '{matchers}': the ALIKED matcher cannot be had ({why}); give its weights "
-                f"(--matcher-weights, or REFINE_BY_ALIGN_WEIGHTS) or choose sift"
+                f"matchers '{matchers}': the ALIKED matcher is not available: {why}; give its weights (--matcher-weights or "
+                f"REFINE_BY_ALIGN_WEIGHTS; in Python set_matcher / require_matcher) or choose sift"
             )
         return sources, notes
 

@@ -188,7 +188,7 @@ class ColourMap:
     matrix: np.ndarray  # (3, 3)
     offset: np.ndarray  # (3,)
     gamma: float = 1.0
-    lo: np.ndarray | None = None  # (3,) the source values the map was fitted on, per channel (None: no limit)
+    lo: np.ndarray | None = None  # (3,) per channel, the source values the map is applied to as fitted (None: no limit)
     hi: np.ndarray | None = None  # (3,)
     slope: float = 1.0  # beyond [lo, hi] a channel goes on at this slope from the map's value at the limit
 

@@ -58,6 +58,19 @@ def test_detect_clean_image_proposes_little():
     assert det.mask.mean() < 0.01
 
 
+def test_a_proposal_over_half_the_image_says_a_refine_would_not_take_it(monkeypatch):
+    """A proposal marking over half the image (another view: everything disagrees) is returned
+    with a note saying a refine would refuse it, rather than leaving the user to meet "is it
+    inverted?" there; a proposal of the usual size gets no such note."""
+    img, ref, ref_mask, _ = _scene()
+    det = D.detect(img, ref, ref_mask)
+    assert not any("more than a refine takes" in n for n in det.info["notes"])
+    monkeypatch.setattr(D, "clean_mask", lambda m: np.ones_like(m, bool) & (np.arange(m.shape[1]) < 0.6 * m.shape[1])[None, :])
+    det = D.detect(img, ref, ref_mask)
+    assert det.mask.mean() > 0.5
+    assert any(n.startswith(f"the proposal marks {det.mask.mean():.0%} of the image, more than a refine takes (at most 50%)") for n in det.info["notes"])
+
+
 def test_detect_no_field_is_empty_with_a_note():
     rng = np.random.default_rng(1)
     img = np.full((64, 64, 3), 128, np.uint8)  # nothing to match

@@ -35,6 +35,7 @@ from dataclasses import dataclass, field, replace
 import cv2
 import numpy as np
 
+from ..io import MAX_MASK_SHARE
 from ..zoom import Box, rescaled
 from .fields import DenseField, dense_field, field_at_full_scale, field_scaled_back, fit_field, on_reference_object, reference_upscale, upscaled_reference
 from .matching import Matches, aliked_matches, sift_matches
@@ -474,6 +475,11 @@ def detect(
         mask, thr = propose_mask(score, valid, k=6.0 if threshold is None else float(threshold))
         heat = np.clip(score / (2.0 * thr), 0.0, 1.0) if np.isfinite(thr) and thr > 0 else np.zeros_like(score)
     info.update(threshold=round(float(thr), 4), compared=round(float(valid.mean()), 4), proposed=round(float(mask.mean()), 5))
+    if mask.mean() > MAX_MASK_SHARE:  # (a refine would take it for an inverted mask: say what it is instead)
+        notes.append(
+            f"the proposal marks {mask.mean():.0%} of the image, more than a refine takes (at most {MAX_MASK_SHARE:.0%}): "
+            "the reference likely shows the object otherwise (another view, other light); draw the mask, or keep a part of the proposal"
+        )
     return Detection(mask, heat.astype(np.float32), valid, fld if f is None else field_scaled_back(fld, f, given_mask), info)
 
 

@@ -60,7 +60,6 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.ERROR, format="%(message)s")
     from .allocator import keep_freed_memory
     from .io import InputError, check_matchers
-    from .commands.inputs import reference_order_error
     from .loading import check_model_name
 
     keep_freed_memory()  # freed arrays kept for reuse, not faulted in again (allocator.py)
@@ -71,9 +70,6 @@ def main(argv: list[str] | None = None) -> int:
             raise CLIError(f"--seed must be an integer in 0..{MAX_SEED} (2^63-1), got {seed}")
         # a model name that names nothing, and match sources that do not exist, are said before
         # any command's heavy imports (torch, diffusers: several seconds)
-        order = reference_order_error(args)  # (two --reference-mask for one --reference)
-        if order is not None:
-            raise CLIError(order)
         model = getattr(args, "model", None)
         if isinstance(model, str):
             check_model_name(model)

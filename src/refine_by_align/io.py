@@ -345,13 +345,13 @@ def check_mask_picture(mask: Image.Image | np.ndarray, what: str) -> None:
         if mask.dtype != np.uint8 or mask.ndim != 3 or mask.shape[2] != 3:
             return
         rgb = mask
-    elif mask.mode in ("RGB", "RGBA", "P", "CMYK", "YCbCr", "LAB", "HSV", "RGBX", "RGBa", "PA", "LA"):
+    elif mask.mode in ("1", "L") or mask.mode in _WIDE_GREY_MODES:  # (grey: a few hundred levels at most)
+        return
+    else:
         rgba = np.asarray(mask.convert("RGBA"))
         rgb, alpha = rgba[..., :3], rgba[..., 3]
         if alpha.min() < 255:  # (read as its colour over black, as to_mask reads it)
             rgb = ((rgb.astype(np.uint16) * alpha[..., None] + 127) // 255).astype(np.uint8)
-    else:  # a grey picture (8-bit, 16-bit, float) or a 1-bit one: a few hundred levels at most
-        return
     step = max(1, int(np.ceil(np.sqrt(rgb.shape[0] * rgb.shape[1] / 1_000_000))))  # at most about a million pixels looked at
     sample = rgb[::step, ::step]
     level = sample.max(axis=-1)

@@ -34,9 +34,8 @@ class _ReferenceAction(argparse.Action):
 
 
 def _refuse(namespace, message: str) -> None:
-    """Keep the first mistake in the order of --reference / --reference-mask, said as one line by
-    the command line before the command runs (:func:`reference_order_error`), not as argparse's
-    usage block."""
+    """Keep the first mistake in the order of --reference / --reference-mask, said as one line when
+    the inputs are read (:func:`read_inputs`, before any file is), not as argparse's usage block."""
     if getattr(namespace, "_reference_error", None) is None:
         namespace._reference_error = message
 
@@ -68,7 +67,7 @@ def read_inputs(args):
     """Load and check every input file before any model is loaded: errors come first and alone."""
     from ..io import load_inputs
 
-    order = reference_order_error(args)  # (the command line says it before any command runs; here for a parser used alone)
+    order = reference_order_error(args)  # (two --reference-mask for one --reference)
     if order is not None:
         raise CLIError(order)
 

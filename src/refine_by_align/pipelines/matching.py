@@ -54,7 +54,6 @@ __all__ = [
 ]
 
 
-
 #: SIFT's settings in the alignment: at most this many keypoints per picture, described at most
 #: SIFT_MAX_SIDE px on the longer side
 SIFT_MAX_FEATURES = 4000

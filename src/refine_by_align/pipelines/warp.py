@@ -249,7 +249,6 @@ def colour_maps(
     return ColourMap(matrix, moffset, g), ColourMap(np.diag(gain), offset, g, lo - reach, hi + reach, grey_slope(s, t))
 
 
-
 def colour_support(image: np.ndarray, where: np.ndarray, reach: float = 20.0, max_samples: int = 4000, at: np.ndarray | None = None) -> np.ndarray:
     """(H, W) float32 in [0, 1]: how near each pixel's colour of ``image`` (H, W, 3) lies to the
     colours of ``where``'s pixels, exp(-(d / ``reach``)^2) with d the distance in RGB (0..255) to

@@ -49,7 +49,7 @@ def test_an_output_folder_that_is_or_lies_in_the_cases_is_refused(command, where
     assert _digests(examples) == before and not (examples / "results").exists()
 
 
-def test_bench_quality_records_what_made_its_results(tmp_path, examples):
+def test_bench_quality_records_what_made_its_results(tmp_path, examples, capsys):
     out = tmp_path / "res"
     rc = main(["-q", "bench-quality", str(examples), "--output", str(out), "--model", "tiny", "--limit", "1", "--steps", "2", "--seed", "5", "--no-warp"])
     assert rc == 0
@@ -57,7 +57,12 @@ def test_bench_quality_records_what_made_its_results(tmp_path, examples):
     assert cfg["cases_dir"] == str(examples.resolve()) and cfg["command"] == "bench-quality"
     assert cfg["model"] == "tiny" and cfg["limit"] == 1 and cfg["seed"] == 5
     assert cfg["method_options"]["num_inference_steps"] == 2 and cfg["method_options"]["seed"] == 5 and cfg["method_options"]["warp"] is False
-    assert set(cfg["versions"]) >= {"refine_by_align", "torch", "numpy"}
+    assert set(cfg["versions"]) >= {"refine_by_align", "torch", "numpy", "diffusers"} and cfg["cpu"]["cores"] >= 1
+    # the preset's random weights said and recorded (a tiny model's affine score equals the trained one's: the warp does the work)
+    assert cfg["random_weights"] is True and "RANDOM weights" in capsys.readouterr().err
+    # the matchers the dense alignment ran with (SIFT alone where ALIKED's weights are not found: up to 7 dB apart)
+    assert cfg["matchers_used"] == ("sift+aliked" if find_weights() is not None else "sift")
+    assert (cfg["matcher_weights_used"] is not None) == (find_weights() is not None)
     again = tmp_path / "again"
     assert main(["-q", "bench-quality", str(examples), "--output", str(again), "--model", "tiny", "--limit", "1", "--steps", "2", "--seed", "6", "--no-warp"]) == 0
     first, second = (json.loads((d / "metrics.json").read_text())["cases"][0]["psnr"] for d in (out, again))
@@ -70,6 +75,32 @@ def test_bench_quality_all_records_the_config_in_the_report(tmp_path, examples):
     report = json.loads((out / "report.json").read_text())
     assert report["config"]["method"] == "keep,telea" and report["config"]["limit"] == 1
     assert json.loads((out / "telea" / "metrics.json").read_text())["config"]["method"] == "telea"
+
+
+def test_bench_quality_does_not_mix_two_methods_in_one_folder(tmp_path, examples, capsys):
+    """A second method written into a folder of the first's replaced its metrics.json and some of
+    its case outputs, leaving the rest (two methods' outputs in one folder, one method's scores)."""
+    out = tmp_path / "res"
+    assert main(["-q", "bench-quality", str(examples), "--output", str(out), "--method", "keep", "--limit", "1"]) == 0
+    before = _digests(out)
+    capsys.readouterr()
+    assert main(["-q", "bench-quality", str(examples), "--output", str(out), "--method", "telea"]) == 2
+    line = _one_error_line(capsys)
+    assert "holds results of method 'keep'" in line and "new --output folder" in line
+    assert _digests(out) == before
+    assert main(["-q", "bench-quality", str(examples), "--output", str(out), "--method", "keep", "--limit", "1"]) == 0  # (a rerun of the same)
+
+
+def test_bench_quality_says_where_a_method_fell_back(capsys):
+    from refine_by_align.commands.bench_quality import _print_summary
+
+    row = {"cases": 3, "miou": 1.0, "psnr": 20.0, "ssim": 0.9, "seconds_per_case": 0.3, "fallbacks": 2}
+    _print_summary({"ALL": row, "multiview": row}, "oracle-align")
+    out = capsys.readouterr().out
+    assert "PSNR dB" in out.splitlines()[0] and "fallbacks" in out.splitlines()[0]
+    assert "note: oracle-align fell back on 2 of 3 cases (no true region" in out
+    _print_summary({"ALL": {**row, "fallbacks": 0}}, "oracle-align")
+    assert "note:" not in capsys.readouterr().out
 
 
 def test_bench_quality_refuses_matcher_weights_it_cannot_load(tmp_path, examples, capsys):

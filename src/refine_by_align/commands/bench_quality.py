@@ -72,20 +72,56 @@ def _method_options(args) -> dict | None:
     return options if any(options.values()) else None
 
 
-def _print_summary(summary: dict) -> None:
-    print(f"{'kind':<12} {'cases':>5} {'mIoU':>7} {'PSNR':>7} {'SSIM':>7} {'field px':>9} {'CLIP-I':>7} {'DINO-I':>7} {'s/case':>7}")
+def _print_summary(summary: dict, method: str) -> None:
+    """The summary table (masked PSNR in dB, the field's error in reference px), and a note where
+    the method fell back on some cases (oracle-align without a true region, keypoint without a
+    homography: each case's ``fallback`` in metrics.json)."""
+    print(f"{'kind':<12} {'cases':>5} {'mIoU':>7} {'PSNR dB':>8} {'SSIM':>7} {'field px':>9} {'CLIP-I':>7} {'DINO-I':>7} {'s/case':>7} {'fallbacks':>9}")
     for kind, row in summary.items():
         print(
-            f"{kind:<12} {row['cases']:>5} {_fmt(row['miou'], '.3f'):>7} {_fmt(row['psnr'], '.2f'):>7} "
+            f"{kind:<12} {row['cases']:>5} {_fmt(row['miou'], '.3f'):>7} {_fmt(row['psnr'], '.2f'):>8} "
             f"{_fmt(row['ssim'], '.3f'):>7} {_fmt(row.get('field_px'), '.3f'):>9} {_fmt(row.get('clip_i'), '.2f'):>7} {_fmt(row.get('dino_i'), '.2f'):>7} "
-            f"{_fmt(row['seconds_per_case'], '.2f'):>7}"
+            f"{_fmt(row['seconds_per_case'], '.2f'):>7} {_fmt(row.get('fallbacks'), 'd'):>9}"
         )
+    total = summary.get("ALL") or {}
+    if total.get("fallbacks"):
+        why = FALLBACK_MEANS.get(method, "it could not do what it is named for")
+        print(f"note: {method} fell back on {total['fallbacks']} of {total['cases']} cases ({why}); each case's 'fallback' is in metrics.json")
+
+
+#: What a method's fallback is (the note under the summary table).
+FALLBACK_MEANS = {
+    "oracle-align": "no true region, correspondence.png: aligned by the model instead",
+    "keypoint": "no homography from SIFT's matches: Telea's fill instead",
+}
+
+
+def _check_not_mixed(out: Path, methods: list[str], model: str) -> None:
+    """Refuse an output folder that holds another method's or model's results where this run
+    would write (its metrics.json, or each method's sub-folder's): the case outputs of the two
+    runs would be mixed in it. A rerun of the same method and model overwrites its own."""
+    import json
+
+    for m in methods:
+        metrics = out / m / "metrics.json" if len(methods) > 1 else out / "metrics.json"
+        if not metrics.exists():
+            continue
+        try:
+            prev = json.loads(metrics.read_text())
+        except (OSError, ValueError):
+            continue  # (an unreadable one is overwritten)
+        found = (prev.get("method"), (prev.get("config") or {}).get("model") or "default")
+        if found != (m, model):
+            raise CLIError(
+                f"--output {out}: {metrics} holds results of method '{found[0]}' with model '{found[1]}', not '{m}' with '{model}': "
+                "give a new --output folder (the two runs' case outputs would be mixed in it)"
+            )
 
 
 def run(args) -> int:
     from ..evaluation.bench import run_bench
     from ..evaluation.registry import PIPELINE_METHODS, _load_pipeline
-    from ..evaluation.report import run_all
+    from ..evaluation.report import resolve_methods, run_all
     from ..io import SETTING_OPTIONS, check_output_apart, check_output_folder, check_seed, check_settings
 
     common = dict(limit=args.limit, model=args.model, clip=args.clip, dino=args.dino, captions=args.captions, progress=not args.quiet)
@@ -99,6 +135,7 @@ def run(args) -> int:
     check_output_apart(args.output, {"cases": args.cases_dir})  # (the cases' true correspondences would be overwritten)
     options = _method_options(args)
     out = Path(args.output)
+    _check_not_mixed(out, resolve_methods(args.method), args.model or "default")
     config = {  # (saved with the results: what they were made with)
         "command": "bench-quality", "method": args.method, "model": args.model or "default", "limit": args.limit,
         "method_options": (options or {}).get(args.method) if "," not in args.method and args.method != "all" else options,
@@ -114,6 +151,6 @@ def run(args) -> int:
     if aliked is not None and args.method in PIPELINE_METHODS:  # (a method that runs the alignment: its pipeline with this matcher)
         method_options["pipeline"] = _load_pipeline(args.model, aliked)
     res = run_bench(args.cases_dir, args.output, method=args.method, method_options=method_options or None, config=config, **common)
-    _print_summary(res["summary"])
+    _print_summary(res["summary"], args.method)
     print(f"wrote {out / 'metrics.json'} and {out / 'contact_sheet.png'}")
     return 0

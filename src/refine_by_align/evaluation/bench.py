@@ -14,6 +14,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import sys
 import time
 from collections.abc import Sequence
 from pathlib import Path
@@ -183,13 +184,11 @@ def write_json_atomic(obj: Any, path: str | os.PathLike) -> None:
 def run_config(cases_dir: str | os.PathLike, **settings: Any) -> dict[str, Any]:
     """What a result was made with, for ``metrics.json`` / ``report.json`` / ``grid.json``: the
     cases folder (absolute), the given ``settings`` (JSON-safe: paths as strings, other objects by
-    their repr), the package's, torch's and NumPy's versions and the machine's CPU count. The
-    pipeline's sampling seed is its default (``seed=0`` per case) unless a setting says otherwise."""
-    import platform
-
-    import torch
-
-    from .. import __version__
+    their repr), the versions of the package and the libraries that move its outputs, the CPU (its
+    vector extensions) and the code's git commit (:func:`~refine_by_align.provenance.environment`),
+    and the machine's CPU count. The pipeline's sampling seed is its default (``seed=0`` per case)
+    unless a setting says otherwise."""
+    from ..provenance import environment
 
     def plain(v: Any) -> Any:
         if v is None or isinstance(v, (bool, int, float, str)):
@@ -206,9 +205,31 @@ def run_config(cases_dir: str | os.PathLike, **settings: Any) -> dict[str, Any]:
         "cases_dir": str(Path(cases_dir).resolve()),
         **{k: plain(v) for k, v in settings.items()},
         "seed": settings.get("seed", 0),
-        "versions": {"refine_by_align": __version__, "torch": torch.__version__, "numpy": np.__version__, "python": platform.python_version()},
+        **environment(),
         "cpus": os.cpu_count(),
     }
+
+
+def pipeline_facts(meth: Any) -> tuple[dict[str, Any], list[str]]:
+    """What a method's pipeline runs with, for the run's config, and the lines to say before its
+    cases: ({"random_weights", "matchers_used", "matcher_weights_used"}, lines). A method without a
+    pipeline (the classical baselines): ({}, []). ``matchers_used`` is the dense alignment's
+    matchers ("sift+aliked", or "sift" where ALIKED's weights are not found, said in a note: the
+    two differ by up to 7 dB on a nonrigid case), None for a method that runs no dense alignment
+    (``single-stage``, Algorithm 1's ``--alignment attention``)."""
+    pipe = getattr(meth, "pipeline", None)
+    if pipe is None or not hasattr(pipe, "alignment_matchers"):
+        return {}, []
+    facts: dict[str, Any] = {"random_weights": bool(getattr(pipe, "random_weights", False))}
+    lines = ["WARNING: the model has RANDOM weights: the pipeline methods' scores are meaningless"] if facts["random_weights"] else []
+    call = getattr(meth, "call_kwargs", {}) or {}
+    if getattr(meth, "align", False) and call.get("alignment") in (None, "dense"):
+        used = pipe.alignment_matchers(call.get("matchers"))  # (an unavailable matcher asked for: one InputError, before any case)
+        facts.update(matchers_used=used["matchers"], matcher_weights_used=used["matcher_weights"])
+        lines += [f"note: {n}" for n in used["notes"]]
+    else:
+        facts.update(matchers_used=None, matcher_weights_used=None)
+    return facts, lines
 
 
 def run_bench(
@@ -224,12 +245,15 @@ def run_bench(
     captions: Any = None,
     method_options: dict[str, Any] | None = None,
     config: dict[str, Any] | None = None,
+    say_notes: bool = True,
 ) -> dict[str, Any]:
     """Run ``method`` (a registered name or a :class:`Method`) on every case of ``cases_dir``.
     ``method_options``: keyword arguments for a named method's factory (e.g. ``num_inference_steps``).
     ``config``: the settings the run was made with (the command line's, :func:`run_config`),
     written into ``metrics.json`` as its ``config`` (default: the cases folder, the method, the
-    limit and the model; the versions are always added).
+    limit and the model; the environment is always added, and for a method that runs the pipeline
+    what :func:`pipeline_facts` finds: its matchers and whether its weights are random, said on
+    stderr before the cases unless ``say_notes`` is False).
 
     Writes ``output_dir/<case_id>/output.png`` (+ ``correspondence.png``), ``metrics.json`` and
     ``contact_sheet.png``; the first case is run once untimed before the timed pass (a warm-up:
@@ -254,6 +278,10 @@ def run_bench(
     identity = IdentityScorer(clip, dino, captions) if (clip is not None or dino is not None or captions is not None) else None
     meth: Method = get_method(method, model=model, **(method_options or {})) if isinstance(method, str) else method
     name = str(getattr(meth, "name", type(meth).__name__))
+    facts, lines = pipeline_facts(meth)
+    if say_notes:
+        for line in lines:
+            print(line, file=sys.stderr, flush=True)
     out_root = Path(output_dir)
     out_root.mkdir(parents=True, exist_ok=True)
 
@@ -292,7 +320,7 @@ def run_bench(
             raise
         records.append({"case": case.id, "kind": case.kind, **scores, "seconds": seconds})
 
-    config = run_config(cases_dir, **(config if config is not None else {"method": name, "limit": limit, "model": model, "method_options": method_options}))
+    config = run_config(cases_dir, **(config if config is not None else {"method": name, "limit": limit, "model": model, "method_options": method_options}), **facts)
     result = {"method": name, "config": config, "summary": summarize(records), "cases": records}
     result = _clean(result)
     write_json_atomic(result, out_root / "metrics.json")

@@ -12,9 +12,9 @@
 
 from __future__ import annotations
 
-import logging
 import os
 import re
+import sys
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -40,6 +40,7 @@ from ..zoom import Box, zoom_box
 from .bench import (
     CONTACT_SHEET_MAX_ROWS,
     _fmt,
+    pipeline_facts,
     run_bench,
     run_config,
     write_json_atomic,
@@ -58,7 +59,6 @@ __all__ = [
     "LOWER_IS_BETTER",
 ]
 
-logger = logging.getLogger(__name__)
 
 #: Summary keys compared in the report, in column order.
 REPORT_METRICS = ("miou", "psnr", "ssim", "field_px", "clip_t", "clip_i", "dino_i", "seconds_per_case")
@@ -143,8 +143,10 @@ def report_markdown(report: dict[str, Any]) -> str:
     """One markdown table per kind: rows = methods, columns = metrics; best per column in bold."""
     lines = ["# Benchmark report", ""]
     if report.get("cases_dir"):
+        used = (report.get("config") or {}).get("matchers_used")
         lines.append(f"Cases: `{report['cases_dir']}`; model: `{report.get('model') or '-'}`; "
-                     f"CLIP: `{report.get('clip') or '-'}`; DINO: `{report.get('dino') or '-'}`.")
+                     + (f"matchers: `{used}`; " if used else "")
+                     + f"CLIP: `{report.get('clip') or '-'}`; DINO: `{report.get('dino') or '-'}`.")
         lines.append("")
     lines += [
         (
@@ -303,20 +305,28 @@ def run_all(
             pipe.set_progress_bar_config(disable=True)
         if matcher_weights is not None:
             pipe.require_matcher(matcher_weights)
-        if getattr(pipe, "random_weights", False):
-            logger.warning("model '%s' has RANDOM weights: the pipeline methods' scores are meaningless", model)
 
     run_settings = dict(config) if config is not None else {"methods": names, "limit": limit, "model": model, "method_options": method_options}
     summaries: dict[str, dict[str, Any]] = {}
     records: dict[str, dict[str, dict[str, Any]]] = {}
+    said: set[str] = set()
+    matchers: dict[str, Any] = {}  # the dense alignment's matchers, where a method runs it
     for n in names:
         opts = dict(method_options.get(n, {}))
         if n in PIPELINE_METHODS:
             opts["pipeline"] = pipe
         meth = get_method(n, model=model, **opts)
+        facts, lines = pipeline_facts(meth)
+        for line in lines:  # (each said once, not once per method on the shared pipeline)
+            if line not in said:
+                said.add(line)
+                print(line, file=sys.stderr, flush=True)
+        if facts.get("matchers_used"):
+            matchers.setdefault("matchers_used", facts["matchers_used"])
+            matchers.setdefault("matcher_weights_used", facts["matcher_weights_used"])
         res = run_bench(
             cases_dir, out / n, method=meth, limit=limit, progress=progress, clip=clip_e, dino=dino_e, captions=caption_map,
-            max_sheet_rows=max_sheet_rows, config={**run_settings, "method": n, "method_options": method_options.get(n)},
+            max_sheet_rows=max_sheet_rows, config={**run_settings, "method": n, "method_options": method_options.get(n)}, say_notes=False,
         )
         summaries[n] = res["summary"]
         records[n] = {r["case"]: r for r in res["cases"]}
@@ -328,7 +338,7 @@ def run_all(
     sheets = {kind: f"contact_{_safe(kind)}.png" for kind in sorted(cases_by_kind)}
     report = build_report(
         summaries,
-        config=run_config(cases_dir, **run_settings),
+        config=run_config(cases_dir, **run_settings, **matchers),
         cases_dir=str(cases_dir),
         model=None if pipe is None else str(model or "default"),
         random_weights=bool(getattr(pipe, "random_weights", False)),

@@ -611,6 +611,16 @@ class RefineByAlignPipeline(DiffusionPipeline):
         or was loaded)."""
         return f"ALIKED matcher unavailable ({self._aliked_reason}): dense alignment uses SIFT alone" if self._aliked_reason else ""
 
+    def alignment_matchers(self, matchers: str | None = None) -> dict:
+        """What the dense alignment will match with, asked as a call's ``matchers`` would ask
+        (None: SIFT plus ALIKED where its weights are found; the matcher is looked for now if it
+        was not yet): {"matchers": "sift+aliked" or "sift" ..., "matcher_weights": the file ALIKED
+        was loaded from or None, "notes": the note a result would carry (ALIKED not found)}. For a
+        benchmark's record and its one note before the cases run; the same InputError as a call
+        where ``matchers`` asks for a matcher that is not available."""
+        sources, notes = self._match_sources(matchers)
+        return {"matchers": "+".join(sources), "matcher_weights": self.matcher_weights if "aliked" in sources else None, "notes": notes}
+
     def _match_sources(self, matchers: str | None) -> tuple[tuple[str, ...], list[str]]:
         """The dense alignment's match sources and any note about them. ``None``: SIFT plus ALIKED
         where its weights are found."""

@@ -1,0 +1,85 @@
+"""What a result was made with: library versions, the CPU, the code's commit.
+
+Saved next to every result and checkpoint (``bench-quality``'s, ``grid-search``'s and
+``bench-suite``'s config, a training run's ``train_config.json``, ``refine``'s and ``align``'s
+sidecar): the outputs move by up to several dB on single cases with the library versions and the
+CPU's arithmetic (README, "Results"), so a figure without them cannot be compared.
+"""
+
+from __future__ import annotations
+
+import os
+import platform
+import subprocess
+from functools import lru_cache
+from importlib import metadata
+from pathlib import Path
+
+__all__ = ["environment", "code_commit", "library_versions", "cpu_description"]
+
+#: The distributions whose versions move the outputs (installed names, as pip knows them).
+DISTRIBUTIONS = (
+    "torch", "numpy", "opencv-contrib-python-headless", "opencv-python-headless", "opencv-python", "scipy", "numba", "diffusers", "transformers",
+    "safetensors", "accelerate", "pillow",
+)
+
+
+def library_versions() -> dict[str, str]:
+    """{distribution: version} of refine-by-align, Python and :data:`DISTRIBUTIONS` that are
+    installed (read from their metadata: nothing is imported)."""
+    from . import __version__
+
+    out = {"refine_by_align": __version__, "python": platform.python_version()}
+    for name in DISTRIBUTIONS:
+        try:
+            out[name] = metadata.version(name)
+        except metadata.PackageNotFoundError:
+            continue
+    return out
+
+
+@lru_cache(maxsize=1)
+def cpu_description() -> dict[str, object]:
+    """The CPU's model name, its vector extensions that change the arithmetic (AVX2, AVX-512,
+    AMX, ...) and how many cores this process may use."""
+    name, flags = "", set()
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                key, _, value = line.partition(":")
+                key = key.strip()
+                if key == "model name" and not name:
+                    name = value.strip()
+                elif key == "flags" and not flags:
+                    flags = set(value.split())
+                if name and flags:
+                    break
+    except OSError:
+        pass
+    wanted = ("avx2", "fma", "avx512f", "avx512_bf16", "avx512_vnni", "amx_bf16", "amx_tile")
+    try:
+        cores = len(os.sched_getaffinity(0))
+    except AttributeError:  # (not on every platform)
+        cores = os.cpu_count()
+    return {"name": name or platform.processor() or platform.machine(), "extensions": [f for f in wanted if f in flags], "cores": cores}
+
+
+@lru_cache(maxsize=1)
+def code_commit() -> dict[str, object] | None:
+    """{"commit": the git commit the package's code is at, "dirty": whether it has uncommitted
+    changes} where it runs from a git checkout (an editable install), else None (an installed
+    wheel: its version says what it is)."""
+    here = Path(__file__).resolve().parent
+    try:
+        commit = subprocess.run(["git", "-C", str(here), "rev-parse", "HEAD"], capture_output=True, text=True, timeout=5)
+        if commit.returncode != 0:
+            return None
+        status = subprocess.run(["git", "-C", str(here), "status", "--porcelain", "--untracked-files=no", "--", "."], capture_output=True, text=True, timeout=5)
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return {"commit": commit.stdout.strip(), "dirty": bool(status.stdout.strip()) if status.returncode == 0 else None}
+
+
+def environment() -> dict[str, object]:
+    """Everything above in one dict: {"versions", "cpu", "code"} (JSON-ready)."""
+    return {"versions": library_versions(), "cpu": cpu_description(), "code": code_commit()}

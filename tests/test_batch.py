@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from refine_by_align.batch import DONE_FILE, ERRORS_FILE, format_summary, read_manifest, run_batch
+from refine_by_align.batch import DONE_FILE, ERRORS_FILE, RUN_FILE, format_summary, model_fingerprint, read_manifest, run_batch
 from refine_by_align.io import InputError
 
 REPO = Path(__file__).resolve().parents[1]
@@ -83,7 +83,14 @@ def test_batch_with_tiny_model_errors_and_resume(tmp_path, tiny_pipe):
     assert (s["total"], s["done"], s["skipped"], s["failed"]) == (10, 3, 0, 7), s
     assert "3 refined, 0 already done, 7 failed" in format_summary(s)
     produced = sorted(p.relative_to(out).as_posix() for p in out.rglob("*") if p.is_file() and not p.name.startswith("."))
-    assert produced == sorted(["00003-c0.png", "sub/one.png", "c2.jpg", DONE_FILE, ERRORS_FILE])
+    assert produced == sorted(["00003-c0.png", "sub/one.png", "c2.jpg", DONE_FILE, ERRORS_FILE, RUN_FILE])
+    # what each output was made with (its line in the ledger) and what the run was made with (RUN_FILE)
+    done = {d["output"]: d for d in _jsonl(out / DONE_FILE)}
+    assert done["00003-c0.png"]["seed"] == 1 and done["00003-c0.png"]["steps"] == 2 and done["c2.jpg"]["guidance"] == 1.5
+    assert done["c2.jpg"]["model"] == model_fingerprint(tiny_pipe) and 0.0 <= done["c2.jpg"]["warp_fraction"] <= 1.0
+    run = json.loads((out / RUN_FILE).read_text())
+    assert run["manifest"]["path"] == str(manifest.resolve()) and run["model"] == "tiny" and run["random_weights"] is True
+    assert run["model_fingerprint"] == model_fingerprint(tiny_pipe) and run["processes"] == 1 and "torch" in run["versions"]
     assert not (tmp_path / "escape.png").exists() and not (tmp_path / "abs.png").exists()
     src = np.asarray(Image.open(tmp_path / "in" / "c0.png"))
     res = np.asarray(Image.open(out / "00003-c0.png"))

@@ -60,6 +60,58 @@ def test_align_command(tmp_path, capsys):
     assert (drawn[region == 255] > 10).mean() > 0.5  # (the heat map shows over the region)
 
 
+def test_refine_saves_what_made_its_result_beside_it(tmp_path, capsys):
+    """A refined picture had nothing saved with it: not its seed, model, inputs or versions."""
+    out = tmp_path / "out.png"
+    assert main(_args(out, "--steps", "2", "--seed", "7", "--reference-mask", str(BADGE / "reference_mask.png"))) == 0
+    rec = json.loads((tmp_path / "out.json").read_text())
+    assert "out.json" in capsys.readouterr().out
+    assert rec["command"] == "refine" and rec["settings"]["seed"] == 7 and rec["settings"]["steps"] == 2 and rec["settings"]["model"] == "tiny"
+    import hashlib
+
+    image = rec["inputs"]["image"]
+    assert image["path"] == str((BADGE / "image.png").resolve()) and image["sha256"] == hashlib.sha256((BADGE / "image.png").read_bytes()).hexdigest()
+    assert rec["inputs"]["reference_mask"][0]["path"] == str((BADGE / "reference_mask.png").resolve())
+    assert rec["result"]["used"]["random_weights"] is True and rec["result"]["alignment"] in ("dense", "attention")
+    assert 0.0 <= rec["result"]["warp_fraction"] <= 1.0 and rec["result"]["timings_s"]["total"] > 0
+    assert {"torch", "numpy", "diffusers"} <= set(rec["versions"]) and rec["cpu"]["cores"] >= 1
+
+
+def test_align_writes_the_dense_field_it_found(tmp_path, capsys):
+    """The field (each crop pixel's position on the reference) could be read only through the
+    Python API; ``--field`` writes it, in the convention its docstring gives."""
+    import cv2
+
+    out, fld = tmp_path / "region.png", tmp_path / "field.npz"
+    rc = main([
+        "-q", "align", "--model", "tiny", "--image", str(BADGE / "image.png"), "--mask", str(BADGE / "mask.png"),
+        "--reference", str(BADGE / "reference.png"), "--reference-mask", str(BADGE / "reference_mask.png"), "--output", str(out), "--field", str(fld),
+    ])
+    assert rc == 0 and "field.npz" in capsys.readouterr().out
+    d = np.load(fld)
+    x0, y0, x1, y1 = (int(v) for v in d["box"])
+    assert d["xy"].shape == (y1 - y0, x1 - x0, 2) and d["confidence"].shape == d["on_object"].shape == (y1 - y0, x1 - x0)
+    # image pixel (x0 + j, y0 + i) is reference pixel xy[i, j]: the reference sampled there is the image around the mask
+    grey = lambda p: np.asarray(Image.open(p).convert("L"), np.float32)  # noqa: E731
+    warped = cv2.remap(grey(BADGE / "reference.png"), d["xy"][..., 0], d["xy"][..., 1], cv2.INTER_LINEAR)
+    mask = np.asarray(Image.open(BADGE / "mask.png")) > 127
+    keep = d["on_object"] & ~mask[y0:y1, x0:x1]
+    assert keep.sum() > 1000 and np.corrcoef(warped[keep], grey(BADGE / "image.png")[y0:y1, x0:x1][keep])[0, 1] > 0.9
+    assert json.loads((tmp_path / "region.json").read_text())["result"]["field_box"] == [x0, y0, x1, y1]
+
+
+@pytest.mark.parametrize("field, extra, message", [
+    ("f.npy", [], "give a name ending in .npz"),
+    ("f.npz", ["--alignment", "attention"], "gives a region, not a field"),
+])
+def test_align_field_output_is_checked_before_any_work(tmp_path, capsys, field, extra, message):
+    rc = main([
+        "-q", "align", "--model", "tiny", "--image", str(BADGE / "image.png"), "--mask", str(BADGE / "mask.png"),
+        "--reference", str(BADGE / "reference.png"), "--output", str(tmp_path / "r.png"), "--field", str(tmp_path / field), *extra,
+    ])
+    assert rc == 2 and message in capsys.readouterr().err and not any(tmp_path.iterdir())
+
+
 @pytest.mark.parametrize(
     "setup, message",
     [

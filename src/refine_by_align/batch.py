@@ -16,7 +16,11 @@ Output folder:
 
 ``DIR/<output>``     each refined image, written to a temporary file in the same folder and renamed
                      (``os.replace``), so a crash never leaves a half-written output under its name
-``DIR/done.jsonl``   ledger of finished jobs, appended (and fsynced) after each output is in place
+``DIR/done.jsonl``   ledger of finished jobs, appended (and fsynced) after each output is in place,
+                     each line with the job's seed, steps, guidance, the model's fingerprint and
+                     what the refine gave (alignment, warp fraction, notes)
+``DIR/batch.json``   what the latest run was made with: the manifest (its SHA-256), the model, the
+                     matcher's weights, the processes, the library versions, the CPU, the commit
 ``DIR/errors.jsonl`` the latest failure of each job that has not succeeded since: line number, output
                      name, error (a rerun replaces a job's old line, or drops it once the job
                      succeeds; rewritten atomically); the batch goes on
@@ -58,6 +62,7 @@ __all__ = [
 ]
 
 DONE_FILE = "done.jsonl"
+RUN_FILE = "batch.json"  # what the latest run was made with (_write_run_record)
 ERRORS_FILE = "errors.jsonl"
 LOCK_FILE = ".batch.lock"
 PART_PREFIX, PART_SUFFIX = ".rba-", ".part"
@@ -502,7 +507,8 @@ def model_fingerprint(pipe) -> str:
 
 
 # ---------------------------------------------------------------------------------------------------- run
-def _run_one(job: BatchJob, pipe, target: Path, prefix: str = PART_PREFIX) -> None:
+def _run_one(job: BatchJob, pipe, target: Path, prefix: str = PART_PREFIX):
+    """Refine one job into ``target``; returns the pipeline's result."""
     image, mask, reference, ref_mask, names = load_inputs(job.files(), labels={"reference_mask": "reference mask"})
     check_output_holds(target, image)  # (before the work: a transparent picture needs a format with alpha)
     result = pipe(
@@ -510,6 +516,7 @@ def _run_one(job: BatchJob, pipe, target: Path, prefix: str = PART_PREFIX) -> No
         names=names,
     )
     _write_atomic(result.image, target, prefix)
+    return result
 
 
 def _file_id(path: Path) -> tuple[str, tuple[int, int] | None]:
@@ -596,6 +603,8 @@ def run_batch(
     guard = _OutputGuard(out_dir, all_jobs, shard)
     with _lock(out_dir, shard):
         run = _Run(out_dir, jobs, shard, pipe, guard)
+        if shard.rank == 0:
+            _write_run_record(out_dir, manifest, pipe, run.model, shard)
         desc = "batch" if shard.world == 1 else f"batch {shard.rank + 1}/{shard.world}"
         bar = tqdm(total=len(jobs), desc=desc, unit="job", disable=not progress, dynamic_ncols=True, position=shard.rank)
         try:
@@ -616,6 +625,21 @@ def run_batch(
         "rank": shard.rank,
         "world": shard.world,
     }
+
+
+def _write_run_record(out_dir: Path, manifest: str | os.PathLike, pipe, fingerprint: str, shard: Shard) -> None:
+    """``RUN_FILE``: what the batch's latest run was made with (the manifest, the model and its
+    fingerprint, the matcher, the processes, :func:`~refine_by_align.provenance.environment`);
+    each job's own settings are its ``done.jsonl`` line."""
+    from .provenance import environment, file_digest, write_record
+
+    write_record(out_dir / RUN_FILE, {
+        "command": "batch", "time": time.strftime("%Y-%m-%dT%H:%M:%S"),
+        "manifest": {"path": str(Path(manifest).resolve()), "sha256": file_digest(manifest)},
+        "model": getattr(pipe, "model_name", None),
+        "model_fingerprint": fingerprint, "random_weights": bool(getattr(pipe, "random_weights", False)),
+        "matcher_weights": getattr(pipe, "matcher_weights", None), "processes": shard.world, **environment(),
+    })
 
 
 def _output_folder(manifest: str | os.PathLike, output_dir: str | os.PathLike) -> Path:
@@ -665,7 +689,7 @@ class _Run:
             return self.errors.succeeded(job)
         t1 = time.perf_counter()
         try:
-            _run_one(job, self.pipe, target, self.prefix)
+            result = _run_one(job, self.pipe, target, self.prefix)
         except InputError as e:
             return self.fail(job, str(e))
         except Exception as e:  # anything else is reported too: the batch goes on
@@ -673,6 +697,10 @@ class _Run:
         _append_jsonl(self.ledger, {
             "line": job.line, "output": job.output, "key": key,
             "seconds": round(time.perf_counter() - t1, 3), "time": time.strftime("%Y-%m-%dT%H:%M:%S"),
+            # (what it was made with and what it gave; the model and the environment are in RUN_FILE)
+            "seed": job.seed, "steps": job.steps, "guidance": job.guidance, "model": self.model,
+            "alignment": getattr(result, "alignment", None), "warp_fraction": round(float(getattr(result, "warp_fraction", 0.0)), 4),
+            "notes": list(getattr(result, "notes", None) or []),
         })
         self.finished[job.output] = key
         self.counts["done"] += 1

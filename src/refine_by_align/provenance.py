@@ -8,14 +8,18 @@ CPU's arithmetic (README, "Results"), so a figure without them cannot be compare
 
 from __future__ import annotations
 
+import hashlib
+import json
+import math
 import os
 import platform
 import subprocess
+import time
 from functools import lru_cache
 from importlib import metadata
 from pathlib import Path
 
-__all__ = ["environment", "code_commit", "library_versions", "cpu_description"]
+__all__ = ["environment", "code_commit", "library_versions", "cpu_description", "file_digest", "record", "write_record", "record_path"]
 
 #: The distributions whose versions move the outputs (installed names, as pip knows them).
 DISTRIBUTIONS = (
@@ -83,3 +87,66 @@ def code_commit() -> dict[str, object] | None:
 def environment() -> dict[str, object]:
     """Everything above in one dict: {"versions", "cpu", "code"} (JSON-ready)."""
     return {"versions": library_versions(), "cpu": cpu_description(), "code": code_commit()}
+
+
+def file_digest(path: str | os.PathLike) -> str | None:
+    """SHA-256 of a file's bytes (None where it cannot be read): which input a result was made from."""
+    h = hashlib.sha256()
+    try:
+        with open(path, "rb") as f:
+            for chunk in iter(lambda: f.read(1 << 20), b""):
+                h.update(chunk)
+    except OSError:
+        return None
+    return h.hexdigest()
+
+
+def record(command: str, inputs: dict[str, object], settings: dict[str, object], result: dict[str, object]) -> dict[str, object]:
+    """A result's record: the command, its input files (each {"path": absolute, "sha256"}; a list
+    for several references, None where not given), the settings it ran with, what it gave and the
+    :func:`environment`."""
+
+    def one(p):
+        if p is None:
+            return None
+        if isinstance(p, (list, tuple)):
+            return [one(x) for x in p]
+        return {"path": str(Path(p).resolve()), "sha256": file_digest(p)}
+
+    return {
+        "command": command, "time": time.strftime("%Y-%m-%dT%H:%M:%S"),
+        "inputs": {k: one(v) for k, v in inputs.items()}, "settings": settings, "result": result, **environment(),
+    }
+
+
+def _plain(v):
+    """JSON-safe: NumPy scalars and arrays as Python values, non-finite floats as None, paths as
+    strings, anything else by its repr."""
+    if isinstance(v, dict):
+        return {str(k): _plain(x) for k, x in v.items()}
+    if isinstance(v, (list, tuple)):
+        return [_plain(x) for x in v]
+    if hasattr(v, "tolist") and not isinstance(v, (str, bytes)):  # (a NumPy scalar or array, a tensor)
+        v = v.tolist()
+        return _plain(v) if isinstance(v, (list, dict)) else v if not isinstance(v, float) or math.isfinite(v) else None
+    if isinstance(v, float):
+        return v if math.isfinite(v) else None
+    if v is None or isinstance(v, (bool, int, str)):
+        return v
+    if isinstance(v, os.PathLike):
+        return str(v)
+    return repr(v)
+
+
+def record_path(output: str | os.PathLike) -> Path:
+    """Where the record of a result written to ``output`` goes: beside it, ``NAME.json`` for
+    ``NAME.png`` (as the compare picture is ``NAME.compare.png``)."""
+    out = Path(output)
+    return out.with_name(out.stem + ".json")
+
+
+def write_record(path: str | os.PathLike, rec: dict[str, object]) -> None:
+    """Write a record as strict JSON, atomically (a temporary file renamed into place)."""
+    from .io import write_atomic
+
+    write_atomic(path, json.dumps(_plain(rec), indent=2, allow_nan=False) + "\n")

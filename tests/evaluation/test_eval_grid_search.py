@@ -24,6 +24,11 @@ def test_grid_search_table_best_and_pictures(cases_dir: Path, tmp_path: Path):
     i, j = res["timesteps"].index(best["alignment_timestep"]), res["layers"].index(best["alignment_layer"])
     assert round(best["miou"], 4) == table.max() == table[i, j]
     assert set(res["shipped"]) == {"alignment_timestep", "alignment_layer"}
+    # the cases behind each mIoU, and the one left out, named (a researcher computes spreads from them)
+    assert res["case_ids"] == ["c01", "c03"] and res["skipped"] == ["c02"]
+    per_case = np.asarray(res["iou_per_case"])
+    assert per_case.shape == (2, 2, 2) and np.allclose(per_case.mean(axis=2), table, atol=1e-3)
+    assert np.allclose(np.asarray(res["miou_std"]), per_case.std(axis=2), atol=1e-3) and res["example_maps"] == "grid_maps_c01.png"
     for name in ("grid_heatmap.png", "grid_marginals.png", "grid_maps_c01.png"):
         with Image.open(out / name) as im:
             assert im.width > 100 and im.height > 100

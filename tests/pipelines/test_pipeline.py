@@ -111,16 +111,20 @@ def test_single_stage_and_oracle_modes(tiny_pipe, simple_inputs):
 
 def test_align_stage_alone(tiny_pipe, simple_inputs):
     image, mask, reference = simple_inputs
-    res = tiny_pipe.align(image, mask, reference, method="attention")
+    res = tiny_pipe.align(image, mask, reference, alignment="attention")
     assert res.region.shape == (reference.height, reference.width) and res.region.any()
     g = tiny_pipe.model.cfg.grid_size
     assert res.raw_grid.shape == (g, g) and res.grid_region.sum() >= 1
     assert res.alignment_timestep == 0 and res.alignment_layer == tiny_pipe.model.cfg.alignment_layer
-    res2 = tiny_pipe.align(image, mask, reference, alignment_timestep=500, alignment_layer=0, method="attention")
+    res2 = tiny_pipe.align(image, mask, reference, alignment_timestep=500, alignment_layer=0, alignment="attention")
     assert res2.alignment_timestep == 500 and res2.alignment_layer == 0
     with pytest.warns(DeprecationWarning, match="'timestep' is deprecated"):
-        res3 = tiny_pipe.align(image, mask, reference, timestep=500, layer=0, method="attention")
+        res3 = tiny_pipe.align(image, mask, reference, timestep=500, layer=0, alignment="attention")
     assert np.array_equal(res3.raw_grid, res2.raw_grid)
+    # align() takes the alignment by the name the pipeline's call takes it (it was method= only)
+    with pytest.warns(DeprecationWarning, match="'method' is deprecated, use 'alignment'"):
+        res4 = tiny_pipe.align(image, mask, reference, alignment_timestep=500, alignment_layer=0, method="attention")
+    assert res4.method == "attention" and np.array_equal(res4.raw_grid, res2.raw_grid)
 
 
 def test_alignment_threshold_comes_from_the_config(tiny_pipe, simple_inputs, monkeypatch):
@@ -128,13 +132,13 @@ def test_alignment_threshold_comes_from_the_config(tiny_pipe, simple_inputs, mon
     from refine_by_align.pipelines.alignment import clean_correspondence
 
     image, mask, reference = simple_inputs
-    raw = tiny_pipe.align(image, mask, reference, method="attention").raw_grid
+    raw = tiny_pipe.align(image, mask, reference, alignment="attention").raw_grid
     for thr in (0.2, 0.9):
         monkeypatch.setattr(tiny_pipe.model.cfg, "alignment_threshold", thr)
-        res = tiny_pipe.align(image, mask, reference, method="attention")
+        res = tiny_pipe.align(image, mask, reference, alignment="attention")
         assert np.array_equal(res.grid_region, clean_correspondence(raw, threshold=thr)[0])
     assert clean_correspondence(raw, 0.2)[0].sum() > clean_correspondence(raw, 0.9)[0].sum()  # the setting matters
-    assert np.array_equal(tiny_pipe.align(image, mask, reference, threshold=0.2, method="attention").grid_region, clean_correspondence(raw, 0.2)[0])
+    assert np.array_equal(tiny_pipe.align(image, mask, reference, threshold=0.2, alignment="attention").grid_region, clean_correspondence(raw, 0.2)[0])
 
 
 def test_reference_mask_restricts_correspondence(tiny_pipe, simple_inputs):

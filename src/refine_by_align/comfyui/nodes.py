@@ -312,7 +312,7 @@ class RefineByAlignAlign:
             _check_items(get_pipeline(model), items, n)
         for i, img, m, ref, rm in items:
             with _item_errors(i, n):
-                res = get_pipeline(model).align(img, m, ref, rm, seed=int(seed), method=method)
+                res = get_pipeline(model).align(img, m, ref, rm, seed=int(seed), alignment=method)
             regions[i] = torch.from_numpy(res.region.astype(np.float32))
             pic = render_heatmap_overlay(ref, res.heatmap, alpha=0.6)
             heat[i] = torch.from_numpy(np.asarray(pic, dtype=np.float32) / 255.0)

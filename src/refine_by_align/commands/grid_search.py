@@ -37,10 +37,13 @@ def run(args) -> int:
         raise CLIError(str(e)) from None
     b = res["best"]
     t, l = b["alignment_timestep"], b["alignment_layer"]
+    if res["skipped"]:
+        names = ", ".join(res["skipped"][:8]) + (f" and {len(res['skipped']) - 8} more" if len(res["skipped"]) > 8 else "")
+        print(f"note: {len(res['skipped'])} case(s) without a correspondence.png (no true region to score) left out: {names}")
     print(f"best (t, l) = ({t}, {l}): mIoU {b['miou']:.3f} over {res['cases']} cases")
     print(
         f"use it with: refine ... --alignment attention --alignment-timestep {t} --alignment-layer {l} (Algorithm 1's alignment; "
         "the default dense alignment reads (t, l) only where it finds no field; align and bench-quality take the same options)"
     )
-    print(f"wrote {Path(args.output) / 'grid.json'}, grid_heatmap.png, grid_marginals.png")
+    print(f"wrote {Path(args.output) / 'grid.json'} (the mIoU table and each case's IoU), grid_heatmap.png, grid_marginals.png, {res['example_maps']}")
     return 0

@@ -44,8 +44,10 @@ def grid_search(
     progress: bool = True,
 ) -> dict:
     """Algorithm 1's region for every (timestep, layer) on every case of ``cases_dir`` that has a
-    true region, scored by IoU; writes ``grid.json`` (the mIoU table, the best pair, the shipped
-    one and the run's ``config``), ``grid_heatmap.png`` and ``grid_marginals.png`` into
+    true region, scored by IoU; writes ``grid.json`` (the mIoU table, each case's IoU and their
+    spread, the cases scored and those skipped for want of a true region, the best pair, the shipped
+    one and the run's ``config``), ``grid_heatmap.png``, ``grid_marginals.png`` and the first case's
+    maps ``grid_maps_<case>.png`` into
     ``output_dir``, which is created only once the settings and cases are checked."""
     out = Path(output_dir)
     pipe = load_pipeline(model)
@@ -57,7 +59,9 @@ def grid_search(
     for t in timesteps:
         if not 0 <= t < pipe.model.cfg.num_train_timesteps:
             raise ValueError(f"timestep {t} out of range 0..{pipe.model.cfg.num_train_timesteps - 1}")
-    cases = [c for c in load_cases(cases_dir, limit) if c.region is not None]
+    loaded = load_cases(cases_dir, limit)
+    cases = [c for c in loaded if c.region is not None]
+    skipped = [c.id for c in loaded if c.region is None]  # (multiview cases: no true region to score)
     if not cases:
         raise ValueError(f"no case in '{cases_dir}' has a correspondence.png: nothing to score")
     out.mkdir(parents=True, exist_ok=True)
@@ -81,10 +85,15 @@ def grid_search(
         "model": str(model),
         "config": run_config(cases_dir, command="grid-search", model=str(model), timesteps=list(timesteps), layers=list(layers), limit=limit, seed=seed),
         "cases": len(cases),
+        "case_ids": [c.id for c in cases],
+        "skipped": skipped,  # cases without a correspondence.png (not scored)
         "timesteps": list(timesteps),
         "layers": list(layers),
         "layer_names": [pipe.model.cross_attention_layers[l] for l in layers],
         "miou": table.round(4).tolist(),
+        "iou_per_case": scores.round(4).tolist(),  # (timesteps, layers, cases), cases in case_ids' order
+        "miou_std": scores.std(axis=2).round(4).tolist(),  # the spread of the cases' IoU behind each mIoU
+        "example_maps": f"grid_maps_{example[0].id}.png",
         "best": {"alignment_timestep": int(timesteps[bi]), "alignment_layer": int(layers[bj]), "miou": float(table[bi, bj])},
         "shipped": {"alignment_timestep": pipe.model.cfg.alignment_timestep, "alignment_layer": pipe.model.cfg.alignment_layer},
     }

@@ -125,7 +125,7 @@ def _time_alignment(pipe, example, timed: Callable, repeats: int) -> dict:
     image, mask, reference = example
     res = {
         "align_s": timed(lambda: (forget_remembered(), pipe.align(image, mask, reference)), repeats),
-        "align_attention_s": timed(lambda: pipe.align(image, mask, reference, method="attention"), repeats),
+        "align_attention_s": timed(lambda: pipe.align(image, mask, reference, alignment="attention"), repeats),
     }
     ex = _shipped_example()
     if ex is not None:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import functools
 import logging
+import os
 import threading
 import time
 import warnings
@@ -358,6 +359,7 @@ class RefineByAlignPipeline(DiffusionPipeline):
             torch.nn.Module.to(model, torch_dtype)  # every dtype cast, and this model has none)
         pipe = cls(model=model, scheduler=make_scheduler(model))
         pipe.random_weights = random_weights
+        pipe.model_name = name if name in CONFIG_NAMES else os.path.abspath(name)  # (what it was loaded as: records name it)
         if model.vae is not None:  # large convolutions: NHWC pays (tiny pixel-space models: it does not)
             pipe.enable_channels_last()
         return pipe
@@ -494,21 +496,28 @@ class RefineByAlignPipeline(DiffusionPipeline):
         threshold: float | None = None,
         seed: int = 0,
         names: dict[str, str] | None = None,
-        method: str | None = None,
+        alignment: str | None = None,
         matchers: str | None = None,
         timestep: int | None = None,
         layer: int | None = None,
+        method: str | None = None,
     ) -> AlignmentResult:
-        """The alignment stage alone: ``method`` ``dense`` (default: the field and M* pushed through
-        it) or ``attention`` (Algorithm 1 at one (t, l) = (``alignment_timestep``,
-        ``alignment_layer``), Eq. 5, A.4); ``matchers`` the dense field's sources joined by "+"
-        (default: sift+aliked where ALIKED's weights are found, else sift). ``timestep`` / ``layer``
-        are the deprecated names of the (t, l) arguments."""
-        for old, new in (("timestep", "alignment_timestep"), ("layer", "alignment_layer")):
+        """The alignment stage alone: ``alignment`` ``dense`` (default: the field and M* pushed
+        through it) or ``attention`` (Algorithm 1 at one (t, l) = (``alignment_timestep``,
+        ``alignment_layer``), Eq. 5, A.4), as the pipeline's call takes it; ``matchers`` the dense
+        field's sources joined by "+" (default: sift+aliked where ALIKED's weights are found, else
+        sift). The result's ``field`` (:class:`~.fields.DenseField`, dense) gives, for every pixel of
+        the zoom-in crop ``field.box`` on the image, its (x, y) on the reference (``field.xy``, (h, w,
+        2) float32 in the reference's full-resolution pixels), its ``confidence`` (h, w) in [0, 1]
+        and whether it lands on the reference object (``on_object``). ``timestep`` / ``layer`` /
+        ``method`` are the deprecated names of ``alignment_timestep`` / ``alignment_layer`` /
+        ``alignment``."""
+        for old, new in (("timestep", "alignment_timestep"), ("layer", "alignment_layer"), ("method", "alignment")):
             if locals()[old] is not None:
                 warnings.warn(f"align(): '{old}' is deprecated, use '{new}'", DeprecationWarning, stacklevel=3)
         alignment_timestep = timestep if alignment_timestep is None else alignment_timestep
         alignment_layer = layer if alignment_layer is None else alignment_layer
+        method = method if alignment is None else alignment
         seed = check_seed(seed)
         p = self.prepare(image, mask, reference, reference_mask, names, ahead=(method or "dense") == "dense" and matchers is None)
         self._stage("align")

@@ -4,7 +4,9 @@ speed tooling): a model that cannot be loaded is one :class:`~refine_by_align.io
 
 from __future__ import annotations
 
+import json
 import os
+import sys
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -15,7 +17,7 @@ if TYPE_CHECKING:  # the pipeline imports torch and diffusers: loaded only when 
 
     from .pipelines.pipeline import RefineByAlignPipeline
 
-__all__ = ["load_pipeline", "check_model_name"]
+__all__ = ["load_pipeline", "check_model_name", "model_folder"]
 
 
 def load_pipeline(
@@ -24,9 +26,11 @@ def load_pipeline(
     dtype: torch.dtype | None = None,
 ) -> RefineByAlignPipeline:
     """``default`` (the shipped model), a preset name (``tiny``, ``paper``: random weights, flagged
-    by ``pipe.random_weights``) or a folder written by ``save_pretrained``. ``device``: None picks
-    the GPU where one is visible, else the CPU; ``dtype`` (e.g. ``torch.bfloat16``) casts the
-    weights. Raises InputError: ``model 'NAME': ...`` with the folder it looked in."""
+    by ``pipe.random_weights``), a folder written by ``save_pretrained``, a training run folder or
+    one of its checkpoints (:func:`model_folder`: which one a run folder gives is said in a note on
+    stderr). ``device``: None picks the GPU where one is visible, else the CPU; ``dtype`` (e.g.
+    ``torch.bfloat16``) casts the weights. Raises InputError: ``model 'NAME': ...`` with the
+    folder it looked in."""
     import torch
 
     from .config import CONFIG_NAMES
@@ -37,8 +41,13 @@ def load_pipeline(
     name = str(name_or_dir)
     check_model_name(name)
     where = (default_model_dir() if name == "default" else None) if name in CONFIG_NAMES else Path(os.path.abspath(name))
+    folder, kind, note = (None, "preset", "") if name in CONFIG_NAMES else model_folder(name)
+    if note:
+        print(note, file=sys.stderr)
     try:
-        return RefineByAlignPipeline.from_pretrained(name, torch_dtype=dtype, device="auto" if device is None else device)
+        if kind == "checkpoint":
+            return _checkpoint_pipeline(folder, device, dtype)
+        return RefineByAlignPipeline.from_pretrained(name if folder is None else folder, torch_dtype=dtype, device="auto" if device is None else device)
     except (ValueError, OSError) as e:
         reason = " ".join(str(e).split()) or type(e).__name__  # one line
         place = f" (looked in '{where}')" if where is not None else ""
@@ -59,3 +68,97 @@ def check_model_name(name: str | os.PathLike) -> None:
         raise InputError(f"model '{name}': not a preset ({', '.join(CONFIG_NAMES)}) and no model folder at '{where}'")
     if not where.is_dir():
         raise InputError(f"model '{name}': a file, not a model folder (a folder holding config.json and .safetensors weights) or a preset ({', '.join(CONFIG_NAMES)})")
+    model_folder(name)
+
+
+def model_folder(name: str | os.PathLike) -> tuple[Path, str, str]:
+    """(the folder to load, its kind: "model" or "checkpoint", a one-line note or "") for an
+    existing folder given as a model, which may be:
+
+    - a model folder (``config.json`` + .safetensors weights: ``save_pretrained``'s, a training
+      run's ``weights/``): itself, a "model";
+    - a training checkpoint (``checkpoints/step_N``: ``model_config.json`` + ``model.safetensors``,
+      the training weights of that step, not the EMA ones): itself, a "checkpoint";
+    - a training run folder (``train --output``): its ``weights/`` (the EMA weights exported at its
+      last stop), or its latest checkpoint where it has no weights yet; the note says which (and
+      where a later checkpoint than the weights is there).
+
+    A folder that is none of these is one InputError that says what was looked for. Reads only the
+    file system (no torch)."""
+    name = str(name)
+    where = Path(os.path.abspath(name))
+    if (where / "config.json").is_file():
+        return where, "model", ""
+    if _is_checkpoint(where):
+        return where, "checkpoint", ""
+    ckpts = sorted(c for c in (where / "checkpoints").glob("step_*") if _is_checkpoint(c)) if (where / "checkpoints").is_dir() else []
+    if (where / "weights" / "config.json").is_file():
+        last = f"; its latest checkpoint, {ckpts[-1].name}, is later: give that folder to load it" if ckpts and _step(ckpts[-1]) > _trained_steps(where / "weights") else ""
+        return where / "weights", "model", f"note: model '{name}': a training run folder: loading its weights/ (the exported weights{_at(where / 'weights')}){last}"
+    if ckpts:
+        return ckpts[-1], "checkpoint", f"note: model '{name}': a training run folder without weights/ yet: loading its latest checkpoint, {ckpts[-1].name} (the training weights, not the EMA ones)"
+    raise InputError(
+        f"model '{name}' (looked in '{where}'): not a model folder: no config.json (a saved model), no model_config.json and "
+        "model.safetensors (a training checkpoint), no weights/config.json or checkpoints/step_* (a training run folder)"
+    )
+
+
+def _is_checkpoint(folder: Path) -> bool:
+    return (folder / "model_config.json").is_file() and (folder / "model.safetensors").is_file()
+
+
+def _step(checkpoint: Path) -> int:
+    try:
+        return int(json.loads((checkpoint / "state.json").read_text())["step"])
+    except (OSError, ValueError, KeyError, TypeError):
+        return -1
+
+
+def _trained_steps(weights: Path) -> int:
+    try:
+        return int(json.loads((weights / "train_config.json").read_text())["trained_steps"])
+    except (OSError, ValueError, KeyError, TypeError):
+        return -1
+
+
+def _at(weights: Path) -> str:
+    n = _trained_steps(weights)
+    return f" at step {n}" if n >= 0 else ""
+
+
+def _checkpoint_pipeline(folder: Path, device, dtype) -> RefineByAlignPipeline:
+    """A pipeline on a training checkpoint's weights (``model.safetensors``, as accelerate saved the
+    model) and ``model_config.json``; safetensors only (the checkpoint's optimiser, EMA and RNG
+    pickles are never read). ValueError where they do not fit."""
+    import torch
+
+    from .config import ModelConfig
+    from .models.refiner import RefineByAlignModel, _read_safetensors
+    from .pipelines.pipeline import RefineByAlignPipeline, make_scheduler, resolve_device
+
+    try:
+        cfg = ModelConfig.from_dict(json.loads((folder / "model_config.json").read_text()))
+    except (json.JSONDecodeError, TypeError, KeyError, AttributeError) as e:  # (ValueErrors name the field already)
+        raise ValueError(f"checkpoint '{folder}': model_config.json does not describe a model ({e})") from None
+    with torch.device("meta"):  # no random init of what the file replaces
+        model = RefineByAlignModel(spec=cfg.to_dict())
+    state = _read_safetensors(folder / "model.safetensors")
+    built = model.state_dict()
+    missing, unexpected = sorted(set(built) - set(state)), sorted(set(state) - set(built))
+    wrong = sorted(k for k in set(state) & set(built) if tuple(state[k].shape) != tuple(built[k].shape))
+    if missing or unexpected or wrong:
+        raise ValueError(
+            f"checkpoint '{folder}': model.safetensors does not fit its model_config.json: {len(missing)} missing weights {missing[:3]}, "
+            f"{len(unexpected)} unexpected {unexpected[:3]}, {len(wrong)} of the wrong shape {wrong[:3]}"
+        )
+    # copies: a running training deletes its older checkpoints, and parameters that shared the file's pages would fault
+    model.load_state_dict({k: v.to(built[k].dtype, copy=True) for k, v in state.items()}, assign=True)
+    model.reference_encoder.init_buffers()
+    model.eval().to(resolve_device(device))
+    if dtype is not None:
+        torch.nn.Module.to(model, dtype)
+    pipe = RefineByAlignPipeline(model=model, scheduler=make_scheduler(model))
+    pipe.model_name = str(folder)  # (what it was loaded as: records name it)
+    if model.vae is not None:  # as from_pretrained does
+        pipe.enable_channels_last()
+    return pipe

@@ -124,17 +124,28 @@ def test_accelerate_two_processes_on_cpu(tmp_path):
 
     accelerate's ``--cpu`` flag starts one process unless MPI is configured (its multi-CPU path
     goes through mpirun); ``--multi_gpu`` on a machine without GPUs starts torchrun processes that
-    accelerate runs as MULTI_CPU with the gloo backend."""
+    accelerate runs as MULTI_CPU with the gloo backend. Only the main process says where the run
+    stopped (it was said once per process), and takes the run folder's lock; the saved config says
+    there were two processes and that batch_size is per process."""
     p = _two_processes(tmp_path, max_steps=2)
     assert p.returncode == 0, p.stderr[-3000:]
-    assert p.stdout.count("stopped at step 2") == 2  # one line per process
+    assert p.stdout.count("stopped at step 2: the recipe's last step (max_steps 2) reached") == 1
     ckpt = latest_checkpoint(tmp_path / "run")
     assert ckpt is not None and json.loads((ckpt / "state.json").read_text())["step"] == 2
     assert (ckpt / "random_states_1.pkl").exists()  # both processes saved their RNG state
+    saved = json.loads((ckpt / "train_config.json").read_text())
+    assert (saved["processes"], saved["batch_size"], saved["batch_size_is"], saved["global_batch_size"]) == (2, 2, "per process", 4)
+    from safetensors.torch import load_file
+
+    from refine_by_align.loading import load_pipeline
+
+    saved_weights = load_file(ckpt / "model.safetensors")  # (as accelerate saved the DDP-wrapped model)
+    model = load_pipeline(ckpt, device="cpu").model  # --model a checkpoint of a multi-process run
+    assert all(torch.equal(model.state_dict()[k], v) for k, v in saved_weights.items())
     # a time limit: every process stops at the same step (a checkpoint waits for all of them)
     p = _two_processes(tmp_path / "limited", max_steps=6, extra=["--time-limit", "1e-9"])
     assert p.returncode == 0, p.stderr[-3000:]
-    assert p.stdout.count("stopped at step 1") == 2
+    assert p.stdout.count("stopped at step 1: time limit of 1e-09 s reached") == 1
     assert json.loads((latest_checkpoint(tmp_path / "limited" / "run") / "state.json").read_text())["step"] == 1
 
 

@@ -12,6 +12,9 @@ import json
 import math
 import os
 import shutil
+import signal
+import sys
+import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -32,7 +35,7 @@ from ..models.attention import layer_level, recording
 from ..models.refiner import RefineByAlignModel
 from .losses import attention_supervision_loss, diffusion_target, masked_noise_loss, on_object, token_targets
 
-__all__ = ["TrainConfig", "load_train_config", "check_train_config", "train", "latest_checkpoint", "export_weights", "RECIPES_DIR"]
+__all__ = ["TrainConfig", "load_train_config", "check_train_config", "train", "Interrupted", "latest_checkpoint", "export_weights", "RECIPES_DIR"]
 
 RECIPES_DIR = Path(__file__).resolve().parent / "recipes"
 
@@ -44,7 +47,7 @@ class TrainConfig:
     model: str = "default"  # model preset (tiny | default | paper) ...
     model_overrides: dict = field(default_factory=dict)  # ... with these ModelConfig fields replaced
     seed: int = 0  # seeds model init, data order, noise
-    batch_size: int = 24  # per process
+    batch_size: int = 24  # per process (the global batch is this times the number of processes)
     max_steps: int = 20000  # optimiser steps of the whole run
     lr_unet: float = 5e-4  # paper: 1e-5 at batch 192 on a pretrained SD U-Net; from scratch needs more
     lr_projector: float = 1e-3  # paper: 4e-5 for the MLP between DINOv2 and the U-Net
@@ -64,7 +67,8 @@ class TrainConfig:
     synthetic_size: int = 128  # side of a rendered procedural object, in pixels
     photo_max_side: int = 192  # photos are downscaled to this longest side (crops at test time come
     # from 512 px photos: a larger crop resolution wants a larger value, at some cost in data speed)
-    data_root: str | None = "../shared/data/dreambooth-train"  # multi-view photos (None: synthetic only)
+    data_root: str | None = "../shared/data/dreambooth-train"  # multi-view photos (None: synthetic only); a relative
+    # path is looked for from the current folder, then the repository root (the run records the folder it used)
     mixed_precision: str = "no"  # "no" | "bf16" | "fp16" (accelerate)
     ema_decay: float = 0.999  # 0 disables EMA
     num_workers: int = 1  # data-loading processes
@@ -72,7 +76,8 @@ class TrainConfig:
     eval_every: int = 500  # steps between reference-use / alignment checks
     checkpoint_every: int = 500  # steps between resumable checkpoints
     keep_checkpoints: int = 2  # older checkpoints are deleted
-    init_from: str | None = None  # model folder whose weights start the run (a later stage of a split run)
+    init_from: str | None = None  # model folder whose weights start the run (a later stage of a split run); a
+    # relative path is looked for as data_root is: from the current folder, then the repository root
 
     def model_config(self) -> ModelConfig:
         cfg = get_config(self.model)
@@ -92,8 +97,17 @@ def load_train_config(name_or_path: str) -> TrainConfig:
     return _config_from_file(path)
 
 
+# What a run's saved train_config.json records beside the recipe's fields (_run_record): facts of the
+# run, not settings, so a saved config read back as a recipe leaves them out.
+RUN_RECORD_KEYS = (
+    "data_root_resolved", "init_from_resolved", "processes", "batch_size_is", "global_batch_size", "gradient_accumulation_steps",
+    "device", "gpu", "invocation", "environment",
+)
+
+
 def _config_from_file(path: Path) -> TrainConfig:
-    """The TrainConfig a JSON file holds (a recipe, or a run's saved train_config.json), checked."""
+    """The TrainConfig a JSON file holds (a recipe, or a run's saved train_config.json: its
+    RUN_RECORD_KEYS left out), checked."""
     try:
         data = json.loads(path.read_text())
     except (OSError, UnicodeDecodeError) as e:
@@ -103,6 +117,7 @@ def _config_from_file(path: Path) -> TrainConfig:
     if not isinstance(data, dict):
         raise InputError(f"{path}: a training config is a JSON object of fields, got a {type(data).__name__}")
     known = {f.name for f in dataclasses.fields(TrainConfig)}
+    data = {k: v for k, v in data.items() if k not in RUN_RECORD_KEYS}
     unknown = set(data) - known
     if unknown:
         raise InputError(f"{path}: unknown training config fields {sorted(unknown)}")
@@ -302,6 +317,9 @@ def build_dataset(tc: TrainConfig, mcfg: ModelConfig, seed_offset: int = 0):
 def _worker_init(_: int) -> None:
     # (cv2.setNumThreads here deadlocks in a forked worker once the parent has used OpenCV)
     torch.set_num_threads(1)
+    # a terminal's Ctrl-C reaches the workers too: the main process stops the loop at the end of
+    # the step (_StopOnInterrupt) and then ends them; a worker that died of it would fail that step
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
 
 
 def supervised_layers(model: RefineByAlignModel, min_side: int) -> list[str]:
@@ -389,8 +407,178 @@ def check_run_dir(run_dir: Path, resume: bool) -> None:
         )
 
 
+LOCK_FILE = ".train.lock"  # in the run folder: held while a run trains there (_RunLock)
+
+
+class _RunLock:
+    """An exclusive advisory lock on a run folder (fcntl.flock on its LOCK_FILE, not waiting), held
+    by the main process from before the run's first write until it stops: a second ``train`` on the
+    folder (a ``--resume`` while the run goes on) is refused in one line instead of interleaving its
+    log and checkpoints with the first's. Closing the file releases the lock (a killed process
+    releases it too). Where fcntl is missing: trust the user."""
+
+    def __init__(self, run_dir: Path):
+        self.run_dir, self.file = run_dir, None
+
+    def take(self, accelerator: Accelerator) -> None:
+        """Take it where the folder exists (a no-op once held); in a multi-process run the main
+        process takes it and every process refuses together."""
+        busy = 0.0
+        if accelerator.is_main_process and self.file is None and self.run_dir.is_dir():
+            busy = 0.0 if self._try() else 1.0
+        if accelerator.num_processes > 1:
+            busy = float(accelerator.reduce(torch.tensor(busy, device=accelerator.device), reduction="max"))
+        if busy:
+            raise InputError(
+                f"--output '{self.run_dir}': another training process is writing to this run folder right now "
+                f"(it holds {LOCK_FILE} there): wait for it to stop, or choose another folder"
+            )
+
+    def _try(self) -> bool:
+        try:
+            import fcntl
+        except ImportError:  # no advisory locks on this platform: trust the user
+            return True
+        f = open(self.run_dir / LOCK_FILE, "a")
+        try:
+            fcntl.flock(f.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            f.close()
+            return False
+        self.file = f
+        return True
+
+    def release(self) -> None:
+        if self.file is not None:
+            self.file.close()
+            self.file = None
+
+
+class Interrupted(KeyboardInterrupt):
+    """Ctrl-C stopped the run at the end of a step, with a checkpoint of that step (``checkpoint``)
+    and the exported weights: ``--resume`` continues from there (the command exits 130)."""
+
+    def __init__(self, step: int, checkpoint: Path):
+        super().__init__(f"interrupted at step {step}: checkpoint written to {checkpoint}; resume with --resume")
+        self.step, self.checkpoint = step, checkpoint
+
+
+class _StopOnInterrupt:
+    """While the loop runs, Ctrl-C (SIGINT) asks it to stop at the end of the current step as a time
+    limit does (log line, checkpoint, exported weights; no evaluation), then raise Interrupted. A
+    second Ctrl-C stops a single process at once (KeyboardInterrupt: the last checkpoint stands); a
+    multi-process run ignores it, as the launcher passes a terminal's Ctrl-C on to its processes a
+    second time (and kills them 30 s later if they have not stopped). Signal handlers can be set
+    only in the main thread: elsewhere Ctrl-C is left as it is."""
+
+    def __init__(self, accelerator: Accelerator):
+        self.main, self.single = accelerator.is_main_process, accelerator.num_processes == 1
+        self.requested, self.installed, self.previous = False, False, None
+
+    def __enter__(self):
+        if threading.current_thread() is threading.main_thread():
+            self.previous, self.installed = signal.signal(signal.SIGINT, self._handle), True
+        return self
+
+    def __exit__(self, *exc) -> bool:
+        if self.installed:
+            signal.signal(signal.SIGINT, self.previous if self.previous is not None else signal.SIG_DFL)
+        return False
+
+    def _handle(self, signum, frame) -> None:
+        if self.requested:
+            if self.single:
+                raise KeyboardInterrupt
+            return
+        self.requested = True
+        if self.main:
+            again = " (Ctrl-C again: at once, without one)" if self.single else ""
+            print(f"interrupt: stopping at the end of this step, with a checkpoint{again}", file=sys.stderr, flush=True)
+
+
+def _find_folder(path: str | Path) -> Path | None:
+    """The folder a recipe or an option names, absolute: a relative path from the current folder,
+    then from the repository root (data.readers.resolve_data_root); None where neither holds it."""
+    p = resolve_data_root(path)
+    return Path(os.path.abspath(p)) if p.is_dir() else None
+
+
+def _looked(path: str | Path) -> str:
+    return "" if Path(path).expanduser().is_absolute() else " (looked from the current folder and the repository root)"
+
+
+def _check_same_photos(saved: dict, photos: Path | None, data_root: str | None, given: bool, run_dir: Path) -> str:
+    """Whether a resumed run reads the photos it read before (``data_root_resolved`` in its saved
+    train_config.json): "" where it does; a note where it was saved before that was recorded, or
+    where ``--data-root`` was given (a change asked for); else an InputError that says what differs
+    and how to go on (a relative data_root resolved from another current folder names other photos,
+    or none)."""
+    now = f"the photos in '{photos}'" if photos else "synthetic objects only"
+    if "data_root_resolved" not in saved:
+        return f"note: the run's train_config.json does not record which photos it trained on (saved before data_root_resolved was): resuming with {now}"
+    before = saved["data_root_resolved"]
+    if before == (str(photos) if photos else None):
+        return ""
+    was = f"the photos in '{before}'" if before else "synthetic objects only"
+    if given:
+        return f"note: --data-root: the run trained on {was} until now; it goes on with {now}"
+    if before is None:
+        fix = "pass --data-root none to go on with synthetic objects only"
+    elif Path(before).is_dir():
+        fix = f"pass --data-root '{before}' to go on with those photos"
+    else:
+        fix = f"'{before}' is gone: pass --data-root with where those photos are now"
+    found = f"it would now read {now}" if photos else f"data_root '{data_root}' names no photos from here{_looked(data_root)}" if data_root else "it would now read no photos"
+    raise InputError(f"--resume: the run in '{run_dir}' trained on {was} (data_root_resolved in its train_config.json), but {found}: {fix}")
+
+
+def _init_folder(init_from: str, source: str) -> Path:
+    """The model folder ``init_from`` names, absolute (looked for as data_root is); an InputError
+    naming the field and ``source`` where there is none."""
+    found = _find_folder(init_from)
+    if found is None:
+        raise InputError(f"init_from in {source}: model folder '{init_from}' does not exist{_looked(init_from)}")
+    return found
+
+
+def _end_reason(step: int, run_max_steps: int, max_steps: int | None) -> str:
+    """Why a run that reached its stop step stopped: the recipe's end, or --max-steps."""
+    if step >= run_max_steps:
+        return f"the recipe's last step (max_steps {run_max_steps}) reached"
+    return f"--max-steps {max_steps} reached"
+
+
+def _run_record(accelerator: Accelerator, tc: TrainConfig, photos: Path | None, init_from: Path | None, invocation: dict) -> dict:
+    """What the run's saved configs record beside the recipe (RUN_RECORD_KEYS): the photo folder
+    and init_from as found (absolute; data_root_resolved null: synthetic objects only), the processes
+    and the batch (``batch_size`` is per process: each process reads its own batch_size samples a
+    step), the device, this invocation's options and the environment (library versions, CPU, commit)."""
+    from ..provenance import environment
+
+    dev = accelerator.device
+    return {
+        "data_root_resolved": str(photos) if photos else None,
+        "init_from_resolved": str(init_from) if init_from else None,
+        "processes": accelerator.num_processes,
+        "batch_size_is": "per process",
+        "global_batch_size": tc.batch_size * accelerator.num_processes * accelerator.gradient_accumulation_steps,
+        "gradient_accumulation_steps": accelerator.gradient_accumulation_steps,
+        "device": str(dev),
+        "gpu": torch.cuda.get_device_name(dev) if dev.type == "cuda" else None,
+        "invocation": invocation,
+        "environment": environment(),
+    }
+
+
 def train(
-    tc: TrainConfig, run_dir: str | Path, resume: bool = False, max_steps: int | None = None, progress: bool = True, time_limit: float | None = None
+    tc: TrainConfig,
+    run_dir: str | Path,
+    resume: bool = False,
+    max_steps: int | None = None,
+    progress: bool = True,
+    time_limit: float | None = None,
+    data_root: str | Path | None = None,
+    recipe: str | None = None,
 ) -> dict:
     """Train (or resume) a run in ``run_dir`` (a folder that already holds a run only with
     ``resume``). ``max_steps`` (>= 1) stops this invocation early at that global step (the run's
@@ -398,45 +586,79 @@ def train(
     in a note and stops at ``tc.max_steps``). ``time_limit`` (seconds from
     the start of this call) stops it at the first step past that time, with a checkpoint and the
     exported weights, as at ``max_steps`` (for a lease of fixed length; ``--resume`` continues;
-    0 stops after the first step).
-    Returns the last log record."""
+    0 stops after the first step). ``data_root`` (``--data-root``) replaces the config's photo
+    folder (it must exist; ``"none"``: synthetic objects only). ``recipe`` names the config in
+    messages. The run folder is locked while the run goes on; Ctrl-C stops it at the end of the
+    step, with a checkpoint, and raises :class:`Interrupted`.
+    Returns the last log record, with ``stopped``: why the run stopped."""
+    lock = _RunLock(Path(run_dir))
+    try:
+        return _train(tc, Path(run_dir), resume, max_steps, progress, time_limit, data_root, recipe, lock)
+    finally:
+        lock.release()
+
+
+def _train(tc, run_dir: Path, resume, max_steps, progress, time_limit, data_root, recipe, lock: _RunLock) -> dict:
+    """The run itself (train holds the run folder's lock around it)."""
     t_start = time.perf_counter()
-    run_dir = Path(run_dir)
-    # 1. Setup: the run's config (a resumed run's own), checked before anything is written;
-    # accelerate, seeds. (The config files are written once the model and data are set up.)
+    # 1. Setup: the run's config (a resumed run's own), checked before anything is written; the
+    # photos and init_from as found from here; accelerate, the run folder's lock, seeds. (The
+    # config files are written once the model and data are set up.)
     check_run_dir(run_dir, resume)
     if max_steps is not None and (not _is_int(max_steps) or max_steps < 1):
         raise InputError(f"--max-steps must be an integer >= 1, got {max_steps!r}")
-    notes = []
+    notes, saved_record = [], None
+    named = f"recipe '{recipe}'" if recipe else "the training config"  # (in messages)
     if resume and (run_dir / "train_config.json").exists():
         saved = _config_from_file(run_dir / "train_config.json")
+        saved_record = json.loads((run_dir / "train_config.json").read_text())
+        named = f"'{run_dir / 'train_config.json'}'"
         if saved != tc:
             notes.append("note: --resume uses the run's saved train_config.json")
             tc = saved
     else:
         check_train_config(tc)
+    if data_root is not None:  # --data-root: the recipe's replaced ("none": no photos)
+        if not str(data_root):
+            raise InputError("--data-root: give a folder of multi-view photos, or none (synthetic objects only)")
+        tc = dataclasses.replace(tc, data_root=None if str(data_root) == "none" else str(data_root))
+        if tc.data_root is not None and _find_folder(tc.data_root) is None:
+            raise InputError(f"--data-root '{data_root}': no folder there{_looked(data_root)}")
+    photos = _find_folder(tc.data_root) if tc.data_root else None  # absolute; None: synthetic objects only
+    if tc.data_root and photos is None:
+        notes.append(f"note: no multi-view photos at '{tc.data_root}'{_looked(tc.data_root)}: training on synthetic objects only")
+    if saved_record is not None:
+        note = _check_same_photos(saved_record, photos, tc.data_root, data_root is not None, run_dir)
+        notes += [note] if note else []
     if max_steps is not None and max_steps > tc.max_steps:
         notes.append(
             f"note: --max-steps {max_steps} is past the run's max_steps {tc.max_steps}, where its schedule ends: "
             f"stopping at step {tc.max_steps} (--max-steps only stops a run early; to train longer, raise max_steps in the recipe)"
         )
+    resume_ckpt = latest_checkpoint(run_dir) if resume else None
+    init_from = _init_folder(tc.init_from, named) if tc.init_from and not resume_ckpt else None
     tc, why = _precision_for_device(tc)
     notes += [why] if why else []
     accelerator = Accelerator(mixed_precision=tc.mixed_precision, cpu=not torch.cuda.is_available())
+    lock.take(accelerator)  # (a new folder: once it is made, below)
     for note in notes:
         accelerator.print(note)
     set_seed(tc.seed)
     mcfg = tc.model_config()
-    resume_ckpt = latest_checkpoint(run_dir) if resume else None
+    invocation = {"--max-steps": max_steps, "--time-limit": time_limit, "--resume": resume, "--data-root": None if data_root is None else str(data_root)}
+    run_record = _run_record(accelerator, tc, photos, init_from, invocation)
 
     # 2. Model, noise schedule, optimiser with separate learning rates, LR schedule, EMA.
     model = RefineByAlignModel.from_model_config(mcfg)
     for part, source in (("U-Net", mcfg.unet_pretrained), ("autoencoder", mcfg.vae_pretrained if model.vae is not None else None), ("reference encoder", mcfg.encoder.pretrained)):
         if source:
             accelerator.print(f"{part}: pretrained weights from {source}")
-    if tc.init_from and not resume_ckpt:
-        init_weights(model, tc.init_from)
-        accelerator.print(f"initialised the weights from {tc.init_from}")
+    if init_from is not None:
+        try:
+            init_weights(model, init_from)
+        except ValueError as e:
+            raise InputError(f"init_from in {named}: {e}") from None
+        accelerator.print(f"initialised the weights from {init_from}")
     model.train()
     noise_scheduler = DDPMScheduler(**mcfg.noise_schedule())
     enc = model.reference_encoder
@@ -477,8 +699,10 @@ def train(
     if ema is not None:  # its shadow copy was taken (or restored by load_state) on the CPU
         ema.to(accelerator.device)
 
-    # 4. Data: deterministic per (seed, index), so a resumed run sees the same samples.
-    dataset = build_dataset(tc, mcfg)
+    # 4. Data: deterministic per (seed, index), so a resumed run sees the same samples; the photos
+    # from the folder found above (recorded as data_root_resolved).
+    data_tc = dataclasses.replace(tc, data_root=str(photos) if photos else None)
+    dataset = build_dataset(data_tc, mcfg)
     stop = min(tc.max_steps, max_steps) if max_steps is not None else tc.max_steps
     sampler = _StepSampler(step, tc.batch_size, accelerator.process_index, accelerator.num_processes, stop)
     loader = torch.utils.data.DataLoader(
@@ -493,14 +717,16 @@ def train(
     )
     eval_batch = None
     if accelerator.is_main_process and tc.eval_every > 0:
-        eval_ds = build_dataset(tc, mcfg, seed_offset=10_000)  # fixed, never-trained-on samples
+        eval_ds = build_dataset(data_tc, mcfg, seed_offset=10_000)  # fixed, never-trained-on samples
         eval_batch = torch.utils.data.default_collate([eval_ds[i] for i in range(min(32, 4 * tc.batch_size))])
 
-    # The run folder and its configs, now that the model and the data are set up (a recipe
-    # refused above leaves no folder behind).
+    # The run folder (locked) and its configs, now that the model and the data are set up (a
+    # recipe refused above leaves no folder behind).
     if accelerator.is_main_process:
         run_dir.mkdir(parents=True, exist_ok=True)
-        _atomic_json(run_dir / "train_config.json", dataclasses.asdict(tc))
+    lock.take(accelerator)
+    if accelerator.is_main_process:
+        _atomic_json(run_dir / "train_config.json", {**dataclasses.asdict(tc), **run_record})
         _atomic_json(run_dir / "model_config.json", mcfg.to_dict())
     accelerator.wait_for_everyone()
 
@@ -508,11 +734,15 @@ def train(
     unwrapped: RefineByAlignModel = accelerator.unwrap_model(model)
     grid = mcfg.grid_size
     bar = tqdm(total=stop, initial=step, disable=not (progress and accelerator.is_main_process), desc="train", unit="step")
-    t_last, seen, record = time.perf_counter(), 0, {}
+    # images/s counts the training steps' time only (reading the batch and the step), not the
+    # evaluations, checkpoints and log writes between them
+    t_mark, train_s, seen, record = time.perf_counter(), 0.0, 0, {}
     sums = {"loss": 0.0, "loss_eps": 0.0, "loss_attn": 0.0, "n": 0}
+    why, ckpt = None, resume_ckpt  # why the run stops (set at its last step), its last checkpoint
 
-    # 5. The loop, recording the supervised layers' attention (kept in the autograd graph).
-    with recording(unwrapped.unet, layers, keep_grad=True) as store:
+    # 5. The loop, recording the supervised layers' attention (kept in the autograd graph); Ctrl-C
+    # stops it at the end of a step, as a time limit does.
+    with recording(unwrapped.unet, layers, keep_grad=True) as store, _StopOnInterrupt(accelerator) as interrupt:
         for batch in loader:
             image = batch["image"].to(accelerator.device)  # (B, 3, S, S) in [0, 1]
             mask = batch["mask"].to(accelerator.device)  # (B, 1, S, S)
@@ -555,14 +785,20 @@ def train(
             sums["loss_attn"] += float(loss_attn.detach())
             sums["n"] += 1
             bar.update(1)
-            if time_limit is not None and step < stop:
-                late = torch.tensor(float(time.perf_counter() - t_start > time_limit), device=accelerator.device)
-                if float(accelerator.reduce(late, reduction="max")) > 0:  # every process stops at the same step
-                    accelerator.print(f"time limit of {time_limit:g} s reached: stopping at step {step}")
-                    stop = step
+            late = time_limit is not None and time.perf_counter() - t_start > time_limit
+            asked = interrupt.requested
+            if accelerator.num_processes > 1:  # every process stops at the same step (a checkpoint waits for all of them)
+                flags = accelerator.reduce(torch.tensor([float(late), float(asked)], device=accelerator.device), reduction="max")
+                late, asked = bool(flags[0] > 0), bool(flags[1] > 0)
+            if asked:
+                stop, why = step, "interrupted"
+            elif late and step < stop:
+                stop, why = step, f"time limit of {time_limit:g} s reached"
+            elif step >= stop:
+                why = _end_reason(step, tc.max_steps, max_steps)
+            train_s += time.perf_counter() - t_mark
 
             if accelerator.is_main_process and (step % tc.log_every == 0 or step == stop):
-                now = time.perf_counter()
                 n = max(sums["n"], 1)
                 record = {
                     "step": step,
@@ -570,16 +806,17 @@ def train(
                     "loss_eps": sums["loss_eps"] / n,
                     "loss_attn": sums["loss_attn"] / n,
                     "lr_unet": lr_scheduler.get_last_lr()[0],
-                    "images_per_s": seen / max(now - t_last, 1e-9),
+                    "images_per_s": seen / max(train_s, 1e-9),
                     "time": time.time(),
+                    **({"stopped": why} if why else {}),  # the last record of an invocation: why it stopped
                 }
                 bar.set_postfix(loss=f"{record['loss']:.4f}", img_s=f"{record['images_per_s']:.1f}")
                 with open(log_path, "a") as f:
                     f.write(json.dumps(record) + "\n")
-                t_last, seen = now, 0
+                train_s, seen = 0.0, 0
                 sums = {"loss": 0.0, "loss_eps": 0.0, "loss_attn": 0.0, "n": 0}
 
-            if eval_batch is not None and (step % tc.eval_every == 0 or step == stop):
+            if eval_batch is not None and why != "interrupted" and (step % tc.eval_every == 0 or step == stop):
                 ev = evaluate(unwrapped, eval_batch, noise_scheduler, unwrapped.alignment_layer_name, grid, tc.attn_sigma)
                 ev = {"step": step, "eval": True, **ev}
                 with open(log_path, "a") as f:
@@ -587,20 +824,29 @@ def train(
                 bar.write(" ".join(f"{k}={v:.4f}" if isinstance(v, float) else f"{k}={v}" for k, v in ev.items()))
 
             if step % tc.checkpoint_every == 0 or step == stop:
-                save_checkpoint(accelerator, run_dir, step, tc, mcfg)
-            if step >= stop:  # at max_steps, or where a time limit moved stop: no further batch is read
+                ckpt = save_checkpoint(accelerator, run_dir, step, tc, mcfg, run_record)
+            if step >= stop:  # at max_steps, or where a time limit or Ctrl-C moved stop: no further batch is read
                 break
+            t_mark = time.perf_counter()
     bar.close()
+    why = why or _end_reason(step, tc.max_steps, max_steps)  # (no step ran: a resumed run at its end already)
     accelerator.wait_for_everyone()
     if accelerator.is_main_process:
-        export_weights(unwrapped, ema, run_dir / "weights", tc, step)
+        export_weights(unwrapped, ema, run_dir / "weights", tc, step, run_record)
     accelerator.end_training()
-    return {"step": step, **record}
+    if why == "interrupted":
+        stopped = Interrupted(step, ckpt)
+        if accelerator.is_main_process:
+            print(stopped, file=sys.stderr, flush=True)
+        raise stopped
+    accelerator.print(f"stopped at step {step}: {why}; weights in {run_dir / 'weights'}")
+    return {"step": step, **record, "stopped": why}
 
 
-def save_checkpoint(accelerator: Accelerator, run_dir: Path, step: int, tc: TrainConfig, mcfg: ModelConfig) -> Path:
+def save_checkpoint(accelerator: Accelerator, run_dir: Path, step: int, tc: TrainConfig, mcfg: ModelConfig, run_record: dict | None = None) -> Path:
     """A complete, resumable checkpoint (model, optimiser, LR schedule, EMA, RNG states, step,
-    configs), written to a temporary folder then renamed, so a kill -9 never leaves a half one."""
+    configs: the train config with ``run_record``, _run_record), written to a temporary folder then
+    renamed, so a kill -9 never leaves a half one."""
     ckpt_root = run_dir / "checkpoints"
     final = ckpt_root / f"step_{step:08d}"
     tmp = ckpt_root / f".tmp_step_{step:08d}"
@@ -611,7 +857,7 @@ def save_checkpoint(accelerator: Accelerator, run_dir: Path, step: int, tc: Trai
     accelerator.save_state(str(tmp), safe_serialization=True)
     accelerator.wait_for_everyone()  # every process has written its RNG state before the rename
     if accelerator.is_main_process:
-        _atomic_json(tmp / "train_config.json", dataclasses.asdict(tc))
+        _atomic_json(tmp / "train_config.json", {**dataclasses.asdict(tc), **(run_record or {})})
         _atomic_json(tmp / "model_config.json", mcfg.to_dict())
         _atomic_json(tmp / "state.json", {"step": step})
         shutil.rmtree(final, ignore_errors=True)
@@ -623,8 +869,9 @@ def save_checkpoint(accelerator: Accelerator, run_dir: Path, step: int, tc: Trai
     return final
 
 
-def export_weights(model: RefineByAlignModel, ema: EMAModel | None, out_dir: Path, tc: TrainConfig, step: int) -> Path:
-    """Weights-only model folder (EMA weights when kept) loadable by ``--model DIR``."""
+def export_weights(model: RefineByAlignModel, ema: EMAModel | None, out_dir: Path, tc: TrainConfig, step: int, run_record: dict | None = None) -> Path:
+    """Weights-only model folder (EMA weights when kept) loadable by ``--model DIR``; its
+    train_config.json: the train config with ``run_record`` (_run_record) and ``trained_steps``."""
     if ema is not None:
         ema.store(model.parameters())
         ema.copy_to(model.parameters())
@@ -633,5 +880,5 @@ def export_weights(model: RefineByAlignModel, ema: EMAModel | None, out_dir: Pat
     finally:
         if ema is not None:
             ema.restore(model.parameters())
-    _atomic_json(out_dir / "train_config.json", {**dataclasses.asdict(tc), "trained_steps": step})
+    _atomic_json(out_dir / "train_config.json", {**dataclasses.asdict(tc), **(run_record or {}), "trained_steps": step})
     return out_dir

@@ -28,18 +28,24 @@ DISTRIBUTIONS = (
 )
 
 
+@lru_cache(maxsize=1)
+def _versions() -> tuple[tuple[str, str], ...]:
+    """The installed versions, read once a process (they do not change while it runs)."""
+    from . import __version__
+
+    out = [("refine_by_align", __version__), ("python", platform.python_version())]
+    for name in DISTRIBUTIONS:
+        try:
+            out.append((name, metadata.version(name)))
+        except metadata.PackageNotFoundError:
+            continue
+    return tuple(out)
+
+
 def library_versions() -> dict[str, str]:
     """{distribution: version} of refine-by-align, Python and :data:`DISTRIBUTIONS` that are
     installed (read from their metadata: nothing is imported)."""
-    from . import __version__
-
-    out = {"refine_by_align": __version__, "python": platform.python_version()}
-    for name in DISTRIBUTIONS:
-        try:
-            out[name] = metadata.version(name)
-        except metadata.PackageNotFoundError:
-            continue
-    return out
+    return dict(_versions())
 
 
 @lru_cache(maxsize=1)
@@ -86,7 +92,7 @@ def code_commit() -> dict[str, object] | None:
 
 def environment() -> dict[str, object]:
     """Everything above in one dict: {"versions", "cpu", "code"} (JSON-ready)."""
-    return {"versions": library_versions(), "cpu": cpu_description(), "code": code_commit()}
+    return {"versions": library_versions(), "cpu": dict(cpu_description()), "code": code_commit()}
 
 
 def file_digest(path: str | os.PathLike) -> str | None:

@@ -84,10 +84,12 @@ def test_one_reference_is_answered_as_before(fake_client, api_inputs, wait_for_j
     assert s["state"] == "done" and "references" not in s["info"] and "source.png" not in s["outputs"]
     # a one-reference job still says how it aligned and what the warp gave, as the command line does
     assert {"alignment", "warp_fraction", "notes"} <= set(s["info"]) and isinstance(s["info"]["notes"], list)
+    assert s["info"]["settings"] == {"seed": 0, "steps": 1, "guidance": None}  # (what the result was made with)
     # the JSON answer gives one reference's figures
     r = fake_client.post("/api/refine?output=json", files=api_inputs["files"], data={"steps": "1"})
     assert r.status_code == 200 and len(r.json()["references"]) == 1 and r.json()["guide"] == 0
-    assert fake_client.get("/api/health").json()["limits"]["max_references"] == MAX_REFERENCES
+    health = fake_client.get("/api/health").json()
+    assert health["limits"]["max_references"] == MAX_REFERENCES and "torch" in health["environment"]["versions"]
 
 
 def test_fake_pipe_gets_lists_and_the_figures_come_back(fake_client, api_inputs, png):

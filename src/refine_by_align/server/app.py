@@ -62,6 +62,7 @@ from starlette.requests import ClientDisconnect
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from ..io import MAX_SEED, InputError, alpha_mask, check_detect_settings, check_input_sizes, decode_image, load_inputs, open_image, to_mask, to_rgb
+from ..provenance import environment
 from .jobs import Job, JobRunner, QueueFull, Slot
 from .page import INDEX_HTML
 from .settings import ServerSettings, host_allowed
@@ -297,6 +298,7 @@ def _refine_work(inp: _Inputs, extras: bool, detail: bool = False):
                 "alignment": out.alignment,
                 "warp_fraction": _finite(out.warp_fraction),
                 "notes": list(out.notes),
+                "settings": {"seed": inp.seed, "steps": inp.steps, "guidance": inp.guidance},  # (None: the model's default)
             },
         }
         refs = inp.reference if several else [inp.reference]
@@ -658,6 +660,7 @@ def _health_payload(runner: JobRunner, settings: ServerSettings) -> dict:
         "status": "ok" if loaded else "loading",
         "model": settings.model_name,
         "random_weights": bool(getattr(runner.pipe, "random_weights", False)) if loaded else None,
+        "environment": environment(),  # (library versions, CPU, commit: what this server's results are made with)
         "queue": runner.counts(),
         "limits": {**{k: v for k, v in asdict(settings).items() if k != "model_name"}, "max_references": MAX_REFERENCES},
     }

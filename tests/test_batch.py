@@ -88,7 +88,7 @@ def test_batch_with_tiny_model_errors_and_resume(tmp_path, tiny_pipe):
     done = {d["output"]: d for d in _jsonl(out / DONE_FILE)}
     assert done["00003-c0.png"]["seed"] == 1 and done["00003-c0.png"]["steps"] == 2 and done["c2.jpg"]["guidance"] == 1.5
     assert done["c2.jpg"]["model"] == model_fingerprint(tiny_pipe) and 0.0 <= done["c2.jpg"]["warp_fraction"] <= 1.0
-    run = json.loads((out / RUN_FILE).read_text())
+    (run,) = _jsonl(out / RUN_FILE)
     assert run["manifest"]["path"] == str(manifest.resolve()) and run["model"] == "tiny" and run["random_weights"] is True
     assert run["model_fingerprint"] == model_fingerprint(tiny_pipe) and run["processes"] == 1 and "torch" in run["versions"]
     assert not (tmp_path / "escape.png").exists() and not (tmp_path / "abs.png").exists()
@@ -112,6 +112,7 @@ def test_batch_with_tiny_model_errors_and_resume(tmp_path, tiny_pipe):
     # resume: nothing finished runs again, outputs are not rewritten, the failures are retried
     stamp = {p: p.stat().st_mtime_ns for p in out.rglob("*.png")}
     again = run_batch(manifest, out, tiny_pipe, progress=False)
+    assert len(_jsonl(out / RUN_FILE)) == 2  # (a line per run: the first run's record, which made the outputs, is kept)
     assert (again["done"], again["skipped"], again["failed"]) == (0, 3, 7)
     assert stamp == {p: p.stat().st_mtime_ns for p in out.rglob("*.png")}
     assert sorted(e["line"] for e in _jsonl(out / ERRORS_FILE)) == [5, 6, 7, 8, 9, 10, 12]  # the latest failure of each, once
@@ -440,3 +441,14 @@ def test_a_line_refused_for_another_field_still_names_its_output(tmp_path):
     lines = failure_lines(s)
     assert lines[0].startswith("line 1 (badsteps.png): steps must be an integer in 1..1000") and lines[1].startswith("line 2: ")
     assert not (tmp_path / "out" / "badsteps.png").exists()
+
+
+@pytest.mark.parametrize("own", [DONE_FILE, ERRORS_FILE, RUN_FILE])
+def test_a_manifest_named_as_one_of_the_batchs_own_files_is_refused(tmp_path, own):
+    """A manifest saved as the output folder's run record was overwritten by it (the input lost)."""
+    _write_case(tmp_path / "in", "c0", 0)
+    manifest = _manifest(tmp_path / own, [_job("c0")])
+    before = manifest.read_bytes()
+    with pytest.raises(InputError, match=f"is the batch's own {own}"):
+        run_batch(manifest, tmp_path, NegateMask(), progress=False)
+    assert manifest.read_bytes() == before

@@ -73,6 +73,12 @@ def test_refine_saves_what_made_its_result_beside_it(tmp_path, capsys):
     assert image["path"] == str((BADGE / "image.png").resolve()) and image["sha256"] == hashlib.sha256((BADGE / "image.png").read_bytes()).hexdigest()
     assert rec["inputs"]["reference_mask"][0]["path"] == str((BADGE / "reference_mask.png").resolve())
     assert rec["result"]["used"]["random_weights"] is True and rec["result"]["alignment"] in ("dense", "attention")
+    used = rec["result"]["used"]
+    assert used["model"] == "tiny" and len(used["model_fingerprint"]) == 16 and used["sampling"]["steps"] == 2 and used["sampling"]["seed"] == 7
+    assert used["sampling"]["samples"] >= 1 and used["sampling"]["guidance"] is not None  # (the model's defaults filled in)
+    # which output it describes, as written
+    assert rec["outputs"]["output"]["path"] == str(out.resolve()) and rec["outputs"]["output"]["sha256"] == hashlib.sha256(out.read_bytes()).hexdigest()
+    assert rec["outputs"]["compare"]["path"] == str((tmp_path / "out.compare.png").resolve())
     assert 0.0 <= rec["result"]["warp_fraction"] <= 1.0 and rec["result"]["timings_s"]["total"] > 0
     assert {"torch", "numpy", "diffusers"} <= set(rec["versions"]) and rec["cpu"]["cores"] >= 1
 
@@ -97,7 +103,48 @@ def test_align_writes_the_dense_field_it_found(tmp_path, capsys):
     mask = np.asarray(Image.open(BADGE / "mask.png")) > 127
     keep = d["on_object"] & ~mask[y0:y1, x0:x1]
     assert keep.sum() > 1000 and np.corrcoef(warped[keep], grey(BADGE / "image.png")[y0:y1, x0:x1][keep])[0, 1] > 0.9
-    assert json.loads((tmp_path / "region.json").read_text())["result"]["field_box"] == [x0, y0, x1, y1]
+    rec = json.loads((tmp_path / "region.json").read_text())
+    assert rec["result"]["field_box"] == [x0, y0, x1, y1] and rec["outputs"]["field"]["path"] == str(fld.resolve())
+
+
+def test_a_record_names_the_matchers_the_run_used(tmp_path):
+    """--matchers sift recorded the ALIKED weights' file, which did not run."""
+    out = tmp_path / "region.png"
+    rc = main([
+        "-q", "align", "--model", "tiny", "--image", str(BADGE / "image.png"), "--mask", str(BADGE / "mask.png"),
+        "--reference", str(BADGE / "reference.png"), "--output", str(out), "--matchers", "sift",
+    ])
+    assert rc == 0
+    used = json.loads((tmp_path / "region.json").read_text())["result"]["used"]
+    assert used["matchers"] == "sift" and used["matcher_weights"] is None
+
+
+def test_a_file_of_the_records_name_that_is_no_record_is_not_replaced(tmp_path, capsys):
+    """An annotation beside the picture (labelme's shot.json for shot.png) was silently replaced."""
+    note = tmp_path / "out.json"
+    note.write_text('{"shapes": []}')
+    assert main(_args(tmp_path / "out.png", "--steps", "1")) == 2
+    assert "is not a refine-by-align record" in capsys.readouterr().err and note.read_text() == '{"shapes": []}'
+    assert not (tmp_path / "out.png").exists()
+    note.write_text(json.dumps({"command": "refine"}))  # an earlier record is replaced
+    assert main(_args(tmp_path / "out.png", "--steps", "1")) == 0 and json.loads(note.read_text())["settings"]["steps"] == 1
+
+
+def test_a_record_that_cannot_be_written_is_one_line_and_no_stale_record_stays(tmp_path, capsys, monkeypatch):
+    import refine_by_align.provenance as provenance
+
+    out = tmp_path / "out.png"
+    assert main(_args(out, "--steps", "1", "--seed", "1")) == 0
+
+    def full(*a, **k):
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(provenance, "write_record", full)
+    capsys.readouterr()
+    assert main(_args(out, "--steps", "1", "--seed", "2")) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert "not their record" in err[-1] and "No space left" in err[-1] and not any("Traceback" in line for line in err)
+    assert not (tmp_path / "out.json").exists()  # (the seed-1 record no longer stands beside the seed-2 output)
 
 
 @pytest.mark.parametrize("field, extra, message", [

@@ -31,3 +31,36 @@ def test_code_commit_is_the_checkout_the_package_runs_from():
     else:
         got = code_commit()
         assert got["commit"] == head.stdout.strip() and isinstance(got["dirty"], bool)
+
+
+@pytest.mark.skipif(shutil.which("git") is None, reason="git is not installed")
+def test_a_package_in_an_ignored_folder_of_another_repository_has_no_commit(tmp_path):
+    """A wheel installed into a venv inside the user's own repository recorded that repository's
+    commit as the code's."""
+    from refine_by_align.provenance import _commit_of
+
+    def git(*args):
+        subprocess.run(["git", "-C", str(tmp_path), *args], check=True, capture_output=True)
+
+    git("init", "-q")
+    git("config", "user.email", "t@example.com")
+    git("config", "user.name", "t")
+    (tmp_path / ".gitignore").write_text(".venv/\n")
+    ignored, tracked = tmp_path / ".venv" / "pkg", tmp_path / "src" / "pkg"
+    for d in (ignored, tracked):
+        d.mkdir(parents=True)
+        (d / "__init__.py").write_text("")
+    git("add", ".gitignore", "src")
+    git("commit", "-q", "-m", "x")
+    head = subprocess.run(["git", "-C", str(tmp_path), "rev-parse", "HEAD"], capture_output=True, text=True).stdout.strip()
+    assert _commit_of(ignored) is None
+    assert dict(_commit_of(tracked)) == {"commit": head, "dirty": False}
+
+
+def test_the_environment_is_a_copy(monkeypatch):
+    """environment() is cached inside: a caller changing its answer does not change the next one."""
+    first = environment()
+    first["cpu"]["extensions"].append("made-up")
+    first["versions"]["torch"] = "0"
+    again = environment()
+    assert "made-up" not in again["cpu"]["extensions"] and again["versions"]["torch"] != "0"

@@ -19,8 +19,8 @@ Output folder:
 ``DIR/done.jsonl``   ledger of finished jobs, appended (and fsynced) after each output is in place,
                      each line with the job's seed, steps, guidance, the model's fingerprint and
                      what the refine gave (alignment, warp fraction, notes)
-``DIR/batch.json``   what the latest run was made with: the manifest (its SHA-256), the model, the
-                     matcher's weights, the processes, the library versions, the CPU, the commit
+``DIR/runs.jsonl``   what each run was made with, a line per run: the manifest (its SHA-256), the
+                     model, the matcher's weights, the processes, the library versions, the CPU, the commit
 ``DIR/errors.jsonl`` the latest failure of each job that has not succeeded since: line number, output
                      name, error (a rerun replaces a job's old line, or drops it once the job
                      succeeds; rewritten atomically); the batch goes on
@@ -62,7 +62,7 @@ __all__ = [
 ]
 
 DONE_FILE = "done.jsonl"
-RUN_FILE = "batch.json"  # what the latest run was made with (_write_run_record)
+RUN_FILE = "runs.jsonl"  # what each run was made with, a line per run (_write_run_record)
 ERRORS_FILE = "errors.jsonl"
 LOCK_FILE = ".batch.lock"
 PART_PREFIX, PART_SUFFIX = ".rba-", ".part"
@@ -628,18 +628,19 @@ def run_batch(
 
 
 def _write_run_record(out_dir: Path, manifest: str | os.PathLike, pipe, fingerprint: str, shard: Shard) -> None:
-    """``RUN_FILE``: what the batch's latest run was made with (the manifest, the model and its
-    fingerprint, the matcher, the processes, :func:`~refine_by_align.provenance.environment`);
-    each job's own settings are its ``done.jsonl`` line."""
-    from .provenance import environment, file_digest, write_record
+    """``RUN_FILE``: a line appended for each run (earlier runs' lines kept: the outputs they made
+    were made with them) with the manifest, the model and its fingerprint, the matcher, the
+    processes and :func:`~refine_by_align.provenance.environment` (rank 0's); each job's own
+    settings are its ``done.jsonl`` line, whose ``time`` falls after its run's."""
+    from .provenance import environment, file_digest, plain
 
-    write_record(out_dir / RUN_FILE, {
+    _append_jsonl(out_dir / RUN_FILE, plain({
         "command": "batch", "time": time.strftime("%Y-%m-%dT%H:%M:%S"),
         "manifest": {"path": str(Path(manifest).resolve()), "sha256": file_digest(manifest)},
         "model": getattr(pipe, "model_name", None),
         "model_fingerprint": fingerprint, "random_weights": bool(getattr(pipe, "random_weights", False)),
         "matcher_weights": getattr(pipe, "matcher_weights", None), "processes": shard.world, **environment(),
-    })
+    }))
 
 
 def _output_folder(manifest: str | os.PathLike, output_dir: str | os.PathLike) -> Path:
@@ -647,7 +648,7 @@ def _output_folder(manifest: str | os.PathLike, output_dir: str | os.PathLike) -
     out_dir = Path(output_dir)
     check_output_folder(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    for own in (out_dir / ERRORS_FILE, out_dir / DONE_FILE):
+    for own in (out_dir / ERRORS_FILE, out_dir / DONE_FILE, out_dir / RUN_FILE):
         if os.path.realpath(own) == os.path.realpath(manifest):
             raise InputError(f"manifest '{manifest}': is the batch's own {own.name} in the output folder; use another output folder")
     return out_dir

@@ -151,6 +151,9 @@ def _checkpoint_pipeline(folder: Path, device, dtype) -> RefineByAlignPipeline:
             f"checkpoint '{folder}': model.safetensors does not fit its model_config.json: {len(missing)} missing weights {missing[:3]}, "
             f"{len(unexpected)} unexpected {unexpected[:3]}, {len(wrong)} of the wrong shape {wrong[:3]}"
         )
+    broken = [k for k in sorted(state) if state[k].is_floating_point() and not bool(torch.isfinite(state[k]).all())]
+    if broken:  # (as RefineByAlignModel.load refuses them: such a model can only give NaN, a black result)
+        raise ValueError(f"checkpoint '{folder}': {len(broken)} weight tensors hold NaN or infinite values, e.g. '{broken[0]}' (the run diverged?)")
     # copies: a running training deletes its older checkpoints, and parameters that shared the file's pages would fault
     model.load_state_dict({k: v.to(built[k].dtype, copy=True) for k, v in state.items()}, assign=True)
     model.reference_encoder.init_buffers()

@@ -16,10 +16,9 @@ import platform
 import subprocess
 import time
 from functools import lru_cache
-from importlib import metadata
 from pathlib import Path
 
-__all__ = ["environment", "code_commit", "library_versions", "cpu_description", "file_digest", "record", "write_record", "record_path"]
+__all__ = ["environment", "code_commit", "library_versions", "cpu_description", "file_digest", "record", "write_record", "record_path", "plain", "check_record_path", "RECORD_COMMANDS"]
 
 #: The distributions whose versions move the outputs (installed names, as pip knows them).
 DISTRIBUTIONS = (
@@ -31,6 +30,8 @@ DISTRIBUTIONS = (
 @lru_cache(maxsize=1)
 def _versions() -> tuple[tuple[str, str], ...]:
     """The installed versions, read once a process (they do not change while it runs)."""
+    from importlib import metadata  # (here: it imports the email package, which no command line refusal needs)
+
     from . import __version__
 
     out = [("refine_by_align", __version__), ("python", platform.python_version())]
@@ -74,25 +75,41 @@ def cpu_description() -> dict[str, object]:
     return {"name": name or platform.processor() or platform.machine(), "extensions": [f for f in wanted if f in flags], "cores": cores}
 
 
-@lru_cache(maxsize=1)
 def code_commit() -> dict[str, object] | None:
     """{"commit": the git commit the package's code is at, "dirty": whether it has uncommitted
-    changes} where it runs from a git checkout (an editable install), else None (an installed
-    wheel: its version says what it is)."""
-    here = Path(__file__).resolve().parent
-    try:
-        commit = subprocess.run(["git", "-C", str(here), "rev-parse", "HEAD"], capture_output=True, text=True, timeout=5)
-        if commit.returncode != 0:
+    changes} where it runs from a git checkout of its own (an editable install), else None (an
+    installed wheel, even inside a venv in the user's own repository: its version says what it is).
+    Asked of git once a process."""
+    found = _commit_of(Path(__file__).resolve().parent)
+    return None if found is None else dict(found)
+
+
+@lru_cache(maxsize=4)
+def _commit_of(here: Path) -> tuple[tuple[str, object], ...] | None:
+    """:func:`code_commit` for the package folder ``here``: a commit only where git tracks the
+    package's own files there (a copy in an ignored or untracked folder of another repository is
+    not that repository's code)."""
+    def git(*args: str) -> subprocess.CompletedProcess | None:
+        try:
+            return subprocess.run(["git", "-C", str(here), *args], capture_output=True, text=True, timeout=5)
+        except (OSError, subprocess.SubprocessError):
             return None
-        status = subprocess.run(["git", "-C", str(here), "status", "--porcelain", "--untracked-files=no", "--", "."], capture_output=True, text=True, timeout=5)
-    except (OSError, subprocess.SubprocessError):
+
+    tracked = git("ls-files", "--error-unmatch", "--", "__init__.py")
+    if tracked is None or tracked.returncode != 0:
         return None
-    return {"commit": commit.stdout.strip(), "dirty": bool(status.stdout.strip()) if status.returncode == 0 else None}
+    commit = git("rev-parse", "HEAD")
+    if commit is None or commit.returncode != 0:
+        return None
+    status = git("status", "--porcelain", "--untracked-files=no", "--", ".")
+    dirty = bool(status.stdout.strip()) if status is not None and status.returncode == 0 else None
+    return (("commit", commit.stdout.strip()), ("dirty", dirty))
 
 
 def environment() -> dict[str, object]:
     """Everything above in one dict: {"versions", "cpu", "code"} (JSON-ready)."""
-    return {"versions": library_versions(), "cpu": dict(cpu_description()), "code": code_commit()}
+    cpu = cpu_description()
+    return {"versions": library_versions(), "cpu": {**cpu, "extensions": list(cpu["extensions"])}, "code": code_commit()}
 
 
 def file_digest(path: str | os.PathLike) -> str | None:
@@ -107,10 +124,12 @@ def file_digest(path: str | os.PathLike) -> str | None:
     return h.hexdigest()
 
 
-def record(command: str, inputs: dict[str, object], settings: dict[str, object], result: dict[str, object]) -> dict[str, object]:
-    """A result's record: the command, its input files (each {"path": absolute, "sha256"}; a list
-    for several references, None where not given), the settings it ran with, what it gave and the
-    :func:`environment`."""
+def record(
+    command: str, inputs: dict[str, object], settings: dict[str, object], result: dict[str, object], outputs: dict[str, object] | None = None
+) -> dict[str, object]:
+    """A result's record: the command, its input files and the ``outputs`` it wrote (each
+    {"path": absolute, "sha256"}; a list for several references, None where not given), the
+    settings it ran with, what it gave and the :func:`environment`."""
 
     def one(p):
         if p is None:
@@ -121,20 +140,21 @@ def record(command: str, inputs: dict[str, object], settings: dict[str, object],
 
     return {
         "command": command, "time": time.strftime("%Y-%m-%dT%H:%M:%S"),
-        "inputs": {k: one(v) for k, v in inputs.items()}, "settings": settings, "result": result, **environment(),
+        "inputs": {k: one(v) for k, v in inputs.items()}, "outputs": {k: one(v) for k, v in (outputs or {}).items()},
+        "settings": settings, "result": result, **environment(),
     }
 
 
-def _plain(v):
+def plain(v):
     """JSON-safe: NumPy scalars and arrays as Python values, non-finite floats as None, paths as
     strings, anything else by its repr."""
     if isinstance(v, dict):
-        return {str(k): _plain(x) for k, x in v.items()}
+        return {str(k): plain(x) for k, x in v.items()}
     if isinstance(v, (list, tuple)):
-        return [_plain(x) for x in v]
+        return [plain(x) for x in v]
     if hasattr(v, "tolist") and not isinstance(v, (str, bytes)):  # (a NumPy scalar or array, a tensor)
         v = v.tolist()
-        return _plain(v) if isinstance(v, (list, dict)) else v if not isinstance(v, float) or math.isfinite(v) else None
+        return plain(v) if isinstance(v, (list, dict)) else v if not isinstance(v, float) or math.isfinite(v) else None
     if isinstance(v, float):
         return v if math.isfinite(v) else None
     if v is None or isinstance(v, (bool, int, str)):
@@ -151,8 +171,34 @@ def record_path(output: str | os.PathLike) -> Path:
     return out.with_name(out.stem + ".json")
 
 
+#: The commands whose records :func:`check_record_path` lets a new record replace.
+RECORD_COMMANDS = ("refine", "align")
+
+
+def check_record_path(path: str | os.PathLike) -> None:
+    """Before any work: a record may replace only an earlier record (a JSON object whose
+    ``command`` is one of :data:`RECORD_COMMANDS`), not another file of that name (an annotation
+    beside the picture, say); InputError where it would."""
+    from .io import InputError
+
+    p = Path(path)
+    if not p.exists():
+        return
+    if p.is_dir():
+        raise InputError(f"the record '{p}' this result would be saved with is a folder: give the output another name")
+    try:
+        prev = json.loads(p.read_text())
+    except (OSError, UnicodeDecodeError, ValueError):
+        prev = None
+    if not (isinstance(prev, dict) and prev.get("command") in RECORD_COMMANDS):
+        raise InputError(
+            f"'{p}' exists and is not a refine-by-align record: this result's record would replace it; "
+            "move it, or give the output another name"
+        )
+
+
 def write_record(path: str | os.PathLike, rec: dict[str, object]) -> None:
     """Write a record as strict JSON, atomically (a temporary file renamed into place)."""
     from .io import write_atomic
 
-    write_atomic(path, json.dumps(_plain(rec), indent=2, allow_nan=False) + "\n")
+    write_atomic(path, json.dumps(plain(rec), indent=2, allow_nan=False) + "\n")

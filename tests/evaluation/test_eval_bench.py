@@ -229,3 +229,7 @@ def test_pipeline_facts_say_which_matchers_a_pipeline_method_runs_with(tmp_path)
     facts, lines = pipeline_facts(RefineByAlignMethod(pipe))
     assert facts["matchers_used"] == "sift" and not any("ALIKED" in line for line in lines)  # (turned off on purpose: no note)
     assert pipeline_facts(keep) == ({}, [])
+    from refine_by_align.evaluation.baselines import FeatureNNMethod, OracleAlignMethod
+
+    assert pipeline_facts(FeatureNNMethod(pipe))[0]["matchers_used"] is None  # (its region is found outside the pipeline)
+    assert pipeline_facts(OracleAlignMethod(pipe))[0]["matchers_used"] == "sift"  # (the cases without a true region align with them)

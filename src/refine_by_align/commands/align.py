@@ -5,7 +5,6 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from ..provenance import record_path, write_record
 from . import common
 from .inputs import add_input_arguments, check_alignment_options, check_output, check_outputs, input_files, read_inputs
 
@@ -34,7 +33,7 @@ def run(args) -> int:
     out = check_output(args.output, mode="L")
     heat_path = check_output(args.heatmap, "heatmap") if args.heatmap else None
     field_path = _check_field_output(args.field, args.alignment) if args.field else None
-    record = record_path(out)
+    record = common.record_beside(out)  # (an earlier record may be replaced, not another file of that name)
     check_outputs(input_files(args), [("--output", out), ("--heatmap", heat_path), ("--field", field_path), ("the record", record)])
     image, mask, reference, ref_mask, names = read_inputs(args)
     pipe = common.load_model(args.model, args.quiet, args.matcher_weights, args.dtype)
@@ -49,10 +48,12 @@ def run(args) -> int:
         outputs.append((render_heatmap_overlay(to_rgb(reference), res.heatmap), heat_path, "--heatmap"))
     if field_path is not None and res.field is None:  # (before anything is written: all of the outputs or none)
         raise common.CLIError(f"--field '{field_path}': no dense field was found ({res.info.get('fallback', 'the alignment fell back')}); nothing written")
+    record.unlink(missing_ok=True)  # (an earlier run's record never stands beside this run's outputs)
     save_images_atomic(outputs)  # all of them or none
     if field_path is not None:
         _write_field(field_path, res.field)
-    write_record(record, _record(args, pipe, res))
+        outputs.append((None, field_path, "--field"))
+    common.write_record_beside(record, _record(args, pipe, res), [(flag, path) for _, path, flag in outputs])
     how = (
         f"dense field from {res.info.get('source')} ({res.info.get('inliers')} agreeing matches"
         f"{', mirrored reference' if res.info.get('mirrored') else ''}"
@@ -99,9 +100,7 @@ def _write_field(path: Path, fld) -> None:
 
 
 def _record(args, pipe, res) -> dict:
-    """What ``align`` saves beside its output (:func:`~refine_by_align.provenance.record`)."""
-    from ..provenance import record
-
+    """What ``align`` saves beside its output (:func:`~refine_by_align.provenance.record`'s parts)."""
     settings = {
         "model": args.model, "seed": args.seed, "alignment": args.alignment, "matchers": args.matchers, "matcher_weights": args.matcher_weights,
         "alignment_timestep": args.alignment_timestep, "alignment_layer": args.alignment_layer, "dtype": args.dtype,
@@ -109,10 +108,10 @@ def _record(args, pipe, res) -> dict:
     gave = {
         "alignment": res.method, "alignment_timestep": res.alignment_timestep, "alignment_layer": res.alignment_layer,
         "region_pixels": int(res.region.sum()), "field_box": None if res.field is None else res.field.box.as_tuple(),
-        "matcher_weights": pipe.matcher_weights if res.method == "dense" else None, "info": res.info,
+        "used": {**common.model_used(pipe), **common.matchers_used(pipe, args.matchers, res.method == "dense")}, "info": res.info,
     }
     inputs = {"image": args.image, "mask": args.mask, "reference": args.reference, "reference_mask": args.reference_mask}
-    return record("align", inputs, settings, gave)
+    return {"command": "align", "inputs": inputs, "settings": settings, "result": gave}
 
 
 def _misfit_clause(misfit: float | None) -> str:

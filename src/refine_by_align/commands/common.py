@@ -65,6 +65,50 @@ def load_matcher(weights: str):
     return matcher
 
 
+def record_beside(output):
+    """The record's path beside ``output`` (``NAME.json``), checked before any work: it may replace
+    an earlier record only (provenance.check_record_path)."""
+    from ..io import InputError
+    from ..provenance import check_record_path, record_path
+
+    path = record_path(output)
+    try:
+        check_record_path(path)
+    except InputError as e:
+        raise CLIError(str(e)) from None
+    return path
+
+
+def write_record_beside(path, parts: dict, outputs) -> None:
+    """Write a command's record (``parts``: command, inputs, settings, result) with the
+    ``outputs`` it wrote ((flag, path) pairs, hashed as written); a record that cannot be written
+    is one line (the outputs stand)."""
+    from ..provenance import record, write_record
+
+    rec = record(parts["command"], parts["inputs"], parts["settings"], parts["result"], {flag.lstrip("-").removeprefix("the ").removesuffix(" picture"): p for flag, p in outputs})
+    try:
+        write_record(path, rec)
+    except OSError as e:
+        raise CLIError(f"the outputs were written, but not their record '{path}': {e.strerror or e}") from None
+
+
+def model_used(pipe) -> dict:
+    """The model a run used, for its record: what it was loaded as and its fingerprint (a sample
+    of every weight: batch.model_fingerprint)."""
+    from ..batch import model_fingerprint
+
+    return {"model": getattr(pipe, "model_name", None), "model_fingerprint": model_fingerprint(pipe)}
+
+
+def matchers_used(pipe, matchers: str | None, dense: bool) -> dict:
+    """The dense alignment's matchers and the ALIKED weights' file as the run used them (None
+    where no dense alignment ran; ``matchers`` as the command line asked)."""
+    if not dense:
+        return {"matchers": None, "matcher_weights": None}
+    used = pipe.alignment_matchers(matchers)
+    return {"matchers": used["matchers"], "matcher_weights": used["matcher_weights"]}
+
+
 def print_notes(notes) -> None:
     for note in notes:
         print(f"note: {note}", file=sys.stderr)

@@ -5,7 +5,6 @@ from __future__ import annotations
 import argparse
 
 from . import common
-from ..provenance import record_path, write_record
 from .inputs import add_input_arguments, check_alignment_options, check_output, check_outputs, input_files, read_inputs
 
 HELP = "align, then refine the masked artifacts from the reference"
@@ -40,7 +39,7 @@ def run(args) -> int:
     region_path = check_output(args.region, "region", "L") if args.region else None
     compare = check_output(args.compare, "compare") if args.compare else out.with_name(out.stem + ".compare.png")
     compare_flag = "--compare" if args.compare else "the compare picture"
-    record = record_path(out)
+    record = common.record_beside(out)  # (an earlier record may be replaced, not another file of that name)
     check_outputs(input_files(args), [("--output", out), ("--region", region_path), (compare_flag, compare), ("the record", record)])
     check_settings(args.steps, args.guidance, args.samples, SETTING_OPTIONS)
     if args.no_align:  # (the single-stage variant runs no alignment: these would be ignored without a word)
@@ -67,8 +66,9 @@ def run(args) -> int:
     refs = reference if isinstance(reference, list) else [reference]
     picture = compare_picture(to_rgb(image), mask, [to_rgb(r) for r in refs], result)
     outputs.append((picture, compare, compare_flag))
+    record.unlink(missing_ok=True)  # (an earlier run's record never stands beside this run's outputs)
     save_images_atomic(outputs)  # all of them or none
-    write_record(record, _record(args, pipe, result))
+    common.write_record_beside(record, _record(args, pipe, result), [(flag, path) for _, path, flag in outputs])
     t = result.timings
     how = f"{result.alignment} alignment, {100 * result.warp_fraction:.0f}% of the mask from the warped reference" if result.alignment else "no alignment"
     print(f"wrote {out} ({t['total']:.2f} s: align {t['align']:.2f} s, denoise {t['denoise']:.2f} s, fill {t.get('fill', 0.0):.2f} s; {how})")
@@ -85,16 +85,18 @@ def run(args) -> int:
 
 
 def _record(args, pipe, result) -> dict:
-    """What ``refine`` saves beside its output (:func:`~refine_by_align.provenance.record`): the
-    input files, every setting (None: the model's default), what the run used and gave."""
-    from ..provenance import record
-
+    """What ``refine`` saves beside its output (:func:`~refine_by_align.provenance.record`'s parts):
+    the input files, every setting as given (None: the model's default), what the run used (the
+    model, its sampling with the defaults filled in, the matchers) and gave."""
     settings = {
         "model": args.model, "seed": args.seed, "steps": args.steps, "guidance": args.guidance, "samples": args.samples,
         "align": not args.no_align, "alignment": args.alignment, "matchers": args.matchers, "matcher_weights": args.matcher_weights,
         "alignment_timestep": args.alignment_timestep, "alignment_layer": args.alignment_layer, "warp": not args.no_warp, "dtype": args.dtype,
     }
-    used = {"random_weights": bool(result.random_weights), "matcher_weights": pipe.matcher_weights if result.alignment == "dense" else None}
+    used = {
+        **common.model_used(pipe), "random_weights": bool(result.random_weights), "sampling": result.sampling,
+        **common.matchers_used(pipe, args.matchers, result.alignment == "dense"),
+    }
     gave = {
         "alignment": result.alignment, "warp_fraction": round(float(result.warp_fraction), 4), "notes": list(result.notes),
         "crop_box": result.crop_box.as_tuple(), "reference_box": result.reference_box.as_tuple(), "guide": result.guide,
@@ -102,4 +104,4 @@ def _record(args, pipe, result) -> dict:
         "info": result.info, "timings_s": {k: round(v, 3) for k, v in result.timings.items()},
     }
     inputs = {"image": args.image, "mask": args.mask, "reference": args.reference, "reference_mask": args.reference_mask}
-    return record("refine", inputs, settings, {"used": used, **gave})
+    return {"command": "refine", "inputs": inputs, "settings": settings, "result": {"used": used, **gave}}

@@ -284,6 +284,8 @@ class _GuidedPipelineMethod(RefineByAlignMethod):
 class FeatureNNMethod(_GuidedPipelineMethod):
     """Alignment by nearest neighbours of encoder patch tokens, then the pipeline's refinement."""
 
+    runs_dense_alignment = False  # (its region is found here, never by the pipeline's matchers)
+
     def __init__(self, pipeline: Any, name: str = "feature-nn", threshold: float = 0.5, min_cover: float = 0.25, **call_kwargs: Any):
         super().__init__(pipeline, align=True, name=name, **call_kwargs)
         self.threshold = threshold

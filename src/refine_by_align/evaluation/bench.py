@@ -216,14 +216,15 @@ def pipeline_facts(meth: Any) -> tuple[dict[str, Any], list[str]]:
     pipeline (the classical baselines): ({}, []). ``matchers_used`` is the dense alignment's
     matchers ("sift+aliked", or "sift" where ALIKED's weights are not found, said in a note: the
     two differ by up to 7 dB on a nonrigid case), None for a method that runs no dense alignment
-    (``single-stage``, Algorithm 1's ``--alignment attention``)."""
+    (``single-stage``, Algorithm 1's ``--alignment attention``, ``feature-nn``, whose region is found
+    outside the pipeline; ``oracle-align`` runs it on the cases without a true region only)."""
     pipe = getattr(meth, "pipeline", None)
     if pipe is None or not hasattr(pipe, "alignment_matchers"):
         return {}, []
     facts: dict[str, Any] = {"random_weights": bool(getattr(pipe, "random_weights", False))}
     lines = ["WARNING: the model has RANDOM weights: the pipeline methods' scores are meaningless"] if facts["random_weights"] else []
     call = getattr(meth, "call_kwargs", {}) or {}
-    if getattr(meth, "align", False) and call.get("alignment") in (None, "dense"):
+    if getattr(meth, "align", False) and getattr(meth, "runs_dense_alignment", True) and call.get("alignment") in (None, "dense"):
         used = pipe.alignment_matchers(call.get("matchers"))  # (an unavailable matcher asked for: one InputError, before any case)
         facts.update(matchers_used=used["matchers"], matcher_weights_used=used["matcher_weights"])
         lines += [f"note: {n}" for n in used["notes"]]

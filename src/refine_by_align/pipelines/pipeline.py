@@ -127,6 +127,7 @@ class RefineOutput:
     references: list[ReferenceResult] = field(default_factory=list)  # what each reference gave, in the order given
     guide: int = 0  # index of the reference whose tokens guided the model's redraw
     source: np.ndarray | None = None  # (H, W) int16 over the image: -1 outside the mask, 0 drawn by the model, k from reference k's warp (1-based)
+    sampling: dict = field(default_factory=dict)  # what the model drew with: steps, guidance, samples (the defaults filled in), seed
 
     @property
     def correspondence_mask(self) -> np.ndarray | None:
@@ -513,8 +514,8 @@ class RefineByAlignPipeline(DiffusionPipeline):
         ``method`` are the deprecated names of ``alignment_timestep`` / ``alignment_layer`` /
         ``alignment``."""
         for old, new in (("timestep", "alignment_timestep"), ("layer", "alignment_layer"), ("method", "alignment")):
-            if locals()[old] is not None:
-                warnings.warn(f"align(): '{old}' is deprecated, use '{new}'", DeprecationWarning, stacklevel=3)
+            if locals()[old] is not None:  # (stacklevel: past torch.no_grad's and _one_call_at_a_time's wrappers, the caller's line)
+                warnings.warn(f"align(): '{old}' is deprecated, use '{new}'", DeprecationWarning, stacklevel=4)
         alignment_timestep = timestep if alignment_timestep is None else alignment_timestep
         alignment_layer = layer if alignment_layer is None else alignment_layer
         method = method if alignment is None else alignment
@@ -806,7 +807,9 @@ class RefineByAlignPipeline(DiffusionPipeline):
         result_image = paste_back(p.image, patch, p.crop_box, p.mask, cfg.paste_dilate, cfg.paste_feather)
         timings["paste"] = time.perf_counter() - t4
         timings["total"] = time.perf_counter() - t0
-        return self._output(ps, results, warps, combined, guide, region, guide_region, in_input_mode(image, p.image, result_image), timings)
+        out = self._output(ps, results, warps, combined, guide, region, guide_region, in_input_mode(image, p.image, result_image), timings)
+        out.sampling = {"steps": steps, "guidance": guidance, "samples": k, "seed": seed}
+        return out
 
     @staticmethod
     def _guide_region(region, given, result, combined: CombinedWarp, dense_warp: bool) -> np.ndarray | None:

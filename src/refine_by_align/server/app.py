@@ -654,13 +654,16 @@ async def favicon():
     return Response(status_code=204)
 
 
+_ENVIRONMENT: dict | None = None  # what this server's results are made with (create_app)
+
+
 def _health_payload(runner: JobRunner, settings: ServerSettings) -> dict:
     loaded = runner.pipe is not None
     return {
         "status": "ok" if loaded else "loading",
         "model": settings.model_name,
         "random_weights": bool(getattr(runner.pipe, "random_weights", False)) if loaded else None,
-        "environment": environment(),  # (library versions, CPU, commit: what this server's results are made with)
+        "environment": _ENVIRONMENT or environment(),  # (library versions, CPU, commit: what this server's results are made with)
         "queue": runner.counts(),
         "limits": {**{k: v for k, v in asdict(settings).items() if k != "model_name"}, "max_references": MAX_REFERENCES},
     }
@@ -881,8 +884,10 @@ def create_app(pipe, settings: ServerSettings | None = None):
 
     The pipeline's ``progress_bar`` is routed through the running job (progress and time limit);
     calls made outside a job keep the original bar."""
+    global _ENVIRONMENT
     settings = settings or ServerSettings()
     runner = JobRunner(pipe, max_queue=settings.max_queue, max_results=settings.max_results)
+    _ENVIRONMENT = environment()  # (once, here: health answers from it without calling git in its handler)
 
     @asynccontextmanager
     async def lifespan(app):

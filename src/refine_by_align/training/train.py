@@ -725,6 +725,19 @@ def _train(tc, run_dir: Path, resume, max_steps, progress, time_limit, data_root
     if accelerator.is_main_process:
         run_dir.mkdir(parents=True, exist_ok=True)
     lock.take(accelerator)
+    # (the folder checked again under the lock: another new run may have written here since the
+    # first check; every process refuses together, as for the lock)
+    taken = None
+    if not resume and accelerator.is_main_process:
+        try:
+            check_run_dir(run_dir, resume)
+        except InputError as e:
+            taken = e
+    stale = float(taken is not None)
+    if accelerator.num_processes > 1:
+        stale = float(accelerator.reduce(torch.tensor(stale, device=accelerator.device), reduction="max"))
+    if stale:
+        raise taken or InputError(f"--output '{run_dir}': another run wrote to this folder meanwhile; choose another folder")
     if accelerator.is_main_process:
         _atomic_json(run_dir / "train_config.json", {**dataclasses.asdict(tc), **run_record})
         _atomic_json(run_dir / "model_config.json", mcfg.to_dict())

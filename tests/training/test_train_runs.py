@@ -173,6 +173,10 @@ def test_every_saved_config_records_processes_batch_device_options_environment_a
     for path in (run / "train_config.json", latest_checkpoint(run) / "train_config.json"):
         assert _saved(path)["invocation"] == {"--max-steps": None, "--time-limit": 3600.0, "--resume": True, "--data-root": None}
     assert _saved(first / "train_config.json")["invocation"]["--resume"] is False
+    # ... and keeps what the earlier invocations ran with (it was overwritten by the resumed one's)
+    (earlier,) = _saved(run / "train_config.json")["earlier_invocations"]
+    assert earlier["invocation"]["--max-steps"] == 2 and earlier["processes"] == 1 and "versions" in earlier["environment"]
+    assert load_train_config(str(run / "train_config.json")) == _tc(max_steps=3, checkpoint_every=1)  # (still reads back as a recipe)
 
 
 def test_why_a_run_stopped_is_said_for_the_recipes_end_and_a_time_limit(tmp_path, capsys):

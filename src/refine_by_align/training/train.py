@@ -101,8 +101,10 @@ def load_train_config(name_or_path: str) -> TrainConfig:
 # run, not settings, so a saved config read back as a recipe leaves them out.
 RUN_RECORD_KEYS = (
     "data_root_resolved", "init_from_resolved", "processes", "batch_size_is", "global_batch_size", "gradient_accumulation_steps",
-    "device", "gpu", "invocation", "environment",
+    "device", "gpu", "invocation", "environment", "earlier_invocations",
 )
+#: Of the run record, what each invocation of a resumed run keeps in ``earlier_invocations``.
+INVOCATION_KEYS = ("invocation", "processes", "global_batch_size", "device", "gpu", "environment")
 
 
 def _config_from_file(path: Path) -> TrainConfig:
@@ -647,6 +649,9 @@ def _train(tc, run_dir: Path, resume, max_steps, progress, time_limit, data_root
     mcfg = tc.model_config()
     invocation = {"--max-steps": max_steps, "--time-limit": time_limit, "--resume": resume, "--data-root": None if data_root is None else str(data_root)}
     run_record = _run_record(accelerator, tc, photos, init_from, invocation)
+    if saved_record is not None and "invocation" in saved_record:  # (a resumed run keeps what its earlier invocations ran on)
+        earlier = saved_record.get("earlier_invocations") or []
+        run_record["earlier_invocations"] = [*earlier, {k: saved_record.get(k) for k in INVOCATION_KEYS}]
 
     # 2. Model, noise schedule, optimiser with separate learning rates, LR schedule, EMA.
     model = RefineByAlignModel.from_model_config(mcfg)

@@ -55,6 +55,7 @@ from typing import Any
 from PIL import Image
 
 from .io import InputError, check_output_folder, check_output_holds, check_seed, load_inputs, output_format, read_file, save_image, write_atomic
+from .provenance import file_digest
 
 __all__ = [
     "DONE_FILE", "ERRORS_FILE", "BatchJob", "Shard", "check_not_busy", "failure_lines", "finish_together", "format_summary",
@@ -98,7 +99,7 @@ class BatchJob:
         if self.references is not None:
             spec["references"] = [str(r) for r in self.references]
             spec["reference_masks"] = [str(m) for m in self.reference_masks or [None] * len(self.references)]
-        spec["contents"] = [_file_digest(path) for _, path in self.input_paths()]
+        spec["contents"] = [file_digest(path) for _, path in self.input_paths()]  # (None: unreadable, the job then fails as it runs)
         return hashlib.sha256(json.dumps(spec, sort_keys=True).encode()).hexdigest()[:16]
 
     def files(self) -> dict[str, Any]:
@@ -477,15 +478,6 @@ def _lock(out_dir: Path, shard: Shard = Shard()):
             f.close()  # closing releases the lock (a killed process releases it too)
 
 
-def _file_digest(path: Path) -> str | None:
-    """SHA-256 of a file's bytes (None where it cannot be read: the job then fails as it runs)."""
-    try:
-        with open(path, "rb") as f:
-            return hashlib.file_digest(f, "sha256").hexdigest()
-    except OSError:
-        return None
-
-
 def model_fingerprint(pipe) -> str:
     """What identifies the model a batch runs with: its configuration and a sample of every weight
     (each parameter's name, shape, dtype and first 64 values), so that outputs made by another
@@ -632,7 +624,7 @@ def _write_run_record(out_dir: Path, manifest: str | os.PathLike, pipe, fingerpr
     were made with them) with the manifest, the model and its fingerprint, the matcher, the
     processes and :func:`~refine_by_align.provenance.environment` (rank 0's); each job's own
     settings are its ``done.jsonl`` line, whose ``time`` falls after its run's."""
-    from .provenance import environment, file_digest, plain
+    from .provenance import environment, plain
 
     _append_jsonl(out_dir / RUN_FILE, plain({
         "command": "batch", "time": time.strftime("%Y-%m-%dT%H:%M:%S"),

@@ -134,7 +134,7 @@ def _checkpoint_pipeline(folder: Path, device, dtype) -> RefineByAlignPipeline:
 
     from .config import ModelConfig
     from .models.refiner import RefineByAlignModel, _read_safetensors
-    from .pipelines.pipeline import RefineByAlignPipeline, make_scheduler, resolve_device
+    from .pipelines.pipeline import RefineByAlignPipeline
 
     try:
         cfg = ModelConfig.from_dict(json.loads((folder / "model_config.json").read_text()))
@@ -142,26 +142,5 @@ def _checkpoint_pipeline(folder: Path, device, dtype) -> RefineByAlignPipeline:
         raise ValueError(f"checkpoint '{folder}': model_config.json does not describe a model ({e})") from None
     with torch.device("meta"):  # no random init of what the file replaces
         model = RefineByAlignModel(spec=cfg.to_dict())
-    state = _read_safetensors(folder / "model.safetensors")
-    built = model.state_dict()
-    missing, unexpected = sorted(set(built) - set(state)), sorted(set(state) - set(built))
-    wrong = sorted(k for k in set(state) & set(built) if tuple(state[k].shape) != tuple(built[k].shape))
-    if missing or unexpected or wrong:
-        raise ValueError(
-            f"checkpoint '{folder}': model.safetensors does not fit its model_config.json: {len(missing)} missing weights {missing[:3]}, "
-            f"{len(unexpected)} unexpected {unexpected[:3]}, {len(wrong)} of the wrong shape {wrong[:3]}"
-        )
-    broken = [k for k in sorted(state) if state[k].is_floating_point() and not bool(torch.isfinite(state[k]).all())]
-    if broken:  # (as RefineByAlignModel.load refuses them: such a model can only give NaN, a black result)
-        raise ValueError(f"checkpoint '{folder}': {len(broken)} weight tensors hold NaN or infinite values, e.g. '{broken[0]}' (the run diverged?)")
-    # copies: a running training deletes its older checkpoints, and parameters that shared the file's pages would fault
-    model.load_state_dict({k: v.to(built[k].dtype, copy=True) for k, v in state.items()}, assign=True)
-    model.reference_encoder.init_buffers()
-    model.eval().to(resolve_device(device))
-    if dtype is not None:
-        torch.nn.Module.to(model, dtype)
-    pipe = RefineByAlignPipeline(model=model, scheduler=make_scheduler(model))
-    pipe.model_name = str(folder)  # (what it was loaded as: records name it)
-    if model.vae is not None:  # as from_pretrained does
-        pipe.enable_channels_last()
-    return pipe
+    model.take_weights(_read_safetensors(folder / "model.safetensors"), f"checkpoint '{folder}'", "model_config.json")
+    return RefineByAlignPipeline.from_model(model, str(folder), dtype, "auto" if device is None else device)

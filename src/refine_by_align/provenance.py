@@ -114,14 +114,11 @@ def environment() -> dict[str, object]:
 
 def file_digest(path: str | os.PathLike) -> str | None:
     """SHA-256 of a file's bytes (None where it cannot be read): which input a result was made from."""
-    h = hashlib.sha256()
     try:
         with open(path, "rb") as f:
-            for chunk in iter(lambda: f.read(1 << 20), b""):
-                h.update(chunk)
+            return hashlib.file_digest(f, "sha256").hexdigest()
     except OSError:
         return None
-    return h.hexdigest()
 
 
 def record(

@@ -11,7 +11,6 @@ Output layout (``RESULTS``)::
 
 from __future__ import annotations
 
-import json
 import math
 import os
 import sys
@@ -23,8 +22,9 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
-from ..io import save_image_atomic, write_atomic
+from ..io import save_image_atomic
 from ..pipelines.pipeline import forget_remembered
+from ..provenance import environment, plain, write_record
 from ..visualize import (
     GREEN,
     MAGENTA,
@@ -160,22 +160,9 @@ def _score(case: Case, output: MethodOutput, identity: IdentityScorer | None = N
     return {"miou": m, "psnr": psnr, "ssim": ssim, **fields, **ident, "fallback": bool(getattr(output, "fallback", False))}
 
 
-def _clean(obj: Any) -> Any:
-    """Make ``obj`` strict-JSON safe: non-finite floats -> None, numpy scalars -> Python."""
-    if isinstance(obj, dict):
-        return {str(k): _clean(v) for k, v in obj.items()}
-    if isinstance(obj, (list, tuple)):
-        return [_clean(v) for v in obj]
-    if isinstance(obj, np.generic):
-        obj = obj.item()
-    if isinstance(obj, float) and not math.isfinite(obj):
-        return None
-    return obj
-
-
 def write_json_atomic(obj: Any, path: str | os.PathLike) -> None:
     """Write strict JSON (NaN/inf become null) via a temporary file and ``os.replace``."""
-    write_atomic(path, json.dumps(_clean(obj), indent=2, allow_nan=False) + "\n")
+    write_record(path, obj)
 
 
 # ----------------------------------------------------------------------------------------- runner
@@ -188,19 +175,6 @@ def run_config(cases_dir: str | os.PathLike, **settings: Any) -> dict[str, Any]:
     vector extensions) and the code's git commit (:func:`~refine_by_align.provenance.environment`),
     and the machine's CPU count. The pipeline's sampling seed is its default (``seed=0`` per case)
     unless a setting says otherwise."""
-    from ..provenance import environment
-
-    def plain(v: Any) -> Any:
-        if v is None or isinstance(v, (bool, int, float, str)):
-            return v
-        if isinstance(v, os.PathLike):
-            return str(v)
-        if isinstance(v, dict):
-            return {str(k): plain(x) for k, x in v.items()}
-        if isinstance(v, (list, tuple)):
-            return [plain(x) for x in v]
-        return repr(v)
-
     return {
         "cases_dir": str(Path(cases_dir).resolve()),
         **{k: plain(v) for k, v in settings.items()},
@@ -323,7 +297,7 @@ def run_bench(
 
     config = run_config(cases_dir, **(config if config is not None else {"method": name, "limit": limit, "model": model, "method_options": method_options}), **facts)
     result = {"method": name, "config": config, "summary": summarize(records), "cases": records}
-    result = _clean(result)
+    result = plain(result)
     write_json_atomic(result, out_root / "metrics.json")
     title = f"method: {name}   cases: {len(dirs)}" + (
         f" (first {len(rows)} shown)" if len(rows) < len(dirs) else ""

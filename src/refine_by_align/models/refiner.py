@@ -208,36 +208,44 @@ class RefineByAlignModel(ModelMixin, ConfigMixin):
         state: dict[str, torch.Tensor] = {}
         for f in files:
             state.update(_read_safetensors(f))
-        built = model.state_dict()  # names, shapes and dtypes of the config's model (meta tensors)
+        return model.take_weights(state, f"model folder '{folder}'")
+
+    def take_weights(self, state: dict[str, torch.Tensor], where: str, config_name: str = "config.json") -> "RefineByAlignModel":
+        """This model (built on the meta device from its config) with ``state``'s tensors as its
+        weights, in eval mode; a ValueError naming ``where`` (and its ``config_name``) for weights
+        missing, unexpected, of the wrong shape for the config, or holding NaN / infinite values.
+        :meth:`load`'s, and a training checkpoint's (``loading``)."""
+        built = self.state_dict()  # names, shapes and dtypes of the config's model (meta tensors)
         wanted = set(built)
         state = _match_vit_names(state, wanted)
         missing = sorted(wanted - set(state))
         unexpected = sorted(set(state) - wanted)
         if missing or unexpected:  # never run with silently re-initialised weights
             raise ValueError(
-                f"model folder '{folder}' does not fit this code: {len(missing)} missing weights {missing[:3]}, "
+                f"{where} does not fit this code: {len(missing)} missing weights {missing[:3]}, "
                 f"{len(unexpected)} unexpected {unexpected[:3]}"
             )
         wrong = [k for k in sorted(state) if tuple(state[k].shape) != tuple(built[k].shape)]
         if wrong:  # (load_state_dict would say so in one line per tensor, or not at all with assign=True)
             k = wrong[0]
             raise ValueError(
-                f"model folder '{folder}': {len(wrong)} weights have the wrong shape for its config.json, e.g. "
+                f"{where}: {len(wrong)} weights have the wrong shape for its {config_name}, e.g. "
                 f"'{k}' is {list(state[k].shape)} where the config builds {list(built[k].shape)}"
             )
         broken = [k for k in sorted(state) if state[k].is_floating_point() and not bool(torch.isfinite(state[k]).all())]
         if broken:  # such a model can only produce NaN (a black result): refuse it here, not after a run
             raise ValueError(
-                f"model folder '{folder}': {len(broken)} weight tensors hold NaN or infinite values, e.g. '{broken[0]}' "
+                f"{where}: {len(broken)} weight tensors hold NaN or infinite values, e.g. '{broken[0]}' "
                 "(the weights are damaged)"
             )
         # copies in the dtypes the config builds: safetensors maps the file, and parameters that
-        # shared its pages would change (or fault) if the file were rewritten while in use
+        # shared its pages would change (or fault) if the file were rewritten while in use (or, a
+        # checkpoint, deleted by a running training)
         state = {k: v.to(built[k].dtype, copy=True) for k, v in state.items()}
-        model.load_state_dict(state, assign=True)  # the loaded tensors become the parameters
-        model.reference_encoder.init_buffers()
-        model.eval()
-        return model
+        self.load_state_dict(state, assign=True)  # the loaded tensors become the parameters
+        self.reference_encoder.init_buffers()
+        self.eval()
+        return self
 
     # ----------------------------------------------------------------- pieces used by pipelines
     @property

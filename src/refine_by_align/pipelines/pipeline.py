@@ -355,12 +355,22 @@ class RefineByAlignPipeline(DiffusionPipeline):
             logger.warning("model '%s' has no trained weights here: using RANDOM weights (outputs are meaningless)", name)
         else:
             model = RefineByAlignModel.load(name)
+        pipe = cls.from_model(model, name if name in CONFIG_NAMES else os.path.abspath(name), torch_dtype, device)
+        pipe.random_weights = random_weights
+        return pipe
+
+    @classmethod
+    def from_model(
+        cls, model: RefineByAlignModel, model_name: str, torch_dtype: torch.dtype | None = None, device: str | torch.device | None = "auto"
+    ) -> "RefineByAlignPipeline":
+        """The pipeline around a loaded ``model`` (:meth:`from_pretrained`'s, or a training
+        checkpoint's: ``loading``), on ``device`` in ``torch_dtype``; ``model_name``: what it was
+        loaded as (the records beside results name it)."""
         model.to(resolve_device(device))
         if torch_dtype is not None:  # (nn.Module.to: diffusers' ModelMixin.to warns about float32-only modules on
             torch.nn.Module.to(model, torch_dtype)  # every dtype cast, and this model has none)
         pipe = cls(model=model, scheduler=make_scheduler(model))
-        pipe.random_weights = random_weights
-        pipe.model_name = name if name in CONFIG_NAMES else os.path.abspath(name)  # (what it was loaded as: records name it)
+        pipe.model_name = model_name
         if model.vae is not None:  # large convolutions: NHWC pays (tiny pixel-space models: it does not)
             pipe.enable_channels_last()
         return pipe

@@ -55,6 +55,7 @@ from typing import Any
 from PIL import Image
 
 from .io import InputError, check_output_folder, check_output_holds, check_seed, load_inputs, output_format, read_file, save_image, write_atomic
+from .locks import hold_lock
 from .provenance import file_digest
 
 __all__ = [
@@ -349,13 +350,7 @@ def _merge_errors(out_dir: Path, jobs: list[BatchJob], shard: Shard) -> None:
     file where that exists (the owner is running or has just ended), else from ``errors.jsonl``;
     this process's own file is then removed (its lines are in ``errors.jsonl``)."""
     merged_path = out_dir / ERRORS_FILE
-    with open(out_dir / (LOCK_FILE + ".merge"), "a") as lock:
-        try:
-            import fcntl
-
-            fcntl.flock(lock.fileno(), fcntl.LOCK_EX)
-        except ImportError:
-            pass
+    with hold_lock(out_dir / (LOCK_FILE + ".merge"), wait=True):
         old = _read_errors(merged_path)
         owners: dict[int, dict] = {}
         for r in range(shard.world):
@@ -458,24 +453,17 @@ def _remove_partials(out_dir: Path, prefix: str = PART_PREFIX) -> int:
 def _lock(out_dir: Path, shard: Shard = Shard()):
     """One batch per output folder: a single process holds the folder's lock exclusively; the
     processes of a sharded run share it and each holds its rank's lock exclusively."""
+    files = [hold_lock(out_dir / LOCK_FILE, shared=shard.world > 1)]
     try:
-        import fcntl
-    except ImportError:  # no advisory locks on this platform: trust the user
-        yield
-        return
-    files = [open(out_dir / LOCK_FILE, "a")]
-    try:
-        try:
-            fcntl.flock(files[0].fileno(), (fcntl.LOCK_EX if shard.world == 1 else fcntl.LOCK_SH) | fcntl.LOCK_NB)
-            if shard.world > 1:
-                files.append(open(out_dir / f"{LOCK_FILE}{shard.suffix()}", "a"))
-                fcntl.flock(files[1].fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except OSError:
-            raise InputError(f"output folder '{out_dir}': another batch is writing to it right now") from None
+        if files[0] is not None and shard.world > 1:
+            files.append(hold_lock(out_dir / f"{LOCK_FILE}{shard.suffix()}"))
+        if None in files:
+            raise InputError(f"output folder '{out_dir}': another batch is writing to it right now")
         yield
     finally:
         for f in files:
-            f.close()  # closing releases the lock (a killed process releases it too)
+            if f is not None:
+                f.close()  # closing releases the lock (a killed process releases it too)
 
 
 def model_fingerprint(pipe) -> str:

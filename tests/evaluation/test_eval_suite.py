@@ -104,8 +104,10 @@ def test_a_run_folder_is_not_resumed_with_another_method_or_model(tmp_path, tiny
     assert done["sets"]["a"]["cases"] == 1 and done["sets"]["b"]["cases"] == 1
 
     (tmp_path / "run" / "suite.json").unlink()  # a folder without suite.json: its sets' metrics.json are checked
-    with pytest.raises(SuiteMismatchError, match="holds method 'telea', not 'keep'"):
+    with pytest.raises(SuiteMismatchError, match="holds results of method 'telea' with model 'default', not method 'keep'"):
         run_suite(tmp_path / "cases", tmp_path / "run", sets, method="keep", progress=False)
+    with pytest.raises(SuiteMismatchError, match="with model 'default', not method 'telea' with model 'some/other-model'"):
+        run_suite(tmp_path / "cases", tmp_path / "run", sets, method="telea", model="some/other-model", progress=False)
     import refine_by_align.evaluation.suite as suite
 
     monkeypatch.setattr(suite, "build_suite", lambda *a, **k: {})  # (the command's sets are the real ones: not built here)

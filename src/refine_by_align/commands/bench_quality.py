@@ -100,29 +100,16 @@ def _check_not_mixed(out: Path, methods: list[str], model: str) -> None:
     """Refuse an output folder that holds another method's or model's results where this run
     would write (its metrics.json, or each method's sub-folder's): the case outputs of the two
     runs would be mixed in it. A rerun of the same method and model overwrites its own."""
-    import json
-    import os
-
-    from ..config import CONFIG_NAMES
+    from ..evaluation.bench import results_owner, same_model
     from ..evaluation.registry import PIPELINE_METHODS
-
-    def same_model(a: str) -> str:  # (a folder however spelled: runs/x, ./runs/x)
-        return a if a in CONFIG_NAMES else os.path.abspath(a)
 
     for m in methods:
         metrics = out / m / "metrics.json" if len(methods) > 1 else out / "metrics.json"
-        if not metrics.exists():
-            continue
-        try:
-            prev = json.loads(metrics.read_text())
-        except (OSError, ValueError):
-            continue  # (an unreadable one is overwritten)
-        if not isinstance(prev, dict):
-            continue  # (not a results file of ours: overwritten)
-        cfg = prev.get("config") if isinstance(prev.get("config"), dict) else {}
-        found = (prev.get("method"), str(cfg.get("model") or "default"))
+        found = results_owner(metrics)
+        if found is None:
+            continue  # (none there, or not a results file of ours: overwritten)
         model_matters = m in PIPELINE_METHODS  # (a classical method's results do not depend on --model)
-        if found[0] != m or (model_matters and same_model(found[1]) != same_model(model)):
+        if found[0] != m or (model_matters and not same_model(found[1], model)):
             raise CLIError(
                 f"--output {out}: {metrics} holds results of method '{found[0]}' with model '{found[1]}', not '{m}' with '{model}': "
                 "give a new --output folder (the two runs' case outputs would be mixed in it)"

@@ -165,6 +165,34 @@ def write_json_atomic(obj: Any, path: str | os.PathLike) -> None:
     write_record(path, obj)
 
 
+def results_owner(metrics: str | os.PathLike) -> tuple[str | None, str] | None:
+    """(method, model) that made the results file ``metrics`` (a ``metrics.json`` that
+    :func:`run_bench` wrote; the model "default" where none was named), None where it is absent,
+    unreadable or not such a file: nothing there that a new run would be mixed with."""
+    import json
+
+    try:
+        prev = json.loads(Path(metrics).read_text())
+    except (OSError, ValueError):
+        return None
+    if not isinstance(prev, dict):
+        return None
+    cfg = prev.get("config") if isinstance(prev.get("config"), dict) else {}
+    return prev.get("method"), str(cfg.get("model") or "default")
+
+
+def same_model(a: str | None, b: str | None) -> bool:
+    """Whether two ``--model`` values name the same model: None is the default one, a preset is its
+    name and a folder is the same however spelled (runs/x, ./runs/x)."""
+    from ..config import CONFIG_NAMES
+
+    def key(m: str | None) -> str:
+        m = m or "default"
+        return m if m in CONFIG_NAMES else os.path.abspath(m)
+
+    return key(a) == key(b)
+
+
 # ----------------------------------------------------------------------------------------- runner
 
 

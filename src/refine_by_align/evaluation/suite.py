@@ -128,14 +128,17 @@ class SuiteMismatchError(ValueError):
 
 def _check_same_run(run_dir: Path, sets: Sequence[CaseSet], method: str, model: str | None) -> None:
     """Raise :class:`SuiteMismatchError` where ``run_dir`` already holds results of another method
-    or model: its suite.json's, or (a folder written without one) a set's metrics.json's method."""
+    or model: its suite.json's, or (a folder written without one) a set's metrics.json's
+    (:func:`~.bench.results_owner`)."""
+    from .bench import results_owner, same_model
+
     def name(m, mo):
         return f"method '{m}' with model '{mo or 'default'}'"
 
     suite = run_dir / "suite.json"
     if suite.exists():
         prev = json.loads(suite.read_text())
-        if (prev.get("method"), prev.get("model") or "default") != (method, model or "default"):  # (no --model is the default model)
+        if prev.get("method") != method or not same_model(prev.get("model"), model):  # (no --model is the default model)
             raise SuiteMismatchError(
                 f"{run_dir} holds a run of {name(prev.get('method'), prev.get('model'))}, not {name(method, model)}: "
                 "give a new --output folder (its results would be mixed with this run's)"
@@ -143,9 +146,9 @@ def _check_same_run(run_dir: Path, sets: Sequence[CaseSet], method: str, model: 
         return
     for s in sets:
         metrics = run_dir / s.name / "metrics.json"
-        found = json.loads(metrics.read_text()).get("method") if metrics.exists() else method
-        if found != method:
-            raise SuiteMismatchError(f"{metrics} holds method '{found}', not '{method}': give a new --output folder")
+        found = results_owner(metrics)
+        if found is not None and (found[0] != method or not same_model(found[1], model)):
+            raise SuiteMismatchError(f"{metrics} holds results of {name(*found)}, not {name(method, model)}: give a new --output folder")
 
 
 def compare_runs(before: str | os.PathLike, after: str | os.PathLike, sets: Sequence[CaseSet] = SUITE, tolerance: float = 1e-6) -> dict[str, Any]:

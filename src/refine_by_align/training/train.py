@@ -31,6 +31,7 @@ from ..config import ModelConfig, get_config
 from ..data.readers import resolve_data_root
 from ..fill import CLASSICAL_FILLS
 from ..io import InputError, write_atomic
+from ..locks import hold_lock
 from ..models.attention import layer_level, recording
 from ..models.refiner import RefineByAlignModel
 from .losses import attention_supervision_loss, diffusion_target, masked_noise_loss, on_object, token_targets
@@ -413,7 +414,7 @@ LOCK_FILE = ".train.lock"  # in the run folder: held while a run trains there (_
 
 
 class _RunLock:
-    """An exclusive advisory lock on a run folder (fcntl.flock on its LOCK_FILE, not waiting), held
+    """An exclusive advisory lock on a run folder (:func:`~..locks.hold_lock` on its LOCK_FILE, not waiting), held
     by the main process from before the run's first write until it stops: a second ``train`` on the
     folder (a ``--resume`` while the run goes on) is refused in one line instead of interleaving its
     log and checkpoints with the first's. Closing the file releases the lock (a killed process
@@ -427,7 +428,8 @@ class _RunLock:
         process takes it and every process refuses together."""
         busy = 0.0
         if accelerator.is_main_process and self.file is None and self.run_dir.is_dir():
-            busy = 0.0 if self._try() else 1.0
+            self.file = hold_lock(self.run_dir / LOCK_FILE)  # (None: another process holds it)
+            busy = 0.0 if self.file is not None else 1.0
         if accelerator.num_processes > 1:
             busy = float(accelerator.reduce(torch.tensor(busy, device=accelerator.device), reduction="max"))
         if busy:
@@ -435,20 +437,6 @@ class _RunLock:
                 f"--output '{self.run_dir}': another training process is writing to this run folder right now "
                 f"(it holds {LOCK_FILE} there): wait for it to stop, or choose another folder"
             )
-
-    def _try(self) -> bool:
-        try:
-            import fcntl
-        except ImportError:  # no advisory locks on this platform: trust the user
-            return True
-        f = open(self.run_dir / LOCK_FILE, "a")
-        try:
-            fcntl.flock(f.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except OSError:
-            f.close()
-            return False
-        self.file = f
-        return True
 
     def release(self) -> None:
         if self.file is not None:

@@ -195,6 +195,11 @@ def test_case_folder_timing_summarises_every_case_by_kind(tiny_pipe, tmp_path, m
         under = int((s < perf.CASE_TARGET_S).sum())  # (the summary recomputed from the runs, not a bound on any time)
         assert c["max_s"] == s.max() and c["median_s"] == np.median(s) and c["under_target"] == under
         assert c["by_kind"]["affine"]["max_s"] == c["runs"][0]["s"]
+        # the alignment stage (prepare + align) against its own target, overall and per kind
+        a = np.array([r["parts_s"]["prepare"] + r["parts_s"]["align"] for r in c["runs"]])
+        assert c["alignment"]["median_s"] == np.median(a) and c["alignment"]["max_s"] == a.max() and c["alignment"]["under_target"] == int((a < perf.ALIGN_TARGET_S).sum())
+        assert c["by_kind"]["multiview"]["alignment"]["n"] == 2 and c["by_kind"]["affine"]["alignment"]["max_s"] == a[0]
+        assert (a < s).all()  # (a stage of the whole refine)
         assert {"align", "denoise"} <= set(c["parts_median_s"]) and all(np.isfinite(v) and v >= 0 for v in c["parts_median_s"].values())
     assert perf._time_cases(tiny_pipe, str(root), "tiny", limit=1)["with_reference_mask"]["n"] == 1
     with pytest.raises(InputError, match="holds no case folders"):
@@ -204,3 +209,8 @@ def test_case_folder_timing_summarises_every_case_by_kind(tiny_pipe, tmp_path, m
     fake = {"machine": "m", "ceiling": {"fp32_gflops": 1.0, "bf16_gflops": 1.0}, "tiny": {"cases": res}}
     lines = [line for line in format_results(fake, tmp_path / "b.json").splitlines() if line.startswith("tiny: 3 cases")]
     assert len(lines) == 2 and "with the reference masks" in lines[0] and "multiview" in lines[0] and f"of 3 under {perf.CASE_TARGET_S:g} s" in lines[1]
+    stage = [line for line in format_results(fake, tmp_path / "b.json").splitlines() if line.startswith("tiny: the same")]
+    assert len(stage) == 2 and "alignment stage (prepare + align)" in stage[0] and f"of 3 under {perf.ALIGN_TARGET_S:g} s" in stage[1]
+    assert f"median {res['with_reference_mask']['alignment']['median_s']:.2f} s" in stage[0] and "multiview" in stage[0]
+    del fake["tiny"]["cases"]["with_reference_mask"]["alignment"]  # (a result written before the stage was summarised)
+    assert len([line for line in format_results(fake, tmp_path / "b.json").splitlines() if line.startswith("tiny: the same")]) == 1

@@ -199,7 +199,6 @@ def test_case_folder_timing_summarises_every_case_by_kind(tiny_pipe, tmp_path, m
         a = np.array([r["parts_s"]["prepare"] + r["parts_s"]["align"] for r in c["runs"]])
         assert c["alignment"]["median_s"] == np.median(a) and c["alignment"]["max_s"] == a.max() and c["alignment"]["under_target"] == int((a < perf.ALIGN_TARGET_S).sum())
         assert c["by_kind"]["multiview"]["alignment"]["n"] == 2 and c["by_kind"]["affine"]["alignment"]["max_s"] == a[0]
-        assert (a < s).all()  # (a stage of the whole refine)
         assert {"align", "denoise"} <= set(c["parts_median_s"]) and all(np.isfinite(v) and v >= 0 for v in c["parts_median_s"].values())
     assert perf._time_cases(tiny_pipe, str(root), "tiny", limit=1)["with_reference_mask"]["n"] == 1
     with pytest.raises(InputError, match="holds no case folders"):

@@ -487,11 +487,11 @@ def format_results(res: dict, output: str | Path) -> str:
                 )
                 if "alignment" in c:  # (results written before it was summarised have none)
                     a = c["alignment"]
-                    kinds = ", ".join(f"{k} {v['alignment']['median_s']:.2f} (max {v['alignment']['max_s']:.2f})" for k, v in c["by_kind"].items())
+                    align_kinds = ", ".join(f"{k} {v['alignment']['median_s']:.2f} (max {v['alignment']['max_s']:.2f})" for k, v in c["by_kind"].items())
                     lines.append(
                         f"{name}: the same {label}, the alignment stage (prepare + align): median {a['median_s']:.2f} s, "
                         f"90th percentile {a['p90_s']:.2f}, max {a['max_s']:.2f}; {a['under_target']} of {a['n']} under {r['cases'].get('align_target_s', ALIGN_TARGET_S):g} s; "
-                        f"by kind (median): {kinds}"
+                        f"by kind (median): {align_kinds}"
                     )
     if "attention_sweep" in res:
         a = res["attention_sweep"]

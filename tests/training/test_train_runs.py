@@ -291,20 +291,26 @@ def test_a_run_folder_and_a_checkpoint_load_as_models(tmp_path, capsys):
 
 # ---------------------------------------------------------------------------------------------- 6. smaller
 def test_images_per_second_counts_training_steps_only(tmp_path, monkeypatch):
-    """An evaluation (here made to take a second) between two log records is not training time:
-    the record after it reports the steps' speed, not a drop to a few images a second."""
+    """An evaluation (here made to take 1,000 s on the clock the loop reads) between two log
+    records is not training time: the record after it reports the steps' speed, not a drop to a
+    fraction of an image a second. (The clock is moved, not slept on: the test does not depend on
+    how fast this machine runs a step.)"""
     import refine_by_align.training.train as train_module
 
-    evaluate = train_module.evaluate
+    evaluate, real_clock, offset = train_module.evaluate, time.perf_counter, [0.0]
 
     def slow(*a, **kw):
-        time.sleep(1.0)
+        offset[0] += 1000.0
         return evaluate(*a, **kw)
 
+    monkeypatch.setattr(train_module.time, "perf_counter", lambda: real_clock() + offset[0])
     monkeypatch.setattr(train_module, "evaluate", slow)
     train(_tc(max_steps=3, eval_every=1, log_every=1), tmp_path, progress=False)
     speeds = [r["images_per_s"] for r in _log(tmp_path) if not r.get("eval")]
-    assert len(speeds) == 3 and min(speeds[1:]) > 2 * (2 / 1.0)  # 2 images a step: at most 2 a second with the 1 s counted
+    assert offset[0] == 3000.0  # (an evaluation after each step)
+    # 2 images a step: at most 2 / 1000 a second with an evaluation counted; 100 times that is a
+    # step of 10 s, which no machine this runs on takes
+    assert len(speeds) == 3 and min(speeds[1:]) > 100 * (2 / 1000.0)
 
 
 def test_init_from_is_found_from_the_repository_root_and_a_missing_one_names_the_field(tmp_path, monkeypatch, capsys):

@@ -132,3 +132,26 @@ def test_a_singular_hessian_is_a_zero_step_as_in_opencv():
     rho, delta = E._step(np.zeros((8, 8)), np.zeros((3, 8)), stats)
     assert np.isfinite(rho) and -1.0 <= rho <= 1.0
     assert delta.shape == (8,) and not delta.any()
+
+
+def test_the_step_inverts_and_multiplies_in_a_fixed_order():
+    """The Gauss-Newton step's 8 x 8 inverse and products do not go through the BLAS (whose kernels
+    round by the CPU's vector width, and ECC's path follows the last bits): the compiled loops give
+    the same bits as the same loops run by the interpreter, the values of NumPy's LAPACK and BLAS
+    to float32's precision, and a singular Hessian is reported (OpenCV's zero inverse follows)."""
+    pytest.importorskip("numba")
+    rng = np.random.default_rng(3)
+    for _ in range(4):
+        a = rng.normal(size=(8, 8)).astype(np.float32)
+        A = (a @ a.T + np.eye(8, dtype=np.float32)).astype(np.float32)
+        x = rng.normal(size=8).astype(np.float32)
+        compiled, interpreted = np.empty((8, 8), np.float32), np.empty((8, 8), np.float32)
+        assert E._inverse(A, compiled) and E._inverse_loop(A, interpreted)
+        assert np.array_equal(compiled, interpreted)
+        assert np.array_equal(E._matvec(compiled, x), E._matvec_loop(interpreted, x))
+        ref = np.linalg.inv(A.astype(np.float64))
+        assert np.abs(compiled - ref).max() <= 1e-4 * np.abs(ref).max()
+        assert np.allclose(E._matvec(A, x), A.astype(np.float64) @ x, rtol=1e-5, atol=1e-4)
+    singular = np.ones((8, 8), np.float32)
+    assert not E._inverse(singular, np.empty((8, 8), np.float32))
+    assert not E._inverse(np.zeros((8, 8), np.float32), np.empty((8, 8), np.float32))

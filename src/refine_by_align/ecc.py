@@ -204,6 +204,65 @@ def _sums_loop(t, img, gx, gy, pre, near, W, H, vec, stats) -> None:
 _sums = njit(cache=True, nogil=True)(_sums_loop) if njit is not None else _sums_numpy
 
 
+def _inverse_loop(A: np.ndarray, out: np.ndarray) -> bool:
+    """``out`` = the inverse of the float32 (n, n) ``A`` by Gauss-Jordan elimination with partial
+    pivoting, in float32 and in a fixed order (the same bits on every CPU, where a BLAS's kernels
+    round by their vector width); False where ``A`` is singular (``out`` undefined)."""
+    n = A.shape[0]
+    M = A.copy()
+    for i in range(n):
+        for j in range(n):
+            out[i, j] = np.float32(1.0) if i == j else np.float32(0.0)
+    for c in range(n):
+        p = c
+        for r in range(c + 1, n):
+            if abs(M[r, c]) > abs(M[p, c]):
+                p = r
+        if M[p, c] == 0.0:
+            return False
+        if p != c:
+            for j in range(n):
+                M[c, j], M[p, j] = M[p, j], M[c, j]
+                out[c, j], out[p, j] = out[p, j], out[c, j]
+        d = M[c, c]
+        for j in range(n):
+            M[c, j] = M[c, j] / d
+            out[c, j] = out[c, j] / d
+        for r in range(n):
+            if r != c:
+                f = M[r, c]
+                if f != 0.0:
+                    for j in range(n):
+                        M[r, j] = M[r, j] - f * M[c, j]
+                        out[r, j] = out[r, j] - f * out[c, j]
+    return True
+
+
+def _matvec_loop(A: np.ndarray, x: np.ndarray) -> np.ndarray:
+    """``A @ x`` for float32 ``A`` (n, m) and ``x`` (m,), summed in float32 in a fixed order."""
+    out = np.zeros(A.shape[0], np.float32)
+    for i in range(A.shape[0]):
+        acc = np.float32(0.0)
+        for j in range(A.shape[1]):
+            acc += A[i, j] * x[j]
+        out[i] = acc
+    return out
+
+
+if njit is not None:
+    _inverse, _matvec = njit(cache=True, nogil=True)(_inverse_loop), njit(cache=True, nogil=True)(_matvec_loop)
+else:  # (NumPy's LAPACK and BLAS: the same values up to their rounding)
+    def _inverse(A: np.ndarray, out: np.ndarray) -> bool:
+        try:
+            out[:] = np.linalg.inv(A)
+        except np.linalg.LinAlgError:
+            return False
+        return True
+
+    def _matvec(A: np.ndarray, x: np.ndarray) -> np.ndarray:
+        return (A @ x).astype(np.float32)
+
+
 def _prepared(template: np.ndarray, image: np.ndarray, mask: np.ndarray | None, blur: int):
     """OpenCV's set-up: both images smoothed by a ``blur`` px Gaussian (1: not), the mask (on the
     input image) smoothed alike and kept where at least 0.95 (its outline pulled in), and the input's
@@ -236,19 +295,20 @@ def _step(H: np.ndarray, vec: np.ndarray, stats: np.ndarray) -> tuple[float, np.
     rho = float(correlation / np.sqrt(i_norm2 * t_norm2))
     # the step in OpenCV's float32 Hessian and projections: the image zero-mean on the mask and as
     # warped off it, the template zero off it
-    try:
-        hessian_inv = np.linalg.inv(H.astype(np.float32))  # (8, 8)
-    except np.linalg.LinAlgError:  # (no gradient under the mask: OpenCV's inverse of a singular matrix is 0)
-        hessian_inv = np.zeros((8, 8), np.float32)
+    # (the inverse and its products computed in a fixed order, not by the BLAS: its kernels round by
+    # the CPU's vector width, and ECC's path follows the last bits)
+    hessian_inv = np.empty((8, 8), np.float32)
+    if not _inverse(np.ascontiguousarray(H, np.float32), hessian_inv):  # (no gradient under the mask: OpenCV's inverse of a singular matrix is 0)
+        hessian_inv[:] = 0.0
     i_proj = (vec[0] - i_mean * vec[1]).astype(np.float32)  # (8,) J . imageWarped
     t_proj = (vec[2] - t_mean * vec[1]).astype(np.float32)  # J . templateZM
-    i_proj_h = hessian_inv @ i_proj
+    i_proj_h = _matvec(hessian_inv, i_proj)
     lambda_n = i_norm2 - float(i_proj.astype(np.float64) @ i_proj_h.astype(np.float64))
     lambda_d = correlation - float(t_proj.astype(np.float64) @ i_proj_h.astype(np.float64))
     if lambda_d <= 0.0:
         raise ECCNotConverged("the step would lower the correlation: the images may be uncorrelated or not overlap")
     error_proj = ((lambda_n / lambda_d) * t_proj.astype(np.float64) - i_proj.astype(np.float64)).astype(np.float32)
-    return rho, hessian_inv @ error_proj
+    return rho, _matvec(hessian_inv, error_proj)
 
 
 def _corners(W: np.ndarray, shape: tuple[int, int]) -> np.ndarray:

@@ -20,7 +20,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("manifest", help="one JSON job per line: image, mask, reference (or references: a list), "
                    "[reference_mask (or reference_masks: a list, null allowed), steps, guidance, seed, output]")
     p.add_argument("--output", required=True, help="output folder")
-    p.add_argument("--model", default="default", help="model folder (a saved model, a training run or one of its checkpoints) or preset")
+    p.add_argument("--model", default="default", help=f"{common.MODEL_HELP} or preset")
     common.add_dtype_option(p)
 
 

@@ -6,7 +6,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from .common import CLIError, add_alignment_options, load_matcher
+from .common import MODEL_HELP, CLIError, add_alignment_options, load_matcher
 
 HELP = "quality: run a method over a case folder and score it"
 EXAMPLE = "refine-by-align bench-quality cases/ --output results/ --method all --limit 8"
@@ -21,7 +21,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         "a comma-separated list, or 'all' (then a report.md / report.json compares them)",
     )
     p.add_argument("--limit", type=int, help="only the first N cases")
-    p.add_argument("--model", default=None, help="model folder (a saved model, a training run or one of its checkpoints) or preset (refine-by-align methods)")
+    p.add_argument("--model", default=None, help=f"{MODEL_HELP} or preset (refine-by-align methods)")
     p.add_argument("--clip", help="CLIP model folder or hub id for CLIP-I / CLIP-T (null when absent)")
     p.add_argument("--dino", help="DINOv2 model folder or hub id for DINO-I (null when absent)")
     p.add_argument("--captions", help="captions file for CLIP-T: JSON {case: caption} or 'case<TAB>caption' lines")

@@ -6,7 +6,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from .common import CLIError
+from .common import MODEL_HELP, CLIError
 
 HELP = "quality: the validation suite (the case sets settings are chosen and checked on), optionally against an earlier run"
 EXAMPLE = "refine-by-align bench-suite --source ../shared/data/dreambooth-train --cases suite-cases/ --output runs/mine --compare runs/main"
@@ -17,7 +17,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--cases", default="suite-cases", help="where the case sets are (built where missing; default: %(default)s)")
     p.add_argument("--output", required=True, help="this run's folder: NAME/metrics.json per set and suite.json (a set already scored there is not run again)")
     p.add_argument("--sets", default="all", help="comma-separated set names, or 'all' (default): val, val2, val3, val4, trsub, fresh8, fresh8b")
-    p.add_argument("--model", default=None, help="model folder (a saved model, a training run or one of its checkpoints) or preset (default: the shipped model)")
+    p.add_argument("--model", default=None, help=f"{MODEL_HELP} or preset (default: the shipped model)")
     p.add_argument("--compare", help="an earlier run's folder: each set's masked PSNR change, case by case")
 
 

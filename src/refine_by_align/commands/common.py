@@ -65,6 +65,10 @@ def load_matcher(weights: str):
     return matcher
 
 
+#: What every command's ``--model`` takes, the start of its help (each command adds its default).
+MODEL_HELP = "model folder (a saved model, a training run or one of its checkpoints)"
+
+
 def record_beside(output):
     """The record's path beside ``output`` (``NAME.json``), checked before any work: it may replace
     an earlier record only (provenance.check_record_path)."""

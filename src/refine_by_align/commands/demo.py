@@ -13,7 +13,7 @@ EXAMPLE = "refine-by-align demo --output demo-output"
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--output", default="demo-output", help="output folder (default: %(default)s)")
-    p.add_argument("--model", default="default", help="model folder (a saved model, a training run or one of its checkpoints) or preset")
+    p.add_argument("--model", default="default", help=f"{common.MODEL_HELP} or preset")
 
 
 def run(args) -> int:

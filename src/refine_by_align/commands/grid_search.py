@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from .common import CLIError, int_list
+from .common import MODEL_HELP, CLIError, int_list
 
 HELP = "mIoU of the alignment for every (timestep, layer) (Fig. 4, 7)"
 EXAMPLE = "refine-by-align grid-search cases/ --output grid/ --timesteps 0,250,500 --layers 0,3,6"
@@ -14,7 +14,7 @@ EXAMPLE = "refine-by-align grid-search cases/ --output grid/ --timesteps 0,250,5
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("cases_dir", help="case folder; cases need correspondence.png (the true region)")
     p.add_argument("--output", required=True, help="results folder")
-    p.add_argument("--model", default="default", help="model folder (a saved model, a training run or one of its checkpoints) or preset")
+    p.add_argument("--model", default="default", help=f"{MODEL_HELP} or preset")
     p.add_argument("--timesteps", default="0,24,100,250,500,750,999", help="comma-separated timesteps (default: %(default)s)")
     p.add_argument("--layers", help="comma-separated layer indices (default: all cross-attention layers)")
     p.add_argument("--limit", type=int, help="only the first N cases")

@@ -58,7 +58,7 @@ def add_input_arguments(p: argparse.ArgumentParser, several: bool = False) -> No
     else:
         p.add_argument("--reference", required=True, help="reference photo of the same object")
         p.add_argument("--reference-mask", help="object mask of the reference (default: its alpha, else estimated from the photo)")
-    p.add_argument("--model", default="default", help="model folder (a saved model, a training run or one of its checkpoints), or a preset name: default | tiny | paper (default: %(default)s)")
+    p.add_argument("--model", default="default", help=f"{common.MODEL_HELP}, or a preset name: default | tiny | paper (default: %(default)s)")
     p.add_argument("--seed", type=int, default=0, help="random seed, an integer in 0..2^63-1 (default: %(default)s)")
     common.add_dtype_option(p)
 

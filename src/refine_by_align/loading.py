@@ -107,18 +107,21 @@ def _is_checkpoint(folder: Path) -> bool:
     return (folder / "model_config.json").is_file() and (folder / "model.safetensors").is_file()
 
 
-def _step(checkpoint: Path) -> int:
+def _json_int(path: Path, key: str) -> int:
+    """``path``'s JSON object's integer ``key`` (a checkpoint's step, exported weights' trained
+    steps), -1 where the file or the key is missing or unreadable."""
     try:
-        return int(json.loads((checkpoint / "state.json").read_text())["step"])
+        return int(json.loads(path.read_text())[key])
     except (OSError, ValueError, KeyError, TypeError):
         return -1
+
+
+def _step(checkpoint: Path) -> int:
+    return _json_int(checkpoint / "state.json", "step")
 
 
 def _trained_steps(weights: Path) -> int:
-    try:
-        return int(json.loads((weights / "train_config.json").read_text())["trained_steps"])
-    except (OSError, ValueError, KeyError, TypeError):
-        return -1
+    return _json_int(weights / "train_config.json", "trained_steps")
 
 
 def _at(weights: Path) -> str:

@@ -50,10 +50,10 @@ def library_versions() -> dict[str, str]:
 
 
 @lru_cache(maxsize=1)
-def cpu_description() -> dict[str, object]:
-    """The CPU's model name, its vector extensions that change the arithmetic (AVX2, AVX-512,
-    AMX, ...) and how many cores this process may use."""
-    name, flags = "", set()
+def cpu_info() -> tuple[str, list[str]]:
+    """(the CPU's model name, its instruction-set flags) from /proc/cpuinfo's first processor; ""
+    and no flags where there is none (another platform)."""
+    name, flags = "", []
     try:
         with open("/proc/cpuinfo") as f:
             for line in f:
@@ -62,11 +62,18 @@ def cpu_description() -> dict[str, object]:
                 if key == "model name" and not name:
                     name = value.strip()
                 elif key == "flags" and not flags:
-                    flags = set(value.split())
+                    flags = value.split()
                 if name and flags:
                     break
     except OSError:
         pass
+    return name, flags
+
+
+def cpu_description() -> dict[str, object]:
+    """The CPU's model name, its vector extensions that change the arithmetic (AVX2, AVX-512,
+    AMX, ...) and how many cores this process may use."""
+    name, flags = cpu_info()
     wanted = ("avx2", "fma", "avx512f", "avx512_bf16", "avx512_vnni", "amx_bf16", "amx_tile")
     try:
         cores = len(os.sched_getaffinity(0))

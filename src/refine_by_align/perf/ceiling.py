@@ -7,9 +7,10 @@ import platform
 import resource
 import statistics
 import time
-from pathlib import Path
 
 import torch
+
+from ..provenance import cpu_info
 
 __all__ = ["median_time", "matmul_ceiling", "cpu_name", "native_bf16", "peak_rss_mb"]
 
@@ -61,15 +62,10 @@ def _product_time(dtype: torch.dtype, n: int, device: torch.device) -> float:
 
 
 def _cpu_info() -> tuple[str, list[str]]:
-    """(the CPU's model name, its instruction-set flags) from /proc/cpuinfo; the platform's name
-    and no flags where there is none."""
-    try:
-        info = Path("/proc/cpuinfo").read_text()
-    except OSError:
-        return platform.processor() or platform.machine(), []
-    name = next((ln.split(":", 1)[1].strip() for ln in info.splitlines() if ln.startswith("model name")), platform.machine())
-    flags = next((ln.split(":", 1)[1].split() for ln in info.splitlines() if ln.startswith("flags")), [])
-    return name, flags
+    """(the CPU's model name, its instruction-set flags) (:func:`~refine_by_align.provenance.cpu_info`);
+    the platform's name where /proc/cpuinfo gives none."""
+    name, flags = cpu_info()
+    return name or platform.processor() or platform.machine(), flags
 
 
 def cpu_name() -> str:

@@ -566,6 +566,56 @@ def test_pipeline_without_a_shared_reference_refines_without_the_warp(tiny_pipe)
     assert any("refined without the warp" in n or "no consistent dense field" in n for n in out.notes), out.notes
 
 
+def test_the_fallbacks_attention_pass_started_beside_the_template_search_is_the_one_run_after(tiny_pipe, monkeypatch):
+    """Where no point matches agree, the dense stage calls ``fallback_ahead`` as its template
+    search starts, and the pipeline starts Algorithm 1's pass then on a thread of its own: the
+    fallback's M* and heat map are those of the pass run after the stage (one thread), at the
+    caller's torch thread setting even where a thread made meanwhile would get another."""
+    import threading
+
+    import torch
+    from PIL import Image
+
+    from refine_by_align.pipelines import pipeline as P
+
+    garbled, _, mask, _, _ = _photo_like_case()
+    other = _texture(200, 180, seed=11)  # (shares nothing with the image)
+    omask = np.zeros(other.shape[:2], bool)
+    omask[30:170, 40:150] = True
+    tiny_pipe.set_matcher(enabled=False)
+    calls = []
+    real_align = P.RefineByAlignPipeline._align
+
+    def spy(self, p, *args, **kw):
+        method = args[5] if len(args) > 5 else kw.get("method")
+        if method == "attention":
+            calls.append((threading.current_thread() is threading.main_thread(), torch.get_num_threads()))
+        return real_align(self, p, *args, **kw)
+
+    monkeypatch.setattr(P.RefineByAlignPipeline, "_align", spy)
+    try:
+        monkeypatch.setattr(P, "worker_threads", lambda: 1)
+        after = tiny_pipe.align(Image.fromarray(garbled), mask, Image.fromarray(other), omask, seed=0)
+        assert calls == [(True, torch.get_num_threads())], calls  # (one thread: run after the stage)
+        monkeypatch.setattr(P, "worker_threads", lambda: 2)
+        calls.clear()
+        threads = torch.get_num_threads()
+        # (torch's setting made on another thread, as ALIKED's passes make theirs, is what threads
+        # made afterwards start with: the pass must run at the caller's own)
+        other_thread = threading.Thread(target=torch.set_num_threads, args=(threads + 1,))
+        other_thread.start()
+        other_thread.join()
+        ahead = tiny_pipe.align(Image.fromarray(garbled), mask, Image.fromarray(other), omask, seed=0)
+    finally:
+        tiny_pipe._aliked = None
+        other_thread = threading.Thread(target=torch.set_num_threads, args=(torch.get_num_threads(),))
+        other_thread.start()
+        other_thread.join()
+    assert after.method == ahead.method == "attention" and "template_score" in ahead.info, ahead.info
+    assert calls == [(False, threads)], calls  # (started ahead, on its own thread, at the caller's setting)
+    assert np.array_equal(after.region, ahead.region) and np.array_equal(after.heatmap, ahead.heatmap)
+
+
 def test_sift_on_a_bounded_resolution_returns_full_resolution_positions():
     """A reference 4x the matcher's side is described at max_side px; the matches still follow the
     true mapping at full resolution (a bounded cost, not a coarser answer)."""

@@ -22,6 +22,7 @@ Fig. 7) and ``dense_alignment`` (the field).
 from __future__ import annotations
 
 import warnings
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from dataclasses import field as dataclass_field
@@ -322,6 +323,7 @@ def dense_alignment(
     template_give_up: float | None = TEMPLATE_GIVE_UP_DETAIL,
     search_mask: np.ndarray | None = None,
     reference_upscale_above: float | None = REFERENCE_UPSCALE_ABOVE,
+    fallback_ahead: Callable[[], object] | None = None,
 ) -> tuple[DenseField | None, dict]:
     """The dense alignment: a field over ``crop_box`` from point matches.
 
@@ -386,6 +388,10 @@ def dense_alignment(
     misses its own matches, which :func:`~.warp.warp_fill` discounts the warp by), and its
     ``on_object`` is read again at its final positions (:func:`~.fields.on_reference_object`; at
     the full-resolution positions where the crop was aligned scaled down).
+    ``fallback_ahead`` (None: not) is called once, as the template search starts: most searches
+    end without a field, and the caller may start the work its fallback needs then, on a thread
+    of its own (the pipeline: Algorithm 1's attention pass), beside the search and the refinement
+    of its placements, which leave a core free for most of their time.
     Returns (field or None when no source gives a consistent mapping, info:
     matches per source, inliers, mirrored, the winner, its ring agreement and misfit_px)."""
     unknown = [s for s in sources if s not in ("sift", "aliked", "attention")]
@@ -398,6 +404,7 @@ def dense_alignment(
         sources=sources, aliked=aliked, mirror=mirror, good_ncc=good_ncc, solid_inliers=solid_inliers, ecc=ecc,
         ecc_candidates=ecc_candidates, flow=flow, flow_min_ncc=flow_min_ncc, loose_similarity=loose_similarity, loose_ratio=loose_ratio, polish=polish,
         template=template, rival_margin=rival_margin, max_crop=None, cheap_settled=cheap_settled, template_give_up=template_give_up,
+        fallback_ahead=fallback_ahead,
     )
     if max_crop is not None and max(crop_box.width, crop_box.height) > max_crop:
         fld, info = _at_working_scale(
@@ -509,6 +516,8 @@ def dense_alignment(
         # in each orientation of the reference, as the point matches are (a mirrored view); the
         # orientations are searched side by side (OpenCV's matchTemplate runs on one core and
         # releases Python's lock: the same placements, candle_02 of val2 0.72 -> 0.44 s)
+        if fallback_ahead is not None:
+            fallback_ahead()  # (most searches end without a field: the caller's fallback starts beside them)
         placed = side_by_side(lambda m: template_matches(image, mask, reference, look, crop_box, flip=m), orientations)
         scores = []
         for mirrored, (found, score) in zip(orientations, placed):

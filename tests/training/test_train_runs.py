@@ -136,6 +136,43 @@ def test_resume_refuses_other_photos_than_the_run_trained_on(tmp_path, monkeypat
     assert [r["step"] for r in _log(tmp_path / "photos")] == [1, 2, 3]
 
 
+def test_resume_refuses_a_checkpoint_of_another_process_count_and_notes_other_library_versions(tmp_path, capsys):
+    """A checkpoint written by a run on another number of processes is refused in one line that
+    names both counts and how to go on (nothing is trained or written); one written with other
+    library versions resumes with a note naming each change; one without a record resumes as it is."""
+    recipe = _recipe(tmp_path / "cfg", max_steps=4)
+    run = tmp_path / "run"
+    args = ["-q", "train", "--config", str(recipe), "--output", str(run)]
+    assert main([*args, "--max-steps", "1"]) == 0
+    ckpt = latest_checkpoint(run)
+    record = _saved(ckpt / "train_config.json")
+    assert record["processes"] == 1 and record["environment"]["versions"]["torch"] == torch.__version__
+
+    (ckpt / "train_config.json").write_text(json.dumps(record | {"processes": 2}))
+    before = (run / "log.jsonl").read_text()
+    capsys.readouterr()
+    assert main([*args, "--resume", "--max-steps", "2"]) == 2
+    line = _error_line(capsys)
+    assert f"the checkpoint {ckpt.name} of '{run}' was written by a run on 2 processes and this one has 1" in line, line
+    assert "resume it on 2 processes (accelerate launch --num_processes 2 ...)" in line and f"init_from '{run / 'weights'}'" in line
+    assert (run / "log.jsonl").read_text() == before and latest_checkpoint(run) == ckpt
+
+    versions = record["environment"]["versions"] | {"torch": "1.0.0", "numpy": "0.1"}
+    (ckpt / "train_config.json").write_text(json.dumps(record | {"environment": record["environment"] | {"versions": versions}}))
+    capsys.readouterr()
+    assert main([*args, "--resume", "--max-steps", "2"]) == 0
+    out = capsys.readouterr().out
+    assert f"note: --resume: other library versions than checkpoint {ckpt.name} was written with (numpy 0.1 -> {np.__version__}, torch 1.0.0 -> {torch.__version__})" in out, out
+    assert [r["step"] for r in _log(run)] == [1, 2]
+
+    assert main([*args, "--resume", "--max-steps", "3"]) == 0  # (step 2's checkpoint: this run's own record)
+    assert "note: --resume: other" not in capsys.readouterr().out
+    (latest_checkpoint(run) / "train_config.json").unlink()  # (a checkpoint from before the record was kept)
+    assert main([*args, "--resume"]) == 0
+    assert "note: --resume: other" not in capsys.readouterr().out
+    assert [r["step"] for r in _log(run)] == [1, 2, 3, 4]
+
+
 def test_a_run_saved_before_the_photo_folder_was_recorded_resumes_with_a_note(tmp_path, capsys):
     run = tmp_path / "run"
     train(_tc(max_steps=2), run, max_steps=1, progress=False)

@@ -531,6 +531,36 @@ def _init_folder(init_from: str, source: str) -> Path:
     return found
 
 
+def _check_resumable(ckpt: Path, processes: int, run_dir: Path) -> str | None:
+    """``--resume`` from checkpoint ``ckpt`` with ``processes`` processes: refused in one line
+    (InputError) where the run that wrote it had another number of processes: the samples each
+    step reads (:class:`_StepSampler`) and the learning-rate schedule's position (stepped once per
+    process) follow that number, so the run would go on as another run. A note (returned) names
+    the libraries whose versions differ from those it was written with: the run goes on, its later
+    steps no longer bit for bit an uninterrupted run's. None: nothing to say (the same
+    versions, or a checkpoint written before its record was kept)."""
+    from ..provenance import library_versions
+
+    try:
+        rec = json.loads((ckpt / "train_config.json").read_text())
+    except (OSError, ValueError):
+        return None
+    was = rec.get("processes") if isinstance(rec, dict) else None
+    if _is_int(was) and was != processes:
+        on = f"{was} process" + ("" if was == 1 else "es")
+        raise InputError(
+            f"--resume: the checkpoint {ckpt.name} of '{run_dir}' was written by a run on {on} and this one has {processes}; "
+            f"the samples each step reads and the learning-rate schedule follow the process count: resume it on {on} "
+            f"(accelerate launch --num_processes {was} ...), or start a new run from its weights (init_from '{run_dir / 'weights'}')"
+        )
+    saved = ((rec.get("environment") or {}) if isinstance(rec, dict) else {}).get("versions") or {}
+    now = library_versions()
+    changed = [f"{k} {v} -> {now.get(k, 'not installed')}" for k, v in sorted(saved.items()) if now.get(k) != v]
+    if not changed:
+        return None
+    return f"note: --resume: other library versions than checkpoint {ckpt.name} was written with ({', '.join(changed)}): the steps from here may differ from an uninterrupted run's"
+
+
 def _end_reason(step: int, run_max_steps: int, max_steps: int | None) -> str:
     """Why a run that reached its stop step stopped: the recipe's end, or --max-steps."""
     if step >= run_max_steps:
@@ -631,6 +661,9 @@ def _train(tc, run_dir: Path, resume, max_steps, progress, time_limit, data_root
     notes += [why] if why else []
     accelerator = Accelerator(mixed_precision=tc.mixed_precision, cpu=not torch.cuda.is_available())
     lock.take(accelerator)  # (a new folder: once it is made, below)
+    if resume_ckpt is not None:
+        note = _check_resumable(resume_ckpt, accelerator.num_processes, run_dir)
+        notes += [note] if note else []
     for note in notes:
         accelerator.print(note)
     set_seed(tc.seed)

@@ -217,7 +217,7 @@ def test_every_setting_reaches_the_scaled_alignment(monkeypatch):
     box = zoom_box(mask, 2.0, 64)
     given = dict(sources=("sift",), mirror=False, good_ncc=0.9, solid_inliers=12, ecc=False, ecc_candidates=2, flow=False,
                  flow_min_ncc=0.6, loose_similarity=None, loose_ratio=0.9, polish=False, template=False, rival_margin=None, cheap_settled=0.9,
-                 template_give_up=0.5, search_mask=valid.copy(), reference_upscale_above=2.5)
+                 template_give_up=0.5, search_mask=valid.copy(), reference_upscale_above=2.5, fallback_ahead=lambda: None)
     settings = set(inspect.signature(dense_alignment).parameters) - {"image", "mask", "reference", "reference_mask", "crop_box", "aliked", "attention", "max_crop"}
     assert settings == set(given)
     seen = []

@@ -616,6 +616,44 @@ def test_the_fallbacks_attention_pass_started_beside_the_template_search_is_the_
     assert np.array_equal(after.region, ahead.region) and np.array_equal(after.heatmap, ahead.heatmap)
 
 
+def test_the_fallbacks_attention_pass_is_waited_for_where_the_dense_stage_raises(tiny_pipe, monkeypatch):
+    """The pass started ahead sets the U-Net's attention processors: where the dense stage raises
+    after starting it, the alignment still waits for it before the error leaves (a server's next
+    call must not meet it)."""
+    import time
+
+    from PIL import Image
+
+    from refine_by_align.pipelines import pipeline as P
+
+    garbled, _, mask, ref, valid = _photo_like_case()
+    finished = []
+    real_align = P.RefineByAlignPipeline._align
+
+    def slow_attention(self, p, *args, **kw):
+        method = args[5] if len(args) > 5 else kw.get("method")
+        out = real_align(self, p, *args, **kw)
+        if method == "attention":
+            time.sleep(0.3)
+            finished.append(True)
+        return out
+
+    def stage_that_raises(*args, fallback_ahead=None, **kw):
+        fallback_ahead()
+        raise RuntimeError("the stage failed")
+
+    monkeypatch.setattr(P.RefineByAlignPipeline, "_align", slow_attention)
+    monkeypatch.setattr(P, "dense_alignment", stage_that_raises)
+    monkeypatch.setattr(P, "worker_threads", lambda: 2)
+    tiny_pipe.set_matcher(enabled=False)
+    try:
+        with pytest.raises(RuntimeError, match="the stage failed"):
+            tiny_pipe.align(Image.fromarray(garbled), mask, Image.fromarray(ref), valid, seed=0)
+    finally:
+        tiny_pipe._aliked = None
+    assert finished == [True]
+
+
 def test_sift_on_a_bounded_resolution_returns_full_resolution_positions():
     """A reference 4x the matcher's side is described at max_side px; the matches still follow the
     true mapping at full resolution (a bounded cost, not a coarser answer)."""

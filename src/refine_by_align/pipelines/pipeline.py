@@ -709,8 +709,8 @@ class RefineByAlignPipeline(DiffusionPipeline):
         # Where the dense stage falls to its template search (no point matches agree), it ends
         # without a field in most cases (35 of 39 suite cases) and Algorithm 1's pass below is the
         # fallback: that pass starts then on a thread of its own, beside the search and the
-        # single-threaded refinement of its placements (val-val4's 32 multiview alignments: median
-        # 0.557 -> 0.535 s; MODEL_CARD.md, fifty-second session). The same result as run after
+        # single-threaded refinement of its placements (val-val4's 32 multiview alignments: mean
+        # 0.594 -> 0.577 s; MODEL_CARD.md, fifty-second session). The same result as run after
         # (torch's thread setting taken with it), and always waited for: it sets the U-Net's
         # attention processors, which the redraw must find restored.
         ahead: list = []
@@ -726,13 +726,14 @@ class RefineByAlignPipeline(DiffusionPipeline):
                 ahead.append(worker.submit(attention_pass))
                 worker.shutdown(wait=False)
 
-        fld, info = dense_alignment(
-            p.image, p.mask, matched, matched_mask, p.crop_box, sources, self._aliked or None, attn, search_mask=p.reference_mask,
-            fallback_ahead=fallback_ahead if worker_threads() > 1 else None,
-        )
-        info["notes"] = notes
-        if ahead:
+        try:
+            fld, info = dense_alignment(
+                p.image, p.mask, matched, matched_mask, p.crop_box, sources, self._aliked or None, attn, search_mask=p.reference_mask,
+                fallback_ahead=fallback_ahead if worker_threads() > 1 else None,
+            )
+        finally:  # (waited for even where the stage raises: the next call's redraw must not meet it)
             wait(ahead)
+        info["notes"] = notes
         if fld is None:
             res = ahead[0].result() if ahead else self._align(p, t, l, threshold, seed, inputs, "attention")
             info["fallback"] = "no consistent dense field (too few agreeing matches): M* from the attention map (Algorithm 1)"

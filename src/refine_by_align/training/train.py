@@ -545,7 +545,9 @@ def _check_resumable(ckpt: Path, processes: int, run_dir: Path) -> str | None:
         rec = json.loads((ckpt / "train_config.json").read_text())
     except (OSError, ValueError):
         return None
-    was = rec.get("processes") if isinstance(rec, dict) else None
+    if not isinstance(rec, dict):
+        return None
+    was = rec.get("processes")
     if _is_int(was) and was != processes:
         on = f"{was} process" + ("" if was == 1 else "es")
         raise InputError(
@@ -553,7 +555,10 @@ def _check_resumable(ckpt: Path, processes: int, run_dir: Path) -> str | None:
             f"the samples each step reads and the learning-rate schedule follow the process count: resume it on {on} "
             f"(accelerate launch --num_processes {was} ...), or start a new run from its weights (init_from '{run_dir / 'weights'}')"
         )
-    saved = ((rec.get("environment") or {}) if isinstance(rec, dict) else {}).get("versions") or {}
+    env = rec.get("environment")
+    saved = env.get("versions") if isinstance(env, dict) else None
+    if not isinstance(saved, dict):
+        return None
     now = library_versions()
     changed = [f"{k} {v} -> {now.get(k, 'not installed')}" for k, v in sorted(saved.items()) if now.get(k) != v]
     if not changed:
